@@ -1,0 +1,1 @@
+"""HakuRiver's event catalogue and the append-only DuckDB log it lives in."""

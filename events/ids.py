@@ -1,0 +1,53 @@
+"""Time-ordered identifiers (UUIDv7, RFC 9562) made by event producers.
+
+Event ids are the idempotency key of the log, and their embedded millisecond
+timestamp lets the store answer "have I seen this id?" from a bounded window
+of recent ids (see ``events.store``). Task and batch ids use the same scheme so
+they sort by creation time.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+
+_lock = threading.Lock()
+_last_ms = 0
+_counter = 0
+
+
+def new_id() -> str:
+    """Return a new UUIDv7 string, strictly increasing within this process."""
+    global _last_ms, _counter
+    with _lock:
+        ms = time.time_ns() // 1_000_000
+        if ms > _last_ms:
+            _last_ms = ms
+            _counter = int.from_bytes(os.urandom(2), "big") & 0x3FF
+        else:
+            # Same (or a backwards) millisecond: keep order with a 12-bit counter,
+            # borrowing the next millisecond when it overflows.
+            _counter += 1
+            if _counter > 0xFFF:
+                _last_ms += 1
+                _counter = 0
+        ms, counter = _last_ms, _counter
+    rand = int.from_bytes(os.urandom(8), "big") & 0x3FFF_FFFF_FFFF_FFFF
+    value = (ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | rand
+    return str(uuid.UUID(int=value))
+
+
+def id_timestamp_ms(event_id: str) -> int:
+    """The Unix millisecond timestamp embedded in a UUIDv7 string."""
+    return int(event_id.replace("-", "")[:12], 16)
+
+
+def is_uuid7(event_id: str) -> bool:
+    """True if ``event_id`` is a canonical UUIDv7 string."""
+    try:
+        parsed = uuid.UUID(event_id)
+    except (ValueError, AttributeError, TypeError):
+        return False
+    return parsed.version == 7 and str(parsed) == event_id

@@ -1,0 +1,67 @@
+"""The log's DuckDB schema and its migrations, applied in order at open."""
+
+from __future__ import annotations
+
+import duckdb
+
+# Each migration is (version, statements). Never edit a released migration: add one.
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    (
+        1,
+        [
+            """
+            CREATE TABLE events (
+                seq            BIGINT      NOT NULL,
+                id             UUID        NOT NULL,
+                kind           VARCHAR     NOT NULL,
+                stream         VARCHAR     NOT NULL,
+                source         VARCHAR     NOT NULL,
+                occurred_at    TIMESTAMPTZ NOT NULL,
+                recorded_at    TIMESTAMPTZ NOT NULL,
+                schema_version USMALLINT   NOT NULL,
+                payload        VARCHAR     NOT NULL,
+                hash           BLOB        NOT NULL
+            )
+            """,
+            # Derived data only: folded state at some seq, rebuildable from the log.
+            """
+            CREATE TABLE snapshots (
+                name       VARCHAR     NOT NULL,
+                seq        BIGINT      NOT NULL,
+                created_at TIMESTAMPTZ NOT NULL,
+                data       BLOB        NOT NULL
+            )
+            """,
+        ],
+    ),
+]
+
+LATEST_VERSION = MIGRATIONS[-1][0]
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> int:
+    """Bring the database to the latest schema version; return the version it had."""
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version ("
+        " version INTEGER NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp)"
+    )
+    row = con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
+    found = int(row[0]) if row else 0
+    if found > LATEST_VERSION:
+        raise RuntimeError(
+            f"database schema version {found} is newer than this build ({LATEST_VERSION});"
+            " upgrade HakuRiver"
+        )
+    for version, statements in MIGRATIONS:
+        if version <= found:
+            continue
+        con.execute("BEGIN")
+        try:
+            for sql in statements:
+                con.execute(sql)
+            con.execute("INSERT INTO schema_version (version) VALUES (?)", [version])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    return found

@@ -1,0 +1,305 @@
+"""Every event HakuRiver records: frozen msgspec Structs with stable dotted tags.
+
+Evolution rules (see docs/events.md): a tag is never renamed or reused; a new
+field always has a default; a field's type never changes. A breaking change
+bumps the kind's entry in ``SCHEMA_VERSIONS`` and adds an upcaster in
+``events.codec``. Stored events never use ``forbid_unknown_fields`` or
+``array_like``, so old readers skip fields they do not know.
+
+Each event names the stream it belongs to (``task:<id>``, ``node:<name>``,
+``env:<name>``, ``ssh:<session>``) through its ``stream`` property.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+NonNegInt = Annotated[int, Meta(ge=0)]
+NonEmptyStr = Annotated[str, Meta(min_length=1)]
+
+TaskType = Literal["command", "vps"]
+FinalState = Literal["completed", "failed", "killed", "killed_oom"]
+
+
+class Mount(Struct, frozen=True, kw_only=True):
+    """A host path bound into a task's container (or its process sandbox)."""
+
+    host_path: NonEmptyStr
+    container_path: NonEmptyStr
+    read_only: bool = False
+
+
+class TaskSpec(Struct, frozen=True, kw_only=True):
+    """Everything a user asked for when submitting one task instance."""
+
+    task_type: TaskType = "command"
+    command: str
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = {}
+    cores: NonNegInt = 1
+    memory_bytes: NonNegInt | None = None
+    gpu_ids: tuple[NonNegInt, ...] = ()
+    numa_id: NonNegInt | None = None
+    container: str | None = None  # None means: run as a plain process on the node
+    privileged: bool = False
+    mounts: tuple[Mount, ...] = ()
+    target: str | None = None  # the user's target string, None for automatic placement
+    batch_id: str
+    owner: str = "anonymous"
+    name: str | None = None
+    ssh_public_key: str | None = None  # VPS tasks only
+
+
+class NumaNode(Struct, frozen=True, kw_only=True):
+    """One NUMA node of a machine: its CPUs and memory."""
+
+    id: NonNegInt
+    cpus: tuple[NonNegInt, ...]
+    memory_bytes: NonNegInt = 0
+
+
+class GpuInfo(Struct, frozen=True, kw_only=True):
+    """A GPU as the node agent found it."""
+
+    id: NonNegInt
+    name: str
+    memory_bytes: NonNegInt = 0
+    uuid: str | None = None
+
+
+class GpuUsage(Struct, frozen=True, kw_only=True):
+    """A GPU's load at heartbeat time."""
+
+    id: NonNegInt
+    utilization_percent: float = 0.0
+    memory_used_bytes: NonNegInt = 0
+    temperature_c: float | None = None
+
+
+class Rejection(Struct, frozen=True, kw_only=True):
+    """A node the scheduler considered for a task and why it said no."""
+
+    node: str
+    reason: str
+
+
+class Event(Struct, frozen=True, kw_only=True, tag_field="kind"):
+    """Base of every event; subclasses set ``tag`` to their stable dotted kind."""
+
+    @property
+    def stream(self) -> str:
+        """The stream this event belongs to."""
+        raise NotImplementedError
+
+
+class _NodeEvent(Event, frozen=True, kw_only=True):
+    node: NonEmptyStr
+
+    @property
+    def stream(self) -> str:
+        return f"node:{self.node}"
+
+
+class _TaskEvent(Event, frozen=True, kw_only=True):
+    task_id: NonEmptyStr
+
+    @property
+    def stream(self) -> str:
+        return f"task:{self.task_id}"
+
+
+class _EnvEvent(Event, frozen=True, kw_only=True):
+    name: NonEmptyStr
+
+    @property
+    def stream(self) -> str:
+        return f"env:{self.name}"
+
+
+# -- nodes ---------------------------------------------------------------------------------
+
+
+class NodeRegistered(_NodeEvent, frozen=True, kw_only=True, tag="node.registered"):
+    """A node agent said hello: what the machine has and where to reach it."""
+
+    address: str
+    cores: NonNegInt
+    memory_bytes: NonNegInt
+    numa: tuple[NumaNode, ...] = ()
+    gpus: tuple[GpuInfo, ...] = ()
+    agent_version: str = ""
+    executors: tuple[str, ...] = ("process",)
+
+
+class NodeHeartbeat(_NodeEvent, frozen=True, kw_only=True, tag="node.heartbeat"):
+    """Periodic usage report from a node agent."""
+
+    cpu_percent: float = 0.0
+    memory_percent: float = 0.0
+    memory_used_bytes: NonNegInt = 0
+    memory_total_bytes: NonNegInt = 0
+    gpus: tuple[GpuUsage, ...] = ()
+    temperatures: dict[str, float] = {}
+    running_task_ids: tuple[str, ...] = ()
+
+
+class NodeOffline(_NodeEvent, frozen=True, kw_only=True, tag="node.offline"):
+    """The host stopped hearing from a node (missed heartbeat deadline or link closed)."""
+
+    reason: str = "heartbeat timeout"
+    last_seen_us: NonNegInt | None = None
+
+
+class NodeOnline(_NodeEvent, frozen=True, kw_only=True, tag="node.online"):
+    """A node that was offline is heard from again."""
+
+
+# -- tasks ---------------------------------------------------------------------------------
+
+
+class TaskSubmitted(_TaskEvent, frozen=True, kw_only=True, tag="task.submitted"):
+    """A user asked for a task; one event per target, tied by ``spec.batch_id``."""
+
+    spec: TaskSpec
+
+
+class TaskPlaced(_TaskEvent, frozen=True, kw_only=True, tag="task.placed"):
+    """The scheduler reserved resources on a node for a task, and said why."""
+
+    node: NonEmptyStr
+    cores: NonNegInt
+    memory_bytes: NonNegInt | None = None
+    gpu_ids: tuple[NonNegInt, ...] = ()
+    numa_id: NonNegInt | None = None
+    policy: str = ""
+    reason: str = ""
+    rejected: tuple[Rejection, ...] = ()
+
+
+class TaskDispatched(_TaskEvent, frozen=True, kw_only=True, tag="task.dispatched"):
+    """The host sent the run command to the node's agent."""
+
+    node: NonEmptyStr
+
+
+class TaskStarted(_TaskEvent, frozen=True, kw_only=True, tag="task.started"):
+    """The agent started the task's process or container."""
+
+    node: NonEmptyStr
+    pid: int | None = None
+    container_id: str | None = None
+    ssh_port: int | None = None
+
+
+class TaskPaused(_TaskEvent, frozen=True, kw_only=True, tag="task.paused"):
+    """The agent stopped the task's processes (SIGSTOP / docker pause)."""
+
+
+class TaskResumed(_TaskEvent, frozen=True, kw_only=True, tag="task.resumed"):
+    """The agent continued a paused task."""
+
+
+class TaskKillRequested(_TaskEvent, frozen=True, kw_only=True, tag="task.kill_requested"):
+    """Someone asked for a task to be killed."""
+
+    requested_by: str = "anonymous"
+    reason: str = ""
+
+
+class TaskFinished(_TaskEvent, frozen=True, kw_only=True, tag="task.finished"):
+    """The task ended; ``state`` says how."""
+
+    state: FinalState
+    exit_code: int | None = None
+    message: str = ""
+    node: str | None = None
+
+
+class TaskLost(_TaskEvent, frozen=True, kw_only=True, tag="task.lost"):
+    """The task's node went offline before the task finished."""
+
+    node: str | None = None
+    reason: str = "node offline"
+
+
+# -- environments and SSH ------------------------------------------------------------------
+
+
+class EnvPackaged(_EnvEvent, frozen=True, kw_only=True, tag="env.packaged"):
+    """The host committed an environment container and saved it as a tarball."""
+
+    image: str
+    tarball: str
+    timestamp: NonNegInt
+    size_bytes: NonNegInt
+    sha256: str
+
+
+class EnvSynced(_EnvEvent, frozen=True, kw_only=True, tag="env.synced"):
+    """A node loaded an environment tarball into its Docker engine."""
+
+    node: NonEmptyStr
+    timestamp: NonNegInt
+    sha256: str = ""
+    duration_s: float = 0.0
+
+
+class _SshEvent(Event, frozen=True, kw_only=True):
+    session_id: NonEmptyStr
+    task_id: NonEmptyStr
+
+    @property
+    def stream(self) -> str:
+        return f"ssh:{self.session_id}"
+
+
+class SshSessionOpened(_SshEvent, frozen=True, kw_only=True, tag="ssh.session_opened"):
+    """A user was tunnelled through the SSH gateway to a VPS task."""
+
+    user: str = "anonymous"
+    client_address: str = ""
+
+
+class SshSessionClosed(_SshEvent, frozen=True, kw_only=True, tag="ssh.session_closed"):
+    """An SSH tunnel to a VPS task ended."""
+
+    bytes_in: NonNegInt = 0
+    bytes_out: NonNegInt = 0
+
+
+AnyEvent = (
+    NodeRegistered
+    | NodeHeartbeat
+    | NodeOffline
+    | NodeOnline
+    | TaskSubmitted
+    | TaskPlaced
+    | TaskDispatched
+    | TaskStarted
+    | TaskPaused
+    | TaskResumed
+    | TaskKillRequested
+    | TaskFinished
+    | TaskLost
+    | EnvPackaged
+    | EnvSynced
+    | SshSessionOpened
+    | SshSessionClosed
+)
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    msgspec.inspect.type_info(cls).tag: cls  # type: ignore[attr-defined]
+    for cls in AnyEvent.__args__
+}
+
+# The current schema version of each kind. Bump one (and add an upcaster in
+# events.codec) only for a change old readers cannot absorb.
+SCHEMA_VERSIONS: dict[str, int] = dict.fromkeys(EVENT_TYPES, 1)
+
+
+def kind_of(event: Event) -> str:
+    """The stable tag of an event instance."""
+    return event.__struct_config__.tag  # type: ignore[return-value]

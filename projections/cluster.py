@@ -1,0 +1,272 @@
+"""ClusterState: the fold of the whole log into node and task views.
+
+``apply`` is pure bookkeeping over one recorded event: no I/O, no clock, no
+randomness, so replaying the same log always gives the same state. Times in
+views are the store's ``recorded_at`` clock, one clock for the whole cluster.
+Events at or below ``last_seq`` are ignored, so applying a batch twice is safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import msgspec
+from msgspec import Struct
+
+from events.envelope import Recorded
+from events.types import (
+    NodeHeartbeat,
+    NodeOffline,
+    NodeOnline,
+    NodeRegistered,
+    TaskDispatched,
+    TaskFinished,
+    TaskKillRequested,
+    TaskLost,
+    TaskPaused,
+    TaskPlaced,
+    TaskResumed,
+    TaskStarted,
+    TaskSubmitted,
+)
+from projections.nodes import NodeView
+from projections.tasks import HOLDING_STATES, TaskView, next_state
+
+SNAPSHOT_FORMAT = 1
+
+
+class Anomaly(Struct, frozen=True, kw_only=True):
+    """Something in the log the fold had to refuse or flag (see projections.tasks)."""
+
+    seq: int
+    kind: str
+    subject: str
+    reason: str
+
+
+class _Snapshot(Struct, kw_only=True):
+    format: int
+    last_seq: int
+    tasks: list[TaskView]
+    nodes: list[NodeView]
+    anomalies: list[Anomaly]
+
+
+_snapshot_encoder = msgspec.msgpack.Encoder()
+_snapshot_decoder = msgspec.msgpack.Decoder(_Snapshot)
+
+
+class ClusterState:
+    """Every node and task, as folded from the log up to ``last_seq``."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, TaskView] = {}
+        self.nodes: dict[str, NodeView] = {}
+        # Tasks waiting for placement, in submission order (dict as an ordered set).
+        self.pending: dict[str, None] = {}
+        self.anomalies: list[Anomaly] = []
+        self.last_seq = 0
+
+    # -- folding -----------------------------------------------------------------------------
+
+    def apply(self, recorded: Recorded) -> None:
+        """Fold one recorded event into the state."""
+        if recorded.seq <= self.last_seq:
+            return
+        self.last_seq = recorded.seq
+        at = recorded.recorded_at_us
+        match recorded.event:
+            case NodeHeartbeat() as e:
+                node = self._node(recorded, e.node)
+                if node is not None:
+                    node.cpu_percent = e.cpu_percent
+                    node.memory_percent = e.memory_percent
+                    node.memory_used_bytes = e.memory_used_bytes
+                    node.gpu_usage = e.gpus
+                    node.temperatures = e.temperatures
+                    node.running_task_ids = e.running_task_ids
+                    node.last_seen_us = at
+                    node.heartbeats += 1
+            case TaskSubmitted() as e:
+                if e.task_id in self.tasks:
+                    self._flag(recorded, e.task_id, "task id submitted twice")
+                    return
+                self.tasks[e.task_id] = TaskView(
+                    task_id=e.task_id, spec=e.spec, submitted_at_us=at, last_seq=recorded.seq
+                )
+                self.pending[e.task_id] = None
+            case TaskPlaced() as e:
+                task = self._transition(recorded, e.task_id)
+                if task is not None:
+                    self.pending.pop(task.task_id, None)
+                    task.node = e.node
+                    task.cores = e.cores
+                    task.memory_bytes = e.memory_bytes
+                    task.gpu_ids = e.gpu_ids
+                    task.numa_id = e.numa_id
+                    task.placed_at_us = at
+                    self._allocate(recorded, task)
+            case TaskDispatched() as e:
+                self._transition(recorded, e.task_id)
+            case TaskStarted() as e:
+                task = self._transition(recorded, e.task_id)
+                if task is not None:
+                    task.started_at_us = at
+                    task.pid = e.pid
+                    task.container_id = e.container_id
+                    task.ssh_port = e.ssh_port
+            case TaskPaused() as e:
+                self._transition(recorded, e.task_id)
+            case TaskResumed() as e:
+                self._transition(recorded, e.task_id)
+            case TaskKillRequested() as e:
+                task = self._transition(recorded, e.task_id)
+                if task is not None:
+                    task.kill_requested_by = e.requested_by
+            case TaskFinished() as e:
+                task = self._transition(recorded, e.task_id, e.state)
+                if task is not None:
+                    task.finished_at_us = at
+                    task.exit_code = e.exit_code
+                    task.message = e.message
+            case TaskLost() as e:
+                task = self._transition(recorded, e.task_id)
+                if task is not None:
+                    task.finished_at_us = at
+                    task.message = e.reason
+            case NodeRegistered() as e:
+                node = self.nodes.get(e.node)
+                if node is None:
+                    node = self.nodes[e.node] = NodeView(name=e.node)
+                node.address = e.address
+                node.cores = e.cores
+                node.memory_bytes = e.memory_bytes
+                node.numa = e.numa
+                node.gpus = e.gpus
+                node.agent_version = e.agent_version
+                node.executors = e.executors
+                node.registered_at_us = at
+                node.last_seen_us = at
+                node.online = True
+            case NodeOffline() as e:
+                node = self._node(recorded, e.node)
+                if node is not None:
+                    node.online = False
+            case NodeOnline() as e:
+                node = self._node(recorded, e.node)
+                if node is not None:
+                    node.online = True
+                    node.last_seen_us = at
+            case _:
+                # Environment and SSH events change no node or task view.
+                pass
+
+    def apply_all(self, records: Iterable[Recorded]) -> None:
+        """Fold many recorded events, in order."""
+        for recorded in records:
+            self.apply(recorded)
+
+    def _node(self, recorded: Recorded, name: str) -> NodeView | None:
+        node = self.nodes.get(name)
+        if node is None:
+            self._flag(recorded, name, "event for a node that never registered")
+        return node
+
+    def _transition(
+        self, recorded: Recorded, task_id: str, reported: str | None = None
+    ) -> TaskView | None:
+        task = self.tasks.get(task_id)
+        if task is None:
+            self._flag(recorded, task_id, "event for a task that was never submitted")
+            return None
+        target = next_state(task.state, recorded.kind, reported)
+        if target is None:
+            self._flag(recorded, task_id, f"illegal transition from {task.state}")
+            return None
+        if task.state in HOLDING_STATES and target not in HOLDING_STATES:
+            self._release(task)
+        if target != "pending":
+            self.pending.pop(task_id, None)
+        task.state = target
+        task.last_seq = recorded.seq
+        return task
+
+    def _allocate(self, recorded: Recorded, task: TaskView) -> None:
+        node = self.nodes.get(task.node or "")
+        if node is None:
+            self._flag(recorded, task.task_id, f"placed on unknown node {task.node!r}")
+            return
+        node.allocated_cores += task.cores
+        node.allocated_memory_bytes += task.memory_bytes or 0
+        clash = set(task.gpu_ids) & set(node.allocated_gpus)
+        if clash:
+            self._flag(
+                recorded, task.task_id, f"GPU {sorted(clash)} double-allocated on {node.name}"
+            )
+        node.allocated_gpus.extend(task.gpu_ids)
+        if task.numa_id is not None:
+            by_numa = node.allocated_cores_by_numa
+            by_numa[task.numa_id] = by_numa.get(task.numa_id, 0) + task.cores
+        node.task_ids.append(task.task_id)
+        if node.allocated_cores > node.cores:
+            self._flag(recorded, task.task_id, f"cores overcommitted on {node.name}")
+        if node.memory_bytes and node.allocated_memory_bytes > node.memory_bytes:
+            self._flag(recorded, task.task_id, f"memory overcommitted on {node.name}")
+
+    def _release(self, task: TaskView) -> None:
+        node = self.nodes.get(task.node or "")
+        if node is None:
+            return
+        node.allocated_cores -= task.cores
+        node.allocated_memory_bytes -= task.memory_bytes or 0
+        for gpu in task.gpu_ids:
+            if gpu in node.allocated_gpus:
+                node.allocated_gpus.remove(gpu)
+        if task.numa_id is not None:
+            left = node.allocated_cores_by_numa.get(task.numa_id, 0) - task.cores
+            if left:
+                node.allocated_cores_by_numa[task.numa_id] = left
+            else:
+                node.allocated_cores_by_numa.pop(task.numa_id, None)
+        if task.task_id in node.task_ids:
+            node.task_ids.remove(task.task_id)
+
+    def _flag(self, recorded: Recorded, subject: str, reason: str) -> None:
+        self.anomalies.append(
+            Anomaly(seq=recorded.seq, kind=recorded.kind, subject=subject, reason=reason)
+        )
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """The whole state as bytes (msgpack), to be restored with ``restore``."""
+        return _snapshot_encoder.encode(
+            _Snapshot(
+                format=SNAPSHOT_FORMAT,
+                last_seq=self.last_seq,
+                tasks=list(self.tasks.values()),
+                nodes=list(self.nodes.values()),
+                anomalies=self.anomalies,
+            )
+        )
+
+    @classmethod
+    def restore(cls, data: bytes) -> ClusterState:
+        """A state equal to the one that produced ``data`` with ``snapshot``."""
+        snap = _snapshot_decoder.decode(data)
+        if snap.format != SNAPSHOT_FORMAT:
+            raise ValueError(f"snapshot format {snap.format} is not {SNAPSHOT_FORMAT}")
+        state = cls()
+        state.last_seq = snap.last_seq
+        state.tasks = {task.task_id: task for task in snap.tasks}
+        state.nodes = {node.name: node for node in snap.nodes}
+        state.pending = {t.task_id: None for t in snap.tasks if t.state == "pending"}
+        state.anomalies = snap.anomalies
+        return state
+
+    @classmethod
+    def rebuild(cls, snapshot: bytes | None, tail: Iterable[Recorded]) -> ClusterState:
+        """Restore from a snapshot (or start empty) and fold the events after it."""
+        state = cls.restore(snapshot) if snapshot is not None else cls()
+        state.apply_all(tail)
+        return state

@@ -1,0 +1,60 @@
+"""NodeView: a node's resources, liveness and what is allocated on it."""
+
+from __future__ import annotations
+
+from msgspec import Struct, field
+
+from events.types import GpuInfo, GpuUsage, NumaNode
+
+
+class NodeView(Struct, kw_only=True):
+    """A node as the scheduler and users see it."""
+
+    name: str
+    address: str = ""
+    online: bool = True
+    cores: int = 0
+    memory_bytes: int = 0
+    numa: tuple[NumaNode, ...] = ()
+    gpus: tuple[GpuInfo, ...] = ()
+    agent_version: str = ""
+    executors: tuple[str, ...] = ()
+    registered_at_us: int = 0
+    last_seen_us: int = 0
+    # From the latest heartbeat
+    cpu_percent: float = 0.0
+    memory_percent: float = 0.0
+    memory_used_bytes: int = 0
+    gpu_usage: tuple[GpuUsage, ...] = ()
+    temperatures: dict[str, float] = field(default_factory=dict)
+    running_task_ids: tuple[str, ...] = ()
+    heartbeats: int = 0
+    # Allocations by tasks placed here and not yet final or lost
+    allocated_cores: int = 0
+    allocated_memory_bytes: int = 0
+    allocated_gpus: list[int] = field(default_factory=list)
+    allocated_cores_by_numa: dict[int, int] = field(default_factory=dict)
+    task_ids: list[str] = field(default_factory=list)
+
+    @property
+    def free_cores(self) -> int:
+        """Cores not reserved by any task."""
+        return self.cores - self.allocated_cores
+
+    @property
+    def free_memory_bytes(self) -> int:
+        """Memory not reserved by any task."""
+        return self.memory_bytes - self.allocated_memory_bytes
+
+    @property
+    def free_gpus(self) -> list[int]:
+        """GPU ids not reserved by any task."""
+        taken = set(self.allocated_gpus)
+        return [gpu.id for gpu in self.gpus if gpu.id not in taken]
+
+    def numa_cores(self, numa_id: int) -> int:
+        """How many CPUs NUMA node ``numa_id`` has (0 if unknown)."""
+        for numa in self.numa:
+            if numa.id == numa_id:
+                return len(numa.cpus)
+        return 0

@@ -1,0 +1,124 @@
+"""The task and node views as DuckDB SQL over the ``events`` table.
+
+Any relation with the table's columns works too, such as the log up to some seq.
+
+They serve analytics and cross-check the Python fold: on any valid history
+(only legal transitions) ``TASKS_SQL`` and ``NODES_SQL`` give the same rows
+as ``ClusterState``. They do not replicate the fold's handling of illegal
+events; ``hakuriver audit`` reports those instead. Each statement is a plain
+SELECT, so it can back a ``CREATE VIEW``.
+"""
+
+from __future__ import annotations
+
+# kind -> the task state it leads to ('task.finished' takes the payload's state).
+_STATE_OF_KIND = """
+    CASE kind
+        WHEN 'task.submitted' THEN 'pending'
+        WHEN 'task.placed' THEN 'assigning'
+        WHEN 'task.started' THEN 'running'
+        WHEN 'task.paused' THEN 'paused'
+        WHEN 'task.resumed' THEN 'running'
+        WHEN 'task.lost' THEN 'lost'
+        WHEN 'task.finished' THEN payload->>'$.state'
+    END
+"""
+
+
+def tasks_sql(source: str = "events") -> str:
+    """The task view over ``source`` (the events table, or any relation with its columns)."""
+    return _TASKS_TEMPLATE.replace("{source}", source)
+
+
+def nodes_sql(source: str = "events") -> str:
+    """The node view over ``source`` (the events table, or any relation with its columns)."""
+    return _NODES_TEMPLATE.replace("{source}", source).replace("{tasks}", tasks_sql(source))
+
+
+_TASKS_TEMPLATE = f"""
+WITH t AS (
+    SELECT seq, kind, epoch_us(recorded_at) AS ts, payload, payload->>'$.task_id' AS task_id
+    FROM {{source}}
+    WHERE kind LIKE 'task.%'
+)
+SELECT
+    task_id,
+    arg_max({_STATE_OF_KIND}, seq) FILTER (WHERE kind IN (
+        'task.submitted', 'task.placed', 'task.started', 'task.paused', 'task.resumed',
+        'task.lost', 'task.finished')) AS state,
+    arg_max_null(payload->>'$.node', seq) FILTER (WHERE kind = 'task.placed') AS node,
+    coalesce(arg_max_null((payload->>'$.cores')::BIGINT, seq)
+        FILTER (WHERE kind = 'task.placed'), 0) AS cores,
+    arg_max_null((payload->>'$.memory_bytes')::BIGINT, seq)
+        FILTER (WHERE kind = 'task.placed') AS memory_bytes,
+    coalesce(arg_max_null((payload->'$.gpu_ids')::BIGINT[], seq)
+        FILTER (WHERE kind = 'task.placed'), []::BIGINT[]) AS gpu_ids,
+    arg_max_null((payload->>'$.numa_id')::BIGINT, seq)
+        FILTER (WHERE kind = 'task.placed') AS numa_id,
+    min(ts) FILTER (WHERE kind = 'task.submitted') AS submitted_at_us,
+    max(ts) FILTER (WHERE kind = 'task.placed') AS placed_at_us,
+    max(ts) FILTER (WHERE kind = 'task.started') AS started_at_us,
+    arg_max(ts, seq) FILTER (WHERE kind IN ('task.finished', 'task.lost')) AS finished_at_us,
+    arg_max_null((payload->>'$.exit_code')::BIGINT, seq)
+        FILTER (WHERE kind = 'task.finished') AS exit_code,
+    arg_max_null((payload->>'$.pid')::BIGINT, seq) FILTER (WHERE kind = 'task.started') AS pid,
+    arg_max_null(payload->>'$.container_id', seq)
+        FILTER (WHERE kind = 'task.started') AS container_id,
+    arg_max_null(payload->>'$.requested_by', seq)
+        FILTER (WHERE kind = 'task.kill_requested') AS kill_requested_by,
+    max(seq) AS last_seq,
+    any_value(payload->>'$.spec.command') FILTER (WHERE kind = 'task.submitted') AS command,
+    any_value(payload->>'$.spec.owner') FILTER (WHERE kind = 'task.submitted') AS owner,
+    any_value(payload->>'$.spec.batch_id') FILTER (WHERE kind = 'task.submitted') AS batch_id,
+    any_value(payload->>'$.spec.container') FILTER (WHERE kind = 'task.submitted') AS container
+FROM t
+GROUP BY task_id
+"""
+
+_NODES_TEMPLATE = """
+WITH n AS (
+    SELECT seq, kind, epoch_us(recorded_at) AS ts, payload, payload->>'$.node' AS node
+    FROM {source}
+    WHERE kind LIKE 'node.%'
+),
+tasks AS ({tasks}),
+alloc AS (
+    SELECT
+        node,
+        sum(cores) AS cores,
+        sum(coalesce(memory_bytes, 0)) AS memory_bytes,
+        list_sort(flatten(list(gpu_ids))) AS gpus
+    FROM tasks
+    WHERE state IN ('assigning', 'running', 'paused')
+    GROUP BY node
+),
+nodes AS (
+    SELECT
+        node AS name,
+        arg_max(payload->>'$.address', seq) FILTER (WHERE kind = 'node.registered') AS address,
+        arg_max(kind <> 'node.offline', seq)
+            FILTER (WHERE kind IN ('node.registered', 'node.online', 'node.offline')) AS online,
+        arg_max((payload->>'$.cores')::BIGINT, seq)
+            FILTER (WHERE kind = 'node.registered') AS cores,
+        arg_max((payload->>'$.memory_bytes')::BIGINT, seq)
+            FILTER (WHERE kind = 'node.registered') AS memory_bytes,
+        max(ts) FILTER (WHERE kind = 'node.registered') AS registered_at_us,
+        max(ts) FILTER (WHERE kind IN ('node.registered', 'node.heartbeat', 'node.online'))
+            AS last_seen_us,
+        coalesce(arg_max((payload->>'$.cpu_percent')::DOUBLE, seq)
+            FILTER (WHERE kind = 'node.heartbeat'), 0.0) AS cpu_percent,
+        count(*) FILTER (WHERE kind = 'node.heartbeat') AS heartbeats
+    FROM n
+    GROUP BY node
+    HAVING count(*) FILTER (WHERE kind = 'node.registered') > 0
+)
+SELECT
+    nodes.*,
+    coalesce(alloc.cores, 0) AS allocated_cores,
+    coalesce(alloc.memory_bytes, 0) AS allocated_memory_bytes,
+    coalesce(alloc.gpus, []::BIGINT[]) AS allocated_gpus
+FROM nodes LEFT JOIN alloc ON alloc.node = nodes.name
+"""
+
+TASKS_SQL = tasks_sql()
+NODES_SQL = nodes_sql()

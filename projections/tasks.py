@@ -1,0 +1,117 @@
+"""TaskView and the task state machine.
+
+States: ``pending -> assigning -> running <-> paused -> completed | failed |
+killed | killed_oom``; any non-final state may become ``lost`` when its node
+goes offline.
+
+``TRANSITIONS`` is the whole machine: for each (state, event kind) it names
+the state the task moves to. A pair that is not in the table is *illegal*.
+The fold never raises on an illegal pair, because the log is history and the
+event is already recorded: it leaves the task unchanged and reports an
+``Anomaly`` that ``hakuriver audit`` surfaces.
+
+Late reports from a node that comes back after its tasks were declared lost:
+
+* ``task.finished`` on a ``lost`` task is legal. The node knows how the task
+  really ended, so the task takes the reported final state and exit code.
+  Its resources were already released when it was lost.
+* ``task.started`` / ``task.paused`` / ``task.resumed`` on a ``lost`` task are
+  illegal (the task stays ``lost``; the control plane tells the node to stop
+  such a task, because the scheduler may have reused its resources).
+* Anything after a final state is illegal and ignored: a final state is final.
+
+``task.kill_requested`` is legal in every non-final state and changes no
+state by itself: the task becomes ``killed`` when the node reports it, or at
+once (``task.finished``) while it was still ``pending``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from msgspec import Struct
+
+from events.types import TaskSpec
+
+TaskState = Literal[
+    "pending",
+    "assigning",
+    "running",
+    "paused",
+    "completed",
+    "failed",
+    "killed",
+    "killed_oom",
+    "lost",
+]
+
+FINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "killed", "killed_oom"})
+# States that hold resources on a node.
+HOLDING_STATES: frozenset[str] = frozenset({"assigning", "running", "paused"})
+ACTIVE_STATES: frozenset[str] = frozenset({"pending", "assigning", "running", "paused"})
+
+_FINISHED = "task.finished"  # target state comes from the event's ``state`` field
+FROM_EVENT = "<from event>"
+
+TRANSITIONS: dict[tuple[str, str], str] = {
+    ("pending", "task.placed"): "assigning",
+    ("pending", "task.kill_requested"): "pending",
+    ("pending", _FINISHED): FROM_EVENT,  # killed before placement
+    ("pending", "task.lost"): "lost",
+    ("assigning", "task.dispatched"): "assigning",
+    ("assigning", "task.started"): "running",
+    ("assigning", "task.kill_requested"): "assigning",
+    ("assigning", _FINISHED): FROM_EVENT,  # failed to start, or killed before start
+    ("assigning", "task.lost"): "lost",
+    ("running", "task.paused"): "paused",
+    ("running", "task.kill_requested"): "running",
+    ("running", _FINISHED): FROM_EVENT,
+    ("running", "task.lost"): "lost",
+    ("paused", "task.resumed"): "running",
+    ("paused", "task.kill_requested"): "paused",
+    ("paused", _FINISHED): FROM_EVENT,
+    ("paused", "task.lost"): "lost",
+    ("lost", _FINISHED): FROM_EVENT,  # a late but true report from the node
+}
+
+
+def next_state(state: str, kind: str, reported: str | None = None) -> str | None:
+    """The state after ``kind`` in ``state``; None if the transition is illegal."""
+    target = TRANSITIONS.get((state, kind))
+    if target == FROM_EVENT:
+        return reported
+    return target
+
+
+class TaskView(Struct, kw_only=True):
+    """A task as users see it: its spec, where it runs, how far it got."""
+
+    task_id: str
+    spec: TaskSpec
+    state: str = "pending"
+    node: str | None = None
+    cores: int = 0
+    memory_bytes: int | None = None
+    gpu_ids: tuple[int, ...] = ()
+    numa_id: int | None = None
+    submitted_at_us: int = 0
+    placed_at_us: int | None = None
+    started_at_us: int | None = None
+    finished_at_us: int | None = None
+    exit_code: int | None = None
+    pid: int | None = None
+    container_id: str | None = None
+    ssh_port: int | None = None
+    kill_requested_by: str | None = None
+    message: str = ""
+    last_seq: int = 0
+
+    @property
+    def is_final(self) -> bool:
+        """True once the task can change no more."""
+        return self.state in FINAL_STATES
+
+    @property
+    def holds_resources(self) -> bool:
+        """True while the task's placement counts against its node."""
+        return self.state in HOLDING_STATES

@@ -1,0 +1,265 @@
+"""The EventStore contract, against real DuckDB files."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+from support.factories import heartbeat, started, submitted
+
+from events.envelope import NewEvent, Recorded
+from events.ids import new_id
+from events.store import EventStore, InvalidEvent
+from events.types import TaskSubmitted
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def test_batch_is_appended_atomically_in_order(tmp_path: Path) -> None:
+    # Given an empty log
+    async with await EventStore.open(tmp_path / "log.duckdb") as store:
+        batch = [submitted(), heartbeat(), submitted()]
+        # When one batch is appended
+        seqs = await store.append(batch)
+        # Then it gets consecutive seqs, in order, and reads back identically
+        assert seqs == [1, 2, 3]
+        back = await store.read()
+        assert [r.id for r in back] == [e.id for e in batch]
+        assert [r.event for r in back] == [e.event for e in batch]
+        assert back[1].stream == "node:node1" and back[1].source == "node1"
+
+
+async def test_a_batch_with_an_invalid_event_is_rejected_whole(tmp_path: Path) -> None:
+    async with await EventStore.open(tmp_path / "log.duckdb") as store:
+        good = submitted()
+        bad = NewEvent(id="not-a-uuid", source="host", occurred_at_us=1, event=good.event)
+        with pytest.raises(InvalidEvent, match=r"events\[1\]\.id"):
+            await store.append([good, bad])
+        assert await store.read() == []
+        assert store.last_seq == 0
+
+
+async def test_re_appending_returns_original_seq_without_a_second_row(tmp_path: Path) -> None:
+    async with await EventStore.open(tmp_path / "log.duckdb") as store:
+        first = submitted()
+        second = heartbeat()
+        assert await store.append([first, second]) == [1, 2]
+        # Duplicates across batches and inside one batch
+        again = submitted()
+        assert await store.append([second, again, again, first]) == [2, 3, 3, 1]
+        rows = await store.query("SELECT count(*), count(DISTINCT id) FROM events")
+        assert rows == [(3, 3)]
+
+
+async def test_resend_of_an_id_older_than_the_memory_window_is_found_in_the_table(
+    tmp_path: Path,
+) -> None:
+    # A tiny window forces the fallback lookup in DuckDB.
+    async with await EventStore.open(tmp_path / "log.duckdb", recent_ids=2) as store:
+        events = [submitted() for _ in range(10)]
+        for event in events:
+            await store.append([event])
+        assert len(store._recent.seq_by_id) == 2
+        assert await store.append([events[0], events[5]]) == [1, 6]
+        assert store.last_seq == 10
+
+
+async def test_survives_close_and_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "log.duckdb"
+    events = [submitted() for _ in range(5)]
+    async with await EventStore.open(path) as store:
+        await store.append(events)
+        last_hash = store._last_hash
+    async with await EventStore.open(path) as store:
+        assert store.last_seq == 5
+        assert store._last_hash == last_hash
+        # Idempotency survives the restart too
+        assert await store.append([events[2]]) == [3]
+        assert await store.append([heartbeat()]) == [6]
+        assert (await store.verify()).ok
+
+
+async def test_idempotency_survives_reopen_beyond_the_memory_window(tmp_path: Path) -> None:
+    path = tmp_path / "log.duckdb"
+    events = [submitted() for _ in range(20)]
+    async with await EventStore.open(path, recent_ids=5) as store:
+        await store.append(events)
+    async with await EventStore.open(path, recent_ids=5) as store:
+        assert await store.append([events[0], events[19]]) == [1, 20]
+        assert store.last_seq == 20
+
+
+async def test_concurrent_appenders_never_leave_gaps_or_reorder(tmp_path: Path) -> None:
+    async with await EventStore.open(tmp_path / "log.duckdb") as store:
+
+        async def producer(n: int) -> list[tuple[int, str]]:
+            out = []
+            for _ in range(n):
+                batch = [submitted() for _ in range(random.randint(1, 5))]
+                seqs = await store.append(batch)
+                out.extend(zip(seqs, (e.id for e in batch), strict=True))
+            return out
+
+        results = await asyncio.gather(*(producer(30) for _ in range(16)))
+        acked = dict(pair for result in results for pair in result)
+        rows = await store.query("SELECT seq, id::VARCHAR FROM events ORDER BY seq")
+        assert [seq for seq, _ in rows] == list(range(1, len(rows) + 1))
+        assert dict(rows) == acked
+        # Group commit merged concurrent appends into fewer transactions
+        assert store.commits < sum(len(r) for r in results)
+        assert (await store.verify()).ok
+
+
+async def test_each_callers_batch_stays_contiguous_under_group_commit(tmp_path: Path) -> None:
+    async with await EventStore.open(tmp_path / "log.duckdb") as store:
+        batches = [[submitted() for _ in range(7)] for _ in range(20)]
+        results = await asyncio.gather(*(store.append(b) for b in batches))
+        for seqs in results:
+            assert seqs == list(range(seqs[0], seqs[0] + 7))
+
+
+async def test_subscribe_delivers_catch_up_then_live_exactly_once(tmp_path: Path) -> None:
+    async with await EventStore.open(tmp_path / "log.duckdb", ring_size=4) as store:
+        await store.append([submitted() for _ in range(10)])
+        seen: list[int] = []
+        done = asyncio.Event()
+
+        async def follow() -> None:
+            async for record in store.subscribe(after=3):
+                seen.append(record.seq)
+                if record.seq == 40:
+                    done.set()
+                    return
+
+        follower = asyncio.create_task(follow())
+        # Live appends, some while the follower is still catching up
+        for _ in range(10):
+            await store.append([heartbeat(), submitted(), heartbeat()])
+        await asyncio.wait_for(done.wait(), 10)
+        await follower
+        assert seen == list(range(4, 41))
+
+
+async def test_unknown_kind_is_skipped_and_counted(tmp_path: Path) -> None:
+    path = tmp_path / "log.duckdb"
+    async with await EventStore.open(path) as store:
+        await store.append([submitted(), submitted()])
+    # A newer build wrote a kind this one does not know
+    con = duckdb.connect(str(path))
+    con.execute(
+        "INSERT INTO events SELECT 3, uuid(), 'task.teleported', 'task:x', 'host', now(), now(),"
+        ' 1, \'{"kind":"task.teleported"}\', hash FROM events WHERE seq = 2'
+    )
+    con.close()
+    async with await EventStore.open(path) as store:
+        records = await store.read()
+        assert [r.seq for r in records] == [1, 2]
+        assert store.codec.skipped == {"task.teleported": 1}
+
+
+async def test_editing_one_stored_byte_fails_verification_at_that_seq(tmp_path: Path) -> None:
+    path = tmp_path / "log.duckdb"
+    async with await EventStore.open(path) as store:
+        tid = new_id()
+        await store.append([submitted(tid), *[heartbeat() for _ in range(8)], started(tid)])
+        assert (await store.verify()).ok
+    con = duckdb.connect(str(path))
+    # "cpu_percent":12.5 -> "cpu_percent":12.6 in seq 6
+    con.execute("UPDATE events SET payload = replace(payload, '12.5', '12.6') WHERE seq = 6")
+    con.close()
+    async with await EventStore.open(path) as store:
+        result = await store.verify()
+        assert not result.ok
+        assert result.first_bad_seq == 6
+        assert result.checked == 5
+        # A range that ends before the edit still verifies
+        assert (await store.verify(1, 5)).ok
+
+
+async def test_append_after_close_is_refused(tmp_path: Path) -> None:
+    store = await EventStore.open(tmp_path / "log.duckdb")
+    await store.close()
+    with pytest.raises(Exception, match="closed"):
+        await store.append([submitted()])
+
+
+async def test_listeners_see_each_commit_before_the_ack(tmp_path: Path) -> None:
+    async with await EventStore.open(tmp_path / "log.duckdb") as store:
+        seen: list[Recorded] = []
+        store.add_listener(seen.extend)
+        events = [submitted(), heartbeat()]
+        seqs = await store.append(events)
+        assert [r.seq for r in seen] == seqs
+        assert isinstance(seen[0].event, TaskSubmitted)
+        await store.append(events)  # duplicates produce no new records
+        assert len(seen) == 2
+
+
+CRASH_CHILD = r"""
+import asyncio, sys
+from events.store import EventStore
+from events.envelope import new_event
+from events.types import NodeHeartbeat
+
+async def main():
+    store = await EventStore.open(sys.argv[1])
+    async def producer(i):
+        while True:
+            hb = NodeHeartbeat(node=f"n{i}")
+            batch = [new_event(hb, source=f"n{i}") for _ in range(1 + i % 3)]
+            seqs = await store.append(batch)
+            for event, seq in zip(batch, seqs):
+                sys.stdout.write(f"{seq} {event.id}\n")
+            sys.stdout.flush()
+    await asyncio.gather(*(producer(i) for i in range(4)))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.timeout(120)
+def test_every_acknowledged_event_survives_sigkill(tmp_path: Path) -> None:
+    path = tmp_path / "log.duckdb"
+    for round_ in range(3):
+        # Given a child process appending and printing each acknowledged seq
+        child = subprocess.Popen(
+            [sys.executable, "-c", CRASH_CHILD, str(path)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        assert child.stdout is not None
+        acked: dict[int, str] = {}
+        target = random.randint(200, 3000)
+        for line in child.stdout:
+            seq, eid = line.split()
+            acked[int(seq)] = eid
+            if len(acked) >= target:
+                break
+        # When it is SIGKILLed at an arbitrary moment
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        for line in child.stdout:  # acks printed before death count too
+            if line.count(" ") == 1 and line.endswith("\n"):
+                seq, eid = line.split()
+                acked[int(seq)] = eid
+        # Then every acknowledged event is there, once, with the same seq
+        con = duckdb.connect(str(path))
+        rows = dict(con.execute("SELECT seq, id::VARCHAR FROM events").fetchall())
+        con.close()
+        missing = {s: e for s, e in acked.items() if rows.get(s) != e}
+        assert not missing, f"round {round_}: {len(missing)} acknowledged events lost"
+        assert sorted(rows) == list(range(1, len(rows) + 1))
+
+    async def check() -> None:
+        async with await EventStore.open(path) as store:
+            assert (await store.verify()).ok
+
+    asyncio.run(check())

@@ -1,0 +1,1 @@
+"""Test support code: factories and waiting helpers."""

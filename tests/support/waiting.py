@@ -1,0 +1,29 @@
+"""Waiting on conditions with a deadline: the only synchronisation tests use."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+
+def wait_until(
+    predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01
+) -> None:
+    """Poll ``predicate`` until it is true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+async def async_wait_until(
+    predicate: Callable[[], bool], deadline_s: float = 10.0, interval: float = 0.005
+) -> None:
+    """Async variant of ``wait_until``."""
+    deadline = time.monotonic() + deadline_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {deadline_s}s")
+        await asyncio.sleep(interval)
