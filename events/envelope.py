@@ -15,7 +15,7 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
-class NewEvent(Struct, frozen=True, kw_only=True):
+class NewEvent(Struct, frozen=True, kw_only=True, gc=False):
     """An event as its producer hands it to the store (or sends it over the agent link).
 
     ``id`` is made by the producer and is the idempotency key: re-sending the
@@ -39,7 +39,7 @@ class NewEvent(Struct, frozen=True, kw_only=True):
         return self.event.stream
 
 
-class Recorded(Struct, frozen=True, kw_only=True):
+class Recorded(Struct, frozen=True, kw_only=True, gc=False):
     """An event as the log holds it: position, clocks and the hash chain included."""
 
     seq: int

@@ -9,6 +9,7 @@ they sort by creation time.
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 import uuid
@@ -41,13 +42,12 @@ def new_id() -> str:
 
 def id_timestamp_ms(event_id: str) -> int:
     """The Unix millisecond timestamp embedded in a UUIDv7 string."""
-    return int(event_id.replace("-", "")[:12], 16)
+    return int(event_id[:8] + event_id[9:13], 16)
 
 
-def is_uuid7(event_id: str) -> bool:
-    """True if ``event_id`` is a canonical UUIDv7 string."""
-    try:
-        parsed = uuid.UUID(event_id)
-    except (ValueError, AttributeError, TypeError):
-        return False
-    return parsed.version == 7 and str(parsed) == event_id
+_UUID7 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+
+
+def is_uuid7(event_id: object) -> bool:
+    """True if ``event_id`` is a canonical (lower-case, hyphenated) UUIDv7 string."""
+    return isinstance(event_id, str) and _UUID7.fullmatch(event_id) is not None

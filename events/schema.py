@@ -23,15 +23,6 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 hash           BLOB        NOT NULL
             )
             """,
-            # Derived data only: folded state at some seq, rebuildable from the log.
-            """
-            CREATE TABLE snapshots (
-                name       VARCHAR     NOT NULL,
-                seq        BIGINT      NOT NULL,
-                created_at TIMESTAMPTZ NOT NULL,
-                data       BLOB        NOT NULL
-            )
-            """,
         ],
     ),
 ]
@@ -44,24 +35,23 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
     con.execute(
         "CREATE TABLE IF NOT EXISTS schema_version ("
         " version INTEGER NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp)"
-    )
-    row = con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
-    found = int(row[0]) if row else 0
-    if found > LATEST_VERSION:
+    ).fetchall()
+    ((found,),) = con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchall()
+    if int(found) > LATEST_VERSION:
         raise RuntimeError(
             f"database schema version {found} is newer than this build ({LATEST_VERSION});"
             " upgrade HakuRiver"
         )
     for version, statements in MIGRATIONS:
-        if version <= found:
+        if version <= int(found):
             continue
-        con.execute("BEGIN")
+        con.execute("BEGIN").fetchall()
         try:
             for sql in statements:
-                con.execute(sql)
-            con.execute("INSERT INTO schema_version (version) VALUES (?)", [version])
-            con.execute("COMMIT")
+                con.execute(sql).fetchall()
+            con.execute("INSERT INTO schema_version (version) VALUES (?)", [version]).fetchall()
+            con.execute("COMMIT").fetchall()
         except BaseException:
-            con.execute("ROLLBACK")
+            con.execute("ROLLBACK").fetchall()
             raise
-    return found
+    return int(found)

@@ -40,7 +40,7 @@ import duckdb
 import msgspec
 import pyarrow as pa
 
-from events.codec import Codec, encode_event
+from events.codec import Codec, encode_event, gc_paused
 from events.envelope import NewEvent, Recorded, now_us
 from events.ids import id_timestamp_ms, is_uuid7
 from events.schema import migrate
@@ -54,6 +54,7 @@ _SELECT_COLUMNS = (
     " schema_version, payload, hash"
 )
 
+_TS = pa.timestamp("us", tz="UTC")
 _ARROW_SCHEMA = pa.schema(
     [
         ("seq", pa.int64()),
@@ -91,11 +92,27 @@ def chain_hash(
     payload: bytes,
 ) -> bytes:
     """SHA-256 over the previous hash and this event's canonical bytes."""
-    head = (
+    head = _canonical_head(
+        seq, event_id, kind, stream, source, occurred_at_us, recorded_at_us, schema_version
+    )
+    return hashlib.sha256(prev + head + payload).digest()
+
+
+def _canonical_head(
+    seq: int,
+    event_id: str,
+    kind: str,
+    stream: str,
+    source: str,
+    occurred_at_us: int,
+    recorded_at_us: int,
+    schema_version: int,
+) -> bytes:
+    """The envelope fields of an event, unit-separated, as hashed before its payload."""
+    return (
         f"{seq}\x1f{event_id}\x1f{kind}\x1f{stream}\x1f{source}\x1f"
         f"{occurred_at_us}\x1f{recorded_at_us}\x1f{schema_version}\x1f"
     ).encode()
-    return hashlib.sha256(prev + head + payload).digest()
 
 
 class VerifyResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -126,17 +143,24 @@ class _RecentIds:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.seq_by_id: dict[str, int] = {}
-        self.order: collections.deque[tuple[int, str]] = collections.deque()
+        self.order: collections.deque[str] = collections.deque()
         self.watermark_ms = 0
 
-    def add(self, event_id: str, ts_ms: int, seq: int) -> None:
-        self.seq_by_id[event_id] = seq
-        self.order.append((ts_ms, event_id))
-        while len(self.order) > self.capacity:
-            old_ts, old_id = self.order.popleft()
-            self.seq_by_id.pop(old_id, None)
-            if old_ts + 1 > self.watermark_ms:
-                self.watermark_ms = old_ts + 1
+    def extend(self, ids: Iterable[str], seqs: Iterable[int]) -> None:
+        """Remember newly stored ids (in seq order), evicting the oldest past capacity."""
+        order = self.order
+        for event_id, seq in zip(ids, seqs, strict=True):
+            self.seq_by_id[event_id] = seq
+            order.append(event_id)
+        excess = len(order) - self.capacity
+        if excess > 0:
+            pop, forget = order.popleft, self.seq_by_id.pop
+            newest_evicted = self.watermark_ms - 1
+            for _ in range(excess):
+                old_id = pop()
+                forget(old_id, None)
+                newest_evicted = max(newest_evicted, id_timestamp_ms(old_id))
+            self.watermark_ms = newest_evicted + 1
 
 
 class EventStore:
@@ -146,11 +170,12 @@ class EventStore:
         self,
         path: str | Path,
         *,
-        recent_ids: int = 200_000,
+        recent_ids: int = 100_000,
         checkpoint_idle_s: float = 0.2,
         checkpoint_soft_bytes: int = 16 << 20,
         checkpoint_hard_bytes: int = 512 << 20,
         ring_size: int = 20_000,
+        keep_snapshots: int = 4,
     ) -> None:
         self.path = Path(path)
         self.codec = Codec()
@@ -159,6 +184,7 @@ class EventStore:
         self._checkpoint_soft = checkpoint_soft_bytes
         self._checkpoint_hard = checkpoint_hard_bytes
         self._ring: collections.deque[Recorded] = collections.deque(maxlen=ring_size)
+        self._keep_snapshots = keep_snapshots
         self._listeners: list[Listener] = []
         self._queue: list[_Pending] = []
         self._wake = asyncio.Event()
@@ -188,29 +214,28 @@ class EventStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         con = duckdb.connect(str(self.path))
         # Checkpoints are ours to time (see the module docstring).
-        con.execute("SET checkpoint_threshold = '1TB'")
+        con.execute("SET checkpoint_threshold = '1TB'").fetchall()
         migrate(con)
-        row = con.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
-        if row is not None:
-            self.last_seq, self._last_hash = int(row[0]), bytes(row[1])
+        rows = con.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchall()
+        if rows:
+            self.last_seq, self._last_hash = int(rows[0][0]), bytes(rows[0][1])
         self._load_recent_ids(con)
         self._con = con
 
     def _load_recent_ids(self, con: duckdb.DuckDBPyConnection) -> None:
         cutoff = max(self.last_seq - self._recent.capacity, 0)
-        rows = con.execute(
-            "SELECT id::VARCHAR, seq FROM events WHERE seq > ? ORDER BY seq", [cutoff]
-        ).fetchall()
-        for event_id, seq in rows:
-            self._recent.add(event_id, id_timestamp_ms(event_id), seq)
+        table = con.sql(
+            "SELECT id::VARCHAR AS id, seq FROM events WHERE seq > ? ORDER BY seq", params=[cutoff]
+        ).to_arrow_table()
+        self._recent.extend(table.column("id").to_pylist(), table.column("seq").to_pylist())
         if cutoff:
             # Every id not loaded must sit below the watermark.
-            oldest = con.execute(
+            ((newest_unloaded,),) = con.execute(
                 "SELECT max(id)::VARCHAR FROM events WHERE seq <= ?", [cutoff]
-            ).fetchone()
-            if oldest and oldest[0]:
+            ).fetchall()
+            if newest_unloaded:
                 self._recent.watermark_ms = max(
-                    self._recent.watermark_ms, id_timestamp_ms(oldest[0]) + 1
+                    self._recent.watermark_ms, id_timestamp_ms(newest_unloaded) + 1
                 )
 
     async def close(self) -> None:
@@ -231,7 +256,7 @@ class EventStore:
     def _close_sync(self) -> None:
         if self._con is not None:
             with contextlib.suppress(duckdb.Error):
-                self._con.execute("CHECKPOINT")
+                self._con.execute("CHECKPOINT").fetchall()
             self._con.close()
             self._con = None
 
@@ -300,23 +325,21 @@ class EventStore:
             for pending, pending_seqs in zip(batch, seqs, strict=True):
                 if not pending.future.done():
                     pending.future.set_result(pending_seqs)
-            await loop.run_in_executor(self._writer_thread, self._maybe_checkpoint, True)
 
     def _commit_sync(self, batch: list[_Pending]) -> tuple[list[list[int]], list[Recorded]]:
         con = self._con
         assert con is not None
         recent = self._recent
-        in_batch: dict[str, int] = {}
-        to_check: list[str] = []
-        for pending in batch:
-            for new in pending.events:
-                if (
-                    new.id not in recent.seq_by_id
-                    and new.id not in in_batch
-                    and id_timestamp_ms(new.id) < recent.watermark_ms
-                ):
-                    to_check.append(new.id)
-                in_batch.setdefault(new.id, 0)
+        seq_by_id = recent.seq_by_id
+        watermark = recent.watermark_ms
+
+        # Which ids might already be stored below the in-memory window?
+        to_check = [
+            new.id
+            for pending in batch
+            for new in pending.events
+            if new.id not in seq_by_id and id_timestamp_ms(new.id) < watermark
+        ]
         known: dict[str, int] = {}
         if to_check:
             rows = con.execute(
@@ -328,80 +351,86 @@ class EventStore:
         recorded_at = now_us()
         seq = self.last_seq
         prev = self._last_hash
+        sha256 = hashlib.sha256
         assigned: dict[str, int] = {}
-        cols: dict[str, list[Any]] = {name: [] for name in _ARROW_SCHEMA.names}
-        new_records: list[Recorded] = []
+        fresh: list[tuple[NewEvent, bytes, int, bytes]] = []
         seqs_per_caller: list[list[int]] = []
         for pending in batch:
             caller_seqs: list[int] = []
             for new, payload in zip(pending.events, pending.payloads, strict=True):
-                existing = assigned.get(new.id) or recent.seq_by_id.get(new.id) or known.get(new.id)
+                eid = new.id
+                existing = assigned.get(eid) or seq_by_id.get(eid) or known.get(eid)
                 if existing is not None:
                     caller_seqs.append(existing)
                     continue
                 seq += 1
-                kind, stream = new.kind, new.stream
-                prev = chain_hash(
-                    prev,
-                    seq,
-                    new.id,
-                    kind,
-                    stream,
-                    new.source,
-                    new.occurred_at_us,
-                    recorded_at,
-                    new.schema_version,
-                    payload,
-                )
-                assigned[new.id] = seq
+                prev = sha256(
+                    prev
+                    + _canonical_head(
+                        seq,
+                        eid,
+                        new.kind,
+                        new.stream,
+                        new.source,
+                        new.occurred_at_us,
+                        recorded_at,
+                        new.schema_version,
+                    )
+                    + payload
+                ).digest()
+                assigned[eid] = seq
                 caller_seqs.append(seq)
-                cols["seq"].append(seq)
-                cols["id"].append(new.id)
-                cols["kind"].append(kind)
-                cols["stream"].append(stream)
-                cols["source"].append(new.source)
-                cols["occurred_at"].append(new.occurred_at_us)
-                cols["recorded_at"].append(recorded_at)
-                cols["schema_version"].append(new.schema_version)
-                cols["payload"].append(payload.decode())
-                cols["hash"].append(prev)
-                new_records.append(
-                    Recorded(
-                        seq=seq,
-                        id=new.id,
-                        kind=kind,
-                        stream=stream,
-                        source=new.source,
-                        occurred_at_us=new.occurred_at_us,
-                        recorded_at_us=recorded_at,
-                        schema_version=new.schema_version,
-                        hash=prev,
-                        event=new.event,
-                    )
-                )
+                fresh.append((new, payload, seq, prev))
             seqs_per_caller.append(caller_seqs)
+        if not fresh:
+            return seqs_per_caller, []
 
-        if new_records:
-            table = pa.Table.from_pydict(cols, schema=_ARROW_SCHEMA)
-            con.register("_incoming", table)
-            try:
-                con.execute("BEGIN")
-                try:
-                    con.execute(
-                        "INSERT INTO events SELECT * REPLACE (id::UUID AS id) FROM _incoming"
-                    )
-                    con.execute("COMMIT")
-                except BaseException:
-                    con.execute("ROLLBACK")
-                    raise
-            finally:
-                con.unregister("_incoming")
-            # Only now, with the commit durable, does memory move on.
-            self.last_seq, self._last_hash = seq, prev
-            for record in new_records:
-                recent.add(record.id, id_timestamp_ms(record.id), record.seq)
-            self.commits += 1
-        return seqs_per_caller, new_records
+        n = len(fresh)
+        news = [f[0] for f in fresh]
+        incoming = pa.Table.from_arrays(
+            [
+                pa.array([f[2] for f in fresh], pa.int64()),
+                pa.array([e.id for e in news], pa.string()),
+                pa.array([e.kind for e in news], pa.string()),
+                pa.array([e.stream for e in news], pa.string()),
+                pa.array([e.source for e in news], pa.string()),
+                pa.array([e.occurred_at_us for e in news], pa.int64()).cast(_TS),
+                pa.array([recorded_at] * n, pa.int64()).cast(_TS),
+                pa.array([e.schema_version for e in news], pa.uint16()),
+                pa.array([f[1] for f in fresh], pa.binary()).cast(pa.string()),
+                pa.array([f[3] for f in fresh], pa.binary()),
+            ],
+            schema=_ARROW_SCHEMA,
+        )
+        # One statement is one transaction: the batch lands whole or not at all.
+        con.register("incoming", incoming)
+        try:
+            con.execute(
+                "INSERT INTO events SELECT * REPLACE (id::UUID AS id) FROM incoming"
+            ).fetchall()
+        finally:
+            con.unregister("incoming")
+        # Only now, with the commit durable, does memory move on.
+        self.last_seq, self._last_hash = seq, prev
+        records = [
+            Recorded(
+                seq=s,
+                id=e.id,
+                kind=e.kind,
+                stream=e.stream,
+                source=e.source,
+                occurred_at_us=e.occurred_at_us,
+                recorded_at_us=recorded_at,
+                schema_version=e.schema_version,
+                hash=h,
+                event=e.event,
+            )
+            for e, _, s, h in fresh
+        ]
+        recent.extend((e.id for e in news), (f[2] for f in fresh))
+        self.commits += 1
+        self._maybe_checkpoint(after_commit=True)
+        return seqs_per_caller, records
 
     def _maybe_checkpoint(self, after_commit: bool) -> None:
         try:
@@ -410,7 +439,7 @@ class EventStore:
             return
         limit = self._checkpoint_hard if after_commit else self._checkpoint_soft
         if wal >= limit and self._con is not None:
-            self._con.execute("CHECKPOINT")
+            self._con.execute("CHECKPOINT").fetchall()
             self.checkpoints += 1
 
     # -- reading -----------------------------------------------------------------------------
@@ -457,30 +486,39 @@ class EventStore:
         sql = f"SELECT {_SELECT_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY seq"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        rows = await self.query(sql, params)
-        return self._decode_rows(rows)
 
-    def _decode_rows(self, rows: Iterable[tuple[Any, ...]]) -> list[Recorded]:
-        out: list[Recorded] = []
+        def fetch() -> list[Recorded]:
+            table = self._reader().sql(sql, params=params).to_arrow_table()
+            with gc_paused():
+                return self._decode_table(table)
+
+        return await asyncio.get_running_loop().run_in_executor(self._readers, fetch)
+
+    def _decode_table(self, table: pa.Table) -> list[Recorded]:
+        # Column-wise conversion is several times faster than row tuples for long reads.
+        columns = [column.to_pylist() for column in table.columns]
         decode = self.codec.decode
-        for seq, eid, kind, stream, source, occ, rec, version, payload, digest in rows:
+        out: list[Recorded] = []
+        append = out.append
+        for seq, eid, kind, stream, source, occ, rec, version, payload, digest in zip(
+            *columns, strict=True
+        ):
             event = decode(kind, version, payload)
-            if event is None:
-                continue
-            out.append(
-                Recorded(
-                    seq=seq,
-                    id=eid,
-                    kind=kind,
-                    stream=stream,
-                    source=source,
-                    occurred_at_us=occ,
-                    recorded_at_us=rec,
-                    schema_version=version,
-                    hash=bytes(digest),
-                    event=event,
+            if event is not None:
+                append(
+                    Recorded(
+                        seq=seq,
+                        id=eid,
+                        kind=kind,
+                        stream=stream,
+                        source=source,
+                        occurred_at_us=occ,
+                        recorded_at_us=rec,
+                        schema_version=version,
+                        hash=digest,
+                        event=event,
+                    )
                 )
-            )
         return out
 
     async def subscribe(self, after: int = 0, *, page: int = 10_000) -> AsyncIterator[Recorded]:
@@ -522,28 +560,58 @@ class EventStore:
 
     # -- snapshots (derived data) -----------------------------------------------------------
 
-    async def save_snapshot(self, name: str, seq: int, data: bytes) -> None:
-        """Store a derived snapshot of folded state at ``seq`` (rebuildable from the log)."""
+    @property
+    def snapshot_dir(self) -> Path:
+        """Where snapshots live: beside the database, never inside the log."""
+        return self.path.with_name(self.path.name + ".snapshots")
 
-        def write() -> None:
-            assert self._con is not None
-            self._con.execute(
-                "INSERT INTO snapshots VALUES (?, ?, make_timestamptz(?::BIGINT), ?)",
-                [name, seq, now_us(), data],
-            )
+    async def save_snapshot(self, name: str, seq: int, data: bytes) -> Path:
+        """Store folded state at ``seq`` as a file (derived data: rebuildable, prunable).
 
-        await asyncio.get_running_loop().run_in_executor(self._writer_thread, write)
+        The file starts with the log's hash at ``seq``; a snapshot whose hash no
+        longer matches the log (a restored or replaced database) is never used.
+        """
+        rows = await self.query("SELECT hash FROM events WHERE seq = ?", [seq])
+        if not rows:
+            raise ValueError(f"seq {seq} is not in the log")
+        anchor = bytes(rows[0][0])
+
+        def write() -> Path:
+            folder = self.snapshot_dir
+            folder.mkdir(parents=True, exist_ok=True)
+            final = folder / f"{name}-{seq:015d}.snap"
+            tmp = final.with_suffix(".tmp")
+            with open(tmp, "wb") as out:
+                out.write(anchor)
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, final)
+            for old in sorted(folder.glob(f"{name}-*.snap"))[: -self._keep_snapshots]:
+                old.unlink(missing_ok=True)
+            return final
+
+        return await asyncio.get_running_loop().run_in_executor(self._readers, write)
 
     async def latest_snapshot(
         self, name: str, at_or_before: int | None = None
     ) -> tuple[int, bytes] | None:
-        """The newest snapshot called ``name`` at or before a seq, as (seq, data)."""
-        limit = self.last_seq if at_or_before is None else at_or_before
-        rows = await self.query(
-            "SELECT seq, data FROM snapshots WHERE name = ? AND seq <= ? ORDER BY seq DESC LIMIT 1",
-            [name, limit],
-        )
-        return (int(rows[0][0]), bytes(rows[0][1])) if rows else None
+        """The newest valid snapshot called ``name`` at or before a seq, as (seq, data)."""
+        limit = self.last_seq if at_or_before is None else min(at_or_before, self.last_seq)
+        candidates = sorted(self.snapshot_dir.glob(f"{name}-*.snap"), reverse=True)
+        for path in candidates:
+            try:
+                seq = int(path.stem.rsplit("-", 1)[1])
+            except ValueError:
+                continue
+            if seq > limit:
+                continue
+            loop = asyncio.get_running_loop()
+            blob = await loop.run_in_executor(self._readers, path.read_bytes)
+            rows = await self.query("SELECT hash FROM events WHERE seq = ?", [seq])
+            if rows and bytes(rows[0][0]) == blob[:32]:
+                return seq, blob[32:]
+        return None
 
 
 def verify_chain(
@@ -552,16 +620,16 @@ def verify_chain(
     """Check seq continuity and the hash chain of the ``events`` table on ``con``."""
     prev = GENESIS_HASH
     if start > 1:
-        row = con.execute("SELECT hash FROM events WHERE seq = ?", [start - 1]).fetchone()
-        if row is None:
+        found = con.execute("SELECT hash FROM events WHERE seq = ?", [start - 1]).fetchall()
+        if not found:
             return VerifyResult(ok=False, checked=0, first_bad_seq=start - 1, reason="seq missing")
-        prev = bytes(row[0])
+        prev = bytes(found[0][0])
     expected = start
     checked = 0
     last = (
         end
         if end is not None
-        else (con.execute("SELECT max(seq) FROM events").fetchone() or [0])[0]
+        else con.execute("SELECT coalesce(max(seq), 0) FROM events").fetchall()[0][0]
     )
     last = int(last or 0)
     while expected <= last:

@@ -24,7 +24,7 @@ TaskType = Literal["command", "vps"]
 FinalState = Literal["completed", "failed", "killed", "killed_oom"]
 
 
-class Mount(Struct, frozen=True, kw_only=True):
+class Mount(Struct, frozen=True, kw_only=True, gc=False):
     """A host path bound into a task's container (or its process sandbox)."""
 
     host_path: NonEmptyStr
@@ -32,7 +32,7 @@ class Mount(Struct, frozen=True, kw_only=True):
     read_only: bool = False
 
 
-class TaskSpec(Struct, frozen=True, kw_only=True):
+class TaskSpec(Struct, frozen=True, kw_only=True, gc=False):
     """Everything a user asked for when submitting one task instance."""
 
     task_type: TaskType = "command"
@@ -53,7 +53,7 @@ class TaskSpec(Struct, frozen=True, kw_only=True):
     ssh_public_key: str | None = None  # VPS tasks only
 
 
-class NumaNode(Struct, frozen=True, kw_only=True):
+class NumaNode(Struct, frozen=True, kw_only=True, gc=False):
     """One NUMA node of a machine: its CPUs and memory."""
 
     id: NonNegInt
@@ -61,7 +61,7 @@ class NumaNode(Struct, frozen=True, kw_only=True):
     memory_bytes: NonNegInt = 0
 
 
-class GpuInfo(Struct, frozen=True, kw_only=True):
+class GpuInfo(Struct, frozen=True, kw_only=True, gc=False):
     """A GPU as the node agent found it."""
 
     id: NonNegInt
@@ -70,7 +70,7 @@ class GpuInfo(Struct, frozen=True, kw_only=True):
     uuid: str | None = None
 
 
-class GpuUsage(Struct, frozen=True, kw_only=True):
+class GpuUsage(Struct, frozen=True, kw_only=True, gc=False):
     """A GPU's load at heartbeat time."""
 
     id: NonNegInt
@@ -79,14 +79,14 @@ class GpuUsage(Struct, frozen=True, kw_only=True):
     temperature_c: float | None = None
 
 
-class Rejection(Struct, frozen=True, kw_only=True):
+class Rejection(Struct, frozen=True, kw_only=True, gc=False):
     """A node the scheduler considered for a task and why it said no."""
 
     node: str
     reason: str
 
 
-class Event(Struct, frozen=True, kw_only=True, tag_field="kind"):
+class Event(Struct, frozen=True, kw_only=True, tag_field="kind", gc=False):
     """Base of every event; subclasses set ``tag`` to their stable dotted kind."""
 
     @property

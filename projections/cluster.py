@@ -13,6 +13,7 @@ from collections.abc import Iterable
 import msgspec
 from msgspec import Struct
 
+from events.codec import gc_paused
 from events.envelope import Recorded
 from events.types import (
     NodeHeartbeat,
@@ -253,7 +254,8 @@ class ClusterState:
     @classmethod
     def restore(cls, data: bytes) -> ClusterState:
         """A state equal to the one that produced ``data`` with ``snapshot``."""
-        snap = _snapshot_decoder.decode(data)
+        with gc_paused():
+            snap = _snapshot_decoder.decode(data)
         if snap.format != SNAPSHOT_FORMAT:
             raise ValueError(f"snapshot format {snap.format} is not {SNAPSHOT_FORMAT}")
         state = cls()

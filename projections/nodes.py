@@ -7,7 +7,7 @@ from msgspec import Struct, field
 from events.types import GpuInfo, GpuUsage, NumaNode
 
 
-class NodeView(Struct, kw_only=True):
+class NodeView(Struct, kw_only=True, gc=False):
     """A node as the scheduler and users see it."""
 
     name: str

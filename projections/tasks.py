@@ -83,7 +83,7 @@ def next_state(state: str, kind: str, reported: str | None = None) -> str | None
     return target
 
 
-class TaskView(Struct, kw_only=True):
+class TaskView(Struct, kw_only=True, gc=False):
     """A task as users see it: its spec, where it runs, how far it got."""
 
     task_id: str

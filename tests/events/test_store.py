@@ -263,3 +263,23 @@ def test_every_acknowledged_event_survives_sigkill(tmp_path: Path) -> None:
             assert (await store.verify()).ok
 
     asyncio.run(check())
+
+
+async def test_snapshots_are_files_anchored_to_the_log(tmp_path: Path) -> None:
+    path = tmp_path / "log.duckdb"
+    async with await EventStore.open(path, keep_snapshots=2) as store:
+        await store.append([submitted() for _ in range(6)])
+        for seq in (2, 4, 5):
+            await store.save_snapshot("cluster", seq, f"state@{seq}".encode())
+        # Retention keeps the newest two
+        assert len(list(store.snapshot_dir.glob("cluster-*.snap"))) == 2
+        assert await store.latest_snapshot("cluster") == (5, b"state@5")
+        assert await store.latest_snapshot("cluster", at_or_before=4) == (4, b"state@4")
+        assert await store.latest_snapshot("cluster", at_or_before=3) is None
+        with pytest.raises(ValueError, match="not in the log"):
+            await store.save_snapshot("cluster", 99, b"x")
+    # A different log in the same place: the old snapshots no longer match its hashes
+    path.unlink()
+    async with await EventStore.open(path) as store:
+        await store.append([submitted() for _ in range(6)])
+        assert await store.latest_snapshot("cluster") is None

@@ -66,8 +66,10 @@ class ClusterSimulation:
         nodes: int = 4,
         heartbeat_share: float = 0.5,
         offline_chance: float = 0.002,
+        max_active: int = 200,
     ) -> None:
         self.rng = rng
+        self.max_active = max_active
         self.heartbeat_share = heartbeat_share
         self.offline_chance = offline_chance
         self.nodes = [
@@ -123,7 +125,9 @@ class ClusterSimulation:
             if rng.random() < self.offline_chance:
                 yield from self._node_flaps(rng.choice(self.nodes))
                 continue
-            if submitted < task_count and (not self.active or rng.random() < 0.3):
+            if submitted < task_count and (
+                not self.active or (len(self.active) < self.max_active and rng.random() < 0.3)
+            ):
                 submitted += 1
                 yield self._submit()
                 continue

@@ -1,0 +1,1 @@
+"""HakuRiver command-line apps: the composition root."""

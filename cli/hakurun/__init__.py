@@ -1,0 +1,1 @@
+"""hakurun: run a command once for every combination of its span arguments, on this machine."""

@@ -1,0 +1,26 @@
+"""Run every benchmark; each prints one ``name value`` line per figure.
+
+Usage: python tests/benchmarks/run.py [--full]
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+BENCHMARKS = ["bench_store.py"]
+
+
+def main() -> int:
+    """Run each benchmark script in its own process, passing the arguments on."""
+    failed = 0
+    for name in BENCHMARKS:
+        print(f"# {name}", flush=True)
+        failed |= subprocess.call([sys.executable, str(HERE / name), *sys.argv[1:]])
+    return failed
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
