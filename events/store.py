@@ -79,22 +79,8 @@ class InvalidEvent(ValueError):
     """An event the log refuses; the message names the event and the field."""
 
 
-def chain_hash(
-    prev: bytes,
-    seq: int,
-    event_id: str,
-    kind: str,
-    stream: str,
-    source: str,
-    occurred_at_us: int,
-    recorded_at_us: int,
-    schema_version: int,
-    payload: bytes,
-) -> bytes:
-    """SHA-256 over the previous hash and this event's canonical bytes."""
-    head = _canonical_head(
-        seq, event_id, kind, stream, source, occurred_at_us, recorded_at_us, schema_version
-    )
+def chain_hash(prev: bytes, head: bytes, payload: bytes) -> bytes:
+    """SHA-256 over the previous hash, this event's envelope head and its payload."""
     return hashlib.sha256(prev + head + payload).digest()
 
 
@@ -351,7 +337,6 @@ class EventStore:
         recorded_at = now_us()
         seq = self.last_seq
         prev = self._last_hash
-        sha256 = hashlib.sha256
         assigned: dict[str, int] = {}
         fresh: list[tuple[NewEvent, bytes, int, bytes]] = []
         seqs_per_caller: list[list[int]] = []
@@ -364,20 +349,17 @@ class EventStore:
                     caller_seqs.append(existing)
                     continue
                 seq += 1
-                prev = sha256(
-                    prev
-                    + _canonical_head(
-                        seq,
-                        eid,
-                        new.kind,
-                        new.stream,
-                        new.source,
-                        new.occurred_at_us,
-                        recorded_at,
-                        new.schema_version,
-                    )
-                    + payload
-                ).digest()
+                head = _canonical_head(
+                    seq,
+                    eid,
+                    new.kind,
+                    new.stream,
+                    new.source,
+                    new.occurred_at_us,
+                    recorded_at,
+                    new.schema_version,
+                )
+                prev = chain_hash(prev, head, payload)
                 assigned[eid] = seq
                 caller_seqs.append(seq)
                 fresh.append((new, payload, seq, prev))
@@ -598,7 +580,11 @@ class EventStore:
     ) -> tuple[int, bytes] | None:
         """The newest valid snapshot called ``name`` at or before a seq, as (seq, data)."""
         limit = self.last_seq if at_or_before is None else min(at_or_before, self.last_seq)
-        candidates = sorted(self.snapshot_dir.glob(f"{name}-*.snap"), reverse=True)
+        loop = asyncio.get_running_loop()
+        candidates = await loop.run_in_executor(
+            self._readers,
+            lambda: sorted(self.snapshot_dir.glob(f"{name}-*.snap"), reverse=True),
+        )
         for path in candidates:
             try:
                 seq = int(path.stem.rsplit("-", 1)[1])
@@ -606,7 +592,6 @@ class EventStore:
                 continue
             if seq > limit:
                 continue
-            loop = asyncio.get_running_loop()
             blob = await loop.run_in_executor(self._readers, path.read_bytes)
             rows = await self.query("SELECT hash FROM events WHERE seq = ?", [seq])
             if rows and bytes(rows[0][0]) == blob[:32]:
@@ -646,9 +631,8 @@ def verify_chain(
                     first_bad_seq=expected,
                     reason="seq missing" if seq > expected else "seq duplicated",
                 )
-            prev = chain_hash(
-                prev, seq, eid, kind, stream, source, occ, rec, version, payload.encode()
-            )
+            head = _canonical_head(seq, eid, kind, stream, source, occ, rec, version)
+            prev = chain_hash(prev, head, payload.encode())
             if prev != bytes(digest):
                 return VerifyResult(
                     ok=False, checked=checked, first_bad_seq=seq, reason="hash mismatch"
