@@ -1,0 +1,1 @@
+"""The control plane: the host that records, places and dispatches tasks."""

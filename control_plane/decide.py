@@ -1,0 +1,126 @@
+"""Pure command handlers: validate a user's request against the state, return events.
+
+Nothing here does I/O. A handler either returns the events to append or raises
+``InvalidRequest`` naming the field (or target) at fault, so nothing is ever
+half-recorded: the caller appends the whole list in one batch or nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from control_plane.requests import InvalidRequest, SubmitTask, Target, parse_mount, parse_size
+from control_plane.requests import parse_target as _parse_target
+from events.types import AnyEvent, Mount, TaskFinished, TaskKillRequested, TaskSpec, TaskSubmitted
+from projections.cluster import ClusterState
+from projections.nodes import NodeView
+
+NO_CONTAINER = "NULL"
+
+
+def never_fits(node: NodeView, cores: int, memory: int | None, target: Target) -> str | None:
+    """Why a task could never run on ``node`` even when it is idle; None if it could."""
+    if cores > node.cores:
+        return f"asks for {cores} cores, {node.name} has {node.cores}"
+    if memory is not None and node.memory_bytes and memory > node.memory_bytes:
+        return f"asks for {memory} bytes of memory, {node.name} has {node.memory_bytes}"
+    if target.numa_id is not None:
+        numa_ids = [numa.id for numa in node.numa]
+        if target.numa_id not in numa_ids:
+            return f"{node.name} has no NUMA node {target.numa_id} (has {numa_ids})"
+        if cores > node.numa_cores(target.numa_id):
+            return (
+                f"asks for {cores} cores, NUMA node {target.numa_id} of {node.name}"
+                f" has {node.numa_cores(target.numa_id)}"
+            )
+    gpu_ids = {gpu.id for gpu in node.gpus}
+    missing = [g for g in target.gpu_ids if g not in gpu_ids]
+    if missing:
+        return f"{node.name} has no GPU {missing} (has {sorted(gpu_ids)})"
+    return None
+
+
+def decide_submit(
+    state: ClusterState,
+    request: SubmitTask,
+    *,
+    new_id: Callable[[], str],
+    default_container: str | None,
+    allow_privileged: bool = False,
+) -> list[TaskSubmitted]:
+    """One ``task.submitted`` per target (or one for automatic placement), tied by a batch id."""
+    memory = parse_size(request.memory)
+    targets = [_parse_target(t, f"targets[{i}]") for i, t in enumerate(request.targets)]
+    mounts = tuple(
+        Mount(host_path=h, container_path=c, read_only=ro)
+        for h, c, ro in (parse_mount(m, f"mounts[{i}]") for i, m in enumerate(request.mounts))
+    )
+    bad_env = [key for key in request.env if not key or "=" in key or "\0" in key]
+    if bad_env:
+        raise InvalidRequest("env", f"invalid variable name {bad_env[0]!r}")
+    container = request.container if request.container is not None else default_container
+    if container == NO_CONTAINER:
+        container = None
+    if request.privileged and not allow_privileged:
+        raise InvalidRequest("privileged", "this host does not allow privileged tasks")
+    if request.task_type == "vps":
+        if len(targets) > 1:
+            raise InvalidRequest("targets", "a VPS task takes at most one target")
+        if container is None:
+            raise InvalidRequest("container", "a VPS task needs a container environment")
+        if not request.ssh_public_key:
+            raise InvalidRequest("ssh_public_key", "a VPS task needs the user's public key")
+
+    for i, target in enumerate(targets):
+        node = state.nodes.get(target.node)
+        if node is None:
+            known = ", ".join(sorted(state.nodes)) or "none registered yet"
+            raise InvalidRequest(f"targets[{i}]", f"unknown node {target.node!r} (known: {known})")
+        reason = never_fits(node, request.cores, memory, target)
+        if reason:
+            raise InvalidRequest(f"targets[{i}]", f"{target} can never fit: {reason}")
+    if not targets and state.nodes:
+        auto = Target(node="")
+        if all(never_fits(n, request.cores, memory, auto) for n in state.nodes.values()):
+            raise InvalidRequest(
+                "cores" if memory is None else "memory",
+                "no registered node is large enough for this task",
+            )
+
+    batch_id = new_id()
+    events = []
+    placements: list[Target | None] = list(targets) if targets else [None]
+    for target in placements:
+        spec = TaskSpec(
+            task_type=request.task_type,
+            command=request.command,
+            args=tuple(request.args),
+            env=dict(request.env),
+            cores=request.cores,
+            memory_bytes=memory,
+            gpu_ids=target.gpu_ids if target else (),
+            numa_id=target.numa_id if target else None,
+            container=container,
+            privileged=bool(request.privileged),
+            mounts=mounts,
+            target=str(target) if target else None,
+            batch_id=batch_id,
+            owner=request.owner,
+            name=request.name,
+            ssh_public_key=request.ssh_public_key,
+        )
+        events.append(TaskSubmitted(task_id=new_id(), spec=spec))
+    return events
+
+
+def decide_kill(state: ClusterState, task_id: str, requested_by: str) -> list[AnyEvent]:
+    """A kill request; a task still waiting in the queue is killed on the spot."""
+    task = state.tasks.get(task_id)
+    if task is None:
+        raise InvalidRequest("task_id", f"no task {task_id!r}")
+    if task.is_final or task.state == "lost":
+        raise InvalidRequest("task_id", f"task {task_id} is already {task.state}")
+    events: list[AnyEvent] = [TaskKillRequested(task_id=task_id, requested_by=requested_by)]
+    if task.state == "pending":
+        events.append(TaskFinished(task_id=task_id, state="killed", message="killed while queued"))
+    return events

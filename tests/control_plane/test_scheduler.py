@@ -1,0 +1,211 @@
+"""Placement: policies, queueing, exact accounting and no double allocation."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from support.factories import record_in_memory
+
+from control_plane.scheduler import Scheduler
+from events.envelope import NewEvent, new_event
+from events.ids import new_id
+from events.types import (
+    AnyEvent,
+    GpuInfo,
+    NodeOffline,
+    NodeRegistered,
+    NumaNode,
+    TaskFinished,
+    TaskSpec,
+    TaskSubmitted,
+)
+from projections.cluster import ClusterState
+
+_seq = itertools.count(1)
+
+
+def apply(state: ClusterState, *events: AnyEvent) -> None:
+    wrapped: list[NewEvent] = [new_event(e, source="test") for e in events]
+    state.apply_all(record_in_memory(wrapped, start_seq=next(_seq) * 1000))
+
+
+def node(name: str, cores: int = 4, gpus: int = 0, memory: int = 8_000_000_000) -> NodeRegistered:
+    half = cores // 2
+    return NodeRegistered(
+        node=name,
+        address=name,
+        cores=cores,
+        memory_bytes=memory,
+        numa=(
+            NumaNode(id=0, cpus=tuple(range(half))),
+            NumaNode(id=1, cpus=tuple(range(half, cores))),
+        ),
+        gpus=tuple(GpuInfo(id=g, name="G") for g in range(gpus)),
+    )
+
+
+def task(
+    cores: int = 1,
+    target: str | None = None,
+    gpus: tuple[int, ...] = (),
+    numa: int | None = None,
+    memory: int | None = None,
+) -> TaskSubmitted:
+    spec = TaskSpec(
+        command="true",
+        cores=cores,
+        target=target,
+        gpu_ids=gpus,
+        numa_id=numa,
+        memory_bytes=memory,
+        batch_id="b",
+    )
+    return TaskSubmitted(task_id=new_id(), spec=spec)
+
+
+def place(state: ClusterState, scheduler: Scheduler) -> dict[str, str]:
+    placed = scheduler.plan(state)
+    apply(state, *placed)
+    return {p.task_id: p.node for p in placed}
+
+
+def test_tasks_that_do_not_fit_wait_and_start_when_room_frees() -> None:
+    state, scheduler = ClusterState(), Scheduler()
+    apply(state, node("n1", cores=4))
+    first, second, third = task(cores=3), task(cores=2), task(cores=1)
+    apply(state, first, second, third)
+    # Backfill: the 1-core task passes the 2-core one that does not fit
+    assert place(state, scheduler) == {first.task_id: "n1", third.task_id: "n1"}
+    assert list(state.pending) == [second.task_id]
+    assert place(state, scheduler) == {}  # still full
+    apply(state, TaskFinished(task_id=first.task_id, state="completed", exit_code=0))
+    assert place(state, scheduler) == {second.task_id: "n1"}
+
+
+def test_placement_records_reason_and_rejected_nodes() -> None:
+    state = ClusterState()
+    apply(state, node("a", cores=1), node("b", cores=4))
+    apply(state, task(cores=2))
+    (placed,) = Scheduler("first-fit").plan(state)
+    assert placed.node == "b" and placed.policy == "first-fit"
+    assert [(r.node, r.reason) for r in placed.rejected] == [("a", "1 cores free, needs 2")]
+
+
+def test_targeted_tasks_go_only_to_their_node_and_gpus() -> None:
+    state, scheduler = ClusterState(), Scheduler()
+    apply(state, node("a", cores=8), node("g", cores=8, gpus=2))
+    t1, t2, t3 = (
+        task(target="g::0", gpus=(0,)),
+        task(target="g::0", gpus=(0,)),
+        task(target="g::1", gpus=(1,)),
+    )
+    apply(state, t1, t2, t3)
+    assert place(state, scheduler) == {t1.task_id: "g", t3.task_id: "g"}
+    assert sorted(state.nodes["g"].allocated_gpus) == [0, 1]
+    assert list(state.pending) == [t2.task_id]
+
+
+def test_numa_accounting() -> None:
+    state, scheduler = ClusterState(), Scheduler()
+    apply(state, node("n", cores=8))
+    t1, t2, t3 = (
+        task(cores=3, target="n:0", numa=0),
+        task(cores=2, target="n:0", numa=0),
+        task(cores=4, target="n:1", numa=1),
+    )
+    apply(state, t1, t2, t3)
+    assert place(state, scheduler) == {t1.task_id: "n", t3.task_id: "n"}
+    assert state.nodes["n"].allocated_cores_by_numa == {0: 3, 1: 4}
+
+
+def test_offline_nodes_get_nothing_and_targeted_tasks_wait_for_them() -> None:
+    state, scheduler = ClusterState(), Scheduler()
+    apply(state, node("a"), node("b"))
+    apply(state, NodeOffline(node="a"))
+    free, pinned = task(), task(target="a")
+    apply(state, free, pinned)
+    assert place(state, scheduler) == {free.task_id: "b"}
+    assert list(state.pending) == [pinned.task_id]
+
+
+def test_policies_spread_differently() -> None:
+    def run(policy: str) -> list[str]:
+        state = ClusterState()
+        apply(state, node("a", cores=8), node("b", cores=8), node("c", cores=8))
+        tasks = [task() for _ in range(6)]
+        apply(state, *tasks)
+        placed = place(state, Scheduler(policy))  # type: ignore[arg-type]
+        return [placed[t.task_id] for t in tasks]
+
+    assert run("first-fit") == ["a"] * 6
+    assert run("least-loaded") == ["a", "b", "c", "a", "b", "c"]
+    assert run("round-robin") == ["a", "b", "c", "a", "b", "c"]
+
+
+def test_unknown_policy_is_refused() -> None:
+    try:
+        Scheduler("fastest")  # type: ignore[arg-type]
+    except ValueError as err:
+        assert "first-fit" in str(err)
+    else:
+        raise AssertionError("expected ValueError")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    policy=st.sampled_from(["first-fit", "least-loaded", "round-robin"]),
+)
+def test_no_sequence_of_submits_and_finishes_overcommits_anything(seed: int, policy: str) -> None:
+    rng = random.Random(seed)
+    state, scheduler = ClusterState(), Scheduler(policy)  # type: ignore[arg-type]
+    apply(
+        state,
+        *(
+            node(
+                f"n{i}",
+                cores=rng.choice([2, 4, 8]),
+                gpus=rng.choice([0, 2, 4]),
+                memory=rng.choice([2, 8]) * 1_000_000_000,
+            )
+            for i in range(3)
+        ),
+    )
+    for _ in range(30):
+        batch = []
+        for _ in range(rng.randint(0, 4)):
+            n = state.nodes[f"n{rng.randint(0, 2)}"]
+            gpus = tuple(sorted(rng.sample(range(len(n.gpus)), rng.randint(0, len(n.gpus)))))
+            numa = rng.choice([None, 0, 1])
+            target = rng.choice([None, n.name]) if not gpus and numa is None else n.name
+            text = (
+                None
+                if target is None
+                else target
+                + (f":{numa}" if numa is not None else "")
+                + ("::" + ",".join(map(str, gpus)) if gpus else "")
+            )
+            batch.append(
+                task(
+                    cores=rng.randint(1, 2),
+                    target=text,
+                    gpus=gpus,
+                    numa=numa if target else None,
+                    memory=rng.choice([None, 500_000_000, 1_500_000_000]),
+                )
+            )
+        apply(state, *batch)
+        place(state, scheduler)
+        holding = [t for t in state.tasks.values() if t.holds_resources]
+        for t in rng.sample(holding, k=len(holding) // 2):
+            apply(state, TaskFinished(task_id=t.task_id, state="completed", exit_code=0))
+        for n in state.nodes.values():
+            assert 0 <= n.allocated_cores <= n.cores
+            assert n.allocated_memory_bytes <= n.memory_bytes
+            assert len(n.allocated_gpus) == len(set(n.allocated_gpus))
+            for numa in n.numa:
+                assert n.allocated_cores_by_numa.get(numa.id, 0) <= len(numa.cpus)
+    assert state.anomalies == []
