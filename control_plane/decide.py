@@ -90,7 +90,7 @@ def decide_submit(
     batch_id = new_id()
     events = []
     placements: list[Target | None] = list(targets) if targets else [None]
-    for target in placements:
+    for place in placements:
         spec = TaskSpec(
             task_type=request.task_type,
             command=request.command,
@@ -98,12 +98,12 @@ def decide_submit(
             env=dict(request.env),
             cores=request.cores,
             memory_bytes=memory,
-            gpu_ids=target.gpu_ids if target else (),
-            numa_id=target.numa_id if target else None,
+            gpu_ids=place.gpu_ids if place else (),
+            numa_id=place.numa_id if place else None,
             container=container,
             privileged=bool(request.privileged),
             mounts=mounts,
-            target=str(target) if target else None,
+            target=str(place) if place else None,
             batch_id=batch_id,
             owner=request.owner,
             name=request.name,
