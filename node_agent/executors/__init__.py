@@ -1,0 +1,1 @@
+"""Task executors: one module per backend, all behind the protocol in ``base``."""

@@ -1,0 +1,131 @@
+"""The executor protocol: how the agent starts, watches and controls a task.
+
+Every backend (``process`` now, ``docker`` next) implements ``Executor``. The
+agent drives it like this:
+
+1. ``start(run)`` launches the task and returns once it is running, with its pid or
+   container id (the agent reports ``task.started``). Starting a task id the
+   executor already knows returns the same ``Started`` again: commands from the
+   host may be repeated after a reconnect. A task that cannot start (no such
+   command, bad working directory...) raises ``StartFailed`` with a message for
+   the user, and leaves nothing behind.
+2. ``wait(task_id)`` returns the task's ``Outcome`` when it ends (the agent reports
+   ``task.finished``). Any number of callers may wait on the same task.
+3. ``kill(task_id, grace_s)`` asks the task to stop, and forces it after
+   ``grace_s`` seconds; its outcome is then ``killed``. ``pause``/``resume``
+   freeze and continue it. All three are no-ops on a task that has ended, and
+   raise ``UnknownTask`` for a task id the executor does not know.
+4. Tasks outlive the agent. After a restart, ``adopt()`` finds the tasks a previous
+   agent started that are still running, or that ended while no agent watched
+   (their ``wait`` then returns at once), and resumes watching them.
+5. ``forget(task_id)``, once the agent has durably recorded the outcome (put
+   ``task.finished`` in its outbox), drops what the executor keeps about the task,
+   so a later ``adopt`` does not report it again.
+6. ``close()`` stops watching without touching the tasks (agent shutdown).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from msgspec import Struct
+
+from events.types import FinalState, TaskSpec
+
+
+class TaskRun(Struct, frozen=True, kw_only=True):
+    """One task to run on this node, with the resources the scheduler placed it on."""
+
+    task_id: str
+    spec: TaskSpec
+    cores: int
+    memory_bytes: int | None = None
+    gpu_ids: tuple[int, ...] = ()
+    numa_id: int | None = None
+    cpus: tuple[int, ...] = ()  # the CPU set to pin the task to; empty: no pinning
+    shared_dir: str
+    local_temp_dir: str
+
+
+class Started(Struct, frozen=True, kw_only=True):
+    """A running task: its process id or its container id."""
+
+    task_id: str
+    pid: int | None = None
+    container_id: str | None = None
+
+
+class Outcome(Struct, frozen=True, kw_only=True):
+    """How a task ended.
+
+    ``exit_code`` is the exit status, or minus the signal number when a signal ended
+    it (``-9`` for SIGKILL), or None when the executor lost track of the status.
+    """
+
+    state: FinalState
+    exit_code: int | None = None
+    message: str = ""
+
+
+class Adopted(Struct, frozen=True, kw_only=True):
+    """A task found after an agent restart, watched again from now on."""
+
+    task_id: str
+    pid: int | None = None
+    container_id: str | None = None
+    paused: bool = False
+    ended: bool = False  # it ended while no agent watched: ``wait`` returns at once
+
+
+class ExecutorError(Exception):
+    """An executor could not do what it was asked; the message says why."""
+
+
+class StartFailed(ExecutorError):
+    """A task could not be started (its outcome is ``failed`` and it never ran)."""
+
+
+class UnknownTask(ExecutorError):
+    """The executor has no task with this id."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"no task {task_id!r} on this executor")
+        self.task_id = task_id
+
+
+class Executor(Protocol):
+    """A backend that runs tasks: plain processes, Docker containers..."""
+
+    name: str
+
+    async def start(self, run: TaskRun) -> Started:
+        """Launch a task (idempotent by task id); raise ``StartFailed`` if it cannot run."""
+        ...
+
+    async def wait(self, task_id: str) -> Outcome:
+        """The task's outcome, once it has ended."""
+        ...
+
+    async def kill(self, task_id: str, grace_s: float) -> None:
+        """Ask the task to stop; force it after ``grace_s`` seconds."""
+        ...
+
+    async def pause(self, task_id: str) -> None:
+        """Freeze the task's processes."""
+        ...
+
+    async def resume(self, task_id: str) -> None:
+        """Continue a paused task."""
+        ...
+
+    async def adopt(self) -> list[Adopted]:
+        """Find tasks a previous agent started and watch them again."""
+        ...
+
+    async def forget(self, task_id: str) -> None:
+        """Drop an ended task's records once its outcome is safely reported."""
+        ...
+
+    async def close(self) -> None:
+        """Stop watching; running tasks are left running."""
+        ...

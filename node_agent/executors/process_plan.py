@@ -1,0 +1,223 @@
+"""Pure decisions of the process executor: how to launch a task, and what its end means.
+
+``HostFacilities.detect()`` looks once at what the node offers (systemd as PID 1,
+``numactl``, a writable cgroup v2 hierarchy); ``plan_launch`` turns a ``TaskRun`` into
+the exact argument vector, environment and limits the shim applies; and
+``decide_outcome`` maps a return code to a final state. Only ``detect`` does I/O.
+
+Memory limits, best first: systemd's ``MemoryMax`` where systemd is PID 1 and we are
+root; else a cgroup v2 child with ``memory.max`` where the hierarchy is writable; else
+``RLIMIT_DATA``. RLIMIT_DATA rather than RLIMIT_AS: it bounds what a program allocates
+(heap and private writable mappings) without counting address space merely reserved,
+which RLIMIT_AS does and which breaks the JVM, Go and CUDA programs long before they
+use the memory. Under an rlimit an allocation fails inside the program (MemoryError,
+ENOMEM), so the task ends ``failed``, not ``killed_oom``: only a cgroup limit lets the
+kernel's OOM killer act, and only then can the outcome say so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+from collections.abc import Mapping
+from pathlib import Path
+
+import msgspec
+from msgspec import Struct
+
+from node_agent.executors.base import Outcome, TaskRun
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+CGROUP_PARENT_NAME = "hakuriver"
+SYSTEMD_SLICE = "hakuriver"
+
+
+class HostFacilities(Struct, frozen=True, kw_only=True):
+    """What the node offers for running and confining processes."""
+
+    systemd_run: str | None = None  # systemd-run's path, set only where systemd is PID 1
+    numactl: str | None = None
+    cgroup_parent: str | None = None  # a cgroup v2 directory whose children get memory.max
+
+    @classmethod
+    def detect(
+        cls, *, numactl: str | None = None, cgroup_root: str = CGROUP_ROOT
+    ) -> HostFacilities:
+        """Look at this machine (blocking; done once when the executor is made)."""
+        systemd_run = _systemd_run()
+        return cls(
+            systemd_run=systemd_run,
+            numactl=numactl or shutil.which("numactl"),
+            cgroup_parent=None if systemd_run else prepare_cgroup_parent(cgroup_root),
+        )
+
+
+def _systemd_run() -> str | None:
+    """systemd-run, where systemd is PID 1 and we are root (scopes need the system manager)."""
+    try:
+        init = Path("/proc/1/comm").read_text().strip()
+    except OSError:
+        return None
+    if init != "systemd" or os.geteuid() != 0:
+        return None
+    return shutil.which("systemd-run")
+
+
+def prepare_cgroup_parent(root: str = CGROUP_ROOT, name: str = CGROUP_PARENT_NAME) -> str | None:
+    """Make ``root/name`` a cgroup v2 parent that can give children ``memory.max``.
+
+    None when the hierarchy is v1, read-only, or refuses to delegate the memory
+    controller (a container's namespaced root holding processes does).
+    """
+    base = Path(root)
+    parent = base / name
+    created = False
+    try:
+        if "memory" not in (base / "cgroup.controllers").read_text().split():
+            return None
+        if not parent.is_dir():
+            parent.mkdir()
+            created = True
+        for directory in (base, parent):
+            control = directory / "cgroup.subtree_control"
+            if "memory" not in control.read_text().split():
+                control.write_text("+memory")
+    except OSError:
+        if created:
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+        return None
+    return str(parent)
+
+
+class LaunchSpec(Struct, frozen=True, kw_only=True):
+    """Everything the shim needs to start one task; sent to it as a marshal'd dict."""
+
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    cwd: str
+    stdout: str
+    stderr: str
+    cpus: tuple[int, ...] = ()
+    memory_bytes: int | None = None
+    cgroup_parent: str | None = None
+    systemd_cgroup: str | None = None  # the scope's cgroup when systemd limits memory
+
+    def to_builtins(self) -> dict[str, object]:
+        """The spec as plain dicts, lists and scalars (what marshal can carry)."""
+        builtins: dict[str, object] = msgspec.to_builtins(self)
+        return builtins
+
+
+class TaskPaths(Struct, frozen=True, kw_only=True):
+    """Where a task runs and writes, under the shared directory."""
+
+    cwd: str
+    stdout: str
+    stderr: str
+
+
+def task_paths(shared_dir: str, task_id: str) -> TaskPaths:
+    """``shared_data`` as working directory; ``task_outputs/<id>.out``, ``task_errors/<id>.err``."""
+    shared = Path(shared_dir)
+    return TaskPaths(
+        cwd=str(shared / "shared_data"),
+        stdout=str(shared / "task_outputs" / f"{task_id}.out"),
+        stderr=str(shared / "task_errors" / f"{task_id}.err"),
+    )
+
+
+def task_environment(run: TaskRun, base_env: Mapping[str, str]) -> dict[str, str]:
+    """The agent's environment, the user's variables over it, HakuRiver's over both."""
+    env = dict(base_env)
+    env.update(run.spec.env)
+    env["HAKURIVER_TASK_ID"] = run.task_id
+    env["HAKURIVER_LOCAL_TEMP_DIR"] = run.local_temp_dir
+    if run.gpu_ids:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(gpu) for gpu in run.gpu_ids)
+    return env
+
+
+def systemd_unit(task_id: str) -> str:
+    """The transient scope unit name of a task (characters systemd rejects become ``_``)."""
+    return "hakuriver-" + re.sub(r"[^A-Za-z0-9:_.-]", "_", task_id)
+
+
+def plan_launch(
+    run: TaskRun, facilities: HostFacilities, base_env: Mapping[str, str]
+) -> LaunchSpec:
+    """The argument vector, environment, files and limits for one task."""
+    argv: tuple[str, ...] = (run.spec.command, *run.spec.args)
+    if run.numa_id is not None and facilities.numactl:
+        binding = [facilities.numactl, f"--membind={run.numa_id}"]
+        if not run.cpus:  # an explicit CPU set is applied by the shim, and is narrower
+            binding.append(f"--cpunodebind={run.numa_id}")
+        argv = (*binding, "--", *argv)
+    systemd_cgroup = None
+    if facilities.systemd_run:
+        unit = systemd_unit(run.task_id)
+        properties: list[str] = []
+        if run.cores:
+            properties += ["-p", f"CPUQuota={run.cores * 100}%"]
+        if run.memory_bytes is not None:
+            properties += ["-p", f"MemoryMax={run.memory_bytes}"]
+            systemd_cgroup = f"{CGROUP_ROOT}/{SYSTEMD_SLICE}.slice/{unit}.scope"
+        argv = (
+            facilities.systemd_run,
+            "--scope",
+            "--quiet",
+            "--collect",
+            f"--unit={unit}",
+            f"--slice={SYSTEMD_SLICE}",
+            *properties,
+            "--",
+            *argv,
+        )
+    paths = task_paths(run.shared_dir, run.task_id)
+    return LaunchSpec(
+        argv=argv,
+        env=task_environment(run, base_env),
+        cwd=paths.cwd,
+        stdout=paths.stdout,
+        stderr=paths.stderr,
+        cpus=run.cpus,
+        memory_bytes=run.memory_bytes,
+        cgroup_parent=None if facilities.systemd_run else facilities.cgroup_parent,
+        systemd_cgroup=systemd_cgroup,
+    )
+
+
+def describe_returncode(returncode: int) -> str:
+    """``exit status 3`` or ``signal SIGKILL`` for a Popen-style return code."""
+    if returncode >= 0:
+        return f"exit status {returncode}"
+    try:
+        return f"signal {signal.Signals(-returncode).name}"
+    except ValueError:
+        return f"signal {-returncode}"
+
+
+def decide_outcome(
+    returncode: int, *, oom_kills: int, killed_by_us: bool, memory_limit: str
+) -> Outcome:
+    """The final state of a task from how its main process ended.
+
+    ``memory_limit`` is how memory was limited: ``cgroup``, ``systemd``, ``rlimit`` or
+    ``none``. A SIGKILL nobody here sent, under a cgroup or systemd memory limit, is
+    taken for the OOM killer even when its count could not be read.
+    """
+    how = describe_returncode(returncode)
+    if killed_by_us:
+        return Outcome(state="killed", exit_code=returncode, message=f"killed on request ({how})")
+    if oom_kills > 0 or (returncode == -signal.SIGKILL and memory_limit in ("cgroup", "systemd")):
+        return Outcome(
+            state="killed_oom",
+            exit_code=returncode,
+            message=f"killed by the OOM killer: the task reached its memory limit ({how})",
+        )
+    if returncode == 0:
+        return Outcome(state="completed", exit_code=0)
+    return Outcome(state="failed", exit_code=returncode, message=f"ended with {how}")

@@ -1,0 +1,171 @@
+"""The agent's durable outbox: events the control plane has not acknowledged yet.
+
+A SQLite file in WAL mode with ``synchronous=FULL``: ``put`` returns only after its
+transaction is on disk, so an event the agent has put survives an agent crash or a
+power cut and is sent again after reconnecting. The control plane's store is
+idempotent by event id, so sending twice is harmless; acknowledged events are deleted.
+
+``Outbox`` is blocking. Asyncio code uses ``AsyncOutbox``, which runs every call on
+one dedicated thread: the loop never blocks on SQLite, and calls take effect in the
+order they were made (``to_thread`` on the shared pool could reorder two puts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from msgspec import Struct
+
+from events.codec import decode_new_event, encode_json
+from events.envelope import NewEvent
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    pos     INTEGER PRIMARY KEY AUTOINCREMENT,
+    id      TEXT    NOT NULL UNIQUE,
+    payload BLOB    NOT NULL
+)
+"""
+
+
+class PendingBatch(Struct, frozen=True, kw_only=True):
+    """Unacknowledged events ready for the wire: their ids and one JSON array of them."""
+
+    ids: tuple[str, ...]
+    body: bytes  # a JSON array of NewEvent, readable by events.codec.decode_new_events
+
+
+class Outbox:
+    """Durable FIFO of ``NewEvent``s awaiting the host's acknowledgement (blocking calls)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # One connection, shared by whichever thread calls; the lock serialises them.
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(_SCHEMA)
+
+    def put(self, events: Sequence[NewEvent]) -> None:
+        """Store events durably, in order; an id already pending is left as it is."""
+        if not events:
+            return
+        rows = [(event.id, encode_json(event)) for event in events]
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO outbox (id, payload) VALUES (?, ?)", rows
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def pending(self, limit: int = 1000) -> list[NewEvent]:
+        """The oldest unacknowledged events, at most ``limit``, in the order they were put."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT payload FROM outbox ORDER BY pos LIMIT ?", (limit,)
+            ).fetchall()
+        return [decode_new_event(payload) for (payload,) in rows]
+
+    def pending_batch(self, limit: int = 1000) -> PendingBatch:
+        """Like ``pending``, but as wire-ready JSON without decoding and re-encoding."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, payload FROM outbox ORDER BY pos LIMIT ?", (limit,)
+            ).fetchall()
+        return PendingBatch(
+            ids=tuple(row[0] for row in rows),
+            body=b"[" + b",".join(row[1] for row in rows) + b"]",
+        )
+
+    def ack(self, ids: Iterable[str]) -> None:
+        """Delete acknowledged events; unknown ids are ignored."""
+        rows = [(event_id,) for event_id in ids]
+        if not rows:
+            return
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("DELETE FROM outbox WHERE id = ?", rows)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def count(self) -> int:
+        """How many events are waiting for an acknowledgement."""
+        with self._lock:
+            (count,) = self._db.execute("SELECT count(*) FROM outbox").fetchone()
+        return int(count)
+
+    def close(self) -> None:
+        """Close the database file."""
+        with self._lock:
+            self._db.close()
+
+
+class AsyncOutbox:
+    """The outbox for asyncio code: each call runs on one dedicated thread, in call order."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self.outbox = outbox
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
+
+    @classmethod
+    async def open(cls, path: Path | str) -> AsyncOutbox:
+        """Open (or create) the outbox file without blocking the loop."""
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
+        try:
+            outbox = await asyncio.get_running_loop().run_in_executor(pool, Outbox, path)
+        finally:
+            pool.shutdown(wait=False)
+        return cls(outbox)
+
+    async def _call(self, function: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, function)
+
+    async def put(self, events: Sequence[NewEvent]) -> None:
+        """Store events durably; returns once they are on disk."""
+        await self._call(lambda: self.outbox.put(events))
+
+    async def pending(self, limit: int = 1000) -> list[NewEvent]:
+        """The oldest unacknowledged events, in the order they were put."""
+        return await self._call(lambda: self.outbox.pending(limit))
+
+    async def pending_batch(self, limit: int = 1000) -> PendingBatch:
+        """The oldest unacknowledged events as one wire-ready JSON array."""
+        return await self._call(lambda: self.outbox.pending_batch(limit))
+
+    async def ack(self, ids: Iterable[str]) -> None:
+        """Delete acknowledged events."""
+        wanted = list(ids)
+        await self._call(lambda: self.outbox.ack(wanted))
+
+    async def count(self) -> int:
+        """How many events are waiting for an acknowledgement."""
+        return await self._call(self.outbox.count)
+
+    async def close(self) -> None:
+        """Close the file after every call already made has finished."""
+        await self._call(self.outbox.close)
+        self._thread.shutdown(wait=True)
+
+    async def __aenter__(self) -> AsyncOutbox:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
