@@ -82,8 +82,12 @@ def decide_submit(
     if not targets and state.nodes:
         auto = Target(node="")
         if all(never_fits(n, request.cores, memory, auto) for n in state.nodes.values()):
+            # Blame cores when no node has that many even ignoring memory.
+            cores_alone = any(
+                not never_fits(n, request.cores, None, auto) for n in state.nodes.values()
+            )
             raise InvalidRequest(
-                "cores" if memory is None else "memory",
+                "memory" if cores_alone else "cores",
                 "no registered node is large enough for this task",
             )
 

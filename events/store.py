@@ -611,11 +611,8 @@ def verify_chain(
         prev = bytes(found[0][0])
     expected = start
     checked = 0
-    last = (
-        end
-        if end is not None
-        else con.execute("SELECT coalesce(max(seq), 0) FROM events").fetchall()[0][0]
-    )
+    stored = con.execute("SELECT coalesce(max(seq), 0) FROM events").fetchall()[0][0]
+    last = stored if end is None else min(end, stored)
     last = int(last or 0)
     while expected <= last:
         upper = min(expected + page - 1, last)

@@ -68,6 +68,7 @@ def test_no_target_means_one_task_for_automatic_placement() -> None:
         ({"targets": ["node1:0"], "cores": 5}, "targets[0]", "NUMA node 0 of node1 has 4"),
         ({"cores": 64}, "cores", "no registered node is large enough"),
         ({"memory": "64G"}, "memory", "no registered node is large enough"),
+        ({"cores": 64, "memory": "1G"}, "cores", "no registered node is large enough"),
         ({"targets": ["node1"], "memory": "20G"}, "targets[0]", "memory"),
         ({"env": {"A=B": "x"}}, "env", "invalid variable name"),
         ({"privileged": True}, "privileged", "does not allow"),

@@ -283,3 +283,24 @@ async def test_snapshots_are_files_anchored_to_the_log(tmp_path: Path) -> None:
     async with await EventStore.open(path) as store:
         await store.append([submitted() for _ in range(6)])
         assert await store.latest_snapshot("cluster") is None
+
+
+async def test_read_filters_by_kind_stream_source_seq_and_time(tmp_path: Path) -> None:
+    async with await EventStore.open(tmp_path / "log.duckdb") as store:
+        tid = new_id()
+        await store.append([submitted(tid), heartbeat("n1"), heartbeat("n2")])
+        first_batch_at = (await store.read())[-1].recorded_at_us
+        await store.append([started(tid, "n2"), heartbeat("n1")])
+        assert [r.seq for r in await store.read(kinds=["node.heartbeat"])] == [2, 3, 5]
+        assert [r.seq for r in await store.read(streams=[f"task:{tid}"])] == [1, 4]
+        assert [r.seq for r in await store.read(sources=["n2"])] == [3, 4]
+        assert [r.seq for r in await store.read(after=2, until_seq=4)] == [3, 4]
+        assert [r.seq for r in await store.read(until_us=first_batch_at)] == [1, 2, 3]
+        assert [r.seq for r in await store.read(after=1, limit=2)] == [2, 3]
+
+
+async def test_verifying_past_the_end_checks_what_is_there(tmp_path: Path) -> None:
+    async with await EventStore.open(tmp_path / "log.duckdb") as store:
+        await store.append([submitted() for _ in range(3)])
+        result = await store.verify(1, 10)
+        assert result.ok and result.checked == 3
