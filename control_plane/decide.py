@@ -47,6 +47,7 @@ def decide_submit(
     new_id: Callable[[], str],
     default_container: str | None,
     allow_privileged: bool = False,
+    batch_id: str | None = None,
 ) -> list[TaskSubmitted]:
     """One ``task.submitted`` per target (or one for automatic placement), tied by a batch id."""
     memory = parse_size(request.memory)
@@ -91,7 +92,7 @@ def decide_submit(
                 "no registered node is large enough for this task",
             )
 
-    batch_id = new_id()
+    batch_id = batch_id or new_id()
     events = []
     placements: list[Target | None] = list(targets) if targets else [None]
     for place in placements:

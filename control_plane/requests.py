@@ -9,7 +9,7 @@ an ``InvalidRequest`` naming the field, so the API can answer 400 with it.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta, Struct
@@ -112,16 +112,36 @@ def parse_mount(text: str, field: str = "mounts") -> tuple[str, str, bool]:
     return parts[0], parts[1], read_only
 
 
+class SubmitBatch(Struct, kw_only=True, forbid_unknown_fields=True):
+    """``POST /api/batches``: several submit requests recorded as one batch, all or nothing."""
+
+    tasks: Annotated[list[SubmitTask], Meta(min_length=1, max_length=10_000)]
+
+
 _submit_decoder = msgspec.json.Decoder(SubmitTask)
+_batch_decoder = msgspec.json.Decoder(SubmitBatch)
+
+T = TypeVar("T")
+
+
+def _decode(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
+    if not body:
+        raise InvalidRequest("body", "empty request body; expected a JSON object")
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        path = str(exc).rsplit(" - at `$", 1)
+        field = path[1].rstrip("`").lstrip(".") if len(path) == 2 else "body"
+        raise InvalidRequest(field or "body", path[0]) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest("body", f"malformed JSON ({exc})") from None
 
 
 def decode_submit(body: bytes) -> SubmitTask:
     """Decode a submit request, turning msgspec's errors into ``InvalidRequest``."""
-    try:
-        return _submit_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        path = str(exc).rsplit(" - at `$.", 1)
-        field = path[1].rstrip("`") if len(path) == 2 else "body"
-        raise InvalidRequest(field, path[0]) from None
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest("body", f"malformed JSON ({exc})") from None
+    return _decode(_submit_decoder, body)
+
+
+def decode_batch(body: bytes) -> SubmitBatch:
+    """Decode a batch submit request (fields named like ``tasks[2].cores``)."""
+    return _decode(_batch_decoder, body)

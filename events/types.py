@@ -209,6 +209,18 @@ class TaskKillRequested(_TaskEvent, frozen=True, kw_only=True, tag="task.kill_re
     reason: str = ""
 
 
+class TaskPauseRequested(_TaskEvent, frozen=True, kw_only=True, tag="task.pause_requested"):
+    """Someone asked for a running task to be frozen."""
+
+    requested_by: str = "anonymous"
+
+
+class TaskResumeRequested(_TaskEvent, frozen=True, kw_only=True, tag="task.resume_requested"):
+    """Someone asked for a paused task to continue."""
+
+    requested_by: str = "anonymous"
+
+
 class TaskFinished(_TaskEvent, frozen=True, kw_only=True, tag="task.finished"):
     """The task ended; ``state`` says how."""
 
@@ -282,6 +294,8 @@ AnyEvent = (
     | TaskPaused
     | TaskResumed
     | TaskKillRequested
+    | TaskPauseRequested
+    | TaskResumeRequested
     | TaskFinished
     | TaskLost
     | EnvPackaged

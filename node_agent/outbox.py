@@ -41,6 +41,7 @@ class PendingBatch(Struct, frozen=True, kw_only=True):
 
     ids: tuple[str, ...]
     body: bytes  # a JSON array of NewEvent, readable by events.codec.decode_new_events
+    last_pos: int = 0  # the outbox position of the last event (0 when empty)
 
 
 class Outbox:
@@ -81,15 +82,17 @@ class Outbox:
             ).fetchall()
         return [decode_new_event(payload) for (payload,) in rows]
 
-    def pending_batch(self, limit: int = 1000) -> PendingBatch:
-        """Like ``pending``, but as wire-ready JSON without decoding and re-encoding."""
+    def pending_batch(self, limit: int = 1000, after_pos: int = 0) -> PendingBatch:
+        """Like ``pending``, but as wire-ready JSON; only events put after ``after_pos``."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, payload FROM outbox ORDER BY pos LIMIT ?", (limit,)
+                "SELECT id, payload, pos FROM outbox WHERE pos > ? ORDER BY pos LIMIT ?",
+                (after_pos, limit),
             ).fetchall()
         return PendingBatch(
             ids=tuple(row[0] for row in rows),
             body=b"[" + b",".join(row[1] for row in rows) + b"]",
+            last_pos=rows[-1][2] if rows else 0,
         )
 
     def ack(self, ids: Iterable[str]) -> None:
@@ -146,9 +149,9 @@ class AsyncOutbox:
         """The oldest unacknowledged events, in the order they were put."""
         return await self._call(lambda: self.outbox.pending(limit))
 
-    async def pending_batch(self, limit: int = 1000) -> PendingBatch:
+    async def pending_batch(self, limit: int = 1000, after_pos: int = 0) -> PendingBatch:
         """The oldest unacknowledged events as one wire-ready JSON array."""
-        return await self._call(lambda: self.outbox.pending_batch(limit))
+        return await self._call(lambda: self.outbox.pending_batch(limit, after_pos))
 
     async def ack(self, ids: Iterable[str]) -> None:
         """Delete acknowledged events."""

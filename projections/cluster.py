@@ -25,8 +25,10 @@ from events.types import (
     TaskKillRequested,
     TaskLost,
     TaskPaused,
+    TaskPauseRequested,
     TaskPlaced,
     TaskResumed,
+    TaskResumeRequested,
     TaskStarted,
     TaskSubmitted,
 )
@@ -124,6 +126,8 @@ class ClusterState:
                 task = self._transition(recorded, e.task_id)
                 if task is not None:
                     task.kill_requested_by = e.requested_by
+            case TaskPauseRequested() | TaskResumeRequested() as e:
+                self._transition(recorded, e.task_id)
             case TaskFinished() as e:
                 task = self._transition(recorded, e.task_id, e.state)
                 if task is not None:

@@ -22,7 +22,9 @@ Late reports from a node that comes back after its tasks were declared lost:
 
 ``task.kill_requested`` is legal in every non-final state and changes no
 state by itself: the task becomes ``killed`` when the node reports it, or at
-once (``task.finished``) while it was still ``pending``.
+once (``task.finished``) while it was still ``pending``. Likewise
+``task.pause_requested`` / ``task.resume_requested`` (legal while ``running`` or
+``paused``) change nothing until the node reports ``task.paused`` / ``task.resumed``.
 """
 
 from __future__ import annotations
@@ -64,6 +66,10 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     ("assigning", _FINISHED): FROM_EVENT,  # failed to start, or killed before start
     ("assigning", "task.lost"): "lost",
     ("running", "task.paused"): "paused",
+    ("running", "task.pause_requested"): "running",
+    ("running", "task.resume_requested"): "running",
+    ("paused", "task.pause_requested"): "paused",
+    ("paused", "task.resume_requested"): "paused",
     ("running", "task.kill_requested"): "running",
     ("running", _FINISHED): FROM_EVENT,
     ("running", "task.lost"): "lost",

@@ -6,6 +6,10 @@ belongs to the target, so ``hakurun python script.py --parallel`` hands
 ``--parallel`` to the script. That rule is why the options are parsed by hand
 here rather than by an option library, which would look for options among the
 target's arguments too.
+
+``--submit`` sends the combinations to the cluster instead of running them:
+the words after it, up to ``--``, are ``hakuriver task submit``'s options and are
+parsed by that command's own definitions (``cli.hakuriver.submission``).
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ from cli.hakurun.targets import Target, TargetError, resolve
 
 USAGE = """\
 usage: hakurun [--parallel] [-j N] [--dry-run] [--] TARGET [ARG...]
+       hakurun [--dry-run] --submit [SUBMIT OPTIONS] -- COMMAND [ARG...]
 
-Run TARGET once for every combination of its span arguments, on this machine.
+Run TARGET once for every combination of its span arguments, on this machine,
+or with --submit submit every combination to the cluster as its own task.
 
 spans (quote them, or your shell expands the braces itself):
   'span:{1..5}'           the integers 1 to 5 (also 'span:{5..1}', 'span:{-2..2}')
@@ -47,6 +53,11 @@ options:
                   labelled on stderr)
   -j, --jobs N    at most N at once (implies --parallel; default: the CPU count)
   --dry-run       print the expanded commands, one per line, and run nothing
+                  (with --submit: the submit requests, one JSON per line)
+  --submit        submit each combination as a task, all in one batch; the
+                  options up to -- are hakuriver task submit's (--target,
+                  --cores, --memory, --env, --container, --wait, ...); prints
+                  the batch id, then the task ids
   -h, --help      show this help
   --              end of hakurun's options
 
@@ -68,12 +79,14 @@ class Options:
     jobs: int | None = None
     dry_run: bool = False
     help: bool = False
+    submit: tuple[str, ...] | None = None  # task submit's options; None: run locally
 
 
 def parse_options(argv: Sequence[str]) -> Options:
     """Split argv into hakurun's options and the target's words; raises ``UsageError``."""
     parallel = dry_run = False
     jobs: int | None = None
+    submit: tuple[str, ...] | None = None
     position = 0
     while position < len(argv):
         word = argv[position]
@@ -82,6 +95,9 @@ def parse_options(argv: Sequence[str]) -> Options:
             break
         if word in ("-h", "--help"):
             return Options(help=True)
+        if word == "--submit":
+            submit, position, dry_run = _submit_options(argv, position, dry_run)
+            break
         if word == "--parallel":
             parallel = True
         elif word == "--dry-run":
@@ -102,10 +118,34 @@ def parse_options(argv: Sequence[str]) -> Options:
             break
     command = tuple(argv[position:])
     if not command:
-        raise UsageError("no target given")
+        raise UsageError("no target given" if submit is None else "no command given after --")
+    if submit is not None and (parallel or jobs is not None):
+        raise UsageError("--parallel and -j run locally; with --submit the cluster runs them")
     return Options(
-        command=command, parallel=parallel or jobs is not None, jobs=jobs, dry_run=dry_run
+        command=command,
+        parallel=parallel or jobs is not None,
+        jobs=jobs,
+        dry_run=dry_run,
+        submit=submit,
     )
+
+
+def _submit_options(
+    argv: Sequence[str], position: int, dry_run: bool
+) -> tuple[tuple[str, ...], int, bool]:
+    """The words after ``--submit`` up to ``--`` (hakurun's ``--dry-run`` taken out)."""
+    try:
+        end = list(argv).index("--", position)
+    except ValueError:
+        raise UsageError(
+            "with --submit, end the submit options with -- before the command, as in"
+            " hakurun --submit --target node1 -- python train.py 'span:{1..3}'"
+        ) from None
+    words = tuple(argv[position:end])
+    if "--dry-run" in words:
+        dry_run = True
+        words = tuple(word for word in words if word != "--dry-run")
+    return words, end + 1, dry_run
 
 
 def _job_count(text: str) -> int:
@@ -152,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         axes = parse_arguments(target_arguments)
         if is_span(target_word):
             raise UsageError(f"the target {target_word!r} cannot be a span")
+        if options.submit is not None:
+            return _submit(options.submit, target_word, axes, dry_run=options.dry_run)
         target = resolve(target_word)
     except (UsageError, SpanError, TargetError) as error:
         sys.stderr.write(f"hakurun: {error}\n")
@@ -170,6 +212,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         # Ctrl-C outside a run (while printing a long dry run): no child to stop.
         return 130
+
+
+def _submit(
+    submit_options: Sequence[str], command: str, axes: Sequence[Axis], *, dry_run: bool
+) -> int:
+    """Hand the combinations to the cluster (imported here: plain hakurun stays light)."""
+    from cli.hakuriver.submission import submit_sweep
+
+    vectors = list(iter_combinations(axes))
+    return submit_sweep(submit_options, command, vectors, dry_run=dry_run)
 
 
 def _print_commands(jobs: Iterator[Job]) -> int:

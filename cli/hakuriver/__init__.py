@@ -1,0 +1,1 @@
+"""The ``hakuriver`` command line: cluster, tasks, nodes, and the seeds' entry points."""

@@ -1,0 +1,5 @@
+"""``python -m cli.hakuriver``: the same as the ``hakuriver`` command."""
+
+from cli.hakuriver.main import main
+
+raise SystemExit(main())

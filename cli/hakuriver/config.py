@@ -1,0 +1,108 @@
+"""Finding and reading the TOML configuration shared by every command.
+
+Where it comes from, first match wins: ``--config FILE``, ``$HAKURIVER_CONFIG``,
+``~/.hakuriver/config.toml``. A missing default file means "all defaults"; a file
+named explicitly must exist. ``$HAKURIVER_URL`` overrides the host address for
+clients and runners.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PATH = Path("~/.hakuriver/config.toml")
+
+DEFAULT_CONFIG = """\
+# HakuRiver configuration. Every command reads it: --config FILE, $HAKURIVER_CONFIG,
+# or ~/.hakuriver/config.toml. Relative paths are taken from [paths] data_dir.
+
+[network]
+host_bind_ip = "0.0.0.0"          # where the control plane listens
+host_port = 8000
+host_reachable_address = "127.0.0.1"  # how runners and clients reach the host
+runner_address = "127.0.0.1"      # how this runner is reported (unique per runner)
+
+[paths]
+data_dir = "~/.hakuriver"         # the host's database and the runners' state live here
+shared_dir = "shared"             # shared storage: task logs, container tarballs, /shared
+local_temp_dir = "local_temp"     # node-local scratch, /local_temp in containers
+numactl_path = ""                 # empty: found on PATH when needed
+
+[database]
+db_file = "hakuriver.duckdb"      # the event log (DuckDB), relative to data_dir
+snapshot_every_events = 50000
+
+[timing]
+heartbeat_interval = 1.0          # seconds between runner heartbeats
+heartbeat_timeout = 5.0           # a runner silent this long is offline; its tasks are lost
+kill_grace_period = 5.0           # SIGTERM, then SIGKILL after this many seconds
+
+[scheduler]
+policy = "first-fit"              # first-fit | least-loaded | round-robin
+
+[runner]
+name = ""                         # empty: this machine's hostname
+state_dir = ""                    # empty: <data_dir>/runner-<name>
+
+[docker]
+container_dir = "hakuriver-containers"
+default_container_name = "NULL"   # NULL: tasks run as plain processes unless --container
+initial_base_image = "python:3.12-alpine"
+tasks_privileged = false
+additional_mounts = []
+"""
+
+
+class ConfigError(Exception):
+    """The configuration file is missing or invalid; the message says which and why."""
+
+
+def config_path(explicit: str | os.PathLike[str] | None = None) -> tuple[Path, bool]:
+    """The file to read, and whether the user named it (so it must exist)."""
+    if explicit:
+        return Path(explicit).expanduser(), True
+    env = os.environ.get("HAKURIVER_CONFIG")
+    if env:
+        return Path(env).expanduser(), True
+    return DEFAULT_PATH.expanduser(), False
+
+
+def load_config(explicit: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The parsed configuration ({} when the default file does not exist)."""
+    path, named = config_path(explicit)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        if named:
+            raise ConfigError(f"config file {path} does not exist") from None
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def host_url(config: dict[str, Any]) -> str:
+    """The control plane's base URL: ``$HAKURIVER_URL`` or the ``[network]`` keys."""
+    env = os.environ.get("HAKURIVER_URL")
+    if env:
+        return env.rstrip("/")
+    network = config.get("network", {})
+    address = network.get("host_reachable_address", "127.0.0.1")
+    port = network.get("host_port", 8000)
+    return f"http://{address}:{port}"
+
+
+def write_default(path: Path, *, force: bool = False) -> Path:
+    """Write the commented default configuration; refuse to overwrite unless ``force``."""
+    path = path.expanduser()
+    if path.exists() and not force:
+        raise ConfigError(f"{path} already exists (use --force to overwrite)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(DEFAULT_CONFIG)
+    return path

@@ -1,0 +1,179 @@
+"""Running the long-lived parts: the control plane, a node agent, or both (``up``).
+
+``run_host`` serves the Sanic app in this process (single process: DuckDB has one
+writer and the state lives in memory). ``run_runner`` runs a node agent on the
+default asyncio loop (never uvloop: see node_agent.agent). ``run_up`` is a whole
+single-machine cluster: the control plane here, one agent as a child process,
+both stopped cleanly by Ctrl-C.
+
+``python -m cli.hakuriver.serve host|runner [--config F] [--data-dir D] [--name N]``
+is the same without the CLI around it (``up`` uses it for its agent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from cli.hakuriver.config import ConfigError, load_config
+
+DEFAULT_DATA_DIR = "~/.hakuriver"
+
+
+def _logging() -> None:
+    # Only our loggers: Sanic configures its own, and a root handler would double them.
+    logger = logging.getLogger("hakuriver")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(os.environ.get("HAKURIVER_LOG", "INFO").upper())
+        logger.propagate = False
+
+
+def _host_app(config: dict[str, Any], data_dir: str | None, port: int | None) -> Any:
+    from control_plane.app import create_app
+    from control_plane.settings import HostSettings
+
+    settings = HostSettings.from_mapping(config, data_dir=data_dir)
+    if port is not None:
+        import msgspec
+
+        network = msgspec.structs.replace(settings.network, host_port=port)
+        settings = msgspec.structs.replace(settings, network=network)
+    return settings, create_app(settings)
+
+
+def run_host(config: dict[str, Any], *, data_dir: str | None = None, port: int | None = None) -> int:
+    """Serve the control plane until SIGINT/SIGTERM."""
+    _logging()
+    settings, app = _host_app(config, data_dir, port)
+
+    @app.after_server_start
+    async def _ready(app: Any) -> None:
+        print(f"HakuRiver control plane at {settings.url}", flush=True)
+        print(f"event log: {settings.db_path}", flush=True)
+
+    app.run(
+        host=settings.network.host_bind_ip,
+        port=settings.network.host_port,
+        single_process=True,
+        access_log=False,
+        motd=False,
+    )
+    return 0
+
+
+def run_runner(
+    config: dict[str, Any],
+    *,
+    name: str | None = None,
+    data_dir: str | None = None,
+    host_url: str | None = None,
+) -> int:
+    """Run a node agent until SIGINT/SIGTERM; its tasks keep running after it stops."""
+    from node_agent.agent import Agent
+    from node_agent.settings import RunnerSettings
+
+    _logging()
+    settings = RunnerSettings.from_mapping(
+        config,
+        data_dir=data_dir,
+        name=name,
+        host_url=host_url or os.environ.get("HAKURIVER_URL"),
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        print(f"HakuRiver runner {settings.node_name} -> {settings.ws_url}", flush=True)
+        await Agent(settings).run(stop)
+
+    # The default (selector) loop, whatever policy an import may have installed.
+    with asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as runner:
+        runner.run(main())
+    return 0
+
+
+def run_up(
+    config: dict[str, Any],
+    *,
+    data_dir: str | None = None,
+    port: int | None = None,
+    config_file: str | None = None,
+) -> int:
+    """A single-machine cluster: the control plane here and one local agent as a child."""
+    _logging()
+    data = data_dir or config.get("paths", {}).get("data_dir") or DEFAULT_DATA_DIR
+    Path(data).expanduser().mkdir(parents=True, exist_ok=True)
+    settings, app = _host_app(config, data, port)
+    url = f"http://127.0.0.1:{settings.network.host_port}"
+    node = config.get("runner", {}).get("name") or socket.gethostname().split(".")[0]
+    child: dict[str, subprocess.Popen[bytes]] = {}
+
+    @app.after_server_start
+    async def _start_agent(app: Any) -> None:
+        command = [sys.executable, "-m", "cli.hakuriver.serve", "runner"]
+        command += ["--data-dir", data, "--name", node, "--url", url]
+        if config_file:
+            command += ["--config", config_file]
+        child["agent"] = subprocess.Popen(command, start_new_session=True)
+        print(f"HakuRiver is up: {url}  (node {node}, data in {data})", flush=True)
+        print(
+            f"  try: HAKURIVER_URL={url} hakuriver task submit --wait -- echo hello", flush=True
+        )
+
+    @app.before_server_stop
+    async def _stop_agent(app: Any) -> None:
+        agent = child.get("agent")
+        if agent is not None and agent.poll() is None:
+            agent.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(agent.wait, 10)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+
+    app.run(
+        host=settings.network.host_bind_ip,
+        port=settings.network.host_port,
+        single_process=True,
+        access_log=False,
+        motd=False,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m cli.hakuriver.serve host|runner ...``."""
+    parser = argparse.ArgumentParser(prog="python -m cli.hakuriver.serve")
+    parser.add_argument("role", choices=("host", "runner", "up"))
+    parser.add_argument("--config")
+    parser.add_argument("--data-dir")
+    parser.add_argument("--name")
+    parser.add_argument("--url")
+    parser.add_argument("--port", type=int)
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.role == "host":
+        return run_host(config, data_dir=args.data_dir, port=args.port)
+    if args.role == "up":
+        return run_up(config, data_dir=args.data_dir, port=args.port, config_file=args.config)
+    return run_runner(config, name=args.name, data_dir=args.data_dir, host_url=args.url)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

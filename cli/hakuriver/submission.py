@@ -1,0 +1,237 @@
+"""From ``task submit`` options to submit requests, and what happens after submitting.
+
+The options are checked here as far as the client can (target, size and mount
+syntax, ``KEY=VALUE`` pairs) so a typo fails before anything is sent, with the
+same field names the API uses (``targets[1]``). The server checks everything again.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from cyclopts import App, CycloptsError, Parameter
+
+from cli.hakuriver.client import HakuClient
+from cli.hakuriver.invocation import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    Connection,
+    connection,
+    fail,
+    note,
+    print_json,
+    reported,
+    say,
+)
+from cli.hakuriver.render import final_line
+from control_plane.requests import InvalidRequest, parse_mount, parse_size, parse_target
+
+Request = dict[str, Any]
+
+EXAMPLE = "hakuriver task submit --target node1 -- echo hello"
+
+
+@Parameter(name="*")
+@dataclass(frozen=True, kw_only=True)
+class SubmitOptions:
+    """What to ask for: where, how much, in which environment (one request's fields)."""
+
+    target: list[str] = field(default_factory=list)
+    """Where to run: HOST, HOST:NUMA, HOST::GPU[,GPU...]; repeat for one task per target.
+    Without it the host places the task on any node that fits."""
+
+    cores: int | None = None
+    """CPU cores per task (the host's default: 1)."""
+
+    memory: str | None = None
+    """Memory limit per task: 512M, 4G (1000-based) or 2Gi (1024-based)."""
+
+    env: list[str] = field(default_factory=list)
+    """Environment variable KEY=VALUE for the task (repeatable)."""
+
+    container: str | None = None
+    """Container environment; NULL runs a plain process (default: the host's setting)."""
+
+    mount: list[str] = field(default_factory=list)
+    """Extra bind mount HOST_PATH:CONTAINER_PATH[:ro] (repeatable)."""
+
+    privileged: Annotated[bool | None, Parameter(negative="--no-privileged")] = None
+    """Run the container privileged (default: the host's setting)."""
+
+    owner: str | None = None
+    """Who the task belongs to (default: your login name)."""
+
+    name: str | None = None
+    """A name for the task, shown by task list and task status."""
+
+    def request(self, command: Sequence[str]) -> Request:
+        """The ``POST /api/tasks`` body running ``command``; raises ``InvalidRequest``."""
+        if not command or not command[0]:
+            raise InvalidRequest(
+                "command", f"nothing to run: put the command after --, as in `{EXAMPLE}`"
+            )
+        request: Request = {"command": command[0], "args": list(command[1:])}
+        if self.target:
+            request["targets"] = check_targets(self.target)
+        if self.cores is not None:
+            request["cores"] = self.cores
+        if self.memory is not None:
+            parse_size(self.memory, "memory")
+            request["memory"] = self.memory.strip()
+        if self.env:
+            request["env"] = parse_env(self.env)
+        if self.container is not None:
+            request["container"] = self.container
+        if self.mount:
+            for index, mount in enumerate(self.mount):
+                parse_mount(mount, f"mounts[{index}]")
+            request["mounts"] = list(self.mount)
+        if self.privileged is not None:
+            request["privileged"] = self.privileged
+        request["owner"] = self.owner or login_name()
+        if self.name is not None:
+            request["name"] = self.name
+        return request
+
+
+@Parameter(name="*")
+@dataclass(frozen=True, kw_only=True)
+class WaitOptions:
+    """Whether to wait for the submitted tasks, and how often to look."""
+
+    wait: bool = False
+    """Wait until every task is done; exit 1 unless all completed."""
+
+    poll_interval: float = 1.0
+    """Seconds between status checks while waiting."""
+
+
+def check_targets(targets: Sequence[str]) -> list[str]:
+    """The targets, stripped, each checked against ``HOST[:NUMA][::GPU,...]``."""
+    checked = []
+    for index, target in enumerate(targets):
+        parse_target(target, f"targets[{index}]")
+        checked.append(target.strip())
+    return checked
+
+
+def parse_env(pairs: Sequence[str]) -> dict[str, str]:
+    """``KEY=VALUE`` words as a dict (a later KEY wins); raises ``InvalidRequest``."""
+    env: dict[str, str] = {}
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        if not equals or not key.strip():
+            raise InvalidRequest("env", f"{pair!r} is not KEY=VALUE (as in --env DEBUG=1)")
+        env[key.strip()] = value
+    return env
+
+
+def login_name() -> str:
+    """The user running the CLI, the default owner of what they submit."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "anonymous"
+
+
+def report_submission(
+    client: HakuClient,
+    answer: dict[str, Any],
+    waiting: WaitOptions,
+    *,
+    as_json: bool,
+    header: str | None = None,
+) -> int:
+    """Print what was submitted; with ``--wait``, wait and print how each task ended.
+
+    Without ``--json`` stdout gets the task ids one per line (after ``header``), and
+    the final states go to stderr, so stdout stays a list of ids for scripts.
+    """
+    task_ids: list[str] = list(answer.get("task_ids", []))
+    if not as_json:
+        if header is not None:
+            say(header)
+        for task_id in task_ids:
+            say(task_id)
+    elif not waiting.wait:
+        print_json(answer)
+    if not waiting.wait:
+        return 0
+    if waiting.poll_interval <= 0:
+        raise InvalidRequest("poll_interval", "must be more than 0 seconds")
+    try:
+        finals = client.wait(
+            task_ids,
+            waiting.poll_interval,
+            on_done=None if as_json else lambda task: note(final_line(task)),
+        )
+    except KeyboardInterrupt:
+        return fail(
+            "stopped waiting; the tasks keep running (see `hakuriver task list"
+            f" --batch {answer.get('batch_id')}`, stop one with `hakuriver task kill ID`)",
+            EXIT_INTERRUPTED,
+        )
+    if as_json:
+        print_json({**answer, "tasks": finals})
+    unfinished = [task for task in finals if task.get("state") != "completed"]
+    if unfinished and not as_json:
+        note(f"{len(unfinished)} of {len(finals)} tasks did not complete")
+    return EXIT_FAILED if unfinished else 0
+
+
+def submit_sweep(
+    option_words: Sequence[str],
+    command: str,
+    argument_vectors: Sequence[Sequence[str]],
+    *,
+    dry_run: bool = False,
+) -> int:
+    """``hakurun --submit``: one task per argument vector, all in one batch.
+
+    ``option_words`` are ``task submit``'s options (``--target``, ``--wait``, ...),
+    parsed the same way; with ``dry_run`` the requests are printed, one JSON a line.
+    """
+    sweep = App(
+        name="hakurun --submit",
+        help="Options for hakurun --submit (the same as hakuriver task submit's).",
+        result_action="return_value",
+        default_parameter=Parameter(negative=(), show_default=False),
+        version_flags=[],
+    )
+
+    @sweep.default
+    @reported
+    def run(
+        *,
+        options: SubmitOptions | None = None,
+        waiting: WaitOptions | None = None,
+        as_json: Annotated[bool, Parameter(name="--json")] = False,
+        conn: Connection | None = None,
+    ) -> int:
+        chosen = options or SubmitOptions()
+        requests = [chosen.request([command, *arguments]) for arguments in argument_vectors]
+        if dry_run:
+            for request in requests:
+                say(json.dumps(request, ensure_ascii=False, separators=(",", ":")))
+            return 0
+        with connection(conn).client() as client:
+            answer = client.submit_batch(requests)
+            return report_submission(
+                client,
+                answer,
+                waiting or WaitOptions(),
+                as_json=as_json,
+                header=f"batch {answer.get('batch_id')}",
+            )
+
+    try:
+        result = sweep(list(option_words), exit_on_error=False, print_error=False)
+    except CycloptsError as exc:
+        return fail(f"{exc} (see hakurun --submit --help)", EXIT_USAGE)
+    return result if isinstance(result, int) else 0
+

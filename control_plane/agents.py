@@ -1,0 +1,288 @@
+"""The host's side of the agent link: one ``AgentSession`` per connected node agent.
+
+The protocol is in ``events/link.py``. A session starts with the agent's ``Hello``:
+the host records the registration (or the node's return), reconciles what the
+agent runs with what the log says should run there, answers ``Welcome`` and sends
+the commands reconciliation calls for. Then it appends the agent's event batches
+(whole or not at all) and acknowledges each after its commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Protocol
+
+import msgspec
+
+from control_plane.hub import HOST_SOURCE, ControlPlane, holding_on
+from events import link
+from events.codec import decode_new_events
+from events.envelope import NewEvent, new_event
+from events.store import InvalidEvent
+from events.types import (
+    AnyEvent,
+    NodeHeartbeat,
+    NodeOnline,
+    NodeRegistered,
+    TaskFinished,
+    TaskLost,
+    TaskStarted,
+    kind_of,
+)
+
+log = logging.getLogger("hakuriver.host.agents")
+
+HELLO_TIMEOUT_S = 10.0
+# What an agent may report; everything else is the host's to decide.
+AGENT_KINDS = frozenset(
+    {"task.started", "task.paused", "task.resumed", "task.finished", "node.heartbeat", "env.synced"}
+)
+
+
+class Socket(Protocol):
+    """The part of a websocket a session uses (Sanic's, or a test double)."""
+
+    async def send(self, data: bytes) -> None: ...
+
+    async def recv(self, timeout: float | None = None) -> str | bytes | None: ...
+
+    async def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+
+class LinkRefused(Exception):
+    """The agent broke the protocol; the session ends with this reason."""
+
+
+def check_agent_event(node: str, index: int, new: NewEvent) -> None:
+    """Refuse an event an agent for ``node`` may not report (raises ``LinkRefused``)."""
+    kind = kind_of(new.event)
+    where = f"events[{index}] ({kind})"
+    if new.source != node:
+        raise LinkRefused(f"{where}: source {new.source!r} is not this node {node!r}")
+    if kind not in AGENT_KINDS:
+        raise LinkRefused(f"{where}: an agent may not report {kind}")
+    reported_node = getattr(new.event, "node", node)
+    if reported_node not in (node, None):
+        raise LinkRefused(f"{where}: names node {reported_node!r}, this link is {node!r}")
+
+
+class AgentSession:
+    """One connected agent."""
+
+    def __init__(self, cp: ControlPlane, socket: Socket, node: str) -> None:
+        self.cp = cp
+        self.socket = socket
+        self.node = node
+        self._send_lock = asyncio.Lock()
+        self.closed = False
+
+    async def send(self, message: link.Message) -> bool:
+        """Send a message; False if the link is gone."""
+        if self.closed:
+            return False
+        frame = link.encode(message)
+        try:
+            async with self._send_lock:
+                await self.socket.send(frame)
+        except Exception:
+            self.closed = True
+            return False
+        return True
+
+    async def close(self, reason: str) -> None:
+        """Close the link (the agent will reconnect and say hello again)."""
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(Exception):
+            await self.socket.close(1001, reason[:120])
+
+    # -- the conversation ------------------------------------------------------------------
+
+    async def welcome(self, hello: link.Hello) -> None:
+        """Record the registration or return, reconcile, answer ``Welcome`` and commands."""
+        cp = self.cp
+        grace = cp.settings.timing.kill_grace_period
+        commands: list[link.Message] = []
+        async with cp.gate.exclusive():
+            state = cp.state
+            events: list[AnyEvent] = []
+            registration = NodeRegistered(
+                node=hello.node,
+                address=hello.address,
+                cores=hello.cores,
+                memory_bytes=hello.memory_bytes,
+                numa=hello.numa,
+                gpus=hello.gpus,
+                agent_version=hello.agent_version,
+                executors=hello.executors,
+            )
+            view = state.nodes.get(hello.node)
+            if view is None or _machine(view) != _machine(registration):
+                events.append(registration)
+            elif not view.online:
+                events.append(NodeOnline(node=hello.node))
+            running = {t.task_id for t in hello.running}
+            reported = set(hello.reported)
+            for task_id in holding_on(state, hello.node):
+                task = state.tasks[task_id]
+                if task_id in running:
+                    if task.kill_requested_by is not None:
+                        commands.append(link.Kill(task_id=task_id, grace_s=grace))
+                elif task_id in reported:
+                    continue
+                elif task.state == "assigning" and task.kill_requested_by is not None:
+                    events.append(
+                        TaskFinished(
+                            task_id=task_id,
+                            state="killed",
+                            message="killed before it started",
+                            node=hello.node,
+                        )
+                    )
+                elif task.state == "assigning":
+                    commands.append(
+                        link.Run(
+                            task_id=task_id,
+                            spec=task.spec,
+                            cores=task.cores,
+                            memory_bytes=task.memory_bytes,
+                            gpu_ids=task.gpu_ids,
+                            numa_id=task.numa_id,
+                        )
+                    )
+                else:
+                    events.append(
+                        TaskLost(
+                            task_id=task_id,
+                            node=hello.node,
+                            reason="the node's agent came back without this task",
+                        )
+                    )
+            for task_id in running:
+                task = state.tasks.get(task_id)
+                if task is None or task.node != hello.node or not task.holds_resources:
+                    commands.append(
+                        link.Kill(
+                            task_id=task_id,
+                            grace_s=grace,
+                            reason="the host considers this task ended",
+                        )
+                    )
+            if events:
+                registered = [e for e in events if isinstance(e, NodeRegistered | NodeOnline)]
+                others = [e for e in events if not isinstance(e, NodeRegistered | NodeOnline)]
+                batch = [new_event(e, source=hello.node) for e in registered]
+                batch += [new_event(e, source=HOST_SOURCE) for e in others]
+                await cp.store.append(batch)
+        await self.send(
+            link.Welcome(
+                heartbeat_interval_s=cp.settings.timing.heartbeat_interval,
+                kill_grace_s=grace,
+                last_seq=cp.state.last_seq,
+            )
+        )
+        for command in commands:
+            await self.send(command)
+
+    async def handle(self, message: link.AgentMessage) -> None:
+        """One message after the hello."""
+        match message:
+            case link.EventBatch(batch=number, body=body):
+                try:
+                    events = decode_new_events(body)
+                    for i, new in enumerate(events):
+                        check_agent_event(self.node, i, new)
+                    seqs = await self.cp.record_facts(events)
+                except (msgspec.ValidationError, msgspec.DecodeError, LinkRefused) as exc:
+                    await self.send(link.Nack(batch=number, reason=str(exc)))
+                    log.warning("refused a batch from %s: %s", self.node, exc)
+                    return
+                except InvalidEvent as exc:
+                    await self.send(link.Nack(batch=number, reason=str(exc)))
+                    return
+                await self.send(link.Ack(batch=number, seqs=seqs))
+                self._note_started(events)
+            case link.Heartbeat(event=new):
+                if not isinstance(new.event, NodeHeartbeat):
+                    raise LinkRefused("a heartbeat frame must carry node.heartbeat")
+                check_agent_event(self.node, 0, new)
+                view = self.cp.state.nodes.get(self.node)
+                if view is not None and view.online:
+                    await self.cp.record_facts([new])
+            case link.Hello():
+                raise LinkRefused("hello sent twice")
+
+    def _note_started(self, events: list[NewEvent]) -> None:
+        # A start reported for a task the host already gave up on (lost, killed while
+        # queued...) must not keep running: its resources may be someone else's now.
+        for new in events:
+            if isinstance(new.event, TaskStarted):
+                task = self.cp.state.tasks.get(new.event.task_id)
+                if task is not None and not task.holds_resources:
+                    asyncio.get_running_loop().create_task(
+                        self.send(
+                            link.Kill(
+                                task_id=task.task_id,
+                                grace_s=self.cp.settings.timing.kill_grace_period,
+                                reason=f"task is {task.state} on the host",
+                            )
+                        )
+                    )
+
+
+def _machine(e: object) -> tuple[object, ...]:
+    return tuple(
+        getattr(e, f)
+        for f in ("address", "cores", "memory_bytes", "numa", "gpus", "agent_version", "executors")
+    )
+
+
+async def serve_agent(cp: ControlPlane, socket: Socket) -> None:
+    """Run one agent's link until it closes."""
+    try:
+        frame = await socket.recv(timeout=HELLO_TIMEOUT_S)
+        if not isinstance(frame, bytes):
+            raise LinkRefused("expected a binary hello frame")
+        hello = link.decode_agent_message(frame)
+        if not isinstance(hello, link.Hello):
+            raise LinkRefused("the first message must be hello")
+        if hello.link_version != link.LINK_VERSION:
+            raise LinkRefused(
+                f"link version {hello.link_version}, this host speaks {link.LINK_VERSION}"
+            )
+    except (LinkRefused, msgspec.ValidationError, msgspec.DecodeError) as exc:
+        with contextlib.suppress(Exception):
+            await socket.close(1008, str(exc)[:120])
+        return
+    session = AgentSession(cp, socket, hello.node)
+    previous = cp.agents.get(hello.node)
+    if previous is not None:
+        await previous.close("replaced by a newer connection")
+    cp.agents[hello.node] = session
+    cp.heard_from(hello.node)
+    log.info("agent %s connected (%d running)", hello.node, len(hello.running))
+    try:
+        await session.welcome(hello)
+        while not session.closed:
+            frame = await socket.recv()
+            if frame is None:
+                break
+            cp.heard_from(hello.node)
+            if not isinstance(frame, bytes):
+                raise LinkRefused("text frames are not part of the protocol")
+            await session.handle(link.decode_agent_message(frame))
+    except (LinkRefused, msgspec.ValidationError, msgspec.DecodeError) as exc:
+        log.warning("closing the link to %s: %s", hello.node, exc)
+        await session.close(str(exc))
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("agent link to %s failed", hello.node)
+    finally:
+        session.closed = True
+        if cp.agents.get(hello.node) is session:
+            del cp.agents[hello.node]
+        log.info("agent %s disconnected", hello.node)

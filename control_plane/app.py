@@ -1,0 +1,87 @@
+"""The Sanic app factory: one process, owning the log and the state.
+
+``create_app(settings)`` builds the app; the ``before_server_start`` listener
+opens the store and rebuilds the state (``ControlPlane.open``) and starts the
+scheduler, liveness and snapshot loops; ``after_server_stop`` closes them and
+writes a final snapshot. Sanic must run with ``single_process=True``: DuckDB
+allows one writer, and the state lives in this process's memory.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sanic import Request, Sanic
+from sanic.exceptions import SanicException
+from sanic.response import HTTPResponse
+
+from control_plane.hub import ControlPlane
+from control_plane.requests import InvalidRequest
+from control_plane.routes import agents, nodes, tasks
+from control_plane.routes.common import Conflict, NotFound, error
+from control_plane.settings import HostSettings
+
+log = logging.getLogger("hakuriver.host")
+
+_KINDS = {
+    400: "invalid_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    503: "unavailable",
+}
+
+
+def create_app(settings: HostSettings, name: str = "hakuriver") -> Sanic:  # type: ignore[type-arg]
+    """The control plane as a Sanic app, configured from ``settings``."""
+    app: Sanic = Sanic(name)  # type: ignore[type-arg]
+    app.config.REQUEST_MAX_SIZE = settings.max_body_bytes
+    app.config.WEBSOCKET_MAX_SIZE = 64 << 20
+    app.config.WEBSOCKET_PING_INTERVAL = 20
+    app.config.WEBSOCKET_PING_TIMEOUT = 20
+    app.config.KEEP_ALIVE_TIMEOUT = 30
+    app.config.RESPONSE_TIMEOUT = 24 * 3600  # log follows stream for as long as tasks run
+    app.config.FALLBACK_ERROR_FORMAT = "json"
+    app.ctx.settings = settings
+    for blueprint in (tasks.bp, nodes.bp, agents.bp):
+        app.blueprint(blueprint)
+
+    @app.before_server_start
+    async def _open(app: Sanic) -> None:  # type: ignore[type-arg]
+        cp = await ControlPlane.open(settings)
+        app.ctx.cp = cp
+        cp.start()
+
+    @app.after_server_stop
+    async def _close(app: Sanic) -> None:  # type: ignore[type-arg]
+        cp: ControlPlane | None = getattr(app.ctx, "cp", None)
+        if cp is not None:
+            await cp.close()
+
+    @app.exception(InvalidRequest)
+    async def _invalid(request: Request, exc: InvalidRequest) -> HTTPResponse:
+        return error(400, "invalid_request", str(exc), exc.field)
+
+    @app.exception(NotFound)
+    async def _not_found(request: Request, exc: NotFound) -> HTTPResponse:
+        return error(404, "not_found", exc.message, exc.field)
+
+    @app.exception(Conflict)
+    async def _conflict(request: Request, exc: Conflict) -> HTTPResponse:
+        return error(409, "conflict", exc.message, exc.field)
+
+    @app.exception(SanicException)
+    async def _sanic(request: Request, exc: SanicException) -> HTTPResponse:
+        status = exc.status_code
+        message = str(exc) or "request failed"
+        if status == 413:
+            message = f"request body larger than {settings.max_body_bytes} bytes"
+        return error(status, _KINDS.get(status, "invalid_request"), message)
+
+    @app.exception(Exception)
+    async def _bug(request: Request, exc: Exception) -> HTTPResponse:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error(500, "internal", f"internal error ({type(exc).__name__}); see the host log")
+
+    return app

@@ -1,0 +1,318 @@
+"""The control plane's running core: the log, the folded state, and the loops around them.
+
+``ControlPlane`` owns the ``EventStore`` and the in-memory ``ClusterState`` (kept
+current by a store listener, so after ``record`` returns the state already
+includes what was recorded). Routes and agent sessions call it; it does not know
+about HTTP.
+
+Decisions and facts. A *decision* (placing a task, a kill, a node declared
+offline) is made against the state and must not interleave with another change,
+or it could be made on stale state: decisions hold the gate exclusively. *Facts*
+reported by agents (a task started, finished...) and submissions, which conflict
+with nothing, hold it shared, so they still commit together in one group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from control_plane.monitor import decide_offline, overdue
+from control_plane.scheduler import Scheduler
+from control_plane.settings import HostSettings
+from events import link
+from events.envelope import NewEvent, Recorded, new_event
+from events.ids import new_id
+from events.store import EventStore
+from events.types import AnyEvent, TaskDispatched
+from projections.cluster import ClusterState
+
+if TYPE_CHECKING:
+    from control_plane.agents import AgentSession
+
+log = logging.getLogger("hakuriver.host")
+
+HOST_SOURCE = "host"
+SNAPSHOT_NAME = "cluster"
+# Kinds after which the scheduler may find something new to place.
+_RESCHEDULE = frozenset(
+    {
+        "task.submitted",
+        "task.finished",
+        "task.lost",
+        "node.registered",
+        "node.online",
+        "node.offline",
+    }
+)
+
+
+class Gate:
+    """Shared holders run together; an exclusive holder runs alone (and goes first)."""
+
+    def __init__(self) -> None:
+        self._cond = asyncio.Condition()
+        self._shared = 0
+        self._exclusive = False
+        self._waiting = 0
+
+    @contextlib.asynccontextmanager
+    async def shared(self) -> AsyncIterator[None]:
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._exclusive and not self._waiting)
+            self._shared += 1
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._shared -= 1
+                if not self._shared:
+                    self._cond.notify_all()
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        async with self._cond:
+            self._waiting += 1
+            try:
+                await self._cond.wait_for(lambda: not self._exclusive and not self._shared)
+            finally:
+                self._waiting -= 1
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
+class ControlPlane:
+    """The store, the state, the scheduler, the agents, and their loops."""
+
+    def __init__(self, settings: HostSettings, store: EventStore, state: ClusterState) -> None:
+        self.settings = settings
+        self.store = store
+        self.state = state
+        self.scheduler = Scheduler(settings.scheduler.policy)
+        self.gate = Gate()
+        self.agents: dict[str, AgentSession] = {}
+        # When each node was last heard from, on this process's monotonic clock.
+        self.seen: dict[str, float] = {}
+        self.started = time.monotonic()
+        self._schedule = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._snapshot_due = asyncio.Event()
+        self._snapshot_seq = state.last_seq
+        self._tasks: list[asyncio.Task[None]] = []
+        store.add_listener(self._on_commit)
+
+    @classmethod
+    async def open(cls, settings: HostSettings) -> ControlPlane:
+        """Open the log and rebuild the state: newest snapshot plus the tail."""
+        path = settings.db_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        settings.shared_dir.mkdir(parents=True, exist_ok=True)
+        for sub in ("task_outputs", "task_errors"):
+            (settings.shared_dir / sub).mkdir(exist_ok=True)
+        store = await EventStore.open(path)
+        snapshot = await store.latest_snapshot(SNAPSHOT_NAME)
+        after = snapshot[0] if snapshot else 0
+        tail = await store.read(after=after)
+        state = await asyncio.to_thread(
+            ClusterState.rebuild, snapshot[1] if snapshot else None, tail
+        )
+        log.info("state rebuilt at seq %d (snapshot %d, tail %d)", state.last_seq, after, len(tail))
+        return cls(settings, store, state)
+
+    def start(self) -> None:
+        """Start the scheduler, liveness and snapshot loops."""
+        for name, loop in (
+            ("scheduler", self._scheduler_loop),
+            ("monitor", self._monitor_loop),
+            ("snapshots", self._snapshot_loop),
+        ):
+            self._tasks.append(asyncio.create_task(loop(), name=f"hakuriver-{name}"))
+        self._schedule.set()
+
+    async def close(self) -> None:
+        """Stop the loops, close agent links, write a final snapshot, close the log."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for session in list(self.agents.values()):
+            await session.close(reason="control plane shutting down")
+        with contextlib.suppress(Exception):
+            await self.snapshot()
+        await self.store.close()
+
+    # -- recording -------------------------------------------------------------------------
+
+    async def record(self, events: Sequence[AnyEvent], source: str = HOST_SOURCE) -> list[int]:
+        """Append events made here (the caller holds the gate as its decision needs)."""
+        return await self.store.append([new_event(e, source=source) for e in events])
+
+    async def record_facts(self, events: Sequence[NewEvent]) -> list[int]:
+        """Append events reported by an agent, under the shared gate."""
+        async with self.gate.shared():
+            return await self.store.append(events)
+
+    def _on_commit(self, recorded: list[Recorded]) -> None:
+        self.state.apply_all(recorded)
+        if any(r.kind in _RESCHEDULE for r in recorded):
+            self._schedule.set()
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+        if (
+            self.settings.database.snapshot_every_events
+            and self.state.last_seq - self._snapshot_seq
+            >= self.settings.database.snapshot_every_events
+        ):
+            self._snapshot_due.set()
+
+    async def changed(self, timeout: float) -> None:
+        """Wait until the next commit, or ``timeout`` seconds."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout)
+
+    # -- scheduling and dispatch -----------------------------------------------------------
+
+    async def _scheduler_loop(self) -> None:
+        while True:
+            await self._schedule.wait()
+            self._schedule.clear()
+            try:
+                await self.schedule_once()
+            except Exception:
+                log.exception("scheduling pass failed; retrying")
+                await asyncio.sleep(0.5)
+                self._schedule.set()
+
+    async def schedule_once(self) -> int:
+        """Place what fits now; send each placed task to its node. Returns how many."""
+        async with self.gate.exclusive():
+            if not self.state.pending:
+                return 0
+            placements = self.scheduler.plan(self.state)
+            if not placements:
+                return 0
+            await self.record(placements)
+        dispatched = []
+        for placed in placements:
+            if await self.dispatch(placed.task_id):
+                dispatched.append(TaskDispatched(task_id=placed.task_id, node=placed.node))
+        if dispatched:
+            async with self.gate.shared():
+                await self.record(dispatched)
+        return len(placements)
+
+    async def dispatch(self, task_id: str) -> bool:
+        """Send a placed task's run command to its node's agent, if it is connected."""
+        task = self.state.tasks.get(task_id)
+        if task is None or task.state != "assigning" or task.node is None:
+            return False
+        session = self.agents.get(task.node)
+        if session is None:
+            return False
+        return await session.send(
+            link.Run(
+                task_id=task.task_id,
+                spec=task.spec,
+                cores=task.cores,
+                memory_bytes=task.memory_bytes,
+                gpu_ids=task.gpu_ids,
+                numa_id=task.numa_id,
+            )
+        )
+
+    async def send_to_node(self, node: str | None, message: link.Message) -> bool:
+        """Send a command to a node's agent; False when it is not connected."""
+        session = self.agents.get(node or "")
+        return await session.send(message) if session is not None else False
+
+    # -- liveness --------------------------------------------------------------------------
+
+    def heard_from(self, node: str) -> None:
+        """Note that ``node``'s agent just said something."""
+        self.seen[node] = time.monotonic()
+
+    async def _monitor_loop(self) -> None:
+        timing = self.settings.timing
+        period = min(timing.heartbeat_interval, timing.heartbeat_timeout / 4)
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.check_liveness()
+            except Exception:
+                log.exception("liveness check failed")
+
+    async def check_liveness(self) -> list[str]:
+        """Declare offline every online node silent past the timeout; their tasks lost."""
+        now = time.monotonic()
+        timeout = self.settings.timing.heartbeat_timeout
+        late = overdue(self.state, self.seen, now, timeout, default_seen=self.started)
+        if not late:
+            return []
+        async with self.gate.exclusive():
+            events: list[AnyEvent] = []
+            for name in late:
+                last = self.seen.get(name, self.started)
+                events += decide_offline(
+                    self.state, name, f"no heartbeat for {now - last:.1f}s (timeout {timeout}s)"
+                )
+            if events:
+                await self.record(events)
+        for name in late:
+            session = self.agents.get(name)
+            if session is not None:
+                # Make it reconnect: its hello reconciles the tasks declared lost.
+                await session.close(reason="declared offline")
+        return late
+
+    # -- snapshots -------------------------------------------------------------------------
+
+    async def _snapshot_loop(self) -> None:
+        while True:
+            await self._snapshot_due.wait()
+            self._snapshot_due.clear()
+            try:
+                await self.snapshot()
+            except Exception:
+                log.exception("snapshot failed")
+
+    async def snapshot(self) -> int:
+        """Write a snapshot of the state at its current seq (nothing if already there)."""
+        seq = self.state.last_seq
+        if seq == 0 or seq == self._snapshot_seq:
+            return seq
+        data = self.state.snapshot()
+        await self.store.save_snapshot(SNAPSHOT_NAME, seq, data)
+        self._snapshot_seq = seq
+        return seq
+
+    # -- helpers for routes ----------------------------------------------------------------
+
+    def resolve_task(self, ident: str) -> str | None:
+        """A task id from a full id or a unique prefix of at least 8 characters."""
+        if ident in self.state.tasks:
+            return ident
+        if len(ident) < 8:
+            return None
+        matches = [t for t in self.state.tasks if t.startswith(ident)]
+        return matches[0] if len(matches) == 1 else None
+
+
+def fresh_id() -> str:
+    """A new UUIDv7 (task and batch ids)."""
+    return new_id()
+
+
+def holding_on(state: ClusterState, node: str) -> Iterable[str]:
+    """Ids of the tasks holding resources on ``node``."""
+    found = state.nodes.get(node)
+    return list(found.task_ids) if found is not None else []

@@ -1,0 +1,1 @@
+"""One Sanic Blueprint per area of the API (docs/api.md)."""

@@ -1,0 +1,65 @@
+"""What every route shares: the control plane from the app context, JSON answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from sanic import Request, json
+from sanic.response import HTTPResponse
+
+from control_plane.hub import ControlPlane
+from control_plane.requests import InvalidRequest
+
+_encoder = msgspec.json.Encoder()
+
+
+class NotFound(Exception):
+    """A named thing does not exist (404)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+class Conflict(Exception):
+    """The action makes no sense in the current state (409)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+def control_plane(request: Request) -> ControlPlane:
+    """The ``ControlPlane`` hung on the app context."""
+    cp: ControlPlane = request.app.ctx.cp
+    return cp
+
+
+def answer(value: Any, status: int = 200) -> HTTPResponse:
+    """A JSON answer from any msgspec-encodable value."""
+    return HTTPResponse(_encoder.encode(value), status=status, content_type="application/json")
+
+
+def error(status: int, kind: str, message: str, field: str | None = None) -> HTTPResponse:
+    """The API's error document."""
+    body: dict[str, str] = {"error": kind, "message": message}
+    if field is not None:
+        body["field"] = field
+    return json(body, status=status)
+
+
+def query_int(request: Request, name: str, *, minimum: int = 0) -> int | None:
+    """An optional integer query parameter (``InvalidRequest`` naming it when malformed)."""
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidRequest(name, f"must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise InvalidRequest(name, f"must be at least {minimum}, got {value}")
+    return value

@@ -1,0 +1,245 @@
+"""``/api/tasks`` and ``/api/batches``: submit, read, control, and task output."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sanic import Blueprint, Request
+from sanic.response import HTTPResponse
+
+from control_plane.decide import decide_kill, decide_submit
+from control_plane.hub import ControlPlane, fresh_id
+from control_plane.logs import Stream, log_path, read_from, read_tail
+from control_plane.requests import InvalidRequest, SubmitTask, decode_batch, decode_submit
+from control_plane.routes.common import Conflict, NotFound, answer, control_plane, query_int
+from control_plane.views import TaskOut
+from events import link
+from events.types import AnyEvent, TaskPauseRequested, TaskResumeRequested, TaskSubmitted
+from projections.tasks import TaskView
+
+bp = Blueprint("tasks", url_prefix="/api")
+
+STATES = (
+    "pending",
+    "assigning",
+    "running",
+    "paused",
+    "completed",
+    "failed",
+    "killed",
+    "killed_oom",
+    "lost",
+)
+ENDED = frozenset({"completed", "failed", "killed", "killed_oom", "lost"})
+
+
+async def _submit(cp: ControlPlane, requests: list[SubmitTask]) -> HTTPResponse:
+    docker = cp.settings.docker
+    batch_id = fresh_id()
+    events: list[TaskSubmitted] = []
+    for i, req in enumerate(requests):
+        try:
+            events += decide_submit(
+                cp.state,
+                req,
+                new_id=fresh_id,
+                default_container=docker.default_container_name,
+                allow_privileged=docker.allow_privileged,
+                batch_id=batch_id,
+            )
+        except InvalidRequest as exc:
+            if len(requests) == 1:
+                raise
+            raise InvalidRequest(f"tasks[{i}].{exc.field}", exc.message) from None
+    async with cp.gate.shared():
+        await cp.record(events)
+    return answer({"batch_id": batch_id, "task_ids": [e.task_id for e in events]}, status=201)
+
+
+@bp.post("/tasks")
+async def submit(request: Request) -> HTTPResponse:
+    """One ``task.submitted`` per target, tied by a batch id."""
+    return await _submit(control_plane(request), [decode_submit(request.body)])
+
+
+@bp.post("/batches")
+async def submit_batch(request: Request) -> HTTPResponse:
+    """Several submit requests as one batch: every task recorded, or none."""
+    return await _submit(control_plane(request), decode_batch(request.body).tasks)
+
+
+@bp.get("/batches/<batch_id:str>")
+async def get_batch(request: Request, batch_id: str) -> HTTPResponse:
+    """The tasks of one batch, in submission order."""
+    tasks = [t for t in control_plane(request).state.tasks.values() if t.spec.batch_id == batch_id]
+    if not tasks:
+        raise NotFound("batch_id", f"no batch {batch_id!r}")
+    return answer({"batch_id": batch_id, "tasks": [TaskOut.of(t) for t in tasks]})
+
+
+@bp.get("/tasks")
+async def list_tasks(request: Request) -> HTTPResponse:
+    """Tasks filtered by status, node, batch and owner; newest first unless ``order=asc``."""
+    wanted: set[str] = set()
+    for raw in request.args.getlist("status", []):
+        wanted.update(s.strip() for s in raw.split(",") if s.strip())
+    unknown = sorted(wanted - set(STATES))
+    if unknown:
+        raise InvalidRequest("status", f"unknown state {unknown[0]!r}; one of {', '.join(STATES)}")
+    node = request.args.get("node")
+    batch = request.args.get("batch")
+    owner = request.args.get("owner")
+    limit = query_int(request, "limit", minimum=1) or 1000
+    order = request.args.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise InvalidRequest("order", "must be asc or desc")
+    tasks = list(control_plane(request).state.tasks.values())
+    if order == "desc":
+        tasks.reverse()
+    found: list[TaskOut] = []
+    for task in tasks:
+        if (
+            (wanted and task.state not in wanted)
+            or (node is not None and task.node != node)
+            or (batch is not None and task.spec.batch_id != batch)
+            or (owner is not None and task.spec.owner != owner)
+        ):
+            continue
+        found.append(TaskOut.of(task))
+        if len(found) >= limit:
+            break
+    return answer({"tasks": found})
+
+
+def _task(cp: ControlPlane, ident: str) -> TaskView:
+    task_id = cp.resolve_task(ident)
+    if task_id is None:
+        raise NotFound("task_id", f"no task {ident!r}")
+    return cp.state.tasks[task_id]
+
+
+@bp.get("/tasks/<ident:str>")
+async def get_task(request: Request, ident: str) -> HTTPResponse:
+    """One task in detail."""
+    return answer(TaskOut.of(_task(control_plane(request), ident)))
+
+
+def _requester(request: Request) -> tuple[str, str]:
+    if not request.body:
+        return "anonymous", ""
+    try:
+        body = request.json
+    except Exception:
+        raise InvalidRequest("body", "malformed JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("body", "expected a JSON object")
+    by, reason = body.get("requested_by", "anonymous"), body.get("reason", "")
+    if not isinstance(by, str) or not isinstance(reason, str):
+        raise InvalidRequest("requested_by", "requested_by and reason must be strings")
+    return by or "anonymous", reason
+
+
+@bp.post("/tasks/<ident:str>/kill")
+async def kill(request: Request, ident: str) -> HTTPResponse:
+    """Kill a task: at once while queued, through its node's agent otherwise."""
+    cp = control_plane(request)
+    by, reason = _requester(request)
+    async with cp.gate.exclusive():
+        task = _task(cp, ident)
+        try:
+            events = decide_kill(cp.state, task.task_id, by)
+        except InvalidRequest as exc:
+            raise Conflict(exc.field, exc.message) from None
+        await cp.record(events)
+    if task.holds_resources:
+        await cp.send_to_node(
+            task.node,
+            link.Kill(
+                task_id=task.task_id,
+                grace_s=cp.settings.timing.kill_grace_period,
+                reason=reason or f"requested by {by}",
+            ),
+        )
+    return answer({"task_id": task.task_id, "state": task.state}, status=202)
+
+
+async def _pause_or_resume(request: Request, ident: str, pause: bool) -> HTTPResponse:
+    cp = control_plane(request)
+    by, _ = _requester(request)
+    verb = "pause" if pause else "resume"
+    async with cp.gate.exclusive():
+        task = _task(cp, ident)
+        wanted_from = "running" if pause else "paused"
+        if task.state != wanted_from:
+            raise Conflict("task_id", f"cannot {verb} task {task.task_id}: it is {task.state}")
+        if task.node not in cp.agents:
+            raise Conflict("task_id", f"cannot {verb} now: node {task.node} is not connected")
+        event: AnyEvent = (
+            TaskPauseRequested(task_id=task.task_id, requested_by=by)
+            if pause
+            else TaskResumeRequested(task_id=task.task_id, requested_by=by)
+        )
+        await cp.record([event])
+    message = link.Pause(task_id=task.task_id) if pause else link.Resume(task_id=task.task_id)
+    if not await cp.send_to_node(task.node, message):
+        raise Conflict("task_id", f"cannot {verb} now: node {task.node} is not connected")
+    return answer({"task_id": task.task_id, "state": task.state}, status=202)
+
+
+@bp.post("/tasks/<ident:str>/pause")
+async def pause(request: Request, ident: str) -> HTTPResponse:
+    """Freeze a running task (SIGSTOP / docker pause on its node)."""
+    return await _pause_or_resume(request, ident, pause=True)
+
+
+@bp.post("/tasks/<ident:str>/resume")
+async def resume(request: Request, ident: str) -> HTTPResponse:
+    """Continue a paused task."""
+    return await _pause_or_resume(request, ident, pause=False)
+
+
+async def _output(request: Request, ident: str, stream: Stream) -> HTTPResponse | None:
+    cp = control_plane(request)
+    task = _task(cp, ident)
+    offset = query_int(request, "offset")
+    tail = query_int(request, "tail")
+    follow = request.args.get("follow", "0").lower() in ("1", "true", "yes")
+    if offset is not None and tail is not None:
+        raise InvalidRequest("tail", "give offset or tail, not both")
+    path = log_path(cp.settings.shared_dir, task.task_id, stream)
+    if tail is not None:
+        data, position = await asyncio.to_thread(read_tail, path, tail)
+    else:
+        data, position = await asyncio.to_thread(read_from, path, offset or 0)
+    if not follow:
+        return HTTPResponse(
+            data,
+            content_type="text/plain; charset=utf-8",
+            headers={"X-Next-Offset": str(position)},
+        )
+    response = await request.respond(content_type="text/plain; charset=utf-8")
+    if data:
+        await response.send(data)
+    while True:
+        ended = cp.state.tasks[task.task_id].state in ENDED
+        data, position = await asyncio.to_thread(read_from, path, position)
+        if data:
+            await response.send(data)
+            continue
+        if ended:
+            break
+        await cp.changed(timeout=0.2)
+    await response.eof()
+    return None
+
+
+@bp.get("/tasks/<ident:str>/stdout")
+async def stdout(request: Request, ident: str) -> HTTPResponse | None:
+    """The task's standard output (``offset``, ``tail``, ``follow``)."""
+    return await _output(request, ident, "stdout")
+
+
+@bp.get("/tasks/<ident:str>/stderr")
+async def stderr(request: Request, ident: str) -> HTTPResponse | None:
+    """The task's standard error (``offset``, ``tail``, ``follow``)."""
+    return await _output(request, ident, "stderr")

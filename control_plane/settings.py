@@ -1,0 +1,102 @@
+"""HostSettings: the control plane's part of the TOML configuration.
+
+The file has one section per concern (seed 001's keys); the host reads
+``[network]``, ``[paths]``, ``[database]``, ``[timing]``, ``[scheduler]`` and
+``[docker]``, and ignores keys it does not know (the runner's, future ones).
+Paths may use ``~``; relative paths are taken from the data directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+Positive = Annotated[float, Meta(gt=0)]
+
+
+class SettingsError(ValueError):
+    """The configuration is invalid; the message names the key."""
+
+
+class HostNetwork(Struct, kw_only=True, frozen=True):
+    host_bind_ip: str = "0.0.0.0"
+    host_port: Annotated[int, Meta(ge=0, le=65535)] = 8000
+    host_reachable_address: str = "127.0.0.1"
+
+
+class HostPaths(Struct, kw_only=True, frozen=True):
+    shared_dir: str = "shared"
+    local_temp_dir: str = "local_temp"
+
+
+class HostDatabase(Struct, kw_only=True, frozen=True):
+    db_file: str = "hakuriver.duckdb"
+    snapshot_every_events: Annotated[int, Meta(ge=0)] = 50_000
+
+
+class HostTiming(Struct, kw_only=True, frozen=True):
+    heartbeat_interval: Positive = 1.0
+    heartbeat_timeout: Positive = 5.0
+    kill_grace_period: Annotated[float, Meta(ge=0)] = 5.0
+
+
+class HostScheduler(Struct, kw_only=True, frozen=True):
+    policy: Literal["first-fit", "least-loaded", "round-robin"] = "first-fit"
+
+
+class HostDocker(Struct, kw_only=True, frozen=True):
+    container_dir: str = "hakuriver-containers"
+    default_container_name: str = "NULL"
+    initial_base_image: str = "python:3.12-alpine"
+    tasks_privileged: bool = False
+    allow_privileged: bool = True  # False: --privileged is refused
+    additional_mounts: list[str] = []
+
+
+class HostSettings(Struct, kw_only=True, frozen=True):
+    """Everything the control plane reads from the configuration."""
+
+    network: HostNetwork = HostNetwork()
+    paths: HostPaths = HostPaths()
+    database: HostDatabase = HostDatabase()
+    timing: HostTiming = HostTiming()
+    scheduler: HostScheduler = HostScheduler()
+    docker: HostDocker = HostDocker()
+    data_dir: str = "~/.hakuriver"
+    max_body_bytes: Annotated[int, Meta(gt=0)] = 1 << 20
+
+    @classmethod
+    def from_mapping(cls, config: dict[str, Any], *, data_dir: str | None = None) -> HostSettings:
+        """Decode the host's sections of a parsed TOML file; unknown keys are ignored."""
+        wanted = {k: v for k, v in config.items() if k in _SECTIONS}
+        if data_dir is not None:
+            wanted["data_dir"] = data_dir
+        elif "data_dir" in config.get("paths", {}):
+            wanted["data_dir"] = config["paths"]["data_dir"]
+        try:
+            return msgspec.convert(wanted, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise SettingsError(f"configuration: {exc}") from None
+
+    def path(self, value: str) -> Path:
+        """``value`` as an absolute path (``~`` expanded, relative to the data dir)."""
+        base = Path(self.data_dir).expanduser()
+        return (base / Path(value).expanduser()).resolve()
+
+    @property
+    def db_path(self) -> Path:
+        return self.path(self.database.db_file)
+
+    @property
+    def shared_dir(self) -> Path:
+        return self.path(self.paths.shared_dir)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.network.host_reachable_address}:{self.network.host_port}"
+
+
+_SECTIONS = {"network", "paths", "database", "timing", "scheduler", "docker"}

@@ -1,0 +1,143 @@
+"""What the REST API returns: tasks and nodes as JSON documents.
+
+Times are RFC 3339 strings in UTC (``2026-11-21T10:00:00.123456Z``) or null.
+These Structs are the API's contract (docs/api.md); add fields with defaults,
+never rename one.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from msgspec import Struct
+
+from events.types import GpuInfo, GpuUsage, Mount, NumaNode
+from projections.nodes import NodeView
+from projections.tasks import TaskView
+
+
+def iso(us: int | None) -> str | None:
+    """Microseconds since the epoch as an RFC 3339 UTC string."""
+    if not us:
+        return None
+    return datetime.fromtimestamp(us / 1e6, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+class TaskOut(Struct, kw_only=True):
+    task_id: str
+    batch_id: str
+    task_type: str
+    state: str
+    command: str
+    args: list[str]
+    env: dict[str, str]
+    cores: int
+    memory_bytes: int | None
+    gpu_ids: list[int]
+    numa_id: int | None
+    container: str | None
+    privileged: bool
+    mounts: list[Mount]
+    target: str | None
+    node: str | None
+    owner: str
+    name: str | None
+    submitted_at: str | None
+    placed_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    exit_code: int | None
+    message: str
+    pid: int | None
+    container_id: str | None
+    kill_requested_by: str | None
+    queue_wait_s: float | None
+    run_time_s: float | None
+
+    @classmethod
+    def of(cls, task: TaskView) -> TaskOut:
+        spec = task.spec
+        started = task.started_at_us
+        return cls(
+            task_id=task.task_id,
+            batch_id=spec.batch_id,
+            task_type=spec.task_type,
+            state=task.state,
+            command=spec.command,
+            args=list(spec.args),
+            env=dict(spec.env),
+            cores=task.cores if task.node else spec.cores,
+            memory_bytes=spec.memory_bytes,
+            gpu_ids=list(task.gpu_ids or spec.gpu_ids),
+            numa_id=task.numa_id if task.node else spec.numa_id,
+            container=spec.container,
+            privileged=spec.privileged,
+            mounts=list(spec.mounts),
+            target=spec.target,
+            node=task.node,
+            owner=spec.owner,
+            name=spec.name,
+            submitted_at=iso(task.submitted_at_us),
+            placed_at=iso(task.placed_at_us),
+            started_at=iso(started),
+            finished_at=iso(task.finished_at_us),
+            exit_code=task.exit_code,
+            message=task.message,
+            pid=task.pid,
+            container_id=task.container_id,
+            kill_requested_by=task.kill_requested_by,
+            queue_wait_s=(
+                (started - task.submitted_at_us) / 1e6 if started and task.submitted_at_us else None
+            ),
+            run_time_s=(
+                (task.finished_at_us - started) / 1e6 if started and task.finished_at_us else None
+            ),
+        )
+
+
+class NodeOut(Struct, kw_only=True):
+    name: str
+    address: str
+    online: bool
+    executors: list[str]
+    cores: int
+    free_cores: int
+    memory_bytes: int
+    free_memory_bytes: int
+    numa: list[NumaNode]
+    gpus: list[GpuInfo]
+    free_gpus: list[int]
+    cpu_percent: float
+    memory_percent: float
+    memory_used_bytes: int
+    gpu_usage: list[GpuUsage]
+    temperatures: dict[str, float]
+    running_task_ids: list[str]
+    task_ids: list[str]
+    registered_at: str | None
+    last_seen: str | None
+
+    @classmethod
+    def of(cls, node: NodeView) -> NodeOut:
+        return cls(
+            name=node.name,
+            address=node.address,
+            online=node.online,
+            executors=list(node.executors),
+            cores=node.cores,
+            free_cores=node.free_cores,
+            memory_bytes=node.memory_bytes,
+            free_memory_bytes=node.free_memory_bytes,
+            numa=list(node.numa),
+            gpus=list(node.gpus),
+            free_gpus=node.free_gpus,
+            cpu_percent=node.cpu_percent,
+            memory_percent=node.memory_percent,
+            memory_used_bytes=node.memory_used_bytes,
+            gpu_usage=list(node.gpu_usage),
+            temperatures=dict(node.temperatures),
+            running_task_ids=list(node.running_task_ids),
+            task_ids=list(node.task_ids),
+            registered_at=iso(node.registered_at_us),
+            last_seen=iso(node.last_seen_us),
+        )

@@ -1,0 +1,166 @@
+"""The agent link: the messages a node agent and the control plane exchange.
+
+One websocket per agent carries everything (DESIGN §5), each message one
+binary frame of msgpack, a tagged union on ``type``:
+
+agent → host
+  ``Hello``      first message: who the node is, what it has, what it runs.
+  ``EventBatch`` events from the agent's durable outbox; the host appends the
+                 batch (all or nothing) and answers ``Ack`` or ``Nack``.
+  ``Heartbeat``  the node's usage sample. Recorded as ``node.heartbeat``; a sample
+                 is not worth keeping across an outage, so it never enters the outbox.
+
+host → agent
+  ``Welcome``    answer to ``Hello``: the timing to use.
+  ``Ack``        a batch is durably committed; the agent drops it from its outbox.
+  ``Nack``       a batch was refused (the reason names the event); nothing was recorded.
+  ``Run`` / ``Kill`` / ``Pause`` / ``Resume``
+                 commands, each naming its task so the agent applies it idempotently.
+
+Reconciliation after a (re)connect: the agent's ``Hello`` lists the tasks it
+runs and the tasks whose final report is still in its outbox; the host re-sends
+``Run`` for tasks placed there that the agent does not know, ``Kill`` for tasks
+the agent runs that the host considers ended, and records ``task.lost`` for
+tasks the host thought were there and the agent has no trace of.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta, Struct
+
+from events.envelope import NewEvent
+from events.types import GpuInfo, NumaNode, TaskSpec
+
+LINK_VERSION = 1
+
+
+class Message(Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Base of every link message."""
+
+
+# -- agent → host --------------------------------------------------------------------------
+
+
+class AgentTask(Struct, frozen=True, kw_only=True):
+    """A task the agent is watching right now."""
+
+    task_id: str
+    pid: int | None = None
+    container_id: str | None = None
+    paused: bool = False
+
+
+class Hello(Message, frozen=True, kw_only=True, tag="hello"):
+    """Who the node is, what it has, what it runs; the host answers ``Welcome``."""
+
+    link_version: int = LINK_VERSION
+    node: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+    address: str = ""
+    cores: int
+    memory_bytes: int
+    numa: tuple[NumaNode, ...] = ()
+    gpus: tuple[GpuInfo, ...] = ()
+    agent_version: str = ""
+    executors: tuple[str, ...] = ("process",)
+    running: tuple[AgentTask, ...] = ()
+    reported: tuple[str, ...] = ()  # tasks whose final event waits in the outbox
+    outbox_pending: int = 0
+
+
+class EventBatch(Message, frozen=True, kw_only=True, tag="events"):
+    """Events from the outbox, in order; ``batch`` numbers the frame for its ack.
+
+    ``body`` is a JSON array of ``NewEvent`` exactly as the outbox stores them, so
+    the agent sends them without decoding and re-encoding.
+    """
+
+    batch: int
+    body: bytes
+
+
+class Heartbeat(Message, frozen=True, kw_only=True, tag="heartbeat"):
+    """A usage sample, recorded as a ``node.heartbeat`` event (``event`` is one)."""
+
+    event: NewEvent
+
+
+# -- host → agent --------------------------------------------------------------------------
+
+
+class Welcome(Message, frozen=True, kw_only=True, tag="welcome"):
+    """The host accepted the agent; the timing it expects."""
+
+    heartbeat_interval_s: float
+    kill_grace_s: float
+    last_seq: int = 0
+
+
+class Ack(Message, frozen=True, kw_only=True, tag="ack"):
+    """Batch ``batch`` is committed; ``seqs`` are its events' positions in the log."""
+
+    batch: int
+    seqs: list[int]
+
+
+class Nack(Message, frozen=True, kw_only=True, tag="nack"):
+    """Batch ``batch`` was refused whole; ``reason`` names the offending event."""
+
+    batch: int
+    reason: str
+
+
+class Run(Message, frozen=True, kw_only=True, tag="run"):
+    """Start a task with the resources it was placed on."""
+
+    task_id: str
+    spec: TaskSpec
+    cores: int
+    memory_bytes: int | None = None
+    gpu_ids: tuple[int, ...] = ()
+    numa_id: int | None = None
+
+
+class Kill(Message, frozen=True, kw_only=True, tag="kill"):
+    """Stop a task: SIGTERM (or docker stop), forced after ``grace_s``."""
+
+    task_id: str
+    grace_s: float = 5.0
+    reason: str = ""
+
+
+class Pause(Message, frozen=True, kw_only=True, tag="pause"):
+    """Freeze a task."""
+
+    task_id: str
+
+
+class Resume(Message, frozen=True, kw_only=True, tag="resume"):
+    """Continue a paused task."""
+
+    task_id: str
+
+
+AgentMessage = Hello | EventBatch | Heartbeat
+HostMessage = Welcome | Ack | Nack | Run | Kill | Pause | Resume
+
+_encoder = msgspec.msgpack.Encoder()
+_agent_decoder = msgspec.msgpack.Decoder(AgentMessage)
+_host_decoder = msgspec.msgpack.Decoder(HostMessage)
+
+
+def encode(message: Message) -> bytes:
+    """One frame's bytes."""
+    return _encoder.encode(message)
+
+
+def decode_agent_message(frame: bytes) -> AgentMessage:
+    """A frame from an agent (raises ``msgspec.ValidationError`` / ``DecodeError``)."""
+    return _agent_decoder.decode(frame)
+
+
+def decode_host_message(frame: bytes) -> HostMessage:
+    """A frame from the host (raises ``msgspec.ValidationError`` / ``DecodeError``)."""
+    return _host_decoder.decode(frame)

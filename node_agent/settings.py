@@ -1,0 +1,113 @@
+"""RunnerSettings: the node agent's part of the TOML configuration.
+
+The agent reads ``[network]`` (where the host is, what address to report),
+``[paths]``, ``[timing]`` and ``[runner]``; other keys are ignored.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta, Struct
+
+Positive = Annotated[float, Meta(gt=0)]
+
+
+class RunnerSettingsError(ValueError):
+    """The configuration is invalid; the message names the key."""
+
+
+class RunnerNetwork(Struct, kw_only=True, frozen=True):
+    host_reachable_address: str = "127.0.0.1"
+    host_port: Annotated[int, Meta(ge=0, le=65535)] = 8000
+    runner_address: str = "127.0.0.1"
+
+
+class RunnerPaths(Struct, kw_only=True, frozen=True):
+    shared_dir: str = "shared"
+    local_temp_dir: str = "local_temp"
+    numactl_path: str = ""
+
+
+class RunnerTiming(Struct, kw_only=True, frozen=True):
+    heartbeat_interval: Positive = 1.0
+    kill_grace_period: Annotated[float, Meta(ge=0)] = 5.0
+    reconnect_max_delay: Positive = 5.0
+
+
+class RunnerSection(Struct, kw_only=True, frozen=True):
+    name: str = ""  # empty: the machine's hostname
+    state_dir: str = ""  # empty: <data_dir>/runner-<name>
+    max_batch: Annotated[int, Meta(gt=0)] = 1000
+
+
+class RunnerSettings(Struct, kw_only=True, frozen=True):
+    """Everything a node agent reads from the configuration."""
+
+    network: RunnerNetwork = RunnerNetwork()
+    paths: RunnerPaths = RunnerPaths()
+    timing: RunnerTiming = RunnerTiming()
+    runner: RunnerSection = RunnerSection()
+    data_dir: str = "~/.hakuriver"
+    host_url: str = ""  # overrides [network]; e.g. HAKURIVER_URL
+
+    @classmethod
+    def from_mapping(
+        cls,
+        config: dict[str, Any],
+        *,
+        data_dir: str | None = None,
+        name: str | None = None,
+        host_url: str | None = None,
+    ) -> RunnerSettings:
+        """Decode the runner's sections of a parsed TOML file; unknown keys are ignored."""
+        wanted: dict[str, Any] = {
+            k: dict(v) for k, v in config.items() if k in _SECTIONS and isinstance(v, dict)
+        }
+        if data_dir is not None:
+            wanted["data_dir"] = data_dir
+        elif "data_dir" in config.get("paths", {}):
+            wanted["data_dir"] = config["paths"]["data_dir"]
+        if name:
+            wanted.setdefault("runner", {})["name"] = name
+        if host_url:
+            wanted["host_url"] = host_url
+        try:
+            return msgspec.convert(wanted, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise RunnerSettingsError(f"configuration: {exc}") from None
+
+    def path(self, value: str) -> Path:
+        base = Path(self.data_dir).expanduser()
+        return (base / Path(value).expanduser()).resolve()
+
+    @property
+    def node_name(self) -> str:
+        return self.runner.name or socket.gethostname().split(".")[0]
+
+    @property
+    def state_dir(self) -> Path:
+        return self.path(self.runner.state_dir or f"runner-{self.node_name}")
+
+    @property
+    def shared_dir(self) -> Path:
+        return self.path(self.paths.shared_dir)
+
+    @property
+    def local_temp_dir(self) -> Path:
+        return self.path(self.paths.local_temp_dir)
+
+    @property
+    def ws_url(self) -> str:
+        base = self.host_url or (
+            f"http://{self.network.host_reachable_address}:{self.network.host_port}"
+        )
+        return base.replace("http://", "ws://", 1).replace("https://", "wss://", 1).rstrip(
+            "/"
+        ) + "/api/agents/ws"
+
+
+_SECTIONS = {"network", "paths", "timing", "runner"}
