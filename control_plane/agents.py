@@ -46,7 +46,7 @@ class Socket(Protocol):
 
     async def send(self, data: bytes) -> None: ...
 
-    async def recv(self, timeout: float | None = None) -> str | bytes | None: ...
+    async def recv(self, timeout: float | None = None) -> str | bytes | None: ...  # noqa: ASYNC109
 
     async def close(self, code: int = 1000, reason: str = "") -> None: ...
 
@@ -162,8 +162,8 @@ class AgentSession:
                         )
                     )
             for task_id in running:
-                task = state.tasks.get(task_id)
-                if task is None or task.node != hello.node or not task.holds_resources:
+                known = state.tasks.get(task_id)
+                if known is None or known.node != hello.node or not known.holds_resources:
                     commands.append(
                         link.Kill(
                             task_id=task_id,

@@ -175,10 +175,10 @@ class ControlPlane:
         ):
             self._snapshot_due.set()
 
-    async def changed(self, timeout: float) -> None:
-        """Wait until the next commit, or ``timeout`` seconds."""
+    async def changed(self, within_s: float) -> None:
+        """Wait until the next commit, or ``within_s`` seconds."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
+            await asyncio.wait_for(self._changed.wait(), within_s)
 
     # -- scheduling and dispatch -----------------------------------------------------------
 

@@ -122,6 +122,7 @@ _submit_decoder = msgspec.json.Decoder(SubmitTask)
 _batch_decoder = msgspec.json.Decoder(SubmitBatch)
 
 T = TypeVar("T")
+_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`")
 
 
 def _decode(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
@@ -131,7 +132,10 @@ def _decode(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
         path = str(exc).rsplit(" - at `$", 1)
-        field = path[1].rstrip("`").lstrip(".") if len(path) == 2 else "body"
+        field = path[1].rstrip("`").lstrip(".") if len(path) == 2 else ""
+        unknown = _UNKNOWN_FIELD.search(path[0])
+        if unknown:
+            field = f"{field}.{unknown[1]}" if field else unknown[1]
         raise InvalidRequest(field or "body", path[0]) from None
     except msgspec.DecodeError as exc:
         raise InvalidRequest("body", f"malformed JSON ({exc})") from None

@@ -158,9 +158,11 @@ def encode(message: Message) -> bytes:
 
 def decode_agent_message(frame: bytes) -> AgentMessage:
     """A frame from an agent (raises ``msgspec.ValidationError`` / ``DecodeError``)."""
-    return _agent_decoder.decode(frame)
+    message: AgentMessage = _agent_decoder.decode(frame)
+    return message
 
 
 def decode_host_message(frame: bytes) -> HostMessage:
     """A frame from the host (raises ``msgspec.ValidationError`` / ``DecodeError``)."""
-    return _host_decoder.decode(frame)
+    message: HostMessage = _host_decoder.decode(frame)
+    return message

@@ -263,7 +263,9 @@ class Agent:
             except asyncio.CancelledError:
                 raise
             except (OSError, ConnectionClosed, InvalidHandshake, InvalidURI, TimeoutError) as exc:
-                log.info("link to %s down (%s); retrying in %.1fs", self.settings.ws_url, exc, delay)
+                log.info(
+                    "link to %s down (%s); retrying in %.1fs", self.settings.ws_url, exc, delay
+                )
             except Exception:
                 log.exception("link failed; retrying in %.1fs", delay)
             self._connected.clear()
@@ -291,7 +293,11 @@ class Agent:
 
     async def _session(self, ws: ClientConnection) -> None:
         await ws.send(link.encode(self._hello()))
-        welcome = link.decode_host_message(await asyncio.wait_for(ws.recv(), 10))
+        async with asyncio.timeout(10):
+            frame = await ws.recv()
+        if not isinstance(frame, bytes):
+            raise ConnectionError("expected a binary welcome frame")
+        welcome = link.decode_host_message(frame)
         if not isinstance(welcome, link.Welcome):
             raise ConnectionError(f"expected welcome, got {type(welcome).__name__}")
         self.heartbeat_interval = welcome.heartbeat_interval_s
@@ -314,7 +320,9 @@ class Agent:
                 task.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
 
-    async def _send_outbox(self, ws: ClientConnection, in_flight: dict[int, tuple[str, ...]]) -> None:
+    async def _send_outbox(
+        self, ws: ClientConnection, in_flight: dict[int, tuple[str, ...]]
+    ) -> None:
         assert self.outbox is not None
         after = 0
         number = 0

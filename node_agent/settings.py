@@ -105,9 +105,10 @@ class RunnerSettings(Struct, kw_only=True, frozen=True):
         base = self.host_url or (
             f"http://{self.network.host_reachable_address}:{self.network.host_port}"
         )
-        return base.replace("http://", "ws://", 1).replace("https://", "wss://", 1).rstrip(
-            "/"
-        ) + "/api/agents/ws"
+        return (
+            base.replace("http://", "ws://", 1).replace("https://", "wss://", 1).rstrip("/")
+            + "/api/agents/ws"
+        )
 
 
 _SECTIONS = {"network", "paths", "timing", "runner"}

@@ -52,12 +52,14 @@ def _host_app(config: dict[str, Any], data_dir: str | None, port: int | None) ->
     return settings, create_app(settings)
 
 
-def run_host(config: dict[str, Any], *, data_dir: str | None = None, port: int | None = None) -> int:
+def run_host(
+    config: dict[str, Any], *, data_dir: str | None = None, port: int | None = None
+) -> int:
     """Serve the control plane until SIGINT/SIGTERM."""
     _logging()
     settings, app = _host_app(config, data_dir, port)
 
-    @app.after_server_start
+    @app.after_server_start  # type: ignore[untyped-decorator]
     async def _ready(app: Any) -> None:
         print(f"HakuRiver control plane at {settings.url}", flush=True)
         print(f"event log: {settings.db_path}", flush=True)
@@ -121,7 +123,7 @@ def run_up(
     node = config.get("runner", {}).get("name") or socket.gethostname().split(".")[0]
     child: dict[str, subprocess.Popen[bytes]] = {}
 
-    @app.after_server_start
+    @app.after_server_start  # type: ignore[untyped-decorator]
     async def _start_agent(app: Any) -> None:
         command = [sys.executable, "-m", "cli.hakuriver.serve", "runner"]
         command += ["--data-dir", data, "--name", node, "--url", url]
@@ -129,11 +131,10 @@ def run_up(
             command += ["--config", config_file]
         child["agent"] = subprocess.Popen(command, start_new_session=True)
         print(f"HakuRiver is up: {url}  (node {node}, data in {data})", flush=True)
-        print(
-            f"  try: HAKURIVER_URL={url} hakuriver task submit --wait -- echo hello", flush=True
-        )
+        hint = f"HAKURIVER_URL={url} hakuriver task submit --wait -- echo hello"
+        print(f"  try: {hint}", flush=True)
 
-    @app.before_server_stop
+    @app.before_server_stop  # type: ignore[untyped-decorator]
     async def _stop_agent(app: Any) -> None:
         agent = child.get("agent")
         if agent is not None and agent.poll() is None:

@@ -11,7 +11,7 @@ from control_plane.routes.common import control_plane
 bp = Blueprint("agents", url_prefix="/api/agents")
 
 
-@bp.websocket("/ws")
+@bp.websocket("/ws")  # type: ignore[untyped-decorator]
 async def agent_link(request: Request, ws: WebsocketImplProtocol) -> None:
     """One node agent's link, for as long as it stays connected."""
     await serve_agent(control_plane(request), ws)

@@ -228,7 +228,7 @@ async def _output(request: Request, ident: str, stream: Stream) -> HTTPResponse 
             continue
         if ended:
             break
-        await cp.changed(timeout=0.2)
+        await cp.changed(within_s=0.2)
     await response.eof()
     return None
 

@@ -1,0 +1,260 @@
+"""A real cluster for tests: a control plane and node agents as separate processes.
+
+``Cluster`` writes a config into a temporary directory, starts the control plane
+(``python -m cli.hakuriver.serve host``) on a free loopback port, and starts agents
+(``... runner --name N``) on demand; all share the directory as "shared storage".
+Nothing is mocked: tests talk HTTP to the real server, and kill processes for real.
+Each process's output goes to ``<dir>/<name>.log`` (printed when a wait fails).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from support.waiting import wait_until
+
+FINAL = frozenset({"completed", "failed", "killed", "killed_oom", "lost"})
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Cluster:
+    """A control plane plus agents, each a real subprocess."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        heartbeat_interval: float = 0.2,
+        heartbeat_timeout: float = 1.5,
+        kill_grace: float = 1.0,
+        policy: str = "first-fit",
+        extra: str = "",
+    ) -> None:
+        self.root = root
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config = root / "config.toml"
+        self.config.write_text(
+            f"""
+[network]
+host_bind_ip = "127.0.0.1"
+host_port = {self.port}
+host_reachable_address = "127.0.0.1"
+[paths]
+data_dir = "{root}"
+shared_dir = "shared"
+local_temp_dir = "local_temp"
+[timing]
+heartbeat_interval = {heartbeat_interval}
+heartbeat_timeout = {heartbeat_timeout}
+kill_grace_period = {kill_grace}
+[scheduler]
+policy = "{policy}"
+{extra}
+"""
+        )
+        self.host: subprocess.Popen[bytes] | None = None
+        self.agents: dict[str, subprocess.Popen[bytes]] = {}
+        self.http = httpx.Client(base_url=self.url, timeout=10)
+        self._logs: list[Any] = []
+
+    @property
+    def shared(self) -> Path:
+        return self.root / "shared"
+
+    @property
+    def db_file(self) -> Path:
+        return self.root / "hakuriver.duckdb"
+
+    def env(self) -> dict[str, str]:
+        """The environment for processes and CLI calls talking to this cluster."""
+        env = dict(os.environ)
+        env["HAKURIVER_URL"] = self.url
+        env["HAKURIVER_CONFIG"] = str(self.config)
+        env["PYTHONPATH"] = str(REPO)
+        return env
+
+    def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        log = (self.root / f"{name}.log").open("ab")
+        self._logs.append(log)
+        command = [sys.executable, "-m", "cli.hakuriver.serve", *args, "--config", str(self.config)]
+        return subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=self.env(), cwd=REPO
+        )
+
+    # -- processes -------------------------------------------------------------------------
+
+    def start_host(self) -> None:
+        """Start the control plane and wait until it answers."""
+        self.host = self._spawn("host", "host")
+        self.wait(lambda: self._healthy(), 30, "the control plane to answer")
+
+    def _healthy(self) -> bool:
+        assert self.host is not None
+        if self.host.poll() is not None:
+            raise AssertionError(f"host exited ({self.host.returncode}):\n{self.logs('host')}")
+        try:
+            return self.http.get("/api/health").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop_host(self, sig: int = signal.SIGTERM) -> None:
+        """Stop the control plane (SIGKILL for a crash)."""
+        assert self.host is not None
+        self.host.send_signal(sig)
+        self.host.wait(30)
+        self.host = None
+
+    def start_agent(self, name: str, *, wait: bool = True) -> subprocess.Popen[bytes]:
+        """Start a node agent called ``name``; by default wait until it is online."""
+        agent = self._spawn(f"agent-{name}", "runner", "--name", name)
+        self.agents[name] = agent
+        if wait:
+            self.wait_node(name, online=True)
+        return agent
+
+    def stop_agent(self, name: str, sig: int = signal.SIGTERM) -> None:
+        """Stop an agent (SIGKILL for a crash); its tasks keep running."""
+        agent = self.agents.pop(name)
+        agent.send_signal(sig)
+        agent.wait(30)
+
+    def close(self) -> None:
+        """Stop everything, and every task process still running under the root."""
+        for name in list(self.agents):
+            with contextlib.suppress(Exception):
+                self.stop_agent(name, signal.SIGKILL)
+        if self.host is not None:
+            with contextlib.suppress(Exception):
+                self.stop_host(signal.SIGKILL)
+        self._kill_tasks()
+        self.http.close()
+        for log in self._logs:
+            log.close()
+
+    def _kill_tasks(self) -> None:
+        # Task shims record their pid files under each agent's state dir.
+        for record in self.root.glob("runner-*/process/*.run"):
+            with contextlib.suppress(Exception):
+                fields = dict(
+                    line.split(" ", 1) for line in record.read_text().splitlines() if " " in line
+                )
+                for key in ("task_pid", "pid"):
+                    if key in fields:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.killpg(int(fields[key]), signal.SIGKILL)
+
+    def logs(self, name: str) -> str:
+        """The tail of one process's log."""
+        path = self.root / f"{name}.log"
+        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+    # -- API -------------------------------------------------------------------------------
+
+    def submit(self, command: str, *args: str, **fields: Any) -> list[str]:
+        """Submit a task (201 expected); its task ids."""
+        body = {"command": command, "args": list(args), "container": "NULL", **fields}
+        r = self.http.post("/api/tasks", json=body)
+        assert r.status_code == 201, r.text
+        ids: list[str] = r.json()["task_ids"]
+        return ids
+
+    def task(self, task_id: str) -> dict[str, Any]:
+        r = self.http.get(f"/api/tasks/{task_id}")
+        assert r.status_code == 200, r.text
+        task: dict[str, Any] = r.json()
+        return task
+
+    def node(self, name: str) -> dict[str, Any] | None:
+        r = self.http.get(f"/api/nodes/{name}")
+        return r.json() if r.status_code == 200 else None
+
+    def health(self) -> dict[str, Any]:
+        health: dict[str, Any] = self.http.get("/api/health").json()
+        return health
+
+    def events(self, kind: str | None = None) -> list[tuple[Any, ...]]:
+        """(seq, kind, stream, source, id) of every event in the log file (host stopped)."""
+        import duckdb
+
+        con = duckdb.connect(str(self.db_file), read_only=True)
+        try:
+            sql = "SELECT seq, kind, stream, source, id::VARCHAR FROM events"
+            params: list[Any] = []
+            if kind:
+                sql += " WHERE kind = ?"
+                params.append(kind)
+            rows = con.execute(sql + " ORDER BY seq", params).fetchall()
+        finally:
+            con.close()
+        return rows
+
+    # -- waiting ---------------------------------------------------------------------------
+
+    def wait(self, predicate: Any, timeout: float, what: str) -> None:
+        """Wait for a condition; on failure show what the processes said."""
+        try:
+            wait_until(predicate, timeout=timeout, interval=0.02)
+        except AssertionError:
+            logs = "\n".join(
+                f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
+                for p in sorted(self.root.glob("*.log"))
+            )
+            raise AssertionError(f"timed out waiting for {what}\n{logs}") from None
+
+    def wait_node(self, name: str, *, online: bool, timeout: float = 20) -> None:
+        def check() -> bool:
+            node = self.node(name)
+            return node is not None and node["online"] is online
+
+        self.wait(check, timeout, f"node {name} online={online}")
+
+    def wait_state(self, task_id: str, *states: str, timeout: float = 20) -> dict[str, Any]:
+        """Wait until the task is in one of ``states`` (default: any final state)."""
+        wanted = set(states) or FINAL
+        found: dict[str, Any] = {}
+
+        def check() -> bool:
+            found.update(self.task(task_id))
+            return found["state"] in wanted
+
+        self.wait(check, timeout, f"task {task_id} in {sorted(wanted)}")
+        return found
+
+    def output(self, task_id: str, stream: str = "stdout") -> bytes:
+        r = self.http.get(f"/api/tasks/{task_id}/{stream}")
+        assert r.status_code == 200, r.text
+        return r.content
+
+
+@contextlib.contextmanager
+def running_cluster(
+    root: Path, agents: tuple[str, ...] = ("n1",), **options: Any
+) -> Iterator[Cluster]:
+    """A started cluster with the given agents online; everything stopped afterwards."""
+    cluster = Cluster(root, **options)
+    try:
+        cluster.start_host()
+        for name in agents:
+            cluster.start_agent(name)
+        yield cluster
+    finally:
+        cluster.close()
