@@ -129,7 +129,7 @@ def run_up(
         command += ["--data-dir", data, "--name", node, "--url", url]
         if config_file:
             command += ["--config", config_file]
-        child["agent"] = subprocess.Popen(command, start_new_session=True)
+        child["agent"] = await asyncio.to_thread(subprocess.Popen, command, start_new_session=True)
         print(f"HakuRiver is up: {url}  (node {node}, data in {data})", flush=True)
         hint = f"HAKURIVER_URL={url} hakuriver task submit --wait -- echo hello"
         print(f"  try: {hint}", flush=True)
