@@ -30,7 +30,9 @@ class ApiError(Exception):
     """An error answer from the control plane: status, error code, field and message."""
 
     def __init__(self, status: int, error: str, field: str | None, message: str) -> None:
-        super().__init__(f"{field}: {message}" if field else message)
+        # Say where once, even from a server that already put the field in its message.
+        located = field and not message.startswith(f"{field}:")
+        super().__init__(f"{field}: {message}" if located else message)
         self.status = status
         self.error = error
         self.field = field

@@ -29,6 +29,8 @@ P = ParamSpec("P")
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+# Lines written to a pipe or a file are not cut to a terminal's width (up to this many).
+PIPE_WIDTH = 200
 
 
 @Parameter(name="*")
@@ -60,8 +62,11 @@ def print_json(document: Any) -> None:
 
 
 def show(renderable: RenderableType) -> None:
-    """Print a rich renderable to stdout (plain text when stdout is not a terminal)."""
-    Console(soft_wrap=False, highlight=False).print(renderable)
+    """Print a rich renderable to stdout; uncut and uncoloured when stdout is not a terminal."""
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console.width = max(console.width, PIPE_WIDTH)
+    console.print(renderable)
 
 
 def say(line: str) -> None:

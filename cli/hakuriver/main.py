@@ -152,7 +152,9 @@ def _states(words: Sequence[str]) -> list[str]:
     states = [state.strip() for word in words for state in word.split(",") if state.strip()]
     for state in states:
         if state not in TASK_STATES:
-            raise InvalidRequest("status", f"{state!r} is not a task state ({', '.join(TASK_STATES)})")
+            raise InvalidRequest(
+                "status", f"{state!r} is not a task state ({', '.join(TASK_STATES)})"
+            )
     return states
 
 
@@ -211,7 +213,7 @@ def _acknowledge(action: str, answer: dict[str, object], as_json: bool) -> int:
     if as_json:
         print_json(answer)
     else:
-        say(f"{answer.get('task_id')}: {action} requested (state now {answer.get('state')})")
+        say(f"{answer.get('task_id')}: {action} requested (it was {answer.get('state')})")
     return 0
 
 

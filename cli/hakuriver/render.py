@@ -51,6 +51,8 @@ def human_duration(seconds: float | None) -> str:
     """``75.3`` as ``1m15s``; None as ``-``."""
     if seconds is None:
         return "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
     if seconds < 60:
         return f"{seconds:.1f}s"
     minutes, secs = divmod(int(seconds), 60)
@@ -60,12 +62,14 @@ def human_duration(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
-def human_time(stamp: str | None) -> str:
-    """An RFC 3339 UTC stamp shortened to seconds: ``2026-11-21 10:00:00Z``."""
+def human_time(stamp: str | None, *, short: bool = False) -> str:
+    """An RFC 3339 stamp cut to seconds: ``2026-11-21 10:00:00Z``, short ``11-21 10:00:00``."""
     if not stamp:
         return "-"
     date, _, clock = stamp.partition("T")
-    return f"{date} {clock[:8]}Z" if clock else stamp
+    if not clock:
+        return stamp
+    return f"{date[5:]} {clock[:8]}" if short else f"{date} {clock[:8]}Z"
 
 
 def state_text(state: str | None) -> Text:
@@ -107,9 +111,10 @@ def _placement(task: Doc) -> str:
 def task_table(tasks: Sequence[Doc]) -> Table:
     """The ``task list`` table: one row per task, newest first as the API sends them."""
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("TASK ID", "STATE", "NODE", "CORES", "MEMORY", "SUBMITTED", "EXIT"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("NAME / COMMAND", overflow="ellipsis", no_wrap=True, max_width=60)
+    for column in ("TASK ID", "STATE", "NODE", "CORES", "MEMORY", "SUBMITTED (UTC)", "EXIT"):
+        # These never shrink: a cut id or state is useless; the command column gives way.
+        table.add_column(column, no_wrap=True, min_width=_WIDTHS.get(column, len(column)))
+    table.add_column("NAME / COMMAND", overflow="ellipsis", no_wrap=True, ratio=1)
     for task in tasks:
         exit_code = task.get("exit_code")
         label = command_line(task, 60)
@@ -121,11 +126,14 @@ def task_table(tasks: Sequence[Doc]) -> Table:
             _placement(task),
             str(task.get("cores", "-")),
             human_size(task.get("memory_bytes")),
-            human_time(task.get("submitted_at")),
+            human_time(task.get("submitted_at"), short=True),
             "-" if exit_code is None else str(exit_code),
             Text(label),
         )
     return table
+
+
+_WIDTHS = {"TASK ID": 36, "STATE": 10, "SUBMITTED (UTC)": 15}
 
 
 def task_detail(task: Doc) -> Panel:
@@ -244,7 +252,9 @@ def node_detail(node: Doc) -> Panel:
     parts: list[RenderableType] = [grid]
     if node.get("gpus"):
         parts.append(gpu_table(node))
-    return Panel(Group(*parts), title=f"node {node.get('name', '?')}", title_align="left")
+    return Panel(
+        Group(*parts), title=f"node {node.get('name', '?')}", title_align="left", expand=False
+    )
 
 
 def gpu_table(node: Doc) -> Table:
@@ -274,7 +284,9 @@ def health_panel(health: Doc) -> Panel:
     grid = _grid()
     status = str(health.get("status", "?"))
     grid.add_row("status", Text(status, style="green" if status == "ok" else "red"))
-    grid.add_row("nodes online", f"{health.get('nodes_online', '-')}/{health.get('nodes_total', '-')}")
+    grid.add_row(
+        "nodes online", f"{health.get('nodes_online', '-')}/{health.get('nodes_total', '-')}"
+    )
     tasks = health.get("tasks") or {}
     grid.add_row("tasks", "  ".join(f"{state} {count}" for state, count in tasks.items()) or "-")
     grid.add_row("anomalies", str(health.get("anomalies", "-")))
@@ -304,7 +316,8 @@ def _percent(value: float | None) -> str:
 
 def _numa(numa: Doc) -> str:
     cpus = numa.get("cpus") or []
-    return f"{numa.get('id')}: {_ranges(cpus)} ({len(cpus)} CPUs, {human_size(numa.get('memory_bytes'))})"
+    memory = human_size(numa.get("memory_bytes"))
+    return f"{numa.get('id')}: {_ranges(cpus)} ({len(cpus)} CPUs, {memory})"
 
 
 def _ranges(numbers: Sequence[int]) -> str:

@@ -213,6 +213,13 @@ def submit_sweep(
         as_json: Annotated[bool, Parameter(name="--json")] = False,
         conn: Connection | None = None,
     ) -> int:
+        """Submit every combination as a task of one batch.
+
+        Parameters
+        ----------
+        as_json
+            Print the API's answer ``{"batch_id", "task_ids"}`` (with --wait, also ``tasks``).
+        """
         chosen = options or SubmitOptions()
         requests = [chosen.request([command, *arguments]) for arguments in argument_vectors]
         if dry_run:
@@ -234,4 +241,3 @@ def submit_sweep(
     except CycloptsError as exc:
         return fail(f"{exc} (see hakurun --submit --help)", EXIT_USAGE)
     return result if isinstance(result, int) else 0
-

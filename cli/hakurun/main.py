@@ -24,6 +24,7 @@ from cli.hakurun.spans import (
     Axis,
     SpanError,
     count_combinations,
+    expand,
     is_span,
     iter_combinations,
     parse_arguments,
@@ -97,6 +98,8 @@ def parse_options(argv: Sequence[str]) -> Options:
             return Options(help=True)
         if word == "--submit":
             submit, position, dry_run = _submit_options(argv, position, dry_run)
+            if submit == ("--help",):
+                return Options(help=True, submit=submit)
             break
         if word == "--parallel":
             parallel = True
@@ -134,6 +137,8 @@ def _submit_options(
     argv: Sequence[str], position: int, dry_run: bool
 ) -> tuple[tuple[str, ...], int, bool]:
     """The words after ``--submit`` up to ``--`` (hakurun's ``--dry-run`` taken out)."""
+    if "-h" in argv[position:] or "--help" in argv[position:]:
+        return ("--help",), len(argv), dry_run
     try:
         end = list(argv).index("--", position)
     except ValueError:
@@ -187,13 +192,17 @@ def main(argv: list[str] | None = None) -> int:
         options = parse_options(arguments)
         if options.help:
             sys.stdout.write(USAGE)
+            if options.submit is not None:
+                sys.stdout.write("\n")
+                return _submit(options.submit, ["hakurun"], dry_run=True)
             return 0
         target_word, *target_arguments = options.command
         axes = parse_arguments(target_arguments)
         if is_span(target_word):
             raise UsageError(f"the target {target_word!r} cannot be a span")
         if options.submit is not None:
-            return _submit(options.submit, target_word, axes, dry_run=options.dry_run)
+            # The command runs on a node, so it is not resolved here.
+            return _submit(options.submit, options.command, dry_run=options.dry_run)
         target = resolve(target_word)
     except (UsageError, SpanError, TargetError) as error:
         sys.stderr.write(f"hakurun: {error}\n")
@@ -214,14 +223,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _submit(
-    submit_options: Sequence[str], command: str, axes: Sequence[Axis], *, dry_run: bool
-) -> int:
-    """Hand the combinations to the cluster (imported here: plain hakurun stays light)."""
+def _submit(submit_options: Sequence[str], command: Sequence[str], *, dry_run: bool) -> int:
+    """Submit one task per combination, in one batch; raises ``SpanError``.
+
+    Imported here so that plain hakurun does not load the cluster client.
+    """
     from cli.hakuriver.submission import submit_sweep
 
-    vectors = list(iter_combinations(axes))
-    return submit_sweep(submit_options, command, vectors, dry_run=dry_run)
+    vectors = expand(command[1:])
+    return submit_sweep(submit_options, command[0], vectors, dry_run=dry_run)
 
 
 def _print_commands(jobs: Iterator[Job]) -> int:

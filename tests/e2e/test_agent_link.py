@@ -11,12 +11,12 @@ import asyncio
 from pathlib import Path
 
 import msgspec
+from support.cluster import running_cluster
 from websockets.asyncio.client import connect
 
 from events import link
 from events.envelope import new_event
 from events.types import NodeHeartbeat, TaskSubmitted
-from support.cluster import running_cluster
 
 
 def _batch(number: int, events: list[object]) -> bytes:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import httpx
 import psutil
-
 from support.cluster import REPO, free_port
 from support.waiting import wait_until
 
