@@ -28,8 +28,9 @@ from events import link
 from events.envelope import NewEvent, Recorded, new_event
 from events.ids import new_id
 from events.store import EventStore
-from events.types import AnyEvent, TaskDispatched
+from events.types import AnyEvent, TaskDispatched, TaskPlaced, TaskSubmitted
 from projections.cluster import ClusterState
+from projections.tasks import TaskView
 
 if TYPE_CHECKING:
     from control_plane.agents import AgentSession
@@ -193,6 +194,18 @@ class ControlPlane:
                 await asyncio.sleep(0.5)
                 self._schedule.set()
 
+    async def submit(self, submitted: Sequence[TaskSubmitted]) -> None:
+        """Record submissions, with the placement of those that fit now in the same commit.
+
+        One durable commit instead of two (submission, then the scheduler's placement)
+        is a quarter of a trivial task's latency on a disk where a commit costs 2-4 ms.
+        """
+        async with self.gate.exclusive():
+            incoming = [TaskView(task_id=e.task_id, spec=e.spec) for e in submitted]
+            placements = self.scheduler.plan(self.state, incoming)
+            await self.record([*submitted, *placements])
+        await self._dispatch_all(placements)
+
     async def schedule_once(self) -> int:
         """Place what fits now; send each placed task to its node. Returns how many."""
         async with self.gate.exclusive():
@@ -202,6 +215,10 @@ class ControlPlane:
             if not placements:
                 return 0
             await self.record(placements)
+        await self._dispatch_all(placements)
+        return len(placements)
+
+    async def _dispatch_all(self, placements: Sequence[TaskPlaced]) -> None:
         dispatched = []
         for placed in placements:
             if await self.dispatch(placed.task_id):
@@ -209,7 +226,6 @@ class ControlPlane:
         if dispatched:
             async with self.gate.shared():
                 await self.record(dispatched)
-        return len(placements)
 
     async def dispatch(self, task_id: str) -> bool:
         """Send a placed task's run command to its node's agent, if it is connected."""

@@ -15,6 +15,7 @@ reason and the nodes rejected with theirs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -84,13 +85,18 @@ class Scheduler:
         self.policy: Policy = policy
         self._cursor = 0
 
-    def plan(self, state: ClusterState) -> list[TaskPlaced]:
-        """Placements for the pending tasks that fit now, in queue order."""
+    def plan(self, state: ClusterState, incoming: Sequence[TaskView] = ()) -> list[TaskPlaced]:
+        """Placements for the pending tasks that fit now, in queue order.
+
+        ``incoming`` are tasks being submitted right now, not in the state yet: they
+        queue after every pending task, so placing them in the same commit as their
+        submission changes no order.
+        """
         names = sorted(name for name, node in state.nodes.items() if node.online)
         rooms = {name: _Room.of(state.nodes[name]) for name in names}
         placements: list[TaskPlaced] = []
-        for task_id in state.pending:
-            task = state.tasks[task_id]
+        queue = [state.tasks[task_id] for task_id in state.pending]
+        for task in [*queue, *incoming]:
             target = task.spec.target
             if target is not None:
                 node_name = target.split(":", 1)[0]

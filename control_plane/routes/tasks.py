@@ -51,8 +51,7 @@ async def _submit(cp: ControlPlane, requests: list[SubmitTask]) -> HTTPResponse:
             if len(requests) == 1:
                 raise
             raise InvalidRequest(f"tasks[{i}].{exc.field}", exc.message) from None
-    async with cp.gate.shared():
-        await cp.record(events)
+    await cp.submit(events)
     return answer({"batch_id": batch_id, "task_ids": [e.task_id for e in events]}, status=201)
 
 

@@ -24,9 +24,13 @@ import contextlib
 import errno
 import marshal
 import os
+import hashlib
 import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +52,81 @@ from node_agent.executors.process_plan import (
 )
 
 SHIM_PATH = str(Path(shim.__file__).resolve())
+
+
+class Zygote:
+    """The client of the shim zygote (``shim.serve``): one per state directory.
+
+    The zygote is started on first use in a session of its own, so it outlives the
+    agent like the shims do, and a restarted agent finds it again by its address (an
+    abstract socket named after the state directory and the shim's code, so a changed
+    shim gets a fresh zygote). Any failure here returns None: the executor then starts
+    the shim the slow way, so the zygote is only ever an optimisation.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        code = Path(SHIM_PATH).read_bytes()
+        key = hashlib.sha256(code + sys.executable.encode() + str(state_dir).encode())
+        self.address = f"hakuriver-zygote-{key.hexdigest()[:24]}"
+        self.state_dir = state_dir
+        self._process: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+
+    def spawn(self, state_dir: str, task_id: str, spec: object) -> tuple[int, str] | None:
+        """Fork a shim for the task; (shim pid, its answer line), or None."""
+        request = marshal.dumps((state_dir, task_id, spec))
+        for attempt in range(2):
+            try:
+                return self._ask(request)
+            except OSError:
+                if attempt or not self._start():
+                    return None
+        return None
+
+    def _ask(self, request: bytes) -> tuple[int, str]:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(30)
+            conn.connect("\0" + self.address)
+            conn.sendall(request)
+            conn.shutdown(socket.SHUT_WR)
+            chunks = []
+            while chunk := conn.recv(4096):
+                chunks.append(chunk)
+        lines = b"".join(chunks).decode(errors="replace").split("\n")
+        if len(lines) < 2 or not lines[0].isdigit():
+            raise ConnectionError("the zygote gave no answer")
+        return int(lines[0]), lines[1].strip()
+
+    def _start(self) -> bool:
+        with self._lock:
+            if self._process is not None:
+                self._process.poll()  # reap a previous zygote that exited while idle
+            # Each forked shim sends its stderr to its task's log; the zygote says nothing.
+            self._process = subprocess.Popen(
+                [sys.executable, "-I", "-S", SHIM_PATH, "--zygote", self.address],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                try:
+                    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                        probe.connect("\0" + self.address)
+                    return True
+                except OSError:
+                    if self._process.poll() is not None and self._process.returncode != 0:
+                        return False
+                    time.sleep(0.002)
+            return False
+
+
+class _NoZygote:
+    def spawn(self, state_dir: str, task_id: str, spec: object) -> tuple[int, str] | None:
+        return None
+
+
 POLL_INTERVAL_S = 0.05  # only where pidfds are unavailable (Linux < 5.3)
 
 
@@ -74,12 +153,19 @@ class ProcessExecutor:
 
     name = "process"
 
-    def __init__(self, state_dir: Path | str, *, facilities: HostFacilities | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path | str,
+        *,
+        facilities: HostFacilities | None = None,
+        use_zygote: bool = True,
+    ) -> None:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.facilities = HostFacilities.detect() if facilities is None else facilities
         self._tasks: dict[str, _Watched] = {}
         self._starting: dict[str, asyncio.Future[Started]] = {}
+        self._zygote = Zygote(self.state_dir) if use_zygote else _NoZygote()
 
     # -- the protocol --------------------------------------------------------------------
 
@@ -204,6 +290,11 @@ class ProcessExecutor:
                 os.makedirs(directory, exist_ok=True)
         except OSError as exc:
             raise StartFailed(f"cannot prepare the task's directories: {exc}") from exc
+        payload = launch.to_builtins()
+        via_zygote = self._zygote.spawn(str(self.state_dir), run.task_id, payload)
+        if via_zygote is not None:
+            shim_pid, answer = via_zygote
+            return self._started(run, shim_pid, answer, None)
         with open(base + shim.LOG, "wb") as log:
             child = subprocess.Popen(
                 [sys.executable, "-I", "-S", SHIM_PATH, str(self.state_dir), run.task_id],
@@ -214,20 +305,31 @@ class ProcessExecutor:
             )
         assert child.stdin is not None and child.stdout is not None
         with contextlib.suppress(BrokenPipeError):
-            child.stdin.write(marshal.dumps(launch.to_builtins()))
+            child.stdin.write(marshal.dumps(payload))
         with contextlib.suppress(BrokenPipeError):
             child.stdin.close()
         answer = child.stdout.readline().decode(errors="replace").strip()
         child.stdout.close()
+        return self._started(run, child.pid, answer, child)
+
+    def _started(
+        self,
+        run: TaskRun,
+        shim_pid: int,
+        answer: str,
+        child: subprocess.Popen[bytes] | None,
+    ) -> _Watched:
+        """The shim's answer: the task's pid, or why it could not start."""
         if not answer or answer.startswith("!"):
-            child.wait()
+            if child is not None:
+                child.wait()
             problem = answer[1:] or "the task's shim failed: " + self._log_tail(run.task_id)
             self._remove_files(run.task_id)
             raise StartFailed(problem)
-        record = shim.read_record(base + shim.RUN)
+        record = shim.read_record(self._base(run.task_id) + shim.RUN)
         return _Watched(
             task_id=run.task_id,
-            shim_pid=child.pid,
+            shim_pid=shim_pid,
             shim_start=int(record["shim_start"]),
             pid=int(answer),
             memory_limit=record.get("memory_limit", "none"),
