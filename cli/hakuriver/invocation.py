@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ParamSpec
+from typing import Annotated, Any, ParamSpec
 
 from cyclopts import Parameter
 from rich.console import Console, RenderableType
@@ -25,6 +25,8 @@ from control_plane.requests import InvalidRequest
 from control_plane.settings import SettingsError
 
 P = ParamSpec("P")
+
+JsonFlag = Annotated[bool, Parameter(name="--json")]
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2

@@ -22,9 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import hashlib
 import marshal
 import os
-import hashlib
 import signal
 import socket
 import subprocess
@@ -33,6 +33,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from node_agent.executors import shim
 from node_agent.executors.base import (
@@ -72,7 +73,7 @@ class Zygote:
         self._process: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
 
-    def spawn(self, state_dir: str, task_id: str, spec: object) -> tuple[int, str] | None:
+    def spawn(self, state_dir: str, task_id: str, spec: Any) -> tuple[int, str] | None:
         """Fork a shim for the task; (shim pid, its answer line), or None."""
         request = marshal.dumps((state_dir, task_id, spec))
         for attempt in range(2):
@@ -123,7 +124,7 @@ class Zygote:
 
 
 class _NoZygote:
-    def spawn(self, state_dir: str, task_id: str, spec: object) -> tuple[int, str] | None:
+    def spawn(self, state_dir: str, task_id: str, spec: Any) -> tuple[int, str] | None:
         return None
 
 
