@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint bench bench-full lock clean
+.PHONY: up test lint bench bench-full lock clean
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,6 +13,11 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install -q --require-hashes -r requirements.lock
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# A single-machine cluster: control plane + one local agent, data in ~/.hakuriver.
+# Pass options through ARGS, e.g. make up ARGS="--port 9000 --data-dir /tmp/hr".
+up: $(STAMP)
+	$(VENV)/bin/hakuriver up $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

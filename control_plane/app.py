@@ -61,7 +61,7 @@ def create_app(settings: HostSettings, name: str = "hakuriver") -> Sanic:  # typ
 
     @app.exception(InvalidRequest)
     async def _invalid(request: Request, exc: InvalidRequest) -> HTTPResponse:
-        return error(400, "invalid_request", str(exc), exc.field)
+        return error(400, "invalid_request", exc.message, exc.field)
 
     @app.exception(NotFound)
     async def _not_found(request: Request, exc: NotFound) -> HTTPResponse:

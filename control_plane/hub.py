@@ -203,7 +203,7 @@ class ControlPlane:
         async with self.gate.exclusive():
             incoming = [TaskView(task_id=e.task_id, spec=e.spec) for e in submitted]
             placements = self.scheduler.plan(self.state, incoming)
-            await self.record([*submitted, *placements])
+            await self.record([*submitted, *placements, *self._dispatching(placements)])
         await self._dispatch_all(placements)
 
     async def schedule_once(self) -> int:
@@ -214,18 +214,26 @@ class ControlPlane:
             placements = self.scheduler.plan(self.state)
             if not placements:
                 return 0
-            await self.record(placements)
+            await self.record([*placements, *self._dispatching(placements)])
         await self._dispatch_all(placements)
         return len(placements)
 
+    def _dispatching(self, placements: Sequence[TaskPlaced]) -> list[TaskDispatched]:
+        """``task.dispatched`` for placements whose node's agent is connected.
+
+        Recorded in the placement's commit, before the run command leaves: recorded
+        after it, the node's ``task.started`` could commit first. If the send then
+        fails, the agent's reconnection re-sends the command (see agents.py).
+        """
+        return [
+            TaskDispatched(task_id=p.task_id, node=p.node)
+            for p in placements
+            if p.node in self.agents
+        ]
+
     async def _dispatch_all(self, placements: Sequence[TaskPlaced]) -> None:
-        dispatched = []
         for placed in placements:
-            if await self.dispatch(placed.task_id):
-                dispatched.append(TaskDispatched(task_id=placed.task_id, node=placed.node))
-        if dispatched:
-            async with self.gate.shared():
-                await self.record(dispatched)
+            await self.dispatch(placed.task_id)
 
     async def dispatch(self, task_id: str) -> bool:
         """Send a placed task's run command to its node's agent, if it is connected."""

@@ -23,6 +23,7 @@ from cli.hakuriver.client import ApiError, HakuClient
 from cli.hakuriver.config import ConfigError, host_url, load_config
 from control_plane.requests import InvalidRequest
 from control_plane.settings import SettingsError
+from node_agent.settings import RunnerSettingsError
 
 P = ParamSpec("P")
 
@@ -98,7 +99,7 @@ def reported(command: Callable[P, int]) -> Callable[P, int]:
             return command(*args, **kwargs)
         except ApiError as exc:
             return fail(str(exc), EXIT_USAGE if exc.bad_input else EXIT_FAILED)
-        except (InvalidRequest, ConfigError, SettingsError) as exc:
+        except (InvalidRequest, ConfigError, SettingsError, RunnerSettingsError) as exc:
             return fail(str(exc), EXIT_USAGE)
         except TimeoutError as exc:
             return fail(str(exc))

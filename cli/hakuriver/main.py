@@ -9,6 +9,7 @@ in-process; ``main`` is the console script. The seeds' spellings
 
 from __future__ import annotations
 
+import importlib.metadata
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,14 +23,26 @@ from cli.hakuriver.invocation import EXIT_USAGE, Connection, connection, reporte
 from cli.hakuriver.nodes import node_app
 from cli.hakuriver.tasks import task_app
 
+
+def _version() -> str:
+    """The installed package's version (``unknown`` when run from an uninstalled tree)."""
+    try:
+        return importlib.metadata.version("hakuriver")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 app = App(
     name="hakuriver",
     help="HakuRiver: a small cluster manager. Start it with `hakuriver up`.",
     result_action="return_value",
+    version=_version,
     default_parameter=Parameter(negative=(), show_default=False),
     error_formatter=lambda error: Text(f"error: {error}"),
     error_console=Console(stderr=True, soft_wrap=True, highlight=False),
 )
+
+
 init_app = App(name="init", help="Create the files HakuRiver needs.")
 app.command(task_app)
 app.command(node_app)
@@ -69,7 +82,10 @@ def up(
     """
     from cli.hakuriver import serve
 
-    return serve.run_up(connection(conn).settings(), data_dir=data_dir, port=port)
+    chosen = connection(conn)
+    # The local runner is a child process: it reads the same file.
+    config_file = str(chosen.config) if chosen.config is not None else None
+    return serve.run_up(chosen.settings(), data_dir=data_dir, port=port, config_file=config_file)
 
 
 @app.command

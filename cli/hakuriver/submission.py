@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from cyclopts import App, CycloptsError, Parameter
+from cyclopts import App, CycloptsError, Parameter, validators
 
 from cli.hakuriver.client import HakuClient
 from cli.hakuriver.invocation import (
@@ -107,7 +107,7 @@ class WaitOptions:
     wait: bool = False
     """Wait until every task is done; exit 1 unless all completed."""
 
-    poll_interval: float = 1.0
+    poll_interval: Annotated[float, Parameter(validator=validators.Number(gt=0))] = 1.0
     """Seconds between status checks while waiting."""
 
 
@@ -162,8 +162,6 @@ def report_submission(
         print_json(answer)
     if not waiting.wait:
         return 0
-    if waiting.poll_interval <= 0:
-        raise InvalidRequest("poll_interval", "must be more than 0 seconds")
     try:
         finals = client.wait(
             task_ids,

@@ -137,20 +137,20 @@ def _submit_options(
     argv: Sequence[str], position: int, dry_run: bool
 ) -> tuple[tuple[str, ...], int, bool]:
     """The words after ``--submit`` up to ``--`` (hakurun's ``--dry-run`` taken out)."""
-    if "-h" in argv[position:] or "--help" in argv[position:]:
+    rest = list(argv[position:])
+    own = rest[: rest.index("--")] if "--" in rest else rest
+    if "-h" in own or "--help" in own:
         return ("--help",), len(argv), dry_run
-    try:
-        end = list(argv).index("--", position)
-    except ValueError:
+    if len(own) == len(rest):
         raise UsageError(
             "with --submit, end the submit options with -- before the command, as in"
             " hakurun --submit --target node1 -- python train.py 'span:{1..3}'"
-        ) from None
-    words = tuple(argv[position:end])
+        )
+    words = tuple(own)
     if "--dry-run" in words:
         dry_run = True
         words = tuple(word for word in words if word != "--dry-run")
-    return words, end + 1, dry_run
+    return words, position + len(own) + 1, dry_run
 
 
 def _job_count(text: str) -> int:

@@ -110,6 +110,11 @@ def test_a_control_plane_crash_loses_nothing(tmp_path: Path) -> None:
     ids_seen = Counter(r.id for r in events)
     assert [i for i, n in ids_seen.items() if n > 1] == []
     assert [r.seq for r in events] == list(range(1, len(events) + 1))
+    from projections.cluster import ClusterState
+
+    folded = ClusterState()
+    folded.apply_all(events)
+    assert folded.anomalies == []
     for t in ids:
         kinds = [r.kind for r in events if r.stream == f"task:{t}"]
         assert kinds.count("task.submitted") == 1

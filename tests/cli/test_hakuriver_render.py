@@ -1,0 +1,188 @@
+"""Rendering the API's documents: the tables and panels show what users look for.
+
+The documents are built from the API's own Structs (``control_plane/views.py``)
+and sent through JSON, so a renamed field breaks these tests, not the CLI.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import msgspec
+import pytest
+from rich.console import Console, RenderableType
+
+from cli.hakuriver import render
+from control_plane.views import NodeOut, TaskOut
+from events.types import GpuInfo, GpuUsage, Mount, NumaNode
+
+
+def rendered(renderable: RenderableType) -> str:
+    """The plain text a renderable prints on a wide console."""
+    console = Console(record=True, width=160, file=io.StringIO())
+    console.print(renderable)
+    return console.export_text()
+
+
+def document(struct: msgspec.Struct) -> dict[str, Any]:
+    """A view as the API sends it: through JSON."""
+    result: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(struct))
+    return result
+
+
+TASK = TaskOut(
+    task_id="01a1fd8a-7873-72ea-bc3a-10258893ee91",
+    batch_id="01a1fd8a-7873-72e9-b719-d9fe5abef44c",
+    task_type="command",
+    state="failed",
+    command="python",
+    args=["train.py", "--note", "two words"],
+    env={"DEBUG": "1"},
+    cores=2,
+    memory_bytes=2_000_000_000,
+    gpu_ids=[0, 1],
+    numa_id=0,
+    container="NULL",
+    privileged=False,
+    mounts=[Mount(host_path="/data", container_path="/mnt", read_only=True)],
+    target="n1:0::0,1",
+    node="n1",
+    owner="alice",
+    name="sweep-1",
+    submitted_at="2026-11-21T09:57:52.885128Z",
+    placed_at="2026-11-21T09:57:52.887532Z",
+    started_at="2026-11-21T09:57:52.902180Z",
+    finished_at="2026-11-21T09:59:07.906696Z",
+    exit_code=3,
+    message="ended with exit status 3",
+    pid=14477,
+    container_id=None,
+    kill_requested_by=None,
+    queue_wait_s=0.017,
+    run_time_s=75.0,
+)
+
+NODE = NodeOut(
+    name="gpu1",
+    address="10.0.0.7",
+    online=True,
+    executors=["process", "docker"],
+    cores=8,
+    free_cores=6,
+    memory_bytes=16_000_000_000,
+    free_memory_bytes=12_000_000_000,
+    numa=[NumaNode(id=0, cpus=(0, 1, 2, 3), memory_bytes=8_000_000_000)],
+    gpus=[
+        GpuInfo(id=0, name="RTX 4090", memory_bytes=24_000_000_000),
+        GpuInfo(id=1, name="RTX 4090"),
+    ],
+    free_gpus=[1],
+    cpu_percent=37.5,
+    memory_percent=25.0,
+    memory_used_bytes=4_000_000_000,
+    gpu_usage=[
+        GpuUsage(
+            id=0, utilization_percent=93.0, memory_used_bytes=20_000_000_000, temperature_c=71.0
+        )
+    ],
+    temperatures={"cpu": 55.0},
+    running_task_ids=["01a1fd8a-7873-72ea-bc3a-10258893ee91"],
+    task_ids=["01a1fd8a-7873-72ea-bc3a-10258893ee91"],
+    registered_at="2026-11-21T09:00:00Z",
+    last_seen="2026-11-21T09:59:59.5Z",
+)
+
+
+def test_task_list_and_status_show_what_users_look_for() -> None:
+    task = document(TASK)
+    table = rendered(render.task_table([task]))
+    assert task["task_id"] in table
+    assert "failed" in table
+    assert "n1:0::0,1" in table
+    assert "2G" in table
+    assert "[sweep-1] python train.py --note 'two words'" in table
+    detail = rendered(render.task_detail(task))
+    for text in (
+        "exit code          3",
+        "NULL (plain process)",
+        "/data:/mnt:ro",
+        "DEBUG=1",
+        "1m15s",
+    ):
+        assert text in detail
+
+
+def test_node_list_shows_free_over_total() -> None:
+    table = rendered(render.node_table([document(NODE)])).splitlines()
+    assert table[0].split() == [
+        "NODE",
+        "STATUS",
+        "CORES",
+        "MEMORY",
+        "NUMA",
+        "GPUS",
+        "CPU%",
+        "MEM%",
+        "TASKS",
+    ]
+    assert table[1].split() == ["gpu1", "online", "6/8", "12G/16G", "1", "1/2", "38%", "25%", "1"]
+
+
+def test_node_health_shows_gpu_usage_numa_and_temperatures() -> None:
+    health = {
+        "status": "ok",
+        "last_seq": 9,
+        "nodes_online": 1,
+        "nodes_total": 2,
+        "tasks": {"running": 1},
+        "anomalies": 0,
+    }
+    text = rendered(render.health_report(health, [document(NODE)]))
+    for expected in (
+        "nodes online  1/2",
+        "running 1",
+        "0: 0-3 (4 CPUs, 8G)",
+        "cpu 55°C",
+        "RTX 4090",
+        "71°C",
+        "20G/24G",
+        "93%",
+    ):
+        assert expected in text
+
+
+def test_rendering_survives_sparse_documents() -> None:
+    for renderable in (
+        render.task_table([{}]),
+        render.task_detail({"task_id": "x"}),
+        render.node_table([{}]),
+        render.node_detail({"name": "n", "gpus": [{"id": 0}]}),
+        render.health_panel({}),
+    ):
+        assert rendered(renderable)
+    assert render.final_line({"task_id": "t", "state": "lost"}) == "t  lost"
+
+
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [
+        (None, "-"),
+        (0, "0B"),
+        (999, "999B"),
+        (1000, "1K"),
+        (1_500_000, "1.5M"),
+        (16_000_000_000, "16G"),
+        (2**30, "1.1G"),
+    ],
+)
+def test_sizes_are_1000_based_like_memory_options(size: int | None, text: str) -> None:
+    assert render.human_size(size) == text
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(None, "-"), (0.004, "4ms"), (2.5, "2.5s"), (75.3, "1m15s"), (3700, "1h01m")],
+)
+def test_durations_read_at_a_glance(seconds: float | None, text: str) -> None:
+    assert render.human_duration(seconds) == text
