@@ -175,10 +175,11 @@ def task_detail(task: Doc) -> Panel:
 
 
 def _container(task: Doc) -> str:
+    # The host resolves the default at submission: null means the task runs as a process.
     container = task.get("container")
-    if container is None:
-        return "host default"
-    return "NULL (plain process)" if container == "NULL" else str(container)
+    if container is None or container == "NULL":
+        return "NULL (plain process)"
+    return str(container)
 
 
 def _mount(mount: Any) -> str:
