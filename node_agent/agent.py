@@ -52,13 +52,18 @@ class Agent:
         self,
         settings: RunnerSettings,
         *,
-        executor: Executor | None = None,
+        executors: dict[str, Executor] | None = None,
         machine: MachineInfo | None = None,
     ) -> None:
         self.settings = settings
         self.node = settings.node_name
         self.state_dir = settings.state_dir
-        self.executor: Executor = executor or ProcessExecutor(self.state_dir / "process")
+        # "process" always; "docker" added at start when an engine answers.
+        self.executors: dict[str, Executor] = executors or {
+            "process": ProcessExecutor(self.state_dir / "process")
+        }
+        self._probe_docker = executors is None and settings.runner.docker
+        self.by_task: dict[str, Executor] = {}
         self.machine = machine
         self.outbox: AsyncOutbox | None = None
         self.cpus: CpuAllocator | None = None
@@ -100,7 +105,8 @@ class Agent:
         finally:
             for watcher in self._watchers.values():
                 watcher.cancel()
-            await self.executor.close()
+            for executor in self.executors.values():
+                await executor.close()
             await self.outbox.close()
 
     async def _load_unacked(self) -> None:
@@ -110,7 +116,34 @@ class Agent:
                 self.unacked_final[new.id] = new.event.task_id
 
     async def _adopt(self) -> None:
-        for found in await self.executor.adopt():
+        if self._probe_docker:
+            docker = await asyncio.to_thread(self._docker_executor)
+            if docker is not None:
+                self.executors["docker"] = docker
+        for executor in self.executors.values():
+            await self._adopt_from(executor)
+
+    def _docker_executor(self) -> Executor | None:
+        try:
+            import docker
+
+            from node_agent.executors.docker import DockerExecutor
+
+            client = docker.from_env(timeout=10)
+            client.ping()
+        except Exception as exc:
+            log.info("no Docker engine (%s): container tasks will be refused", exc)
+            return None
+        return DockerExecutor(
+            self.state_dir / "docker",
+            node=self.node,
+            client=client,
+            additional_mounts=tuple(self.settings.docker.additional_mounts),
+        )
+
+    async def _adopt_from(self, executor: Executor) -> None:
+        for found in await executor.adopt():
+            self.by_task[found.task_id] = executor
             self.running[found.task_id] = found.pid
             if found.paused:
                 self.paused.add(found.task_id)
@@ -140,7 +173,9 @@ class Agent:
         if self._known(task_id):
             return
         self.running[task_id] = None
-        if command.spec.container is not None and "docker" not in self.executor_names:
+        kind = "process" if command.spec.container is None else "docker"
+        executor = self.executors.get(kind)
+        if executor is None:
             self.running.pop(task_id, None)
             await self.emit(
                 TaskFinished(
@@ -168,9 +203,11 @@ class Agent:
             local_temp_dir=str(self.settings.local_temp_dir),
         )
         try:
-            started = await self.executor.start(run)
+            self.by_task[task_id] = executor
+            started = await executor.start(run)
         except StartFailed as exc:
             self.running.pop(task_id, None)
+            self.by_task.pop(task_id, None)
             self.cpus.release(task_id)
             await self.emit(
                 TaskFinished(task_id=task_id, state="failed", node=self.node, message=str(exc))
@@ -196,7 +233,8 @@ class Agent:
         )
 
     async def _watch_task(self, task_id: str) -> None:
-        outcome = await self.executor.wait(task_id)
+        executor = self.by_task[task_id]
+        outcome = await executor.wait(task_id)
         await self.emit(
             TaskFinished(
                 task_id=task_id,
@@ -206,7 +244,8 @@ class Agent:
                 node=self.node,
             )
         )
-        await self.executor.forget(task_id)
+        await executor.forget(task_id)
+        self.by_task.pop(task_id, None)
         self.running.pop(task_id, None)
         self.paused.discard(task_id)
         if self.cpus is not None:
@@ -225,15 +264,15 @@ class Agent:
         try:
             match command:
                 case link.Kill(grace_s=grace):
-                    await self.executor.kill(task_id, grace)
+                    await self.by_task[task_id].kill(task_id, grace)
                 case link.Pause():
                     if task_id not in self.paused:
-                        await self.executor.pause(task_id)
+                        await self.by_task[task_id].pause(task_id)
                         self.paused.add(task_id)
                         await self.emit(TaskPaused(task_id=task_id))
                 case link.Resume():
                     if task_id in self.paused:
-                        await self.executor.resume(task_id)
+                        await self.by_task[task_id].resume(task_id)
                         self.paused.discard(task_id)
                         await self.emit(TaskResumed(task_id=task_id))
         except UnknownTask:
@@ -243,7 +282,7 @@ class Agent:
 
     @property
     def executor_names(self) -> tuple[str, ...]:
-        return (self.executor.name,)
+        return tuple(self.executors)
 
     # -- the link --------------------------------------------------------------------------
 

@@ -42,6 +42,12 @@ class RunnerSection(Struct, kw_only=True, frozen=True):
     name: str = ""  # empty: the machine's hostname
     state_dir: str = ""  # empty: <data_dir>/runner-<name>
     max_batch: Annotated[int, Meta(gt=0)] = 1000
+    docker: bool = True  # use the Docker engine when one answers
+
+
+class RunnerDocker(Struct, kw_only=True, frozen=True):
+    container_dir: str = "hakuriver-containers"
+    additional_mounts: list[str] = []  # "host:container" mounts for every container task
 
 
 class RunnerSettings(Struct, kw_only=True, frozen=True):
@@ -51,6 +57,7 @@ class RunnerSettings(Struct, kw_only=True, frozen=True):
     paths: RunnerPaths = RunnerPaths()
     timing: RunnerTiming = RunnerTiming()
     runner: RunnerSection = RunnerSection()
+    docker: RunnerDocker = RunnerDocker()
     data_dir: str = "~/.hakuriver"
     host_url: str = ""  # overrides [network]; e.g. HAKURIVER_URL
 
@@ -111,4 +118,4 @@ class RunnerSettings(Struct, kw_only=True, frozen=True):
         )
 
 
-_SECTIONS = {"network", "paths", "timing", "runner"}
+_SECTIONS = {"network", "paths", "timing", "runner", "docker"}

@@ -1,0 +1,335 @@
+"""The Docker executor: a task in a fresh container of its environment's image.
+
+The container runs ``hakuriver/<env>:base`` with the task's argument vector (no
+shell), its env vars, ``--cpus`` from its cores, ``--memory``, the CPU set and
+memory node of a NUMA target, GPU device requests, the seeds' mounts
+(``shared_dir/shared_data`` → ``/shared``, ``local_temp_dir`` → ``/local_temp``)
+plus the task's own, and ``--privileged`` only when the task asks for it (the host
+decides whether it may). Labels carry the task id and the node, so a restarted
+agent finds its containers again (``adopt``).
+
+Output is streamed from the engine into ``shared_dir/task_outputs/<id>.out`` and
+``task_errors/<id>.err`` as the task writes it. Each line is fetched with its
+engine timestamp; the last one written is kept beside the state, so an adopted
+container's stream resumes where the previous agent stopped, without repeating.
+
+Every Docker SDK call blocks, so each runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from node_agent.executors.base import Adopted, Outcome, Started, StartFailed, TaskRun, UnknownTask
+
+T = TypeVar("T")
+
+LABEL_TASK = "hakuriver.task_id"
+LABEL_NODE = "hakuriver.node"
+
+
+def image_for(env: str) -> str:
+    """The image of an environment: ``hakuriver/<env>:base`` (a full reference is kept)."""
+    return env if ":" in env or "/" in env else f"hakuriver/{env}:base"
+
+
+@dataclass(eq=False)
+class _Box:
+    task_id: str
+    container: Any
+    killed: bool = False
+    stopped: bool = False  # the executor closed: stream threads write nothing more
+    outcome: asyncio.Task[Outcome] | None = None
+    streams: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+class DockerExecutor:
+    """Runs tasks as Docker containers; see the module docstring."""
+
+    name = "docker"
+
+    def __init__(
+        self,
+        state_dir: Path | str,
+        *,
+        node: str,
+        client: Any = None,
+        additional_mounts: tuple[str, ...] = (),
+    ) -> None:
+        import docker
+
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.node = node
+        self.client = client or docker.from_env()
+        self.additional_mounts = additional_mounts
+        self._boxes: dict[str, _Box] = {}
+        self._shared: dict[str, Path] = {}
+
+    @staticmethod
+    async def _call(function: Callable[[], T]) -> T:
+        return await asyncio.to_thread(function)
+
+    # -- the protocol --------------------------------------------------------------------
+
+    async def start(self, run: TaskRun) -> Started:
+        """Create and start the task's container (idempotent by task id)."""
+        known = self._boxes.get(run.task_id)
+        if known is not None:
+            return Started(task_id=run.task_id, container_id=known.container.id)
+        container = await self._call(lambda: self._create(run))
+        box = _Box(task_id=run.task_id, container=container)
+        self._boxes[run.task_id] = box
+        self._shared[run.task_id] = Path(run.shared_dir)
+        self._follow(box, resume=False)
+        return Started(task_id=run.task_id, container_id=container.id)
+
+    def _create(self, run: TaskRun) -> Any:
+        import docker.errors
+        from docker.types import DeviceRequest, Mount
+
+        spec = run.spec
+        assert spec.container is not None
+        shared = Path(run.shared_dir)
+        for sub in ("shared_data", "task_outputs", "task_errors"):
+            (shared / sub).mkdir(parents=True, exist_ok=True)
+        Path(run.local_temp_dir).mkdir(parents=True, exist_ok=True)
+        mounts = [
+            Mount("/shared", str(shared / "shared_data"), type="bind"),
+            Mount("/local_temp", str(run.local_temp_dir), type="bind"),
+        ]
+        for text in self.additional_mounts:
+            host, _, inside = text.partition(":")
+            mounts.append(Mount(inside.split(":")[0], host, type="bind"))
+        for m in spec.mounts:
+            mounts.append(Mount(m.container_path, m.host_path, type="bind", read_only=m.read_only))
+        options: dict[str, Any] = {
+            "command": [spec.command, *spec.args],
+            "environment": dict(spec.env),
+            "labels": {LABEL_TASK: run.task_id, LABEL_NODE: self.node},
+            "name": f"hakuriver-task-{run.task_id}",
+            "mounts": mounts,
+            "working_dir": "/shared",
+            "privileged": spec.privileged,
+            "detach": True,
+        }
+        if run.cores:
+            options["nano_cpus"] = int(run.cores * 1e9)
+        if run.memory_bytes:
+            options["mem_limit"] = run.memory_bytes
+            options["memswap_limit"] = run.memory_bytes
+        if run.cpus and run.numa_id is not None:
+            options["cpuset_cpus"] = ",".join(str(c) for c in run.cpus)
+            options["cpuset_mems"] = str(run.numa_id)
+        if run.gpu_ids:
+            options["device_requests"] = [
+                DeviceRequest(device_ids=[str(g) for g in run.gpu_ids], capabilities=[["gpu"]])
+            ]
+        image = image_for(spec.container)
+        try:
+            container = self.client.containers.create(image, **options)
+        except docker.errors.ImageNotFound:
+            raise StartFailed(
+                f"environment {spec.container!r}: image {image} is not on this node"
+                " (package it with `hakuriver docker create-tar` on the host)"
+            ) from None
+        except docker.errors.APIError as exc:
+            raise StartFailed(f"docker could not create the container: {exc.explanation}") from None
+        try:
+            container.start()
+        except docker.errors.APIError as exc:
+            with contextlib.suppress(Exception):
+                container.remove(force=True)
+            raise StartFailed(f"docker could not start the task: {exc.explanation}") from None
+        return container
+
+    async def wait(self, task_id: str) -> Outcome:
+        """The task's outcome once its container has exited."""
+        box = self._known(task_id)
+        if box.outcome is None:
+            box.outcome = asyncio.ensure_future(self._outcome(box))
+        return await asyncio.shield(box.outcome)
+
+    async def _outcome(self, box: _Box) -> Outcome:
+        result = await self._call(lambda: box.container.wait())
+        for stream in box.streams:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await stream
+        await self._call(box.container.reload)
+        state = box.container.attrs.get("State", {})
+        code = int(result.get("StatusCode", state.get("ExitCode", -1)))
+        if state.get("OOMKilled"):
+            return Outcome(state="killed_oom", exit_code=code, message="out of memory")
+        if box.killed or self._kill_marker(box.task_id).exists():
+            return Outcome(state="killed", exit_code=code)
+        if code == 0:
+            return Outcome(state="completed", exit_code=0)
+        message = state.get("Error") or ""
+        return Outcome(state="failed", exit_code=code, message=message)
+
+    async def kill(self, task_id: str, grace_s: float) -> None:
+        """``docker stop``: SIGTERM, SIGKILL after ``grace_s``."""
+        box = self._known(task_id)
+        box.killed = True
+        self._kill_marker(task_id).touch()
+        with contextlib.suppress(Exception):
+            await self._call(lambda: box.container.unpause())
+        await self._call(lambda: box.container.stop(timeout=max(0, round(grace_s))))
+
+    async def pause(self, task_id: str) -> None:
+        """``docker pause``."""
+        box = self._known(task_id)
+        await self._call(box.container.pause)
+
+    async def resume(self, task_id: str) -> None:
+        """``docker unpause``."""
+        box = self._known(task_id)
+        await self._call(box.container.unpause)
+
+    async def adopt(self) -> list[Adopted]:
+        """Find this node's task containers by label and watch them again."""
+        found = await self._call(
+            lambda: self.client.containers.list(
+                all=True, filters={"label": [LABEL_TASK, f"{LABEL_NODE}={self.node}"]}
+            )
+        )
+        adopted = []
+        for container in found:
+            task_id = container.labels[LABEL_TASK]
+            if task_id in self._boxes:
+                continue
+            box = _Box(task_id=task_id, container=container)
+            self._boxes[task_id] = box
+            shared = self._shared_of(container)
+            if shared is not None:
+                self._shared[task_id] = shared
+            status = container.status
+            if status != "exited" and shared is not None:
+                self._follow(box, resume=True)
+            adopted.append(
+                Adopted(
+                    task_id=task_id,
+                    container_id=container.id,
+                    paused=status == "paused",
+                    ended=status == "exited",
+                )
+            )
+        return adopted
+
+    async def forget(self, task_id: str) -> None:
+        """Remove the ended task's container and records."""
+        box = self._boxes.pop(task_id, None)
+        if box is not None:
+            with contextlib.suppress(Exception):
+                await self._call(lambda: box.container.remove(force=True))
+        for path in (self._kill_marker(task_id), self._position_file(task_id)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        self._shared.pop(task_id, None)
+
+    async def close(self) -> None:
+        """Stop streaming; containers keep running."""
+        for box in self._boxes.values():
+            box.stopped = True
+            for stream in box.streams:
+                stream.cancel()
+
+    def running(self) -> list[str]:
+        """Ids of the tasks whose container has not been seen to end."""
+        return [t for t, b in self._boxes.items() if b.outcome is None or not b.outcome.done()]
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _known(self, task_id: str) -> _Box:
+        box = self._boxes.get(task_id)
+        if box is None:
+            raise UnknownTask(task_id)
+        return box
+
+    def _kill_marker(self, task_id: str) -> Path:
+        return self.state_dir / f"{task_id}.kill"
+
+    def _position_file(self, task_id: str) -> Path:
+        return self.state_dir / f"{task_id}.logpos"
+
+    @staticmethod
+    def _shared_of(container: Any) -> Path | None:
+        for mount in container.attrs.get("Mounts", []):
+            if mount.get("Destination") == "/shared":
+                return Path(mount["Source"]).parent
+        return None
+
+    def _follow(self, box: _Box, *, resume: bool) -> None:
+        shared = self._shared[box.task_id]
+        for stdout, path in (
+            (True, shared / "task_outputs" / f"{box.task_id}.out"),
+            (False, shared / "task_errors" / f"{box.task_id}.err"),
+        ):
+            box.streams.append(
+                asyncio.ensure_future(asyncio.to_thread(self._stream, box, stdout, path, resume))
+            )
+
+    def _stream(self, box: _Box, stdout: bool, path: Path, resume: bool) -> None:
+        """Copy one stream of the container's output into its file (blocking)."""
+        position = self._position_file(box.task_id)
+        key = "out" if stdout else "err"
+        since = None
+        if resume:
+            with contextlib.suppress(OSError, ValueError):
+                marks = dict(line.split(" ", 1) for line in position.read_text().splitlines())
+                since = marks.get(key)
+        chunks = box.container.logs(
+            stdout=stdout, stderr=not stdout, stream=True, follow=True, timestamps=True
+        )
+        mode = "ab" if resume else "wb"
+        last = since
+        with path.open(mode) as out:
+            for raw in _lines(chunks):
+                if box.stopped:  # a successor streams from the last mark on
+                    return
+                stamp, _, text = raw.partition(b" ")
+                stamp_text = stamp.decode(errors="replace")
+                if since is not None and _ns(stamp_text) <= _ns(since):
+                    continue
+                out.write(text)
+                out.flush()
+                last = stamp_text
+                with contextlib.suppress(OSError):
+                    _write_mark(position, key, last)
+
+
+def _lines(chunks: Any) -> Any:
+    """Whole lines from the engine's chunks (each line starts with its timestamp)."""
+    pending = b""
+    for chunk in chunks:
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        for line in complete:
+            yield line + b"\n"
+    if pending:
+        yield pending
+
+
+def _ns(stamp: str) -> int:
+    """An engine timestamp (RFC 3339, up to 9 fractional digits) as comparable nanoseconds."""
+    from datetime import datetime
+
+    head, _, frac = stamp.rstrip("Z").partition(".")
+    seconds = datetime.fromisoformat(head + "+00:00").timestamp()
+    return int(seconds) * 1_000_000_000 + int((frac + "000000000")[:9])
+
+
+def _write_mark(path: Path, key: str, stamp: str) -> None:
+    marks: dict[str, str] = {}
+    with contextlib.suppress(OSError, ValueError):
+        marks = dict(line.split(" ", 1) for line in path.read_text().splitlines())
+    marks[key] = stamp
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(f"{k} {v}\n" for k, v in marks.items()))
+    os.replace(tmp, path)

@@ -1,0 +1,144 @@
+"""The Docker executor against a real engine (marker ``docker``; mandatory in CI).
+
+The image is a busybox rootfs imported locally (tests/support/docker_images.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.docker_images import engine_or_skip
+from support.waiting import async_wait_until
+
+from events.types import Mount, TaskSpec
+from node_agent.executors.base import StartFailed, TaskRun
+from node_agent.executors.docker import LABEL_TASK, DockerExecutor
+
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(120)]
+
+
+@pytest.fixture
+def client() -> Any:
+    return engine_or_skip()
+
+
+@pytest.fixture
+def executor(tmp_path: Path, client: Any):
+    made = DockerExecutor(tmp_path / "state", node=f"test-{tmp_path.name}", client=client)
+    yield made
+    for container in client.containers.list(
+        all=True, filters={"label": f"hakuriver.node=test-{tmp_path.name}"}
+    ):
+        container.remove(force=True)
+
+
+def task(tmp_path: Path, task_id: str, *argv: str, **fields: Any) -> TaskRun:
+    spec_fields = {k: v for k, v in fields.items() if k in ("env", "mounts", "privileged")}
+    run_fields = {k: v for k, v in fields.items() if k not in spec_fields}
+    spec = TaskSpec(
+        command=argv[0], args=argv[1:], container="busybox", batch_id="b", **spec_fields
+    )
+    return TaskRun(
+        task_id=task_id,
+        spec=spec,
+        cores=run_fields.pop("cores", 1),
+        shared_dir=str(tmp_path / "shared"),
+        local_temp_dir=str(tmp_path / "local"),
+        **run_fields,
+    )
+
+
+def output(tmp_path: Path, task_id: str, stream: str = "out") -> str:
+    folder = "task_outputs" if stream == "out" else "task_errors"
+    path = tmp_path / "shared" / folder / f"{task_id}.{stream}"
+    return path.read_text() if path.exists() else ""
+
+
+async def test_a_task_sees_its_mounts_env_and_limits(tmp_path: Path, executor) -> None:
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "data.txt").write_text("mounted\n")
+    script = (
+        'echo "$GREETING"; ls -d /shared; ls -d /local_temp; cat /data/data.txt; pwd;'
+        " cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null"
+        " || cut -d' ' -f1 /sys/fs/cgroup/cpu.max;"
+        " cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null"
+        " || cat /sys/fs/cgroup/memory.max;"
+        " echo oops >&2; exit 3"
+    )
+    run = task(
+        tmp_path,
+        "t-mounts",
+        "sh",
+        "-c",
+        script,
+        env={"GREETING": "hello $(not expanded)"},
+        mounts=(Mount(host_path=str(extra), container_path="/data", read_only=True),),
+        cores=1,
+        memory_bytes=64 * 1024 * 1024,
+    )
+    started = await executor.start(run)
+    assert started.container_id
+    outcome = await executor.wait("t-mounts")
+    assert outcome.state == "failed" and outcome.exit_code == 3
+    lines = output(tmp_path, "t-mounts").splitlines()
+    assert lines[:5] == ["hello $(not expanded)", "/shared", "/local_temp", "mounted", "/shared"]
+    assert lines[5] in ("100000", "max") or int(lines[5]) == 100000
+    assert int(lines[6]) == 64 * 1024 * 1024
+    assert output(tmp_path, "t-mounts", "err") == "oops\n"
+
+
+async def test_kill_pause_resume(tmp_path: Path, executor, client: Any) -> None:
+    await executor.start(task(tmp_path, "t-long", "sh", "-c", "echo up; sleep 600"))
+    await async_wait_until(lambda: output(tmp_path, "t-long") == "up\n", 20)
+    await executor.pause("t-long")
+    container = client.containers.get("hakuriver-task-t-long")
+    assert container.status == "paused"
+    await executor.resume("t-long")
+    container.reload()
+    assert container.status == "running"
+    await executor.kill("t-long", grace_s=1)
+    outcome = await executor.wait("t-long")
+    assert outcome.state == "killed"
+    await executor.forget("t-long")
+    assert not client.containers.list(all=True, filters={"label": f"{LABEL_TASK}=t-long"})
+
+
+async def test_a_memory_hog_ends_killed_oom(tmp_path: Path, executor) -> None:
+    # tail buffers its whole input looking for the last line: /dev/zero never has one.
+    run = task(tmp_path, "t-oom", "tail", "/dev/zero", memory_bytes=32 * 1024 * 1024)
+    await executor.start(run)
+    outcome = await asyncio.wait_for(executor.wait("t-oom"), 60)
+    assert outcome.state == "killed_oom", outcome
+
+
+async def test_a_missing_environment_fails_to_start_clearly(tmp_path: Path, executor) -> None:
+    run = task(tmp_path, "t-none", "true")
+    run = TaskRun(
+        **{
+            **{f: getattr(run, f) for f in run.__struct_fields__},
+            "spec": TaskSpec(command="true", container="no-such-env", batch_id="b"),
+        }
+    )
+    with pytest.raises(StartFailed, match="no-such-env"):
+        await executor.start(run)
+
+
+async def test_a_new_executor_adopts_a_running_container(tmp_path: Path, executor, client) -> None:
+    gate = tmp_path / "shared" / "shared_data" / "gate"
+    script = "echo before; while [ ! -e /shared/gate ]; do sleep 0.05; done; echo after; exit 7"
+    await executor.start(task(tmp_path, "t-adopt", "sh", "-c", script))
+    await async_wait_until(lambda: output(tmp_path, "t-adopt") == "before\n", 20)
+    await executor.close()  # the agent goes away; the container keeps running
+
+    successor = DockerExecutor(tmp_path / "state", node=executor.node, client=client)
+    adopted = await successor.adopt()
+    assert [a.task_id for a in adopted] == ["t-adopt"] and not adopted[0].ended
+    gate.touch()
+    outcome = await successor.wait("t-adopt")
+    assert outcome.state == "failed" and outcome.exit_code == 7
+    # The resumed stream neither lost nor repeated a line.
+    assert output(tmp_path, "t-adopt") == "before\nafter\n"

@@ -1,0 +1,104 @@
+"""Test images built locally (no registry is reachable): a busybox rootfs, imported.
+
+``python tests/support/docker_images.py`` builds them (``.ci/run`` does); tests call
+``engine_or_skip()`` which returns a client, or skips with the reason (fails instead
+when ``HAKURIVER_REQUIRE_DOCKER=1``, as in CI).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+from typing import Any
+
+import pytest
+
+BUSYBOX_IMAGE = "hakuriver/busybox:base"
+
+
+def engine() -> Any | None:
+    """A Docker client whose engine answers, or None."""
+    try:
+        import docker
+
+        client = docker.from_env(timeout=10)
+        client.ping()
+        return client
+    except Exception:
+        return None
+
+
+def _rootfs_tar(busybox: str) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for directory in ("bin", "tmp", "etc", "shared", "local_temp", "root"):
+            info = tarfile.TarInfo(directory)
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o1777 if directory == "tmp" else 0o755
+            tar.addfile(info)
+        tar.add(busybox, arcname="bin/busybox")
+        applets = subprocess.run(
+            [busybox, "--list"], capture_output=True, text=True, check=True
+        ).stdout.split()
+        for applet in applets:
+            if applet == "busybox":
+                continue
+            link = tarfile.TarInfo(f"bin/{applet}")
+            link.type = tarfile.SYMTYPE
+            link.linkname = "busybox"
+            tar.addfile(link)
+        passwd = b"root:x:0:0:root:/root:/bin/sh\n"
+        info = tarfile.TarInfo("etc/passwd")
+        info.size = len(passwd)
+        tar.addfile(info, io.BytesIO(passwd))
+    return buffer.getvalue()
+
+
+def build_images(client: Any) -> str:
+    """Import the busybox image if it is missing; its reference."""
+    import docker.errors
+
+    try:
+        client.images.get(BUSYBOX_IMAGE)
+        return BUSYBOX_IMAGE
+    except docker.errors.ImageNotFound:
+        pass
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        raise RuntimeError("busybox is not installed (apt-get install busybox-static)")
+    repository, tag = BUSYBOX_IMAGE.split(":")
+    client.api.import_image_from_data(
+        _rootfs_tar(busybox),
+        repository=repository,
+        tag=tag,
+        changes=["ENV PATH=/bin", 'CMD ["/bin/sh"]'],
+    )
+    return BUSYBOX_IMAGE
+
+
+def engine_or_skip() -> Any:
+    """A client with the test images, or skip (fail in CI) saying why."""
+    client = engine()
+    required = os.environ.get("HAKURIVER_REQUIRE_DOCKER") == "1"
+    if client is None:
+        reason = "no Docker engine answers (start dockerd; CI does)"
+        if required:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    try:
+        build_images(client)
+    except Exception as exc:
+        if required:
+            pytest.fail(f"cannot build the test image: {exc}")
+        pytest.skip(f"cannot build the test image: {exc}")
+    return client
+
+
+if __name__ == "__main__":
+    found = engine()
+    if found is None:
+        raise SystemExit("no Docker engine answers")
+    print(build_images(found))
