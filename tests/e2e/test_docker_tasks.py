@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from support.cluster import running_cluster
 from support.docker_images import engine_or_skip
 
