@@ -35,8 +35,10 @@ def test_a_container_task_runs_in_its_environment(tmp_path: Path) -> None:
         assert cluster.output(task_id) == b"from the host\nin a container\n"
         # The container is removed once its end is reported.
         cluster.wait(
-            lambda: not client.containers.list(
-                all=True, filters={"label": f"hakuriver.task_id={task_id}"}
+            lambda: (
+                not client.containers.list(
+                    all=True, filters={"label": f"hakuriver.task_id={task_id}"}
+                )
             ),
             20,
             "the container to be removed",
