@@ -1,0 +1,103 @@
+"""Benchmarks of history as a product (issue 5): time travel, audit, SQL reports.
+
+Prints one ``name value`` line per figure. Quick mode builds a 1M-event log the way
+``bench_store.py`` does (the cluster simulation, control-plane snapshots every 50k
+events, of which the store keeps the newest four), then writes ``history``
+snapshots so any point of the log is at most 50k events from one. ``--full`` adds
+the 10M-event case. ``--keep DIR`` builds (or reuses) the logs in DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from bench_store import build_log, report
+
+from replay_tools.analytics import open_analytics, report_table
+from replay_tools.audit import audit
+from replay_tools.replay import LogFile, state_at, write_history_snapshots
+
+
+def ensure_log(path: Path, n_events: int, label: str) -> None:
+    """Build the simulated log once (reused with ``--keep``)."""
+    if not path.exists():
+        t0 = time.perf_counter()
+        tasks = asyncio.run(build_log(path, n_events))
+        print(
+            f"# built {label} log: {n_events} events, {tasks} tasks in "
+            f"{time.perf_counter() - t0:.1f}s",
+            flush=True,
+        )
+    t0 = time.perf_counter()
+    written = write_history_snapshots(path)
+    print(
+        f"# wrote {len(written)} history snapshots in {time.perf_counter() - t0:.1f}s", flush=True
+    )
+
+
+def bench_state_at_time(path: Path, label: str, samples: int = 5) -> None:
+    """Worst of several random times: open the file, find the seq, restore, fold the tail."""
+    with LogFile(path) as log:
+        ((first, last),) = log.con.execute(
+            "SELECT epoch_us(min(recorded_at)), epoch_us(max(recorded_at)) FROM events"
+        ).fetchall()
+    rng = random.Random(5)
+    worst = 0.0
+    for _ in range(samples):
+        at = rng.randint(int(first), int(last))
+        t0 = time.perf_counter()
+        state = state_at(path, at_us=at)
+        worst = max(worst, time.perf_counter() - t0)
+        assert state.last_seq > 0
+    report(f"state_at_time_{label}_s", worst)
+
+
+def bench_audit(path: Path, label: str) -> None:
+    t0 = time.perf_counter()
+    result = audit(path)
+    elapsed = time.perf_counter() - t0
+    assert result.ok, result.problems[:3]
+    report(f"audit_verify_{label}_s", elapsed)
+
+
+def bench_queue_wait(path: Path, label: str) -> None:
+    t0 = time.perf_counter()
+    con = open_analytics(path)
+    try:
+        _, rows = report_table(con, "queue-wait", by="node")
+    finally:
+        con.close()
+    assert rows
+    report(f"sql_queue_wait_report_{label}_s", time.perf_counter() - t0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--full", action="store_true", help="add the 10M-event case")
+    parser.add_argument("--keep", type=Path, help="build (or reuse) the logs in this folder")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="hakuriver-bench-") as tmp_dir:
+        folder = args.keep or Path(tmp_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "history_1m.duckdb"
+        ensure_log(path, 1_000_000, "1m")
+        bench_state_at_time(path, "1m")
+        bench_audit(path, "1m")
+        if args.full:
+            path = folder / "history_10m.duckdb"
+            ensure_log(path, 10_000_000, "10m")
+            bench_state_at_time(path, "10m")
+            bench_queue_wait(path, "10m")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""Audit: a tampered, truncated or reordered copy of the log fails at the right seq."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import duckdb
+import pytest
+from conftest import write_log
+
+from events.envelope import new_event
+from events.store import verify_chain
+from events.types import (
+    NodeRegistered,
+    TaskFinished,
+    TaskPlaced,
+    TaskSpec,
+    TaskStarted,
+    TaskSubmitted,
+)
+from replay_tools.audit import audit
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def tampered_copy(src: Path, tmp_path: Path, *statements: str) -> Path:
+    """A copy of the database with raw SQL applied (the store itself has no update API)."""
+    copy = tmp_path / "copy.duckdb"
+    shutil.copy(src, copy)
+    con = duckdb.connect(str(copy))
+    for sql in statements:
+        con.execute(sql)
+    con.close()
+    return copy
+
+
+def store_verdict(path: Path) -> int | None:
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return verify_chain(con).first_bad_seq
+    finally:
+        con.close()
+
+
+def test_an_untouched_log_passes(history_db: Path) -> None:
+    report = audit(history_db)
+    assert report.ok and report.first_bad_seq is None and report.problems == []
+    assert report.checked > 500
+
+
+def test_one_changed_payload_byte_fails_at_its_seq(history_db: Path, tmp_path: Path) -> None:
+    copy = tampered_copy(
+        history_db,
+        tmp_path,
+        # The payload's 11th byte (inside the kind tag) becomes another letter.
+        """
+        UPDATE events SET payload = left(payload, 10)
+            || CASE WHEN substr(payload, 11, 1) = 'X' THEN 'Y' ELSE 'X' END || substr(payload, 12)
+        WHERE seq = 42
+        """,
+    )
+    report = audit(copy)
+    assert not report.ok and report.first_bad_seq == 42 == store_verdict(copy)
+    assert [(p.seq, p.kind) for p in report.problems] == [(42, "chain")]
+
+
+def test_a_deleted_row_fails_at_the_missing_seq(history_db: Path, tmp_path: Path) -> None:
+    copy = tampered_copy(history_db, tmp_path, "DELETE FROM events WHERE seq = 77")
+    report = audit(copy)
+    assert report.first_bad_seq == 77 == store_verdict(copy)
+    assert report.problems[0].kind == "seq" and "77 missing" in report.problems[0].message
+
+
+def test_swapped_payloads_fail_at_the_first_of_the_two(history_db: Path, tmp_path: Path) -> None:
+    copy = tampered_copy(
+        history_db,
+        tmp_path,
+        """
+        UPDATE events SET payload = CASE seq
+            WHEN 30 THEN (SELECT payload FROM events WHERE seq = 31)
+            ELSE (SELECT payload FROM events WHERE seq = 30) END
+        WHERE seq IN (30, 31)
+        """,
+    )
+    report = audit(copy)
+    assert report.first_bad_seq == 30 == store_verdict(copy)
+    assert {p.seq for p in report.problems if p.kind == "chain"} == {30, 31}
+
+
+def test_reordered_rows_fail(history_db: Path, tmp_path: Path) -> None:
+    copy = tampered_copy(
+        history_db,
+        tmp_path,
+        "UPDATE events SET seq = CASE seq WHEN 50 THEN 60 ELSE 50 END WHERE seq IN (50, 60)",
+    )
+    report = audit(copy)
+    assert report.first_bad_seq == 50 == store_verdict(copy)
+
+
+def test_a_duplicated_row_is_reported(history_db: Path, tmp_path: Path) -> None:
+    copy = tampered_copy(
+        history_db, tmp_path, "INSERT INTO events SELECT * FROM events WHERE seq = 10"
+    )
+    report = audit(copy)
+    kinds = {p.kind for p in report.problems}
+    assert "id" in kinds and "seq" in kinds and report.first_bad_seq == 10
+
+
+async def test_an_illegal_transition_is_reported_at_its_seq(tmp_path: Path) -> None:
+    spec = TaskSpec(command="x", cores=1, batch_id="b")
+    path = tmp_path / "illegal.duckdb"
+    await write_log(
+        path,
+        [
+            new_event(NodeRegistered(node="n1", address="a", cores=2, memory_bytes=0), source="n1"),
+            new_event(TaskSubmitted(task_id="t1", spec=spec), source="host"),
+            new_event(TaskPlaced(task_id="t1", node="n1", cores=1), source="host"),
+            new_event(TaskStarted(task_id="t1", node="n1"), source="n1"),
+            new_event(TaskFinished(task_id="t1", state="completed"), source="n1"),
+            new_event(TaskStarted(task_id="t1", node="n1"), source="n1"),  # seq 6: illegal
+            new_event(TaskFinished(task_id="ghost", state="failed"), source="n1"),  # seq 7
+        ],
+    )
+    report = audit(path)
+    assert not report.ok and report.first_bad_seq == 6
+    assert [(p.seq, p.kind) for p in report.problems] == [(6, "transition"), (7, "transition")]
+    assert "task.started for task t1 in state completed" in report.problems[0].message
+    assert "never submitted" in report.problems[1].message
+
+
+async def test_overallocation_and_a_gpu_held_twice_are_reported(tmp_path: Path) -> None:
+    spec = TaskSpec(command="x", cores=2, batch_id="b")
+    path = tmp_path / "overcommit.duckdb"
+    registered = NodeRegistered(node="n1", address="a", cores=3, memory_bytes=0)
+    await write_log(
+        path,
+        [
+            new_event(registered, source="n1"),
+            new_event(TaskSubmitted(task_id="a", spec=spec), source="host"),
+            new_event(TaskSubmitted(task_id="b", spec=spec), source="host"),
+            new_event(TaskSubmitted(task_id="c", spec=spec), source="host"),
+            new_event(TaskPlaced(task_id="a", node="n1", cores=2, gpu_ids=(0,)), source="host"),
+            new_event(TaskFinished(task_id="a", state="completed"), source="n1"),
+            new_event(TaskPlaced(task_id="b", node="n1", cores=2, gpu_ids=(0,)), source="host"),
+            new_event(TaskPlaced(task_id="c", node="n1", cores=2, gpu_ids=(0,)), source="host"),
+        ],
+    )
+    report = audit(path)
+    assert report.first_bad_seq == 8
+    messages = [p.message for p in report.problems]
+    assert all(p.seq == 8 and p.kind == "resources" for p in report.problems)
+    assert any("cores overcommitted on n1: 4 of 3" in m for m in messages)
+    assert any("GPU 0 double-allocated on n1" in m for m in messages)
