@@ -16,7 +16,7 @@ from typing import Protocol
 
 import msgspec
 
-from control_plane.hub import HOST_SOURCE, ControlPlane, holding_on
+from control_plane.hub import HOST_SOURCE, ControlPlane, holding_on, run_command
 from events import link
 from events.codec import decode_new_events
 from events.envelope import NewEvent, new_event
@@ -76,6 +76,7 @@ class AgentSession:
         self.socket = socket
         self.node = node
         self._send_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[bool]] = set()
         self.closed = False
 
     async def send(self, message: link.Message) -> bool:
@@ -143,16 +144,7 @@ class AgentSession:
                         )
                     )
                 elif task.state == "assigning":
-                    commands.append(
-                        link.Run(
-                            task_id=task_id,
-                            spec=task.spec,
-                            cores=task.cores,
-                            memory_bytes=task.memory_bytes,
-                            gpu_ids=task.gpu_ids,
-                            numa_id=task.numa_id,
-                        )
-                    )
+                    commands.append(run_command(task))
                 else:
                     events.append(
                         TaskLost(
@@ -222,15 +214,14 @@ class AgentSession:
             if isinstance(new.event, TaskStarted):
                 task = self.cp.state.tasks.get(new.event.task_id)
                 if task is not None and not task.holds_resources:
-                    asyncio.get_running_loop().create_task(
-                        self.send(
-                            link.Kill(
-                                task_id=task.task_id,
-                                grace_s=self.cp.settings.timing.kill_grace_period,
-                                reason=f"task is {task.state} on the host",
-                            )
-                        )
+                    kill = link.Kill(
+                        task_id=task.task_id,
+                        grace_s=self.cp.settings.timing.kill_grace_period,
+                        reason=f"task is {task.state} on the host",
                     )
+                    sending = asyncio.get_running_loop().create_task(self.send(kill))
+                    self._background.add(sending)
+                    sending.add_done_callback(self._background.discard)
 
 
 def _machine(e: object) -> tuple[object, ...]:

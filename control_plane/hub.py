@@ -26,7 +26,6 @@ from control_plane.scheduler import Scheduler
 from control_plane.settings import HostSettings
 from events import link
 from events.envelope import NewEvent, Recorded, new_event
-from events.ids import new_id
 from events.store import EventStore
 from events.types import AnyEvent, TaskDispatched, TaskPlaced, TaskSubmitted
 from projections.cluster import ClusterState
@@ -243,16 +242,7 @@ class ControlPlane:
         session = self.agents.get(task.node)
         if session is None:
             return False
-        return await session.send(
-            link.Run(
-                task_id=task.task_id,
-                spec=task.spec,
-                cores=task.cores,
-                memory_bytes=task.memory_bytes,
-                gpu_ids=task.gpu_ids,
-                numa_id=task.numa_id,
-            )
-        )
+        return await session.send(run_command(task))
 
     async def send_to_node(self, node: str | None, message: link.Message) -> bool:
         """Send a command to a node's agent; False when it is not connected."""
@@ -331,9 +321,16 @@ class ControlPlane:
         return matches[0] if len(matches) == 1 else None
 
 
-def fresh_id() -> str:
-    """A new UUIDv7 (task and batch ids)."""
-    return new_id()
+def run_command(task: TaskView) -> link.Run:
+    """The run command for a placed task, with the resources it was placed on."""
+    return link.Run(
+        task_id=task.task_id,
+        spec=task.spec,
+        cores=task.cores,
+        memory_bytes=task.memory_bytes,
+        gpu_ids=task.gpu_ids,
+        numa_id=task.numa_id,
+    )
 
 
 def holding_on(state: ClusterState, node: str) -> Iterable[str]:

@@ -49,7 +49,8 @@ GENESIS_HASH = bytes(32)
 
 Listener = Callable[[list[Recorded]], None]
 
-_SELECT_COLUMNS = (
+# The events table's columns as ``decode_table`` expects them (times as Unix microseconds).
+SELECT_COLUMNS = (
     "seq, id::VARCHAR, kind, stream, source, epoch_us(occurred_at), epoch_us(recorded_at),"
     " schema_version, payload, hash"
 )
@@ -465,43 +466,16 @@ class EventStore:
             if values is not None:
                 where.append(f"{column} IN (SELECT unnest(?::VARCHAR[]))")
                 params.append(list(values))
-        sql = f"SELECT {_SELECT_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY seq"
+        sql = f"SELECT {SELECT_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY seq"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
 
         def fetch() -> list[Recorded]:
             table = self._reader().sql(sql, params=params).to_arrow_table()
             with gc_paused():
-                return self._decode_table(table)
+                return decode_table(self.codec, table)
 
         return await asyncio.get_running_loop().run_in_executor(self._readers, fetch)
-
-    def _decode_table(self, table: pa.Table) -> list[Recorded]:
-        # Column-wise conversion is several times faster than row tuples for long reads.
-        columns = [column.to_pylist() for column in table.columns]
-        decode = self.codec.decode
-        out: list[Recorded] = []
-        append = out.append
-        for seq, eid, kind, stream, source, occ, rec, version, payload, digest in zip(
-            *columns, strict=True
-        ):
-            event = decode(kind, version, payload)
-            if event is not None:
-                append(
-                    Recorded(
-                        seq=seq,
-                        id=eid,
-                        kind=kind,
-                        stream=stream,
-                        source=source,
-                        occurred_at_us=occ,
-                        recorded_at_us=rec,
-                        schema_version=version,
-                        hash=digest,
-                        event=event,
-                    )
-                )
-        return out
 
     async def subscribe(self, after: int = 0, *, page: int = 10_000) -> AsyncIterator[Recorded]:
         """Every event after ``after``: first those already stored, then each new commit, once."""
@@ -617,7 +591,7 @@ def verify_chain(
     while expected <= last:
         upper = min(expected + page - 1, last)
         rows = con.execute(
-            f"SELECT {_SELECT_COLUMNS} FROM events WHERE seq BETWEEN ? AND ? ORDER BY seq",
+            f"SELECT {SELECT_COLUMNS} FROM events WHERE seq BETWEEN ? AND ? ORDER BY seq",
             [expected, upper],
         ).fetchall()
         for seq, eid, kind, stream, source, occ, rec, version, payload, digest in rows:
@@ -641,3 +615,32 @@ def verify_chain(
                 ok=False, checked=checked, first_bad_seq=expected, reason="seq missing"
             )
     return VerifyResult(ok=True, checked=checked)
+
+
+def decode_table(codec: Codec, table: pa.Table) -> list[Recorded]:
+    """Rows of ``SELECT_COLUMNS`` as ``Recorded`` envelopes, skipping unknown kinds."""
+    # Column-wise conversion is several times faster than row tuples for long reads.
+    columns = [column.to_pylist() for column in table.columns]
+    decode = codec.decode
+    out: list[Recorded] = []
+    append = out.append
+    for seq, eid, kind, stream, source, occ, rec, version, payload, digest in zip(
+        *columns, strict=True
+    ):
+        event = decode(kind, version, payload)
+        if event is not None:
+            append(
+                Recorded(
+                    seq=seq,
+                    id=eid,
+                    kind=kind,
+                    stream=stream,
+                    source=source,
+                    occurred_at_us=occ,
+                    recorded_at_us=rec,
+                    schema_version=version,
+                    hash=digest,
+                    event=event,
+                )
+            )
+    return out

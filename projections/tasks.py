@@ -29,7 +29,7 @@ once (``task.finished``) while it was still ``pending``. Likewise
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from msgspec import Struct
 
@@ -47,7 +47,10 @@ TaskState = Literal[
     "lost",
 ]
 
+STATES: tuple[str, ...] = get_args(TaskState)
 FINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "killed", "killed_oom"})
+# States after which nothing more happens unless a node reports late (lost -> final).
+ENDED_STATES: frozenset[str] = FINAL_STATES | {"lost"}
 # States that hold resources on a node.
 HOLDING_STATES: frozenset[str] = frozenset({"assigning", "running", "paused"})
 ACTIVE_STATES: frozenset[str] = frozenset({"pending", "assigning", "running", "paused"})

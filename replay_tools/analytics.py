@@ -18,7 +18,7 @@ from typing import Any, Literal
 import duckdb
 
 from projections.sql import nodes_sql, tasks_sql
-from projections.tasks import FINAL_STATES
+from projections.tasks import ENDED_STATES
 
 Columns = list[str]
 Rows = list[tuple[Any, ...]]
@@ -30,7 +30,7 @@ class SqlRefused(ValueError):
     """A statement the read-only SQL surface will not run; the message says what and why."""
 
 
-_ENDED = ", ".join(f"'{s}'" for s in sorted({*FINAL_STATES, "lost"}))
+_ENDED = ", ".join(f"'{s}'" for s in sorted(ENDED_STATES))
 
 VIEWS: dict[str, str] = {
     "events": "SELECT * FROM log.events",

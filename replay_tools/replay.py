@@ -16,20 +16,14 @@ from typing import Any
 
 import duckdb
 import msgspec
-import pyarrow as pa
 
 from events.codec import Codec, gc_paused
 from events.envelope import Recorded
-from events.store import EventStore
+from events.store import SELECT_COLUMNS, EventStore, decode_table
 from projections.cluster import ClusterState
 
 SNAPSHOT_NAMES = ("cluster", "history")
 HISTORY_EVERY = 50_000
-
-_COLUMNS = (
-    "seq, id::VARCHAR, kind, stream, source, epoch_us(occurred_at), epoch_us(recorded_at),"
-    " schema_version, payload, hash"
-)
 
 
 class LogFile:
@@ -77,8 +71,10 @@ class LogFile:
         if streams is not None:
             where.append("stream IN (SELECT unnest(?::VARCHAR[]))")
             params.append(list(streams))  # type: ignore[arg-type]
-        sql = f"SELECT {_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY seq"
-        return decode_table(self.codec, self.con.sql(sql, params=params).to_arrow_table())
+        sql = f"SELECT {SELECT_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY seq"
+        table = self.con.sql(sql, params=params).to_arrow_table()
+        with gc_paused():
+            return decode_table(self.codec, table)
 
     def hash_at(self, seq: int) -> bytes | None:
         """The stored chain hash of ``seq``."""
@@ -101,33 +97,6 @@ class LogFile:
             if self.hash_at(seq) == blob[:32]:
                 return seq, blob[32:]
         return None
-
-
-def decode_table(codec: Codec, table: pa.Table) -> list[Recorded]:
-    """Turn rows of ``_COLUMNS`` into ``Recorded`` envelopes, skipping unknown kinds."""
-    columns = [column.to_pylist() for column in table.columns]
-    out: list[Recorded] = []
-    with gc_paused():
-        for seq, eid, kind, stream, source, occ, rec, version, payload, digest in zip(
-            *columns, strict=True
-        ):
-            event = codec.decode(kind, version, payload)
-            if event is not None:
-                out.append(
-                    Recorded(
-                        seq=seq,
-                        id=eid,
-                        kind=kind,
-                        stream=stream,
-                        source=source,
-                        occurred_at_us=occ,
-                        recorded_at_us=rec,
-                        schema_version=version,
-                        hash=digest,
-                        event=event,
-                    )
-                )
-    return out
 
 
 def as_log(source: str | Path | LogFile) -> tuple[LogFile, bool]:

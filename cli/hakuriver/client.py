@@ -15,11 +15,11 @@ from urllib.parse import quote
 
 import httpx
 
-from projections.tasks import FINAL_STATES, TaskState
+from projections.tasks import ENDED_STATES, TaskState
 
 # ``lost`` is not final in the state machine (a late report may still settle it),
 # but a client waiting on a task has nothing more to wait for once its node is gone.
-DONE_STATES: frozenset[str] = FINAL_STATES | {"lost"}
+DONE_STATES: frozenset[str] = ENDED_STATES
 TASK_STATES: tuple[str, ...] = get_args(TaskState)
 
 Stream = Literal["stdout", "stderr"]

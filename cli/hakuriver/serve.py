@@ -52,6 +52,18 @@ def _host_app(config: dict[str, Any], data_dir: str | None, port: int | None) ->
     return settings, create_app(settings)
 
 
+def _serve(app: Any, settings: Any) -> int:
+    """Run the app in this process until SIGINT/SIGTERM (one process: one DuckDB writer)."""
+    app.run(
+        host=settings.network.host_bind_ip,
+        port=settings.network.host_port,
+        single_process=True,
+        access_log=False,
+        motd=False,
+    )
+    return 0
+
+
 def run_host(
     config: dict[str, Any], *, data_dir: str | None = None, port: int | None = None
 ) -> int:
@@ -64,14 +76,7 @@ def run_host(
         print(f"HakuRiver control plane at {settings.url}", flush=True)
         print(f"event log: {settings.db_path}", flush=True)
 
-    app.run(
-        host=settings.network.host_bind_ip,
-        port=settings.network.host_port,
-        single_process=True,
-        access_log=False,
-        motd=False,
-    )
-    return 0
+    return _serve(app, settings)
 
 
 def run_runner(
@@ -144,14 +149,7 @@ def run_up(
             except subprocess.TimeoutExpired:
                 agent.kill()
 
-    app.run(
-        host=settings.network.host_bind_ip,
-        port=settings.network.host_port,
-        single_process=True,
-        access_log=False,
-        motd=False,
-    )
-    return 0
+    return _serve(app, settings)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,41 +8,29 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
 from control_plane.decide import decide_kill, decide_submit
-from control_plane.hub import ControlPlane, fresh_id
+from control_plane.hub import ControlPlane
 from control_plane.logs import Stream, log_path, read_from, read_tail
 from control_plane.requests import InvalidRequest, SubmitTask, decode_batch, decode_submit
 from control_plane.routes.common import Conflict, NotFound, answer, control_plane, query_int
 from control_plane.views import TaskOut
 from events import link
+from events.ids import new_id
 from events.types import AnyEvent, TaskPauseRequested, TaskResumeRequested, TaskSubmitted
-from projections.tasks import TaskView
+from projections.tasks import ENDED_STATES, STATES, TaskView
 
 bp = Blueprint("tasks", url_prefix="/api")
-
-STATES = (
-    "pending",
-    "assigning",
-    "running",
-    "paused",
-    "completed",
-    "failed",
-    "killed",
-    "killed_oom",
-    "lost",
-)
-ENDED = frozenset({"completed", "failed", "killed", "killed_oom", "lost"})
 
 
 async def _submit(cp: ControlPlane, requests: list[SubmitTask]) -> HTTPResponse:
     docker = cp.settings.docker
-    batch_id = fresh_id()
+    batch_id = new_id()
     events: list[TaskSubmitted] = []
     for i, req in enumerate(requests):
         try:
             events += decide_submit(
                 cp.state,
                 req,
-                new_id=fresh_id,
+                new_id=new_id,
                 default_container=docker.default_container_name,
                 allow_privileged=docker.allow_privileged,
                 batch_id=batch_id,
@@ -220,7 +208,7 @@ async def _output(request: Request, ident: str, stream: Stream) -> HTTPResponse 
     if data:
         await response.send(data)
     while True:
-        ended = cp.state.tasks[task.task_id].state in ENDED
+        ended = cp.state.tasks[task.task_id].state in ENDED_STATES
         data, position = await asyncio.to_thread(read_from, path, position)
         if data:
             await response.send(data)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ class _Box:
     container: Any
     killed: bool = False
     stopped: bool = False  # the executor closed: stream threads write nothing more
+    marks: dict[str, str] = field(default_factory=dict)  # stream -> last timestamp written
     outcome: asyncio.Task[Outcome] | None = None
     streams: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -282,13 +284,14 @@ class DockerExecutor:
         since = None
         if resume:
             with contextlib.suppress(OSError, ValueError):
-                marks = dict(line.split(" ", 1) for line in position.read_text().splitlines())
-                since = marks.get(key)
+                for line in position.read_text().splitlines():
+                    name, _, stamp = line.partition(" ")
+                    box.marks.setdefault(name, stamp)
+            since = box.marks.get(key)
         chunks = box.container.logs(
             stdout=stdout, stderr=not stdout, stream=True, follow=True, timestamps=True
         )
         mode = "ab" if resume else "wb"
-        last = since
         with path.open(mode) as out:
             for raw in _lines(chunks):
                 if box.stopped:  # a successor streams from the last mark on
@@ -299,9 +302,9 @@ class DockerExecutor:
                     continue
                 out.write(text)
                 out.flush()
-                last = stamp_text
+                box.marks[key] = stamp_text
                 with contextlib.suppress(OSError):
-                    _write_mark(position, key, last)
+                    _write_marks(position, box.marks)
 
 
 def _lines(chunks: Any) -> Any:
@@ -325,11 +328,9 @@ def _ns(stamp: str) -> int:
     return int(seconds) * 1_000_000_000 + int((frac + "000000000")[:9])
 
 
-def _write_mark(path: Path, key: str, stamp: str) -> None:
-    marks: dict[str, str] = {}
-    with contextlib.suppress(OSError, ValueError):
-        marks = dict(line.split(" ", 1) for line in path.read_text().splitlines())
-    marks[key] = stamp
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(f"{k} {v}\n" for k, v in marks.items()))
+def _write_marks(path: Path, marks: dict[str, str]) -> None:
+    """Both streams' last timestamps, replaced atomically (no read back per line)."""
+    tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
+    lines = [f"{k} {v}\n" for k, v in list(marks.items())]  # the other stream may add a key
+    tmp.write_text("".join(lines))
     os.replace(tmp, path)

@@ -31,7 +31,7 @@ import httpx
 import psutil
 from support.cluster import Cluster
 
-FINAL = {"completed", "failed", "killed", "killed_oom", "lost"}
+from projections.tasks import ENDED_STATES as FINAL
 
 
 def report(name: str, value: float) -> None:

@@ -21,9 +21,10 @@ from typing import Any
 
 import httpx
 
+from projections.tasks import ENDED_STATES
 from support.waiting import wait_until
 
-FINAL = frozenset({"completed", "failed", "killed", "killed_oom", "lost"})
+FINAL = ENDED_STATES
 REPO = Path(__file__).resolve().parents[2]
 
 
