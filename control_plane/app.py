@@ -17,7 +17,7 @@ from sanic.response import HTTPResponse
 
 from control_plane.hub import ControlPlane
 from control_plane.requests import InvalidRequest
-from control_plane.routes import agents, nodes, tasks
+from control_plane.routes import agents, environments, history, nodes, tasks
 from control_plane.routes.common import Conflict, NotFound, error
 from control_plane.settings import HostSettings
 
@@ -44,7 +44,7 @@ def create_app(settings: HostSettings, name: str = "hakuriver") -> Sanic:  # typ
     app.config.RESPONSE_TIMEOUT = 24 * 3600  # log follows stream for as long as tasks run
     app.config.FALLBACK_ERROR_FORMAT = "json"
     app.ctx.settings = settings
-    for blueprint in (tasks.bp, nodes.bp, agents.bp):
+    for blueprint in (tasks.bp, nodes.bp, agents.bp, history.bp, environments.bp):
         app.blueprint(blueprint)
 
     @app.before_server_start

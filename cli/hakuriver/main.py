@@ -18,6 +18,8 @@ from cyclopts import App, CycloptsError, Parameter
 from rich.console import Console
 from rich.text import Text
 
+from cli.hakuriver import docker as docker_commands
+from cli.hakuriver import history as history_commands
 from cli.hakuriver.config import config_path, write_default
 from cli.hakuriver.invocation import EXIT_USAGE, Connection, connection, reported, say
 from cli.hakuriver.nodes import node_app
@@ -47,6 +49,8 @@ init_app = App(name="init", help="Create the files HakuRiver needs.")
 app.command(task_app)
 app.command(node_app)
 app.command(init_app)
+history_commands.install(app, task_app)
+docker_commands.install(app)
 
 
 @init_app.command
