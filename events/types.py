@@ -259,6 +259,47 @@ class EnvSynced(_EnvEvent, frozen=True, kw_only=True, tag="env.synced"):
     duration_s: float = 0.0
 
 
+class EnvContainerCreated(_EnvEvent, frozen=True, kw_only=True, tag="env.container_created"):
+    """The host created an environment's persistent container from a local image."""
+
+    image: NonEmptyStr
+    container_id: str = ""
+    requested_by: str = "anonymous"
+
+
+class EnvContainerStarted(_EnvEvent, frozen=True, kw_only=True, tag="env.container_started"):
+    """An environment's container was started."""
+
+    requested_by: str = "anonymous"
+
+
+class EnvContainerStopped(_EnvEvent, frozen=True, kw_only=True, tag="env.container_stopped"):
+    """An environment's container was stopped."""
+
+    requested_by: str = "anonymous"
+
+
+class EnvContainerDeleted(_EnvEvent, frozen=True, kw_only=True, tag="env.container_deleted"):
+    """An environment's container was removed (its tarballs stay)."""
+
+    requested_by: str = "anonymous"
+
+
+class EnvShellOpened(_EnvEvent, frozen=True, kw_only=True, tag="env.shell_opened"):
+    """Someone opened an interactive shell in an environment's container."""
+
+    session_id: NonEmptyStr
+    requested_by: str = "anonymous"
+    client_address: str = ""
+
+
+class EnvShellClosed(_EnvEvent, frozen=True, kw_only=True, tag="env.shell_closed"):
+    """An interactive shell in an environment's container ended."""
+
+    session_id: NonEmptyStr
+    exit_code: int | None = None
+
+
 class _SshEvent(Event, frozen=True, kw_only=True):
     session_id: NonEmptyStr
     task_id: NonEmptyStr
@@ -300,6 +341,12 @@ AnyEvent = (
     | TaskLost
     | EnvPackaged
     | EnvSynced
+    | EnvContainerCreated
+    | EnvContainerStarted
+    | EnvContainerStopped
+    | EnvContainerDeleted
+    | EnvShellOpened
+    | EnvShellClosed
     | SshSessionOpened
     | SshSessionClosed
 )

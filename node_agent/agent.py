@@ -12,6 +12,10 @@ final report is still in the outbox), ``Welcome``, then three loops: send outbox
 batches (a few in flight, each acknowledged), send heartbeats, apply commands.
 Lost link → reconnect with capped exponential backoff and say hello again.
 
+Container tasks start on their environment's newest packaged image: ``ImageSync``
+(node_agent/images.py) loads the tarball first when the local image is missing or
+older, and pre-loads new tarballs in the background (``[docker] preload_tarballs``).
+
 Tasks are spawned by the default asyncio loop's machinery (the executor spawns
 with vfork on a worker thread); the agent never runs on uvloop, whose fork-based
 spawn costs tens of milliseconds in a large process.
@@ -35,6 +39,7 @@ from events.types import AnyEvent, TaskFinished, TaskPaused, TaskResumed, TaskSt
 from node_agent.cpus import CpuAllocator
 from node_agent.executors.base import Executor, ExecutorError, StartFailed, TaskRun, UnknownTask
 from node_agent.executors.process import ProcessExecutor
+from node_agent.images import ImageSync
 from node_agent.outbox import AsyncOutbox
 from node_agent.probes import MachineInfo, probe_machine, probe_usage
 from node_agent.settings import RunnerSettings
@@ -43,6 +48,8 @@ log = logging.getLogger("hakuriver.agent")
 
 AGENT_VERSION = "0.1.0"
 MAX_IN_FLIGHT = 4
+# Loading a multi-gigabyte tarball keeps one engine request open for minutes.
+IMAGE_LOAD_TIMEOUT_S = 1800
 
 
 class Agent:
@@ -64,6 +71,8 @@ class Agent:
         }
         self._probe_docker = executors is None and settings.runner.docker
         self.by_task: dict[str, Executor] = {}
+        # Environment tarball sync; made with the Docker executor.
+        self.images: ImageSync | None = None
         self.machine = machine
         self.outbox: AsyncOutbox | None = None
         self.cpus: CpuAllocator | None = None
@@ -94,15 +103,21 @@ class Agent:
             self.machine = await asyncio.to_thread(probe_machine)
         self.cpus = CpuAllocator(self.machine.cores, self.machine.numa)
         self.outbox = await AsyncOutbox.open(self.state_dir / "outbox.sqlite")
+        preloader: asyncio.Task[None] | None = None
         try:
             await self._load_unacked()
             await self._adopt()
+            if self.images is not None and self.settings.docker.preload_tarballs:
+                preloader = asyncio.create_task(self.images.watch(stop), name="env-preload")
             linker = asyncio.create_task(self._stay_connected(), name="agent-link")
             await stop.wait()
             linker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await linker
         finally:
+            if preloader is not None:  # it ends by itself once ``stop`` is set
+                preloader.cancel()
+                await asyncio.gather(preloader, return_exceptions=True)
             for watcher in self._watchers.values():
                 watcher.cancel()
             for executor in self.executors.values():
@@ -117,13 +132,14 @@ class Agent:
 
     async def _adopt(self) -> None:
         if self._probe_docker:
-            docker = await asyncio.to_thread(self._docker_executor)
-            if docker is not None:
-                self.executors["docker"] = docker
+            found = await asyncio.to_thread(self._docker_executor)
+            if found is not None:
+                self.executors["docker"], self.images = found
         for executor in self.executors.values():
             await self._adopt_from(executor)
 
-    def _docker_executor(self) -> Executor | None:
+    def _docker_executor(self) -> tuple[Executor, ImageSync] | None:
+        """The Docker executor and the image sync beside it, when an engine answers."""
         try:
             import docker
 
@@ -131,15 +147,18 @@ class Agent:
 
             client = docker.from_env(timeout=10)
             client.ping()
+            loader = docker.from_env(timeout=IMAGE_LOAD_TIMEOUT_S)
         except Exception as exc:
             log.info("no Docker engine (%s): container tasks will be refused", exc)
             return None
-        return DockerExecutor(
+        executor = DockerExecutor(
             self.state_dir / "docker",
             node=self.node,
             client=client,
             additional_mounts=tuple(self.settings.docker.additional_mounts),
         )
+        images = ImageSync(loader, self.settings.tarball_dir, node=self.node, on_synced=self.emit)
+        return executor, images
 
     async def _adopt_from(self, executor: Executor) -> None:
         for found in await executor.adopt():
@@ -204,6 +223,9 @@ class Agent:
         )
         try:
             self.by_task[task_id] = executor
+            if self.images is not None and command.spec.container is not None:
+                # EnvSyncFailed is a StartFailed: no usable image, the task fails to start.
+                await self.images.ensure(command.spec.container)
             started = await executor.start(run)
         except StartFailed as exc:
             self.running.pop(task_id, None)

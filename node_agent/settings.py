@@ -1,7 +1,7 @@
 """RunnerSettings: the node agent's part of the TOML configuration.
 
 The agent reads ``[network]`` (where the host is, what address to report),
-``[paths]``, ``[timing]`` and ``[runner]``; other keys are ignored.
+``[paths]``, ``[timing]``, ``[runner]`` and ``[docker]``; other keys are ignored.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ class RunnerSection(Struct, kw_only=True, frozen=True):
 class RunnerDocker(Struct, kw_only=True, frozen=True):
     container_dir: str = "hakuriver-containers"
     additional_mounts: list[str] = []  # "host:container" mounts for every container task
+    preload_tarballs: bool = True  # load a tarball as soon as it appears, not at the next task
 
 
 class RunnerSettings(Struct, kw_only=True, frozen=True):
@@ -102,6 +103,11 @@ class RunnerSettings(Struct, kw_only=True, frozen=True):
     @property
     def shared_dir(self) -> Path:
         return self.path(self.paths.shared_dir)
+
+    @property
+    def tarball_dir(self) -> Path:
+        """Where the host puts environment tarballs: ``<shared_dir>/<container_dir>``."""
+        return self.shared_dir / self.docker.container_dir
 
     @property
     def local_temp_dir(self) -> Path:
