@@ -7,7 +7,8 @@ half-recorded: the caller appends the whole list in one batch or nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import posixpath
+from collections.abc import Callable, Sequence
 
 from control_plane.requests import InvalidRequest, SubmitTask, Target, parse_mount, parse_size
 from control_plane.requests import parse_target as _parse_target
@@ -48,14 +49,31 @@ def decide_submit(
     default_container: str | None,
     allow_privileged: bool = False,
     batch_id: str | None = None,
+    privileged_default: bool = False,
+    mount_dirs: Sequence[str] = (),
+    default_mounts: Sequence[str] = (),
 ) -> list[TaskSubmitted]:
-    """One ``task.submitted`` per target (or one for automatic placement), tied by a batch id."""
+    """One ``task.submitted`` per target (or one for automatic placement), tied by a batch id.
+
+    The host's ``[docker]`` policy: ``privileged_default`` (``tasks_privileged``) applies
+    when the request does not say; ``allow_privileged`` false refuses privileged tasks;
+    a non-empty ``mount_dirs`` (``allowed_mount_dirs``) refuses ``--mount`` host paths
+    outside those folders; ``default_mounts`` (``additional_mounts``) are given to
+    container tasks that name no ``--mount`` of their own (the seeds' override rule).
+    """
     memory = parse_size(request.memory)
     targets = [_parse_target(t, f"targets[{i}]") for i, t in enumerate(request.targets)]
     mounts = tuple(
         Mount(host_path=h, container_path=c, read_only=ro)
         for h, c, ro in (parse_mount(m, f"mounts[{i}]") for i, m in enumerate(request.mounts))
     )
+    for i, mount in enumerate(mounts):
+        if mount_dirs and not _inside(mount.host_path, mount_dirs):
+            raise InvalidRequest(
+                f"mounts[{i}]",
+                f"host path {mount.host_path!r} is outside the folders this host allows"
+                f" to be mounted ({', '.join(mount_dirs)})",
+            )
     bad_env = [key for key in request.env if not key or "=" in key or "\0" in key]
     if bad_env:
         raise InvalidRequest("env", f"invalid variable name {bad_env[0]!r}")
@@ -64,6 +82,18 @@ def decide_submit(
         container = None
     if request.privileged and not allow_privileged:
         raise InvalidRequest("privileged", "this host does not allow privileged tasks")
+    if request.privileged and container is None:
+        raise InvalidRequest("privileged", "only container tasks can be privileged")
+    privileged = (
+        request.privileged if request.privileged is not None else privileged_default
+    ) and container is not None
+    if container is not None and not mounts and default_mounts:
+        mounts = tuple(
+            Mount(host_path=h, container_path=c, read_only=ro)
+            for h, c, ro in (
+                parse_mount(m, f"additional_mounts[{i}]") for i, m in enumerate(default_mounts)
+            )
+        )
     if request.task_type == "vps":
         if len(targets) > 1:
             raise InvalidRequest("targets", "a VPS task takes at most one target")
@@ -106,7 +136,7 @@ def decide_submit(
             gpu_ids=place.gpu_ids if place else (),
             numa_id=place.numa_id if place else None,
             container=container,
-            privileged=bool(request.privileged),
+            privileged=privileged,
             mounts=mounts,
             target=str(place) if place else None,
             batch_id=batch_id,
@@ -116,6 +146,16 @@ def decide_submit(
         )
         events.append(TaskSubmitted(task_id=new_id(), spec=spec))
     return events
+
+
+def _inside(path: str, folders: Sequence[str]) -> bool:
+    """Whether ``path`` (normalised, so ``..`` cannot escape) lies in one of ``folders``."""
+    clean = posixpath.normpath(path)
+    for folder in folders:
+        root = posixpath.normpath(folder)
+        if clean == root or clean.startswith(root.rstrip("/") + "/"):
+            return True
+    return False
 
 
 def decide_kill(state: ClusterState, task_id: str, requested_by: str) -> list[AnyEvent]:

@@ -122,10 +122,11 @@ _submit_decoder = msgspec.json.Decoder(SubmitTask)
 _batch_decoder = msgspec.json.Decoder(SubmitBatch)
 
 T = TypeVar("T")
-_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`")
+_UNKNOWN_FIELD = re.compile(r"(?:unknown|missing required) field `([^`]+)`")
 
 
-def _decode(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
+def decode_body(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
+    """Decode a JSON body, turning msgspec's errors into ``InvalidRequest`` naming the field."""
     if not body:
         raise InvalidRequest("body", "empty request body; expected a JSON object")
     try:
@@ -143,9 +144,9 @@ def _decode(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
 
 def decode_submit(body: bytes) -> SubmitTask:
     """Decode a submit request, turning msgspec's errors into ``InvalidRequest``."""
-    return _decode(_submit_decoder, body)
+    return decode_body(_submit_decoder, body)
 
 
 def decode_batch(body: bytes) -> SubmitBatch:
     """Decode a batch submit request (fields named like ``tasks[2].cores``)."""
-    return _decode(_batch_decoder, body)
+    return decode_body(_batch_decoder, body)

@@ -53,7 +53,8 @@ class HostDocker(Struct, kw_only=True, frozen=True):
     initial_base_image: str = "python:3.12-alpine"
     tasks_privileged: bool = False
     allow_privileged: bool = True  # False: --privileged is refused
-    additional_mounts: list[str] = []
+    additional_mounts: list[str] = []  # given to container tasks that name no --mount
+    allowed_mount_dirs: list[str] = []  # non-empty: --mount host paths must lie inside these
 
 
 class HostSettings(Struct, kw_only=True, frozen=True):
@@ -77,9 +78,22 @@ class HostSettings(Struct, kw_only=True, frozen=True):
         elif "data_dir" in config.get("paths", {}):
             wanted["data_dir"] = config["paths"]["data_dir"]
         try:
-            return msgspec.convert(wanted, cls, strict=False)
+            settings = msgspec.convert(wanted, cls, strict=False)
         except msgspec.ValidationError as exc:
             raise SettingsError(f"configuration: {exc}") from None
+        docker = settings.docker
+        if docker.tasks_privileged and not docker.allow_privileged:
+            raise SettingsError(
+                "configuration: [docker] tasks_privileged = true contradicts"
+                " allow_privileged = false"
+            )
+        for key in ("additional_mounts", "allowed_mount_dirs"):
+            for value in getattr(docker, key):
+                if not value.startswith("/"):
+                    raise SettingsError(
+                        f"configuration: [docker] {key}: {value!r} is not an absolute path"
+                    )
+        return settings
 
     def path(self, value: str) -> Path:
         """``value`` as an absolute path (``~`` expanded, relative to the data dir)."""
@@ -93,6 +107,11 @@ class HostSettings(Struct, kw_only=True, frozen=True):
     @property
     def shared_dir(self) -> Path:
         return self.path(self.paths.shared_dir)
+
+    @property
+    def tarball_dir(self) -> Path:
+        """Where packaged environments live: ``<shared_dir>/<container_dir>``."""
+        return self.shared_dir / self.docker.container_dir
 
     @property
     def url(self) -> str:

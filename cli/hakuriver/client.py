@@ -7,6 +7,7 @@ or ``Unreachable`` when there is no control plane to answer.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
@@ -221,6 +222,62 @@ class HakuClient:
         return self._json("GET", "/api/health")
 
     # --- plumbing ----------------------------------------------------------------------
+
+    # --- environments (docs/environments.md) -----------------------------------------
+
+    def env_containers(self) -> list[Json]:
+        """``GET /api/environments/containers``."""
+        found: list[Json] = self._json("GET", "/api/environments/containers")["containers"]
+        return found
+
+    def env_create(self, image: str, name: str) -> Json:
+        """``POST /api/environments/containers``: create and start an environment container."""
+        return self._json(
+            "POST", "/api/environments/containers", json={"image": image, "name": name}
+        )
+
+    def env_action(self, name: str, action: Literal["start", "stop"]) -> Json:
+        """Start or stop an environment container."""
+        return self._json("POST", f"/api/environments/containers/{_segment(name)}/{action}")
+
+    def env_delete(self, name: str) -> Json:
+        """``DELETE /api/environments/containers/NAME``."""
+        return self._json("DELETE", f"/api/environments/containers/{_segment(name)}")
+
+    def env_tarballs(self) -> Json:
+        """``GET /api/environments/tarballs``: ``{"folder", "tarballs"}``."""
+        return self._json("GET", "/api/environments/tarballs")
+
+    def env_package(self, name: str) -> Iterator[Json]:
+        """``POST /api/environments/NAME/tar``: its progress lines, the last one ``done``.
+
+        An ``error`` line (the packaging failed after it started) is raised as ApiError.
+        """
+        path = f"/api/environments/{_segment(name)}/tar"
+        try:
+            with self._http.stream("POST", path, timeout=httpx.Timeout(30, read=None)) as answer:
+                if answer.is_error:
+                    answer.read()
+                    raise _error_of(answer)
+                for line in answer.iter_lines():
+                    if not line.strip():
+                        continue
+                    step: Json = json.loads(line)
+                    if step.get("step") == "error":
+                        raise ApiError(
+                            int(step.get("status") or 500),
+                            "packaging_failed",
+                            step.get("field"),
+                            str(step.get("message")),
+                        )
+                    yield step
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+
+    def ws_url(self, path: str) -> str:
+        """The websocket URL of an API path."""
+        base = self.base_url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
+        return base + path
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Json:
         response = self._send(method, path, **kwargs)

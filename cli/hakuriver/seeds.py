@@ -13,6 +13,8 @@ runs that, so there is one parser and one implementation per command:
     hakuriver.client --list-nodes | nodes    hakuriver node list
     hakuriver.client --health [NODE]         hakuriver node health [NODE]
     hakuriver.client [OPTIONS] -- CMD ...    hakuriver task submit [OPTIONS] -- CMD ...
+    hakuriver.docker create-tar NAME ...     hakuriver docker create-tar NAME ...
+    hakuriver.docker-shell NAME              hakuriver docker-shell NAME
 """
 
 from __future__ import annotations
@@ -151,3 +153,13 @@ def client_main(argv: Sequence[str] | None = None) -> int:
 def init_main(argv: Sequence[str] | None = None) -> int:
     """``hakuriver.init config [--path FILE] [--force]``."""
     return _run("init", argv)
+
+
+def docker_main(argv: Sequence[str] | None = None) -> int:
+    """``hakuriver.docker list-containers|create-container|...|create-tar|list-tars``."""
+    return _run("docker", argv)
+
+
+def docker_shell_main(argv: Sequence[str] | None = None) -> int:
+    """``hakuriver.docker-shell NAME``: a shell in the host's environment container."""
+    return _run("docker-shell", argv)

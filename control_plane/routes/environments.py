@@ -1,7 +1,241 @@
-"""Routes for environments (being written)."""
+"""``/api/environments``: the host's environment containers, tarballs and shells.
+
+    GET    /api/environments/containers               list the environment containers
+    POST   /api/environments/containers               {"image", "name"}: create one
+    POST   /api/environments/containers/NAME/start    start it
+    POST   /api/environments/containers/NAME/stop     stop it
+    DELETE /api/environments/containers/NAME          remove it (tarballs stay)
+    POST   /api/environments/NAME/tar                 create-tar, progress as NDJSON lines
+    GET    /api/environments/tarballs                 the packaged tarballs
+    WS     /api/environments/NAME/shell?rows=&cols=&term=   an interactive shell
+
+The shell socket carries binary frames both ways (terminal bytes) and JSON text
+frames for control: the client sends ``{"type": "resize", "rows", "cols"}``; the
+host sends ``{"type": "exit", "code"}`` when the shell ends, or ``{"type": "error",
+"status", "field", "message"}`` when it cannot start.
+"""
 
 from __future__ import annotations
 
-from sanic import Blueprint
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+import msgspec
+from sanic import Blueprint, Request, Sanic
+from sanic.response import HTTPResponse
+
+from control_plane.environments import EnvError, Environments, check_name
+from control_plane.requests import decode_body
+from control_plane.routes.common import answer, control_plane
+from events.ids import new_id
+from events.types import EnvShellClosed, EnvShellOpened
 
 bp = Blueprint("environments", url_prefix="/api")
+
+
+class _Create(msgspec.Struct, forbid_unknown_fields=True):
+    image: str
+    name: str
+
+
+_create_decoder = msgspec.json.Decoder(_Create)
+
+
+@bp.before_server_start
+async def _open(app: Sanic) -> None:  # type: ignore[type-arg]
+    async def record(events: Any) -> object:
+        return await app.ctx.cp.record(events)
+
+    app.ctx.environments = Environments(app.ctx.settings, record)
+
+
+@bp.after_server_start
+async def _default(app: Sanic) -> None:  # type: ignore[type-arg]
+    app.ctx.environments.ensure_default_soon()
+
+
+@bp.before_server_stop
+async def _close(app: Sanic) -> None:  # type: ignore[type-arg]
+    app.ctx.environments.close()
+
+
+def environments(request: Request) -> Environments:
+    """The app's ``Environments``."""
+    envs: Environments = request.app.ctx.environments
+    return envs
+
+
+def _error(exc: EnvError) -> HTTPResponse:
+    from control_plane.routes.common import error
+
+    kinds = {400: "invalid_request", 404: "not_found", 409: "conflict", 503: "unavailable"}
+    return error(exc.status, kinds.get(exc.status, "invalid_request"), exc.message, exc.field)
+
+
+@bp.get("/environments/containers")
+async def list_containers(request: Request) -> HTTPResponse:
+    """The environment containers on the host's engine."""
+    try:
+        return answer({"containers": await environments(request).list_containers()})
+    except EnvError as exc:
+        return _error(exc)
+
+
+@bp.post("/environments/containers")
+async def create_container(request: Request) -> HTTPResponse:
+    """Create (and start) an environment container from an image on the host's engine."""
+    body = decode_body(_create_decoder, request.body)  # InvalidRequest: 400 with the field
+    try:
+        out = await environments(request).create_container(body.image, body.name)
+    except EnvError as exc:
+        return _error(exc)
+    return answer(out, status=201)
+
+
+@bp.post("/environments/containers/<name:str>/<action:str>")
+async def act(request: Request, name: str, action: str) -> HTTPResponse:
+    """Start or stop an environment container."""
+    envs = environments(request)
+    try:
+        if action == "start":
+            return answer(await envs.start_container(name))
+        if action == "stop":
+            return answer(await envs.stop_container(name))
+        raise EnvError(404, "action", f"no action {action!r}: use start or stop")
+    except EnvError as exc:
+        return _error(exc)
+
+
+@bp.delete("/environments/containers/<name:str>")
+async def delete_container(request: Request, name: str) -> HTTPResponse:
+    """Remove an environment container; its image and tarballs stay."""
+    try:
+        await environments(request).delete_container(name)
+    except EnvError as exc:
+        return _error(exc)
+    return answer({"deleted": name})
+
+
+@bp.get("/environments/tarballs")
+async def list_tarballs(request: Request) -> HTTPResponse:
+    """The packaged tarballs in the shared folder."""
+    envs = environments(request)
+    return answer({"folder": str(envs.tar_dir), "tarballs": envs.tarballs()})
+
+
+@bp.post("/environments/<name:str>/tar")
+async def create_tar(request: Request, name: str) -> HTTPResponse | None:
+    """``create-tar``: one JSON line per progress step, the ``env.packaged`` event last."""
+    envs = environments(request)
+    try:
+        check_name(name)
+        await asyncio.to_thread(envs.container, name)  # 404 before streaming starts
+    except EnvError as exc:
+        return _error(exc)
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    def progress(step: dict[str, Any]) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, step)
+
+    job = asyncio.create_task(envs.package(name, progress))
+    response = await request.respond(content_type="application/x-ndjson")
+    assert response is not None
+    last_save = 0.0
+    while True:
+        getter = asyncio.ensure_future(queue.get())
+        await asyncio.wait({getter, job}, return_when=asyncio.FIRST_COMPLETED)
+        if getter.done():
+            step = getter.result()
+            now = loop.time()
+            if step.get("step") == "save" and now - last_save < 0.1 and step.get("bytes"):
+                continue  # at most ten progress lines a second
+            last_save = now
+            await response.send(json.dumps(step) + "\n")
+            continue
+        getter.cancel()
+        break
+    while not queue.empty():
+        await response.send(json.dumps(queue.get_nowait()) + "\n")
+    try:
+        event = job.result()
+        line: dict[str, Any] = {"step": "done", "packaged": msgspec.to_builtins(event)}
+    except EnvError as exc:
+        line = {"step": "error", "status": exc.status, "field": exc.field, "message": exc.message}
+    except Exception as exc:
+        line = {"step": "error", "status": 500, "field": None, "message": f"{exc}"}
+    await response.send(json.dumps(line) + "\n")
+    await response.eof()
+    return None
+
+
+@bp.websocket("/environments/<name:str>/shell")  # type: ignore[untyped-decorator]
+async def shell(request: Request, ws: Any, name: str) -> None:
+    """An interactive shell in the environment's container (see the module docstring)."""
+    envs = environments(request)
+    cp = control_plane(request)
+    try:
+        rows = int(request.args.get("rows", "24"))
+        cols = int(request.args.get("cols", "80"))
+    except ValueError:
+        rows, cols = 24, 80
+    term = request.args.get("term", "xterm")
+    try:
+        opened = await asyncio.to_thread(envs.open_shell, name, rows, cols, term)
+    except EnvError as exc:
+        await ws.send(
+            json.dumps(
+                {"type": "error", "status": exc.status, "field": exc.field, "message": exc.message}
+            )
+        )
+        await ws.close()
+        return
+    session = new_id()
+    address = request.ip or ""
+    await cp.record([EnvShellOpened(name=name, session_id=session, client_address=address)])
+    loop = asyncio.get_running_loop()
+
+    async def output() -> None:
+        while True:
+            data = await loop.sock_recv(opened.raw, 65536)
+            if not data:
+                return
+            await ws.send(data)
+
+    async def keyboard() -> None:
+        while True:
+            message = await ws.recv()
+            if message is None:
+                return
+            if isinstance(message, bytes):
+                await loop.sock_sendall(opened.raw, message)
+                continue
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                control = json.loads(message)
+                if control.get("type") == "resize":
+                    await asyncio.to_thread(
+                        envs.resize, opened, int(control["rows"]), int(control["cols"])
+                    )
+                elif control.get("type") == "input":
+                    await loop.sock_sendall(opened.raw, str(control["data"]).encode())
+
+    output_pump = asyncio.create_task(output())
+    pumps = {output_pump, asyncio.create_task(keyboard())}
+    try:
+        done, _ = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in pumps:
+            task.cancel()
+    for task in done:
+        if not task.cancelled():
+            task.exception()  # retrieved: a dropped socket is how a session ends
+    ended_by_shell = any(task is output_pump for task in done)
+    code = await asyncio.to_thread(envs.finish_shell, opened, ended_by_shell)
+    await cp.record([EnvShellClosed(name=name, session_id=session, exit_code=code)])
+    if ended_by_shell:
+        with contextlib.suppress(Exception):
+            await ws.send(json.dumps({"type": "exit", "code": code}))
+    with contextlib.suppress(Exception):
+        await ws.close()

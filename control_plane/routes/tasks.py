@@ -8,6 +8,7 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
 from control_plane.decide import decide_kill, decide_submit
+from control_plane.environments import Environments
 from control_plane.hub import ControlPlane
 from control_plane.logs import Stream, log_path, read_from, read_tail
 from control_plane.requests import InvalidRequest, SubmitTask, decode_batch, decode_submit
@@ -21,8 +22,12 @@ from projections.tasks import ENDED_STATES, STATES, TaskView
 bp = Blueprint("tasks", url_prefix="/api")
 
 
-async def _submit(cp: ControlPlane, requests: list[SubmitTask]) -> HTTPResponse:
+async def _submit(cp: ControlPlane, requests: list[SubmitTask], envs: Environments) -> HTTPResponse:
     docker = cp.settings.docker
+    if any(r.container is None for r in requests) and docker.default_container_name != "NULL":
+        problem = await envs.default_ready()
+        if problem is not None:
+            raise InvalidRequest("container", f"no --container given, and {problem}")
     batch_id = new_id()
     events: list[TaskSubmitted] = []
     for i, req in enumerate(requests):
@@ -34,6 +39,9 @@ async def _submit(cp: ControlPlane, requests: list[SubmitTask]) -> HTTPResponse:
                 default_container=docker.default_container_name,
                 allow_privileged=docker.allow_privileged,
                 batch_id=batch_id,
+                privileged_default=docker.tasks_privileged,
+                mount_dirs=docker.allowed_mount_dirs,
+                default_mounts=docker.additional_mounts,
             )
         except InvalidRequest as exc:
             if len(requests) == 1:
@@ -46,13 +54,17 @@ async def _submit(cp: ControlPlane, requests: list[SubmitTask]) -> HTTPResponse:
 @bp.post("/tasks")
 async def submit(request: Request) -> HTTPResponse:
     """One ``task.submitted`` per target, tied by a batch id."""
-    return await _submit(control_plane(request), [decode_submit(request.body)])
+    return await _submit(
+        control_plane(request), [decode_submit(request.body)], request.app.ctx.environments
+    )
 
 
 @bp.post("/batches")
 async def submit_batch(request: Request) -> HTTPResponse:
     """Several submit requests as one batch: every task recorded, or none."""
-    return await _submit(control_plane(request), decode_batch(request.body).tasks)
+    return await _submit(
+        control_plane(request), decode_batch(request.body).tasks, request.app.ctx.environments
+    )
 
 
 @bp.get("/batches/<batch_id:str>")

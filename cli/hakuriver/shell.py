@@ -1,0 +1,128 @@
+"""``hakuriver docker-shell NAME``: a terminal on an environment container, over a websocket.
+
+The local terminal is put in raw mode; its keys go to the host as binary frames,
+the shell's output comes back the same way, and a window resize (SIGWINCH) is sent
+as ``{"type": "resize"}``. When the shell exits the host sends ``{"type": "exit",
+"code"}``: the terminal is restored and the command exits with the shell's code.
+With stdin not a terminal (a pipe, a script), its bytes are sent as typed and its
+end becomes Ctrl-D, so ``echo 'apk add x' | hakuriver docker-shell env`` works.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import shutil
+import signal
+import sys
+import termios
+import threading
+import tty
+from typing import Any, BinaryIO
+from urllib.parse import urlencode
+
+from cli.hakuriver.client import ApiError, Unreachable
+
+EOT = b"\x04"
+
+
+def run_shell(url: str, *, stdin_fd: int | None = None, stdout: BinaryIO | None = None) -> int:
+    """Connect to the shell at ``url`` (ws://.../shell) and bridge this terminal; exit code."""
+    from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+    from websockets.sync.client import connect
+
+    fd = sys.stdin.fileno() if stdin_fd is None else stdin_fd
+    out = stdout if stdout is not None else sys.stdout.buffer
+    is_tty = os.isatty(fd)
+    cols, rows = _size(fd)
+    query = urlencode({"rows": rows, "cols": cols, "term": os.environ.get("TERM", "xterm")})
+    try:
+        ws = connect(f"{url}?{query}", max_size=None, open_timeout=15, close_timeout=2)
+    except InvalidStatus as exc:
+        status = exc.response.status_code
+        body = exc.response.body.decode(errors="replace") if exc.response.body else ""
+        raise ApiError(status, "http_error", None, body or f"HTTP {status}") from None
+    except (OSError, InvalidHandshake, TimeoutError) as exc:
+        raise Unreachable(url, str(exc) or type(exc).__name__) from None
+
+    outcome: dict[str, Any] = {}
+    finished = threading.Event()
+
+    def receive() -> None:
+        try:
+            for message in ws:
+                if isinstance(message, bytes):
+                    out.write(message)
+                    out.flush()
+                    continue
+                control = json.loads(message)
+                if control.get("type") in ("exit", "error"):
+                    outcome.update(control)
+        except ConnectionClosed:
+            pass
+        finally:
+            finished.set()
+
+    receiver = threading.Thread(target=receive, name="shell-receive", daemon=True)
+    receiver.start()
+    saved = termios.tcgetattr(fd) if is_tty else None
+    previous_handler: Any = None
+    resized = threading.Event()  # set by SIGWINCH; the loop below sends the new size
+    if is_tty:
+        tty.setraw(fd)
+        with contextlib.suppress(ValueError):  # not the main thread: no resize forwarding
+            previous_handler = signal.signal(signal.SIGWINCH, lambda *_: resized.set())
+    try:
+        reading = True
+        while not finished.is_set():
+            if resized.is_set():
+                # Sent from here, never from the handler: it could interrupt a send.
+                resized.clear()
+                c, r = _size(fd)
+                with contextlib.suppress(ConnectionClosed):
+                    ws.send(json.dumps({"type": "resize", "rows": r, "cols": c}))
+            if not reading:
+                finished.wait(0.1)
+                continue
+            ready, _, _ = select.select([fd], [], [], 0.1)
+            if not ready:
+                continue
+            data = os.read(fd, 65536)
+            if not data:
+                reading = False
+                if not is_tty:
+                    with contextlib.suppress(ConnectionClosed):
+                        ws.send(EOT)
+                continue
+            try:
+                ws.send(data)
+            except ConnectionClosed:
+                break
+    finally:
+        if saved is not None:
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        if previous_handler is not None:
+            signal.signal(signal.SIGWINCH, previous_handler)
+        ws.close()
+        receiver.join(timeout=5)
+    if outcome.get("type") == "error":
+        raise ApiError(
+            int(outcome.get("status") or 400),
+            "shell_refused",
+            outcome.get("field"),
+            str(outcome.get("message")),
+        )
+    code = outcome.get("code")
+    return int(code) if isinstance(code, int) else 0
+
+
+def _size(fd: int) -> tuple[int, int]:
+    """(columns, rows) of the terminal on ``fd``, or of the environment's guess."""
+    try:
+        size = os.get_terminal_size(fd)
+        return size.columns, size.lines
+    except OSError:
+        fallback = shutil.get_terminal_size()
+        return fallback.columns, fallback.lines

@@ -1,0 +1,609 @@
+"""Environments on the host: persistent containers, packaged into versioned tarballs.
+
+An environment ``NAME`` is a container on the host's engine (``hakuriver-env-NAME``,
+labelled ``hakuriver.env=NAME``) that users change through ``docker-shell``, then
+package with ``create-tar``: the container is committed as ``hakuriver/NAME:base``
+(labelled ``hakuriver.env`` and ``hakuriver.env_timestamp``), saved to
+``<shared_dir>/<container_dir>/NAME-<ts>.tar`` and described by ``NAME-<ts>.tar.sha256``.
+Both files are written under dot-names ending ``.tmp``, flushed to disk and renamed,
+the digest first, so a runner never sees a ``.tar`` without its digest; older
+tarballs of that name are then pruned (only that name's files: never a global
+``docker image prune``). The runner side is ``node_agent/images.py``.
+
+Images come only from the host's engine: nothing is pulled, so a missing image is a
+clear 404 naming the image and what to do. Every change is an ``env.*`` event.
+Docker SDK calls block, so each runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+from control_plane.settings import HostSettings
+from events.types import (
+    AnyEvent,
+    EnvContainerCreated,
+    EnvContainerDeleted,
+    EnvContainerStarted,
+    EnvContainerStopped,
+    EnvPackaged,
+)
+
+log = logging.getLogger("hakuriver.environments")
+
+T = TypeVar("T")
+
+ENV_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+LABEL_ENV = "hakuriver.env"
+LABEL_TIMESTAMP = "hakuriver.env_timestamp"
+LABEL_ROLE = "hakuriver.role"
+CONTAINER_PREFIX = "hakuriver-env-"
+_TARBALL = re.compile(r"(?P<name>[a-z0-9][a-z0-9_.-]*)-(?P<ts>[0-9]+)\.tar")
+_CHUNK = 1 << 20
+
+Record = Callable[[Sequence[AnyEvent]], Awaitable[object]]
+Progress = Callable[[dict[str, Any]], None]
+
+
+class EnvError(Exception):
+    """A request about environments that cannot be done; ``status`` is the HTTP code."""
+
+    def __init__(self, status: int, field: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.field = field
+        self.message = message
+
+
+def check_name(name: str, field: str = "name") -> str:
+    """``name`` if it is a valid environment name (it becomes a Docker repository)."""
+    if not ENV_NAME.fullmatch(name):
+        raise EnvError(
+            400,
+            field,
+            f"invalid environment name {name!r}: use lowercase letters, digits, '.', '_'"
+            " and '-', starting with a letter or digit (at most 63 characters)",
+        )
+    return name
+
+
+def image_of(name: str) -> str:
+    """The image an environment is packaged as."""
+    return f"hakuriver/{name}:base"
+
+
+class ContainerOut(msgspec.Struct, frozen=True, kw_only=True):
+    """An environment's container, as listed."""
+
+    name: str
+    container: str
+    container_id: str
+    image: str
+    status: str
+    created: str
+
+
+class TarballOut(msgspec.Struct, frozen=True, kw_only=True):
+    """One packaged tarball."""
+
+    name: str
+    timestamp: int
+    file: str
+    path: str
+    size_bytes: int
+    sha256: str
+    newest: bool
+
+
+def parse_tarball(filename: str) -> tuple[str, int] | None:
+    """(name, timestamp) of ``NAME-TS.tar``; None for anything else (dot-files, temps)."""
+    match = _TARBALL.fullmatch(filename)
+    if match is None:
+        return None
+    return match["name"], int(match["ts"])
+
+
+def read_digest(tarball: Path) -> str:
+    """The hex digest written beside a tarball ('' when missing or malformed)."""
+    try:
+        text = tarball.with_name(tarball.name + ".sha256").read_text()
+    except OSError:
+        return ""
+    parts = text.split()
+    if len(parts) == 2 and parts[1] == tarball.name and len(parts[0]) == 64:
+        return parts[0].lower()
+    return ""
+
+
+def list_tarballs(folder: Path) -> list[TarballOut]:
+    """Every packaged tarball in ``folder``, by name then newest first."""
+    found: list[tuple[str, int, Path]] = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(folder):
+            parsed = parse_tarball(entry.name)
+            if parsed is not None and entry.is_file():
+                found.append((parsed[0], parsed[1], Path(entry.path)))
+    found.sort(key=lambda item: (item[0], -item[1]))
+    out: list[TarballOut] = []
+    for name, ts, path in found:
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            continue
+        newest = not out or out[-1].name != name
+        out.append(
+            TarballOut(
+                name=name,
+                timestamp=ts,
+                file=path.name,
+                path=str(path),
+                size_bytes=size,
+                sha256=read_digest(path),
+                newest=newest,
+            )
+        )
+    return out
+
+
+@dataclass
+class Shell:
+    """An interactive exec in an environment's container, attached to a raw socket."""
+
+    exec_id: str
+    sock: Any  # the engine's socket wrapper (kept so it is not garbage collected)
+    raw: Any  # the underlying socket.socket, non-blocking
+    client: Any  # the Docker client whose connection the attach took over
+
+
+class Environments:
+    """The host's environment operations; see the module docstring."""
+
+    def __init__(self, settings: HostSettings, record: Record, client: Any = None) -> None:
+        self.settings = settings
+        self.record = record
+        self._client = client
+        self.tar_dir = settings.tarball_dir
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.default_problem: str | None = None  # why the default environment is missing
+        self._default_ready: asyncio.Task[None] | None = None
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    @staticmethod
+    async def _call(function: Callable[[], T]) -> T:
+        return await asyncio.to_thread(function)
+
+    def engine(self) -> Any:
+        """The Docker client (connected on first use); 503 when no engine answers."""
+        if self._client is None:
+            try:
+                import docker
+
+                client = docker.from_env(timeout=600)
+                client.ping()
+            except Exception as exc:
+                raise EnvError(
+                    503,
+                    "docker",
+                    f"no Docker engine answers on the host ({type(exc).__name__}: {exc});"
+                    " environments need one there",
+                ) from None
+            self._client = client
+        return self._client
+
+    def lock(self, name: str) -> asyncio.Lock:
+        """One operation at a time per environment."""
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    def container(self, name: str) -> Any:
+        """The environment's container; 404 when there is none."""
+        import docker.errors
+
+        check_name(name)
+        try:
+            return self.engine().containers.get(CONTAINER_PREFIX + name)
+        except docker.errors.NotFound:
+            raise EnvError(
+                404,
+                "name",
+                f"no environment container {name!r} on the host"
+                f" (create it: hakuriver docker create-container IMAGE {name})",
+            ) from None
+
+    # -- containers ----------------------------------------------------------------------
+
+    async def list_containers(self) -> list[ContainerOut]:
+        """Every environment container on the host's engine."""
+
+        def listing() -> list[ContainerOut]:
+            found = self.engine().containers.list(all=True, filters={"label": LABEL_ENV})
+            return sorted((_container_out(c) for c in found), key=lambda c: c.name)
+
+        return await self._call(listing)
+
+    async def create_container(
+        self, image: str, name: str, requested_by: str = "anonymous"
+    ) -> ContainerOut:
+        """Create and start ``hakuriver-env-NAME`` from a local image (never pulled)."""
+        check_name(name)
+        if not image.strip():
+            raise EnvError(400, "image", "give the image to create the environment from")
+        async with self.lock(name):
+            container = await self._call(lambda: self._create(image, name))
+            await self.record(
+                [
+                    EnvContainerCreated(
+                        name=name,
+                        image=image,
+                        container_id=container.id,
+                        requested_by=requested_by,
+                    )
+                ]
+            )
+            return _container_out(container)
+
+    def _create(self, image: str, name: str) -> Any:
+        import docker.errors
+
+        client = self.engine()
+        try:
+            base = client.images.get(image)
+        except docker.errors.ImageNotFound:
+            raise EnvError(
+                404,
+                "image",
+                f"image {image!r} is not on the host's Docker engine, and HakuRiver does not"
+                f" pull from registries: run `docker pull {image}` (or `docker load`) on the"
+                " host first",
+            ) from None
+        except docker.errors.APIError as exc:
+            raise EnvError(400, "image", f"image {image!r}: {exc.explanation}") from None
+        with contextlib.suppress(docker.errors.NotFound):
+            client.containers.get(CONTAINER_PREFIX + name)
+            raise EnvError(
+                409, "name", f"environment container {name!r} already exists on the host"
+            )
+        config = base.attrs.get("Config") or {}
+        options: dict[str, Any] = {
+            "name": CONTAINER_PREFIX + name,
+            "labels": {
+                LABEL_ENV: name,
+                LABEL_ROLE: "environment",
+                "hakuriver.base_image": image,
+                # What to restore when committing: the keep-alive below is not the image's.
+                "hakuriver.entrypoint": json.dumps(config.get("Entrypoint") or []),
+                "hakuriver.cmd": json.dumps(config.get("Cmd") or []),
+            },
+            "init": True,  # a small init reaps shell children and stops on SIGTERM
+            "detach": True,
+            "tty": False,
+        }
+        keep_alive = ["tail", "-f", "/dev/null"]
+        if config.get("Entrypoint"):
+            options["entrypoint"] = keep_alive
+            options["command"] = []
+        else:
+            options["command"] = keep_alive
+        try:
+            container = client.containers.create(base.id, **options)
+            container.start()
+        except docker.errors.APIError as exc:
+            raise EnvError(
+                400, "image", f"could not create a container from {image!r}: {exc.explanation}"
+            ) from None
+        container.reload()
+        return container
+
+    async def start_container(self, name: str, requested_by: str = "anonymous") -> ContainerOut:
+        """Start a stopped environment container (no-op when running)."""
+        async with self.lock(name):
+            container = await self._call(lambda: self.container(name))
+            await self._call(container.start)
+            await self._call(container.reload)
+            await self.record([EnvContainerStarted(name=name, requested_by=requested_by)])
+            return _container_out(container)
+
+    async def stop_container(self, name: str, requested_by: str = "anonymous") -> ContainerOut:
+        """Stop an environment container (its changes stay until it is deleted)."""
+        async with self.lock(name):
+            container = await self._call(lambda: self.container(name))
+            await self._call(lambda: container.stop(timeout=10))
+            await self._call(container.reload)
+            await self.record([EnvContainerStopped(name=name, requested_by=requested_by)])
+            return _container_out(container)
+
+    async def delete_container(self, name: str, requested_by: str = "anonymous") -> None:
+        """Remove an environment container; its image and tarballs stay."""
+        async with self.lock(name):
+            container = await self._call(lambda: self.container(name))
+            await self._call(lambda: container.remove(force=True))
+            await self.record([EnvContainerDeleted(name=name, requested_by=requested_by)])
+
+    # -- packaging -----------------------------------------------------------------------
+
+    async def package(
+        self, name: str, progress: Progress | None = None, requested_by: str = "anonymous"
+    ) -> EnvPackaged:
+        """``create-tar``: commit, save under a temporary name, digest, rename, prune."""
+        check_name(name)
+        report = progress or (lambda _: None)
+        async with self.lock(name):
+            container = await self._call(lambda: self.container(name))
+            event = await self._call(lambda: self._package(name, container, report))
+            await self.record([event])
+            return event
+
+    def _package(self, name: str, container: Any, report: Progress) -> EnvPackaged:
+        import docker.errors
+
+        client = self.engine()
+        self.tar_dir.mkdir(parents=True, exist_ok=True)
+        newest = max(
+            (t.timestamp for t in list_tarballs(self.tar_dir) if t.name == name), default=0
+        )
+        ts = max(int(time.time()), newest + 1)  # strictly newer, even within one second
+        labels = container.labels or {}
+        changes = [
+            f"LABEL {LABEL_ENV}={name}",
+            f"LABEL {LABEL_TIMESTAMP}={ts}",
+            f"CMD {labels.get('hakuriver.cmd', '[]')}",
+        ]
+        entrypoint = labels.get("hakuriver.entrypoint", "[]")
+        if entrypoint != "[]":
+            changes.append(f"ENTRYPOINT {entrypoint}")
+        report({"step": "commit", "message": f"committing {CONTAINER_PREFIX}{name}"})
+        try:
+            previous = client.images.get(image_of(name)).id
+        except docker.errors.ImageNotFound:
+            previous = None
+        try:
+            image = container.commit(repository=f"hakuriver/{name}", tag="base", changes=changes)
+        except docker.errors.APIError as exc:
+            raise EnvError(409, "name", f"could not commit {name!r}: {exc.explanation}") from None
+        total = int(image.attrs.get("Size") or 0)
+        final = self.tar_dir / f"{name}-{ts}.tar"
+        temp = self.tar_dir / f".{final.name}.tmp"
+        digest_file = final.with_name(final.name + ".sha256")
+        digest_temp = self.tar_dir / f".{digest_file.name}.tmp"
+        hasher = hashlib.sha256()
+        written = 0
+        report({"step": "save", "bytes": 0, "total": total, "message": f"saving {final.name}"})
+        try:
+            with open(temp, "wb") as out:
+                for chunk in client.api.get_image(image_of(name), chunk_size=_CHUNK):
+                    out.write(chunk)
+                    hasher.update(chunk)
+                    written += len(chunk)
+                    report({"step": "save", "bytes": written, "total": max(total, written)})
+                out.flush()
+                os.fsync(out.fileno())
+            sha = hasher.hexdigest()
+            with open(digest_temp, "w") as out:
+                out.write(f"{sha}  {final.name}\n")
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(digest_temp, digest_file)
+            os.replace(temp, final)
+            _fsync_dir(self.tar_dir)
+        except BaseException:
+            for leftover in (temp, digest_temp):
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
+            raise
+        pruned = self._prune(name, keep=ts)
+        report({"step": "prune", "message": f"pruned {len(pruned)} older tarball(s)"})
+        if previous is not None and previous != image.id:
+            # The old image lost its tag; remove it unless something still uses it.
+            with contextlib.suppress(docker.errors.APIError):
+                client.images.remove(previous, noprune=False)
+        return EnvPackaged(
+            name=name,
+            image=image_of(name),
+            tarball=final.name,
+            timestamp=ts,
+            size_bytes=written,
+            sha256=sha,
+        )
+
+    def _prune(self, name: str, keep: int) -> list[str]:
+        pruned: list[str] = []
+        for tar in list_tarballs(self.tar_dir):
+            if tar.name == name and tar.timestamp < keep:
+                path = Path(tar.path)
+                with contextlib.suppress(FileNotFoundError):
+                    path.with_name(path.name + ".sha256").unlink()
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                pruned.append(tar.file)
+        return pruned
+
+    def tarballs(self) -> list[TarballOut]:
+        """Every packaged tarball in the shared folder."""
+        return list_tarballs(self.tar_dir)
+
+    # -- the default environment -------------------------------------------------------
+
+    def ensure_default_soon(self) -> None:
+        """Start preparing ``default_container_name`` in the background (host start)."""
+        name = self.settings.docker.default_container_name
+        if name.upper() == "NULL" or self._default_ready is not None:
+            return
+        self._default_ready = asyncio.create_task(self._ensure_default(name))
+
+    async def default_ready(self) -> str | None:
+        """Wait for the default environment; None when usable, else what to do."""
+        self.ensure_default_soon()  # a request may come before the start hook ran
+        if self._default_ready is not None:
+            await asyncio.shield(self._default_ready)
+        return self.default_problem
+
+    async def _ensure_default(self, name: str) -> None:
+        """Package the default environment from ``initial_base_image`` if it has no tarball.
+
+        With a tarball already there nothing happens. Otherwise, when the host's engine
+        has the image ``hakuriver/NAME:base`` or ``initial_base_image`` locally, the host
+        creates the container and packages it. If it cannot, ``default_problem`` says
+        what to do, and submissions without ``--container`` are refused with it.
+        """
+        try:
+            check_name(name, "default_container_name")
+        except EnvError as exc:
+            self.default_problem = f"[docker] default_container_name: {exc.message}"
+            return
+        if any(t.name == name for t in self.tarballs()):
+            self.default_problem = None
+            return
+        base = self.settings.docker.initial_base_image
+        hint = (
+            f"the default environment {name!r} has no tarball in {self.tar_dir} yet and the"
+            f" host could not create it from initial_base_image {base!r}"
+        )
+        fix = (
+            f"; load that image on the host (`docker pull {base}` or `docker load`) and"
+            f" restart the host, or build it yourself: hakuriver docker create-container"
+            f" IMAGE {name} && hakuriver docker create-tar {name}; or pass --container NULL"
+            " to run the task as a plain process"
+        )
+        try:
+            await self._call(self.engine)
+            exists = await self._call(lambda: _has_container(self.engine(), name))
+            if not exists:
+                source = await self._call(lambda: _local_image(self.engine(), image_of(name)))
+                source = source or await self._call(lambda: _local_image(self.engine(), base))
+                if source is None:
+                    self.default_problem = f"{hint} (not on the host's engine){fix}"
+                    log.warning("%s", self.default_problem)
+                    return
+                await self.create_container(source, name, requested_by="host")
+            await self.package(name, requested_by="host")
+            self.default_problem = None
+            log.info("packaged the default environment %r", name)
+        except EnvError as exc:
+            self.default_problem = f"{hint} ({exc.message}){fix}"
+            log.warning("%s", self.default_problem)
+        except Exception as exc:  # an engine failure must not stop the host
+            self.default_problem = f"{hint} ({type(exc).__name__}: {exc}){fix}"
+            log.exception("preparing the default environment failed")
+
+    def close(self) -> None:
+        """Cancel background work and close the engine connection."""
+        if self._default_ready is not None:
+            self._default_ready.cancel()
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.close()
+
+    # -- shells --------------------------------------------------------------------------
+
+    def open_shell(self, name: str, rows: int, cols: int, term: str) -> Shell:
+        """Start an interactive shell (bash when the image has it) with a TTY."""
+        container = self.container(name)
+        if container.status != "running":
+            raise EnvError(
+                409,
+                "name",
+                f"environment container {name!r} is {container.status}: start it first"
+                f" (hakuriver docker start-container {name})",
+            )
+        api = self.engine().api
+        exec_id = api.exec_create(
+            container.id,
+            ["/bin/sh", "-c", "if [ -x /bin/bash ]; then exec /bin/bash -l; fi; exec /bin/sh -l"],
+            stdin=True,
+            tty=True,
+            environment={"TERM": term or "xterm"},
+        )["Id"]
+        # The attach hijacks its HTTP connection: a client of its own keeps that
+        # connection out of the shared pool, where a later call (a resize) could pick it.
+        own = self._session_client()
+        sock = own.api.exec_start(exec_id, tty=True, socket=True)
+        raw = getattr(sock, "_sock", sock)
+        with contextlib.suppress(Exception):
+            api.exec_resize(exec_id, height=rows, width=cols)
+        raw.setblocking(False)
+        return Shell(exec_id=exec_id, sock=sock, raw=raw, client=own)
+
+    def _session_client(self) -> Any:
+        import docker
+
+        if self._client is not None and not isinstance(self._client, docker.DockerClient):
+            return self._client  # a test double: nothing to separate
+        return docker.from_env(timeout=60)
+
+    def resize(self, shell: Shell, rows: int, cols: int) -> None:
+        """Resize the shell's terminal."""
+        self.engine().api.exec_resize(shell.exec_id, height=rows, width=cols)
+
+    def finish_shell(self, shell: Shell, ended: bool) -> int | None:
+        """Close the socket, hang up a shell still running; its exit code when it ended."""
+        with contextlib.suppress(Exception):
+            shell.raw.close()
+        if shell.client is not self._client:
+            with contextlib.suppress(Exception):
+                shell.client.close()
+        api = self.engine().api
+        info = api.exec_inspect(shell.exec_id)
+        deadline = time.monotonic() + 5
+        while ended and info.get("Running") and time.monotonic() < deadline:
+            time.sleep(0.02)  # the output closed: the engine records the exit a moment later
+            info = api.exec_inspect(shell.exec_id)
+        if info.get("Running") and info.get("Pid"):
+            # The client went away: hang the shell up like a closed terminal would.
+            with contextlib.suppress(OSError):
+                os.kill(int(info["Pid"]), 1)
+            return None
+        code = info.get("ExitCode")
+        return int(code) if code is not None else None
+
+
+def _container_out(container: Any) -> ContainerOut:
+    labels = container.labels or {}
+    return ContainerOut(
+        name=labels.get(LABEL_ENV, container.name.removeprefix(CONTAINER_PREFIX)),
+        container=container.name,
+        container_id=container.id,
+        image=labels.get("hakuriver.base_image", ""),
+        status=container.status,
+        created=str(container.attrs.get("Created", "")),
+    )
+
+
+def _has_container(client: Any, name: str) -> bool:
+    import docker.errors
+
+    try:
+        client.containers.get(CONTAINER_PREFIX + name)
+        return True
+    except docker.errors.NotFound:
+        return False
+
+
+def _local_image(client: Any, reference: str) -> str | None:
+    import docker.errors
+
+    try:
+        client.images.get(reference)
+        return reference
+    except (docker.errors.ImageNotFound, docker.errors.APIError):
+        return None
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,260 @@
+"""The environment workflow through the CLI on a real engine (marker ``docker``).
+
+create-container → change it through ``docker-shell`` on a real pseudo-terminal →
+``create-tar`` → a runner that lacks the image loads the tarball and its task sees
+the change. Plus the host's policies (privileged, mount folders) and the default
+environment made from ``initial_base_image``.
+
+All agents share this machine's one engine, so "a node without the image" is made
+by removing the image from the engine after packaging: the runner must then load
+the tarball, exactly as a second machine would.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.cluster import Cluster, running_cluster
+from support.docker_images import BUSYBOX_IMAGE, engine_or_skip
+from support.terminal import Terminal
+
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(180)]
+
+SEED_ENTRY = "import sys; from cli.hakuriver import seeds; sys.exit(seeds.{}())"
+
+
+def hakuriver(cluster: Cluster, *words: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "cli.hakuriver", *words],
+        env=cluster.env(),
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def seed(cluster: Cluster, entry: str, *words: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-c", SEED_ENTRY.format(entry), *words],
+        env=cluster.env(),
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def ok(done: subprocess.CompletedProcess[bytes]) -> str:
+    assert done.returncode == 0, (done.returncode, done.stdout, done.stderr)
+    return done.stdout.decode()
+
+
+def shell_argv(name: str, *, seed_entry: bool = False) -> list[str]:
+    if seed_entry:
+        return [sys.executable, "-c", SEED_ENTRY.format("docker_shell_main"), name]
+    return [sys.executable, "-m", "cli.hakuriver", "docker-shell", name]
+
+
+@pytest.fixture
+def env_name() -> Iterator[str]:
+    """A unique environment name; its container, images and tarballs are removed after."""
+    client = engine_or_skip()
+    name = f"t{uuid.uuid4().hex[:10]}"
+    yield name
+    import docker.errors
+
+    for container in client.containers.list(all=True, filters={"label": f"hakuriver.env={name}"}):
+        container.remove(force=True)
+    for image in client.images.list(filters={"label": f"hakuriver.env={name}"}):
+        try:
+            client.images.remove(image.id, force=True)
+        except docker.errors.APIError:
+            pass
+
+
+def test_the_environment_round_trip(tmp_path: Path, env_name: str) -> None:
+    client = engine_or_skip()
+    with running_cluster(tmp_path, agents=()) as cluster:
+        created = ok(hakuriver(cluster, "docker", "create-container", BUSYBOX_IMAGE, env_name))
+        assert env_name in created
+        listed = json.loads(ok(hakuriver(cluster, "docker", "list-containers", "--json")))
+        [mine] = [c for c in listed["containers"] if c["name"] == env_name]
+        assert mine["status"] == "running" and mine["image"] == BUSYBOX_IMAGE
+
+        # Change the environment through a real terminal, the seeds' spelling.
+        term = Terminal(shell_argv(env_name, seed_entry=True), cluster.env(), rows=33, cols=101)
+        try:
+            term.expect("# ")
+            term.send("stty size; echo ready-$((40+2))\r")
+            term.expect("33 101")
+            term.expect("ready-42")
+            term.resize(41, 120)
+            # The new size travels on its own (SIGWINCH → websocket → engine) while
+            # keys do too: ask until the shell reports it.
+            deadline = time.monotonic() + 20
+            while b"41 120" not in term.output:
+                assert time.monotonic() < deadline, term.output
+                term.send("stty size\r")
+                term.expect("# ")
+                term.read_for(0.3)
+            term.send("echo changed-in-shell > /marker; exit 3\r")
+            assert term.wait() == 3
+        finally:
+            term.close()
+
+        # Package it (the seeds' spelling), with the digest beside the tarball.
+        ok(seed(cluster, "docker_main", "create-tar", env_name))
+        listing = json.loads(ok(hakuriver(cluster, "docker", "list-tars", "--json")))
+        [tar] = [t for t in listing["tarballs"] if t["name"] == env_name]
+        folder = cluster.shared / "hakuriver-containers"
+        assert Path(tar["path"]).parent == folder
+        digest = (folder / f"{tar['file']}.sha256").read_text().split()
+        assert digest == [tar["sha256"], tar["file"]]
+        assert not list(folder.glob(".*.tmp"))
+
+        # Package again: the older tarball of this name is pruned, nothing else.
+        bystander = folder / "other-1.tar"
+        bystander.write_bytes(b"not ours")
+        ok(hakuriver(cluster, "docker", "create-tar", env_name))
+        mine_now = sorted(p.name for p in folder.glob(f"{env_name}-*.tar"))
+        assert len(mine_now) == 1 and mine_now[0] != tar["file"]
+        assert bystander.exists()
+        bystander.unlink()
+
+        # A runner without the image: it loads the newest tarball, and the task sees the change.
+        client.images.remove(f"hakuriver/{env_name}:base", force=True)
+        cluster.start_agent("fresh")
+        task_id = cluster.submit("cat", "/marker", container=env_name, targets=["fresh"])[0]
+        task = cluster.wait_state(task_id, timeout=90)
+        assert task["state"] == "completed", (task, cluster.logs("agent-fresh"))
+        assert cluster.output(task_id) == b"changed-in-shell\n"
+
+        # Stop, start, delete: each answered and recorded.
+        ok(hakuriver(cluster, "docker", "stop-container", env_name))
+        ok(hakuriver(cluster, "docker", "start-container", env_name))
+        ok(hakuriver(cluster, "docker", "delete-container", env_name))
+        assert env_name not in ok(hakuriver(cluster, "docker", "list-containers"))
+        assert (folder / mine_now[0]).exists()  # tarballs outlive the container
+    kinds = [kind for _, kind, stream, _, _ in cluster.events() if stream == f"env:{env_name}"]
+    for kind in (
+        "env.container_created",
+        "env.shell_opened",
+        "env.shell_closed",
+        "env.packaged",
+        "env.synced",
+        "env.container_stopped",
+        "env.container_started",
+        "env.container_deleted",
+    ):
+        assert kind in kinds, (kind, kinds)
+    assert kinds.count("env.packaged") == 2
+
+
+def test_bad_requests_are_refused_with_the_field(tmp_path: Path, env_name: str) -> None:
+    engine_or_skip()
+    with running_cluster(tmp_path, agents=()) as cluster:
+        r = cluster.http.post(
+            "/api/environments/containers", json={"image": "no-such/image:1", "name": env_name}
+        )
+        assert r.status_code == 404 and r.json()["field"] == "image"
+        assert "docker pull no-such/image:1" in r.json()["message"]
+        r = cluster.http.post(
+            "/api/environments/containers", json={"image": BUSYBOX_IMAGE, "name": "Bad Name"}
+        )
+        assert r.status_code == 400 and r.json()["field"] == "name"
+        r = cluster.http.post("/api/environments/containers", json={"image": BUSYBOX_IMAGE})
+        assert r.status_code == 400 and r.json()["field"] == "name"
+        r = cluster.http.post(f"/api/environments/{env_name}/tar")
+        assert r.status_code == 404 and "create-container" in r.json()["message"]
+        done = hakuriver(cluster, "docker", "create-container", BUSYBOX_IMAGE, env_name)
+        ok(done)
+        done = hakuriver(cluster, "docker", "create-container", BUSYBOX_IMAGE, env_name)
+        assert done.returncode == 2 and b"already exists" in done.stderr
+        ok(hakuriver(cluster, "docker", "stop-container", env_name))
+        term = Terminal(shell_argv(env_name), cluster.env())
+        try:
+            code = term.wait()
+        finally:
+            term.close()
+        assert code == 2 and b"start-container" in term.output
+
+
+def _root(path: Path) -> Path:
+    path.mkdir(parents=True)
+    return path
+
+
+def _submit(cluster: Cluster, **fields: Any) -> Any:
+    body = {"command": "true", **fields}
+    return cluster.http.post("/api/tasks", json=body)
+
+
+def test_the_host_policy_on_privileged_tasks_and_mounts(tmp_path: Path) -> None:
+    engine_or_skip()
+    allowed = tmp_path / "allowed"
+    (allowed / "data").mkdir(parents=True)
+    (allowed / "data" / "input.txt").write_text("mounted\n")
+    extra = f"""
+[docker]
+allow_privileged = false
+allowed_mount_dirs = ["{allowed}"]
+"""
+    with running_cluster(_root(tmp_path / "c"), agents=("p1",), extra=extra) as cluster:
+        r = _submit(cluster, container="busybox", privileged=True)
+        assert r.status_code == 400 and r.json()["field"] == "privileged", r.text
+        r = _submit(cluster, container="busybox", mounts=["/etc:/mnt/etc"])
+        assert r.status_code == 400 and r.json()["field"] == "mounts[0]", r.text
+        escape = f"{allowed}/../../etc:/mnt/etc"
+        r = _submit(cluster, container="busybox", mounts=[escape])
+        assert r.status_code == 400 and r.json()["field"] == "mounts[0]", r.text
+        [task_id] = cluster.submit(
+            "cat",
+            "/mnt/in/input.txt",
+            container="busybox",
+            mounts=[f"{allowed / 'data'}:/mnt/in:ro"],
+        )
+        task = cluster.wait_state(task_id, timeout=60)
+        assert task["state"] == "completed", task
+        assert cluster.output(task_id) == b"mounted\n"
+
+
+def test_the_default_environment_is_made_from_the_initial_base_image(
+    tmp_path: Path, env_name: str
+) -> None:
+    engine_or_skip()
+    extra = f"""
+[docker]
+default_container_name = "{env_name}"
+initial_base_image = "{BUSYBOX_IMAGE}"
+"""
+    with running_cluster(_root(tmp_path / "ok"), agents=("d1",), extra=extra) as cluster:
+        # No --container: the default environment, packaged by the host at start.
+        [task_id] = cluster.submit(
+            "sh", "-c", "test -f /.dockerenv && echo in-container", container=None
+        )
+        task = cluster.wait_state(task_id, timeout=90)
+        assert task["state"] == "completed", task
+        assert task["container"] == env_name
+        assert cluster.output(task_id) == b"in-container\n"
+        assert list((cluster.shared / "hakuriver-containers").glob(f"{env_name}-*.tar"))
+        [plain] = cluster.submit("true", container="NULL")
+        assert cluster.wait_state(plain)["state"] == "completed"
+
+    missing = f"""
+[docker]
+default_container_name = "{env_name}x"
+initial_base_image = "no-such/base:1"
+"""
+    with running_cluster(_root(tmp_path / "missing"), agents=(), extra=missing) as cluster:
+        r = _submit(cluster, container=None)
+        assert r.status_code == 400 and r.json()["field"] == "container", r.text
+        assert "docker pull no-such/base:1" in r.json()["message"]
+        assert "--container NULL" in r.json()["message"]
+        assert _submit(cluster, container="NULL").status_code == 201
