@@ -12,6 +12,7 @@ the tarball, exactly as a second machine would.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -73,10 +74,8 @@ def env_name() -> Iterator[str]:
     for container in client.containers.list(all=True, filters={"label": f"hakuriver.env={name}"}):
         container.remove(force=True)
     for image in client.images.list(filters={"label": f"hakuriver.env={name}"}):
-        try:
+        with contextlib.suppress(docker.errors.APIError):
             client.images.remove(image.id, force=True)
-        except docker.errors.APIError:
-            pass
 
 
 def test_the_environment_round_trip(tmp_path: Path, env_name: str) -> None:

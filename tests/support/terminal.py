@@ -16,7 +16,6 @@ import struct
 import termios
 import time
 
-
 CURSOR_QUERY = b"\x1b[6n"
 
 
