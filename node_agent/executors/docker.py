@@ -94,7 +94,6 @@ class DockerExecutor:
 
     def _create(self, run: TaskRun) -> Any:
         import docker.errors
-        from docker.types import DeviceRequest, Mount
 
         spec = run.spec
         assert spec.container is not None
@@ -102,37 +101,7 @@ class DockerExecutor:
         for sub in ("shared_data", "task_outputs", "task_errors"):
             (shared / sub).mkdir(parents=True, exist_ok=True)
         Path(run.local_temp_dir).mkdir(parents=True, exist_ok=True)
-        mounts = [
-            Mount("/shared", str(shared / "shared_data"), type="bind"),
-            Mount("/local_temp", str(run.local_temp_dir), type="bind"),
-        ]
-        for text in self.additional_mounts:
-            host, _, inside = text.partition(":")
-            mounts.append(Mount(inside.split(":")[0], host, type="bind"))
-        for m in spec.mounts:
-            mounts.append(Mount(m.container_path, m.host_path, type="bind", read_only=m.read_only))
-        options: dict[str, Any] = {
-            "command": [spec.command, *spec.args],
-            "environment": dict(spec.env),
-            "labels": {LABEL_TASK: run.task_id, LABEL_NODE: self.node},
-            "name": f"hakuriver-task-{run.task_id}",
-            "mounts": mounts,
-            "working_dir": "/shared",
-            "privileged": spec.privileged,
-            "detach": True,
-        }
-        if run.cores:
-            options["nano_cpus"] = int(run.cores * 1e9)
-        if run.memory_bytes:
-            options["mem_limit"] = run.memory_bytes
-            options["memswap_limit"] = run.memory_bytes
-        if run.cpus and run.numa_id is not None:
-            options["cpuset_cpus"] = ",".join(str(c) for c in run.cpus)
-            options["cpuset_mems"] = str(run.numa_id)
-        if run.gpu_ids:
-            options["device_requests"] = [
-                DeviceRequest(device_ids=[str(g) for g in run.gpu_ids], capabilities=[["gpu"]])
-            ]
+        options = container_options(run, node=self.node, additional_mounts=self.additional_mounts)
         image = image_for(spec.container)
         try:
             container = self.client.containers.create(image, **options)
@@ -212,7 +181,9 @@ class DockerExecutor:
             if shared is not None:
                 self._shared[task_id] = shared
             status = container.status
-            if status != "exited" and shared is not None:
+            if shared is not None:
+                # Also for an exited container: what it printed while no agent was
+                # watching is copied now (from the last mark on), then the stream ends.
                 self._follow(box, resume=True)
             adopted.append(
                 Adopted(
@@ -334,3 +305,47 @@ def _write_marks(path: Path, marks: dict[str, str]) -> None:
     lines = [f"{k} {v}\n" for k, v in list(marks.items())]  # the other stream may add a key
     tmp.write_text("".join(lines))
     os.replace(tmp, path)
+
+
+def container_options(
+    run: TaskRun, *, node: str, additional_mounts: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The ``containers.create`` keyword arguments for a task (pure: no engine call)."""
+    from docker.types import DeviceRequest, Mount
+
+    spec = run.spec
+    shared = Path(run.shared_dir)
+    mounts = [
+        Mount("/shared", str(shared / "shared_data"), type="bind"),
+        Mount("/local_temp", str(run.local_temp_dir), type="bind"),
+    ]
+    for text in additional_mounts:  # HOST:CONTAINER[:ro|rw]
+        parts = text.split(":")
+        if len(parts) >= 2:
+            read_only = len(parts) > 2 and parts[2] == "ro"
+            mounts.append(Mount(parts[1], parts[0], type="bind", read_only=read_only))
+    for m in spec.mounts:
+        mounts.append(Mount(m.container_path, m.host_path, type="bind", read_only=m.read_only))
+    options: dict[str, Any] = {
+        "command": [spec.command, *spec.args],
+        "environment": dict(spec.env),
+        "labels": {LABEL_TASK: run.task_id, LABEL_NODE: node},
+        "name": f"hakuriver-task-{run.task_id}",
+        "mounts": mounts,
+        "working_dir": "/shared",
+        "privileged": spec.privileged,
+        "detach": True,
+    }
+    if run.cores:
+        options["nano_cpus"] = int(run.cores * 1e9)
+    if run.memory_bytes:
+        options["mem_limit"] = run.memory_bytes
+        options["memswap_limit"] = run.memory_bytes
+    if run.cpus and run.numa_id is not None:
+        options["cpuset_cpus"] = ",".join(str(c) for c in run.cpus)
+        options["cpuset_mems"] = str(run.numa_id)
+    if run.gpu_ids:
+        options["device_requests"] = [
+            DeviceRequest(device_ids=[str(g) for g in run.gpu_ids], capabilities=[["gpu"]])
+        ]
+    return options

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,30 @@ def test_a_container_task_runs_in_its_environment(tmp_path: Path) -> None:
             20,
             "the container to be removed",
         )
+
+
+def test_a_sigkilled_agent_readopts_its_container_and_records_the_real_exit(
+    tmp_path: Path,
+) -> None:
+    client = engine_or_skip()
+    with running_cluster(tmp_path, agents=("d1",), heartbeat_timeout=30) as cluster:
+        shared = cluster.shared / "shared_data"
+        shared.mkdir(parents=True, exist_ok=True)
+        script = "echo before; while [ ! -e /shared/gate ]; do sleep 0.05; done; echo after; exit 7"
+        [task_id] = cluster.submit("sh", "-c", script, container="busybox", targets=["d1"])
+        task = cluster.wait_state(task_id, "running", timeout=60)
+        container = client.containers.get(task["container_id"])
+        cluster.wait(lambda: cluster.output(task_id) == b"before\n", 20, "the first line")
+
+        cluster.stop_agent("d1", signal.SIGKILL)
+        container.reload()
+        assert container.status == "running"  # the task outlives its agent
+        cluster.start_agent("d1")
+        (shared / "gate").write_text("go")
+        task = cluster.wait_state(task_id, timeout=60)
+        assert task["state"] == "failed" and task["exit_code"] == 7, task
+        # The adopted stream resumed where the killed agent stopped: no repeat, no gap.
+        assert cluster.output(task_id) == b"before\nafter\n"
+    started = [row for row in cluster.events("task.started") if row[2] == f"task:{task_id}"]
+    finished = [row for row in cluster.events("task.finished") if row[2] == f"task:{task_id}"]
+    assert len(started) == 1 and len(finished) == 1
