@@ -132,12 +132,17 @@ class DockerExecutor:
         for stream in box.streams:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await stream
+        code = int(result.get("StatusCode", -1))
+        killed = box.killed or self._kill_marker(box.task_id).exists()
+        if code == 0 and not killed:
+            # Success needs no inspect (a child killed by the OOM killer while the task
+            # itself exited 0 is still a completed task).
+            return Outcome(state="completed", exit_code=0)
         await self._call(box.container.reload)
         state = box.container.attrs.get("State", {})
-        code = int(result.get("StatusCode", state.get("ExitCode", -1)))
         if state.get("OOMKilled"):
             return Outcome(state="killed_oom", exit_code=code, message="out of memory")
-        if box.killed or self._kill_marker(box.task_id).exists():
+        if killed:
             return Outcome(state="killed", exit_code=code)
         if code == 0:
             return Outcome(state="completed", exit_code=0)

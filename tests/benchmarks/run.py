@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHMARKS = ["bench_store.py", "bench_cluster.py", "bench_history.py"]
+BENCHMARKS = ["bench_store.py", "bench_cluster.py", "bench_history.py", "bench_docker.py"]
 
 
 def main() -> int:
