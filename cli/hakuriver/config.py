@@ -48,11 +48,14 @@ name = ""                         # empty: this machine's hostname
 state_dir = ""                    # empty: <data_dir>/runner-<name>
 
 [docker]
-container_dir = "hakuriver-containers"
-default_container_name = "NULL"   # NULL: tasks run as plain processes unless --container
-initial_base_image = "python:3.12-alpine"
-tasks_privileged = false
-additional_mounts = []
+container_dir = "hakuriver-containers"  # environment tarballs, under shared_dir
+default_container_name = "NULL"  # NULL: plain processes unless --container; or an environment
+initial_base_image = "python:3.12-alpine"  # the default environment is made from it (host)
+tasks_privileged = false          # --privileged for tasks that do not say
+allow_privileged = true           # false: --privileged is refused
+allowed_mount_dirs = []           # non-empty: --mount host paths must lie inside these
+additional_mounts = []            # host: for container tasks without --mount; runner: always
+preload_tarballs = true           # runner: load a new tarball as soon as it appears
 """
 
 
