@@ -130,7 +130,25 @@ def test_the_environment_round_trip(tmp_path: Path, env_name: str) -> None:
         # A runner without the image: it loads the newest tarball, and the task sees the change.
         client.images.remove(f"hakuriver/{env_name}:base", force=True)
         cluster.start_agent("fresh")
-        task_id = cluster.submit("cat", "/marker", container=env_name, targets=["fresh"])[0]
+        # The seed 000 form: hakuriver.task submit --target NODE --container NAME -- CMD
+        answer = json.loads(
+            ok(
+                seed(
+                    cluster,
+                    "task_main",
+                    "submit",
+                    "--json",
+                    "--target",
+                    "fresh",
+                    "--container",
+                    env_name,
+                    "--",
+                    "cat",
+                    "/marker",
+                )
+            )
+        )
+        [task_id] = answer["task_ids"]
         task = cluster.wait_state(task_id, timeout=90)
         assert task["state"] == "completed", (task, cluster.logs("agent-fresh"))
         assert cluster.output(task_id) == b"changed-in-shell\n"
