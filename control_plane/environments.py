@@ -23,16 +23,25 @@ import hashlib
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
 
 from control_plane.settings import HostSettings
+from events.tarballs import (
+    DIGEST_SUFFIX,
+    ENV_NAME,
+    LABEL_ENV,
+    LABEL_TIMESTAMP,
+    digest_line,
+    image_of,
+    parse_digest,
+    parse_tarball_name,
+    tarball_name,
+)
 from events.types import (
     AnyEvent,
     EnvContainerCreated,
@@ -46,12 +55,8 @@ log = logging.getLogger("hakuriver.environments")
 
 T = TypeVar("T")
 
-ENV_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
-LABEL_ENV = "hakuriver.env"
-LABEL_TIMESTAMP = "hakuriver.env_timestamp"
 LABEL_ROLE = "hakuriver.role"
 CONTAINER_PREFIX = "hakuriver-env-"
-_TARBALL = re.compile(r"(?P<name>[a-z0-9][a-z0-9_.-]*)-(?P<ts>[0-9]+)\.tar")
 _CHUNK = 1 << 20
 
 Record = Callable[[Sequence[AnyEvent]], Awaitable[object]]
@@ -80,11 +85,6 @@ def check_name(name: str, field: str = "name") -> str:
     return name
 
 
-def image_of(name: str) -> str:
-    """The image an environment is packaged as."""
-    return f"hakuriver/{name}:base"
-
-
 class ContainerOut(msgspec.Struct, frozen=True, kw_only=True):
     """An environment's container, as listed."""
 
@@ -108,24 +108,13 @@ class TarballOut(msgspec.Struct, frozen=True, kw_only=True):
     newest: bool
 
 
-def parse_tarball(filename: str) -> tuple[str, int] | None:
-    """(name, timestamp) of ``NAME-TS.tar``; None for anything else (dot-files, temps)."""
-    match = _TARBALL.fullmatch(filename)
-    if match is None:
-        return None
-    return match["name"], int(match["ts"])
-
-
 def read_digest(tarball: Path) -> str:
     """The hex digest written beside a tarball ('' when missing or malformed)."""
     try:
-        text = tarball.with_name(tarball.name + ".sha256").read_text()
-    except OSError:
+        text = tarball.with_name(tarball.name + DIGEST_SUFFIX).read_text()
+    except (OSError, UnicodeDecodeError):
         return ""
-    parts = text.split()
-    if len(parts) == 2 and parts[1] == tarball.name and len(parts[0]) == 64:
-        return parts[0].lower()
-    return ""
+    return parse_digest(text, tarball.name) or ""
 
 
 def list_tarballs(folder: Path) -> list[TarballOut]:
@@ -133,7 +122,7 @@ def list_tarballs(folder: Path) -> list[TarballOut]:
     found: list[tuple[str, int, Path]] = []
     with contextlib.suppress(FileNotFoundError):
         for entry in os.scandir(folder):
-            parsed = parse_tarball(entry.name)
+            parsed = parse_tarball_name(entry.name)
             if parsed is not None and entry.is_file():
                 found.append((parsed[0], parsed[1], Path(entry.path)))
     found.sort(key=lambda item: (item[0], -item[1]))
@@ -156,16 +145,6 @@ def list_tarballs(folder: Path) -> list[TarballOut]:
             )
         )
     return out
-
-
-@dataclass
-class Shell:
-    """An interactive exec in an environment's container, attached to a raw socket."""
-
-    exec_id: str
-    sock: Any  # the engine's socket wrapper (kept so it is not garbage collected)
-    raw: Any  # the underlying socket.socket, non-blocking
-    client: Any  # the Docker client whose connection the attach took over
 
 
 class Environments:
@@ -374,9 +353,9 @@ class Environments:
         except docker.errors.APIError as exc:
             raise EnvError(409, "name", f"could not commit {name!r}: {exc.explanation}") from None
         total = int(image.attrs.get("Size") or 0)
-        final = self.tar_dir / f"{name}-{ts}.tar"
+        final = self.tar_dir / tarball_name(name, ts)
         temp = self.tar_dir / f".{final.name}.tmp"
-        digest_file = final.with_name(final.name + ".sha256")
+        digest_file = final.with_name(final.name + DIGEST_SUFFIX)
         digest_temp = self.tar_dir / f".{digest_file.name}.tmp"
         hasher = hashlib.sha256()
         written = 0
@@ -392,7 +371,7 @@ class Environments:
                 os.fsync(out.fileno())
             sha = hasher.hexdigest()
             with open(digest_temp, "w") as out:
-                out.write(f"{sha}  {final.name}\n")
+                out.write(digest_line(sha, final.name))
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(digest_temp, digest_file)
@@ -424,7 +403,7 @@ class Environments:
             if tar.name == name and tar.timestamp < keep:
                 path = Path(tar.path)
                 with contextlib.suppress(FileNotFoundError):
-                    path.with_name(path.name + ".sha256").unlink()
+                    path.with_name(path.name + DIGEST_SUFFIX).unlink()
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
                 pruned.append(tar.file)
@@ -505,68 +484,6 @@ class Environments:
         if self._client is not None:
             with contextlib.suppress(Exception):
                 self._client.close()
-
-    # -- shells --------------------------------------------------------------------------
-
-    def open_shell(self, name: str, rows: int, cols: int, term: str) -> Shell:
-        """Start an interactive shell (bash when the image has it) with a TTY."""
-        container = self.container(name)
-        if container.status != "running":
-            raise EnvError(
-                409,
-                "name",
-                f"environment container {name!r} is {container.status}: start it first"
-                f" (hakuriver docker start-container {name})",
-            )
-        api = self.engine().api
-        exec_id = api.exec_create(
-            container.id,
-            ["/bin/sh", "-c", "if [ -x /bin/bash ]; then exec /bin/bash -l; fi; exec /bin/sh -l"],
-            stdin=True,
-            tty=True,
-            environment={"TERM": term or "xterm"},
-        )["Id"]
-        # The attach hijacks its HTTP connection: a client of its own keeps that
-        # connection out of the shared pool, where a later call (a resize) could pick it.
-        own = self._session_client()
-        sock = own.api.exec_start(exec_id, tty=True, socket=True)
-        raw = getattr(sock, "_sock", sock)
-        with contextlib.suppress(Exception):
-            api.exec_resize(exec_id, height=rows, width=cols)
-        raw.setblocking(False)
-        return Shell(exec_id=exec_id, sock=sock, raw=raw, client=own)
-
-    def _session_client(self) -> Any:
-        import docker
-
-        if self._client is not None and not isinstance(self._client, docker.DockerClient):
-            return self._client  # a test double: nothing to separate
-        return docker.from_env(timeout=60)
-
-    def resize(self, shell: Shell, rows: int, cols: int) -> None:
-        """Resize the shell's terminal."""
-        self.engine().api.exec_resize(shell.exec_id, height=rows, width=cols)
-
-    def finish_shell(self, shell: Shell, ended: bool) -> int | None:
-        """Close the socket, hang up a shell still running; its exit code when it ended."""
-        with contextlib.suppress(Exception):
-            shell.raw.close()
-        if shell.client is not self._client:
-            with contextlib.suppress(Exception):
-                shell.client.close()
-        api = self.engine().api
-        info = api.exec_inspect(shell.exec_id)
-        deadline = time.monotonic() + 5
-        while ended and info.get("Running") and time.monotonic() < deadline:
-            time.sleep(0.02)  # the output closed: the engine records the exit a moment later
-            info = api.exec_inspect(shell.exec_id)
-        if info.get("Running") and info.get("Pid"):
-            # The client went away: hang the shell up like a closed terminal would.
-            with contextlib.suppress(OSError):
-                os.kill(int(info["Pid"]), 1)
-            return None
-        code = info.get("ExitCode")
-        return int(code) if code is not None else None
 
 
 def _container_out(container: Any) -> ContainerOut:

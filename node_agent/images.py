@@ -48,7 +48,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import re
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
@@ -58,16 +57,19 @@ from typing import Any
 
 from watchfiles import Change, awatch
 
+from events.tarballs import (
+    ENV_NAME,
+    LABEL_ENV,
+    LABEL_TIMESTAMP,
+    parse_digest,
+    parse_tarball_name,
+)
 from events.types import EnvSynced
 from node_agent.executors.base import StartFailed
 from node_agent.executors.docker import image_for
 
 log = logging.getLogger("hakuriver.images")
 
-LABEL_ENV = "hakuriver.env"
-LABEL_TIMESTAMP = "hakuriver.env_timestamp"
-ENV_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
-_DIGEST_LINE = re.compile(r"([0-9a-fA-F]{64}) [ *](\S+)\s*")
 
 # (device, inode, size, mtime) of the tarball and of its digest file (None: absent).
 _Stat = tuple[int, int, int, int]
@@ -104,16 +106,6 @@ class EnvImage:
     timestamp: int | None  # its hakuriver.env_timestamp label; None when it has none
     loaded: bool = False  # this call loaded a tarball
     refused: tuple[str, ...] = ()  # why newer tarballs were not loaded
-
-
-def parse_tarball_name(filename: str) -> tuple[str, int] | None:
-    """``(name, ts)`` of ``<name>-<ts>.tar``, or None for any other file."""
-    if filename.startswith(".") or not filename.endswith(".tar"):
-        return None
-    name, dash, ts = filename[: -len(".tar")].rpartition("-")
-    if not dash or not ts.isascii() or not ts.isdigit() or not ENV_NAME.fullmatch(name):
-        return None
-    return name, int(ts)
 
 
 def _watched(change: Change, path: str) -> bool:
@@ -458,12 +450,11 @@ class ImageSync:
             text = tarball.digest_path.read_text(encoding="ascii")
         except UnicodeDecodeError as exc:
             raise TarballRefused(f"{tarball.digest_path} is not a sha256sum line: refused") from exc
-        match = _DIGEST_LINE.fullmatch(text)
-        if match is None or match.group(2) != tarball.path.name:
+        expected = parse_digest(text, tarball.path.name)
+        if expected is None:
             raise TarballRefused(
                 f"{tarball.digest_path} is not `<sha256>  {tarball.path.name}`: refused"
             )
-        expected = match.group(1).lower()
         with tarball.path.open("rb") as f:
             actual = hashlib.file_digest(f, "sha256").hexdigest()
         if actual != expected:

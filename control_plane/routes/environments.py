@@ -26,6 +26,7 @@ import msgspec
 from sanic import Blueprint, Request, Sanic
 from sanic.response import HTTPResponse
 
+from control_plane import env_shells
 from control_plane.environments import EnvError, Environments, check_name
 from control_plane.requests import decode_body
 from control_plane.routes.common import answer, control_plane
@@ -183,7 +184,7 @@ async def shell(request: Request, ws: Any, name: str) -> None:
         rows, cols = 24, 80
     term = request.args.get("term", "xterm")
     try:
-        opened = await asyncio.to_thread(envs.open_shell, name, rows, cols, term)
+        opened = await asyncio.to_thread(env_shells.open_shell, envs, name, rows, cols, term)
     except EnvError as exc:
         await ws.send(
             json.dumps(
@@ -216,7 +217,7 @@ async def shell(request: Request, ws: Any, name: str) -> None:
                 control = json.loads(message)
                 if control.get("type") == "resize":
                     await asyncio.to_thread(
-                        envs.resize, opened, int(control["rows"]), int(control["cols"])
+                        env_shells.resize, envs, opened, int(control["rows"]), int(control["cols"])
                     )
                 elif control.get("type") == "input":
                     await loop.sock_sendall(opened.raw, str(control["data"]).encode())
@@ -232,7 +233,7 @@ async def shell(request: Request, ws: Any, name: str) -> None:
         if not task.cancelled():
             task.exception()  # retrieved: a dropped socket is how a session ends
     ended_by_shell = any(task is output_pump for task in done)
-    code = await asyncio.to_thread(envs.finish_shell, opened, ended_by_shell)
+    code = await asyncio.to_thread(env_shells.finish_shell, envs, opened, ended_by_shell)
     await cp.record([EnvShellClosed(name=name, session_id=session, exit_code=code)])
     if ended_by_shell:
         with contextlib.suppress(Exception):

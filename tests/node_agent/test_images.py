@@ -28,11 +28,12 @@ from support.docker_images import BUSYBOX_IMAGE, engine_or_skip
 from support.waiting import async_wait_until
 
 from events import link
+from events.tarballs import parse_tarball_name
 from events.types import EnvSynced, TaskFinished, TaskSpec, TaskStarted
 from node_agent.agent import Agent
 from node_agent.cpus import CpuAllocator
 from node_agent.executors.docker import DockerExecutor
-from node_agent.images import EnvSyncFailed, ImageSync, parse_tarball_name
+from node_agent.images import EnvSyncFailed, ImageSync
 from node_agent.outbox import AsyncOutbox
 from node_agent.probes import MachineInfo
 from node_agent.settings import RunnerSettings
