@@ -427,6 +427,16 @@ class EventStore:
 
     # -- reading -----------------------------------------------------------------------------
 
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A new cursor on the store's connection, for a reader with a thread of its own.
+
+        It sees every committed event. The caller closes it (closing the store closes it
+        too) and must not write through it: the store is the log's only writer.
+        """
+        if self._con is None:
+            raise RuntimeError("the event store is not open")
+        return self._con.cursor()
+
     def _reader(self) -> duckdb.DuckDBPyConnection:
         cur: duckdb.DuckDBPyConnection | None = getattr(self._reader_local, "cur", None)
         if cur is None:

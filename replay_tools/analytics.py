@@ -1,19 +1,30 @@
 """Read-only SQL over the log: documented views, canned reports and Parquet export.
 
-User SQL is guarded twice. First DuckDB parses it: exactly one statement, of type
-SELECT (which covers WITH, FROM-first, VALUES, DESCRIBE, SUMMARIZE and SHOW), whose
-syntax tree names no file, network or query-running table function. Then it runs on
-an in-memory connection that attached the log READ_ONLY and has since turned off
-``enable_external_access`` and locked its configuration, so even a statement the
-first guard missed can neither write the log nor reach a file or the network.
+User SQL passes three guards:
+
+1. DuckDB parses it: exactly one statement, of type SELECT (which covers WITH,
+   FROM-first, VALUES, DESCRIBE, SUMMARIZE and SHOW), whose syntax tree calls only
+   allowed table functions (``range``, ``unnest``, ``json_each``, the ``duckdb_*``
+   catalog...) and no scalar function that reads files or runs SQL, and names no file
+   or URL as a table;
+2. it runs inside a ``READ ONLY`` transaction, which DuckDB refuses to let write;
+3. the DuckDB instance has ``enable_external_access`` off, extension installing and
+   loading off and its configuration locked (``harden``): offline the in-memory
+   connection that attached the log read-only, live the control plane's own instance.
+
+Exports (export.py) go through Arrow and pyarrow (Python writes the files), so no DuckDB
+instance here ever needs file access beyond its own database.
 """
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import duckdb
 
@@ -24,6 +35,7 @@ Columns = list[str]
 Rows = list[tuple[Any, ...]]
 ReportName = Literal["queue-wait", "runtime", "failures", "utilization"]
 REPORTS: tuple[str, ...] = ("queue-wait", "runtime", "failures", "utilization")
+DEFAULT_MAX_ROWS = 10_000
 
 
 class SqlRefused(ValueError):
@@ -32,64 +44,134 @@ class SqlRefused(ValueError):
 
 _ENDED = ", ".join(f"'{s}'" for s in sorted(ENDED_STATES))
 
-VIEWS: dict[str, str] = {
-    "events": "SELECT * FROM log.events",
-    "tasks": f"""
-        SELECT *,
-            (placed_at_us - submitted_at_us) / 1e6 AS queue_wait_s,
-            (finished_at_us - started_at_us) / 1e6 AS run_time_s,
-            CASE WHEN state IN ({_ENDED}) THEN state END AS final_state
-        FROM ({tasks_sql("log.events")})
-    """,
-    "nodes": nodes_sql("log.events"),
-    "node_heartbeats": """
-        SELECT seq, payload->>'$.node' AS node, recorded_at,
-            epoch_us(recorded_at) AS recorded_at_us,
-            (payload->>'$.cpu_percent')::DOUBLE AS cpu_percent,
-            (payload->>'$.memory_percent')::DOUBLE AS memory_percent,
-            (payload->>'$.memory_used_bytes')::BIGINT AS memory_used_bytes,
-            (payload->>'$.memory_total_bytes')::BIGINT AS memory_total_bytes,
-            coalesce(json_array_length(payload->'$.running_task_ids'), 0) AS running_tasks,
-            coalesce(json_array_length(payload->'$.gpus'), 0) AS gpus
-        FROM log.events WHERE kind = 'node.heartbeat'
-    """,
-    "placements": """
-        SELECT seq, payload->>'$.task_id' AS task_id, payload->>'$.node' AS node, recorded_at,
-            epoch_us(recorded_at) AS recorded_at_us,
-            (payload->>'$.cores')::BIGINT AS cores,
-            (payload->>'$.memory_bytes')::BIGINT AS memory_bytes,
-            coalesce((payload->'$.gpu_ids')::BIGINT[], []::BIGINT[]) AS gpu_ids,
-            (payload->>'$.numa_id')::BIGINT AS numa_id,
-            payload->>'$.policy' AS policy, payload->>'$.reason' AS reason,
-            coalesce(json_array_length(payload->'$.rejected'), 0) AS rejected_count,
-            (payload->'$.rejected')::VARCHAR AS rejected
-        FROM log.events WHERE kind = 'task.placed'
-    """,
-}
 
-# Table functions that read files, reach the network or run SQL given as a string.
+def view_sql(source: str) -> dict[str, str]:
+    """The documented views (docs/history.md) over ``source``, the events table."""
+    return {
+        "events": f"SELECT * FROM {source}",
+        "tasks": f"""
+            SELECT *,
+                (placed_at_us - submitted_at_us) / 1e6 AS queue_wait_s,
+                (finished_at_us - started_at_us) / 1e6 AS run_time_s,
+                CASE WHEN state IN ({_ENDED}) THEN state END AS final_state
+            FROM ({tasks_sql(source)})
+        """,
+        "nodes": nodes_sql(source),
+        "node_heartbeats": f"""
+            SELECT seq, payload->>'$.node' AS node, recorded_at,
+                epoch_us(recorded_at) AS recorded_at_us,
+                (payload->>'$.cpu_percent')::DOUBLE AS cpu_percent,
+                (payload->>'$.memory_percent')::DOUBLE AS memory_percent,
+                (payload->>'$.memory_used_bytes')::BIGINT AS memory_used_bytes,
+                (payload->>'$.memory_total_bytes')::BIGINT AS memory_total_bytes,
+                coalesce(json_array_length(payload->'$.running_task_ids'), 0) AS running_tasks,
+                coalesce(json_array_length(payload->'$.gpus'), 0) AS gpus
+            FROM {source} WHERE kind = 'node.heartbeat'
+        """,
+        "placements": f"""
+            SELECT seq, payload->>'$.task_id' AS task_id, payload->>'$.node' AS node,
+                recorded_at, epoch_us(recorded_at) AS recorded_at_us,
+                (payload->>'$.cores')::BIGINT AS cores,
+                (payload->>'$.memory_bytes')::BIGINT AS memory_bytes,
+                coalesce((payload->'$.gpu_ids')::BIGINT[], []::BIGINT[]) AS gpu_ids,
+                (payload->>'$.numa_id')::BIGINT AS numa_id,
+                payload->>'$.policy' AS policy, payload->>'$.reason' AS reason,
+                coalesce(json_array_length(payload->'$.rejected'), 0) AS rejected_count,
+                (payload->'$.rejected')::VARCHAR AS rejected
+            FROM {source} WHERE kind = 'task.placed'
+        """,
+    }
+
+
+VIEWS: dict[str, str] = view_sql("log.events")
+
+# Table functions user SQL may call: generators and the catalog. Everything else
+# (read_*, glob, query, parquet_*, checkpoint, arrow_scan, ...) may touch files, run
+# SQL given as a string, change settings or reach into process memory.
+_ALLOWED_TABLE_FUNCTIONS = frozenset(
+    {
+        "range",
+        "generate_series",
+        "unnest",
+        "repeat",
+        "repeat_row",
+        "json_each",
+        "json_tree",
+        "summary",
+        "histogram",
+        "histogram_values",
+        "pg_timezone_names",
+        "icu_calendar_names",
+        "pragma_table_info",
+        "pragma_show",
+        "pragma_version",
+        "pragma_database_size",
+        "pragma_storage_info",
+    }
+)
+_ALLOWED_TABLE_PREFIXES = ("duckdb_",)
+_DENIED_CATALOG = frozenset({"duckdb_secrets", "duckdb_logs", "duckdb_logs_parsed"})
+# Scalar functions that read files or the environment, or run SQL given as a string.
 _DENIED_FUNCTIONS = frozenset(
-    {"glob", "sniff_csv", "query", "query_table", "getenv", "parquet_scan", "iceberg_scan"}
+    {
+        "glob",
+        "sniff_csv",
+        "query",
+        "query_table",
+        "getenv",
+        "parquet_scan",
+        "iceberg_scan",
+        "json_execute_serialized_sql",
+        "checkpoint",
+        "force_checkpoint",
+    }
 )
 _DENIED_PREFIXES = ("read_", "parquet_", "delta_", "iceberg_", "postgres_", "sqlite_", "mysql_")
+
+# Instance-wide settings of a DuckDB that runs user SQL, set once, then locked.
+HARDENING = (
+    "SET TimeZone = 'UTC'",
+    "SET autoinstall_known_extensions = false",
+    "SET autoload_known_extensions = false",
+    "SET python_enable_replacements = false",
+    "SET enable_external_access = false",
+    "SET lock_configuration = true",
+)
+
+
+def harden(con: duckdb.DuckDBPyConnection) -> None:
+    """Turn off file and network access and extension loading for the whole instance, locked.
+
+    Instance-wide: on the control plane this covers the store's own connection too,
+    which needs none of it (snapshots and exports are written by Python).
+    """
+    for statement in HARDENING:
+        con.execute(statement)
+
+
+def install_views(con: duckdb.DuckDBPyConnection, source: str, *, temporary: bool) -> None:
+    """Create the documented views over ``source`` on ``con`` (TEMP: this cursor only)."""
+    kind = "TEMP VIEW" if temporary else "VIEW"
+    for name, sql in view_sql(source).items():
+        if name == "events" and source.endswith(".events") and temporary:
+            continue  # live, ``events`` is the store's table itself
+        con.execute(f"CREATE OR REPLACE {kind} {name} AS {sql}")
 
 
 def open_analytics(db: str | Path) -> duckdb.DuckDBPyConnection:
     """An in-memory connection with the log attached read-only, the views, and no file access."""
-    path = Path(db)
-    if not path.exists():
-        raise FileNotFoundError(f"no event log at {path}")
-    con = _attach(path)
-    con.execute("SET enable_external_access = false")
-    con.execute("SET lock_configuration = true")
+    con = _attach(db)
+    harden(con)
     return con
 
 
-def _attach(path: Path) -> duckdb.DuckDBPyConnection:
+def _attach(db: str | Path) -> duckdb.DuckDBPyConnection:
+    path = Path(db)
+    if not path.exists():
+        raise FileNotFoundError(f"no event log at {path}")
     con = duckdb.connect(":memory:")
     con.execute("ATTACH ? AS log (READ_ONLY)", [str(path)])
-    for name, sql in VIEWS.items():
-        con.execute(f"CREATE VIEW {name} AS {sql}")
+    install_views(con, "log.events", temporary=False)
     return con
 
 
@@ -107,13 +189,25 @@ def check_readonly(con: duckdb.DuckDBPyConnection, sql: str) -> None:
             f"refused: {kind} statements are not allowed; only one read-only SELECT"
             " (or WITH, DESCRIBE, SUMMARIZE) over the log's views"
         )
-    ((tree_json,),) = con.execute("SELECT json_serialize_sql(?)", [sql]).fetchall()
+    ((tree_json,),) = con.execute("SELECT json_serialize_sql(?::VARCHAR)", [sql]).fetchall()
     tree = json.loads(tree_json)
     if tree.get("error"):
         raise SqlRefused(
             f"refused: the statement could not be checked: {tree.get('error_message')}"
         )
     for node in _walk(tree):
+        if node.get("type") == "TABLE_FUNCTION":
+            function = node.get("function") or {}
+            name = str(function.get("function_name", "")).lower()
+            if name in _DENIED_CATALOG or not (
+                name in _ALLOWED_TABLE_FUNCTIONS or name.startswith(_ALLOWED_TABLE_PREFIXES)
+            ):
+                raise SqlRefused(
+                    f"refused: {name}() is not allowed: table functions may read files, the"
+                    " network or other SQL; query the views (events, tasks, nodes,"
+                    " node_heartbeats, placements)"
+                )
+            continue
         name = str(node.get("function_name", "")).lower()
         if name and (name in _DENIED_FUNCTIONS or name.startswith(_DENIED_PREFIXES)):
             raise SqlRefused(f"refused: {name}() reads files, the network or other SQL")
@@ -133,23 +227,73 @@ def _walk(value: Any) -> Iterator[dict[str, Any]]:
             yield from _walk(child)
 
 
+class SqlResult(NamedTuple):
+    """The outcome of ``run_readonly_sql``: column names, rows, and whether rows were cut."""
+
+    columns: Columns
+    rows: Rows
+    truncated: bool = False
+
+
 def run_readonly_sql(
     db: str | Path | duckdb.DuckDBPyConnection, sql: str, *, max_rows: int | None = None
-) -> tuple[Columns, Rows]:
-    """Run one read-only SELECT over the log's views; (column names, rows)."""
+) -> SqlResult:
+    """Run one read-only SELECT over the log's views, in a READ ONLY transaction."""
     con = db if isinstance(db, duckdb.DuckDBPyConnection) else open_analytics(db)
     try:
         check_readonly(con, sql)
+        con.execute("BEGIN TRANSACTION READ ONLY")
         try:
-            cursor = con.execute(sql)
-        except duckdb.PermissionException as exc:
+            # Through Arrow: it converts zoned times without pytz, and reads only what is kept.
+            reader = con.sql(sql).to_arrow_reader(min(max_rows or 65_536, 65_536) + 1)
+            columns = list(reader.schema.names)
+            rows: Rows = []
+            truncated = False
+            try:
+                for batch in reader:
+                    values = [column.to_pylist() for column in batch.columns]
+                    rows.extend(zip(*values, strict=True))
+                    if max_rows is not None and len(rows) > max_rows:
+                        rows, truncated = rows[:max_rows], True
+                        break
+            finally:
+                reader.close()  # the connection takes no statement while a result is open
+        except (duckdb.PermissionException, duckdb.TransactionException) as exc:
             raise SqlRefused(f"refused: {exc}") from exc
-        columns = [d[0] for d in cursor.description or []]
-        rows = cursor.fetchall() if max_rows is None else cursor.fetchmany(max_rows)
-        return columns, rows
+        finally:
+            con.execute("ROLLBACK")
+        return SqlResult(columns, rows, truncated)
     finally:
         if con is not db:
             con.close()
+
+
+def jsonable(value: Any) -> Any:
+    """A DuckDB value as JSON: bytes as hex, times as ISO 8601, decimals as floats."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    if isinstance(value, datetime.datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, list | tuple | set):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    return str(value)
+
+
+def table_document(columns: Columns, rows: Rows, **extra: Any) -> dict[str, Any]:
+    """Column names and rows as one JSON-ready document (the API's answer to SQL and reports)."""
+    return {**extra, "columns": columns, "rows": [[jsonable(v) for v in row] for row in rows]}
 
 
 # -- canned reports ----------------------------------------------------------------------------
@@ -249,44 +393,3 @@ def report_table(
 
 
 report = report_table
-
-
-# -- Parquet export ----------------------------------------------------------------------------
-
-_EXPORTS: dict[str, str] = {
-    "events": "SELECT * REPLACE (id::VARCHAR AS id) FROM events"
-    " WHERE epoch_us(recorded_at) >= $since ORDER BY seq",
-    "tasks": "SELECT * FROM tasks WHERE submitted_at_us >= $since ORDER BY submitted_at_us",
-    "nodes": "SELECT * FROM nodes ORDER BY name",
-    "node_heartbeats": "SELECT * FROM node_heartbeats WHERE recorded_at_us >= $since ORDER BY seq",
-    "placements": "SELECT * FROM placements WHERE recorded_at_us >= $since ORDER BY seq",
-}
-
-
-def export_parquet(
-    db: str | Path, out_dir: str | Path, *, since_us: int | None = None
-) -> dict[str, tuple[Path, int]]:
-    """Write the events and each view as ``<name>.parquet``; {name: (path, rows)}."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = Path(db)
-    if not path.exists():
-        raise FileNotFoundError(f"no event log at {path}")
-    con = _attach(path)  # no user SQL runs here; COPY needs file access
-    written: dict[str, tuple[Path, int]] = {}
-    try:
-        for name, select in _EXPORTS.items():
-            target = out / f"{name}.parquet"
-            tmp = out / f".{name}.parquet.tmp"
-            query = select.replace("$since", str(int(since_us or 0)))
-            con.execute(f"COPY ({query}) TO '{_sql_str(tmp)}' (FORMAT parquet)")
-            tmp.replace(target)
-            ((rows,),) = con.execute(f"SELECT count(*) FROM ({query})").fetchall()
-            written[name] = (target, int(rows))
-    finally:
-        con.close()
-    return written
-
-
-def _sql_str(path: Path) -> str:
-    return str(path).replace("'", "''")

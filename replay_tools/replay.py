@@ -1,145 +1,143 @@
 """Time travel over the log: state at a seq or a time, and diffs between two points.
 
-Offline functions take a database path (or an open ``LogFile``) and are synchronous:
-callers on an event loop run them in a thread. The ``*_live`` variants read through a
-running ``EventStore``. Both restore the newest valid snapshot at or before the point
-(the control plane's ``cluster`` snapshots or the ``history`` ones written by
-``write_history_snapshots``) and fold only the tail, so no query scans the whole log.
+Functions take a database path or a ``LogFile`` (offline, or ``LogFile.over`` a cursor
+of a running store) and are synchronous: callers on an event loop run them in a thread.
+They restore the nearest snapshot at or before the point (the control plane's
+``cluster`` snapshots, or the ``history`` ones of ``replay_tools.snapshots``) and fold
+only the events after it, so no query scans the whole log.
+
+Two depths. ``state_at(..., ended=True)`` (the default) is the whole state, byte for
+byte the fold of the log up to the point. ``ended=False`` leaves out the tasks that had
+ended by then (``ENDED_STATES``: a final state, or lost) and the anomalies: the live
+part of the cluster, which costs one small snapshot and at most ``HISTORY_EVERY``
+events however long the history.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import msgspec
 
-from events.codec import Codec, gc_paused
 from events.envelope import Recorded
-from events.store import SELECT_COLUMNS, EventStore, decode_table
+from events.types import TaskSubmitted
 from projections.cluster import ClusterState
+from projections.tasks import ENDED_STATES
+from replay_tools.logfile import CLUSTER_SNAPSHOT, LogFile, as_log
+from replay_tools.points import Point
+from replay_tools.snapshots import (
+    HISTORY_EVERY,
+    latest_history,
+    restore_full,
+    restore_live_part,
+    write_history_snapshots,
+)
 
-SNAPSHOT_NAMES = ("cluster", "history")
-HISTORY_EVERY = 50_000
+__all__ = [
+    "HISTORY_EVERY",
+    "LogFile",
+    "StateDiff",
+    "diff",
+    "diff_between",
+    "resolve_point",
+    "state_at",
+    "without_ended",
+    "write_history_snapshots",
+]
 
-
-class LogFile:
-    """A database file opened read-only, with the snapshots stored beside it."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        if not self.path.exists():
-            raise FileNotFoundError(f"no event log at {self.path}")
-        self.con = duckdb.connect(str(self.path), read_only=True)
-        self.codec = Codec()
-        self.snapshot_dir = self.path.with_name(self.path.name + ".snapshots")
-
-    def close(self) -> None:
-        """Close the database connection."""
-        self.con.close()
-
-    def __enter__(self) -> LogFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @property
-    def last_seq(self) -> int:
-        """The highest seq stored (0 for an empty log)."""
-        return int(self.con.execute("SELECT coalesce(max(seq), 0) FROM events").fetchall()[0][0])
-
-    def seq_at(self, at_us: int) -> int:
-        """The last seq recorded at or before ``at_us`` (0 if none)."""
-        rows = self.con.execute(
-            "SELECT coalesce(max(seq), 0) FROM events WHERE recorded_at <= make_timestamptz(?)",
-            [at_us],
-        ).fetchall()
-        return int(rows[0][0])
-
-    def read(
-        self, *, after: int = 0, until: int | None = None, streams: Sequence[str] | None = None
-    ) -> list[Recorded]:
-        """Decoded events after seq ``after`` up to ``until``, optionally of some streams only."""
-        where, params = ["seq > ?"], [after]
-        if until is not None:
-            where.append("seq <= ?")
-            params.append(until)
-        if streams is not None:
-            where.append("stream IN (SELECT unnest(?::VARCHAR[]))")
-            params.append(list(streams))  # type: ignore[arg-type]
-        sql = f"SELECT {SELECT_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY seq"
-        table = self.con.sql(sql, params=params).to_arrow_table()
-        with gc_paused():
-            return decode_table(self.codec, table)
-
-    def hash_at(self, seq: int) -> bytes | None:
-        """The stored chain hash of ``seq``."""
-        rows = self.con.execute("SELECT hash FROM events WHERE seq = ?", [seq]).fetchall()
-        return bytes(rows[0][0]) if rows else None
-
-    def latest_snapshot(self, at_or_before: int) -> tuple[int, bytes] | None:
-        """The newest snapshot (any of ``SNAPSHOT_NAMES``) anchored to this log, as (seq, data)."""
-        found: list[tuple[int, Path]] = []
-        for name in SNAPSHOT_NAMES:
-            for path in self.snapshot_dir.glob(f"{name}-*.snap"):
-                try:
-                    seq = int(path.stem.rsplit("-", 1)[1])
-                except ValueError:
-                    continue
-                if seq <= at_or_before:
-                    found.append((seq, path))
-        for seq, path in sorted(found, reverse=True):
-            blob = path.read_bytes()
-            if self.hash_at(seq) == blob[:32]:
-                return seq, blob[32:]
-        return None
-
-
-def as_log(source: str | Path | LogFile) -> tuple[LogFile, bool]:
-    """The log to read, and whether the caller opened it (and so must close it)."""
-    if isinstance(source, LogFile):
-        return source, False
-    return LogFile(source), True
+# Rough costs (2-core VM) to choose the cheaper place to start a restore from.
+_FOLD_S_PER_EVENT = 4e-6
+_DECODE_S_PER_BYTE = 5e-9
+# Diffs over at most this many events fold forward from the earlier point.
+DIFF_FOLD_LIMIT = 200_000
 
 
 def state_at(
-    source: str | Path | LogFile, *, seq: int | None = None, at_us: int | None = None
+    source: str | Path | LogFile,
+    *,
+    seq: int | None = None,
+    at_us: int | None = None,
+    ended: bool = True,
 ) -> ClusterState:
-    """The cluster exactly as it was after ``seq`` (or the last event at or before ``at_us``)."""
+    """The cluster exactly as it was after ``seq`` (or the last event at or before ``at_us``).
+
+    With ``ended=False``, without the tasks that had ended by then (final, or lost).
+    """
     log, owned = as_log(source)
     try:
         target = _target_seq(log.last_seq, seq, at_us, log.seq_at)
-        snap = log.latest_snapshot(target)
-        tail = log.read(after=snap[0] if snap else 0, until=target)
-        return ClusterState.rebuild(snap[1] if snap else None, tail)
+        if ended:
+            return _full_state(log, target)
+        return without_ended(_live_state(log, target)[0])
     finally:
         if owned:
             log.close()
 
 
-async def state_at_live(
-    store: EventStore, *, seq: int | None = None, at_us: int | None = None
-) -> ClusterState:
-    """``state_at`` through a running store (for the control plane's routes)."""
-    at_seq: int | None = None
-    if seq is None and at_us is not None:
-        rows = await store.query(
-            "SELECT coalesce(max(seq), 0) FROM events WHERE recorded_at <= make_timestamptz(?)",
-            [at_us],
-        )
-        at_seq = int(rows[0][0])
-    target = _target_seq(store.last_seq, seq, None, lambda _: 0) if at_seq is None else at_seq
-    best: tuple[int, bytes] | None = None
-    for name in SNAPSHOT_NAMES:
-        found = await store.latest_snapshot(name, at_or_before=target)
-        if found is not None and (best is None or found[0] > best[0]):
-            best = found
-    tail = await store.read(after=best[0] if best else 0, until_seq=target)
-    return ClusterState.rebuild(best[1] if best else None, tail)
+def resolve_point(log: LogFile, point: Point) -> int:
+    """The seq a point names: the seq itself (at most the last), or the last one by a time."""
+    return _target_seq(log.last_seq, point.seq, point.at_us, log.seq_at)
+
+
+def without_ended(state: ClusterState) -> ClusterState:
+    """A view of ``state`` without the tasks that ended (final, or lost), nor anomalies."""
+    out = ClusterState()
+    out.last_seq = state.last_seq
+    out.tasks = {k: t for k, t in state.tasks.items() if t.state not in ENDED_STATES}
+    out.nodes = state.nodes
+    out.pending = dict(state.pending)
+    return out
+
+
+def _full_state(log: LogFile, target: int) -> ClusterState:
+    start, state = 0, None
+    history = latest_history(log, target)
+    if history is not None:
+        state = restore_full(log, history)
+        start = history.last_seq if state is not None else 0
+    for seq, path in log.snapshot_files(CLUSTER_SNAPSHOT, target):
+        if seq <= start:
+            break
+        data = log.anchored(seq, path)
+        if data is not None:
+            start, state = seq, ClusterState.restore(data)
+            break
+    state = state if state is not None else ClusterState()
+    state.apply_all(log.read(after=start, until=target))
+    return state
+
+
+def _live_state(log: LogFile, target: int) -> tuple[ClusterState, str]:
+    """The state at ``target`` (ended tasks possibly missing) and the greatest task id then."""
+    history = latest_history(log, target)
+    start = history.last_seq if history is not None else 0
+    from_history = (target - start) * _FOLD_S_PER_EVENT
+    for seq, path in log.snapshot_files(CLUSTER_SNAPSHOT, target):
+        if seq > start:
+            from_cluster = path.stat().st_size * _DECODE_S_PER_BYTE
+            from_cluster += (target - seq) * _FOLD_S_PER_EVENT
+            if history is None or from_cluster < from_history:
+                return _with_max_id(_full_state(log, target))
+        break
+    if history is None:
+        return _with_max_id(_full_state(log, target))
+    tail = log.read(after=start, until=target)
+    max_id = history.max_task_id
+    for r in tail:
+        if isinstance(r.event, TaskSubmitted):
+            if r.event.task_id <= max_id:
+                # Not newer than every earlier id: maybe an ended task submitted again,
+                # which only the whole state can tell apart.
+                return _with_max_id(_full_state(log, target))
+            max_id = r.event.task_id
+    state = restore_live_part(history)
+    state.apply_all(tail)
+    return state, max_id
+
+
+def _with_max_id(state: ClusterState) -> tuple[ClusterState, str]:
+    return state, max(state.tasks, default="")
 
 
 def _target_seq(last: int, seq: int | None, at_us: int | None, seq_at: Any) -> int:
@@ -154,39 +152,43 @@ def _target_seq(last: int, seq: int | None, at_us: int | None, seq_at: Any) -> i
     return last
 
 
-def write_history_snapshots(
-    source: str | Path | LogFile, *, every: int = HISTORY_EVERY
-) -> list[int]:
-    """Fold the log once and keep a ``history`` snapshot every ``every`` seqs; return new seqs.
+def _needs_ended_tasks(early: ClusterState, max_id: str, tail: list[Recorded]) -> bool:
+    """Whether folding ``tail`` on the live part could differ from folding it on the whole.
 
-    The control plane keeps only its newest few ``cluster`` snapshots; these keep
-    ``state_at`` fast at any point of a long history. Incremental: it starts at the
-    newest history snapshot already there.
+    It could for an event of a task that had ended before (a lost task its node reports
+    late), or a resubmission of an ended task's id: both rare, both then read in full.
+    """
+    known = set(early.tasks)
+    for r in tail:
+        if isinstance(r.event, TaskSubmitted):
+            if r.event.task_id <= max_id:
+                return True
+            known.add(r.event.task_id)
+        elif r.stream.startswith("task:") and r.stream[5:] not in known:
+            return True
+    return False
+
+
+def diff_between(source: str | Path | LogFile, a: Point, b: Point) -> StateDiff:
+    """What changed from point ``a`` to point ``b`` (``b`` may be the earlier one).
+
+    Over a short stretch it folds forward from the earlier point's live part: tasks
+    that had ended before it cannot change, so they cannot appear in the diff either.
     """
     log, owned = as_log(source)
     try:
-        last = log.last_seq
-        folder = log.snapshot_dir
-        done = sorted(
-            int(p.stem.removeprefix("history-"))
-            for p in folder.glob("history-*.snap")
-            if p.stem.removeprefix("history-").isdigit()
-        )
-        start = done[-1] if done and log.hash_at(done[-1]) else 0
-        snap = log.latest_snapshot(start) if start else None
-        state = ClusterState.rebuild(snap[1] if snap else None, ())
-        written: list[int] = []
-        for mark in range(start + every, last + 1, every):
-            state.apply_all(log.read(after=state.last_seq, until=mark))
-            anchor = log.hash_at(mark)
-            assert anchor is not None
-            folder.mkdir(parents=True, exist_ok=True)
-            final = folder / f"history-{mark:015d}.snap"
-            tmp = final.with_suffix(".tmp")
-            tmp.write_bytes(anchor + state.snapshot())
-            os.replace(tmp, final)
-            written.append(mark)
-        return written
+        seq_a, seq_b = resolve_point(log, a), resolve_point(log, b)
+        low, high = sorted((seq_a, seq_b))
+        if high - low > DIFF_FOLD_LIMIT:
+            early, late = _full_state(log, low), _full_state(log, high)
+        else:
+            early, max_id = _live_state(log, low)
+            tail = log.read(after=low, until=high)
+            if _needs_ended_tasks(early, max_id, tail):
+                early = _full_state(log, low)
+            late = ClusterState.restore(early.snapshot())
+            late.apply_all(tail)
+        return diff(early, late) if seq_a <= seq_b else diff(late, early)
     finally:
         if owned:
             log.close()

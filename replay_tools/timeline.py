@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
 from events.envelope import Recorded
 from events.types import (
+    AnyEvent,
+    EnvPackaged,
+    EnvSynced,
+    NodeHeartbeat,
+    NodeOffline,
+    NodeOnline,
+    NodeRegistered,
     Rejection,
     TaskDispatched,
     TaskFinished,
@@ -22,9 +30,12 @@ from events.types import (
     TaskSpec,
     TaskStarted,
     TaskSubmitted,
+    kind_of,
 )
 from projections.cluster import ClusterState
-from replay_tools.replay import LogFile, as_log, state_at
+from replay_tools.logfile import LogFile, as_log
+from replay_tools.points import iso
+from replay_tools.replay import state_at
 
 
 class UnknownTask(LookupError):
@@ -68,14 +79,19 @@ def _spec_summary(spec: TaskSpec) -> str:
 
 
 def describe(recorded: Recorded) -> str:
-    """A short human sentence for one task event."""
-    match recorded.event:
+    """A short human sentence for one recorded event."""
+    return describe_event(recorded.event)
+
+
+def describe_event(event: AnyEvent) -> str:
+    """A short human sentence for one event (its kind when there is nothing more to say)."""
+    match event:
         case TaskSubmitted(spec=spec):
             command = " ".join([spec.command, *spec.args])
             return f"submitted by {spec.owner}: {command} ({_spec_summary(spec)})"
         case TaskPlaced() as e:
             gpus = f", GPUs {list(e.gpu_ids)}" if e.gpu_ids else ""
-            return f"placed on {e.node} ({e.policy or 'manual'}: {e.reason}); {e.cores} cores{gpus}"
+            return f"placed on {e.node} ({_reason(e)}); {e.cores} cores{gpus}"
         case TaskDispatched(node=node):
             return f"run command sent to {node}"
         case TaskStarted() as e:
@@ -96,8 +112,33 @@ def describe(recorded: Recorded) -> str:
             return f"{e.state}{code}" + (f": {e.message}" if e.message else "")
         case TaskLost(node=node, reason=why):
             return f"lost on {node}: {why}"
+        case NodeRegistered() as e:
+            gpus = f", {len(e.gpus)} GPUs" if e.gpus else ""
+            memory = f"{e.memory_bytes / (1 << 30):.3g} GiB"
+            return f"{e.node} registered: {e.cores} cores, {memory}{gpus} at {e.address}"
+        case NodeHeartbeat() as e:
+            return (
+                f"{e.node}: cpu {e.cpu_percent:.0f}%, memory {e.memory_percent:.0f}%,"
+                f" {len(e.running_task_ids)} tasks running"
+            )
+        case NodeOffline() as e:
+            return f"{e.node} offline" + (f": {e.reason}" if e.reason else "")
+        case NodeOnline() as e:
+            return f"{e.node} back online"
+        case EnvPackaged() as e:
+            return f"environment {e.name} packaged"
+        case EnvSynced() as e:
+            return f"environment {e.name} synced to {e.node}"
         case _:
-            return recorded.kind
+            return kind_of(event)
+
+
+def _reason(placed: TaskPlaced) -> str:
+    """The placement's reason, led by its policy (which the scheduler may already name)."""
+    policy = placed.policy or "manual"
+    if placed.reason.startswith(policy):
+        return placed.reason
+    return f"{policy}: {placed.reason}" if placed.reason else policy
 
 
 def timeline_of(records: Sequence[Recorded]) -> list[TimelineEntry]:
@@ -118,6 +159,35 @@ def timeline_of(records: Sequence[Recorded]) -> list[TimelineEntry]:
         )
         previous = r.recorded_at_us
     return out
+
+
+def task_history(source: str | Path | LogFile, task_id: str) -> dict[str, Any]:
+    """A task's timeline as one JSON-ready document: its state now and every event."""
+    log, owned = as_log(source)
+    try:
+        records = log.read(streams=[f"task:{task_id}"])
+    finally:
+        if owned:
+            log.close()
+    if not records:
+        raise UnknownTask(f"no task {task_id!r} in the log")
+    own = ClusterState()
+    own.apply_all(records)  # the task's own events decide its state
+    task = own.tasks.get(task_id)
+    first = records[0].recorded_at_us
+    return {
+        "task_id": task_id,
+        "state": task.state if task is not None else "unknown",
+        "node": task.node if task is not None else None,
+        "events": [
+            {
+                **msgspec.to_builtins(entry),
+                "recorded_at": iso(entry.recorded_at_us),
+                "since_first_s": (entry.recorded_at_us - first) / 1e6,
+            }
+            for entry in timeline_of(records)
+        ],
+    }
 
 
 def task_timeline(source: str | Path | LogFile, task_id: str) -> list[TimelineEntry]:
@@ -155,7 +225,7 @@ def explain_placement(
             gpu_ids=e.gpu_ids,
             numa_id=e.numa_id,
             rejected=e.rejected,
-            message=f"placed on {e.node} by {e.policy or 'a manual target'}: {e.reason}",
+            message=f"placed on {e.node}: {_reason(e)}",
         )
     if task_state == "pending":
         spec = next(r.event.spec for r in records if isinstance(r.event, TaskSubmitted))
@@ -196,7 +266,34 @@ def why(source: str | Path | LogFile, task_id: str) -> PlacementExplanation:
         records = log.read(streams=[f"task:{task_id}"])
         if not records:
             raise UnknownTask(f"no task {task_id!r} in the log")
-        return explain_placement(records, state_at(log))
+        # The task's own stream gives its state; the nodes (for what blocks a pending
+        # task) come from the live part of the current state: no ended task is needed.
+        own = ClusterState()
+        own.apply_all(records)
+        nodes = state_at(log, ended=False)
+        nodes.tasks = own.tasks
+        return explain_placement(records, nodes)
     finally:
         if owned:
             log.close()
+
+
+def resolve_task(source: str | Path | LogFile, ident: str) -> str:
+    """A task id from a full id or a unique prefix of at least 8 characters (UnknownTask)."""
+    log, owned = as_log(source)
+    try:
+        rows = log.con.execute(
+            "SELECT DISTINCT substr(stream, 6) FROM events"
+            " WHERE kind = 'task.submitted' AND starts_with(stream, 'task:' || ?) LIMIT 2",
+            [ident],
+        ).fetchall()
+    finally:
+        if owned:
+            log.close()
+    exact = [row[0] for row in rows if row[0] == ident]
+    if exact:
+        return str(exact[0])
+    if len(ident) < 8 or len(rows) != 1:
+        more = " (it matches several tasks)" if len(rows) > 1 else ""
+        raise UnknownTask(f"no task {ident!r} in the log{more}")
+    return str(rows[0][0])

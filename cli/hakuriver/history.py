@@ -1,9 +1,482 @@
-"""History commands (being written)."""
+"""History commands: ``events``, ``task history``, ``why``, ``state``, ``audit``, ``sql``,
+``report`` and ``export`` (docs/history.md).
+
+Each asks the running control plane, or, with ``--db FILE``, reads a database file
+directly (the control plane stopped, or a copy of its file): the same documents either
+way (history_source.py), printed as rich tables or, with ``--json``, as the API's JSON.
+"""
 
 from __future__ import annotations
 
-from cyclopts import App
+import csv
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+from cyclopts import App, Parameter, validators
+
+from cli.hakuriver.config import host_url
+from cli.hakuriver.history_render import (
+    audit_view,
+    diff_view,
+    event_detail,
+    event_line,
+    rows_table,
+    state_view,
+    timeline_table,
+    why_panel,
+)
+from cli.hakuriver.history_source import EventQuery, HistorySource, Json, open_source
+from cli.hakuriver.invocation import (
+    EXIT_FAILED,
+    Connection,
+    JsonFlag,
+    connection,
+    fail,
+    note,
+    print_json,
+    reported,
+    say,
+    show,
+)
+from control_plane.requests import InvalidRequest
+from replay_tools.analytics import DEFAULT_MAX_ROWS
+from replay_tools.export import export_queries, write_parquet
+
+PAGE = 1000
+Positive = Annotated[int, Parameter(validator=validators.Number(gt=0))]
+# A point may be a relative time such as -10m: a value, not an option.
+PointText = Annotated[str, Parameter(allow_leading_hyphen=True)]
+
+
+@Parameter(name="*")
+@dataclass(frozen=True)
+class Offline:
+    """Read a database file instead of the control plane."""
+
+    db: Path | None = None
+    """Read this event log file directly (the control plane must be stopped, or give a copy)."""
+
+
+@contextmanager
+def _source(offline: Offline | None, conn: Connection | None) -> Iterator[HistorySource]:
+    db = offline.db if offline is not None else None
+    source = open_source(db, host_url(connection(conn).settings()) if db is None else "")
+    try:
+        yield source
+    finally:
+        source.close()
+
+
+events_app = App(name="events", help="The event log: recent events, following it, one event.")
+state_app = App(name="state", help="The cluster as it was at any point of its history.")
+audit_app = App(name="audit", help="Check the log: hash chain and invariants.")
 
 
 def install(app: App, task_app: App) -> None:
     """Add the history commands to ``app`` (and ``task history`` to ``task_app``)."""
+    app.command(events_app)
+    app.command(state_app)
+    app.command(audit_app)
+    app.command(why)
+    app.command(sql)
+    app.command(report)
+    app.command(export)
+    task_app.command(task_history, name="history")
+
+
+# -- events -------------------------------------------------------------------------------
+
+
+@events_app.command
+@reported
+def tail(
+    *,
+    follow: Annotated[bool, Parameter(name=["--follow", "-f"])] = False,
+    kind: list[str] | None = None,
+    task: str | None = None,
+    node: str | None = None,
+    source: str | None = None,
+    since: PointText | None = None,
+    lines: Annotated[Positive, Parameter(name=["--lines", "-n"])] = 20,
+    as_json: JsonFlag = False,
+    offline: Offline | None = None,
+    conn: Connection | None = None,
+) -> int:
+    """Print the latest events, or every event since a point; with -f, keep following.
+
+    Parameters
+    ----------
+    follow
+        Keep printing events as they are recorded (server-sent events; a dropped
+        connection resumes after the last event printed, so none is missed or repeated).
+    kind
+        Only this kind (repeatable, or a comma list): task.placed, node.offline, ... or a
+        family: task.*, node.*, env.*, ssh.*.
+    task
+        Only this task's events (its id, or a unique prefix of 8+ characters).
+    node
+        Only events of this node, or naming it (placements, starts, ...).
+    source
+        Only events emitted by this source (host, a node name).
+    since
+        Every event from this point on: a seq (1200), a time (2026-11-21T10:00:00Z), or a
+        relative time (-10m, -2h). Without it, the last --lines events.
+    lines
+        How many of the latest events to print (without --since).
+    as_json
+        One JSON document per event, one per line.
+    """
+    query = EventQuery(kinds=list(kind or []), task=task, node=node, source=source, since=since)
+    emit = _print_json_line if as_json else _print_line
+    if follow and offline is not None and offline.db is not None:
+        raise InvalidRequest("follow", "--follow needs the running control plane: drop --db")
+    with _source(offline, conn) as history:
+        position = 0
+        if since is None:
+            page = history.events(query, after=0, limit=lines, tail=True)
+            position = _print_events(page["events"], emit)
+            position = max(position, int(page.get("next_after", 0)))
+        else:
+            while True:
+                page = history.events(query, after=position, limit=PAGE, tail=False)
+                _print_events(page["events"], emit)
+                position = int(page["next_after"])
+                if not page.get("more"):
+                    break
+        if follow:
+            for event in history.follow(query, after=position):
+                _print_events([event], emit)
+    return 0
+
+
+def _print_events(events: list[Json], emit: Callable[[Json], None]) -> int:
+    """Print each event; the greatest seq printed (0 for none)."""
+    for event in events:
+        emit(event)
+    return max((int(event.get("seq", 0)) for event in events), default=0)
+
+
+def _print_line(event: Json) -> None:
+    say(event_line(event))
+
+
+def _print_json_line(event: Json) -> None:
+    say(json.dumps(event, ensure_ascii=False))
+
+
+@reported
+def show_event(
+    seq: Annotated[int, Parameter(validator=validators.Number(gt=0))],
+    /,
+    *,
+    as_json: JsonFlag = False,
+    offline: Offline | None = None,
+    conn: Connection | None = None,
+) -> int:
+    """Show one event: its envelope (seq, kind, stream, source, times, hash) and payload.
+
+    Parameters
+    ----------
+    seq
+        The event's seq.
+    as_json
+        Print the API's event document.
+    """
+    with _source(offline, conn) as history:
+        event = history.event(seq)
+    if as_json:
+        print_json(event)
+    else:
+        show(event_detail(event))
+    return 0
+
+
+events_app.command(show_event, name="show")
+
+
+# -- tasks --------------------------------------------------------------------------------
+
+
+@reported
+def task_history(
+    task_id: str,
+    /,
+    *,
+    as_json: JsonFlag = False,
+    offline: Offline | None = None,
+    conn: Connection | None = None,
+) -> int:
+    """Every event of a task, with times and the time between them.
+
+    Parameters
+    ----------
+    task_id
+        The task's id, or a unique prefix of at least 8 characters.
+    as_json
+        Print the API's document ``{"task_id", "state", "node", "events": [...]}``.
+    """
+    with _source(offline, conn) as history:
+        document = history.task_history(task_id)
+    if as_json:
+        print_json(document)
+    else:
+        show(timeline_table(document))
+    return 0
+
+
+@reported
+def why(
+    task_id: str,
+    /,
+    *,
+    as_json: JsonFlag = False,
+    offline: Offline | None = None,
+    conn: Connection | None = None,
+) -> int:
+    """Where a task was placed and why, and why the other nodes were not chosen.
+
+    For a task still waiting, what keeps each node from taking it now.
+
+    Parameters
+    ----------
+    task_id
+        The task's id, or a unique prefix of at least 8 characters.
+    as_json
+        Print the API's document.
+    """
+    with _source(offline, conn) as history:
+        document = history.why(task_id)
+    if as_json:
+        print_json(document)
+    else:
+        show(why_panel(document))
+    return 0
+
+
+# -- time travel --------------------------------------------------------------------------
+
+
+@state_app.default
+@reported
+def state(
+    *,
+    at: PointText | None = None,
+    all_tasks: Annotated[bool, Parameter(name="--all")] = False,
+    as_json: JsonFlag = False,
+    offline: Offline | None = None,
+    conn: Connection | None = None,
+) -> int:
+    """The nodes (online, resources, allocations) and tasks (state, node) at a point.
+
+    Parameters
+    ----------
+    at
+        A seq (1200), a time (2026-11-21T10:00:00Z; without an offset it is UTC) or a
+        relative time (-10m, -2h, -1d). Default: now.
+    all_tasks
+        Every task, also those that had completed, failed, been killed or been lost by then.
+    as_json
+        Print the API's document ``{"seq", "nodes": [...], "tasks": [...]}``.
+    """
+    with _source(offline, conn) as history:
+        document = history.state(at, all_tasks=all_tasks)
+    if as_json:
+        print_json(document)
+    else:
+        show(state_view(document))
+    return 0
+
+
+@state_app.command
+@reported
+def diff(
+    a: PointText,
+    b: PointText,
+    /,
+    *,
+    as_json: JsonFlag = False,
+    offline: Offline | None = None,
+    conn: Connection | None = None,
+) -> int:
+    """What changed from point A to point B (seqs or times): tasks and nodes.
+
+    Parameters
+    ----------
+    a
+        The first point: a seq, a time or a relative time.
+    b
+        The second point (it may be the earlier one: then the changes read backwards).
+    as_json
+        Print the API's document.
+    """
+    with _source(offline, conn) as history:
+        document = history.diff(a, b)
+    if as_json:
+        print_json(document)
+    else:
+        show(diff_view(document))
+    return 0
+
+
+# -- audit --------------------------------------------------------------------------------
+
+
+@audit_app.command
+@reported
+def verify(
+    *, as_json: JsonFlag = False, offline: Offline | None = None, conn: Connection | None = None
+) -> int:
+    """Verify the hash chain end to end and the invariants; exit 1 at the first problem.
+
+    Invariants: only legal task transitions, no resource ever double-allocated, every
+    event id stored once. Prints each problem with its seq.
+
+    Parameters
+    ----------
+    as_json
+        Print the report ``{"ok", "checked", "first_bad_seq", "problems": [...]}``.
+    """
+    with _source(offline, conn) as history:
+        report_doc = history.audit()
+    if as_json:
+        print_json(report_doc)
+    else:
+        show(audit_view(report_doc))
+    if report_doc.get("ok"):
+        return 0
+    problems = report_doc.get("problems") or [{}]
+    first = problems[0]
+    return fail(
+        f"audit failed at seq {report_doc.get('first_bad_seq')}:"
+        f" {first.get('kind', '?')}: {first.get('message', '')}",
+        EXIT_FAILED,
+    )
+
+
+# -- SQL, reports, export -----------------------------------------------------------------
+
+
+@reported
+def sql(
+    statement: str,
+    /,
+    *,
+    as_json: JsonFlag = False,
+    as_csv: Annotated[bool, Parameter(name="--csv")] = False,
+    max_rows: Positive = DEFAULT_MAX_ROWS,
+    offline: Offline | None = None,
+    conn: Connection | None = None,
+) -> int:
+    """Run one read-only SELECT over the log's views (events, tasks, nodes, ...).
+
+    Statements that write, attach, install or load extensions, or touch files or the
+    network are refused. The views are described in docs/history.md.
+
+    Parameters
+    ----------
+    statement
+        One SELECT (or WITH ..., FROM ..., DESCRIBE, SUMMARIZE).
+    as_json
+        Print ``{"columns", "rows", "row_count", "truncated"}``.
+    as_csv
+        Print CSV with a header row.
+    max_rows
+        At most this many rows.
+    """
+    if as_json and as_csv:
+        raise InvalidRequest("csv", "give --json or --csv, not both")
+    with _source(offline, conn) as history:
+        result = history.sql(statement, max_rows)
+    if as_json:
+        print_json(result)
+    elif as_csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(result["columns"])
+        for row in result["rows"]:
+            writer.writerow(["" if v is None else _csv_cell(v) for v in row])
+    else:
+        show(rows_table(result["columns"], result["rows"]))
+    if result.get("truncated"):
+        note(f"only the first {max_rows} rows (raise --max-rows for more)")
+    return 0
+
+
+def _csv_cell(value: object) -> object:
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, list | dict) else value
+
+
+@reported
+def report(
+    name: Literal["queue-wait", "runtime", "failures", "utilization"],
+    /,
+    *,
+    since: PointText | None = None,
+    by: Literal["node", "owner"] = "node",
+    as_json: JsonFlag = False,
+    offline: Offline | None = None,
+    conn: Connection | None = None,
+) -> int:
+    """A canned report by node or owner: queue wait, run time, failures or utilization.
+
+    Parameters
+    ----------
+    name
+        queue-wait (submission to placement), runtime (start to end), failures (how
+        tasks ended), utilization (core- and GPU-hours held).
+    since
+        Only tasks from this time on (ISO 8601, or relative: -1d).
+    by
+        Group by node or by owner.
+    as_json
+        Print ``{"report", "by", "since", "columns", "rows"}``.
+    """
+    with _source(offline, conn) as history:
+        document = history.report(name, since=since, by=by)
+    if as_json:
+        print_json(document)
+    else:
+        show(rows_table(document["columns"], document["rows"]))
+    return 0
+
+
+@reported
+def export(
+    *,
+    parquet: Path,
+    since: PointText | None = None,
+    as_json: JsonFlag = False,
+    offline: Offline | None = None,
+    conn: Connection | None = None,
+) -> int:
+    """Write the events and the views as Parquet files (pandas, polars and DuckDB read them).
+
+    Writes events, tasks, nodes, node_heartbeats and placements .parquet into DIR,
+    each under a temporary name first.
+
+    Parameters
+    ----------
+    parquet
+        The directory to write into (created if missing).
+    since
+        Only events (and tasks submitted) from this time on (ISO 8601, or relative: -1d).
+    as_json
+        Print ``{name: {"path", "rows"}}``.
+    """
+    folder = parquet.expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    written: dict[str, dict[str, object]] = {}
+    with _source(offline, conn) as history:
+        for name in export_queries():
+            target = folder / f"{name}.parquet"
+            rows = write_parquet(history.export(name, since), target)
+            written[name] = {"path": str(target), "rows": rows}
+            if not as_json:
+                say(f"wrote {target} ({rows} rows)")
+    if as_json:
+        print_json(written)
+    return 0

@@ -6,24 +6,10 @@ import random
 from pathlib import Path
 
 import pytest
+from replay_logs import write_log
 from support.histories import ClusterSimulation
 
-from events.envelope import NewEvent
-from events.store import EventStore
-from projections.cluster import ClusterState
-
 SNAPSHOT_AT = (120, 260, 400)
-
-
-async def write_log(path: Path, events: list[NewEvent], snapshot_at: tuple[int, ...] = ()) -> None:
-    """Append ``events`` in batches of 20, saving a cluster snapshot at each seq given."""
-    state = ClusterState()
-    async with await EventStore.open(path, keep_snapshots=100) as store:
-        store.add_listener(state.apply_all)
-        for start in range(0, len(events), 20):
-            await store.append(events[start : start + 20])
-            if any(start < s <= start + 20 for s in snapshot_at):
-                await store.save_snapshot("cluster", state.last_seq, state.snapshot())
 
 
 @pytest.fixture

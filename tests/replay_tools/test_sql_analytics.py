@@ -10,11 +10,11 @@ import pytest
 from replay_tools.analytics import (
     REPORTS,
     SqlRefused,
-    export_parquet,
     open_analytics,
     report_table,
     run_readonly_sql,
 )
+from replay_tools.export import export_parquet
 from replay_tools.replay import state_at
 
 pytestmark = pytest.mark.timeout(60)
@@ -52,6 +52,11 @@ pytestmark = pytest.mark.timeout(60)
         ("SET enable_external_access = true", "SET"),
         ("EXPORT DATABASE '/tmp/dump'", "EXPORT"),
         ("CALL pragma_version()", "CALL"),
+        ("SELECT * FROM checkpoint()", "checkpoint()"),
+        ("SELECT * FROM duckdb_secrets()", "duckdb_secrets()"),
+        ("SELECT * FROM arrow_scan(0, 0, 0)", "arrow_scan()"),
+        ("SELECT * FROM json_execute_serialized_sql('{}')", "json_execute_serialized_sql()"),
+        ("SELECT * FROM range(3) r, LATERAL read_blob('/etc/hostname')", "read_blob()"),
         ("SELECT 1; DELETE FROM events", "exactly one statement"),
         ("SELEC 1", "does not parse"),
     ],
@@ -89,16 +94,19 @@ def test_the_locked_connection_refuses_file_access_even_past_the_parser(history_
         "DESCRIBE tasks",
         "SUMMARIZE node_heartbeats",
         "SELECT name, allocated_cores FROM nodes",
+        "SELECT * FROM range(3)",
+        "SELECT table_name FROM duckdb_tables()",
+        "SELECT count(*) FROM events, unnest([1, 2])",
     ],
 )
 def test_read_only_queries_run(history_db: Path, sql: str) -> None:
-    columns, rows = run_readonly_sql(history_db, sql)
+    columns, rows, _ = run_readonly_sql(history_db, sql)
     assert columns and rows
 
 
 def test_the_tasks_view_agrees_with_the_fold(history_db: Path) -> None:
     state = state_at(history_db)
-    columns, rows = run_readonly_sql(
+    columns, rows, _ = run_readonly_sql(
         history_db,
         "SELECT task_id, state, node, final_state, queue_wait_s, run_time_s FROM tasks",
     )

@@ -5,13 +5,31 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import write_log
+from replay_logs import write_log
 
 from events.envelope import new_event
-from events.types import NodeRegistered, TaskFinished, TaskPlaced, TaskSpec, TaskSubmitted
+from events.types import (
+    NodeRegistered,
+    TaskFinished,
+    TaskLost,
+    TaskPlaced,
+    TaskSpec,
+    TaskStarted,
+    TaskSubmitted,
+)
 from projections.cluster import ClusterState
-from replay_tools.replay import LogFile, diff, state_at, write_history_snapshots
-from replay_tools.timeline import task_timeline, why
+from projections.tasks import ENDED_STATES
+from replay_tools.points import Point
+from replay_tools.replay import (
+    LogFile,
+    diff,
+    diff_between,
+    state_at,
+    without_ended,
+    write_history_snapshots,
+)
+from replay_tools.snapshots import HistoryWriter, latest_history, restore_full
+from replay_tools.timeline import UnknownTask, resolve_task, task_timeline, why
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -61,7 +79,9 @@ def test_history_snapshots_serve_points_the_cluster_snapshots_no_longer_cover(
     assert written == [100, 200, 300, 400, 500][: len(written)] and len(written) >= 4
     assert write_history_snapshots(history_db, every=100) == []  # incremental: nothing new
     with LogFile(history_db) as log:
-        assert log.latest_snapshot(250) is not None and log.latest_snapshot(250)[0] == 200  # type: ignore[index]
+        assert log.latest_snapshot(250) is None  # no cluster snapshot left
+        found = latest_history(log, 250)
+        assert found is not None and found.last_seq == 200
     for k in (99, 100, 250, 401):
         assert state_at(history_db, seq=k).snapshot() == fold_first(history_db, k).snapshot()
 
@@ -131,3 +151,139 @@ async def test_why_a_pending_task_says_what_blocks_it(tmp_path: Path) -> None:
     explained = why(path, "t9")
     assert not explained.placed and explained.state == "pending"
     assert explained.rejected[0].node == "n1" and "4 free cores < 8" in explained.rejected[0].reason
+
+
+def live_part(state: ClusterState) -> tuple[list[bytes], list[bytes], int]:
+    """What ``ended=False`` promises: nodes, and tasks not final, in order."""
+    import msgspec
+
+    tasks = [msgspec.msgpack.encode(t) for t in state.tasks.values() if t.state not in ENDED_STATES]
+    nodes = [msgspec.msgpack.encode(n) for n in state.nodes.values()]
+    return tasks, nodes, state.last_seq
+
+
+def test_the_live_part_at_any_point_matches_the_fold(history_db: Path) -> None:
+    # Given history snapshots every 100 seqs (and the control plane's at 120, 260, 400)
+    write_history_snapshots(history_db, every=100)
+    with LogFile(history_db) as log:
+        last = log.last_seq
+    for k in (0, 1, 99, 100, 101, 150, 260, 299, 300, 455, last):
+        # When the state without ended tasks is asked for
+        got = state_at(history_db, seq=k, ended=False)
+        # Then it is the fold's nodes and unfinished tasks, in submission order
+        assert live_part(got) == live_part(fold_first(history_db, k)), k
+        assert not any(t.state in ENDED_STATES for t in got.tasks.values())
+        assert list(got.pending) == list(without_ended(fold_first(history_db, k)).pending)
+
+
+def test_a_full_restore_walks_the_chain_of_history_snapshots(history_db: Path) -> None:
+    with LogFile(history_db) as log:
+        for snap in log.snapshot_dir.glob("cluster-*.snap"):
+            snap.unlink()
+    write_history_snapshots(history_db, every=50)
+    for k in (50, 333, 550):
+        assert state_at(history_db, seq=k).snapshot() == fold_first(history_db, k).snapshot()
+    # A missing link: the full state falls back to a fold, still exact.
+    with LogFile(history_db) as log:
+        (log.snapshot_dir / f"history-{100:015d}.snap").unlink()
+    assert state_at(history_db, seq=333).snapshot() == fold_first(history_db, 333).snapshot()
+    # And the writer, resuming from the newest chain it can restore, mends the rest.
+    mended = write_history_snapshots(history_db, every=50)
+    assert mended[0] == 100 and mended == list(range(100, mended[-1] + 1, 50))
+    with LogFile(history_db) as log:
+        snap = latest_history(log, 333)
+        assert snap is not None and restore_full(log, snap) is not None
+
+
+def test_a_writer_kept_between_calls_writes_what_a_fresh_one_would(
+    history_db: Path, tmp_path: Path
+) -> None:
+    writer = HistoryWriter(every=70)
+    with LogFile(history_db) as log:
+        first = writer.catch_up(log)
+        assert first and writer.catch_up(log) == []
+        snap_dir = log.snapshot_dir
+        blobs = {p.name: p.read_bytes() for p in snap_dir.glob("history-*.snap")}
+        for p in snap_dir.glob("history-*.snap"):
+            p.unlink()
+    assert write_history_snapshots(history_db, every=70) == first
+    assert {p.name: p.read_bytes() for p in snap_dir.glob("history-*.snap")} == blobs
+
+
+async def test_an_ended_task_submitted_again_is_not_mistaken_for_a_new_one(
+    tmp_path: Path,
+) -> None:
+    spec = TaskSpec(command="x", cores=1, batch_id="b")
+    events = [
+        new_event(NodeRegistered(node="n1", address="a", cores=4, memory_bytes=8), source="n1"),
+        new_event(TaskSubmitted(task_id="t5", spec=spec), source="host"),
+        new_event(TaskFinished(task_id="t5", state="killed"), source="host"),
+        new_event(TaskSubmitted(task_id="t9", spec=spec), source="host"),
+        # An illegal resubmission of the ended t5: the fold ignores it
+        new_event(TaskSubmitted(task_id="t5", spec=spec), source="host"),
+        new_event(TaskPlaced(task_id="t5", node="n1", cores=1), source="host"),
+    ]
+    path = tmp_path / "again.duckdb"
+    await write_log(path, events)
+    write_history_snapshots(path, every=3)
+    for k in (4, 5, 6):
+        got = state_at(path, seq=k, ended=False)
+        assert live_part(got) == live_part(fold_first(path, k)), k
+        assert list(got.tasks) == ["t9"]
+    assert state_at(path, seq=6).snapshot() == fold_first(path, 6).snapshot()
+
+
+def test_diff_between_two_points_equals_the_diff_of_the_whole_states(history_db: Path) -> None:
+    write_history_snapshots(history_db, every=100)
+    for a, b in ((10, 90), (90, 10), (150, 420), (420, 150), (333, 333), (0, 600)):
+        expected = diff(state_at(history_db, seq=a), state_at(history_db, seq=b))
+        got = diff_between(history_db, Point(seq=a), Point(seq=b))
+        assert got == expected, (a, b)
+
+
+def test_a_task_prefix_resolves_to_its_id(history_db: Path) -> None:
+    with LogFile(history_db) as log:
+        ((task_id,),) = log.con.execute(
+            "SELECT substr(stream, 6) FROM events WHERE kind = 'task.submitted' LIMIT 1"
+        ).fetchall()
+        assert resolve_task(log, task_id) == task_id
+        assert resolve_task(log, task_id[:-3]) == task_id
+        ((shared,),) = log.con.execute(
+            "SELECT left(substr(stream, 6), 9) AS p FROM events WHERE kind = 'task.submitted'"
+            " GROUP BY p HAVING count(*) > 1 LIMIT 1"
+        ).fetchall()
+    with pytest.raises(UnknownTask, match="several"):
+        resolve_task(history_db, shared)
+    with pytest.raises(UnknownTask, match="no task 'nope'"):
+        resolve_task(history_db, "nope")
+
+
+async def test_a_lost_task_its_node_reports_late_is_restored_and_diffed_exactly(
+    tmp_path: Path,
+) -> None:
+    spec = TaskSpec(command="x", cores=1, batch_id="b")
+    registered = NodeRegistered(node="n1", address="a", cores=4, memory_bytes=8)
+    events = [
+        new_event(registered, source="n1"),
+        new_event(TaskSubmitted(task_id="t1", spec=spec), source="host"),
+        new_event(TaskPlaced(task_id="t1", node="n1", cores=1), source="host"),
+        new_event(TaskStarted(task_id="t1", node="n1"), source="n1"),
+        new_event(TaskLost(task_id="t1", node="n1"), source="host"),  # seq 5
+        new_event(TaskSubmitted(task_id="t2", spec=spec), source="host"),
+        new_event(TaskSubmitted(task_id="t3", spec=spec), source="host"),
+        # The node comes back and tells how t1 really ended
+        new_event(TaskFinished(task_id="t1", state="completed", exit_code=0), source="n1"),
+        new_event(TaskPlaced(task_id="t2", node="n1", cores=1), source="host"),
+        new_event(TaskSubmitted(task_id="t4", spec=spec), source="host"),
+    ]
+    path = tmp_path / "late.duckdb"
+    await write_log(path, events)
+    write_history_snapshots(path, every=3)  # t1 is in one snapshot as lost, later completed
+    for k in range(11):
+        assert state_at(path, seq=k).snapshot() == fold_first(path, k).snapshot(), k
+        assert live_part(state_at(path, seq=k, ended=False)) == live_part(fold_first(path, k))
+    late = diff_between(path, Point(seq=6), Point(seq=10))
+    assert late == diff(fold_first(path, 6), fold_first(path, 10))
+    assert ("t1", "lost", "completed") in [
+        (c.task_id, c.state_from, c.state_to) for c in late.tasks_changed
+    ]

@@ -1,0 +1,249 @@
+"""History on a running control plane: reads through the store's connection, and snapshots.
+
+The host holds the log's DuckDB file open read-write, so history reads go through
+cursors of the store's own connection (``replay_tools.logfile.store_cursor``), on
+threads of their own: never the event loop. Each reader thread keeps one cursor with
+the documented SQL views (TEMP views over the store's ``events`` table).
+
+At start the service hardens the DuckDB instance (``replay_tools.analytics.harden``:
+no file or network access, no extension loading, configuration locked): user SQL runs
+on the same instance as the log, and nothing the host does needs those (snapshots and
+exports are written by Python). It then keeps ``history`` snapshots current in the
+background (``HistoryWriter``), so ``state --at`` stays fast as the log grows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import duckdb
+import msgspec
+import pyarrow as pa
+
+from control_plane.views import NodeOut, TaskOut
+from events.envelope import Recorded
+from events.store import EventStore
+from projections.cluster import ClusterState
+from projections.tasks import ENDED_STATES
+from replay_tools.analytics import SqlRefused, SqlResult, harden, install_views
+from replay_tools.analytics import run_readonly_sql as _run_readonly_sql
+from replay_tools.export import export_reader
+from replay_tools.logfile import LogFile, store_cursor
+from replay_tools.snapshots import HISTORY_EVERY, HistoryWriter
+
+log = logging.getLogger("hakuriver.host")
+
+T = TypeVar("T")
+Cursor = duckdb.DuckDBPyConnection
+
+
+class StateOut(msgspec.Struct, kw_only=True):
+    """The cluster at one seq, as ``GET /api/nodes`` and ``GET /api/tasks`` show it."""
+
+    seq: int
+    includes_ended_tasks: bool
+    nodes: list[NodeOut]
+    tasks: list[TaskOut]
+
+
+def state_document(state: ClusterState, *, ended: bool) -> StateOut:
+    """The state as JSON-ready views: nodes by name, tasks in submission order."""
+    tasks = state.tasks.values()
+    return StateOut(
+        seq=state.last_seq,
+        includes_ended_tasks=ended,
+        nodes=[NodeOut.of(n) for n in sorted(state.nodes.values(), key=lambda n: n.name)],
+        tasks=[TaskOut.of(t) for t in tasks if ended or t.state not in ENDED_STATES],
+    )
+
+
+class HistoryService:
+    """Reader threads with cursors on the store, the history snapshot writer, commit waits."""
+
+    def __init__(
+        self, store: EventStore, *, snapshot_every: int = HISTORY_EVERY, readers: int = 3
+    ) -> None:
+        self.store = store
+        self.writer = HistoryWriter(snapshot_every)
+        self.closing = asyncio.Event()
+        self._readers = ThreadPoolExecutor(readers, thread_name_prefix="hakuriver-history")
+        self._snapshots = ThreadPoolExecutor(1, thread_name_prefix="hakuriver-history-snapshots")
+        self._local = threading.local()
+        self._cursors: list[Cursor] = []
+        self._cursors_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._commit = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Harden the DuckDB instance, follow commits, start the snapshot writer."""
+        await self.run(harden)
+        self.store.add_listener(self._on_commit)
+        self._task = asyncio.create_task(self._snapshot_loop(), name="hakuriver-history-snapshots")
+
+    async def close(self) -> None:
+        """End streams and the writer, wait for the reader threads, close the cursors."""
+        self.closing.set()
+        self._stop.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        loop = asyncio.get_running_loop()
+        for pool in (self._snapshots, self._readers):
+            await loop.run_in_executor(None, pool.shutdown)
+        with self._cursors_lock:
+            for cursor in self._cursors:
+                with contextlib.suppress(duckdb.Error):
+                    cursor.close()
+            self._cursors.clear()
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def run(self, work: Callable[[Cursor], T]) -> T:
+        """Run ``work(cursor)`` on a reader thread (RuntimeError once the service closed)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self._call, work)
+
+    def _call(self, work: Callable[[Cursor], T]) -> T:
+        return work(self._cursor())
+
+    def _cursor(self) -> Cursor:
+        cursor: Cursor | None = getattr(self._local, "cursor", None)
+        if cursor is None:
+            cursor = self._new_cursor()
+            self._local.cursor = cursor
+        return cursor
+
+    def _new_cursor(self) -> Cursor:
+        cursor = store_cursor(self.store)
+        install_views(cursor, "main.events", temporary=True)
+        with self._cursors_lock:
+            self._cursors.append(cursor)
+        return cursor
+
+    def log(self, cursor: Cursor) -> LogFile:
+        """The log read through ``cursor`` (for the ``replay_tools`` functions)."""
+        return LogFile.over(cursor, self.store.path)
+
+    async def sql(self, sql: str, max_rows: int, timeout_s: float) -> SqlResult:
+        """One read-only statement; refused (``SqlRefused``) if it runs past ``timeout_s``."""
+        used: list[Cursor] = []
+
+        def work(cursor: Cursor) -> SqlResult:
+            used.append(cursor)
+            return _run_readonly_sql(cursor, sql, max_rows=max_rows)
+
+        running = asyncio.ensure_future(self.run(work))
+        try:
+            return await asyncio.wait_for(asyncio.shield(running), timeout_s)
+        except TimeoutError:
+            if used:
+                used[0].interrupt()
+            with contextlib.suppress(Exception):
+                await running
+            raise SqlRefused(
+                f"refused: the statement ran longer than {timeout_s:g}s and was stopped;"
+                " narrow it (a WHERE on seq or recorded_at, a LIMIT)"
+            ) from None
+
+    async def export(self, name: str, since_us: int | None) -> AsyncIterator[bytes]:
+        """One export as an Arrow IPC stream, in chunks, read batch by batch off the loop."""
+        loop = asyncio.get_running_loop()
+        cursor = await loop.run_in_executor(self._readers, self._new_cursor)
+        try:
+            reader = await loop.run_in_executor(
+                self._readers, lambda: export_reader(cursor, name, since_us=since_us)
+            )
+            sink = _Chunks()
+            writer = pa.ipc.new_stream(sink, reader.schema)
+            yield sink.take()
+            while (batch := await loop.run_in_executor(self._readers, _next, reader)) is not None:
+                writer.write_batch(batch)
+                yield sink.take()
+            writer.close()
+            yield sink.take()
+        finally:
+            with self._cursors_lock:
+                if cursor in self._cursors:
+                    self._cursors.remove(cursor)
+            cursor.close()
+
+    # -- following the log --------------------------------------------------------------------
+
+    def _on_commit(self, recorded: list[Recorded]) -> None:
+        committed, self._commit = self._commit, asyncio.Event()
+        committed.set()
+
+    async def wait_beyond(self, seq: int, within_s: float) -> bool:
+        """Wait until the log holds an event after ``seq``; False on timeout or closing."""
+        if self.store.last_seq > seq:
+            return True
+        waits = {
+            asyncio.ensure_future(self._commit.wait()),
+            asyncio.ensure_future(self.closing.wait()),
+        }
+        try:
+            await asyncio.wait(waits, timeout=within_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+        return self.store.last_seq > seq
+
+    # -- history snapshots -------------------------------------------------------------------
+
+    async def _snapshot_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        first = True
+        while not self.closing.is_set():
+            if first or self.store.last_seq >= self.writer.next_mark:
+                first = False
+                try:
+                    written = await loop.run_in_executor(self._snapshots, self._catch_up)
+                    if written:
+                        log.info("history snapshots written up to seq %d", written[-1])
+                except Exception:
+                    log.exception("writing history snapshots failed; retrying later")
+                    await asyncio.sleep(30)  # backoff for a failing disk, not synchronisation
+                continue
+            await self.wait_beyond(self.store.last_seq, 60)
+
+    def _catch_up(self) -> list[int]:
+        return self.writer.catch_up(self.log(self._cursor()), stop=self._stop)
+
+
+def _next(reader: pa.RecordBatchReader) -> pa.RecordBatch | None:
+    try:
+        return reader.read_next_batch()
+    except StopIteration:
+        return None
+
+
+class _Chunks(io.RawIOBase):
+    """A write-only file collecting what Arrow's IPC writer writes, taken chunk by chunk."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._parts: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self._parts.append(bytes(data))
+        return len(data)
+
+    def take(self) -> bytes:
+        """Everything written since the last take."""
+        out = b"".join(self._parts)
+        self._parts.clear()
+        return out

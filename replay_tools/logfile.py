@@ -1,0 +1,139 @@
+"""The log as history reads it: a DuckDB connection to the events table, and its snapshots.
+
+Offline, ``LogFile(path)`` opens the file read-only (DuckDB lets one process hold a
+file open for writing, so the host must be stopped, or the file a copy). On a running
+control plane, ``LogFile.over(cursor, path)`` reads through a cursor of the store's own
+connection (the only way in while the host holds the file).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import duckdb
+
+from events.codec import Codec, gc_paused
+from events.envelope import Recorded
+from events.store import SELECT_COLUMNS, EventStore, decode_table
+
+CLUSTER_SNAPSHOT = "cluster"
+
+
+class LogFile:
+    """A database file opened read-only (or a borrowed connection), with its snapshots."""
+
+    def __init__(self, path: str | Path, con: duckdb.DuckDBPyConnection | None = None) -> None:
+        self.path = Path(path)
+        self._owned = con is None
+        if con is None:
+            if not self.path.exists():
+                raise FileNotFoundError(f"no event log at {self.path}")
+            con = duckdb.connect(str(self.path), read_only=True)
+        self.con = con
+        self.codec = Codec()
+        self.snapshot_dir = self.path.with_name(self.path.name + ".snapshots")
+
+    @classmethod
+    def over(cls, con: duckdb.DuckDBPyConnection, path: str | Path) -> LogFile:
+        """The log read through a connection someone else owns (and closes)."""
+        return cls(path, con)
+
+    def close(self) -> None:
+        """Close the connection, if this object opened it."""
+        if self._owned:
+            self.con.close()
+
+    def __enter__(self) -> LogFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def last_seq(self) -> int:
+        """The highest seq stored (0 for an empty log)."""
+        return int(self.con.execute("SELECT coalesce(max(seq), 0) FROM events").fetchall()[0][0])
+
+    def seq_at(self, at_us: int) -> int:
+        """The last seq recorded at or before ``at_us`` (0 if none)."""
+        rows = self.con.execute(
+            "SELECT coalesce(max(seq), 0) FROM events WHERE recorded_at <= make_timestamptz(?)",
+            [at_us],
+        ).fetchall()
+        return int(rows[0][0])
+
+    def read(
+        self, *, after: int = 0, until: int | None = None, streams: Sequence[str] | None = None
+    ) -> list[Recorded]:
+        """Decoded events after seq ``after`` up to ``until``, optionally of some streams only."""
+        where, params = ["seq > ?"], [after]
+        if until is not None:
+            where.append("seq <= ?")
+            params.append(until)
+        if streams is not None:
+            where.append("stream IN (SELECT unnest(?::VARCHAR[]))")
+            params.append(list(streams))  # type: ignore[arg-type]
+        sql = f"SELECT {SELECT_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY seq"
+        table = self.con.sql(sql, params=params).to_arrow_table()
+        with gc_paused():
+            return decode_table(self.codec, table)
+
+    def hash_at(self, seq: int) -> bytes | None:
+        """The stored chain hash of ``seq``."""
+        rows = self.con.execute("SELECT hash FROM events WHERE seq = ?", [seq]).fetchall()
+        return bytes(rows[0][0]) if rows else None
+
+    def hashes_at(self, seqs: Iterable[int]) -> dict[int, bytes]:
+        """The stored chain hashes of several seqs at once (those that exist)."""
+        wanted = sorted(set(seqs))
+        if not wanted:
+            return {}
+        rows = self.con.execute(
+            "SELECT seq, hash FROM events WHERE list_contains(?::BIGINT[], seq)", [wanted]
+        ).fetchall()
+        return {int(seq): bytes(digest) for seq, digest in rows}
+
+    def snapshot_files(self, name: str, at_or_before: int | None = None) -> list[tuple[int, Path]]:
+        """(seq, path) of the snapshot files called ``name``, newest first."""
+        found: list[tuple[int, Path]] = []
+        for path in self.snapshot_dir.glob(f"{name}-*.snap"):
+            try:
+                seq = int(path.stem.rsplit("-", 1)[1])
+            except ValueError:
+                continue
+            if at_or_before is None or seq <= at_or_before:
+                found.append((seq, path))
+        return sorted(found, reverse=True)
+
+    def anchored(self, seq: int, path: Path) -> bytes | None:
+        """The data of a snapshot file if it belongs to this log (its hash at ``seq``)."""
+        try:
+            blob = path.read_bytes()
+        except FileNotFoundError:  # pruned by the control plane meanwhile
+            return None
+        return blob[32:] if self.hash_at(seq) == blob[:32] else None
+
+    def latest_snapshot(self, at_or_before: int) -> tuple[int, bytes] | None:
+        """The control plane's newest ``cluster`` snapshot at or before a seq, as (seq, data)."""
+        for seq, path in self.snapshot_files(CLUSTER_SNAPSHOT, at_or_before):
+            data = self.anchored(seq, path)
+            if data is not None:
+                return seq, data
+        return None
+
+
+def as_log(source: str | Path | LogFile) -> tuple[LogFile, bool]:
+    """The log to read, and whether the caller opened it (and so must close it)."""
+    if isinstance(source, LogFile):
+        return source, False
+    return LogFile(source), True
+
+
+def store_cursor(store: EventStore) -> duckdb.DuckDBPyConnection:
+    """A new cursor on a running store's connection (its only way in while the host runs).
+
+    The caller closes the cursor (closing the store closes it too). Reads through it see
+    every committed event; nothing here writes.
+    """
+    return store.cursor()

@@ -1,0 +1,344 @@
+"""The history commands end to end: against a running cluster, then offline with --db.
+
+Commands run in-process (``main([...])``) against a real control plane and agents
+(``support.cluster``); ``events tail -f`` runs as a subprocess, across a restart of
+the control plane. Offline, the same commands read the stopped host's file and must
+print the same documents.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import random
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+from support.cluster import Cluster, running_cluster
+from support.histories import ClusterSimulation
+from support.waiting import wait_until
+
+from cli.hakuriver.main import main
+from events.envelope import new_event
+from events.store import EventStore
+from events.types import TaskStarted
+from replay_tools.replay import state_at
+
+pytestmark = pytest.mark.timeout(90)
+
+Run = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def hakuriver(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Any:
+    """Run ``hakuriver WORDS`` in-process against a cluster: (exit code, stdout, stderr)."""
+
+    def run(cluster: Cluster, *words: str) -> tuple[int, str, str]:
+        monkeypatch.setenv("HAKURIVER_URL", cluster.url)
+        monkeypatch.setenv("HAKURIVER_CONFIG", str(cluster.config))
+        code = main(list(words))
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
+
+
+def ok_json(result: tuple[int, str, str]) -> Any:
+    code, out, err = result
+    assert code == 0, (code, out, err)
+    return json.loads(out)
+
+
+def gated(gate: Path) -> list[str]:
+    return ["-c", f"while [ ! -e '{gate}' ]; do sleep 0.02; done"]
+
+
+def test_every_command_against_a_running_cluster_then_offline(
+    tmp_path: Path, hakuriver: Run
+) -> None:
+    with running_cluster(tmp_path, agents=("n1",)) as cluster:
+        gate = cluster.root / "gate"
+        cores = cluster.node("n1")["cores"]  # type: ignore[index]
+        [done] = cluster.submit("sh", "-c", "echo hi", owner="alice")
+        [broken] = cluster.submit("sh", "-c", "exit 3", owner="bob")
+        cluster.wait_state(done)
+        cluster.wait_state(broken)
+        [holder] = cluster.submit("sh", *gated(gate), cores=cores, owner="alice")
+        cluster.wait_state(holder, "running")
+        [waiting] = cluster.submit("true", cores=1, owner="bob")
+        # A task still waiting says what blocks it
+        pending_why = ok_json(hakuriver(cluster, "why", waiting, "--json"))
+        assert not pending_why["placed"] and pending_why["state"] == "pending"
+        assert "0 free cores" in pending_why["rejected"][0]["reason"]
+        code, out, _ = hakuriver(cluster, "state")
+        assert code == 0 and holder in out and waiting in out and done not in out
+        mid = ok_json(hakuriver(cluster, "state", "--json", "--all"))
+        kill = cluster.http.post(f"/api/tasks/{waiting}/kill", json={"requested_by": "carol"})
+        assert kill.status_code == 202
+        gate.touch()
+        cluster.wait_state(holder, "completed")
+        cluster.wait_state(waiting, "killed")
+        last = cluster.health()["last_seq"]
+
+        # events
+        code, out, _ = hakuriver(cluster, "events", "tail", "-n", "5", "--json")
+        tail = [json.loads(line) for line in out.splitlines()]
+        assert code == 0 and len(tail) == 5
+        assert [e["seq"] for e in tail] == sorted({e["seq"] for e in tail})
+        code, out, _ = hakuriver(cluster, "events", "tail", "--task", waiting[:20])
+        assert code == 0 and "kill requested by carol" in out and "task.finished" in out
+        since = ok_lines(
+            hakuriver(cluster, "events", "tail", "--since", "1", "--kind", "task.*", "--json")
+        )
+        assert {e["kind"].split(".")[0] for e in since} == {"task"}
+        first_placed = next(e for e in since if e["kind"] == "task.placed")
+        code, out, _ = hakuriver(cluster, "events", "show", str(first_placed["seq"]))
+        assert code == 0 and '"kind": "task.placed"' in out
+
+        # the commands whose documents must not depend on where they were read
+        words: list[list[str]] = [
+            ["events", "show", str(first_placed["seq"]), "--json"],
+            ["task", "history", waiting, "--json"],
+            ["why", done, "--json"],
+            ["state", "--at", str(mid["seq"]), "--all", "--json"],
+            ["state", "--at", str(last), "--json"],
+            ["state", "diff", str(mid["seq"]), str(last), "--json"],
+            ["sql", "SELECT task_id, owner, state, exit_code FROM tasks ORDER BY 1", "--json"],
+            ["report", "failures", "--by", "owner", "--json"],
+            ["report", "queue-wait", "--json"],
+        ]
+        live = [ok_json(hakuriver(cluster, *w)) for w in words]
+        history = live[1]
+        assert [e["kind"] for e in history["events"]][-2:] == [
+            "task.kill_requested",
+            "task.finished",
+        ]
+        assert history["state"] == "killed"
+        assert live[3] == mid
+        change = live[5]
+        assert {(c["task_id"], c["state_to"]) for c in change["tasks_changed"]} == {
+            (holder, "completed"),
+            (waiting, "killed"),
+        }
+        failures = {row[0]: row for row in live[7]["rows"]}
+        assert failures["bob"][live[7]["columns"].index("failed")] == 1
+        code, out, _ = hakuriver(
+            cluster, "sql", "SELECT owner, count(*) AS n FROM tasks GROUP BY 1 ORDER BY 1", "--csv"
+        )
+        assert code == 0 and out.splitlines() == ["owner,n", "alice,2", "bob,2"]
+        code, _, err = hakuriver(cluster, "sql", "COPY events TO 'x.csv'")
+        assert code == 2 and "refused" in err
+        code, out, _ = hakuriver(cluster, "audit", "verify")
+        assert code == 0 and "OK" in out
+        code, out, _ = hakuriver(cluster, "report", "runtime", "--by", "owner")
+        assert code == 0 and "alice" in out and "avg_run_s" in out
+        live_export = tmp_path / "live-export"
+        exported = ok_json(hakuriver(cluster, "export", "--parquet", str(live_export), "--json"))
+        # bad input is exit 2, naming what was wrong
+        code, _, err = hakuriver(cluster, "task", "history", "nosuchtask")
+        assert code == 2 and "nosuchtask" in err
+        code, _, err = hakuriver(cluster, "state", "--at", "yesterday")
+        assert code == 2 and "at:" in err
+        cluster.stop_host()
+
+    db = str(cluster.db_file)
+    offline = [ok_json(hakuriver(cluster, *w, "--db", db)) for w in words]
+    for command, a, b in zip(words, live, offline, strict=True):
+        assert a == b, command
+    code, out, _ = hakuriver(cluster, "audit", "verify", "--db", db)
+    assert code == 0 and "OK" in out
+    code, _, err = hakuriver(cluster, "events", "tail", "-f", "--db", db)
+    assert code == 2 and "--follow" in err
+    code, _, err = hakuriver(cluster, "state", "--db", str(tmp_path / "missing.duckdb"))
+    assert code == 2 and "no event log" in err
+
+    # Parquet: the live export and the offline one round-trip (counts, checksums of ids)
+    offline_export = tmp_path / "offline-export"
+    written = ok_json(
+        hakuriver(cluster, "export", "--parquet", str(offline_export), "--json", "--db", db)
+    )
+    reader = duckdb.connect()
+    source = duckdb.connect(db, read_only=True)
+    try:
+        checksum = "SELECT count(*), sum(hash(id::VARCHAR)) FROM {}"
+        whole = source.execute(checksum.format("events")).fetchall()
+        assert (
+            reader.execute(checksum.format(f"'{offline_export}/events.parquet'")).fetchall()
+            == whole
+        )
+        assert written["events"]["rows"] == whole[0][0]
+        upto = exported["events"]["rows"]
+        then = source.execute(checksum.format(f"events WHERE seq <= {upto}")).fetchall()
+        assert reader.execute(checksum.format(f"'{live_export}/events.parquet'")).fetchall() == then
+        tasks = sorted(state_at(db).tasks)
+        for folder in (live_export, offline_export):
+            ids = reader.execute(
+                f"SELECT list(task_id ORDER BY task_id) FROM '{folder}/tasks.parquet'"
+            ).fetchall()[0][0]
+            assert ids == tasks
+            for name, info in (exported if folder == live_export else written).items():
+                rows = reader.execute(f"SELECT count(*) FROM '{folder}/{name}.parquet'").fetchall()
+                assert rows[0][0] == info["rows"], name
+    finally:
+        reader.close()
+        source.close()
+
+
+def ok_lines(result: tuple[int, str, str]) -> list[dict[str, Any]]:
+    code, out, err = result
+    assert code == 0, (code, out, err)
+    return [json.loads(line) for line in out.splitlines()]
+
+
+# -- audit on tampered copies -------------------------------------------------------------
+
+
+@pytest.fixture
+async def stopped_log(tmp_path: Path) -> Path:
+    """A stopped control plane's log: 50 tasks on a 3-node cluster, about 600 events."""
+    sim = ClusterSimulation(random.Random(3), nodes=3, offline_chance=0.02)
+    path = tmp_path / "hakuriver.duckdb"
+    events = list(sim.events(50))
+    async with await EventStore.open(path) as store:
+        for start in range(0, len(events), 20):
+            await store.append(events[start : start + 20])
+    return path
+
+
+def tampered(original: Path, name: str, *statements: str) -> Path:
+    copy = original.with_name(name)
+    shutil.copy(original, copy)
+    con = duckdb.connect(str(copy))
+    for sql in statements:
+        con.execute(sql)
+    con.close()
+    return copy
+
+
+def test_audit_verify_db_exits_1_at_the_first_tampered_seq(
+    stopped_log: Path, tmp_path: Path, hakuriver: Run
+) -> None:
+    copies = {
+        42: tampered(
+            stopped_log,
+            "byte.duckdb",
+            "UPDATE events SET payload = left(payload, 10)"
+            " || CASE WHEN substr(payload, 11, 1) = 'X' THEN 'Y' ELSE 'X' END"
+            " || substr(payload, 12) WHERE seq = 42",
+        ),
+        77: tampered(stopped_log, "deleted.duckdb", "DELETE FROM events WHERE seq = 77"),
+        100: tampered(
+            stopped_log,
+            "swapped.duckdb",
+            "UPDATE events SET payload = CASE seq WHEN 100 THEN"
+            " (SELECT payload FROM events WHERE seq = 101) ELSE"
+            " (SELECT payload FROM events WHERE seq = 100) END WHERE seq IN (100, 101)",
+        ),
+    }
+    offline = _OfflineRunner(hakuriver)
+    code, out, _ = offline("audit", "verify", "--db", str(stopped_log))
+    assert code == 0 and "OK" in out
+    for seq, copy in copies.items():
+        code, out, err = offline("audit", "verify", "--db", str(copy))
+        assert code == 1, (seq, out, err)
+        assert f"audit failed at seq {seq}:" in err and f"FAIL at seq {seq}" in out
+        report = json.loads(offline("audit", "verify", "--db", str(copy), "--json")[1])
+        assert report["first_bad_seq"] == seq and not report["ok"]
+
+
+async def test_an_injected_illegal_transition_is_reported_by_audit_verify(
+    stopped_log: Path, hakuriver: Run
+) -> None:
+    con = duckdb.connect(str(stopped_log), read_only=True)
+    ((task_id,),) = con.execute(
+        "SELECT payload->>'$.task_id' FROM events WHERE kind = 'task.finished' LIMIT 1"
+    ).fetchall()
+    con.close()
+    # A properly chained event that the state machine forbids: a start after the end
+    async with await EventStore.open(stopped_log) as store:
+        (seq,) = await store.append(
+            [new_event(TaskStarted(task_id=task_id, node="node0", pid=1), source="node0")]
+        )
+    code, out, err = _OfflineRunner(hakuriver)("audit", "verify", "--db", str(stopped_log))
+    assert code == 1 and f"audit failed at seq {seq}: transition" in err
+    assert "illegal transition: task.started" in out
+
+
+class _OfflineRunner:
+    """``hakuriver`` in-process with no control plane anywhere (only --db works)."""
+
+    def __init__(self, run: Run) -> None:
+        self._run = run
+        self._cluster = _NoCluster()
+
+    def __call__(self, *words: str) -> tuple[int, str, str]:
+        return self._run(self._cluster, *words)
+
+
+class _NoCluster:
+    url = "http://127.0.0.1:9"
+    config = Path("/nonexistent/config.toml")
+
+
+# -- following ----------------------------------------------------------------------------
+
+
+def test_events_tail_follow_resumes_after_the_control_plane_restarts(tmp_path: Path) -> None:
+    with running_cluster(tmp_path, agents=("n1",)) as cluster:
+        [before] = cluster.submit("true")
+        cluster.wait_state(before)
+        words = ["events", "tail", "-f", "--json", "--kind", "task.*", "-n", "1000"]
+        follower = subprocess.Popen(
+            [sys.executable, "-m", "cli.hakuriver", *words],
+            env=cluster.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(
+            target=lambda: [lines.put(line) for line in follower.stdout],
+            daemon=True,  # type: ignore[union-attr]
+        ).start()
+        printed: list[dict[str, Any]] = []
+
+        def printed_finish_of(task_id: str) -> Callable[[], bool]:
+            def check() -> bool:
+                while not lines.empty():
+                    printed.append(json.loads(lines.get()))
+                return any(
+                    e["kind"] == "task.finished" and e["payload"]["task_id"] == task_id
+                    for e in printed
+                )
+
+            return check
+
+        try:
+            wait_until(printed_finish_of(before), timeout=20)
+            # When the control plane goes away and comes back (same port, same log)
+            cluster.stop_host()
+            cluster.start_host()
+            cluster.wait_node("n1", online=True, timeout=30)
+            [after] = cluster.submit("true")
+            cluster.wait_state(after)
+            # Then the follower, reconnected, printed the new task's events too
+            wait_until(printed_finish_of(after), timeout=30)
+            expected = [
+                e["seq"]
+                for e in cluster.http.get(
+                    "/api/events", params={"kind": "task.*", "limit": 10000}
+                ).json()["events"]
+            ]
+            seqs = [e["seq"] for e in printed]
+            assert seqs == expected  # every task event once, in order, across the restart
+        finally:
+            follower.terminate()
+            _, err = follower.communicate(timeout=10)
+        assert "resuming after seq" in err

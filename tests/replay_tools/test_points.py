@@ -1,0 +1,44 @@
+"""Points of history as users write them: seqs, ISO 8601 times, relative times."""
+
+from __future__ import annotations
+
+import pytest
+
+from replay_tools.points import Point, iso, parse_point
+
+NOW = 1_795_255_200_000_000  # 2026-11-21T10:00:00Z
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1200", Point(seq=1200)),
+        ("0", Point(seq=0)),
+        ("now", Point(at_us=NOW)),
+        ("-10m", Point(at_us=NOW - 600_000_000)),
+        ("10m ago", Point(at_us=NOW - 600_000_000)),
+        ("-1.5h", Point(at_us=NOW - 5_400_000_000)),
+        ("-2d", Point(at_us=NOW - 2 * 86_400_000_000)),
+        ("2026-11-21T10:00:00Z", Point(at_us=NOW)),
+        ("2026-11-21T12:00:00+02:00", Point(at_us=NOW)),
+        ("2026-11-21T12:00:00 02:00", Point(at_us=NOW)),  # "+" lost in a query string
+        ("2026-11-21 10:00", Point(at_us=NOW)),
+        ("2026-11-21T10:00:00.000042", Point(at_us=NOW + 42)),
+        ("2026-11-21", Point(at_us=NOW - 10 * 3_600_000_000)),
+    ],
+)
+def test_points_parse(text: str, expected: Point) -> None:
+    assert parse_point(text, now_us=NOW) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "says"), [("-5", "not negative"), ("10m", "not a time"), ("yesterday", "not a time")]
+)
+def test_what_is_not_a_point_says_why(text: str, says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        parse_point(text, now_us=NOW)
+
+
+def test_iso_is_exact_to_the_microsecond() -> None:
+    assert iso(NOW + 1) == "2026-11-21T10:00:00.000001Z"
+    assert iso(None) is None
