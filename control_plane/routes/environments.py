@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from typing import Any
 
 import msgspec
@@ -32,6 +33,8 @@ from control_plane.requests import decode_body
 from control_plane.routes.common import answer, control_plane
 from events.ids import new_id
 from events.types import EnvShellClosed, EnvShellOpened
+
+log = logging.getLogger("hakuriver.environments")
 
 bp = Blueprint("environments", url_prefix="/api")
 
@@ -205,6 +208,8 @@ async def shell(request: Request, ws: Any, name: str) -> None:
                 return
             await ws.send(data)
 
+    resizes: set[asyncio.Task[None]] = set()
+
     async def keyboard() -> None:
         while True:
             message = await ws.recv()
@@ -213,14 +218,17 @@ async def shell(request: Request, ws: Any, name: str) -> None:
             if isinstance(message, bytes):
                 await loop.sock_sendall(opened.raw, message)
                 continue
-            with contextlib.suppress(ValueError, KeyError, TypeError):
+            try:
                 control = json.loads(message)
-                if control.get("type") == "resize":
-                    await asyncio.to_thread(
-                        env_shells.resize, envs, opened, int(control["rows"]), int(control["cols"])
-                    )
-                elif control.get("type") == "input":
-                    await loop.sock_sendall(opened.raw, str(control["data"]).encode())
+                kind = control.get("type")
+            except (ValueError, AttributeError):
+                continue  # not a control message: ignored
+            if kind == "resize":
+                # Off the key path: a slow engine call must not hold typed keys back.
+                resizes.add(asyncio.create_task(_resize(envs, opened, control)))
+                resizes.difference_update([t for t in resizes if t.done()])
+            elif kind == "input":
+                await loop.sock_sendall(opened.raw, str(control.get("data", "")).encode())
 
     output_pump = asyncio.create_task(output())
     pumps = {output_pump, asyncio.create_task(keyboard())}
@@ -240,3 +248,12 @@ async def shell(request: Request, ws: Any, name: str) -> None:
             await ws.send(json.dumps({"type": "exit", "code": code}))
     with contextlib.suppress(Exception):
         await ws.close()
+
+
+async def _resize(envs: Environments, opened: env_shells.Shell, control: dict[str, Any]) -> None:
+    """Apply a resize; a bad or failed one is logged and the session goes on."""
+    try:
+        rows, cols = int(control["rows"]), int(control["cols"])
+        await asyncio.to_thread(env_shells.resize, envs, opened, rows, cols)
+    except Exception as exc:
+        log.warning("shell resize to %s failed: %s", control, exc)
