@@ -34,6 +34,7 @@ class Terminal:
         self.pid, self.fd = pid, fd
         self.output = b""
         self.code: int | None = None
+        self._answered = 0
         self.resize(rows, cols, signal_child=False)
 
     def resize(self, rows: int, cols: int, *, signal_child: bool = True) -> None:
@@ -56,10 +57,13 @@ class Terminal:
             return False
         if not data:
             return False
-        if CURSOR_QUERY in data:
-            # Answer like a terminal emulator would: line editors (busybox ash) ask.
-            os.write(self.fd, b"\x1b[1;1R")
         self.output += data
+        # Answer cursor-position queries like a terminal emulator (busybox ash asks, and
+        # waits for the answer). Counted over the whole output: a query may arrive split.
+        asked = self.output.count(CURSOR_QUERY)
+        while self._answered < asked:
+            os.write(self.fd, b"\x1b[1;1R")
+            self._answered += 1
         return True
 
     def expect(self, text: str, timeout: float = 20) -> None:
