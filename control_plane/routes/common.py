@@ -51,6 +51,17 @@ def error(status: int, kind: str, message: str, field: str | None = None) -> HTT
     return json(body, status=status)
 
 
+def json_object(request: Request, expected: str = "a JSON object") -> dict[str, Any]:
+    """The request body as a JSON object (``InvalidRequest`` on ``body`` otherwise)."""
+    try:
+        body = request.json
+    except Exception:
+        raise InvalidRequest("body", "malformed JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("body", f"expected {expected}")
+    return body
+
+
 def query_int(request: Request, name: str, *, minimum: int = 0) -> int | None:
     """An optional integer query parameter (``InvalidRequest`` naming it when malformed)."""
     raw = request.args.get(name)

@@ -18,7 +18,7 @@ from sanic.response import HTTPResponse
 from control_plane.history import Cursor, HistoryService, state_document
 from control_plane.hub import ControlPlane
 from control_plane.requests import InvalidRequest
-from control_plane.routes.common import NotFound, answer, control_plane, query_int
+from control_plane.routes.common import NotFound, answer, control_plane, json_object, query_int
 from events.envelope import now_us
 from projections.cluster import ClusterState
 from replay_tools.analytics import (
@@ -313,12 +313,7 @@ async def get_audit(request: Request) -> HTTPResponse:
 @bp.post("/sql")
 async def post_sql(request: Request) -> HTTPResponse:
     """One read-only SELECT over the log's views: ``{"sql": "...", "max_rows": N}``."""
-    try:
-        body = request.json
-    except Exception:
-        raise InvalidRequest("body", "malformed JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("body", 'expected a JSON object {"sql": "SELECT ..."}')
+    body = json_object(request, 'a JSON object {"sql": "SELECT ..."}')
     sql = body.get("sql")
     if not isinstance(sql, str) or not sql.strip():
         raise InvalidRequest("sql", "give one SELECT statement as a string")

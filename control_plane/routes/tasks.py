@@ -12,7 +12,14 @@ from control_plane.environments import Environments
 from control_plane.hub import ControlPlane
 from control_plane.logs import Stream, log_path, read_from, read_tail
 from control_plane.requests import InvalidRequest, SubmitTask, decode_batch, decode_submit
-from control_plane.routes.common import Conflict, NotFound, answer, control_plane, query_int
+from control_plane.routes.common import (
+    Conflict,
+    NotFound,
+    answer,
+    control_plane,
+    json_object,
+    query_int,
+)
 from control_plane.views import TaskOut
 from events import link
 from events.ids import new_id
@@ -126,12 +133,7 @@ async def get_task(request: Request, ident: str) -> HTTPResponse:
 def _requester(request: Request) -> tuple[str, str]:
     if not request.body:
         return "anonymous", ""
-    try:
-        body = request.json
-    except Exception:
-        raise InvalidRequest("body", "malformed JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("body", "expected a JSON object")
+    body = json_object(request)
     by, reason = body.get("requested_by", "anonymous"), body.get("reason", "")
     if not isinstance(by, str) or not isinstance(reason, str):
         raise InvalidRequest("requested_by", "requested_by and reason must be strings")
