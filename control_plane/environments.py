@@ -79,8 +79,8 @@ def check_name(name: str, field: str = "name") -> str:
         raise EnvError(
             400,
             field,
-            f"invalid environment name {name!r}: use lowercase letters, digits, '.', '_'"
-            " and '-', starting with a letter or digit (at most 63 characters)",
+            f"invalid environment name {name!r}: lowercase letters and digits, joined by"
+            " single '.', '_' or '-' (a Docker repository name; at most 63 characters)",
         )
     return name
 
@@ -184,8 +184,19 @@ class Environments:
         return self._client
 
     def lock(self, name: str) -> asyncio.Lock:
-        """One operation at a time per environment."""
-        return self._locks.setdefault(name, asyncio.Lock())
+        """One operation at a time per environment (only valid names get a lock)."""
+        return self._locks.setdefault(check_name(name), asyncio.Lock())
+
+    async def _engine_call(self, name: str, function: Callable[[], T]) -> T:
+        """An engine call on an environment's container; its refusal is a 409 on ``name``."""
+        import docker.errors
+
+        try:
+            return await self._call(function)
+        except docker.errors.NotFound:
+            raise EnvError(404, "name", f"environment container {name!r} is gone") from None
+        except docker.errors.APIError as exc:
+            raise EnvError(409, "name", f"{name}: {exc.explanation or exc}") from None
 
     def container(self, name: str) -> Any:
         """The environment's container; 404 when there is none."""
@@ -290,7 +301,7 @@ class Environments:
         """Start a stopped environment container (no-op when running)."""
         async with self.lock(name):
             container = await self._call(lambda: self.container(name))
-            await self._call(container.start)
+            await self._engine_call(name, container.start)
             await self._call(container.reload)
             await self.record([EnvContainerStarted(name=name, requested_by=requested_by)])
             return _container_out(container)
@@ -299,7 +310,7 @@ class Environments:
         """Stop an environment container (its changes stay until it is deleted)."""
         async with self.lock(name):
             container = await self._call(lambda: self.container(name))
-            await self._call(lambda: container.stop(timeout=10))
+            await self._engine_call(name, lambda: container.stop(timeout=10))
             await self._call(container.reload)
             await self.record([EnvContainerStopped(name=name, requested_by=requested_by)])
             return _container_out(container)
@@ -308,7 +319,7 @@ class Environments:
         """Remove an environment container; its image and tarballs stay."""
         async with self.lock(name):
             container = await self._call(lambda: self.container(name))
-            await self._call(lambda: container.remove(force=True))
+            await self._engine_call(name, lambda: container.remove(force=True))
             await self.record([EnvContainerDeleted(name=name, requested_by=requested_by)])
 
     # -- packaging -----------------------------------------------------------------------
@@ -346,7 +357,7 @@ class Environments:
         report({"step": "commit", "message": f"committing {CONTAINER_PREFIX}{name}"})
         try:
             previous = client.images.get(image_of(name)).id
-        except docker.errors.ImageNotFound:
+        except docker.errors.APIError:  # ImageNotFound included
             previous = None
         try:
             image = container.commit(repository=f"hakuriver/{name}", tag="base", changes=changes)

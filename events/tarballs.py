@@ -14,8 +14,9 @@ import re
 
 LABEL_ENV = "hakuriver.env"
 LABEL_TIMESTAMP = "hakuriver.env_timestamp"
-# A Docker repository component; the CLI and host limit it to 63 characters.
-ENV_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+# A Docker repository path component (lowercase alphanumerics joined by one '.', one or
+# two '_', or dashes), at most 63 characters.
+ENV_NAME = re.compile(r"(?=.{1,63}$)[a-z0-9]+(?:(?:\.|_{1,2}|-+)[a-z0-9]+)*")
 DIGEST_SUFFIX = ".sha256"
 _DIGEST_LINE = re.compile(r"([0-9a-fA-F]{64}) [ *](\S+)\s*")
 

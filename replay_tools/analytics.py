@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import duckdb
+import pyarrow as pa
 
 from projections.sql import nodes_sql, tasks_sql
 from projections.tasks import ENDED_STATES
@@ -36,6 +37,9 @@ Rows = list[tuple[Any, ...]]
 ReportName = Literal["queue-wait", "runtime", "failures", "utilization"]
 REPORTS: tuple[str, ...] = ("queue-wait", "runtime", "failures", "utilization")
 DEFAULT_MAX_ROWS = 10_000
+
+
+MAX_RESULT_BYTES = 64 << 20  # what one SQL answer may carry (Arrow bytes, before JSON)
 
 
 class SqlRefused(ValueError):
@@ -239,6 +243,10 @@ def run_readonly_sql(
     db: str | Path | duckdb.DuckDBPyConnection, sql: str, *, max_rows: int | None = None
 ) -> SqlResult:
     """Run one read-only SELECT over the log's views, in a READ ONLY transaction."""
+    try:
+        sql.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SqlRefused("refused: the statement is not valid UTF-8 text") from None
     con = db if isinstance(db, duckdb.DuckDBPyConnection) else open_analytics(db)
     try:
         check_readonly(con, sql)
@@ -249,8 +257,15 @@ def run_readonly_sql(
             columns = list(reader.schema.names)
             rows: Rows = []
             truncated = False
+            size = 0
             try:
                 for batch in reader:
+                    size += batch.nbytes
+                    if size > MAX_RESULT_BYTES:
+                        raise SqlRefused(
+                            f"refused: the result is larger than {MAX_RESULT_BYTES >> 20} MiB;"
+                            " aggregate it, add a LIMIT, or use `hakuriver export --parquet`"
+                        )
                     values = [column.to_pylist() for column in batch.columns]
                     rows.extend(zip(*values, strict=True))
                     if max_rows is not None and len(rows) > max_rows:
@@ -260,6 +275,12 @@ def run_readonly_sql(
                 reader.close()  # the connection takes no statement while a result is open
         except (duckdb.PermissionException, duckdb.TransactionException) as exc:
             raise SqlRefused(f"refused: {exc}") from exc
+        except (OverflowError, pa.ArrowException) as exc:
+            # e.g. an infinite or year-10000 timestamp, or nesting Arrow cannot carry.
+            raise SqlRefused(
+                f"refused: the result holds a value that cannot be returned ({exc});"
+                " cast it to VARCHAR in the query"
+            ) from exc
         finally:
             con.execute("ROLLBACK")
         return SqlResult(columns, rows, truncated)

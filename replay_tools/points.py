@@ -18,6 +18,12 @@ _RELATIVE = re.compile(r"^(?:-\s*)?(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)(?:\s+ag
 _UNIT_S = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
+# What DuckDB's timestamps hold: years 1 to 9999, as Unix microseconds; seqs are BIGINT.
+_MIN_US = -62_135_596_800_000_000
+_MAX_US = 253_402_300_799_999_999
+MAX_SEQ = 2**63 - 1
+
+
 class Point(msgspec.Struct, frozen=True, kw_only=True):
     """A seq or a time (Unix microseconds); exactly one is set."""
 
@@ -43,7 +49,11 @@ def parse_time(text: str, *, now_us: int) -> int:
     relative = _RELATIVE.match(word.lower())
     if relative and (word.startswith("-") or word.lower().endswith("ago")):
         amount, unit = relative.groups()
-        return now_us - round(float(amount) * _UNIT_S[unit] * 1_000_000)
+        try:
+            back = round(float(amount) * _UNIT_S[unit] * 1_000_000)
+        except OverflowError:
+            raise ValueError(f"{text!r} is out of range") from None
+        return _in_range(text, now_us - back)
     # A "+02:00" offset in an unencoded query string arrives as " 02:00".
     word = re.sub(r"(T[\d:.]+) (\d\d:?\d\d)$", r"\1+\2", word)
     try:
@@ -56,13 +66,21 @@ def parse_time(text: str, *, now_us: int) -> int:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     delta = when - _EPOCH
-    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return _in_range(text, (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds)
+
+
+def _in_range(text: str, us: int) -> int:
+    if not _MIN_US <= us <= _MAX_US:
+        raise ValueError(f"{text!r} is out of range: times run from year 1 to year 9999")
+    return us
 
 
 def parse_point(text: str, *, now_us: int) -> Point:
     """A seq (a bare non-negative integer) or a time; ValueError naming what was wrong."""
     word = text.strip()
     if re.fullmatch(r"\d+", word):
+        if len(word) > 19 or int(word) > MAX_SEQ:
+            raise ValueError(f"{text!r} is not a seq: at most {MAX_SEQ}")
         return Point(seq=int(word))
     if re.fullmatch(r"-\d+", word):
         raise ValueError(f"{text!r}: a seq is not negative; for a relative time add a unit (-10m)")

@@ -47,66 +47,67 @@ def run_shell(url: str, *, stdin_fd: int | None = None, stdout: BinaryIO | None 
     except (OSError, InvalidHandshake, TimeoutError) as exc:
         raise Unreachable(url, str(exc) or type(exc).__name__) from None
 
-    outcome: dict[str, Any] = {}
-    finished = threading.Event()
+    with ws:  # websockets' sync client is used as a context manager
+        outcome: dict[str, Any] = {}
+        finished = threading.Event()
 
-    def receive() -> None:
-        try:
-            for message in ws:
-                if isinstance(message, bytes):
-                    out.write(message)
-                    out.flush()
-                    continue
-                control = json.loads(message)
-                if control.get("type") in ("exit", "error"):
-                    outcome.update(control)
-        except ConnectionClosed:
-            pass
-        finally:
-            finished.set()
-
-    receiver = threading.Thread(target=receive, name="shell-receive", daemon=True)
-    receiver.start()
-    saved = termios.tcgetattr(fd) if is_tty else None
-    previous_handler: Any = None
-    resized = threading.Event()  # set by SIGWINCH; the loop below sends the new size
-    if is_tty:
-        tty.setraw(fd)
-        with contextlib.suppress(ValueError):  # not the main thread: no resize forwarding
-            previous_handler = signal.signal(signal.SIGWINCH, lambda *_: resized.set())
-    try:
-        reading = True
-        while not finished.is_set():
-            if resized.is_set():
-                # Sent from here, never from the handler: it could interrupt a send.
-                resized.clear()
-                c, r = _size(fd)
-                with contextlib.suppress(ConnectionClosed):
-                    ws.send(json.dumps({"type": "resize", "rows": r, "cols": c}))
-            if not reading:
-                finished.wait(0.1)
-                continue
-            ready, _, _ = select.select([fd], [], [], 0.1)
-            if not ready:
-                continue
-            data = os.read(fd, 65536)
-            if not data:
-                reading = False
-                if not is_tty:
-                    with contextlib.suppress(ConnectionClosed):
-                        ws.send(EOT)
-                continue
+        def receive() -> None:
             try:
-                ws.send(data)
+                for message in ws:
+                    if isinstance(message, bytes):
+                        out.write(message)
+                        out.flush()
+                        continue
+                    control = json.loads(message)
+                    if control.get("type") in ("exit", "error"):
+                        outcome.update(control)
             except ConnectionClosed:
-                break
-    finally:
-        if saved is not None:
-            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
-        if previous_handler is not None:
-            signal.signal(signal.SIGWINCH, previous_handler)
-        ws.close()
-        receiver.join(timeout=5)
+                pass
+            finally:
+                finished.set()
+
+        receiver = threading.Thread(target=receive, name="shell-receive", daemon=True)
+        receiver.start()
+        saved = termios.tcgetattr(fd) if is_tty else None
+        previous_handler: Any = None
+        resized = threading.Event()  # set by SIGWINCH; the loop below sends the new size
+        if is_tty:
+            tty.setraw(fd)
+            with contextlib.suppress(ValueError):  # not the main thread: no resize forwarding
+                previous_handler = signal.signal(signal.SIGWINCH, lambda *_: resized.set())
+        try:
+            reading = True
+            while not finished.is_set():
+                if resized.is_set():
+                    # Sent from here, never from the handler: it could interrupt a send.
+                    resized.clear()
+                    c, r = _size(fd)
+                    with contextlib.suppress(ConnectionClosed):
+                        ws.send(json.dumps({"type": "resize", "rows": r, "cols": c}))
+                if not reading:
+                    finished.wait(0.1)
+                    continue
+                ready, _, _ = select.select([fd], [], [], 0.1)
+                if not ready:
+                    continue
+                data = os.read(fd, 65536)
+                if not data:
+                    reading = False
+                    if not is_tty:
+                        with contextlib.suppress(ConnectionClosed):
+                            ws.send(EOT)
+                    continue
+                try:
+                    ws.send(data)
+                except ConnectionClosed:
+                    break
+        finally:
+            if saved is not None:
+                termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+            if previous_handler is not None:
+                signal.signal(signal.SIGWINCH, previous_handler)
+            ws.close()
+            receiver.join(timeout=5)
     if outcome.get("type") == "error":
         raise ApiError(
             int(outcome.get("status") or 400),

@@ -68,9 +68,13 @@ def query_int(request: Request, name: str, *, minimum: int = 0) -> int | None:
     if raw is None or raw == "":
         return None
     try:
-        value = int(raw)
+        value = int(raw) if len(raw) <= 20 else None
     except ValueError:
-        raise InvalidRequest(name, f"must be an integer, got {raw!r}") from None
+        value = None
+    if value is None:
+        raise InvalidRequest(name, f"must be an integer, got {raw[:40]!r}")
+    if value > 2**63 - 1:
+        raise InvalidRequest(name, f"must be at most {2**63 - 1}, got {raw}")
     if value < minimum:
         raise InvalidRequest(name, f"must be at least {minimum}, got {value}")
     return value

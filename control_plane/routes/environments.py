@@ -232,22 +232,40 @@ async def shell(request: Request, ws: Any, name: str) -> None:
 
     output_pump = asyncio.create_task(output())
     pumps = {output_pump, asyncio.create_task(keyboard())}
+    done: set[asyncio.Task[None]] = set()
     try:
         done, _ = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        # Also when Sanic cancels this handler (the client dropped the connection): the
+        # shell is hung up and the session recorded as closed, shielded from the cancel.
         for task in pumps:
             task.cancel()
-    for task in done:
-        if not task.cancelled():
-            task.exception()  # retrieved: a dropped socket is how a session ends
-    ended_by_shell = any(task is output_pump for task in done)
-    code = await asyncio.to_thread(env_shells.finish_shell, envs, opened, ended_by_shell)
-    await cp.record([EnvShellClosed(name=name, session_id=session, exit_code=code)])
+        for task in done:
+            if not task.cancelled():
+                task.exception()  # retrieved: a dropped socket is how a session ends
+        ended_by_shell = output_pump in done
+        ending = asyncio.ensure_future(
+            _end_session(cp, envs, opened, name, session, ended_by_shell)
+        )
+        code = await asyncio.shield(ending)
     if ended_by_shell:
         with contextlib.suppress(Exception):
             await ws.send(json.dumps({"type": "exit", "code": code}))
     with contextlib.suppress(Exception):
         await ws.close()
+
+
+async def _end_session(
+    cp: Any, envs: Environments, opened: env_shells.Shell, name: str, session: str, ended: bool
+) -> int | None:
+    """Hang the shell up if it still runs, and record how the session ended."""
+    code: int | None = None
+    try:
+        code = await asyncio.to_thread(env_shells.finish_shell, envs, opened, ended)
+    except Exception as exc:
+        log.warning("ending shell session %s failed: %s", session, exc)
+    await cp.record([EnvShellClosed(name=name, session_id=session, exit_code=code)])
+    return code
 
 
 async def _resize(envs: Environments, opened: env_shells.Shell, control: dict[str, Any]) -> None:

@@ -166,7 +166,9 @@ async def list_events(request: Request) -> HTTPResponse:
 @bp.get("/events/<seq:int>")
 async def get_event(request: Request, seq: int) -> HTTPResponse:
     """One event by its seq."""
-    found = await _read(request, lambda cur: event_at(cur, seq))
+    found = None
+    if 1 <= seq <= 2**63 - 1:
+        found = await _read(request, lambda cur: event_at(cur, seq))
     if found is None:
         raise NotFound(
             "seq",

@@ -187,6 +187,10 @@ def test_bad_requests_are_refused_with_the_field(tmp_path: Path, env_name: str) 
         assert r.status_code == 400 and r.json()["field"] == "name"
         r = cluster.http.post("/api/environments/containers", json={"image": BUSYBOX_IMAGE})
         assert r.status_code == 400 and r.json()["field"] == "name"
+        for bad in ("rv.", "rv-_x", "rv..x", "x" * 64):  # not Docker repository names
+            body = {"image": BUSYBOX_IMAGE, "name": bad}
+            r = cluster.http.post("/api/environments/containers", json=body)
+            assert r.status_code == 400 and r.json()["field"] == "name", (bad, r.text)
         r = cluster.http.post(f"/api/environments/{env_name}/tar")
         assert r.status_code == 404 and "create-container" in r.json()["message"]
         done = hakuriver(cluster, "docker", "create-container", BUSYBOX_IMAGE, env_name)
@@ -274,3 +278,37 @@ initial_base_image = "no-such/base:1"
         assert "docker pull no-such/base:1" in r.json()["message"]
         assert "--container NULL" in r.json()["message"]
         assert _submit(cluster, container="NULL").status_code == 201
+
+
+def test_a_shell_whose_client_vanishes_is_hung_up_and_recorded(
+    tmp_path: Path, env_name: str
+) -> None:
+    from websockets.sync.client import connect
+
+    client = engine_or_skip()
+    with running_cluster(tmp_path, agents=()) as cluster:
+        ok(hakuriver(cluster, "docker", "create-container", BUSYBOX_IMAGE, env_name))
+        url = cluster.url.replace("http://", "ws://") + f"/api/environments/{env_name}/shell"
+        with connect(url) as ws:
+            ws.send(b"echo started-$((6*7))\n")
+            seen = b""
+            deadline = time.monotonic() + 20
+            while b"started-42" not in seen:
+                assert time.monotonic() < deadline, seen
+                message = ws.recv(timeout=20)
+                if isinstance(message, bytes):
+                    seen += message
+            ws.socket.close()  # the client vanishes: no close frame, no Ctrl-D
+
+        def closed() -> bool:
+            r = cluster.http.get("/api/events", params={"kind": "env.shell_closed"})
+            return any(e["stream"] == f"env:{env_name}" for e in r.json()["events"])
+
+        cluster.wait(closed, 30, "env.shell_closed after the client vanished")
+        container = client.containers.get(f"hakuriver-env-{env_name}")
+
+        def shell_gone() -> bool:
+            processes = container.top()["Processes"] or []
+            return not any("/bin/sh -l" in " ".join(p) for p in processes)
+
+        cluster.wait(shell_gone, 20, "the shell to be hung up")

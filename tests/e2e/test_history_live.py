@@ -452,3 +452,38 @@ def test_an_unknown_point_kind_is_refused_at_every_time_route(tmp_path: Path) ->
             assert response.json()["field"] == field, (path, response.text)
         bad_json = cluster.http.post("/api/sql", content=b"{nope")
         assert bad_json.status_code == 400 and bad_json.json()["field"] == "body"
+
+
+def test_out_of_range_points_and_unreturnable_values_are_refused_not_crashed(
+    tmp_path: Path,
+) -> None:
+    huge = str(10**45)
+    with running_cluster(tmp_path, agents=()) as cluster:
+        for path, params, field in [
+            ("/api/events", {"since": "-99999999999w"}, "since"),
+            ("/api/events", {"until": "99999999999w ago"}, "until"),
+            ("/api/events", {"after": huge}, "after"),
+            ("/api/events", {"since": huge}, "since"),
+            ("/api/state", {"at": "-99999999999w"}, "at"),
+            ("/api/state", {"at": "1e999999999999d ago"}, "at"),
+            ("/api/state/diff", {"a": "-99999999999w"}, "a"),
+            ("/api/export/events", {"since": "-99999999999w"}, "since"),
+            ("/api/reports/queue-wait", {"since": "-99999999999w"}, "since"),
+        ]:
+            response = cluster.http.get(path, params=params)
+            assert 400 <= response.status_code < 500, (path, params, response.text)
+            assert response.json()["field"] == field, (path, params, response.text)
+        assert cluster.http.get(f"/api/events/{huge}").status_code == 404
+        for sql in (
+            "SELECT 'infinity'::TIMESTAMP",
+            "SELECT TIMESTAMP '10000-01-01'",
+            "SELECT " + "[" * 100 + "1" + "]" * 100,
+            "SELECT repeat('x', 20000) FROM range(10000)",  # 200 MB: over the answer's limit
+        ):
+            response = cluster.http.post("/api/sql", json={"sql": sql, "max_rows": 100_000})
+            assert response.status_code == 400, (sql[:40], response.text)
+            assert response.json()["field"] == "sql"
+        surrogate = b'{"sql": "SELECT \\ud800"}'
+        response = cluster.http.post("/api/sql", content=surrogate)
+        assert response.status_code == 400, response.text
+        assert cluster.http.get("/api/health").status_code == 200
