@@ -163,14 +163,7 @@ def timeline_of(records: Sequence[Recorded]) -> list[TimelineEntry]:
 
 def task_history(source: str | Path | LogFile, task_id: str) -> dict[str, Any]:
     """A task's timeline as one JSON-ready document: its state now and every event."""
-    log, owned = as_log(source)
-    try:
-        records = log.read(streams=[f"task:{task_id}"])
-    finally:
-        if owned:
-            log.close()
-    if not records:
-        raise UnknownTask(f"no task {task_id!r} in the log")
+    records = _task_records(source, task_id)
     own = ClusterState()
     own.apply_all(records)  # the task's own events decide its state
     task = own.tasks.get(task_id)
@@ -192,6 +185,11 @@ def task_history(source: str | Path | LogFile, task_id: str) -> dict[str, Any]:
 
 def task_timeline(source: str | Path | LogFile, task_id: str) -> list[TimelineEntry]:
     """Every event of a task, oldest first, with durations between them."""
+    return timeline_of(_task_records(source, task_id))
+
+
+def _task_records(source: str | Path | LogFile, task_id: str) -> list[Recorded]:
+    """The task's own events (``UnknownTask`` when it has none)."""
     log, owned = as_log(source)
     try:
         records = log.read(streams=[f"task:{task_id}"])
@@ -200,7 +198,7 @@ def task_timeline(source: str | Path | LogFile, task_id: str) -> list[TimelineEn
             log.close()
     if not records:
         raise UnknownTask(f"no task {task_id!r} in the log")
-    return timeline_of(records)
+    return records
 
 
 def explain_placement(
