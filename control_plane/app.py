@@ -15,6 +15,7 @@ from sanic import Request, Sanic
 from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse
 
+from control_plane.environments import EnvError
 from control_plane.hub import ControlPlane
 from control_plane.requests import InvalidRequest
 from control_plane.routes import agents, environments, history, nodes, tasks
@@ -66,6 +67,10 @@ def create_app(settings: HostSettings, name: str = "hakuriver") -> Sanic:  # typ
     @app.exception(NotFound)
     async def _not_found(request: Request, exc: NotFound) -> HTTPResponse:
         return error(404, "not_found", exc.message, exc.field)
+
+    @app.exception(EnvError)
+    async def _environment(request: Request, exc: EnvError) -> HTTPResponse:
+        return error(exc.status, _KINDS.get(exc.status, "invalid_request"), exc.message, exc.field)
 
     @app.exception(Conflict)
     async def _conflict(request: Request, exc: Conflict) -> HTTPResponse:

@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import docker
+
 from control_plane.environments import EnvError, Environments
 
 
@@ -46,21 +48,13 @@ def open_shell(envs: Environments, name: str, rows: int, cols: int, term: str) -
     )["Id"]
     # The attach hijacks its HTTP connection: a client of its own keeps that
     # connection out of the shared pool, where a later call (a resize) could pick it.
-    own = _session_client(envs)
+    own = docker.from_env(timeout=60)
     sock = own.api.exec_start(exec_id, tty=True, socket=True)
     raw = getattr(sock, "_sock", sock)
     with contextlib.suppress(Exception):
         api.exec_resize(exec_id, height=rows, width=cols)
     raw.setblocking(False)
     return Shell(exec_id=exec_id, sock=sock, raw=raw, client=own)
-
-
-def _session_client(envs: Environments) -> Any:
-    import docker
-
-    if envs._client is not None and not isinstance(envs._client, docker.DockerClient):
-        return envs._client  # a test double: nothing to separate
-    return docker.from_env(timeout=60)
 
 
 def resize(envs: Environments, shell: Shell, rows: int, cols: int) -> None:
@@ -72,9 +66,8 @@ def finish_shell(envs: Environments, shell: Shell, ended: bool) -> int | None:
     """Close the socket, hang up a shell still running; its exit code when it ended."""
     with contextlib.suppress(Exception):
         shell.raw.close()
-    if shell.client is not envs._client:
-        with contextlib.suppress(Exception):
-            shell.client.close()
+    with contextlib.suppress(Exception):
+        shell.client.close()
     api = envs.engine().api
     info = api.exec_inspect(shell.exec_id)
     deadline = time.monotonic() + 5

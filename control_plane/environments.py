@@ -453,7 +453,7 @@ class Environments:
         except EnvError as exc:
             self.default_problem = f"[docker] default_container_name: {exc.message}"
             return
-        if any(t.name == name for t in self.tarballs()):
+        if any(t.name == name for t in await self._call(self.tarballs)):
             self.default_problem = None
             return
         base = self.settings.docker.initial_base_image

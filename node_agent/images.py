@@ -58,6 +58,7 @@ from typing import Any
 from watchfiles import Change, awatch
 
 from events.tarballs import (
+    DIGEST_SUFFIX,
     ENV_NAME,
     LABEL_ENV,
     LABEL_TIMESTAMP,
@@ -94,7 +95,7 @@ class Tarball:
 
     @property
     def digest_path(self) -> Path:
-        return self.path.with_name(self.path.name + ".sha256")
+        return self.path.with_name(self.path.name + DIGEST_SUFFIX)
 
 
 @dataclass(frozen=True)
@@ -111,8 +112,7 @@ class EnvImage:
 def _watched(change: Change, path: str) -> bool:
     """watchfiles filter: final tarball and digest names (never dot-files or *.tmp)."""
     filename = os.path.basename(path)
-    if filename.endswith(".sha256"):
-        filename = filename[: -len(".sha256")]
+    filename = filename.removesuffix(DIGEST_SUFFIX)
     return change != Change.deleted and parse_tarball_name(filename) is not None
 
 
@@ -348,7 +348,7 @@ class ImageSync:
         """List the folder and pre-load environments whose files are new or changed."""
         listing = await self._list_files()
         changed = {
-            filename.removesuffix(".sha256")
+            filename.removesuffix(DIGEST_SUFFIX)
             for filename, stat in listing.items()
             if known.get(filename) != stat
         }
@@ -401,7 +401,7 @@ class ImageSync:
         except FileNotFoundError:
             return found
         for entry in entries:
-            if parse_tarball_name(entry.name.removesuffix(".sha256")) is None:
+            if parse_tarball_name(entry.name.removesuffix(DIGEST_SUFFIX)) is None:
                 continue
             with contextlib.suppress(FileNotFoundError):
                 st = entry.stat()

@@ -7,7 +7,7 @@ runner loads before its next task in that environment (docs/environments.md).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from cyclopts import App
 from rich.progress import (
@@ -86,7 +86,7 @@ def create_container(
     image
         An image already on the host's Docker engine (nothing is pulled).
     name
-        The environment's name: lowercase letters, digits, '.', '_', '-'.
+        The environment's name: lowercase letters and digits joined by '.', '_' or '-'.
     as_json
         Print the container's document.
     """
@@ -103,9 +103,11 @@ def create_container(
     return 0
 
 
-def _act(name: str, action: str, conn: Connection | None, as_json: bool) -> int:
+def _act(
+    name: str, action: Literal["start", "stop"], conn: Connection | None, as_json: bool
+) -> int:
     with connection(conn).client() as client:
-        result = client.env_action(name, "start" if action == "start" else "stop")
+        result = client.env_action(name, action)
     if as_json:
         print_json(result)
     else:

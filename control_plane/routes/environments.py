@@ -1,5 +1,7 @@
 """``/api/environments``: the host's environment containers, tarballs and shells.
 
+``EnvError`` becomes the API's JSON error (its status, field and message) in app.py.
+
     GET    /api/environments/containers               list the environment containers
     POST   /api/environments/containers               {"image", "name"}: create one
     POST   /api/environments/containers/NAME/start    start it
@@ -71,30 +73,17 @@ def environments(request: Request) -> Environments:
     return envs
 
 
-def _error(exc: EnvError) -> HTTPResponse:
-    from control_plane.routes.common import error
-
-    kinds = {400: "invalid_request", 404: "not_found", 409: "conflict", 503: "unavailable"}
-    return error(exc.status, kinds.get(exc.status, "invalid_request"), exc.message, exc.field)
-
-
 @bp.get("/environments/containers")
 async def list_containers(request: Request) -> HTTPResponse:
     """The environment containers on the host's engine."""
-    try:
-        return answer({"containers": await environments(request).list_containers()})
-    except EnvError as exc:
-        return _error(exc)
+    return answer({"containers": await environments(request).list_containers()})
 
 
 @bp.post("/environments/containers")
 async def create_container(request: Request) -> HTTPResponse:
     """Create (and start) an environment container from an image on the host's engine."""
     body = decode_body(_create_decoder, request.body)  # InvalidRequest: 400 with the field
-    try:
-        out = await environments(request).create_container(body.image, body.name)
-    except EnvError as exc:
-        return _error(exc)
+    out = await environments(request).create_container(body.image, body.name)
     return answer(out, status=201)
 
 
@@ -102,23 +91,17 @@ async def create_container(request: Request) -> HTTPResponse:
 async def act(request: Request, name: str, action: str) -> HTTPResponse:
     """Start or stop an environment container."""
     envs = environments(request)
-    try:
-        if action == "start":
-            return answer(await envs.start_container(name))
-        if action == "stop":
-            return answer(await envs.stop_container(name))
-        raise EnvError(404, "action", f"no action {action!r}: use start or stop")
-    except EnvError as exc:
-        return _error(exc)
+    if action == "start":
+        return answer(await envs.start_container(name))
+    if action == "stop":
+        return answer(await envs.stop_container(name))
+    raise EnvError(404, "action", f"no action {action!r}: use start or stop")
 
 
 @bp.delete("/environments/containers/<name:str>")
 async def delete_container(request: Request, name: str) -> HTTPResponse:
     """Remove an environment container; its image and tarballs stay."""
-    try:
-        await environments(request).delete_container(name)
-    except EnvError as exc:
-        return _error(exc)
+    await environments(request).delete_container(name)
     return answer({"deleted": name})
 
 
@@ -126,18 +109,16 @@ async def delete_container(request: Request, name: str) -> HTTPResponse:
 async def list_tarballs(request: Request) -> HTTPResponse:
     """The packaged tarballs in the shared folder."""
     envs = environments(request)
-    return answer({"folder": str(envs.tar_dir), "tarballs": envs.tarballs()})
+    tarballs = await asyncio.to_thread(envs.tarballs)  # a shared (maybe NFS) folder
+    return answer({"folder": str(envs.tar_dir), "tarballs": tarballs})
 
 
 @bp.post("/environments/<name:str>/tar")
 async def create_tar(request: Request, name: str) -> HTTPResponse | None:
     """``create-tar``: one JSON line per progress step, the ``env.packaged`` event last."""
     envs = environments(request)
-    try:
-        check_name(name)
-        await asyncio.to_thread(envs.container, name)  # 404 before streaming starts
-    except EnvError as exc:
-        return _error(exc)
+    check_name(name)
+    await asyncio.to_thread(envs.container, name)  # a 404 before the stream starts
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
