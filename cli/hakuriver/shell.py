@@ -70,25 +70,33 @@ def run_shell(url: str, *, stdin_fd: int | None = None, stdout: BinaryIO | None 
         receiver.start()
         saved = termios.tcgetattr(fd) if is_tty else None
         previous_handler: Any = None
-        resized = threading.Event()  # set by SIGWINCH; the loop below sends the new size
+        # SIGWINCH writes a byte to this pipe and nothing else: a handler runs between
+        # two bytecodes of the main thread, so one that took a lock (threading.Event
+        # does) could find that thread holding it and deadlock the session.
+        winch_r, winch_w = os.pipe()
+        os.set_blocking(winch_r, False)
+        os.set_blocking(winch_w, False)
+
+        def on_winch(*_: object) -> None:
+            with contextlib.suppress(BlockingIOError):  # a byte is already pending
+                os.write(winch_w, b"w")
+
         if is_tty:
             tty.setraw(fd)
             with contextlib.suppress(ValueError):  # not the main thread: no resize forwarding
-                previous_handler = signal.signal(signal.SIGWINCH, lambda *_: resized.set())
+                previous_handler = signal.signal(signal.SIGWINCH, on_winch)
         try:
             reading = True
             while not finished.is_set():
-                if resized.is_set():
-                    # Sent from here, never from the handler: it could interrupt a send.
-                    resized.clear()
+                watched = [winch_r, fd] if reading else [winch_r]
+                ready, _, _ = select.select(watched, [], [], 0.1)
+                if winch_r in ready:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(winch_r, 4096)  # any number of resizes: send the size once
                     c, r = _size(fd)
                     with contextlib.suppress(ConnectionClosed):
                         ws.send(json.dumps({"type": "resize", "rows": r, "cols": c}))
-                if not reading:
-                    finished.wait(0.1)
-                    continue
-                ready, _, _ = select.select([fd], [], [], 0.1)
-                if not ready:
+                if fd not in ready:
                     continue
                 data = os.read(fd, 65536)
                 if not data:
@@ -106,6 +114,8 @@ def run_shell(url: str, *, stdin_fd: int | None = None, stdout: BinaryIO | None 
                 termios.tcsetattr(fd, termios.TCSADRAIN, saved)
             if previous_handler is not None:
                 signal.signal(signal.SIGWINCH, previous_handler)
+            os.close(winch_r)
+            os.close(winch_w)
             ws.close()
             receiver.join(timeout=5)
     if outcome.get("type") == "error":
