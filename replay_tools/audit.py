@@ -88,7 +88,8 @@ SELECT seq, kind, task_id, target, payload,
         PARTITION BY task_id ORDER BY seq
         ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS before
 FROM (
-    SELECT seq, kind, payload, substr(stream, 6) AS task_id, {_TARGET} AS target
+    SELECT seq, kind, substr(stream, 6) AS task_id, {_TARGET} AS target,
+        CASE WHEN kind = 'task.placed' THEN payload END AS payload  -- the only ones read
     FROM {_AUDITED}
     WHERE kind IN ({_quoted(_TASK_KINDS)}) AND stream LIKE 'task:%'
 )
@@ -111,12 +112,16 @@ _HOLDING = _quoted(sorted(HOLDING_STATES))
 # node last registered before the placement.
 _RESOURCES_SQL = f"""
 WITH placed AS (
-    SELECT seq, task_id, payload->>'$.node' AS node,
-        (payload->>'$.cores')::BIGINT AS cores,
-        coalesce((payload->>'$.memory_bytes')::BIGINT, 0) AS memory,
-        coalesce((payload->'$.gpu_ids')::BIGINT[], []::BIGINT[]) AS gpus
-    FROM {_STEPS_TABLE}
-    WHERE kind = 'task.placed' AND before = 'pending' AND json_valid(payload)
+    SELECT seq, task_id, f[1] AS node,
+        try_cast(f[2] AS BIGINT) AS cores,
+        coalesce(try_cast(f[3] AS BIGINT), 0) AS memory,
+        coalesce(try_cast(f[4] AS BIGINT[]), []::BIGINT[]) AS gpus
+    FROM (
+        SELECT seq, task_id, json_extract_string(  -- one parse for the four fields
+            payload, ['$.node', '$.cores', '$.memory_bytes', '$.gpu_ids']) AS f
+        FROM {_STEPS_TABLE}
+        WHERE kind = 'task.placed' AND before = 'pending' AND json_valid(payload)
+    )
 ),
 released AS (
     SELECT task_id, min(seq) AS seq FROM {_STEPS_TABLE}
@@ -263,9 +268,13 @@ def _audit(con: duckdb.DuckDBPyConnection, upto: int | None) -> AuditReport:
 def _chain_and_structure(con: duckdb.DuckDBPyConnection, last: int) -> list[Problem]:
     in_order = _chain_in_storage_order(con, last)
     found = in_order if in_order is not None else _chain_in_seq_order(con, last)
+    audited = _AUDITED.format(last=last)
     for event_id, seqs in con.execute(
-        f"SELECT id::VARCHAR, list(seq ORDER BY seq) FROM {_AUDITED.format(last=last)}"
-        " GROUP BY id HAVING count(*) > 1"
+        f"""
+        SELECT id::VARCHAR, list(seq ORDER BY seq) FROM {audited}
+        WHERE id IN (SELECT id FROM {audited} GROUP BY id HAVING count(*) > 1)
+        GROUP BY id
+        """
     ).fetchall():
         found.append(
             Problem(seq=seqs[1], kind="id", message=f"event id {event_id} stored at seqs {seqs}")
