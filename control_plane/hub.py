@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -311,14 +312,15 @@ class ControlPlane:
 
     # -- helpers for routes ----------------------------------------------------------------
 
-    def resolve_task(self, ident: str) -> str | None:
-        """A task id from a full id or a unique prefix of at least 8 characters."""
+    def task_matches(self, ident: str, limit: int = 4) -> list[str]:
+        """The task ids ``ident`` names: itself when it is one, else those it is a prefix
+        of (8+ characters), at most ``limit``. Ids are UUIDv7, whose first 8 digits
+        change once a minute, so a short prefix often names several tasks."""
         if ident in self.state.tasks:
-            return ident
+            return [ident]
         if len(ident) < 8:
-            return None
-        matches = [t for t in self.state.tasks if t.startswith(ident)]
-        return matches[0] if len(matches) == 1 else None
+            return []
+        return list(itertools.islice((t for t in self.state.tasks if t.startswith(ident)), limit))
 
 
 def run_command(task: TaskView) -> link.Run:

@@ -42,6 +42,10 @@ class UnknownTask(LookupError):
     """The log holds no event for the task id asked about."""
 
 
+class AmbiguousTask(UnknownTask):
+    """A prefix of several task ids."""
+
+
 class TimelineEntry(msgspec.Struct, frozen=True, kw_only=True):
     """One event of a task's history, with the time since the previous one."""
 
@@ -281,17 +285,21 @@ def resolve_task(source: str | Path | LogFile, ident: str) -> str:
     log, owned = as_log(source)
     try:
         rows = log.con.execute(
-            "SELECT DISTINCT substr(stream, 6) FROM events"
-            " WHERE kind = 'task.submitted' AND starts_with(stream, 'task:' || ?) LIMIT 2",
+            "SELECT DISTINCT substr(stream, 6) AS id FROM events"
+            " WHERE kind = 'task.submitted' AND starts_with(stream, 'task:' || ?)"
+            " ORDER BY id LIMIT 4",
             [ident],
         ).fetchall()
     finally:
         if owned:
             log.close()
-    exact = [row[0] for row in rows if row[0] == ident]
-    if exact:
-        return str(exact[0])
-    if len(ident) < 8 or len(rows) != 1:
-        more = " (it matches several tasks)" if len(rows) > 1 else ""
-        raise UnknownTask(f"no task {ident!r} in the log{more}")
-    return str(rows[0][0])
+    ids = [str(row[0]) for row in rows]
+    if ident in ids:
+        return ident
+    if len(ident) < 8 or not ids:
+        raise UnknownTask(f"no task {ident!r} in the log")
+    if len(ids) > 1:
+        shown = ", ".join(ids[:3]) + (", ..." if len(ids) > 3 else "")
+        message = f"{ident!r} is a prefix of several tasks ({shown}): give more of the id"
+        raise AmbiguousTask(message)
+    return ids[0]

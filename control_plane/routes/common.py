@@ -78,3 +78,20 @@ def query_int(request: Request, name: str, *, minimum: int = 0) -> int | None:
     if value < minimum:
         raise InvalidRequest(name, f"must be at least {minimum}, got {value}")
     return value
+
+
+def task_id_of(cp: ControlPlane, ident: str, field: str = "task_id") -> str:
+    """The task ``ident`` names (a full id or a unique prefix of 8+ characters).
+
+    ``NotFound`` when it names none; ``InvalidRequest`` (400) naming some of the
+    matches when it is a prefix of several.
+    """
+    matches = cp.task_matches(ident)
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        shown = ", ".join(matches[:3]) + (", ..." if len(matches) > 3 else "")
+        raise InvalidRequest(
+            field, f"{ident!r} is a prefix of several tasks ({shown}): give more of the id"
+        )
+    raise NotFound(field, f"no task {ident!r} (give its id or a unique prefix of 8+ characters)")

@@ -18,7 +18,14 @@ from sanic.response import HTTPResponse
 from control_plane.history import Cursor, HistoryService, state_document
 from control_plane.hub import ControlPlane
 from control_plane.requests import InvalidRequest
-from control_plane.routes.common import NotFound, answer, control_plane, json_object, query_int
+from control_plane.routes.common import (
+    NotFound,
+    answer,
+    control_plane,
+    json_object,
+    query_int,
+    task_id_of,
+)
 from events.envelope import now_us
 from projections.cluster import ClusterState
 from replay_tools.analytics import (
@@ -103,12 +110,7 @@ def _time(request: Request, name: str) -> int | None:
 
 
 def _task_id(cp: ControlPlane, ident: str, field: str = "task_id") -> str:
-    task_id = cp.resolve_task(ident)
-    if task_id is None:
-        raise NotFound(
-            field, f"no task {ident!r} (give its id or a unique prefix of 8+ characters)"
-        )
-    return task_id
+    return task_id_of(cp, ident, field)
 
 
 def _filter(request: Request, cp: ControlPlane) -> EventFilter:

@@ -19,6 +19,7 @@ from control_plane.routes.common import (
     control_plane,
     json_object,
     query_int,
+    task_id_of,
 )
 from control_plane.views import TaskOut
 from events import link
@@ -118,10 +119,7 @@ async def list_tasks(request: Request) -> HTTPResponse:
 
 
 def _task(cp: ControlPlane, ident: str) -> TaskView:
-    task_id = cp.resolve_task(ident)
-    if task_id is None:
-        raise NotFound("task_id", f"no task {ident!r}")
-    return cp.state.tasks[task_id]
+    return cp.state.tasks[task_id_of(cp, ident)]
 
 
 @bp.get("/tasks/<ident:str>")

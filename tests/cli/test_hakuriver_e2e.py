@@ -133,7 +133,10 @@ def test_status_json_is_the_api_document(cluster: Cluster, owner: str) -> None:
 def test_an_unknown_task_is_exit_2_with_the_servers_reason(cluster: Cluster) -> None:
     done = run(cluster, "hakuriver", "task", "status", "ffffffff-0000")
     assert done.returncode == 2
-    assert done.stderr.decode() == "error: task_id: no task 'ffffffff-0000'\n"
+    assert done.stderr.decode() == (
+        "error: task_id: no task 'ffffffff-0000'"
+        " (give its id or a unique prefix of 8+ characters)\n"
+    )
 
 
 def test_the_server_refuses_an_unknown_node_naming_the_target(cluster: Cluster) -> None:

@@ -195,3 +195,27 @@ def test_stdout_follow_streams_until_the_task_ends(cluster: Cluster) -> None:
 
 def _proc_state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_a_task_prefix_names_one_task_or_says_which_it_could_be(cluster: Cluster) -> None:
+    # Given three tasks submitted together: UUIDv7 ids, so they share a long prefix
+    r = cluster.http.post("/api/batches", json={"tasks": [{"command": "true"}] * 3})
+    ids = r.json()["task_ids"]
+    assert len(ids) == 3, r.text
+    for task_id in ids:
+        cluster.wait_state(task_id, "completed")
+    shared = ids[0][:8]
+    assert all(i.startswith(shared) for i in ids)
+    # When a prefix names several: 400 on the id, with the candidates, on every task route
+    for path in (f"/api/tasks/{shared}", f"/api/tasks/{shared}/history"):
+        r = cluster.http.get(path)
+        assert r.status_code == 400, (path, r.text)
+        body = r.json()
+        assert body["field"] == "task_id" and "prefix of several tasks" in body["message"]
+        assert ids[0] in body["message"]
+    # A prefix that names one task, and the full id, resolve to it
+    assert cluster.http.get(f"/api/tasks/{ids[1][:-2]}").json()["task_id"] == ids[1]
+    assert cluster.http.get(f"/api/tasks/{ids[2]}").json()["task_id"] == ids[2]
+    # Nothing it could be: 404, and too short a prefix is not a prefix at all
+    assert cluster.http.get("/api/tasks/ffffffff").status_code == 404
+    assert cluster.http.get(f"/api/tasks/{shared[:7]}").status_code == 404

@@ -29,7 +29,7 @@ from replay_tools.replay import (
     write_history_snapshots,
 )
 from replay_tools.snapshots import HistoryWriter, latest_history, restore_full
-from replay_tools.timeline import UnknownTask, resolve_task, task_timeline, why
+from replay_tools.timeline import AmbiguousTask, UnknownTask, resolve_task, task_timeline, why
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -252,7 +252,7 @@ def test_a_task_prefix_resolves_to_its_id(history_db: Path) -> None:
             "SELECT left(substr(stream, 6), 9) AS p FROM events WHERE kind = 'task.submitted'"
             " GROUP BY p HAVING count(*) > 1 LIMIT 1"
         ).fetchall()
-    with pytest.raises(UnknownTask, match="several"):
+    with pytest.raises(AmbiguousTask, match="prefix of several tasks"):
         resolve_task(history_db, shared)
     with pytest.raises(UnknownTask, match="no task 'nope'"):
         resolve_task(history_db, "nope")
