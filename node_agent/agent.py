@@ -143,9 +143,9 @@ class Agent:
         try:
             import docker
 
-            from node_agent.executors.docker import DockerExecutor
+            from node_agent.executors.docker import ENGINE_CONNECTIONS, DockerExecutor
 
-            client = docker.from_env(timeout=10)
+            client = docker.from_env(timeout=10, max_pool_size=ENGINE_CONNECTIONS)
             client.ping()
             loader = docker.from_env(timeout=IMAGE_LOAD_TIMEOUT_S)
         except Exception as exc:

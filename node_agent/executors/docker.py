@@ -13,16 +13,23 @@ Output is streamed from the engine into ``shared_dir/task_outputs/<id>.out`` and
 engine timestamp; the last one written is kept beside the state, so an adopted
 container's stream resumes where the previous agent stopped, without repeating.
 
-Every Docker SDK call blocks, so each runs in a worker thread.
+Every Docker SDK call blocks, so each runs in a worker thread: short calls (create,
+start, inspect, pause, remove) in a pool of the executor's own, ``ENGINE_CALLS``
+at a time; the calls that last as long as a container (its ``wait`` and the two
+output followers) in a daemon thread each. They once shared asyncio's default pool
+(``cpus + 4`` threads): three per container, so on a small node two running
+containers held every thread and the next task's create waited for one to end.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,6 +40,11 @@ T = TypeVar("T")
 
 LABEL_TASK = "hakuriver.task_id"
 LABEL_NODE = "hakuriver.node"
+# Short engine calls in flight at once (what `docker run` x16 in parallel puts on an engine).
+ENGINE_CALLS = 16
+# Connections the engine client keeps for reuse: the short calls, plus room for the
+# followers of many containers (each holds one while it runs, and returns it after).
+ENGINE_CONNECTIONS = 128
 
 
 def image_for(env: str) -> str:
@@ -73,10 +85,36 @@ class DockerExecutor:
         self.additional_mounts = additional_mounts
         self._boxes: dict[str, _Box] = {}
         self._shared: dict[str, Path] = {}
+        self._calls = ThreadPoolExecutor(ENGINE_CALLS, thread_name_prefix="hakuriver-docker")
+
+    async def _call(self, function: Callable[[], T]) -> T:
+        """A short engine call, in the executor's pool."""
+        return await asyncio.get_running_loop().run_in_executor(self._calls, function)
 
     @staticmethod
-    async def _call(function: Callable[[], T]) -> T:
-        return await asyncio.to_thread(function)
+    async def _hold(function: Callable[[], T], name: str) -> T:
+        """A call that lasts as long as a container, in a daemon thread of its own."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+
+        def settle(result: T | None, error: BaseException | None) -> None:
+            if future.done():  # cancelled meanwhile
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)  # type: ignore[arg-type]
+
+        def run() -> None:
+            try:
+                result, error = function(), None
+            except BaseException as exc:  # handed to the awaiting task
+                result, error = None, exc
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+                loop.call_soon_threadsafe(settle, result, error)
+
+        threading.Thread(target=run, name=name, daemon=True).start()
+        return await future
 
     # -- the protocol --------------------------------------------------------------------
 
@@ -128,7 +166,7 @@ class DockerExecutor:
         return await asyncio.shield(box.outcome)
 
     async def _outcome(self, box: _Box) -> Outcome:
-        result = await self._call(lambda: box.container.wait())
+        result = await self._hold(box.container.wait, f"hakuriver-wait-{box.task_id[-8:]}")
         for stream in box.streams:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await stream
@@ -249,9 +287,9 @@ class DockerExecutor:
             (True, shared / "task_outputs" / f"{box.task_id}.out"),
             (False, shared / "task_errors" / f"{box.task_id}.err"),
         ):
-            box.streams.append(
-                asyncio.ensure_future(asyncio.to_thread(self._stream, box, stdout, path, resume))
-            )
+            name = f"hakuriver-{'out' if stdout else 'err'}-{box.task_id[-8:]}"
+            copy = functools.partial(self._stream, box, stdout, path, resume)
+            box.streams.append(asyncio.ensure_future(self._hold(copy, name)))
 
     def _stream(self, box: _Box, stdout: bool, path: Path, resume: bool) -> None:
         """Copy one stream of the container's output into its file (blocking)."""

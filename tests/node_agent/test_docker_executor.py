@@ -142,3 +142,46 @@ async def test_a_new_executor_adopts_a_running_container(tmp_path: Path, executo
     assert outcome.state == "failed" and outcome.exit_code == 7
     # The resumed stream neither lost nor repeated a line.
     assert output(tmp_path, "t-adopt") == "before\nafter\n"
+
+
+async def test_many_running_containers_never_starve_the_next_start(
+    tmp_path: Path, executor
+) -> None:
+    """Each running container holds three blocking engine calls (its wait and two output
+    followers). Regression: they ran on the loop's default pool (``cpus + 4`` threads),
+    so on a small node two running containers held every thread and the next start
+    waited for one to end. The loop here gets a pool of 4 threads, a node with no CPU
+    to spare; the executor must not depend on it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    loop = asyncio.get_running_loop()
+    small = ThreadPoolExecutor(4)
+    loop.set_default_executor(small)
+    gate = tmp_path / "shared" / "shared_data" / "go"
+    waits = []
+    try:
+        for i in range(6):
+            run = task(
+                tmp_path,
+                f"t-many-{i}",
+                "sh",
+                "-c",
+                f"echo started-{i}; while [ ! -e /shared/go ]; do sleep 0.05; done; echo done-{i}",
+                cores=0,
+            )
+            await asyncio.wait_for(executor.start(run), 30)
+            waits.append(asyncio.ensure_future(executor.wait(run.task_id)))
+        # All six run at once, each printing while the others hold their followers.
+        await async_wait_until(
+            lambda: all(f"started-{i}" in output(tmp_path, f"t-many-{i}") for i in range(6)),
+            30,
+        )
+        gate.touch()
+        outcomes = await asyncio.wait_for(asyncio.gather(*waits), 60)
+        assert [o.state for o in outcomes] == ["completed"] * 6
+        for i in range(6):
+            assert output(tmp_path, f"t-many-{i}") == f"started-{i}\ndone-{i}\n"
+    finally:
+        gate.parent.mkdir(parents=True, exist_ok=True)
+        gate.touch()
+        small.shutdown(wait=False)
