@@ -45,6 +45,10 @@ class UnknownTask(LookupError):
 class AmbiguousTask(UnknownTask):
     """A prefix of several task ids."""
 
+    def __init__(self, ident: str, matches: list[str]) -> None:
+        shown = ", ".join(matches[:3]) + (", ..." if len(matches) > 3 else "")
+        super().__init__(f"{ident!r} is a prefix of several tasks ({shown}): give more of the id")
+
 
 class TimelineEntry(msgspec.Struct, frozen=True, kw_only=True):
     """One event of a task's history, with the time since the previous one."""
@@ -299,7 +303,5 @@ def resolve_task(source: str | Path | LogFile, ident: str) -> str:
     if len(ident) < 8 or not ids:
         raise UnknownTask(f"no task {ident!r} in the log")
     if len(ids) > 1:
-        shown = ", ".join(ids[:3]) + (", ..." if len(ids) > 3 else "")
-        message = f"{ident!r} is a prefix of several tasks ({shown}): give more of the id"
-        raise AmbiguousTask(message)
+        raise AmbiguousTask(ident, ids)
     return ids[0]

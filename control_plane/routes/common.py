@@ -10,6 +10,7 @@ from sanic.response import HTTPResponse
 
 from control_plane.hub import ControlPlane
 from control_plane.requests import InvalidRequest
+from replay_tools.timeline import AmbiguousTask
 
 _encoder = msgspec.json.Encoder()
 
@@ -90,8 +91,5 @@ def task_id_of(cp: ControlPlane, ident: str, field: str = "task_id") -> str:
     if len(matches) == 1:
         return matches[0]
     if matches:
-        shown = ", ".join(matches[:3]) + (", ..." if len(matches) > 3 else "")
-        raise InvalidRequest(
-            field, f"{ident!r} is a prefix of several tasks ({shown}): give more of the id"
-        )
+        raise InvalidRequest(field, str(AmbiguousTask(ident, matches)))
     raise NotFound(field, f"no task {ident!r} (give its id or a unique prefix of 8+ characters)")

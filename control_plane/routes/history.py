@@ -109,10 +109,6 @@ def _time(request: Request, name: str) -> int | None:
     return point.at_us if point is not None else None
 
 
-def _task_id(cp: ControlPlane, ident: str, field: str = "task_id") -> str:
-    return task_id_of(cp, ident, field)
-
-
 def _filter(request: Request, cp: ControlPlane) -> EventFilter:
     try:
         kinds = check_kinds(request.args.getlist("kind", []))
@@ -125,7 +121,7 @@ def _filter(request: Request, cp: ControlPlane) -> EventFilter:
     since, until = _point(request, "since"), _point(request, "until")
     return EventFilter(
         kinds=kinds,
-        task_id=_task_id(cp, task, "task") if task is not None else None,
+        task_id=task_id_of(cp, task, "task") if task is not None else None,
         node=node,
         source=request.args.get("source"),
         since_seq=since.seq if since else None,
@@ -250,7 +246,7 @@ async def get_task_history(request: Request, ident: str) -> HTTPResponse:
     """Every event of a task, with the time between them."""
     cp = control_plane(request)
     service = _history(request)
-    task_id = _task_id(cp, ident)
+    task_id = task_id_of(cp, ident)
     return answer(await _read(request, lambda cur: task_history(service.log(cur), task_id)))
 
 
@@ -259,7 +255,7 @@ async def get_task_why(request: Request, ident: str) -> HTTPResponse:
     """Where the task was placed and why, and why the other nodes were not chosen."""
     cp = control_plane(request)
     service = _history(request)
-    task_id = _task_id(cp, ident)
+    task_id = task_id_of(cp, ident)
     records = await _read(request, lambda cur: service.log(cur).read(streams=[f"task:{task_id}"]))
     # On the loop: it reads the live state (the nodes, for a task still pending).
     return answer(explain_placement(records, cp.state))
