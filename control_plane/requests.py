@@ -9,6 +9,7 @@ an ``InvalidRequest`` naming the field, so the API can answer 400 with it.
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from typing import Annotated, Literal, TypeVar
 
 import msgspec
@@ -40,6 +41,10 @@ class Target(Struct, frozen=True, kw_only=True):
         return text
 
 
+# The largest size a task may ask for: what the log's integers (and msgpack) can hold.
+MAX_BYTES = 2**63 - 1
+
+
 class SubmitTask(Struct, kw_only=True, forbid_unknown_fields=True):
     """``POST /api/tasks``: one task per target (or one automatically placed)."""
 
@@ -47,7 +52,7 @@ class SubmitTask(Struct, kw_only=True, forbid_unknown_fields=True):
     args: list[str] = []
     env: dict[str, str] = {}
     cores: Annotated[int, Meta(ge=0, le=4096)] = 1
-    memory: str | Annotated[int, Meta(ge=0)] | None = None
+    memory: str | Annotated[int, Meta(ge=0, le=MAX_BYTES)] | None = None
     targets: list[str] = []
     container: str | None = None  # None: the host's default; "NULL": a plain process
     privileged: bool | None = None
@@ -98,7 +103,11 @@ def parse_size(value: str | int | None, field: str = "memory") -> int | None:
     if match is None:
         raise InvalidRequest(field, f"{value!r} is not a size; use e.g. 512M, 4G or 2Gi")
     unit = (match["unit"] or "").upper()
-    return int(float(match["num"]) * _UNITS[unit])
+    # Exact decimal arithmetic: float made '4.1G' one byte short and '1e400'-long numbers inf.
+    size = int(Decimal(match["num"]) * _UNITS[unit])
+    if size > MAX_BYTES:
+        raise InvalidRequest(field, f"{value!r} is more than {MAX_BYTES} bytes")
+    return size
 
 
 def parse_mount(text: str, field: str = "mounts") -> tuple[str, str, bool]:

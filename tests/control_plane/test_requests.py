@@ -49,6 +49,7 @@ def test_a_gpu_named_twice_is_refused() -> None:
         ("2048K", 2_048_000),
         ("1Gi", 1 << 30),
         ("1.5G", 1_500_000_000),
+        ("4.1G", 4_100_000_000),  # exact: a float product was one byte short
         ("100", 100),
         (7, 7),
         (None, None),
@@ -58,7 +59,9 @@ def test_sizes_use_1000_based_units_unless_binary(text: str | int | None, size: 
     assert parse_size(text) == size
 
 
-@pytest.mark.parametrize("text", ["-1G", "lots", "4X", ""])
+@pytest.mark.parametrize(
+    "text", ["-1G", "lots", "4X", "", "99999999999999999999999T", "1" + "0" * 400 + "K"]
+)
 def test_bad_sizes(text: str) -> None:
     with pytest.raises(InvalidRequest, match="memory"):
         parse_size(text)
