@@ -268,12 +268,14 @@ class ControlPlane:
 
     async def check_liveness(self) -> list[str]:
         """Declare offline every online node silent past the timeout; their tasks lost."""
-        now = time.monotonic()
         timeout = self.settings.timing.heartbeat_timeout
-        late = overdue(self.state, self.seen, now, timeout, default_seen=self.started)
-        if not late:
+        if not overdue(self.state, self.seen, time.monotonic(), timeout, default_seen=self.started):
             return []
         async with self.gate.exclusive():
+            # Decided again under the gate: waiting for it (behind a big batch, a commit)
+            # can outlast a heartbeat, and a node heard from meanwhile is not late.
+            now = time.monotonic()
+            late = overdue(self.state, self.seen, now, timeout, default_seen=self.started)
             events: list[AnyEvent] = []
             for name in late:
                 last = self.seen.get(name, self.started)
