@@ -37,7 +37,14 @@ from events import link
 from events.envelope import new_event
 from events.types import AnyEvent, TaskFinished, TaskPaused, TaskResumed, TaskStarted
 from node_agent.cpus import CpuAllocator
-from node_agent.executors.base import Executor, ExecutorError, StartFailed, TaskRun, UnknownTask
+from node_agent.executors.base import (
+    Executor,
+    ExecutorError,
+    Outcome,
+    StartFailed,
+    TaskRun,
+    UnknownTask,
+)
 from node_agent.executors.process import ProcessExecutor
 from node_agent.images import ImageSync
 from node_agent.outbox import AsyncOutbox
@@ -227,12 +234,19 @@ class Agent:
                 # EnvSyncFailed is a StartFailed: no usable image, the task fails to start.
                 await self.images.ensure(command.spec.container)
             started = await executor.start(run)
-        except StartFailed as exc:
+        except Exception as exc:
+            # StartFailed says why; anything else (an engine timeout, an OSError) is named
+            # too. Either way the task ends here: kept as running, it would hold its CPUs
+            # and be reported running to the host for ever.
+            if not isinstance(exc, StartFailed):
+                log.exception("starting task %s failed", task_id)
+            message = str(exc) if isinstance(exc, StartFailed) else f"the start failed: {exc!r}"
             self.running.pop(task_id, None)
             self.by_task.pop(task_id, None)
+            self._kill_after_start.pop(task_id, None)
             self.cpus.release(task_id)
             await self.emit(
-                TaskFinished(task_id=task_id, state="failed", node=self.node, message=str(exc))
+                TaskFinished(task_id=task_id, state="failed", node=self.node, message=message)
             )
             return
         self.running[task_id] = started.pid
@@ -256,7 +270,11 @@ class Agent:
 
     async def _watch_task(self, task_id: str) -> None:
         executor = self.by_task[task_id]
-        outcome = await executor.wait(task_id)
+        try:
+            outcome = await executor.wait(task_id)
+        except Exception as exc:  # e.g. the engine went away: the task's end is unknowable
+            log.exception("watching task %s failed", task_id)
+            outcome = Outcome(state="failed", message=f"lost track of the task: {exc!r}")
         await self.emit(
             TaskFinished(
                 task_id=task_id,

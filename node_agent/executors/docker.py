@@ -166,6 +166,8 @@ class DockerExecutor:
         return await asyncio.shield(box.outcome)
 
     async def _outcome(self, box: _Box) -> Outcome:
+        import docker.errors
+
         result = await self._hold(box.container.wait, f"hakuriver-wait-{box.task_id[-8:]}")
         for stream in box.streams:
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -176,7 +178,11 @@ class DockerExecutor:
             # Success needs no inspect (a child killed by the OOM killer while the task
             # itself exited 0 is still a completed task).
             return Outcome(state="completed", exit_code=0)
-        await self._call(box.container.reload)
+        try:
+            await self._call(box.container.reload)
+        except docker.errors.NotFound:  # `docker rm -f` by someone else: its state is gone
+            message = "the container was removed outside HakuRiver"
+            return Outcome(state="killed" if killed else "failed", exit_code=code, message=message)
         state = box.container.attrs.get("State", {})
         if state.get("OOMKilled"):
             return Outcome(state="killed_oom", exit_code=code, message="out of memory")

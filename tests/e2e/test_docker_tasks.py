@@ -71,3 +71,19 @@ def test_a_sigkilled_agent_readopts_its_container_and_records_the_real_exit(
     started = [row for row in cluster.events("task.started") if row[2] == f"task:{task_id}"]
     finished = [row for row in cluster.events("task.finished") if row[2] == f"task:{task_id}"]
     assert len(started) == 1 and len(finished) == 1
+
+
+def test_a_container_removed_behind_the_agents_back_ends_the_task(tmp_path: Path) -> None:
+    # The watcher must end the task either way the engine orders it: the exit seen before
+    # the removal (137, SIGKILL), or the container already gone when it is inspected (the
+    # reload's NotFound once killed the watcher: the task stayed running, its CPUs held).
+    client = engine_or_skip()
+    with running_cluster(tmp_path, agents=("d1",)) as cluster:
+        [task_id] = cluster.submit("sleep", "600", container="busybox", targets=["d1"])
+        task = cluster.wait_state(task_id, "running", timeout=60)
+        client.containers.get(task["container_id"]).remove(force=True)
+        task = cluster.wait_state(task_id, timeout=30)
+        assert task["state"] == "failed", task
+        assert task["exit_code"] == 137 or "removed outside HakuRiver" in task["message"], task
+        node = cluster.node("d1")
+        assert node is not None and node["free_cores"] == node["cores"], node
