@@ -399,6 +399,10 @@ class Environments:
             # The old image lost its tag; remove it unless something still uses it.
             with contextlib.suppress(docker.errors.APIError):
                 client.images.remove(previous, noprune=False)
+        if name == self.settings.docker.default_container_name:
+            # The user followed the refusal's advice (create-container, create-tar):
+            # submissions without --container are served from now on, no restart needed.
+            self.default_problem = None
         return EnvPackaged(
             name=name,
             image=image_of(name),

@@ -85,8 +85,8 @@ tasks AS ({tasks}),
 alloc AS (
     SELECT
         node,
-        sum(cores) AS cores,
-        sum(coalesce(memory_bytes, 0)) AS memory_bytes,
+        sum(cores)::BIGINT AS cores,  -- sum() of BIGINT is HUGEINT: a float in JSON
+        sum(coalesce(memory_bytes, 0))::BIGINT AS memory_bytes,
         list_sort(flatten(list(gpu_ids))) AS gpus
     FROM tasks
     WHERE state IN ('assigning', 'running', 'paused')

@@ -90,6 +90,7 @@ def why_panel(explanation: Doc) -> Panel:
     if explanation.get("placed"):
         gpus = ",".join(map(str, explanation.get("gpu_ids") or [])) or "-"
         numa = explanation.get("numa_id")
+        numa = "-" if numa is None else numa
         grid.add_row("node", str(explanation.get("node")))
         grid.add_row("policy", str(explanation.get("policy") or "manual target"))
         grid.add_row(

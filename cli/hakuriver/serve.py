@@ -123,7 +123,10 @@ def run_up(
     _logging()
     data = data_dir or config.get("paths", {}).get("data_dir") or DEFAULT_DATA_DIR
     Path(data).expanduser().mkdir(parents=True, exist_ok=True)
-    settings, app = _host_app(config, data, port)
+    # The API runs commands and has no authentication yet: a one-machine cluster listens
+    # on loopback unless the configuration names an address ([network] host_bind_ip).
+    network = {"host_bind_ip": "127.0.0.1", **config.get("network", {})}
+    settings, app = _host_app({**config, "network": network}, data, port)
     url = f"http://127.0.0.1:{settings.network.host_port}"
     node = config.get("runner", {}).get("name") or socket.gethostname().split(".")[0]
     child: dict[str, subprocess.Popen[bytes]] = {}

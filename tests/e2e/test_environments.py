@@ -248,7 +248,7 @@ allowed_mount_dirs = ["{allowed}"]
 def test_the_default_environment_is_made_from_the_initial_base_image(
     tmp_path: Path, env_name: str
 ) -> None:
-    engine_or_skip()
+    client = engine_or_skip()
     extra = f"""
 [docker]
 default_container_name = "{env_name}"
@@ -278,6 +278,21 @@ initial_base_image = "no-such/base:1"
         assert "docker pull no-such/base:1" in r.json()["message"]
         assert "--container NULL" in r.json()["message"]
         assert _submit(cluster, container="NULL").status_code == 201
+        # Following the refusal's own advice (create-container, create-tar) is enough:
+        # submissions without --container are served without a restart.
+        name = f"{env_name}x"
+        try:
+            made = cluster.http.post(
+                "/api/environments/containers", json={"image": BUSYBOX_IMAGE, "name": name}
+            )
+            assert made.status_code == 201, made.text
+            with cluster.http.stream("POST", f"/api/environments/{name}/tar", timeout=120) as tar:
+                assert '"done"' in list(tar.iter_lines())[-1]
+            assert _submit(cluster, container=None).status_code == 201
+        finally:
+            cluster.http.delete(f"/api/environments/containers/{name}")
+            with contextlib.suppress(Exception):
+                client.images.remove(f"hakuriver/{name}:base", force=True)
 
 
 def test_a_shell_whose_client_vanishes_is_hung_up_and_recorded(
