@@ -34,7 +34,6 @@ from projections.tasks import ENDED_STATES
 
 Columns = list[str]
 Rows = list[tuple[Any, ...]]
-ReportName = Literal["queue-wait", "runtime", "failures", "utilization"]
 REPORTS: tuple[str, ...] = ("queue-wait", "runtime", "failures", "utilization")
 DEFAULT_MAX_ROWS = 10_000
 
@@ -86,8 +85,6 @@ def view_sql(source: str) -> dict[str, str]:
         """,
     }
 
-
-VIEWS: dict[str, str] = view_sql("log.events")
 
 # Table functions user SQL may call: generators and the catalog. Everything else
 # (read_*, glob, query, parquet_*, checkpoint, arrow_scan, ...) may touch files, run
@@ -411,6 +408,3 @@ def report_table(
     cursor = con.execute(sql, {"since": int(since_us or 0)})
     columns = [d[0] for d in cursor.description or []]
     return columns, cursor.fetchall()
-
-
-report = report_table
