@@ -29,6 +29,7 @@ import collections
 import contextlib
 import hashlib
 import itertools
+import logging
 import os
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -46,6 +47,8 @@ from events.ids import id_timestamp_ms, is_uuid7
 from events.schema import migrate
 
 GENESIS_HASH = bytes(32)
+
+log = logging.getLogger("hakuriver.store")
 
 Listener = Callable[[list[Recorded]], None]
 
@@ -182,7 +185,12 @@ class EventStore:
         self._con: duckdb.DuckDBPyConnection | None = None
         self._writer_task: asyncio.Task[None] | None = None
         self._closed = False
+        # What readers see: set on the event loop together with the ring and the listeners,
+        # so a seq is never visible before its events are (see ``_publish``).
         self.last_seq = 0
+        # The writer thread's own position in the chain, ahead of ``last_seq`` between a
+        # commit and its publication.
+        self._written_seq = 0
         self._last_hash = GENESIS_HASH
         self.commits = 0
         self.checkpoints = 0
@@ -206,6 +214,7 @@ class EventStore:
         rows = con.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchall()
         if rows:
             self.last_seq, self._last_hash = int(rows[0][0]), bytes(rows[0][1])
+            self._written_seq = self.last_seq
         self._load_recent_ids(con)
         self._con = con
 
@@ -234,9 +243,10 @@ class EventStore:
         if self._writer_task is not None:
             await self._writer_task
         loop = asyncio.get_running_loop()
+        # Reads in flight finish on the open connection first (their cursors die with it).
+        await asyncio.to_thread(self._readers.shutdown, True)
         await loop.run_in_executor(self._writer_thread, self._close_sync)
         self._writer_thread.shutdown(wait=True)
-        self._readers.shutdown(wait=True)
         async with self._committed:
             self._committed.notify_all()
 
@@ -304,14 +314,20 @@ class EventStore:
                     raise
                 continue
             if recorded:
-                self._ring.extend(recorded)
-                for listener in self._listeners:
-                    listener(recorded)
+                self._publish(recorded)
                 async with self._committed:
                     self._committed.notify_all()
             for pending, pending_seqs in zip(batch, seqs, strict=True):
                 if not pending.future.done():
                     pending.future.set_result(pending_seqs)
+
+    def _publish(self, recorded: list[Recorded]) -> None:
+        # One synchronous step on the loop: ring, position and listeners move together, so a
+        # reader that sees ``last_seq`` also finds every event up to it in the ring.
+        self._ring.extend(recorded)
+        self.last_seq = recorded[-1].seq
+        for listener in self._listeners:
+            listener(recorded)
 
     def _commit_sync(self, batch: list[_Pending]) -> tuple[list[list[int]], list[Recorded]]:
         con = self._con
@@ -336,7 +352,7 @@ class EventStore:
             known = {event_id: int(seq) for event_id, seq in rows}
 
         recorded_at = now_us()
-        seq = self.last_seq
+        seq = self._written_seq
         prev = self._last_hash
         assigned: dict[str, int] = {}
         fresh: list[tuple[NewEvent, bytes, int, bytes]] = []
@@ -393,8 +409,9 @@ class EventStore:
             ).fetchall()
         finally:
             con.unregister("incoming")
-        # Only now, with the commit durable, does memory move on.
-        self.last_seq, self._last_hash = seq, prev
+        # Only now, with the commit durable, does the writer move on; readers follow when
+        # the loop publishes the batch.
+        self._written_seq, self._last_hash = seq, prev
         records = [
             Recorded(
                 seq=s,
@@ -422,7 +439,13 @@ class EventStore:
             return
         limit = self._checkpoint_hard if after_commit else self._checkpoint_soft
         if wal >= limit and self._con is not None:
-            self._con.execute("CHECKPOINT").fetchall()
+            try:
+                self._con.execute("CHECKPOINT").fetchall()
+            except duckdb.Error as exc:
+                # The commit before it is durable in the WAL; a checkpoint that fails (a full
+                # disk) must not report that commit as failed. The next one tries again.
+                log.warning("checkpoint of %s failed: %s", self.path, exc)
+                return
             self.checkpoints += 1
 
     # -- reading -----------------------------------------------------------------------------
@@ -491,15 +514,19 @@ class EventStore:
         """Every event after ``after``: first those already stored, then each new commit, once."""
         cursor = after
         while True:
+            last = self.last_seq
             ring = self._ring
-            if ring and ring[0].seq <= cursor + 1 and cursor < self.last_seq:
-                # Served from memory: the ring holds a contiguous run of recent commits.
-                start = cursor + 1 - ring[0].seq
-                chunk = list(itertools.islice(ring, start, None))
-            elif cursor < self.last_seq:
-                chunk = await self.read(after=cursor, until_seq=self.last_seq, limit=page)
+            chunk: list[Recorded] = []
+            if cursor < last and ring and ring[0].seq <= cursor + 1 <= ring[-1].seq:
+                # Served from memory: the ring holds a contiguous run of published commits.
+                chunk = list(itertools.islice(ring, cursor + 1 - ring[0].seq, None))
+            elif cursor < last:
+                # A bounded range of seqs (gap-free), so a stretch of unknown kinds that
+                # decodes to nothing still moves the cursor by exactly what was read.
+                upper = min(cursor + page, last)
+                chunk = await self.read(after=cursor, until_seq=upper)
                 if not chunk:
-                    cursor = self.last_seq  # only unknown kinds in this stretch
+                    cursor = upper
                     continue
             else:
                 if self._closed:

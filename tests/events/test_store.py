@@ -8,7 +8,9 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -145,6 +147,111 @@ async def test_subscribe_delivers_catch_up_then_live_exactly_once(tmp_path: Path
         await asyncio.wait_for(done.wait(), 10)
         await follower
         assert seen == list(range(4, 41))
+
+
+@pytest.mark.timeout(20)
+async def test_a_subscriber_arriving_between_a_commit_and_its_publication_waits(
+    tmp_path: Path,
+) -> None:
+    """The window that hung the suite: the writer thread has committed seq 2, the loop has
+    not yet put it in the ring. A subscriber checking then must wait, not spin (a spin
+    never yields, so the loop could never publish: a hang)."""
+    async with await EventStore.open(tmp_path / "log.duckdb") as store:
+        await store.append([submitted()])
+        committed, release = threading.Event(), threading.Event()
+        commit = store._commit_sync
+
+        def commit_then_hold(batch: Any) -> Any:
+            result = commit(batch)
+            committed.set()  # durable now; its publication waits for ``release``
+            release.wait(15)
+            return result
+
+        store._commit_sync = commit_then_hold  # type: ignore[method-assign]
+        appending = asyncio.create_task(store.append([submitted()]))
+        assert await asyncio.to_thread(committed.wait, 15)
+
+        # When a subscriber asks for what follows seq 1 inside the window
+        follower = store.subscribe(after=1)
+        first = asyncio.ensure_future(anext(follower))
+        for _ in range(20):  # let it run through its loop many times (no timing involved)
+            await asyncio.sleep(0)
+
+        # Then it waits for the publication, and gets seq 2 once, when it comes
+        assert not first.done()
+        release.set()
+        assert await appending == [2]
+        record = await asyncio.wait_for(first, 10)
+        assert record.seq == 2
+        await follower.aclose()
+
+
+class _HeldCommits:
+    """Wraps a store's commit so that, when asked, it pauses after the commit is durable
+    and before the loop publishes it: the window in which subscribers once spun."""
+
+    def __init__(self, store: EventStore) -> None:
+        self._commit = store._commit_sync
+        self.committed = threading.Event()
+        self.release = threading.Event()
+        self.holding = False
+        store._commit_sync = self  # type: ignore[method-assign]
+
+    def __call__(self, batch: Any) -> Any:
+        result = self._commit(batch)
+        if self.holding:
+            self.committed.set()
+            self.release.wait(15)
+        return result
+
+    def hold_next(self) -> None:
+        self.committed.clear()
+        self.release.clear()
+        self.holding = True
+
+    def let_go(self) -> None:
+        self.holding = False
+        self.release.set()
+
+
+@pytest.mark.timeout(60)
+async def test_subscribers_arriving_in_the_publication_window_get_every_event_once(
+    tmp_path: Path,
+) -> None:
+    """The interleaving above, repeated: 200 commits, each held between its commit and its
+    publication while subscribers start at random points (from the log, from the ring,
+    inside the unpublished batch); each sees every seq once, in order."""
+    rng = random.Random(7)
+    async with await EventStore.open(tmp_path / "log.duckdb", ring_size=16) as store:
+        held = _HeldCommits(store)
+        for _ in range(200):
+            before = store.last_seq
+            size = rng.randint(1, 6)
+            held.hold_next()
+            batch = [submitted() for _ in range(size)]
+            appending: asyncio.Task[list[int]] = asyncio.create_task(store.append(batch))
+            assert await asyncio.to_thread(held.committed.wait, 15)
+            after_each = [rng.randint(max(0, before - 30), before + size - 1) for _ in range(4)]
+            followers = [
+                (after, asyncio.create_task(_follow(store, after, before + size, rng)))
+                for after in after_each
+            ]
+            for _ in range(rng.randint(0, 5)):
+                await asyncio.sleep(0)  # let the followers run inside the window
+            held.let_go()
+            await appending
+            for after, task in followers:
+                seen = await asyncio.wait_for(task, 10)
+                assert seen == list(range(after + 1, before + size + 1))
+
+
+async def _follow(store: EventStore, after: int, until: int, rng: random.Random) -> list[int]:
+    seen: list[int] = []
+    async for record in store.subscribe(after=after, page=rng.choice((3, 7, 1000))):
+        seen.append(record.seq)
+        if record.seq == until:
+            break
+    return seen
 
 
 async def test_unknown_kind_is_skipped_and_counted(tmp_path: Path) -> None:
