@@ -4,14 +4,25 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+VENV_LOCK ?= .venv.lock
 
 .PHONY: up test lint bench bench-full lock clean
 
+# The install runs under a lock: `make up` and `make test` started together in two terminals
+# must not both pip into the same new venv (pip then fails to uninstall its own half-written
+# files). The second waits, finds the stamp fresh, and reuses the venv.
 $(STAMP): requirements.lock pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q --require-hashes -r requirements.lock
-	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	@flock $(VENV_LOCK) $(MAKE) --no-print-directory venv-install
+
+.PHONY: venv-install
+venv-install:
+	@if [ -f $(STAMP) ] && [ $(STAMP) -nt requirements.lock ] && [ $(STAMP) -nt pyproject.toml ]; \
+		then echo "$(VENV) is up to date (installed meanwhile by another make)"; exit 0; fi; \
+	set -e; \
+	test -x $(PY) || $(PYTHON) -m venv $(VENV); \
+	$(PY) -m pip install -q --upgrade pip; \
+	$(PY) -m pip install -q --require-hashes -r requirements.lock; \
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .; \
 	touch $(STAMP)
 
 # A single-machine cluster: control plane + one local agent, data in ~/.hakuriver.
