@@ -36,8 +36,11 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 	$(PY) -m mypy
 
+# Isolated tests run on several workers (most wait on real processes, so more workers than
+# cores); one line per test file as it finishes (tests/conftest.py).
+PYTEST_WORKERS ?= 4
 test: lint
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS)
 
 bench: $(STAMP)
 	$(PY) tests/benchmarks/run.py
