@@ -33,6 +33,7 @@ from events.types import (
     kind_of,
 )
 from projections.cluster import ClusterState
+from projections.durations import TaskDurations, durations
 from replay_tools.logfile import LogFile, as_log
 from replay_tools.points import iso
 from replay_tools.replay import state_at
@@ -176,10 +177,12 @@ def task_history(source: str | Path | LogFile, task_id: str) -> dict[str, Any]:
     own.apply_all(records)  # the task's own events decide its state
     task = own.tasks.get(task_id)
     first = records[0].recorded_at_us
+    took = durations(task) if task is not None else TaskDurations(None, None, None)
     return {
         "task_id": task_id,
         "state": task.state if task is not None else "unknown",
         "node": task.node if task is not None else None,
+        **took._asdict(),
         "events": [
             {
                 **msgspec.to_builtins(entry),

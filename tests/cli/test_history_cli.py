@@ -26,6 +26,7 @@ from support.histories import ClusterSimulation
 from support.waiting import wait_until
 
 from cli.hakuriver.main import main
+from cli.hakuriver.render import human_duration
 from events.envelope import new_event
 from events.store import EventStore
 from events.types import TaskStarted
@@ -342,3 +343,57 @@ def test_events_tail_follow_resumes_after_the_control_plane_restarts(tmp_path: P
             follower.terminate()
             _, err = follower.communicate(timeout=10)
         assert "resuming after seq" in err
+
+
+# -- one definition of queue wait ---------------------------------------------------------
+
+
+def test_status_history_sql_report_and_export_give_the_same_durations(
+    tmp_path: Path, hakuriver: Run
+) -> None:
+    with running_cluster(tmp_path, agents=("n1",)) as cluster:
+        # Given tasks that wait in the queue, start, and run for a while
+        ids = [cluster.submit("sh", "-c", "sleep 0.2", owner="dora")[0] for _ in range(3)]
+        for task_id in ids:
+            cluster.wait_state(task_id)
+        sql = ok_json(
+            hakuriver(
+                cluster,
+                "sql",
+                "SELECT task_id, queue_wait_s, start_delay_s, run_time_s FROM tasks ORDER BY 1",
+                "--json",
+            )
+        )
+        in_sql = {row[0]: tuple(row[1:]) for row in sql["rows"]}
+        for task_id in ids:
+            # Then task status (JSON and text), task history and SQL give the same numbers
+            status = ok_json(hakuriver(cluster, "task", "status", task_id, "--json"))
+            assert status["queue_wait_s"] == in_sql[task_id][0]  # submitted -> placed
+            took = (status["queue_wait_s"], status["start_delay_s"], status["run_time_s"])
+            assert took == in_sql[task_id]
+            assert took[1] > 0  # the start takes a round trip to the agent: not the queue
+            history = ok_json(hakuriver(cluster, "task", "history", task_id, "--json"))
+            assert (
+                history["queue_wait_s"],
+                history["start_delay_s"],
+                history["run_time_s"],
+            ) == took
+            code, out, _ = hakuriver(cluster, "task", "status", task_id)
+            assert code == 0
+            assert f"queue wait         {human_duration(took[0])} " in out
+            assert f"start delay        {human_duration(took[1])} " in out
+        # And the report sums up exactly those queue waits
+        report = ok_json(hakuriver(cluster, "report", "queue-wait", "--by", "owner", "--json"))
+        [row] = [dict(zip(report["columns"], r, strict=True)) for r in report["rows"]]
+        waits = [in_sql[task_id][0] for task_id in ids]
+        assert row["owner"] == "dora" and row["tasks"] == 3
+        assert row["max_wait_s"] == pytest.approx(max(waits), abs=5e-4)
+        assert row["avg_wait_s"] == pytest.approx(sum(waits) / 3, abs=5e-4)
+        # And so does the Parquet export
+        out = tmp_path / "export"
+        ok_json(hakuriver(cluster, "export", "--parquet", str(out), "--json"))
+    exported = duckdb.connect().execute(
+        "SELECT task_id, queue_wait_s, start_delay_s, run_time_s"
+        f" FROM '{out / 'tasks.parquet'}' ORDER BY 1"
+    )
+    assert {row[0]: tuple(row[1:]) for row in exported.fetchall()} == in_sql

@@ -7,6 +7,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from projections.durations import durations
 from replay_tools.analytics import (
     REPORTS,
     SqlRefused,
@@ -108,19 +109,34 @@ def test_the_tasks_view_agrees_with_the_fold(history_db: Path) -> None:
     state = state_at(history_db)
     columns, rows, _ = run_readonly_sql(
         history_db,
-        "SELECT task_id, state, node, final_state, queue_wait_s, run_time_s FROM tasks",
+        "SELECT task_id, state, node, final_state, queue_wait_s, start_delay_s, run_time_s"
+        " FROM tasks",
     )
-    assert columns[3:] == ["final_state", "queue_wait_s", "run_time_s"]
+    assert columns[3:] == ["final_state", "queue_wait_s", "start_delay_s", "run_time_s"]
     assert {r[0]: (r[1], r[2]) for r in rows} == {
         t.task_id: (t.state, t.node) for t in state.tasks.values()
     }
-    for task_id, _state, _node, final, wait, run in rows:
+    for task_id, _state, _node, final, *took in rows:
         task = state.tasks[task_id]
         assert final == (task.state if task.is_final or task.state == "lost" else None)
-        if task.placed_at_us is not None:
-            assert wait == pytest.approx((task.placed_at_us - task.submitted_at_us) / 1e6)
-        if task.started_at_us and task.finished_at_us:
-            assert run == pytest.approx((task.finished_at_us - task.started_at_us) / 1e6)
+        # The one definition of projections/durations.py, to the bit
+        assert tuple(took) == durations(task)
+    assert any(r[5] is not None for r in rows)  # some tasks started: the check is not vacuous
+
+
+@pytest.mark.parametrize("by", ["node", "owner"])
+def test_the_queue_wait_report_sums_up_the_views_queue_wait(history_db: Path, by: str) -> None:
+    con = open_analytics(history_db)
+    try:
+        columns, rows = report_table(con, "queue-wait", by=by)  # type: ignore[arg-type]
+        expected = con.execute(
+            f"SELECT {by}, count(*), round(avg(queue_wait_s), 3), round(max(queue_wait_s), 3)"
+            " FROM tasks WHERE queue_wait_s IS NOT NULL GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+    finally:
+        con.close()
+    wanted = ("tasks", "avg_wait_s", "max_wait_s")
+    assert [(r[0], *(r[columns.index(c)] for c in wanted)) for r in rows] == expected
 
 
 @pytest.mark.parametrize("name", REPORTS)
