@@ -49,6 +49,15 @@ class SqlRefused(ValueError):
 _ENDED = ", ".join(f"'{s}'" for s in sorted(ENDED_STATES))
 
 
+# shlex.join([command, *args]) in SQL: a word of only safe characters stays bare, the empty
+# word is '', any other is single-quoted with each ' written '"'"' (shlex.quote's rules).
+_COMMAND_LINE = """array_to_string(list_transform(list_prepend(command, args), lambda w:
+    CASE WHEN w = '' THEN repeat(chr(39), 2)
+        WHEN regexp_full_match(w, '[A-Za-z0-9_@%+=:,./-]+') THEN w
+        ELSE chr(39) || replace(w, chr(39), chr(39) || '"' || chr(39) || '"' || chr(39)) || chr(39)
+    END), ' ')"""
+
+
 def view_sql(source: str) -> dict[str, str]:
     """The documented views (docs/history.md) over ``source``, the events table."""
     return {
@@ -56,7 +65,8 @@ def view_sql(source: str) -> dict[str, str]:
         "tasks": f"""
             SELECT *,
                 {DURATIONS_SQL},
-                CASE WHEN state IN ({_ENDED}) THEN state END AS final_state
+                CASE WHEN state IN ({_ENDED}) THEN state END AS final_state,
+                {_COMMAND_LINE} AS command_line
             FROM ({tasks_sql(source)})
         """,
         "nodes": nodes_sql(source),

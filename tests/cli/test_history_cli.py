@@ -392,8 +392,14 @@ def test_status_history_sql_report_and_export_give_the_same_durations(
         # And so does the Parquet export
         out = tmp_path / "export"
         ok_json(hakuriver(cluster, "export", "--parquet", str(out), "--json"))
-    exported = duckdb.connect().execute(
+    parquet = duckdb.connect()
+    exported = parquet.execute(
         "SELECT task_id, queue_wait_s, start_delay_s, run_time_s"
         f" FROM '{out / 'tasks.parquet'}' ORDER BY 1"
     )
     assert {row[0]: tuple(row[1:]) for row in exported.fetchall()} == in_sql
+    # The export has the whole command: executable, arguments, and the line to paste in a shell
+    commands = parquet.execute(
+        f"SELECT DISTINCT command, args, command_line FROM '{out / 'tasks.parquet'}'"
+    ).fetchall()
+    assert commands == [("sh", ["-c", "sleep 0.2"], "sh -c 'sleep 0.2'")]

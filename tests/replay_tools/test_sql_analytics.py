@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import duckdb
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from events.codec import encode_event
+from events.types import TaskSpec, TaskSubmitted
 from projections.durations import durations
 from replay_tools.analytics import (
     REPORTS,
@@ -14,6 +19,7 @@ from replay_tools.analytics import (
     open_analytics,
     report_table,
     run_readonly_sql,
+    view_sql,
 )
 from replay_tools.export import export_parquet
 from replay_tools.replay import state_at
@@ -208,3 +214,42 @@ def test_export_since_keeps_only_later_events(history_db: Path, tmp_path: Path) 
     source.close()
     written = export_parquet(history_db, tmp_path / "since", since_us=mid)
     assert written["events"][1] == expected < 600
+
+
+# Any character an argv word can hold: no NUL, no lone surrogate (not encodable text).
+_WORD_CHARACTERS = st.characters(exclude_categories=("Cs",), exclude_characters="\x00")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    commands=st.lists(
+        st.tuples(
+            st.text(alphabet=_WORD_CHARACTERS, min_size=1, max_size=12),
+            st.lists(st.text(alphabet=_WORD_CHARACTERS, max_size=12)),
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_the_tasks_view_holds_the_whole_command_line(
+    commands: list[tuple[str, list[str]]],
+) -> None:
+    # Given submissions with any executable and arguments (quotes, spaces, empty words...)
+    con = duckdb.connect()
+    con.execute(
+        "CREATE TABLE log (seq BIGINT, kind VARCHAR, recorded_at TIMESTAMPTZ, payload JSON)"
+    )
+    for seq, (command, args) in enumerate(commands, 1):
+        spec = TaskSpec(command=command, args=tuple(args), batch_id="b")
+        payload = encode_event(TaskSubmitted(task_id=f"t{seq}", spec=spec)).decode()
+        con.execute("INSERT INTO log VALUES (?, 'task.submitted', now(), ?)", [seq, payload])
+    # Then the view keeps the executable in `command`, the arguments in `args`, and the
+    # whole line, quoted as a shell would need it, in `command_line`
+    rows = con.execute(
+        f"SELECT command, args, command_line FROM ({view_sql('log')['tasks']}) ORDER BY task_id"
+    ).fetchall()
+    con.close()
+    expected = sorted(
+        ((f"t{seq}", c, a) for seq, (c, a) in enumerate(commands, 1)), key=lambda t: t[0]
+    )
+    assert rows == [(c, a, shlex.join([c, *a])) for _, c, a in expected]
