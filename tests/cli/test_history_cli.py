@@ -8,6 +8,7 @@ print the same documents.
 
 from __future__ import annotations
 
+import getpass
 import json
 import queue
 import random
@@ -403,3 +404,64 @@ def test_status_history_sql_report_and_export_give_the_same_durations(
         f"SELECT DISTINCT command, args, command_line FROM '{out / 'tasks.parquet'}'"
     ).fetchall()
     assert commands == [("sh", ["-c", "sleep 0.2"], "sh -c 'sleep 0.2'")]
+
+
+# -- one actor rule -----------------------------------------------------------------------
+
+
+def test_kill_pause_and_resume_record_the_same_actor(tmp_path: Path, hakuriver: Run) -> None:
+    with running_cluster(tmp_path, agents=("n1",)) as cluster:
+        # Given a running task
+        [task_id] = cluster.submit("sh", *gated(cluster.root / "never"))
+        cluster.wait_state(task_id, "running")
+        # When the CLI pauses, resumes and kills it
+        for verb, state in (("pause", "paused"), ("resume", "running"), ("kill", "killed")):
+            code, _, err = hakuriver(cluster, "task", verb, task_id)
+            assert code == 0, err
+            cluster.wait_state(task_id, state)
+        requests = ok_lines(
+            hakuriver(
+                cluster,
+                "events",
+                "tail",
+                "--task",
+                task_id,
+                "--kind",
+                "task.pause_requested,task.resume_requested,task.kill_requested",
+                "--json",
+            )
+        )
+        # Then each request is recorded as made by the user running the CLI
+        actors = {e["kind"]: e["payload"]["requested_by"] for e in requests}
+        me = getpass.getuser()
+        assert actors == {
+            "task.pause_requested": me,
+            "task.resume_requested": me,
+            "task.kill_requested": me,
+        }
+        assert cluster.task(task_id)["kill_requested_by"] == me
+        # And an API client that names nobody is anonymous, whatever it asks for
+        [other] = cluster.submit("sh", *gated(cluster.root / "never"))
+        cluster.wait_state(other, "running")
+        assert cluster.http.post(f"/api/tasks/{other}/pause").status_code == 202
+        cluster.wait_state(other, "paused")
+        named = {"X-HakuRiver-User": "zo%C3%AB"}  # percent-encoded UTF-8
+        assert cluster.http.post(f"/api/tasks/{other}/resume", headers=named).status_code == 202
+        cluster.wait_state(other, "running")
+        bad = cluster.http.post(f"/api/tasks/{other}/kill", headers={"X-HakuRiver-User": "a%0Ab"})
+        assert bad.status_code == 400 and bad.json()["field"] == "X-HakuRiver-User"
+        legacy = cluster.http.post(f"/api/tasks/{other}/kill", json={"requested_by": "carol"})
+        assert legacy.status_code == 202
+        cluster.wait_state(other, "killed")
+        by_kind = {
+            e["kind"]: e["payload"]["requested_by"]
+            for e in cluster.http.get(
+                "/api/events", params={"task": other, "kind": "task.*"}
+            ).json()["events"]
+            if "requested_by" in e["payload"]
+        }
+        assert by_kind == {
+            "task.pause_requested": "anonymous",
+            "task.resume_requested": "zoë",
+            "task.kill_requested": "carol",
+        }
