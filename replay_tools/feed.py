@@ -18,7 +18,7 @@ from events.codec import Codec
 from events.store import SELECT_COLUMNS
 from events.types import EVENT_TYPES
 from replay_tools.points import iso
-from replay_tools.timeline import describe_event
+from replay_tools.summaries import summarize
 
 MAX_PAGE = 10_000
 FAMILIES = tuple(sorted({kind.split(".", 1)[0] for kind in EVENT_TYPES}))
@@ -155,7 +155,7 @@ def documents(rows: Sequence[tuple[Any, ...]]) -> list[EventDoc]:
             event = None
             summary = f"{kind} (its payload does not decode)"
         else:
-            summary = describe_event(event) if event is not None else kind
+            summary = summarize(event) if event is not None else kind
         out.append(
             EventDoc(
                 seq=seq,
