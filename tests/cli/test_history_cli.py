@@ -465,3 +465,82 @@ def test_kill_pause_and_resume_record_the_same_actor(tmp_path: Path, hakuriver: 
             "task.resume_requested": "zoë",
             "task.kill_requested": "carol",
         }
+
+
+# -- heartbeats out of the way ------------------------------------------------------------
+
+
+def test_events_tail_hides_heartbeats_unless_asked_for(tmp_path: Path, hakuriver: Run) -> None:
+    with running_cluster(tmp_path, agents=("n1",)) as cluster:
+        # Given a log where heartbeats (every 0.2 s here) outnumber everything else
+        [task_id] = cluster.submit("true")
+        cluster.wait_state(task_id)
+        cluster.wait(lambda: heartbeats(cluster) >= 30, 20, "30 heartbeats")
+
+        def kinds(*words: str) -> list[str]:
+            return [e["kind"] for e in ok_lines(hakuriver(cluster, "events", "tail", *words))]
+
+        # Then events tail shows what happened, without them
+        shown = kinds("-n", "30", "--json")
+        assert "node.heartbeat" not in shown
+        assert {"task.submitted", "task.finished", "node.registered"} <= set(shown)
+        assert "node.heartbeat" not in kinds("--node", "n1", "--kind", "node.*", "--json")
+        # And shows them when asked for, by name or with --all
+        assert set(kinds("-n", "5", "--kind", "node.heartbeat", "--json")) == {"node.heartbeat"}
+        assert "node.heartbeat" in kinds("-n", "30", "--all", "--json")
+        # While the REST feed keeps every kind unless told to leave some out
+        feed = cluster.http.get("/api/events", params={"tail": 30}).json()["events"]
+        assert "node.heartbeat" in {e["kind"] for e in feed}
+        left_out = cluster.http.get(
+            "/api/events", params={"tail": 30, "exclude": "node.heartbeat,env.*"}
+        ).json()["events"]
+        assert not {e["kind"] for e in left_out} & {"node.heartbeat"}
+        refused = cluster.http.get("/api/events", params={"exclude": "node.beat"})
+        assert refused.status_code == 400 and refused.json()["field"] == "exclude"
+
+        # When following, the host filters them out: the follower sees the next task only
+        follower = subprocess.Popen(
+            [sys.executable, "-m", "cli.hakuriver", "events", "tail", "-f", "--json", "-n", "1"],
+            env=cluster.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(
+            target=lambda: [lines.put(line) for line in follower.stdout],  # type: ignore[union-attr]
+            daemon=True,
+        ).start()
+        printed: list[dict[str, Any]] = []
+        try:
+            # (the follower has printed its one line of tail: it is connected)
+            wait_until(lambda: not lines.empty(), timeout=20)
+            # Heartbeats arrive, then a task: had they been sent, they would come before it
+            position = heartbeats(cluster)
+            cluster.wait(lambda: heartbeats(cluster) >= position + 3, 20, "3 more heartbeats")
+            [after] = cluster.submit("true")
+            cluster.wait_state(after)
+
+            def printed_the_finish() -> bool:
+                while not lines.empty():
+                    printed.append(json.loads(lines.get()))
+                return any(
+                    e["kind"] == "task.finished" and e["payload"]["task_id"] == after
+                    for e in printed
+                )
+
+            wait_until(printed_the_finish, timeout=20)
+        finally:
+            follower.terminate()
+            follower.communicate(timeout=10)
+        assert "node.heartbeat" not in {e["kind"] for e in printed}
+        cluster.stop_host()
+    # And offline, on the file, the same
+    assert "node.heartbeat" not in kinds("-n", "30", "--json", "--db", str(cluster.db_file))
+    assert "node.heartbeat" in kinds("-n", "30", "--all", "--json", "--db", str(cluster.db_file))
+
+
+def heartbeats(cluster: Cluster) -> int:
+    """How many heartbeats the log holds."""
+    page = cluster.http.get("/api/events", params={"kind": "node.heartbeat", "limit": 10000}).json()
+    return len(page["events"])
