@@ -333,6 +333,7 @@ class Environments:
         async with self.lock(name):
             container = await self._call(lambda: self.container(name))
             event = await self._call(lambda: self._package(name, container, report))
+            event = msgspec.structs.replace(event, requested_by=requested_by)
             await self.record([event])
             return event
 

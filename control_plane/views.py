@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from msgspec import Struct
 
 from events.types import GpuInfo, GpuUsage, Mount, NumaNode
+from projections.durations import durations
 from projections.nodes import NodeView
 from projections.tasks import TaskView
 
@@ -51,13 +52,14 @@ class TaskOut(Struct, kw_only=True):
     pid: int | None
     container_id: str | None
     kill_requested_by: str | None
-    queue_wait_s: float | None
-    run_time_s: float | None
+    queue_wait_s: float | None  # submitted -> placed (projections/durations.py)
+    start_delay_s: float | None = None  # placed -> started (defaulted: added to the contract later)
+    run_time_s: float | None  # started -> finished
 
     @classmethod
     def of(cls, task: TaskView) -> TaskOut:
         spec = task.spec
-        started = task.started_at_us
+        took = durations(task)
         return cls(
             task_id=task.task_id,
             batch_id=spec.batch_id,
@@ -79,19 +81,16 @@ class TaskOut(Struct, kw_only=True):
             name=spec.name,
             submitted_at=iso(task.submitted_at_us),
             placed_at=iso(task.placed_at_us),
-            started_at=iso(started),
+            started_at=iso(task.started_at_us),
             finished_at=iso(task.finished_at_us),
             exit_code=task.exit_code,
             message=task.message,
             pid=task.pid,
             container_id=task.container_id,
             kill_requested_by=task.kill_requested_by,
-            queue_wait_s=(
-                (started - task.submitted_at_us) / 1e6 if started and task.submitted_at_us else None
-            ),
-            run_time_s=(
-                (task.finished_at_us - started) / 1e6 if started and task.finished_at_us else None
-            ),
+            queue_wait_s=took.queue_wait_s,
+            start_delay_s=took.start_delay_s,
+            run_time_s=took.run_time_s,
         )
 
 

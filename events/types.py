@@ -248,6 +248,7 @@ class EnvPackaged(_EnvEvent, frozen=True, kw_only=True, tag="env.packaged"):
     timestamp: NonNegInt
     size_bytes: NonNegInt
     sha256: str
+    requested_by: str = "anonymous"
 
 
 class EnvSynced(_EnvEvent, frozen=True, kw_only=True, tag="env.synced"):

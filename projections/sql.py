@@ -68,6 +68,8 @@ SELECT
         FILTER (WHERE kind = 'task.kill_requested') AS kill_requested_by,
     max(seq) AS last_seq,
     any_value(payload->>'$.spec.command') FILTER (WHERE kind = 'task.submitted') AS command,
+    coalesce(any_value((payload->'$.spec.args')::VARCHAR[])
+        FILTER (WHERE kind = 'task.submitted'), []::VARCHAR[]) AS args,
     any_value(payload->>'$.spec.owner') FILTER (WHERE kind = 'task.submitted') AS owner,
     any_value(payload->>'$.spec.batch_id') FILTER (WHERE kind = 'task.submitted') AS batch_id,
     any_value(payload->>'$.spec.container') FILTER (WHERE kind = 'task.submitted') AS container

@@ -29,6 +29,7 @@ from typing import Any, Literal, NamedTuple
 import duckdb
 import pyarrow as pa
 
+from projections.durations import DURATIONS_SQL
 from projections.sql import nodes_sql, tasks_sql
 from projections.tasks import ENDED_STATES
 
@@ -48,15 +49,24 @@ class SqlRefused(ValueError):
 _ENDED = ", ".join(f"'{s}'" for s in sorted(ENDED_STATES))
 
 
+# shlex.join([command, *args]) in SQL: a word of only safe characters stays bare, the empty
+# word is '', any other is single-quoted with each ' written '"'"' (shlex.quote's rules).
+_COMMAND_LINE = """array_to_string(list_transform(list_prepend(command, args), lambda w:
+    CASE WHEN w = '' THEN repeat(chr(39), 2)
+        WHEN regexp_full_match(w, '[A-Za-z0-9_@%+=:,./-]+') THEN w
+        ELSE chr(39) || replace(w, chr(39), chr(39) || '"' || chr(39) || '"' || chr(39)) || chr(39)
+    END), ' ')"""
+
+
 def view_sql(source: str) -> dict[str, str]:
     """The documented views (docs/history.md) over ``source``, the events table."""
     return {
         "events": f"SELECT * FROM {source}",
         "tasks": f"""
             SELECT *,
-                (placed_at_us - submitted_at_us) / 1e6 AS queue_wait_s,
-                (finished_at_us - started_at_us) / 1e6 AS run_time_s,
-                CASE WHEN state IN ({_ENDED}) THEN state END AS final_state
+                {DURATIONS_SQL},
+                CASE WHEN state IN ({_ENDED}) THEN state END AS final_state,
+                {_COMMAND_LINE} AS command_line
             FROM ({tasks_sql(source)})
         """,
         "nodes": nodes_sql(source),
@@ -317,25 +327,30 @@ def table_document(columns: Columns, rows: Rows, **extra: Any) -> dict[str, Any]
 # -- canned reports ----------------------------------------------------------------------------
 
 _REPORT_SQL: dict[str, str] = {
-    # Only submissions and placements: no need to build the whole task view.
+    # Only submissions and placements: no need to build the whole task view. One row per
+    # task with the view's own columns and definition (projections/durations.py).
     "queue-wait": """
         WITH s AS (
             SELECT payload->>'$.task_id' AS task_id, payload->>'$.spec.owner' AS owner,
-                epoch_us(recorded_at) AS at
+                epoch_us(recorded_at) AS submitted_at_us
             FROM events WHERE kind = 'task.submitted' AND epoch_us(recorded_at) >= $since
         ),
         p AS (
-            SELECT payload->>'$.task_id' AS task_id, payload->>'$.node' AS node,
-                min(epoch_us(recorded_at)) AS at
+            SELECT payload->>'$.task_id' AS task_id, arg_max(payload->>'$.node', seq) AS node,
+                max(epoch_us(recorded_at)) AS placed_at_us
             FROM events WHERE kind = 'task.placed' AND epoch_us(recorded_at) >= $since
-            GROUP BY ALL
+            GROUP BY 1
+        ),
+        w AS (
+            SELECT s.owner, p.node, (placed_at_us - submitted_at_us) / 1e6 AS queue_wait_s
+            FROM s JOIN p USING (task_id)
         )
         SELECT {by}, count(*) AS tasks,
-            round(avg((p.at - s.at) / 1e6), 3) AS avg_wait_s,
-            round(quantile_cont((p.at - s.at) / 1e6, 0.5), 3) AS p50_wait_s,
-            round(quantile_cont((p.at - s.at) / 1e6, 0.95), 3) AS p95_wait_s,
-            round(max((p.at - s.at) / 1e6), 3) AS max_wait_s
-        FROM s JOIN p USING (task_id)
+            round(avg(queue_wait_s), 3) AS avg_wait_s,
+            round(quantile_cont(queue_wait_s, 0.5), 3) AS p50_wait_s,
+            round(quantile_cont(queue_wait_s, 0.95), 3) AS p95_wait_s,
+            round(max(queue_wait_s), 3) AS max_wait_s
+        FROM w
         GROUP BY ALL ORDER BY 1
     """,
     "runtime": """
@@ -396,7 +411,7 @@ def report_table(
         raise ValueError(f"unknown report {name!r}; choose one of {', '.join(REPORTS)}")
     if by not in ("node", "owner"):
         raise ValueError(f"by must be 'node' or 'owner', not {by!r}")
-    group = {"queue-wait": "p.node" if by == "node" else "s.owner", "utilization": f"held.{by}"}
+    group = {"queue-wait": f"w.{by}", "utilization": f"held.{by}"}
     group_by = group.get(name, by)
     share, join = "NULL", ""
     if name == "utilization" and by == "node":

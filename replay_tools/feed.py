@@ -18,7 +18,7 @@ from events.codec import Codec
 from events.store import SELECT_COLUMNS
 from events.types import EVENT_TYPES
 from replay_tools.points import iso
-from replay_tools.timeline import describe_event
+from replay_tools.summaries import summarize
 
 MAX_PAGE = 10_000
 FAMILIES = tuple(sorted({kind.split(".", 1)[0] for kind in EVENT_TYPES}))
@@ -28,6 +28,7 @@ class EventFilter(msgspec.Struct, frozen=True, kw_only=True):
     """Which events a page or a stream holds (every given condition must match)."""
 
     kinds: tuple[str, ...] = ()  # exact kinds, or families written ``task.*``
+    exclude: tuple[str, ...] = ()  # kinds or families left out (``events tail``: heartbeats)
     task_id: str | None = None  # stream task:<id>
     node: str | None = None  # stream node:<name>, or any event whose payload names the node
     source: str | None = None
@@ -79,18 +80,26 @@ def check_kinds(words: Iterable[str]) -> tuple[str, ...]:
     return tuple(kinds)
 
 
+def _any_kind(kinds: tuple[str, ...]) -> tuple[str, list[Any]]:
+    """A condition true for an event of any of ``kinds`` (exact kinds or families)."""
+    exact = [k for k in kinds if not k.endswith(".*")]
+    families = [k.removesuffix("*") for k in kinds if k.endswith(".*")]
+    alternatives = ["kind IN (SELECT unnest(?::VARCHAR[]))"] if exact else []
+    params: list[Any] = [exact] if exact else []
+    for family in families:
+        alternatives.append("starts_with(kind, ?)")
+        params.append(family)
+    return "(" + " OR ".join(alternatives) + ")", params
+
+
 def _where(flt: EventFilter) -> tuple[list[str], list[Any]]:
     where: list[str] = []
     params: list[Any] = []
-    if flt.kinds:
-        exact = [k for k in flt.kinds if not k.endswith(".*")]
-        families = [k.removesuffix("*") for k in flt.kinds if k.endswith(".*")]
-        alternatives = ["kind IN (SELECT unnest(?::VARCHAR[]))"] if exact else []
-        params += [exact] if exact else []
-        for family in families:
-            alternatives.append("starts_with(kind, ?)")
-            params.append(family)
-        where.append("(" + " OR ".join(alternatives) + ")")
+    for kinds, negate in ((flt.kinds, ""), (flt.exclude, "NOT ")):
+        if kinds:
+            condition, values = _any_kind(kinds)
+            where.append(negate + condition)
+            params += values
     if flt.task_id is not None:
         where.append("stream = ?")
         params.append(f"task:{flt.task_id}")
@@ -155,7 +164,7 @@ def documents(rows: Sequence[tuple[Any, ...]]) -> list[EventDoc]:
             event = None
             summary = f"{kind} (its payload does not decode)"
         else:
-            summary = describe_event(event) if event is not None else kind
+            summary = summarize(event) if event is not None else kind
         out.append(
             EventDoc(
                 seq=seq,

@@ -9,33 +9,13 @@ from typing import Any
 import msgspec
 
 from events.envelope import Recorded
-from events.types import (
-    AnyEvent,
-    EnvPackaged,
-    EnvSynced,
-    NodeHeartbeat,
-    NodeOffline,
-    NodeOnline,
-    NodeRegistered,
-    Rejection,
-    TaskDispatched,
-    TaskFinished,
-    TaskKillRequested,
-    TaskLost,
-    TaskPaused,
-    TaskPauseRequested,
-    TaskPlaced,
-    TaskResumed,
-    TaskResumeRequested,
-    TaskSpec,
-    TaskStarted,
-    TaskSubmitted,
-    kind_of,
-)
+from events.types import Rejection, TaskPlaced, TaskSpec, TaskSubmitted
 from projections.cluster import ClusterState
+from projections.durations import TaskDurations, durations
 from replay_tools.logfile import LogFile, as_log
 from replay_tools.points import iso
 from replay_tools.replay import state_at
+from replay_tools.summaries import placement_reason, summarize
 
 
 class UnknownTask(LookupError):
@@ -77,78 +57,6 @@ class PlacementExplanation(msgspec.Struct, frozen=True, kw_only=True):
     message: str = ""
 
 
-def _spec_summary(spec: TaskSpec) -> str:
-    parts = [f"{spec.cores} cores"]
-    if spec.memory_bytes:
-        parts.append(f"{spec.memory_bytes / (1 << 30):.3g} GiB")
-    if spec.gpu_ids:
-        parts.append(f"GPUs {list(spec.gpu_ids)}")
-    return ", ".join(parts)
-
-
-def describe(recorded: Recorded) -> str:
-    """A short human sentence for one recorded event."""
-    return describe_event(recorded.event)
-
-
-def describe_event(event: AnyEvent) -> str:
-    """A short human sentence for one event (its kind when there is nothing more to say)."""
-    match event:
-        case TaskSubmitted(spec=spec):
-            command = " ".join([spec.command, *spec.args])
-            return f"submitted by {spec.owner}: {command} ({_spec_summary(spec)})"
-        case TaskPlaced() as e:
-            gpus = f", GPUs {list(e.gpu_ids)}" if e.gpu_ids else ""
-            return f"placed on {e.node} ({_reason(e)}); {e.cores} cores{gpus}"
-        case TaskDispatched(node=node):
-            return f"run command sent to {node}"
-        case TaskStarted() as e:
-            what = f"container {e.container_id}" if e.container_id else f"pid {e.pid}"
-            return f"started on {e.node} ({what})"
-        case TaskPaused():
-            return "paused"
-        case TaskResumed():
-            return "resumed"
-        case TaskKillRequested(requested_by=who, reason=why):
-            return f"kill requested by {who}" + (f": {why}" if why else "")
-        case TaskPauseRequested(requested_by=who):
-            return f"pause requested by {who}"
-        case TaskResumeRequested(requested_by=who):
-            return f"resume requested by {who}"
-        case TaskFinished() as e:
-            code = "" if e.exit_code is None else f" (exit code {e.exit_code})"
-            return f"{e.state}{code}" + (f": {e.message}" if e.message else "")
-        case TaskLost(node=node, reason=why):
-            return f"lost on {node}: {why}"
-        case NodeRegistered() as e:
-            gpus = f", {len(e.gpus)} GPUs" if e.gpus else ""
-            memory = f"{e.memory_bytes / (1 << 30):.3g} GiB"
-            return f"{e.node} registered: {e.cores} cores, {memory}{gpus} at {e.address}"
-        case NodeHeartbeat() as e:
-            return (
-                f"{e.node}: cpu {e.cpu_percent:.0f}%, memory {e.memory_percent:.0f}%,"
-                f" {len(e.running_task_ids)} tasks running"
-            )
-        case NodeOffline() as e:
-            return f"{e.node} offline" + (f": {e.reason}" if e.reason else "")
-        case NodeOnline() as e:
-            return f"{e.node} back online"
-        case EnvPackaged() as e:
-            return f"environment {e.name} packaged"
-        case EnvSynced() as e:
-            return f"environment {e.name} synced to {e.node}"
-        case _:
-            return kind_of(event)
-
-
-def _reason(placed: TaskPlaced) -> str:
-    """The placement's reason, led by its policy (which the scheduler may already name)."""
-    policy = placed.policy or "manual"
-    if placed.reason.startswith(policy):
-        return placed.reason
-    return f"{policy}: {placed.reason}" if placed.reason else policy
-
-
 def timeline_of(records: Sequence[Recorded]) -> list[TimelineEntry]:
     """The timeline of one task's events (pure: the caller reads the stream)."""
     out: list[TimelineEntry] = []
@@ -162,7 +70,7 @@ def timeline_of(records: Sequence[Recorded]) -> list[TimelineEntry]:
                 recorded_at_us=r.recorded_at_us,
                 source=r.source,
                 since_previous_s=since,
-                detail=describe(r),
+                detail=summarize(r.event),
             )
         )
         previous = r.recorded_at_us
@@ -176,10 +84,12 @@ def task_history(source: str | Path | LogFile, task_id: str) -> dict[str, Any]:
     own.apply_all(records)  # the task's own events decide its state
     task = own.tasks.get(task_id)
     first = records[0].recorded_at_us
+    took = durations(task) if task is not None else TaskDurations(None, None, None)
     return {
         "task_id": task_id,
         "state": task.state if task is not None else "unknown",
         "node": task.node if task is not None else None,
+        **took._asdict(),
         "events": [
             {
                 **msgspec.to_builtins(entry),
@@ -231,7 +141,7 @@ def explain_placement(
             gpu_ids=e.gpu_ids,
             numa_id=e.numa_id,
             rejected=e.rejected,
-            message=f"placed on {e.node}: {_reason(e)}",
+            message=f"placed on {e.node}: {placement_reason(e)}",
         )
     if task_state == "pending":
         spec = next(r.event.spec for r in records if isinstance(r.event, TaskSubmitted))

@@ -7,6 +7,7 @@ or ``Unreachable`` when there is no control plane to answer.
 
 from __future__ import annotations
 
+import getpass
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -16,6 +17,7 @@ from urllib.parse import quote
 
 import httpx
 
+from control_plane.actors import ACTOR_HEADER, actor_header_value
 from projections.tasks import ENDED_STATES, TaskState
 
 # ``lost`` is not final in the state machine (a late report may still settle it),
@@ -57,8 +59,24 @@ class Unreachable(ApiError):
         self.url = url
 
 
+def login_name() -> str:
+    """The user running the CLI: who its requests come from, and the default task owner."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "anonymous"
+
+
+def actor_headers(user: str | None = None) -> dict[str, str]:
+    """The header naming who makes the requests (control_plane/actors.py): sent on every one."""
+    return {ACTOR_HEADER: actor_header_value(user or login_name())}
+
+
 class HakuClient:
-    """The control plane's REST API as Python methods returning its JSON documents."""
+    """The control plane's REST API as Python methods returning its JSON documents.
+
+    Every request names ``user`` (default: the login name) as who made it.
+    """
 
     def __init__(
         self,
@@ -66,9 +84,15 @@ class HakuClient:
         timeout: float = 30.0,
         *,
         transport: httpx.BaseTransport | None = None,
+        user: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            timeout=timeout,
+            transport=transport,
+            headers=actor_headers(user),
+        )
 
     def close(self) -> None:
         """Close the connection pool."""

@@ -48,6 +48,9 @@ from replay_tools.analytics import DEFAULT_MAX_ROWS
 from replay_tools.export import export_queries, write_parquet
 
 PAGE = 1000
+# One a second per node: they drowned out everything else in ``events tail``; the host
+# leaves them out (``exclude``), so following stays cheap.
+HEARTBEAT = "node.heartbeat"
 Positive = Annotated[int, Parameter(validator=validators.Number(gt=0))]
 # A point may be a relative time such as -10m: a value, not an option.
 PointText = Annotated[str, Parameter(allow_leading_hyphen=True)]
@@ -103,11 +106,15 @@ def tail(
     source: str | None = None,
     since: PointText | None = None,
     lines: Annotated[Positive, Parameter(name=["--lines", "-n"])] = 20,
+    every_kind: Annotated[bool, Parameter(name="--all")] = False,
     as_json: JsonFlag = False,
     offline: Offline | None = None,
     conn: Connection | None = None,
 ) -> int:
     """Print the latest events, or every event since a point; with -f, keep following.
+
+    Node heartbeats (one a second per node) are left out unless asked for: --kind
+    node.heartbeat, or --all.
 
     Parameters
     ----------
@@ -116,7 +123,8 @@ def tail(
         connection resumes after the last event printed, so none is missed or repeated).
     kind
         Only this kind (repeatable, or a comma list): task.placed, node.offline, ... or a
-        family: task.*, node.*, env.*, ssh.*.
+        family: task.*, node.*, env.*, ssh.* (node.* without heartbeats: name
+        node.heartbeat to see them).
     task
         Only this task's events (its id, or a unique prefix of 8+ characters).
     node
@@ -128,10 +136,20 @@ def tail(
         relative time (-10m, -2h). Without it, the last --lines events.
     lines
         How many of the latest events to print (without --since).
+    every_kind
+        Every event, node heartbeats included.
     as_json
         One JSON document per event, one per line.
     """
-    query = EventQuery(kinds=list(kind or []), task=task, node=node, source=source, since=since)
+    kinds = list(kind or [])
+    query = EventQuery(
+        kinds=kinds,
+        exclude=[] if every_kind or _names_heartbeats(kinds) else [HEARTBEAT],
+        task=task,
+        node=node,
+        source=source,
+        since=since,
+    )
     emit = _print_json_line if as_json else _print_line
     if follow and offline is not None and offline.db is not None:
         raise InvalidRequest("follow", "--follow needs the running control plane: drop --db")
@@ -152,6 +170,11 @@ def tail(
             for event in history.follow(query, after=position):
                 _print_events([event], emit)
     return 0
+
+
+def _names_heartbeats(kinds: list[str]) -> bool:
+    """Whether ``--kind`` asks for heartbeats by name (a family such as node.* does not)."""
+    return any(HEARTBEAT in (k.strip() for k in word.split(",")) for word in kinds)
 
 
 def _print_events(events: list[Json], emit: Callable[[Json], None]) -> int:

@@ -60,12 +60,27 @@ def event_detail(event: Doc) -> Panel:
     return Panel(body, title=f"event {event.get('seq', '?')}", title_align="left", expand=False)
 
 
+# The names of projections/durations.py, as task status shows them.
+_DURATIONS = (
+    ("queue wait", "queue_wait_s"),
+    ("start delay", "start_delay_s"),
+    ("run time", "run_time_s"),
+)
+
+
 def timeline_table(history: Doc) -> Group:
     """``task history ID``: every event of the task, with the time between them."""
     head = Text(f"task {history.get('task_id', '?')}: ")
     head.append_text(state_text(history.get("state")))
     if history.get("node"):
         head.append(f" on {history['node']}")
+    took = [
+        f"{label} {human_duration(history[key])}"
+        for label, key in _DURATIONS
+        if history.get(key) is not None
+    ]
+    if took:
+        head.append(" (" + ", ".join(took) + ")")
     table = _table("SEQ", "RECORDED (UTC)", "+TIME", "TOTAL", "KIND", "SOURCE", "DETAIL")
     for entry in history.get("events") or []:
         table.add_row(

@@ -56,6 +56,7 @@ class EventQuery:
     """The filters of ``events tail`` (the API's query parameters)."""
 
     kinds: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
     task: str | None = None
     node: str | None = None
     source: str | None = None
@@ -66,6 +67,8 @@ class EventQuery:
         out: dict[str, str | list[str]] = {}
         if self.kinds:
             out["kind"] = list(self.kinds)
+        if self.exclude:
+            out["exclude"] = list(self.exclude)
         for key in ("task", "node", "source", "since"):
             value = getattr(self, key)
             if value is not None:
@@ -323,6 +326,7 @@ class FileSource:
     def _filter(self, query: EventQuery) -> EventFilter:
         try:
             kinds = check_kinds(query.kinds)
+            exclude = check_kinds(query.exclude)
         except ValueError as exc:
             raise bad("kind", str(exc)) from None
         if (
@@ -335,6 +339,7 @@ class FileSource:
         since = self._point("since", query.since) if query.since is not None else None
         return EventFilter(
             kinds=kinds,
+            exclude=exclude,
             task_id=self._task(query.task, "task") if query.task is not None else None,
             node=query.node,
             source=query.source,

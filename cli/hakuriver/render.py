@@ -161,7 +161,8 @@ def task_detail(task: Doc) -> Panel:
         ("placed", human_time(task.get("placed_at"))),
         ("started", human_time(task.get("started_at"))),
         ("finished", human_time(task.get("finished_at"))),
-        ("queue wait", human_duration(task.get("queue_wait_s"))),
+        ("queue wait", human_duration(task.get("queue_wait_s"))),  # submitted -> placed
+        ("start delay", human_duration(task.get("start_delay_s"))),  # placed -> started
         ("run time", human_duration(task.get("run_time_s"))),
         ("exit code", _or_dash(task.get("exit_code"))),
         ("pid", _or_dash(task.get("pid"))),

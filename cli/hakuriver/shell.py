@@ -23,7 +23,7 @@ import tty
 from typing import Any, BinaryIO
 from urllib.parse import urlencode
 
-from cli.hakuriver.client import ApiError, Unreachable
+from cli.hakuriver.client import ApiError, Unreachable, actor_headers
 
 EOT = b"\x04"
 
@@ -39,7 +39,13 @@ def run_shell(url: str, *, stdin_fd: int | None = None, stdout: BinaryIO | None 
     cols, rows = _size(fd)
     query = urlencode({"rows": rows, "cols": cols, "term": os.environ.get("TERM", "xterm")})
     try:
-        ws = connect(f"{url}?{query}", max_size=None, open_timeout=15, close_timeout=2)
+        ws = connect(
+            f"{url}?{query}",
+            max_size=None,
+            open_timeout=15,
+            close_timeout=2,
+            additional_headers=actor_headers(),
+        )
     except InvalidStatus as exc:
         status = exc.response.status_code
         body = exc.response.body.decode(errors="replace") if exc.response.body else ""

@@ -7,7 +7,6 @@ same field names the API uses (``targets[1]``). The server checks everything aga
 
 from __future__ import annotations
 
-import getpass
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from typing import Annotated, Any
 from cyclopts import App, CycloptsError, Parameter, validators
 
 from cli.hakuriver.client import HakuClient
+from cli.hakuriver.client import login_name as login_name  # its old home: still importable
 from cli.hakuriver.invocation import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -129,14 +129,6 @@ def parse_env(pairs: Sequence[str]) -> dict[str, str]:
             raise InvalidRequest("env", f"{pair!r} is not KEY=VALUE (as in --env DEBUG=1)")
         env[key.strip()] = value
     return env
-
-
-def login_name() -> str:
-    """The user running the CLI, the default owner of what they submit."""
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):
-        return "anonymous"
 
 
 def report_submission(

@@ -8,6 +8,7 @@ import msgspec
 from sanic import Request, json
 from sanic.response import HTTPResponse
 
+from control_plane.actors import ACTOR_HEADER, actor_from
 from control_plane.hub import ControlPlane
 from control_plane.requests import InvalidRequest
 from replay_tools.timeline import AmbiguousTask
@@ -37,6 +38,11 @@ def control_plane(request: Request) -> ControlPlane:
     """The ``ControlPlane`` hung on the app context."""
     cp: ControlPlane = request.app.ctx.cp
     return cp
+
+
+def actor_of(request: Request, body_requested_by: str | None = None) -> str:
+    """Who made the request: the rule of ``control_plane/actors.py`` (header, body, anonymous)."""
+    return actor_from(request.headers.get(ACTOR_HEADER), body_requested_by)
 
 
 def answer(value: Any, status: int = 200) -> HTTPResponse:

@@ -31,8 +31,8 @@ from sanic.response import HTTPResponse
 
 from control_plane import env_shells
 from control_plane.environments import EnvError, Environments, check_name
-from control_plane.requests import decode_body
-from control_plane.routes.common import answer, control_plane
+from control_plane.requests import InvalidRequest, decode_body
+from control_plane.routes.common import actor_of, answer, control_plane
 from events.ids import new_id
 from events.types import EnvShellClosed, EnvShellOpened
 
@@ -83,7 +83,9 @@ async def list_containers(request: Request) -> HTTPResponse:
 async def create_container(request: Request) -> HTTPResponse:
     """Create (and start) an environment container from an image on the host's engine."""
     body = decode_body(_create_decoder, request.body)  # InvalidRequest: 400 with the field
-    out = await environments(request).create_container(body.image, body.name)
+    out = await environments(request).create_container(
+        body.image, body.name, requested_by=actor_of(request)
+    )
     return answer(out, status=201)
 
 
@@ -92,16 +94,16 @@ async def act(request: Request, name: str, action: str) -> HTTPResponse:
     """Start or stop an environment container."""
     envs = environments(request)
     if action == "start":
-        return answer(await envs.start_container(name))
+        return answer(await envs.start_container(name, requested_by=actor_of(request)))
     if action == "stop":
-        return answer(await envs.stop_container(name))
+        return answer(await envs.stop_container(name, requested_by=actor_of(request)))
     raise EnvError(404, "action", f"no action {action!r}: use start or stop")
 
 
 @bp.delete("/environments/containers/<name:str>")
 async def delete_container(request: Request, name: str) -> HTTPResponse:
     """Remove an environment container; its image and tarballs stay."""
-    await environments(request).delete_container(name)
+    await environments(request).delete_container(name, requested_by=actor_of(request))
     return answer({"deleted": name})
 
 
@@ -125,7 +127,7 @@ async def create_tar(request: Request, name: str) -> HTTPResponse | None:
     def progress(step: dict[str, Any]) -> None:
         loop.call_soon_threadsafe(queue.put_nowait, step)
 
-    job = asyncio.create_task(envs.package(name, progress))
+    job = asyncio.create_task(envs.package(name, progress, requested_by=actor_of(request)))
     response = await request.respond(content_type="application/x-ndjson")
     assert response is not None
     last_save = 0.0
@@ -168,18 +170,22 @@ async def shell(request: Request, ws: Any, name: str) -> None:
         rows, cols = 24, 80
     term = request.args.get("term", "xterm")
     try:
+        actor = actor_of(request)
         opened = await asyncio.to_thread(env_shells.open_shell, envs, name, rows, cols, term)
-    except EnvError as exc:
+    except (EnvError, InvalidRequest) as exc:
+        status = exc.status if isinstance(exc, EnvError) else 400
         await ws.send(
             json.dumps(
-                {"type": "error", "status": exc.status, "field": exc.field, "message": exc.message}
+                {"type": "error", "status": status, "field": exc.field, "message": exc.message}
             )
         )
         await ws.close()
         return
     session = new_id()
     address = request.ip or ""
-    await cp.record([EnvShellOpened(name=name, session_id=session, client_address=address)])
+    await cp.record(
+        [EnvShellOpened(name=name, session_id=session, requested_by=actor, client_address=address)]
+    )
     loop = asyncio.get_running_loop()
 
     async def output() -> None:

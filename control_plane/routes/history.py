@@ -114,6 +114,10 @@ def _filter(request: Request, cp: ControlPlane) -> EventFilter:
         kinds = check_kinds(request.args.getlist("kind", []))
     except ValueError as exc:
         raise InvalidRequest("kind", str(exc)) from None
+    try:
+        exclude = check_kinds(request.args.getlist("exclude", []))
+    except ValueError as exc:
+        raise InvalidRequest("exclude", str(exc)) from None
     task = request.args.get("task")
     node = request.args.get("node")
     if node is not None and node not in cp.state.nodes:
@@ -121,6 +125,7 @@ def _filter(request: Request, cp: ControlPlane) -> EventFilter:
     since, until = _point(request, "since"), _point(request, "until")
     return EventFilter(
         kinds=kinds,
+        exclude=exclude,
         task_id=task_id_of(cp, task, "task") if task is not None else None,
         node=node,
         source=request.args.get("source"),

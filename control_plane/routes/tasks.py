@@ -15,6 +15,7 @@ from control_plane.requests import InvalidRequest, SubmitTask, decode_batch, dec
 from control_plane.routes.common import (
     Conflict,
     NotFound,
+    actor_of,
     answer,
     control_plane,
     json_object,
@@ -129,13 +130,14 @@ async def get_task(request: Request, ident: str) -> HTTPResponse:
 
 
 def _requester(request: Request) -> tuple[str, str]:
-    if not request.body:
-        return "anonymous", ""
-    body = json_object(request)
-    by, reason = body.get("requested_by", "anonymous"), body.get("reason", "")
-    if not isinstance(by, str) or not isinstance(reason, str):
-        raise InvalidRequest("requested_by", "requested_by and reason must be strings")
-    return by or "anonymous", reason
+    """Who asked (control_plane/actors.py: the same rule for kill, pause and resume), and why."""
+    body = json_object(request) if request.body else {}
+    by, reason = body.get("requested_by"), body.get("reason", "")
+    if by is not None and not isinstance(by, str):
+        raise InvalidRequest("requested_by", "must be a string")
+    if not isinstance(reason, str):
+        raise InvalidRequest("reason", "must be a string")
+    return actor_of(request, by), reason
 
 
 @bp.post("/tasks/<ident:str>/kill")

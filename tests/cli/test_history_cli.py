@@ -8,6 +8,7 @@ print the same documents.
 
 from __future__ import annotations
 
+import getpass
 import json
 import queue
 import random
@@ -26,6 +27,7 @@ from support.histories import ClusterSimulation
 from support.waiting import wait_until
 
 from cli.hakuriver.main import main
+from cli.hakuriver.render import human_duration
 from events.envelope import new_event
 from events.store import EventStore
 from events.types import TaskStarted
@@ -342,3 +344,203 @@ def test_events_tail_follow_resumes_after_the_control_plane_restarts(tmp_path: P
             follower.terminate()
             _, err = follower.communicate(timeout=10)
         assert "resuming after seq" in err
+
+
+# -- one definition of queue wait ---------------------------------------------------------
+
+
+def test_status_history_sql_report_and_export_give_the_same_durations(
+    tmp_path: Path, hakuriver: Run
+) -> None:
+    with running_cluster(tmp_path, agents=("n1",)) as cluster:
+        # Given tasks that wait in the queue, start, and run for a while
+        ids = [cluster.submit("sh", "-c", "sleep 0.2", owner="dora")[0] for _ in range(3)]
+        for task_id in ids:
+            cluster.wait_state(task_id)
+        sql = ok_json(
+            hakuriver(
+                cluster,
+                "sql",
+                "SELECT task_id, queue_wait_s, start_delay_s, run_time_s FROM tasks ORDER BY 1",
+                "--json",
+            )
+        )
+        in_sql = {row[0]: tuple(row[1:]) for row in sql["rows"]}
+        for task_id in ids:
+            # Then task status (JSON and text), task history and SQL give the same numbers
+            status = ok_json(hakuriver(cluster, "task", "status", task_id, "--json"))
+            assert status["queue_wait_s"] == in_sql[task_id][0]  # submitted -> placed
+            took = (status["queue_wait_s"], status["start_delay_s"], status["run_time_s"])
+            assert took == in_sql[task_id]
+            assert took[1] > 0  # the start takes a round trip to the agent: not the queue
+            history = ok_json(hakuriver(cluster, "task", "history", task_id, "--json"))
+            assert (
+                history["queue_wait_s"],
+                history["start_delay_s"],
+                history["run_time_s"],
+            ) == took
+            code, out, _ = hakuriver(cluster, "task", "status", task_id)
+            assert code == 0
+            assert f"queue wait         {human_duration(took[0])} " in out
+            assert f"start delay        {human_duration(took[1])} " in out
+        # And the report sums up exactly those queue waits
+        report = ok_json(hakuriver(cluster, "report", "queue-wait", "--by", "owner", "--json"))
+        [row] = [dict(zip(report["columns"], r, strict=True)) for r in report["rows"]]
+        waits = [in_sql[task_id][0] for task_id in ids]
+        assert row["owner"] == "dora" and row["tasks"] == 3
+        assert row["max_wait_s"] == pytest.approx(max(waits), abs=5e-4)
+        assert row["avg_wait_s"] == pytest.approx(sum(waits) / 3, abs=5e-4)
+        # And so does the Parquet export
+        out = tmp_path / "export"
+        ok_json(hakuriver(cluster, "export", "--parquet", str(out), "--json"))
+    parquet = duckdb.connect()
+    exported = parquet.execute(
+        "SELECT task_id, queue_wait_s, start_delay_s, run_time_s"
+        f" FROM '{out / 'tasks.parquet'}' ORDER BY 1"
+    )
+    assert {row[0]: tuple(row[1:]) for row in exported.fetchall()} == in_sql
+    # The export has the whole command: executable, arguments, and the line to paste in a shell
+    commands = parquet.execute(
+        f"SELECT DISTINCT command, args, command_line FROM '{out / 'tasks.parquet'}'"
+    ).fetchall()
+    assert commands == [("sh", ["-c", "sleep 0.2"], "sh -c 'sleep 0.2'")]
+
+
+# -- one actor rule -----------------------------------------------------------------------
+
+
+def test_kill_pause_and_resume_record_the_same_actor(tmp_path: Path, hakuriver: Run) -> None:
+    with running_cluster(tmp_path, agents=("n1",)) as cluster:
+        # Given a running task
+        [task_id] = cluster.submit("sh", *gated(cluster.root / "never"))
+        cluster.wait_state(task_id, "running")
+        # When the CLI pauses, resumes and kills it
+        for verb, state in (("pause", "paused"), ("resume", "running"), ("kill", "killed")):
+            code, _, err = hakuriver(cluster, "task", verb, task_id)
+            assert code == 0, err
+            cluster.wait_state(task_id, state)
+        requests = ok_lines(
+            hakuriver(
+                cluster,
+                "events",
+                "tail",
+                "--task",
+                task_id,
+                "--kind",
+                "task.pause_requested,task.resume_requested,task.kill_requested",
+                "--json",
+            )
+        )
+        # Then each request is recorded as made by the user running the CLI
+        actors = {e["kind"]: e["payload"]["requested_by"] for e in requests}
+        me = getpass.getuser()
+        assert actors == {
+            "task.pause_requested": me,
+            "task.resume_requested": me,
+            "task.kill_requested": me,
+        }
+        assert cluster.task(task_id)["kill_requested_by"] == me
+        # And an API client that names nobody is anonymous, whatever it asks for
+        [other] = cluster.submit("sh", *gated(cluster.root / "never"))
+        cluster.wait_state(other, "running")
+        assert cluster.http.post(f"/api/tasks/{other}/pause").status_code == 202
+        cluster.wait_state(other, "paused")
+        named = {"X-HakuRiver-User": "zo%C3%AB"}  # percent-encoded UTF-8
+        assert cluster.http.post(f"/api/tasks/{other}/resume", headers=named).status_code == 202
+        cluster.wait_state(other, "running")
+        bad = cluster.http.post(f"/api/tasks/{other}/kill", headers={"X-HakuRiver-User": "a%0Ab"})
+        assert bad.status_code == 400 and bad.json()["field"] == "X-HakuRiver-User"
+        legacy = cluster.http.post(f"/api/tasks/{other}/kill", json={"requested_by": "carol"})
+        assert legacy.status_code == 202
+        cluster.wait_state(other, "killed")
+        by_kind = {
+            e["kind"]: e["payload"]["requested_by"]
+            for e in cluster.http.get(
+                "/api/events", params={"task": other, "kind": "task.*"}
+            ).json()["events"]
+            if "requested_by" in e["payload"]
+        }
+        assert by_kind == {
+            "task.pause_requested": "anonymous",
+            "task.resume_requested": "zoë",
+            "task.kill_requested": "carol",
+        }
+
+
+# -- heartbeats out of the way ------------------------------------------------------------
+
+
+def test_events_tail_hides_heartbeats_unless_asked_for(tmp_path: Path, hakuriver: Run) -> None:
+    with running_cluster(tmp_path, agents=("n1",)) as cluster:
+        # Given a log where heartbeats (every 0.2 s here) outnumber everything else
+        [task_id] = cluster.submit("true")
+        cluster.wait_state(task_id)
+        cluster.wait(lambda: heartbeats(cluster) >= 30, 20, "30 heartbeats")
+
+        def kinds(*words: str) -> list[str]:
+            return [e["kind"] for e in ok_lines(hakuriver(cluster, "events", "tail", *words))]
+
+        # Then events tail shows what happened, without them
+        shown = kinds("-n", "30", "--json")
+        assert "node.heartbeat" not in shown
+        assert {"task.submitted", "task.finished", "node.registered"} <= set(shown)
+        assert "node.heartbeat" not in kinds("--node", "n1", "--kind", "node.*", "--json")
+        # And shows them when asked for, by name or with --all
+        assert set(kinds("-n", "5", "--kind", "node.heartbeat", "--json")) == {"node.heartbeat"}
+        assert "node.heartbeat" in kinds("-n", "30", "--all", "--json")
+        # While the REST feed keeps every kind unless told to leave some out
+        feed = cluster.http.get("/api/events", params={"tail": 30}).json()["events"]
+        assert "node.heartbeat" in {e["kind"] for e in feed}
+        left_out = cluster.http.get(
+            "/api/events", params={"tail": 30, "exclude": "node.heartbeat,env.*"}
+        ).json()["events"]
+        assert not {e["kind"] for e in left_out} & {"node.heartbeat"}
+        refused = cluster.http.get("/api/events", params={"exclude": "node.beat"})
+        assert refused.status_code == 400 and refused.json()["field"] == "exclude"
+
+        # When following, the host filters them out: the follower sees the next task only
+        follower = subprocess.Popen(
+            [sys.executable, "-m", "cli.hakuriver", "events", "tail", "-f", "--json", "-n", "1"],
+            env=cluster.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(
+            target=lambda: [lines.put(line) for line in follower.stdout],  # type: ignore[union-attr]
+            daemon=True,
+        ).start()
+        printed: list[dict[str, Any]] = []
+        try:
+            # (the follower has printed its one line of tail: it is connected)
+            wait_until(lambda: not lines.empty(), timeout=20)
+            # Heartbeats arrive, then a task: had they been sent, they would come before it
+            position = heartbeats(cluster)
+            cluster.wait(lambda: heartbeats(cluster) >= position + 3, 20, "3 more heartbeats")
+            [after] = cluster.submit("true")
+            cluster.wait_state(after)
+
+            def printed_the_finish() -> bool:
+                while not lines.empty():
+                    printed.append(json.loads(lines.get()))
+                return any(
+                    e["kind"] == "task.finished" and e["payload"]["task_id"] == after
+                    for e in printed
+                )
+
+            wait_until(printed_the_finish, timeout=20)
+        finally:
+            follower.terminate()
+            follower.communicate(timeout=10)
+        assert "node.heartbeat" not in {e["kind"] for e in printed}
+        cluster.stop_host()
+    # And offline, on the file, the same
+    assert "node.heartbeat" not in kinds("-n", "30", "--json", "--db", str(cluster.db_file))
+    assert "node.heartbeat" in kinds("-n", "30", "--all", "--json", "--db", str(cluster.db_file))
+
+
+def heartbeats(cluster: Cluster) -> int:
+    """How many heartbeats the log holds."""
+    page = cluster.http.get("/api/events", params={"kind": "node.heartbeat", "limit": 10000}).json()
+    return len(page["events"])

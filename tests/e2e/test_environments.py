@@ -13,6 +13,7 @@ the tarball, exactly as a second machine would.
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 from support.cluster import Cluster, running_cluster
 from support.docker_images import BUSYBOX_IMAGE, engine_or_skip
@@ -171,6 +173,15 @@ def test_the_environment_round_trip(tmp_path: Path, env_name: str) -> None:
     ):
         assert kind in kinds, (kind, kinds)
     assert kinds.count("env.packaged") == 2
+    # Every change asked for through the CLI names the user who ran it (one actor rule)
+    con = duckdb.connect(str(cluster.db_file), read_only=True)
+    actors = con.execute(
+        "SELECT DISTINCT payload->>'$.requested_by' FROM events"
+        " WHERE stream = ? AND kind <> 'env.synced' AND kind <> 'env.shell_closed'",
+        [f"env:{env_name}"],
+    ).fetchall()
+    con.close()
+    assert actors == [(getpass.getuser(),)]
 
 
 def test_bad_requests_are_refused_with_the_field(tmp_path: Path, env_name: str) -> None:

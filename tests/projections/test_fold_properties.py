@@ -84,6 +84,7 @@ def python_rows(state: ClusterState) -> tuple[dict, dict]:
             **{f: getattr(t, f) for f in TASK_FIELDS},
             "gpu_ids": sorted(t.gpu_ids),
             "command": t.spec.command,
+            "args": list(t.spec.args),
             "owner": t.spec.owner,
             "batch_id": t.spec.batch_id,
         }
@@ -113,6 +114,7 @@ async def sql_rows(store: EventStore, upto: int) -> tuple[dict, dict]:
         tasks[r["task_id"]] = {f: r[f] for f in TASK_FIELDS} | {
             "gpu_ids": sorted(r["gpu_ids"]),
             "command": r["command"],
+            "args": r["args"],
             "owner": r["owner"],
             "batch_id": r["batch_id"],
         }

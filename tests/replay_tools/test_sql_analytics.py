@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import duckdb
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from events.codec import encode_event
+from events.types import TaskSpec, TaskSubmitted
+from projections.durations import durations
 from replay_tools.analytics import (
     REPORTS,
     SqlRefused,
     open_analytics,
     report_table,
     run_readonly_sql,
+    view_sql,
 )
 from replay_tools.export import export_parquet
 from replay_tools.replay import state_at
@@ -108,19 +115,34 @@ def test_the_tasks_view_agrees_with_the_fold(history_db: Path) -> None:
     state = state_at(history_db)
     columns, rows, _ = run_readonly_sql(
         history_db,
-        "SELECT task_id, state, node, final_state, queue_wait_s, run_time_s FROM tasks",
+        "SELECT task_id, state, node, final_state, queue_wait_s, start_delay_s, run_time_s"
+        " FROM tasks",
     )
-    assert columns[3:] == ["final_state", "queue_wait_s", "run_time_s"]
+    assert columns[3:] == ["final_state", "queue_wait_s", "start_delay_s", "run_time_s"]
     assert {r[0]: (r[1], r[2]) for r in rows} == {
         t.task_id: (t.state, t.node) for t in state.tasks.values()
     }
-    for task_id, _state, _node, final, wait, run in rows:
+    for task_id, _state, _node, final, *took in rows:
         task = state.tasks[task_id]
         assert final == (task.state if task.is_final or task.state == "lost" else None)
-        if task.placed_at_us is not None:
-            assert wait == pytest.approx((task.placed_at_us - task.submitted_at_us) / 1e6)
-        if task.started_at_us and task.finished_at_us:
-            assert run == pytest.approx((task.finished_at_us - task.started_at_us) / 1e6)
+        # The one definition of projections/durations.py, to the bit
+        assert tuple(took) == durations(task)
+    assert any(r[5] is not None for r in rows)  # some tasks started: the check is not vacuous
+
+
+@pytest.mark.parametrize("by", ["node", "owner"])
+def test_the_queue_wait_report_sums_up_the_views_queue_wait(history_db: Path, by: str) -> None:
+    con = open_analytics(history_db)
+    try:
+        columns, rows = report_table(con, "queue-wait", by=by)  # type: ignore[arg-type]
+        expected = con.execute(
+            f"SELECT {by}, count(*), round(avg(queue_wait_s), 3), round(max(queue_wait_s), 3)"
+            " FROM tasks WHERE queue_wait_s IS NOT NULL GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+    finally:
+        con.close()
+    wanted = ("tasks", "avg_wait_s", "max_wait_s")
+    assert [(r[0], *(r[columns.index(c)] for c in wanted)) for r in rows] == expected
 
 
 @pytest.mark.parametrize("name", REPORTS)
@@ -192,3 +214,42 @@ def test_export_since_keeps_only_later_events(history_db: Path, tmp_path: Path) 
     source.close()
     written = export_parquet(history_db, tmp_path / "since", since_us=mid)
     assert written["events"][1] == expected < 600
+
+
+# Any character an argv word can hold: no NUL, no lone surrogate (not encodable text).
+_WORD_CHARACTERS = st.characters(exclude_categories=("Cs",), exclude_characters="\x00")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    commands=st.lists(
+        st.tuples(
+            st.text(alphabet=_WORD_CHARACTERS, min_size=1, max_size=12),
+            st.lists(st.text(alphabet=_WORD_CHARACTERS, max_size=12)),
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_the_tasks_view_holds_the_whole_command_line(
+    commands: list[tuple[str, list[str]]],
+) -> None:
+    # Given submissions with any executable and arguments (quotes, spaces, empty words...)
+    con = duckdb.connect()
+    con.execute(
+        "CREATE TABLE log (seq BIGINT, kind VARCHAR, recorded_at TIMESTAMPTZ, payload JSON)"
+    )
+    for seq, (command, args) in enumerate(commands, 1):
+        spec = TaskSpec(command=command, args=tuple(args), batch_id="b")
+        payload = encode_event(TaskSubmitted(task_id=f"t{seq}", spec=spec)).decode()
+        con.execute("INSERT INTO log VALUES (?, 'task.submitted', now(), ?)", [seq, payload])
+    # Then the view keeps the executable in `command`, the arguments in `args`, and the
+    # whole line, quoted as a shell would need it, in `command_line`
+    rows = con.execute(
+        f"SELECT command, args, command_line FROM ({view_sql('log')['tasks']}) ORDER BY task_id"
+    ).fetchall()
+    con.close()
+    expected = sorted(
+        ((f"t{seq}", c, a) for seq, (c, a) in enumerate(commands, 1)), key=lambda t: t[0]
+    )
+    assert rows == [(c, a, shlex.join([c, *a])) for _, c, a in expected]
