@@ -16,18 +16,14 @@ from typing import Protocol
 
 import msgspec
 
-from control_plane.hub import HOST_SOURCE, ControlPlane, holding_on, run_command
+from control_plane.decide import decide_hello
+from control_plane.hub import HOST_SOURCE, ControlPlane, NodeNotOnline
 from events import link
 from events.codec import decode_new_events
-from events.envelope import NewEvent, new_event
+from events.envelope import NewEvent, new_event, now_us
 from events.store import InvalidEvent
 from events.types import (
-    AnyEvent,
     NodeHeartbeat,
-    NodeOnline,
-    NodeRegistered,
-    TaskFinished,
-    TaskLost,
     TaskStarted,
     kind_of,
 )
@@ -106,68 +102,11 @@ class AgentSession:
         """Record the registration or return, reconcile, answer ``Welcome`` and commands."""
         cp = self.cp
         grace = cp.settings.timing.kill_grace_period
-        commands: list[link.Message] = []
         async with cp.gate.exclusive():
-            state = cp.state
-            events: list[AnyEvent] = []
-            registration = NodeRegistered(
-                node=hello.node,
-                address=hello.address,
-                cores=hello.cores,
-                memory_bytes=hello.memory_bytes,
-                numa=hello.numa,
-                gpus=hello.gpus,
-                agent_version=hello.agent_version,
-                executors=hello.executors,
-            )
-            view = state.nodes.get(hello.node)
-            if view is None or _machine(view) != _machine(registration):
-                events.append(registration)
-            elif not view.online:
-                events.append(NodeOnline(node=hello.node))
-            running = {t.task_id for t in hello.running}
-            reported = set(hello.reported)
-            for task_id in holding_on(state, hello.node):
-                task = state.tasks[task_id]
-                if task_id in running:
-                    if task.kill_requested_by is not None:
-                        commands.append(link.Kill(task_id=task_id, grace_s=grace))
-                elif task_id in reported:
-                    continue
-                elif task.state == "assigning" and task.kill_requested_by is not None:
-                    events.append(
-                        TaskFinished(
-                            task_id=task_id,
-                            state="killed",
-                            message="killed before it started",
-                            node=hello.node,
-                        )
-                    )
-                elif task.state == "assigning":
-                    commands.append(run_command(task))
-                else:
-                    events.append(
-                        TaskLost(
-                            task_id=task_id,
-                            node=hello.node,
-                            reason="the node's agent came back without this task",
-                        )
-                    )
-            for task_id in running:
-                known = state.tasks.get(task_id)
-                if known is None or known.node != hello.node or not known.holds_resources:
-                    commands.append(
-                        link.Kill(
-                            task_id=task_id,
-                            grace_s=grace,
-                            reason="the host considers this task ended",
-                        )
-                    )
-            if events:
-                registered = [e for e in events if isinstance(e, NodeRegistered | NodeOnline)]
-                others = [e for e in events if not isinstance(e, NodeRegistered | NodeOnline)]
-                batch = [new_event(e, source=hello.node) for e in registered]
-                batch += [new_event(e, source=HOST_SOURCE) for e in others]
+            plan = decide_hello(cp.state, hello, now_us=now_us(), grace_s=grace)
+            batch = [new_event(e, source=hello.node) for e in plan.registration]
+            batch += [new_event(e, source=HOST_SOURCE) for e in plan.events]
+            if batch:
                 await cp.store.append(batch)
         await self.send(
             link.Welcome(
@@ -176,7 +115,7 @@ class AgentSession:
                 last_seq=cp.state.last_seq,
             )
         )
-        for command in commands:
+        for command in plan.commands:
             await self.send(command)
 
     async def handle(self, message: link.AgentMessage) -> None:
@@ -187,7 +126,7 @@ class AgentSession:
                     events = decode_new_events(body)
                     for i, new in enumerate(events):
                         check_agent_event(self.node, i, new)
-                    seqs = await self.cp.record_facts(events)
+                    seqs = await self.cp.record_facts(self.node, events)
                 except (msgspec.ValidationError, msgspec.DecodeError, LinkRefused) as exc:
                     await self.send(link.Nack(batch=number, reason=str(exc)))
                     log.warning("refused a batch from %s: %s", self.node, exc)
@@ -195,15 +134,21 @@ class AgentSession:
                 except InvalidEvent as exc:
                     await self.send(link.Nack(batch=number, reason=str(exc)))
                     return
+                except NodeNotOnline:
+                    # Not acknowledged: the agent keeps the batch and sends it again after
+                    # the hello that brings its tasks back.
+                    raise LinkRefused(
+                        f"node {self.node} was declared offline; say hello again"
+                    ) from None
                 await self.send(link.Ack(batch=number, seqs=seqs))
                 self._note_started(events)
             case link.Heartbeat(event=new):
                 if not isinstance(new.event, NodeHeartbeat):
                     raise LinkRefused("a heartbeat frame must carry node.heartbeat")
                 check_agent_event(self.node, 0, new)
-                view = self.cp.state.nodes.get(self.node)
-                if view is not None and view.online:
-                    await self.cp.record_facts([new])
+                # A sample from a node declared offline is not worth a reconnection.
+                with contextlib.suppress(NodeNotOnline):
+                    await self.cp.record_facts(self.node, [new])
             case link.Hello():
                 raise LinkRefused("hello sent twice")
 
@@ -222,13 +167,6 @@ class AgentSession:
                     sending = asyncio.get_running_loop().create_task(self.send(kill))
                     self._background.add(sending)
                     sending.add_done_callback(self._background.discard)
-
-
-def _machine(e: object) -> tuple[object, ...]:
-    return tuple(
-        getattr(e, f)
-        for f in ("address", "cores", "memory_bytes", "numa", "gpus", "agent_version", "executors")
-    )
 
 
 async def serve_agent(cp: ControlPlane, socket: Socket) -> None:

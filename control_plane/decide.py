@@ -10,11 +10,26 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Callable, Sequence
 
+from msgspec import Struct
+
 from control_plane.requests import InvalidRequest, SubmitTask, Target, parse_mount, parse_size
 from control_plane.requests import parse_target as _parse_target
-from events.types import AnyEvent, Mount, TaskFinished, TaskKillRequested, TaskSpec, TaskSubmitted
+from events import link
+from events.types import (
+    AnyEvent,
+    Mount,
+    NodeOnline,
+    NodeRegistered,
+    TaskFinished,
+    TaskKillRequested,
+    TaskLost,
+    TaskReconnected,
+    TaskSpec,
+    TaskSubmitted,
+)
 from projections.cluster import ClusterState
 from projections.nodes import NodeView
+from projections.tasks import TaskView
 
 NO_CONTAINER = "NULL"
 
@@ -168,4 +183,126 @@ def decide_kill(state: ClusterState, task_id: str, requested_by: str) -> list[An
     events: list[AnyEvent] = [TaskKillRequested(task_id=task_id, requested_by=requested_by)]
     if task.state == "pending":
         events.append(TaskFinished(task_id=task_id, state="killed", message="killed while queued"))
+    elif task.state == "unknown":
+        # Its node cannot be told now. The user gives the task up: it ends here, and its
+        # node is told to kill it if it comes back with it (decide_hello).
+        events.append(
+            TaskLost(
+                task_id=task_id,
+                node=task.node,
+                reason=f"killed by {requested_by} while node {task.node} was unreachable",
+            )
+        )
     return events
+
+
+class Reconciliation(Struct, frozen=True, kw_only=True):
+    """What a node's hello leads to: its registration (recorded as from the node), the
+    host's events about its tasks, and the commands to send once both are recorded."""
+
+    registration: list[AnyEvent]
+    events: list[AnyEvent]
+    commands: list[link.Message]
+
+
+def decide_hello(
+    state: ClusterState, hello: link.Hello, *, now_us: int, grace_s: float
+) -> Reconciliation:
+    """Reconcile what a (re)connecting agent runs with what the log says runs there.
+
+    For each task holding resources on the node (``unknown`` ones by the state they had):
+    the agent runs it, or holds its final report → it stays (an unknown one is
+    ``task.reconnected``), and a kill requested meanwhile is sent; placed but never
+    received → ``run`` again (or, if a kill was asked for, ``killed before it started``);
+    anything else the agent has no trace of → ``task.lost``. A task the agent runs that
+    the host considers ended, or placed elsewhere, is killed.
+    """
+    registration: list[AnyEvent] = []
+    events: list[AnyEvent] = []
+    commands: list[link.Message] = []
+    machine = NodeRegistered(
+        node=hello.node,
+        address=hello.address,
+        cores=hello.cores,
+        memory_bytes=hello.memory_bytes,
+        numa=hello.numa,
+        gpus=hello.gpus,
+        agent_version=hello.agent_version,
+        executors=hello.executors,
+    )
+    view = state.nodes.get(hello.node)
+    if view is None or _machine(view) != _machine(machine):
+        registration.append(machine)
+    elif not view.online:
+        registration.append(NodeOnline(node=hello.node))
+    running = {t.task_id for t in hello.running}
+    reported = set(hello.reported)
+    for task_id in list(view.task_ids) if view is not None else []:
+        task = state.tasks[task_id]
+        was = task.state_before_unknown if task.state == "unknown" else task.state
+        back = (
+            [
+                TaskReconnected(
+                    task_id=task_id,
+                    node=hello.node,
+                    state=was,  # type: ignore[arg-type]
+                    unreachable_s=max(0, now_us - (task.unknown_since_us or now_us)) / 1e6,
+                )
+            ]
+            if task.state == "unknown"
+            else []
+        )
+        if task_id in running:
+            events += back
+            if task.kill_requested_by is not None:
+                commands.append(link.Kill(task_id=task_id, grace_s=grace_s))
+        elif task_id in reported:
+            events += back  # its final report follows in the agent's first batch
+        elif was == "assigning" and task.kill_requested_by is not None:
+            events.append(
+                TaskFinished(
+                    task_id=task_id,
+                    state="killed",
+                    message="killed before it started",
+                    node=hello.node,
+                )
+            )
+        elif was == "assigning":
+            events += back
+            commands.append(run_command(task))
+        else:
+            events.append(
+                TaskLost(
+                    task_id=task_id,
+                    node=hello.node,
+                    reason="the node's agent came back without this task",
+                )
+            )
+    for task_id in running:
+        known = state.tasks.get(task_id)
+        if known is None or known.node != hello.node or not known.holds_resources:
+            commands.append(
+                link.Kill(
+                    task_id=task_id, grace_s=grace_s, reason="the host considers this task ended"
+                )
+            )
+    return Reconciliation(registration=registration, events=events, commands=commands)
+
+
+def _machine(e: object) -> tuple[object, ...]:
+    return tuple(
+        getattr(e, f)
+        for f in ("address", "cores", "memory_bytes", "numa", "gpus", "agent_version", "executors")
+    )
+
+
+def run_command(task: TaskView) -> link.Run:
+    """The run command for a placed task, with the resources it was placed on."""
+    return link.Run(
+        task_id=task.task_id,
+        spec=task.spec,
+        cores=task.cores,
+        memory_bytes=task.memory_bytes,
+        gpu_ids=task.gpu_ids,
+        numa_id=task.numa_id,
+    )

@@ -19,14 +19,15 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING
 
-from control_plane.monitor import decide_offline, overdue
+from control_plane.decide import run_command
+from control_plane.monitor import decide_give_up, decide_offline, overdue
 from control_plane.scheduler import Scheduler
 from control_plane.settings import HostSettings
 from events import link
-from events.envelope import NewEvent, Recorded, new_event
+from events.envelope import NewEvent, Recorded, new_event, now_us
 from events.store import EventStore
 from events.types import AnyEvent, TaskDispatched, TaskPlaced, TaskSubmitted
 from projections.cluster import ClusterState
@@ -50,6 +51,10 @@ _RESCHEDULE = frozenset(
         "node.offline",
     }
 )
+
+
+class NodeNotOnline(Exception):
+    """An agent reported facts for a node the host declared offline (it must say hello)."""
 
 
 class Gate:
@@ -104,6 +109,7 @@ class ControlPlane:
         # When each node was last heard from, on this process's monotonic clock.
         self.seen: dict[str, float] = {}
         self.started = time.monotonic()
+        self.started_us = now_us()
         self._schedule = asyncio.Event()
         self._changed = asyncio.Event()
         self._snapshot_due = asyncio.Event()
@@ -158,9 +164,17 @@ class ControlPlane:
         """Append events made here (the caller holds the gate as its decision needs)."""
         return await self.store.append([new_event(e, source=source) for e in events])
 
-    async def record_facts(self, events: Sequence[NewEvent]) -> list[int]:
-        """Append events reported by an agent, under the shared gate."""
+    async def record_facts(self, node: str, events: Sequence[NewEvent]) -> list[int]:
+        """Append events reported by ``node``'s agent, under the shared gate.
+
+        Refused (``NodeNotOnline``) once the node was declared offline: its tasks are
+        ``unknown`` and only its next hello may bring them back; the agent's outbox
+        keeps the events and sends them again after that hello.
+        """
         async with self.gate.shared():
+            view = self.state.nodes.get(node)
+            if view is None or not view.online:
+                raise NodeNotOnline(node)
             return await self.store.append(events)
 
     def _on_commit(self, recorded: list[Recorded]) -> None:
@@ -267,9 +281,12 @@ class ControlPlane:
                 log.exception("liveness check failed")
 
     async def check_liveness(self) -> list[str]:
-        """Declare offline every online node silent past the timeout; their tasks lost."""
+        """Declare offline every online node silent past the timeout (its tasks become
+        unknown), and give up tasks unknown for longer than ``lost_after``."""
         timeout = self.settings.timing.heartbeat_timeout
-        if not overdue(self.state, self.seen, time.monotonic(), timeout, default_seen=self.started):
+        if not overdue(
+            self.state, self.seen, time.monotonic(), timeout, default_seen=self.started
+        ) and not self._give_up(now_us()):
             return []
         async with self.gate.exclusive():
             # Decided again under the gate: waiting for it (behind a big batch, a commit)
@@ -282,6 +299,7 @@ class ControlPlane:
                 events += decide_offline(
                     self.state, name, f"no heartbeat for {now - last:.1f}s (timeout {timeout}s)"
                 )
+            events += self._give_up(now_us())
             if events:
                 await self.record(events)
         for name in late:
@@ -290,6 +308,13 @@ class ControlPlane:
                 # Make it reconnect: its hello reconciles the tasks declared lost.
                 await session.close(reason="declared offline")
         return late
+
+    def _give_up(self, now: int) -> list[AnyEvent]:
+        # The clock of an unknown task runs only while this host runs: a host that was
+        # down for a weekend gives its agents a chance to come back before giving up.
+        return decide_give_up(
+            self.state, now, self.settings.timing.lost_after, not_before_us=self.started_us
+        )
 
     # -- snapshots -------------------------------------------------------------------------
 
@@ -323,21 +348,3 @@ class ControlPlane:
         if len(ident) < 8:
             return []
         return list(itertools.islice((t for t in self.state.tasks if t.startswith(ident)), limit))
-
-
-def run_command(task: TaskView) -> link.Run:
-    """The run command for a placed task, with the resources it was placed on."""
-    return link.Run(
-        task_id=task.task_id,
-        spec=task.spec,
-        cores=task.cores,
-        memory_bytes=task.memory_bytes,
-        gpu_ids=task.gpu_ids,
-        numa_id=task.numa_id,
-    )
-
-
-def holding_on(state: ClusterState, node: str) -> Iterable[str]:
-    """Ids of the tasks holding resources on ``node``."""
-    found = state.nodes.get(node)
-    return list(found.task_ids) if found is not None else []

@@ -41,6 +41,8 @@ class HostTiming(Struct, kw_only=True, frozen=True):
     heartbeat_interval: Positive = 1.0
     heartbeat_timeout: Positive = 5.0
     kill_grace_period: Annotated[float, Meta(ge=0)] = 5.0
+    # How long a task on a silent node stays ``unknown`` before it is given up (lost).
+    lost_after: Positive = 86_400.0
 
 
 class HostScheduler(Struct, kw_only=True, frozen=True):

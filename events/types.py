@@ -22,6 +22,8 @@ NonEmptyStr = Annotated[str, Meta(min_length=1)]
 
 TaskType = Literal["command", "vps"]
 FinalState = Literal["completed", "failed", "killed", "killed_oom"]
+# The states a task on a node that went silent can be in, and return to.
+ReachableState = Literal["assigning", "running", "paused"]
 
 
 class Mount(Struct, frozen=True, kw_only=True, gc=False):
@@ -231,10 +233,31 @@ class TaskFinished(_TaskEvent, frozen=True, kw_only=True, tag="task.finished"):
 
 
 class TaskLost(_TaskEvent, frozen=True, kw_only=True, tag="task.lost"):
-    """The task's node went offline before the task finished."""
+    """The task is given up: its node came back without it, or stayed unreachable too long."""
 
     node: str | None = None
     reason: str = "node offline"
+
+
+class TaskUnreachable(_TaskEvent, frozen=True, kw_only=True, tag="task.unreachable"):
+    """The task's node went silent: the task may still run there, so it is ``unknown``.
+
+    It keeps its resources on the node until the node comes back (``task.reconnected``,
+    or ``task.lost`` if the node no longer has it) or ``[timing] lost_after`` passes.
+    ``was`` is the state it had, to which a reconnection returns it.
+    """
+
+    node: NonEmptyStr
+    was: ReachableState
+    reason: str = ""
+
+
+class TaskReconnected(_TaskEvent, frozen=True, kw_only=True, tag="task.reconnected"):
+    """The task's node came back and still has the task: it returns to ``state``."""
+
+    node: NonEmptyStr
+    state: ReachableState
+    unreachable_s: float = 0.0  # how long the host could not reach it
 
 
 # -- environments and SSH ------------------------------------------------------------------
@@ -340,6 +363,8 @@ AnyEvent = (
     | TaskResumeRequested
     | TaskFinished
     | TaskLost
+    | TaskUnreachable
+    | TaskReconnected
     | EnvPackaged
     | EnvSynced
     | EnvContainerCreated

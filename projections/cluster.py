@@ -27,10 +27,12 @@ from events.types import (
     TaskPaused,
     TaskPauseRequested,
     TaskPlaced,
+    TaskReconnected,
     TaskResumed,
     TaskResumeRequested,
     TaskStarted,
     TaskSubmitted,
+    TaskUnreachable,
 )
 from projections.nodes import NodeView
 from projections.tasks import HOLDING_STATES, TaskView, next_state
@@ -139,6 +141,19 @@ class ClusterState:
                 if task is not None:
                     task.finished_at_us = at
                     task.message = e.reason
+            case TaskUnreachable() as e:
+                was = self.tasks[e.task_id].state if e.task_id in self.tasks else None
+                task = self._transition(recorded, e.task_id)
+                if task is not None:
+                    task.unknown_since_us = at
+                    task.state_before_unknown = was
+                    task.message = e.reason
+            case TaskReconnected() as e:
+                task = self._transition(recorded, e.task_id, e.state)
+                if task is not None:
+                    task.unknown_since_us = None
+                    task.state_before_unknown = None
+                    task.message = ""
             case NodeRegistered() as e:
                 node = self.nodes.get(e.node)
                 if node is None:

@@ -11,8 +11,17 @@ SELECT, so it can back a ``CREATE VIEW``.
 
 from __future__ import annotations
 
-# kind -> the task state it leads to ('task.finished' takes the payload's state).
-_STATE_OF_KIND = """
+from projections.tasks import HOLDING_STATES
+
+
+def state_of_kind(guard: bool = False) -> str:
+    """SQL: the task state an event of column ``kind`` leads to (NULL: no change).
+
+    ``task.finished`` and ``task.reconnected`` take it from the payload; ``guard`` wraps
+    that read in ``try()`` for logs whose payloads may not be JSON (the audit's case).
+    """
+    from_payload = "try(payload->>'$.state')" if guard else "payload->>'$.state'"
+    return f"""
     CASE kind
         WHEN 'task.submitted' THEN 'pending'
         WHEN 'task.placed' THEN 'assigning'
@@ -20,9 +29,30 @@ _STATE_OF_KIND = """
         WHEN 'task.paused' THEN 'paused'
         WHEN 'task.resumed' THEN 'running'
         WHEN 'task.lost' THEN 'lost'
-        WHEN 'task.finished' THEN payload->>'$.state'
+        WHEN 'task.unreachable' THEN 'unknown'
+        WHEN 'task.reconnected' THEN {from_payload}
+        WHEN 'task.finished' THEN {from_payload}
     END
 """
+
+
+# Kinds that change a task's state, as an SQL list.
+STATE_KINDS = ", ".join(
+    f"'{k}'"
+    for k in (
+        "task.submitted",
+        "task.placed",
+        "task.started",
+        "task.paused",
+        "task.resumed",
+        "task.lost",
+        "task.unreachable",
+        "task.reconnected",
+        "task.finished",
+    )
+)
+_STATE_OF_KIND = state_of_kind()
+_HOLDING_SQL = ", ".join(f"'{s}'" for s in sorted(HOLDING_STATES))
 
 
 def tasks_sql(source: str = "events") -> str:
@@ -32,7 +62,11 @@ def tasks_sql(source: str = "events") -> str:
 
 def nodes_sql(source: str = "events") -> str:
     """The node view over ``source`` (the events table, or any relation with its columns)."""
-    return _NODES_TEMPLATE.replace("{source}", source).replace("{tasks}", tasks_sql(source))
+    return (
+        _NODES_TEMPLATE.replace("{source}", source)
+        .replace("{tasks}", tasks_sql(source))
+        .replace("{holding}", _HOLDING_SQL)
+    )
 
 
 _TASKS_TEMPLATE = f"""
@@ -43,9 +77,7 @@ WITH t AS (
 )
 SELECT
     task_id,
-    arg_max({_STATE_OF_KIND}, seq) FILTER (WHERE kind IN (
-        'task.submitted', 'task.placed', 'task.started', 'task.paused', 'task.resumed',
-        'task.lost', 'task.finished')) AS state,
+    arg_max({_STATE_OF_KIND}, seq) FILTER (WHERE kind IN ({STATE_KINDS})) AS state,
     arg_max_null(payload->>'$.node', seq) FILTER (WHERE kind = 'task.placed') AS node,
     coalesce(arg_max_null((payload->>'$.cores')::BIGINT, seq)
         FILTER (WHERE kind = 'task.placed'), 0) AS cores,
@@ -91,7 +123,7 @@ alloc AS (
         sum(coalesce(memory_bytes, 0))::BIGINT AS memory_bytes,
         list_sort(flatten(list(gpu_ids))) AS gpus
     FROM tasks
-    WHERE state IN ('assigning', 'running', 'paused')
+    WHERE state IN ({holding})
     GROUP BY node
 ),
 nodes AS (

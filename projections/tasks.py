@@ -10,6 +10,20 @@ The fold never raises on an illegal pair, because the log is history and the
 event is already recorded: it leaves the task unchanged and reports an
 ``Anomaly`` that ``hakuriver audit`` surfaces.
 
+A node that goes silent (no heartbeat past the timeout) does not kill its tasks:
+state: each non-final task on it becomes ``unknown`` (``task.unreachable``, which
+remembers the state it had) and keeps its resources on the node. When the node
+comes back:
+
+* with the task (running, or its final report waiting in the node's outbox), the
+  task returns to the state it had (``task.reconnected``), and whatever the node
+  did meanwhile follows as ordinary reports (``task.started``, ``task.finished``...);
+* without any trace of it, the task is ``lost``.
+
+An ``unknown`` task may also end by a ``task.finished`` (a final report that got
+through), become ``lost`` when ``[timing] lost_after`` passes, or be killed by a user
+(recorded as a kill request and ``lost``; the node is told to kill it if it returns).
+
 Late reports from a node that comes back after its tasks were declared lost:
 
 * ``task.finished`` on a ``lost`` task is legal. The node knows how the task
@@ -45,15 +59,16 @@ TaskState = Literal[
     "killed",
     "killed_oom",
     "lost",
+    "unknown",
 ]
 
 STATES: tuple[str, ...] = get_args(TaskState)
 FINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "killed", "killed_oom"})
 # States after which nothing more happens unless a node reports late (lost -> final).
 ENDED_STATES: frozenset[str] = FINAL_STATES | {"lost"}
-# States that hold resources on a node.
-HOLDING_STATES: frozenset[str] = frozenset({"assigning", "running", "paused"})
-ACTIVE_STATES: frozenset[str] = frozenset({"pending", "assigning", "running", "paused"})
+# States that hold resources on a node (an unknown task may still be using them).
+HOLDING_STATES: frozenset[str] = frozenset({"assigning", "running", "paused", "unknown"})
+ACTIVE_STATES: frozenset[str] = frozenset({"pending", "assigning", "running", "paused", "unknown"})
 
 _FINISHED = "task.finished"  # target state comes from the event's ``state`` field
 FROM_EVENT = "<from event>"
@@ -80,6 +95,13 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     ("paused", "task.kill_requested"): "paused",
     ("paused", _FINISHED): FROM_EVENT,
     ("paused", "task.lost"): "lost",
+    ("assigning", "task.unreachable"): "unknown",
+    ("running", "task.unreachable"): "unknown",
+    ("paused", "task.unreachable"): "unknown",
+    ("unknown", "task.reconnected"): FROM_EVENT,  # back to the state it had
+    ("unknown", "task.kill_requested"): "unknown",
+    ("unknown", _FINISHED): FROM_EVENT,  # its final report got through
+    ("unknown", "task.lost"): "lost",
     ("lost", _FINISHED): FROM_EVENT,  # a late but true report from the node
 }
 
@@ -114,6 +136,9 @@ class TaskView(Struct, kw_only=True, gc=False):
     kill_requested_by: str | None = None
     message: str = ""
     last_seq: int = 0
+    # While ``unknown``: since when (store clock), and the state it had before.
+    unknown_since_us: int | None = None
+    state_before_unknown: str | None = None
 
     @property
     def is_final(self) -> bool:

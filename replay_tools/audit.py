@@ -36,6 +36,7 @@ import msgspec
 import pyarrow as pa
 
 from events.store import GENESIS_HASH
+from projections.sql import state_of_kind
 from projections.tasks import FINAL_STATES, HOLDING_STATES, TRANSITIONS, next_state
 
 
@@ -61,15 +62,7 @@ class AuditReport(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _TASK_KINDS = sorted({kind for _, kind in TRANSITIONS} | {"task.submitted"})
-_TARGET = """CASE kind
-    WHEN 'task.submitted' THEN 'pending'
-    WHEN 'task.placed' THEN 'assigning'
-    WHEN 'task.started' THEN 'running'
-    WHEN 'task.paused' THEN 'paused'
-    WHEN 'task.resumed' THEN 'running'
-    WHEN 'task.lost' THEN 'lost'
-    WHEN 'task.finished' THEN try(payload->>'$.state')
-END"""
+_TARGET = state_of_kind(guard=True)
 
 
 def _quoted(values: list[str]) -> str:

@@ -36,10 +36,12 @@ from events.types import (
     TaskPaused,
     TaskPauseRequested,
     TaskPlaced,
+    TaskReconnected,
     TaskResumed,
     TaskResumeRequested,
     TaskStarted,
     TaskSubmitted,
+    TaskUnreachable,
     kind_of,
 )
 
@@ -204,6 +206,25 @@ def _finished(e: TaskFinished) -> str:
 def _lost(e: TaskLost) -> str:
     where = f" on {e.node}" if e.node else ""
     return f"lost{where}: {e.reason}"
+
+
+@_summary_of(TaskUnreachable)
+def _unreachable(e: TaskUnreachable) -> str:
+    why = f": {e.reason}" if e.reason else ""
+    return f"unknown ({e.was} when {e.node} went silent){why}"
+
+
+@_summary_of(TaskReconnected)
+def _reconnected(e: TaskReconnected) -> str:
+    return f"{e.state} again: {e.node} came back with it after {_gap(e.unreachable_s)}"
+
+
+def _gap(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 # -- environments and SSH ------------------------------------------------------------------

@@ -171,6 +171,12 @@ async def _pause_or_resume(request: Request, ident: str, pause: bool) -> HTTPRes
     async with cp.gate.exclusive():
         task = _task(cp, ident)
         wanted_from = "running" if pause else "paused"
+        if task.state == "unknown":
+            raise Conflict(
+                "task_id",
+                f"cannot {verb} task {task.task_id}: its node {task.node} is unreachable"
+                " (the task's state is unknown until the node comes back)",
+            )
         if task.state != wanted_from:
             raise Conflict("task_id", f"cannot {verb} task {task.task_id}: it is {task.state}")
         if task.node not in cp.agents:

@@ -46,6 +46,7 @@ class Cluster:
         heartbeat_interval: float = 0.2,
         heartbeat_timeout: float = 1.5,
         kill_grace: float = 1.0,
+        lost_after: float = 3600.0,
         policy: str = "first-fit",
         extra: str = "",
     ) -> None:
@@ -67,6 +68,7 @@ local_temp_dir = "local_temp"
 heartbeat_interval = {heartbeat_interval}
 heartbeat_timeout = {heartbeat_timeout}
 kill_grace_period = {kill_grace}
+lost_after = {lost_after}
 [scheduler]
 policy = "{policy}"
 {extra}
@@ -146,12 +148,13 @@ policy = "{policy}"
         if self.host is not None:
             with contextlib.suppress(Exception):
                 self.stop_host(signal.SIGKILL)
-        self._kill_tasks()
+        self.kill_task_processes()
         self.http.close()
         for log in self._logs:
             log.close()
 
-    def _kill_tasks(self) -> None:
+    def kill_task_processes(self) -> None:
+        """SIGKILL every task process and shim the agents started (as a reboot would)."""
         # Task shims record their pid files under each agent's state dir.
         for record in self.root.glob("runner-*/process/*.run"):
             with contextlib.suppress(Exception):

@@ -29,10 +29,12 @@ from events.types import (
     TaskLost,
     TaskPaused,
     TaskPlaced,
+    TaskReconnected,
     TaskResumed,
     TaskSpec,
     TaskStarted,
     TaskSubmitted,
+    TaskUnreachable,
 )
 
 GIB = 1 << 30
@@ -182,7 +184,7 @@ class ClusterSimulation:
 
     def _release(self, task: _Task) -> None:
         node = task.node
-        if node is not None and task.state in ("assigning", "running", "paused"):
+        if node is not None and task.state in ("assigning", "running", "paused", "unknown"):
             node.used_cores -= task.cores
             node.used_memory -= task.memory
             node.used_gpus -= set(task.gpu_ids)
@@ -266,19 +268,60 @@ class ClusterSimulation:
             )
 
     def _node_flaps(self, node: _Node) -> Iterator[NewEvent]:
+        """The node goes silent, its tasks become unknown; it comes back and each is
+        reconnected, found gone (lost), reported ended, or was killed meanwhile."""
         if not node.online:
             return
+        rng = self.rng
         node.online = False
         yield self._emit(NodeOffline(node=node.name), "host")
-        lost = [t for t in self.active if t.node is node]
-        for task in lost:
-            self._end(task, "lost")
+        silent = [t for t in self.active if t.node is node and t.state != "pending"]
+        was = {t.id: t.state for t in silent}
+        for task in silent:
+            yield self._emit(
+                TaskUnreachable(task_id=task.id, node=node.name, was=task.state),  # type: ignore[arg-type]
+                "host",
+            )
+            task.state = "unknown"
+        killed = [t for t in silent if rng.random() < 0.1]
+        for task in killed:
+            yield self._emit(TaskKillRequested(task_id=task.id, requested_by="carol"), "host")
             yield self._emit(TaskLost(task_id=task.id, node=node.name), "host")
+            self._end(task, "lost")
         node.online = True
         yield self._emit(NodeOnline(node=node.name), "host")
         yield self._register(node)
-        for task in lost:
-            if self.rng.random() < 0.3:  # the node's late, true report
+        for task in silent:
+            if task in killed:
+                if rng.random() < 0.3:  # the node's late, true report of the kill
+                    yield self._emit(
+                        TaskFinished(task_id=task.id, state="killed", node=node.name), node.name
+                    )
+                continue
+            roll = rng.random()
+            if roll < 0.6:
+                task.state = was[task.id]
+                yield self._emit(
+                    TaskReconnected(
+                        task_id=task.id,
+                        node=node.name,
+                        state=task.state,  # type: ignore[arg-type]
+                        unreachable_s=1.5,
+                    ),
+                    "host",
+                )
+            elif roll < 0.8:
+                yield self._emit(TaskLost(task_id=task.id, node=node.name), "host")
+                self._end(task, "lost")
+                if rng.random() < 0.3:  # the node's late, true report
+                    yield self._emit(
+                        TaskFinished(
+                            task_id=task.id, state="completed", exit_code=0, node=node.name
+                        ),
+                        node.name,
+                    )
+            else:  # its final report got through
+                self._end(task, "completed")
                 yield self._emit(
                     TaskFinished(task_id=task.id, state="completed", exit_code=0, node=node.name),
                     node.name,

@@ -1,0 +1,302 @@
+"""A node going silent and coming back: pure decisions over a ClusterState.
+
+Each branch of ``decide_hello`` (what a reconnecting agent's hello leads to), of
+``decide_offline`` and ``decide_give_up``, and the kill of an unknown task.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import pytest
+from support.factories import record_in_memory
+
+from control_plane.decide import decide_hello, decide_kill
+from control_plane.hub import ControlPlane, NodeNotOnline
+from control_plane.monitor import decide_give_up, decide_offline
+from control_plane.settings import HostSettings
+from events import link
+from events.envelope import new_event
+from events.ids import new_id
+from events.types import (
+    AnyEvent,
+    NodeOffline,
+    NodeOnline,
+    NodeRegistered,
+    TaskDispatched,
+    TaskFinished,
+    TaskKillRequested,
+    TaskLost,
+    TaskPaused,
+    TaskPlaced,
+    TaskReconnected,
+    TaskSpec,
+    TaskStarted,
+    TaskSubmitted,
+    TaskUnreachable,
+)
+from projections.cluster import ClusterState
+
+NODE = NodeRegistered(node="n1", address="10.0.0.1", cores=8, memory_bytes=1 << 34)
+HOUR_US = 3_600_000_000
+
+
+class History:
+    """A ClusterState built event by event, with the store clock under the test's control."""
+
+    def __init__(self) -> None:
+        self.state = ClusterState()
+        self.clock_us = 1_000_000
+        self.add(NODE)
+
+    def add(self, *events: AnyEvent) -> None:
+        recorded = record_in_memory(
+            [new_event(e, source="host") for e in events], start_seq=self.state.last_seq + 1
+        )
+        for r in recorded:
+            self.clock_us += 1000
+            self.state.apply(msgspec.structs.replace(r, recorded_at_us=self.clock_us))
+
+    def task(self, state: str, *, kill_by: str | None = None) -> str:
+        """A task on n1, brought to ``state`` (assigning, running or paused)."""
+        task_id = new_id()
+        spec = TaskSpec(command="train", batch_id="b", cores=2)
+        self.add(
+            TaskSubmitted(task_id=task_id, spec=spec),
+            TaskPlaced(task_id=task_id, node="n1", cores=2),
+            TaskDispatched(task_id=task_id, node="n1"),
+        )
+        if state in ("running", "paused"):
+            self.add(TaskStarted(task_id=task_id, node="n1", pid=4242))
+        if state == "paused":
+            self.add(TaskPaused(task_id=task_id))
+        if kill_by:
+            self.add(TaskKillRequested(task_id=task_id, requested_by=kill_by))
+        return task_id
+
+    def go_silent(self) -> None:
+        self.add(*decide_offline(self.state, "n1", "no heartbeat for 6s"))
+
+
+def hello(running: tuple[str, ...] = (), reported: tuple[str, ...] = ()) -> link.Hello:
+    return link.Hello(
+        node="n1",
+        address=NODE.address,
+        cores=NODE.cores,
+        memory_bytes=NODE.memory_bytes,
+        running=tuple(link.AgentTask(task_id=t) for t in running),
+        reported=reported,
+    )
+
+
+# -- going silent --------------------------------------------------------------------------
+
+
+def test_a_silent_node_makes_its_tasks_unknown_and_keeps_their_resources() -> None:
+    h = History()
+    running, paused, assigning = h.task("running"), h.task("paused"), h.task("assigning")
+    h.go_silent()
+    node = h.state.nodes["n1"]
+    assert not node.online
+    for task_id, was in ((running, "running"), (paused, "paused"), (assigning, "assigning")):
+        task = h.state.tasks[task_id]
+        assert task.state == "unknown" and task.state_before_unknown == was
+        assert task.holds_resources
+    assert node.allocated_cores == 6 and sorted(node.task_ids) == sorted(
+        [running, paused, assigning]
+    )
+
+
+def test_offline_twice_decides_nothing_the_second_time() -> None:
+    h = History()
+    h.task("running")
+    h.go_silent()
+    assert decide_offline(h.state, "n1", "again") == []
+
+
+# -- coming back: decide_hello ---------------------------------------------------------------
+
+
+def test_the_agent_still_runs_it_so_it_is_running_again_with_the_gap() -> None:
+    h = History()
+    task_id = h.task("running")
+    h.go_silent()
+    since = h.state.tasks[task_id].unknown_since_us
+    assert since is not None
+    plan = decide_hello(h.state, hello(running=(task_id,)), now_us=since + 90_000_000, grace_s=5)
+    assert plan.registration == [NodeOnline(node="n1")]
+    assert plan.events == [
+        TaskReconnected(task_id=task_id, node="n1", state="running", unreachable_s=90.0)
+    ]
+    assert plan.commands == []
+    h.add(*plan.registration, *plan.events)
+    assert h.state.tasks[task_id].state == "running"
+    assert h.state.tasks[task_id].unknown_since_us is None
+
+
+def test_a_paused_task_comes_back_paused() -> None:
+    h = History()
+    task_id = h.task("paused")
+    h.go_silent()
+    plan = decide_hello(h.state, hello(running=(task_id,)), now_us=h.clock_us, grace_s=5)
+    assert [(type(e), e.state) for e in plan.events] == [(TaskReconnected, "paused")]  # type: ignore[union-attr]
+
+
+def test_its_final_report_waits_in_the_outbox_so_it_reconnects_and_the_report_follows() -> None:
+    h = History()
+    task_id = h.task("running")
+    h.go_silent()
+    plan = decide_hello(h.state, hello(reported=(task_id,)), now_us=h.clock_us, grace_s=5)
+    assert [type(e) for e in plan.events] == [TaskReconnected]
+    h.add(*plan.registration, *plan.events, TaskFinished(task_id=task_id, state="completed"))
+    assert h.state.tasks[task_id].state == "completed"
+    assert h.state.anomalies == []
+
+
+def test_placed_but_never_received_is_run_again() -> None:
+    h = History()
+    task_id = h.task("assigning")
+    h.go_silent()
+    plan = decide_hello(h.state, hello(), now_us=h.clock_us, grace_s=5)
+    assert [(type(e), e.state) for e in plan.events] == [(TaskReconnected, "assigning")]  # type: ignore[union-attr]
+    assert [type(c) for c in plan.commands] == [link.Run]
+    assert plan.commands[0].task_id == task_id  # type: ignore[union-attr]
+
+
+def test_placed_never_received_and_killed_meanwhile_is_killed_before_it_started() -> None:
+    h = History()
+    task_id = h.task("assigning", kill_by="alice")
+    plan = decide_hello(h.state, hello(), now_us=h.clock_us, grace_s=5)
+    assert plan.events == [
+        TaskFinished(task_id=task_id, state="killed", message="killed before it started", node="n1")
+    ]
+    assert plan.commands == []
+
+
+def test_a_running_task_the_agent_has_no_trace_of_is_lost() -> None:
+    h = History()
+    task_id = h.task("running")
+    h.go_silent()
+    plan = decide_hello(h.state, hello(), now_us=h.clock_us, grace_s=5)
+    [lost] = plan.events
+    assert isinstance(lost, TaskLost) and lost.task_id == task_id
+    assert "came back without this task" in lost.reason
+    h.add(*plan.registration, *plan.events)
+    assert h.state.nodes["n1"].allocated_cores == 0
+
+
+def test_a_kill_asked_for_while_connected_is_sent_again_on_reconnect() -> None:
+    h = History()
+    task_id = h.task("running", kill_by="bob")
+    plan = decide_hello(h.state, hello(running=(task_id,)), now_us=h.clock_us, grace_s=3)
+    assert plan.events == [] and plan.registration == []
+    assert plan.commands == [link.Kill(task_id=task_id, grace_s=3)]
+
+
+def test_a_task_the_host_considers_ended_is_killed_on_the_node() -> None:
+    h = History()
+    task_id = h.task("running")
+    h.go_silent()
+    h.add(*decide_kill(h.state, task_id, "carol"))  # killed while unreachable: lost now
+    stranger = new_id()  # and one the host never heard of
+    plan = decide_hello(h.state, hello(running=(task_id, stranger)), now_us=h.clock_us, grace_s=5)
+    killed = sorted(c.task_id for c in plan.commands if isinstance(c, link.Kill))
+    assert killed == sorted([task_id, stranger])
+    assert plan.events == []
+
+
+def test_a_changed_machine_registers_again_and_an_unchanged_one_just_returns() -> None:
+    h = History()
+    changed = hello()
+    bigger = link.Hello(
+        **{**{f: getattr(changed, f) for f in changed.__struct_fields__}, "cores": 16}
+    )
+    assert [type(e) for e in decide_hello(h.state, bigger, now_us=0, grace_s=5).registration] == [
+        NodeRegistered
+    ]
+    assert decide_hello(h.state, hello(), now_us=0, grace_s=5).registration == []
+    h.go_silent()
+    assert decide_hello(h.state, hello(), now_us=0, grace_s=5).registration == [
+        NodeOnline(node="n1")
+    ]
+
+
+# -- giving up, and killing what cannot be reached ---------------------------------------------
+
+
+def test_unknown_tasks_are_given_up_only_after_lost_after() -> None:
+    h = History()
+    task_id = h.task("running")
+    h.go_silent()
+    since = h.state.tasks[task_id].unknown_since_us
+    assert since is not None
+    assert decide_give_up(h.state, since + HOUR_US, lost_after_s=2 * 3600) == []
+    [lost] = decide_give_up(h.state, since + 3 * HOUR_US, lost_after_s=2 * 3600)
+    assert isinstance(lost, TaskLost) and lost.task_id == task_id and "2h" in lost.reason
+
+
+def test_the_unknown_clock_starts_no_earlier_than_the_host() -> None:
+    """A host down for a weekend gives the agents their chance before giving up."""
+    h = History()
+    h.task("running")
+    h.go_silent()
+    host_started = h.clock_us + 60 * HOUR_US
+    assert (
+        decide_give_up(h.state, host_started + 10_000_000, 3600, not_before_us=host_started) == []
+    )
+
+
+def test_killing_an_unknown_task_ends_it_as_lost_naming_who() -> None:
+    h = History()
+    task_id = h.task("running")
+    h.go_silent()
+    events = decide_kill(h.state, task_id, "carol")
+    assert [type(e) for e in events] == [TaskKillRequested, TaskLost]
+    assert "carol" in events[1].reason  # type: ignore[union-attr]
+    h.add(*events)
+    assert h.state.tasks[task_id].state == "lost"
+    assert h.state.nodes["n1"].allocated_cores == 0
+
+
+# -- facts from a node declared offline -----------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+async def test_reports_from_a_node_declared_offline_wait_for_its_hello(tmp_path: Path) -> None:
+    settings = HostSettings.from_mapping(
+        {"paths": {"shared_dir": str(tmp_path / "shared")}}, data_dir=str(tmp_path)
+    )
+    cp = await ControlPlane.open(settings)
+    try:
+        await cp.record([NODE], "n1")
+        task_id = new_id()
+        spec = TaskSpec(command="x", batch_id="b")
+        await cp.record(
+            [
+                TaskSubmitted(task_id=task_id, spec=spec),
+                TaskPlaced(task_id=task_id, node="n1", cores=1),
+            ]
+        )
+        await cp.record([NodeOffline(node="n1")])
+        # When the node's agent, declared offline, reports a start before saying hello
+        started = new_event(TaskStarted(task_id=task_id, node="n1"), source="n1")
+        with pytest.raises(NodeNotOnline):
+            await cp.record_facts("n1", [started])
+        # Then nothing was recorded; after its return the same report is taken
+        assert cp.state.tasks[task_id].state == "assigning"
+        await cp.record([NodeOnline(node="n1")], "n1")
+        await cp.record_facts("n1", [started])
+        assert cp.state.tasks[task_id].state == "running"
+    finally:
+        await cp.close()
+
+
+def test_an_unreachable_event_names_the_state_it_came_from() -> None:
+    h = History()
+    task_id = h.task("paused")
+    [offline, unreachable] = decide_offline(h.state, "n1", "silent")
+    assert isinstance(offline, NodeOffline)
+    assert unreachable == TaskUnreachable(
+        task_id=task_id, node="n1", was="paused", reason="node n1 offline: silent"
+    )
