@@ -69,3 +69,77 @@ def test_up_runs_a_task_and_ctrl_c_stops_host_and_agent(tmp_path: Path) -> None:
     assert up.returncode == 0, output.decode()
     assert url.encode() in output
     wait_until(lambda: not _processes_using(data), timeout=10)
+
+
+def _serving(argv: list[str], tmp_path: Path, log: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, HOME=str(tmp_path), PYTHONPATH=str(REPO))
+    env.pop("HAKURIVER_CONFIG", None)
+    env.pop("HAKURIVER_URL", None)
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "cli.hakuriver", *argv],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO,
+        )
+
+
+def _listening(pid: int, port: int) -> list[str]:
+    return [
+        c.laddr.ip
+        for c in psutil.Process(pid).net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+    ]
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGINT)
+    proc.wait(30)
+
+
+def test_the_config_template_binds_loopback_and_banners_say_where_they_listen(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "config.toml"
+    made = subprocess.run(
+        [sys.executable, "-m", "cli.hakuriver", "init", "config", "--path", str(config)],
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    )
+    assert made.returncode == 0
+    # The template's own address, with only the port and the data dir changed.
+    port = free_port()
+    text = config.read_text().replace("host_port = 8000", f"host_port = {port}")
+    text = text.replace('data_dir = "~/.hakuriver"', f'data_dir = "{tmp_path / "host"}"')
+    config.write_text(text)
+    host_log = tmp_path / "host.log"
+    host = _serving(["host", "--config", str(config)], tmp_path, host_log)
+    try:
+        wait_until(lambda: "event log:" in host_log.read_text(), timeout=30)
+        assert _listening(host.pid, port) == ["127.0.0.1"]
+        banner = host_log.read_text()
+        assert f"at http://127.0.0.1:{port} (listening on 127.0.0.1 only)" in banner, banner
+    finally:
+        _stop(host)
+
+    # Every interface: `up` says so, and still gives a URL that works from here.
+    port = free_port()
+    everywhere = tmp_path / "everywhere.toml"
+    everywhere.write_text(f'[network]\nhost_bind_ip = "0.0.0.0"\nhost_port = {port}\n')
+    up_log = tmp_path / "up.log"
+    up = _serving(
+        ["up", "--config", str(everywhere), "--data-dir", str(tmp_path / "up")], tmp_path, up_log
+    )
+    try:
+        wait_until(lambda: "try:" in up_log.read_text(), timeout=30)
+        assert _listening(up.pid, port) == ["0.0.0.0"]
+        banner = up_log.read_text()
+        assert f"HakuRiver is up: http://127.0.0.1:{port}" in banner, banner
+        assert f"listening on all interfaces (0.0.0.0:{port})" in banner, banner
+        assert httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=5).status_code == 200
+    finally:
+        _stop(up)
+        wait_until(lambda: not _processes_using(tmp_path / "up"), timeout=10)
