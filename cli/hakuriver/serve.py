@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cli.hakuriver import leaving
 from cli.hakuriver.claims import (
     ClaimRefused,
     LogLock,
@@ -217,8 +218,13 @@ def run_up(
     data_dir: str | None = None,
     port: int | None = None,
     config_file: str | None = None,
+    stop_tasks_on_exit: bool = False,
 ) -> int:
-    """A single-machine cluster: the control plane here and one local agent as a child."""
+    """A single-machine cluster: the control plane here and one local agent as a child.
+
+    Ctrl-C leaves the tasks running (the next ``up`` re-adopts them) and says how many;
+    ``stop_tasks_on_exit`` kills them first (leaving.py).
+    """
     _logging()
     data = data_dir or config.get("paths", {}).get("data_dir") or DEFAULT_DATA_DIR
     Path(data).expanduser().mkdir(parents=True, exist_ok=True)
@@ -253,6 +259,13 @@ def run_up(
 
     @app.before_server_stop  # type: ignore[untyped-decorator]
     async def _stop_agent(app: Any) -> None:
+        cp = getattr(app.ctx, "cp", None)
+        asked: int | None = None
+        if stop_tasks_on_exit and cp is not None:
+            # Before the agent stops: it is the one that kills them and reports how.
+            from cli.hakuriver.submission import login_name
+
+            asked, _ = await leaving.stop_tasks(cp, url, requested_by=login_name())
         agent = child.get("agent")
         if agent is not None and agent.poll() is None:
             agent.send_signal(signal.SIGTERM)
@@ -260,6 +273,12 @@ def run_up(
                 await asyncio.to_thread(agent.wait, 10)
             except subprocess.TimeoutExpired:
                 agent.kill()
+        if cp is not None:
+            grace = settings.timing.kill_grace_period + leaving.REPORT_MARGIN_S
+            for line in leaving.farewell(
+                cp.state, node=node, data=data, asked=asked, timeout_s=grace
+            ):
+                print(line, flush=True)
 
     return _serve(app, claims)
 
@@ -273,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name")
     parser.add_argument("--url")
     parser.add_argument("--port", type=int)
+    parser.add_argument("--stop-tasks-on-exit", action="store_true")
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
@@ -282,7 +302,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.role == "host":
         return run_host(config, data_dir=args.data_dir, port=args.port)
     if args.role == "up":
-        return run_up(config, data_dir=args.data_dir, port=args.port, config_file=args.config)
+        return run_up(
+            config,
+            data_dir=args.data_dir,
+            port=args.port,
+            config_file=args.config,
+            stop_tasks_on_exit=args.stop_tasks_on_exit,
+        )
     return run_runner(config, name=args.name, data_dir=args.data_dir, host_url=args.url)
 
 

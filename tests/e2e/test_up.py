@@ -6,10 +6,13 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 from support.cluster import REPO, free_port
 from support.waiting import wait_until
 
@@ -143,3 +146,135 @@ def test_the_config_template_binds_loopback_and_banners_say_where_they_listen(
     finally:
         _stop(up)
         wait_until(lambda: not _processes_using(tmp_path / "up"), timeout=10)
+
+
+class Up:
+    """``python -m cli.hakuriver.serve up`` on a data dir, its output in a file."""
+
+    def __init__(self, tmp_path: Path, data: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tmp_path / f"up-{self.port}.log"
+        env = dict(os.environ, HOME=str(tmp_path), PYTHONPATH=str(REPO))
+        env.pop("HAKURIVER_CONFIG", None)
+        env.pop("HAKURIVER_URL", None)
+        argv = ["up", "--data-dir", str(data), "--port", str(self.port), *extra]
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "cli.hakuriver.serve", *argv],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=REPO,
+            )
+        self.http = httpx.Client(base_url=self.url, timeout=10)
+
+        def online() -> bool:
+            assert self.proc.poll() is None, self.log.read_text()
+            try:
+                return bool(self.http.get("/api/health").json()["nodes_online"] == 1)
+            except httpx.HTTPError:
+                return False
+
+        wait_until(online, timeout=30)
+
+    def submit(self, *command: str, **fields: object) -> str:
+        body = {"command": command[0], "args": list(command[1:]), "container": "NULL", **fields}
+        r = self.http.post("/api/tasks", json=body)
+        assert r.status_code == 201, r.text
+        [task_id] = r.json()["task_ids"]
+        return str(task_id)
+
+    def state(self, task_id: str) -> str:
+        return str(self.http.get(f"/api/tasks/{task_id}").json()["state"])
+
+    def ctrl_c(self) -> str:
+        """Stop it as a terminal's Ctrl-C does; what it printed."""
+        self.http.close()
+        self.proc.send_signal(signal.SIGINT)
+        assert self.proc.wait(60) == 0, self.log.read_text()
+        return self.log.read_text()
+
+
+def _task_process(marker: str) -> psutil.Process | None:
+    for proc in psutil.process_iter(["cmdline"]):
+        if proc.info.get("cmdline") == ["sleep", marker]:
+            return proc
+    return None
+
+
+@pytest.fixture
+def marker() -> Iterator[str]:
+    """An unusual sleep duration naming the test's task process; killed if a test fails."""
+    value = f"{600 + os.getpid() % 1000}.{uuid.uuid4().int % 1000}"
+    yield value
+    leftover = _task_process(value)
+    if leftover is not None:
+        leftover.kill()
+
+
+def test_ctrl_c_says_what_it_leaves_running_and_the_next_up_adopts_it(
+    tmp_path: Path, marker: str
+) -> None:
+    data = tmp_path / "data"
+    first = Up(tmp_path, data)
+    try:
+        running = first.submit("sleep", marker)
+        wait_until(lambda: first.state(running) == "running")
+        cores = first.http.get("/api/nodes").json()["nodes"][0]["cores"]
+        queued = first.submit("true", cores=cores)  # waits for the sleep's core
+        assert first.state(queued) == "pending"
+    finally:
+        said = first.ctrl_c()
+    assert "1 task left running on " in said, said
+    assert "the next `hakuriver up` with data in" in said and "re-adopts it" in said, said
+    assert "1 queued task will start after the next `hakuriver up`" in said, said
+    task = _task_process(marker)
+    assert task is not None, "the task must outlive `up`"
+
+    second = Up(tmp_path, data)
+    try:
+        assert second.state(running) == "running"
+        assert task.is_running()
+        r = second.http.post(f"/api/tasks/{running}/kill")
+        assert r.status_code == 202, r.text
+        wait_until(lambda: second.state(running) == "killed", timeout=30)
+        wait_until(lambda: second.state(queued) == "completed", timeout=30)
+    finally:
+        said = second.ctrl_c()
+    assert "no tasks were running" in said, said
+
+
+def test_stop_tasks_on_exit_kills_them_through_the_log(tmp_path: Path, marker: str) -> None:
+    import duckdb
+
+    data = tmp_path / "data"
+    up = Up(tmp_path, data, "--stop-tasks-on-exit")
+    try:
+        running = up.submit("sleep", marker)
+        wait_until(lambda: up.state(running) == "running")
+        cores = up.http.get("/api/nodes").json()["nodes"][0]["cores"]
+        queued = up.submit("true", cores=cores)
+        task = _task_process(marker)
+        assert task is not None
+    finally:
+        said = up.ctrl_c()
+    assert "stopped 2 tasks (--stop-tasks-on-exit)" in said, said
+    wait_until(lambda: not task.is_running(), timeout=10)
+    con = duckdb.connect(str(data / "hakuriver.duckdb"), read_only=True)
+    try:
+        rows = con.execute(
+            "SELECT stream, kind, payload FROM events WHERE kind IN"
+            " ('task.kill_requested', 'task.finished') ORDER BY seq"
+        ).fetchall()
+    finally:
+        con.close()
+    by_task: dict[str, list[str]] = {}
+    for stream, kind, payload in rows:
+        by_task.setdefault(stream.removeprefix("task:"), []).append(kind)
+        if kind == "task.finished":
+            assert '"killed"' in payload, payload
+    assert by_task == {
+        running: ["task.kill_requested", "task.finished"],
+        queued: ["task.kill_requested", "task.finished"],
+    }
