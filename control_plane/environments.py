@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from control_plane import env_keepalive
 from control_plane.settings import HostSettings
 from events.tarballs import (
     DIGEST_SUFFIX,
@@ -150,10 +151,17 @@ def list_tarballs(folder: Path) -> list[TarballOut]:
 class Environments:
     """The host's environment operations; see the module docstring."""
 
-    def __init__(self, settings: HostSettings, record: Record, client: Any = None) -> None:
+    def __init__(
+        self,
+        settings: HostSettings,
+        record: Record,
+        client: Any = None,
+        machine: str | None = None,
+    ) -> None:
         self.settings = settings
         self.record = record
         self._client = client
+        self.machine = machine  # whose keep-alive to use (None: this host's architecture)
         self.tar_dir = settings.tarball_dir
         self._locks: dict[str, asyncio.Lock] = {}
         self.default_problem: str | None = None  # why the default environment is missing
@@ -267,6 +275,7 @@ class Environments:
                 409, "name", f"environment container {name!r} already exists on the host"
             )
         config = base.attrs.get("Config") or {}
+        keep_alive = env_keepalive.prepare(self.settings.path("bin"), self.machine)
         options: dict[str, Any] = {
             "name": CONTAINER_PREFIX + name,
             "labels": {
@@ -280,13 +289,8 @@ class Environments:
             "init": True,  # a small init reaps shell children and stops on SIGTERM
             "detach": True,
             "tty": False,
+            **keep_alive.container_options(bool(config.get("Entrypoint"))),
         }
-        keep_alive = ["tail", "-f", "/dev/null"]
-        if config.get("Entrypoint"):
-            options["entrypoint"] = keep_alive
-            options["command"] = []
-        else:
-            options["command"] = keep_alive
         try:
             container = client.containers.create(base.id, **options)
             container.start()
@@ -294,14 +298,33 @@ class Environments:
             raise EnvError(
                 400, "image", f"could not create a container from {image!r}: {exc.explanation}"
             ) from None
-        container.reload()
+        problem = env_keepalive.wait_running(container)
+        if problem is not None:
+            # Nothing is left behind and nothing recorded: the environment does not exist.
+            with contextlib.suppress(docker.errors.APIError):
+                container.remove(force=True)
+            raise EnvError(400, "image", f"the container from {image!r} did not stay up: {problem}")
         return container
+
+    def _start(self, name: str, container: Any) -> None:
+        """Start an environment's container and wait until its keep-alive really runs."""
+        labels = container.labels or {}
+        if container.attrs.get("Path") == env_keepalive.MOUNT_POINT:
+            # Its keep-alive lives in the data dir: put it back if it was removed.
+            env_keepalive.prepare(self.settings.path("bin"), self.machine)
+        container.start()
+        problem = env_keepalive.wait_running(container)
+        if problem is not None:
+            image = labels.get("hakuriver.base_image", "its image")
+            raise EnvError(
+                409, "name", f"environment {name!r} (from {image}) did not stay up: {problem}"
+            )
 
     async def start_container(self, name: str, requested_by: str = "anonymous") -> ContainerOut:
         """Start a stopped environment container (no-op when running)."""
         async with self.lock(name):
             container = await self._call(lambda: self.container(name))
-            await self._engine_call(name, container.start)
+            await self._engine_call(name, lambda: self._start(name, container))
             await self._call(container.reload)
             await self.record([EnvContainerStarted(name=name, requested_by=requested_by)])
             return _container_out(container)
