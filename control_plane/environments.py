@@ -4,11 +4,10 @@ An environment ``NAME`` is a container on the host's engine (``hakuriver-env-NAM
 labelled ``hakuriver.env=NAME``) that users change through ``docker-shell``, then
 package with ``create-tar``: the container is committed as ``hakuriver/NAME:base``
 (labelled ``hakuriver.env`` and ``hakuriver.env_timestamp``), saved to
-``<shared_dir>/<container_dir>/NAME-<ts>.tar`` and described by ``NAME-<ts>.tar.sha256``.
-Both files are written under dot-names ending ``.tmp``, flushed to disk and renamed,
-the digest first, so a runner never sees a ``.tar`` without its digest; older
-tarballs of that name are then pruned (only that name's files: never a global
-``docker image prune``). The runner side is ``node_agent/images.py``.
+``<shared_dir>/<container_dir>/NAME-<ts>.tar`` and described by ``NAME-<ts>.tar.sha256``
+(written safely, older ones pruned: ``env_tarballs.py``; never a global ``docker image
+prune``). The runner side is ``node_agent/images.py``. The container is kept up by a
+keep-alive that needs nothing from its image (``env_keepalive.py``).
 
 Images come only from the host's engine: nothing is pulled, so a missing image is a
 clear 404 naming the image and what to do. Every change is an ``env.*`` event.
@@ -19,30 +18,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
-import os
-import time
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
 
 from control_plane import env_keepalive
-from control_plane.settings import HostSettings
-from events.tarballs import (
-    DIGEST_SUFFIX,
-    ENV_NAME,
-    LABEL_ENV,
-    LABEL_TIMESTAMP,
-    digest_line,
-    image_of,
-    parse_digest,
-    parse_tarball_name,
-    tarball_name,
+from control_plane.env_tarballs import (
+    TarballOut,
+    list_tarballs,
+    next_timestamp,
+    prune,
+    write_tarball,
 )
+from control_plane.settings import HostSettings
+from events.tarballs import ENV_NAME, LABEL_ENV, LABEL_TIMESTAMP, image_of, tarball_name
 from events.types import (
     AnyEvent,
     EnvContainerCreated,
@@ -95,57 +87,6 @@ class ContainerOut(msgspec.Struct, frozen=True, kw_only=True):
     image: str
     status: str
     created: str
-
-
-class TarballOut(msgspec.Struct, frozen=True, kw_only=True):
-    """One packaged tarball."""
-
-    name: str
-    timestamp: int
-    file: str
-    path: str
-    size_bytes: int
-    sha256: str
-    newest: bool
-
-
-def read_digest(tarball: Path) -> str:
-    """The hex digest written beside a tarball ('' when missing or malformed)."""
-    try:
-        text = tarball.with_name(tarball.name + DIGEST_SUFFIX).read_text()
-    except (OSError, UnicodeDecodeError):
-        return ""
-    return parse_digest(text, tarball.name) or ""
-
-
-def list_tarballs(folder: Path) -> list[TarballOut]:
-    """Every packaged tarball in ``folder``, by name then newest first."""
-    found: list[tuple[str, int, Path]] = []
-    with contextlib.suppress(FileNotFoundError):
-        for entry in os.scandir(folder):
-            parsed = parse_tarball_name(entry.name)
-            if parsed is not None and entry.is_file():
-                found.append((parsed[0], parsed[1], Path(entry.path)))
-    found.sort(key=lambda item: (item[0], -item[1]))
-    out: list[TarballOut] = []
-    for name, ts, path in found:
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            continue
-        newest = not out or out[-1].name != name
-        out.append(
-            TarballOut(
-                name=name,
-                timestamp=ts,
-                file=path.name,
-                path=str(path),
-                size_bytes=size,
-                sha256=read_digest(path),
-                newest=newest,
-            )
-        )
-    return out
 
 
 class Environments:
@@ -364,10 +305,7 @@ class Environments:
 
         client = self.engine()
         self.tar_dir.mkdir(parents=True, exist_ok=True)
-        newest = max(
-            (t.timestamp for t in list_tarballs(self.tar_dir) if t.name == name), default=0
-        )
-        ts = max(int(time.time()), newest + 1)  # strictly newer, even within one second
+        ts = next_timestamp(self.tar_dir, name)
         labels = container.labels or {}
         changes = [
             f"LABEL {LABEL_ENV}={name}",
@@ -387,36 +325,16 @@ class Environments:
         except docker.errors.APIError as exc:
             raise EnvError(409, "name", f"could not commit {name!r}: {exc.explanation}") from None
         total = int(image.attrs.get("Size") or 0)
-        final = self.tar_dir / tarball_name(name, ts)
-        temp = self.tar_dir / f".{final.name}.tmp"
-        digest_file = final.with_name(final.name + DIGEST_SUFFIX)
-        digest_temp = self.tar_dir / f".{digest_file.name}.tmp"
-        hasher = hashlib.sha256()
-        written = 0
-        report({"step": "save", "bytes": 0, "total": total, "message": f"saving {final.name}"})
-        try:
-            with open(temp, "wb") as out:
-                for chunk in client.api.get_image(image_of(name), chunk_size=_CHUNK):
-                    out.write(chunk)
-                    hasher.update(chunk)
-                    written += len(chunk)
-                    report({"step": "save", "bytes": written, "total": max(total, written)})
-                out.flush()
-                os.fsync(out.fileno())
-            sha = hasher.hexdigest()
-            with open(digest_temp, "w") as out:
-                out.write(digest_line(sha, final.name))
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(digest_temp, digest_file)
-            os.replace(temp, final)
-            _fsync_dir(self.tar_dir)
-        except BaseException:
-            for leftover in (temp, digest_temp):
-                with contextlib.suppress(FileNotFoundError):
-                    leftover.unlink()
-            raise
-        pruned = self._prune(name, keep=ts)
+        saving = f"saving {tarball_name(name, ts)}"
+        report({"step": "save", "bytes": 0, "total": total, "message": saving})
+        written, sha, final = write_tarball(
+            self.tar_dir,
+            name,
+            ts,
+            client.api.get_image(image_of(name), chunk_size=_CHUNK),
+            lambda done: report({"step": "save", "bytes": done, "total": max(total, done)}),
+        )
+        pruned = prune(self.tar_dir, name, keep=ts)
         report({"step": "prune", "message": f"pruned {len(pruned)} older tarball(s)"})
         if previous is not None and previous != image.id:
             # The old image lost its tag; remove it unless something still uses it.
@@ -429,23 +347,11 @@ class Environments:
         return EnvPackaged(
             name=name,
             image=image_of(name),
-            tarball=final.name,
+            tarball=final,
             timestamp=ts,
             size_bytes=written,
             sha256=sha,
         )
-
-    def _prune(self, name: str, keep: int) -> list[str]:
-        pruned: list[str] = []
-        for tar in list_tarballs(self.tar_dir):
-            if tar.name == name and tar.timestamp < keep:
-                path = Path(tar.path)
-                with contextlib.suppress(FileNotFoundError):
-                    path.with_name(path.name + DIGEST_SUFFIX).unlink()
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-                pruned.append(tar.file)
-        return pruned
 
     def tarballs(self) -> list[TarballOut]:
         """Every packaged tarball in the shared folder."""
@@ -554,11 +460,3 @@ def _local_image(client: Any, reference: str) -> str | None:
         return reference
     except (docker.errors.ImageNotFound, docker.errors.APIError):
         return None
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
