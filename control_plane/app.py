@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+import duckdb
 from sanic import Request, Sanic
 from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse
@@ -34,6 +35,10 @@ _KINDS = {
 }
 
 
+class LogInUse(Exception):
+    """Another process has the event log open: DuckDB refused its lock (one writer)."""
+
+
 def create_app(settings: HostSettings, name: str = "hakuriver") -> Sanic:  # type: ignore[type-arg]
     """The control plane as a Sanic app, configured from ``settings``."""
     app: Sanic = Sanic(name)  # type: ignore[type-arg]
@@ -50,7 +55,12 @@ def create_app(settings: HostSettings, name: str = "hakuriver") -> Sanic:  # typ
 
     @app.before_server_start
     async def _open(app: Sanic) -> None:  # type: ignore[type-arg]
-        cp = await ControlPlane.open(settings)
+        try:
+            cp = await ControlPlane.open(settings)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc):
+                raise
+            raise LogInUse(str(exc)) from None
         app.ctx.cp = cp
         cp.start()
 

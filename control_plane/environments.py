@@ -4,11 +4,10 @@ An environment ``NAME`` is a container on the host's engine (``hakuriver-env-NAM
 labelled ``hakuriver.env=NAME``) that users change through ``docker-shell``, then
 package with ``create-tar``: the container is committed as ``hakuriver/NAME:base``
 (labelled ``hakuriver.env`` and ``hakuriver.env_timestamp``), saved to
-``<shared_dir>/<container_dir>/NAME-<ts>.tar`` and described by ``NAME-<ts>.tar.sha256``.
-Both files are written under dot-names ending ``.tmp``, flushed to disk and renamed,
-the digest first, so a runner never sees a ``.tar`` without its digest; older
-tarballs of that name are then pruned (only that name's files: never a global
-``docker image prune``). The runner side is ``node_agent/images.py``.
+``<shared_dir>/<container_dir>/NAME-<ts>.tar`` and described by ``NAME-<ts>.tar.sha256``
+(written safely, older ones pruned: ``env_tarballs.py``; never a global ``docker image
+prune``). The runner side is ``node_agent/images.py``. The container is kept up by a
+keep-alive that needs nothing from its image (``env_keepalive.py``).
 
 Images come only from the host's engine: nothing is pulled, so a missing image is a
 clear 404 naming the image and what to do. Every change is an ``env.*`` event.
@@ -19,29 +18,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
-import os
-import time
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
 
-from control_plane.settings import HostSettings
-from events.tarballs import (
-    DIGEST_SUFFIX,
-    ENV_NAME,
-    LABEL_ENV,
-    LABEL_TIMESTAMP,
-    digest_line,
-    image_of,
-    parse_digest,
-    parse_tarball_name,
-    tarball_name,
+from control_plane import env_keepalive
+from control_plane.env_tarballs import (
+    TarballOut,
+    list_tarballs,
+    next_timestamp,
+    prune,
+    write_tarball,
 )
+from control_plane.settings import HostSettings
+from events.tarballs import ENV_NAME, LABEL_ENV, LABEL_TIMESTAMP, image_of, tarball_name
 from events.types import (
     AnyEvent,
     EnvContainerCreated,
@@ -96,64 +89,20 @@ class ContainerOut(msgspec.Struct, frozen=True, kw_only=True):
     created: str
 
 
-class TarballOut(msgspec.Struct, frozen=True, kw_only=True):
-    """One packaged tarball."""
-
-    name: str
-    timestamp: int
-    file: str
-    path: str
-    size_bytes: int
-    sha256: str
-    newest: bool
-
-
-def read_digest(tarball: Path) -> str:
-    """The hex digest written beside a tarball ('' when missing or malformed)."""
-    try:
-        text = tarball.with_name(tarball.name + DIGEST_SUFFIX).read_text()
-    except (OSError, UnicodeDecodeError):
-        return ""
-    return parse_digest(text, tarball.name) or ""
-
-
-def list_tarballs(folder: Path) -> list[TarballOut]:
-    """Every packaged tarball in ``folder``, by name then newest first."""
-    found: list[tuple[str, int, Path]] = []
-    with contextlib.suppress(FileNotFoundError):
-        for entry in os.scandir(folder):
-            parsed = parse_tarball_name(entry.name)
-            if parsed is not None and entry.is_file():
-                found.append((parsed[0], parsed[1], Path(entry.path)))
-    found.sort(key=lambda item: (item[0], -item[1]))
-    out: list[TarballOut] = []
-    for name, ts, path in found:
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            continue
-        newest = not out or out[-1].name != name
-        out.append(
-            TarballOut(
-                name=name,
-                timestamp=ts,
-                file=path.name,
-                path=str(path),
-                size_bytes=size,
-                sha256=read_digest(path),
-                newest=newest,
-            )
-        )
-    return out
-
-
 class Environments:
     """The host's environment operations; see the module docstring."""
 
-    def __init__(self, settings: HostSettings, record: Record, client: Any = None) -> None:
+    def __init__(
+        self,
+        settings: HostSettings,
+        record: Record,
+        client: Any = None,
+        machine: str | None = None,
+    ) -> None:
         self.settings = settings
         self.record = record
         self._client = client
+        self.machine = machine  # whose keep-alive to use (None: this host's architecture)
         self.tar_dir = settings.tarball_dir
         self._locks: dict[str, asyncio.Lock] = {}
         self.default_problem: str | None = None  # why the default environment is missing
@@ -267,6 +216,7 @@ class Environments:
                 409, "name", f"environment container {name!r} already exists on the host"
             )
         config = base.attrs.get("Config") or {}
+        keep_alive = env_keepalive.prepare(self.settings.path("bin"), self.machine)
         options: dict[str, Any] = {
             "name": CONTAINER_PREFIX + name,
             "labels": {
@@ -280,13 +230,8 @@ class Environments:
             "init": True,  # a small init reaps shell children and stops on SIGTERM
             "detach": True,
             "tty": False,
+            **keep_alive.container_options(bool(config.get("Entrypoint"))),
         }
-        keep_alive = ["tail", "-f", "/dev/null"]
-        if config.get("Entrypoint"):
-            options["entrypoint"] = keep_alive
-            options["command"] = []
-        else:
-            options["command"] = keep_alive
         try:
             container = client.containers.create(base.id, **options)
             container.start()
@@ -294,14 +239,33 @@ class Environments:
             raise EnvError(
                 400, "image", f"could not create a container from {image!r}: {exc.explanation}"
             ) from None
-        container.reload()
+        problem = env_keepalive.wait_running(container)
+        if problem is not None:
+            # Nothing is left behind and nothing recorded: the environment does not exist.
+            with contextlib.suppress(docker.errors.APIError):
+                container.remove(force=True)
+            raise EnvError(400, "image", f"the container from {image!r} did not stay up: {problem}")
         return container
+
+    def _start(self, name: str, container: Any) -> None:
+        """Start an environment's container and wait until its keep-alive really runs."""
+        labels = container.labels or {}
+        if container.attrs.get("Path") == env_keepalive.MOUNT_POINT:
+            # Its keep-alive lives in the data dir: put it back if it was removed.
+            env_keepalive.prepare(self.settings.path("bin"), self.machine)
+        container.start()
+        problem = env_keepalive.wait_running(container)
+        if problem is not None:
+            image = labels.get("hakuriver.base_image", "its image")
+            raise EnvError(
+                409, "name", f"environment {name!r} (from {image}) did not stay up: {problem}"
+            )
 
     async def start_container(self, name: str, requested_by: str = "anonymous") -> ContainerOut:
         """Start a stopped environment container (no-op when running)."""
         async with self.lock(name):
             container = await self._call(lambda: self.container(name))
-            await self._engine_call(name, container.start)
+            await self._engine_call(name, lambda: self._start(name, container))
             await self._call(container.reload)
             await self.record([EnvContainerStarted(name=name, requested_by=requested_by)])
             return _container_out(container)
@@ -342,10 +306,7 @@ class Environments:
 
         client = self.engine()
         self.tar_dir.mkdir(parents=True, exist_ok=True)
-        newest = max(
-            (t.timestamp for t in list_tarballs(self.tar_dir) if t.name == name), default=0
-        )
-        ts = max(int(time.time()), newest + 1)  # strictly newer, even within one second
+        ts = next_timestamp(self.tar_dir, name)
         labels = container.labels or {}
         changes = [
             f"LABEL {LABEL_ENV}={name}",
@@ -365,36 +326,16 @@ class Environments:
         except docker.errors.APIError as exc:
             raise EnvError(409, "name", f"could not commit {name!r}: {exc.explanation}") from None
         total = int(image.attrs.get("Size") or 0)
-        final = self.tar_dir / tarball_name(name, ts)
-        temp = self.tar_dir / f".{final.name}.tmp"
-        digest_file = final.with_name(final.name + DIGEST_SUFFIX)
-        digest_temp = self.tar_dir / f".{digest_file.name}.tmp"
-        hasher = hashlib.sha256()
-        written = 0
-        report({"step": "save", "bytes": 0, "total": total, "message": f"saving {final.name}"})
-        try:
-            with open(temp, "wb") as out:
-                for chunk in client.api.get_image(image_of(name), chunk_size=_CHUNK):
-                    out.write(chunk)
-                    hasher.update(chunk)
-                    written += len(chunk)
-                    report({"step": "save", "bytes": written, "total": max(total, written)})
-                out.flush()
-                os.fsync(out.fileno())
-            sha = hasher.hexdigest()
-            with open(digest_temp, "w") as out:
-                out.write(digest_line(sha, final.name))
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(digest_temp, digest_file)
-            os.replace(temp, final)
-            _fsync_dir(self.tar_dir)
-        except BaseException:
-            for leftover in (temp, digest_temp):
-                with contextlib.suppress(FileNotFoundError):
-                    leftover.unlink()
-            raise
-        pruned = self._prune(name, keep=ts)
+        saving = f"saving {tarball_name(name, ts)}"
+        report({"step": "save", "bytes": 0, "total": total, "message": saving})
+        written, sha, final = write_tarball(
+            self.tar_dir,
+            name,
+            ts,
+            client.api.get_image(image_of(name), chunk_size=_CHUNK),
+            lambda done: report({"step": "save", "bytes": done, "total": max(total, done)}),
+        )
+        pruned = prune(self.tar_dir, name, keep=ts)
         report({"step": "prune", "message": f"pruned {len(pruned)} older tarball(s)"})
         if previous is not None and previous != image.id:
             # The old image lost its tag; remove it unless something still uses it.
@@ -407,23 +348,11 @@ class Environments:
         return EnvPackaged(
             name=name,
             image=image_of(name),
-            tarball=final.name,
+            tarball=final,
             timestamp=ts,
             size_bytes=written,
             sha256=sha,
         )
-
-    def _prune(self, name: str, keep: int) -> list[str]:
-        pruned: list[str] = []
-        for tar in list_tarballs(self.tar_dir):
-            if tar.name == name and tar.timestamp < keep:
-                path = Path(tar.path)
-                with contextlib.suppress(FileNotFoundError):
-                    path.with_name(path.name + DIGEST_SUFFIX).unlink()
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-                pruned.append(tar.file)
-        return pruned
 
     def tarballs(self) -> list[TarballOut]:
         """Every packaged tarball in the shared folder."""
@@ -532,11 +461,3 @@ def _local_image(client: Any, reference: str) -> str | None:
         return reference
     except (docker.errors.ImageNotFound, docker.errors.APIError):
         return None
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

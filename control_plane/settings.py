@@ -22,7 +22,8 @@ class SettingsError(ValueError):
 
 
 class HostNetwork(Struct, kw_only=True, frozen=True):
-    host_bind_ip: str = "0.0.0.0"
+    # Loopback until the API has authentication: it runs commands (docs/decisions.md).
+    host_bind_ip: str = "127.0.0.1"
     host_port: Annotated[int, Meta(ge=0, le=65535)] = 8000
     host_reachable_address: str = "127.0.0.1"
 

@@ -20,7 +20,10 @@ DEFAULT_CONFIG = """\
 # or ~/.hakuriver/config.toml. Relative paths are taken from [paths] data_dir.
 
 [network]
-host_bind_ip = "0.0.0.0"          # where the control plane listens
+# Where the control plane listens. The API has no authentication yet and runs commands:
+# keep it on loopback, or name this host's address (or "0.0.0.0": every interface) on a
+# trusted network so runners on other machines can connect.
+host_bind_ip = "127.0.0.1"
 host_port = 8000
 host_reachable_address = "127.0.0.1"  # how runners and clients reach the host
 runner_address = "127.0.0.1"      # how this runner is reported (unique per runner)

@@ -73,7 +73,11 @@ def config(*, path: Path | None = None, force: bool = False) -> int:
 @app.command
 @reported
 def up(
-    *, data_dir: str | None = None, port: int | None = None, conn: Connection | None = None
+    *,
+    data_dir: str | None = None,
+    port: int | None = None,
+    stop_tasks_on_exit: bool = False,
+    conn: Connection | None = None,
 ) -> int:
     """Run a whole cluster on this machine: the control plane and one local runner.
 
@@ -83,13 +87,22 @@ def up(
         Where the event log and the runner's state live (default: [paths] data_dir).
     port
         The control plane's port (default: [network] host_port).
+    stop_tasks_on_exit
+        On Ctrl-C, kill the tasks not ended first (default: leave them running; the next
+        `up` re-adopts them).
     """
     from cli.hakuriver import serve
 
     chosen = connection(conn)
     # The local runner is a child process: it reads the same file.
     config_file = str(chosen.config) if chosen.config is not None else None
-    return serve.run_up(chosen.settings(), data_dir=data_dir, port=port, config_file=config_file)
+    return serve.run_up(
+        chosen.settings(),
+        data_dir=data_dir,
+        port=port,
+        config_file=config_file,
+        stop_tasks_on_exit=stop_tasks_on_exit,
+    )
 
 
 @app.command

@@ -6,6 +6,10 @@ default asyncio loop (never uvloop: see node_agent.agent). ``run_up`` is a whole
 single-machine cluster: the control plane here, one agent as a child process,
 both stopped cleanly by Ctrl-C.
 
+Before Sanic starts, the host claims its event log and its port (claims.py): a
+second host on the same data directory or port ends in one line naming the holder,
+with exit code 2.
+
 ``python -m cli.hakuriver.serve host|runner [--config F] [--data-dir D] [--name N]``
 is the same without the CLI around it (``up`` uses it for its agent).
 """
@@ -23,9 +27,22 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cli.hakuriver import leaving
+from cli.hakuriver.claims import (
+    ClaimRefused,
+    LogLock,
+    duckdb_lock_message,
+    interface_urls,
+    is_wildcard,
+    listen,
+    local_url,
+    url_of,
+)
 from cli.hakuriver.config import ConfigError, load_config
 
 DEFAULT_DATA_DIR = "~/.hakuriver"
+EXIT_USAGE = 2
+LOOPBACK_NAMES = ("localhost", "::1")
 
 
 def _logging() -> None:
@@ -52,16 +69,90 @@ def _host_app(config: dict[str, Any], data_dir: str | None, port: int | None) ->
     return settings, create_app(settings)
 
 
-def _serve(app: Any, settings: Any) -> int:
-    """Run the app in this process until SIGINT/SIGTERM (one process: one DuckDB writer)."""
-    app.run(
-        host=settings.network.host_bind_ip,
-        port=settings.network.host_port,
-        single_process=True,
-        access_log=False,
-        motd=False,
-    )
+class _Claims:
+    """The event log's lock and the listening socket, taken before the server starts."""
+
+    def __init__(self, settings: Any, *, port_hint: str, log_hint: str) -> None:
+        self.db_path: Path = settings.db_path
+        self.lock = LogLock.take(self.db_path, hint=log_hint)
+        try:
+            self.sock = listen(
+                settings.network.host_bind_ip, settings.network.host_port, hint=port_hint
+            )
+        except ClaimRefused:
+            self.lock.release()
+            raise
+        address = self.sock.getsockname()
+        self.host: str = address[0]
+        self.port: int = address[1]
+
+    @property
+    def local_url(self) -> str:
+        """How this machine reaches the server (loopback when bound to every interface)."""
+        return local_url(self.host, self.port)
+
+    def where(self) -> str:
+        """What the server listens on, in words."""
+        if is_wildcard(self.host):
+            return f"all interfaces ({url_of(self.host, self.port).removeprefix('http://')})"
+        return f"{self.host} only"
+
+
+def _refuse(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return EXIT_USAGE
+
+
+class _DropLogInUse(logging.Filter):
+    """Keep Sanic from printing a traceback for a log another process holds (we say it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from control_plane.app import LogInUse
+
+        return not (record.exc_info and isinstance(record.exc_info[1], LogInUse))
+
+
+def _serve(app: Any, claims: _Claims) -> int:
+    """Run the app on the claimed socket until SIGINT/SIGTERM (one process: one writer)."""
+    from control_plane.app import LogInUse
+
+    sanic_errors = logging.getLogger("sanic.error")
+    quiet = _DropLogInUse()
+    sanic_errors.addFilter(quiet)
+    try:
+        app.run(sock=claims.sock, single_process=True, access_log=False, motd=False)
+    except LogInUse as exc:
+        return _refuse(duckdb_lock_message(claims.db_path, str(exc)))
+    finally:
+        sanic_errors.removeFilter(quiet)
+        claims.sock.close()
+        claims.lock.release()
     return 0
+
+
+def _loopback(host: str) -> bool:
+    return host.startswith("127.") or host in LOOPBACK_NAMES
+
+
+def host_banner(claims: _Claims, settings: Any) -> list[str]:
+    """What ``hakuriver host`` says it listens on, and where runners should connect."""
+    if not is_wildcard(claims.host):
+        lines = [f"HakuRiver control plane at {claims.local_url} (listening on {claims.where()})"]
+        reachable = settings.network.host_reachable_address
+        if _loopback(claims.host) and not _loopback(reachable):
+            lines.append(
+                f"note: runners and clients are told to use {settings.url}"
+                " ([network] host_reachable_address), but this host listens on loopback"
+                " only; set [network] host_bind_ip to let them in"
+            )
+        return lines
+    reachable = settings.network.host_reachable_address
+    others = [settings.url] if not _loopback(reachable) else interface_urls(claims.port)
+    return [
+        f"HakuRiver control plane listening on {claims.where()}",
+        f"  this machine: {claims.local_url}",
+        f"  other machines: {', '.join(others) or 'none (no network interface found)'}",
+    ]
 
 
 def run_host(
@@ -70,13 +161,22 @@ def run_host(
     """Serve the control plane until SIGINT/SIGTERM."""
     _logging()
     settings, app = _host_app(config, data_dir, port)
+    try:
+        claims = _Claims(
+            settings,
+            port_hint="choose another port ([network] host_port)",
+            log_hint="give this one another [paths] data_dir",
+        )
+    except ClaimRefused as exc:
+        return _refuse(str(exc))
 
     @app.after_server_start  # type: ignore[untyped-decorator]
     async def _ready(app: Any) -> None:
-        print(f"HakuRiver control plane at {settings.url}", flush=True)
+        for line in host_banner(claims, settings):
+            print(line, flush=True)
         print(f"event log: {settings.db_path}", flush=True)
 
-    return _serve(app, settings)
+    return _serve(app, claims)
 
 
 def run_runner(
@@ -118,16 +218,26 @@ def run_up(
     data_dir: str | None = None,
     port: int | None = None,
     config_file: str | None = None,
+    stop_tasks_on_exit: bool = False,
 ) -> int:
-    """A single-machine cluster: the control plane here and one local agent as a child."""
+    """A single-machine cluster: the control plane here and one local agent as a child.
+
+    Ctrl-C leaves the tasks running (the next ``up`` re-adopts them) and says how many;
+    ``stop_tasks_on_exit`` kills them first (leaving.py).
+    """
     _logging()
     data = data_dir or config.get("paths", {}).get("data_dir") or DEFAULT_DATA_DIR
     Path(data).expanduser().mkdir(parents=True, exist_ok=True)
-    # The API runs commands and has no authentication yet: a one-machine cluster listens
-    # on loopback unless the configuration names an address ([network] host_bind_ip).
-    network = {"host_bind_ip": "127.0.0.1", **config.get("network", {})}
-    settings, app = _host_app({**config, "network": network}, data, port)
-    url = f"http://127.0.0.1:{settings.network.host_port}"
+    settings, app = _host_app(config, data, port)
+    try:
+        claims = _Claims(
+            settings,
+            port_hint="choose another port (--port)",
+            log_hint="give this one another --data-dir",
+        )
+    except ClaimRefused as exc:
+        return _refuse(str(exc))
+    url = claims.local_url
     node = config.get("runner", {}).get("name") or socket.gethostname().split(".")[0]
     child: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -139,11 +249,23 @@ def run_up(
             command += ["--config", config_file]
         child["agent"] = await asyncio.to_thread(subprocess.Popen, command, start_new_session=True)
         print(f"HakuRiver is up: {url}  (node {node}, data in {data})", flush=True)
+        if is_wildcard(claims.host):
+            others = ", ".join(interface_urls(claims.port)) or "no network interface found"
+            print(f"  listening on {claims.where()}: also {others}", flush=True)
+        else:
+            print(f"  listening on {claims.where()}", flush=True)
         hint = f"HAKURIVER_URL={url} hakuriver task submit --wait -- echo hello"
         print(f"  try: {hint}", flush=True)
 
     @app.before_server_stop  # type: ignore[untyped-decorator]
     async def _stop_agent(app: Any) -> None:
+        cp = getattr(app.ctx, "cp", None)
+        asked: int | None = None
+        if stop_tasks_on_exit and cp is not None:
+            # Before the agent stops: it is the one that kills them and reports how.
+            from cli.hakuriver.submission import login_name
+
+            asked, _ = await leaving.stop_tasks(cp, url, requested_by=login_name())
         agent = child.get("agent")
         if agent is not None and agent.poll() is None:
             agent.send_signal(signal.SIGTERM)
@@ -151,8 +273,14 @@ def run_up(
                 await asyncio.to_thread(agent.wait, 10)
             except subprocess.TimeoutExpired:
                 agent.kill()
+        if cp is not None:
+            grace = settings.timing.kill_grace_period + leaving.REPORT_MARGIN_S
+            for line in leaving.farewell(
+                cp.state, node=node, data=data, asked=asked, timeout_s=grace
+            ):
+                print(line, flush=True)
 
-    return _serve(app, settings)
+    return _serve(app, claims)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name")
     parser.add_argument("--url")
     parser.add_argument("--port", type=int)
+    parser.add_argument("--stop-tasks-on-exit", action="store_true")
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
@@ -173,7 +302,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.role == "host":
         return run_host(config, data_dir=args.data_dir, port=args.port)
     if args.role == "up":
-        return run_up(config, data_dir=args.data_dir, port=args.port, config_file=args.config)
+        return run_up(
+            config,
+            data_dir=args.data_dir,
+            port=args.port,
+            config_file=args.config,
+            stop_tasks_on_exit=args.stop_tasks_on_exit,
+        )
     return run_runner(config, name=args.name, data_dir=args.data_dir, host_url=args.url)
 
 

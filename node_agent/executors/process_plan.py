@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import signal
+import sysconfig
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -41,6 +42,9 @@ class HostFacilities(Struct, frozen=True, kw_only=True):
     systemd_run: str | None = None  # systemd-run's path, set only where systemd is PID 1
     numactl: str | None = None
     cgroup_parent: str | None = None  # a cgroup v2 directory whose children get memory.max
+    # The runner's own scripts folder (its venv's bin, where hakurun lives), which
+    # process tasks find on their PATH even when the runner was started without it.
+    tools_dir: str | None = None
 
     @classmethod
     def detect(
@@ -52,7 +56,14 @@ class HostFacilities(Struct, frozen=True, kw_only=True):
             systemd_run=systemd_run,
             numactl=numactl or shutil.which("numactl"),
             cgroup_parent=None if systemd_run else prepare_cgroup_parent(cgroup_root),
+            tools_dir=runner_tools_dir(),
         )
+
+
+def runner_tools_dir() -> str:
+    """Where this installation's scripts are: a venv's ``bin`` (``sys.executable``'s
+    folder there), else the install scheme's scripts folder (``/usr/local/bin``...)."""
+    return sysconfig.get_path("scripts")
 
 
 def _systemd_run() -> str | None:
@@ -130,9 +141,20 @@ def task_paths(shared_dir: str, task_id: str) -> TaskPaths:
     )
 
 
-def task_environment(run: TaskRun, base_env: Mapping[str, str]) -> dict[str, str]:
-    """The agent's environment, the user's variables over it, HakuRiver's over both."""
+def task_environment(
+    run: TaskRun, base_env: Mapping[str, str], tools_dir: str | None = None
+) -> dict[str, str]:
+    """The agent's environment, the user's variables over it, HakuRiver's over both.
+
+    ``tools_dir`` (the runner's own scripts, ``hakurun`` among them) is appended to the
+    agent's PATH: last, so the node's ``python3`` and friends still come first, and not
+    at all when the task sets its own PATH, which is then taken exactly as given.
+    """
     env = dict(base_env)
+    if tools_dir and "PATH" not in run.spec.env:
+        path = env.get("PATH", os.defpath)
+        if tools_dir not in path.split(os.pathsep):
+            env["PATH"] = f"{path}{os.pathsep}{tools_dir}" if path else tools_dir
     env.update(run.spec.env)
     env["HAKURIVER_TASK_ID"] = run.task_id
     env["HAKURIVER_LOCAL_TEMP_DIR"] = run.local_temp_dir
@@ -179,7 +201,7 @@ def plan_launch(
     paths = task_paths(run.shared_dir, run.task_id)
     return LaunchSpec(
         argv=argv,
-        env=task_environment(run, base_env),
+        env=task_environment(run, base_env, facilities.tools_dir),
         cwd=paths.cwd,
         stdout=paths.stdout,
         stderr=paths.stderr,

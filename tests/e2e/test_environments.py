@@ -26,8 +26,9 @@ from typing import Any
 import duckdb
 import pytest
 from support.cluster import Cluster, running_cluster
-from support.docker_images import BUSYBOX_IMAGE, engine_or_skip
+from support.docker_images import BUSYBOX_IMAGE, build_one_binary_image, engine_or_skip
 from support.terminal import Terminal
+from support.waiting import wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(180)]
 
@@ -338,3 +339,72 @@ def test_a_shell_whose_client_vanishes_is_hung_up_and_recorded(
             return not any("/bin/sh -l" in " ".join(p) for p in processes)
 
         cluster.wait(shell_gone, 20, "the shell to be hung up")
+
+
+def _wait_up_or_down(container: Any) -> str:
+    """The container's status once it runs its keep-alive or has stopped (never a sleep)."""
+    from control_plane.env_keepalive import MOUNT_POINT
+
+    found: dict[str, str] = {}
+
+    def settled() -> bool:
+        container.reload()
+        found["status"] = container.status
+        if container.status != "running":
+            return True
+        commands = [p[-1] for p in container.top()["Processes"]]
+        return any(c.split()[0] in (MOUNT_POINT, "tail") for c in commands)
+
+    wait_until(settled, timeout=30)
+    return found["status"]
+
+
+def test_an_image_without_tail_or_a_shell_gets_a_container_that_stays_up(
+    tmp_path: Path, env_name: str
+) -> None:
+    client = engine_or_skip()
+    image = build_one_binary_image(client)
+    with running_cluster(tmp_path, agents=()) as cluster:
+        created = ok(hakuriver(cluster, "docker", "create-container", image, env_name))
+        assert env_name in created
+        container = client.containers.get(f"hakuriver-env-{env_name}")
+        assert _wait_up_or_down(container) == "running", container.logs()
+        # Its keep-alive leaves nothing in the container's layer, so none in the image.
+        assert not [c for c in container.diff() or [] if "keepalive" in c["Path"]]
+        ok(hakuriver(cluster, "docker", "stop-container", env_name))
+        ok(hakuriver(cluster, "docker", "start-container", env_name))
+        assert _wait_up_or_down(container) == "running", container.logs()
+        ok(hakuriver(cluster, "docker", "create-tar", env_name))
+        packaged = client.images.get(f"hakuriver/{env_name}:base")
+        # The image keeps its own entrypoint, not the keep-alive.
+        assert packaged.attrs["Config"]["Entrypoint"] == ["/server"]
+    kinds = [kind for _, kind, stream, _, _ in cluster.events() if stream == f"env:{env_name}"]
+    assert kinds[:1] == ["env.container_created"] and "env.packaged" in kinds, kinds
+
+
+async def test_a_container_that_exits_at_once_is_an_error_with_its_last_log_lines(
+    tmp_path: Path, env_name: str
+) -> None:
+    """Where the host has no keep-alive of its own (here: a riscv64 host, so the image's
+    ``tail`` is used) and the image cannot keep itself up, the request fails with why."""
+    from control_plane.environments import EnvError, Environments
+    from control_plane.settings import HostSettings
+
+    client = engine_or_skip()
+    image = build_one_binary_image(client)
+    recorded: list[Any] = []
+
+    async def record(events: Any) -> None:
+        recorded.extend(events)
+
+    settings = HostSettings(data_dir=str(tmp_path))
+    envs = Environments(settings, record, client=client, machine="riscv64")
+    with pytest.raises(EnvError) as refused:
+        await envs.create_container(image, env_name)
+    assert refused.value.status == 400 and refused.value.field == "image"
+    message = refused.value.message
+    assert "did not stay up: exited (exit code 127)" in message, message
+    assert "its last log lines:\n  [FATAL tini" in message and "exec tail failed" in message
+    # Nothing recorded, nothing left behind: the name can be used again.
+    assert recorded == []
+    assert not client.containers.list(all=True, filters={"label": f"hakuriver.env={env_name}"})

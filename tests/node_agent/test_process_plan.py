@@ -16,6 +16,7 @@ from node_agent.executors.process_plan import (
     HostFacilities,
     decide_outcome,
     plan_launch,
+    runner_tools_dir,
     systemd_unit,
 )
 
@@ -64,6 +65,25 @@ def test_the_environment_layers_agent_then_user_then_hakuriver() -> None:
     assert env["HAKURIVER_TASK_ID"] == "t-1"
     assert env["HAKURIVER_LOCAL_TEMP_DIR"] == "/l"
     assert env["CUDA_VISIBLE_DEVICES"] == "0,2"
+
+
+def test_the_runners_tools_come_last_on_path_and_a_tasks_own_path_wins() -> None:
+    tools = HostFacilities(tools_dir="/opt/hakuriver/.venv/bin")
+    env = plan_launch(run(), tools, BASE_ENV).env
+    # Appended: the node's python3 still comes before the runner's venv.
+    assert env["PATH"] == "/usr/bin:/bin:/opt/hakuriver/.venv/bin"
+    # Already there (an activated venv): unchanged.
+    on_path = {**BASE_ENV, "PATH": "/opt/hakuriver/.venv/bin:/usr/bin"}
+    assert plan_launch(run(), tools, on_path).env["PATH"] == on_path["PATH"]
+    # The task's own PATH is taken exactly as given.
+    spec = TaskSpec(command="env", env={"PATH": "/only/mine"}, batch_id="b")
+    own = TaskRun(task_id="t-2", spec=spec, cores=1, shared_dir="/s", local_temp_dir="/l")
+    assert plan_launch(own, tools, BASE_ENV).env["PATH"] == "/only/mine"
+
+
+def test_the_runners_tools_dir_is_where_its_scripts_are_installed() -> None:
+    tools_dir = runner_tools_dir()
+    assert os.path.exists(os.path.join(tools_dir, "hakurun")), tools_dir
 
 
 def test_no_gpus_means_no_cuda_variable_from_hakuriver() -> None:

@@ -17,6 +17,9 @@ from typing import Any
 import pytest
 
 BUSYBOX_IMAGE = "hakuriver/busybox:base"
+# One static binary and nothing else (no shell, no tail, no sleep), run as a user that is
+# not root: what a distroless or `FROM scratch` image looks like to HakuRiver.
+ONE_BINARY_IMAGE = "hakuriver/one-binary:base"
 
 
 def engine() -> Any | None:
@@ -77,6 +80,31 @@ def build_images(client: Any) -> str:
         changes=["ENV PATH=/bin", 'CMD ["/bin/sh"]'],
     )
     return BUSYBOX_IMAGE
+
+
+def build_one_binary_image(client: Any) -> str:
+    """Import ``ONE_BINARY_IMAGE`` (busybox as ``/server``, no applet links) if missing."""
+    import docker.errors
+
+    try:
+        client.images.get(ONE_BINARY_IMAGE)
+        return ONE_BINARY_IMAGE
+    except docker.errors.ImageNotFound:
+        pass
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        raise RuntimeError("busybox is not installed (apt-get install busybox-static)")
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.add(busybox, arcname="server")
+    repository, tag = ONE_BINARY_IMAGE.split(":")
+    client.api.import_image_from_data(
+        buffer.getvalue(),
+        repository=repository,
+        tag=tag,
+        changes=['ENTRYPOINT ["/server"]', "USER 65532"],
+    )
+    return ONE_BINARY_IMAGE
 
 
 def engine_or_skip() -> Any:
