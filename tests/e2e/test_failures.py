@@ -52,7 +52,9 @@ def test_a_silent_node_goes_offline_and_its_tasks_become_unknown_not_dead(
         task = cluster.task(task_id)
         assert task["state"] == "unknown" and "n1" in task["message"]
         n1 = cluster.node("n1")
-        assert n1 is not None and n1["task_ids"] == [task_id] and n1["free_cores"] == n1["cores"] - 2
+        assert (
+            n1 is not None and n1["task_ids"] == [task_id] and n1["free_cores"] == n1["cores"] - 2
+        )
         assert cluster.node("n2")["online"]  # type: ignore[index]
         # And nothing new is placed on it
         [other] = cluster.submit("true")
