@@ -94,6 +94,10 @@ def test_time_travel_equals_the_state_the_control_plane_showed_during_a_run(
         cluster.wait_state(queued)
         cluster.stop_agent("n2")
         cluster.wait_node("n2", online=False)
+        cluster.wait_state(doomed, "unknown")  # its node went silent: it may still run
+        capture()
+        # Given up by a kill while its node is unreachable: lost
+        assert cluster.http.post(f"/api/tasks/{doomed}/kill").status_code == 202
         cluster.wait_state(doomed, "lost")
         capture()
 
@@ -102,6 +106,7 @@ def test_time_travel_equals_the_state_the_control_plane_showed_during_a_run(
         for live in captured:
             tasks = "all" if live["includes_ended_tasks"] else "active"
             assert get(cluster, "/api/state", at=live["seq"], tasks=tasks) == live
+        assert {t["state"] for t in captured[-4]["tasks"]} >= {"killed", "failed", "unknown"}
         assert {t["state"] for t in captured[-2]["tasks"]} >= {"killed", "failed", "lost"}
         assert not any(t["state"] in ("killed", "failed") for t in captured[-1]["tasks"])
 

@@ -80,6 +80,13 @@ EXPECTED = {
     ("lost", "task.finished"): "completed",
     ("running", "task.lost"): "lost",
     ("pending", "task.kill_requested"): "pending",
+    ("running", "task.unreachable"): "unknown",
+    ("paused", "task.unreachable"): "unknown",
+    ("assigning", "task.unreachable"): "unknown",
+    ("unknown", "task.reconnected"): "completed",  # the event names the state (here: reported)
+    ("unknown", "task.finished"): "completed",
+    ("unknown", "task.lost"): "lost",
+    ("unknown", "task.kill_requested"): "unknown",
 }
 
 
@@ -93,6 +100,13 @@ def test_nothing_leaves_a_final_state() -> None:
     for state in FINAL_STATES:
         for kind in kinds:
             assert next_state(state, kind, "completed") is None
+
+
+def test_unknown_accepts_no_report_but_a_final_one() -> None:
+    """Reports from a node declared offline wait for its hello (reconnected first)."""
+    for kind in ("task.started", "task.paused", "task.resumed", "task.dispatched"):
+        assert next_state("unknown", kind, "running") is None
+    assert next_state("pending", "task.unreachable") is None
 
 
 def test_lost_accepts_only_a_late_finish() -> None:
