@@ -219,3 +219,24 @@ def test_a_task_prefix_names_one_task_or_says_which_it_could_be(cluster: Cluster
     # Nothing it could be: 404, and too short a prefix is not a prefix at all
     assert cluster.http.get("/api/tasks/ffffffff").status_code == 404
     assert cluster.http.get(f"/api/tasks/{shared[:7]}").status_code == 404
+
+
+def test_resource_values_that_cannot_work_are_refused_naming_the_field(cluster: Cluster) -> None:
+    # Each was accepted before: memory 0 made the task die of SIGSEGV at once.
+    for body, field, says in (
+        ({"command": "true", "memory": 0}, "memory", "no memory at all"),
+        ({"command": "true", "memory": "0M"}, "memory", "no memory at all"),
+        ({"command": "true", "memory": "-5G"}, "memory", "is negative"),
+        ({"command": "true", "memory": -5}, "memory", ">= 0"),
+        ({"command": "true", "cores": 1.5}, "cores", "Expected `int`"),
+        ({"command": "true", "cores": -1}, "cores", ">= 0"),
+    ):
+        r = cluster.http.post("/api/tasks", json=body)
+        assert r.status_code == 400, (body, r.text)
+        assert r.json()["field"] == field and says in r.json()["message"], (body, r.text)
+    batch = [{"command": "true"}, {"command": "true", "memory": "0"}]
+    r = cluster.http.post("/api/batches", json={"tasks": batch})
+    assert r.status_code == 400 and r.json()["field"] == "tasks[1].memory", r.text
+    # No core accounting stays allowed
+    [task_id] = cluster.submit("true", cores=0)
+    assert cluster.wait_state(task_id)["state"] == "completed"
