@@ -1,16 +1,16 @@
-"""The ``hakuriver`` command: run the cluster, submit and control tasks, watch the nodes.
+"""The ``hakuriver`` command tree: run the cluster, submit and control tasks, watch nodes.
 
 One sub-app per command group (tasks.py, nodes.py); the cluster's own processes
 and ``init`` are here. Every command returns its exit code
 (``result_action="return_value"``), so ``app(["task", "list"])`` runs one
-in-process; ``main`` is the console script. The seeds' spellings
-(``hakuriver.task``, ``hakuriver.client``, ...) are in seeds.py.
+in-process. The console script is main.py's ``main``, which answers ``--version``
+and plain ``task submit`` without this module. The history and environment
+commands are registered by import path: their modules (DuckDB, pyarrow, rich's
+progress bars) are imported only when one of their commands runs.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,27 +18,17 @@ from cyclopts import App, CycloptsError, Parameter
 from rich.console import Console
 from rich.text import Text
 
-from cli.hakuriver import docker as docker_commands
-from cli.hakuriver import history as history_commands
+from cli.hakuriver import VERSION
 from cli.hakuriver.config import config_path, write_default
-from cli.hakuriver.invocation import EXIT_USAGE, Connection, connection, reported, say
+from cli.hakuriver.invocation import EXIT_USAGE, Connection, connection, note, reported, say
 from cli.hakuriver.nodes import node_app
 from cli.hakuriver.tasks import task_app
-
-
-def _version() -> str:
-    """The installed package's version (``unknown`` when run from an uninstalled tree)."""
-    try:
-        return importlib.metadata.version("hakuriver")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
 
 app = App(
     name="hakuriver",
     help="HakuRiver: a small cluster manager. Start it with `hakuriver up`.",
     result_action="return_value",
-    version=_version,
+    version=VERSION,
     default_parameter=Parameter(negative=(), show_default=False),
     error_formatter=lambda error: Text(f"error: {error}"),
     error_console=Console(stderr=True, soft_wrap=True, highlight=False),
@@ -49,8 +39,20 @@ init_app = App(name="init", help="Create the files HakuRiver needs.")
 app.command(task_app)
 app.command(node_app)
 app.command(init_app)
-history_commands.install(app, task_app)
-docker_commands.install(app)
+# What history.install and docker.install register, by import path (see the docstring).
+for _name, _path in (
+    ("events", "cli.hakuriver.history:events_app"),
+    ("state", "cli.hakuriver.history:state_app"),
+    ("audit", "cli.hakuriver.history:audit_app"),
+    ("why", "cli.hakuriver.history:why"),
+    ("sql", "cli.hakuriver.history:sql"),
+    ("report", "cli.hakuriver.history:report"),
+    ("export", "cli.hakuriver.history:export"),
+    ("docker", "cli.hakuriver.docker:docker_app"),
+    ("docker-shell", "cli.hakuriver.docker:docker_shell"),
+):
+    app.command(_path, name=_name)
+task_app.command("cli.hakuriver.history:task_history", name="history")
 
 
 @init_app.command
@@ -116,11 +118,17 @@ def runner(*, name: str | None = None, conn: Connection | None = None) -> int:
     return serve.run_runner(connection(conn).settings(), name=name)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``hakuriver`` with these arguments (``sys.argv[1:]`` by default); the exit code."""
-    tokens = sys.argv[1:] if argv is None else list(argv)
+def run(tokens: Sequence[str]) -> int:
+    """Run the command ``tokens`` name; its exit code (2, with one line, for a usage error)."""
+    words = list(tokens)
+    before = words[: words.index("--")] if "--" in words else words
+    if not words or "--help" in before or "-h" in before:
+        # A help page lists its subcommands with their summaries: import the lazy ones.
+        app.resolved_commands()
+        task_app.resolved_commands()
     try:
-        result = app(tokens, exit_on_error=False)
-    except CycloptsError:
-        return EXIT_USAGE  # cyclopts has printed the one-line error
+        result = app(words, exit_on_error=False, print_error=False)
+    except CycloptsError as error:
+        note(f"error: {error}")
+        return EXIT_USAGE
     return result if isinstance(result, int) else 0

@@ -1,13 +1,11 @@
-"""From ``task submit`` options to submit requests, and what happens after submitting.
+"""``task submit``'s options as cyclopts parameters, and what happens after submitting.
 
-The options are checked here as far as the client can (target, size and mount
-syntax, ``KEY=VALUE`` pairs) so a typo fails before anything is sent, with the
-same field names the API uses (``targets[1]``). The server checks everything again.
+The options become a request in submit_request.py (shared with the quick path,
+quick.py); this module adds waiting for the tasks and ``hakurun --submit``.
 """
 
 from __future__ import annotations
 
-import getpass
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,11 +27,10 @@ from cli.hakuriver.invocation import (
     say,
 )
 from cli.hakuriver.render import final_line
-from control_plane.requests import InvalidRequest, parse_mount, parse_size, parse_target
+from cli.hakuriver.submit_request import Request, build_request, print_submitted
 
-Request = dict[str, Any]
-
-EXAMPLE = "hakuriver task submit --target node1 -- echo hello"
+# A size or a core count may be written negative: a value to refuse, not an option.
+Signed = Parameter(allow_leading_hyphen=True)
 
 
 @Parameter(name="*")
@@ -45,11 +42,12 @@ class SubmitOptions:
     """Where to run: HOST, HOST:NUMA, HOST::GPU[,GPU...]; repeat for one task per target.
     Without it the host places the task on any node that fits."""
 
-    cores: int | None = None
-    """CPU cores per task (the host's default: 1)."""
+    cores: Annotated[str | None, Signed] = None
+    """CPU cores per task, a whole number (the host's default: 1). 0: no core accounting:
+    the task reserves no core on its node, and is neither pinned nor limited to any."""
 
-    memory: str | None = None
-    """Memory limit per task: 512M, 4G (1000-based) or 2Gi (1024-based)."""
+    memory: Annotated[str | None, Signed] = None
+    """Memory limit per task: 512M, 4G (1000-based) or 2Gi (1024-based); more than 0."""
 
     env: list[str] = field(default_factory=list)
     """Environment variable KEY=VALUE for the task (repeatable)."""
@@ -71,32 +69,18 @@ class SubmitOptions:
 
     def request(self, command: Sequence[str]) -> Request:
         """The ``POST /api/tasks`` body running ``command``; raises ``InvalidRequest``."""
-        if not command or not command[0]:
-            raise InvalidRequest(
-                "command", f"nothing to run: put the command after --, as in `{EXAMPLE}`"
-            )
-        request: Request = {"command": command[0], "args": list(command[1:])}
-        if self.target:
-            request["targets"] = check_targets(self.target)
-        if self.cores is not None:
-            request["cores"] = self.cores
-        if self.memory is not None:
-            parse_size(self.memory, "memory")
-            request["memory"] = self.memory.strip()
-        if self.env:
-            request["env"] = parse_env(self.env)
-        if self.container is not None:
-            request["container"] = self.container
-        if self.mount:
-            for index, mount in enumerate(self.mount):
-                parse_mount(mount, f"mounts[{index}]")
-            request["mounts"] = list(self.mount)
-        if self.privileged is not None:
-            request["privileged"] = self.privileged
-        request["owner"] = self.owner or login_name()
-        if self.name is not None:
-            request["name"] = self.name
-        return request
+        return build_request(
+            command,
+            target=self.target,
+            cores=self.cores,
+            memory=self.memory,
+            env=self.env,
+            container=self.container,
+            mount=self.mount,
+            privileged=self.privileged,
+            owner=self.owner,
+            name=self.name,
+        )
 
 
 @Parameter(name="*")
@@ -109,34 +93,6 @@ class WaitOptions:
 
     poll_interval: Annotated[float, Parameter(validator=validators.Number(gt=0))] = 1.0
     """Seconds between status checks while waiting."""
-
-
-def check_targets(targets: Sequence[str]) -> list[str]:
-    """The targets, stripped, each checked against ``HOST[:NUMA][::GPU,...]``."""
-    checked = []
-    for index, target in enumerate(targets):
-        parse_target(target, f"targets[{index}]")
-        checked.append(target.strip())
-    return checked
-
-
-def parse_env(pairs: Sequence[str]) -> dict[str, str]:
-    """``KEY=VALUE`` words as a dict (a later KEY wins); raises ``InvalidRequest``."""
-    env: dict[str, str] = {}
-    for pair in pairs:
-        key, equals, value = pair.partition("=")
-        if not equals or not key.strip():
-            raise InvalidRequest("env", f"{pair!r} is not KEY=VALUE (as in --env DEBUG=1)")
-        env[key.strip()] = value
-    return env
-
-
-def login_name() -> str:
-    """The user running the CLI, the default owner of what they submit."""
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):
-        return "anonymous"
 
 
 def report_submission(
@@ -152,16 +108,11 @@ def report_submission(
     Without ``--json`` stdout gets the task ids one per line (after ``header``), and
     the final states go to stderr, so stdout stays a list of ids for scripts.
     """
-    task_ids: list[str] = list(answer.get("task_ids", []))
-    if not as_json:
-        if header is not None:
-            say(header)
-        for task_id in task_ids:
-            say(task_id)
-    elif not waiting.wait:
-        print_json(answer)
+    if not (as_json and waiting.wait):  # with both, one document at the end
+        print_submitted(answer, as_json=as_json, header=header)
     if not waiting.wait:
         return 0
+    task_ids: list[str] = list(answer.get("task_ids", []))
     try:
         finals = client.wait(
             task_ids,

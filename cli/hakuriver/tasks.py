@@ -8,7 +8,7 @@ from typing import Annotated
 
 from cyclopts import App, Parameter, validators
 
-from cli.hakuriver.client import TASK_STATES, Stream
+from cli.hakuriver.client import Stream
 from cli.hakuriver.invocation import (
     Connection,
     JsonFlag,
@@ -20,13 +20,10 @@ from cli.hakuriver.invocation import (
     show,
 )
 from cli.hakuriver.render import task_detail, task_table
-from cli.hakuriver.submission import (
-    SubmitOptions,
-    WaitOptions,
-    login_name,
-    report_submission,
-)
-from control_plane.requests import InvalidRequest
+from cli.hakuriver.submission import SubmitOptions, WaitOptions, report_submission
+from cli.hakuriver.submit_request import login_name
+from control_plane.notation import InvalidRequest
+from projections.tasks import STATES
 
 task_app = App(name="task", help="Submit tasks, see how they run, read their output, stop them.")
 
@@ -124,10 +121,8 @@ def _states(words: Sequence[str]) -> list[str]:
     """The ``--status`` values, split on commas and checked against the task states."""
     states = [state.strip() for word in words for state in word.split(",") if state.strip()]
     for state in states:
-        if state not in TASK_STATES:
-            raise InvalidRequest(
-                "status", f"{state!r} is not a task state ({', '.join(TASK_STATES)})"
-            )
+        if state not in STATES:
+            raise InvalidRequest("status", f"{state!r} is not a task state ({', '.join(STATES)})")
     return states
 
 
