@@ -11,10 +11,11 @@ progress bars) are imported only when one of their commands runs.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
-from cyclopts import App, CycloptsError, Parameter
+from cyclopts import App, CycloptsError, Parameter, UnknownOptionError
 from rich.console import Console
 from rich.text import Text
 
@@ -22,6 +23,7 @@ from cli.hakuriver import VERSION
 from cli.hakuriver.config import config_path, write_default
 from cli.hakuriver.invocation import EXIT_USAGE, Connection, connection, note, reported, say
 from cli.hakuriver.nodes import node_app
+from cli.hakuriver.quick import split_at_command
 from cli.hakuriver.tasks import task_app
 
 app = App(
@@ -129,6 +131,19 @@ def run(tokens: Sequence[str]) -> int:
     try:
         result = app(words, exit_on_error=False, print_error=False)
     except CycloptsError as error:
-        note(f"error: {error}")
+        note(f"error: {error}{_hint(error, words)}")
         return EXIT_USAGE
     return result if isinstance(result, int) else 0
+
+
+def _hint(error: CycloptsError, words: Sequence[str]) -> str:
+    """For ``task submit`` without ``--``: where the ``--`` goes (the command's own options
+    after it are then the command's, not ``task submit``'s)."""
+    if not isinstance(error, UnknownOptionError) or list(words[:2]) != ["task", "submit"]:
+        return ""
+    split = split_at_command(words[2:])
+    if split is None:
+        return ""
+    options, command = split
+    fixed = shlex.join(["hakuriver", "task", "submit", *options, "--", *command])
+    return f" Put the command to run after --, as in: {fixed}"

@@ -100,6 +100,27 @@ def read_words(tokens: Sequence[str]) -> Words | None:
     return words
 
 
+def split_at_command(tokens: Sequence[str]) -> tuple[list[str], list[str]] | None:
+    """``task submit``'s words cut where the command starts, for words without ``--``.
+
+    None when there is a ``--``, or an unknown option comes before any command word.
+    """
+    known = {**OPTIONS, **WAIT_OPTIONS}
+    index = 0
+    while index < len(tokens):
+        token = tokens[index]
+        if token == "--":
+            return None
+        if not token.startswith("-"):
+            return list(tokens[:index]), list(tokens[index:])
+        option, equals, _ = token.partition("=")
+        if option not in known:
+            return None
+        takes = known[option][1]
+        index += 2 if takes in ("value", "list") and not equals else 1
+    return None
+
+
 def quick_submit(tokens: Sequence[str]) -> int | None:
     """Submit as ``hakuriver task submit TOKENS`` would; None: let the full command do it."""
     from cli.hakuriver.client import ApiError, HakuClient

@@ -206,6 +206,26 @@ def help_of(*words: str) -> str:
     return " ".join(out.getvalue().replace("│", " ").split())
 
 
+def test_a_command_without_the_separator_is_told_where_the_separator_goes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Its own option (--lr) was read as task submit's: the hint rewrites the line with --
+    code = main(["task", "submit", "--target", "vm", "python3", "script.py", "--lr", "0.1"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err == (
+        "error: Unknown option: --lr. Put the command to run after --, as in:"
+        " hakuriver task submit --target vm -- python3 script.py --lr 0.1\n"
+    )
+    main(["task", "submit", "--cores=2", "--env", "A=b c", "sh", "-c", "echo $A"])
+    assert "as in: hakuriver task submit --cores=2 --env 'A=b c' -- sh -c 'echo $A'\n" in (
+        capsys.readouterr().err
+    )
+    # An unknown option before any command word is just that: no hint
+    assert main(["task", "submit", "--lr", "0.1", "--", "x"]) == 2
+    assert capsys.readouterr().err == "error: Unknown option: --lr.\n"
+
+
 # --- reaching the control plane --------------------------------------------------------
 
 
