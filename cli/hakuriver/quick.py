@@ -94,6 +94,8 @@ def read_words(tokens: Sequence[str]) -> Words | None:
         if keyword == "as_json":
             words.as_json = value
         elif keyword == "config":
+            if not value:
+                return None  # cyclopts reads '' as the path '.'
             words.config = value
         else:
             words.fields[keyword] = value
@@ -137,7 +139,7 @@ def quick_submit(tokens: Sequence[str]) -> int | None:
     from control_plane.notation import InvalidRequest
 
     words = read_words(tokens)
-    if words is None or words.config == "":
+    if words is None:
         return None
     try:
         request = build_request(words.command, **words.fields)
