@@ -87,6 +87,18 @@ def command_line(task: Doc, width: int | None = None) -> str:
     return line
 
 
+def task_ref(task: Doc) -> str:
+    """What people call a task: its number (its id from a server that gives none)."""
+    return str(task.get("number") or task.get("task_id", "?"))
+
+
+def task_label(task: Doc) -> str:
+    """A task named in a title: its number, with its full id."""
+    if task.get("number"):
+        return f"{task['number']} ({task.get('task_id', '?')})"
+    return str(task.get("task_id", "?"))
+
+
 def _quoted(word: str) -> str:
     if word and not any(c.isspace() or c in "'\"\\$`" for c in word):
         return word
@@ -111,7 +123,7 @@ def _placement(task: Doc) -> str:
 def task_table(tasks: Sequence[Doc]) -> Table:
     """The ``task list`` table: one row per task, newest first as the API sends them."""
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("TASK ID", "STATE", "NODE", "CORES", "MEMORY", "SUBMITTED (UTC)", "EXIT"):
+    for column in ("ID", "STATE", "NODE", "CORES", "MEMORY", "SUBMITTED (UTC)", "EXIT"):
         # These never shrink: a cut id or state is useless; the command column gives way.
         table.add_column(column, no_wrap=True, min_width=_WIDTHS.get(column, len(column)))
     table.add_column("NAME / COMMAND", overflow="ellipsis", no_wrap=True, ratio=1)
@@ -121,7 +133,7 @@ def task_table(tasks: Sequence[Doc]) -> Table:
         if task.get("name"):
             label = f"[{task['name']}] {label}"
         table.add_row(
-            str(task.get("task_id", "?")),
+            task_ref(task),
             state_text(task.get("state")),
             _placement(task),
             str(task.get("cores", "-")),
@@ -133,7 +145,7 @@ def task_table(tasks: Sequence[Doc]) -> Table:
     return table
 
 
-_WIDTHS = {"TASK ID": 36, "STATE": 10, "SUBMITTED (UTC)": 15}
+_WIDTHS = {"STATE": 10, "SUBMITTED (UTC)": 15}
 
 
 def task_detail(task: Doc) -> Panel:
@@ -142,6 +154,7 @@ def task_detail(task: Doc) -> Panel:
     mounts = [_mount(m) for m in task.get("mounts") or []]
     env = task.get("env") or {}
     rows: list[tuple[str, RenderableType | str]] = [
+        ("id", str(task.get("task_id", "?"))),
         ("state", state_text(task.get("state"))),
         ("command", Text(command_line(task))),
         ("name", task.get("name") or "-"),
@@ -171,7 +184,7 @@ def task_detail(task: Doc) -> Panel:
     ]
     for key, value in rows:
         grid.add_row(key, value)
-    return Panel(grid, title=f"task {task.get('task_id', '?')}", title_align="left", expand=False)
+    return Panel(grid, title=f"task {task_ref(task)}", title_align="left", expand=False)
 
 
 def _container(task: Doc) -> str:
@@ -190,8 +203,8 @@ def _mount(mount: Any) -> str:
 
 
 def final_line(task: Doc) -> str:
-    """One line for a task that is done: id, state, exit code, node, message."""
-    parts = [str(task.get("task_id", "?")), str(task.get("state", "?"))]
+    """One line for a task that is done: number, state, exit code, node, message."""
+    parts = [task_ref(task), str(task.get("state", "?"))]
     if task.get("exit_code") is not None:
         parts.append(f"exit={task['exit_code']}")
     if task.get("node"):
@@ -246,8 +259,8 @@ def node_detail(node: Doc) -> Panel:
         "temperatures",
         "  ".join(f"{name} {value:.0f}°C" for name, value in temperatures.items()) or "-",
     )
-    running = node.get("running_task_ids") or []
-    grid.add_row("running tasks", "\n".join(running) or "-")
+    running = node.get("running_task_numbers") or node.get("running_task_ids") or []
+    grid.add_row("running tasks", ", ".join(map(str, running)) or "-")
     grid.add_row("registered", human_time(node.get("registered_at")))
     grid.add_row("last seen", human_time(node.get("last_seen")))
     parts: list[RenderableType] = [grid]

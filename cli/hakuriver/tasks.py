@@ -19,7 +19,7 @@ from cli.hakuriver.invocation import (
     say,
     show,
 )
-from cli.hakuriver.render import task_detail, task_table
+from cli.hakuriver.render import task_detail, task_ref, task_table
 from cli.hakuriver.submission import SubmitOptions, WaitOptions, report_submission
 from cli.hakuriver.submit_request import login_name
 from control_plane.notation import InvalidRequest
@@ -62,7 +62,7 @@ def status(task_id: str, /, *, as_json: JsonFlag = False, conn: Connection | Non
     Parameters
     ----------
     task_id
-        The task's id, or a unique prefix of at least 8 characters.
+        The task's number, its id, or a unique prefix of its id (8+ characters).
     as_json
         Print the API's task document.
     """
@@ -134,7 +134,7 @@ def kill(task_id: str, /, *, as_json: JsonFlag = False, conn: Connection | None 
     Parameters
     ----------
     task_id
-        The task's id, or a unique prefix of at least 8 characters.
+        The task's number, its id, or a unique prefix of its id (8+ characters).
     as_json
         Print the API's answer ``{"task_id", "state"}``.
     """
@@ -151,7 +151,7 @@ def pause(task_id: str, /, *, as_json: JsonFlag = False, conn: Connection | None
     Parameters
     ----------
     task_id
-        The task's id, or a unique prefix of at least 8 characters.
+        The task's number, its id, or a unique prefix of its id (8+ characters).
     as_json
         Print the API's answer ``{"task_id", "state"}``.
     """
@@ -168,7 +168,7 @@ def resume(task_id: str, /, *, as_json: JsonFlag = False, conn: Connection | Non
     Parameters
     ----------
     task_id
-        The task's id, or a unique prefix of at least 8 characters.
+        The task's number, its id, or a unique prefix of its id (8+ characters).
     as_json
         Print the API's answer ``{"task_id", "state"}``.
     """
@@ -181,7 +181,7 @@ def _acknowledge(action: str, answer: dict[str, object], as_json: bool) -> int:
     if as_json:
         print_json(answer)
     else:
-        say(f"{answer.get('task_id')}: {action} requested (it was {answer.get('state')})")
+        say(f"{task_ref(answer)}: {action} requested (it was {answer.get('state')})")
     return 0
 
 
@@ -200,7 +200,7 @@ def stdout(
     Parameters
     ----------
     task_id
-        The task's id, or a unique prefix of at least 8 characters.
+        The task's number, its id, or a unique prefix of its id (8+ characters).
     tail
         Only the last N lines.
     follow
@@ -224,7 +224,7 @@ def stderr(
     Parameters
     ----------
     task_id
-        The task's id, or a unique prefix of at least 8 characters.
+        The task's number, its id, or a unique prefix of its id (8+ characters).
     tail
         Only the last N lines.
     follow

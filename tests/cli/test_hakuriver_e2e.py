@@ -69,10 +69,15 @@ def gated(gate: Path, before: str = "", after: str = "") -> list[str]:
 
 
 def submitted(done: subprocess.CompletedProcess[bytes]) -> list[str]:
-    """The task ids a submit printed, one a line."""
-    ids = ok(done).split()
-    assert ids and all(len(task_id) == 36 for task_id in ids), ids
-    return ids
+    """The task numbers a submit printed, one a line (every command takes them as ids)."""
+    numbers = ok(done).split()
+    assert numbers and all(n.isdigit() and not n.startswith("0") for n in numbers), numbers
+    return numbers
+
+
+def number_of(cluster: Cluster, task_id: str) -> str:
+    """The task's number, as the CLI shows it."""
+    return str(cluster.task(task_id)["number"])
 
 
 # --- submit, wait, output ------------------------------------------------------------
@@ -85,6 +90,7 @@ def test_submit_wait_prints_the_ids_then_how_each_ended(cluster: Cluster, owner:
     )  # fmt: skip
     [task_id] = submitted(done)
     assert done.stderr.decode() == f"{task_id}  completed  exit=0  node=n1\n"
+    assert cluster.task(task_id)["task_id"].startswith("0")  # the number names the task
     assert run(cluster, "hakuriver", "task", "stdout", task_id).stdout == b"out\n"
     assert run(cluster, "hakuriver", "task", "stderr", task_id).stdout == b"err\n"
 
@@ -113,8 +119,9 @@ def test_submit_json_answers_with_the_batch_and_wait_adds_the_tasks(
         run(cluster, "hakuriver", "task", "submit", "--container", "NULL", "--owner", owner,
             "--json", "--wait", "--", "true")
     )  # fmt: skip
-    assert set(answer) == {"batch_id", "task_ids", "tasks"}
+    assert set(answer) == {"batch_id", "task_ids", "numbers", "tasks"}
     assert [t["task_id"] for t in answer["tasks"]] == answer["task_ids"]
+    assert [t["number"] for t in answer["tasks"]] == answer["numbers"]
     assert answer["tasks"][0]["state"] == "completed"
     assert answer["tasks"][0]["batch_id"] == answer["batch_id"]
 
@@ -135,7 +142,7 @@ def test_an_unknown_task_is_exit_2_with_the_servers_reason(cluster: Cluster) -> 
     assert done.returncode == 2
     assert done.stderr.decode() == (
         "error: task_id: no task 'ffffffff-0000'"
-        " (give its id or a unique prefix of 8+ characters)\n"
+        " (give its number, its id, or a unique prefix of 8+ characters)\n"
     )
 
 
@@ -164,9 +171,12 @@ def test_list_filters_by_owner_node_status_batch_and_limit(cluster: Cluster, own
     batch = cluster.task(first[0])["batch_id"]
     assert listed("--batch", batch) == first
     assert listed("--owner", owner, "--limit", "1") == second
-    table = ok(run(cluster, "hakuriver", "task", "list", "--owner", owner))
-    assert first[0] in table
-    assert second[0] in table
+    table = ok(run(cluster, "hakuriver", "task", "list", "--owner", owner)).splitlines()
+    assert [line.split()[0] for line in table] == [
+        "ID",
+        number_of(cluster, second[0]),
+        number_of(cluster, first[0]),
+    ]
 
 
 # --- control: kill, pause, resume, follow ----------------------------------------------
@@ -178,7 +188,7 @@ def test_kill_stops_a_running_task_and_a_second_kill_is_refused(
     [task_id] = cluster.submit(*gated(tmp_path / "never"), owner=owner)
     cluster.wait_state(task_id, "running")
     done = run(cluster, "hakuriver", "task", "kill", task_id)
-    assert ok(done) == f"{task_id}: kill requested (it was running)\n"
+    assert ok(done) == f"{number_of(cluster, task_id)}: kill requested (it was running)\n"
     assert cluster.wait_state(task_id)["state"] == "killed"
     again = run(cluster, "hakuriver", "task", "kill", task_id)
     assert again.returncode == 2
@@ -332,7 +342,7 @@ def test_hakurun_submit_makes_one_batch_of_one_task_per_combination(
     batch_id = header.removeprefix("batch ")
     assert len(ids) == 4
     batch = cluster.http.get(f"/api/batches/{batch_id}").json()
-    assert [t["task_id"] for t in batch["tasks"]] == ids
+    assert [str(t["number"]) for t in batch["tasks"]] == ids
     assert [cluster.output(t).decode() for t in ids] == [
         "lr 0.1 1\n",
         "lr 0.1 2\n",

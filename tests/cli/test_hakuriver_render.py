@@ -33,6 +33,7 @@ def document(struct: msgspec.Struct) -> dict[str, Any]:
 
 TASK = TaskOut(
     task_id="01a1fd8a-7873-72ea-bc3a-10258893ee91",
+    number=1207,
     batch_id="01a1fd8a-7873-72e9-b719-d9fe5abef44c",
     task_type="command",
     state="failed",
@@ -88,6 +89,7 @@ NODE = NodeOut(
     ],
     temperatures={"cpu": 55.0},
     running_task_ids=["01a1fd8a-7873-72ea-bc3a-10258893ee91"],
+    running_task_numbers=[1207],
     task_ids=["01a1fd8a-7873-72ea-bc3a-10258893ee91"],
     registered_at="2026-11-21T09:00:00Z",
     last_seen="2026-11-21T09:59:59.5Z",
@@ -97,13 +99,15 @@ NODE = NodeOut(
 def test_task_list_and_status_show_what_users_look_for() -> None:
     task = document(TASK)
     table = rendered(render.task_table([task]))
-    assert task["task_id"] in table
+    assert table.splitlines()[1].split()[0] == "1207"  # the number is the task's ID
     assert "failed" in table
     assert "n1:0::0,1" in table
     assert "2G" in table
     assert "[sweep-1] python train.py --note 'two words'" in table
     detail = rendered(render.task_detail(task))
+    assert detail.startswith("╭─ task 1207 ")
     for text in (
+        f"id                 {task['task_id']}",
         "exit code          3",
         "NULL (plain process)",
         "/data:/mnt:ro",

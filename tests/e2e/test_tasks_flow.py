@@ -240,3 +240,43 @@ def test_resource_values_that_cannot_work_are_refused_naming_the_field(cluster: 
     # No core accounting stays allowed
     [task_id] = cluster.submit("true", cores=0)
     assert cluster.wait_state(task_id)["state"] == "completed"
+
+
+def test_tasks_are_numbered_in_order_and_a_number_names_its_task(cluster: Cluster) -> None:
+    # Given a batch of three tasks and one more: numbered 1, 2, 3, 4 in submission order
+    r = cluster.http.post("/api/batches", json={"tasks": [{"command": "true"}] * 3})
+    assert r.status_code == 201, r.text
+    ids, numbers = r.json()["task_ids"], r.json()["numbers"]
+    r = cluster.http.post("/api/tasks", json={"command": "true"})
+    ids += r.json()["task_ids"]
+    numbers += r.json()["numbers"]
+    assert numbers == [1, 2, 3, 4]
+    for task_id in ids:
+        cluster.wait_state(task_id, "completed")
+    # When a task is named by its number, on every task route
+    assert cluster.task("2")["task_id"] == ids[1]
+    assert cluster.task(ids[1])["number"] == 2
+    assert cluster.http.get("/api/tasks/3/history").json()["task_id"] == ids[2]
+    assert cluster.http.get("/api/tasks/3/history").json()["number"] == 3
+    assert cluster.http.get("/api/tasks/4/why").json()["number"] == 4
+    assert cluster.output("4") == b""
+    listed = cluster.http.get("/api/tasks").json()["tasks"]
+    assert [t["number"] for t in listed] == [4, 3, 2, 1]
+    # A number nobody has, or one with a leading zero (an id prefix, too short): 404
+    for missing in ("5", "02", "00000000001"):
+        assert cluster.http.get(f"/api/tasks/{missing}").status_code == 404, missing
+    # Then a restarted control plane keeps the numbers and goes on counting
+    cluster.stop_host()
+    cluster.start_host()
+    assert cluster.task("1")["task_id"] == ids[0]
+    assert cluster.http.post("/api/tasks", json={"command": "true"}).json()["numbers"] == [5]
+
+
+def test_kill_answers_with_the_number(cluster: Cluster, tmp_path: Path) -> None:
+    [task_id] = cluster.submit("sh", *gated(tmp_path / "never"))
+    cluster.wait_state(task_id, "running")
+    number = cluster.task(task_id)["number"]
+    r = cluster.http.post(f"/api/tasks/{number}/kill")
+    assert r.status_code == 202, r.text
+    assert r.json() == {"task_id": task_id, "number": number, "state": "running"}
+    assert cluster.wait_state(task_id)["state"] == "killed"
