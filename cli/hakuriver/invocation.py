@@ -45,6 +45,7 @@ __all__ = [
     "connection",
     "fail",
     "note",
+    "output_width",
     "print_json",
     "reported",
     "say",
@@ -77,12 +78,21 @@ def connection(given: Connection | None) -> Connection:
     return given if given is not None else Connection()
 
 
-def show(renderable: RenderableType) -> None:
-    """Print a rich renderable to stdout; uncut and uncoloured when stdout is not a terminal."""
+def _console() -> Console:
     console = Console(highlight=False)
     if not console.is_terminal:
         console.width = max(console.width, PIPE_WIDTH)
-    console.print(renderable)
+    return console
+
+
+def output_width() -> int:
+    """The width ``show`` prints to: the terminal's, or ``PIPE_WIDTH`` for a pipe or file."""
+    return _console().width
+
+
+def show(renderable: RenderableType) -> None:
+    """Print a rich renderable to stdout; uncut and uncoloured when stdout is not a terminal."""
+    _console().print(renderable)
 
 
 def reported(command: Callable[P, int]) -> Callable[P, int]:

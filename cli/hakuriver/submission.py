@@ -26,7 +26,7 @@ from cli.hakuriver.invocation import (
     reported,
     say,
 )
-from cli.hakuriver.render import final_line
+from cli.hakuriver.render import final_line, plural
 from cli.hakuriver.submit_request import Request, build_request, print_submitted
 
 # A size or a core count may be written negative: a value to refuse, not an option.
@@ -129,7 +129,7 @@ def report_submission(
         print_json({**answer, "tasks": finals})
     unfinished = [task for task in finals if task.get("state") != "completed"]
     if unfinished and not as_json:
-        note(f"{len(unfinished)} of {len(finals)} tasks did not complete")
+        note(f"{len(unfinished)} of {plural(len(finals), 'task')} did not complete")
     return EXIT_FAILED if unfinished else 0
 
 

@@ -14,6 +14,7 @@ from cli.hakuriver.invocation import (
     JsonFlag,
     connection,
     note,
+    output_width,
     print_json,
     reported,
     say,
@@ -111,7 +112,7 @@ def list_tasks(
     if as_json:
         print_json({"tasks": tasks})
     elif tasks:
-        show(task_table(tasks))
+        show(task_table(tasks, output_width()))
     else:
         note("no tasks match")
     return 0

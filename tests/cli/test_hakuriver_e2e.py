@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 from support.cluster import Cluster, running_cluster
+from support.terminal import Terminal
 
 SEED_ENTRY = "import sys; from cli.hakuriver import seeds; sys.exit(seeds.{}())"
 
@@ -110,6 +112,11 @@ def test_wait_exits_1_when_a_task_does_not_complete(cluster: Cluster, owner: str
         for t, n in zip(ids, ("n1", "n2"), strict=True)
     )
     assert lines[2] == "2 of 2 tasks did not complete"
+    one = run(
+        cluster, "hakuriver", "task", "submit", "--target", "n1", "--container", "NULL",
+        "--owner", owner, "--wait", "--poll-interval", "0.1", "--", "false",
+    )  # fmt: skip
+    assert one.stderr.decode().splitlines()[-1] == "1 of 1 task did not complete"
 
 
 def test_submit_json_answers_with_the_batch_and_wait_adds_the_tasks(
@@ -177,6 +184,33 @@ def test_list_filters_by_owner_node_status_batch_and_limit(cluster: Cluster, own
         number_of(cluster, second[0]),
         number_of(cluster, first[0]),
     ]
+
+
+@pytest.mark.parametrize("columns", [80, 160])
+def test_list_on_a_terminal_fits_its_width(cluster: Cluster, owner: str, columns: int) -> None:
+    # Given a task with a long command and a name, listed on a terminal `columns` wide
+    script = "for i in 1 2 3 4 5 6 7 8 9 10; do echo $i; done; echo the-end"
+    [task_id] = cluster.submit("sh", "-c", script, owner=owner, name="counting")
+    cluster.wait_state(task_id)
+    env = dict(cluster.env(), COLUMNS=str(columns))
+    terminal = Terminal(
+        [sys.executable, "-m", "cli.hakuriver", "task", "list", "--owner", owner],
+        env,
+        cols=columns,
+    )
+    try:
+        assert terminal.wait() == 0
+    finally:
+        terminal.close()
+    text = re.sub(rb"\x1b\[[0-9;]*m", b"", terminal.output).decode()
+    lines = text.replace("\r\n", "\n").rstrip("\n").split("\n")
+    # Then no line is cut by the terminal, the exit code and name are there, and the
+    # whole command, quoted as a shell reads it, wrapped within its column
+    assert max(len(line.rstrip()) for line in lines) <= columns, text
+    assert "EXIT" in lines[0] and lines[0].rstrip().endswith("NAME / COMMAND")
+    assert lines[1].split()[:3] == [str(cluster.task(task_id)["number"]), "completed", "n1"]
+    flat = " ".join(text.split())
+    assert f"[counting] sh -c '{script}'" in flat
 
 
 # --- control: kill, pause, resume, follow ----------------------------------------------
