@@ -39,6 +39,7 @@ OPTIONS: dict[str, tuple[str, str | bool]] = {
 # task submit's options that the quick path leaves to the full command.
 WAIT_OPTIONS: dict[str, tuple[str, str | bool]] = {
     "--wait": ("wait", True),
+    "--follow": ("follow", True),
     "--poll-interval": ("poll_interval", "value"),
 }
 # Values that may be negative numbers (refused as values, not taken for options).

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from cyclopts import App, CycloptsError, Parameter, validators
 
 from cli.hakuriver.client import HakuClient
+from cli.hakuriver.follow import Followers
 from cli.hakuriver.invocation import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -28,9 +29,12 @@ from cli.hakuriver.invocation import (
 )
 from cli.hakuriver.render import final_line, plural
 from cli.hakuriver.submit_request import Request, build_request, print_submitted
+from control_plane.notation import InvalidRequest
 
 # A size or a core count may be written negative: a value to refuse, not an option.
 Signed = Parameter(allow_leading_hyphen=True)
+# After the tasks end, how long their output streams may take to drain.
+_DRAIN_S = 30.0
 
 
 @Parameter(name="*")
@@ -86,13 +90,29 @@ class SubmitOptions:
 @Parameter(name="*")
 @dataclass(frozen=True, kw_only=True)
 class WaitOptions:
-    """Whether to wait for the submitted tasks, and how often to look."""
+    """Whether to wait for the submitted tasks (and show their output), how often to look."""
 
     wait: bool = False
     """Wait until every task is done; exit 1 unless all completed."""
 
+    follow: bool = False
+    """Wait, writing the tasks' stdout and stderr to ours as they run; with several tasks,
+    each line starts with its task's number (as srun --label)."""
+
     poll_interval: Annotated[float, Parameter(validator=validators.Number(gt=0))] = 1.0
     """Seconds between status checks while waiting."""
+
+    @property
+    def waits(self) -> bool:
+        """Whether to wait (``--follow`` waits too)."""
+        return self.wait or self.follow
+
+    def check(self, *, as_json: bool) -> None:
+        """Refuse what cannot be combined, before anything is submitted."""
+        if self.follow and as_json:
+            raise InvalidRequest(
+                "follow", "--follow writes the tasks' output, --json one document: pick one"
+            )
 
 
 def report_submission(
@@ -105,20 +125,37 @@ def report_submission(
 ) -> int:
     """Print what was submitted; with ``--wait``, wait and print how each task ended.
 
-    Without ``--json`` stdout gets the task ids one per line (after ``header``), and
-    the final states go to stderr, so stdout stays a list of ids for scripts.
+    Without ``--json`` stdout gets the task numbers one per line (after ``header``), and
+    the final states go to stderr, so stdout stays a list of numbers for scripts. With
+    ``--follow`` stdout is the tasks' output instead, and the numbers go to stderr.
     """
-    if not (as_json and waiting.wait):  # with both, one document at the end
-        print_submitted(answer, as_json=as_json, header=header)
-    if not waiting.wait:
-        return 0
     task_ids: list[str] = list(answer.get("task_ids", []))
+    numbers = [str(n) for n in answer.get("numbers") or task_ids]
+    if waiting.follow:
+        if header is not None:
+            note(header)
+        note(f"submitted {plural(len(numbers), 'task')}: {' '.join(numbers)}")
+    elif not (as_json and waiting.wait):  # with both, one document at the end
+        print_submitted(answer, as_json=as_json, header=header)
+    if not waiting.waits:
+        return 0
+    followers = (
+        Followers(client.base_url, list(zip(task_ids, numbers, strict=True)))
+        if waiting.follow
+        else None
+    )
     try:
         finals = client.wait(
             task_ids,
             waiting.poll_interval,
-            on_done=None if as_json else lambda task: note(final_line(task)),
+            on_done=None if as_json or waiting.follow else lambda task: note(final_line(task)),
         )
+        if followers is not None:
+            followers.join(_DRAIN_S)  # what the tasks wrote last, before how they ended
+            for line in followers.errors:
+                note(f"warning: could not follow the {line}")
+            for task in finals:
+                note(final_line(task))
     except KeyboardInterrupt:
         return fail(
             "stopped waiting; the tasks keep running (see `hakuriver task list"
@@ -167,10 +204,12 @@ def submit_sweep(
         Parameters
         ----------
         as_json
-            Print the API's answer ``{"batch_id", "task_ids"}`` (with --wait, also ``tasks``).
+            Print the API's answer ``{"batch_id", "task_ids", "numbers"}`` (with --wait,
+            also ``tasks``).
         """
         chosen = options or SubmitOptions()
         requests = [chosen.request([command, *arguments]) for arguments in argument_vectors]
+        (waiting or WaitOptions()).check(as_json=as_json)
         if dry_run:
             for request in requests:
                 say(json.dumps(request, ensure_ascii=False, separators=(",", ":")))

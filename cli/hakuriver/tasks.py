@@ -40,19 +40,22 @@ def submit(
 ) -> int:
     """Submit COMMAND [ARGS...] (after --): one task per --target, all in one batch.
 
-    Prints the task ids, one a line. The command runs as an argument vector: no shell.
+    Prints the task numbers, one a line. The command runs as an argument vector: no shell.
 
     Parameters
     ----------
     command
         The command and its arguments, after ``--``.
     as_json
-        Print the API's answer ``{"batch_id", "task_ids"}`` (with --wait, also ``tasks``).
+        Print the API's answer ``{"batch_id", "task_ids", "numbers"}`` (with --wait, also
+        ``tasks``).
     """
     request = (options or SubmitOptions()).request(command)
+    waiting = waiting or WaitOptions()
+    waiting.check(as_json=as_json)
     with connection(conn).client() as client:
         answer = client.submit(request)
-        return report_submission(client, answer, waiting or WaitOptions(), as_json=as_json)
+        return report_submission(client, answer, waiting, as_json=as_json)
 
 
 @task_app.command
@@ -137,7 +140,7 @@ def kill(task_id: str, /, *, as_json: JsonFlag = False, conn: Connection | None 
     task_id
         The task's number, its id, or a unique prefix of its id (8+ characters).
     as_json
-        Print the API's answer ``{"task_id", "state"}``.
+        Print the API's answer ``{"task_id", "number", "state"}``.
     """
     with connection(conn).client() as client:
         answer = client.kill(task_id, requested_by=login_name())
@@ -154,7 +157,7 @@ def pause(task_id: str, /, *, as_json: JsonFlag = False, conn: Connection | None
     task_id
         The task's number, its id, or a unique prefix of its id (8+ characters).
     as_json
-        Print the API's answer ``{"task_id", "state"}``.
+        Print the API's answer ``{"task_id", "number", "state"}``.
     """
     with connection(conn).client() as client:
         answer = client.pause(task_id)
@@ -171,7 +174,7 @@ def resume(task_id: str, /, *, as_json: JsonFlag = False, conn: Connection | Non
     task_id
         The task's number, its id, or a unique prefix of its id (8+ characters).
     as_json
-        Print the API's answer ``{"task_id", "state"}``.
+        Print the API's answer ``{"task_id", "number", "state"}``.
     """
     with connection(conn).client() as client:
         answer = client.resume(task_id)

@@ -174,6 +174,7 @@ def test_bad_input_is_one_error_line_and_exit_2_before_anything_is_sent(
         (["task", "submit", "--memory=-5G", "--", "x"], "memory: '-5G' is negative"),
         (["task", "submit", "--cores", "1.5", "--", "x"], "cores: '1.5' is not a whole number"),
         (["task", "submit", "--cores", "-1", "--", "x"], "cores: '-1' is negative"),
+        (["task", "submit", "--follow", "--json", "--", "x"], "follow: --follow writes"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(

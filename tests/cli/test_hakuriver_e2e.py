@@ -186,6 +186,54 @@ def test_list_filters_by_owner_node_status_batch_and_limit(cluster: Cluster, own
     ]
 
 
+def test_submit_follow_streams_the_output_while_the_task_runs(
+    cluster: Cluster, owner: str, tmp_path: Path
+) -> None:
+    # Given a task that prints, then waits for a gate, then prints again
+    gate = tmp_path / "gate"
+    script = f"echo first; echo warn >&2; while [ ! -e '{gate}' ]; do sleep 0.02; done; echo last"
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "cli.hakuriver", "task", "submit", "--follow", "--target", "n1",
+         "--container", "NULL", "--owner", owner, "--", "sh", "-c", script],
+        env=cluster.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert follow.stdout is not None
+    # Then its first line arrives while it still runs (it cannot end before the gate)
+    assert follow.stdout.readline() == b"first\n"
+    gate.touch()
+    rest, err = follow.communicate(timeout=30)
+    assert (rest, follow.returncode) == (b"last\n", 0)
+    # stdout is the task's output alone; its stderr, the submission and the end on stderr
+    lines = err.decode().splitlines()
+    assert lines[0].startswith("submitted 1 task: ")
+    number = lines[0].rsplit(" ", 1)[1]
+    assert "warn" in lines
+    assert lines[-1] == f"{number}  completed  exit=0  node=n1"
+
+
+def test_submit_follow_labels_each_line_with_its_task_when_there_are_several(
+    cluster: Cluster, owner: str
+) -> None:
+    done = run(
+        cluster, "hakuriver", "task", "submit", "--follow", "--target", "n1", "--target", "n2",
+        "--container", "NULL", "--owner", owner, "--poll-interval", "0.1",
+        "--", "sh", "-c", "echo one; echo two; echo oops >&2; exit 3",
+    )  # fmt: skip
+    assert done.returncode == 1  # as --wait: not all completed
+    err = done.stderr.decode().splitlines()
+    numbers = err[0].removeprefix("submitted 2 tasks: ").split()
+    assert len(numbers) == 2
+    out = done.stdout.decode().splitlines()
+    for number in numbers:
+        assert [line for line in out if line.startswith(f"{number}: ")] == [
+            f"{number}: one",
+            f"{number}: two",
+        ]
+        assert f"{number}: oops" in err
+    assert len(out) == 4
+    assert err[-1] == "2 of 2 tasks did not complete"
+
+
 @pytest.mark.parametrize("columns", [80, 160])
 def test_list_on_a_terminal_fits_its_width(cluster: Cluster, owner: str, columns: int) -> None:
     # Given a task with a long command and a name, listed on a terminal `columns` wide
