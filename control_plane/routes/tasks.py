@@ -177,7 +177,7 @@ async def _pause_or_resume(request: Request, ident: str, pause: bool) -> HTTPRes
         task = _task(cp, ident)
         wanted_from = "running" if pause else "paused"
         if task.state != wanted_from:
-            raise Conflict("task_id", f"cannot {verb} task {task.task_id}: it is {task.state}")
+            raise Conflict("task_id", f"cannot {verb} task {task.number}: it is {task.state}")
         if task.node not in cp.agents:
             raise Conflict("task_id", f"cannot {verb} now: node {task.node} is not connected")
         event: AnyEvent = (
