@@ -28,6 +28,7 @@ STATE_STYLES = {
     "killed": "red",
     "killed_oom": "red",
     "lost": "bright_black",
+    "unknown": "yellow",
 }
 
 _UNITS = ("B", "K", "M", "G", "T", "P")
