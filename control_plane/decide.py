@@ -37,7 +37,7 @@ NO_CONTAINER = "NULL"
 def never_fits(node: NodeView, cores: int, memory: int | None, target: Target) -> str | None:
     """Why a task could never run on ``node`` even when it is idle; None if it could."""
     if cores > node.cores:
-        return f"asks for {cores} cores, {node.name} has {node.cores}"
+        return f"asks for {_cores(cores)}, {node.name} has {node.cores}"
     if memory is not None and node.memory_bytes and memory > node.memory_bytes:
         return f"asks for {memory} bytes of memory, {node.name} has {node.memory_bytes}"
     if target.numa_id is not None:
@@ -46,7 +46,7 @@ def never_fits(node: NodeView, cores: int, memory: int | None, target: Target) -
             return f"{node.name} has no NUMA node {target.numa_id} (has {numa_ids})"
         if cores > node.numa_cores(target.numa_id):
             return (
-                f"asks for {cores} cores, NUMA node {target.numa_id} of {node.name}"
+                f"asks for {_cores(cores)}, NUMA node {target.numa_id} of {node.name}"
                 f" has {node.numa_cores(target.numa_id)}"
             )
     gpu_ids = {gpu.id for gpu in node.gpus}
@@ -179,7 +179,7 @@ def decide_kill(state: ClusterState, task_id: str, requested_by: str) -> list[An
     if task is None:
         raise InvalidRequest("task_id", f"no task {task_id!r}")
     if task.is_final or task.state == "lost":
-        raise InvalidRequest("task_id", f"task {task_id} is already {task.state}")
+        raise InvalidRequest("task_id", f"task {task.number} is already {task.state}")
     events: list[AnyEvent] = [TaskKillRequested(task_id=task_id, requested_by=requested_by)]
     if task.state == "pending":
         events.append(TaskFinished(task_id=task_id, state="killed", message="killed while queued"))
@@ -306,3 +306,7 @@ def run_command(task: TaskView) -> link.Run:
         gpu_ids=task.gpu_ids,
         numa_id=task.numa_id,
     )
+
+
+def _cores(count: int) -> str:
+    return f"{count} core" if count == 1 else f"{count} cores"

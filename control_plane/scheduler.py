@@ -52,7 +52,7 @@ class _Room:
     def refusal(self, task: TaskView) -> str | None:
         spec = task.spec
         if spec.cores > self.cores:
-            return f"{self.cores} cores free, needs {spec.cores}"
+            return f"{_cores(self.cores)} free, needs {spec.cores}"
         if self.memory is not None and spec.memory_bytes and spec.memory_bytes > self.memory:
             return f"{self.memory} bytes of memory free, needs {spec.memory_bytes}"
         busy = [g for g in spec.gpu_ids if g not in self.gpus]
@@ -63,7 +63,7 @@ class _Room:
             if free is None:
                 return f"no NUMA node {spec.numa_id}"
             if spec.cores > free:
-                return f"{free} cores free on NUMA node {spec.numa_id}, needs {spec.cores}"
+                return f"{_cores(free)} free on NUMA node {spec.numa_id}, needs {spec.cores}"
         return None
 
     def take(self, task: TaskView) -> None:
@@ -146,3 +146,7 @@ class Scheduler:
             reason=reason,
             rejected=tuple(rejected),
         )
+
+
+def _cores(count: int) -> str:
+    return f"{count} core" if count == 1 else f"{count} cores"

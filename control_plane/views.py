@@ -7,6 +7,7 @@ never rename one.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from msgspec import Struct
@@ -26,6 +27,7 @@ def iso(us: int | None) -> str | None:
 
 class TaskOut(Struct, kw_only=True):
     task_id: str
+    number: int
     batch_id: str
     task_type: str
     state: str
@@ -62,6 +64,7 @@ class TaskOut(Struct, kw_only=True):
         took = durations(task)
         return cls(
             task_id=task.task_id,
+            number=task.number,
             batch_id=spec.batch_id,
             task_type=spec.task_type,
             state=task.state,
@@ -112,12 +115,15 @@ class NodeOut(Struct, kw_only=True):
     gpu_usage: list[GpuUsage]
     temperatures: dict[str, float]
     running_task_ids: list[str]
+    running_task_numbers: list[int]
     task_ids: list[str]
     registered_at: str | None
     last_seen: str | None
 
     @classmethod
-    def of(cls, node: NodeView) -> NodeOut:
+    def of(cls, node: NodeView, tasks: Mapping[str, TaskView] | None = None) -> NodeOut:
+        """The node's document; ``tasks`` (the state's) to give its running tasks' numbers."""
+        known = tasks or {}
         return cls(
             name=node.name,
             address=node.address,
@@ -136,6 +142,9 @@ class NodeOut(Struct, kw_only=True):
             gpu_usage=list(node.gpu_usage),
             temperatures=dict(node.temperatures),
             running_task_ids=list(node.running_task_ids),
+            running_task_numbers=[
+                known[task_id].number for task_id in node.running_task_ids if task_id in known
+            ],
             task_ids=list(node.task_ids),
             registered_at=iso(node.registered_at_us),
             last_seen=iso(node.last_seen_us),

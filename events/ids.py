@@ -51,3 +51,13 @@ _UUID7 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-
 def is_uuid7(event_id: object) -> bool:
     """True if ``event_id`` is a canonical (lower-case, hyphenated) UUIDv7 string."""
     return isinstance(event_id, str) and _UUID7.fullmatch(event_id) is not None
+
+
+# A task number as people type it: canonical decimal, at most 10 digits. UUIDv7 ids
+# start with "0" until the year 10889, so no id prefix is ever spelled like one.
+_TASK_NUMBER = re.compile(r"[1-9][0-9]{0,9}")
+
+
+def task_number(ident: str) -> int | None:
+    """The task number ``ident`` spells (``12``), or None if it is not one."""
+    return int(ident) if _TASK_NUMBER.fullmatch(ident) else None

@@ -163,9 +163,15 @@ class NodeOnline(_NodeEvent, frozen=True, kw_only=True, tag="node.online"):
 
 
 class TaskSubmitted(_TaskEvent, frozen=True, kw_only=True, tag="task.submitted"):
-    """A user asked for a task; one event per target, tied by ``spec.batch_id``."""
+    """A user asked for a task; one event per target, tied by ``spec.batch_id``.
+
+    ``number`` is the task's number in the cluster (1, 2, 3, ... in submission order),
+    the short id people type; 0 in events recorded before numbers existed, which the
+    fold numbers on after the highest so far.
+    """
 
     spec: TaskSpec
+    number: NonNegInt = 0
 
 
 class TaskPlaced(_TaskEvent, frozen=True, kw_only=True, tag="task.placed"):

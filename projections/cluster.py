@@ -71,6 +71,9 @@ class ClusterState:
         self.pending: dict[str, None] = {}
         self.anomalies: list[Anomaly] = []
         self.last_seq = 0
+        # Task numbers: the highest given so far, and which task each names.
+        self.last_number = 0
+        self.numbers: dict[int, str] = {}
 
     # -- folding -----------------------------------------------------------------------------
 
@@ -96,8 +99,18 @@ class ClusterState:
                 if e.task_id in self.tasks:
                     self._flag(recorded, e.task_id, "task id submitted twice")
                     return
+                number = e.number or self.last_number + 1  # 0: recorded before numbers
+                if number in self.numbers:
+                    self._flag(recorded, e.task_id, f"task number {number} given twice")
+                else:
+                    self.numbers[number] = e.task_id
+                self.last_number = max(self.last_number, number)
                 self.tasks[e.task_id] = TaskView(
-                    task_id=e.task_id, spec=e.spec, submitted_at_us=at, last_seq=recorded.seq
+                    task_id=e.task_id,
+                    spec=e.spec,
+                    number=number,
+                    submitted_at_us=at,
+                    last_seq=recorded.seq,
                 )
                 self.pending[e.task_id] = None
             case TaskPlaced() as e:
@@ -277,12 +290,37 @@ class ClusterState:
             snap = _snapshot_decoder.decode(data)
         if snap.format != SNAPSHOT_FORMAT:
             raise ValueError(f"snapshot format {snap.format} is not {SNAPSHOT_FORMAT}")
+        return cls.assemble(snap.last_seq, snap.tasks, snap.nodes, snap.anomalies)
+
+    @classmethod
+    def assemble(
+        cls,
+        last_seq: int,
+        tasks: Iterable[TaskView],
+        nodes: Iterable[NodeView],
+        anomalies: list[Anomaly],
+        last_number: int = 0,
+    ) -> ClusterState:
+        """A state from its parts (tasks in submission order), as a snapshot keeps them.
+
+        Tasks without a number (a snapshot written before numbers existed) are numbered
+        as the fold numbers them: on after the highest so far. ``last_number`` is the
+        highest number given when ``tasks`` are not all of them (a history snapshot's
+        live part).
+        """
         state = cls()
-        state.last_seq = snap.last_seq
-        state.tasks = {task.task_id: task for task in snap.tasks}
-        state.nodes = {node.name: node for node in snap.nodes}
-        state.pending = {t.task_id: None for t in snap.tasks if t.state == "pending"}
-        state.anomalies = snap.anomalies
+        state.last_seq = last_seq
+        state.last_number = last_number
+        for task in tasks:
+            if not task.number:
+                task.number = state.last_number + 1
+            state.last_number = max(state.last_number, task.number)
+            state.numbers.setdefault(task.number, task.task_id)
+            state.tasks[task.task_id] = task
+            if task.state == "pending":
+                state.pending[task.task_id] = None
+        state.nodes = {node.name: node for node in nodes}
+        state.anomalies = anomalies
         return state
 
     @classmethod

@@ -69,14 +69,26 @@ def nodes_sql(source: str = "events") -> str:
     )
 
 
+# A task's number: the one its task.submitted carries, or for one recorded before
+# numbers existed (0) its place among the submissions, as the fold numbers it. (The two
+# agree because the host numbers each submission one past the highest so far.)
+_NUMBER = """
+    CASE WHEN kind = 'task.submitted' THEN coalesce(
+        nullif((payload->>'$.number')::BIGINT, 0),
+        row_number() OVER (PARTITION BY kind = 'task.submitted' ORDER BY seq))
+    END
+"""
+
 _TASKS_TEMPLATE = f"""
 WITH t AS (
-    SELECT seq, kind, epoch_us(recorded_at) AS ts, payload, payload->>'$.task_id' AS task_id
+    SELECT seq, kind, epoch_us(recorded_at) AS ts, payload, payload->>'$.task_id' AS task_id,
+        {_NUMBER} AS number
     FROM {{source}}
     WHERE kind LIKE 'task.%'
 )
 SELECT
     task_id,
+    any_value(number) FILTER (WHERE kind = 'task.submitted') AS number,
     arg_max({_STATE_OF_KIND}, seq) FILTER (WHERE kind IN ({STATE_KINDS})) AS state,
     arg_max_null(payload->>'$.node', seq) FILTER (WHERE kind = 'task.placed') AS node,
     coalesce(arg_max_null((payload->>'$.cores')::BIGINT, seq)
@@ -156,3 +168,11 @@ FROM nodes LEFT JOIN alloc ON alloc.node = nodes.name
 
 TASKS_SQL = tasks_sql()
 NODES_SQL = nodes_sql()
+
+
+def task_numbers_sql(source: str = "events") -> str:
+    """``(task_id, number)`` of every submitted task, numbered as the fold numbers them."""
+    return (
+        f"SELECT payload->>'$.task_id' AS task_id, {_NUMBER} AS number"
+        f" FROM {source} WHERE kind = 'task.submitted'"
+    )

@@ -119,6 +119,7 @@ class TaskView(Struct, kw_only=True, gc=False):
 
     task_id: str
     spec: TaskSpec
+    number: int = 0  # the cluster-wide task number (see TaskSubmitted)
     state: str = "pending"
     node: str | None = None
     cores: int = 0

@@ -87,6 +87,8 @@ def without_ended(state: ClusterState) -> ClusterState:
     out.tasks = {k: t for k, t in state.tasks.items() if t.state not in ENDED_STATES}
     out.nodes = state.nodes
     out.pending = dict(state.pending)
+    out.last_number = state.last_number
+    out.numbers = {n: task_id for n, task_id in state.numbers.items() if task_id in out.tasks}
     return out
 
 

@@ -11,7 +11,8 @@ node reports late (lost -> a final state). So each ``history-<seq>.snap`` stores
 * only the tasks that ended (or, lost, took their final state) since the previous
   history snapshot, and the anomalies flagged since then, left undecoded until a full
   restore needs them (a later copy of a task replaces an earlier one);
-* the previous snapshot's seq, the number of tasks, and the greatest task id so far.
+* the previous snapshot's seq, the number of tasks, the greatest task id so far, and the
+  highest task number given (the live part alone cannot tell it).
 
 So the files together hold each ended task about once (disk linear in the log), the
 state *without ended tasks* at any point is one small file plus at most N events, and
@@ -40,7 +41,7 @@ from projections.tasks import ENDED_STATES, FINAL_STATES, TaskView
 from replay_tools.logfile import LogFile, as_log
 
 HISTORY_SNAPSHOT = "history"
-HISTORY_FORMAT = 2
+HISTORY_FORMAT = 3  # 3: max_number (task numbers)
 HISTORY_EVERY = 20_000
 
 Entries = list[tuple[int, TaskView]]
@@ -59,6 +60,7 @@ class HistorySnapshot(msgspec.Struct, kw_only=True):
     active: Entries
     ended: msgspec.Raw
     anomalies: msgspec.Raw
+    max_number: int = 0
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -101,7 +103,7 @@ def latest_history(log: LogFile, at_or_before: int) -> HistorySnapshot | None:
 def restore_live_part(snap: HistorySnapshot) -> ClusterState:
     """The state at the snapshot without its ended tasks (and without anomalies)."""
     tasks = [view for _, view in snap.active]
-    return _state(snap.state_seq, tasks, snap.nodes, [])
+    return _state(snap.state_seq, tasks, snap.nodes, [], snap.max_number)
 
 
 def restore_full(log: LogFile, snap: HistorySnapshot) -> ClusterState | None:
@@ -139,20 +141,18 @@ def restore_full(log: LogFile, snap: HistorySnapshot) -> ClusterState | None:
         tasks = [view for view in slots if view is not None]
         if len(tasks) != snap.task_count:
             return None
-        return _state(snap.state_seq, tasks, snap.nodes, anomalies)
+        return _state(snap.state_seq, tasks, snap.nodes, anomalies, snap.max_number)
 
 
 def _state(
-    last_seq: int, tasks: Sequence[TaskView], nodes: Sequence[NodeView], anomalies: list[Anomaly]
+    last_seq: int,
+    tasks: Sequence[TaskView],
+    nodes: Sequence[NodeView],
+    anomalies: list[Anomaly],
+    last_number: int,
 ) -> ClusterState:
     """A ClusterState from its parts, as ``ClusterState.restore`` builds one."""
-    state = ClusterState()
-    state.last_seq = last_seq
-    state.tasks = {task.task_id: task for task in tasks}
-    state.nodes = {node.name: node for node in nodes}
-    state.pending = {task.task_id: None for task in tasks if task.state == "pending"}
-    state.anomalies = anomalies
-    return state
+    return ClusterState.assemble(last_seq, tasks, nodes, anomalies, last_number)
 
 
 class HistoryWriter:
@@ -248,6 +248,7 @@ class HistoryWriter:
             active=active,
             ended=msgspec.Raw(_encoder.encode(ended)),
             anomalies=msgspec.Raw(_encoder.encode(state.anomalies[self._anomalies :])),
+            max_number=state.last_number,
         )
         anchor = log.hash_at(mark)
         if anchor is None:
@@ -270,7 +271,7 @@ class HistoryWriter:
 
 
 def _stub(view: TaskView) -> TaskView:
-    return TaskView(task_id=view.task_id, spec=_STUB_SPEC, state=view.state)
+    return TaskView(task_id=view.task_id, spec=_STUB_SPEC, number=view.number, state=view.state)
 
 
 def write_history_snapshots(

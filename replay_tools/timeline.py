@@ -9,9 +9,11 @@ from typing import Any
 import msgspec
 
 from events.envelope import Recorded
+from events.ids import task_number
 from events.types import Rejection, TaskPlaced, TaskSpec, TaskSubmitted
 from projections.cluster import ClusterState
 from projections.durations import TaskDurations, durations
+from projections.sql import task_numbers_sql
 from replay_tools.logfile import LogFile, as_log
 from replay_tools.points import iso
 from replay_tools.replay import state_at
@@ -47,6 +49,7 @@ class PlacementExplanation(msgspec.Struct, frozen=True, kw_only=True):
     task_id: str
     state: str
     placed: bool
+    number: int = 0
     node: str | None = None
     policy: str = ""
     reason: str = ""
@@ -87,6 +90,7 @@ def task_history(source: str | Path | LogFile, task_id: str) -> dict[str, Any]:
     took = durations(task) if task is not None else TaskDurations(None, None, None)
     return {
         "task_id": task_id,
+        "number": number_of(source, task_id, records),
         "state": task.state if task is not None else "unknown",
         "node": task.node if task is not None else None,
         **took._asdict(),
@@ -127,11 +131,13 @@ def explain_placement(
         raise UnknownTask("no events for that task")
     task_id = records[0].stream.removeprefix("task:")
     task_state = state.tasks[task_id].state if state and task_id in state.tasks else "unknown"
+    number = state.tasks[task_id].number if state and task_id in state.tasks else 0
     placed = [r.event for r in records if isinstance(r.event, TaskPlaced)]
     if placed:
         e = placed[-1]
         return PlacementExplanation(
             task_id=task_id,
+            number=number,
             state=task_state,
             placed=True,
             node=e.node,
@@ -148,10 +154,16 @@ def explain_placement(
         blockers = _blockers(state, spec) if state else ()
         message = "still pending: no node has had room for it yet"
         return PlacementExplanation(
-            task_id=task_id, state=task_state, placed=False, rejected=blockers, message=message
+            task_id=task_id,
+            number=number,
+            state=task_state,
+            placed=False,
+            rejected=blockers,
+            message=message,
         )
     return PlacementExplanation(
         task_id=task_id,
+        number=number,
         state=task_state,
         placed=False,
         message=f"never placed; it ended as {task_state}",
@@ -186,6 +198,7 @@ def why(source: str | Path | LogFile, task_id: str) -> PlacementExplanation:
         # task) come from the live part of the current state: no ended task is needed.
         own = ClusterState()
         own.apply_all(records)
+        own.tasks[task_id].number = number_of(log, task_id, records)  # not the own fold's
         nodes = state_at(log, ended=False)
         nodes.tasks = own.tasks
         return explain_placement(records, nodes)
@@ -194,10 +207,42 @@ def why(source: str | Path | LogFile, task_id: str) -> PlacementExplanation:
             log.close()
 
 
-def resolve_task(source: str | Path | LogFile, ident: str) -> str:
-    """A task id from a full id or a unique prefix of at least 8 characters (UnknownTask)."""
+def number_of(source: str | Path | LogFile, task_id: str, records: Sequence[Recorded]) -> int:
+    """The task's number: its ``task.submitted`` carries it, or, recorded before numbers
+    existed, its place among the submissions (0 when it was never submitted)."""
+    for r in records:
+        if isinstance(r.event, TaskSubmitted) and r.event.number:
+            return r.event.number
     log, owned = as_log(source)
     try:
+        row = log.con.execute(
+            f"SELECT number FROM ({task_numbers_sql()}) WHERE task_id = ? LIMIT 1", [task_id]
+        ).fetchone()
+    finally:
+        if owned:
+            log.close()
+    return int(row[0]) if row else 0
+
+
+def resolve_task(source: str | Path | LogFile, ident: str) -> str:
+    """A task id from its number, its full id, or a unique prefix of at least 8 characters
+    (UnknownTask). A number is canonical decimal (``12``): a UUIDv7 starts with 0."""
+    log, owned = as_log(source)
+    try:
+        number = task_number(ident)
+        if number is not None:
+            found = (
+                log.con.execute(
+                    "SELECT payload->>'$.task_id' FROM events WHERE kind = 'task.submitted'"
+                    " AND (payload->>'$.number')::BIGINT = ? LIMIT 1",
+                    [number],
+                ).fetchone()
+                or log.con.execute(  # a log from before task numbers
+                    f"SELECT task_id FROM ({task_numbers_sql()}) WHERE number = ? LIMIT 1", [number]
+                ).fetchone()
+            )
+            if found:
+                return str(found[0])
         rows = log.con.execute(
             "SELECT DISTINCT substr(stream, 6) AS id FROM events"
             " WHERE kind = 'task.submitted' AND starts_with(stream, 'task:' || ?)"

@@ -1,32 +1,31 @@
 """A small synchronous client for the control plane's REST API (docs/api.md).
 
-One ``httpx.Client`` per ``HakuClient``; every method is one request (``wait``
-polls). Failures come back as ``ApiError`` built from the API's JSON error body,
-or ``Unreachable`` when there is no control plane to answer.
+One kept-alive connection per ``HakuClient`` (wire.py, HTTP/1.1 on a socket:
+``httpx`` or even ``http.client`` took longer to import than a whole ``task
+submit`` should take; docs/decisions.md, "A CLI that answers at once"); every
+method is one request (``wait`` polls). Failures come back as ``ApiError`` built
+from the API's JSON error body, or ``Unreachable`` when there is no control plane
+to answer.
 """
 
 from __future__ import annotations
 
-import getpass
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Literal, get_args
-from urllib.parse import quote
+from typing import Any, Literal
+from urllib.parse import quote, urlencode, urlsplit
 
-import httpx
-
-from control_plane.actors import ACTOR_HEADER, actor_header_value
-from projections.tasks import ENDED_STATES, TaskState
-
-# ``lost`` is not final in the state machine (a late report may still settle it),
-# but a client waiting on a task has nothing more to wait for once its node is gone.
-DONE_STATES: frozenset[str] = ENDED_STATES
-TASK_STATES: tuple[str, ...] = get_args(TaskState)
+from cli.hakuriver import wire
 
 Stream = Literal["stdout", "stderr"]
 Json = dict[str, Any]
+Params = Mapping[str, str | int]
+
+# A kept-alive connection idle this long is not reused for a POST: if the server
+# closed it meanwhile, the request could not be retried without risking a double submit.
+_POST_REUSE_S = 2.0
 
 
 class ApiError(Exception):
@@ -59,8 +58,35 @@ class Unreachable(ApiError):
         self.url = url
 
 
+class Answer:
+    """A whole answer: status, headers (lower-case names), body, and what was asked."""
+
+    __slots__ = ("body", "headers", "reason", "status", "url")
+
+    def __init__(
+        self, status: int, reason: str, headers: Mapping[str, str], body: bytes, url: str
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.body = body
+        self.url = url
+
+    @property
+    def text(self) -> str:
+        """The body as text (undecodable bytes replaced)."""
+        return self.body.decode("utf-8", "replace")
+
+
+# Who makes a request (control_plane/actors.py has the rule; the name is spelled here too
+# so that `task submit` need not import the control plane; a test holds the two equal).
+ACTOR_HEADER = "X-HakuRiver-User"
+
+
 def login_name() -> str:
     """The user running the CLI: who its requests come from, and the default task owner."""
+    import getpass
+
     try:
         return getpass.getuser()
     except (OSError, KeyError):
@@ -68,8 +94,8 @@ def login_name() -> str:
 
 
 def actor_headers(user: str | None = None) -> dict[str, str]:
-    """The header naming who makes the requests (control_plane/actors.py): sent on every one."""
-    return {ACTOR_HEADER: actor_header_value(user or login_name())}
+    """The header naming who makes the requests (percent-encoded UTF-8), sent on every one."""
+    return {ACTOR_HEADER: quote(user or login_name(), safe="")}
 
 
 class HakuClient:
@@ -78,25 +104,27 @@ class HakuClient:
     Every request names ``user`` (default: the login name) as who made it.
     """
 
-    def __init__(
-        self,
-        base_url: str,
-        timeout: float = 30.0,
-        *,
-        transport: httpx.BaseTransport | None = None,
-        user: str | None = None,
-    ) -> None:
+    def __init__(self, base_url: str, timeout: float = 30.0, *, user: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(
-            base_url=self.base_url,
-            timeout=timeout,
-            transport=transport,
-            headers=actor_headers(user),
+        parts = urlsplit(self.base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise Unreachable(base_url, "not an http:// or https:// URL")
+        https = parts.scheme == "https"
+        port = parts.port or (443 if https else 80)
+        self._prefix = parts.path
+        headers = actor_headers(user)
+        self._conn = wire.Connection(
+            parts.hostname, port, https=https, timeout=timeout, headers=headers
         )
+        self._stream_conn = wire.Connection(
+            parts.hostname, port, https=https, timeout=timeout, headers=headers
+        )
+        self._idle_since = 0.0
 
     def close(self) -> None:
-        """Close the connection pool."""
-        self._http.close()
+        """Close the kept-alive connection."""
+        self._conn.close()
+        self._stream_conn.close()
 
     def __enter__(self) -> HakuClient:
         return self
@@ -112,15 +140,15 @@ class HakuClient:
     # --- tasks -----------------------------------------------------------------------
 
     def submit(self, request: Json) -> Json:
-        """``POST /api/tasks``: ``{"batch_id", "task_ids"}``."""
-        return self._json("POST", "/api/tasks", json=request)
+        """``POST /api/tasks``: ``{"batch_id", "task_ids", "numbers"}``."""
+        return self._json("POST", "/api/tasks", body=request)
 
     def submit_batch(self, requests: Sequence[Json]) -> Json:
         """``POST /api/batches``: several submit requests as one batch, all or nothing."""
-        return self._json("POST", "/api/batches", json={"tasks": list(requests)})
+        return self._json("POST", "/api/batches", body={"tasks": list(requests)})
 
     def task(self, task_id: str) -> Json:
-        """``GET /api/tasks/{id}``: one task (a full id or a unique prefix of 8+ characters)."""
+        """``GET /api/tasks/{id}``: one task (its number, full id or unique id prefix)."""
         return self._json("GET", f"/api/tasks/{_segment(task_id)}")
 
     def tasks(
@@ -148,16 +176,16 @@ class HakuClient:
     def kill(
         self, task_id: str, *, requested_by: str | None = None, reason: str | None = None
     ) -> Json:
-        """``POST /api/tasks/{id}/kill``: ``{"task_id", "state"}``."""
+        """``POST /api/tasks/{id}/kill``: ``{"task_id", "number", "state"}``."""
         body = {k: v for k, v in (("requested_by", requested_by), ("reason", reason)) if v}
-        return self._json("POST", f"/api/tasks/{_segment(task_id)}/kill", json=body)
+        return self._json("POST", f"/api/tasks/{_segment(task_id)}/kill", body=body)
 
     def pause(self, task_id: str) -> Json:
-        """``POST /api/tasks/{id}/pause``: ``{"task_id", "state"}``."""
+        """``POST /api/tasks/{id}/pause``: ``{"task_id", "number", "state"}``."""
         return self._json("POST", f"/api/tasks/{_segment(task_id)}/pause")
 
     def resume(self, task_id: str) -> Json:
-        """``POST /api/tasks/{id}/resume``: ``{"task_id", "state"}``."""
+        """``POST /api/tasks/{id}/resume``: ``{"task_id", "number", "state"}``."""
         return self._json("POST", f"/api/tasks/{_segment(task_id)}/resume")
 
     def logs(
@@ -168,11 +196,11 @@ class HakuClient:
         tail: int | None = None,
     ) -> tuple[bytes, int | None]:
         """The task's output so far and the offset to continue from (``X-Next-Offset``)."""
-        response = self._send(
+        answer = self._send(
             "GET", _log_path(task_id, stream), params=_log_params(offset, tail, follow=False)
         )
-        header = response.headers.get("X-Next-Offset")
-        return response.content, int(header) if header and header.isdigit() else None
+        header = answer.headers.get("x-next-offset")
+        return answer.body, int(header) if header and header.isdigit() else None
 
     def follow_logs(
         self,
@@ -182,23 +210,8 @@ class HakuClient:
         tail: int | None = None,
     ) -> Iterator[bytes]:
         """The task's output as it is written, until the task ends (``?follow=1``)."""
-        params = _log_params(offset, tail, follow=True)
-        request = self._http.build_request(
-            "GET", _log_path(task_id, stream), params=params, timeout=httpx.Timeout(None)
-        )
-        try:
-            response = self._http.send(request, stream=True)
-        except httpx.TransportError as exc:
-            raise self._unreachable(exc) from None
-        try:
-            if response.is_error:
-                response.read()
-                raise _error_of(response)
-            yield from response.iter_bytes()
-        except httpx.TransportError as exc:
-            raise self._unreachable(exc) from None
-        finally:
-            response.close()
+        path = _log_path(task_id, stream)
+        yield from self._stream("GET", path, _log_params(offset, tail, follow=True))
 
     def wait(
         self,
@@ -212,6 +225,8 @@ class HakuClient:
         ``on_done`` is called once per task as it is seen done. Raises ``TimeoutError``
         after ``timeout`` seconds.
         """
+        from projections.tasks import ENDED_STATES  # not on the import path of `task submit`
+
         deadline = None if timeout is None else time.monotonic() + timeout
         done: dict[str, Json] = {}
         while True:
@@ -219,7 +234,9 @@ class HakuClient:
                 if task_id in done:
                     continue
                 task = self.task(task_id)
-                if task["state"] in DONE_STATES:
+                # ``lost`` is not final in the state machine (a late report may still
+                # settle it), but a client has nothing more to wait for once its node is gone.
+                if task["state"] in ENDED_STATES:
                     done[task_id] = task
                     if on_done is not None:
                         on_done(task)
@@ -245,8 +262,6 @@ class HakuClient:
         """``GET /api/health``: the cluster's summary."""
         return self._json("GET", "/api/health")
 
-    # --- plumbing ----------------------------------------------------------------------
-
     # --- environments (docs/environments.md) -----------------------------------------
 
     def env_containers(self) -> list[Json]:
@@ -257,7 +272,7 @@ class HakuClient:
     def env_create(self, image: str, name: str) -> Json:
         """``POST /api/environments/containers``: create and start an environment container."""
         return self._json(
-            "POST", "/api/environments/containers", json={"image": image, "name": name}
+            "POST", "/api/environments/containers", body={"image": image, "name": name}
         )
 
     def env_action(self, name: str, action: Literal["start", "stop"]) -> Json:
@@ -277,64 +292,99 @@ class HakuClient:
 
         An ``error`` line (the packaging failed after it started) is raised as ApiError.
         """
-        path = f"/api/environments/{_segment(name)}/tar"
-        try:
-            with self._http.stream("POST", path, timeout=httpx.Timeout(30, read=None)) as answer:
-                if answer.is_error:
-                    answer.read()
-                    raise _error_of(answer)
-                for line in answer.iter_lines():
-                    if not line.strip():
-                        continue
-                    step: Json = json.loads(line)
-                    if step.get("step") == "error":
-                        raise ApiError(
-                            int(step.get("status") or 500),
-                            "packaging_failed",
-                            step.get("field"),
-                            str(step.get("message")),
-                        )
-                    yield step
-        except httpx.TransportError as exc:
-            raise self._unreachable(exc) from None
+        for line in _lines(self._stream("POST", f"/api/environments/{_segment(name)}/tar", {})):
+            if not line.strip():
+                continue
+            step: Json = json.loads(line)
+            if step.get("step") == "error":
+                raise ApiError(
+                    int(step.get("status") or 500),
+                    "packaging_failed",
+                    step.get("field"),
+                    str(step.get("message")),
+                )
+            yield step
 
     def ws_url(self, path: str) -> str:
         """The websocket URL of an API path."""
         base = self.base_url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
         return base + path
 
-    def _json(self, method: str, path: str, **kwargs: Any) -> Json:
-        response = self._send(method, path, **kwargs)
+    # --- plumbing ----------------------------------------------------------------------
+
+    def _json(
+        self, method: str, path: str, *, params: Params | None = None, body: Json | None = None
+    ) -> Json:
+        answer = self._send(method, path, params=params, body=body)
         try:
-            document = response.json()
+            document = json.loads(answer.body)
         except ValueError:
             raise ApiError(
-                response.status_code,
+                answer.status,
                 "bad_answer",
                 None,
-                f"{method} {path} answered {response.status_code} with something that is"
-                f" not JSON: {response.text[:200]!r}",
+                f"{method} {path} answered {answer.status} with something that is"
+                f" not JSON: {answer.text[:200]!r}",
             ) from None
         if not isinstance(document, dict):
             raise ApiError(
-                response.status_code, "bad_answer", None, f"{method} {path}: expected an object"
+                answer.status, "bad_answer", None, f"{method} {path}: expected an object"
             )
         return document
 
-    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _send(
+        self, method: str, path: str, *, params: Params | None = None, body: Json | None = None
+    ) -> Answer:
+        """One request on the kept-alive connection; an error answer raises ``ApiError``."""
+        target = self._target(path, params)
+        payload = None if body is None else json.dumps(body).encode()
+        content_type = "application/json" if payload is not None else ""
+        conn = self._conn
+        if conn.is_open and method != "GET" and time.monotonic() - self._idle_since > _POST_REUSE_S:
+            conn.close()
+        reused = conn.is_open
         try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
+            try:
+                got = conn.request(method, target, payload, content_type)
+            except (ConnectionError, wire.WireError):
+                # A kept-alive connection the server closed meanwhile: a GET is safe to repeat.
+                if not (reused and method == "GET"):
+                    raise
+                conn.close()
+                got = conn.request(method, target, payload, content_type)
+        except OSError as exc:
+            conn.close()
             raise self._unreachable(exc) from None
-        if response.is_error:
-            raise _error_of(response)
-        return response
+        self._idle_since = time.monotonic()
+        answer = Answer(got.status, got.reason, got.headers, got.body, self.base_url + target)
+        if answer.status >= 400:
+            raise _error_of(answer)
+        return answer
 
-    def _unreachable(self, exc: httpx.TransportError) -> Unreachable:
-        if isinstance(exc, httpx.ConnectError):
-            return Unreachable(self.base_url)
-        if isinstance(exc, httpx.TimeoutException):
+    def _stream(self, method: str, path: str, params: Params) -> Iterator[bytes]:
+        """An answer's body as it arrives, on a second connection with no read timeout."""
+        target = self._target(path, params)
+        conn = self._stream_conn
+        try:
+            got, pieces = conn.stream(method, target, b"" if method == "POST" else None)
+            if got.status >= 400:
+                body = b"".join(pieces)
+                url = self.base_url + target
+                raise _error_of(Answer(got.status, got.reason, got.headers, body, url))
+            yield from pieces
+        except OSError as exc:
+            conn.close()
+            raise self._unreachable(exc) from None
+
+    def _target(self, path: str, params: Params | None) -> str:
+        query = urlencode(params) if params else ""
+        return self._prefix + path + (f"?{query}" if query else "")
+
+    def _unreachable(self, exc: BaseException) -> Unreachable:
+        if isinstance(exc, TimeoutError):
             return Unreachable(self.base_url, "no answer in time")
+        if isinstance(exc, ConnectionRefusedError):
+            return Unreachable(self.base_url)
         return Unreachable(self.base_url, str(exc) or type(exc).__name__)
 
 
@@ -354,16 +404,27 @@ def _log_params(offset: int | None, tail: int | None, *, follow: bool) -> dict[s
     return {key: value for key, value in params.items() if value is not None}
 
 
-def _error_of(response: httpx.Response) -> ApiError:
+def _lines(pieces: Iterator[bytes]) -> Iterator[bytes]:
+    """The lines of a body that arrives in pieces (the last one maybe without a newline)."""
+    pending = b""
+    for piece in pieces:
+        pending += piece
+        *whole, pending = pending.split(b"\n")
+        yield from whole
+    if pending:
+        yield pending
+
+
+def _error_of(answer: Answer) -> ApiError:
     """The ``ApiError`` an error answer describes (its JSON body, or its text)."""
-    status = response.status_code
+    status = answer.status
     try:
-        body = response.json()
+        body = json.loads(answer.body)
     except ValueError:
         body = None
     if isinstance(body, dict) and "message" in body:
         return ApiError(
             status, str(body.get("error", "error")), body.get("field"), str(body["message"])
         )
-    text = response.text.strip()[:200] or response.reason_phrase
-    return ApiError(status, "http_error", None, f"HTTP {status} from {response.url}: {text}")
+    text = answer.text.strip()[:200] or answer.reason
+    return ApiError(status, "http_error", None, f"HTTP {status} from {answer.url}: {text}")

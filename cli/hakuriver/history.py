@@ -126,7 +126,7 @@ def tail(
         family: task.*, node.*, env.*, ssh.* (node.* without heartbeats: name
         node.heartbeat to see them).
     task
-        Only this task's events (its id, or a unique prefix of 8+ characters).
+        Only this task's events (its number, its id, or a unique prefix of its id).
     node
         Only events of this node, or naming it (placements, starts, ...).
     source
@@ -239,7 +239,7 @@ def task_history(
     Parameters
     ----------
     task_id
-        The task's id, or a unique prefix of at least 8 characters.
+        The task's number, its id, or a unique prefix of its id (8+ characters).
     as_json
         Print the API's document ``{"task_id", "state", "node", "events": [...]}``.
     """
@@ -268,7 +268,7 @@ def why(
     Parameters
     ----------
     task_id
-        The task's id, or a unique prefix of at least 8 characters.
+        The task's number, its id, or a unique prefix of its id (8+ characters).
     as_json
         Print the API's document.
     """

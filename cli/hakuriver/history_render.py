@@ -17,7 +17,14 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
-from cli.hakuriver.render import human_duration, human_time, node_table, state_text, task_table
+from cli.hakuriver.render import (
+    human_duration,
+    human_time,
+    node_table,
+    state_text,
+    task_label,
+    task_table,
+)
 
 Doc = Mapping[str, Any]
 
@@ -70,7 +77,7 @@ _DURATIONS = (
 
 def timeline_table(history: Doc) -> Group:
     """``task history ID``: every event of the task, with the time between them."""
-    head = Text(f"task {history.get('task_id', '?')}: ")
+    head = Text(f"task {task_label(history)}: ")
     head.append_text(state_text(history.get("state")))
     if history.get("node"):
         head.append(f" on {history['node']}")
@@ -121,7 +128,7 @@ def why_panel(explanation: Doc) -> Panel:
         parts.append(table)
     return Panel(
         Group(*parts),
-        title=f"why task {explanation.get('task_id', '?')}",
+        title=f"why task {task_label(explanation)}",
         title_align="left",
         expand=False,
     )

@@ -7,6 +7,7 @@ Sizes are 1000-based like the seeds' ``--memory`` (``512M``, ``4G``).
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -27,6 +28,7 @@ STATE_STYLES = {
     "killed": "red",
     "killed_oom": "red",
     "lost": "bright_black",
+    "unknown": "yellow",
 }
 
 _UNITS = ("B", "K", "M", "G", "T", "P")
@@ -78,19 +80,29 @@ def state_text(state: str | None) -> Text:
     return Text(state, style=STATE_STYLES.get(state, ""))
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 core``, ``2 cores``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def command_line(task: Doc, width: int | None = None) -> str:
-    """The task's argument vector as one line, cut to ``width`` characters."""
-    words = [str(task.get("command", "")), *map(str, task.get("args") or [])]
-    line = " ".join(_quoted(word) for word in words)
+    """The task's argument vector as a shell would read it (``shlex.join``), cut to ``width``."""
+    line = shlex.join([str(task.get("command", "")), *map(str, task.get("args") or [])])
     if width is not None and len(line) > width:
         return line[: width - 1] + "…"
     return line
 
 
-def _quoted(word: str) -> str:
-    if word and not any(c.isspace() or c in "'\"\\$`" for c in word):
-        return word
-    return "'" + word.replace("'", "'\\''") + "'"
+def task_ref(task: Doc) -> str:
+    """What people call a task: its number (its id from a server that gives none)."""
+    return str(task.get("number") or task.get("task_id", "?"))
+
+
+def task_label(task: Doc) -> str:
+    """A task named in a title: its number, with its full id."""
+    if task.get("number"):
+        return f"{task['number']} ({task.get('task_id', '?')})"
+    return str(task.get("task_id", "?"))
 
 
 def _placement(task: Doc) -> str:
@@ -108,32 +120,67 @@ def _placement(task: Doc) -> str:
 # --- tasks ---------------------------------------------------------------------------
 
 
-def task_table(tasks: Sequence[Doc]) -> Table:
-    """The ``task list`` table: one row per task, newest first as the API sends them."""
+def task_table(tasks: Sequence[Doc], width: int = 200) -> Table:
+    """The ``task list`` table, newest first as the API sends them, fitted to ``width``.
+
+    The command wraps in the room left; when even a narrow command column does not fit,
+    the least important columns go first (memory, cores, the submission date, then the
+    submission time, the node, the exit code). Number, state and command always stay.
+    """
+    rows = [_task_row(task) for task in tasks]
+    columns = list(_TASK_COLUMNS)
+    widths = {c: max([len(c), *(len(row[c]) for row in rows)]) for c in columns}
+    widths["SUBMITTED"] = len("SUBMITTED")  # its short form: the time only
+    label = max([len(_LABEL), *(len(row[_LABEL]) for row in rows)])
+    wanted = min(label, _COMMAND_ROOM)
+    for drop in (None, *_DROP_ORDER):
+        if drop == "SUBMITTED (UTC)":  # first shortened to the time of day
+            columns[columns.index(drop)] = "SUBMITTED"
+        elif drop is not None:
+            columns.remove(drop)
+        room = width - sum(widths[c] for c in columns) - _GAP * len(columns)
+        if room >= wanted:
+            break
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("TASK ID", "STATE", "NODE", "CORES", "MEMORY", "SUBMITTED (UTC)", "EXIT"):
-        # These never shrink: a cut id or state is useless; the command column gives way.
-        table.add_column(column, no_wrap=True, min_width=_WIDTHS.get(column, len(column)))
-    table.add_column("NAME / COMMAND", overflow="ellipsis", no_wrap=True, ratio=1)
-    for task in tasks:
-        exit_code = task.get("exit_code")
-        label = command_line(task, 60)
-        if task.get("name"):
-            label = f"[{task['name']}] {label}"
-        table.add_row(
-            str(task.get("task_id", "?")),
-            state_text(task.get("state")),
-            _placement(task),
-            str(task.get("cores", "-")),
-            human_size(task.get("memory_bytes")),
-            human_time(task.get("submitted_at"), short=True),
-            "-" if exit_code is None else str(exit_code),
-            Text(label),
-        )
+    for column in columns:
+        table.add_column(column, no_wrap=True, min_width=widths[column], max_width=widths[column])
+    room = max(room, 10)
+    table.add_column(_LABEL, overflow="fold", min_width=min(label, room), max_width=room)
+    for task, row in zip(tasks, rows, strict=True):
+        cells: list[Text | str] = [
+            state_text(task.get("state")) if c == "STATE" else row[c] for c in columns
+        ]
+        table.add_row(*cells, Text(row[_LABEL]))
     return table
 
 
-_WIDTHS = {"TASK ID": 36, "STATE": 10, "SUBMITTED (UTC)": 15}
+_LABEL = "NAME / COMMAND"
+_TASK_COLUMNS = ("ID", "STATE", "NODE", "CORES", "MEMORY", "SUBMITTED (UTC)", "EXIT")
+_DROP_ORDER = ("MEMORY", "CORES", "SUBMITTED (UTC)", "SUBMITTED", "NODE", "EXIT")
+# The command column's width below which columns are dropped, and the space between columns.
+_COMMAND_ROOM = 24
+_GAP = 2
+# A command longer than this is cut, even where there is room to wrap it.
+_COMMAND_MAX = 500
+
+
+def _task_row(task: Doc) -> dict[str, str]:
+    exit_code = task.get("exit_code")
+    label = command_line(task, _COMMAND_MAX)
+    if task.get("name"):
+        label = f"[{task['name']}] {label}"
+    submitted = human_time(task.get("submitted_at"), short=True)
+    return {
+        "ID": task_ref(task),
+        "STATE": str(task.get("state") or "?"),
+        "NODE": _placement(task),
+        "CORES": str(task.get("cores", "-")),
+        "MEMORY": human_size(task.get("memory_bytes")),
+        "SUBMITTED (UTC)": submitted,
+        "SUBMITTED": submitted.rpartition(" ")[2],
+        "EXIT": "-" if exit_code is None else str(exit_code),
+        _LABEL: label,
+    }
 
 
 def task_detail(task: Doc) -> Panel:
@@ -142,6 +189,7 @@ def task_detail(task: Doc) -> Panel:
     mounts = [_mount(m) for m in task.get("mounts") or []]
     env = task.get("env") or {}
     rows: list[tuple[str, RenderableType | str]] = [
+        ("id", str(task.get("task_id", "?"))),
         ("state", state_text(task.get("state"))),
         ("command", Text(command_line(task))),
         ("name", task.get("name") or "-"),
@@ -172,7 +220,7 @@ def task_detail(task: Doc) -> Panel:
     ]
     for key, value in rows:
         grid.add_row(key, value)
-    return Panel(grid, title=f"task {task.get('task_id', '?')}", title_align="left", expand=False)
+    return Panel(grid, title=f"task {task_ref(task)}", title_align="left", expand=False)
 
 
 def _container(task: Doc) -> str:
@@ -191,8 +239,8 @@ def _mount(mount: Any) -> str:
 
 
 def final_line(task: Doc) -> str:
-    """One line for a task that is done: id, state, exit code, node, message."""
-    parts = [str(task.get("task_id", "?")), str(task.get("state", "?"))]
+    """One line for a task that is done: number, state, exit code, node, message."""
+    parts = [task_ref(task), str(task.get("state", "?"))]
     if task.get("exit_code") is not None:
         parts.append(f"exit={task['exit_code']}")
     if task.get("node"):
@@ -247,8 +295,8 @@ def node_detail(node: Doc) -> Panel:
         "temperatures",
         "  ".join(f"{name} {value:.0f}°C" for name, value in temperatures.items()) or "-",
     )
-    running = node.get("running_task_ids") or []
-    grid.add_row("running tasks", "\n".join(running) or "-")
+    running = node.get("running_task_numbers") or node.get("running_task_ids") or []
+    grid.add_row("running tasks", ", ".join(map(str, running)) or "-")
     grid.add_row("registered", human_time(node.get("registered_at")))
     grid.add_row("last seen", human_time(node.get("last_seen")))
     parts: list[RenderableType] = [grid]

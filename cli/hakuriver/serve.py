@@ -263,7 +263,7 @@ def run_up(
         asked: int | None = None
         if stop_tasks_on_exit and cp is not None:
             # Before the agent stops: it is the one that kills them and reports how.
-            from cli.hakuriver.submission import login_name
+            from cli.hakuriver.client import login_name
 
             asked, _ = await leaving.stop_tasks(cp, url, requested_by=login_name())
         agent = child.get("agent")

@@ -1,8 +1,7 @@
-"""From ``task submit`` options to submit requests, and what happens after submitting.
+"""``task submit``'s options as cyclopts parameters, and what happens after submitting.
 
-The options are checked here as far as the client can (target, size and mount
-syntax, ``KEY=VALUE`` pairs) so a typo fails before anything is sent, with the
-same field names the API uses (``targets[1]``). The server checks everything again.
+The options become a request in submit_request.py (shared with the quick path,
+quick.py); this module adds waiting for the tasks and ``hakurun --submit``.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from typing import Annotated, Any
 from cyclopts import App, CycloptsError, Parameter, validators
 
 from cli.hakuriver.client import HakuClient
-from cli.hakuriver.client import login_name as login_name  # its old home: still importable
+from cli.hakuriver.follow import Followers
 from cli.hakuriver.invocation import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -28,12 +27,14 @@ from cli.hakuriver.invocation import (
     reported,
     say,
 )
-from cli.hakuriver.render import final_line
-from control_plane.requests import InvalidRequest, parse_mount, parse_size, parse_target
+from cli.hakuriver.render import final_line, plural
+from cli.hakuriver.submit_request import Request, build_request, print_submitted
+from control_plane.notation import InvalidRequest
 
-Request = dict[str, Any]
-
-EXAMPLE = "hakuriver task submit --target node1 -- echo hello"
+# A size or a core count may be written negative: a value to refuse, not an option.
+Signed = Parameter(allow_leading_hyphen=True)
+# After the tasks end, how long their output streams may take to drain.
+_DRAIN_S = 30.0
 
 
 @Parameter(name="*")
@@ -45,11 +46,12 @@ class SubmitOptions:
     """Where to run: HOST, HOST:NUMA, HOST::GPU[,GPU...]; repeat for one task per target.
     Without it the host places the task on any node that fits."""
 
-    cores: int | None = None
-    """CPU cores per task (the host's default: 1)."""
+    cores: Annotated[str | None, Signed] = None
+    """CPU cores per task, a whole number (the host's default: 1). 0: no core accounting:
+    the task reserves no core on its node, and is neither pinned nor limited to any."""
 
-    memory: str | None = None
-    """Memory limit per task: 512M, 4G (1000-based) or 2Gi (1024-based)."""
+    memory: Annotated[str | None, Signed] = None
+    """Memory limit per task: 512M, 4G (1000-based) or 2Gi (1024-based); more than 0."""
 
     env: list[str] = field(default_factory=list)
     """Environment variable KEY=VALUE for the task (repeatable)."""
@@ -71,64 +73,46 @@ class SubmitOptions:
 
     def request(self, command: Sequence[str]) -> Request:
         """The ``POST /api/tasks`` body running ``command``; raises ``InvalidRequest``."""
-        if not command or not command[0]:
-            raise InvalidRequest(
-                "command", f"nothing to run: put the command after --, as in `{EXAMPLE}`"
-            )
-        request: Request = {"command": command[0], "args": list(command[1:])}
-        if self.target:
-            request["targets"] = check_targets(self.target)
-        if self.cores is not None:
-            request["cores"] = self.cores
-        if self.memory is not None:
-            parse_size(self.memory, "memory")
-            request["memory"] = self.memory.strip()
-        if self.env:
-            request["env"] = parse_env(self.env)
-        if self.container is not None:
-            request["container"] = self.container
-        if self.mount:
-            for index, mount in enumerate(self.mount):
-                parse_mount(mount, f"mounts[{index}]")
-            request["mounts"] = list(self.mount)
-        if self.privileged is not None:
-            request["privileged"] = self.privileged
-        request["owner"] = self.owner or login_name()
-        if self.name is not None:
-            request["name"] = self.name
-        return request
+        return build_request(
+            command,
+            target=self.target,
+            cores=self.cores,
+            memory=self.memory,
+            env=self.env,
+            container=self.container,
+            mount=self.mount,
+            privileged=self.privileged,
+            owner=self.owner,
+            name=self.name,
+        )
 
 
 @Parameter(name="*")
 @dataclass(frozen=True, kw_only=True)
 class WaitOptions:
-    """Whether to wait for the submitted tasks, and how often to look."""
+    """Whether to wait for the submitted tasks (and show their output), how often to look."""
 
     wait: bool = False
     """Wait until every task is done; exit 1 unless all completed."""
 
+    follow: bool = False
+    """Wait, writing the tasks' stdout and stderr to ours as they run; with several tasks,
+    each line starts with its task's number (as srun --label)."""
+
     poll_interval: Annotated[float, Parameter(validator=validators.Number(gt=0))] = 1.0
     """Seconds between status checks while waiting."""
 
+    @property
+    def waits(self) -> bool:
+        """Whether to wait (``--follow`` waits too)."""
+        return self.wait or self.follow
 
-def check_targets(targets: Sequence[str]) -> list[str]:
-    """The targets, stripped, each checked against ``HOST[:NUMA][::GPU,...]``."""
-    checked = []
-    for index, target in enumerate(targets):
-        parse_target(target, f"targets[{index}]")
-        checked.append(target.strip())
-    return checked
-
-
-def parse_env(pairs: Sequence[str]) -> dict[str, str]:
-    """``KEY=VALUE`` words as a dict (a later KEY wins); raises ``InvalidRequest``."""
-    env: dict[str, str] = {}
-    for pair in pairs:
-        key, equals, value = pair.partition("=")
-        if not equals or not key.strip():
-            raise InvalidRequest("env", f"{pair!r} is not KEY=VALUE (as in --env DEBUG=1)")
-        env[key.strip()] = value
-    return env
+    def check(self, *, as_json: bool) -> None:
+        """Refuse what cannot be combined, before anything is submitted."""
+        if self.follow and as_json:
+            raise InvalidRequest(
+                "follow", "--follow writes the tasks' output, --json one document: pick one"
+            )
 
 
 def report_submission(
@@ -141,25 +125,37 @@ def report_submission(
 ) -> int:
     """Print what was submitted; with ``--wait``, wait and print how each task ended.
 
-    Without ``--json`` stdout gets the task ids one per line (after ``header``), and
-    the final states go to stderr, so stdout stays a list of ids for scripts.
+    Without ``--json`` stdout gets the task numbers one per line (after ``header``), and
+    the final states go to stderr, so stdout stays a list of numbers for scripts. With
+    ``--follow`` stdout is the tasks' output instead, and the numbers go to stderr.
     """
     task_ids: list[str] = list(answer.get("task_ids", []))
-    if not as_json:
+    numbers = [str(n) for n in answer.get("numbers") or task_ids]
+    if waiting.follow:
         if header is not None:
-            say(header)
-        for task_id in task_ids:
-            say(task_id)
-    elif not waiting.wait:
-        print_json(answer)
-    if not waiting.wait:
+            note(header)
+        note(f"submitted {plural(len(numbers), 'task')}: {' '.join(numbers)}")
+    elif not (as_json and waiting.wait):  # with both, one document at the end
+        print_submitted(answer, as_json=as_json, header=header)
+    if not waiting.waits:
         return 0
+    followers = (
+        Followers(client.base_url, list(zip(task_ids, numbers, strict=True)))
+        if waiting.follow
+        else None
+    )
     try:
         finals = client.wait(
             task_ids,
             waiting.poll_interval,
-            on_done=None if as_json else lambda task: note(final_line(task)),
+            on_done=None if as_json or waiting.follow else lambda task: note(final_line(task)),
         )
+        if followers is not None:
+            followers.join(_DRAIN_S)  # what the tasks wrote last, before how they ended
+            for line in followers.errors:
+                note(f"warning: could not follow the {line}")
+            for task in finals:
+                note(final_line(task))
     except KeyboardInterrupt:
         return fail(
             "stopped waiting; the tasks keep running (see `hakuriver task list"
@@ -170,7 +166,7 @@ def report_submission(
         print_json({**answer, "tasks": finals})
     unfinished = [task for task in finals if task.get("state") != "completed"]
     if unfinished and not as_json:
-        note(f"{len(unfinished)} of {len(finals)} tasks did not complete")
+        note(f"{len(unfinished)} of {plural(len(finals), 'task')} did not complete")
     return EXIT_FAILED if unfinished else 0
 
 
@@ -208,10 +204,12 @@ def submit_sweep(
         Parameters
         ----------
         as_json
-            Print the API's answer ``{"batch_id", "task_ids"}`` (with --wait, also ``tasks``).
+            Print the API's answer ``{"batch_id", "task_ids", "numbers"}`` (with --wait,
+            also ``tasks``).
         """
         chosen = options or SubmitOptions()
         requests = [chosen.request([command, *arguments]) for arguments in argument_vectors]
+        (waiting or WaitOptions()).check(as_json=as_json)
         if dry_run:
             for request in requests:
                 say(json.dumps(request, ensure_ascii=False, separators=(",", ":")))

@@ -8,25 +8,22 @@ from typing import Annotated
 
 from cyclopts import App, Parameter, validators
 
-from cli.hakuriver.client import TASK_STATES, Stream
+from cli.hakuriver.client import Stream, login_name
 from cli.hakuriver.invocation import (
     Connection,
     JsonFlag,
     connection,
     note,
+    output_width,
     print_json,
     reported,
     say,
     show,
 )
-from cli.hakuriver.render import task_detail, task_table
-from cli.hakuriver.submission import (
-    SubmitOptions,
-    WaitOptions,
-    login_name,
-    report_submission,
-)
-from control_plane.requests import InvalidRequest
+from cli.hakuriver.render import task_detail, task_ref, task_table
+from cli.hakuriver.submission import SubmitOptions, WaitOptions, report_submission
+from control_plane.notation import InvalidRequest
+from projections.tasks import STATES
 
 task_app = App(name="task", help="Submit tasks, see how they run, read their output, stop them.")
 
@@ -42,19 +39,22 @@ def submit(
 ) -> int:
     """Submit COMMAND [ARGS...] (after --): one task per --target, all in one batch.
 
-    Prints the task ids, one a line. The command runs as an argument vector: no shell.
+    Prints the task numbers, one a line. The command runs as an argument vector: no shell.
 
     Parameters
     ----------
     command
         The command and its arguments, after ``--``.
     as_json
-        Print the API's answer ``{"batch_id", "task_ids"}`` (with --wait, also ``tasks``).
+        Print the API's answer ``{"batch_id", "task_ids", "numbers"}`` (with --wait, also
+        ``tasks``).
     """
     request = (options or SubmitOptions()).request(command)
+    waiting = waiting or WaitOptions()
+    waiting.check(as_json=as_json)
     with connection(conn).client() as client:
         answer = client.submit(request)
-        return report_submission(client, answer, waiting or WaitOptions(), as_json=as_json)
+        return report_submission(client, answer, waiting, as_json=as_json)
 
 
 @task_app.command
@@ -65,7 +65,7 @@ def status(task_id: str, /, *, as_json: JsonFlag = False, conn: Connection | Non
     Parameters
     ----------
     task_id
-        The task's id, or a unique prefix of at least 8 characters.
+        The task's number, its id, or a unique prefix of its id (8+ characters).
     as_json
         Print the API's task document.
     """
@@ -96,7 +96,7 @@ def list_tasks(
     ----------
     status
         Only tasks in this state (repeatable, or a comma list): pending, assigning, running,
-        paused, completed, failed, killed, killed_oom, lost.
+        paused, unknown (its node is unreachable), completed, failed, killed, killed_oom, lost.
     node
         Only tasks placed on this node.
     batch
@@ -114,7 +114,7 @@ def list_tasks(
     if as_json:
         print_json({"tasks": tasks})
     elif tasks:
-        show(task_table(tasks))
+        show(task_table(tasks, output_width()))
     else:
         note("no tasks match")
     return 0
@@ -124,10 +124,8 @@ def _states(words: Sequence[str]) -> list[str]:
     """The ``--status`` values, split on commas and checked against the task states."""
     states = [state.strip() for word in words for state in word.split(",") if state.strip()]
     for state in states:
-        if state not in TASK_STATES:
-            raise InvalidRequest(
-                "status", f"{state!r} is not a task state ({', '.join(TASK_STATES)})"
-            )
+        if state not in STATES:
+            raise InvalidRequest("status", f"{state!r} is not a task state ({', '.join(STATES)})")
     return states
 
 
@@ -139,9 +137,9 @@ def kill(task_id: str, /, *, as_json: JsonFlag = False, conn: Connection | None 
     Parameters
     ----------
     task_id
-        The task's id, or a unique prefix of at least 8 characters.
+        The task's number, its id, or a unique prefix of its id (8+ characters).
     as_json
-        Print the API's answer ``{"task_id", "state"}``.
+        Print the API's answer ``{"task_id", "number", "state"}``.
     """
     with connection(conn).client() as client:
         answer = client.kill(task_id, requested_by=login_name())
@@ -156,9 +154,9 @@ def pause(task_id: str, /, *, as_json: JsonFlag = False, conn: Connection | None
     Parameters
     ----------
     task_id
-        The task's id, or a unique prefix of at least 8 characters.
+        The task's number, its id, or a unique prefix of its id (8+ characters).
     as_json
-        Print the API's answer ``{"task_id", "state"}``.
+        Print the API's answer ``{"task_id", "number", "state"}``.
     """
     with connection(conn).client() as client:
         answer = client.pause(task_id)
@@ -173,9 +171,9 @@ def resume(task_id: str, /, *, as_json: JsonFlag = False, conn: Connection | Non
     Parameters
     ----------
     task_id
-        The task's id, or a unique prefix of at least 8 characters.
+        The task's number, its id, or a unique prefix of its id (8+ characters).
     as_json
-        Print the API's answer ``{"task_id", "state"}``.
+        Print the API's answer ``{"task_id", "number", "state"}``.
     """
     with connection(conn).client() as client:
         answer = client.resume(task_id)
@@ -186,7 +184,7 @@ def _acknowledge(action: str, answer: dict[str, object], as_json: bool) -> int:
     if as_json:
         print_json(answer)
     else:
-        say(f"{answer.get('task_id')}: {action} requested (it was {answer.get('state')})")
+        say(f"{task_ref(answer)}: {action} requested (it was {answer.get('state')})")
     return 0
 
 
@@ -205,7 +203,7 @@ def stdout(
     Parameters
     ----------
     task_id
-        The task's id, or a unique prefix of at least 8 characters.
+        The task's number, its id, or a unique prefix of its id (8+ characters).
     tail
         Only the last N lines.
     follow
@@ -229,7 +227,7 @@ def stderr(
     Parameters
     ----------
     task_id
-        The task's id, or a unique prefix of at least 8 characters.
+        The task's number, its id, or a unique prefix of its id (8+ characters).
     tail
         Only the last N lines.
     follow

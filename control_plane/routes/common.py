@@ -88,7 +88,7 @@ def query_int(request: Request, name: str, *, minimum: int = 0) -> int | None:
 
 
 def task_id_of(cp: ControlPlane, ident: str, field: str = "task_id") -> str:
-    """The task ``ident`` names (a full id or a unique prefix of 8+ characters).
+    """The task ``ident`` names (its number, its id, or a unique prefix of 8+ characters).
 
     ``NotFound`` when it names none; ``InvalidRequest`` (400) naming some of the
     matches when it is a prefix of several.
@@ -98,4 +98,7 @@ def task_id_of(cp: ControlPlane, ident: str, field: str = "task_id") -> str:
         return matches[0]
     if matches:
         raise InvalidRequest(field, str(AmbiguousTask(ident, matches)))
-    raise NotFound(field, f"no task {ident!r} (give its id or a unique prefix of 8+ characters)")
+    raise NotFound(
+        field,
+        f"no task {ident!r} (give its number, its id, or a unique prefix of 8+ characters)",
+    )

@@ -17,16 +17,18 @@ bp = Blueprint("nodes", url_prefix="/api")
 async def list_nodes(request: Request) -> HTTPResponse:
     """Every node ever registered, online or not."""
     state = control_plane(request).state
-    return answer({"nodes": [NodeOut.of(n) for n in sorted(state.nodes.values(), key=_name)]})
+    nodes = sorted(state.nodes.values(), key=_name)
+    return answer({"nodes": [NodeOut.of(n, state.tasks) for n in nodes]})
 
 
 @bp.get("/nodes/<name:str>")
 async def get_node(request: Request, name: str) -> HTTPResponse:
     """One node in detail."""
-    node = control_plane(request).state.nodes.get(name)
+    state = control_plane(request).state
+    node = state.nodes.get(name)
     if node is None:
         raise NotFound("node", f"no node {name!r}")
-    return answer(NodeOut.of(node))
+    return answer(NodeOut.of(node, state.tasks))
 
 
 @bp.get("/health")

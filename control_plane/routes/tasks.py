@@ -56,8 +56,15 @@ async def _submit(cp: ControlPlane, requests: list[SubmitTask], envs: Environmen
             if len(requests) == 1:
                 raise
             raise InvalidRequest(f"tasks[{i}].{exc.field}", exc.message) from None
-    await cp.submit(events)
-    return answer({"batch_id": batch_id, "task_ids": [e.task_id for e in events]}, status=201)
+    recorded = await cp.submit(events)
+    return answer(
+        {
+            "batch_id": batch_id,
+            "task_ids": [e.task_id for e in recorded],
+            "numbers": [e.number for e in recorded],
+        },
+        status=201,
+    )
 
 
 @bp.post("/tasks")
@@ -161,7 +168,7 @@ async def kill(request: Request, ident: str) -> HTTPResponse:
                 reason=reason or f"requested by {by}",
             ),
         )
-    return answer({"task_id": task.task_id, "state": task.state}, status=202)
+    return answer({"task_id": task.task_id, "number": task.number, "state": task.state}, status=202)
 
 
 async def _pause_or_resume(request: Request, ident: str, pause: bool) -> HTTPResponse:
@@ -178,7 +185,7 @@ async def _pause_or_resume(request: Request, ident: str, pause: bool) -> HTTPRes
                 " (the task's state is unknown until the node comes back)",
             )
         if task.state != wanted_from:
-            raise Conflict("task_id", f"cannot {verb} task {task.task_id}: it is {task.state}")
+            raise Conflict("task_id", f"cannot {verb} task {task.number}: it is {task.state}")
         if task.node not in cp.agents:
             raise Conflict("task_id", f"cannot {verb} now: node {task.node} is not connected")
         event: AnyEvent = (
@@ -190,7 +197,7 @@ async def _pause_or_resume(request: Request, ident: str, pause: bool) -> HTTPRes
     message = link.Pause(task_id=task.task_id) if pause else link.Resume(task_id=task.task_id)
     if not await cp.send_to_node(task.node, message):
         raise Conflict("task_id", f"cannot {verb} now: node {task.node} is not connected")
-    return answer({"task_id": task.task_id, "state": task.state}, status=202)
+    return answer({"task_id": task.task_id, "number": task.number, "state": task.state}, status=202)
 
 
 @bp.post("/tasks/<ident:str>/pause")

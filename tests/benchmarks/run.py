@@ -10,7 +10,13 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHMARKS = ["bench_store.py", "bench_cluster.py", "bench_history.py", "bench_docker.py"]
+BENCHMARKS = [
+    "bench_store.py",
+    "bench_cluster.py",
+    "bench_cli.py",
+    "bench_history.py",
+    "bench_docker.py",
+]
 
 
 def main() -> int:

@@ -7,21 +7,23 @@ on, so a test can tell "refused before sending" (exit 2) from "tried to send" (e
 
 from __future__ import annotations
 
+import json
 import socket
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from cli.hakuriver.client import ApiError, _error_of
+from cli.hakuriver.client import Answer, ApiError, _error_of
+from cli.hakuriver.commands import app
 from cli.hakuriver.config import DEFAULT_CONFIG
-from cli.hakuriver.main import app, main
+from cli.hakuriver.main import main
 from cli.hakuriver.nodes import list_nodes
 from cli.hakuriver.seeds import SeedUsageError, client_main, client_words, init_main, task_words
-from cli.hakuriver.submission import SubmitOptions, login_name, parse_env
+from cli.hakuriver.submission import SubmitOptions
+from cli.hakuriver.submit_request import login_name, parse_env
 from cli.hakuriver.tasks import submit
 from control_plane.requests import InvalidRequest
 
@@ -160,12 +162,19 @@ def test_bad_input_is_one_error_line_and_exit_2_before_anything_is_sent(
     [
         (["task", "submit", "--target", "n1"], "nothing to run: put the command after --"),
         (["task", "submit", "--bogus", "--", "x"], "Unknown option: --bogus"),
-        (["task", "submit", "--cores", "many", "--", "x"], "--cores"),
+        (["task", "submit", "--cores", "many", "--", "x"], "cores: 'many' is not a number"),
         (["task", "list", "--status", "runing"], "'runing' is not a task state"),
         (["task", "stdout", "0123456789", "--tail", "-1"], "--tail"),
         (["task", "list", "--limit", "0"], "--limit"),
         (["task", "submit", "--wait", "--poll-interval", "0", "--", "x"], "--poll-interval"),
         (["task", "explode"], 'Unknown command "explode"'),
+        # Resource values that cannot work, refused before sending (issue 11)
+        (["task", "submit", "--memory", "0", "--", "x"], "memory: '0' is no memory at all"),
+        (["task", "submit", "--memory", "-5G", "--", "x"], "memory: '-5G' is negative"),
+        (["task", "submit", "--memory=-5G", "--", "x"], "memory: '-5G' is negative"),
+        (["task", "submit", "--cores", "1.5", "--", "x"], "cores: '1.5' is not a whole number"),
+        (["task", "submit", "--cores", "-1", "--", "x"], "cores: '-1' is negative"),
+        (["task", "submit", "--follow", "--json", "--", "x"], "follow: --follow writes"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(
@@ -177,6 +186,45 @@ def test_usage_errors_exit_2_with_one_line(
     assert err.startswith("error: ")
     assert says in err
     assert err.count("\n") == 1
+
+
+def test_no_core_accounting_is_allowed_and_explained() -> None:
+    assert request_of("--cores", "0", "--", "x")["cores"] == 0
+    assert request_of("--cores", "12", "--", "x")["cores"] == 12
+    help_page = help_of("task", "submit")
+    assert "0: no core accounting" in help_page
+    assert "more than 0" in help_page
+
+
+def help_of(*words: str) -> str:
+    """``hakuriver WORDS --help`` as printed to a wide pipe, spaces collapsed."""
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        main([*words, "--help"])
+    return " ".join(out.getvalue().replace("│", " ").split())
+
+
+def test_a_command_without_the_separator_is_told_where_the_separator_goes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Its own option (--lr) was read as task submit's: the hint rewrites the line with --
+    code = main(["task", "submit", "--target", "vm", "python3", "script.py", "--lr", "0.1"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err == (
+        "error: Unknown option: --lr. Put the command to run after --, as in:"
+        " hakuriver task submit --target vm -- python3 script.py --lr 0.1\n"
+    )
+    main(["task", "submit", "--cores=2", "--env", "A=b c", "sh", "-c", "echo $A"])
+    assert "as in: hakuriver task submit --cores=2 --env 'A=b c' -- sh -c 'echo $A'\n" in (
+        capsys.readouterr().err
+    )
+    # An unknown option before any command word is just that: no hint
+    assert main(["task", "submit", "--lr", "0.1", "--", "x"]) == 2
+    assert capsys.readouterr().err == "error: Unknown option: --lr.\n"
 
 
 # --- reaching the control plane --------------------------------------------------------
@@ -217,16 +265,21 @@ def test_a_named_config_file_must_exist(tmp_path: Path, capsys: pytest.CaptureFi
     assert capsys.readouterr().err == f"error: config file {missing} does not exist\n"
 
 
+def answer(status: int, body: object) -> Answer:
+    """An answer of the control plane at http://host, as the client receives one."""
+    data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+    return Answer(status, "", {}, data, "http://host/api/tasks")
+
+
 def test_error_answers_become_api_errors_naming_the_field_once() -> None:
-    request = httpx.Request("POST", "http://host/api/tasks")
     body = {"error": "invalid_request", "field": "targets[1]", "message": "unknown node 'x'"}
-    error = _error_of(httpx.Response(400, json=body, request=request))
+    error = _error_of(answer(400, body))
     assert (error.status, error.error, error.field) == (400, "invalid_request", "targets[1]")
     assert str(error) == "targets[1]: unknown node 'x'"
     assert error.bad_input
     already = {**body, "message": "targets[1]: unknown node 'x'"}
-    assert str(_error_of(httpx.Response(400, json=already, request=request))) == str(error)
-    gateway = _error_of(httpx.Response(502, text="<html>Bad Gateway</html>", request=request))
+    assert str(_error_of(answer(400, already))) == str(error)
+    gateway = _error_of(answer(502, "<html>Bad Gateway</html>"))
     assert isinstance(gateway, ApiError)
     assert not gateway.bad_input
     assert "502" in str(gateway)

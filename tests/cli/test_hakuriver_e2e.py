@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 from support.cluster import Cluster, running_cluster
+from support.terminal import Terminal
 
 SEED_ENTRY = "import sys; from cli.hakuriver import seeds; sys.exit(seeds.{}())"
 
@@ -69,10 +71,15 @@ def gated(gate: Path, before: str = "", after: str = "") -> list[str]:
 
 
 def submitted(done: subprocess.CompletedProcess[bytes]) -> list[str]:
-    """The task ids a submit printed, one a line."""
-    ids = ok(done).split()
-    assert ids and all(len(task_id) == 36 for task_id in ids), ids
-    return ids
+    """The task numbers a submit printed, one a line (every command takes them as ids)."""
+    numbers = ok(done).split()
+    assert numbers and all(n.isdigit() and not n.startswith("0") for n in numbers), numbers
+    return numbers
+
+
+def number_of(cluster: Cluster, task_id: str) -> str:
+    """The task's number, as the CLI shows it."""
+    return str(cluster.task(task_id)["number"])
 
 
 # --- submit, wait, output ------------------------------------------------------------
@@ -85,6 +92,7 @@ def test_submit_wait_prints_the_ids_then_how_each_ended(cluster: Cluster, owner:
     )  # fmt: skip
     [task_id] = submitted(done)
     assert done.stderr.decode() == f"{task_id}  completed  exit=0  node=n1\n"
+    assert cluster.task(task_id)["task_id"].startswith("0")  # the number names the task
     assert run(cluster, "hakuriver", "task", "stdout", task_id).stdout == b"out\n"
     assert run(cluster, "hakuriver", "task", "stderr", task_id).stdout == b"err\n"
 
@@ -104,6 +112,11 @@ def test_wait_exits_1_when_a_task_does_not_complete(cluster: Cluster, owner: str
         for t, n in zip(ids, ("n1", "n2"), strict=True)
     )
     assert lines[2] == "2 of 2 tasks did not complete"
+    one = run(
+        cluster, "hakuriver", "task", "submit", "--target", "n1", "--container", "NULL",
+        "--owner", owner, "--wait", "--poll-interval", "0.1", "--", "false",
+    )  # fmt: skip
+    assert one.stderr.decode().splitlines()[-1] == "1 of 1 task did not complete"
 
 
 def test_submit_json_answers_with_the_batch_and_wait_adds_the_tasks(
@@ -113,8 +126,9 @@ def test_submit_json_answers_with_the_batch_and_wait_adds_the_tasks(
         run(cluster, "hakuriver", "task", "submit", "--container", "NULL", "--owner", owner,
             "--json", "--wait", "--", "true")
     )  # fmt: skip
-    assert set(answer) == {"batch_id", "task_ids", "tasks"}
+    assert set(answer) == {"batch_id", "task_ids", "numbers", "tasks"}
     assert [t["task_id"] for t in answer["tasks"]] == answer["task_ids"]
+    assert [t["number"] for t in answer["tasks"]] == answer["numbers"]
     assert answer["tasks"][0]["state"] == "completed"
     assert answer["tasks"][0]["batch_id"] == answer["batch_id"]
 
@@ -135,7 +149,7 @@ def test_an_unknown_task_is_exit_2_with_the_servers_reason(cluster: Cluster) -> 
     assert done.returncode == 2
     assert done.stderr.decode() == (
         "error: task_id: no task 'ffffffff-0000'"
-        " (give its id or a unique prefix of 8+ characters)\n"
+        " (give its number, its id, or a unique prefix of 8+ characters)\n"
     )
 
 
@@ -164,9 +178,87 @@ def test_list_filters_by_owner_node_status_batch_and_limit(cluster: Cluster, own
     batch = cluster.task(first[0])["batch_id"]
     assert listed("--batch", batch) == first
     assert listed("--owner", owner, "--limit", "1") == second
-    table = ok(run(cluster, "hakuriver", "task", "list", "--owner", owner))
-    assert first[0] in table
-    assert second[0] in table
+    table = ok(run(cluster, "hakuriver", "task", "list", "--owner", owner)).splitlines()
+    assert [line.split()[0] for line in table] == [
+        "ID",
+        number_of(cluster, second[0]),
+        number_of(cluster, first[0]),
+    ]
+
+
+def test_submit_follow_streams_the_output_while_the_task_runs(
+    cluster: Cluster, owner: str, tmp_path: Path
+) -> None:
+    # Given a task that prints, then waits for a gate, then prints again
+    gate = tmp_path / "gate"
+    script = f"echo first; echo warn >&2; while [ ! -e '{gate}' ]; do sleep 0.02; done; echo last"
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "cli.hakuriver", "task", "submit", "--follow", "--target", "n1",
+         "--container", "NULL", "--owner", owner, "--", "sh", "-c", script],
+        env=cluster.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert follow.stdout is not None
+    # Then its first line arrives while it still runs (it cannot end before the gate)
+    assert follow.stdout.readline() == b"first\n"
+    gate.touch()
+    rest, err = follow.communicate(timeout=30)
+    assert (rest, follow.returncode) == (b"last\n", 0)
+    # stdout is the task's output alone; its stderr, the submission and the end on stderr
+    lines = err.decode().splitlines()
+    assert lines[0].startswith("submitted 1 task: ")
+    number = lines[0].rsplit(" ", 1)[1]
+    assert "warn" in lines
+    assert lines[-1] == f"{number}  completed  exit=0  node=n1"
+
+
+def test_submit_follow_labels_each_line_with_its_task_when_there_are_several(
+    cluster: Cluster, owner: str
+) -> None:
+    done = run(
+        cluster, "hakuriver", "task", "submit", "--follow", "--target", "n1", "--target", "n2",
+        "--container", "NULL", "--owner", owner, "--poll-interval", "0.1",
+        "--", "sh", "-c", "echo one; echo two; echo oops >&2; exit 3",
+    )  # fmt: skip
+    assert done.returncode == 1  # as --wait: not all completed
+    err = done.stderr.decode().splitlines()
+    numbers = err[0].removeprefix("submitted 2 tasks: ").split()
+    assert len(numbers) == 2
+    out = done.stdout.decode().splitlines()
+    for number in numbers:
+        assert [line for line in out if line.startswith(f"{number}: ")] == [
+            f"{number}: one",
+            f"{number}: two",
+        ]
+        assert f"{number}: oops" in err
+    assert len(out) == 4
+    assert err[-1] == "2 of 2 tasks did not complete"
+
+
+@pytest.mark.parametrize("columns", [80, 160])
+def test_list_on_a_terminal_fits_its_width(cluster: Cluster, owner: str, columns: int) -> None:
+    # Given a task with a long command and a name, listed on a terminal `columns` wide
+    script = "for i in 1 2 3 4 5 6 7 8 9 10; do echo $i; done; echo the-end"
+    [task_id] = cluster.submit("sh", "-c", script, owner=owner, name="counting")
+    cluster.wait_state(task_id)
+    env = dict(cluster.env(), COLUMNS=str(columns))
+    terminal = Terminal(
+        [sys.executable, "-m", "cli.hakuriver", "task", "list", "--owner", owner],
+        env,
+        cols=columns,
+    )
+    try:
+        assert terminal.wait() == 0
+    finally:
+        terminal.close()
+    text = re.sub(rb"\x1b\[[0-9;]*m", b"", terminal.output).decode()
+    lines = text.replace("\r\n", "\n").rstrip("\n").split("\n")
+    # Then no line is cut by the terminal, the exit code and name are there, and the
+    # whole command, quoted as a shell reads it, wrapped within its column
+    assert max(len(line.rstrip()) for line in lines) <= columns, text
+    assert "EXIT" in lines[0] and lines[0].rstrip().endswith("NAME / COMMAND")
+    assert lines[1].split()[:3] == [str(cluster.task(task_id)["number"]), "completed", "n1"]
+    flat = " ".join(text.split())
+    assert f"[counting] sh -c '{script}'" in flat
 
 
 # --- control: kill, pause, resume, follow ----------------------------------------------
@@ -178,7 +270,7 @@ def test_kill_stops_a_running_task_and_a_second_kill_is_refused(
     [task_id] = cluster.submit(*gated(tmp_path / "never"), owner=owner)
     cluster.wait_state(task_id, "running")
     done = run(cluster, "hakuriver", "task", "kill", task_id)
-    assert ok(done) == f"{task_id}: kill requested (it was running)\n"
+    assert ok(done) == f"{number_of(cluster, task_id)}: kill requested (it was running)\n"
     assert cluster.wait_state(task_id)["state"] == "killed"
     again = run(cluster, "hakuriver", "task", "kill", task_id)
     assert again.returncode == 2
@@ -332,7 +424,7 @@ def test_hakurun_submit_makes_one_batch_of_one_task_per_combination(
     batch_id = header.removeprefix("batch ")
     assert len(ids) == 4
     batch = cluster.http.get(f"/api/batches/{batch_id}").json()
-    assert [t["task_id"] for t in batch["tasks"]] == ids
+    assert [str(t["number"]) for t in batch["tasks"]] == ids
     assert [cluster.output(t).decode() for t in ids] == [
         "lr 0.1 1\n",
         "lr 0.1 2\n",

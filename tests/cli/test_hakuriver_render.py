@@ -7,10 +7,13 @@ and sent through JSON, so a renamed field breaks these tests, not the CLI.
 from __future__ import annotations
 
 import io
+import subprocess
 from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rich.console import Console, RenderableType
 
 from cli.hakuriver import render
@@ -33,6 +36,7 @@ def document(struct: msgspec.Struct) -> dict[str, Any]:
 
 TASK = TaskOut(
     task_id="01a1fd8a-7873-72ea-bc3a-10258893ee91",
+    number=1207,
     batch_id="01a1fd8a-7873-72e9-b719-d9fe5abef44c",
     task_type="command",
     state="failed",
@@ -88,6 +92,7 @@ NODE = NodeOut(
     ],
     temperatures={"cpu": 55.0},
     running_task_ids=["01a1fd8a-7873-72ea-bc3a-10258893ee91"],
+    running_task_numbers=[1207],
     task_ids=["01a1fd8a-7873-72ea-bc3a-10258893ee91"],
     registered_at="2026-11-21T09:00:00Z",
     last_seen="2026-11-21T09:59:59.5Z",
@@ -97,13 +102,15 @@ NODE = NodeOut(
 def test_task_list_and_status_show_what_users_look_for() -> None:
     task = document(TASK)
     table = rendered(render.task_table([task]))
-    assert task["task_id"] in table
+    assert table.splitlines()[1].split()[0] == "1207"  # the number is the task's ID
     assert "failed" in table
     assert "n1:0::0,1" in table
     assert "2G" in table
     assert "[sweep-1] python train.py --note 'two words'" in table
     detail = rendered(render.task_detail(task))
+    assert detail.startswith("╭─ task 1207 ")
     for text in (
+        f"id                 {task['task_id']}",
         "exit code          3",
         "NULL (plain process)",
         "/data:/mnt:ro",
@@ -186,3 +193,67 @@ def test_sizes_are_1000_based_like_memory_options(size: int | None, text: str) -
 )
 def test_durations_read_at_a_glance(seconds: float | None, text: str) -> None:
     assert render.human_duration(seconds) == text
+
+
+# --- task list fits the terminal; commands quoted as a shell reads them (issue 11) ------
+
+LONG = dict(
+    document(TASK),
+    number=12345,
+    state="killed_oom",
+    node="gpu-node-3",
+    numa_id=None,
+    gpu_ids=[],
+    name=None,
+    command="sh",
+    args=["-c", "for i in 1 2 3 4 5 6 7 8 9 10; do echo $i; sleep 1; done; echo finished"],
+)
+
+
+def table_lines(width: int) -> list[str]:
+    """``task list`` of three tasks as printed on a terminal ``width`` columns wide."""
+    tasks = [LONG, document(TASK), dict(document(TASK), number=7, exit_code=None, name=None)]
+    console = Console(record=True, width=width, file=io.StringIO())
+    console.print(render.task_table(tasks, width))
+    return [line.rstrip() for line in console.export_text().splitlines()]
+
+
+@pytest.mark.parametrize(
+    ("width", "columns"),
+    [
+        (100, ["ID", "STATE", "NODE", "CORES", "MEMORY", "SUBMITTED (UTC)", "EXIT"]),
+        (80, ["ID", "STATE", "NODE", "SUBMITTED (UTC)", "EXIT"]),
+        (72, ["ID", "STATE", "NODE", "SUBMITTED", "EXIT"]),
+        (64, ["ID", "STATE", "NODE", "EXIT"]),
+        (60, ["ID", "STATE", "EXIT"]),
+        (40, ["ID", "STATE"]),
+    ],
+)
+def test_task_list_fits_the_width_dropping_the_least_important_columns(
+    width: int, columns: list[str]
+) -> None:
+    lines = table_lines(width)
+    assert max(map(len, lines)) <= width
+    assert [name.strip() for name in lines[0].split("  ") if name.strip()] == [
+        *columns,
+        "NAME / COMMAND",
+    ]
+    # Nothing of the command is lost: it wraps in its column
+    text = " ".join(" ".join(lines).split())
+    assert "echo finished'" in text and "12345" in text
+    assert "[sweep-1] python train.py --note 'two words'" in text
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.text(alphabet="ab ;|&<>()*?#~$`\"'\\\n=-{}[]!%", max_size=6), max_size=4))
+def test_a_command_line_is_what_a_shell_runs(args: list[str]) -> None:
+    line = render.command_line({"command": "printf", "args": ["<%s>", *args]})
+    done = subprocess.run(["sh", "-c", line], capture_output=True, text=True, check=True)
+    assert done.stdout == "".join(f"<{arg}>" for arg in args) or (not args and done.stdout == "<>")
+
+
+def test_counts_read_as_english() -> None:
+    assert [render.plural(n, "task") for n in (0, 1, 2)] == ["0 tasks", "1 task", "2 tasks"]
+    assert render.command_line({"command": "python3", "args": ["-c", 'print("hi")']}) == (
+        "python3 -c 'print(\"hi\")'"
+    )

@@ -41,3 +41,12 @@ def test_a_name_that_is_not_one_is_refused_naming_where(
     with pytest.raises(InvalidRequest) as refused:
         actor_from(header, body)
     assert refused.value.field == field
+
+
+def test_the_cli_names_itself_in_the_header_the_host_reads() -> None:
+    """The CLI spells the header itself (a submit must not import the control plane)."""
+    from cli.hakuriver import client
+
+    assert client.ACTOR_HEADER == ACTOR_HEADER
+    [(name, value)] = client.actor_headers("zoë").items()
+    assert actor_from(value) == "zoë" and name == ACTOR_HEADER

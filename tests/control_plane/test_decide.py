@@ -97,3 +97,20 @@ def test_kill_of_a_queued_task_finishes_it_at_once() -> None:
     assert events[1].state == "killed"
     with pytest.raises(InvalidRequest, match="no task"):
         decide_kill(state, "nope", "alice")
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "says"),
+    [
+        ({"memory": 0}, "memory", "no memory at all"),
+        ({"memory": "0"}, "memory", "no memory at all"),
+        ({"memory": "-5G"}, "memory", "is negative"),
+    ],
+)
+def test_memory_that_cannot_work_is_refused_at_submit(
+    fields: dict[str, object], field: str, says: str
+) -> None:
+    # Recorded, a zero limit made the task die at once with SIGSEGV.
+    with pytest.raises(InvalidRequest, match=says) as refused:
+        submit(cluster(), **fields)
+    assert refused.value.field == field

@@ -8,6 +8,7 @@ from control_plane.requests import (
     InvalidRequest,
     Target,
     decode_submit,
+    parse_cores,
     parse_mount,
     parse_size,
     parse_target,
@@ -88,3 +89,50 @@ def test_submit_body_errors_name_the_field() -> None:
         decode_submit(b'{"command": ')
     assert err.value.field == "body"
     assert decode_submit(b'{"command": "echo", "args": ["$(x)", ";"]}').args == ["$(x)", ";"]
+
+
+# --- resource values that cannot work are refused, naming the field (issue 11) ----------
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("0", "no memory at all"),
+        ("0M", "no memory at all"),
+        ("0.0G", "no memory at all"),
+        (0, "no memory at all"),
+        ("-5G", "is negative"),
+        ("-1", "is negative"),
+        (-5, "is negative"),
+        ("1.5", "not a whole number of bytes"),
+        ("1.0001K", "not a whole number of bytes"),
+        ("1" + "0" * 5000 + "K", "is more than"),
+    ],
+)
+def test_memory_that_cannot_work_is_refused(text: str | int, says: str) -> None:
+    with pytest.raises(InvalidRequest, match=says) as refused:
+        parse_size(text)
+    assert refused.value.field == "memory"
+
+
+@pytest.mark.parametrize(("text", "cores"), [("0", 0), ("4", 4), (" 12 ", 12), (7, 7)])
+def test_cores_are_whole_numbers_from_zero(text: str | int, cores: int) -> None:
+    assert parse_cores(text) == cores
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("1.5", "not a whole number"),
+        ("-1", "is negative"),
+        ("-0.5", "is negative"),
+        ("many", "not a number"),
+        ("", "not a number"),
+        ("4097", "more than 4096 cores"),
+    ],
+)
+def test_cores_that_cannot_work_are_refused(text: str, says: str) -> None:
+    with pytest.raises(InvalidRequest, match=says) as refused:
+        parse_cores(text)
+    assert refused.value.field == "cores"
+    assert "0: no core accounting" in refused.value.message or says.startswith("more")

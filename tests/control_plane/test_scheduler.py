@@ -91,7 +91,7 @@ def test_placement_records_reason_and_rejected_nodes() -> None:
     apply(state, task(cores=2))
     (placed,) = Scheduler("first-fit").plan(state)
     assert placed.node == "b" and placed.policy == "first-fit"
-    assert [(r.node, r.reason) for r in placed.rejected] == [("a", "1 cores free, needs 2")]
+    assert [(r.node, r.reason) for r in placed.rejected] == [("a", "1 core free, needs 2")]
 
 
 def test_targeted_tasks_go_only_to_their_node_and_gpus() -> None:

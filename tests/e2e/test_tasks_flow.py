@@ -219,3 +219,64 @@ def test_a_task_prefix_names_one_task_or_says_which_it_could_be(cluster: Cluster
     # Nothing it could be: 404, and too short a prefix is not a prefix at all
     assert cluster.http.get("/api/tasks/ffffffff").status_code == 404
     assert cluster.http.get(f"/api/tasks/{shared[:7]}").status_code == 404
+
+
+def test_resource_values_that_cannot_work_are_refused_naming_the_field(cluster: Cluster) -> None:
+    # Each was accepted before: memory 0 made the task die of SIGSEGV at once.
+    for body, field, says in (
+        ({"command": "true", "memory": 0}, "memory", "no memory at all"),
+        ({"command": "true", "memory": "0M"}, "memory", "no memory at all"),
+        ({"command": "true", "memory": "-5G"}, "memory", "is negative"),
+        ({"command": "true", "memory": -5}, "memory", ">= 0"),
+        ({"command": "true", "cores": 1.5}, "cores", "Expected `int`"),
+        ({"command": "true", "cores": -1}, "cores", ">= 0"),
+    ):
+        r = cluster.http.post("/api/tasks", json=body)
+        assert r.status_code == 400, (body, r.text)
+        assert r.json()["field"] == field and says in r.json()["message"], (body, r.text)
+    batch = [{"command": "true"}, {"command": "true", "memory": "0"}]
+    r = cluster.http.post("/api/batches", json={"tasks": batch})
+    assert r.status_code == 400 and r.json()["field"] == "tasks[1].memory", r.text
+    # No core accounting stays allowed
+    [task_id] = cluster.submit("true", cores=0)
+    assert cluster.wait_state(task_id)["state"] == "completed"
+
+
+def test_tasks_are_numbered_in_order_and_a_number_names_its_task(cluster: Cluster) -> None:
+    # Given a batch of three tasks and one more: numbered 1, 2, 3, 4 in submission order
+    r = cluster.http.post("/api/batches", json={"tasks": [{"command": "true"}] * 3})
+    assert r.status_code == 201, r.text
+    ids, numbers = r.json()["task_ids"], r.json()["numbers"]
+    r = cluster.http.post("/api/tasks", json={"command": "true"})
+    ids += r.json()["task_ids"]
+    numbers += r.json()["numbers"]
+    assert numbers == [1, 2, 3, 4]
+    for task_id in ids:
+        cluster.wait_state(task_id, "completed")
+    # When a task is named by its number, on every task route
+    assert cluster.task("2")["task_id"] == ids[1]
+    assert cluster.task(ids[1])["number"] == 2
+    assert cluster.http.get("/api/tasks/3/history").json()["task_id"] == ids[2]
+    assert cluster.http.get("/api/tasks/3/history").json()["number"] == 3
+    assert cluster.http.get("/api/tasks/4/why").json()["number"] == 4
+    assert cluster.output("4") == b""
+    listed = cluster.http.get("/api/tasks").json()["tasks"]
+    assert [t["number"] for t in listed] == [4, 3, 2, 1]
+    # A number nobody has, or one with a leading zero (an id prefix, too short): 404
+    for missing in ("5", "02", "00000000001"):
+        assert cluster.http.get(f"/api/tasks/{missing}").status_code == 404, missing
+    # Then a restarted control plane keeps the numbers and goes on counting
+    cluster.stop_host()
+    cluster.start_host()
+    assert cluster.task("1")["task_id"] == ids[0]
+    assert cluster.http.post("/api/tasks", json={"command": "true"}).json()["numbers"] == [5]
+
+
+def test_kill_answers_with_the_number(cluster: Cluster, tmp_path: Path) -> None:
+    [task_id] = cluster.submit("sh", *gated(tmp_path / "never"))
+    cluster.wait_state(task_id, "running")
+    number = cluster.task(task_id)["number"]
+    r = cluster.http.post(f"/api/tasks/{number}/kill")
+    assert r.status_code == 202, r.text
+    assert r.json() == {"task_id": task_id, "number": number, "state": "running"}
+    assert cluster.wait_state(task_id)["state"] == "killed"

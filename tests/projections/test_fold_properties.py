@@ -23,10 +23,13 @@ histories = st.fixed_dictionaries(
         "nodes": st.integers(1, 5),
         "tasks": st.integers(0, 60),
         "offline": st.sampled_from([0.0, 0.02, 0.1]),
+        # Logs from before task numbers, numbered ones, and old ones continued by a new host
+        "numbered_after": st.sampled_from([None, 0, 5]),
     }
 )
 
 TASK_FIELDS = (
+    "number",
     "state",
     "node",
     "cores",
@@ -60,11 +63,12 @@ def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
-async def record_history(path: Path, params: dict[str, int | float]) -> tuple[EventStore, list]:
+async def record_history(path: Path, params: dict[str, Any]) -> tuple[EventStore, list]:
     sim = ClusterSimulation(
         random.Random(params["seed"]),
         nodes=int(params["nodes"]),
         offline_chance=float(params["offline"]),
+        numbered_after=params["numbered_after"],
     )
     events = list(sim.events(int(params["tasks"])))
     store = await EventStore.open(path)
@@ -127,9 +131,7 @@ async def sql_rows(store: EventStore, upto: int) -> tuple[dict, dict]:
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(params=histories, cuts=st.lists(st.floats(0, 1), min_size=1, max_size=3))
-def test_python_fold_equals_sql_projection(
-    params: dict[str, int | float], cuts: list[float]
-) -> None:
+def test_python_fold_equals_sql_projection(params: dict[str, Any], cuts: list[float]) -> None:
     async def check() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             store, records = await record_history(Path(tmp) / "log.duckdb", params)
@@ -152,12 +154,13 @@ def test_python_fold_equals_sql_projection(
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(params=histories, cut=st.floats(0, 1), end=st.floats(0, 1))
 def test_restore_snapshot_plus_tail_equals_full_fold(
-    params: dict[str, int | float], cut: float, end: float
+    params: dict[str, Any], cut: float, end: float
 ) -> None:
     sim = ClusterSimulation(
         random.Random(params["seed"]),
         nodes=int(params["nodes"]),
         offline_chance=float(params["offline"]),
+        numbered_after=params["numbered_after"],
     )
     records = record_in_memory(list(sim.events(int(params["tasks"]))))
     m = int(len(records) * end)
@@ -171,3 +174,27 @@ def test_restore_snapshot_plus_tail_equals_full_fold(
     assert rebuilt.snapshot() == full.snapshot()
     assert list(rebuilt.pending) == list(full.pending)
     assert rebuilt.last_seq == full.last_seq
+    assert (rebuilt.numbers, rebuilt.last_number) == (full.numbers, full.last_number)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), tasks=st.integers(1, 40), cut=st.floats(0, 1))
+def test_a_snapshot_from_before_task_numbers_restores_the_numbers_the_fold_gives(
+    seed: int, tasks: int, cut: float
+) -> None:
+    # Given a log whose first part was written before numbers existed, snapshotted then
+    sim = ClusterSimulation(random.Random(seed), nodes=2, numbered_after=None)
+    records = record_in_memory(list(sim.events(tasks)))
+    k = int(len(records) * cut)
+    old = ClusterState()
+    old.apply_all(records[:k])
+    for task in old.tasks.values():
+        task.number = 0  # what an old snapshot holds
+    # When it is restored and the rest folded on top, the numbers are the full fold's
+    rebuilt = ClusterState.rebuild(old.snapshot(), records[k:])
+    full = ClusterState()
+    full.apply_all(records)
+    assert {t.task_id: t.number for t in rebuilt.tasks.values()} == {
+        t.task_id: t.number for t in full.tasks.values()
+    }
+    assert sorted(rebuilt.numbers) == list(range(1, len(full.tasks) + 1))

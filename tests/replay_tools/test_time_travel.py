@@ -287,3 +287,34 @@ async def test_a_lost_task_its_node_reports_late_is_restored_and_diffed_exactly(
     assert ("t1", "lost", "completed") in [
         (c.task_id, c.state_from, c.state_to) for c in late.tasks_changed
     ]
+
+
+async def test_task_numbers_survive_history_snapshots_and_old_logs(tmp_path: Path) -> None:
+    # Given a log written before task numbers (number 0), whose highest-numbered task ended
+    # before a history snapshot that keeps only the live part, then more submissions
+    spec = TaskSpec(command="x", cores=0, batch_id="b")
+    events = [
+        new_event(TaskSubmitted(task_id="t1", spec=spec), source="host"),
+        new_event(TaskSubmitted(task_id="t2", spec=spec), source="host"),
+        new_event(TaskFinished(task_id="t2", state="killed"), source="host"),
+        new_event(TaskSubmitted(task_id="t3", spec=spec), source="host"),  # seq 4
+        new_event(TaskFinished(task_id="t3", state="killed"), source="host"),
+        new_event(TaskSubmitted(task_id="t4", spec=spec), source="host"),
+        new_event(TaskSubmitted(task_id="t5", spec=spec, number=5), source="host"),  # a new host
+    ]
+    path = tmp_path / "numbers.duckdb"
+    await write_log(path, events)
+    write_history_snapshots(path, every=5)
+    # When the state is restored from the live part and the tail folded on top
+    live = state_at(path, ended=False)
+    full = state_at(path)
+    # Then every task has the number the full fold gives, 1..5 in submission order
+    assert {t.task_id: t.number for t in full.tasks.values()} == {f"t{i}": i for i in range(1, 6)}
+    assert {t.task_id: t.number for t in live.tasks.values()} == {"t1": 1, "t4": 4, "t5": 5}
+    assert (live.last_number, full.last_number) == (5, 5)
+    # And the offline resolver finds a task by its number, old event or new
+    assert [resolve_task(path, str(n)) for n in (1, 3, 5)] == ["t1", "t3", "t5"]
+    with pytest.raises(UnknownTask):
+        resolve_task(path, "6")
+    with pytest.raises(UnknownTask):
+        resolve_task(path, "01")  # not a number (a leading zero): an id prefix, too short

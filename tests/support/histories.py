@@ -69,7 +69,11 @@ class ClusterSimulation:
         heartbeat_share: float = 0.5,
         offline_chance: float = 0.002,
         max_active: int = 200,
+        numbered_after: int | None = None,
     ) -> None:
+        # Submissions after this many carry their task number, as the host records them
+        # (None: none does, as in logs written before task numbers existed).
+        self.numbered_after = numbered_after
         self.rng = rng
         self.max_active = max_active
         self.heartbeat_share = heartbeat_share
@@ -172,7 +176,10 @@ class ClusterSimulation:
             batch_id=new_id(),
             owner=rng.choice(["alice", "bob", "carol"]),
         )
-        return self._emit(TaskSubmitted(task_id=task.id, spec=spec), "host")
+        ordinal = len(self.tasks)
+        numbered = self.numbered_after is not None and ordinal > self.numbered_after
+        submitted = TaskSubmitted(task_id=task.id, spec=spec, number=ordinal if numbered else 0)
+        return self._emit(submitted, "host")
 
     def _fits(self, task: _Task, node: _Node) -> bool:
         return (
