@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from urllib.parse import quote, unquote
 
-from control_plane.requests import InvalidRequest
+from control_plane.errors import InvalidRequest
 
 ACTOR_HEADER = "X-HakuRiver-User"
 ANONYMOUS = "anonymous"

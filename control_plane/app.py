@@ -16,20 +16,19 @@ from sanic import Request, Sanic
 from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse
 
-from control_plane.environments import EnvError
+from control_plane.errors import ERROR_CODE, DomainError
 from control_plane.hub import ControlPlane
-from control_plane.requests import InvalidRequest
 from control_plane.routes import agents, environments, history, nodes, tasks
-from control_plane.routes.common import Conflict, NotFound, error
+from control_plane.routes.common import error
 from control_plane.settings import HostSettings
 
 log = logging.getLogger("hakuriver.host")
 
+# Sanic's own refusals (routing, body size), by status; ours are DomainErrors (errors.py).
 _KINDS = {
     400: "invalid_request",
     404: "not_found",
     405: "method_not_allowed",
-    409: "conflict",
     413: "too_large",
     503: "unavailable",
 }
@@ -70,21 +69,9 @@ def create_app(settings: HostSettings, name: str = "hakuriver") -> Sanic:  # typ
         if cp is not None:
             await cp.close()
 
-    @app.exception(InvalidRequest)
-    async def _invalid(request: Request, exc: InvalidRequest) -> HTTPResponse:
-        return error(400, "invalid_request", exc.message, exc.field)
-
-    @app.exception(NotFound)
-    async def _not_found(request: Request, exc: NotFound) -> HTTPResponse:
-        return error(404, "not_found", exc.message, exc.field)
-
-    @app.exception(EnvError)
-    async def _environment(request: Request, exc: EnvError) -> HTTPResponse:
-        return error(exc.status, _KINDS.get(exc.status, "invalid_request"), exc.message, exc.field)
-
-    @app.exception(Conflict)
-    async def _conflict(request: Request, exc: Conflict) -> HTTPResponse:
-        return error(409, "conflict", exc.message, exc.field)
+    @app.exception(DomainError)
+    async def _refused(request: Request, exc: DomainError) -> HTTPResponse:
+        return error(exc.status, ERROR_CODE[exc.kind], exc.message, exc.field or None)
 
     @app.exception(SanicException)
     async def _sanic(request: Request, exc: SanicException) -> HTTPResponse:

@@ -12,7 +12,13 @@ from collections.abc import Callable, Sequence
 
 from msgspec import Struct
 
-from control_plane.requests import InvalidRequest, SubmitTask, Target, parse_mount, parse_size
+from control_plane.errors import InvalidRequest
+from control_plane.requests import (
+    SubmitTask,
+    Target,
+    parse_mount,
+    parse_size,
+)
 from control_plane.requests import parse_target as _parse_target
 from events import link
 from events.types import (

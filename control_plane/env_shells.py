@@ -15,7 +15,8 @@ from typing import Any
 
 import docker
 
-from control_plane.environments import EnvError, Environments
+from control_plane.environments import Environments
+from control_plane.errors import Conflict
 
 
 @dataclass
@@ -32,8 +33,7 @@ def open_shell(envs: Environments, name: str, rows: int, cols: int, term: str) -
     """Start an interactive shell (bash when the image has it) with a TTY."""
     container = envs.container(name)
     if container.status != "running":
-        raise EnvError(
-            409,
+        raise Conflict(
             "name",
             f"environment container {name!r} is {container.status}: start it first"
             f" (hakuriver docker start-container {name})",

@@ -33,6 +33,7 @@ from control_plane.env_tarballs import (
     prune,
     write_tarball,
 )
+from control_plane.errors import Conflict, DomainError, InvalidRequest, NotFound, Unavailable
 from control_plane.settings import HostSettings
 from events.tarballs import ENV_NAME, LABEL_ENV, LABEL_TIMESTAMP, image_of, tarball_name
 from events.types import (
@@ -56,21 +57,10 @@ Record = Callable[[Sequence[AnyEvent]], Awaitable[object]]
 Progress = Callable[[dict[str, Any]], None]
 
 
-class EnvError(Exception):
-    """A request about environments that cannot be done; ``status`` is the HTTP code."""
-
-    def __init__(self, status: int, field: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.field = field
-        self.message = message
-
-
 def check_name(name: str, field: str = "name") -> str:
     """``name`` if it is a valid environment name (it becomes a Docker repository)."""
     if not ENV_NAME.fullmatch(name):
-        raise EnvError(
-            400,
+        raise InvalidRequest(
             field,
             f"invalid environment name {name!r}: lowercase letters and digits, joined by"
             " single '.', '_' or '-' (a Docker repository name; at most 63 characters)",
@@ -123,8 +113,7 @@ class Environments:
                 client = docker.from_env(timeout=600)
                 client.ping()
             except Exception as exc:
-                raise EnvError(
-                    503,
+                raise Unavailable(
                     "docker",
                     f"no Docker engine answers on the host ({type(exc).__name__}: {exc});"
                     " environments need one there",
@@ -143,9 +132,9 @@ class Environments:
         try:
             return await self._call(function)
         except docker.errors.NotFound:
-            raise EnvError(404, "name", f"environment container {name!r} is gone") from None
+            raise NotFound("name", f"environment container {name!r} is gone") from None
         except docker.errors.APIError as exc:
-            raise EnvError(409, "name", f"{name}: {exc.explanation or exc}") from None
+            raise Conflict("name", f"{name}: {exc.explanation or exc}") from None
 
     def container(self, name: str) -> Any:
         """The environment's container; 404 when there is none."""
@@ -155,8 +144,7 @@ class Environments:
         try:
             return self.engine().containers.get(CONTAINER_PREFIX + name)
         except docker.errors.NotFound:
-            raise EnvError(
-                404,
+            raise NotFound(
                 "name",
                 f"no environment container {name!r} on the host"
                 f" (create it: hakuriver docker create-container IMAGE {name})",
@@ -179,7 +167,7 @@ class Environments:
         """Create and start ``hakuriver-env-NAME`` from a local image (never pulled)."""
         check_name(name)
         if not image.strip():
-            raise EnvError(400, "image", "give the image to create the environment from")
+            raise InvalidRequest("image", "give the image to create the environment from")
         async with self.lock(name):
             container = await self._call(lambda: self._create(image, name))
             await self.record(
@@ -201,20 +189,17 @@ class Environments:
         try:
             base = client.images.get(image)
         except docker.errors.ImageNotFound:
-            raise EnvError(
-                404,
+            raise NotFound(
                 "image",
                 f"image {image!r} is not on the host's Docker engine, and HakuRiver does not"
                 f" pull from registries: run `docker pull {image}` (or `docker load`) on the"
                 " host first",
             ) from None
         except docker.errors.APIError as exc:
-            raise EnvError(400, "image", f"image {image!r}: {exc.explanation}") from None
+            raise InvalidRequest("image", f"image {image!r}: {exc.explanation}") from None
         with contextlib.suppress(docker.errors.NotFound):
             client.containers.get(CONTAINER_PREFIX + name)
-            raise EnvError(
-                409, "name", f"environment container {name!r} already exists on the host"
-            )
+            raise Conflict("name", f"environment container {name!r} already exists on the host")
         config = base.attrs.get("Config") or {}
         keep_alive = env_keepalive.prepare(self.settings.path("bin"), self.machine)
         options: dict[str, Any] = {
@@ -236,15 +221,17 @@ class Environments:
             container = client.containers.create(base.id, **options)
             container.start()
         except docker.errors.APIError as exc:
-            raise EnvError(
-                400, "image", f"could not create a container from {image!r}: {exc.explanation}"
+            raise InvalidRequest(
+                "image", f"could not create a container from {image!r}: {exc.explanation}"
             ) from None
         problem = env_keepalive.wait_running(container)
         if problem is not None:
             # Nothing is left behind and nothing recorded: the environment does not exist.
             with contextlib.suppress(docker.errors.APIError):
                 container.remove(force=True)
-            raise EnvError(400, "image", f"the container from {image!r} did not stay up: {problem}")
+            raise InvalidRequest(
+                "image", f"the container from {image!r} did not stay up: {problem}"
+            )
         return container
 
     def _start(self, name: str, container: Any) -> None:
@@ -257,8 +244,8 @@ class Environments:
         problem = env_keepalive.wait_running(container)
         if problem is not None:
             image = labels.get("hakuriver.base_image", "its image")
-            raise EnvError(
-                409, "name", f"environment {name!r} (from {image}) did not stay up: {problem}"
+            raise Conflict(
+                "name", f"environment {name!r} (from {image}) did not stay up: {problem}"
             )
 
     async def start_container(self, name: str, requested_by: str = "anonymous") -> ContainerOut:
@@ -324,7 +311,7 @@ class Environments:
         try:
             image = container.commit(repository=f"hakuriver/{name}", tag="base", changes=changes)
         except docker.errors.APIError as exc:
-            raise EnvError(409, "name", f"could not commit {name!r}: {exc.explanation}") from None
+            raise Conflict("name", f"could not commit {name!r}: {exc.explanation}") from None
         total = int(image.attrs.get("Size") or 0)
         saving = f"saving {tarball_name(name, ts)}"
         report({"step": "save", "bytes": 0, "total": total, "message": saving})
@@ -384,7 +371,7 @@ class Environments:
         """
         try:
             check_name(name, "default_container_name")
-        except EnvError as exc:
+        except DomainError as exc:
             self.default_problem = f"[docker] default_container_name: {exc.message}"
             return
         if any(t.name == name for t in await self._call(self.tarballs)):
@@ -415,7 +402,7 @@ class Environments:
             await self.package(name, requested_by="host")
             self.default_problem = None
             log.info("packaged the default environment %r", name)
-        except EnvError as exc:
+        except DomainError as exc:
             self.default_problem = f"{hint} ({exc.message}){fix}"
             log.warning("%s", self.default_problem)
         except Exception as exc:  # an engine failure must not stop the host

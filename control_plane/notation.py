@@ -14,19 +14,12 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
+from control_plane.errors import InvalidRequest
+
 # The largest size a task may ask for: what the log's integers (and msgpack) can hold.
 MAX_BYTES = 2**63 - 1
 # The most cores one task may ask for (far above any machine HakuRiver runs on).
 MAX_CORES = 4096
-
-
-class InvalidRequest(ValueError):
-    """A request the control plane refuses; ``field`` says where, the message says why."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
 
 
 class Target(NamedTuple):

@@ -13,10 +13,10 @@ from typing import Annotated, Literal, TypeVar
 import msgspec
 from msgspec import Meta, Struct
 
+from control_plane.errors import InvalidRequest
 from control_plane.notation import (
     MAX_BYTES,
     MAX_CORES,
-    InvalidRequest,
     Target,
     parse_cores,
     parse_mount,

@@ -43,7 +43,7 @@ from cli.hakuriver.invocation import (
     say,
     show,
 )
-from control_plane.requests import InvalidRequest
+from control_plane.errors import InvalidRequest
 from replay_tools.analytics import DEFAULT_MAX_ROWS
 from replay_tools.export import export_queries, write_parquet
 

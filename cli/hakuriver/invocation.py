@@ -28,7 +28,7 @@ from cli.hakuriver.output import (
     say,
     silence_stdout,
 )
-from control_plane.notation import InvalidRequest
+from control_plane.errors import EXIT_CODE, DomainError, exit_code_of_status
 from control_plane.settings import SettingsError
 from node_agent.settings import RunnerSettingsError
 
@@ -103,8 +103,10 @@ def reported(command: Callable[P, int]) -> Callable[P, int]:
         try:
             return command(*args, **kwargs)
         except ApiError as exc:
-            return fail(str(exc), EXIT_USAGE if exc.bad_input else EXIT_FAILED)
-        except (InvalidRequest, ConfigError, SettingsError, RunnerSettingsError) as exc:
+            return fail(str(exc), exit_code_of_status(exc.status))
+        except DomainError as exc:
+            return fail(str(exc), EXIT_CODE[exc.kind])
+        except (ConfigError, SettingsError, RunnerSettingsError) as exc:
             return fail(str(exc), EXIT_USAGE)
         except TimeoutError as exc:
             return fail(str(exc))

@@ -137,7 +137,7 @@ def quick_submit(tokens: Sequence[str]) -> int | None:
         silence_stdout,
     )
     from cli.hakuriver.submit_request import build_request, print_submitted
-    from control_plane.notation import InvalidRequest
+    from control_plane.errors import InvalidRequest
 
     words = read_words(tokens)
     if words is None:

@@ -29,7 +29,7 @@ from cli.hakuriver.invocation import (
 )
 from cli.hakuriver.render import final_line, plural
 from cli.hakuriver.submit_request import Request, build_request, print_submitted
-from control_plane.notation import InvalidRequest
+from control_plane.errors import InvalidRequest
 
 # A size or a core count may be written negative: a value to refuse, not an option.
 Signed = Parameter(allow_leading_hyphen=True)

@@ -14,8 +14,8 @@ from typing import Any
 
 from cli.hakuriver.client import login_name
 from cli.hakuriver.output import print_json, say
+from control_plane.errors import InvalidRequest
 from control_plane.notation import (
-    InvalidRequest,
     parse_cores,
     parse_mount,
     parse_size,

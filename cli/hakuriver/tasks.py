@@ -22,7 +22,7 @@ from cli.hakuriver.invocation import (
 )
 from cli.hakuriver.render import task_detail, task_ref, task_table
 from cli.hakuriver.submission import SubmitOptions, WaitOptions, report_submission
-from control_plane.notation import InvalidRequest
+from control_plane.errors import InvalidRequest
 from projections.tasks import STATES
 
 task_app = App(name="task", help="Submit tasks, see how they run, read their output, stop them.")

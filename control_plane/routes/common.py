@@ -9,29 +9,11 @@ from sanic import Request, json
 from sanic.response import HTTPResponse
 
 from control_plane.actors import ACTOR_HEADER, actor_from
+from control_plane.errors import InvalidRequest, NotFound
 from control_plane.hub import ControlPlane
-from control_plane.requests import InvalidRequest
 from replay_tools.timeline import AmbiguousTask
 
 _encoder = msgspec.json.Encoder()
-
-
-class NotFound(Exception):
-    """A named thing does not exist (404)."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
-
-
-class Conflict(Exception):
-    """The action makes no sense in the current state (409)."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
 
 
 def control_plane(request: Request) -> ControlPlane:

@@ -1,6 +1,6 @@
 """``/api/environments``: the host's environment containers, tarballs and shells.
 
-``EnvError`` becomes the API's JSON error (its status, field and message) in app.py.
+A ``DomainError`` becomes the API's JSON error (its status, field and message) in app.py.
 
     GET    /api/environments/containers               list the environment containers
     POST   /api/environments/containers               {"image", "name"}: create one
@@ -30,8 +30,9 @@ from sanic import Blueprint, Request, Sanic
 from sanic.response import HTTPResponse
 
 from control_plane import env_shells
-from control_plane.environments import EnvError, Environments, check_name
-from control_plane.requests import InvalidRequest, decode_body
+from control_plane.environments import Environments, check_name
+from control_plane.errors import DomainError, NotFound
+from control_plane.requests import decode_body
 from control_plane.routes.common import actor_of, answer, control_plane
 from events.ids import new_id
 from events.types import EnvShellClosed, EnvShellOpened
@@ -97,7 +98,7 @@ async def act(request: Request, name: str, action: str) -> HTTPResponse:
         return answer(await envs.start_container(name, requested_by=actor_of(request)))
     if action == "stop":
         return answer(await envs.stop_container(name, requested_by=actor_of(request)))
-    raise EnvError(404, "action", f"no action {action!r}: use start or stop")
+    raise NotFound("action", f"no action {action!r}: use start or stop")
 
 
 @bp.delete("/environments/containers/<name:str>")
@@ -149,7 +150,7 @@ async def create_tar(request: Request, name: str) -> HTTPResponse | None:
     try:
         event = job.result()
         line: dict[str, Any] = {"step": "done", "packaged": msgspec.to_builtins(event)}
-    except EnvError as exc:
+    except DomainError as exc:
         line = {"step": "error", "status": exc.status, "field": exc.field, "message": exc.message}
     except Exception as exc:
         line = {"step": "error", "status": 500, "field": None, "message": f"{exc}"}
@@ -172,8 +173,8 @@ async def shell(request: Request, ws: Any, name: str) -> None:
     try:
         actor = actor_of(request)
         opened = await asyncio.to_thread(env_shells.open_shell, envs, name, rows, cols, term)
-    except (EnvError, InvalidRequest) as exc:
-        status = exc.status if isinstance(exc, EnvError) else 400
+    except DomainError as exc:
+        status = exc.status
         await ws.send(
             json.dumps(
                 {"type": "error", "status": status, "field": exc.field, "message": exc.message}

@@ -15,11 +15,10 @@ from sanic import Blueprint, Request, Sanic
 from sanic.exceptions import ServiceUnavailable
 from sanic.response import HTTPResponse
 
+from control_plane.errors import InvalidRequest, NotFound
 from control_plane.history import Cursor, HistoryService, state_document
 from control_plane.hub import ControlPlane
-from control_plane.requests import InvalidRequest
 from control_plane.routes.common import (
-    NotFound,
     answer,
     control_plane,
     json_object,

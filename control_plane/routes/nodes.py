@@ -7,7 +7,8 @@ from collections import Counter
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
-from control_plane.routes.common import NotFound, answer, control_plane
+from control_plane.errors import NotFound
+from control_plane.routes.common import answer, control_plane
 from control_plane.views import NodeOut
 
 bp = Blueprint("nodes", url_prefix="/api")

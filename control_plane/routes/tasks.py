@@ -9,12 +9,15 @@ from sanic.response import HTTPResponse
 
 from control_plane.decide import decide_kill, decide_submit
 from control_plane.environments import Environments
+from control_plane.errors import Conflict, InvalidRequest, NotFound
 from control_plane.hub import ControlPlane
 from control_plane.logs import Stream, log_path, read_from, read_tail
-from control_plane.requests import InvalidRequest, SubmitTask, decode_batch, decode_submit
+from control_plane.requests import (
+    SubmitTask,
+    decode_batch,
+    decode_submit,
+)
 from control_plane.routes.common import (
-    Conflict,
-    NotFound,
     actor_of,
     answer,
     control_plane,

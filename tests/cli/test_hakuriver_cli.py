@@ -25,7 +25,7 @@ from cli.hakuriver.seeds import SeedUsageError, client_main, client_words, init_
 from cli.hakuriver.submission import SubmitOptions
 from cli.hakuriver.submit_request import login_name, parse_env
 from cli.hakuriver.tasks import submit
-from control_plane.requests import InvalidRequest
+from control_plane.errors import InvalidRequest
 
 
 def closed_port() -> int:

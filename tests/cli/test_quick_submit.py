@@ -27,7 +27,7 @@ from cli.hakuriver.quick import OPTIONS, WAIT_OPTIONS, read_words
 from cli.hakuriver.submission import SubmitOptions, WaitOptions
 from cli.hakuriver.submit_request import build_request
 from cli.hakuriver.tasks import submit, task_app
-from control_plane.requests import InvalidRequest
+from control_plane.errors import InvalidRequest
 
 REPO = Path(__file__).resolve().parents[2]
 # Libraries none of these commands needs: the data stack of the history commands, the

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from control_plane.actors import ACTOR_HEADER, actor_from, actor_header_value
-from control_plane.requests import InvalidRequest
+from control_plane.errors import InvalidRequest
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,10 @@ import pytest
 from support.factories import record_in_memory
 
 from control_plane.decide import decide_kill, decide_submit
-from control_plane.requests import InvalidRequest, SubmitTask
+from control_plane.errors import InvalidRequest
+from control_plane.requests import (
+    SubmitTask,
+)
 from events.envelope import new_event
 from events.types import GpuInfo, NodeRegistered, NumaNode, TaskFinished, TaskKillRequested
 from projections.cluster import ClusterState

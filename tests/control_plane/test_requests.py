@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from control_plane.errors import InvalidRequest
 from control_plane.requests import (
-    InvalidRequest,
     Target,
     decode_submit,
     parse_cores,

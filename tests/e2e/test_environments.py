@@ -387,7 +387,8 @@ async def test_a_container_that_exits_at_once_is_an_error_with_its_last_log_line
 ) -> None:
     """Where the host has no keep-alive of its own (here: a riscv64 host, so the image's
     ``tail`` is used) and the image cannot keep itself up, the request fails with why."""
-    from control_plane.environments import EnvError, Environments
+    from control_plane.environments import Environments
+    from control_plane.errors import DomainError
     from control_plane.settings import HostSettings
 
     client = engine_or_skip()
@@ -399,7 +400,7 @@ async def test_a_container_that_exits_at_once_is_an_error_with_its_last_log_line
 
     settings = HostSettings(data_dir=str(tmp_path))
     envs = Environments(settings, record, client=client, machine="riscv64")
-    with pytest.raises(EnvError) as refused:
+    with pytest.raises(DomainError) as refused:
         await envs.create_container(image, env_name)
     assert refused.value.status == 400 and refused.value.field == "image"
     message = refused.value.message
