@@ -1,10 +1,10 @@
 """The host's side of the agent link: one ``AgentSession`` per connected node agent.
 
-The protocol is in ``events/link.py``. A session starts with the agent's ``Hello``:
-the host records the registration (or the node's return), reconciles what the
-agent runs with what the log says should run there, answers ``Welcome`` and sends
-the commands reconciliation calls for. Then it appends the agent's event batches
-(whole or not at all) and acknowledges each after its commit.
+The protocol is in ``events/link.py``. A thin adapter: the agent's ``Hello`` becomes a
+``NodeHello`` command (registration or return, reconciliation, then ``Welcome`` and the
+commands reconciliation calls for), each event batch a ``ReportFacts`` (recorded whole
+or not at all, and acknowledged after its commit). The decisions are in
+control_plane/commands/nodes.py; ``ControlPlane.execute`` records and sends.
 """
 
 from __future__ import annotations
@@ -16,17 +16,13 @@ from typing import Protocol
 
 import msgspec
 
-from control_plane.decide import decide_hello
-from control_plane.hub import HOST_SOURCE, ControlPlane, NodeNotOnline
+from control_plane.commands import NodeHello, NodeNotOnline, ReportFacts
+from control_plane.hub import ControlPlane
 from events import link
 from events.codec import decode_new_events
-from events.envelope import NewEvent, new_event, now_us
+from events.envelope import NewEvent
 from events.store import InvalidEvent
-from events.types import (
-    NodeHeartbeat,
-    TaskStarted,
-    kind_of,
-)
+from events.types import NodeHeartbeat, kind_of
 
 log = logging.getLogger("hakuriver.host.agents")
 
@@ -72,7 +68,6 @@ class AgentSession:
         self.socket = socket
         self.node = node
         self._send_lock = asyncio.Lock()
-        self._background: set[asyncio.Task[bool]] = set()
         self.closed = False
 
     async def send(self, message: link.Message) -> bool:
@@ -99,24 +94,8 @@ class AgentSession:
     # -- the conversation ------------------------------------------------------------------
 
     async def welcome(self, hello: link.Hello) -> None:
-        """Record the registration or return, reconcile, answer ``Welcome`` and commands."""
-        cp = self.cp
-        grace = cp.settings.timing.kill_grace_period
-        async with cp.gate.exclusive():
-            plan = decide_hello(cp.state, hello, now_us=now_us(), grace_s=grace)
-            batch = [new_event(e, source=hello.node) for e in plan.registration]
-            batch += [new_event(e, source=HOST_SOURCE) for e in plan.events]
-            if batch:
-                await cp.store.append(batch)
-        await self.send(
-            link.Welcome(
-                heartbeat_interval_s=cp.settings.timing.heartbeat_interval,
-                kill_grace_s=grace,
-                last_seq=cp.state.last_seq,
-            )
-        )
-        for command in plan.commands:
-            await self.send(command)
+        """Record the registration or return, reconcile; ``Welcome`` and commands follow."""
+        await self.cp.execute(NodeHello(hello=hello))
 
     async def handle(self, message: link.AgentMessage) -> None:
         """One message after the hello."""
@@ -126,7 +105,9 @@ class AgentSession:
                     events = decode_new_events(body)
                     for i, new in enumerate(events):
                         check_agent_event(self.node, i, new)
-                    seqs = await self.cp.record_facts(self.node, events)
+                    outcome = await self.cp.execute(
+                        ReportFacts(node=self.node, events=tuple(events))
+                    )
                 except (msgspec.ValidationError, msgspec.DecodeError, LinkRefused) as exc:
                     await self.send(link.Nack(batch=number, reason=str(exc)))
                     log.warning("refused a batch from %s: %s", self.node, exc)
@@ -134,39 +115,20 @@ class AgentSession:
                 except InvalidEvent as exc:
                     await self.send(link.Nack(batch=number, reason=str(exc)))
                     return
-                except NodeNotOnline:
+                except NodeNotOnline as exc:
                     # Not acknowledged: the agent keeps the batch and sends it again after
                     # the hello that brings its tasks back.
-                    raise LinkRefused(
-                        f"node {self.node} was declared offline; say hello again"
-                    ) from None
-                await self.send(link.Ack(batch=number, seqs=seqs))
-                self._note_started(events)
+                    raise LinkRefused(exc.message) from None
+                await self.send(link.Ack(batch=number, seqs=outcome.seqs))
             case link.Heartbeat(event=new):
                 if not isinstance(new.event, NodeHeartbeat):
                     raise LinkRefused("a heartbeat frame must carry node.heartbeat")
                 check_agent_event(self.node, 0, new)
                 # A sample from a node declared offline is not worth a reconnection.
                 with contextlib.suppress(NodeNotOnline):
-                    await self.cp.record_facts(self.node, [new])
+                    await self.cp.execute(ReportFacts(node=self.node, events=(new,)))
             case link.Hello():
                 raise LinkRefused("hello sent twice")
-
-    def _note_started(self, events: list[NewEvent]) -> None:
-        # A start reported for a task the host already gave up on (lost, killed while
-        # queued...) must not keep running: its resources may be someone else's now.
-        for new in events:
-            if isinstance(new.event, TaskStarted):
-                task = self.cp.state.tasks.get(new.event.task_id)
-                if task is not None and not task.holds_resources:
-                    kill = link.Kill(
-                        task_id=task.task_id,
-                        grace_s=self.cp.settings.timing.kill_grace_period,
-                        reason=f"task is {task.state} on the host",
-                    )
-                    sending = asyncio.get_running_loop().create_task(self.send(kill))
-                    self._background.add(sending)
-                    sending.add_done_callback(self._background.discard)
 
 
 async def serve_agent(cp: ControlPlane, socket: Socket) -> None:
@@ -187,11 +149,7 @@ async def serve_agent(cp: ControlPlane, socket: Socket) -> None:
             await socket.close(1008, str(exc)[:120])
         return
     session = AgentSession(cp, socket, hello.node)
-    previous = cp.agents.get(hello.node)
-    if previous is not None:
-        await previous.close("replaced by a newer connection")
-    cp.agents[hello.node] = session
-    cp.heard_from(hello.node)
+    await cp.attach(hello.node, session)
     log.info("agent %s connected (%d running)", hello.node, len(hello.running))
     try:
         await session.welcome(hello)
@@ -212,6 +170,5 @@ async def serve_agent(cp: ControlPlane, socket: Socket) -> None:
         log.exception("agent link to %s failed", hello.node)
     finally:
         session.closed = True
-        if cp.agents.get(hello.node) is session:
-            del cp.agents[hello.node]
+        cp.detach(hello.node, session)
         log.info("agent %s disconnected", hello.node)

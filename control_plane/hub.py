@@ -1,15 +1,19 @@
 """The control plane's running core: the log, the folded state, and the loops around them.
 
 ``ControlPlane`` owns the ``EventStore`` and the in-memory ``ClusterState`` (kept
-current by a store listener, so after ``record`` returns the state already
-includes what was recorded). Routes and agent sessions call it; it does not know
-about HTTP.
+current by a store listener, so after a commit the state already includes it), the
+links to the connected agents, and the scheduler, liveness and snapshot loops. It does
+not know about HTTP.
 
-Decisions and facts. A *decision* (placing a task, a kill, a node declared
-offline) is made against the state and must not interleave with another change,
-or it could be made on stale state: decisions hold the gate exclusively. *Facts*
-reported by agents (a task started, finished...) and submissions, which conflict
-with nothing, hold it shared, so they still commit together in one group.
+One command boundary: every change goes through ``execute(command)``, the only place
+that takes the gate, calls the command's pure decision (control_plane/commands/),
+records its events and then sends its link messages, so the order (commit before
+send) is written once. A *decision* (a placement, a kill, a node declared offline) is
+made against the state and must not interleave with another change, or it could be
+made on stale state: it holds the gate exclusively. *Facts* (what an agent reports,
+what the host observed of its own work) conflict with nothing and hold it shared, so
+they still commit together in one group. Routes and the agent link read the state
+only through the queries at the end of the class.
 """
 
 from __future__ import annotations
@@ -19,25 +23,26 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator
+from typing import NamedTuple, Protocol
 
-import msgspec
-
-from control_plane.decide import run_command
-from control_plane.monitor import decide_give_up, decide_offline, overdue
+from control_plane.commands import (
+    FACTS,
+    CheckLiveness,
+    Command,
+    Context,
+    Decision,
+    PlaceQueued,
+    Send,
+    decide,
+)
 from control_plane.scheduler import Scheduler
 from control_plane.settings import HostSettings
 from events import link
-from events.envelope import NewEvent, Recorded, new_event, now_us
-from events.ids import task_number
+from events.envelope import Recorded, new_event, now_us
+from events.ids import new_id, task_number
 from events.store import EventStore
-from events.types import AnyEvent, TaskDispatched, TaskPlaced, TaskSubmitted
 from projections.cluster import ClusterState
-from projections.tasks import TaskView
-
-if TYPE_CHECKING:
-    from control_plane.agents import AgentSession
 
 log = logging.getLogger("hakuriver.host")
 
@@ -56,8 +61,24 @@ _RESCHEDULE = frozenset(
 )
 
 
-class NodeNotOnline(Exception):
-    """An agent reported facts for a node the host declared offline (it must say hello)."""
+class Link(Protocol):
+    """A connected agent as the control plane sees it (agents.py's ``AgentSession``)."""
+
+    async def send(self, message: link.Message) -> bool:
+        """Send a message; False if the link is gone."""
+        ...
+
+    async def close(self, reason: str) -> None:
+        """Close the link (the agent will reconnect and say hello again)."""
+        ...
+
+
+class Outcome(NamedTuple):
+    """What ``execute`` did: the decision, the seqs it recorded, and which sends got out."""
+
+    decision: Decision
+    seqs: list[int]
+    delivered: list[bool]
 
 
 class Gate:
@@ -100,19 +121,19 @@ class Gate:
 
 
 class ControlPlane:
-    """The store, the state, the scheduler, the agents, and their loops."""
+    """The store, the state, the scheduler, the agents' links, and their loops."""
 
     def __init__(self, settings: HostSettings, store: EventStore, state: ClusterState) -> None:
         self.settings = settings
         self.store = store
-        self.state = state
-        self.scheduler = Scheduler(settings.scheduler.policy)
-        self.gate = Gate()
-        self.agents: dict[str, AgentSession] = {}
+        self._state = state
+        self._scheduler = Scheduler(settings.scheduler.policy)
+        self._gate = Gate()
+        self._links: dict[str, Link] = {}
         # When each node was last heard from, on this process's monotonic clock.
-        self.seen: dict[str, float] = {}
-        self.started = time.monotonic()
-        self.started_us = now_us()
+        self._seen: dict[str, float] = {}
+        self._started = time.monotonic()
+        self._started_us = now_us()
         self._schedule = asyncio.Event()
         self._changed = asyncio.Event()
         self._snapshot_due = asyncio.Event()
@@ -155,40 +176,78 @@ class ControlPlane:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        for session in list(self.agents.values()):
-            await session.close(reason="control plane shutting down")
+        for agent in list(self._links.values()):
+            await agent.close(reason="control plane shutting down")
         with contextlib.suppress(Exception):
             await self.snapshot()
         await self.store.close()
 
-    # -- recording -------------------------------------------------------------------------
+    # -- the command boundary --------------------------------------------------------------
 
-    async def record(self, events: Sequence[AnyEvent], source: str = HOST_SOURCE) -> list[int]:
-        """Append events made here (the caller holds the gate as its decision needs)."""
-        return await self.store.append([new_event(e, source=source) for e in events])
+    async def execute(self, command: Command) -> Outcome:
+        """Decide ``command`` on the current state, record the decision, then send.
 
-    async def record_facts(self, node: str, events: Sequence[NewEvent]) -> list[int]:
-        """Append events reported by ``node``'s agent, under the shared gate.
-
-        Refused (``NodeNotOnline``) once the node was declared offline: its tasks are
-        ``unknown`` and only its next hello may bring them back; the agent's outbox
-        keeps the events and sends them again after that hello.
+        The only place that takes the gate. A refusal (``DomainError``) records and
+        sends nothing. Sends happen after the commit: a host crash can never leave a
+        command out in the world that the log does not show.
         """
-        async with self.gate.shared():
-            view = self.state.nodes.get(node)
-            if view is None or not view.online:
-                raise NodeNotOnline(node)
-            return await self.store.append(events)
+        gate = self._gate.shared() if isinstance(command, FACTS) else self._gate.exclusive()
+        async with gate:
+            decision = decide(self._state, command, self._context())
+            batch = [new_event(e, source=decision.node) for e in decision.node_events]
+            batch += [new_event(e, source=HOST_SOURCE) for e in decision.events]
+            batch += decision.facts
+            seqs = await self.store.append(batch) if batch else []
+        delivered = [await self._send(send) for send in decision.sends]
+        for node, reason in decision.disconnect:
+            agent = self._links.get(node)
+            if agent is not None:
+                await agent.close(reason)
+        return Outcome(decision, seqs, delivered)
+
+    def _context(self) -> Context:
+        return Context(
+            settings=self.settings,
+            connected=frozenset(self._links),
+            now_us=now_us(),
+            scheduler=self._scheduler,
+            new_id=new_id,
+            started_us=self._started_us,
+            now_mono=time.monotonic(),
+        )
+
+    async def _send(self, send: Send) -> bool:
+        agent = self._links.get(send.node)
+        return await agent.send(send.message) if agent is not None else False
+
+    # -- agents' links ---------------------------------------------------------------------
+
+    async def attach(self, node: str, agent: Link) -> None:
+        """``node``'s agent is connected through ``agent`` (a previous link is closed)."""
+        previous = self._links.get(node)
+        self._links[node] = agent
+        self.heard_from(node)
+        if previous is not None and previous is not agent:
+            await previous.close("replaced by a newer connection")
+
+    def detach(self, node: str, agent: Link) -> None:
+        """``agent`` is gone; forget it unless a newer link already replaced it."""
+        if self._links.get(node) is agent:
+            del self._links[node]
+
+    def heard_from(self, node: str) -> None:
+        """Note that ``node``'s agent just said something."""
+        self._seen[node] = time.monotonic()
 
     def _on_commit(self, recorded: list[Recorded]) -> None:
-        self.state.apply_all(recorded)
+        self._state.apply_all(recorded)
         if any(r.kind in _RESCHEDULE for r in recorded):
             self._schedule.set()
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
         if (
             self.settings.database.snapshot_every_events
-            and self.state.last_seq - self._snapshot_seq
+            and self._state.last_seq - self._snapshot_seq
             >= self.settings.database.snapshot_every_events
         ):
             self._snapshot_due.set()
@@ -198,87 +257,18 @@ class ControlPlane:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), within_s)
 
-    # -- scheduling and dispatch -----------------------------------------------------------
+    # -- the loops -------------------------------------------------------------------------
 
     async def _scheduler_loop(self) -> None:
         while True:
             await self._schedule.wait()
             self._schedule.clear()
             try:
-                await self.schedule_once()
+                await self.execute(PlaceQueued())
             except Exception:
                 log.exception("scheduling pass failed; retrying")
                 await asyncio.sleep(0.5)
                 self._schedule.set()
-
-    async def submit(self, submitted: Sequence[TaskSubmitted]) -> list[TaskSubmitted]:
-        """Record submissions, with the placement of those that fit now in the same commit.
-
-        One durable commit instead of two (submission, then the scheduler's placement)
-        is a quarter of a trivial task's latency on a disk where a commit costs 2-4 ms.
-        Each task gets the next task number here, under the gate; the events as recorded
-        (with their numbers) are returned.
-        """
-        async with self.gate.exclusive():
-            after = self.state.last_number
-            submitted = [
-                msgspec.structs.replace(e, number=after + i) for i, e in enumerate(submitted, 1)
-            ]
-            incoming = [TaskView(task_id=e.task_id, spec=e.spec) for e in submitted]
-            placements = self.scheduler.plan(self.state, incoming)
-            await self.record([*submitted, *placements, *self._dispatching(placements)])
-        await self._dispatch_all(placements)
-        return submitted
-
-    async def schedule_once(self) -> int:
-        """Place what fits now; send each placed task to its node. Returns how many."""
-        async with self.gate.exclusive():
-            if not self.state.pending:
-                return 0
-            placements = self.scheduler.plan(self.state)
-            if not placements:
-                return 0
-            await self.record([*placements, *self._dispatching(placements)])
-        await self._dispatch_all(placements)
-        return len(placements)
-
-    def _dispatching(self, placements: Sequence[TaskPlaced]) -> list[TaskDispatched]:
-        """``task.dispatched`` for placements whose node's agent is connected.
-
-        Recorded in the placement's commit, before the run command leaves: recorded
-        after it, the node's ``task.started`` could commit first. If the send then
-        fails, the agent's reconnection re-sends the command (see agents.py).
-        """
-        return [
-            TaskDispatched(task_id=p.task_id, node=p.node)
-            for p in placements
-            if p.node in self.agents
-        ]
-
-    async def _dispatch_all(self, placements: Sequence[TaskPlaced]) -> None:
-        for placed in placements:
-            await self.dispatch(placed.task_id)
-
-    async def dispatch(self, task_id: str) -> bool:
-        """Send a placed task's run command to its node's agent, if it is connected."""
-        task = self.state.tasks.get(task_id)
-        if task is None or task.state != "assigning" or task.node is None:
-            return False
-        session = self.agents.get(task.node)
-        if session is None:
-            return False
-        return await session.send(run_command(task))
-
-    async def send_to_node(self, node: str | None, message: link.Message) -> bool:
-        """Send a command to a node's agent; False when it is not connected."""
-        session = self.agents.get(node or "")
-        return await session.send(message) if session is not None else False
-
-    # -- liveness --------------------------------------------------------------------------
-
-    def heard_from(self, node: str) -> None:
-        """Note that ``node``'s agent just said something."""
-        self.seen[node] = time.monotonic()
 
     async def _monitor_loop(self) -> None:
         timing = self.settings.timing
@@ -292,39 +282,16 @@ class ControlPlane:
 
     async def check_liveness(self) -> list[str]:
         """Declare offline every online node silent past the timeout (its tasks become
-        unknown), and give up tasks unknown for longer than ``lost_after``."""
-        timeout = self.settings.timing.heartbeat_timeout
-        if not overdue(
-            self.state, self.seen, time.monotonic(), timeout, default_seen=self.started
-        ) and not self._give_up(now_us()):
+        unknown), give up tasks unknown for longer than ``lost_after``; the nodes
+        declared offline."""
+        # Decided once outside the gate to skip the exclusive gate when nothing is due, and
+        # again inside: waiting for the gate (behind a big batch, a commit) can outlast a
+        # heartbeat, and a node heard from meanwhile is not late.
+        check = CheckLiveness(heard_at=self._seen, never_heard_at=self._started)
+        if not decide(self._state, check, self._context()).events:
             return []
-        async with self.gate.exclusive():
-            # Decided again under the gate: waiting for it (behind a big batch, a commit)
-            # can outlast a heartbeat, and a node heard from meanwhile is not late.
-            now = time.monotonic()
-            late = overdue(self.state, self.seen, now, timeout, default_seen=self.started)
-            events: list[AnyEvent] = []
-            for name in late:
-                last = self.seen.get(name, self.started)
-                events += decide_offline(
-                    self.state, name, f"no heartbeat for {now - last:.1f}s (timeout {timeout}s)"
-                )
-            events += self._give_up(now_us())
-            if events:
-                await self.record(events)
-        for name in late:
-            session = self.agents.get(name)
-            if session is not None:
-                # Make it reconnect: its hello reconciles the tasks declared lost.
-                await session.close(reason="declared offline")
-        return late
-
-    def _give_up(self, now: int) -> list[AnyEvent]:
-        # The clock of an unknown task runs only while this host runs: a host that was
-        # down for a weekend gives its agents a chance to come back before giving up.
-        return decide_give_up(
-            self.state, now, self.settings.timing.lost_after, not_before_us=self.started_us
-        )
+        outcome = await self.execute(check)
+        return [node for node, _ in outcome.decision.disconnect]
 
     # -- snapshots -------------------------------------------------------------------------
 
@@ -339,15 +306,34 @@ class ControlPlane:
 
     async def snapshot(self) -> int:
         """Write a snapshot of the state at its current seq (nothing if already there)."""
-        seq = self.state.last_seq
+        seq = self._state.last_seq
         if seq == 0 or seq == self._snapshot_seq:
             return seq
-        data = self.state.snapshot()
+        data = self._state.snapshot()
         await self.store.save_snapshot(SNAPSHOT_NAME, seq, data)
         self._snapshot_seq = seq
         return seq
 
-    # -- helpers for routes ----------------------------------------------------------------
+    # -- queries (read-only: what the routes and the agent link may look at) ---------------
+
+    @property
+    def state(self) -> ClusterState:
+        """The live fold, to read: only a commit changes it (through ``execute``)."""
+        return self._state
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the newest event the state includes."""
+        return self._state.last_seq
+
+    @property
+    def connected(self) -> list[str]:
+        """The nodes whose agent is connected now."""
+        return sorted(self._links)
+
+    def is_connected(self, node: str) -> bool:
+        """Whether ``node``'s agent is connected now."""
+        return node in self._links
 
     def task_matches(self, ident: str, limit: int = 4) -> list[str]:
         """The task ids ``ident`` names: the task with that number (``12``), the task
@@ -355,10 +341,11 @@ class ControlPlane:
         Ids are UUIDv7, whose first 8 digits change once a minute, so a short prefix
         often names several tasks; a UUIDv7 starts with 0, a task number never does."""
         number = task_number(ident)
-        if number is not None and number in self.state.numbers:
-            return [self.state.numbers[number]]
-        if ident in self.state.tasks:
+        tasks = self._state.tasks
+        if number is not None and number in self._state.numbers:
+            return [self._state.numbers[number]]
+        if ident in tasks:
             return [ident]
         if len(ident) < 8:
             return []
-        return list(itertools.islice((t for t in self.state.tasks if t.startswith(ident)), limit))
+        return list(itertools.islice((t for t in tasks if t.startswith(ident)), limit))

@@ -22,7 +22,7 @@ runs and the tasks whose final report is still in its outbox; the host records
 ``task.reconnected`` for its ``unknown`` tasks among them, re-sends ``Run`` for tasks
 placed there that the agent does not know, ``Kill`` for tasks the agent runs that the
 host considers ended, and records ``task.lost`` for tasks the host thought were there
-and the agent has no trace of (``control_plane.decide.decide_hello``).
+and the agent has no trace of (``control_plane.commands.nodes.decide_hello``).
 """
 
 from __future__ import annotations

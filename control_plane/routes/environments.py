@@ -30,6 +30,7 @@ from sanic import Blueprint, Request, Sanic
 from sanic.response import HTTPResponse
 
 from control_plane import env_shells
+from control_plane.commands import RecordFacts
 from control_plane.environments import Environments, check_name
 from control_plane.errors import DomainError, NotFound
 from control_plane.requests import decode_body
@@ -53,7 +54,7 @@ _create_decoder = msgspec.json.Decoder(_Create)
 @bp.before_server_start
 async def _open(app: Sanic) -> None:  # type: ignore[type-arg]
     async def record(events: Any) -> object:
-        return await app.ctx.cp.record(events)
+        return await app.ctx.cp.execute(RecordFacts(events=tuple(events)))
 
     app.ctx.environments = Environments(app.ctx.settings, record)
 
@@ -184,9 +185,10 @@ async def shell(request: Request, ws: Any, name: str) -> None:
         return
     session = new_id()
     address = request.ip or ""
-    await cp.record(
-        [EnvShellOpened(name=name, session_id=session, requested_by=actor, client_address=address)]
+    opened_event = EnvShellOpened(
+        name=name, session_id=session, requested_by=actor, client_address=address
     )
+    await cp.execute(RecordFacts(events=(opened_event,)))
     loop = asyncio.get_running_loop()
 
     async def output() -> None:
@@ -252,7 +254,9 @@ async def _end_session(
         code = await asyncio.to_thread(env_shells.finish_shell, envs, opened, ended)
     except Exception as exc:
         log.warning("ending shell session %s failed: %s", session, exc)
-    await cp.record([EnvShellClosed(name=name, session_id=session, exit_code=code)])
+    await cp.execute(
+        RecordFacts(events=(EnvShellClosed(name=name, session_id=session, exit_code=code),))
+    )
     return code
 
 

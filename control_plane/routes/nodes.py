@@ -44,7 +44,7 @@ async def health(request: Request) -> HTTPResponse:
             "last_seq": state.last_seq,
             "nodes_online": sum(1 for n in state.nodes.values() if n.online),
             "nodes_total": len(state.nodes),
-            "agents_connected": sorted(cp.agents),
+            "agents_connected": cp.connected,
             "tasks": dict(sorted(by_state.items())),
             "anomalies": len(state.anomalies),
         }

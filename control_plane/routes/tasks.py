@@ -7,7 +7,7 @@ import asyncio
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
-from control_plane.decide import decide_kill, decide_submit
+from control_plane.commands import KillTask, PauseTask, SubmitTasks
 from control_plane.environments import Environments
 from control_plane.errors import Conflict, InvalidRequest, NotFound
 from control_plane.hub import ControlPlane
@@ -26,9 +26,7 @@ from control_plane.routes.common import (
     task_id_of,
 )
 from control_plane.views import TaskOut
-from events import link
 from events.ids import new_id
-from events.types import AnyEvent, TaskPauseRequested, TaskResumeRequested, TaskSubmitted
 from projections.tasks import ENDED_STATES, STATES, TaskView
 
 bp = Blueprint("tasks", url_prefix="/api")
@@ -41,25 +39,8 @@ async def _submit(cp: ControlPlane, requests: list[SubmitTask], envs: Environmen
         if problem is not None:
             raise InvalidRequest("container", f"no --container given, and {problem}")
     batch_id = new_id()
-    events: list[TaskSubmitted] = []
-    for i, req in enumerate(requests):
-        try:
-            events += decide_submit(
-                cp.state,
-                req,
-                new_id=new_id,
-                default_container=docker.default_container_name,
-                allow_privileged=docker.allow_privileged,
-                batch_id=batch_id,
-                privileged_default=docker.tasks_privileged,
-                mount_dirs=docker.allowed_mount_dirs,
-                default_mounts=docker.additional_mounts,
-            )
-        except InvalidRequest as exc:
-            if len(requests) == 1:
-                raise
-            raise InvalidRequest(f"tasks[{i}].{exc.field}", exc.message) from None
-    recorded = await cp.submit(events)
+    outcome = await cp.execute(SubmitTasks(requests=tuple(requests), batch_id=batch_id))
+    recorded = outcome.decision.submitted
     return answer(
         {
             "batch_id": batch_id,
@@ -155,50 +136,18 @@ async def kill(request: Request, ident: str) -> HTTPResponse:
     """Kill a task: at once while queued, through its node's agent otherwise."""
     cp = control_plane(request)
     by, reason = _requester(request)
-    async with cp.gate.exclusive():
-        task = _task(cp, ident)
-        try:
-            events = decide_kill(cp.state, task.task_id, by)
-        except InvalidRequest as exc:
-            raise Conflict(exc.field, exc.message) from None
-        await cp.record(events)
-    if task.holds_resources:
-        await cp.send_to_node(
-            task.node,
-            link.Kill(
-                task_id=task.task_id,
-                grace_s=cp.settings.timing.kill_grace_period,
-                reason=reason or f"requested by {by}",
-            ),
-        )
+    task = _task(cp, ident)
+    await cp.execute(KillTask(task_id=task.task_id, requested_by=by, reason=reason))
     return answer({"task_id": task.task_id, "number": task.number, "state": task.state}, status=202)
 
 
-async def _pause_or_resume(request: Request, ident: str, pause: bool) -> HTTPResponse:
+async def _pause_or_resume(request: Request, ident: str, resume: bool) -> HTTPResponse:
     cp = control_plane(request)
     by, _ = _requester(request)
-    verb = "pause" if pause else "resume"
-    async with cp.gate.exclusive():
-        task = _task(cp, ident)
-        wanted_from = "running" if pause else "paused"
-        if task.state == "unknown":
-            raise Conflict(
-                "task_id",
-                f"cannot {verb} task {task.task_id}: its node {task.node} is unreachable"
-                " (the task's state is unknown until the node comes back)",
-            )
-        if task.state != wanted_from:
-            raise Conflict("task_id", f"cannot {verb} task {task.number}: it is {task.state}")
-        if task.node not in cp.agents:
-            raise Conflict("task_id", f"cannot {verb} now: node {task.node} is not connected")
-        event: AnyEvent = (
-            TaskPauseRequested(task_id=task.task_id, requested_by=by)
-            if pause
-            else TaskResumeRequested(task_id=task.task_id, requested_by=by)
-        )
-        await cp.record([event])
-    message = link.Pause(task_id=task.task_id) if pause else link.Resume(task_id=task.task_id)
-    if not await cp.send_to_node(task.node, message):
+    task = _task(cp, ident)
+    outcome = await cp.execute(PauseTask(task_id=task.task_id, requested_by=by, resume=resume))
+    if not all(outcome.delivered):
+        verb = "resume" if resume else "pause"
         raise Conflict("task_id", f"cannot {verb} now: node {task.node} is not connected")
     return answer({"task_id": task.task_id, "number": task.number, "state": task.state}, status=202)
 
@@ -206,13 +155,13 @@ async def _pause_or_resume(request: Request, ident: str, pause: bool) -> HTTPRes
 @bp.post("/tasks/<ident:str>/pause")
 async def pause(request: Request, ident: str) -> HTTPResponse:
     """Freeze a running task (SIGSTOP / docker pause on its node)."""
-    return await _pause_or_resume(request, ident, pause=True)
+    return await _pause_or_resume(request, ident, resume=False)
 
 
 @bp.post("/tasks/<ident:str>/resume")
 async def resume(request: Request, ident: str) -> HTTPResponse:
     """Continue a paused task."""
-    return await _pause_or_resume(request, ident, pause=False)
+    return await _pause_or_resume(request, ident, resume=True)
 
 
 async def _output(request: Request, ident: str, stream: Stream) -> HTTPResponse | None:

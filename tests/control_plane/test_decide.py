@@ -5,10 +5,13 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from support.decisions import context
 from support.factories import record_in_memory
 
-from control_plane.decide import decide_kill, decide_submit
-from control_plane.errors import InvalidRequest
+from control_plane.commands import KillTask
+from control_plane.commands.submit import submitted_events
+from control_plane.commands.tasks import decide_kill
+from control_plane.errors import InvalidRequest, NotFound
 from control_plane.requests import (
     SubmitTask,
 )
@@ -43,7 +46,7 @@ def cluster() -> ClusterState:
 
 def submit(state: ClusterState, **fields: object) -> list:
     request = SubmitTask(**{"command": "echo", **fields})  # type: ignore[arg-type]
-    return decide_submit(state, request, new_id=lambda: next(_ids), default_container="base")
+    return submitted_events(state, request, new_id=lambda: next(_ids), default_container="base")
 
 
 def test_one_event_per_target_in_one_batch() -> None:
@@ -95,11 +98,15 @@ def test_kill_of_a_queued_task_finishes_it_at_once() -> None:
     state = cluster()
     (submitted,) = submit(state)
     state.apply_all(record_in_memory([new_event(submitted, source="host")], start_seq=10))
-    events = decide_kill(state, submitted.task_id, "alice")
+    decision = decide_kill(
+        state, KillTask(task_id=submitted.task_id, requested_by="alice"), context()
+    )
+    events = decision.events
     assert [type(e) for e in events] == [TaskKillRequested, TaskFinished]
-    assert events[1].state == "killed"
-    with pytest.raises(InvalidRequest, match="no task"):
-        decide_kill(state, "nope", "alice")
+    assert events[1].state == "killed"  # type: ignore[union-attr]
+    assert decision.sends == []  # nothing to tell any node
+    with pytest.raises(NotFound, match="no task"):
+        decide_kill(state, KillTask(task_id="nope", requested_by="alice"), context())
 
 
 @pytest.mark.parametrize(

@@ -7,15 +7,19 @@ Each branch of ``decide_hello`` (what a reconnecting agent's hello leads to), of
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import msgspec
 import pytest
+from support.decisions import context
 from support.factories import record_in_memory
 
-from control_plane.decide import decide_hello, decide_kill
-from control_plane.hub import ControlPlane, NodeNotOnline
-from control_plane.monitor import decide_give_up, decide_offline
-from control_plane.settings import HostSettings
+from control_plane.commands import KillTask, NodeHello, NodeNotOnline, RecordFacts, ReportFacts
+from control_plane.commands.nodes import decide_give_up, decide_offline
+from control_plane.commands.nodes import decide_hello as decide_hello_cmd
+from control_plane.commands.tasks import decide_kill as decide_kill_cmd
+from control_plane.hub import ControlPlane
+from control_plane.settings import HostSettings, HostTiming
 from events import link
 from events.envelope import new_event
 from events.ids import new_id
@@ -88,6 +92,29 @@ def hello(running: tuple[str, ...] = (), reported: tuple[str, ...] = ()) -> link
         running=tuple(link.AgentTask(task_id=t) for t in running),
         reported=reported,
     )
+
+
+class Plan(NamedTuple):
+    """A hello's decision, split as a reader of these tests wants it."""
+
+    registration: list[AnyEvent]
+    events: list[AnyEvent]
+    commands: list[link.Message]  # after the Welcome, which always comes first
+
+
+def decide_hello(state: ClusterState, hi: link.Hello, *, now_us: int, grace_s: float) -> Plan:
+    settings = HostSettings(timing=HostTiming(kill_grace_period=grace_s))
+    decision = decide_hello_cmd(
+        state, NodeHello(hello=hi), context(now_us=now_us, settings=settings)
+    )
+    welcome, *commands = [send.message for send in decision.sends]
+    assert isinstance(welcome, link.Welcome) and welcome.kill_grace_s == grace_s
+    assert all(send.node == hi.node for send in decision.sends)
+    return Plan(decision.node_events, decision.events, commands)
+
+
+def decide_kill(state: ClusterState, task_id: str, by: str) -> list[AnyEvent]:
+    return decide_kill_cmd(state, KillTask(task_id=task_id, requested_by=by), context()).events
 
 
 # -- going silent --------------------------------------------------------------------------
@@ -269,24 +296,20 @@ async def test_reports_from_a_node_declared_offline_wait_for_its_hello(tmp_path:
     )
     cp = await ControlPlane.open(settings)
     try:
-        await cp.record([NODE], "n1")
+        await cp.execute(RecordFacts(events=(NODE,)))
         task_id = new_id()
         spec = TaskSpec(command="x", batch_id="b")
-        await cp.record(
-            [
-                TaskSubmitted(task_id=task_id, spec=spec),
-                TaskPlaced(task_id=task_id, node="n1", cores=1),
-            ]
-        )
-        await cp.record([NodeOffline(node="n1")])
+        placed = TaskPlaced(task_id=task_id, node="n1", cores=1)
+        await cp.execute(RecordFacts(events=(TaskSubmitted(task_id=task_id, spec=spec), placed)))
+        await cp.execute(RecordFacts(events=(NodeOffline(node="n1"),)))
         # When the node's agent, declared offline, reports a start before saying hello
         started = new_event(TaskStarted(task_id=task_id, node="n1"), source="n1")
         with pytest.raises(NodeNotOnline):
-            await cp.record_facts("n1", [started])
+            await cp.execute(ReportFacts(node="n1", events=(started,)))
         # Then nothing was recorded; after its return the same report is taken
         assert cp.state.tasks[task_id].state == "assigning"
-        await cp.record([NodeOnline(node="n1")], "n1")
-        await cp.record_facts("n1", [started])
+        await cp.execute(RecordFacts(events=(NodeOnline(node="n1"),)))
+        await cp.execute(ReportFacts(node="n1", events=(started,)))
         assert cp.state.tasks[task_id].state == "running"
     finally:
         await cp.close()

@@ -161,7 +161,7 @@ policy = "{policy}"
                 fields = dict(
                     line.split(" ", 1) for line in record.read_text().splitlines() if " " in line
                 )
-                for key in ("task_pid", "pid"):
+                for key in ("pid", "task_pid"):  # the shim first: it would record the exit
                     if key in fields:
                         with contextlib.suppress(ProcessLookupError):
                             os.killpg(int(fields[key]), signal.SIGKILL)

@@ -1,0 +1,89 @@
+"""The control plane's command boundary: every decision, as a pure function.
+
+An adapter (a route, the agent link, a timer) turns what it received into a command
+(``types.py``) and hands it to ``ControlPlane.execute``, which takes the gate, calls
+``decide`` on the folded state, records the decision's events in one commit, then sends
+its link messages. Nothing in this package does I/O or keeps state between calls, so
+each decision is tested on a ``ClusterState`` alone.
+
+Where each decision lives:
+
+=====================  ===========================================  ============
+command                decision                                     module
+=====================  ===========================================  ============
+SubmitTasks            validate, number, place what fits now        submit.py
+PlaceQueued            the scheduler's pass over the queue          submit.py
+KillTask               kill (queued: at once; unknown: lost)        tasks.py
+PauseTask              pause or resume                              tasks.py
+NodeHello              registration, reconciliation on reconnect    nodes.py
+ReportFacts            an agent's reports; kill of a late start     nodes.py
+CheckLiveness          offline, unknown, given up                   nodes.py
+RecordFacts            the host's own facts (environments, shells)  here
+=====================  ===========================================  ============
+"""
+
+from __future__ import annotations
+
+from control_plane.commands.nodes import (
+    NodeNotOnline,
+    decide_hello,
+    decide_liveness,
+    decide_report,
+)
+from control_plane.commands.submit import decide_placement, decide_submission
+from control_plane.commands.tasks import decide_kill, decide_pause
+from control_plane.commands.types import (
+    FACTS,
+    CheckLiveness,
+    Command,
+    Context,
+    Decision,
+    KillTask,
+    NodeHello,
+    PauseTask,
+    PlaceQueued,
+    RecordFacts,
+    ReportFacts,
+    Send,
+    SubmitTasks,
+)
+from projections.cluster import ClusterState
+
+__all__ = [
+    "FACTS",
+    "CheckLiveness",
+    "Command",
+    "Context",
+    "Decision",
+    "KillTask",
+    "NodeHello",
+    "NodeNotOnline",
+    "PauseTask",
+    "PlaceQueued",
+    "RecordFacts",
+    "ReportFacts",
+    "Send",
+    "SubmitTasks",
+    "decide",
+]
+
+
+def decide(state: ClusterState, command: Command, ctx: Context) -> Decision:
+    """The decision for ``command`` on ``state`` (raises a ``DomainError`` to refuse it)."""
+    match command:
+        case SubmitTasks():
+            return decide_submission(state, command, ctx)
+        case PlaceQueued():
+            return decide_placement(state, command, ctx)
+        case KillTask():
+            return decide_kill(state, command, ctx)
+        case PauseTask():
+            return decide_pause(state, command, ctx)
+        case NodeHello():
+            return decide_hello(state, command, ctx)
+        case ReportFacts():
+            return decide_report(state, command, ctx)
+        case CheckLiveness():
+            return decide_liveness(state, command, ctx)
+        case RecordFacts():
+            return Decision(events=list(command.events))

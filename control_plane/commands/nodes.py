@@ -1,0 +1,278 @@
+"""A node's life as the host sees it: its hello, its reports, its silence.
+
+* ``decide_hello``: what a (re)connecting agent's hello leads to (registration or return,
+  reconciliation of the tasks it runs with the log, then the commands to send it).
+* ``decide_report``: the events an agent reports are recorded as sent; a start reported
+  for a task the host already gave up on is answered with a kill.
+* ``decide_liveness``: nodes silent past the timeout go offline, their tasks ``unknown``;
+  tasks unknown past ``lost_after`` are given up.
+
+Silence is measured on the host's monotonic clock at the moment each agent message
+arrived (not the agents' clocks, which may disagree with the host's); how long a task
+has been unknown, on the store's clock, which survives host restarts.
+"""
+
+from __future__ import annotations
+
+from control_plane.commands.submit import run_of
+from control_plane.commands.types import (
+    CheckLiveness,
+    Context,
+    Decision,
+    NodeHello,
+    ReportFacts,
+    Send,
+)
+from control_plane.errors import Conflict
+from events import link
+from events.types import (
+    AnyEvent,
+    NodeOffline,
+    NodeOnline,
+    NodeRegistered,
+    TaskFinished,
+    TaskLost,
+    TaskPlaced,
+    TaskReconnected,
+    TaskStarted,
+    TaskUnreachable,
+)
+from projections.cluster import ClusterState
+from projections.tasks import TaskView
+
+
+class NodeNotOnline(Conflict):
+    """An agent reported facts for a node declared offline: it must say hello first."""
+
+    def __init__(self, node: str) -> None:
+        super().__init__("node", f"node {node} was declared offline; say hello again")
+        self.node = node
+
+
+# The states a task can be in when its node goes silent (those that hold resources).
+REACHABLE_STATES = frozenset({"assigning", "running", "paused"})
+
+
+def decide_offline(state: ClusterState, node: str, reason: str) -> list[AnyEvent]:
+    """``node.offline`` for ``node``, and ``task.unreachable`` for each task it held.
+
+    The tasks are not given up: the node may still run them (a restarted agent, a
+    network cut). They stay ``unknown``, holding their resources on the node, until
+    the node comes back or ``lost_after`` passes (``decide_give_up``).
+    """
+    view = state.nodes.get(node)
+    if view is None or not view.online:
+        return []
+    events: list[AnyEvent] = [NodeOffline(node=node, reason=reason, last_seen_us=view.last_seen_us)]
+    for task_id in list(view.task_ids):
+        task = state.tasks.get(task_id)
+        if task is not None and task.state in REACHABLE_STATES:
+            events.append(
+                TaskUnreachable(
+                    task_id=task_id,
+                    node=node,
+                    was=task.state,  # type: ignore[arg-type]
+                    reason=f"node {node} offline: {reason}",
+                )
+            )
+    return events
+
+
+def decide_give_up(
+    state: ClusterState, now_us: int, lost_after_s: float, *, not_before_us: int = 0
+) -> list[AnyEvent]:
+    """``task.lost`` for every task unknown for longer than ``lost_after_s``.
+
+    Times are the store's clock (``recorded_at``); unknown time counts from
+    ``not_before_us`` at the earliest (when this host started listening).
+    """
+    events: list[AnyEvent] = []
+    limit_us = int(lost_after_s * 1_000_000)
+    for node in state.nodes.values():
+        if node.online:
+            continue
+        for task_id in node.task_ids:
+            task = state.tasks.get(task_id)
+            if task is None or task.state != "unknown" or task.unknown_since_us is None:
+                continue
+            if now_us - max(task.unknown_since_us, not_before_us) > limit_us:
+                events.append(
+                    TaskLost(
+                        task_id=task_id,
+                        node=node.name,
+                        reason=(
+                            f"node {node.name} unreachable for longer than lost_after"
+                            f" ({_duration(lost_after_s)}); given up"
+                        ),
+                    )
+                )
+    return events
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g}h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g}m"
+    return f"{seconds:g}s"
+
+
+def decide_liveness(state: ClusterState, command: CheckLiveness, ctx: Context) -> Decision:
+    """Offline for each node silent past ``heartbeat_timeout`` (its link is closed, so its
+    agent reconnects and says hello); ``lost`` for tasks unknown past ``lost_after``."""
+    timing = ctx.settings.timing
+    decision = Decision()
+    for name, node in sorted(state.nodes.items()):
+        silent = ctx.now_mono - command.heard_at.get(name, command.never_heard_at)
+        if node.online and silent > timing.heartbeat_timeout:
+            events = decide_offline(
+                state,
+                name,
+                f"no heartbeat for {silent:.1f}s (timeout {timing.heartbeat_timeout}s)",
+            )
+            if events:
+                decision.events += events
+                decision.disconnect.append((name, "declared offline"))
+    decision.events += decide_give_up(
+        state, ctx.now_us, timing.lost_after, not_before_us=ctx.started_us
+    )
+    return decision
+
+
+def decide_report(state: ClusterState, command: ReportFacts, ctx: Context) -> Decision:
+    """Record what an agent reported; kill tasks it started that the host gave up on.
+
+    Refused (``NodeNotOnline``) once its node was declared offline: its tasks are
+    ``unknown`` and only its next hello may bring them back; the agent's outbox keeps
+    the events and sends them again after that hello.
+    """
+    view = state.nodes.get(command.node)
+    if view is None or not view.online:
+        raise NodeNotOnline(command.node)
+    sends: list[Send] = []
+    for new in command.events:
+        if isinstance(new.event, TaskStarted):
+            # A start reported for a task the host already gave up on (lost, killed while
+            # queued...) must not keep running: its resources may be someone else's now.
+            task = state.tasks.get(new.event.task_id)
+            if task is not None and not task.holds_resources:
+                kill = link.Kill(
+                    task_id=task.task_id,
+                    grace_s=ctx.settings.timing.kill_grace_period,
+                    reason=f"task is {task.state} on the host",
+                )
+                sends.append(Send(command.node, kill))
+    return Decision(facts=list(command.events), sends=sends)
+
+
+def decide_hello(state: ClusterState, command: NodeHello, ctx: Context) -> Decision:
+    """Reconcile what a (re)connecting agent runs with what the log says runs there.
+
+    For each task holding resources on the node (``unknown`` ones by the state they had):
+    the agent runs it, or holds its final report → it stays (an unknown one is
+    ``task.reconnected``), and a kill requested meanwhile is sent; placed but never
+    received → ``run`` again (or, if a kill was asked for, ``killed before it started``);
+    anything else the agent has no trace of → ``task.lost``. A task the agent runs that
+    the host considers ended, or placed elsewhere, is killed.
+    """
+    hello, now_us, grace_s = command.hello, ctx.now_us, ctx.settings.timing.kill_grace_period
+    registration: list[AnyEvent] = []
+    events: list[AnyEvent] = []
+    commands: list[link.Message] = []
+    machine = NodeRegistered(
+        node=hello.node,
+        address=hello.address,
+        cores=hello.cores,
+        memory_bytes=hello.memory_bytes,
+        numa=hello.numa,
+        gpus=hello.gpus,
+        agent_version=hello.agent_version,
+        executors=hello.executors,
+    )
+    view = state.nodes.get(hello.node)
+    if view is None or _machine(view) != _machine(machine):
+        registration.append(machine)
+    elif not view.online:
+        registration.append(NodeOnline(node=hello.node))
+    running = {t.task_id for t in hello.running}
+    reported = set(hello.reported)
+    for task_id in list(view.task_ids) if view is not None else []:
+        task = state.tasks[task_id]
+        was = task.state_before_unknown if task.state == "unknown" else task.state
+        back = (
+            [
+                TaskReconnected(
+                    task_id=task_id,
+                    node=hello.node,
+                    state=was,  # type: ignore[arg-type]
+                    unreachable_s=max(0, now_us - (task.unknown_since_us or now_us)) / 1e6,
+                )
+            ]
+            if task.state == "unknown"
+            else []
+        )
+        if task_id in running:
+            events += back
+            if task.kill_requested_by is not None:
+                commands.append(link.Kill(task_id=task_id, grace_s=grace_s))
+        elif task_id in reported:
+            events += back  # its final report follows in the agent's first batch
+        elif was == "assigning" and task.kill_requested_by is not None:
+            events.append(
+                TaskFinished(
+                    task_id=task_id,
+                    state="killed",
+                    message="killed before it started",
+                    node=hello.node,
+                )
+            )
+        elif was == "assigning":
+            events += back
+            commands.append(run_command(task))
+        else:
+            events.append(
+                TaskLost(
+                    task_id=task_id,
+                    node=hello.node,
+                    reason="the node's agent came back without this task",
+                )
+            )
+    for task_id in running:
+        known = state.tasks.get(task_id)
+        if known is None or known.node != hello.node or not known.holds_resources:
+            commands.append(
+                link.Kill(
+                    task_id=task_id, grace_s=grace_s, reason="the host considers this task ended"
+                )
+            )
+    welcome = link.Welcome(
+        heartbeat_interval_s=ctx.settings.timing.heartbeat_interval,
+        kill_grace_s=grace_s,
+        last_seq=state.last_seq,
+    )
+    return Decision(
+        node=hello.node,
+        node_events=registration,
+        events=events,
+        sends=[Send(hello.node, m) for m in (welcome, *commands)],
+    )
+
+
+def _machine(e: object) -> tuple[object, ...]:
+    return tuple(
+        getattr(e, f)
+        for f in ("address", "cores", "memory_bytes", "numa", "gpus", "agent_version", "executors")
+    )
+
+
+def run_command(task: TaskView) -> link.Run:
+    """The run command for a placed task, with the resources it was placed on."""
+    placed = TaskPlaced(
+        task_id=task.task_id,
+        node=task.node or "",
+        cores=task.cores,
+        memory_bytes=task.memory_bytes,
+        gpu_ids=task.gpu_ids,
+        numa_id=task.numa_id,
+    )
+    return run_of(placed, task.spec)

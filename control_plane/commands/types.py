@@ -1,0 +1,140 @@
+"""The command boundary's vocabulary: what can be asked of the control plane, and what
+a decision about it is.
+
+A *command* is a request from an adapter (a route, the agent link, a timer) that may
+change the log. A *decision* is what a pure ``decide_*`` function makes of a command
+against the folded state: the events to record and the link messages to send once
+they are recorded. ``ControlPlane.execute`` is the only code that takes the gate,
+calls the decision, records its events and then sends its messages, in that order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+from msgspec import Struct, field
+
+from control_plane.requests import SubmitTask
+from control_plane.scheduler import Scheduler
+from control_plane.settings import HostSettings
+from events import link
+from events.envelope import NewEvent
+from events.types import AnyEvent, TaskSubmitted
+
+# -- commands --------------------------------------------------------------------------------
+
+
+class SubmitTasks(Struct, frozen=True, kw_only=True):
+    """Submit one batch: each request's task(s), numbered, placed where they fit now."""
+
+    requests: tuple[SubmitTask, ...]
+    batch_id: str
+
+
+class PlaceQueued(Struct, frozen=True, kw_only=True):
+    """Place the queued tasks that fit now (the scheduler's pass)."""
+
+
+class KillTask(Struct, frozen=True, kw_only=True):
+    """Kill a task: at once while queued or unreachable, through its node otherwise."""
+
+    task_id: str
+    requested_by: str
+    reason: str = ""
+
+
+class PauseTask(Struct, frozen=True, kw_only=True):
+    """Freeze a running task (``resume=True``: continue a paused one)."""
+
+    task_id: str
+    requested_by: str
+    resume: bool = False
+
+
+class CheckLiveness(Struct, frozen=True, kw_only=True):
+    """Declare offline the nodes silent too long; give up tasks unknown too long.
+
+    ``heard_at`` is when each node's agent last said something, on the host's monotonic
+    clock (a node missing from it counts from ``never_heard_at``, the host's start). The
+    caller passes its live map: it is read when the decision is made, under the gate, so
+    a node heard from while the check waited for the gate is not late.
+    """
+
+    heard_at: dict[str, float]
+    never_heard_at: float
+
+
+class NodeHello(Struct, frozen=True, kw_only=True):
+    """A node agent (re)connected and said hello."""
+
+    hello: link.Hello
+
+
+class ReportFacts(Struct, frozen=True, kw_only=True):
+    """Events an agent reported (already checked as its to report), to be recorded as sent."""
+
+    node: str
+    events: tuple[NewEvent, ...]
+
+
+class RecordFacts(Struct, frozen=True, kw_only=True):
+    """Events the host observed of work it did itself (an environment created, a shell
+    opened): facts, recorded beside the agents' (shared gate)."""
+
+    events: tuple[AnyEvent, ...]
+
+
+Command = (
+    SubmitTasks
+    | PlaceQueued
+    | KillTask
+    | PauseTask
+    | CheckLiveness
+    | NodeHello
+    | ReportFacts
+    | RecordFacts
+)
+# Commands that record facts: they conflict with no decision, so they share the gate.
+FACTS = (ReportFacts, RecordFacts)
+
+# -- decisions -------------------------------------------------------------------------------
+
+
+class Send(NamedTuple):
+    """A link message for a node's agent, sent after the decision's commit."""
+
+    node: str
+    message: link.Message
+
+
+class Decision(Struct, kw_only=True):
+    """What a command leads to. Everything in it happens, in this order, or nothing does:
+
+    ``node_events`` (recorded as from ``node``: a registration), ``events`` (the host's)
+    and ``facts`` (enveloped by whoever reported them) in one commit; then ``sends``;
+    then the links of ``disconnect`` are closed (their agents reconnect and say hello).
+    ``submitted`` is the answer to a submission: its tasks as recorded (with numbers).
+    """
+
+    events: list[AnyEvent] = field(default_factory=list)
+    node: str = ""
+    node_events: list[AnyEvent] = field(default_factory=list)
+    facts: list[NewEvent] = field(default_factory=list)
+    sends: list[Send] = field(default_factory=list)
+    disconnect: list[tuple[str, str]] = field(default_factory=list)
+    submitted: list[TaskSubmitted] = field(default_factory=list)
+
+
+class Context(NamedTuple):
+    """What a decision may know besides the state: settings, links, clocks, the scheduler."""
+
+    settings: HostSettings
+    connected: frozenset[str]
+    now_us: int
+    scheduler: Scheduler
+    new_id: Callable[[], str]
+    # When this host started (store clock): an unknown task's time counts from then at most.
+    started_us: int = 0
+    # The host's monotonic clock, for silences (``CheckLiveness``).
+    now_mono: float = 0.0

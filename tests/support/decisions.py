@@ -1,0 +1,22 @@
+"""A decision ``Context`` for pure tests of control_plane/commands (no server, no clock)."""
+
+from __future__ import annotations
+
+from control_plane.commands import Context
+from control_plane.scheduler import Scheduler
+from control_plane.settings import HostSettings
+from events.ids import new_id
+
+
+def context(
+    *connected: str, now_us: int = 0, settings: HostSettings | None = None, now_mono: float = 0.0
+) -> Context:
+    """What a decision may know: default settings, these nodes connected, a fixed clock."""
+    return Context(
+        settings=settings or HostSettings(),
+        connected=frozenset(connected),
+        now_us=now_us,
+        scheduler=Scheduler(),
+        new_id=new_id,
+        now_mono=now_mono,
+    )
