@@ -35,6 +35,7 @@ from control_plane.env_tarballs import (
 )
 from control_plane.errors import Conflict, DomainError, InvalidRequest, NotFound, Unavailable
 from control_plane.settings import HostSettings
+from events.config import is_no_container
 from events.tarballs import ENV_NAME, LABEL_ENV, LABEL_TIMESTAMP, image_of, tarball_name
 from events.types import (
     AnyEvent,
@@ -65,6 +66,9 @@ def check_name(name: str, field: str = "name") -> str:
             f"invalid environment name {name!r}: lowercase letters and digits, joined by"
             " single '.', '_' or '-' (a Docker repository name; at most 63 characters)",
         )
+    if is_no_container(name):
+        # `--container null` must keep meaning "no container", whatever exists.
+        raise InvalidRequest(field, f"{name!r} means no container; choose another name")
     return name
 
 
@@ -350,7 +354,7 @@ class Environments:
     def ensure_default_soon(self) -> None:
         """Start preparing ``default_container_name`` in the background (host start)."""
         name = self.settings.docker.default_container_name
-        if name.upper() == "NULL" or self._default_ready is not None:
+        if is_no_container(name) or self._default_ready is not None:
             return
         self._default_ready = asyncio.create_task(self._ensure_default(name))
 

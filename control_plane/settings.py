@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from events.config import DEFAULT_DATA_DIR, NO_CONTAINER
+
 Positive = Annotated[float, Meta(gt=0)]
 
 
@@ -52,7 +54,7 @@ class HostScheduler(Struct, kw_only=True, frozen=True):
 
 class HostDocker(Struct, kw_only=True, frozen=True):
     container_dir: str = "hakuriver-containers"
-    default_container_name: str = "NULL"
+    default_container_name: str = NO_CONTAINER
     initial_base_image: str = "python:3.12-alpine"
     tasks_privileged: bool = False
     allow_privileged: bool = True  # False: --privileged is refused
@@ -69,7 +71,7 @@ class HostSettings(Struct, kw_only=True, frozen=True):
     timing: HostTiming = HostTiming()
     scheduler: HostScheduler = HostScheduler()
     docker: HostDocker = HostDocker()
-    data_dir: str = "~/.hakuriver"
+    data_dir: str = DEFAULT_DATA_DIR
     max_body_bytes: Annotated[int, Meta(gt=0)] = 1 << 20
 
     @classmethod

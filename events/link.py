@@ -27,11 +27,10 @@ and the agent has no trace of (``control_plane.commands.nodes.decide_hello``).
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import msgspec
-from msgspec import Meta, Struct
+from msgspec import Struct
 
+from events.config import NodeName
 from events.envelope import NewEvent
 from events.types import GpuInfo, NumaNode, TaskSpec
 
@@ -58,7 +57,7 @@ class Hello(Message, frozen=True, kw_only=True, tag="hello"):
     """Who the node is, what it has, what it runs; the host answers ``Welcome``."""
 
     link_version: int = LINK_VERSION
-    node: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+    node: NodeName
     address: str = ""
     cores: int
     memory_bytes: int

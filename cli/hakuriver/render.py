@@ -16,6 +16,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from events.config import is_no_container
+
 Doc = Mapping[str, Any]
 
 STATE_STYLES = {
@@ -226,7 +228,7 @@ def task_detail(task: Doc) -> Panel:
 def _container(task: Doc) -> str:
     # The host resolves the default at submission: null means the task runs as a process.
     container = task.get("container")
-    if container is None or container == "NULL":
+    if container is None or is_no_container(container):
         return "NULL (plain process)"
     return str(container)
 

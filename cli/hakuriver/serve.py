@@ -21,7 +21,6 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -39,8 +38,8 @@ from cli.hakuriver.claims import (
     url_of,
 )
 from cli.hakuriver.config import ConfigError, load_config
+from events.config import DEFAULT_DATA_DIR, node_name
 
-DEFAULT_DATA_DIR = "~/.hakuriver"
 EXIT_USAGE = 2
 LOOPBACK_NAMES = ("localhost", "::1")
 
@@ -238,7 +237,7 @@ def run_up(
     except ClaimRefused as exc:
         return _refuse(str(exc))
     url = claims.local_url
-    node = config.get("runner", {}).get("name") or socket.gethostname().split(".")[0]
+    node = node_name(config.get("runner", {}).get("name", ""))
     child: dict[str, subprocess.Popen[bytes]] = {}
 
     @app.after_server_start  # type: ignore[untyped-decorator]

@@ -23,12 +23,11 @@ from control_plane.requests import (
 )
 from control_plane.requests import parse_target as _parse_target
 from events import link
+from events.config import is_no_container
 from events.types import Mount, TaskDispatched, TaskPlaced, TaskSpec, TaskSubmitted
 from projections.cluster import ClusterState
 from projections.nodes import NodeView
 from projections.tasks import TaskView
-
-NO_CONTAINER = "NULL"
 
 
 def never_fits(node: NodeView, cores: int, memory: int | None, target: Target) -> str | None:
@@ -90,7 +89,7 @@ def submitted_events(
     if bad_env:
         raise InvalidRequest("env", f"invalid variable name {bad_env[0]!r}")
     container = request.container if request.container is not None else default_container
-    if container == NO_CONTAINER:
+    if is_no_container(container):
         container = None
     if request.privileged and not allow_privileged:
         raise InvalidRequest("privileged", "this host does not allow privileged tasks")

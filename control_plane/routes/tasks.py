@@ -26,6 +26,7 @@ from control_plane.routes.common import (
     task_id_of,
 )
 from control_plane.views import TaskOut
+from events.config import is_no_container
 from events.ids import new_id
 from projections.tasks import ENDED_STATES, STATES, TaskView
 
@@ -34,7 +35,9 @@ bp = Blueprint("tasks", url_prefix="/api")
 
 async def _submit(cp: ControlPlane, requests: list[SubmitTask], envs: Environments) -> HTTPResponse:
     docker = cp.settings.docker
-    if any(r.container is None for r in requests) and docker.default_container_name != "NULL":
+    if any(r.container is None for r in requests) and not is_no_container(
+        docker.default_container_name
+    ):
         problem = await envs.default_ready()
         if problem is not None:
             raise InvalidRequest("container", f"no --container given, and {problem}")

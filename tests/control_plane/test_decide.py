@@ -124,3 +124,9 @@ def test_memory_that_cannot_work_is_refused_at_submit(
     with pytest.raises(InvalidRequest, match=says) as refused:
         submit(cluster(), **fields)
     assert refused.value.field == field
+
+
+@pytest.mark.parametrize("spelling", ["NULL", "null", "Null"])
+def test_null_in_any_case_runs_a_plain_process(spelling: str) -> None:
+    (event,) = submit(cluster(), container=spelling)
+    assert event.spec.container is None

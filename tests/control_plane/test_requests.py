@@ -136,3 +136,13 @@ def test_cores_that_cannot_work_are_refused(text: str, says: str) -> None:
         parse_cores(text)
     assert refused.value.field == "cores"
     assert "0: no core accounting" in refused.value.message or says.startswith("more")
+
+
+def test_null_means_no_container_in_any_case_and_names_no_environment() -> None:
+    from control_plane.environments import check_name
+    from events.config import is_no_container
+
+    assert all(is_no_container(n) for n in ("NULL", "null", "Null"))
+    assert not any(is_no_container(n) for n in (None, "", "nullx", "base"))
+    with pytest.raises(InvalidRequest, match="means no container"):
+        check_name("null")

@@ -1,0 +1,50 @@
+"""What the host and the runners both take from the configuration, spelled once.
+
+One TOML file serves every component (DESIGN §6); each decodes its own sections into
+its own settings Struct (control_plane/settings.py, node_agent/settings.py). The few
+rules both sides must agree on live here, like the link (link.py) and the tarball
+folder (tarballs.py): the default data directory, the ``NULL`` container, and what a
+node may be called.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from typing import Annotated
+
+from msgspec import Meta
+
+# Where the host's event log and each runner's state live unless [paths] data_dir says.
+DEFAULT_DATA_DIR = "~/.hakuriver"
+
+# ``--container NULL``: run the task as a plain process on the node, no container.
+NO_CONTAINER = "NULL"
+
+# A node's name, as used in ``--target`` and the agent's hello.
+NODE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+NODE_NAME_MAX = 64
+NodeName = Annotated[str, Meta(min_length=1, max_length=NODE_NAME_MAX, pattern=NODE_NAME_PATTERN)]
+_NODE_NAME = re.compile(NODE_NAME_PATTERN)
+
+
+def is_no_container(name: str | None) -> bool:
+    """Whether ``name`` asks for no container (``NULL``, in any case)."""
+    return name is not None and name.upper() == NO_CONTAINER
+
+
+def node_name(configured: str = "") -> str:
+    """The node's name: the configured one, else this machine's short hostname."""
+    return configured or socket.gethostname().split(".")[0]
+
+
+def node_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a node (None when it can)."""
+    if not 1 <= len(name) <= NODE_NAME_MAX:
+        return f"a node name has 1 to {NODE_NAME_MAX} characters, {name!r} has {len(name)}"
+    if not _NODE_NAME.match(name):
+        return (
+            f"{name!r} is not a node name: letters, digits, '.', '_' and '-',"
+            " starting with a letter or digit"
+        )
+    return None
