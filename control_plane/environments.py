@@ -33,7 +33,7 @@ from control_plane.env_tarballs import (
     prune,
     write_tarball,
 )
-from control_plane.errors import Conflict, DomainError, InvalidRequest, NotFound, Unavailable
+from control_plane.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from control_plane.settings import HostSettings
 from events.config import is_no_container
 from events.tarballs import ENV_NAME, LABEL_ENV, LABEL_TIMESTAMP, image_of, tarball_name
@@ -99,8 +99,6 @@ class Environments:
         self.machine = machine  # whose keep-alive to use (None: this host's architecture)
         self.tar_dir = settings.tarball_dir
         self._locks: dict[str, asyncio.Lock] = {}
-        self.default_problem: str | None = None  # why the default environment is missing
-        self._default_ready: asyncio.Task[None] | None = None
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -332,10 +330,6 @@ class Environments:
             # The old image lost its tag; remove it unless something still uses it.
             with contextlib.suppress(docker.errors.APIError):
                 client.images.remove(previous, noprune=False)
-        if name == self.settings.docker.default_container_name:
-            # The user followed the refusal's advice (create-container, create-tar):
-            # submissions without --container are served from now on, no restart needed.
-            self.default_problem = None
         return EnvPackaged(
             name=name,
             image=image_of(name),
@@ -349,74 +343,8 @@ class Environments:
         """Every packaged tarball in the shared folder."""
         return list_tarballs(self.tar_dir)
 
-    # -- the default environment -------------------------------------------------------
-
-    def ensure_default_soon(self) -> None:
-        """Start preparing ``default_container_name`` in the background (host start)."""
-        name = self.settings.docker.default_container_name
-        if is_no_container(name) or self._default_ready is not None:
-            return
-        self._default_ready = asyncio.create_task(self._ensure_default(name))
-
-    async def default_ready(self) -> str | None:
-        """Wait for the default environment; None when usable, else what to do."""
-        self.ensure_default_soon()  # a request may come before the start hook ran
-        if self._default_ready is not None:
-            await asyncio.shield(self._default_ready)
-        return self.default_problem
-
-    async def _ensure_default(self, name: str) -> None:
-        """Package the default environment from ``initial_base_image`` if it has no tarball.
-
-        With a tarball already there nothing happens. Otherwise, when the host's engine
-        has the image ``hakuriver/NAME:base`` or ``initial_base_image`` locally, the host
-        creates the container and packages it. If it cannot, ``default_problem`` says
-        what to do, and submissions without ``--container`` are refused with it.
-        """
-        try:
-            check_name(name, "default_container_name")
-        except DomainError as exc:
-            self.default_problem = f"[docker] default_container_name: {exc.message}"
-            return
-        if any(t.name == name for t in await self._call(self.tarballs)):
-            self.default_problem = None
-            return
-        base = self.settings.docker.initial_base_image
-        hint = (
-            f"the default environment {name!r} has no tarball in {self.tar_dir} yet and the"
-            f" host could not create it from initial_base_image {base!r}"
-        )
-        fix = (
-            f"; load that image on the host (`docker pull {base}` or `docker load`) and"
-            f" restart the host, or build it yourself: hakuriver docker create-container"
-            f" IMAGE {name} && hakuriver docker create-tar {name}; or pass --container NULL"
-            " to run the task as a plain process"
-        )
-        try:
-            await self._call(self.engine)
-            exists = await self._call(lambda: _has_container(self.engine(), name))
-            if not exists:
-                source = await self._call(lambda: _local_image(self.engine(), image_of(name)))
-                source = source or await self._call(lambda: _local_image(self.engine(), base))
-                if source is None:
-                    self.default_problem = f"{hint} (not on the host's engine){fix}"
-                    log.warning("%s", self.default_problem)
-                    return
-                await self.create_container(source, name, requested_by="host")
-            await self.package(name, requested_by="host")
-            self.default_problem = None
-            log.info("packaged the default environment %r", name)
-        except DomainError as exc:
-            self.default_problem = f"{hint} ({exc.message}){fix}"
-            log.warning("%s", self.default_problem)
-        except Exception as exc:  # an engine failure must not stop the host
-            self.default_problem = f"{hint} ({type(exc).__name__}: {exc}){fix}"
-            log.exception("preparing the default environment failed")
-
     def close(self) -> None:
-        """Cancel background work and close the engine connection."""
-        if self._default_ready is not None:
-            self._default_ready.cancel()
+        """Close the engine connection."""
         if self._client is not None:
             with contextlib.suppress(Exception):
                 self._client.close()
@@ -432,23 +360,3 @@ def _container_out(container: Any) -> ContainerOut:
         status=container.status,
         created=str(container.attrs.get("Created", "")),
     )
-
-
-def _has_container(client: Any, name: str) -> bool:
-    import docker.errors
-
-    try:
-        client.containers.get(CONTAINER_PREFIX + name)
-        return True
-    except docker.errors.NotFound:
-        return False
-
-
-def _local_image(client: Any, reference: str) -> str | None:
-    import docker.errors
-
-    try:
-        client.images.get(reference)
-        return reference
-    except (docker.errors.ImageNotFound, docker.errors.APIError):
-        return None

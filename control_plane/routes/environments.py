@@ -31,6 +31,7 @@ from sanic.response import HTTPResponse
 
 from control_plane import env_shells
 from control_plane.commands import RecordFacts
+from control_plane.env_default import DefaultEnvironment
 from control_plane.environments import Environments, check_name
 from control_plane.errors import DomainError, NotFound
 from control_plane.requests import decode_body
@@ -61,11 +62,13 @@ async def _open(app: Sanic) -> None:  # type: ignore[type-arg]
 
 @bp.after_server_start
 async def _default(app: Sanic) -> None:  # type: ignore[type-arg]
-    app.ctx.environments.ensure_default_soon()
+    app.ctx.default_environment = DefaultEnvironment(app.ctx.environments)
+    app.ctx.default_environment.prepare_soon()
 
 
 @bp.before_server_stop
 async def _close(app: Sanic) -> None:  # type: ignore[type-arg]
+    app.ctx.default_environment.close()
     app.ctx.environments.close()
 
 

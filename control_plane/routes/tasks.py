@@ -8,7 +8,7 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
 from control_plane.commands import KillTask, PauseTask, SubmitTasks
-from control_plane.environments import Environments
+from control_plane.env_default import DefaultEnvironment
 from control_plane.errors import Conflict, InvalidRequest, NotFound
 from control_plane.hub import ControlPlane
 from control_plane.logs import Stream, log_path, read_from, read_tail
@@ -33,12 +33,14 @@ from projections.tasks import ENDED_STATES, STATES, TaskView
 bp = Blueprint("tasks", url_prefix="/api")
 
 
-async def _submit(cp: ControlPlane, requests: list[SubmitTask], envs: Environments) -> HTTPResponse:
+async def _submit(
+    cp: ControlPlane, requests: list[SubmitTask], default: DefaultEnvironment
+) -> HTTPResponse:
     docker = cp.settings.docker
     if any(r.container is None for r in requests) and not is_no_container(
         docker.default_container_name
     ):
-        problem = await envs.default_ready()
+        problem = await default.ready()
         if problem is not None:
             raise InvalidRequest("container", f"no --container given, and {problem}")
     batch_id = new_id()
@@ -58,7 +60,7 @@ async def _submit(cp: ControlPlane, requests: list[SubmitTask], envs: Environmen
 async def submit(request: Request) -> HTTPResponse:
     """One ``task.submitted`` per target, tied by a batch id."""
     return await _submit(
-        control_plane(request), [decode_submit(request.body)], request.app.ctx.environments
+        control_plane(request), [decode_submit(request.body)], request.app.ctx.default_environment
     )
 
 
@@ -66,7 +68,9 @@ async def submit(request: Request) -> HTTPResponse:
 async def submit_batch(request: Request) -> HTTPResponse:
     """Several submit requests as one batch: every task recorded, or none."""
     return await _submit(
-        control_plane(request), decode_batch(request.body).tasks, request.app.ctx.environments
+        control_plane(request),
+        decode_batch(request.body).tasks,
+        request.app.ctx.default_environment,
     )
 
 
