@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -30,7 +29,6 @@ from control_plane.scheduler import Scheduler
 from control_plane.settings import HostSettings
 from events import link
 from events.envelope import NewEvent, Recorded, new_event, now_us
-from events.ids import task_number
 from events.store import EventStore
 from events.types import AnyEvent, TaskDispatched, TaskPlaced, TaskSubmitted
 from projections.cluster import ClusterState
@@ -346,19 +344,3 @@ class ControlPlane:
         await self.store.save_snapshot(SNAPSHOT_NAME, seq, data)
         self._snapshot_seq = seq
         return seq
-
-    # -- helpers for routes ----------------------------------------------------------------
-
-    def task_matches(self, ident: str, limit: int = 4) -> list[str]:
-        """The task ids ``ident`` names: the task with that number (``12``), the task
-        with that id, else those it is a prefix of (8+ characters), at most ``limit``.
-        Ids are UUIDv7, whose first 8 digits change once a minute, so a short prefix
-        often names several tasks; a UUIDv7 starts with 0, a task number never does."""
-        number = task_number(ident)
-        if number is not None and number in self.state.numbers:
-            return [self.state.numbers[number]]
-        if ident in self.state.tasks:
-            return [ident]
-        if len(ident) < 8:
-            return []
-        return list(itertools.islice((t for t in self.state.tasks if t.startswith(ident)), limit))

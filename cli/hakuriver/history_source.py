@@ -40,13 +40,8 @@ from replay_tools.feed import MAX_PAGE, EventFilter, check_kinds, event_at, even
 from replay_tools.logfile import LogFile
 from replay_tools.points import Point, iso, parse_point
 from replay_tools.replay import diff_between, state_at
-from replay_tools.timeline import (
-    AmbiguousTask,
-    UnknownTask,
-    resolve_task,
-    task_history,
-    why,
-)
+from replay_tools.task_names import AmbiguousTask, LogTasks, UnknownTask, find_task
+from replay_tools.timeline import task_history, why
 
 Json = dict[str, Any]
 
@@ -317,7 +312,7 @@ class FileSource:
 
     def _task(self, ident: str, field_name: str = "task_id") -> str:
         try:
-            return resolve_task(self.log, ident)
+            return find_task(ident, LogTasks(self.log.con))
         except AmbiguousTask as exc:
             raise bad(field_name, str(exc), 400) from None
         except UnknownTask as exc:
