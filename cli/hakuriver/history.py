@@ -46,6 +46,7 @@ from cli.hakuriver.invocation import (
 from control_plane.requests import InvalidRequest
 from replay_tools.analytics import DEFAULT_MAX_ROWS
 from replay_tools.export import export_queries, write_parquet
+from replay_tools.queries import HistoryError
 
 PAGE = 1000
 # One a second per node: they drowned out everything else in ``events tail``; the host
@@ -67,12 +68,16 @@ class Offline:
 
 @contextmanager
 def _source(offline: Offline | None, conn: Connection | None) -> Iterator[HistorySource]:
+    """The source to read, closed afterwards; the file's refusals as the API's would read."""
     db = offline.db if offline is not None else None
-    source = open_source(db, host_url(connection(conn).settings()) if db is None else "")
     try:
-        yield source
-    finally:
-        source.close()
+        source = open_source(db, host_url(connection(conn).settings()) if db is None else "")
+        try:
+            yield source
+        finally:
+            source.close()
+    except HistoryError as exc:
+        raise InvalidRequest(exc.field, exc.message) from None
 
 
 events_app = App(name="events", help="The event log: recent events, following it, one event.")
@@ -141,10 +146,10 @@ def tail(
     as_json
         One JSON document per event, one per line.
     """
-    kinds = list(kind or [])
+    kinds = tuple(kind or ())
     query = EventQuery(
         kinds=kinds,
-        exclude=[] if every_kind or _names_heartbeats(kinds) else [HEARTBEAT],
+        exclude=() if every_kind or _names_heartbeats(kinds) else (HEARTBEAT,),
         task=task,
         node=node,
         source=source,
@@ -172,7 +177,7 @@ def tail(
     return 0
 
 
-def _names_heartbeats(kinds: list[str]) -> bool:
+def _names_heartbeats(kinds: tuple[str, ...]) -> bool:
     """Whether ``--kind`` asks for heartbeats by name (a family such as node.* does not)."""
     return any(HEARTBEAT in (k.strip() for k in word.split(",")) for word in kinds)
 
