@@ -15,17 +15,22 @@ import itertools
 import json
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 from urllib.parse import quote
 
 import duckdb
 import msgspec
 import pyarrow as pa
+from cyclopts import Parameter, validators
 
 from cli.hakuriver.client import ApiError, HakuClient, lines_of
-from cli.hakuriver.invocation import note
+from cli.hakuriver.config import host_url
+from cli.hakuriver.invocation import Connection, connection, note
 from control_plane.history import state_document
+from control_plane.requests import InvalidRequest
 from replay_tools.history import History
 from replay_tools.logfile import LogFile
 from replay_tools.queries import (
@@ -41,8 +46,21 @@ from replay_tools.queries import (
 )
 
 Json = dict[str, Any]
+Positive = Annotated[int, Parameter(validator=validators.Number(gt=0))]
+# A point may be a relative time such as -10m: a value, not an option.
+PointText = Annotated[str, Parameter(allow_leading_hyphen=True)]
 
-__all__ = ["ApiSource", "EventQuery", "FileSource", "HistorySource", "Json", "open_source"]
+__all__ = [
+    "ApiSource",
+    "EventQuery",
+    "FileSource",
+    "HistorySource",
+    "Json",
+    "Offline",
+    "PointText",
+    "Positive",
+    "reading",
+]
 
 
 class HistorySource(Protocol):
@@ -277,3 +295,26 @@ def open_source(db: Path | None, base_url: str) -> HistorySource:
     if db is not None:
         return FileSource(db)
     return ApiSource(base_url)
+
+
+@Parameter(name="*")
+@dataclass(frozen=True)
+class Offline:
+    """Read a database file instead of the control plane."""
+
+    db: Path | None = None
+    """Read this event log file directly (the control plane must be stopped, or give a copy)."""
+
+
+@contextmanager
+def reading(offline: Offline | None, conn: Connection | None) -> Iterator[HistorySource]:
+    """The source a command reads, closed afterwards; the file's refusals read as the API's."""
+    db = offline.db if offline is not None else None
+    try:
+        source = open_source(db, host_url(connection(conn).settings()) if db is None else "")
+        try:
+            yield source
+        finally:
+            source.close()
+    except HistoryError as exc:
+        raise InvalidRequest(exc.field, exc.message) from None
