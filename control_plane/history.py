@@ -3,7 +3,9 @@
 The host holds the log's DuckDB file open read-write, so history reads go through
 cursors of the store's own connection (``replay_tools.logfile.store_cursor``), on
 threads of their own: never the event loop. Each reader thread keeps one cursor with
-the documented SQL views (TEMP views over the store's ``events`` table).
+the documented SQL views (TEMP views over the store's ``events`` table), over which
+``history(cursor)`` is the same ``replay_tools.history.History`` the CLI's ``--db``
+mode uses on a file: one implementation of every history answer.
 
 At start the service hardens the DuckDB instance (``replay_tools.analytics.harden``:
 no file or network access, no extension loading, configuration locked): user SQL runs
@@ -32,10 +34,10 @@ from events.envelope import Recorded
 from events.store import EventStore
 from projections.cluster import ClusterState
 from projections.tasks import ENDED_STATES
-from replay_tools.analytics import SqlRefused, SqlResult, harden, install_views
-from replay_tools.analytics import run_readonly_sql as _run_readonly_sql
-from replay_tools.export import export_reader
+from replay_tools.analytics import harden, install_views
+from replay_tools.history import History, Json
 from replay_tools.logfile import LogFile, store_cursor
+from replay_tools.queries import ExportQuery, HistoryError, SqlQuery
 from replay_tools.snapshots import HISTORY_EVERY, HistoryWriter
 
 log = logging.getLogger("hakuriver.host")
@@ -62,6 +64,10 @@ def state_document(state: ClusterState, *, ended: bool) -> StateOut:
         nodes=[NodeOut.of(n) for n in sorted(state.nodes.values(), key=lambda n: n.name)],
         tasks=[TaskOut.of(t) for t in tasks if ended or t.state not in ENDED_STATES],
     )
+
+
+class HistoryClosed(Exception):
+    """The control plane is stopping: history answers no more questions."""
 
 
 class HistoryService:
@@ -110,7 +116,11 @@ class HistoryService:
     # -- reading -----------------------------------------------------------------------------
 
     async def run(self, work: Callable[[Cursor], T]) -> T:
-        """Run ``work(cursor)`` on a reader thread (RuntimeError once the service closed)."""
+        """Run ``work(cursor)`` on a reader thread (``HistoryClosed`` once closing)."""
+        if self.closing.is_set():
+            # Set before the reader threads are shut down, on this same loop: no work is
+            # handed to a pool that refuses it.
+            raise HistoryClosed
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._readers, self._call, work)
 
@@ -135,13 +145,17 @@ class HistoryService:
         """The log read through ``cursor`` (for the ``replay_tools`` functions)."""
         return LogFile.over(cursor, self.store.path)
 
-    async def sql(self, sql: str, max_rows: int, timeout_s: float) -> SqlResult:
-        """One read-only statement; refused (``SqlRefused``) if it runs past ``timeout_s``."""
+    def history(self, cursor: Cursor) -> History:
+        """The history questions, answered through ``cursor`` (it has the SQL views)."""
+        return History(self.log(cursor), analytics=cursor)
+
+    async def sql(self, query: SqlQuery, timeout_s: float) -> Json:
+        """One read-only statement; refused (``HistoryError``) if it runs past ``timeout_s``."""
         used: list[Cursor] = []
 
-        def work(cursor: Cursor) -> SqlResult:
+        def work(cursor: Cursor) -> Json:
             used.append(cursor)
-            return _run_readonly_sql(cursor, sql, max_rows=max_rows)
+            return self.history(cursor).sql(query)
 
         running = asyncio.ensure_future(self.run(work))
         try:
@@ -151,18 +165,19 @@ class HistoryService:
                 used[0].interrupt()
             with contextlib.suppress(Exception):
                 await running
-            raise SqlRefused(
+            raise HistoryError(
+                "sql",
                 f"refused: the statement ran longer than {timeout_s:g}s and was stopped;"
-                " narrow it (a WHERE on seq or recorded_at, a LIMIT)"
+                " narrow it (a WHERE on seq or recorded_at, a LIMIT)",
             ) from None
 
-    async def export(self, name: str, since_us: int | None) -> AsyncIterator[bytes]:
+    async def export(self, query: ExportQuery) -> AsyncIterator[bytes]:
         """One export as an Arrow IPC stream, in chunks, read batch by batch off the loop."""
         loop = asyncio.get_running_loop()
         cursor = await loop.run_in_executor(self._readers, self._new_cursor)
         try:
             reader = await loop.run_in_executor(
-                self._readers, lambda: export_reader(cursor, name, since_us=since_us)
+                self._readers, lambda: self.history(cursor).export(query)
             )
             sink = _Chunks()
             writer = pa.ipc.new_stream(sink, reader.schema)

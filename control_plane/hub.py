@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -40,7 +39,7 @@ from control_plane.scheduler import Scheduler
 from control_plane.settings import HostSettings
 from events import link
 from events.envelope import Recorded, new_event, now_us
-from events.ids import new_id, task_number
+from events.ids import new_id
 from events.store import EventStore
 from projections.cluster import ClusterState
 
@@ -334,18 +333,3 @@ class ControlPlane:
     def is_connected(self, node: str) -> bool:
         """Whether ``node``'s agent is connected now."""
         return node in self._links
-
-    def task_matches(self, ident: str, limit: int = 4) -> list[str]:
-        """The task ids ``ident`` names: the task with that number (``12``), the task
-        with that id, else those it is a prefix of (8+ characters), at most ``limit``.
-        Ids are UUIDv7, whose first 8 digits change once a minute, so a short prefix
-        often names several tasks; a UUIDv7 starts with 0, a task number never does."""
-        number = task_number(ident)
-        tasks = self._state.tasks
-        if number is not None and number in self._state.numbers:
-            return [self._state.numbers[number]]
-        if ident in tasks:
-            return [ident]
-        if len(ident) < 8:
-            return []
-        return list(itertools.islice((t for t in tasks if t.startswith(ident)), limit))

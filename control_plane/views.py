@@ -1,6 +1,7 @@
 """What the REST API returns: tasks and nodes as JSON documents.
 
-Times are RFC 3339 strings in UTC (``2026-11-21T10:00:00.123456Z``) or null.
+Times are RFC 3339 strings in UTC (``2026-11-21T10:00:00.123456Z``) or null, written
+by the one formatter every document uses (``replay_tools.points.iso``).
 These Structs are the API's contract (docs/api.md); add fields with defaults,
 never rename one.
 """
@@ -8,7 +9,6 @@ never rename one.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
 
 from msgspec import Struct
 
@@ -16,13 +16,7 @@ from events.types import GpuInfo, GpuUsage, Mount, NumaNode
 from projections.durations import durations
 from projections.nodes import NodeView
 from projections.tasks import TaskView
-
-
-def iso(us: int | None) -> str | None:
-    """Microseconds since the epoch as an RFC 3339 UTC string."""
-    if not us:
-        return None
-    return datetime.fromtimestamp(us / 1e6, tz=UTC).isoformat().replace("+00:00", "Z")
+from replay_tools.points import iso
 
 
 class TaskOut(Struct, kw_only=True):
@@ -82,7 +76,7 @@ class TaskOut(Struct, kw_only=True):
             node=task.node,
             owner=spec.owner,
             name=spec.name,
-            submitted_at=iso(task.submitted_at_us),
+            submitted_at=iso(task.submitted_at_us or None),  # 0: not known
             placed_at=iso(task.placed_at_us),
             started_at=iso(task.started_at_us),
             finished_at=iso(task.finished_at_us),
@@ -146,6 +140,6 @@ class NodeOut(Struct, kw_only=True):
                 known[task_id].number for task_id in node.running_task_ids if task_id in known
             ],
             task_ids=list(node.task_ids),
-            registered_at=iso(node.registered_at_us),
-            last_seen=iso(node.last_seen_us),
+            registered_at=iso(node.registered_at_us or None),  # 0: not known
+            last_seen=iso(node.last_seen_us or None),
         )

@@ -19,8 +19,8 @@ _UNIT_S = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 *
 
 
 # What DuckDB's timestamps hold: years 1 to 9999, as Unix microseconds; seqs are BIGINT.
-_MIN_US = -62_135_596_800_000_000
-_MAX_US = 253_402_300_799_999_999
+MIN_US = -62_135_596_800_000_000
+MAX_US = 253_402_300_799_999_999
 MAX_SEQ = 2**63 - 1
 
 
@@ -70,7 +70,7 @@ def parse_time(text: str, *, now_us: int) -> int:
 
 
 def _in_range(text: str, us: int) -> int:
-    if not _MIN_US <= us <= _MAX_US:
+    if not MIN_US <= us <= MAX_US:
         raise ValueError(f"{text!r} is out of range: times run from year 1 to year 9999")
     return us
 

@@ -9,7 +9,6 @@ from typing import Any
 import msgspec
 
 from events.envelope import Recorded
-from events.ids import task_number
 from events.types import Rejection, TaskPlaced, TaskSpec, TaskSubmitted
 from projections.cluster import ClusterState
 from projections.durations import TaskDurations, durations
@@ -18,18 +17,7 @@ from replay_tools.logfile import LogFile, as_log
 from replay_tools.points import iso
 from replay_tools.replay import state_at
 from replay_tools.summaries import placement_reason, summarize
-
-
-class UnknownTask(LookupError):
-    """The log holds no event for the task id asked about."""
-
-
-class AmbiguousTask(UnknownTask):
-    """A prefix of several task ids."""
-
-    def __init__(self, ident: str, matches: list[str]) -> None:
-        shown = ", ".join(matches[:3]) + (", ..." if len(matches) > 3 else "")
-        super().__init__(f"{ident!r} is a prefix of several tasks ({shown}): give more of the id")
+from replay_tools.task_names import UnknownTask
 
 
 class TimelineEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -119,7 +107,7 @@ def _task_records(source: str | Path | LogFile, task_id: str) -> list[Recorded]:
         if owned:
             log.close()
     if not records:
-        raise UnknownTask(f"no task {task_id!r} in the log")
+        raise UnknownTask(task_id)
     return records
 
 
@@ -128,7 +116,7 @@ def explain_placement(
 ) -> PlacementExplanation:
     """Why a task sits where it does, from its ``task.placed`` events (pure)."""
     if not records:
-        raise UnknownTask("no events for that task")
+        raise ValueError("explain_placement needs the task's events")
     task_id = records[0].stream.removeprefix("task:")
     task_state = state.tasks[task_id].state if state and task_id in state.tasks else "unknown"
     number = state.tasks[task_id].number if state and task_id in state.tasks else 0
@@ -193,7 +181,7 @@ def why(source: str | Path | LogFile, task_id: str) -> PlacementExplanation:
     try:
         records = log.read(streams=[f"task:{task_id}"])
         if not records:
-            raise UnknownTask(f"no task {task_id!r} in the log")
+            raise UnknownTask(task_id)
         # The task's own stream gives its state; the nodes (for what blocks a pending
         # task) come from the live part of the current state: no ended task is needed.
         own = ClusterState()
@@ -215,48 +203,10 @@ def number_of(source: str | Path | LogFile, task_id: str, records: Sequence[Reco
             return r.event.number
     log, owned = as_log(source)
     try:
-        row = log.con.execute(
+        rows = log.con.execute(  # read to its end: an open result blocks the next query
             f"SELECT number FROM ({task_numbers_sql()}) WHERE task_id = ? LIMIT 1", [task_id]
-        ).fetchone()
-    finally:
-        if owned:
-            log.close()
-    return int(row[0]) if row else 0
-
-
-def resolve_task(source: str | Path | LogFile, ident: str) -> str:
-    """A task id from its number, its full id, or a unique prefix of at least 8 characters
-    (UnknownTask). A number is canonical decimal (``12``): a UUIDv7 starts with 0."""
-    log, owned = as_log(source)
-    try:
-        number = task_number(ident)
-        if number is not None:
-            found = (
-                log.con.execute(
-                    "SELECT payload->>'$.task_id' FROM events WHERE kind = 'task.submitted'"
-                    " AND (payload->>'$.number')::BIGINT = ? LIMIT 1",
-                    [number],
-                ).fetchone()
-                or log.con.execute(  # a log from before task numbers
-                    f"SELECT task_id FROM ({task_numbers_sql()}) WHERE number = ? LIMIT 1", [number]
-                ).fetchone()
-            )
-            if found:
-                return str(found[0])
-        rows = log.con.execute(
-            "SELECT DISTINCT substr(stream, 6) AS id FROM events"
-            " WHERE kind = 'task.submitted' AND starts_with(stream, 'task:' || ?)"
-            " ORDER BY id LIMIT 4",
-            [ident],
         ).fetchall()
     finally:
         if owned:
             log.close()
-    ids = [str(row[0]) for row in rows]
-    if ident in ids:
-        return ident
-    if len(ident) < 8 or not ids:
-        raise UnknownTask(f"no task {ident!r} in the log")
-    if len(ids) > 1:
-        raise AmbiguousTask(ident, ids)
-    return ids[0]
+    return int(rows[0][0]) if rows else 0

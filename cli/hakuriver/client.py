@@ -21,7 +21,8 @@ from cli.hakuriver import wire
 
 Stream = Literal["stdout", "stderr"]
 Json = dict[str, Any]
-Params = Mapping[str, str | int]
+# A list value is sent as the parameter repeated (``kind=task.*&kind=node.offline``).
+Params = Mapping[str, str | int | Sequence[str]]
 
 # A kept-alive connection idle this long is not reused for a POST: if the server
 # closed it meanwhile, the request could not be retried without risking a double submit.
@@ -292,7 +293,7 @@ class HakuClient:
 
         An ``error`` line (the packaging failed after it started) is raised as ApiError.
         """
-        for line in _lines(self._stream("POST", f"/api/environments/{_segment(name)}/tar", {})):
+        for line in lines_of(self._stream("POST", f"/api/environments/{_segment(name)}/tar", {})):
             if not line.strip():
                 continue
             step: Json = json.loads(line)
@@ -361,12 +362,19 @@ class HakuClient:
             raise _error_of(answer)
         return answer
 
-    def _stream(self, method: str, path: str, params: Params) -> Iterator[bytes]:
+    def _stream(
+        self,
+        method: str,
+        path: str,
+        params: Params,
+        headers: Mapping[str, str] | None = None,
+    ) -> Iterator[bytes]:
         """An answer's body as it arrives, on a second connection with no read timeout."""
         target = self._target(path, params)
         conn = self._stream_conn
         try:
-            got, pieces = conn.stream(method, target, b"" if method == "POST" else None)
+            body = b"" if method == "POST" else None
+            got, pieces = conn.stream(method, target, body, headers)
             if got.status >= 400:
                 body = b"".join(pieces)
                 url = self.base_url + target
@@ -377,7 +385,7 @@ class HakuClient:
             raise self._unreachable(exc) from None
 
     def _target(self, path: str, params: Params | None) -> str:
-        query = urlencode(params) if params else ""
+        query = urlencode(params, doseq=True) if params else ""
         return self._prefix + path + (f"?{query}" if query else "")
 
     def _unreachable(self, exc: BaseException) -> Unreachable:
@@ -404,7 +412,7 @@ def _log_params(offset: int | None, tail: int | None, *, follow: bool) -> dict[s
     return {key: value for key, value in params.items() if value is not None}
 
 
-def _lines(pieces: Iterator[bytes]) -> Iterator[bytes]:
+def lines_of(pieces: Iterator[bytes]) -> Iterator[bytes]:
     """The lines of a body that arrives in pieces (the last one maybe without a newline)."""
     pending = b""
     for piece in pieces:

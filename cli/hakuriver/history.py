@@ -1,5 +1,5 @@
-"""History commands: ``events``, ``task history``, ``why``, ``state``, ``audit``, ``sql``,
-``report`` and ``export`` (docs/history.md).
+"""History commands: ``task history``, ``why``, ``state``, ``audit``, ``sql``, ``report``
+and ``export``, and ``events`` (history_events.py) (docs/history.md).
 
 Each asks the running control plane, or, with ``--db FILE``, reads a database file
 directly (the control plane stopped, or a copy of its file): the same documents either
@@ -11,31 +11,25 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from cyclopts import App, Parameter, validators
+from cyclopts import App, Parameter
 
-from cli.hakuriver.config import host_url
+from cli.hakuriver.history_events import events_app
 from cli.hakuriver.history_render import (
     audit_view,
     diff_view,
-    event_detail,
-    event_line,
     rows_table,
     state_view,
     timeline_table,
     why_panel,
 )
-from cli.hakuriver.history_source import EventQuery, HistorySource, Json, open_source
+from cli.hakuriver.history_source import Offline, PointText, Positive, reading
 from cli.hakuriver.invocation import (
     EXIT_FAILED,
     Connection,
     JsonFlag,
-    connection,
     fail,
     note,
     print_json,
@@ -47,35 +41,6 @@ from control_plane.errors import InvalidRequest
 from replay_tools.analytics import DEFAULT_MAX_ROWS
 from replay_tools.export import export_queries, write_parquet
 
-PAGE = 1000
-# One a second per node: they drowned out everything else in ``events tail``; the host
-# leaves them out (``exclude``), so following stays cheap.
-HEARTBEAT = "node.heartbeat"
-Positive = Annotated[int, Parameter(validator=validators.Number(gt=0))]
-# A point may be a relative time such as -10m: a value, not an option.
-PointText = Annotated[str, Parameter(allow_leading_hyphen=True)]
-
-
-@Parameter(name="*")
-@dataclass(frozen=True)
-class Offline:
-    """Read a database file instead of the control plane."""
-
-    db: Path | None = None
-    """Read this event log file directly (the control plane must be stopped, or give a copy)."""
-
-
-@contextmanager
-def _source(offline: Offline | None, conn: Connection | None) -> Iterator[HistorySource]:
-    db = offline.db if offline is not None else None
-    source = open_source(db, host_url(connection(conn).settings()) if db is None else "")
-    try:
-        yield source
-    finally:
-        source.close()
-
-
-events_app = App(name="events", help="The event log: recent events, following it, one event.")
 state_app = App(name="state", help="The cluster as it was at any point of its history.")
 audit_app = App(name="audit", help="Check the log: hash chain and invariants.")
 
@@ -90,136 +55,6 @@ def install(app: App, task_app: App) -> None:
     app.command(report)
     app.command(export)
     task_app.command(task_history, name="history")
-
-
-# -- events -------------------------------------------------------------------------------
-
-
-@events_app.command
-@reported
-def tail(
-    *,
-    follow: Annotated[bool, Parameter(name=["--follow", "-f"])] = False,
-    kind: list[str] | None = None,
-    task: str | None = None,
-    node: str | None = None,
-    source: str | None = None,
-    since: PointText | None = None,
-    lines: Annotated[Positive, Parameter(name=["--lines", "-n"])] = 20,
-    every_kind: Annotated[bool, Parameter(name="--all")] = False,
-    as_json: JsonFlag = False,
-    offline: Offline | None = None,
-    conn: Connection | None = None,
-) -> int:
-    """Print the latest events, or every event since a point; with -f, keep following.
-
-    Node heartbeats (one a second per node) are left out unless asked for: --kind
-    node.heartbeat, or --all.
-
-    Parameters
-    ----------
-    follow
-        Keep printing events as they are recorded (server-sent events; a dropped
-        connection resumes after the last event printed, so none is missed or repeated).
-    kind
-        Only this kind (repeatable, or a comma list): task.placed, node.offline, ... or a
-        family: task.*, node.*, env.*, ssh.* (node.* without heartbeats: name
-        node.heartbeat to see them).
-    task
-        Only this task's events (its number, its id, or a unique prefix of its id).
-    node
-        Only events of this node, or naming it (placements, starts, ...).
-    source
-        Only events emitted by this source (host, a node name).
-    since
-        Every event from this point on: a seq (1200), a time (2026-11-21T10:00:00Z), or a
-        relative time (-10m, -2h). Without it, the last --lines events.
-    lines
-        How many of the latest events to print (without --since).
-    every_kind
-        Every event, node heartbeats included.
-    as_json
-        One JSON document per event, one per line.
-    """
-    kinds = list(kind or [])
-    query = EventQuery(
-        kinds=kinds,
-        exclude=[] if every_kind or _names_heartbeats(kinds) else [HEARTBEAT],
-        task=task,
-        node=node,
-        source=source,
-        since=since,
-    )
-    emit = _print_json_line if as_json else _print_line
-    if follow and offline is not None and offline.db is not None:
-        raise InvalidRequest("follow", "--follow needs the running control plane: drop --db")
-    with _source(offline, conn) as history:
-        position = 0
-        if since is None:
-            page = history.events(query, after=0, limit=lines, tail=True)
-            position = _print_events(page["events"], emit)
-            position = max(position, int(page.get("next_after", 0)))
-        else:
-            while True:
-                page = history.events(query, after=position, limit=PAGE, tail=False)
-                _print_events(page["events"], emit)
-                position = int(page["next_after"])
-                if not page.get("more"):
-                    break
-        if follow:
-            for event in history.follow(query, after=position):
-                _print_events([event], emit)
-    return 0
-
-
-def _names_heartbeats(kinds: list[str]) -> bool:
-    """Whether ``--kind`` asks for heartbeats by name (a family such as node.* does not)."""
-    return any(HEARTBEAT in (k.strip() for k in word.split(",")) for word in kinds)
-
-
-def _print_events(events: list[Json], emit: Callable[[Json], None]) -> int:
-    """Print each event; the greatest seq printed (0 for none)."""
-    for event in events:
-        emit(event)
-    return max((int(event.get("seq", 0)) for event in events), default=0)
-
-
-def _print_line(event: Json) -> None:
-    say(event_line(event))
-
-
-def _print_json_line(event: Json) -> None:
-    say(json.dumps(event, ensure_ascii=False))
-
-
-@reported
-def show_event(
-    seq: Annotated[int, Parameter(validator=validators.Number(gt=0))],
-    /,
-    *,
-    as_json: JsonFlag = False,
-    offline: Offline | None = None,
-    conn: Connection | None = None,
-) -> int:
-    """Show one event: its envelope (seq, kind, stream, source, times, hash) and payload.
-
-    Parameters
-    ----------
-    seq
-        The event's seq.
-    as_json
-        Print the API's event document.
-    """
-    with _source(offline, conn) as history:
-        event = history.event(seq)
-    if as_json:
-        print_json(event)
-    else:
-        show(event_detail(event))
-    return 0
-
-
-events_app.command(show_event, name="show")
 
 
 # -- tasks --------------------------------------------------------------------------------
@@ -243,7 +78,7 @@ def task_history(
     as_json
         Print the API's document ``{"task_id", "state", "node", "events": [...]}``.
     """
-    with _source(offline, conn) as history:
+    with reading(offline, conn) as history:
         document = history.task_history(task_id)
     if as_json:
         print_json(document)
@@ -272,7 +107,7 @@ def why(
     as_json
         Print the API's document.
     """
-    with _source(offline, conn) as history:
+    with reading(offline, conn) as history:
         document = history.why(task_id)
     if as_json:
         print_json(document)
@@ -306,7 +141,7 @@ def state(
     as_json
         Print the API's document ``{"seq", "nodes": [...], "tasks": [...]}``.
     """
-    with _source(offline, conn) as history:
+    with reading(offline, conn) as history:
         document = history.state(at, all_tasks=all_tasks)
     if as_json:
         print_json(document)
@@ -337,7 +172,7 @@ def diff(
     as_json
         Print the API's document.
     """
-    with _source(offline, conn) as history:
+    with reading(offline, conn) as history:
         document = history.diff(a, b)
     if as_json:
         print_json(document)
@@ -364,7 +199,7 @@ def verify(
     as_json
         Print the report ``{"ok", "checked", "first_bad_seq", "problems": [...]}``.
     """
-    with _source(offline, conn) as history:
+    with reading(offline, conn) as history:
         report_doc = history.audit()
     if as_json:
         print_json(report_doc)
@@ -413,7 +248,7 @@ def sql(
     """
     if as_json and as_csv:
         raise InvalidRequest("csv", "give --json or --csv, not both")
-    with _source(offline, conn) as history:
+    with reading(offline, conn) as history:
         result = history.sql(statement, max_rows)
     if as_json:
         print_json(result)
@@ -458,7 +293,7 @@ def report(
     as_json
         Print ``{"report", "by", "since", "columns", "rows"}``.
     """
-    with _source(offline, conn) as history:
+    with reading(offline, conn) as history:
         document = history.report(name, since=since, by=by)
     if as_json:
         print_json(document)
@@ -493,7 +328,7 @@ def export(
     folder = parquet.expanduser()
     folder.mkdir(parents=True, exist_ok=True)
     written: dict[str, dict[str, object]] = {}
-    with _source(offline, conn) as history:
+    with reading(offline, conn) as history:
         for name in export_queries():
             target = folder / f"{name}.parquet"
             rows = write_parquet(history.export(name, since), target)

@@ -13,8 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import httpx
-
+from cli.hakuriver.client import ApiError, HakuClient, Unreachable
 from projections.cluster import ClusterState
 from projections.tasks import ENDED_STATES
 
@@ -46,11 +45,19 @@ async def stop_tasks(cp: Any, url: str, *, requested_by: str) -> tuple[int, list
     ids = queued + placed
     if not ids:
         return 0, []
-    body = {"requested_by": requested_by, "reason": KILL_REASON}
-    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
-        for task_id in ids:
-            # 409: it ended meanwhile, which is what we want anyway.
-            await http.post(f"/api/tasks/{task_id}/kill", json=body)
+
+    def kill_each() -> None:
+        with HakuClient(url, timeout=30, user=requested_by) as client:
+            for task_id in ids:
+                try:
+                    client.kill(task_id, requested_by=requested_by, reason=KILL_REASON)
+                except Unreachable:
+                    raise
+                except ApiError:
+                    pass  # 409: it ended meanwhile, which is what we want anyway
+
+    # On a thread: the control plane answering these runs on this very loop.
+    await asyncio.to_thread(kill_each)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + cp.settings.timing.kill_grace_period + REPORT_MARGIN_S
 

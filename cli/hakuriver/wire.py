@@ -69,7 +69,7 @@ class Connection:
         self, method: str, target: str, body: bytes | None = None, content_type: str = ""
     ) -> Answer:
         """Send one request and read its whole answer."""
-        head = self._send(method, target, body, content_type)
+        head = self._send(method, target, body, content_type, {})
         reader = self._reader
         assert reader is not None
         parts = list(_body(reader, head, method))
@@ -79,14 +79,19 @@ class Connection:
         return head
 
     def stream(
-        self, method: str, target: str, body: bytes | None = None
+        self,
+        method: str,
+        target: str,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> tuple[Answer, Iterator[bytes]]:
         """Send one request; its status and headers, and its body as the pieces arrive.
 
         The connection waits for each piece without a time limit (a followed task may
-        stay silent for hours), and is closed when the body ends.
+        stay silent for hours), and is closed when the body ends. ``headers`` are sent
+        with this request only (a stream's ``Last-Event-ID``).
         """
-        head = self._send(method, target, body, "")
+        head = self._send(method, target, body, "", headers or {})
         reader = self._reader
         assert reader is not None
         reader.sock.settimeout(None)
@@ -99,7 +104,14 @@ class Connection:
 
         return head, pieces()
 
-    def _send(self, method: str, target: str, body: bytes | None, content_type: str) -> Answer:
+    def _send(
+        self,
+        method: str,
+        target: str,
+        body: bytes | None,
+        content_type: str,
+        headers: Mapping[str, str],
+    ) -> Answer:
         if self._reader is None:
             self._reader = _Reader(self._connect())
         lines = [
@@ -111,7 +123,7 @@ class Connection:
             lines.append(f"Content-Length: {len(body or b'')}")
         if content_type:
             lines.append(f"Content-Type: {content_type}")
-        lines += [f"{name}: {value}" for name, value in self.headers.items()]
+        lines += [f"{name}: {value}" for name, value in {**self.headers, **headers}.items()]
         data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
         self._reader.sock.sendall(data)
         return _head(self._reader)

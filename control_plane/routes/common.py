@@ -11,7 +11,7 @@ from sanic.response import HTTPResponse
 from control_plane.actors import ACTOR_HEADER, actor_from
 from control_plane.errors import InvalidRequest, NotFound
 from control_plane.hub import ControlPlane
-from replay_tools.timeline import AmbiguousTask
+from replay_tools.task_names import AmbiguousTask, StateTasks, UnknownTask, find_task
 
 _encoder = msgspec.json.Encoder()
 
@@ -73,14 +73,11 @@ def task_id_of(cp: ControlPlane, ident: str, field: str = "task_id") -> str:
     """The task ``ident`` names (its number, its id, or a unique prefix of 8+ characters).
 
     ``NotFound`` when it names none; ``InvalidRequest`` (400) naming some of the
-    matches when it is a prefix of several.
+    matches when it is a prefix of several (``replay_tools.task_names`` has the rule).
     """
-    matches = cp.task_matches(ident)
-    if len(matches) == 1:
-        return matches[0]
-    if matches:
-        raise InvalidRequest(field, str(AmbiguousTask(ident, matches)))
-    raise NotFound(
-        field,
-        f"no task {ident!r} (give its number, its id, or a unique prefix of 8+ characters)",
-    )
+    try:
+        return find_task(ident, StateTasks(cp.state))
+    except AmbiguousTask as exc:
+        raise InvalidRequest(field, str(exc)) from None
+    except UnknownTask as exc:
+        raise NotFound(field, str(exc)) from None

@@ -1,22 +1,24 @@
 """History routes: the live feed, timelines, time travel, audit, SQL, reports, exports.
 
-Every read runs on the history service's threads (``control_plane.history``), never
-on the event loop. docs/history.md is the reference for each route.
+Each route reads its parameters into a ``replay_tools.queries`` question and has
+``replay_tools.history.History`` answer it, over a cursor of the store on the history
+service's threads (``control_plane.history``), never on the event loop: the same code
+answers the CLI's ``--db`` mode. docs/history.md is the reference for each route.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar
 
-import duckdb
 import msgspec
 from sanic import Blueprint, Request, Sanic
 from sanic.exceptions import ServiceUnavailable
 from sanic.response import HTTPResponse
 
 from control_plane.errors import InvalidRequest, NotFound
-from control_plane.history import Cursor, HistoryService, state_document
+from control_plane.history import Cursor, HistoryClosed, HistoryService, state_document
 from control_plane.hub import ControlPlane
 from control_plane.routes.common import (
     answer,
@@ -25,27 +27,28 @@ from control_plane.routes.common import (
     query_int,
     task_id_of,
 )
-from events.envelope import now_us
 from projections.cluster import ClusterState
-from replay_tools.analytics import (
-    DEFAULT_MAX_ROWS,
-    REPORTS,
-    SqlRefused,
-    report_table,
-    table_document,
+from replay_tools.analytics import DEFAULT_MAX_ROWS
+from replay_tools.feed import EventFilter
+from replay_tools.history import FeedPage
+from replay_tools.queries import (
+    EventQuery,
+    HistoryError,
+    diff_points,
+    event_filter,
+    export_query,
+    page_size,
+    point_of,
+    report_query,
+    sql_query,
 )
-from replay_tools.audit import audit
-from replay_tools.export import export_queries
-from replay_tools.feed import MAX_PAGE, EventFilter, Page, check_kinds, event_at, events_page
-from replay_tools.points import Point, iso, parse_point
-from replay_tools.replay import diff_between, state_at
-from replay_tools.timeline import explain_placement, task_history
+from replay_tools.timeline import explain_placement
 
 bp = Blueprint("history", url_prefix="/api")
 T = TypeVar("T")
+P = ParamSpec("P")
 
 STREAM_PAGE = 1000
-MAX_SQL_ROWS = 100_000
 SQL_TIMEOUT_S = 60.0
 _encode = msgspec.json.Encoder().encode
 
@@ -82,57 +85,54 @@ async def _read(request: Request, work: Callable[[Cursor], T]) -> T:
     """``work(cursor)`` on a history thread; 503 if the service closes meanwhile."""
     try:
         return await _history(request).run(work)
-    except RuntimeError as exc:
-        if "shutdown" in str(exc):
-            raise ServiceUnavailable("the control plane is stopping") from None
-        raise
+    except HistoryClosed:
+        raise ServiceUnavailable("the control plane is stopping") from None
+
+
+def _asks_history(
+    route: Callable[P, Awaitable[T]],
+) -> Callable[P, Awaitable[T]]:
+    """A route whose refusals are ``HistoryError``s: answered as the API's 400 or 404."""
+
+    @functools.wraps(route)
+    async def answering(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await route(*args, **kwargs)
+        except HistoryError as exc:
+            if exc.kind == "not_found":
+                raise NotFound(exc.field, exc.message) from None
+            raise InvalidRequest(exc.field, exc.message) from None
+
+    return answering
 
 
 # -- query parameters ---------------------------------------------------------------------
 
 
-def _point(request: Request, name: str) -> Point | None:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return None
-    try:
-        return parse_point(raw, now_us=now_us())
-    except ValueError as exc:
-        raise InvalidRequest(name, str(exc)) from None
+class _LiveNames:
+    """Tasks and nodes as the host knows them now (``replay_tools.queries.Names``)."""
 
+    def __init__(self, cp: ControlPlane) -> None:
+        self.cp = cp
 
-def _time(request: Request, name: str) -> int | None:
-    point = _point(request, name)
-    if point is not None and point.seq is not None:
-        raise InvalidRequest(name, f"give a time (ISO 8601 or -10m), not a seq ({point.seq})")
-    return point.at_us if point is not None else None
+    def task_id(self, ident: str, field: str) -> str:
+        return task_id_of(self.cp, ident, field)
+
+    def has_node(self, name: str) -> bool:
+        return name in self.cp.state.nodes
 
 
 def _filter(request: Request, cp: ControlPlane) -> EventFilter:
-    try:
-        kinds = check_kinds(request.args.getlist("kind", []))
-    except ValueError as exc:
-        raise InvalidRequest("kind", str(exc)) from None
-    try:
-        exclude = check_kinds(request.args.getlist("exclude", []))
-    except ValueError as exc:
-        raise InvalidRequest("exclude", str(exc)) from None
-    task = request.args.get("task")
-    node = request.args.get("node")
-    if node is not None and node not in cp.state.nodes:
-        raise NotFound("node", f"no node {node!r}")
-    since, until = _point(request, "since"), _point(request, "until")
-    return EventFilter(
-        kinds=kinds,
-        exclude=exclude,
-        task_id=task_id_of(cp, task, "task") if task is not None else None,
-        node=node,
+    query = EventQuery(
+        kinds=tuple(request.args.getlist("kind", [])),
+        exclude=tuple(request.args.getlist("exclude", [])),
+        task=request.args.get("task"),
+        node=request.args.get("node"),
         source=request.args.get("source"),
-        since_seq=since.seq if since else None,
-        since_us=since.at_us if since else None,
-        until_seq=until.seq if until else None,
-        until_us=until.at_us if until else None,
+        since=request.args.get("since"),
+        until=request.args.get("until"),
     )
+    return event_filter(query, _LiveNames(cp))
 
 
 def _ended(request: Request) -> bool:
@@ -146,37 +146,30 @@ def _ended(request: Request) -> bool:
 
 
 @bp.get("/events")
+@_asks_history
 async def list_events(request: Request) -> HTTPResponse:
     """A page of events after ``after``, filtered; ``next_after`` continues it."""
     cp = control_plane(request)
     flt = _filter(request, cp)
     after = query_int(request, "after") or 0
     tail = query_int(request, "tail", minimum=1)
-    limit = tail or query_int(request, "limit", minimum=1) or 1000
-    if limit > MAX_PAGE:
-        raise InvalidRequest("tail" if tail else "limit", f"at most {MAX_PAGE}, got {limit}")
-    upto = cp.store.last_seq
+    limit = page_size(tail or query_int(request, "limit", minimum=1) or 1000, tail=bool(tail))
+    service, upto = _history(request), cp.store.last_seq
     page = await _read(
         request,
-        lambda cur: events_page(cur, flt, after=after, upto=upto, limit=limit, tail=bool(tail)),
+        lambda cur: service.history(cur).events(
+            flt, after=after, limit=limit, tail=bool(tail), upto=upto
+        ),
     )
-    return answer(
-        {"events": page.events, "next_after": page.next_after, "more": page.more, "last_seq": upto}
-    )
+    return answer(page)
 
 
 @bp.get("/events/<seq:int>")
+@_asks_history
 async def get_event(request: Request, seq: int) -> HTTPResponse:
     """One event by its seq."""
-    found = None
-    if 1 <= seq <= 2**63 - 1:
-        found = await _read(request, lambda cur: event_at(cur, seq))
-    if found is None:
-        raise NotFound(
-            "seq",
-            f"no event at seq {seq} (the log ends at {control_plane(request).store.last_seq})",
-        )
-    return answer(found)
+    service = _history(request)
+    return answer(await _read(request, lambda cur: service.history(cur).event(seq)))
 
 
 def _resume_after(request: Request) -> int:
@@ -193,6 +186,7 @@ def _resume_after(request: Request) -> int:
 
 
 @bp.get("/events/stream")
+@_asks_history
 async def stream_events(request: Request) -> None:
     """Server-sent events (``id:`` = seq) after ``Last-Event-ID`` or ``after``, filtered."""
     cp = control_plane(request)
@@ -211,7 +205,7 @@ async def stream_events(request: Request) -> None:
         upto = cp.store.last_seq
         if upto > position:
             try:
-                page = await _read(request, _page_reader(flt, position, upto))
+                page = await _read(request, _page_reader(service, flt, position, upto))
             except ServiceUnavailable:
                 break  # shutting down: end the stream cleanly; the client resumes later
             if page.events:
@@ -227,8 +221,10 @@ async def stream_events(request: Request) -> None:
     await response.eof()
 
 
-def _page_reader(flt: EventFilter, after: int, upto: int) -> Callable[[Cursor], Page]:
-    return lambda cur: events_page(cur, flt, after=after, upto=upto, limit=STREAM_PAGE)
+def _page_reader(
+    service: HistoryService, flt: EventFilter, after: int, upto: int
+) -> Callable[[Cursor], FeedPage]:
+    return lambda cur: service.history(cur).events(flt, after=after, limit=STREAM_PAGE, upto=upto)
 
 
 def _keepalive(request: Request) -> float:
@@ -246,22 +242,25 @@ def _keepalive(request: Request) -> float:
 
 
 @bp.get("/tasks/<ident:str>/history")
+@_asks_history
 async def get_task_history(request: Request, ident: str) -> HTTPResponse:
     """Every event of a task, with the time between them."""
     cp = control_plane(request)
     service = _history(request)
     task_id = task_id_of(cp, ident)
-    return answer(await _read(request, lambda cur: task_history(service.log(cur), task_id)))
+    return answer(await _read(request, lambda cur: service.history(cur).task_history(task_id)))
 
 
 @bp.get("/tasks/<ident:str>/why")
+@_asks_history
 async def get_task_why(request: Request, ident: str) -> HTTPResponse:
     """Where the task was placed and why, and why the other nodes were not chosen."""
     cp = control_plane(request)
     service = _history(request)
     task_id = task_id_of(cp, ident)
-    records = await _read(request, lambda cur: service.log(cur).read(streams=[f"task:{task_id}"]))
-    # On the loop: it reads the live state (the nodes, for a task still pending).
+    records = await _read(request, lambda cur: service.history(cur).task_events(task_id))
+    # On the loop: it reads the live state (the nodes, for a task still pending), which
+    # the --db mode (History.why) folds from the log.
     return answer(explain_placement(records, cp.state))
 
 
@@ -269,12 +268,13 @@ async def get_task_why(request: Request, ident: str) -> HTTPResponse:
 
 
 @bp.get("/state")
+@_asks_history
 async def get_state(request: Request) -> HTTPResponse:
     """The cluster now (with its seq), or at ``at`` (a seq or a time) as it was then."""
     cp = control_plane(request)
     service = _history(request)
     ended = _ended(request)
-    at = _point(request, "at")
+    at = point_of("at", request.args.get("at"))
     if at is None:
         # Taken on the loop, between two commits: the state and its seq match.
         if not ended:
@@ -287,86 +287,55 @@ async def get_state(request: Request) -> HTTPResponse:
         )
 
     def travel(cur: Any) -> bytes:
-        state = state_at(service.log(cur), seq=at.seq, at_us=at.at_us, ended=ended)
-        return _encode(state_document(state, ended=ended))
+        return _encode(state_document(service.history(cur).state(at, ended=ended), ended=ended))
 
     return _json(await _read(request, travel))
 
 
 @bp.get("/state/diff")
+@_asks_history
 async def get_state_diff(request: Request) -> HTTPResponse:
     """What changed from ``a`` to ``b`` (seqs or times; ``b`` defaults to now)."""
     service = _history(request)
-    a = _point(request, "a")
-    if a is None:
-        raise InvalidRequest("a", "give the first point: a seq or a time")
-    b = _point(request, "b") or Point(seq=control_plane(request).store.last_seq)
-    return answer(await _read(request, lambda cur: diff_between(service.log(cur), a, b)))
+    a, b = diff_points(request.args.get("a"), request.args.get("b"))
+    return answer(await _read(request, lambda cur: service.history(cur).diff(a, b)))
 
 
 # -- audit, SQL, reports, exports -----------------------------------------------------------
 
 
 @bp.get("/audit")
+@_asks_history
 async def get_audit(request: Request) -> HTTPResponse:
     """The hash chain and the invariants of the log, up to its last seq when asked."""
+    service = _history(request)
     upto = control_plane(request).store.last_seq
-    return answer(await _read(request, lambda cur: audit(cur, upto=upto)))
+    return answer(await _read(request, lambda cur: service.history(cur).audit(upto)))
 
 
 @bp.post("/sql")
+@_asks_history
 async def post_sql(request: Request) -> HTTPResponse:
     """One read-only SELECT over the log's views: ``{"sql": "...", "max_rows": N}``."""
     body = json_object(request, 'a JSON object {"sql": "SELECT ..."}')
-    sql = body.get("sql")
-    if not isinstance(sql, str) or not sql.strip():
-        raise InvalidRequest("sql", "give one SELECT statement as a string")
-    max_rows = body.get("max_rows", DEFAULT_MAX_ROWS)
-    if (
-        isinstance(max_rows, bool)
-        or not isinstance(max_rows, int)
-        or not 1 <= max_rows <= MAX_SQL_ROWS
-    ):
-        raise InvalidRequest("max_rows", f"must be an integer from 1 to {MAX_SQL_ROWS}")
-    try:
-        result = await _history(request).sql(sql, max_rows, SQL_TIMEOUT_S)
-    except SqlRefused as exc:
-        raise InvalidRequest("sql", str(exc)) from None
-    except duckdb.Error as exc:
-        raise InvalidRequest("sql", f"the statement failed: {exc}") from None
-    return answer(
-        table_document(
-            result.columns,
-            result.rows,
-            row_count=len(result.rows),
-            truncated=result.truncated,
-        )
-    )
+    query = sql_query(body.get("sql"), body.get("max_rows", DEFAULT_MAX_ROWS))
+    return answer(await _history(request).sql(query, SQL_TIMEOUT_S))
 
 
 @bp.get("/reports/<name:str>")
+@_asks_history
 async def get_report(request: Request, name: str) -> HTTPResponse:
     """A canned report (queue-wait, runtime, failures, utilization) by node or owner."""
-    if name not in REPORTS:
-        raise NotFound("name", f"no report {name!r}; one of {', '.join(REPORTS)}")
-    by = request.args.get("by", "node")
-    if by not in ("node", "owner"):
-        raise InvalidRequest("by", f"must be node or owner, got {by!r}")
-    since = _time(request, "since")
-    columns, rows = await _read(
-        request,
-        lambda cur: report_table(cur, name, since_us=since, by=by),
-    )
-    return answer(table_document(columns, rows, report=name, by=by, since=iso(since)))
+    query = report_query(name, request.args.get("by"), request.args.get("since"))
+    service = _history(request)
+    return answer(await _read(request, lambda cur: service.history(cur).report(query)))
 
 
 @bp.get("/export/<name:str>")
+@_asks_history
 async def get_export(request: Request, name: str) -> None:
     """The events or one view as an Arrow IPC stream (the CLI writes it as Parquet)."""
-    if name not in export_queries():
-        raise NotFound("name", f"no export {name!r}; one of {', '.join(export_queries())}")
-    since = _time(request, "since")
-    chunks = _history(request).export(name, since)
+    chunks = _history(request).export(export_query(name, request.args.get("since")))
     first = await anext(chunks)  # the query runs (or fails, as an error answer) before we answer
     response = await request.respond(content_type="application/vnd.apache.arrow.stream")
     await response.send(first)

@@ -151,12 +151,40 @@ def test_every_command_against_a_running_cluster_then_offline(
         assert code == 2 and "nosuchtask" in err
         code, _, err = hakuriver(cluster, "state", "--at", "yesterday")
         assert code == 2 and "at:" in err
+
+        # From here the log stays still: the node leaves (no more heartbeats), and two
+        # tasks submitted together wait for a node (their ids share a prefix)
+        cluster.stop_agent("n1")
+        cluster.wait_node("n1", online=False)
+        r = cluster.http.post("/api/batches", json={"tasks": [{"command": "true"}] * 2})
+        queued = r.json()["task_ids"]
+        shared = queued[0][:8]
+        assert queued[1].startswith(shared), queued
+        still = cluster.health()["last_seq"]
+        quiet = words + every_history_command(still, number[holder], waiting, queued[0], shared)
+        answers = [hakuriver(cluster, *w) for w in quiet]
+        live_still = tmp_path / "live-still"
+        exported_still = ok_json(
+            hakuriver(cluster, "export", "--parquet", str(live_still), "--json")
+        )
         cluster.stop_host()
 
     db = str(cluster.db_file)
-    offline = [ok_json(hakuriver(cluster, *w, "--db", db)) for w in words]
-    for command, a, b in zip(words, live, offline, strict=True):
-        assert a == b, command
+    # Every history command answers the same, byte for byte, live and offline: documents,
+    # tables, and the errors (exit code and message) of what it refuses
+    assert ok_json(hakuriver(cluster, "state", "--json", "--db", db))["seq"] == still
+    offline = [hakuriver(cluster, *command, "--db", db) for command in quiet]
+    differ = {
+        " ".join(command): (live_answer, offline_answer)
+        for command, live_answer, offline_answer in zip(quiet, answers, offline, strict=True)
+        if live_answer != offline_answer
+    }
+    assert differ == {}
+    offline_still = tmp_path / "offline-still"
+    written_still = ok_json(
+        hakuriver(cluster, "export", "--parquet", str(offline_still), "--json", "--db", db)
+    )
+    same_parquet(exported_still, written_still)
     code, out, _ = hakuriver(cluster, "audit", "verify", "--db", db)
     assert code == 0 and "OK" in out
     code, _, err = hakuriver(cluster, "events", "tail", "-f", "--db", db)
@@ -182,18 +210,79 @@ def test_every_command_against_a_running_cluster_then_offline(
         upto = exported["events"]["rows"]
         then = source.execute(checksum.format(f"events WHERE seq <= {upto}")).fetchall()
         assert reader.execute(checksum.format(f"'{live_export}/events.parquet'")).fetchall() == then
-        tasks = sorted(state_at(db).tasks)
-        for folder in (live_export, offline_export):
+        for folder, seq in ((live_export, upto), (offline_export, None)):
             ids = reader.execute(
                 f"SELECT list(task_id ORDER BY task_id) FROM '{folder}/tasks.parquet'"
             ).fetchall()[0][0]
-            assert ids == tasks
+            assert ids == sorted(state_at(db, seq=seq).tasks)
             for name, info in (exported if folder == live_export else written).items():
                 rows = reader.execute(f"SELECT count(*) FROM '{folder}/{name}.parquet'").fetchall()
                 assert rows[0][0] == info["rows"], name
     finally:
         reader.close()
         source.close()
+
+
+def every_history_command(
+    last: int, number: str, task_id: str, waiting: str, shared: str
+) -> list[list[str]]:
+    """Each history command, its filters and its refusals, on a log that ends at ``last``."""
+    return [
+        ["events", "tail", "--json"],
+        ["events", "tail", "--all", "-n", "40", "--json"],
+        ["events", "tail", "--since", "1", "--kind", "task.*,node.offline", "--json"],
+        ["events", "tail", "--since", "-1h", "--node", "n1", "--json"],
+        ["events", "tail", "--task", task_id[:20], "--source", "host", "--json"],
+        ["events", "tail", "--task", number],
+        ["events", "show", str(last), "--json"],
+        ["task", "history", number, "--json"],
+        ["task", "history", task_id[:13], "--json"],
+        ["why", number, "--json"],
+        ["why", waiting, "--json"],  # waiting: what keeps each node from taking it
+        ["state", "--json"],
+        ["state", "--all", "--json"],
+        ["state", "--at", "1", "--json"],
+        ["state", "diff", "1", str(last), "--json"],
+        ["state", "diff", str(last), "3", "--json"],
+        ["audit", "verify", "--json"],
+        ["audit", "verify"],
+        ["sql", "SELECT kind, count(*) AS n FROM events GROUP BY 1 ORDER BY 1", "--json"],
+        ["sql", "SELECT task_id, state, node FROM tasks ORDER BY 1", "--csv"],
+        ["sql", "SELECT seq FROM events ORDER BY seq", "--max-rows", "3", "--json"],
+        ["report", "utilization", "--json"],
+        ["report", "queue-wait", "--by", "owner", "--json"],
+        ["report", "runtime", "--by", "owner", "--since", "2000-01-01", "--json"],
+        ["report", "failures", "--since", "2000-01-01T00:00:00+02:00", "--json"],
+        # refused: the same exit code and the same message
+        ["why", shared],
+        ["task", "history", "ffffffff"],
+        ["task", "history", "99"],
+        ["events", "show", str(last + 1000)],
+        ["events", "tail", "--kind", "task.nope"],
+        ["events", "tail", "--node", "nX"],
+        ["events", "tail", "--task", "ffffffff"],
+        ["events", "tail", "--task", shared],
+        ["events", "tail", "--since", "soon"],
+        ["state", "--at", "yesterday"],
+        ["state", "diff", "-5", "1"],
+        ["report", "queue-wait", "--since", "12"],
+        ["sql", "COPY events TO 'x.csv'"],
+        ["sql", "SELECT 1", "--max-rows", "100001"],
+    ]
+
+
+def same_parquet(a: dict[str, Any], b: dict[str, Any]) -> None:
+    """Two exports (``export --json`` answers) hold the same files, row for row."""
+    assert {k: v["rows"] for k, v in a.items()} == {k: v["rows"] for k, v in b.items()}
+    con = duckdb.connect()
+    try:
+        for name in a:
+            one, other = a[name]["path"], b[name]["path"]
+            for x, y in ((one, other), (other, one)):
+                rows = con.execute(f"SELECT count(*) FROM (FROM '{x}' EXCEPT ALL FROM '{y}')")
+                assert rows.fetchall() == [(0,)], name
+    finally:
+        con.close()
 
 
 def ok_lines(result: tuple[int, str, str]) -> list[dict[str, Any]]:

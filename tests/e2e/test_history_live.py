@@ -25,6 +25,7 @@ from events.store import EventStore
 from events.types import NodeHeartbeat, NodeRegistered, TaskSpec, TaskSubmitted
 from projections.cluster import ClusterState
 from replay_tools.logfile import LogFile
+from replay_tools.queries import SqlQuery
 from replay_tools.replay import state_at
 from replay_tools.snapshots import latest_history, restore_full
 
@@ -432,7 +433,7 @@ async def test_the_service_keeps_history_snapshots_and_hardens_the_instance(
         assert await service.run(check)
         # A statement running past its time is stopped, and refused
         with pytest.raises(Exception, match="longer than"):
-            await service.sql("SELECT sum(i) FROM range(10000000000000) t(i)", 10, 0.3)
+            await service.sql(SqlQuery("SELECT sum(i) FROM range(10000000000000) t(i)", 10), 0.3)
     finally:
         await service.close()
         await store.close()

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from replay_tools.points import Point, iso, parse_point
+from control_plane.views import TaskOut
+from events.types import TaskSpec
+from projections.tasks import TaskView
+from replay_tools.points import MAX_US, MIN_US, Point, iso, parse_point, parse_time
 
 NOW = 1_795_255_200_000_000  # 2026-11-21T10:00:00Z
 
@@ -42,3 +47,19 @@ def test_what_is_not_a_point_says_why(text: str, says: str) -> None:
 def test_iso_is_exact_to_the_microsecond() -> None:
     assert iso(NOW + 1) == "2026-11-21T10:00:00.000001Z"
     assert iso(None) is None
+
+
+@given(st.integers(min_value=MIN_US, max_value=MAX_US))
+def test_every_time_the_log_can_hold_is_written_exactly_and_reads_back(us: int) -> None:
+    # One formatter for every document (the API's task and node views included): exact
+    # to the microsecond over DuckDB's whole range, where a float of seconds is not
+    written = iso(us)
+    assert written is not None and written.endswith("Z")
+    assert parse_time(written, now_us=NOW) == us
+
+
+def test_the_api_views_write_times_with_the_same_formatter() -> None:
+    far = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z: a float of seconds rounds it
+    task = TaskView(task_id="t", spec=TaskSpec(command="x", batch_id="b"), submitted_at_us=far)
+    assert TaskOut.of(task).submitted_at == "9999-12-31T23:59:59.999999Z"
+    assert TaskOut.of(TaskView(task_id="t", spec=task.spec)).submitted_at is None  # 0: not known

@@ -29,7 +29,8 @@ from replay_tools.replay import (
     write_history_snapshots,
 )
 from replay_tools.snapshots import HistoryWriter, latest_history, restore_full
-from replay_tools.timeline import AmbiguousTask, UnknownTask, resolve_task, task_timeline, why
+from replay_tools.task_names import AmbiguousTask, LogTasks, UnknownTask, find_task
+from replay_tools.timeline import task_timeline, why
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -246,16 +247,16 @@ def test_a_task_prefix_resolves_to_its_id(history_db: Path) -> None:
         ((task_id,),) = log.con.execute(
             "SELECT substr(stream, 6) FROM events WHERE kind = 'task.submitted' LIMIT 1"
         ).fetchall()
-        assert resolve_task(log, task_id) == task_id
-        assert resolve_task(log, task_id[:-3]) == task_id
+        assert find_task(task_id, LogTasks(log.con)) == task_id
+        assert find_task(task_id[:-3], LogTasks(log.con)) == task_id
         ((shared,),) = log.con.execute(
             "SELECT left(substr(stream, 6), 9) AS p FROM events WHERE kind = 'task.submitted'"
             " GROUP BY p HAVING count(*) > 1 LIMIT 1"
         ).fetchall()
-    with pytest.raises(AmbiguousTask, match="prefix of several tasks"):
-        resolve_task(history_db, shared)
-    with pytest.raises(UnknownTask, match="no task 'nope'"):
-        resolve_task(history_db, "nope")
+        with pytest.raises(AmbiguousTask, match="prefix of several tasks"):
+            find_task(shared, LogTasks(log.con))
+        with pytest.raises(UnknownTask, match="no task 'nope'"):
+            find_task("nope", LogTasks(log.con))
 
 
 async def test_a_lost_task_its_node_reports_late_is_restored_and_diffed_exactly(
@@ -313,8 +314,10 @@ async def test_task_numbers_survive_history_snapshots_and_old_logs(tmp_path: Pat
     assert {t.task_id: t.number for t in live.tasks.values()} == {"t1": 1, "t4": 4, "t5": 5}
     assert (live.last_number, full.last_number) == (5, 5)
     # And the offline resolver finds a task by its number, old event or new
-    assert [resolve_task(path, str(n)) for n in (1, 3, 5)] == ["t1", "t3", "t5"]
-    with pytest.raises(UnknownTask):
-        resolve_task(path, "6")
-    with pytest.raises(UnknownTask):
-        resolve_task(path, "01")  # not a number (a leading zero): an id prefix, too short
+    with LogFile(path) as log:
+        tasks = LogTasks(log.con)
+        assert [find_task(str(n), tasks) for n in (1, 3, 5)] == ["t1", "t3", "t5"]
+        with pytest.raises(UnknownTask):
+            find_task("6", tasks)
+        with pytest.raises(UnknownTask):
+            find_task("01", tasks)  # not a number (a leading zero): an id prefix, too short
