@@ -28,6 +28,7 @@ from control_plane.scheduler import Scheduler
 from control_plane.settings import HostSettings
 from events import link
 from events.envelope import NewEvent, Recorded, new_event, now_us
+from events.snapshot_files import CLUSTER as SNAPSHOT_NAME
 from events.store import EventStore
 from events.types import AnyEvent, TaskDispatched, TaskPlaced, TaskSubmitted
 from projections.cluster import ClusterState
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("hakuriver.host")
 
 HOST_SOURCE = "host"
-SNAPSHOT_NAME = "cluster"
 # Kinds after which the scheduler may find something new to place.
 _RESCHEDULE = frozenset(
     {

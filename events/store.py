@@ -45,6 +45,7 @@ from events.codec import Codec, encode_event, gc_paused
 from events.envelope import NewEvent, Recorded, now_us
 from events.ids import id_timestamp_ms, is_uuid7
 from events.schema import migrate
+from events.snapshot_files import SnapshotFiles
 
 GENESIS_HASH = bytes(32)
 
@@ -175,6 +176,7 @@ class EventStore:
         self._checkpoint_hard = checkpoint_hard_bytes
         self._ring: collections.deque[Recorded] = collections.deque(maxlen=ring_size)
         self._keep_snapshots = keep_snapshots
+        self._snapshots = SnapshotFiles(self.path)
         self._listeners: list[Listener] = []
         self._queue: list[_Pending] = []
         self._wake = asyncio.Event()
@@ -551,12 +553,12 @@ class EventStore:
     def _verify_sync(self, start: int, end: int | None) -> VerifyResult:
         return verify_chain(self._reader(), start, end)
 
-    # -- snapshots (derived data) -----------------------------------------------------------
+    # -- snapshots (events.snapshot_files: derived data beside the log) -----------------------
 
     @property
     def snapshot_dir(self) -> Path:
         """Where snapshots live: beside the database, never inside the log."""
-        return self.path.with_name(self.path.name + ".snapshots")
+        return self._snapshots.folder
 
     async def save_snapshot(self, name: str, seq: int, data: bytes) -> Path:
         """Store folded state at ``seq`` as a file (derived data: rebuildable, prunable).
@@ -564,25 +566,12 @@ class EventStore:
         The file starts with the log's hash at ``seq``; a snapshot whose hash no
         longer matches the log (a restored or replaced database) is never used.
         """
-        rows = await self.query("SELECT hash FROM events WHERE seq = ?", [seq])
-        if not rows:
-            raise ValueError(f"seq {seq} is not in the log")
-        anchor = bytes(rows[0][0])
 
         def write() -> Path:
-            folder = self.snapshot_dir
-            folder.mkdir(parents=True, exist_ok=True)
-            final = folder / f"{name}-{seq:015d}.snap"
-            tmp = final.with_suffix(".tmp")
-            with open(tmp, "wb") as out:
-                out.write(anchor)
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, final)
-            for old in sorted(folder.glob(f"{name}-*.snap"))[: -self._keep_snapshots]:
-                old.unlink(missing_ok=True)
-            return final
+            anchor = _hash_at(self._reader(), seq)
+            if anchor is None:
+                raise ValueError(f"seq {seq} is not in the log")
+            return self._snapshots.write(name, seq, anchor, data, keep=self._keep_snapshots)
 
         return await asyncio.get_running_loop().run_in_executor(self._readers, write)
 
@@ -591,23 +580,17 @@ class EventStore:
     ) -> tuple[int, bytes] | None:
         """The newest valid snapshot called ``name`` at or before a seq, as (seq, data)."""
         limit = self.last_seq if at_or_before is None else min(at_or_before, self.last_seq)
-        loop = asyncio.get_running_loop()
-        candidates = await loop.run_in_executor(
-            self._readers,
-            lambda: sorted(self.snapshot_dir.glob(f"{name}-*.snap"), reverse=True),
-        )
-        for path in candidates:
-            try:
-                seq = int(path.stem.rsplit("-", 1)[1])
-            except ValueError:
-                continue
-            if seq > limit:
-                continue
-            blob = await loop.run_in_executor(self._readers, path.read_bytes)
-            rows = await self.query("SELECT hash FROM events WHERE seq = ?", [seq])
-            if rows and bytes(rows[0][0]) == blob[:32]:
-                return seq, blob[32:]
-        return None
+
+        def latest() -> tuple[int, bytes] | None:
+            cursor = self._reader()
+            return self._snapshots.latest(name, limit, lambda seq: _hash_at(cursor, seq))
+
+        return await asyncio.get_running_loop().run_in_executor(self._readers, latest)
+
+
+def _hash_at(con: duckdb.DuckDBPyConnection, seq: int) -> bytes | None:
+    rows = con.execute("SELECT hash FROM events WHERE seq = ?", [seq]).fetchall()
+    return bytes(rows[0][0]) if rows else None
 
 
 def verify_chain(

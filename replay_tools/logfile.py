@@ -15,9 +15,11 @@ import duckdb
 
 from events.codec import Codec, gc_paused
 from events.envelope import Recorded
+from events.snapshot_files import CLUSTER as CLUSTER_SNAPSHOT
+from events.snapshot_files import SnapshotFiles
 from events.store import SELECT_COLUMNS, EventStore, decode_table
 
-CLUSTER_SNAPSHOT = "cluster"
+__all__ = ["CLUSTER_SNAPSHOT", "LogFile", "as_log", "store_cursor"]
 
 
 class LogFile:
@@ -32,7 +34,8 @@ class LogFile:
             con = duckdb.connect(str(self.path), read_only=True)
         self.con = con
         self.codec = Codec()
-        self.snapshot_dir = self.path.with_name(self.path.name + ".snapshots")
+        self.snapshots = SnapshotFiles(self.path)
+        self.snapshot_dir = self.snapshots.folder
 
     @classmethod
     def over(cls, con: duckdb.DuckDBPyConnection, path: str | Path) -> LogFile:
@@ -96,31 +99,15 @@ class LogFile:
 
     def snapshot_files(self, name: str, at_or_before: int | None = None) -> list[tuple[int, Path]]:
         """(seq, path) of the snapshot files called ``name``, newest first."""
-        found: list[tuple[int, Path]] = []
-        for path in self.snapshot_dir.glob(f"{name}-*.snap"):
-            try:
-                seq = int(path.stem.rsplit("-", 1)[1])
-            except ValueError:
-                continue
-            if at_or_before is None or seq <= at_or_before:
-                found.append((seq, path))
-        return sorted(found, reverse=True)
+        return self.snapshots.listing(name, at_or_before)
 
     def anchored(self, seq: int, path: Path) -> bytes | None:
         """The data of a snapshot file if it belongs to this log (its hash at ``seq``)."""
-        try:
-            blob = path.read_bytes()
-        except FileNotFoundError:  # pruned by the control plane meanwhile
-            return None
-        return blob[32:] if self.hash_at(seq) == blob[:32] else None
+        return self.snapshots.anchored(seq, path, self.hash_at)
 
     def latest_snapshot(self, at_or_before: int) -> tuple[int, bytes] | None:
         """The control plane's newest ``cluster`` snapshot at or before a seq, as (seq, data)."""
-        for seq, path in self.snapshot_files(CLUSTER_SNAPSHOT, at_or_before):
-            data = self.anchored(seq, path)
-            if data is not None:
-                return seq, data
-        return None
+        return self.snapshots.latest(CLUSTER_SNAPSHOT, at_or_before, self.hash_at)
 
 
 def as_log(source: str | Path | LogFile) -> tuple[LogFile, bool]:
