@@ -13,6 +13,7 @@ from pathlib import Path
 
 import duckdb
 
+from events.chain import hash_at, hashes_at
 from events.codec import Codec, gc_paused
 from events.envelope import Recorded
 from events.snapshot_files import CLUSTER as CLUSTER_SNAPSHOT
@@ -84,18 +85,11 @@ class LogFile:
 
     def hash_at(self, seq: int) -> bytes | None:
         """The stored chain hash of ``seq``."""
-        rows = self.con.execute("SELECT hash FROM events WHERE seq = ?", [seq]).fetchall()
-        return bytes(rows[0][0]) if rows else None
+        return hash_at(self.con, seq)
 
     def hashes_at(self, seqs: Iterable[int]) -> dict[int, bytes]:
         """The stored chain hashes of several seqs at once (those that exist)."""
-        wanted = sorted(set(seqs))
-        if not wanted:
-            return {}
-        rows = self.con.execute(
-            "SELECT seq, hash FROM events WHERE list_contains(?::BIGINT[], seq)", [wanted]
-        ).fetchall()
-        return {int(seq): bytes(digest) for seq, digest in rows}
+        return hashes_at(self.con, seqs)
 
     def snapshot_files(self, name: str, at_or_before: int | None = None) -> list[tuple[int, Path]]:
         """(seq, path) of the snapshot files called ``name``, newest first."""

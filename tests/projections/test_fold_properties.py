@@ -104,10 +104,13 @@ async def sql_rows(store: EventStore, upto: int) -> tuple[dict, dict]:
     source = f"(SELECT * FROM events WHERE seq <= {upto})"
 
     async def rows(sql: str) -> list[dict[str, Any]]:
-        cur = store._reader()
-        result = cur.execute(sql)
-        names = [d[0] for d in result.description]
-        return [dict(zip(names, r, strict=True)) for r in result.fetchall()]
+        cur = store.cursor()
+        try:
+            result = cur.execute(sql)
+            names = [d[0] for d in result.description]
+            return [dict(zip(names, r, strict=True)) for r in result.fetchall()]
+        finally:
+            cur.close()
 
     tasks = {}
     for r in await rows(tasks_sql(source)):
