@@ -1,14 +1,22 @@
-"""Reading the log inside the process that writes it, on reader threads of their own.
+"""Reading the log inside the process that writes it: reader threads that cannot write.
 
-DuckDB lets a process open a database file once, so readers use cursors of the
-writer's connection: one per reader thread, each seeing every committed event.
+DuckDB lets a process open a database file once: a second ``duckdb.connect(path,
+read_only=True)`` beside the writer's connection is refused ("a different
+configuration than existing connections"), ``ATTACH ... (READ_ONLY)`` of the same file
+too ("already attached"), and ``access_mode`` cannot change on a running database. So
+readers use cursors of the writer's connection, which could write. What they run is
+made read-only instead: every unit of reader work runs inside ``read_only(cursor)``, a
+``READ ONLY`` transaction in which DuckDB refuses any write to the database (temporary
+views and tables, per cursor, stay allowed). Each unit gets its own transaction, so it
+sees every commit made before it starts and one consistent log throughout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -24,8 +32,26 @@ T = TypeVar("T")
 Cursor = duckdb.DuckDBPyConnection
 
 
+def begin_read_only(cursor: Cursor) -> Cursor:
+    """Start a ``READ ONLY`` transaction on ``cursor``; it ends with a ROLLBACK or the cursor."""
+    cursor.execute("BEGIN TRANSACTION READ ONLY")
+    return cursor
+
+
+@contextlib.contextmanager
+def read_only(cursor: Cursor) -> Iterator[Cursor]:
+    """Run the block in a ``READ ONLY`` transaction on ``cursor``; DuckDB refuses writes in it."""
+    begin_read_only(cursor)
+    try:
+        yield cursor
+    finally:
+        # Nothing to keep; a cursor the store's closing already killed has nothing to end.
+        with contextlib.suppress(duckdb.Error):
+            cursor.execute("ROLLBACK")
+
+
 class LogReader:
-    """Reader threads with a cursor each on the store's connection."""
+    """Reader threads with a cursor each on the store's connection, every read read-only."""
 
     def __init__(self, codec: Codec, *, threads: int = 4) -> None:
         self.codec = codec
@@ -38,10 +64,9 @@ class LogReader:
         self._con = con
 
     def cursor(self) -> Cursor:
-        """A new cursor, for a reader with threads of its own.
+        """A new cursor, for a reader with threads of its own; it reads inside ``read_only``.
 
-        The caller closes it (closing the store closes it too) and must not write
-        through it: the store is the log's only writer.
+        The caller closes it (closing the store closes it too).
         """
         if self._con is None:
             raise RuntimeError("the event store is not open")
@@ -52,17 +77,18 @@ class LogReader:
         await asyncio.to_thread(self._pool.shutdown, True)
 
     async def run(self, work: Callable[[Cursor], T]) -> T:
-        """``work(cursor)`` on a reader thread."""
+        """``work(cursor)`` on a reader thread, in a READ ONLY transaction."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._call, work)
 
     def _call(self, work: Callable[[Cursor], T]) -> T:
         cursor: Cursor | None = getattr(self._local, "cursor", None)
         if cursor is None:
             cursor = self._local.cursor = self.cursor()
-        return work(cursor)
+        with read_only(cursor):
+            return work(cursor)
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Rows of one read-only SQL statement."""
+        """Rows of one SQL statement; a statement that writes is refused by DuckDB."""
         return await self.run(lambda cur: cur.execute(sql, list(params)).fetchall())
 
     async def read(

@@ -17,7 +17,7 @@ The parts, a module each:
 * ``events.log_writer``: one group commit (re-sends, seqs, the hash chain, the insert);
 * ``events.recent_ids``: the idempotency window of recently stored ids;
 * ``events.chain``: the hash chain's format and its check;
-* ``events.log_reader``: reads on reader threads;
+* ``events.log_reader``: reads on reader threads, each in a READ ONLY transaction;
 * ``events.snapshot_files``: snapshot files beside the log.
 
 This module keeps the queue, the writer loop, publication and subscriptions, and
@@ -265,18 +265,19 @@ class EventStore:
                 return
             self.checkpoints += 1
 
-    # -- reading (events.log_reader: on reader threads) ---------------------------------------
+    # -- reading (events.log_reader: read-only, on reader threads) -----------------------------
 
-    def cursor(self) -> duckdb.DuckDBPyConnection:
-        """A new cursor on the store's connection, for a reader with a thread of its own.
+    def reader_cursor(self) -> duckdb.DuckDBPyConnection:
+        """A new cursor for a reader with threads of its own, to read in ``read_only`` only.
 
-        It sees every committed event. The caller closes it (closing the store closes it
-        too) and must not write through it: the store is the log's only writer.
+        DuckDB allows no second, read-only connection to the file in this process
+        (``events.log_reader``). The caller closes the cursor (closing the store closes
+        it too); the store is the log's only writer.
         """
         return self._readers.cursor()
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Run a read-only SQL statement on a reader cursor, off the event loop."""
+        """Run one SQL statement in a READ ONLY transaction, off the event loop."""
         return await self._readers.query(sql, params)
 
     async def read(

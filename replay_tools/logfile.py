@@ -114,7 +114,7 @@ def as_log(source: str | Path | LogFile) -> tuple[LogFile, bool]:
 def store_cursor(store: EventStore) -> duckdb.DuckDBPyConnection:
     """A new cursor on a running store's connection (its only way in while the host runs).
 
-    The caller closes the cursor (closing the store closes it too). Reads through it see
-    every committed event; nothing here writes.
+    The caller reads through it inside ``events.log_reader.read_only`` (a READ ONLY
+    transaction: DuckDB refuses writes) and closes it (closing the store closes it too).
     """
-    return store.cursor()
+    return store.reader_cursor()

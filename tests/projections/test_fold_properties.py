@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from support.factories import record_in_memory
 from support.histories import ClusterSimulation
 
+from events.log_reader import read_only
 from events.store import EventStore
 from projections.cluster import ClusterState
 from projections.sql import nodes_sql, tasks_sql
@@ -104,11 +105,12 @@ async def sql_rows(store: EventStore, upto: int) -> tuple[dict, dict]:
     source = f"(SELECT * FROM events WHERE seq <= {upto})"
 
     async def rows(sql: str) -> list[dict[str, Any]]:
-        cur = store.cursor()
+        cur = store.reader_cursor()
         try:
-            result = cur.execute(sql)
-            names = [d[0] for d in result.description]
-            return [dict(zip(names, r, strict=True)) for r in result.fetchall()]
+            with read_only(cur):
+                result = cur.execute(sql)
+                names = [d[0] for d in result.description]
+                return [dict(zip(names, r, strict=True)) for r in result.fetchall()]
         finally:
             cur.close()
 
