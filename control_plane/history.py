@@ -5,7 +5,9 @@ cursors of the store's own connection (``replay_tools.logfile.store_cursor``), o
 threads of their own: never the event loop. Each reader thread keeps one cursor with
 the documented SQL views (TEMP views over the store's ``events`` table), over which
 ``history(cursor)`` is the same ``replay_tools.history.History`` the CLI's ``--db``
-mode uses on a file: one implementation of every history answer.
+mode uses on a file: one implementation of every history answer. A cursor of that
+connection could write, so every unit of work runs in a READ ONLY transaction
+(``events.log_reader.read_only``; user SQL in the one ``run_readonly_sql`` opens).
 
 At start the service hardens the DuckDB instance (``replay_tools.analytics.harden``:
 no file or network access, no extension loading, configuration locked): user SQL runs
@@ -31,6 +33,7 @@ import pyarrow as pa
 
 from control_plane.views import NodeOut, TaskOut
 from events.envelope import Recorded
+from events.log_reader import begin_read_only, read_only
 from events.store import EventStore
 from projections.cluster import ClusterState
 from projections.tasks import ENDED_STATES
@@ -92,7 +95,9 @@ class HistoryService:
 
     async def start(self) -> None:
         """Harden the DuckDB instance, follow commits, start the snapshot writer."""
-        await self.run(harden)
+        loop = asyncio.get_running_loop()
+        # Instance settings, not a read: outside the READ ONLY transaction of ``run``.
+        await loop.run_in_executor(self._readers, lambda: harden(self._cursor()))
         self.store.add_listener(self._on_commit)
         self._task = asyncio.create_task(self._snapshot_loop(), name="hakuriver-history-snapshots")
 
@@ -116,7 +121,7 @@ class HistoryService:
     # -- reading -----------------------------------------------------------------------------
 
     async def run(self, work: Callable[[Cursor], T]) -> T:
-        """Run ``work(cursor)`` on a reader thread (``HistoryClosed`` once closing)."""
+        """Run ``work(cursor)`` on a reader thread, read-only (``HistoryClosed`` once closing)."""
         if self.closing.is_set():
             # Set before the reader threads are shut down, on this same loop: no work is
             # handed to a pool that refuses it.
@@ -125,7 +130,8 @@ class HistoryService:
         return await loop.run_in_executor(self._readers, self._call, work)
 
     def _call(self, work: Callable[[Cursor], T]) -> T:
-        return work(self._cursor())
+        with read_only(self._cursor()) as cursor:
+            return work(cursor)
 
     def _cursor(self) -> Cursor:
         cursor: Cursor | None = getattr(self._local, "cursor", None)
@@ -157,7 +163,9 @@ class HistoryService:
             used.append(cursor)
             return self.history(cursor).sql(query)
 
-        running = asyncio.ensure_future(self.run(work))
+        # Not through ``run``: the statement runs in a READ ONLY transaction of its own.
+        loop = asyncio.get_running_loop()
+        running = loop.run_in_executor(self._readers, lambda: work(self._cursor()))
         try:
             return await asyncio.wait_for(asyncio.shield(running), timeout_s)
         except TimeoutError:
@@ -176,8 +184,9 @@ class HistoryService:
         loop = asyncio.get_running_loop()
         cursor = await loop.run_in_executor(self._readers, self._new_cursor)
         try:
+            # One READ ONLY transaction for the whole stream; closing the cursor ends it.
             reader = await loop.run_in_executor(
-                self._readers, lambda: self.history(cursor).export(query)
+                self._readers, lambda: self.history(begin_read_only(cursor)).export(query)
             )
             sink = _Chunks()
             writer = pa.ipc.new_stream(sink, reader.schema)
@@ -233,7 +242,8 @@ class HistoryService:
             await self.wait_beyond(self.store.last_seq, 60)
 
     def _catch_up(self) -> list[int]:
-        return self.writer.catch_up(self.log(self._cursor()), stop=self._stop)
+        with read_only(self._cursor()) as cursor:
+            return self.writer.catch_up(self.log(cursor), stop=self._stop)
 
 
 def _next(reader: pa.RecordBatchReader) -> pa.RecordBatch | None:

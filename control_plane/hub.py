@@ -40,13 +40,13 @@ from control_plane.settings import HostSettings
 from events import link
 from events.envelope import Recorded, new_event, now_us
 from events.ids import new_id
+from events.snapshot_files import CLUSTER as SNAPSHOT_NAME
 from events.store import EventStore
 from projections.cluster import ClusterState
 
 log = logging.getLogger("hakuriver.host")
 
 HOST_SOURCE = "host"
-SNAPSHOT_NAME = "cluster"
 # Kinds after which the scheduler may find something new to place.
 _RESCHEDULE = frozenset(
     {

@@ -2,7 +2,7 @@
 
 Event ids are the idempotency key of the log, and their embedded millisecond
 timestamp lets the store answer "have I seen this id?" from a bounded window
-of recent ids (see ``events.store``). Task and batch ids use the same scheme so
+of recent ids (see ``events.recent_ids``). Task and batch ids use the same scheme so
 they sort by creation time.
 """
 

@@ -29,6 +29,13 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
 
 LATEST_VERSION = MIGRATIONS[-1][0]
 
+# The events table's columns as readers select them (times as Unix microseconds), in the
+# order ``events.log_reader.decode_table`` and ``events.chain.verify_chain`` expect.
+SELECT_COLUMNS = (
+    "seq, id::VARCHAR, kind, stream, source, epoch_us(occurred_at), epoch_us(recorded_at),"
+    " schema_version, payload, hash"
+)
+
 
 def migrate(con: duckdb.DuckDBPyConnection) -> int:
     """Bring the database to the latest schema version; return the version it had."""

@@ -1,25 +1,27 @@
-"""EventStore: the append-only log in one DuckDB file.
+"""EventStore: the append-only log in one DuckDB file, and the facade over its parts.
 
-One writer thread owns the write connection. ``append`` encodes and
-validates on the caller's side, then queues the batch; the writer drains
-everything queued into one transaction (group commit), assigns gap-free
-``seq`` values in commit order, extends the hash chain and commits. Each
-caller's future resolves only after that commit, so an acknowledged event is
-durable (DuckDB fsyncs its WAL on commit).
+One writer thread owns the write connection. ``append`` encodes and validates on the
+caller's side, then queues the batch; the writer drains everything queued into one
+transaction (group commit), assigns gap-free ``seq`` values in commit order, extends
+the hash chain and commits. Each caller's future resolves only after that commit, so an
+acknowledged event is durable (DuckDB fsyncs its WAL on commit). Before the callers are
+answered, the event loop publishes the batch: the ring of recent events, ``last_seq``
+and the listeners move in one step.
 
-Idempotency by event id uses UUIDv7 timestamps: the store keeps every id whose
-embedded timestamp is at or above a watermark ``W`` in memory (bounded; older
-entries are evicted and ``W`` rises past them). An incoming id stamped at or
-above ``W`` is new unless it is in that window; one stamped below ``W``
-(a late resend, a producer with a slow clock) is looked up in the table,
-where zone maps on the time-ordered ids keep the scan short.
+Checkpoints: DuckDB's automatic checkpoint would stall whichever commit crosses the WAL
+threshold. The store turns it off and checkpoints when the writer has been idle for a
+moment and the WAL is large, or unconditionally when the WAL passes a hard limit.
 
-Checkpoints: DuckDB's automatic checkpoint would stall whichever commit
-crosses the WAL threshold. The store turns it off and checkpoints when the
-writer has been idle for a moment and the WAL is large, or unconditionally
-when the WAL passes a hard limit.
+The parts, a module each:
 
-The API has no update and no delete.
+* ``events.log_writer``: one group commit (re-sends, seqs, the hash chain, the insert);
+* ``events.recent_ids``: the idempotency window of recently stored ids;
+* ``events.chain``: the hash chain's format and its check;
+* ``events.log_reader``: reads on reader threads, each in a READ ONLY transaction;
+* ``events.snapshot_files``: snapshot files beside the log.
+
+This module keeps the queue, the writer loop, publication and subscriptions, and
+re-exports the names callers import from it. The API has no update and no delete.
 """
 
 from __future__ import annotations
@@ -27,52 +29,43 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import hashlib
 import itertools
 import logging
 import os
-import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import duckdb
-import msgspec
-import pyarrow as pa
 
-from events.codec import Codec, encode_event, gc_paused
-from events.envelope import NewEvent, Recorded, now_us
-from events.ids import id_timestamp_ms, is_uuid7
-from events.schema import migrate
+from events.chain import GENESIS_HASH, VerifyResult, chain_hash, verify_chain
+from events.chain import hash_at as _hash_at
+from events.codec import Codec, encode_event
+from events.envelope import NewEvent, Recorded
+from events.ids import is_uuid7
+from events.log_reader import LogReader, decode_table
+from events.log_writer import Pending, commit_group
+from events.recent_ids import RecentIds
+from events.schema import SELECT_COLUMNS, migrate
+from events.snapshot_files import SnapshotFiles
 
-GENESIS_HASH = bytes(32)
+__all__ = [
+    "GENESIS_HASH",
+    "SELECT_COLUMNS",
+    "EventStore",
+    "InvalidEvent",
+    "Listener",
+    "StoreClosed",
+    "VerifyResult",
+    "chain_hash",
+    "decode_table",
+    "verify_chain",
+]
 
 log = logging.getLogger("hakuriver.store")
 
 Listener = Callable[[list[Recorded]], None]
-
-# The events table's columns as ``decode_table`` expects them (times as Unix microseconds).
-SELECT_COLUMNS = (
-    "seq, id::VARCHAR, kind, stream, source, epoch_us(occurred_at), epoch_us(recorded_at),"
-    " schema_version, payload, hash"
-)
-
-_TS = pa.timestamp("us", tz="UTC")
-_ARROW_SCHEMA = pa.schema(
-    [
-        ("seq", pa.int64()),
-        ("id", pa.string()),
-        ("kind", pa.string()),
-        ("stream", pa.string()),
-        ("source", pa.string()),
-        ("occurred_at", pa.timestamp("us", tz="UTC")),
-        ("recorded_at", pa.timestamp("us", tz="UTC")),
-        ("schema_version", pa.uint16()),
-        ("payload", pa.string()),
-        ("hash", pa.binary()),
-    ]
-)
 
 
 class StoreClosed(Exception):
@@ -81,76 +74,6 @@ class StoreClosed(Exception):
 
 class InvalidEvent(ValueError):
     """An event the log refuses; the message names the event and the field."""
-
-
-def chain_hash(prev: bytes, head: bytes, payload: bytes) -> bytes:
-    """SHA-256 over the previous hash, this event's envelope head and its payload."""
-    return hashlib.sha256(prev + head + payload).digest()
-
-
-def _canonical_head(
-    seq: int,
-    event_id: str,
-    kind: str,
-    stream: str,
-    source: str,
-    occurred_at_us: int,
-    recorded_at_us: int,
-    schema_version: int,
-) -> bytes:
-    """The envelope fields of an event, unit-separated, as hashed before its payload."""
-    return (
-        f"{seq}\x1f{event_id}\x1f{kind}\x1f{stream}\x1f{source}\x1f"
-        f"{occurred_at_us}\x1f{recorded_at_us}\x1f{schema_version}\x1f"
-    ).encode()
-
-
-class VerifyResult(msgspec.Struct, frozen=True, kw_only=True):
-    """Outcome of a hash-chain check over a range of the log."""
-
-    ok: bool
-    checked: int
-    first_bad_seq: int | None = None
-    reason: str = ""
-
-
-class _Pending:
-    """One caller's batch, encoded, waiting for the writer."""
-
-    __slots__ = ("events", "future", "payloads")
-
-    def __init__(
-        self, events: Sequence[NewEvent], payloads: list[bytes], future: asyncio.Future[list[int]]
-    ) -> None:
-        self.events = events
-        self.payloads = payloads
-        self.future = future
-
-
-class _RecentIds:
-    """Every stored id stamped at or above ``watermark_ms``, bounded in size."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.seq_by_id: dict[str, int] = {}
-        self.order: collections.deque[str] = collections.deque()
-        self.watermark_ms = 0
-
-    def extend(self, ids: Iterable[str], seqs: Iterable[int]) -> None:
-        """Remember newly stored ids (in seq order), evicting the oldest past capacity."""
-        order = self.order
-        for event_id, seq in zip(ids, seqs, strict=True):
-            self.seq_by_id[event_id] = seq
-            order.append(event_id)
-        excess = len(order) - self.capacity
-        if excess > 0:
-            pop, forget = order.popleft, self.seq_by_id.pop
-            newest_evicted = self.watermark_ms - 1
-            for _ in range(excess):
-                old_id = pop()
-                forget(old_id, None)
-                newest_evicted = max(newest_evicted, id_timestamp_ms(old_id))
-            self.watermark_ms = newest_evicted + 1
 
 
 class EventStore:
@@ -169,19 +92,19 @@ class EventStore:
     ) -> None:
         self.path = Path(path)
         self.codec = Codec()
-        self._recent = _RecentIds(recent_ids)
+        self._recent = RecentIds(recent_ids)
         self._checkpoint_idle_s = checkpoint_idle_s
         self._checkpoint_soft = checkpoint_soft_bytes
         self._checkpoint_hard = checkpoint_hard_bytes
         self._ring: collections.deque[Recorded] = collections.deque(maxlen=ring_size)
         self._keep_snapshots = keep_snapshots
+        self._snapshots = SnapshotFiles(self.path)
         self._listeners: list[Listener] = []
-        self._queue: list[_Pending] = []
+        self._queue: list[Pending] = []
         self._wake = asyncio.Event()
         self._committed = asyncio.Condition()
         self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="hakuriver-log-writer")
-        self._readers = ThreadPoolExecutor(4, thread_name_prefix="hakuriver-log-reader")
-        self._reader_local = threading.local()
+        self._readers = LogReader(self.codec)
         self._con: duckdb.DuckDBPyConnection | None = None
         self._writer_task: asyncio.Task[None] | None = None
         self._closed = False
@@ -215,24 +138,9 @@ class EventStore:
         if rows:
             self.last_seq, self._last_hash = int(rows[0][0]), bytes(rows[0][1])
             self._written_seq = self.last_seq
-        self._load_recent_ids(con)
+        self._recent.load(con, self.last_seq)
         self._con = con
-
-    def _load_recent_ids(self, con: duckdb.DuckDBPyConnection) -> None:
-        cutoff = max(self.last_seq - self._recent.capacity, 0)
-        table = con.sql(
-            "SELECT id::VARCHAR AS id, seq FROM events WHERE seq > ? ORDER BY seq", params=[cutoff]
-        ).to_arrow_table()
-        self._recent.extend(table.column("id").to_pylist(), table.column("seq").to_pylist())
-        if cutoff:
-            # Every id not loaded must sit below the watermark.
-            ((newest_unloaded,),) = con.execute(
-                "SELECT max(id)::VARCHAR FROM events WHERE seq <= ?", [cutoff]
-            ).fetchall()
-            if newest_unloaded:
-                self._recent.watermark_ms = max(
-                    self._recent.watermark_ms, id_timestamp_ms(newest_unloaded) + 1
-                )
+        self._readers.attach(con)
 
     async def close(self) -> None:
         """Flush queued appends, checkpoint, and close the file."""
@@ -244,7 +152,7 @@ class EventStore:
             await self._writer_task
         loop = asyncio.get_running_loop()
         # Reads in flight finish on the open connection first (their cursors die with it).
-        await asyncio.to_thread(self._readers.shutdown, True)
+        await self._readers.close()
         await loop.run_in_executor(self._writer_thread, self._close_sync)
         self._writer_thread.shutdown(wait=True)
         async with self._committed:
@@ -277,7 +185,7 @@ class EventStore:
             return []
         payloads = [self._validate_and_encode(i, e) for i, e in enumerate(events)]
         future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(events, payloads, future))
+        self._queue.append(Pending(events, payloads, future))
         self._wake.set()
         return await future
 
@@ -329,108 +237,17 @@ class EventStore:
         for listener in self._listeners:
             listener(recorded)
 
-    def _commit_sync(self, batch: list[_Pending]) -> tuple[list[list[int]], list[Recorded]]:
-        con = self._con
-        assert con is not None
-        recent = self._recent
-        seq_by_id = recent.seq_by_id
-        watermark = recent.watermark_ms
-
-        # Which ids might already be stored below the in-memory window?
-        to_check = [
-            new.id
-            for pending in batch
-            for new in pending.events
-            if new.id not in seq_by_id and id_timestamp_ms(new.id) < watermark
-        ]
-        known: dict[str, int] = {}
-        if to_check:
-            rows = con.execute(
-                "SELECT id::VARCHAR, seq FROM events WHERE id IN (SELECT unnest(?::UUID[]))",
-                [to_check],
-            ).fetchall()
-            known = {event_id: int(seq) for event_id, seq in rows}
-
-        recorded_at = now_us()
-        seq = self._written_seq
-        prev = self._last_hash
-        assigned: dict[str, int] = {}
-        fresh: list[tuple[NewEvent, bytes, int, bytes]] = []
-        seqs_per_caller: list[list[int]] = []
-        for pending in batch:
-            caller_seqs: list[int] = []
-            for new, payload in zip(pending.events, pending.payloads, strict=True):
-                eid = new.id
-                existing = assigned.get(eid) or seq_by_id.get(eid) or known.get(eid)
-                if existing is not None:
-                    caller_seqs.append(existing)
-                    continue
-                seq += 1
-                head = _canonical_head(
-                    seq,
-                    eid,
-                    new.kind,
-                    new.stream,
-                    new.source,
-                    new.occurred_at_us,
-                    recorded_at,
-                    new.schema_version,
-                )
-                prev = chain_hash(prev, head, payload)
-                assigned[eid] = seq
-                caller_seqs.append(seq)
-                fresh.append((new, payload, seq, prev))
-            seqs_per_caller.append(caller_seqs)
-        if not fresh:
-            return seqs_per_caller, []
-
-        n = len(fresh)
-        news = [f[0] for f in fresh]
-        incoming = pa.Table.from_arrays(
-            [
-                pa.array([f[2] for f in fresh], pa.int64()),
-                pa.array([e.id for e in news], pa.string()),
-                pa.array([e.kind for e in news], pa.string()),
-                pa.array([e.stream for e in news], pa.string()),
-                pa.array([e.source for e in news], pa.string()),
-                pa.array([e.occurred_at_us for e in news], pa.int64()).cast(_TS),
-                pa.array([recorded_at] * n, pa.int64()).cast(_TS),
-                pa.array([e.schema_version for e in news], pa.uint16()),
-                pa.array([f[1] for f in fresh], pa.binary()).cast(pa.string()),
-                pa.array([f[3] for f in fresh], pa.binary()),
-            ],
-            schema=_ARROW_SCHEMA,
-        )
-        # One statement is one transaction: the batch lands whole or not at all.
-        con.register("incoming", incoming)
-        try:
-            con.execute(
-                "INSERT INTO events SELECT * REPLACE (id::UUID AS id) FROM incoming"
-            ).fetchall()
-        finally:
-            con.unregister("incoming")
+    def _commit_sync(self, batch: list[Pending]) -> tuple[list[list[int]], list[Recorded]]:
+        assert self._con is not None
+        done = commit_group(self._con, batch, self._recent, self._written_seq, self._last_hash)
+        if not done.records:
+            return done.seqs_per_caller, []
         # Only now, with the commit durable, does the writer move on; readers follow when
         # the loop publishes the batch.
-        self._written_seq, self._last_hash = seq, prev
-        records = [
-            Recorded(
-                seq=s,
-                id=e.id,
-                kind=e.kind,
-                stream=e.stream,
-                source=e.source,
-                occurred_at_us=e.occurred_at_us,
-                recorded_at_us=recorded_at,
-                schema_version=e.schema_version,
-                hash=h,
-                event=e.event,
-            )
-            for e, _, s, h in fresh
-        ]
-        recent.extend((e.id for e in news), (f[2] for f in fresh))
+        self._written_seq, self._last_hash = done.last_seq, done.last_hash
         self.commits += 1
         self._maybe_checkpoint(after_commit=True)
-        return seqs_per_caller, records
+        return done.seqs_per_caller, done.records
 
     def _maybe_checkpoint(self, after_commit: bool) -> None:
         try:
@@ -448,32 +265,20 @@ class EventStore:
                 return
             self.checkpoints += 1
 
-    # -- reading -----------------------------------------------------------------------------
+    # -- reading (events.log_reader: read-only, on reader threads) -----------------------------
 
-    def cursor(self) -> duckdb.DuckDBPyConnection:
-        """A new cursor on the store's connection, for a reader with a thread of its own.
+    def reader_cursor(self) -> duckdb.DuckDBPyConnection:
+        """A new cursor for a reader with threads of its own, to read in ``read_only`` only.
 
-        It sees every committed event. The caller closes it (closing the store closes it
-        too) and must not write through it: the store is the log's only writer.
+        DuckDB allows no second, read-only connection to the file in this process
+        (``events.log_reader``). The caller closes the cursor (closing the store closes
+        it too); the store is the log's only writer.
         """
-        if self._con is None:
-            raise RuntimeError("the event store is not open")
-        return self._con.cursor()
-
-    def _reader(self) -> duckdb.DuckDBPyConnection:
-        cur: duckdb.DuckDBPyConnection | None = getattr(self._reader_local, "cur", None)
-        if cur is None:
-            assert self._con is not None, "store is not open"
-            cur = self._con.cursor()
-            self._reader_local.cur = cur
-        return cur
+        return self._readers.cursor()
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Run a read-only SQL statement on a reader cursor, off the event loop."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._readers, lambda: self._reader().execute(sql, list(params)).fetchall()
-        )
+        """Run one SQL statement in a READ ONLY transaction, off the event loop."""
+        return await self._readers.query(sql, params)
 
     async def read(
         self,
@@ -487,28 +292,15 @@ class EventStore:
         limit: int | None = None,
     ) -> list[Recorded]:
         """Events after seq ``after`` (up to a seq or a time), in seq order, filtered."""
-        where = ["seq > ?"]
-        params: list[Any] = [after]
-        if until_seq is not None:
-            where.append("seq <= ?")
-            params.append(until_seq)
-        if until_us is not None:
-            where.append("recorded_at <= make_timestamptz(?::BIGINT)")
-            params.append(until_us)
-        for column, values in (("kind", kinds), ("stream", streams), ("source", sources)):
-            if values is not None:
-                where.append(f"{column} IN (SELECT unnest(?::VARCHAR[]))")
-                params.append(list(values))
-        sql = f"SELECT {SELECT_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY seq"
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
-
-        def fetch() -> list[Recorded]:
-            table = self._reader().sql(sql, params=params).to_arrow_table()
-            with gc_paused():
-                return decode_table(self.codec, table)
-
-        return await asyncio.get_running_loop().run_in_executor(self._readers, fetch)
+        return await self._readers.read(
+            after=after,
+            until_seq=until_seq,
+            until_us=until_us,
+            kinds=kinds,
+            streams=streams,
+            sources=sources,
+            limit=limit,
+        )
 
     async def subscribe(self, after: int = 0, *, page: int = 10_000) -> AsyncIterator[Recorded]:
         """Every event after ``after``: first those already stored, then each new commit, once."""
@@ -541,22 +333,16 @@ class EventStore:
                     cursor = record.seq
                     yield record
 
-    # -- integrity ---------------------------------------------------------------------------
-
     async def verify(self, start: int = 1, end: int | None = None) -> VerifyResult:
         """Recompute the hash chain over [start, end]; name the first seq that does not match."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._readers, self._verify_sync, start, end)
+        return await self._readers.verify(start, end)
 
-    def _verify_sync(self, start: int, end: int | None) -> VerifyResult:
-        return verify_chain(self._reader(), start, end)
-
-    # -- snapshots (derived data) -----------------------------------------------------------
+    # -- snapshots (events.snapshot_files: derived data beside the log) -----------------------
 
     @property
     def snapshot_dir(self) -> Path:
         """Where snapshots live: beside the database, never inside the log."""
-        return self.path.with_name(self.path.name + ".snapshots")
+        return self._snapshots.folder
 
     async def save_snapshot(self, name: str, seq: int, data: bytes) -> Path:
         """Store folded state at ``seq`` as a file (derived data: rebuildable, prunable).
@@ -564,120 +350,20 @@ class EventStore:
         The file starts with the log's hash at ``seq``; a snapshot whose hash no
         longer matches the log (a restored or replaced database) is never used.
         """
-        rows = await self.query("SELECT hash FROM events WHERE seq = ?", [seq])
-        if not rows:
-            raise ValueError(f"seq {seq} is not in the log")
-        anchor = bytes(rows[0][0])
 
-        def write() -> Path:
-            folder = self.snapshot_dir
-            folder.mkdir(parents=True, exist_ok=True)
-            final = folder / f"{name}-{seq:015d}.snap"
-            tmp = final.with_suffix(".tmp")
-            with open(tmp, "wb") as out:
-                out.write(anchor)
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, final)
-            for old in sorted(folder.glob(f"{name}-*.snap"))[: -self._keep_snapshots]:
-                old.unlink(missing_ok=True)
-            return final
+        def write(cursor: duckdb.DuckDBPyConnection) -> Path:
+            anchor = _hash_at(cursor, seq)
+            if anchor is None:
+                raise ValueError(f"seq {seq} is not in the log")
+            return self._snapshots.write(name, seq, anchor, data, keep=self._keep_snapshots)
 
-        return await asyncio.get_running_loop().run_in_executor(self._readers, write)
+        return await self._readers.run(write)
 
     async def latest_snapshot(
         self, name: str, at_or_before: int | None = None
     ) -> tuple[int, bytes] | None:
         """The newest valid snapshot called ``name`` at or before a seq, as (seq, data)."""
         limit = self.last_seq if at_or_before is None else min(at_or_before, self.last_seq)
-        loop = asyncio.get_running_loop()
-        candidates = await loop.run_in_executor(
-            self._readers,
-            lambda: sorted(self.snapshot_dir.glob(f"{name}-*.snap"), reverse=True),
+        return await self._readers.run(
+            lambda cur: self._snapshots.latest(name, limit, lambda seq: _hash_at(cur, seq))
         )
-        for path in candidates:
-            try:
-                seq = int(path.stem.rsplit("-", 1)[1])
-            except ValueError:
-                continue
-            if seq > limit:
-                continue
-            blob = await loop.run_in_executor(self._readers, path.read_bytes)
-            rows = await self.query("SELECT hash FROM events WHERE seq = ?", [seq])
-            if rows and bytes(rows[0][0]) == blob[:32]:
-                return seq, blob[32:]
-        return None
-
-
-def verify_chain(
-    con: duckdb.DuckDBPyConnection, start: int = 1, end: int | None = None, *, page: int = 100_000
-) -> VerifyResult:
-    """Check seq continuity and the hash chain of the ``events`` table on ``con``."""
-    prev = GENESIS_HASH
-    if start > 1:
-        found = con.execute("SELECT hash FROM events WHERE seq = ?", [start - 1]).fetchall()
-        if not found:
-            return VerifyResult(ok=False, checked=0, first_bad_seq=start - 1, reason="seq missing")
-        prev = bytes(found[0][0])
-    expected = start
-    checked = 0
-    stored = con.execute("SELECT coalesce(max(seq), 0) FROM events").fetchall()[0][0]
-    last = stored if end is None else min(end, stored)
-    last = int(last or 0)
-    while expected <= last:
-        upper = min(expected + page - 1, last)
-        rows = con.execute(
-            f"SELECT {SELECT_COLUMNS} FROM events WHERE seq BETWEEN ? AND ? ORDER BY seq",
-            [expected, upper],
-        ).fetchall()
-        for seq, eid, kind, stream, source, occ, rec, version, payload, digest in rows:
-            if seq != expected:
-                return VerifyResult(
-                    ok=False,
-                    checked=checked,
-                    first_bad_seq=expected,
-                    reason="seq missing" if seq > expected else "seq duplicated",
-                )
-            head = _canonical_head(seq, eid, kind, stream, source, occ, rec, version)
-            prev = chain_hash(prev, head, payload.encode())
-            if prev != bytes(digest):
-                return VerifyResult(
-                    ok=False, checked=checked, first_bad_seq=seq, reason="hash mismatch"
-                )
-            expected += 1
-            checked += 1
-        if expected <= upper:
-            return VerifyResult(
-                ok=False, checked=checked, first_bad_seq=expected, reason="seq missing"
-            )
-    return VerifyResult(ok=True, checked=checked)
-
-
-def decode_table(codec: Codec, table: pa.Table) -> list[Recorded]:
-    """Rows of ``SELECT_COLUMNS`` as ``Recorded`` envelopes, skipping unknown kinds."""
-    # Column-wise conversion is several times faster than row tuples for long reads.
-    columns = [column.to_pylist() for column in table.columns]
-    decode = codec.decode
-    out: list[Recorded] = []
-    append = out.append
-    for seq, eid, kind, stream, source, occ, rec, version, payload, digest in zip(
-        *columns, strict=True
-    ):
-        event = decode(kind, version, payload)
-        if event is not None:
-            append(
-                Recorded(
-                    seq=seq,
-                    id=eid,
-                    kind=kind,
-                    stream=stream,
-                    source=source,
-                    occurred_at_us=occ,
-                    recorded_at_us=rec,
-                    schema_version=version,
-                    hash=digest,
-                    event=event,
-                )
-            )
-    return out

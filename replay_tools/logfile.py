@@ -13,11 +13,14 @@ from pathlib import Path
 
 import duckdb
 
+from events.chain import hash_at, hashes_at
 from events.codec import Codec, gc_paused
 from events.envelope import Recorded
+from events.snapshot_files import CLUSTER as CLUSTER_SNAPSHOT
+from events.snapshot_files import SnapshotFiles
 from events.store import SELECT_COLUMNS, EventStore, decode_table
 
-CLUSTER_SNAPSHOT = "cluster"
+__all__ = ["CLUSTER_SNAPSHOT", "LogFile", "as_log", "store_cursor"]
 
 
 class LogFile:
@@ -32,7 +35,8 @@ class LogFile:
             con = duckdb.connect(str(self.path), read_only=True)
         self.con = con
         self.codec = Codec()
-        self.snapshot_dir = self.path.with_name(self.path.name + ".snapshots")
+        self.snapshots = SnapshotFiles(self.path)
+        self.snapshot_dir = self.snapshots.folder
 
     @classmethod
     def over(cls, con: duckdb.DuckDBPyConnection, path: str | Path) -> LogFile:
@@ -81,46 +85,23 @@ class LogFile:
 
     def hash_at(self, seq: int) -> bytes | None:
         """The stored chain hash of ``seq``."""
-        rows = self.con.execute("SELECT hash FROM events WHERE seq = ?", [seq]).fetchall()
-        return bytes(rows[0][0]) if rows else None
+        return hash_at(self.con, seq)
 
     def hashes_at(self, seqs: Iterable[int]) -> dict[int, bytes]:
         """The stored chain hashes of several seqs at once (those that exist)."""
-        wanted = sorted(set(seqs))
-        if not wanted:
-            return {}
-        rows = self.con.execute(
-            "SELECT seq, hash FROM events WHERE list_contains(?::BIGINT[], seq)", [wanted]
-        ).fetchall()
-        return {int(seq): bytes(digest) for seq, digest in rows}
+        return hashes_at(self.con, seqs)
 
     def snapshot_files(self, name: str, at_or_before: int | None = None) -> list[tuple[int, Path]]:
         """(seq, path) of the snapshot files called ``name``, newest first."""
-        found: list[tuple[int, Path]] = []
-        for path in self.snapshot_dir.glob(f"{name}-*.snap"):
-            try:
-                seq = int(path.stem.rsplit("-", 1)[1])
-            except ValueError:
-                continue
-            if at_or_before is None or seq <= at_or_before:
-                found.append((seq, path))
-        return sorted(found, reverse=True)
+        return self.snapshots.listing(name, at_or_before)
 
     def anchored(self, seq: int, path: Path) -> bytes | None:
         """The data of a snapshot file if it belongs to this log (its hash at ``seq``)."""
-        try:
-            blob = path.read_bytes()
-        except FileNotFoundError:  # pruned by the control plane meanwhile
-            return None
-        return blob[32:] if self.hash_at(seq) == blob[:32] else None
+        return self.snapshots.anchored(seq, path, self.hash_at)
 
     def latest_snapshot(self, at_or_before: int) -> tuple[int, bytes] | None:
         """The control plane's newest ``cluster`` snapshot at or before a seq, as (seq, data)."""
-        for seq, path in self.snapshot_files(CLUSTER_SNAPSHOT, at_or_before):
-            data = self.anchored(seq, path)
-            if data is not None:
-                return seq, data
-        return None
+        return self.snapshots.latest(CLUSTER_SNAPSHOT, at_or_before, self.hash_at)
 
 
 def as_log(source: str | Path | LogFile) -> tuple[LogFile, bool]:
@@ -133,7 +114,7 @@ def as_log(source: str | Path | LogFile) -> tuple[LogFile, bool]:
 def store_cursor(store: EventStore) -> duckdb.DuckDBPyConnection:
     """A new cursor on a running store's connection (its only way in while the host runs).
 
-    The caller closes the cursor (closing the store closes it too). Reads through it see
-    every committed event; nothing here writes.
+    The caller reads through it inside ``events.log_reader.read_only`` (a READ ONLY
+    transaction: DuckDB refuses writes) and closes it (closing the store closes it too).
     """
-    return store.cursor()
+    return store.reader_cursor()

@@ -16,9 +16,10 @@ node reports late (lost -> a final state). So each ``history-<seq>.snap`` stores
 
 So the files together hold each ended task about once (disk linear in the log), the
 state *without ended tasks* at any point is one small file plus at most N events, and
-the full state is the chain of files back to the first. Like the control plane's
-snapshots, each file starts with the log's hash at its seq and is used only while that
-still matches. They are derived data: delete them all at any time (not some: a full
+the full state is the chain of files back to the first. The files follow the one
+snapshot rule of ``events.snapshot_files`` (folder, name, atomic fsync'd write): each
+starts with the log's hash at its seq and is used only while that still matches. They
+are never pruned, and are derived data: delete them all at any time (not some: a full
 restore needs the whole chain, and falls back to the control plane's snapshots or a
 fold from the start when a link is missing).
 """
@@ -29,18 +30,17 @@ import itertools
 import os
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 
 import msgspec
 
 from events.codec import gc_paused
+from events.snapshot_files import HISTORY as HISTORY_SNAPSHOT
 from events.types import TaskSpec
 from projections.cluster import Anomaly, ClusterState
 from projections.nodes import NodeView
 from projections.tasks import ENDED_STATES, FINAL_STATES, TaskView
 from replay_tools.logfile import LogFile, as_log
 
-HISTORY_SNAPSHOT = "history"
 HISTORY_FORMAT = 3  # 3: max_number (task numbers)
 HISTORY_EVERY = 20_000
 
@@ -74,12 +74,8 @@ _STUB_SPEC = TaskSpec(command="", batch_id="")
 def read_history(log: LogFile, seq: int, data: bytes | None = None) -> HistorySnapshot | None:
     """The history snapshot at ``seq`` if its file exists, belongs to this log and parses."""
     if data is None:
-        data = log.anchored(seq, _path(log, seq))
+        data = log.snapshots.read(HISTORY_SNAPSHOT, seq, log.hash_at)
     return _parse(data, seq) if data is not None else None
-
-
-def _path(log: LogFile, seq: int) -> Path:
-    return log.snapshot_dir / f"{HISTORY_SNAPSHOT}-{seq:015d}.snap"
 
 
 def _parse(data: bytes, seq: int) -> HistorySnapshot | None:
@@ -114,14 +110,11 @@ def restore_full(log: LogFile, snap: HistorySnapshot) -> ClusterState | None:
         previous = chain[-1].previous
         if previous >= chain[-1].last_seq:
             return None
-        try:
-            blob = _path(log, previous).read_bytes()
-        except FileNotFoundError:
+        found = log.snapshots.read_unchecked(HISTORY_SNAPSHOT, previous)
+        older = _parse(found[1], previous) if found is not None else None
+        if found is None or older is None:
             return None
-        older = _parse(blob[32:], previous)
-        if older is None:
-            return None
-        anchors[previous] = blob[:32]
+        anchors[previous] = found[0]
         chain.append(older)
     # Every link must belong to this log: one query for all their anchors.
     if log.hashes_at(anchors) != anchors:
@@ -253,14 +246,8 @@ class HistoryWriter:
         anchor = log.hash_at(mark)
         if anchor is None:
             raise ValueError(f"seq {mark} is not in the log")
-        folder = log.snapshot_dir
-        folder.mkdir(parents=True, exist_ok=True)
-        final = folder / f"{HISTORY_SNAPSHOT}-{mark:015d}.snap"
-        tmp = final.with_suffix(".tmp")
-        with open(tmp, "wb") as out:
-            out.write(anchor)
-            out.write(_encoder.encode(snap))
-        os.replace(tmp, final)
+        # Never pruned: a full restore needs the whole chain.
+        log.snapshots.write(HISTORY_SNAPSHOT, mark, anchor, _encoder.encode(snap))
         for _, view in ended:
             if view.state in FINAL_STATES:  # a lost task may still take its final state
                 tasks[view.task_id] = _stub(view)

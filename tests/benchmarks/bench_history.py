@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench_store import build_log, report
 
+from events.snapshot_files import snapshot_dir
 from replay_tools.analytics import open_analytics, report_table
 from replay_tools.audit import audit
 from replay_tools.replay import LogFile, state_at, write_history_snapshots
@@ -49,7 +50,7 @@ def ensure_log(path: Path, n_events: int, label: str) -> None:
             f"{time.perf_counter() - t0:.1f}s",
             flush=True,
         )
-    folder = path.with_name(path.name + ".snapshots")
+    folder = snapshot_dir(path)
     for stale in folder.glob("history-*.snap"):  # derived data: written afresh, and timed
         stale.unlink()
     t0 = time.perf_counter()

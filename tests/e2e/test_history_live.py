@@ -441,6 +441,33 @@ async def test_the_service_keeps_history_snapshots_and_hardens_the_instance(
         assert log.last_seq == 131
 
 
+async def test_history_readers_cannot_write_the_log(tmp_path: Path) -> None:
+    store = await EventStore.open(tmp_path / "log.duckdb")
+    service = HistoryService(store)
+    try:
+        await service.start()
+        registered = NodeRegistered(node="n1", address="a", cores=4, memory_bytes=8)
+        await store.append([new_event(registered, source="n1")])
+
+        def delete(cursor: duckdb.DuckDBPyConnection) -> None:
+            cursor.execute("DELETE FROM events")
+
+        def count(cursor: duckdb.DuckDBPyConnection) -> int:
+            return int(cursor.execute("SELECT count(*) FROM events").fetchall()[0][0])
+
+        # When work on a history reader tries to change the log, DuckDB refuses it
+        for _ in range(4):  # on each reader thread's cursor
+            with pytest.raises(duckdb.TransactionException, match="read-only"):
+                await service.run(delete)
+        # Then the log is whole, and each later read sees the commits made before it
+        await store.append([new_event(NodeHeartbeat(node="n1"), source="n1")])
+        assert [await service.run(count) for _ in range(4)] == [2, 2, 2, 2]
+        assert (await store.verify()).checked == 2
+    finally:
+        await service.close()
+        await store.close()
+
+
 def test_an_unknown_point_kind_is_refused_at_every_time_route(tmp_path: Path) -> None:
     with running_cluster(tmp_path, agents=()) as cluster:
         for path, params, field in [

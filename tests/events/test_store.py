@@ -18,6 +18,7 @@ from support.factories import heartbeat, started, submitted
 
 from events.envelope import NewEvent, Recorded
 from events.ids import new_id
+from events.log_reader import read_only
 from events.store import EventStore, InvalidEvent
 from events.types import TaskSubmitted
 
@@ -411,3 +412,27 @@ async def test_verifying_past_the_end_checks_what_is_there(tmp_path: Path) -> No
         await store.append([submitted() for _ in range(3)])
         result = await store.verify(1, 10)
         assert result.ok and result.checked == 3
+
+
+async def test_readers_cannot_write_the_log(tmp_path: Path) -> None:
+    async with await EventStore.open(tmp_path / "log.duckdb") as store:
+        await store.append([submitted() for _ in range(3)])
+        # When a reader tries to change the log, DuckDB refuses it
+        for sql in (
+            "DELETE FROM events",
+            "UPDATE events SET kind = 'task.teleported'",
+            "INSERT INTO events SELECT * FROM events",
+        ):
+            with pytest.raises(duckdb.TransactionException, match="read-only"):
+                await store.query(sql)
+        cursor = store.reader_cursor()
+        try:
+            with read_only(cursor), pytest.raises(duckdb.TransactionException):
+                cursor.execute("DELETE FROM events")
+        finally:
+            cursor.close()
+        # Then the log is whole, and the writer and the readers go on as before
+        assert (await store.verify()).checked == 3
+        assert await store.append([submitted()]) == [4]
+        assert await store.query("SELECT count(*), max(seq) FROM events") == [(4, 4)]
+        assert [r.seq for r in await store.read(after=2)] == [3, 4]

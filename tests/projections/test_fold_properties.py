@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from support.factories import record_in_memory
 from support.histories import ClusterSimulation
 
+from events.log_reader import read_only
 from events.store import EventStore
 from projections.cluster import ClusterState
 from projections.sql import nodes_sql, tasks_sql
@@ -108,10 +109,14 @@ async def sql_rows(store: EventStore, upto: int) -> tuple[dict, dict]:
     source = f"(SELECT * FROM events WHERE seq <= {upto})"
 
     async def rows(sql: str) -> list[dict[str, Any]]:
-        cur = store._reader()
-        result = cur.execute(sql)
-        names = [d[0] for d in result.description]
-        return [dict(zip(names, r, strict=True)) for r in result.fetchall()]
+        cur = store.reader_cursor()
+        try:
+            with read_only(cur):
+                result = cur.execute(sql)
+                names = [d[0] for d in result.description]
+                return [dict(zip(names, r, strict=True)) for r in result.fetchall()]
+        finally:
+            cur.close()
 
     tasks = {}
     for r in await rows(tasks_sql(source)):
