@@ -46,3 +46,13 @@ class CpuAllocator:
     def release(self, task_id: str) -> None:
         """Give a task's CPUs back."""
         self.taken.pop(task_id, None)
+
+
+def parse_cpu_list(text: str | None) -> tuple[int, ...]:
+    """CPUs from the kernel's list format (``0-2,5``, as cpusets and docker write them)."""
+    cpus: list[int] = []
+    for part in (text or "").split(","):
+        first, _, last = part.strip().partition("-")
+        if first.isdigit():
+            cpus.extend(range(int(first), int(last if last.isdigit() else first) + 1))
+    return tuple(cpus)

@@ -20,7 +20,9 @@ drives it like this:
    ``UnknownTask`` for a task id the executor does not know.
 4. Tasks outlive the agent. After a restart, ``adopt()`` finds the tasks a previous
    agent started that are still running, or that ended while no agent watched
-   (their ``wait`` then returns at once), and resumes watching them.
+   (their ``wait`` then returns at once), and resumes watching them; each comes with
+   the CPU set it was pinned to, read back from the backend's own records, so the
+   agent can count those CPUs as taken again.
 5. ``forget(task_id)``, once the agent has durably recorded the outcome (put
    ``task.finished`` in its outbox), drops what the executor keeps about the task,
    so a later ``adopt`` does not report it again. It refuses (``ExecutorError``) a
@@ -89,6 +91,7 @@ class Adopted(Struct, frozen=True, kw_only=True):
     container_id: str | None = None
     paused: bool = False
     ended: bool = False  # it ended while no agent watched: ``wait`` returns at once
+    cpus: tuple[int, ...] = ()  # the CPU set it is pinned to; empty: unpinned (or unknown)
 
 
 class ExecutorError(Exception):

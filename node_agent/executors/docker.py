@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from node_agent.cpus import parse_cpu_list
 from node_agent.executors.base import (
     Adopted,
     ExecutorError,
@@ -278,6 +279,7 @@ class DockerExecutor:
                     container_id=container.id,
                     paused=status == "paused",
                     ended=status in ("exited", "dead"),
+                    cpus=parse_cpu_list(container.attrs.get("HostConfig", {}).get("CpusetCpus")),
                 )
             )
         return adopted

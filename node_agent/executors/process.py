@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from node_agent.cpus import parse_cpu_list
 from node_agent.executors import shim
 from node_agent.executors.base import (
     Adopted,
@@ -141,6 +142,7 @@ class _Watched:
     pid: int
     memory_limit: str
     child: subprocess.Popen[bytes] | None  # None when a previous agent started the shim
+    cpus: tuple[int, ...] = ()
     outcome: asyncio.Task[Outcome] | None = None
     paused: bool = False
     exited: bool = False  # the shim is known to have exited
@@ -227,7 +229,13 @@ class ProcessExecutor:
             watched.exited = ended
             self._follow(watched)
             adopted.append(
-                Adopted(task_id=watched.task_id, pid=watched.pid, paused=paused, ended=ended)
+                Adopted(
+                    task_id=watched.task_id,
+                    pid=watched.pid,
+                    paused=paused,
+                    ended=ended,
+                    cpus=watched.cpus,
+                )
             )
         return adopted
 
@@ -335,6 +343,7 @@ class ProcessExecutor:
             pid=int(answer),
             memory_limit=record.get("memory_limit", "none"),
             child=child,
+            cpus=parse_cpu_list(record.get("cpus")),
         )
 
     def _follow(self, watched: _Watched) -> None:
@@ -432,6 +441,7 @@ class ProcessExecutor:
                 pid=int(record["pid"]),
                 memory_limit=record.get("memory_limit", "none"),
                 child=None,
+                cpus=parse_cpu_list(record.get("cpus")),
             )
         except (OSError, KeyError, ValueError):
             return None

@@ -343,6 +343,7 @@ async def test_a_new_executor_adopts_running_and_ended_tasks(backend: Backend) -
     # Then both tasks are found, each as it is, the running one with its CPU set
     assert set(adopted) == {ended.task_id, running.task_id}
     assert adopted[ended.task_id].ended and not adopted[running.task_id].ended
+    assert adopted[running.task_id].cpus == (cpu,)
     assert await successor.adopt() == []  # already watched
     # And each outcome is reported: the ended one at once, the other when it ends
     outcome = await asyncio.wait_for(successor.wait(ended.task_id), 10)
