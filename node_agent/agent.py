@@ -207,12 +207,21 @@ class Agent:
         return executor, images
 
     async def _adopt_from(self, executor: Executor) -> None:
+        assert self.cpus is not None
         for found in await executor.adopt():
             self.by_task[found.task_id] = executor
             self.running[found.task_id] = found.pid
+            # Still pinned there: a new task must not be given those CPUs.
+            self.cpus.hold(found.task_id, found.cpus)
             if found.paused:
                 self.paused.add(found.task_id)
-            log.info("adopted task %s (pid %s, ended=%s)", found.task_id, found.pid, found.ended)
+            log.info(
+                "adopted task %s (pid %s, cpus %s, ended=%s)",
+                found.task_id,
+                found.pid,
+                found.cpus,
+                found.ended,
+            )
             self._watch(found.task_id)
 
     # -- events ----------------------------------------------------------------------------

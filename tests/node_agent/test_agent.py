@@ -8,6 +8,7 @@ data directory: tasks outlive the first one, as they outlive a real agent proces
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,3 +240,32 @@ async def test_after_a_restart_the_hello_lists_running_and_reported_tasks(node: 
             ("t-short", "completed"),
             ("t-long", "completed"),
         ]
+
+
+async def test_an_adopted_tasks_cpus_are_not_given_to_a_new_task(node: Node) -> None:
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs to pin two tasks apart")
+    pinned = "grep Cpus_allowed_list /proc/self/status; "
+    # Given an agent that pinned a long task to one CPU
+    async with node.agent().started() as first:
+        host = await node.connector.accept()
+        await host.greet()
+        await host.send(run("t-old", pinned + GATED, cores=1))
+        await first.run_until_idle()
+        await async_wait_until(lambda: "started" in node.output("t-old"), 10)
+    # When the agent restarts (adopting it) and is sent a new one-core task
+    async with node.agent().started() as second:
+        host = await node.connector.accept()
+        await host.greet()
+        await host.send(run("t-new", pinned + "exit 0", cores=1))
+        await second.run_until_idle()
+        await async_wait_until(lambda: "Cpus_allowed_list" in node.output("t-new"), 10)
+        # Then the new task is pinned to another CPU than the adopted one
+        old = node.output("t-old").splitlines()[0]
+        new = node.output("t-new").splitlines()[0]
+        assert old != new, (old, new)
+        assert second.cpus is not None
+        assert second.cpus.taken["t-old"] == (int(old.split()[-1]),)
+        node.open("t-old")
+        await second.run_until_idle(wait_for_tasks=True)
+        assert "t-old" not in second.cpus.taken
