@@ -1,4 +1,4 @@
-"""The node agent: one per machine, connected to the control plane by one websocket.
+"""The node agent: one per machine, connected to the control plane by one link.
 
 It runs tasks through an executor, reports what happens to them as events, and
 keeps running them while the control plane is away. Every event goes into the
@@ -7,10 +7,16 @@ so an agent crash or a host outage loses nothing (the host's store is idempotent
 by event id, so a re-send is harmless). Heartbeats are samples, not history
 worth keeping across an outage: they go straight to the link, never the outbox.
 
-The link (events/link.py): connect, ``Hello`` (machine, running tasks, tasks whose
-final report is still in the outbox), ``Welcome``, then three loops: send outbox
-batches (a few in flight, each acknowledged), send heartbeats, apply commands.
-Lost link → reconnect with capped exponential backoff and say hello again.
+The link itself (hello, welcome, the loops that send batches and heartbeats and
+apply commands, reconnection) is ``node_agent/session.py``; the frames travel over
+a ``Transport`` (node_agent/transport.py), a websocket unless the agent is given
+another connector.
+
+Single-step mode: ``async with agent.started():`` runs the agent on the current event
+loop (adopt, then stay connected) and ``await agent.run_until_idle()`` returns once it
+has nothing left to do by itself (every handler done, every event sent, every frame
+read; see node_agent/activity.py), like a worker's burst mode. Over an in-memory
+transport a test plays the host and steps the real agent, without a subprocess.
 
 Container tasks start on their environment's newest packaged image: ``ImageSync``
 (node_agent/images.py) loads the tarball first when the local image is missing or
@@ -26,16 +32,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
-from collections.abc import Callable
-
-import msgspec
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 from events import link
 from events.envelope import new_event
 from events.types import AnyEvent, TaskFinished, TaskPaused, TaskResumed, TaskStarted
+from node_agent.activity import Activity
 from node_agent.cpus import CpuAllocator
 from node_agent.executors.base import (
     Executor,
@@ -48,13 +51,13 @@ from node_agent.executors.base import (
 from node_agent.executors.process import ProcessExecutor
 from node_agent.images import ImageSync
 from node_agent.outbox import AsyncOutbox
-from node_agent.probes import MachineInfo, probe_machine, probe_usage
+from node_agent.probes import MachineInfo, probe_machine
+from node_agent.session import HostLink
 from node_agent.settings import RunnerSettings
+from node_agent.transport import Connector, websocket_connector
 
 log = logging.getLogger("hakuriver.agent")
 
-AGENT_VERSION = "0.1.0"
-MAX_IN_FLIGHT = 4
 # Loading a multi-gigabyte tarball keeps one engine request open for minutes.
 IMAGE_LOAD_TIMEOUT_S = 1800
 
@@ -68,6 +71,7 @@ class Agent:
         *,
         executors: dict[str, Executor] | None = None,
         machine: MachineInfo | None = None,
+        connect: Connector | None = None,
     ) -> None:
         self.settings = settings
         self.node = settings.node_name
@@ -89,19 +93,28 @@ class Agent:
         # Final events not yet acknowledged: event id -> task id.
         self.unacked_final: dict[str, str] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
-        self._background: set[asyncio.Task[None]] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
         # Kills that arrived while their task was still starting: id -> grace.
         self._kill_after_start: dict[str, float] = {}
-        self._wake_sender = asyncio.Event()
-        self._connected = asyncio.Event()
+        self.activity = Activity()
+        self.link = HostLink(self, connect or websocket_connector(settings.ws_url))
         self.heartbeat_interval = settings.timing.heartbeat_interval
         self.kill_grace = settings.timing.kill_grace_period
-        self.connections = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set: adopt tasks, then stay connected to the host."""
+        async with self.started(stop):
+            await stop.wait()
+
+    @contextlib.asynccontextmanager
+    async def started(self, stop: asyncio.Event | None = None) -> AsyncIterator[Agent]:
+        """The agent running on this loop (tasks adopted, link kept up) until the block ends.
+
+        Leaving the block stops watching and closes the outbox; tasks keep running.
+        """
+        stop = asyncio.Event() if stop is None else stop
         self.state_dir.mkdir(parents=True, exist_ok=True)
         for sub in ("shared_data", "task_outputs", "task_errors"):
             (self.settings.shared_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -111,25 +124,51 @@ class Agent:
         self.cpus = CpuAllocator(self.machine.cores, self.machine.numa)
         self.outbox = await AsyncOutbox.open(self.state_dir / "outbox.sqlite")
         preloader: asyncio.Task[None] | None = None
+        linker: asyncio.Task[None] | None = None
         try:
             await self._load_unacked()
             await self._adopt()
             if self.images is not None and self.settings.docker.preload_tarballs:
                 preloader = asyncio.create_task(self.images.watch(stop), name="env-preload")
-            linker = asyncio.create_task(self._stay_connected(), name="agent-link")
-            await stop.wait()
-            linker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await linker
+            linker = self.activity.start(self.link.stay_connected(), name="agent-link")
+            yield self
         finally:
-            if preloader is not None:  # it ends by itself once ``stop`` is set
-                preloader.cancel()
-                await asyncio.gather(preloader, return_exceptions=True)
-            for watcher in self._watchers.values():
-                watcher.cancel()
+            # The preloader ends by itself once ``stop`` is set; the rest is cancelled.
+            stopping = [t for t in (linker, preloader) if t is not None]
+            stopping += [*self._handlers, *self._watchers.values()]
+            for task in stopping:
+                task.cancel()
+            await asyncio.gather(*stopping, return_exceptions=True)
             for executor in self.executors.values():
                 await executor.close()
             await self.outbox.close()
+
+    async def run_until_idle(self, *, wait_for_tasks: bool = False, deadline_s: float = 30) -> None:
+        """Let the started agent run until it has nothing left to do by itself.
+
+        That is: no handler or outbox write under way, every event it may send sent,
+        every frame the transport holds read; with ``wait_for_tasks``, also every task
+        ended and reported. Raises ``TimeoutError`` (saying what is pending) otherwise.
+        """
+
+        def idle() -> bool:
+            transport = self.link.transport
+            if transport is not None and transport.unread():
+                return False
+            if self.link.connected.is_set() and self.link.wake_sender.is_set():
+                return False
+            return not (wait_for_tasks and self.running)
+
+        try:
+            async with asyncio.timeout(deadline_s):
+                await self.activity.settle(idle)
+        except TimeoutError:
+            transport = self.link.transport
+            raise TimeoutError(
+                f"the agent is not idle after {deadline_s}s: {self.activity.busy} busy tasks,"
+                f" {transport.unread() if transport else 0} unread frames,"
+                f" connected={self.link.connected.is_set()}, running={sorted(self.running)}"
+            ) from None
 
     async def _load_unacked(self) -> None:
         assert self.outbox is not None
@@ -168,12 +207,21 @@ class Agent:
         return executor, images
 
     async def _adopt_from(self, executor: Executor) -> None:
+        assert self.cpus is not None
         for found in await executor.adopt():
             self.by_task[found.task_id] = executor
             self.running[found.task_id] = found.pid
+            # Still pinned there: a new task must not be given those CPUs.
+            self.cpus.hold(found.task_id, found.cpus)
             if found.paused:
                 self.paused.add(found.task_id)
-            log.info("adopted task %s (pid %s, ended=%s)", found.task_id, found.pid, found.ended)
+            log.info(
+                "adopted task %s (pid %s, cpus %s, ended=%s)",
+                found.task_id,
+                found.pid,
+                found.cpus,
+                found.ended,
+            )
             self._watch(found.task_id)
 
     # -- events ----------------------------------------------------------------------------
@@ -186,7 +234,15 @@ class Agent:
         for new in batch:
             if isinstance(new.event, TaskFinished):
                 self.unacked_final[new.id] = new.event.task_id
-        self._wake_sender.set()
+        self.link.wake_sender.set()
+
+    async def acked(self, ids: tuple[str, ...]) -> None:
+        """Drop events the host has committed (or refused for good) from the outbox."""
+        assert self.outbox is not None
+        await self.outbox.ack(ids)
+        for event_id in ids:
+            self.unacked_final.pop(event_id, None)
+        self.link.wake_sender.set()
 
     # -- tasks -----------------------------------------------------------------------------
 
@@ -264,14 +320,14 @@ class Agent:
             await self.control(link.Kill(task_id=task_id, grace_s=grace))
 
     def _watch(self, task_id: str) -> None:
-        self._watchers[task_id] = asyncio.create_task(
+        self._watchers[task_id] = self.activity.start(
             self._watch_task(task_id), name=f"watch-{task_id}"
         )
 
     async def _watch_task(self, task_id: str) -> None:
         executor = self.by_task[task_id]
         try:
-            outcome = await executor.wait(task_id)
+            outcome = await self.activity.outside(executor.wait(task_id))
         except Exception as exc:  # e.g. the engine went away: the task's end is unknowable
             log.exception("watching task %s failed", task_id)
             outcome = Outcome(state="failed", message=f"lost track of the task: {exc!r}")
@@ -320,151 +376,25 @@ class Agent:
         except ExecutorError as exc:
             log.warning("%s on %s failed: %s", type(command).__name__, task_id, exc)
 
-    @property
-    def executor_names(self) -> tuple[str, ...]:
-        return tuple(self.executors)
-
     # -- the link --------------------------------------------------------------------------
 
-    async def _stay_connected(self) -> None:
-        delay = 0.05
-        while True:
-            try:
-                async with connect(
-                    self.settings.ws_url,
-                    max_size=64 << 20,
-                    open_timeout=5,
-                    ping_interval=20,
-                    ping_timeout=20,
-                ) as ws:
-                    delay = 0.05
-                    await self._session(ws)
-            except asyncio.CancelledError:
-                raise
-            except (OSError, ConnectionClosed, InvalidHandshake, InvalidURI, TimeoutError) as exc:
-                log.info(
-                    "link to %s down (%s); retrying in %.1fs", self.settings.ws_url, exc, delay
-                )
-            except Exception:
-                log.exception("link failed; retrying in %.1fs", delay)
-            self._connected.clear()
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, self.settings.timing.reconnect_max_delay)
+    def handle(self, command: link.Run | link.Kill | link.Pause | link.Resume) -> None:
+        """Apply a command from the host in a task of its own (commands never block the link)."""
+        work: Coroutine[Any, Any, None]
+        match command:
+            case link.Run():
+                work = self.start_task(command)
+            case _:
+                work = self.control(command)
+        self._spawn(work, type(command).__name__)
 
-    def _hello(self) -> link.Hello:
-        machine = self.machine
-        assert machine is not None
-        return link.Hello(
-            node=self.node,
-            address=self.settings.network.runner_address,
-            cores=machine.cores,
-            memory_bytes=machine.memory_bytes,
-            numa=machine.numa,
-            gpus=machine.gpus,
-            agent_version=AGENT_VERSION,
-            executors=self.executor_names,
-            running=tuple(
-                link.AgentTask(task_id=t, pid=pid, paused=t in self.paused)
-                for t, pid in self.running.items()
-            ),
-            reported=tuple(set(self.unacked_final.values())),
-        )
-
-    async def _session(self, ws: ClientConnection) -> None:
-        await ws.send(link.encode(self._hello()))
-        async with asyncio.timeout(10):
-            frame = await ws.recv()
-        if not isinstance(frame, bytes):
-            raise ConnectionError("expected a binary welcome frame")
-        welcome = link.decode_host_message(frame)
-        if not isinstance(welcome, link.Welcome):
-            raise ConnectionError(f"expected welcome, got {type(welcome).__name__}")
-        self.heartbeat_interval = welcome.heartbeat_interval_s
-        self.kill_grace = welcome.kill_grace_s
-        self.connections += 1
-        self._connected.set()
-        log.info("connected to %s as %s", self.settings.ws_url, self.node)
-        in_flight: dict[int, tuple[str, ...]] = {}
-        loops = [
-            asyncio.create_task(self._send_outbox(ws, in_flight)),
-            asyncio.create_task(self._send_heartbeats(ws)),
-            asyncio.create_task(self._receive(ws, in_flight)),
-        ]
-        try:
-            done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                task.result()
-        finally:
-            for task in loops:
-                task.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
-
-    async def _send_outbox(
-        self, ws: ClientConnection, in_flight: dict[int, tuple[str, ...]]
-    ) -> None:
-        assert self.outbox is not None
-        after = 0
-        number = 0
-        while True:
-            self._wake_sender.clear()
-            if len(in_flight) < MAX_IN_FLIGHT:
-                batch = await self.outbox.pending_batch(self.settings.runner.max_batch, after)
-                if batch.ids:
-                    number += 1
-                    in_flight[number] = batch.ids
-                    after = batch.last_pos
-                    await ws.send(link.encode(link.EventBatch(batch=number, body=batch.body)))
-                    continue
-            await self._wake_sender.wait()
-
-    async def _send_heartbeats(self, ws: ClientConnection) -> None:
-        while True:
-            usage = await asyncio.to_thread(probe_usage, tuple(self.running))
-            beat = new_event(usage.heartbeat(self.node), source=self.node)
-            await ws.send(link.encode(link.Heartbeat(event=beat)))
-            await asyncio.sleep(self.heartbeat_interval)
-
-    async def _receive(self, ws: ClientConnection, in_flight: dict[int, tuple[str, ...]]) -> None:
-        assert self.outbox is not None
-        async for frame in ws:
-            if not isinstance(frame, bytes):
-                continue
-            try:
-                message = link.decode_host_message(frame)
-            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                log.warning("ignoring a frame from the host: %s", exc)
-                continue
-            match message:
-                case link.Ack(batch=number):
-                    ids = in_flight.pop(number, ())
-                    await self._acked(ids)
-                case link.Nack(batch=number, reason=reason):
-                    # The host will never take these events; keeping them would block
-                    # the outbox forever. They are logged, then dropped.
-                    ids = in_flight.pop(number, ())
-                    log.error("host refused %d events: %s", len(ids), reason)
-                    await self._acked(ids)
-                case link.Run():
-                    self._spawn(self.start_task, message)
-                case link.Kill() | link.Pause() | link.Resume():
-                    self._spawn(self.control, message)
-                case link.Welcome():
-                    pass
-
-    async def _acked(self, ids: tuple[str, ...]) -> None:
-        assert self.outbox is not None
-        await self.outbox.ack(ids)
-        for event_id in ids:
-            self.unacked_final.pop(event_id, None)
-        self._wake_sender.set()
-
-    def _spawn(self, handler: Callable[..., object], message: link.Message) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None], what: str) -> None:
         async def guarded() -> None:
             try:
-                await handler(message)  # type: ignore[misc]
+                await work
             except Exception:
-                log.exception("handling %s failed", type(message).__name__)
+                log.exception("handling %s failed", what)
 
-        task = asyncio.get_running_loop().create_task(guarded())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task = self.activity.start(guarded(), name=f"handle-{what}")
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)

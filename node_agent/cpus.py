@@ -2,10 +2,12 @@
 
 The agent hands out the CPUs it may use (its own affinity, grouped by NUMA node)
 to tasks: ``--cores N`` gets N CPUs no other task of this agent holds, taken from
-the targeted NUMA node when there is one. When the free CPUs do not suffice
-(a task adopted after a restart still holds some, or the host's accounting counts
-a machine this agent shares), the task runs unpinned rather than crowded onto
-someone else's CPUs; cgroup/systemd quotas still bound it where available.
+the targeted NUMA node when there is one. A task adopted after a restart keeps the
+CPUs it is pinned to (``hold``; its executor reads them back from the shim's record
+or the container's cpuset). When the free CPUs do not suffice (adopted tasks hold
+some, or the host's accounting counts a machine this agent shares), the task runs
+unpinned rather than crowded onto someone else's CPUs; cgroup/systemd quotas still
+bound it where available.
 """
 
 from __future__ import annotations
@@ -43,6 +45,21 @@ class CpuAllocator:
         self.taken[task_id] = chosen
         return chosen
 
+    def hold(self, task_id: str, cpus: tuple[int, ...]) -> None:
+        """Count a task's CPU set as taken as it is (a task adopted after a restart)."""
+        if cpus:
+            self.taken[task_id] = cpus
+
     def release(self, task_id: str) -> None:
         """Give a task's CPUs back."""
         self.taken.pop(task_id, None)
+
+
+def parse_cpu_list(text: str | None) -> tuple[int, ...]:
+    """CPUs from the kernel's list format (``0-2,5``, as cpusets and docker write them)."""
+    cpus: list[int] = []
+    for part in (text or "").split(","):
+        first, _, last = part.strip().partition("-")
+        if first.isdigit():
+            cpus.extend(range(int(first), int(last if last.isdigit() else first) + 1))
+    return tuple(cpus)

@@ -1,27 +1,42 @@
 """The executor protocol: how the agent starts, watches and controls a task.
 
-Every backend (``process`` now, ``docker`` next) implements ``Executor``. The
-agent drives it like this:
+Every backend (``process``, ``docker``) implements ``Executor``, and one contract
+suite (tests/node_agent/test_executor_contract.py) runs against each. The agent
+drives it like this:
 
 1. ``start(run)`` launches the task and returns once it is running, with its pid or
    container id (the agent reports ``task.started``). Starting a task id the
-   executor already knows returns the same ``Started`` again: commands from the
-   host may be repeated after a reconnect. A task that cannot start (no such
-   command, bad working directory...) raises ``StartFailed`` with a message for
-   the user, and leaves nothing behind.
+   executor already knows returns the same ``Started`` again, also while the first
+   start is still under way, and also for a task a previous agent started (it is
+   taken over, not started twice): commands from the host may be repeated after a
+   reconnect. A task that cannot start (no such command, bad working directory...)
+   raises ``StartFailed`` with a message for the user, and leaves nothing behind.
 2. ``wait(task_id)`` returns the task's ``Outcome`` when it ends (the agent reports
    ``task.finished``). Any number of callers may wait on the same task.
-3. ``kill(task_id, grace_s)`` asks the task to stop, and forces it after
-   ``grace_s`` seconds; its outcome is then ``killed``. ``pause``/``resume``
-   freeze and continue it. All three are no-ops on a task that has ended, and
-   raise ``UnknownTask`` for a task id the executor does not know.
+3. ``kill(task_id, grace_s)`` asks the task to stop (SIGTERM, after continuing it if
+   paused), and forces it (SIGKILL) after at least ``grace_s`` seconds; its outcome is
+   then ``killed``. ``pause``/``resume`` freeze and continue it, and are no-ops on a
+   task already so. All three are no-ops on a task that has ended, and raise
+   ``UnknownTask`` for a task id the executor does not know.
 4. Tasks outlive the agent. After a restart, ``adopt()`` finds the tasks a previous
    agent started that are still running, or that ended while no agent watched
-   (their ``wait`` then returns at once), and resumes watching them.
+   (their ``wait`` then returns at once), and resumes watching them; each comes with
+   the CPU set it was pinned to, read back from the backend's own records, so the
+   agent can count those CPUs as taken again.
 5. ``forget(task_id)``, once the agent has durably recorded the outcome (put
    ``task.finished`` in its outbox), drops what the executor keeps about the task,
-   so a later ``adopt`` does not report it again.
+   so a later ``adopt`` does not report it again. It refuses (``ExecutorError``) a
+   task still running, and does nothing for a task it does not know.
 6. ``close()`` stops watching without touching the tasks (agent shutdown).
+
+Where the backends differ, by nature, not by choice:
+
+- A task a signal ended: the process executor knows (the kernel's wait status) and
+  says ``-n`` for signal n; the Docker engine reports only the container's status,
+  ``128 + n``, as a shell would, which a task's own ``exit 137`` cannot be told from.
+  Tasks that exit by themselves get their own status on both.
+- The grace period: ``docker stop`` counts whole seconds, so Docker rounds it up
+  (0.4 s becomes 1 s); the process executor keeps fractions.
 """
 
 from __future__ import annotations
@@ -58,8 +73,9 @@ class Started(Struct, frozen=True, kw_only=True):
 class Outcome(Struct, frozen=True, kw_only=True):
     """How a task ended.
 
-    ``exit_code`` is the exit status, or minus the signal number when a signal ended
-    it (``-9`` for SIGKILL), or None when the executor lost track of the status.
+    ``exit_code`` is the exit status, or when a signal ended it minus the signal number
+    (``-9`` for SIGKILL; the Docker executor says ``137``, see the module docstring),
+    or None when the executor lost track of the status.
     """
 
     state: FinalState
@@ -75,6 +91,7 @@ class Adopted(Struct, frozen=True, kw_only=True):
     container_id: str | None = None
     paused: bool = False
     ended: bool = False  # it ended while no agent watched: ``wait`` returns at once
+    cpus: tuple[int, ...] = ()  # the CPU set it is pinned to; empty: unpinned (or unknown)
 
 
 class ExecutorError(Exception):

@@ -9,9 +9,12 @@ decides whether it may). Labels carry the task id and the node, so a restarted
 agent finds its containers again (``adopt``).
 
 Output is streamed from the engine into ``shared_dir/task_outputs/<id>.out`` and
-``task_errors/<id>.err`` as the task writes it. Each line is fetched with its
-engine timestamp; the last one written is kept beside the state, so an adopted
-container's stream resumes where the previous agent stopped, without repeating.
+``task_errors/<id>.err`` as the task writes it; an adopted container's stream resumes
+where the previous agent stopped, without repeating (``docker_follow``).
+
+Where Docker departs from the contract in ``base.py``, it is by the engine's nature and
+written there: an exit code of ``128 + n`` for a signal n, and a grace period in whole
+seconds (``docker stop`` takes no fraction; it is rounded up, never down to nothing).
 
 Every Docker SDK call blocks, so each runs in a worker thread: short calls (create,
 start, inspect, pause, remove) in a pool of the executor's own, ``ENGINE_CALLS``
@@ -26,15 +29,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import os
-import threading
+import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from node_agent.executors.base import Adopted, Outcome, Started, StartFailed, TaskRun, UnknownTask
+from node_agent.cpus import parse_cpu_list
+from node_agent.executors.base import (
+    Adopted,
+    ExecutorError,
+    Outcome,
+    Started,
+    StartFailed,
+    TaskRun,
+    UnknownTask,
+)
+from node_agent.executors.docker_follow import copy_stream, hold
 
 T = TypeVar("T")
 
@@ -45,6 +57,11 @@ ENGINE_CALLS = 16
 # Connections the engine client keeps for reuse: the short calls, plus room for the
 # followers of many containers (each holds one while it runs, and returns it after).
 ENGINE_CONNECTIONS = 128
+
+
+def container_name(task_id: str) -> str:
+    """The name of a task's container (one per task id and engine)."""
+    return f"hakuriver-task-{task_id}"
 
 
 def image_for(env: str) -> str:
@@ -84,37 +101,13 @@ class DockerExecutor:
         self.client = client or docker.from_env()
         self.additional_mounts = additional_mounts
         self._boxes: dict[str, _Box] = {}
+        self._starting: dict[str, asyncio.Future[Started]] = {}
         self._shared: dict[str, Path] = {}
         self._calls = ThreadPoolExecutor(ENGINE_CALLS, thread_name_prefix="hakuriver-docker")
 
     async def _call(self, function: Callable[[], T]) -> T:
         """A short engine call, in the executor's pool."""
         return await asyncio.get_running_loop().run_in_executor(self._calls, function)
-
-    @staticmethod
-    async def _hold(function: Callable[[], T], name: str) -> T:
-        """A call that lasts as long as a container, in a daemon thread of its own."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-
-        def settle(result: T | None, error: BaseException | None) -> None:
-            if future.done():  # cancelled meanwhile
-                return
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(result)  # type: ignore[arg-type]
-
-        def run() -> None:
-            try:
-                result, error = function(), None
-            except BaseException as exc:  # handed to the awaiting task
-                result, error = None, exc
-            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
-                loop.call_soon_threadsafe(settle, result, error)
-
-        threading.Thread(target=run, name=name, daemon=True).start()
-        return await future
 
     # -- the protocol --------------------------------------------------------------------
 
@@ -123,14 +116,24 @@ class DockerExecutor:
         known = self._boxes.get(run.task_id)
         if known is not None:
             return Started(task_id=run.task_id, container_id=known.container.id)
-        container = await self._call(lambda: self._create(run))
+        starting = self._starting.get(run.task_id)
+        if starting is None:
+            starting = asyncio.ensure_future(self._start(run))
+            self._starting[run.task_id] = starting
+            starting.add_done_callback(lambda _: self._starting.pop(run.task_id, None))
+        return await asyncio.shield(starting)
+
+    async def _start(self, run: TaskRun) -> Started:
+        container, existed = await self._call(lambda: self._create(run))
         box = _Box(task_id=run.task_id, container=container)
         self._boxes[run.task_id] = box
         self._shared[run.task_id] = Path(run.shared_dir)
-        self._follow(box, resume=False)
+        # A container a previous agent started: its output is copied from the last mark on.
+        self._follow(box, resume=existed)
         return Started(task_id=run.task_id, container_id=container.id)
 
-    def _create(self, run: TaskRun) -> Any:
+    def _create(self, run: TaskRun) -> tuple[Any, bool]:
+        """The task's started container, and whether a previous agent had started it."""
         import docker.errors
 
         spec = run.spec
@@ -149,6 +152,9 @@ class DockerExecutor:
                 " (package it with `hakuriver docker create-tar` on the host)"
             ) from None
         except docker.errors.APIError as exc:
+            previous = self._previous(run.task_id) if exc.status_code == 409 else None
+            if previous is not None:
+                return previous, True
             raise StartFailed(f"docker could not create the container: {exc.explanation}") from None
         try:
             container.start()
@@ -156,6 +162,19 @@ class DockerExecutor:
             with contextlib.suppress(Exception):
                 container.remove(force=True)
             raise StartFailed(f"docker could not start the task: {exc.explanation}") from None
+        return container, False
+
+    def _previous(self, task_id: str) -> Any | None:
+        """This node's container of the task, made by an agent before this one (blocking)."""
+        import docker.errors
+
+        try:
+            container = self.client.containers.get(container_name(task_id))
+        except docker.errors.NotFound:
+            return None
+        labels = container.labels
+        if labels.get(LABEL_TASK) != task_id or labels.get(LABEL_NODE) != self.node:
+            return None
         return container
 
     async def wait(self, task_id: str) -> Outcome:
@@ -168,7 +187,7 @@ class DockerExecutor:
     async def _outcome(self, box: _Box) -> Outcome:
         import docker.errors
 
-        result = await self._hold(box.container.wait, f"hakuriver-wait-{box.task_id[-8:]}")
+        result = await hold(box.container.wait, f"hakuriver-wait-{box.task_id[-8:]}")
         for stream in box.streams:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await stream
@@ -194,23 +213,43 @@ class DockerExecutor:
         return Outcome(state="failed", exit_code=code, message=message)
 
     async def kill(self, task_id: str, grace_s: float) -> None:
-        """``docker stop``: SIGTERM, SIGKILL after ``grace_s``."""
+        """``docker stop``: SIGTERM, SIGKILL after ``grace_s`` (rounded up to whole seconds)."""
         box = self._known(task_id)
+        if self._ended(box):
+            return
         box.killed = True
         self._kill_marker(task_id).touch()
         with contextlib.suppress(Exception):
             await self._call(lambda: box.container.unpause())
-        await self._call(lambda: box.container.stop(timeout=max(0, round(grace_s))))
+        # The engine counts whole seconds: 0.4 s must not become an immediate SIGKILL.
+        await self._call(lambda: box.container.stop(timeout=math.ceil(grace_s)))
 
     async def pause(self, task_id: str) -> None:
         """``docker pause``."""
-        box = self._known(task_id)
-        await self._call(box.container.pause)
+        await self._freeze(self._known(task_id), paused=True)
 
     async def resume(self, task_id: str) -> None:
         """``docker unpause``."""
-        box = self._known(task_id)
-        await self._call(box.container.unpause)
+        await self._freeze(self._known(task_id), paused=False)
+
+    async def _freeze(self, box: _Box, *, paused: bool) -> None:
+        """Pause or unpause; a no-op on an ended container or one already so."""
+        import docker.errors
+
+        if self._ended(box):
+            return
+        try:
+            await self._call(box.container.pause if paused else box.container.unpause)
+        except docker.errors.APIError as exc:
+            # The engine refuses a container that is not running, or already (un)paused.
+            try:
+                await self._call(box.container.reload)
+            except docker.errors.NotFound:
+                return
+            status = box.container.status
+            if status not in ("running", "paused") or (status == "paused") == paused:
+                return
+            raise ExecutorError(f"docker could not {'' if paused else 'un'}pause: {exc}") from None
 
     async def adopt(self) -> list[Adopted]:
         """Find this node's task containers by label and watch them again."""
@@ -222,7 +261,7 @@ class DockerExecutor:
         adopted = []
         for container in found:
             task_id = container.labels[LABEL_TASK]
-            if task_id in self._boxes:
+            if task_id in self._boxes or task_id in self._starting:
                 continue
             box = _Box(task_id=task_id, container=container)
             self._boxes[task_id] = box
@@ -239,13 +278,24 @@ class DockerExecutor:
                     task_id=task_id,
                     container_id=container.id,
                     paused=status == "paused",
-                    ended=status == "exited",
+                    ended=status in ("exited", "dead"),
+                    cpus=parse_cpu_list(container.attrs.get("HostConfig", {}).get("CpusetCpus")),
                 )
             )
         return adopted
 
     async def forget(self, task_id: str) -> None:
-        """Remove the ended task's container and records."""
+        """Remove the ended task's container and records; refused while it runs."""
+        import docker.errors
+
+        box = self._boxes.get(task_id)
+        if box is not None and not self._ended(box):
+            with contextlib.suppress(docker.errors.NotFound):
+                await self._call(box.container.reload)
+                if box.container.status in ("running", "paused", "restarting"):
+                    raise ExecutorError(
+                        f"task {task_id!r} is still running; forget it once it ended"
+                    )
         box = self._boxes.pop(task_id, None)
         if box is not None:
             with contextlib.suppress(Exception):
@@ -274,6 +324,11 @@ class DockerExecutor:
             raise UnknownTask(task_id)
         return box
 
+    @staticmethod
+    def _ended(box: _Box) -> bool:
+        """Whether the container's end has been seen (its outcome is known)."""
+        return box.outcome is not None and box.outcome.done()
+
     def _kill_marker(self, task_id: str) -> Path:
         return self.state_dir / f"{task_id}.kill"
 
@@ -294,66 +349,17 @@ class DockerExecutor:
             (False, shared / "task_errors" / f"{box.task_id}.err"),
         ):
             name = f"hakuriver-{'out' if stdout else 'err'}-{box.task_id[-8:]}"
-            copy = functools.partial(self._stream, box, stdout, path, resume)
-            box.streams.append(asyncio.ensure_future(self._hold(copy, name)))
-
-    def _stream(self, box: _Box, stdout: bool, path: Path, resume: bool) -> None:
-        """Copy one stream of the container's output into its file (blocking)."""
-        position = self._position_file(box.task_id)
-        key = "out" if stdout else "err"
-        since = None
-        if resume:
-            with contextlib.suppress(OSError, ValueError):
-                for line in position.read_text().splitlines():
-                    name, _, stamp = line.partition(" ")
-                    box.marks.setdefault(name, stamp)
-            since = box.marks.get(key)
-        chunks = box.container.logs(
-            stdout=stdout, stderr=not stdout, stream=True, follow=True, timestamps=True
-        )
-        mode = "ab" if resume else "wb"
-        with path.open(mode) as out:
-            for raw in _lines(chunks):
-                if box.stopped:  # a successor streams from the last mark on
-                    return
-                stamp, _, text = raw.partition(b" ")
-                stamp_text = stamp.decode(errors="replace")
-                if since is not None and _ns(stamp_text) <= _ns(since):
-                    continue
-                out.write(text)
-                out.flush()
-                box.marks[key] = stamp_text
-                with contextlib.suppress(OSError):
-                    _write_marks(position, box.marks)
-
-
-def _lines(chunks: Any) -> Any:
-    """Whole lines from the engine's chunks (each line starts with its timestamp)."""
-    pending = b""
-    for chunk in chunks:
-        pending += chunk
-        *complete, pending = pending.split(b"\n")
-        for line in complete:
-            yield line + b"\n"
-    if pending:
-        yield pending
-
-
-def _ns(stamp: str) -> int:
-    """An engine timestamp (RFC 3339, up to 9 fractional digits) as comparable nanoseconds."""
-    from datetime import datetime
-
-    head, _, frac = stamp.rstrip("Z").partition(".")
-    seconds = datetime.fromisoformat(head + "+00:00").timestamp()
-    return int(seconds) * 1_000_000_000 + int((frac + "000000000")[:9])
-
-
-def _write_marks(path: Path, marks: dict[str, str]) -> None:
-    """Both streams' last timestamps, replaced atomically (no read back per line)."""
-    tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
-    lines = [f"{k} {v}\n" for k, v in list(marks.items())]  # the other stream may add a key
-    tmp.write_text("".join(lines))
-    os.replace(tmp, path)
+            copy = functools.partial(
+                copy_stream,
+                box.container,
+                stdout=stdout,
+                path=path,
+                position=self._position_file(box.task_id),
+                marks=box.marks,
+                resume=resume,
+                stopped=lambda: box.stopped,
+            )
+            box.streams.append(asyncio.ensure_future(hold(copy, name)))
 
 
 def container_options(
@@ -379,7 +385,7 @@ def container_options(
         "command": [spec.command, *spec.args],
         "environment": dict(spec.env),
         "labels": {LABEL_TASK: run.task_id, LABEL_NODE: node},
-        "name": f"hakuriver-task-{run.task_id}",
+        "name": container_name(run.task_id),
         "mounts": mounts,
         "working_dir": "/shared",
         "privileged": spec.privileged,

@@ -13,7 +13,7 @@ argument vector. Then, in ``STATE_DIR``:
 
 - ``TASK_ID.run`` (written before the shim answers the agent): the shim's pid and
   kernel start time (so a restarted agent can tell it from a reused pid), the task's
-  pid and how its memory is limited;
+  pid, how its memory is limited and the CPUs it is pinned to;
 - the shim answers on stdout with the task's pid, or ``!`` and a message when the
   command could not be started (then it writes nothing else and exits);
 - ``TASK_ID.exit`` (when the task's main process ends): its return code (minus the
@@ -371,6 +371,7 @@ def run(state_dir: str, task_id: str, spec: dict[str, Any]) -> int:
             "pid": pid,
             "memory_limit": method,
             "cgroup": watched,
+            "cpus": ",".join(str(cpu) for cpu in spec["cpus"]),
         },
     )
     _answer(str(pid))

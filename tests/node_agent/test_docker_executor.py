@@ -1,4 +1,6 @@
-"""The Docker executor against a real engine (marker ``docker``; mandatory in CI).
+"""The Docker executor against a real engine (marker ``docker``; mandatory in CI): what
+only it does (the contract every executor meets is in test_executor_contract.py): mounts,
+limits, the OOM killer, a missing image, and many containers followed at once.
 
 The image is a busybox rootfs imported locally (tests/support/docker_images.py).
 """
@@ -15,7 +17,7 @@ from support.waiting import async_wait_until
 
 from events.types import Mount, TaskSpec
 from node_agent.executors.base import StartFailed, TaskRun
-from node_agent.executors.docker import LABEL_TASK, DockerExecutor
+from node_agent.executors.docker import DockerExecutor
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(120)]
 
@@ -91,22 +93,6 @@ async def test_a_task_sees_its_mounts_env_and_limits(tmp_path: Path, executor) -
     assert output(tmp_path, "t-mounts", "err") == "oops\n"
 
 
-async def test_kill_pause_resume(tmp_path: Path, executor, client: Any) -> None:
-    await executor.start(task(tmp_path, "t-long", "sh", "-c", "echo up; sleep 600"))
-    await async_wait_until(lambda: output(tmp_path, "t-long") == "up\n", 20)
-    await executor.pause("t-long")
-    container = client.containers.get("hakuriver-task-t-long")
-    assert container.status == "paused"
-    await executor.resume("t-long")
-    container.reload()
-    assert container.status == "running"
-    await executor.kill("t-long", grace_s=1)
-    outcome = await executor.wait("t-long")
-    assert outcome.state == "killed"
-    await executor.forget("t-long")
-    assert not client.containers.list(all=True, filters={"label": f"{LABEL_TASK}=t-long"})
-
-
 async def test_a_memory_hog_ends_killed_oom(tmp_path: Path, executor) -> None:
     # tail buffers its whole input looking for the last line: /dev/zero never has one.
     run = task(tmp_path, "t-oom", "tail", "/dev/zero", memory_bytes=32 * 1024 * 1024)
@@ -125,23 +111,6 @@ async def test_a_missing_environment_fails_to_start_clearly(tmp_path: Path, exec
     )
     with pytest.raises(StartFailed, match="no-such-env"):
         await executor.start(run)
-
-
-async def test_a_new_executor_adopts_a_running_container(tmp_path: Path, executor, client) -> None:
-    gate = tmp_path / "shared" / "shared_data" / "gate"
-    script = "echo before; while [ ! -e /shared/gate ]; do sleep 0.05; done; echo after; exit 7"
-    await executor.start(task(tmp_path, "t-adopt", "sh", "-c", script))
-    await async_wait_until(lambda: output(tmp_path, "t-adopt") == "before\n", 20)
-    await executor.close()  # the agent goes away; the container keeps running
-
-    successor = DockerExecutor(tmp_path / "state", node=executor.node, client=client)
-    adopted = await successor.adopt()
-    assert [a.task_id for a in adopted] == ["t-adopt"] and not adopted[0].ended
-    gate.touch()
-    outcome = await successor.wait("t-adopt")
-    assert outcome.state == "failed" and outcome.exit_code == 7
-    # The resumed stream neither lost nor repeated a line.
-    assert output(tmp_path, "t-adopt") == "before\nafter\n"
 
 
 async def test_many_running_containers_never_starve_the_next_start(

@@ -161,7 +161,9 @@ policy = "{policy}"
                 fields = dict(
                     line.split(" ", 1) for line in record.read_text().splitlines() if " " in line
                 )
-                for key in ("pid", "task_pid"):  # the shim first: it would record the exit
+                # The shim first: once its task died, it would write the task's exit record
+                # (as a reboot would not), racing a test that removes the state dir.
+                for key in ("shim_pid", "pid"):
                     if key in fields:
                         with contextlib.suppress(ProcessLookupError):
                             os.killpg(int(fields[key]), signal.SIGKILL)

@@ -1,0 +1,177 @@
+"""The agent's side of the link to the host: connect, hello, then three loops.
+
+Connect (through a ``Connector``: node_agent/transport.py), send ``Hello`` (machine,
+running tasks, tasks whose final report is still in the outbox), wait for ``Welcome``,
+then run three loops until the link drops: send outbox batches (a few in flight, each
+acknowledged), send heartbeats, apply what the host sends. A lost link is reconnected
+with capped exponential backoff, and the agent says hello again; events the host had
+not acknowledged are sent again from the outbox (the host's store is idempotent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import TYPE_CHECKING
+
+import msgspec
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from events import link
+from events.envelope import new_event
+from node_agent.probes import probe_usage
+from node_agent.transport import Connector, Transport
+
+if TYPE_CHECKING:
+    from node_agent.agent import Agent
+
+log = logging.getLogger("hakuriver.agent")
+
+AGENT_VERSION = "0.1.0"
+MAX_IN_FLIGHT = 4
+WELCOME_TIMEOUT_S = 10
+FIRST_RETRY_S = 0.05
+
+
+class HostLink:
+    """Keeps one agent connected to the host and carries its frames both ways."""
+
+    def __init__(self, agent: Agent, connect: Connector) -> None:
+        self.agent = agent
+        self.connect = connect
+        self.transport: Transport | None = None  # the open link, if any
+        self.connected = asyncio.Event()
+        self.connections = 0
+        # Set when the outbox has new events or an ack made room for another batch.
+        self.wake_sender = asyncio.Event()
+
+    async def stay_connected(self) -> None:
+        """Connect, serve the link until it drops, retry with backoff; for ever."""
+        delay = FIRST_RETRY_S
+        url = self.agent.settings.ws_url
+        while True:
+            try:
+                async with self.connect() as transport:
+                    delay = FIRST_RETRY_S
+                    await self._session(transport)
+            except asyncio.CancelledError:
+                raise
+            except (OSError, ConnectionClosed, InvalidHandshake, InvalidURI, TimeoutError) as exc:
+                log.info("link to %s down (%s); retrying in %.1fs", url, exc, delay)
+            except Exception:
+                log.exception("link failed; retrying in %.1fs", delay)
+            finally:
+                self.transport = None
+            self.connected.clear()
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, self.agent.settings.timing.reconnect_max_delay)
+
+    def hello(self) -> link.Hello:
+        """What the agent tells the host on (re)connecting: its machine and its tasks."""
+        agent = self.agent
+        machine = agent.machine
+        assert machine is not None
+        return link.Hello(
+            node=agent.node,
+            address=agent.settings.network.runner_address,
+            cores=machine.cores,
+            memory_bytes=machine.memory_bytes,
+            numa=machine.numa,
+            gpus=machine.gpus,
+            agent_version=AGENT_VERSION,
+            executors=tuple(agent.executors),
+            running=tuple(
+                link.AgentTask(task_id=t, pid=pid, paused=t in agent.paused)
+                for t, pid in agent.running.items()
+            ),
+            reported=tuple(set(agent.unacked_final.values())),
+        )
+
+    async def _session(self, transport: Transport) -> None:
+        agent = self.agent
+        self.transport = transport
+        await transport.send(link.encode(self.hello()))
+        async with asyncio.timeout(WELCOME_TIMEOUT_S):
+            frame = await agent.activity.outside(transport.receive())
+        if not isinstance(frame, bytes):
+            raise ConnectionError("expected a binary welcome frame")
+        welcome = link.decode_host_message(frame)
+        if not isinstance(welcome, link.Welcome):
+            raise ConnectionError(f"expected welcome, got {type(welcome).__name__}")
+        agent.heartbeat_interval = welcome.heartbeat_interval_s
+        agent.kill_grace = welcome.kill_grace_s
+        self.connections += 1
+        self.connected.set()
+        log.info("connected to %s as %s", agent.settings.ws_url, agent.node)
+        in_flight: dict[int, tuple[str, ...]] = {}
+        start = agent.activity.start
+        loops = [
+            start(self._send_outbox(transport, in_flight), name="link-outbox"),
+            start(self._send_heartbeats(transport), name="link-heartbeats"),
+            start(self._receive(transport, in_flight), name="link-receive"),
+        ]
+        try:
+            done, _ = await agent.activity.outside(
+                asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
+            )
+            for task in done:
+                task.result()
+        finally:
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+
+    async def _send_outbox(
+        self, transport: Transport, in_flight: dict[int, tuple[str, ...]]
+    ) -> None:
+        outbox = self.agent.outbox
+        assert outbox is not None
+        after = 0
+        number = 0
+        while True:
+            self.wake_sender.clear()
+            if len(in_flight) < MAX_IN_FLIGHT:
+                batch = await outbox.pending_batch(self.agent.settings.runner.max_batch, after)
+                if batch.ids:
+                    number += 1
+                    in_flight[number] = batch.ids
+                    after = batch.last_pos
+                    await transport.send(
+                        link.encode(link.EventBatch(batch=number, body=batch.body))
+                    )
+                    continue
+            await self.agent.activity.outside(self.wake_sender.wait())
+
+    async def _send_heartbeats(self, transport: Transport) -> None:
+        agent = self.agent
+        while True:
+            usage = await asyncio.to_thread(probe_usage, tuple(agent.running))
+            beat = new_event(usage.heartbeat(agent.node), source=agent.node)
+            await transport.send(link.encode(link.Heartbeat(event=beat)))
+            await agent.activity.outside(asyncio.sleep(agent.heartbeat_interval))
+
+    async def _receive(self, transport: Transport, in_flight: dict[int, tuple[str, ...]]) -> None:
+        agent = self.agent
+        while True:
+            frame = await agent.activity.outside(transport.receive())
+            if not isinstance(frame, bytes):
+                continue
+            try:
+                message = link.decode_host_message(frame)
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                log.warning("ignoring a frame from the host: %s", exc)
+                continue
+            match message:
+                case link.Ack(batch=number):
+                    await agent.acked(in_flight.pop(number, ()))
+                case link.Nack(batch=number, reason=reason):
+                    # The host will never take these events; keeping them would block
+                    # the outbox forever. They are logged, then dropped.
+                    ids = in_flight.pop(number, ())
+                    log.error("host refused %d events: %s", len(ids), reason)
+                    await agent.acked(ids)
+                case link.Run() | link.Kill() | link.Pause() | link.Resume():
+                    agent.handle(message)
+                case link.Welcome():
+                    pass
