@@ -201,7 +201,6 @@ class Agent:
             self.state_dir / "docker",
             node=self.node,
             client=client,
-            additional_mounts=tuple(self.settings.docker.additional_mounts),
         )
         images = ImageSync(loader, self.settings.tarball_dir, node=self.node, on_synced=self.emit)
         return executor, images

@@ -47,7 +47,6 @@ class RunnerSection(Struct, kw_only=True, frozen=True):
 
 class RunnerDocker(Struct, kw_only=True, frozen=True):
     container_dir: str = "hakuriver-containers"
-    additional_mounts: list[str] = []  # "host:container" mounts for every container task
     preload_tarballs: bool = True  # load a tarball as soon as it appears, not at the next task
 
 

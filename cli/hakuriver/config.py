@@ -57,7 +57,7 @@ initial_base_image = "python:3.12-alpine"  # the default environment is made fro
 tasks_privileged = false          # --privileged for tasks that do not say
 allow_privileged = true           # false: --privileged is refused
 allowed_mount_dirs = []           # non-empty: --mount host paths must lie inside these
-additional_mounts = []            # host: for container tasks without --mount; runner: always
+additional_mounts = []            # host: "HOST:CONTAINER[:ro]" for container tasks without --mount
 preload_tarballs = true           # runner: load a new tarball as soon as it appears
 """
 

@@ -91,7 +91,6 @@ class DockerExecutor:
         *,
         node: str,
         client: Any = None,
-        additional_mounts: tuple[str, ...] = (),
     ) -> None:
         import docker
 
@@ -99,7 +98,6 @@ class DockerExecutor:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.node = node
         self.client = client or docker.from_env()
-        self.additional_mounts = additional_mounts
         self._boxes: dict[str, _Box] = {}
         self._starting: dict[str, asyncio.Future[Started]] = {}
         self._shared: dict[str, Path] = {}
@@ -142,7 +140,7 @@ class DockerExecutor:
         for sub in ("shared_data", "task_outputs", "task_errors"):
             (shared / sub).mkdir(parents=True, exist_ok=True)
         Path(run.local_temp_dir).mkdir(parents=True, exist_ok=True)
-        options = container_options(run, node=self.node, additional_mounts=self.additional_mounts)
+        options = container_options(run, node=self.node)
         image = image_for(spec.container)
         try:
             container = self.client.containers.create(image, **options)
@@ -362,10 +360,13 @@ class DockerExecutor:
             box.streams.append(asyncio.ensure_future(hold(copy, name)))
 
 
-def container_options(
-    run: TaskRun, *, node: str, additional_mounts: tuple[str, ...] = ()
-) -> dict[str, Any]:
-    """The ``containers.create`` keyword arguments for a task (pure: no engine call)."""
+def container_options(run: TaskRun, *, node: str) -> dict[str, Any]:
+    """The ``containers.create`` keyword arguments for a task (pure: no engine call).
+
+    Its mounts are the seeds' two (``/shared``, ``/local_temp``) and those of its spec: the
+    host put ``[docker] additional_mounts`` there at submission when the task named no
+    ``--mount`` of its own, so what ran is in the log (the runner adds none).
+    """
     from docker.types import DeviceRequest, Mount
 
     spec = run.spec
@@ -374,11 +375,6 @@ def container_options(
         Mount("/shared", str(shared / "shared_data"), type="bind"),
         Mount("/local_temp", str(run.local_temp_dir), type="bind"),
     ]
-    for text in additional_mounts:  # HOST:CONTAINER[:ro|rw]
-        parts = text.split(":")
-        if len(parts) >= 2:
-            read_only = len(parts) > 2 and parts[2] == "ro"
-            mounts.append(Mount(parts[1], parts[0], type="bind", read_only=read_only))
     for m in spec.mounts:
         mounts.append(Mount(m.container_path, m.host_path, type="bind", read_only=m.read_only))
     options: dict[str, Any] = {

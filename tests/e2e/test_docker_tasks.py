@@ -87,3 +87,36 @@ def test_a_container_removed_behind_the_agents_back_ends_the_task(tmp_path: Path
         assert task["exit_code"] == 137 or "removed outside HakuRiver" in task["message"], task
         node = cluster.node("d1")
         assert node is not None and node["free_cores"] == node["cores"], node
+
+
+def test_additional_mounts_reach_a_container_task_once_and_a_mount_overrides_them(
+    tmp_path: Path,
+) -> None:
+    """``[docker] additional_mounts`` in the one config file host and runner both read (as
+    under ``hakuriver up``): the host gives them to container tasks without ``--mount``
+    and records them in the spec; the runner used to add them again, and Docker refused
+    the duplicate mount point."""
+    engine_or_skip()
+    data, other = tmp_path / "data", tmp_path / "other"
+    data.mkdir()
+    other.mkdir()
+    (data / "marker").write_text("from additional_mounts\n")
+    (other / "marker").write_text("from --mount\n")
+    extra = f'[docker]\nadditional_mounts = ["{data}:/data:ro"]\n'
+    (tmp_path / "c").mkdir()
+    with running_cluster(tmp_path / "c", agents=("d1",), extra=extra) as cluster:
+        [default] = cluster.submit("cat", "/data/marker", container="busybox")
+        [own] = cluster.submit(
+            "sh",
+            "-c",
+            "cat /data/marker; grep -c ' /data ' /proc/mounts",
+            container="busybox",
+            mounts=[f"{other}:/data:ro"],
+        )
+        for task_id in (default, own):
+            task = cluster.wait_state(task_id, timeout=60)
+            assert task["state"] == "completed", task
+        assert cluster.output(default) == b"from additional_mounts\n"
+        assert cluster.output(own) == b"from --mount\n1\n"  # the task's own, once
+        [spec_mount] = cluster.task(default)["mounts"]
+        assert spec_mount["host_path"] == str(data)  # what ran is in the log

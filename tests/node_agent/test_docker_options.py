@@ -21,9 +21,7 @@ def _options(**run: Any) -> dict[str, Any]:
     fields: dict[str, Any] = {"task_id": "t1", "spec": spec, "cores": 2}
     fields.update(run)
     return container_options(
-        TaskRun(shared_dir="/srv/shared", local_temp_dir="/scratch", **fields),
-        node="node3",
-        additional_mounts=("/models:/models:ro", "/cache:/cache"),
+        TaskRun(shared_dir="/srv/shared", local_temp_dir="/scratch", **fields), node="node3"
     )
 
 
@@ -60,8 +58,6 @@ def test_mounts_in_order_with_their_modes() -> None:
     assert mounts == [
         ("/shared", "/srv/shared/shared_data", False),
         ("/local_temp", "/scratch", False),
-        ("/models", "/models", True),
-        ("/cache", "/cache", False),
-        ("/mnt/data", "/data", True),
+        ("/mnt/data", "/data", True),  # the spec's mounts only: the host chose them
     ]
     assert options["privileged"] is True
