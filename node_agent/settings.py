@@ -6,12 +6,13 @@ The agent reads ``[network]`` (where the host is, what address to report),
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
 from msgspec import Meta, Struct
+
+from events.config import DEFAULT_DATA_DIR, node_name, node_name_problem
 
 Positive = Annotated[float, Meta(gt=0)]
 
@@ -58,7 +59,7 @@ class RunnerSettings(Struct, kw_only=True, frozen=True):
     timing: RunnerTiming = RunnerTiming()
     runner: RunnerSection = RunnerSection()
     docker: RunnerDocker = RunnerDocker()
-    data_dir: str = "~/.hakuriver"
+    data_dir: str = DEFAULT_DATA_DIR
     host_url: str = ""  # overrides [network]; e.g. HAKURIVER_URL
 
     @classmethod
@@ -83,9 +84,14 @@ class RunnerSettings(Struct, kw_only=True, frozen=True):
         if host_url:
             wanted["host_url"] = host_url
         try:
-            return msgspec.convert(wanted, cls, strict=False)
+            settings = msgspec.convert(wanted, cls, strict=False)
         except msgspec.ValidationError as exc:
             raise RunnerSettingsError(f"configuration: {exc}") from None
+        problem = node_name_problem(settings.node_name)
+        if problem is not None:
+            where = "--name" if name else "[runner] name (empty: this machine's hostname)"
+            raise RunnerSettingsError(f"{where}: {problem}")
+        return settings
 
     def path(self, value: str) -> Path:
         base = Path(self.data_dir).expanduser()
@@ -93,7 +99,8 @@ class RunnerSettings(Struct, kw_only=True, frozen=True):
 
     @property
     def node_name(self) -> str:
-        return self.runner.name or socket.gethostname().split(".")[0]
+        """This node's name: ``[runner] name``, else the machine's short hostname."""
+        return node_name(self.runner.name)
 
     @property
     def state_dir(self) -> Path:

@@ -298,17 +298,24 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.role == "host":
-        return run_host(config, data_dir=args.data_dir, port=args.port)
-    if args.role == "up":
-        return run_up(
-            config,
-            data_dir=args.data_dir,
-            port=args.port,
-            config_file=args.config,
-            stop_tasks_on_exit=args.stop_tasks_on_exit,
-        )
-    return run_runner(config, name=args.name, data_dir=args.data_dir, host_url=args.url)
+    from control_plane.settings import SettingsError
+    from node_agent.settings import RunnerSettingsError
+
+    try:
+        if args.role == "host":
+            return run_host(config, data_dir=args.data_dir, port=args.port)
+        if args.role == "up":
+            return run_up(
+                config,
+                data_dir=args.data_dir,
+                port=args.port,
+                config_file=args.config,
+                stop_tasks_on_exit=args.stop_tasks_on_exit,
+            )
+        return run_runner(config, name=args.name, data_dir=args.data_dir, host_url=args.url)
+    except (SettingsError, RunnerSettingsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

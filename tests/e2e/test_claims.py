@@ -131,3 +131,13 @@ def test_a_log_file_open_in_another_program_is_named(tmp_path: Path) -> None:
         assert "is open in another process" in line and f"pid {holder.pid}" in line, line
     finally:
         holder.communicate("", timeout=30)
+
+
+def test_a_runner_with_a_name_no_node_may_have_is_refused_at_start(tmp_path: Path) -> None:
+    """Refused before it connects (the host would refuse its hello), naming the rule."""
+    for argv in (
+        ["-m", "cli.hakuriver", "runner", "--name", "my node"],
+        ["-m", "cli.hakuriver.serve", "runner", "--name", "my node"],
+    ):
+        line = one_error_line(run(*argv, home=tmp_path))
+        assert "--name" in line and "'my node' is not a node name" in line
