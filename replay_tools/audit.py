@@ -35,7 +35,8 @@ import duckdb
 import msgspec
 import pyarrow as pa
 
-from events.store import GENESIS_HASH
+from events.chain import GENESIS_HASH
+from events.log_reader import begin_read_only
 from projections.sql import state_of_kind
 from projections.tasks import FINAL_STATES, HOLDING_STATES, TRANSITIONS, next_state
 
@@ -227,7 +228,8 @@ def _audit(con: duckdb.DuckDBPyConnection, upto: int | None) -> AuditReport:
     if upto is None:
         ((upto,),) = con.execute("SELECT coalesce(max(seq), 0) FROM events").fetchall()
     last = int(upto or 0)
-    chain_con = con.cursor()
+    # Its own cursor, for the chain check on its own thread; read-only like the rest.
+    chain_con = begin_read_only(con.cursor())
     try:
         with ThreadPoolExecutor(1, thread_name_prefix="hakuriver-audit-chain") as pool:
             chain = pool.submit(_chain_and_structure, chain_con, last)

@@ -15,7 +15,7 @@ import duckdb
 import msgspec
 
 from events.codec import Codec
-from events.store import SELECT_COLUMNS
+from events.schema import SELECT_COLUMNS
 from events.types import EVENT_TYPES
 from replay_tools.points import iso
 from replay_tools.summaries import summarize

@@ -9,8 +9,8 @@ import duckdb
 import pytest
 from replay_logs import write_log
 
+from events.chain import verify_chain
 from events.envelope import new_event
-from events.store import verify_chain
 from events.types import (
     NodeRegistered,
     TaskFinished,
