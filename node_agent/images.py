@@ -50,12 +50,10 @@ import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from watchfiles import Change, awatch
 
 from events.tarballs import (
     DIGEST_SUFFIX,
@@ -73,8 +71,8 @@ log = logging.getLogger("hakuriver.images")
 
 
 # (device, inode, size, mtime) of the tarball and of its digest file (None: absent).
-_Stat = tuple[int, int, int, int]
-Fingerprint = tuple[_Stat, _Stat | None]
+FileStat = tuple[int, int, int, int]
+Fingerprint = tuple[FileStat, FileStat | None]
 
 
 class EnvSyncFailed(StartFailed):
@@ -109,27 +107,12 @@ class EnvImage:
     refused: tuple[str, ...] = ()  # why newer tarballs were not loaded
 
 
-def _watched(change: Change, path: str) -> bool:
-    """watchfiles filter: final tarball and digest names (never dot-files or *.tmp)."""
-    filename = os.path.basename(path)
-    filename = filename.removesuffix(DIGEST_SUFFIX)
-    return change != Change.deleted and parse_tarball_name(filename) is not None
-
-
-def _stat(path: Path) -> _Stat | None:
+def _stat(path: Path) -> FileStat | None:
     try:
         st = path.stat()
     except FileNotFoundError:
         return None
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def _identity(folder: Path) -> tuple[int, int] | None:
-    try:
-        st = folder.stat()
-    except FileNotFoundError:
-        return None
-    return (st.st_dev, st.st_ino)
 
 
 @dataclass
@@ -161,7 +144,6 @@ class ImageSync:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._digests = _Digests()
         self._reported: dict[str, list[str]] = {}  # env -> refusals last logged
-        self._preloads: set[asyncio.Task[None]] = set()
 
     # -- before a task ---------------------------------------------------------------------
 
@@ -192,7 +174,7 @@ class ImageSync:
     async def _ensure_locked(self, env: str) -> EnvImage:
         image = image_for(env)
         tarballs = await asyncio.to_thread(self._tarballs, env)
-        local_id, local_ts = await asyncio.to_thread(self._local, env)
+        local_id, local_ts = await asyncio.to_thread(self.local_version, env)
         refused: list[str] = []
         for tarball in tarballs:  # newest first
             if local_id is not None and local_ts is not None and tarball.timestamp <= local_ts:
@@ -284,118 +266,19 @@ class ImageSync:
         self._digests.refused.pop(path, None)
         return fingerprint, sha256
 
-    # -- the watcher -----------------------------------------------------------------------
+    # -- the watcher (node_agent/image_watch.py) -------------------------------------------
 
     async def watch(self, stop: asyncio.Event) -> None:
         """Pre-load tarballs as they appear in the folder, until ``stop`` is set."""
-        # awatch sets the event it is given when cancelled: keep the caller's untouched.
-        halt = asyncio.Event()
-        relay = asyncio.create_task(stop.wait())
-        relay.add_done_callback(lambda _: halt.set())
-        try:
-            known: dict[str, _Stat] = {}
-            try:
-                known = await self._list_files()
-                self._preload(await self._stale(known))
-            except Exception as exc:  # the watch below re-lists; a task start still syncs
-                log.warning("scanning %s at startup failed: %s", self.tar_dir, exc)
-            backoff = 0.5
-            while not halt.is_set():
-                try:
-                    known = await self._watch_folder(halt, known)
-                    backoff = 0.5
-                except Exception as exc:
-                    log.warning("watching %s failed (%s); retrying", self.tar_dir, exc)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(halt.wait(), backoff)
-                    backoff = min(backoff * 2, self.rescan_s)
-        finally:
-            self.watching.clear()
-            relay.cancel()
-            for task in list(self._preloads):
-                task.cancel()
-            await asyncio.gather(*self._preloads, return_exceptions=True)
+        from node_agent.image_watch import TarballWatcher
 
-    async def _watch_folder(self, halt: asyncio.Event, known: dict[str, _Stat]) -> dict[str, _Stat]:
-        """Watch the folder until it disappears or is replaced; the last listing."""
-        await asyncio.to_thread(self.tar_dir.mkdir, parents=True, exist_ok=True)
-        identity = await asyncio.to_thread(_identity, self.tar_dir)
-        folder = str(self.tar_dir)  # its own deletion wakes the watcher too
-        # Files that arrived while the folder was not watched.
-        known = await self._relist(known)
-        self.watching.set()
-        # No await between set() and awatch's first step, which starts the inotify
-        # watch before it suspends: whoever waits on ``watching`` resumes after that.
-        try:
-            async for _ in awatch(
-                self.tar_dir,
-                watch_filter=lambda change, path: path == folder or _watched(change, path),
-                stop_event=halt,
-                step=50,
-                rust_timeout=max(1, int(self.rescan_s * 1000)),
-                yield_on_timeout=True,
-                recursive=False,
-            ):
-                if await asyncio.to_thread(_identity, self.tar_dir) != identity:
-                    log.info("%s disappeared or was replaced; watching it again", self.tar_dir)
-                    break
-                known = await self._relist(known)
-        finally:
-            self.watching.clear()
-        return known
-
-    async def _relist(self, known: dict[str, _Stat]) -> dict[str, _Stat]:
-        """List the folder and pre-load environments whose files are new or changed."""
-        listing = await self._list_files()
-        changed = {
-            filename.removesuffix(DIGEST_SUFFIX)
-            for filename, stat in listing.items()
-            if known.get(filename) != stat
-        }
-        names = {parsed[0] for f in changed if (parsed := parse_tarball_name(f)) is not None}
-        self._preload(names)
-        return listing
-
-    async def _list_files(self) -> dict[str, _Stat]:
-        return await asyncio.to_thread(self._listing)
-
-    async def _stale(self, listing: dict[str, _Stat]) -> set[str]:
-        """Environments whose local image exists and is older than a tarball."""
-        newest: dict[str, int] = {}
-        for filename in listing:
-            parsed = parse_tarball_name(filename)
-            if parsed is not None:
-                newest[parsed[0]] = max(parsed[1], newest.get(parsed[0], -1))
-        stale = set()
-        for name, timestamp in newest.items():
-            try:
-                local_id, local_ts = await asyncio.to_thread(self._local, name)
-            except Exception as exc:
-                log.warning("cannot inspect the image of %s: %s", name, exc)
-                continue
-            if local_id is not None and (local_ts is None or local_ts < timestamp):
-                stale.add(name)
-        return stale
-
-    def _preload(self, names: Iterable[str]) -> None:
-        for name in sorted(names):
-            task = asyncio.create_task(self._preload_one(name), name=f"preload-{name}")
-            self._preloads.add(task)
-            task.add_done_callback(self._preloads.discard)
-
-    async def _preload_one(self, name: str) -> None:
-        try:
-            await self.ensure(name)
-        except EnvSyncFailed as exc:
-            log.warning("pre-loading environment %s: %s", name, exc)
-        except Exception:
-            log.exception("pre-loading environment %s failed", name)
+        await TarballWatcher(self).run(stop)
 
     # -- blocking helpers (worker threads) -------------------------------------------------
 
-    def _listing(self) -> dict[str, _Stat]:
+    def listing(self) -> dict[str, FileStat]:
         """Every final tarball and digest file in the folder, with its identity."""
-        found: dict[str, _Stat] = {}
+        found: dict[str, FileStat] = {}
         try:
             entries = list(os.scandir(self.tar_dir))
         except FileNotFoundError:
@@ -421,7 +304,7 @@ class ImageSync:
                 found.append(Tarball(env, parsed[1], Path(entry.path)))
         return sorted(found, key=lambda t: t.timestamp, reverse=True)
 
-    def _local(self, env: str) -> tuple[str | None, int | None]:
+    def local_version(self, env: str) -> tuple[str | None, int | None]:
         """The local image's id and environment timestamp (None, None: no image)."""
         import docker.errors
 

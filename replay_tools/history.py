@@ -21,13 +21,7 @@ import pyarrow as pa
 
 from events.envelope import Recorded
 from projections.cluster import ClusterState
-from replay_tools.analytics import (
-    SqlRefused,
-    open_analytics,
-    report_table,
-    run_readonly_sql,
-    table_document,
-)
+from replay_tools.analytics import SqlRefused, open_analytics, run_readonly_sql, table_document
 from replay_tools.audit import AuditReport, audit
 from replay_tools.export import export_reader
 from replay_tools.feed import EventDoc, EventFilter, Page, event_at, events_page
@@ -35,6 +29,7 @@ from replay_tools.logfile import LogFile
 from replay_tools.points import MAX_SEQ, Point, iso
 from replay_tools.queries import ExportQuery, HistoryError, ReportQuery, SqlQuery
 from replay_tools.replay import StateDiff, diff_between, state_at
+from replay_tools.reports import report_table
 from replay_tools.task_names import AmbiguousTask, LogTasks, UnknownTask, find_task
 from replay_tools.timeline import PlacementExplanation, task_history, why
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from events.envelope import now_us
-from replay_tools.analytics import REPORTS
 from replay_tools.export import export_queries
 from replay_tools.feed import MAX_PAGE, EventFilter, check_kinds
 from replay_tools.points import Point, parse_point
+from replay_tools.reports import REPORTS
 
 MAX_SQL_ROWS = 100_000
 Grouping = Literal["node", "owner"]

@@ -6,6 +6,9 @@ submit`` should take; docs/decisions.md, "A CLI that answers at once"); every
 method is one request (``wait`` polls). Failures come back as ``ApiError`` built
 from the API's JSON error body, or ``Unreachable`` when there is no control plane
 to answer.
+
+Longer than our usual ~400 lines on purpose: one short method per REST route, side
+by side, so the API as the CLI sees it reads as one list (docs/api.md has the same order).
 """
 
 from __future__ import annotations

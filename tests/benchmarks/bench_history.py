@@ -35,9 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench_store import build_log, report
 
 from events.snapshot_files import snapshot_dir
-from replay_tools.analytics import open_analytics, report_table
+from replay_tools.analytics import open_analytics
 from replay_tools.audit import audit
 from replay_tools.replay import LogFile, state_at, write_history_snapshots
+from replay_tools.reports import report_table
 
 
 def ensure_log(path: Path, n_events: int, label: str) -> None:

@@ -13,16 +13,10 @@ from hypothesis import strategies as st
 from events.codec import encode_event
 from events.types import TaskSpec, TaskSubmitted
 from projections.durations import durations
-from replay_tools.analytics import (
-    REPORTS,
-    SqlRefused,
-    open_analytics,
-    report_table,
-    run_readonly_sql,
-    view_sql,
-)
+from replay_tools.analytics import SqlRefused, open_analytics, run_readonly_sql, view_sql
 from replay_tools.export import export_parquet
 from replay_tools.replay import state_at
+from replay_tools.reports import REPORTS, report_table
 
 pytestmark = pytest.mark.timeout(60)
 
