@@ -16,11 +16,12 @@ from sanic import Request, Sanic
 from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse
 
-from control_plane.errors import ERROR_CODE, DomainError
+from control_plane.errors import ERROR_CODE, DomainError, error_of_kind
 from control_plane.hub import ControlPlane
 from control_plane.routes import agents, environments, history, nodes, tasks
 from control_plane.routes.common import error
 from control_plane.settings import HostSettings
+from replay_tools.queries import HistoryError
 
 log = logging.getLogger("hakuriver.host")
 
@@ -72,6 +73,12 @@ def create_app(settings: HostSettings, name: str = "hakuriver") -> Sanic:  # typ
     @app.exception(DomainError)
     async def _refused(request: Request, exc: DomainError) -> HTTPResponse:
         return error(exc.status, ERROR_CODE[exc.kind], exc.message, exc.field or None)
+
+    @app.exception(HistoryError)
+    async def _history_refused(request: Request, exc: HistoryError) -> HTTPResponse:
+        # replay_tools may not import the control plane: its refusals carry the kind's name.
+        refused = error_of_kind(exc.kind, exc.field, exc.message)
+        return error(refused.status, ERROR_CODE[refused.kind], exc.message, exc.field or None)
 
     @app.exception(SanicException)
     async def _sanic(request: Request, exc: SanicException) -> HTTPResponse:

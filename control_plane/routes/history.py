@@ -8,16 +8,15 @@ answers the CLI's ``--db`` mode. docs/history.md is the reference for each route
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Awaitable, Callable
-from typing import Any, ParamSpec, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import msgspec
 from sanic import Blueprint, Request, Sanic
 from sanic.exceptions import ServiceUnavailable
 from sanic.response import HTTPResponse
 
-from control_plane.errors import InvalidRequest, NotFound
+from control_plane.errors import InvalidRequest
 from control_plane.history import Cursor, HistoryClosed, HistoryService, state_document
 from control_plane.hub import ControlPlane
 from control_plane.routes.common import (
@@ -33,7 +32,6 @@ from replay_tools.feed import EventFilter
 from replay_tools.history import FeedPage
 from replay_tools.queries import (
     EventQuery,
-    HistoryError,
     diff_points,
     event_filter,
     export_query,
@@ -46,7 +44,6 @@ from replay_tools.timeline import explain_placement
 
 bp = Blueprint("history", url_prefix="/api")
 T = TypeVar("T")
-P = ParamSpec("P")
 
 STREAM_PAGE = 1000
 SQL_TIMEOUT_S = 60.0
@@ -89,23 +86,6 @@ async def _read(request: Request, work: Callable[[Cursor], T]) -> T:
         raise ServiceUnavailable("the control plane is stopping") from None
 
 
-def _asks_history(
-    route: Callable[P, Awaitable[T]],
-) -> Callable[P, Awaitable[T]]:
-    """A route whose refusals are ``HistoryError``s: answered as the API's 400 or 404."""
-
-    @functools.wraps(route)
-    async def answering(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return await route(*args, **kwargs)
-        except HistoryError as exc:
-            if exc.kind == "not_found":
-                raise NotFound(exc.field, exc.message) from None
-            raise InvalidRequest(exc.field, exc.message) from None
-
-    return answering
-
-
 # -- query parameters ---------------------------------------------------------------------
 
 
@@ -146,7 +126,6 @@ def _ended(request: Request) -> bool:
 
 
 @bp.get("/events")
-@_asks_history
 async def list_events(request: Request) -> HTTPResponse:
     """A page of events after ``after``, filtered; ``next_after`` continues it."""
     cp = control_plane(request)
@@ -154,7 +133,7 @@ async def list_events(request: Request) -> HTTPResponse:
     after = query_int(request, "after") or 0
     tail = query_int(request, "tail", minimum=1)
     limit = page_size(tail or query_int(request, "limit", minimum=1) or 1000, tail=bool(tail))
-    service, upto = _history(request), cp.store.last_seq
+    service, upto = _history(request), cp.last_seq
     page = await _read(
         request,
         lambda cur: service.history(cur).events(
@@ -165,7 +144,6 @@ async def list_events(request: Request) -> HTTPResponse:
 
 
 @bp.get("/events/<seq:int>")
-@_asks_history
 async def get_event(request: Request, seq: int) -> HTTPResponse:
     """One event by its seq."""
     service = _history(request)
@@ -186,7 +164,6 @@ def _resume_after(request: Request) -> int:
 
 
 @bp.get("/events/stream")
-@_asks_history
 async def stream_events(request: Request) -> None:
     """Server-sent events (``id:`` = seq) after ``Last-Event-ID`` or ``after``, filtered."""
     cp = control_plane(request)
@@ -202,7 +179,7 @@ async def stream_events(request: Request) -> None:
     )
     await response.send(f"retry: 1000\n: events after seq {position}\n\n")
     while not service.closing.is_set():
-        upto = cp.store.last_seq
+        upto = cp.last_seq
         if upto > position:
             try:
                 page = await _read(request, _page_reader(service, flt, position, upto))
@@ -242,7 +219,6 @@ def _keepalive(request: Request) -> float:
 
 
 @bp.get("/tasks/<ident:str>/history")
-@_asks_history
 async def get_task_history(request: Request, ident: str) -> HTTPResponse:
     """Every event of a task, with the time between them."""
     cp = control_plane(request)
@@ -252,7 +228,6 @@ async def get_task_history(request: Request, ident: str) -> HTTPResponse:
 
 
 @bp.get("/tasks/<ident:str>/why")
-@_asks_history
 async def get_task_why(request: Request, ident: str) -> HTTPResponse:
     """Where the task was placed and why, and why the other nodes were not chosen."""
     cp = control_plane(request)
@@ -268,7 +243,6 @@ async def get_task_why(request: Request, ident: str) -> HTTPResponse:
 
 
 @bp.get("/state")
-@_asks_history
 async def get_state(request: Request) -> HTTPResponse:
     """The cluster now (with its seq), or at ``at`` (a seq or a time) as it was then."""
     cp = control_plane(request)
@@ -293,7 +267,6 @@ async def get_state(request: Request) -> HTTPResponse:
 
 
 @bp.get("/state/diff")
-@_asks_history
 async def get_state_diff(request: Request) -> HTTPResponse:
     """What changed from ``a`` to ``b`` (seqs or times; ``b`` defaults to now)."""
     service = _history(request)
@@ -305,7 +278,6 @@ async def get_state_diff(request: Request) -> HTTPResponse:
 
 
 @bp.get("/audit")
-@_asks_history
 async def get_audit(request: Request) -> HTTPResponse:
     """The hash chain and the invariants of the log, up to its last seq when asked."""
     service = _history(request)
@@ -314,7 +286,6 @@ async def get_audit(request: Request) -> HTTPResponse:
 
 
 @bp.post("/sql")
-@_asks_history
 async def post_sql(request: Request) -> HTTPResponse:
     """One read-only SELECT over the log's views: ``{"sql": "...", "max_rows": N}``."""
     body = json_object(request, 'a JSON object {"sql": "SELECT ..."}')
@@ -323,7 +294,6 @@ async def post_sql(request: Request) -> HTTPResponse:
 
 
 @bp.get("/reports/<name:str>")
-@_asks_history
 async def get_report(request: Request, name: str) -> HTTPResponse:
     """A canned report (queue-wait, runtime, failures, utilization) by node or owner."""
     query = report_query(name, request.args.get("by"), request.args.get("since"))
@@ -332,7 +302,6 @@ async def get_report(request: Request, name: str) -> HTTPResponse:
 
 
 @bp.get("/export/<name:str>")
-@_asks_history
 async def get_export(request: Request, name: str) -> None:
     """The events or one view as an Arrow IPC stream (the CLI writes it as Parquet)."""
     chunks = _history(request).export(export_query(name, request.args.get("since")))
