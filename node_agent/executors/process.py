@@ -47,6 +47,7 @@ from node_agent.executors.process_plan import (
     decide_outcome,
     plan_launch,
 )
+from node_agent.executors.procfs import group_stopped
 from node_agent.executors.zygote import SHIM_PATH, NoZygote, Zygote
 
 POLL_INTERVAL_S = 0.05  # only where pidfds are unavailable (Linux < 5.3)
@@ -376,8 +377,7 @@ class ProcessExecutor:
             ended = os.path.exists(self._base(watched.task_id) + shim.EXIT) or (
                 not self._shim_alive(watched)
             )
-            stat = None if ended else shim.proc_stat(watched.pid)
-            found.append((watched, stat is not None and stat[0] == "T", ended))
+            found.append((watched, not ended and group_stopped(watched.pid), ended))
         return found
 
     def _remove_files(self, task_id: str) -> None:

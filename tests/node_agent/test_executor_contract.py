@@ -24,7 +24,6 @@ from support.waiting import async_wait_until
 
 from events.ids import new_id
 from events.types import TaskSpec
-from node_agent.executors import shim
 from node_agent.executors.base import (
     Executor,
     ExecutorError,
@@ -35,6 +34,7 @@ from node_agent.executors.base import (
 )
 from node_agent.executors.process import ProcessExecutor
 from node_agent.executors.process_plan import HostFacilities
+from node_agent.executors.procfs import group_stopped
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -107,7 +107,7 @@ class Backend:
         returns once the container's cgroup is frozen."""
         if started.pid is None:
             return True
-        return (shim.proc_stat(started.pid) or ("?",))[0] == "T"
+        return group_stopped(started.pid)
 
     def signal_status(self, signum: int) -> int:
         """The exit code of a task a signal ended (base.Outcome: the backends differ)."""
