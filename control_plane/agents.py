@@ -69,15 +69,24 @@ class AgentSession:
         self.node = node
         self._send_lock = asyncio.Lock()
         self.closed = False
+        # The link is attached before its hello is decided, so another decision may send
+        # first; the agent expects Welcome first: what comes earlier waits for it.
+        self._before_welcome: list[bytes] | None = []
 
     async def send(self, message: link.Message) -> bool:
-        """Send a message; False if the link is gone."""
+        """Send a message (held until the Welcome went out); False if the link is gone."""
         if self.closed:
             return False
         frame = link.encode(message)
         try:
             async with self._send_lock:
+                if self._before_welcome is not None and not isinstance(message, link.Welcome):
+                    self._before_welcome.append(frame)
+                    return True
                 await self.socket.send(frame)
+                held, self._before_welcome = self._before_welcome or [], None
+                for earlier in held:
+                    await self.socket.send(earlier)
         except Exception:
             self.closed = True
             return False

@@ -151,17 +151,25 @@ def decide_report(state: ClusterState, command: ReportFacts, ctx: Context) -> De
         raise NodeNotOnline(command.node)
     sends: list[Send] = []
     for new in command.events:
-        if isinstance(new.event, TaskStarted):
+        if not isinstance(new.event, TaskStarted):
+            continue
+        task = state.tasks.get(new.event.task_id)
+        if task is None:
+            continue
+        if not task.holds_resources:
             # A start reported for a task the host already gave up on (lost, killed while
             # queued...) must not keep running: its resources may be someone else's now.
-            task = state.tasks.get(new.event.task_id)
-            if task is not None and not task.holds_resources:
-                kill = link.Kill(
-                    task_id=task.task_id,
-                    grace_s=ctx.settings.timing.kill_grace_period,
-                    reason=f"task is {task.state} on the host",
-                )
-                sends.append(Send(command.node, kill))
+            reason = f"task is {task.state} on the host"
+        elif task.kill_requested_by is not None:
+            # A kill sent while the run command was still on its way can reach the agent
+            # first, which ignores a kill for a task it does not know: say it again.
+            reason = f"requested by {task.kill_requested_by}"
+        else:
+            continue
+        kill = link.Kill(
+            task_id=task.task_id, grace_s=ctx.settings.timing.kill_grace_period, reason=reason
+        )
+        sends.append(Send(command.node, kill))
     return Decision(facts=list(command.events), sends=sends)
 
 

@@ -14,10 +14,20 @@ import pytest
 from support.decisions import context
 from support.factories import record_in_memory
 
-from control_plane.commands import KillTask, NodeHello, NodeNotOnline, RecordFacts, ReportFacts
-from control_plane.commands.nodes import decide_give_up, decide_offline
+from control_plane.commands import (
+    Decision,
+    KillTask,
+    NodeHello,
+    NodeNotOnline,
+    PauseTask,
+    RecordFacts,
+    ReportFacts,
+)
+from control_plane.commands.nodes import decide_give_up, decide_offline, decide_report
 from control_plane.commands.nodes import decide_hello as decide_hello_cmd
 from control_plane.commands.tasks import decide_kill as decide_kill_cmd
+from control_plane.commands.tasks import decide_pause
+from control_plane.errors import Conflict
 from control_plane.hub import ControlPlane
 from control_plane.settings import HostSettings, HostTiming
 from events import link
@@ -33,8 +43,10 @@ from events.types import (
     TaskKillRequested,
     TaskLost,
     TaskPaused,
+    TaskPauseRequested,
     TaskPlaced,
     TaskReconnected,
+    TaskResumeRequested,
     TaskSpec,
     TaskStarted,
     TaskSubmitted,
@@ -323,3 +335,82 @@ def test_an_unreachable_event_names_the_state_it_came_from() -> None:
     assert unreachable == TaskUnreachable(
         task_id=task_id, node="n1", was="paused", reason="node n1 offline: silent"
     )
+
+
+# -- an agent's reports ----------------------------------------------------------------------
+
+
+def _report(h: History, *events: AnyEvent) -> Decision:
+    batch = tuple(new_event(e, source="n1") for e in events)
+    return decide_report(h.state, ReportFacts(node="n1", events=batch), context("n1"))
+
+
+def test_a_start_of_a_task_the_host_gave_up_on_is_answered_with_a_kill() -> None:
+    h = History()
+    task_id = h.task("assigning")
+    h.go_silent()
+    h.add(*decide_kill(h.state, task_id, "carol"))  # lost while unreachable
+    h.add(NodeOnline(node="n1"))
+    decision = _report(h, TaskStarted(task_id=task_id, node="n1", pid=7))
+    [(node, kill)] = decision.sends
+    assert node == "n1" and isinstance(kill, link.Kill) and kill.task_id == task_id
+    assert "lost" in kill.reason
+    assert len(decision.facts) == 1  # the report itself is recorded as sent
+
+
+def test_a_kill_that_overtook_its_run_is_sent_again_when_the_start_is_reported() -> None:
+    """The Kill left before the Run reached the agent (which ignores a kill for a task it
+    does not know yet); the task's start report is answered with the kill again."""
+    h = History()
+    task_id = h.task("assigning", kill_by="bob")
+    decision = _report(h, TaskStarted(task_id=task_id, node="n1", pid=7))
+    assert [(s.node, type(s.message), s.message.task_id) for s in decision.sends] == [  # type: ignore[attr-defined]
+        ("n1", link.Kill, task_id)
+    ]
+
+
+def test_an_ordinary_start_sends_nothing_back() -> None:
+    h = History()
+    task_id = h.task("assigning")
+    assert _report(h, TaskStarted(task_id=task_id, node="n1", pid=7)).sends == []
+
+
+# -- pause and resume ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("state", "resume", "connected", "refusal"),
+    [
+        ("running", False, True, None),
+        ("paused", True, True, None),
+        ("paused", False, True, "it is paused"),
+        ("running", True, True, "it is running"),
+        ("running", False, False, "not connected"),
+        ("assigning", False, True, "it is assigning"),
+    ],
+)
+def test_pause_and_resume_need_the_right_state_and_a_connected_node(
+    state: str, resume: bool, connected: bool, refusal: str | None
+) -> None:
+    h = History()
+    task_id = h.task(state)
+    command = PauseTask(task_id=task_id, requested_by="alice", resume=resume)
+    ctx = context("n1") if connected else context()
+    if refusal is not None:
+        with pytest.raises(Conflict, match=refusal):
+            decide_pause(h.state, command, ctx)
+        return
+    decision = decide_pause(h.state, command, ctx)
+    [event] = decision.events
+    assert isinstance(event, TaskResumeRequested if resume else TaskPauseRequested)
+    assert event.requested_by == "alice"
+    [(node, message)] = decision.sends
+    assert node == "n1" and isinstance(message, link.Resume if resume else link.Pause)
+
+
+def test_an_unknown_task_cannot_be_paused_its_node_is_unreachable() -> None:
+    h = History()
+    task_id = h.task("running")
+    h.go_silent()
+    with pytest.raises(Conflict, match="unreachable"):
+        decide_pause(h.state, PauseTask(task_id=task_id, requested_by="a"), context("n1"))
