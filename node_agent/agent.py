@@ -326,26 +326,34 @@ class Agent:
     async def _watch_task(self, task_id: str) -> None:
         executor = self.by_task[task_id]
         try:
-            outcome = await self.activity.outside(executor.wait(task_id))
-        except Exception as exc:  # e.g. the engine went away: the task's end is unknowable
-            log.exception("watching task %s failed", task_id)
-            outcome = Outcome(state="failed", message=f"lost track of the task: {exc!r}")
-        await self.emit(
-            TaskFinished(
-                task_id=task_id,
-                state=outcome.state,
-                exit_code=outcome.exit_code,
-                message=outcome.message,
-                node=self.node,
+            try:
+                outcome = await self.activity.outside(executor.wait(task_id))
+            except Exception as exc:  # e.g. the engine went away: the task's end is unknowable
+                log.exception("watching task %s failed", task_id)
+                outcome = Outcome(state="failed", message=f"lost track of the task: {exc!r}")
+                # Reported as ended, it must not run on unwatched on resources given back.
+                with contextlib.suppress(Exception):
+                    await executor.kill(task_id, self.kill_grace)
+            await self.emit(
+                TaskFinished(
+                    task_id=task_id,
+                    state=outcome.state,
+                    exit_code=outcome.exit_code,
+                    message=outcome.message,
+                    node=self.node,
+                )
             )
-        )
-        await executor.forget(task_id)
-        self.by_task.pop(task_id, None)
-        self.running.pop(task_id, None)
-        self.paused.discard(task_id)
-        if self.cpus is not None:
-            self.cpus.release(task_id)
-        self._watchers.pop(task_id, None)
+            try:
+                await executor.forget(task_id)
+            except Exception as exc:  # its records stay; the next start of the agent adopts
+                log.warning("forgetting task %s failed: %s", task_id, exc)
+        finally:
+            self.by_task.pop(task_id, None)
+            self.running.pop(task_id, None)
+            self.paused.discard(task_id)
+            if self.cpus is not None:
+                self.cpus.release(task_id)
+            self._watchers.pop(task_id, None)
 
     async def control(self, command: link.Kill | link.Pause | link.Resume) -> None:
         """Apply a kill, pause or resume to a running task (unknown tasks are ignored)."""

@@ -21,6 +21,7 @@ from events import link
 from events.envelope import NewEvent
 from events.types import TaskFinished, TaskPaused, TaskResumed, TaskSpec, TaskStarted
 from node_agent.agent import Agent
+from node_agent.executors.base import ExecutorError, Outcome
 from node_agent.executors.process import ProcessExecutor
 from node_agent.executors.process_plan import HostFacilities
 from node_agent.probes import MachineInfo
@@ -47,10 +48,10 @@ class Node:
             name="n1",
         )
 
-    def agent(self) -> Agent:
+    def agent(self, executor_type: type[ProcessExecutor] = ProcessExecutor) -> Agent:
         """A new agent on this node's state (a restarted agent, after the first)."""
         settings = self.settings
-        executor = ProcessExecutor(settings.state_dir / "process", facilities=HostFacilities())
+        executor = executor_type(settings.state_dir / "process", facilities=HostFacilities())
         return Agent(
             settings,
             executors={"process": executor},
@@ -269,3 +270,43 @@ async def test_an_adopted_tasks_cpus_are_not_given_to_a_new_task(node: Node) -> 
         node.open("t-old")
         await second.run_until_idle(wait_for_tasks=True)
         assert "t-old" not in second.cpus.taken
+
+
+class LosesTrack(ProcessExecutor):
+    """An executor whose watch of a task fails (an engine gone away) and cannot forget it."""
+
+    async def wait(self, task_id: str) -> Outcome:
+        raise RuntimeError("the engine went away")
+
+    async def forget(self, task_id: str) -> None:
+        raise ExecutorError("still running")
+
+
+async def test_a_task_it_loses_track_of_is_reported_killed_and_its_cpus_freed(
+    node: Node,
+) -> None:
+    async with node.agent(LosesTrack).started() as agent:
+        host = await node.connector.accept()
+        await host.greet()
+        # When the watch of a running task fails and the task cannot be forgotten
+        await host.send(run("t-l", "sleep 30", cores=1))
+        await agent.run_until_idle(wait_for_tasks=True)
+        # Then it is reported failed with the reason, and not left running unwatched
+        events = events_of(host.drain())
+        assert kinds(events) == [("TaskStarted", "t-l"), ("TaskFinished", "t-l")]
+        finished, started = events[1].event, events[0].event
+        assert isinstance(finished, TaskFinished) and finished.state == "failed"
+        assert "lost track" in finished.message
+        assert isinstance(started, TaskStarted) and started.pid is not None
+        await async_wait_until(lambda: not _alive(started.pid), 20)
+        # And the agent holds nothing for it any more: not running, its CPU free again
+        assert "t-l" not in agent.running and "t-l" not in agent.by_task
+        assert agent.cpus is not None and agent.cpus.take("next", 2, None)
+
+
+def _alive(pid: int | None) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
