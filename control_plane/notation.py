@@ -15,6 +15,7 @@ import re
 from typing import NamedTuple
 
 from control_plane.errors import InvalidRequest
+from events.config import NODE_NAME
 
 # The largest size a task may ask for: what the log's integers (and msgpack) can hold.
 MAX_BYTES = 2**63 - 1
@@ -38,8 +39,7 @@ class Target(NamedTuple):
         return text
 
 
-_NODE = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62})"
-_TARGET = re.compile(rf"(?P<node>{_NODE})(?::(?P<numa>\d+))?(?:::(?P<gpus>\d+(?:,\d+)*))?")
+_TARGET = re.compile(rf"(?P<node>{NODE_NAME})(?::(?P<numa>\d+))?(?:::(?P<gpus>\d+(?:,\d+)*))?")
 _SIZE = re.compile(r"(?P<whole>\d+)(?:\.(?P<fraction>\d+))?\s*(?P<unit>[KMGT]i?)?B?", re.IGNORECASE)
 _UNITS = {
     "": 1,

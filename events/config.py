@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import re
 import socket
-from typing import Annotated
-
-from msgspec import Meta
 
 # Where the host's event log and each runner's state live unless [paths] data_dir says.
 DEFAULT_DATA_DIR = "~/.hakuriver"
@@ -21,10 +18,11 @@ DEFAULT_DATA_DIR = "~/.hakuriver"
 # ``--container NULL``: run the task as a plain process on the node, no container.
 NO_CONTAINER = "NULL"
 
-# A node's name, as used in ``--target`` and the agent's hello.
-NODE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+# A node's name, as used in ``--target`` and the agent's hello. (Standard library only:
+# the CLI's quick submit path checks targets with it.)
 NODE_NAME_MAX = 64
-NodeName = Annotated[str, Meta(min_length=1, max_length=NODE_NAME_MAX, pattern=NODE_NAME_PATTERN)]
+NODE_NAME = rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{NODE_NAME_MAX - 1}}}"
+NODE_NAME_PATTERN = rf"^{NODE_NAME}$"
 _NODE_NAME = re.compile(NODE_NAME_PATTERN)
 
 
@@ -42,7 +40,7 @@ def node_name_problem(name: str) -> str | None:
     """Why ``name`` cannot name a node (None when it can)."""
     if not 1 <= len(name) <= NODE_NAME_MAX:
         return f"a node name has 1 to {NODE_NAME_MAX} characters, {name!r} has {len(name)}"
-    if not _NODE_NAME.match(name):
+    if not _NODE_NAME.fullmatch(name):
         return (
             f"{name!r} is not a node name: letters, digits, '.', '_' and '-',"
             " starting with a letter or digit"

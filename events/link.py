@@ -27,14 +27,19 @@ and the agent has no trace of (``control_plane.commands.nodes.decide_hello``).
 
 from __future__ import annotations
 
-import msgspec
-from msgspec import Struct
+from typing import Annotated
 
-from events.config import NodeName
+import msgspec
+from msgspec import Meta, Struct
+
+from events.config import NODE_NAME_MAX, NODE_NAME_PATTERN
 from events.envelope import NewEvent
 from events.types import GpuInfo, NumaNode, TaskSpec
 
 LINK_VERSION = 1
+
+# A node's name (events/config.py has the rule).
+NodeName = Annotated[str, Meta(min_length=1, max_length=NODE_NAME_MAX, pattern=NODE_NAME_PATTERN)]
 
 
 class Message(Struct, frozen=True, kw_only=True, tag_field="type"):

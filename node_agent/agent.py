@@ -43,10 +43,10 @@ from node_agent.cpus import CpuAllocator
 from node_agent.executors.base import (
     Executor,
     ExecutorError,
+    NotWatched,
     Outcome,
     StartFailed,
     TaskRun,
-    UnknownTask,
 )
 from node_agent.executors.process import ProcessExecutor
 from node_agent.images import ImageSync
@@ -378,7 +378,7 @@ class Agent:
                         await self.by_task[task_id].resume(task_id)
                         self.paused.discard(task_id)
                         await self.emit(TaskResumed(task_id=task_id))
-        except UnknownTask:
+        except NotWatched:
             return
         except ExecutorError as exc:
             log.warning("%s on %s failed: %s", type(command).__name__, task_id, exc)

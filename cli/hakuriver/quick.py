@@ -131,7 +131,6 @@ def quick_submit(tokens: Sequence[str]) -> int | None:
     from cli.hakuriver.output import (
         EXIT_FAILED,
         EXIT_INTERRUPTED,
-        EXIT_USAGE,
         fail,
         report_bug,
         silence_stdout,
@@ -154,7 +153,9 @@ def quick_submit(tokens: Sequence[str]) -> int | None:
         print_submitted(answer, as_json=words.as_json)
         return 0
     except ApiError as exc:
-        return fail(str(exc), EXIT_USAGE if exc.bad_input else EXIT_FAILED)
+        from control_plane.errors import exit_code_of_status
+
+        return fail(str(exc), exit_code_of_status(exc.status))
     except KeyboardInterrupt:
         return fail("interrupted", EXIT_INTERRUPTED)
     except BrokenPipeError:

@@ -17,7 +17,7 @@ drives it like this:
    paused), and forces it (SIGKILL) after at least ``grace_s`` seconds; its outcome is
    then ``killed``. ``pause``/``resume`` freeze and continue it, and are no-ops on a
    task already so. All three are no-ops on a task that has ended, and raise
-   ``UnknownTask`` for a task id the executor does not know.
+   ``NotWatched`` for a task id the executor does not know.
 4. Tasks outlive the agent. After a restart, ``adopt()`` finds the tasks a previous
    agent started that are still running, or that ended while no agent watched
    (their ``wait`` then returns at once), and resumes watching them; each comes with
@@ -102,8 +102,8 @@ class StartFailed(ExecutorError):
     """A task could not be started (its outcome is ``failed`` and it never ran)."""
 
 
-class UnknownTask(ExecutorError):
-    """The executor has no task with this id."""
+class NotWatched(ExecutorError):
+    """The executor watches no task with this id (not started here, or forgotten)."""
 
     def __init__(self, task_id: str) -> None:
         super().__init__(f"no task {task_id!r} on this executor")

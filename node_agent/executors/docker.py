@@ -40,11 +40,11 @@ from node_agent.cpus import parse_cpu_list
 from node_agent.executors.base import (
     Adopted,
     ExecutorError,
+    NotWatched,
     Outcome,
     Started,
     StartFailed,
     TaskRun,
-    UnknownTask,
 )
 from node_agent.executors.docker_follow import copy_stream, hold
 
@@ -319,7 +319,7 @@ class DockerExecutor:
     def _known(self, task_id: str) -> _Box:
         box = self._boxes.get(task_id)
         if box is None:
-            raise UnknownTask(task_id)
+            raise NotWatched(task_id)
         return box
 
     @staticmethod

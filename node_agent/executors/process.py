@@ -35,11 +35,11 @@ from node_agent.executors import shim
 from node_agent.executors.base import (
     Adopted,
     ExecutorError,
+    NotWatched,
     Outcome,
     Started,
     StartFailed,
     TaskRun,
-    UnknownTask,
 )
 from node_agent.executors.process_plan import (
     HostFacilities,
@@ -194,7 +194,7 @@ class ProcessExecutor:
     def _known(self, task_id: str) -> _Watched:
         watched = self._tasks.get(task_id)
         if watched is None:
-            raise UnknownTask(task_id)
+            raise NotWatched(task_id)
         return watched
 
     async def _start(self, run: TaskRun) -> Started:

@@ -27,10 +27,10 @@ from events.types import TaskSpec
 from node_agent.executors.base import (
     Executor,
     ExecutorError,
+    NotWatched,
     Started,
     StartFailed,
     TaskRun,
-    UnknownTask,
 )
 from node_agent.executors.process import ProcessExecutor
 from node_agent.executors.process_plan import HostFacilities
@@ -202,7 +202,7 @@ async def test_a_command_that_cannot_start_fails_and_leaves_nothing(backend: Bac
     run = backend.task("no-such-command-hakuriver")
     with pytest.raises(StartFailed, match="no-such-command-hakuriver"):
         await executor.start(run)
-    with pytest.raises(UnknownTask):
+    with pytest.raises(NotWatched):
         await executor.wait(run.task_id)
     assert list(backend.state.iterdir()) == []
     assert await backend.executor().adopt() == []
@@ -211,9 +211,9 @@ async def test_a_command_that_cannot_start_fails_and_leaves_nothing(backend: Bac
 async def test_an_unknown_task_is_refused_and_forgetting_it_is_a_no_op(backend: Backend) -> None:
     executor = backend.executor()
     for control in (executor.pause, executor.resume, executor.wait):
-        with pytest.raises(UnknownTask):
+        with pytest.raises(NotWatched):
             await control("nope")
-    with pytest.raises(UnknownTask):
+    with pytest.raises(NotWatched):
         await executor.kill("nope", grace_s=1)
     await executor.forget("nope")
 
@@ -333,7 +333,7 @@ async def test_forget_drops_an_ended_task_only(backend: Backend) -> None:
     await executor.kill(run.task_id, grace_s=5)
     await executor.wait(run.task_id)
     await executor.forget(run.task_id)
-    with pytest.raises(UnknownTask):
+    with pytest.raises(NotWatched):
         await executor.wait(run.task_id)
     # A restarted agent finds nothing of it any more.
     assert await backend.executor().adopt() == []
