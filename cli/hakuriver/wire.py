@@ -13,11 +13,18 @@ here only for an ``https://`` URL.
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Iterator, Mapping
 
 _MAX_LINE = 65536
 _MAX_HEADERS = 100
+# The most one answer (or one chunk) may hold; the API's largest answers are well below.
+_MAX_PIECE = 1 << 30
+# What the answer's numbers may look like: ASCII only (int() takes '²', '-1', '1_0'...).
+_STATUS = re.compile(r"[0-9]{3}")
+_LENGTH = re.compile(r"[0-9]{1,12}")
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,12}")
 
 
 class WireError(OSError):
@@ -69,11 +76,15 @@ class Connection:
         self, method: str, target: str, body: bytes | None = None, content_type: str = ""
     ) -> Answer:
         """Send one request and read its whole answer."""
-        head = self._send(method, target, body, content_type, {})
-        reader = self._reader
-        assert reader is not None
-        parts = list(_body(reader, head, method))
-        head.body = b"".join(parts)
+        try:
+            head = self._send(method, target, body, content_type, {})
+            reader = self._reader
+            assert reader is not None
+            head.body = b"".join(_body(reader, head, method))
+        except BaseException:
+            # Whatever is left of the answer must not be read as the next one's start.
+            self.close()
+            raise
         if head.headers.get("connection", "").lower() == "close":
             self.close()
         return head
@@ -173,7 +184,7 @@ def _head(reader: _Reader) -> Answer:
     status_line = reader.line().decode("latin-1").rstrip("\r\n")
     version, _, rest = status_line.partition(" ")
     code, _, reason = rest.partition(" ")
-    if not version.startswith("HTTP/") or not code.isdigit():
+    if not version.startswith("HTTP/") or not _STATUS.fullmatch(code):
         raise WireError(f"not an HTTP answer: {status_line[:80]!r}")
     headers: dict[str, str] = {}
     for _ in range(_MAX_HEADERS):
@@ -192,10 +203,11 @@ def _body(reader: _Reader, head: Answer, method: str) -> Iterator[bytes]:
     if "chunked" in head.headers.get("transfer-encoding", "").lower():
         while True:
             size_text = reader.line().split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise WireError(f"bad chunk size {size_text[:20]!r}") from None
+            if not _CHUNK_SIZE.fullmatch(size_text):
+                raise WireError(f"bad chunk size {size_text[:20]!r}")
+            size = int(size_text, 16)
+            if size > _MAX_PIECE:
+                raise WireError(f"a chunk of {size} bytes is more than this client takes")
             if size == 0:
                 while reader.line() not in (b"\r\n", b"\n"):  # trailers, then the end
                     pass
@@ -204,8 +216,10 @@ def _body(reader: _Reader, head: Answer, method: str) -> Iterator[bytes]:
             reader.exactly(2)  # the chunk's CRLF
     length = head.headers.get("content-length")
     if length is not None:
-        if not length.isdigit():
+        if not _LENGTH.fullmatch(length):
             raise WireError(f"bad Content-Length {length[:20]!r}")
+        if int(length) > _MAX_PIECE:
+            raise WireError(f"an answer of {length} bytes is more than this client takes")
         if int(length):
             yield reader.exactly(int(length))
         return
