@@ -12,7 +12,9 @@ VENV_LOCK ?= .venv.lock
 # must not both pip into the same new venv (pip then fails to uninstall its own half-written
 # files). The second waits, finds the stamp fresh, and reuses the venv.
 $(STAMP): requirements.lock pyproject.toml
-	@flock $(VENV_LOCK) $(MAKE) --no-print-directory venv-install
+	@if command -v flock >/dev/null; then flock $(VENV_LOCK) $(MAKE) --no-print-directory venv-install; \
+	else $(PYTHON) -c 'import fcntl, subprocess, sys; f = open(sys.argv[1], "a"); fcntl.flock(f, fcntl.LOCK_EX); sys.exit(subprocess.call(sys.argv[2:]))' \
+		$(VENV_LOCK) $(MAKE) --no-print-directory venv-install; fi
 
 .PHONY: venv-install
 venv-install:

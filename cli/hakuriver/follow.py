@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import BinaryIO
 
@@ -41,8 +42,9 @@ class Followers:
 
     def join(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds in all for the streams to end."""
+        deadline = time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _copy(self, base_url: str, ident: str, label: str, stream: Stream) -> None:
         out = sys.stdout.buffer if stream == "stdout" else sys.stderr.buffer

@@ -58,11 +58,12 @@ async def _open(app: Sanic) -> None:  # type: ignore[type-arg]
         return await app.ctx.cp.execute(RecordFacts(events=tuple(events)))
 
     app.ctx.environments = Environments(app.ctx.settings, record)
+    # Before the server starts: the port is claimed earlier, so a submit can be waiting.
+    app.ctx.default_environment = DefaultEnvironment(app.ctx.environments)
 
 
 @bp.after_server_start
 async def _default(app: Sanic) -> None:  # type: ignore[type-arg]
-    app.ctx.default_environment = DefaultEnvironment(app.ctx.environments)
     app.ctx.default_environment.prepare_soon()
 
 

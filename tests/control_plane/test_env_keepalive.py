@@ -45,6 +45,11 @@ def test_it_is_written_once_executable_by_anyone_and_rewritten_when_damaged(
     path.write_bytes(b"garbage")
     prepare(tmp_path, "x86_64")
     assert path.read_bytes() == keepalive_program("x86_64")
+    # Right bytes but writable by others (then anyone could swap what every container
+    # runs): written again, 0755.
+    path.chmod(0o777)
+    prepare(tmp_path, "x86_64")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o755
 
 
 def test_aarch64_has_a_program_and_other_machines_use_the_images_tail(tmp_path: Path) -> None:
