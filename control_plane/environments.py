@@ -158,8 +158,14 @@ class Environments:
         """Every environment container on the host's engine."""
 
         def listing() -> list[ContainerOut]:
-            found = self.engine().containers.list(all=True, filters={"label": LABEL_ENV})
-            return sorted((_container_out(c) for c in found), key=lambda c: c.name)
+            import docker.errors
+
+            engine, found = self.engine(), []
+            # One by one: containers.list would raise for one deleted while it lists.
+            for listed in engine.api.containers(all=True, filters={"label": LABEL_ENV}):
+                with contextlib.suppress(docker.errors.NotFound):
+                    found.append(_container_out(engine.containers.get(listed["Id"])))
+            return sorted(found, key=lambda c: c.name)
 
         return await self._call(listing)
 

@@ -251,11 +251,8 @@ class DockerExecutor:
 
     async def adopt(self) -> list[Adopted]:
         """Find this node's task containers by label and watch them again."""
-        found = await self._call(
-            lambda: self.client.containers.list(
-                all=True, filters={"label": [LABEL_TASK, f"{LABEL_NODE}={self.node}"]}
-            )
-        )
+        labels = {"label": [LABEL_TASK, f"{LABEL_NODE}={self.node}"]}
+        found = await self._call(lambda: _existing(self.client, labels))
         adopted = []
         for container in found:
             task_id = container.labels[LABEL_TASK]
@@ -358,6 +355,18 @@ class DockerExecutor:
                 stopped=lambda: box.stopped,
             )
             box.streams.append(asyncio.ensure_future(hold(copy, name)))
+
+
+def _existing(client: Any, filters: dict[str, Any]) -> list[Any]:
+    """The containers matching ``filters``, skipping any removed while they are listed
+    (``containers.list`` inspects each one it lists, and would raise for it)."""
+    import docker.errors
+
+    found = []
+    for listed in client.api.containers(all=True, filters=filters):
+        with contextlib.suppress(docker.errors.NotFound):
+            found.append(client.containers.get(listed["Id"]))
+    return found
 
 
 def container_options(run: TaskRun, *, node: str) -> dict[str, Any]:

@@ -35,9 +35,11 @@ def test_a_container_task_runs_in_its_environment(tmp_path: Path) -> None:
         assert task["container_id"]
         assert cluster.output(task_id) == b"from the host\nin a container\n"
         # The container is removed once its end is reported.
+        # One listing call (containers.list would inspect each one it lists: a container
+        # removed in between raises NotFound).
         cluster.wait(
             lambda: (
-                not client.containers.list(
+                not client.api.containers(
                     all=True, filters={"label": f"hakuriver.task_id={task_id}"}
                 )
             ),

@@ -74,7 +74,9 @@ def env_name() -> Iterator[str]:
     yield name
     import docker.errors
 
-    for container in client.containers.list(all=True, filters={"label": f"hakuriver.env={name}"}):
+    for container in client.containers.list(
+        all=True, sparse=True, filters={"label": f"hakuriver.env={name}"}
+    ):
         container.remove(force=True)
     for image in client.images.list(filters={"label": f"hakuriver.env={name}"}):
         with contextlib.suppress(docker.errors.APIError):
@@ -408,4 +410,6 @@ async def test_a_container_that_exits_at_once_is_an_error_with_its_last_log_line
     assert "its last log lines:\n  [FATAL tini" in message and "exec tail failed" in message
     # Nothing recorded, nothing left behind: the name can be used again.
     assert recorded == []
-    assert not client.containers.list(all=True, filters={"label": f"hakuriver.env={env_name}"})
+    assert not client.containers.list(
+        all=True, sparse=True, filters={"label": f"hakuriver.env={env_name}"}
+    )

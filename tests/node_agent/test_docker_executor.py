@@ -32,7 +32,7 @@ def executor(tmp_path: Path, client: Any):
     made = DockerExecutor(tmp_path / "state", node=f"test-{tmp_path.name}", client=client)
     yield made
     for container in client.containers.list(
-        all=True, filters={"label": f"hakuriver.node=test-{tmp_path.name}"}
+        all=True, sparse=True, filters={"label": f"hakuriver.node=test-{tmp_path.name}"}
     ):
         container.remove(force=True)
 

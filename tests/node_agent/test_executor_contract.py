@@ -152,7 +152,7 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         finally:
             if client is not None:
                 for container in client.containers.list(
-                    all=True, filters={"label": f"hakuriver.node={node}"}
+                    all=True, sparse=True, filters={"label": f"hakuriver.node={node}"}
                 ):
                     container.remove(force=True)
 

@@ -425,7 +425,9 @@ async def agent(tmp_path: Path, client: Any, host: Host) -> AsyncIterator[Agent]
     for executor in made.executors.values():
         await executor.close()
     await made.outbox.close()
-    for container in client.containers.list(all=True, filters={"label": f"hakuriver.node={node}"}):
+    for container in client.containers.list(
+        all=True, sparse=True, filters={"label": f"hakuriver.node={node}"}
+    ):
         container.remove(force=True)
 
 
