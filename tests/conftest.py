@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -67,6 +68,17 @@ class FileProgress:
                     f" {time.monotonic() - self.started:6.1f}s] {path}: {counts}"
                     f" ({self.seconds[path]:.1f}s)"
                 )
+
+
+@pytest.fixture(autouse=True)
+def _no_zygote_left(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that made a state directory leaves no shim zygote serving it afterwards."""
+    root = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    if root is not None:
+        from support.zygotes import stop_zygotes_under
+
+        stop_zygotes_under(root)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -23,6 +23,7 @@ import httpx
 
 from projections.tasks import ENDED_STATES
 from support.waiting import wait_until
+from support.zygotes import stop_zygotes_under
 
 FINAL = ENDED_STATES
 REPO = Path(__file__).resolve().parents[2]
@@ -149,6 +150,7 @@ policy = "{policy}"
             with contextlib.suppress(Exception):
                 self.stop_host(signal.SIGKILL)
         self.kill_task_processes()
+        stop_zygotes_under(self.root)
         self.http.close()
         for log in self._logs:
             log.close()

@@ -1,0 +1,45 @@
+"""Stopping the shim zygotes a test started (they outlive agents by design, 10 idle minutes).
+
+A zygote is found by its address, which the executor derives from its state directory
+(``node_agent.executors.zygote.Zygote``): every directory under a test's ``tmp_path`` is
+a candidate state directory, and a live ``--zygote ADDRESS`` process for one is stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+from node_agent.executors.zygote import Zygote
+
+
+def _zygotes() -> dict[str, int]:
+    """Address -> pid of every live zygote process."""
+    found: dict[str, int] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--zygote" in argv and argv.index(b"--zygote") + 1 < len(argv):
+            found[argv[argv.index(b"--zygote") + 1].decode()] = int(name)
+    return found
+
+
+def stop_zygotes_under(root: Path) -> int:
+    """SIGTERM the zygotes serving a state directory under ``root``; how many."""
+    live = _zygotes()
+    if not live:
+        return 0
+    stopped = 0
+    for directory in [root, *(p for p in root.rglob("*") if p.is_dir())]:
+        pid = live.get(Zygote(directory).address)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+                stopped += 1
+    return stopped
