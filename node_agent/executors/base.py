@@ -41,6 +41,8 @@ Where the backends differ, by nature, not by choice:
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from msgspec import Struct
@@ -146,3 +148,23 @@ class Executor(Protocol):
     async def close(self) -> None:
         """Stop watching; running tasks are left running."""
         ...
+
+
+class Starts:
+    """Starts in flight, one per task id: a second ``start`` of a task awaits the first
+    (the contract's idempotent start, shared by the executors)."""
+
+    def __init__(self) -> None:
+        self._by_task: dict[str, asyncio.Future[Started]] = {}
+
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._by_task
+
+    async def once(self, task_id: str, start: Callable[[], Awaitable[Started]]) -> Started:
+        """``start()``'s result, running it only if no start of ``task_id`` is in flight."""
+        starting = self._by_task.get(task_id)
+        if starting is None:
+            starting = asyncio.ensure_future(start())
+            self._by_task[task_id] = starting
+            starting.add_done_callback(lambda _: self._by_task.pop(task_id, None))
+        return await asyncio.shield(starting)

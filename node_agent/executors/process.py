@@ -39,6 +39,7 @@ from node_agent.executors.base import (
     Outcome,
     Started,
     StartFailed,
+    Starts,
     TaskRun,
 )
 from node_agent.executors.process_plan import (
@@ -88,7 +89,7 @@ class ProcessExecutor:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.facilities = HostFacilities.detect() if facilities is None else facilities
         self._tasks: dict[str, _Watched] = {}
-        self._starting: dict[str, asyncio.Future[Started]] = {}
+        self._starting = Starts()
         self._zygote = Zygote(self.state_dir) if use_zygote else NoZygote()
 
     # -- the protocol --------------------------------------------------------------------
@@ -98,12 +99,7 @@ class ProcessExecutor:
         known = self._tasks.get(run.task_id)
         if known is not None:
             return Started(task_id=run.task_id, pid=known.pid)
-        starting = self._starting.get(run.task_id)
-        if starting is None:
-            starting = asyncio.ensure_future(self._start(run))
-            self._starting[run.task_id] = starting
-            starting.add_done_callback(lambda _: self._starting.pop(run.task_id, None))
-        return await asyncio.shield(starting)
+        return await self._starting.once(run.task_id, lambda: self._start(run))
 
     async def wait(self, task_id: str) -> Outcome:
         """The task's outcome once it has ended."""
