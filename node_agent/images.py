@@ -65,7 +65,7 @@ from events.tarballs import (
 )
 from events.types import EnvSynced
 from node_agent.executors.base import StartFailed
-from node_agent.executors.docker import image_for
+from node_agent.executors.docker_options import image_for
 
 log = logging.getLogger("hakuriver.images")
 

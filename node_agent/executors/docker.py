@@ -44,29 +44,27 @@ from node_agent.executors.base import (
     Outcome,
     Started,
     StartFailed,
+    Starts,
     TaskRun,
 )
 from node_agent.executors.docker_follow import copy_stream, hold
+from node_agent.executors.docker_options import (
+    LABEL_EXECUTOR,
+    LABEL_NODE,
+    LABEL_TASK,
+    container_name,
+    container_options,
+    executor_id,
+    image_for,
+)
 
 T = TypeVar("T")
 
-LABEL_TASK = "hakuriver.task_id"
-LABEL_NODE = "hakuriver.node"
 # Short engine calls in flight at once (what `docker run` x16 in parallel puts on an engine).
 ENGINE_CALLS = 16
 # Connections the engine client keeps for reuse: the short calls, plus room for the
 # followers of many containers (each holds one while it runs, and returns it after).
 ENGINE_CONNECTIONS = 128
-
-
-def container_name(task_id: str) -> str:
-    """The name of a task's container (one per task id and engine)."""
-    return f"hakuriver-task-{task_id}"
-
-
-def image_for(env: str) -> str:
-    """The image of an environment: ``hakuriver/<env>:base`` (a full reference is kept)."""
-    return env if ":" in env or "/" in env else f"hakuriver/{env}:base"
 
 
 @dataclass(eq=False)
@@ -97,9 +95,10 @@ class DockerExecutor:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.node = node
+        self.executor_id = executor_id(self.state_dir)
         self.client = client or docker.from_env()
         self._boxes: dict[str, _Box] = {}
-        self._starting: dict[str, asyncio.Future[Started]] = {}
+        self._starting = Starts()
         self._shared: dict[str, Path] = {}
         self._calls = ThreadPoolExecutor(ENGINE_CALLS, thread_name_prefix="hakuriver-docker")
 
@@ -114,12 +113,7 @@ class DockerExecutor:
         known = self._boxes.get(run.task_id)
         if known is not None:
             return Started(task_id=run.task_id, container_id=known.container.id)
-        starting = self._starting.get(run.task_id)
-        if starting is None:
-            starting = asyncio.ensure_future(self._start(run))
-            self._starting[run.task_id] = starting
-            starting.add_done_callback(lambda _: self._starting.pop(run.task_id, None))
-        return await asyncio.shield(starting)
+        return await self._starting.once(run.task_id, lambda: self._start(run))
 
     async def _start(self, run: TaskRun) -> Started:
         container, existed = await self._call(lambda: self._create(run))
@@ -140,7 +134,7 @@ class DockerExecutor:
         for sub in ("shared_data", "task_outputs", "task_errors"):
             (shared / sub).mkdir(parents=True, exist_ok=True)
         Path(run.local_temp_dir).mkdir(parents=True, exist_ok=True)
-        options = container_options(run, node=self.node)
+        options = container_options(run, node=self.node, executor_id=self.executor_id)
         image = image_for(spec.container)
         try:
             container = self.client.containers.create(image, **options)
@@ -171,9 +165,17 @@ class DockerExecutor:
         except docker.errors.NotFound:
             return None
         labels = container.labels
-        if labels.get(LABEL_TASK) != task_id or labels.get(LABEL_NODE) != self.node:
+        if labels.get(LABEL_TASK) != task_id or not self._ours(labels):
             return None
         return container
+
+    def _ours(self, labels: dict[str, str]) -> bool:
+        """Whether this executor made a container (one without an executor label predates
+        the label: its node's name is all there is to go by)."""
+        return (
+            labels.get(LABEL_NODE) == self.node
+            and labels.get(LABEL_EXECUTOR, self.executor_id) == self.executor_id
+        )
 
     async def wait(self, task_id: str) -> Outcome:
         """The task's outcome once its container has exited."""
@@ -255,6 +257,8 @@ class DockerExecutor:
         found = await self._call(lambda: _existing(self.client, labels))
         adopted = []
         for container in found:
+            if not self._ours(container.labels):
+                continue
             task_id = container.labels[LABEL_TASK]
             if task_id in self._boxes or task_id in self._starting:
                 continue
@@ -367,45 +371,3 @@ def _existing(client: Any, filters: dict[str, Any]) -> list[Any]:
         with contextlib.suppress(docker.errors.NotFound):
             found.append(client.containers.get(listed["Id"]))
     return found
-
-
-def container_options(run: TaskRun, *, node: str) -> dict[str, Any]:
-    """The ``containers.create`` keyword arguments for a task (pure: no engine call).
-
-    Its mounts are the seeds' two (``/shared``, ``/local_temp``) and those of its spec: the
-    host put ``[docker] additional_mounts`` there at submission when the task named no
-    ``--mount`` of its own, so what ran is in the log (the runner adds none).
-    """
-    from docker.types import DeviceRequest, Mount
-
-    spec = run.spec
-    shared = Path(run.shared_dir)
-    mounts = [
-        Mount("/shared", str(shared / "shared_data"), type="bind"),
-        Mount("/local_temp", str(run.local_temp_dir), type="bind"),
-    ]
-    for m in spec.mounts:
-        mounts.append(Mount(m.container_path, m.host_path, type="bind", read_only=m.read_only))
-    options: dict[str, Any] = {
-        "command": [spec.command, *spec.args],
-        "environment": dict(spec.env),
-        "labels": {LABEL_TASK: run.task_id, LABEL_NODE: node},
-        "name": container_name(run.task_id),
-        "mounts": mounts,
-        "working_dir": "/shared",
-        "privileged": spec.privileged,
-        "detach": True,
-    }
-    if run.cores:
-        options["nano_cpus"] = int(run.cores * 1e9)
-    if run.memory_bytes:
-        options["mem_limit"] = run.memory_bytes
-        options["memswap_limit"] = run.memory_bytes
-    if run.cpus and run.numa_id is not None:
-        options["cpuset_cpus"] = ",".join(str(c) for c in run.cpus)
-        options["cpuset_mems"] = str(run.numa_id)
-    if run.gpu_ids:
-        options["device_requests"] = [
-            DeviceRequest(device_ids=[str(g) for g in run.gpu_ids], capabilities=[["gpu"]])
-        ]
-    return options

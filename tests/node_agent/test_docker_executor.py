@@ -154,3 +154,29 @@ async def test_many_running_containers_never_starve_the_next_start(
         gate.parent.mkdir(parents=True, exist_ok=True)
         gate.touch()
         small.shutdown(wait=False)
+
+
+async def test_an_executor_adopts_only_its_own_containers_whatever_the_node_is_called(
+    tmp_path: Path, executor: DockerExecutor, client: Any
+) -> None:
+    """Two runners with one node name on one engine (two users' `hakuriver up` on one
+    machine both use its hostname): neither adopts, follows or kills the other's task."""
+    # Given a running task of this executor
+    run = task(tmp_path, f"t-mine-{tmp_path.name}", "sleep", "30", cores=0)
+    started = await executor.start(run)
+    # When another executor with the same node name but its own state adopts
+    other = DockerExecutor(tmp_path / "other-state", node=executor.node, client=client)
+    try:
+        # Then it finds nothing of the first one's, and the first one's task runs on
+        assert await other.adopt() == []
+        container = client.containers.get(started.container_id)
+        assert container.status == "running"
+        # And the first one, restarted on its own state, finds its task again
+        successor = DockerExecutor(tmp_path / "state", node=executor.node, client=client)
+        [adopted] = await successor.adopt()
+        assert adopted.task_id == run.task_id and not adopted.ended
+        await successor.kill(run.task_id, grace_s=0)
+        assert (await successor.wait(run.task_id)).state == "killed"
+        await successor.close()
+    finally:
+        await other.close()

@@ -10,7 +10,7 @@ from typing import Any
 
 from events.types import Mount, TaskSpec
 from node_agent.executors.base import TaskRun
-from node_agent.executors.docker import container_options
+from node_agent.executors.docker_options import container_options
 
 
 def _options(**run: Any) -> dict[str, Any]:

@@ -204,7 +204,7 @@ async def test_a_command_that_cannot_start_fails_and_leaves_nothing(backend: Bac
         await executor.start(run)
     with pytest.raises(NotWatched):
         await executor.wait(run.task_id)
-    assert list(backend.state.iterdir()) == []
+    assert [p for p in backend.state.iterdir() if run.task_id in p.name] == []
     assert await backend.executor().adopt() == []
 
 
