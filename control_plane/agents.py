@@ -16,7 +16,9 @@ from typing import Protocol
 
 import msgspec
 
+from control_plane.access import Principal
 from control_plane.commands import NodeHello, NodeNotOnline, ReportFacts
+from control_plane.errors import DomainError
 from control_plane.hub import ControlPlane
 from events import link
 from events.codec import decode_new_events
@@ -58,6 +60,8 @@ def check_agent_event(node: str, index: int, new: NewEvent) -> None:
     reported_node = getattr(new.event, "node", node)
     if reported_node not in (node, None):
         raise LinkRefused(f"{where}: names node {reported_node!r}, this link is {node!r}")
+    if new.event.actor is not None:
+        raise LinkRefused(f"{where}: an agent cannot name an actor (only the host does)")
 
 
 class AgentSession:
@@ -128,6 +132,12 @@ class AgentSession:
                     # Not acknowledged: the agent keeps the batch and sends it again after
                     # the hello that brings its tasks back.
                     raise LinkRefused(exc.message) from None
+                except DomainError as exc:
+                    # A batch with a report this node may not make (another node's task):
+                    # refused whole, nothing of it recorded.
+                    await self.send(link.Nack(batch=number, reason=str(exc)))
+                    log.warning("refused a batch from %s: %s", self.node, exc)
+                    return
                 await self.send(link.Ack(batch=number, seqs=outcome.seqs))
             case link.Heartbeat(event=new):
                 if not isinstance(new.event, NodeHeartbeat):
@@ -140,8 +150,9 @@ class AgentSession:
                 raise LinkRefused("hello sent twice")
 
 
-async def serve_agent(cp: ControlPlane, socket: Socket) -> None:
-    """Run one agent's link until it closes."""
+async def serve_agent(cp: ControlPlane, socket: Socket, principal: Principal) -> None:
+    """Run one agent's link until it closes; ``principal`` is its enrolled credential, and
+    the hello must be for the node the credential was issued to."""
     try:
         frame = await socket.recv(timeout=HELLO_TIMEOUT_S)
         if not isinstance(frame, bytes):
@@ -153,6 +164,8 @@ async def serve_agent(cp: ControlPlane, socket: Socket) -> None:
             raise LinkRefused(
                 f"link version {hello.link_version}, this host speaks {link.LINK_VERSION}"
             )
+        if hello.node != principal.node:
+            raise LinkRefused(f"this credential is node {principal.node}'s, not {hello.node}'s")
     except (LinkRefused, msgspec.ValidationError, msgspec.DecodeError) as exc:
         with contextlib.suppress(Exception):
             await socket.close(1008, str(exc)[:120])

@@ -10,17 +10,22 @@ allows one writer, and the state lives in this process's memory.
 from __future__ import annotations
 
 import logging
+import time
 
 import duckdb
 from sanic import Request, Sanic
 from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse
 
-from control_plane.errors import ERROR_CODE, DomainError, error_of_kind
+from control_plane.access import FailureLog, authenticate, require, rule_of
+from control_plane.bootstrap import ensure_admin
+from control_plane.commands import RecordFacts
+from control_plane.errors import ERROR_CODE, DomainError, Refused, Unauthenticated, error_of_kind
 from control_plane.hub import ControlPlane
-from control_plane.routes import agents, environments, history, nodes, tasks
+from control_plane.routes import agents, environments, history, identity, nodes, tasks
 from control_plane.routes.common import error
 from control_plane.settings import HostSettings
+from events.envelope import now_us
 from replay_tools.queries import HistoryError
 
 log = logging.getLogger("hakuriver.host")
@@ -50,8 +55,39 @@ def create_app(settings: HostSettings, name: str = "hakuriver") -> Sanic:  # typ
     app.config.RESPONSE_TIMEOUT = 24 * 3600  # log follows stream for as long as tasks run
     app.config.FALLBACK_ERROR_FORMAT = "json"
     app.ctx.settings = settings
-    for blueprint in (tasks.bp, nodes.bp, agents.bp, history.bp, environments.bp):
+    for blueprint in (tasks.bp, nodes.bp, agents.bp, history.bp, environments.bp, identity.bp):
         app.blueprint(blueprint)
+    failures = FailureLog(window_s=settings.auth.failure_window_s)
+
+    @app.on_request
+    async def _authorize(request: Request) -> None:
+        """Authentication and the route's access rule, for every request (access.py)."""
+        route = request.route
+        if route is None:  # Sanic answers it (404, 405) before any handler runs
+            return
+        access = rule_of(route.handler)
+        if access is None:
+            # A route that declares no rule is refused, not open (access.py).
+            raise Refused("", f"{request.path} declares no access rule; refused")
+        if access == "public":
+            return
+        cp: ControlPlane = app.ctx.cp
+        try:
+            principal = authenticate(
+                cp.state.identity, request.headers.get("authorization"), now_us()
+            )
+        except Unauthenticated as exc:
+            event = failures.note(
+                request.remote_addr or request.ip or "", route.path, exc.message, time.monotonic()
+            )
+            if event is not None:
+                try:
+                    await cp.execute(RecordFacts(events=(event,)))
+                except Exception:
+                    log.exception("could not record a refused credential")
+            raise
+        require(principal, access)
+        request.ctx.principal = principal
 
     @app.before_server_start
     async def _open(app: Sanic) -> None:  # type: ignore[type-arg]
@@ -62,6 +98,7 @@ def create_app(settings: HostSettings, name: str = "hakuriver") -> Sanic:  # typ
                 raise
             raise LogInUse(str(exc)) from None
         app.ctx.cp = cp
+        app.ctx.admin_token_file = await ensure_admin(cp)
         cp.start()
 
     @app.after_server_stop

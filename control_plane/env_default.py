@@ -13,6 +13,7 @@ import asyncio
 import logging
 from typing import Any
 
+from control_plane.access import HOST
 from control_plane.environments import CONTAINER_PREFIX, Environments, check_name
 from control_plane.errors import DomainError
 from events.config import is_no_container
@@ -92,8 +93,8 @@ class DefaultEnvironment:
                     self.problem = f"{hint} (not on the host's engine){fix}"
                     log.warning("%s", self.problem)
                     return
-                await envs.create_container(source, name, requested_by="host")
-            await envs.package(name, requested_by="host")
+                await envs.create_container(source, name, by=HOST)
+            await envs.package(name, by=HOST)
             self.problem = None
             log.info("packaged the default environment %r", name)
         except DomainError as exc:

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from control_plane import env_keepalive
+from control_plane.access import HOST, Principal
 from control_plane.env_tarballs import (
     TarballOut,
     list_tarballs,
@@ -54,7 +55,8 @@ LABEL_ROLE = "hakuriver.role"
 CONTAINER_PREFIX = "hakuriver-env-"
 _CHUNK = 1 << 20
 
-Record = Callable[[Sequence[AnyEvent]], Awaitable[object]]
+# Records the host's facts about its environments, caused by a principal's request.
+Record = Callable[[Sequence[AnyEvent], Principal], Awaitable[object]]
 Progress = Callable[[dict[str, Any]], None]
 
 
@@ -169,9 +171,7 @@ class Environments:
 
         return await self._call(listing)
 
-    async def create_container(
-        self, image: str, name: str, requested_by: str = "anonymous"
-    ) -> ContainerOut:
+    async def create_container(self, image: str, name: str, by: Principal = HOST) -> ContainerOut:
         """Create and start ``hakuriver-env-NAME`` from a local image (never pulled)."""
         check_name(name)
         if not image.strip():
@@ -184,9 +184,10 @@ class Environments:
                         name=name,
                         image=image,
                         container_id=container.id,
-                        requested_by=requested_by,
+                        requested_by=by.user,
                     )
-                ]
+                ],
+                by,
             )
             return _container_out(container)
 
@@ -256,35 +257,35 @@ class Environments:
                 "name", f"environment {name!r} (from {image}) did not stay up: {problem}"
             )
 
-    async def start_container(self, name: str, requested_by: str = "anonymous") -> ContainerOut:
+    async def start_container(self, name: str, by: Principal = HOST) -> ContainerOut:
         """Start a stopped environment container (no-op when running)."""
         async with self.lock(name):
             container = await self._call(lambda: self.container(name))
             await self._engine_call(name, lambda: self._start(name, container))
             await self._call(container.reload)
-            await self.record([EnvContainerStarted(name=name, requested_by=requested_by)])
+            await self.record([EnvContainerStarted(name=name, requested_by=by.user)], by)
             return _container_out(container)
 
-    async def stop_container(self, name: str, requested_by: str = "anonymous") -> ContainerOut:
+    async def stop_container(self, name: str, by: Principal = HOST) -> ContainerOut:
         """Stop an environment container (its changes stay until it is deleted)."""
         async with self.lock(name):
             container = await self._call(lambda: self.container(name))
             await self._engine_call(name, lambda: container.stop(timeout=10))
             await self._call(container.reload)
-            await self.record([EnvContainerStopped(name=name, requested_by=requested_by)])
+            await self.record([EnvContainerStopped(name=name, requested_by=by.user)], by)
             return _container_out(container)
 
-    async def delete_container(self, name: str, requested_by: str = "anonymous") -> None:
+    async def delete_container(self, name: str, by: Principal = HOST) -> None:
         """Remove an environment container; its image and tarballs stay."""
         async with self.lock(name):
             container = await self._call(lambda: self.container(name))
             await self._engine_call(name, lambda: container.remove(force=True))
-            await self.record([EnvContainerDeleted(name=name, requested_by=requested_by)])
+            await self.record([EnvContainerDeleted(name=name, requested_by=by.user)], by)
 
     # -- packaging -----------------------------------------------------------------------
 
     async def package(
-        self, name: str, progress: Progress | None = None, requested_by: str = "anonymous"
+        self, name: str, progress: Progress | None = None, by: Principal = HOST
     ) -> EnvPackaged:
         """``create-tar``: commit, save under a temporary name, digest, rename, prune."""
         check_name(name)
@@ -292,8 +293,8 @@ class Environments:
         async with self.lock(name):
             container = await self._call(lambda: self.container(name))
             event = await self._call(lambda: self._package(name, container, report))
-            event = msgspec.structs.replace(event, requested_by=requested_by)
-            await self.record([event])
+            event = msgspec.structs.replace(event, requested_by=by.user)
+            await self.record([event], by)
             return event
 
     def _package(self, name: str, container: Any, report: Progress) -> EnvPackaged:

@@ -9,7 +9,8 @@ kind           HTTP  CLI exit    meaning
 invalid         400  2           the request itself is wrong (a value, a name)
 not_found       404  2           it names something that does not exist
 conflict        409  2           it makes no sense in the current state
-refused         403  2           a policy forbids it
+unauthenticated 401  2           no valid credential (missing, bad, expired, revoked)
+refused         403  2           a policy forbids it (the message names what is needed)
 unavailable     503  1           the control plane cannot do it right now
 =============  ====  ==========  ============================================
 
@@ -23,12 +24,13 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-Kind = Literal["invalid", "not_found", "conflict", "refused", "unavailable"]
+Kind = Literal["invalid", "not_found", "conflict", "unauthenticated", "refused", "unavailable"]
 
 HTTP_STATUS: dict[str, int] = {
     "invalid": 400,
     "not_found": 404,
     "conflict": 409,
+    "unauthenticated": 401,
     "refused": 403,
     "unavailable": 503,
 }
@@ -37,7 +39,8 @@ ERROR_CODE: dict[str, str] = {
     "invalid": "invalid_request",
     "not_found": "not_found",
     "conflict": "conflict",
-    "refused": "refused",
+    "unauthenticated": "unauthenticated",
+    "refused": "forbidden",
     "unavailable": "unavailable",
 }
 # Exit codes of the CLI: 2 when the request as typed cannot work (change it), 1 when the
@@ -46,6 +49,7 @@ EXIT_CODE: dict[str, int] = {
     "invalid": 2,
     "not_found": 2,
     "conflict": 2,
+    "unauthenticated": 2,
     "refused": 2,
     "unavailable": 1,
 }
@@ -86,6 +90,12 @@ class Conflict(DomainError):
     kind: ClassVar[Kind] = "conflict"
 
 
+class Unauthenticated(DomainError):
+    """No valid credential came with the request."""
+
+    kind: ClassVar[Kind] = "unauthenticated"
+
+
 class Refused(DomainError):
     """A policy of this host forbids it."""
 
@@ -99,7 +109,8 @@ class Unavailable(DomainError):
 
 
 _BY_KIND: dict[str, type[DomainError]] = {
-    cls.kind: cls for cls in (InvalidRequest, NotFound, Conflict, Refused, Unavailable)
+    cls.kind: cls
+    for cls in (InvalidRequest, NotFound, Conflict, Unauthenticated, Refused, Unavailable)
 }
 
 

@@ -25,6 +25,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import NamedTuple, Protocol
 
+import msgspec
+
 from control_plane.commands import (
     FACTS,
     CheckLiveness,
@@ -193,8 +195,14 @@ class ControlPlane:
         gate = self._gate.shared() if isinstance(command, FACTS) else self._gate.exclusive()
         async with gate:
             decision = decide(self._state, command, self._context())
+            principal = getattr(command, "actor", None)
+            events = decision.events
+            if principal is not None and principal.token_kind != "agent" and events:
+                # Every event a user's request causes names who asked (events.types.Actor).
+                actor = principal.actor
+                events = [msgspec.structs.replace(e, actor=actor) for e in events]
             batch = [new_event(e, source=decision.node) for e in decision.node_events]
-            batch += [new_event(e, source=HOST_SOURCE) for e in decision.events]
+            batch += [new_event(e, source=HOST_SOURCE) for e in events]
             batch += decision.facts
             seqs = await self.store.append(batch) if batch else []
         delivered = [await self._send(send) for send in decision.sends]

@@ -54,7 +54,7 @@ class SubmitTask(Struct, kw_only=True, forbid_unknown_fields=True):
     privileged: bool | None = None
     mounts: list[str] = []
     task_type: Literal["command", "vps"] = "command"
-    owner: str = "anonymous"
+    owner: str | None = None  # None: the authenticated user (another: admins only)
     name: str | None = None
     ssh_public_key: str | None = None
 

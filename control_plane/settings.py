@@ -62,6 +62,15 @@ class HostDocker(Struct, kw_only=True, frozen=True):
     allowed_mount_dirs: list[str] = []  # non-empty: --mount host paths must lie inside these
 
 
+class HostAuth(Struct, kw_only=True, frozen=True):
+    """``[auth]``: what users who are not admins may ask for (docs/security.md)."""
+
+    user_privileged: bool = False  # true: users may run --privileged containers
+    user_mount_dirs: list[str] = []  # folders beyond the shared storage users may --mount
+    # Refused credentials: one auth.failed event per client address per window.
+    failure_window_s: Positive = 60.0
+
+
 class HostSettings(Struct, kw_only=True, frozen=True):
     """Everything the control plane reads from the configuration."""
 
@@ -71,6 +80,7 @@ class HostSettings(Struct, kw_only=True, frozen=True):
     timing: HostTiming = HostTiming()
     scheduler: HostScheduler = HostScheduler()
     docker: HostDocker = HostDocker()
+    auth: HostAuth = HostAuth()
     data_dir: str = DEFAULT_DATA_DIR
     max_body_bytes: Annotated[int, Meta(gt=0)] = 1 << 20
 
@@ -92,11 +102,15 @@ class HostSettings(Struct, kw_only=True, frozen=True):
                 "configuration: [docker] tasks_privileged = true contradicts"
                 " allow_privileged = false"
             )
-        for key in ("additional_mounts", "allowed_mount_dirs"):
-            for value in getattr(docker, key):
+        for section, key in (
+            ("docker", "additional_mounts"),
+            ("docker", "allowed_mount_dirs"),
+            ("auth", "user_mount_dirs"),
+        ):
+            for value in getattr(getattr(settings, section), key):
                 if not value.startswith("/"):
                     raise SettingsError(
-                        f"configuration: [docker] {key}: {value!r} is not an absolute path"
+                        f"configuration: [{section}] {key}: {value!r} is not an absolute path"
                     )
         return settings
 
@@ -123,4 +137,4 @@ class HostSettings(Struct, kw_only=True, frozen=True):
         return f"http://{self.network.host_reachable_address}:{self.network.host_port}"
 
 
-_SECTIONS = {"network", "paths", "database", "timing", "scheduler", "docker"}
+_SECTIONS = {"network", "paths", "database", "timing", "scheduler", "docker", "auth"}

@@ -51,9 +51,13 @@ class TaskOut(Struct, kw_only=True):
     queue_wait_s: float | None  # submitted -> placed (projections/durations.py)
     start_delay_s: float | None = None  # placed -> started (defaulted: added to the contract later)
     run_time_s: float | None  # started -> finished
+    # True when the caller is neither the owner nor an admin: the command, its arguments,
+    # the environment's values and the mounts are left out (docs/security.md).
+    redacted: bool = False
 
     @classmethod
-    def of(cls, task: TaskView) -> TaskOut:
+    def of(cls, task: TaskView, private: bool = True) -> TaskOut:
+        """The task's document; ``private`` False leaves out what only its owner may see."""
         spec = task.spec
         took = durations(task)
         return cls(
@@ -62,16 +66,16 @@ class TaskOut(Struct, kw_only=True):
             batch_id=spec.batch_id,
             task_type=spec.task_type,
             state=task.state,
-            command=spec.command,
-            args=list(spec.args),
-            env=dict(spec.env),
+            command=spec.command if private else "",
+            args=list(spec.args) if private else [],
+            env=dict(spec.env) if private else {},
             cores=task.cores if task.node else spec.cores,
             memory_bytes=spec.memory_bytes,
             gpu_ids=list(task.gpu_ids or spec.gpu_ids),
             numa_id=task.numa_id if task.node else spec.numa_id,
             container=spec.container,
             privileged=spec.privileged,
-            mounts=list(spec.mounts),
+            mounts=list(spec.mounts) if private else [],
             target=spec.target,
             node=task.node,
             owner=spec.owner,
@@ -88,6 +92,7 @@ class TaskOut(Struct, kw_only=True):
             queue_wait_s=took.queue_wait_s,
             start_delay_s=took.start_delay_s,
             run_time_s=took.run_time_s,
+            redacted=not private,
         )
 
 

@@ -88,8 +88,22 @@ class Rejection(Struct, frozen=True, kw_only=True, gc=False):
     reason: str
 
 
+class Actor(Struct, frozen=True, kw_only=True, gc=False):
+    """Who made the request that caused an event: the user and the token they used."""
+
+    user: str
+    token: str = ""  # the token's public id (``events.credentials``)
+
+
 class Event(Struct, frozen=True, kw_only=True, tag_field="kind", gc=False):
-    """Base of every event; subclasses set ``tag`` to their stable dotted kind."""
+    """Base of every event; subclasses set ``tag`` to their stable dotted kind.
+
+    ``actor`` is set by the host on every event a user's request causes (the
+    authenticated user and token id), and is None on what agents and the host's own
+    loops record.
+    """
+
+    actor: Actor | None = None
 
     @property
     def stream(self) -> str:
@@ -266,6 +280,120 @@ class TaskReconnected(_TaskEvent, frozen=True, kw_only=True, tag="task.reconnect
     unreachable_s: float = 0.0  # how long the host could not reach it
 
 
+# -- identity ----------------------------------------------------------------------------------
+
+Role = Literal["admin", "user"]
+
+
+class _UserEvent(Event, frozen=True, kw_only=True):
+    name: NonEmptyStr
+
+    @property
+    def stream(self) -> str:
+        return f"user:{self.name}"
+
+
+class UserCreated(_UserEvent, frozen=True, kw_only=True, tag="user.created"):
+    """A user account was made (the first admin by the host itself, at first start)."""
+
+    role: Role = "user"
+
+
+class UserRoleChanged(_UserEvent, frozen=True, kw_only=True, tag="user.role_changed"):
+    """A user's role changed."""
+
+    role: Role
+
+
+class UserDisabled(_UserEvent, frozen=True, kw_only=True, tag="user.disabled"):
+    """A user can no longer authenticate (their tokens stop working; tasks stay)."""
+
+    reason: str = ""
+
+
+class _TokenEvent(Event, frozen=True, kw_only=True):
+    token_id: NonEmptyStr
+
+    @property
+    def stream(self) -> str:
+        return f"token:{self.token_id}"
+
+
+class TokenIssued(_TokenEvent, frozen=True, kw_only=True, tag="token.issued"):
+    """An API token was made; only its secret's SHA-256 is kept (events.credentials).
+
+    ``kind``: ``user`` (acts as ``user``), ``agent`` (an enrolled node's credential,
+    ``node`` names it), ``join`` (exchanged for an agent credential, ``uses`` times).
+    """
+
+    user: NonEmptyStr
+    token_kind: Literal["user", "agent", "join"]
+    sha256: NonEmptyStr
+    name: str = ""
+    expires_at_us: NonNegInt | None = None
+    issued_by: str = ""
+    uses: NonNegInt | None = None
+    node: str | None = None
+
+
+class TokenRevoked(_TokenEvent, frozen=True, kw_only=True, tag="token.revoked"):
+    """A token stops working from now on."""
+
+    reason: str = ""
+
+
+class AuthFailed(Event, frozen=True, kw_only=True, tag="auth.failed"):
+    """Requests were refused for a missing, invalid, expired or revoked credential.
+
+    Rate-limited: one event per client address and window, counting the refusals
+    since the last one recorded, so a flood cannot flood the log.
+    """
+
+    client_address: str = ""
+    route: str = ""
+    reason: str = ""
+    count: NonNegInt = 1
+
+    @property
+    def stream(self) -> str:
+        return "auth:failures"
+
+
+class NodeEnrolled(_NodeEvent, frozen=True, kw_only=True, tag="node.enrolled"):
+    """A node exchanged a join token for its own agent credential: the name is its."""
+
+    token_id: NonEmptyStr  # the agent credential's id
+    join_token_id: str = ""
+
+
+class NodeRevoked(_NodeEvent, frozen=True, kw_only=True, tag="node.revoked"):
+    """A node's credential no longer works, and its name stays refused."""
+
+    reason: str = ""
+
+
+class _KeyEvent(Event, frozen=True, kw_only=True):
+    key_id: NonEmptyStr
+    user: NonEmptyStr
+
+    @property
+    def stream(self) -> str:
+        return f"user:{self.user}"
+
+
+class SshKeyAdded(_KeyEvent, frozen=True, kw_only=True, tag="ssh_key.added"):
+    """A user registered an SSH public key (for the VPS SSH gateway)."""
+
+    key_type: NonEmptyStr
+    public_key: NonEmptyStr
+    fingerprint: NonEmptyStr
+    comment: str = ""
+
+
+class SshKeyRemoved(_KeyEvent, frozen=True, kw_only=True, tag="ssh_key.removed"):
+    """A user's SSH public key was removed."""
+
+
 # -- environments and SSH ------------------------------------------------------------------
 
 
@@ -381,6 +509,16 @@ AnyEvent = (
     | EnvShellClosed
     | SshSessionOpened
     | SshSessionClosed
+    | UserCreated
+    | UserRoleChanged
+    | UserDisabled
+    | TokenIssued
+    | TokenRevoked
+    | AuthFailed
+    | NodeEnrolled
+    | NodeRevoked
+    | SshKeyAdded
+    | SshKeyRemoved
 )
 
 EVENT_TYPES: dict[str, type[Event]] = {

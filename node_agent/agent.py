@@ -36,6 +36,7 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 from events import link
+from events.credentials import read_secret
 from events.envelope import new_event
 from events.types import AnyEvent, TaskFinished, TaskPaused, TaskResumed, TaskStarted
 from node_agent.activity import Activity
@@ -97,9 +98,16 @@ class Agent:
         # Kills that arrived while their task was still starting: id -> grace.
         self._kill_after_start: dict[str, float] = {}
         self.activity = Activity()
-        self.link = HostLink(self, connect or websocket_connector(settings.ws_url))
+        self.link = HostLink(
+            self,
+            connect or websocket_connector(settings.ws_url, token=self.credential),
+        )
         self.heartbeat_interval = settings.timing.heartbeat_interval
         self.kill_grace = settings.timing.kill_grace_period
+
+    def credential(self) -> str | None:
+        """This runner's agent credential (``runner --join`` wrote it), if it has one."""
+        return read_secret(self.settings.agent_token_file)
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ import random
 from typing import TYPE_CHECKING
 
 import msgspec
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from events import link
 from events.envelope import new_event
@@ -57,6 +57,20 @@ class HostLink:
                     await self._session(transport)
             except asyncio.CancelledError:
                 raise
+            except InvalidStatus as exc:
+                status = exc.response.status_code
+                body = bytes(exc.response.body or b"")[:300].decode(errors="replace")
+                if status in (401, 403):
+                    log.error(
+                        "the host refused this runner's credential (HTTP %d: %s); enrol it"
+                        " with: hakuriver runner --join TOKEN (an admin makes one with"
+                        " hakuriver token create --join); retrying in %.1fs",
+                        status,
+                        body,
+                        delay,
+                    )
+                else:
+                    log.info("link to %s refused (HTTP %d); retrying in %.1fs", url, status, delay)
             except (OSError, ConnectionClosed, InvalidHandshake, InvalidURI, TimeoutError) as exc:
                 log.info("link to %s down (%s); retrying in %.1fs", url, exc, delay)
             except Exception:

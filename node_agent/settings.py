@@ -39,6 +39,9 @@ class RunnerTiming(Struct, kw_only=True, frozen=True):
     reconnect_max_delay: Positive = 5.0
 
 
+AGENT_TOKEN_FILE = "agent.token"
+
+
 class RunnerSection(Struct, kw_only=True, frozen=True):
     name: str = ""  # empty: the machine's hostname
     state_dir: str = ""  # empty: <data_dir>/runner-<name>
@@ -105,6 +108,11 @@ class RunnerSettings(Struct, kw_only=True, frozen=True):
     @property
     def state_dir(self) -> Path:
         return self.path(self.runner.state_dir or f"runner-{self.node_name}")
+
+    @property
+    def agent_token_file(self) -> Path:
+        """This runner's enrolled credential (``runner --join``), mode 0600."""
+        return self.state_dir / AGENT_TOKEN_FILE
 
     @property
     def shared_dir(self) -> Path:

@@ -68,13 +68,22 @@ class WebSocketTransport:
         return 0
 
 
-def websocket_connector(url: str) -> Connector:
-    """Connections to the control plane's agent websocket at ``url``."""
+def websocket_connector(url: str, *, token: Callable[[], str | None] | None = None) -> Connector:
+    """Connections to the control plane's agent websocket at ``url``, presenting the agent's
+    credential (``token()`` is read at each connection: a runner that joins meanwhile or
+    gets a new credential uses it at its next connection)."""
 
     @asynccontextmanager
     async def open_link() -> AsyncIterator[Transport]:
+        secret = token() if token is not None else None
+        headers = {"Authorization": f"Bearer {secret}"} if secret else None
         async with connect(
-            url, max_size=MAX_FRAME_BYTES, open_timeout=5, ping_interval=20, ping_timeout=20
+            url,
+            max_size=MAX_FRAME_BYTES,
+            open_timeout=5,
+            ping_interval=20,
+            ping_timeout=20,
+            additional_headers=headers,
         ) as ws:
             yield WebSocketTransport(ws)
 

@@ -34,6 +34,7 @@ from events.types import (
     TaskSubmitted,
     TaskUnreachable,
 )
+from projections.identity import IDENTITY_KINDS, Identity
 from projections.nodes import NodeView
 from projections.tasks import HOLDING_STATES, TaskView, next_state
 
@@ -55,6 +56,7 @@ class _Snapshot(Struct, kw_only=True):
     tasks: list[TaskView]
     nodes: list[NodeView]
     anomalies: list[Anomaly]
+    identity: Identity | None = None  # absent from snapshots written before identity
 
 
 _snapshot_encoder = msgspec.msgpack.Encoder()
@@ -74,6 +76,8 @@ class ClusterState:
         # Task numbers: the highest given so far, and which task each names.
         self.last_number = 0
         self.numbers: dict[int, str] = {}
+        # Users, tokens, enrolled nodes, SSH keys.
+        self.identity = Identity()
 
     # -- folding -----------------------------------------------------------------------------
 
@@ -83,6 +87,11 @@ class ClusterState:
             return
         self.last_seq = recorded.seq
         at = recorded.recorded_at_us
+        if recorded.kind in IDENTITY_KINDS:
+            problem = self.identity.apply(recorded.event, at)
+            if problem is not None:
+                self._flag(recorded, recorded.stream, problem)
+            return
         match recorded.event:
             case NodeHeartbeat() as e:
                 node = self._node(recorded, e.node)
@@ -280,6 +289,7 @@ class ClusterState:
                 tasks=list(self.tasks.values()),
                 nodes=list(self.nodes.values()),
                 anomalies=self.anomalies,
+                identity=self.identity,
             )
         )
 
@@ -290,7 +300,10 @@ class ClusterState:
             snap = _snapshot_decoder.decode(data)
         if snap.format != SNAPSHOT_FORMAT:
             raise ValueError(f"snapshot format {snap.format} is not {SNAPSHOT_FORMAT}")
-        return cls.assemble(snap.last_seq, snap.tasks, snap.nodes, snap.anomalies)
+        state = cls.assemble(snap.last_seq, snap.tasks, snap.nodes, snap.anomalies)
+        if snap.identity is not None:
+            state.identity = snap.identity
+        return state
 
     @classmethod
     def assemble(

@@ -160,7 +160,7 @@ class History:
     def report(self, query: ReportQuery) -> Json:
         """``GET /api/reports/{name}``."""
         columns, rows = report_table(
-            self.analytics(), query.name, since_us=query.since_us, by=query.by
+            self.analytics(), query.name, since_us=query.since_us, by=query.by, owner=query.owner
         )
         return table_document(
             columns, rows, report=query.name, by=query.by, since=iso(query.since_us)

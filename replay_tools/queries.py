@@ -172,9 +172,12 @@ class ReportQuery:
     name: str
     by: Grouping
     since_us: int | None
+    owner: str | None = None  # only this owner's tasks
 
 
-def report_query(name: str, by: str | None, since: str | None) -> ReportQuery:
+def report_query(
+    name: str, by: str | None, since: str | None, owner: str | None = None
+) -> ReportQuery:
     """A report by name (``REPORTS``), ``by`` node (the default) or owner, ``since`` a time."""
     if name not in REPORTS:
         raise HistoryError("name", f"no report {name!r}; one of {', '.join(REPORTS)}", "not_found")
@@ -182,7 +185,7 @@ def report_query(name: str, by: str | None, since: str | None) -> ReportQuery:
         by = "node"
     if by not in ("node", "owner"):
         raise HistoryError("by", f"must be node or owner, got {by!r}")
-    return ReportQuery(name, "node" if by == "node" else "owner", time_of("since", since))
+    return ReportQuery(name, "node" if by == "node" else "owner", time_of("since", since), owner)
 
 
 @dataclass(frozen=True)

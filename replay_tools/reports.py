@@ -33,6 +33,7 @@ _REPORT_SQL: dict[str, str] = {
         w AS (
             SELECT s.owner, p.node, (placed_at_us - submitted_at_us) / 1e6 AS queue_wait_s
             FROM s JOIN p USING (task_id)
+            WHERE $owner::VARCHAR IS NULL OR s.owner = $owner::VARCHAR
         )
         SELECT {by}, count(*) AS tasks,
             round(avg(queue_wait_s), 3) AS avg_wait_s,
@@ -50,6 +51,7 @@ _REPORT_SQL: dict[str, str] = {
             round(max(run_time_s), 3) AS max_run_s,
             round(sum(run_time_s * cores) / 3600, 3) AS core_hours
         FROM tasks WHERE run_time_s IS NOT NULL AND submitted_at_us >= $since
+            AND ($owner::VARCHAR IS NULL OR owner = $owner::VARCHAR)
         GROUP BY ALL ORDER BY 1
     """,
     "failures": """
@@ -62,6 +64,7 @@ _REPORT_SQL: dict[str, str] = {
             round(count(*) FILTER (WHERE final_state IN ('failed', 'killed_oom', 'lost'))
                 / count(*), 4) AS failure_rate
         FROM tasks WHERE final_state IS NOT NULL AND submitted_at_us >= $since
+            AND ($owner::VARCHAR IS NULL OR owner = $owner::VARCHAR)
         GROUP BY ALL ORDER BY 1
     """,
     # Core-hours held by tasks (placement to end, or to the log's last event if still held)
@@ -77,6 +80,7 @@ _REPORT_SQL: dict[str, str] = {
                  - greatest(t.placed_at_us, b.lo)) / 3.6e9 AS hours
             FROM tasks t, bounds b
             WHERE t.placed_at_us IS NOT NULL AND coalesce(t.finished_at_us, b.hi) >= b.lo
+                AND ($owner::VARCHAR IS NULL OR t.owner = $owner::VARCHAR)
         )
         SELECT {by}, count(*) AS tasks,
             round(sum(held.cores * held.hours), 3) AS core_hours,
@@ -94,8 +98,10 @@ def report_table(
     *,
     since_us: int | None = None,
     by: Literal["node", "owner"] = "node",
+    owner: str | None = None,
 ) -> tuple[Columns, Rows]:
-    """One canned report (``REPORTS``) grouped by node or owner, from ``since_us`` on."""
+    """One canned report (``REPORTS``) grouped by node or owner, from ``since_us`` on
+    (only ``owner``'s tasks when given: what a user who is not an admin sees)."""
     if name not in _REPORT_SQL:
         raise ValueError(f"unknown report {name!r}; choose one of {', '.join(REPORTS)}")
     if by not in ("node", "owner"):
@@ -109,6 +115,6 @@ def report_table(
         )
         join = "JOIN nodes n ON n.name = held.node, bounds b"
     sql = _REPORT_SQL[name].format(by=f"{group_by} AS {by}", share=share, join=join)
-    cursor = con.execute(sql, {"since": int(since_us or 0)})
+    cursor = con.execute(sql, {"since": int(since_us or 0), "owner": owner})
     columns = [d[0] for d in cursor.description or []]
     return columns, cursor.fetchall()

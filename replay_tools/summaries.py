@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from events.types import (
+    AuthFailed,
     EnvContainerCreated,
     EnvContainerDeleted,
     EnvContainerStarted,
@@ -23,10 +24,14 @@ from events.types import (
     EnvShellOpened,
     EnvSynced,
     Event,
+    NodeEnrolled,
     NodeHeartbeat,
     NodeOffline,
     NodeOnline,
     NodeRegistered,
+    NodeRevoked,
+    SshKeyAdded,
+    SshKeyRemoved,
     SshSessionClosed,
     SshSessionOpened,
     TaskDispatched,
@@ -42,6 +47,11 @@ from events.types import (
     TaskStarted,
     TaskSubmitted,
     TaskUnreachable,
+    TokenIssued,
+    TokenRevoked,
+    UserCreated,
+    UserDisabled,
+    UserRoleChanged,
     kind_of,
 )
 
@@ -286,3 +296,74 @@ def _ssh_opened(e: SshSessionOpened) -> str:
 @_summary_of(SshSessionClosed)
 def _ssh_closed(e: SshSessionClosed) -> str:
     return f"tunnel to task {e.task_id} closed ({_size(e.bytes_in)} in, {_size(e.bytes_out)} out)"
+
+
+# -- identity -------------------------------------------------------------------------------
+
+
+def _actor(e: Event) -> str:
+    return _by(e.actor.user) if e.actor is not None else ""
+
+
+@_summary_of(UserCreated)
+def _user_created(e: UserCreated) -> str:
+    return f"user {e.name} created ({e.role}){_actor(e)}"
+
+
+@_summary_of(UserRoleChanged)
+def _user_role(e: UserRoleChanged) -> str:
+    return f"user {e.name} is now {e.role}{_actor(e)}"
+
+
+@_summary_of(UserDisabled)
+def _user_disabled(e: UserDisabled) -> str:
+    why = f": {e.reason}" if e.reason else ""
+    return f"user {e.name} disabled{_actor(e)}{why}"
+
+
+@_summary_of(TokenIssued)
+def _token_issued(e: TokenIssued) -> str:
+    name = f" {e.name!r}" if e.name else ""
+    node = f" for node {e.node}" if e.node else ""
+    if e.expires_at_us is None:
+        expiry = ", no expiry"
+    else:
+        expiry = f", expires {datetime.fromtimestamp(e.expires_at_us / 1e6, UTC):%Y-%m-%d %H:%M}Z"
+    uses = f", {plural(e.uses, 'use')}" if e.uses is not None else ""
+    return f"{e.token_kind} token{name} of {e.user}{node} issued{_by(e.issued_by)}{expiry}{uses}"
+
+
+@_summary_of(TokenRevoked)
+def _token_revoked(e: TokenRevoked) -> str:
+    why = f": {e.reason}" if e.reason else ""
+    return f"token {e.token_id} revoked{why}"
+
+
+@_summary_of(AuthFailed)
+def _auth_failed(e: AuthFailed) -> str:
+    where = f" on {e.route}" if e.route else ""
+    source = f" from {e.client_address}" if e.client_address else ""
+    return f"{plural(e.count, 'request')} refused{source}{where}: {e.reason}"
+
+
+@_summary_of(NodeEnrolled)
+def _node_enrolled(e: NodeEnrolled) -> str:
+    join = f" with join token {e.join_token_id}" if e.join_token_id else ""
+    return f"node {e.node} enrolled{join} (credential {e.token_id})"
+
+
+@_summary_of(NodeRevoked)
+def _node_revoked(e: NodeRevoked) -> str:
+    why = f": {e.reason}" if e.reason else ""
+    return f"node {e.node} revoked{why}"
+
+
+@_summary_of(SshKeyAdded)
+def _key_added(e: SshKeyAdded) -> str:
+    comment = f" ({e.comment})" if e.comment else ""
+    return f"{e.key_type} key {e.fingerprint}{comment} added for {e.user}{_actor(e)}"
+
+
+@_summary_of(SshKeyRemoved)
+def _key_removed(e: SshKeyRemoved) -> str:
+    return f"key {e.key_id} of {e.user} removed{_actor(e)}"

@@ -82,13 +82,8 @@ class Answer:
         return self.body.decode("utf-8", "replace")
 
 
-# Who makes a request (control_plane/actors.py has the rule; the name is spelled here too
-# so that `task submit` need not import the control plane; a test holds the two equal).
-ACTOR_HEADER = "X-HakuRiver-User"
-
-
 def login_name() -> str:
-    """The user running the CLI: who its requests come from, and the default task owner."""
+    """The Unix user running the CLI."""
     import getpass
 
     try:
@@ -97,18 +92,18 @@ def login_name() -> str:
         return "anonymous"
 
 
-def actor_headers(user: str | None = None) -> dict[str, str]:
-    """The header naming who makes the requests (percent-encoded UTF-8), sent on every one."""
-    return {ACTOR_HEADER: quote(user or login_name(), safe="")}
+def auth_headers(token: str | None) -> dict[str, str]:
+    """The header presenting ``token`` (none without a token: the host answers 401)."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 class HakuClient:
     """The control plane's REST API as Python methods returning its JSON documents.
 
-    Every request names ``user`` (default: the login name) as who made it.
+    Every request presents ``token`` (cli/hakuriver/credentials.py finds the CLI's).
     """
 
-    def __init__(self, base_url: str, timeout: float = 30.0, *, user: str | None = None) -> None:
+    def __init__(self, base_url: str, timeout: float = 30.0, *, token: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         parts = urlsplit(self.base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -116,7 +111,8 @@ class HakuClient:
         https = parts.scheme == "https"
         port = parts.port or (443 if https else 80)
         self._prefix = parts.path
-        headers = actor_headers(user)
+        self.token = token
+        headers = auth_headers(token)
         self._conn = wire.Connection(
             parts.hostname, port, https=https, timeout=timeout, headers=headers
         )
@@ -177,11 +173,9 @@ class HakuClient:
         """``GET /api/batches/{batch_id}``: ``{"batch_id", "tasks"}``."""
         return self._json("GET", f"/api/batches/{_segment(batch_id)}")
 
-    def kill(
-        self, task_id: str, *, requested_by: str | None = None, reason: str | None = None
-    ) -> Json:
+    def kill(self, task_id: str, *, reason: str | None = None) -> Json:
         """``POST /api/tasks/{id}/kill``: ``{"task_id", "number", "state"}``."""
-        body = {k: v for k, v in (("requested_by", requested_by), ("reason", reason)) if v}
+        body = {"reason": reason} if reason else {}
         return self._json("POST", f"/api/tasks/{_segment(task_id)}/kill", body=body)
 
     def pause(self, task_id: str) -> Json:
@@ -263,8 +257,8 @@ class HakuClient:
         return self._json("GET", f"/api/nodes/{_segment(name)}")
 
     def health(self) -> Json:
-        """``GET /api/health``: the cluster's summary."""
-        return self._json("GET", "/api/health")
+        """``GET /api/summary``: the cluster's summary (``/api/health`` says only "ok")."""
+        return self._json("GET", "/api/summary")
 
     # --- environments (docs/environments.md) -----------------------------------------
 
@@ -308,6 +302,10 @@ class HakuClient:
                     str(step.get("message")),
                 )
             yield step
+
+    def join(self, node: str) -> Json:
+        """``POST /api/join``: this client's join token for node ``node``'s credential."""
+        return self._json("POST", "/api/join", body={"node": node})
 
     def ws_url(self, path: str) -> str:
         """The websocket URL of an API path."""

@@ -120,17 +120,28 @@ def host(*, conn: Connection | None = None) -> int:
 
 @app.command
 @reported
-def runner(*, name: str | None = None, conn: Connection | None = None) -> int:
+def runner(
+    *,
+    name: str | None = None,
+    join: str | None = None,
+    host: str | None = None,
+    conn: Connection | None = None,
+) -> int:
     """Run a node agent (a runner) that joins the control plane at the configured address.
 
     Parameters
     ----------
     name
         The node's name (default: [runner] name, then this machine's hostname).
+    join
+        A join token (an admin makes one: hakuriver token create --join), exchanged once
+        for this runner's own credential, kept in its state directory.
+    host
+        The control plane's URL (default: $HAKURIVER_URL, then the [network] keys).
     """
     from cli.hakuriver import serve
 
-    return serve.run_runner(connection(conn).settings(), name=name)
+    return serve.run_runner(connection(conn).settings(), name=name, join=join, host_url=host)
 
 
 def run(tokens: Sequence[str]) -> int:

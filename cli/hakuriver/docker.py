@@ -255,7 +255,8 @@ def _shell(name: str, conn: Connection | None) -> int:
 
     with connection(conn).client() as client:
         url = client.ws_url(f"/api/environments/{quote(name, safe='')}/shell")
-    return run_shell(url)
+        token = client.token
+    return run_shell(url, token=token)
 
 
 def _stamp(timestamp: int) -> str:

@@ -27,7 +27,6 @@ import pyarrow as pa
 from cyclopts import Parameter, validators
 
 from cli.hakuriver.client import ApiError, HakuClient, lines_of
-from cli.hakuriver.config import host_url
 from cli.hakuriver.invocation import Connection, connection, note
 from control_plane.history import state_document
 from control_plane.requests import InvalidRequest
@@ -86,8 +85,8 @@ class HistorySource(Protocol):
 class ApiSource(HakuClient):
     """The control plane's history routes (a query may take a while: a long time limit)."""
 
-    def __init__(self, base_url: str, timeout: float = 120.0) -> None:
-        super().__init__(base_url, timeout)
+    def __init__(self, base_url: str, timeout: float = 120.0, *, token: str | None = None) -> None:
+        super().__init__(base_url, timeout, token=token)
 
     def events(self, query: EventQuery, *, after: int, limit: int, tail: bool) -> Json:
         """``GET /api/events``."""
@@ -290,11 +289,11 @@ class FileSource:
         return self.history.export(export_query(name, since))
 
 
-def open_source(db: Path | None, base_url: str) -> HistorySource:
+def open_source(db: Path | None, base_url: str, token: str | None = None) -> HistorySource:
     """A file source for ``--db``, else the control plane at ``base_url``."""
     if db is not None:
         return FileSource(db)
-    return ApiSource(base_url)
+    return ApiSource(base_url, token=token)
 
 
 @Parameter(name="*")
@@ -311,7 +310,12 @@ def reading(offline: Offline | None, conn: Connection | None) -> Iterator[Histor
     """The source a command reads, closed afterwards; the file's refusals read as the API's."""
     db = offline.db if offline is not None else None
     try:
-        source = open_source(db, host_url(connection(conn).settings()) if db is None else "")
+        if db is None:
+            client = connection(conn).client()
+            client.close()
+            source = open_source(None, client.base_url, client.token)
+        else:
+            source = open_source(db, "")
         try:
             yield source
         finally:

@@ -17,6 +17,7 @@ from rich.console import Console, RenderableType
 
 from cli.hakuriver.client import ApiError, HakuClient
 from cli.hakuriver.config import ConfigError, host_url, load_config
+from cli.hakuriver.credentials import SecretFileError, find_token
 from cli.hakuriver.output import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -69,8 +70,10 @@ class Connection:
         return load_config(self.config)
 
     def client(self) -> HakuClient:
-        """A client for the control plane at ``$HAKURIVER_URL`` or the configured address."""
-        return HakuClient(host_url(self.settings()))
+        """A client for the control plane at ``$HAKURIVER_URL`` or the configured address,
+        presenting the token credentials.py finds."""
+        config = self.settings()
+        return HakuClient(host_url(config), token=find_token(None, config))
 
 
 def connection(given: Connection | None) -> Connection:
@@ -106,7 +109,7 @@ def reported(command: Callable[P, int]) -> Callable[P, int]:
             return fail(str(exc), exit_code_of_status(exc.status))
         except DomainError as exc:
             return fail(str(exc), EXIT_CODE[exc.kind])
-        except (ConfigError, SettingsError, RunnerSettingsError) as exc:
+        except (ConfigError, SettingsError, RunnerSettingsError, SecretFileError) as exc:
             return fail(str(exc), EXIT_USAGE)
         except TimeoutError as exc:
             return fail(str(exc))

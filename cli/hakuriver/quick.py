@@ -128,6 +128,7 @@ def quick_submit(tokens: Sequence[str]) -> int | None:
     """Submit as ``hakuriver task submit TOKENS`` would; None: let the full command do it."""
     from cli.hakuriver.client import ApiError, HakuClient
     from cli.hakuriver.config import ConfigError, host_url, load_config
+    from cli.hakuriver.credentials import SecretFileError, find_token
     from cli.hakuriver.output import (
         EXIT_FAILED,
         EXIT_INTERRUPTED,
@@ -143,12 +144,14 @@ def quick_submit(tokens: Sequence[str]) -> int | None:
         return None
     try:
         request = build_request(words.command, **words.fields)
-        url = host_url(load_config(Path(words.config) if words.config else None))
-    except (InvalidRequest, ConfigError, OSError, ValueError):
+        config = load_config(Path(words.config) if words.config else None)
+        url = host_url(config)
+        token = find_token(None, config)
+    except (InvalidRequest, ConfigError, OSError, ValueError, SecretFileError):
         return None  # the full command explains it
     # Sent from here on: every outcome is answered here, as commands' `reported` does.
     try:
-        with HakuClient(url) as client:
+        with HakuClient(url, token=token) as client:
             answer = client.submit(request)
         print_submitted(answer, as_json=words.as_json)
         return 0

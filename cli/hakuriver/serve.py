@@ -178,14 +178,43 @@ def run_host(
     return _serve(app, claims)
 
 
+def join_cluster(settings: Any, join_token: str) -> str | None:
+    """Exchange ``join_token`` for this runner's credential, written to its state dir;
+    a problem in one line, or None."""
+    from cli.hakuriver.client import ApiError, HakuClient, Unreachable
+    from events.credentials import write_secret
+
+    base = settings.ws_url.removesuffix("/api/agents/ws")
+    base = base.replace("wss://", "https://", 1).replace("ws://", "http://", 1)
+    try:
+        with HakuClient(base, token=join_token.strip()) as client:
+            answer = client.join(settings.node_name)
+    except ApiError as exc:
+        return f"joining as {settings.node_name} was refused: {exc}"
+    except Unreachable as exc:
+        return str(exc)
+    write_secret(settings.agent_token_file, str(answer["token"]))
+    print(
+        f"joined as node {settings.node_name}; credential in {settings.agent_token_file}",
+        flush=True,
+    )
+    return None
+
+
 def run_runner(
     config: dict[str, Any],
     *,
     name: str | None = None,
     data_dir: str | None = None,
     host_url: str | None = None,
+    join: str | None = None,
 ) -> int:
-    """Run a node agent until SIGINT/SIGTERM; its tasks keep running after it stops."""
+    """Run a node agent until SIGINT/SIGTERM; its tasks keep running after it stops.
+
+    ``join``: a join token, exchanged once for the runner's own credential (kept in its
+    state dir, mode 0600); later starts need no token.
+    """
+    from events.credentials import read_secret
     from node_agent.agent import Agent
     from node_agent.settings import RunnerSettings
 
@@ -196,6 +225,22 @@ def run_runner(
         name=name,
         host_url=host_url or os.environ.get("HAKURIVER_URL"),
     )
+    have = read_secret(settings.agent_token_file)
+    if join and have:
+        print(
+            f"note: already joined ({settings.agent_token_file}); the join token is not used",
+            flush=True,
+        )
+    elif join:
+        problem = join_cluster(settings, join)
+        if problem is not None:
+            return _refuse(problem)
+    elif not have:
+        return _refuse(
+            f"this runner has no credential ({settings.agent_token_file}): join the cluster"
+            " once with: hakuriver runner --join TOKEN (an admin makes the token with:"
+            " hakuriver token create --join)"
+        )
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -209,6 +254,33 @@ def run_runner(
     with asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as runner:
         runner.run(main())
     return 0
+
+
+def _hand_token_to_cli(cp: Any, admin_file: Path) -> list[str]:
+    """Put the admin's token where the CLI looks first (``~/.hakuriver/token``, 0600).
+
+    A file there holding a token of this cluster is kept; one holding a token this
+    cluster does not know (another cluster's, or one from a wiped data dir) is replaced,
+    and said so.
+    """
+    from cli.hakuriver.credentials import TOKEN_FILE
+    from events.credentials import parse_token, read_secret, write_secret
+
+    admin = read_secret(admin_file)
+    if admin is None:
+        return []
+    target = TOKEN_FILE.expanduser()
+    try:
+        current = read_secret(target)
+    except OSError:
+        return [f"note: cannot read {target}; the CLI may not find the admin token"]
+    known = parse_token(current) if current else None
+    if known is not None and known.id in cp.state.identity.tokens:
+        return []
+    write_secret(target, admin)
+    if current:
+        return [f"note: {target} held a token this cluster does not know: replaced by the admin's"]
+    return [f"  the CLI's token: {target} (the admin's)"]
 
 
 def run_up(
@@ -239,9 +311,18 @@ def run_up(
     url = claims.local_url
     node = node_name(config.get("runner", {}).get("name", ""))
     child: dict[str, subprocess.Popen[bytes]] = {}
+    admin_file = Path(data).expanduser() / "admin.token"
 
     @app.after_server_start  # type: ignore[untyped-decorator]
     async def _start_agent(app: Any) -> None:
+        from control_plane.bootstrap import enroll_local
+        from node_agent.settings import RunnerSettings
+
+        runner = RunnerSettings.from_mapping(config, data_dir=data, name=node)
+        # The local runner is enrolled by the host itself: no join step on one machine.
+        await enroll_local(app.ctx.cp, node, runner.state_dir)
+        for line in await asyncio.to_thread(_hand_token_to_cli, app.ctx.cp, admin_file):
+            print(line, flush=True)
         command = [sys.executable, "-m", "cli.hakuriver.serve", "runner"]
         command += ["--data-dir", data, "--name", node, "--url", url]
         if config_file:
@@ -253,6 +334,7 @@ def run_up(
             print(f"  listening on {claims.where()}: also {others}", flush=True)
         else:
             print(f"  listening on {claims.where()}", flush=True)
+        print(f"  admin token: {admin_file} (the CLI reads it; keep it private)", flush=True)
         hint = f"HAKURIVER_URL={url} hakuriver task submit --wait -- echo hello"
         print(f"  try: {hint}", flush=True)
 
@@ -262,9 +344,10 @@ def run_up(
         asked: int | None = None
         if stop_tasks_on_exit and cp is not None:
             # Before the agent stops: it is the one that kills them and reports how.
-            from cli.hakuriver.client import login_name
+            from events.credentials import read_secret
 
-            asked, _ = await leaving.stop_tasks(cp, url, requested_by=login_name())
+            admin = await asyncio.to_thread(read_secret, admin_file)
+            asked, _ = await leaving.stop_tasks(cp, url, token=admin)
         agent = child.get("agent")
         if agent is not None and agent.poll() is None:
             agent.send_signal(signal.SIGTERM)
@@ -290,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir")
     parser.add_argument("--name")
     parser.add_argument("--url")
+    parser.add_argument("--join")
     parser.add_argument("--port", type=int)
     parser.add_argument("--stop-tasks-on-exit", action="store_true")
     args = parser.parse_args(argv)
@@ -312,7 +396,9 @@ def main(argv: list[str] | None = None) -> int:
                 config_file=args.config,
                 stop_tasks_on_exit=args.stop_tasks_on_exit,
             )
-        return run_runner(config, name=args.name, data_dir=args.data_dir, host_url=args.url)
+        return run_runner(
+            config, name=args.name, data_dir=args.data_dir, host_url=args.url, join=args.join
+        )
     except (SettingsError, RunnerSettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

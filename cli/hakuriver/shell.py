@@ -23,12 +23,18 @@ import tty
 from typing import Any, BinaryIO
 from urllib.parse import urlencode
 
-from cli.hakuriver.client import ApiError, Unreachable, actor_headers
+from cli.hakuriver.client import ApiError, Unreachable, auth_headers
 
 EOT = b"\x04"
 
 
-def run_shell(url: str, *, stdin_fd: int | None = None, stdout: BinaryIO | None = None) -> int:
+def run_shell(
+    url: str,
+    *,
+    token: str | None = None,
+    stdin_fd: int | None = None,
+    stdout: BinaryIO | None = None,
+) -> int:
     """Connect to the shell at ``url`` (ws://.../shell) and bridge this terminal; exit code."""
     from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
     from websockets.sync.client import connect
@@ -44,7 +50,7 @@ def run_shell(url: str, *, stdin_fd: int | None = None, stdout: BinaryIO | None 
             max_size=None,
             open_timeout=15,
             close_timeout=2,
-            additional_headers=actor_headers(),
+            additional_headers=auth_headers(token),
         )
     except InvalidStatus as exc:
         status = exc.response.status_code

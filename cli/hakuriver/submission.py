@@ -140,7 +140,7 @@ def report_submission(
     if not waiting.waits:
         return 0
     followers = (
-        Followers(client.base_url, list(zip(task_ids, numbers, strict=True)))
+        Followers(client.base_url, list(zip(task_ids, numbers, strict=True)), token=client.token)
         if waiting.follow
         else None
     )

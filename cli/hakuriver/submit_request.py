@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from cli.hakuriver.client import login_name
 from cli.hakuriver.output import print_json, say
 from control_plane.errors import InvalidRequest
 from control_plane.notation import (
@@ -63,7 +62,8 @@ def build_request(
         request["mounts"] = list(mount)
     if privileged is not None:
         request["privileged"] = privileged
-    request["owner"] = owner or login_name()
+    if owner:
+        request["owner"] = owner
     if name is not None:
         request["name"] = name
     return request

@@ -8,7 +8,7 @@ from typing import Annotated
 
 from cyclopts import App, Parameter, validators
 
-from cli.hakuriver.client import Stream, login_name
+from cli.hakuriver.client import Stream
 from cli.hakuriver.invocation import (
     Connection,
     JsonFlag,
@@ -142,7 +142,7 @@ def kill(task_id: str, /, *, as_json: JsonFlag = False, conn: Connection | None 
         Print the API's answer ``{"task_id", "number", "state"}``.
     """
     with connection(conn).client() as client:
-        answer = client.kill(task_id, requested_by=login_name())
+        answer = client.kill(task_id)
     return _acknowledge("kill", answer, as_json)
 
 

@@ -19,11 +19,27 @@ NodeHello              registration, reconciliation on reconnect    nodes.py
 ReportFacts            an agent's reports; kill of a late start     nodes.py
 CheckLiveness          offline, unknown, given up                   nodes.py
 RecordFacts            the host's own facts (environments, shells)  here
+CreateUser ...         users, tokens, enrolment, SSH keys           identity.py
 =====================  ===========================================  ============
+
+Every command a user's request makes carries the authenticated ``actor``
+(``control_plane.access.Principal``): the decisions check what it may do on the state
+(its own tasks, tokens, keys), and ``ControlPlane.execute`` stamps it on every event.
 """
 
 from __future__ import annotations
 
+from control_plane.commands.identity import (
+    decide_add_key,
+    decide_change_role,
+    decide_create_user,
+    decide_disable_user,
+    decide_enroll,
+    decide_issue_token,
+    decide_remove_key,
+    decide_revoke_node,
+    decide_revoke_token,
+)
 from control_plane.commands.nodes import (
     NodeNotOnline,
     decide_hello,
@@ -34,16 +50,25 @@ from control_plane.commands.submit import decide_placement, decide_submission
 from control_plane.commands.tasks import decide_kill, decide_pause
 from control_plane.commands.types import (
     FACTS,
+    AddKey,
+    ChangeRole,
     CheckLiveness,
     Command,
     Context,
+    CreateUser,
     Decision,
+    DisableUser,
+    EnrollNode,
+    IssueToken,
     KillTask,
     NodeHello,
     PauseTask,
     PlaceQueued,
     RecordFacts,
+    RemoveKey,
     ReportFacts,
+    RevokeNode,
+    RevokeToken,
     Send,
     SubmitTasks,
 )
@@ -51,17 +76,26 @@ from projections.cluster import ClusterState
 
 __all__ = [
     "FACTS",
+    "AddKey",
+    "ChangeRole",
     "CheckLiveness",
     "Command",
     "Context",
+    "CreateUser",
     "Decision",
+    "DisableUser",
+    "EnrollNode",
+    "IssueToken",
     "KillTask",
     "NodeHello",
     "NodeNotOnline",
     "PauseTask",
     "PlaceQueued",
     "RecordFacts",
+    "RemoveKey",
     "ReportFacts",
+    "RevokeNode",
+    "RevokeToken",
     "Send",
     "SubmitTasks",
     "decide",
@@ -87,3 +121,21 @@ def decide(state: ClusterState, command: Command, ctx: Context) -> Decision:
             return decide_liveness(state, command, ctx)
         case RecordFacts():
             return Decision(events=list(command.events))
+        case CreateUser():
+            return decide_create_user(state, command, ctx)
+        case ChangeRole():
+            return decide_change_role(state, command, ctx)
+        case DisableUser():
+            return decide_disable_user(state, command, ctx)
+        case IssueToken():
+            return decide_issue_token(state, command, ctx)
+        case RevokeToken():
+            return decide_revoke_token(state, command, ctx)
+        case EnrollNode():
+            return decide_enroll(state, command, ctx)
+        case RevokeNode():
+            return decide_revoke_node(state, command, ctx)
+        case AddKey():
+            return decide_add_key(state, command, ctx)
+        case RemoveKey():
+            return decide_remove_key(state, command, ctx)

@@ -23,7 +23,7 @@ from control_plane.commands.types import (
     ReportFacts,
     Send,
 )
-from control_plane.errors import Conflict
+from control_plane.errors import Conflict, Refused
 from events import link
 from events.types import (
     AnyEvent,
@@ -149,6 +149,17 @@ def decide_report(state: ClusterState, command: ReportFacts, ctx: Context) -> De
     view = state.nodes.get(command.node)
     if view is None or not view.online:
         raise NodeNotOnline(command.node)
+    for i, new in enumerate(command.events):
+        # A node reports only on tasks placed on it: a report on another node's task (or
+        # one the host never placed) is forged, and refuses the whole batch.
+        task_id = getattr(new.event, "task_id", None)
+        if task_id is not None:
+            task = state.tasks.get(task_id)
+            if task is None or task.node != command.node:
+                raise Refused(
+                    f"events[{i}]",
+                    f"task {task_id} is not placed on node {command.node}: not its to report",
+                )
     sends: list[Send] = []
     for new in command.events:
         if not isinstance(new.event, TaskStarted):

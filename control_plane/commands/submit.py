@@ -13,8 +13,9 @@ from collections.abc import Callable, Sequence
 
 import msgspec
 
+from control_plane.commands.identity import user_name_problem
 from control_plane.commands.types import Context, Decision, PlaceQueued, Send, SubmitTasks
-from control_plane.errors import InvalidRequest
+from control_plane.errors import InvalidRequest, Refused
 from control_plane.requests import (
     SubmitTask,
     Target,
@@ -63,6 +64,9 @@ def submitted_events(
     privileged_default: bool = False,
     mount_dirs: Sequence[str] = (),
     default_mounts: Sequence[str] = (),
+    owner: str = "anonymous",
+    user_mount_dirs: Sequence[str] | None = None,
+    user_privileged: bool = True,
 ) -> list[TaskSubmitted]:
     """One ``task.submitted`` per target (or one for automatic placement), tied by a batch id.
 
@@ -71,6 +75,11 @@ def submitted_events(
     a non-empty ``mount_dirs`` (``allowed_mount_dirs``) refuses ``--mount`` host paths
     outside those folders; ``default_mounts`` (``additional_mounts``) are given to
     container tasks that name no ``--mount`` of their own (the seeds' override rule).
+
+    ``owner`` is the authenticated user the tasks belong to. For a user who is not an
+    admin, ``user_mount_dirs`` (not None) are the only folders ``--mount`` may name (the
+    shared storage and what ``[auth] user_mount_dirs`` grants), and ``user_privileged``
+    false refuses ``--privileged`` (``[auth] user_privileged``).
     """
     memory = parse_size(request.memory)
     targets = [_parse_target(t, f"targets[{i}]") for i, t in enumerate(request.targets)]
@@ -79,6 +88,13 @@ def submitted_events(
         for h, c, ro in (parse_mount(m, f"mounts[{i}]") for i, m in enumerate(request.mounts))
     )
     for i, mount in enumerate(mounts):
+        if user_mount_dirs is not None and not _inside(mount.host_path, user_mount_dirs):
+            raise Refused(
+                f"mounts[{i}]",
+                f"host path {mount.host_path!r} is outside the shared storage: mounting it"
+                f" needs an admin's token (users may mount {', '.join(user_mount_dirs)};"
+                " an admin can grant more with [auth] user_mount_dirs)",
+            )
         if mount_dirs and not _inside(mount.host_path, mount_dirs):
             raise InvalidRequest(
                 f"mounts[{i}]",
@@ -93,6 +109,12 @@ def submitted_events(
         container = None
     if request.privileged and not allow_privileged:
         raise InvalidRequest("privileged", "this host does not allow privileged tasks")
+    if request.privileged and not user_privileged:
+        raise Refused(
+            "privileged",
+            "a privileged container is root on its node: it needs an admin's token"
+            " (or [auth] user_privileged = true on the host)",
+        )
     if request.privileged and container is None:
         raise InvalidRequest("privileged", "only container tasks can be privileged")
     privileged = (
@@ -151,7 +173,7 @@ def submitted_events(
             mounts=mounts,
             target=str(place) if place else None,
             batch_id=batch_id,
-            owner=request.owner,
+            owner=owner,
             name=request.name,
             ssh_public_key=request.ssh_public_key,
         )
@@ -177,9 +199,25 @@ def decide_submission(state: ClusterState, command: SubmitTasks, ctx: Context) -
     """A batch: ``task.submitted`` per target of each request, numbered after the highest
     number so far, with the placements of those that fit now in the same commit (one
     durable commit instead of two is a quarter of a trivial task's latency)."""
-    docker = ctx.settings.docker
+    docker, auth = ctx.settings.docker, ctx.settings.auth
+    actor = command.actor
+    admin = actor.is_admin
+    user_mounts = None if admin else [str(ctx.settings.shared_dir), *auth.user_mount_dirs]
     submitted: list[TaskSubmitted] = []
     for i, request in enumerate(command.requests):
+        owner = actor.user
+        if request.owner is not None and request.owner != actor.user:
+            if not admin:
+                raise Refused(
+                    f"tasks[{i}].owner" if len(command.requests) > 1 else "owner",
+                    f"you are {actor.user}: submitting as {request.owner} needs an admin's token",
+                )
+            # An admin may submit on behalf of any user name (as root may with Slurm),
+            # one without an account here too: the tasks are that name's.
+            problem = user_name_problem(request.owner)
+            if problem:
+                raise InvalidRequest("owner", problem)
+            owner = request.owner
         try:
             submitted += submitted_events(
                 state,
@@ -191,11 +229,14 @@ def decide_submission(state: ClusterState, command: SubmitTasks, ctx: Context) -
                 privileged_default=docker.tasks_privileged,
                 mount_dirs=docker.allowed_mount_dirs,
                 default_mounts=docker.additional_mounts,
+                owner=owner,
+                user_mount_dirs=user_mounts,
+                user_privileged=admin or auth.user_privileged,
             )
-        except InvalidRequest as exc:
+        except (InvalidRequest, Refused) as exc:
             if len(command.requests) == 1:
                 raise
-            raise InvalidRequest(f"tasks[{i}].{exc.field}", exc.message) from None
+            raise type(exc)(f"tasks[{i}].{exc.field}", exc.message) from None
     after = state.last_number
     submitted = [msgspec.structs.replace(e, number=after + i) for i, e in enumerate(submitted, 1)]
     incoming = [TaskView(task_id=e.task_id, spec=e.spec) for e in submitted]

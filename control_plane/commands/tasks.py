@@ -8,6 +8,7 @@ and a task whose node is unreachable ends as ``lost`` when killed.
 
 from __future__ import annotations
 
+from control_plane.access import check_owner
 from control_plane.commands.types import Context, Decision, KillTask, PauseTask, Send
 from control_plane.errors import Conflict, NotFound
 from events import link
@@ -33,7 +34,8 @@ def _task(state: ClusterState, task_id: str) -> TaskView:
 def decide_kill(state: ClusterState, command: KillTask, ctx: Context) -> Decision:
     """A kill request; a queued task is killed on the spot, an unknown one given up."""
     task = _task(state, command.task_id)
-    by = command.requested_by
+    check_owner(command.actor, task.spec.owner, f"task {task.number}")
+    by = command.actor.user
     if task.is_final or task.state == "lost":
         raise Conflict("task_id", f"task {task.number} is already {task.state}")
     events: list[AnyEvent] = [TaskKillRequested(task_id=task.task_id, requested_by=by)]
@@ -62,6 +64,7 @@ def decide_kill(state: ClusterState, command: KillTask, ctx: Context) -> Decisio
 def decide_pause(state: ClusterState, command: PauseTask, ctx: Context) -> Decision:
     """A pause (or resume) request for a running (or paused) task whose node is connected."""
     task = _task(state, command.task_id)
+    check_owner(command.actor, task.spec.owner, f"task {task.number}")
     verb = "resume" if command.resume else "pause"
     if task.state == "unknown":
         raise Conflict(
@@ -73,7 +76,7 @@ def decide_pause(state: ClusterState, command: PauseTask, ctx: Context) -> Decis
         raise Conflict("task_id", f"cannot {verb} task {task.number}: it is {task.state}")
     if task.node is None or task.node not in ctx.connected:
         raise Conflict("task_id", f"cannot {verb} now: node {task.node} is not connected")
-    by = command.requested_by
+    by = command.actor.user
     if command.resume:
         return Decision(
             events=[TaskResumeRequested(task_id=task.task_id, requested_by=by)],

@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 from msgspec import Struct, field
 
+from control_plane.access import HOST, Principal
 from control_plane.requests import SubmitTask
 from control_plane.scheduler import Scheduler
 from control_plane.settings import HostSettings
@@ -30,6 +31,7 @@ class SubmitTasks(Struct, frozen=True, kw_only=True):
 
     requests: tuple[SubmitTask, ...]
     batch_id: str
+    actor: Principal = HOST
 
 
 class PlaceQueued(Struct, frozen=True, kw_only=True):
@@ -40,7 +42,7 @@ class KillTask(Struct, frozen=True, kw_only=True):
     """Kill a task: at once while queued or unreachable, through its node otherwise."""
 
     task_id: str
-    requested_by: str
+    actor: Principal
     reason: str = ""
 
 
@@ -48,7 +50,7 @@ class PauseTask(Struct, frozen=True, kw_only=True):
     """Freeze a running task (``resume=True``: continue a paused one)."""
 
     task_id: str
-    requested_by: str
+    actor: Principal
     resume: bool = False
 
 
@@ -66,9 +68,10 @@ class CheckLiveness(Struct, frozen=True, kw_only=True):
 
 
 class NodeHello(Struct, frozen=True, kw_only=True):
-    """A node agent (re)connected and said hello."""
+    """A node agent (re)connected and said hello, with its credential (``actor``)."""
 
     hello: link.Hello
+    actor: Principal | None = None
 
 
 class ReportFacts(Struct, frozen=True, kw_only=True):
@@ -83,6 +86,88 @@ class RecordFacts(Struct, frozen=True, kw_only=True):
     opened): facts, recorded beside the agents' (shared gate)."""
 
     events: tuple[AnyEvent, ...]
+    actor: Principal | None = None
+
+
+# -- identity (control_plane/commands/identity.py) ---------------------------------------
+
+
+class CreateUser(Struct, frozen=True, kw_only=True):
+    """Make a user account."""
+
+    name: str
+    role: str
+    actor: Principal
+
+
+class ChangeRole(Struct, frozen=True, kw_only=True):
+    """Change a user's role."""
+
+    name: str
+    role: str
+    actor: Principal
+
+
+class DisableUser(Struct, frozen=True, kw_only=True):
+    """Disable a user: their tokens stop working."""
+
+    name: str
+    actor: Principal
+
+
+class IssueToken(Struct, frozen=True, kw_only=True):
+    """Record a token the adapter made (``token_id`` and the secret's ``sha256``)."""
+
+    user: str
+    kind: str  # user | join (agent credentials come from EnrollNode)
+    token_id: str
+    sha256: str
+    actor: Principal
+    name: str = ""
+    expires_at_us: int | None = None
+    uses: int | None = None
+
+
+class RevokeToken(Struct, frozen=True, kw_only=True):
+    """Stop a token from working."""
+
+    token_id: str
+    actor: Principal
+
+
+class EnrollNode(Struct, frozen=True, kw_only=True):
+    """Exchange a join token (``actor``) for node ``node``'s agent credential."""
+
+    node: str
+    token_id: str
+    sha256: str
+    actor: Principal
+
+
+class RevokeNode(Struct, frozen=True, kw_only=True):
+    """Refuse a node's credential and name from now on, and disconnect it."""
+
+    node: str
+    actor: Principal
+
+
+class AddKey(Struct, frozen=True, kw_only=True):
+    """Register an SSH public key for ``user``."""
+
+    user: str
+    key_id: str
+    key_type: str
+    public_key: str
+    fingerprint: str
+    comment: str
+    actor: Principal
+
+
+class RemoveKey(Struct, frozen=True, kw_only=True):
+    """Remove a registered SSH public key."""
+
+    key_id: str
+    actor: Principal
 
 
 Command = (
@@ -94,6 +179,15 @@ Command = (
     | NodeHello
     | ReportFacts
     | RecordFacts
+    | CreateUser
+    | ChangeRole
+    | DisableUser
+    | IssueToken
+    | RevokeToken
+    | EnrollNode
+    | RevokeNode
+    | AddKey
+    | RemoveKey
 )
 # Commands that record facts: they conflict with no decision, so they share the gate.
 FACTS = (ReportFacts, RecordFacts)

@@ -5,13 +5,16 @@ from __future__ import annotations
 from sanic import Blueprint, Request
 from sanic.server.websockets.impl import WebsocketImplProtocol
 
+from control_plane.access import rule
 from control_plane.agents import serve_agent
-from control_plane.routes.common import control_plane
+from control_plane.routes.common import control_plane, principal_of
 
 bp = Blueprint("agents", url_prefix="/api/agents")
 
 
 @bp.websocket("/ws")  # type: ignore[untyped-decorator]
+@rule("agent")
 async def agent_link(request: Request, ws: WebsocketImplProtocol) -> None:
-    """One node agent's link, for as long as it stays connected."""
-    await serve_agent(control_plane(request), ws)
+    """One node agent's link, for as long as it stays connected (its enrolled credential
+    names the node it may speak for)."""
+    await serve_agent(control_plane(request), ws, principal_of(request))

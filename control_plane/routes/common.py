@@ -8,7 +8,7 @@ import msgspec
 from sanic import Request, json
 from sanic.response import HTTPResponse
 
-from control_plane.actors import ACTOR_HEADER, actor_from
+from control_plane.access import Principal, check_owner, may_act_on
 from control_plane.errors import InvalidRequest, NotFound
 from control_plane.hub import ControlPlane
 from replay_tools.task_names import AmbiguousTask, StateTasks, UnknownTask, find_task
@@ -22,9 +22,20 @@ def control_plane(request: Request) -> ControlPlane:
     return cp
 
 
-def actor_of(request: Request, body_requested_by: str | None = None) -> str:
-    """Who made the request: the rule of ``control_plane/actors.py`` (header, body, anonymous)."""
-    return actor_from(request.headers.get(ACTOR_HEADER), body_requested_by)
+def principal_of(request: Request) -> Principal:
+    """Who made the request, as the app's middleware authenticated them (access.py)."""
+    principal: Principal = request.ctx.principal
+    return principal
+
+
+def may_see(request: Request, owner: str) -> bool:
+    """Whether the caller may see ``owner``'s private parts (env values, output)."""
+    return may_act_on(principal_of(request), owner)
+
+
+def check_may_act(request: Request, owner: str, what: str) -> None:
+    """Refuse (403) unless the caller owns ``what`` or is an admin."""
+    check_owner(principal_of(request), owner, what)
 
 
 def answer(value: Any, status: int = 200) -> HTTPResponse:

@@ -30,12 +30,13 @@ from sanic import Blueprint, Request, Sanic
 from sanic.response import HTTPResponse
 
 from control_plane import env_shells
+from control_plane.access import Principal, rule
 from control_plane.commands import RecordFacts
 from control_plane.env_default import DefaultEnvironment
 from control_plane.environments import Environments, check_name
 from control_plane.errors import DomainError, NotFound
 from control_plane.requests import decode_body
-from control_plane.routes.common import actor_of, answer, control_plane
+from control_plane.routes.common import answer, control_plane, principal_of
 from events.ids import new_id
 from events.types import EnvShellClosed, EnvShellOpened
 
@@ -54,8 +55,8 @@ _create_decoder = msgspec.json.Decoder(_Create)
 
 @bp.before_server_start
 async def _open(app: Sanic) -> None:  # type: ignore[type-arg]
-    async def record(events: Any) -> object:
-        return await app.ctx.cp.execute(RecordFacts(events=tuple(events)))
+    async def record(events: Any, by: Principal) -> object:
+        return await app.ctx.cp.execute(RecordFacts(events=tuple(events), actor=by))
 
     app.ctx.environments = Environments(app.ctx.settings, record)
     # Before the server starts: the port is claimed earlier, so a submit can be waiting.
@@ -80,40 +81,45 @@ def environments(request: Request) -> Environments:
 
 
 @bp.get("/environments/containers")
+@rule("user")
 async def list_containers(request: Request) -> HTTPResponse:
     """The environment containers on the host's engine."""
     return answer({"containers": await environments(request).list_containers()})
 
 
 @bp.post("/environments/containers")
+@rule("admin")
 async def create_container(request: Request) -> HTTPResponse:
     """Create (and start) an environment container from an image on the host's engine."""
     body = decode_body(_create_decoder, request.body)  # InvalidRequest: 400 with the field
     out = await environments(request).create_container(
-        body.image, body.name, requested_by=actor_of(request)
+        body.image, body.name, by=principal_of(request)
     )
     return answer(out, status=201)
 
 
 @bp.post("/environments/containers/<name:str>/<action:str>")
+@rule("admin")
 async def act(request: Request, name: str, action: str) -> HTTPResponse:
     """Start or stop an environment container."""
     envs = environments(request)
     if action == "start":
-        return answer(await envs.start_container(name, requested_by=actor_of(request)))
+        return answer(await envs.start_container(name, by=principal_of(request)))
     if action == "stop":
-        return answer(await envs.stop_container(name, requested_by=actor_of(request)))
+        return answer(await envs.stop_container(name, by=principal_of(request)))
     raise NotFound("action", f"no action {action!r}: use start or stop")
 
 
 @bp.delete("/environments/containers/<name:str>")
+@rule("admin")
 async def delete_container(request: Request, name: str) -> HTTPResponse:
     """Remove an environment container; its image and tarballs stay."""
-    await environments(request).delete_container(name, requested_by=actor_of(request))
+    await environments(request).delete_container(name, by=principal_of(request))
     return answer({"deleted": name})
 
 
 @bp.get("/environments/tarballs")
+@rule("user")
 async def list_tarballs(request: Request) -> HTTPResponse:
     """The packaged tarballs in the shared folder."""
     envs = environments(request)
@@ -122,6 +128,7 @@ async def list_tarballs(request: Request) -> HTTPResponse:
 
 
 @bp.post("/environments/<name:str>/tar")
+@rule("admin")
 async def create_tar(request: Request, name: str) -> HTTPResponse | None:
     """``create-tar``: one JSON line per progress step, the ``env.packaged`` event last."""
     envs = environments(request)
@@ -133,7 +140,7 @@ async def create_tar(request: Request, name: str) -> HTTPResponse | None:
     def progress(step: dict[str, Any]) -> None:
         loop.call_soon_threadsafe(queue.put_nowait, step)
 
-    job = asyncio.create_task(envs.package(name, progress, requested_by=actor_of(request)))
+    job = asyncio.create_task(envs.package(name, progress, by=principal_of(request)))
     response = await request.respond(content_type="application/x-ndjson")
     assert response is not None
     last_save = 0.0
@@ -165,6 +172,7 @@ async def create_tar(request: Request, name: str) -> HTTPResponse | None:
 
 
 @bp.websocket("/environments/<name:str>/shell")  # type: ignore[untyped-decorator]
+@rule("admin")
 async def shell(request: Request, ws: Any, name: str) -> None:
     """An interactive shell in the environment's container (see the module docstring)."""
     envs = environments(request)
@@ -176,7 +184,7 @@ async def shell(request: Request, ws: Any, name: str) -> None:
         rows, cols = 24, 80
     term = request.args.get("term", "xterm")
     try:
-        actor = actor_of(request)
+        by = principal_of(request)
         opened = await asyncio.to_thread(env_shells.open_shell, envs, name, rows, cols, term)
     except DomainError as exc:
         status = exc.status
@@ -190,9 +198,9 @@ async def shell(request: Request, ws: Any, name: str) -> None:
     session = new_id()
     address = request.ip or ""
     opened_event = EnvShellOpened(
-        name=name, session_id=session, requested_by=actor, client_address=address
+        name=name, session_id=session, requested_by=by.user, client_address=address
     )
-    await cp.execute(RecordFacts(events=(opened_event,)))
+    await cp.execute(RecordFacts(events=(opened_event,), actor=by))
     loop = asyncio.get_running_loop()
 
     async def output() -> None:
@@ -239,7 +247,7 @@ async def shell(request: Request, ws: Any, name: str) -> None:
                 task.exception()  # retrieved: a dropped socket is how a session ends
         ended_by_shell = output_pump in done
         ending = asyncio.ensure_future(
-            _end_session(cp, envs, opened, name, session, ended_by_shell)
+            _end_session(cp, envs, opened, name, session, ended_by_shell, by)
         )
         code = await asyncio.shield(ending)
     if ended_by_shell:
@@ -250,7 +258,13 @@ async def shell(request: Request, ws: Any, name: str) -> None:
 
 
 async def _end_session(
-    cp: Any, envs: Environments, opened: env_shells.Shell, name: str, session: str, ended: bool
+    cp: Any,
+    envs: Environments,
+    opened: env_shells.Shell,
+    name: str,
+    session: str,
+    ended: bool,
+    by: Principal,
 ) -> int | None:
     """Hang the shell up if it still runs, and record how the session ended."""
     code: int | None = None
@@ -259,7 +273,9 @@ async def _end_session(
     except Exception as exc:
         log.warning("ending shell session %s failed: %s", session, exc)
     await cp.execute(
-        RecordFacts(events=(EnvShellClosed(name=name, session_id=session, exit_code=code),))
+        RecordFacts(
+            events=(EnvShellClosed(name=name, session_id=session, exit_code=code),), actor=by
+        )
     )
     return code
 

@@ -16,13 +16,16 @@ from sanic import Blueprint, Request, Sanic
 from sanic.exceptions import ServiceUnavailable
 from sanic.response import HTTPResponse
 
+from control_plane.access import rule
 from control_plane.errors import InvalidRequest
 from control_plane.history import Cursor, HistoryClosed, HistoryService, state_document
 from control_plane.hub import ControlPlane
 from control_plane.routes.common import (
     answer,
+    check_may_act,
     control_plane,
     json_object,
+    principal_of,
     query_int,
     task_id_of,
 )
@@ -126,6 +129,7 @@ def _ended(request: Request) -> bool:
 
 
 @bp.get("/events")
+@rule("admin")
 async def list_events(request: Request) -> HTTPResponse:
     """A page of events after ``after``, filtered; ``next_after`` continues it."""
     cp = control_plane(request)
@@ -144,6 +148,7 @@ async def list_events(request: Request) -> HTTPResponse:
 
 
 @bp.get("/events/<seq:int>")
+@rule("admin")
 async def get_event(request: Request, seq: int) -> HTTPResponse:
     """One event by its seq."""
     service = _history(request)
@@ -164,6 +169,7 @@ def _resume_after(request: Request) -> int:
 
 
 @bp.get("/events/stream")
+@rule("admin")
 async def stream_events(request: Request) -> None:
     """Server-sent events (``id:`` = seq) after ``Last-Event-ID`` or ``after``, filtered."""
     cp = control_plane(request)
@@ -219,30 +225,40 @@ def _keepalive(request: Request) -> float:
 
 
 @bp.get("/tasks/<ident:str>/history")
+@rule("user")
 async def get_task_history(request: Request, ident: str) -> HTTPResponse:
     """Every event of a task, with the time between them."""
     cp = control_plane(request)
     service = _history(request)
     task_id = task_id_of(cp, ident)
+    _check_task(request, cp, task_id)
     return answer(await _read(request, lambda cur: service.history(cur).task_history(task_id)))
 
 
 @bp.get("/tasks/<ident:str>/why")
+@rule("user")
 async def get_task_why(request: Request, ident: str) -> HTTPResponse:
     """Where the task was placed and why, and why the other nodes were not chosen."""
     cp = control_plane(request)
     service = _history(request)
     task_id = task_id_of(cp, ident)
+    _check_task(request, cp, task_id)
     records = await _read(request, lambda cur: service.history(cur).task_events(task_id))
     # On the loop: it reads the live state (the nodes, for a task still pending), which
     # the --db mode (History.why) folds from the log.
     return answer(explain_placement(records, cp.state))
 
 
+def _check_task(request: Request, cp: ControlPlane, task_id: str) -> None:
+    task = cp.state.tasks[task_id]
+    check_may_act(request, task.spec.owner, f"task {task.number}")
+
+
 # -- time travel --------------------------------------------------------------------------
 
 
 @bp.get("/state")
+@rule("admin")
 async def get_state(request: Request) -> HTTPResponse:
     """The cluster now (with its seq), or at ``at`` (a seq or a time) as it was then."""
     cp = control_plane(request)
@@ -267,6 +283,7 @@ async def get_state(request: Request) -> HTTPResponse:
 
 
 @bp.get("/state/diff")
+@rule("admin")
 async def get_state_diff(request: Request) -> HTTPResponse:
     """What changed from ``a`` to ``b`` (seqs or times; ``b`` defaults to now)."""
     service = _history(request)
@@ -278,6 +295,7 @@ async def get_state_diff(request: Request) -> HTTPResponse:
 
 
 @bp.get("/audit")
+@rule("admin")
 async def get_audit(request: Request) -> HTTPResponse:
     """The hash chain and the invariants of the log, up to its last seq when asked."""
     service = _history(request)
@@ -286,6 +304,7 @@ async def get_audit(request: Request) -> HTTPResponse:
 
 
 @bp.post("/sql")
+@rule("admin")
 async def post_sql(request: Request) -> HTTPResponse:
     """One read-only SELECT over the log's views: ``{"sql": "...", "max_rows": N}``."""
     body = json_object(request, 'a JSON object {"sql": "SELECT ..."}')
@@ -294,14 +313,19 @@ async def post_sql(request: Request) -> HTTPResponse:
 
 
 @bp.get("/reports/<name:str>")
+@rule("user")
 async def get_report(request: Request, name: str) -> HTTPResponse:
     """A canned report (queue-wait, runtime, failures, utilization) by node or owner."""
-    query = report_query(name, request.args.get("by"), request.args.get("since"))
+    principal = principal_of(request)
+    # A user who is not an admin gets the report over their own tasks only.
+    owner = None if principal.is_admin else principal.user
+    query = report_query(name, request.args.get("by"), request.args.get("since"), owner)
     service = _history(request)
     return answer(await _read(request, lambda cur: service.history(cur).report(query)))
 
 
 @bp.get("/export/<name:str>")
+@rule("admin")
 async def get_export(request: Request, name: str) -> None:
     """The events or one view as an Arrow IPC stream (the CLI writes it as Parquet)."""
     chunks = _history(request).export(export_query(name, request.args.get("since")))

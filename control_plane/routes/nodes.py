@@ -7,6 +7,7 @@ from collections import Counter
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
+from control_plane.access import rule
 from control_plane.errors import NotFound
 from control_plane.routes.common import answer, control_plane
 from control_plane.views import NodeOut
@@ -15,6 +16,7 @@ bp = Blueprint("nodes", url_prefix="/api")
 
 
 @bp.get("/nodes")
+@rule("user")
 async def list_nodes(request: Request) -> HTTPResponse:
     """Every node ever registered, online or not."""
     state = control_plane(request).state
@@ -23,6 +25,7 @@ async def list_nodes(request: Request) -> HTTPResponse:
 
 
 @bp.get("/nodes/<name:str>")
+@rule("user")
 async def get_node(request: Request, name: str) -> HTTPResponse:
     """One node in detail."""
     state = control_plane(request).state
@@ -33,8 +36,16 @@ async def get_node(request: Request, name: str) -> HTTPResponse:
 
 
 @bp.get("/health")
+@rule("public")
 async def health(request: Request) -> HTTPResponse:
-    """Is the control plane up, and a summary of the cluster."""
+    """Is the control plane up (a bare liveness probe: no token, no data)."""
+    return answer({"status": "ok"})
+
+
+@bp.get("/summary")
+@rule("user")
+async def summary(request: Request) -> HTTPResponse:
+    """A summary of the cluster: nodes online, agents connected, tasks by state."""
     cp = control_plane(request)
     state = cp.state
     by_state = Counter(t.state for t in state.tasks.values())

@@ -7,6 +7,7 @@ import asyncio
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
+from control_plane.access import rule
 from control_plane.commands import KillTask, PauseTask, SubmitTasks
 from control_plane.env_default import DefaultEnvironment
 from control_plane.errors import Conflict, InvalidRequest, NotFound
@@ -18,10 +19,12 @@ from control_plane.requests import (
     decode_submit,
 )
 from control_plane.routes.common import (
-    actor_of,
     answer,
+    check_may_act,
     control_plane,
     json_object,
+    may_see,
+    principal_of,
     query_int,
     task_id_of,
 )
@@ -34,8 +37,9 @@ bp = Blueprint("tasks", url_prefix="/api")
 
 
 async def _submit(
-    cp: ControlPlane, requests: list[SubmitTask], default: DefaultEnvironment
+    request: Request, requests: list[SubmitTask], default: DefaultEnvironment
 ) -> HTTPResponse:
+    cp = control_plane(request)
     docker = cp.settings.docker
     if any(r.container is None for r in requests) and not is_no_container(
         docker.default_container_name
@@ -44,7 +48,9 @@ async def _submit(
         if problem is not None:
             raise InvalidRequest("container", f"no --container given, and {problem}")
     batch_id = new_id()
-    outcome = await cp.execute(SubmitTasks(requests=tuple(requests), batch_id=batch_id))
+    outcome = await cp.execute(
+        SubmitTasks(requests=tuple(requests), batch_id=batch_id, actor=principal_of(request))
+    )
     recorded = outcome.decision.submitted
     return answer(
         {
@@ -57,35 +63,46 @@ async def _submit(
 
 
 @bp.post("/tasks")
+@rule("user")
 async def submit(request: Request) -> HTTPResponse:
     """One ``task.submitted`` per target, tied by a batch id."""
     return await _submit(
-        control_plane(request), [decode_submit(request.body)], request.app.ctx.default_environment
+        request, [decode_submit(request.body)], request.app.ctx.default_environment
     )
 
 
 @bp.post("/batches")
+@rule("user")
 async def submit_batch(request: Request) -> HTTPResponse:
     """Several submit requests as one batch: every task recorded, or none."""
     return await _submit(
-        control_plane(request),
+        request,
         decode_batch(request.body).tasks,
         request.app.ctx.default_environment,
     )
 
 
 @bp.get("/batches/<batch_id:str>")
+@rule("user")
 async def get_batch(request: Request, batch_id: str) -> HTTPResponse:
     """The tasks of one batch, in submission order."""
     tasks = [t for t in control_plane(request).state.tasks.values() if t.spec.batch_id == batch_id]
     if not tasks:
         raise NotFound("batch_id", f"no batch {batch_id!r}")
-    return answer({"batch_id": batch_id, "tasks": [TaskOut.of(t) for t in tasks]})
+    return answer(
+        {
+            "batch_id": batch_id,
+            "tasks": [TaskOut.of(t, may_see(request, t.spec.owner)) for t in tasks],
+        }
+    )
 
 
 @bp.get("/tasks")
+@rule("user")
 async def list_tasks(request: Request) -> HTTPResponse:
-    """Tasks filtered by status, node, batch and owner; newest first unless ``order=asc``."""
+    """The caller's tasks (``all_users=1``: everyone's; ``owner=U``: U's) filtered by status,
+    node and batch; newest first unless ``order=asc``. Other users' tasks come redacted
+    (``TaskOut.redacted``) unless the caller is an admin."""
     wanted: set[str] = set()
     for raw in request.args.getlist("status", []):
         wanted.update(s.strip() for s in raw.split(",") if s.strip())
@@ -94,7 +111,11 @@ async def list_tasks(request: Request) -> HTTPResponse:
         raise InvalidRequest("status", f"unknown state {unknown[0]!r}; one of {', '.join(STATES)}")
     node = request.args.get("node")
     batch = request.args.get("batch")
+    principal = principal_of(request)
     owner = request.args.get("owner")
+    all_users = request.args.get("all_users", "0").lower() in ("1", "true", "yes")
+    if owner is None and batch is None and not all_users:
+        owner = principal.user
     limit = query_int(request, "limit", minimum=1) or 1000
     order = request.args.get("order", "desc")
     if order not in ("asc", "desc"):
@@ -111,7 +132,7 @@ async def list_tasks(request: Request) -> HTTPResponse:
             or (owner is not None and task.spec.owner != owner)
         ):
             continue
-        found.append(TaskOut.of(task))
+        found.append(TaskOut.of(task, may_see(request, task.spec.owner)))
         if len(found) >= limit:
             break
     return answer({"tasks": found})
@@ -122,37 +143,43 @@ def _task(cp: ControlPlane, ident: str) -> TaskView:
 
 
 @bp.get("/tasks/<ident:str>")
+@rule("user")
 async def get_task(request: Request, ident: str) -> HTTPResponse:
-    """One task in detail."""
-    return answer(TaskOut.of(_task(control_plane(request), ident)))
+    """One task in detail (redacted for a caller who is neither its owner nor an admin)."""
+    task = _task(control_plane(request), ident)
+    return answer(TaskOut.of(task, may_see(request, task.spec.owner)))
 
 
-def _requester(request: Request) -> tuple[str, str]:
-    """Who asked (control_plane/actors.py: the same rule for kill, pause and resume), and why."""
+def _reason(request: Request) -> str:
+    """Why the caller asks (kill). Who asks is the authenticated caller, never the body:
+    a ``requested_by`` in it is ignored (clients written before authentication send one)."""
     body = json_object(request) if request.body else {}
-    by, reason = body.get("requested_by"), body.get("reason", "")
-    if by is not None and not isinstance(by, str):
-        raise InvalidRequest("requested_by", "must be a string")
+    reason = body.get("reason", "")
     if not isinstance(reason, str):
         raise InvalidRequest("reason", "must be a string")
-    return actor_of(request, by), reason
+    if len(reason) > 1000:
+        raise InvalidRequest("reason", "at most 1000 characters")
+    return reason
 
 
 @bp.post("/tasks/<ident:str>/kill")
+@rule("user")
 async def kill(request: Request, ident: str) -> HTTPResponse:
     """Kill a task: at once while queued, through its node's agent otherwise."""
     cp = control_plane(request)
-    by, reason = _requester(request)
+    reason = _reason(request)
     task = _task(cp, ident)
-    await cp.execute(KillTask(task_id=task.task_id, requested_by=by, reason=reason))
+    await cp.execute(KillTask(task_id=task.task_id, actor=principal_of(request), reason=reason))
     return answer({"task_id": task.task_id, "number": task.number, "state": task.state}, status=202)
 
 
 async def _pause_or_resume(request: Request, ident: str, resume: bool) -> HTTPResponse:
     cp = control_plane(request)
-    by, _ = _requester(request)
+    _reason(request)
     task = _task(cp, ident)
-    outcome = await cp.execute(PauseTask(task_id=task.task_id, requested_by=by, resume=resume))
+    outcome = await cp.execute(
+        PauseTask(task_id=task.task_id, actor=principal_of(request), resume=resume)
+    )
     if not all(outcome.delivered):
         verb = "resume" if resume else "pause"
         raise Conflict("task_id", f"cannot {verb} now: node {task.node} is not connected")
@@ -160,12 +187,14 @@ async def _pause_or_resume(request: Request, ident: str, resume: bool) -> HTTPRe
 
 
 @bp.post("/tasks/<ident:str>/pause")
+@rule("user")
 async def pause(request: Request, ident: str) -> HTTPResponse:
     """Freeze a running task (SIGSTOP / docker pause on its node)."""
     return await _pause_or_resume(request, ident, resume=False)
 
 
 @bp.post("/tasks/<ident:str>/resume")
+@rule("user")
 async def resume(request: Request, ident: str) -> HTTPResponse:
     """Continue a paused task."""
     return await _pause_or_resume(request, ident, resume=True)
@@ -174,6 +203,7 @@ async def resume(request: Request, ident: str) -> HTTPResponse:
 async def _output(request: Request, ident: str, stream: Stream) -> HTTPResponse | None:
     cp = control_plane(request)
     task = _task(cp, ident)
+    check_may_act(request, task.spec.owner, f"the output of task {task.number}")
     offset = query_int(request, "offset")
     tail = query_int(request, "tail")
     follow = request.args.get("follow", "0").lower() in ("1", "true", "yes")
@@ -207,12 +237,14 @@ async def _output(request: Request, ident: str, stream: Stream) -> HTTPResponse 
 
 
 @bp.get("/tasks/<ident:str>/stdout")
+@rule("user")
 async def stdout(request: Request, ident: str) -> HTTPResponse | None:
     """The task's standard output (``offset``, ``tail``, ``follow``)."""
     return await _output(request, ident, "stdout")
 
 
 @bp.get("/tasks/<ident:str>/stderr")
+@rule("user")
 async def stderr(request: Request, ident: str) -> HTTPResponse | None:
     """The task's standard error (``offset``, ``tail``, ``follow``)."""
     return await _output(request, ident, "stderr")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from support.decisions import context
+from support.decisions import context, principal
 from support.factories import record_in_memory
 
 from control_plane.commands import KillTask
@@ -99,14 +99,14 @@ def test_kill_of_a_queued_task_finishes_it_at_once() -> None:
     (submitted,) = submit(state)
     state.apply_all(record_in_memory([new_event(submitted, source="host")], start_seq=10))
     decision = decide_kill(
-        state, KillTask(task_id=submitted.task_id, requested_by="alice"), context()
+        state, KillTask(task_id=submitted.task_id, actor=principal("alice", "admin")), context()
     )
     events = decision.events
     assert [type(e) for e in events] == [TaskKillRequested, TaskFinished]
     assert events[1].state == "killed"  # type: ignore[union-attr]
     assert decision.sends == []  # nothing to tell any node
     with pytest.raises(NotFound, match="no task"):
-        decide_kill(state, KillTask(task_id="nope", requested_by="alice"), context())
+        decide_kill(state, KillTask(task_id="nope", actor=principal("alice")), context())
 
 
 @pytest.mark.parametrize(

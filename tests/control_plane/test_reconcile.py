@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import msgspec
 import pytest
-from support.decisions import context
+from support.decisions import context, principal
 from support.factories import record_in_memory
 
 from control_plane.commands import (
@@ -126,7 +126,9 @@ def decide_hello(state: ClusterState, hi: link.Hello, *, now_us: int, grace_s: f
 
 
 def decide_kill(state: ClusterState, task_id: str, by: str) -> list[AnyEvent]:
-    return decide_kill_cmd(state, KillTask(task_id=task_id, requested_by=by), context()).events
+    return decide_kill_cmd(
+        state, KillTask(task_id=task_id, actor=principal(by, "admin")), context()
+    ).events
 
 
 # -- going silent --------------------------------------------------------------------------
@@ -394,7 +396,7 @@ def test_pause_and_resume_need_the_right_state_and_a_connected_node(
 ) -> None:
     h = History()
     task_id = h.task(state)
-    command = PauseTask(task_id=task_id, requested_by="alice", resume=resume)
+    command = PauseTask(task_id=task_id, actor=principal("alice", "admin"), resume=resume)
     ctx = context("n1") if connected else context()
     if refusal is not None:
         with pytest.raises(Conflict, match=refusal):
@@ -413,4 +415,6 @@ def test_an_unknown_task_cannot_be_paused_its_node_is_unreachable() -> None:
     task_id = h.task("running")
     h.go_silent()
     with pytest.raises(Conflict, match="unreachable"):
-        decide_pause(h.state, PauseTask(task_id=task_id, requested_by="a"), context("n1"))
+        decide_pause(
+            h.state, PauseTask(task_id=task_id, actor=principal("a", "admin")), context("n1")
+        )

@@ -23,8 +23,18 @@ def _batch(number: int, events: list[object]) -> bytes:
     return link.encode(link.EventBatch(batch=number, body=msgspec.json.encode(events)))
 
 
-async def _talk(url: str) -> tuple[link.HostMessage, link.HostMessage, link.HostMessage]:
-    async with connect(url.replace("http", "ws") + "/api/agents/ws") as ws:
+def _link(url: str, credential: str) -> connect:
+    """The agent websocket, presenting ``credential``."""
+    return connect(
+        url.replace("http", "ws") + "/api/agents/ws",
+        additional_headers={"Authorization": f"Bearer {credential}"},
+    )
+
+
+async def _talk(
+    url: str, credential: str
+) -> tuple[link.HostMessage, link.HostMessage, link.HostMessage]:
+    async with _link(url, credential) as ws:
         await ws.send(link.encode(link.Hello(node="fake", cores=2, memory_bytes=1 << 30)))
         welcome = link.decode_host_message(await ws.recv())
         assert isinstance(welcome, link.Welcome)
@@ -41,7 +51,7 @@ async def _talk(url: str) -> tuple[link.HostMessage, link.HostMessage, link.Host
 
 def test_a_bad_batch_is_refused_whole_and_a_resend_is_idempotent(tmp_path: Path) -> None:
     with running_cluster(tmp_path, agents=()) as cluster:
-        refused, accepted, again = asyncio.run(_talk(cluster.url))
+        refused, accepted, again = asyncio.run(_talk(cluster.url, cluster.enroll("fake")))
         assert isinstance(refused, link.Nack) and refused.batch == 1
         assert "events[1]" in refused.reason and "other" in refused.reason
         assert isinstance(accepted, link.Ack) and accepted.batch == 2
@@ -51,8 +61,8 @@ def test_a_bad_batch_is_refused_whole_and_a_resend_is_idempotent(tmp_path: Path)
     assert len(heartbeats) == 1 and heartbeats[0][0] == accepted.seqs[0]
 
 
-async def _forge_submit(url: str) -> link.HostMessage:
-    async with connect(url.replace("http", "ws") + "/api/agents/ws") as ws:
+async def _forge_submit(url: str, credential: str) -> link.HostMessage:
+    async with _link(url, credential) as ws:
         await ws.send(link.encode(link.Hello(node="fake", cores=2, memory_bytes=1 << 30)))
         await ws.recv()
         from events.types import TaskSpec
@@ -66,6 +76,6 @@ async def _forge_submit(url: str) -> link.HostMessage:
 
 def test_an_agent_may_not_record_decisions(tmp_path: Path) -> None:
     with running_cluster(tmp_path, agents=()) as cluster:
-        answer = asyncio.run(_forge_submit(cluster.url))
+        answer = asyncio.run(_forge_submit(cluster.url, cluster.enroll("fake")))
         assert isinstance(answer, link.Nack) and "task.submitted" in answer.reason
         assert cluster.http.get("/api/tasks").json()["tasks"] == []

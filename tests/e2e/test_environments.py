@@ -13,7 +13,6 @@ the tarball, exactly as a second machine would.
 from __future__ import annotations
 
 import contextlib
-import getpass
 import json
 import subprocess
 import sys
@@ -176,15 +175,16 @@ def test_the_environment_round_trip(tmp_path: Path, env_name: str) -> None:
     ):
         assert kind in kinds, (kind, kinds)
     assert kinds.count("env.packaged") == 2
-    # Every change asked for through the CLI names the user who ran it (one actor rule)
+    # Every change asked for through the CLI names the authenticated user (one actor rule)
     con = duckdb.connect(str(cluster.db_file), read_only=True)
     actors = con.execute(
-        "SELECT DISTINCT payload->>'$.requested_by' FROM events"
+        "SELECT DISTINCT payload->>'$.requested_by' || ' ' || (payload->>'$.actor.user')"
+        " FROM events"
         " WHERE stream = ? AND kind <> 'env.synced' AND kind <> 'env.shell_closed'",
         [f"env:{env_name}"],
     ).fetchall()
     con.close()
-    assert actors == [(getpass.getuser(),)]
+    assert actors == [("admin admin",)]
 
 
 def test_bad_requests_are_refused_with_the_field(tmp_path: Path, env_name: str) -> None:
@@ -318,7 +318,8 @@ def test_a_shell_whose_client_vanishes_is_hung_up_and_recorded(
     with running_cluster(tmp_path, agents=()) as cluster:
         ok(hakuriver(cluster, "docker", "create-container", BUSYBOX_IMAGE, env_name))
         url = cluster.url.replace("http://", "ws://") + f"/api/environments/{env_name}/shell"
-        with connect(url) as ws:
+        auth = {"Authorization": f"Bearer {cluster.admin_token}"}
+        with connect(url, additional_headers=auth) as ws:
             ws.send(b"echo started-$((6*7))\n")
             seen = b""
             deadline = time.monotonic() + 20

@@ -371,6 +371,7 @@ def test_audit_through_the_api_names_the_first_tampered_seq(tmp_path: Path) -> N
     copy_root = tmp_path / "tampered"
     copy_root.mkdir()
     shutil.copy(db, copy_root / "hakuriver.duckdb")
+    shutil.copy(db.parent / "admin.token", copy_root / "admin.token")
     con = duckdb.connect(str(copy_root / "hakuriver.duckdb"))
     ((seq,),) = con.execute("SELECT min(seq) FROM events WHERE kind = 'task.placed'").fetchall()
     con.execute(

@@ -29,6 +29,7 @@ def test_a_process_task_runs_hakurun_with_a_path_that_lacks_the_venv(tmp_path: P
         log = (tmp_path / "agent-bare.log").open("ab")
         cluster._logs.append(log)  # closed with the cluster
         argv = ["runner", "--name", "bare", "--config", str(cluster.config)]
+        argv += ["--join", cluster.token(kind="join")]
         cluster.agents["bare"] = subprocess.Popen(
             [sys.executable, "-m", "cli.hakuriver.serve", *argv],
             stdout=log,

@@ -26,6 +26,9 @@ def _processes_using(data_dir: Path) -> list[psutil.Process]:
     return found
 
 
+HI = ("echo", "hi")
+
+
 def test_up_runs_a_task_and_ctrl_c_stops_host_and_agent(tmp_path: Path) -> None:
     port = free_port()
     data = tmp_path / "data"
@@ -54,11 +57,23 @@ def test_up_runs_a_task_and_ctrl_c_stops_host_and_agent(tmp_path: Path) -> None:
 
             def one_node_online() -> bool:
                 try:
-                    return http.get("/api/health").json()["nodes_online"] == 1
-                except httpx.HTTPError:
+                    token = (data / "admin.token").read_text().strip()
+                    http.headers["Authorization"] = f"Bearer {token}"
+                    return http.get("/api/summary").json()["nodes_online"] == 1
+                except (httpx.HTTPError, OSError, KeyError):
                     return False
 
             wait_until(one_node_online, timeout=30)
+            # The README's path: no token given anywhere, and no manual step.
+            cli = subprocess.run(
+                [sys.executable, "-m", "cli.hakuriver", "task", "submit", "--wait", "--", *HI],
+                env=dict(env, HAKURIVER_URL=url),
+                capture_output=True,
+                timeout=60,
+                cwd=REPO,
+            )
+            assert cli.returncode == 0, cli.stderr.decode()
+            assert (tmp_path / ".hakuriver" / "token").stat().st_mode & 0o777 == 0o600
             r = http.post("/api/tasks", json={"command": "echo", "args": ["hello"]})
             assert r.status_code == 201, r.text
             [task_id] = r.json()["task_ids"]
@@ -172,8 +187,10 @@ class Up:
         def online() -> bool:
             assert self.proc.poll() is None, self.log.read_text()
             try:
-                return bool(self.http.get("/api/health").json()["nodes_online"] == 1)
-            except httpx.HTTPError:
+                token = (data / "admin.token").read_text().strip()
+                self.http.headers["Authorization"] = f"Bearer {token}"
+                return bool(self.http.get("/api/summary").json()["nodes_online"] == 1)
+            except (httpx.HTTPError, OSError, KeyError):
                 return False
 
         wait_until(online, timeout=30)

@@ -79,6 +79,8 @@ policy = "{policy}"
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
         self.http = httpx.Client(base_url=self.url, timeout=10)
         self._logs: list[Any] = []
+        # The first admin's token (the host writes it at its first start).
+        self.admin_token: str | None = None
 
     @property
     def shared(self) -> Path:
@@ -94,6 +96,8 @@ policy = "{policy}"
         env["HAKURIVER_URL"] = self.url
         env["HAKURIVER_CONFIG"] = str(self.config)
         env["PYTHONPATH"] = str(REPO)
+        if self.admin_token:
+            env["HAKURIVER_TOKEN"] = self.admin_token
         return env
 
     def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
@@ -110,6 +114,8 @@ policy = "{policy}"
         """Start the control plane and wait until it answers."""
         self.host = self._spawn("host", "host")
         self.wait(lambda: self._healthy(), 30, "the control plane to answer")
+        self.admin_token = (self.root / "admin.token").read_text().strip()
+        self.http.headers["Authorization"] = f"Bearer {self.admin_token}"
 
     def _healthy(self) -> bool:
         assert self.host is not None
@@ -129,11 +135,49 @@ policy = "{policy}"
 
     def start_agent(self, name: str, *, wait: bool = True) -> subprocess.Popen[bytes]:
         """Start a node agent called ``name``; by default wait until it is online."""
-        agent = self._spawn(f"agent-{name}", "runner", "--name", name)
+        join: list[str] = []
+        if not (self.root / f"runner-{name}" / "agent.token").exists():
+            # A runner whose state dir is gone (a rebuilt machine): as an admin would,
+            # revoke the name's old credential before it joins again.
+            tokens = self.http.get("/api/tokens", params={"all": 1}).json()["tokens"]
+            if any(t["node"] == name and not t["revoked"] for t in tokens):
+                revoked = self.http.post(f"/api/nodes/{name}/revoke")
+                assert revoked.status_code == 200, revoked.text
+            join = ["--join", self.token(kind="join", uses=1)]
+        agent = self._spawn(f"agent-{name}", "runner", "--name", name, *join)
         self.agents[name] = agent
         if wait:
             self.wait_node(name, online=True)
         return agent
+
+    # -- identity --------------------------------------------------------------------------
+
+    def token(self, user: str | None = None, **fields: Any) -> str:
+        """A new token (for ``user``, default the admin), made with the admin's token."""
+        body: dict[str, Any] = dict(fields)
+        if user is not None:
+            body["user"] = user
+        answer = self.http.post("/api/tokens", json=body)
+        assert answer.status_code == 201, answer.text
+        return str(answer.json()["token"])
+
+    def add_user(self, name: str, role: str = "user") -> str:
+        """Make user ``name``; their first token."""
+        answer = self.http.post("/api/users", json={"name": name, "role": role})
+        assert answer.status_code == 201, answer.text
+        return self.token(name)
+
+    def enroll(self, node: str) -> str:
+        """Node ``node``'s agent credential, through a fresh single-use join token."""
+        with self.client_as(self.token(kind="join", uses=1)) as joiner:
+            answer = joiner.post("/api/join", json={"node": node})
+        assert answer.status_code == 201, answer.text
+        return str(answer.json()["token"])
+
+    def client_as(self, token: str | None) -> httpx.Client:
+        """An HTTP client presenting ``token`` (None: no token at all)."""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, timeout=10, headers=headers)
 
     def stop_agent(self, name: str, sig: int = signal.SIGTERM) -> None:
         """Stop an agent (SIGKILL for a crash); its tasks keep running."""
@@ -196,7 +240,7 @@ policy = "{policy}"
         return r.json() if r.status_code == 200 else None
 
     def health(self) -> dict[str, Any]:
-        health: dict[str, Any] = self.http.get("/api/health").json()
+        health: dict[str, Any] = self.http.get("/api/summary").json()
         return health
 
     def events(self, kind: str | None = None) -> list[tuple[Any, ...]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from control_plane.access import Principal
 from control_plane.commands import Context
 from control_plane.scheduler import Scheduler
 from control_plane.settings import HostSettings
@@ -20,3 +21,8 @@ def context(
         new_id=new_id,
         now_mono=now_mono,
     )
+
+
+def principal(user: str = "alice", role: str = "user") -> Principal:
+    """An authenticated user, as the routes hand one to a command."""
+    return Principal(user=user, role=role, token_id="t-" + user, token_kind="user")
