@@ -142,7 +142,9 @@ class HistoryService:
 
     def _new_cursor(self) -> Cursor:
         cursor = store_cursor(self.store)
-        install_views(cursor, "main.events", temporary=True)
+        ((catalog,),) = cursor.execute("SELECT current_database()").fetchall()
+        # Fully qualified: the TEMP view ``events`` lives in temp.main and shadows the table.
+        install_views(cursor, f'"{catalog}".main.events', temporary=True)
         with self._cursors_lock:
             self._cursors.append(cursor)
         return cursor

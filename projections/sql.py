@@ -115,6 +115,7 @@ SELECT
     coalesce(any_value((payload->'$.spec.args')::VARCHAR[])
         FILTER (WHERE kind = 'task.submitted'), []::VARCHAR[]) AS args,
     any_value(payload->>'$.spec.owner') FILTER (WHERE kind = 'task.submitted') AS owner,
+    any_value(payload->>'$.actor.user') FILTER (WHERE kind = 'task.submitted') AS actor,
     any_value(payload->>'$.spec.batch_id') FILTER (WHERE kind = 'task.submitted') AS batch_id,
     any_value(payload->>'$.spec.container') FILTER (WHERE kind = 'task.submitted') AS container
 FROM t

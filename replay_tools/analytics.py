@@ -60,7 +60,11 @@ _COMMAND_LINE = """array_to_string(list_transform(list_prepend(command, args), l
 def view_sql(source: str) -> dict[str, str]:
     """The documented views (docs/history.md) over ``source``, the events table."""
     return {
-        "events": f"SELECT * FROM {source}",
+        # Who made the request that caused each event (null: an agent's report, a loop's).
+        "events": f"""
+            SELECT *, payload->>'$.actor.user' AS actor, payload->>'$.actor.token' AS actor_token
+            FROM {source}
+        """,
         "tasks": f"""
             SELECT *,
                 {DURATIONS_SQL},
@@ -89,7 +93,8 @@ def view_sql(source: str) -> dict[str, str]:
                 (payload->>'$.numa_id')::BIGINT AS numa_id,
                 payload->>'$.policy' AS policy, payload->>'$.reason' AS reason,
                 coalesce(json_array_length(payload->'$.rejected'), 0) AS rejected_count,
-                (payload->'$.rejected')::VARCHAR AS rejected
+                (payload->'$.rejected')::VARCHAR AS rejected,
+                payload->>'$.actor.user' AS actor
             FROM {source} WHERE kind = 'task.placed'
         """,
     }
@@ -163,8 +168,8 @@ def install_views(con: duckdb.DuckDBPyConnection, source: str, *, temporary: boo
     """Create the documented views over ``source`` on ``con`` (TEMP: this cursor only)."""
     kind = "TEMP VIEW" if temporary else "VIEW"
     for name, sql in view_sql(source).items():
-        if name == "events" and source.endswith(".events") and temporary:
-            continue  # live, ``events`` is the store's table itself
+        # Live, ``events`` shadows the store's table (qualified in ``source``) with the
+        # view that adds the actor columns.
         con.execute(f"CREATE OR REPLACE {kind} {name} AS {sql}")
 
 

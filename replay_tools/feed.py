@@ -32,6 +32,7 @@ class EventFilter(msgspec.Struct, frozen=True, kw_only=True):
     task_id: str | None = None  # stream task:<id>
     node: str | None = None  # stream node:<name>, or any event whose payload names the node
     source: str | None = None
+    actor: str | None = None  # events caused by this user's requests
     since_us: int | None = None  # recorded at or after
     until_us: int | None = None  # recorded at or before
     since_seq: int | None = None  # first seq included
@@ -111,6 +112,9 @@ def _where(flt: EventFilter) -> tuple[list[str], list[Any]]:
     if flt.source is not None:
         where.append("source = ?")
         params.append(flt.source)
+    if flt.actor is not None:
+        where.append("payload->>'$.actor.user' = ?")
+        params.append(flt.actor)
     if flt.since_us is not None:
         where.append("recorded_at >= make_timestamptz(?::BIGINT)")
         params.append(flt.since_us)

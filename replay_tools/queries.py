@@ -78,6 +78,7 @@ class EventQuery:
     task: str | None = None  # a task's number, id or id prefix
     node: str | None = None
     source: str | None = None
+    actor: str | None = None  # a user: the events their requests caused
     since: str | None = None  # points
     until: str | None = None
 
@@ -88,7 +89,7 @@ class EventQuery:
             out["kind"] = list(self.kinds)
         if self.exclude:
             out["exclude"] = list(self.exclude)
-        for key in ("task", "node", "source", "since", "until"):
+        for key in ("task", "node", "source", "actor", "since", "until"):
             value = getattr(self, key)
             if value is not None:
                 out[key] = value
@@ -120,6 +121,7 @@ def event_filter(query: EventQuery, names: Names) -> EventFilter:
         task_id=names.task_id(query.task, "task") if query.task is not None else None,
         node=query.node,
         source=query.source,
+        actor=query.actor,
         since_seq=since.seq if since else None,
         since_us=since.at_us if since else None,
         until_seq=until.seq if until else None,

@@ -42,6 +42,7 @@ def tail(
     task: str | None = None,
     node: str | None = None,
     source: str | None = None,
+    actor: str | None = None,
     since: PointText | None = None,
     lines: Annotated[Positive, Parameter(name=["--lines", "-n"])] = 20,
     every_kind: Annotated[bool, Parameter(name="--all")] = False,
@@ -69,6 +70,8 @@ def tail(
         Only events of this node, or naming it (placements, starts, ...).
     source
         Only events emitted by this source (host, a node name).
+    actor
+        Only events caused by this user's requests (who did this?).
     since
         Every event from this point on: a seq (1200), a time (2026-11-21T10:00:00Z), or a
         relative time (-10m, -2h). Without it, the last --lines events.
@@ -86,6 +89,7 @@ def tail(
         task=task,
         node=node,
         source=source,
+        actor=actor,
         since=since,
     )
     emit = _print_json_line if as_json else _print_line
@@ -158,3 +162,5 @@ def show_event(
 
 
 events_app.command(show_event, name="show")
+# ``hakuriver events --actor bob`` is ``events tail --actor bob``.
+events_app.default(tail)

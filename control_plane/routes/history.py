@@ -112,6 +112,7 @@ def _filter(request: Request, cp: ControlPlane) -> EventFilter:
         task=request.args.get("task"),
         node=request.args.get("node"),
         source=request.args.get("source"),
+        actor=request.args.get("actor"),
         since=request.args.get("since"),
         until=request.args.get("until"),
     )

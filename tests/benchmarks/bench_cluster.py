@@ -42,7 +42,7 @@ def report(name: str, value: float) -> None:
 def _wait_all(http: httpx.Client, count: int, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        tasks = http.get("/api/health").json()["tasks"]
+        tasks = http.get("/api/summary").json()["tasks"]
         done = sum(n for state, n in tasks.items() if state in FINAL)
         if done >= count:
             bad = {s: n for s, n in tasks.items() if s in FINAL and s != "completed"}

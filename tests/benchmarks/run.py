@@ -14,6 +14,7 @@ BENCHMARKS = [
     "bench_store.py",
     "bench_cluster.py",
     "bench_cli.py",
+    "bench_auth.py",
     "bench_history.py",
     "bench_docker.py",
 ]

@@ -549,6 +549,22 @@ def test_kill_pause_and_resume_record_the_same_actor(
             "task.kill_requested": mine,
         }
         assert cluster.task(task_id)["kill_requested_by"] == "bob"
+        # History answers "who did this": events --actor, and the views' actor column
+        bobs = ok_lines(hakuriver(cluster, "events", "--actor", "bob", "--json"))
+        assert {e["payload"]["actor"]["user"] for e in bobs} == {"bob"}
+        assert {e["kind"] for e in bobs} >= {
+            "task.submitted",
+            "task.kill_requested",
+        }
+        answer = cluster.http.post(
+            "/api/sql",
+            json={
+                "sql": "SELECT DISTINCT e.actor, t.actor FROM events e JOIN tasks t"
+                f" ON e.stream = 'task:' || t.task_id WHERE t.task_id = '{task_id}'"
+                " AND e.kind = 'task.submitted'"
+            },
+        ).json()
+        assert answer.get("rows") == [["bob", "bob"]], answer
         # And a client cannot name someone else: the old header and body are ignored
         [other] = cluster.submit("sh", *gated(cluster.root / "never"))
         cluster.wait_state(other, "running")
