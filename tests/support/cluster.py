@@ -96,10 +96,11 @@ policy = "{policy}"
         env["PYTHONPATH"] = str(REPO)
         return env
 
-    def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, *args: str, config: Path | None = None) -> subprocess.Popen[bytes]:
         log = (self.root / f"{name}.log").open("ab")
         self._logs.append(log)
-        command = [sys.executable, "-m", "cli.hakuriver.serve", *args, "--config", str(self.config)]
+        config = config or self.config
+        command = [sys.executable, "-m", "cli.hakuriver.serve", *args, "--config", str(config)]
         return subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=self.env(), cwd=REPO
         )
@@ -127,9 +128,18 @@ policy = "{policy}"
         self.host.wait(30)
         self.host = None
 
-    def start_agent(self, name: str, *, wait: bool = True) -> subprocess.Popen[bytes]:
-        """Start a node agent called ``name``; by default wait until it is online."""
-        agent = self._spawn(f"agent-{name}", "runner", "--name", name)
+    def start_agent(
+        self, name: str, *, wait: bool = True, extra: str = ""
+    ) -> subprocess.Popen[bytes]:
+        """Start a node agent called ``name``; by default wait until it is online.
+
+        ``extra``: TOML appended to the cluster's configuration for this agent only.
+        """
+        config = None
+        if extra:
+            config = self.root / f"config-{name}.toml"
+            config.write_text(self.config.read_text() + "\n" + extra)
+        agent = self._spawn(f"agent-{name}", "runner", "--name", name, config=config)
         self.agents[name] = agent
         if wait:
             self.wait_node(name, online=True)
