@@ -7,7 +7,8 @@ already count every task placed and not yet final (assigning, running,
 paused), and ``plan`` adds what it places in the same pass, so nothing is ever
 double-allocated. A task that does not fit now stays pending; later tasks that
 do fit may go first (backfill), so one large task does not stall the queue.
-Offline nodes get nothing.
+Offline nodes get nothing, and neither does a node that runs tasks as their owners
+(``[runner] run_tasks_as = "owner"``) and has no account of the task's owner.
 
 Every placement comes out as a ``task.placed`` event carrying the policy, the
 reason and the nodes rejected with theirs.
@@ -107,7 +108,8 @@ class Scheduler:
                 candidates = self._order(names, rooms)
             rejected: list[Rejection] = []
             for name in candidates:
-                refusal = rooms[name].refusal(task)
+                no_account = state.nodes[name].account_refusal(task.spec.owner)
+                refusal = no_account or rooms[name].refusal(task)
                 if refusal is None:
                     rooms[name].take(task)
                     if self.policy == "round-robin" and target is None:

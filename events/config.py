@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import socket
+from typing import Literal
 
 # Where the host's event log and each runner's state live unless [paths] data_dir says.
 DEFAULT_DATA_DIR = "~/.hakuriver"
@@ -24,6 +25,16 @@ NODE_NAME_MAX = 64
 NODE_NAME = rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{NODE_NAME_MAX - 1}}}"
 NODE_NAME_PATTERN = rf"^{NODE_NAME}$"
 _NODE_NAME = re.compile(NODE_NAME_PATTERN)
+
+# ``[runner] run_tasks_as``: who a node's tasks run as. ``runner``: the runner's own user
+# (the seeds' behaviour); ``owner``: the Unix account named like the task's owner on that
+# node, as Slurm does (the runner must be root).
+RunTasksAs = Literal["runner", "owner"]
+
+# At most this many account names travel in an owner-mode runner's hello. A node with
+# more lists none: the host then cannot check its accounts at placement, and a task whose
+# owner has no account there fails when it starts (with a message naming the account).
+MAX_ACCOUNTS = 10_000
 
 
 def is_no_container(name: str | None) -> bool:

@@ -32,7 +32,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta, Struct
 
-from events.config import NODE_NAME_MAX, NODE_NAME_PATTERN
+from events.config import MAX_ACCOUNTS, NODE_NAME_MAX, NODE_NAME_PATTERN, RunTasksAs
 from events.envelope import NewEvent
 from events.types import GpuInfo, NumaNode, TaskSpec
 
@@ -73,6 +73,10 @@ class Hello(Message, frozen=True, kw_only=True, tag="hello"):
     running: tuple[AgentTask, ...] = ()
     reported: tuple[str, ...] = ()  # tasks whose final event waits in the outbox
     outbox_pending: int = 0
+    # ``[runner] run_tasks_as``; in ``owner`` mode, the node's account names (sorted), or
+    # None when it has more than MAX_ACCOUNTS (then only a task's start checks its owner).
+    run_tasks_as: RunTasksAs = "runner"
+    accounts: Annotated[tuple[str, ...], Meta(max_length=MAX_ACCOUNTS)] | None = None
 
 
 class EventBatch(Message, frozen=True, kw_only=True, tag="events"):

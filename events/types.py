@@ -148,6 +148,10 @@ class NodeRegistered(_NodeEvent, frozen=True, kw_only=True, tag="node.registered
     gpus: tuple[GpuInfo, ...] = ()
     agent_version: str = ""
     executors: tuple[str, ...] = ("process",)
+    # Who its tasks run as (``[runner] run_tasks_as``: "runner" or "owner"); in owner
+    # mode the Unix accounts it has, or None when it has too many to list.
+    run_tasks_as: str = "runner"
+    accounts: tuple[str, ...] | None = None
 
 
 class NodeHeartbeat(_NodeEvent, frozen=True, kw_only=True, tag="node.heartbeat"):

@@ -22,6 +22,11 @@ Container tasks start on their environment's newest packaged image: ``ImageSync`
 (node_agent/images.py) loads the tarball first when the local image is missing or
 older, and pre-loads new tarballs in the background (``[docker] preload_tarballs``).
 
+Tasks run as the runner's own user, or with ``[runner] run_tasks_as = "owner"`` as the
+Unix account of their owner on this node (node_agent/accounts.py): the agent must then
+be root, and it lists the node's accounts in each hello so the host places tasks only
+where their owner has one.
+
 Tasks are spawned by the default asyncio loop's machinery (the executor spawns
 with vfork on a worker thread); the agent never runs on uvloop, whose fork-based
 spawn costs tens of milliseconds in a large process.
@@ -32,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
@@ -39,6 +45,7 @@ from events import link
 from events.credentials import read_secret
 from events.envelope import new_event
 from events.types import AnyEvent, TaskFinished, TaskPaused, TaskResumed, TaskStarted
+from node_agent.accounts import account_names
 from node_agent.activity import Activity
 from node_agent.cpus import CpuAllocator
 from node_agent.executors.base import (
@@ -54,7 +61,7 @@ from node_agent.images import ImageSync
 from node_agent.outbox import AsyncOutbox
 from node_agent.probes import MachineInfo, probe_machine
 from node_agent.session import HostLink
-from node_agent.settings import RunnerSettings
+from node_agent.settings import RunnerSettings, RunnerSettingsError
 from node_agent.transport import Connector, websocket_connector
 
 log = logging.getLogger("hakuriver.agent")
@@ -97,6 +104,8 @@ class Agent:
         self._handlers: set[asyncio.Task[None]] = set()
         # Kills that arrived while their task was still starting: id -> grace.
         self._kill_after_start: dict[str, float] = {}
+        # In owner mode, this node's account names as last listed (None: too many).
+        self.accounts: tuple[str, ...] | None = None
         self.activity = Activity()
         self.link = HostLink(
             self,
@@ -123,6 +132,9 @@ class Agent:
         Leaving the block stops watching and closes the outbox; tasks keep running.
         """
         stop = asyncio.Event() if stop is None else stop
+        problem = self.settings.run_tasks_as_problem(os.geteuid())
+        if problem is not None:
+            raise RunnerSettingsError(problem)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         for sub in ("shared_data", "task_outputs", "task_errors"):
             (self.settings.shared_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -150,6 +162,17 @@ class Agent:
             for executor in self.executors.values():
                 await executor.close()
             await self.outbox.close()
+
+    @property
+    def runs_as_owners(self) -> bool:
+        """Whether tasks run as their owners' accounts (``[runner] run_tasks_as``)."""
+        return self.settings.runner.run_tasks_as == "owner"
+
+    async def list_accounts(self) -> None:
+        """Read this node's account names again (owner mode; before each hello, so a
+        reconnection tells the host about accounts added or removed meanwhile)."""
+        if self.runs_as_owners:
+            self.accounts = await asyncio.to_thread(account_names)
 
     async def run_until_idle(self, *, wait_for_tasks: bool = False, deadline_s: float = 30) -> None:
         """Let the started agent run until it has nothing left to do by itself.
@@ -290,6 +313,7 @@ class Agent:
             cpus=cpus,
             shared_dir=str(self.settings.shared_dir),
             local_temp_dir=str(self.settings.local_temp_dir),
+            run_as=command.spec.owner if self.runs_as_owners else None,
         )
         try:
             self.by_task[task_id] = executor

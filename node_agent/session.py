@@ -100,11 +100,14 @@ class HostLink:
                 for t, pid in agent.running.items()
             ),
             reported=tuple(set(agent.unacked_final.values())),
+            run_tasks_as=agent.settings.runner.run_tasks_as,
+            accounts=agent.accounts,
         )
 
     async def _session(self, transport: Transport) -> None:
         agent = self.agent
         self.transport = transport
+        await agent.list_accounts()
         await transport.send(link.encode(self.hello()))
         async with asyncio.timeout(WELCOME_TIMEOUT_S):
             frame = await agent.activity.outside(transport.receive())

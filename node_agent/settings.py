@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta, Struct
 
-from events.config import DEFAULT_DATA_DIR, node_name, node_name_problem
+from events.config import DEFAULT_DATA_DIR, RunTasksAs, node_name, node_name_problem
 
 Positive = Annotated[float, Meta(gt=0)]
 
@@ -47,6 +47,9 @@ class RunnerSection(Struct, kw_only=True, frozen=True):
     state_dir: str = ""  # empty: <data_dir>/runner-<name>
     max_batch: Annotated[int, Meta(gt=0)] = 1000
     docker: bool = True  # use the Docker engine when one answers
+    # "runner": tasks run as the runner's own user; "owner": as the Unix account named
+    # like the task's owner on this node (node_agent/accounts.py; the runner must be root).
+    run_tasks_as: RunTasksAs = "runner"
 
 
 class RunnerDocker(Struct, kw_only=True, frozen=True):
@@ -95,6 +98,15 @@ class RunnerSettings(Struct, kw_only=True, frozen=True):
             where = "--name" if name else "[runner] name (empty: this machine's hostname)"
             raise RunnerSettingsError(f"{where}: {problem}")
         return settings
+
+    def run_tasks_as_problem(self, euid: int) -> str | None:
+        """Why a runner running as ``euid`` cannot run tasks as configured; None if it can."""
+        if self.runner.run_tasks_as == "owner" and euid != 0:
+            return (
+                '[runner] run_tasks_as = "owner": the runner must run as root to start'
+                f" tasks as their owners' accounts (it runs as uid {euid})"
+            )
+        return None
 
     def path(self, value: str) -> Path:
         base = Path(self.data_dir).expanduser()

@@ -187,6 +187,8 @@ class ClusterState:
                 node.gpus = e.gpus
                 node.agent_version = e.agent_version
                 node.executors = e.executors
+                node.run_tasks_as = e.run_tasks_as
+                node.accounts = None if e.accounts is None else frozenset(e.accounts)
                 node.registered_at_us = at
                 node.last_seen_us = at
                 node.online = True

@@ -19,6 +19,10 @@ class NodeView(Struct, kw_only=True, gc=False):
     gpus: tuple[GpuInfo, ...] = ()
     agent_version: str = ""
     executors: tuple[str, ...] = ()
+    # ``[runner] run_tasks_as`` of its agent; in "owner" mode, its Unix accounts (None:
+    # not listed, too many; then only the node itself can refuse an owner).
+    run_tasks_as: str = "runner"
+    accounts: frozenset[str] | None = None
     registered_at_us: int = 0
     last_seen_us: int = 0
     # From the latest heartbeat
@@ -51,6 +55,12 @@ class NodeView(Struct, kw_only=True, gc=False):
         """GPU ids not reserved by any task."""
         taken = set(self.allocated_gpus)
         return [gpu.id for gpu in self.gpus if gpu.id not in taken]
+
+    def account_refusal(self, owner: str) -> str | None:
+        """Why this node can never run ``owner``'s tasks (no such account); None if it can."""
+        if self.run_tasks_as != "owner" or self.accounts is None or owner in self.accounts:
+            return None
+        return f"no account {owner!r} on node {self.name} (run_tasks_as = owner)"
 
     def numa_cores(self, numa_id: int) -> int:
         """How many CPUs NUMA node ``numa_id`` has (0 if unknown)."""

@@ -161,8 +161,11 @@ def explain_placement(
 def _blockers(state: ClusterState, spec: TaskSpec) -> tuple[Rejection, ...]:
     out = []
     for node in state.nodes.values():
+        no_account = node.account_refusal(spec.owner)
         if not node.online:
             reason = "offline"
+        elif no_account:
+            reason = no_account
         elif node.free_cores < spec.cores:
             reason = f"{node.free_cores} free cores < {spec.cores}"
         elif spec.memory_bytes and node.free_memory_bytes < spec.memory_bytes:

@@ -38,6 +38,7 @@ from events.types import (
     TaskUnreachable,
 )
 from projections.cluster import ClusterState
+from projections.nodes import NodeView
 from projections.tasks import TaskView
 
 
@@ -207,6 +208,8 @@ def decide_hello(state: ClusterState, command: NodeHello, ctx: Context) -> Decis
         gpus=hello.gpus,
         agent_version=hello.agent_version,
         executors=hello.executors,
+        run_tasks_as=hello.run_tasks_as,
+        accounts=hello.accounts,
     )
     view = state.nodes.get(hello.node)
     if view is None or _machine(view) != _machine(machine):
@@ -277,10 +280,24 @@ def decide_hello(state: ClusterState, command: NodeHello, ctx: Context) -> Decis
     )
 
 
-def _machine(e: object) -> tuple[object, ...]:
-    return tuple(
-        getattr(e, f)
-        for f in ("address", "cores", "memory_bytes", "numa", "gpus", "agent_version", "executors")
+def _machine(e: NodeView | NodeRegistered) -> tuple[object, ...]:
+    """What a registration says about the machine (a change is recorded again)."""
+    accounts = None if e.accounts is None else frozenset(e.accounts)
+    return (
+        *(
+            getattr(e, f)
+            for f in (
+                "address",
+                "cores",
+                "memory_bytes",
+                "numa",
+                "gpus",
+                "agent_version",
+                "executors",
+                "run_tasks_as",
+            )
+        ),
+        accounts,
     )
 
 

@@ -143,9 +143,13 @@ def submitted_events(
         reason = never_fits(node, request.cores, memory, target)
         if reason:
             raise InvalidRequest(f"targets[{i}]", f"{target} can never fit: {reason}")
+        no_account = node.account_refusal(owner)
+        if no_account:
+            raise InvalidRequest(f"targets[{i}]", f"{target} can never run it: {no_account}")
     if not targets and state.nodes:
         auto = Target(node="")
-        if all(never_fits(n, request.cores, memory, auto) for n in state.nodes.values()):
+        large = [n for n in state.nodes.values() if not never_fits(n, request.cores, memory, auto)]
+        if not large:
             # Blame cores when no node has that many even ignoring memory.
             cores_alone = any(
                 not never_fits(n, request.cores, None, auto) for n in state.nodes.values()
@@ -154,6 +158,9 @@ def submitted_events(
                 "memory" if cores_alone else "cores",
                 "no registered node is large enough for this task",
             )
+        no_accounts = [n.account_refusal(owner) for n in sorted(large, key=lambda n: n.name)]
+        if all(no_accounts):
+            raise InvalidRequest("owner", _no_node_for(owner, [r for r in no_accounts if r]))
 
     batch_id = batch_id or new_id()
     events = []
@@ -189,6 +196,16 @@ def _inside(path: str, folders: Sequence[str]) -> bool:
         if clean == root or clean.startswith(root.rstrip("/") + "/"):
             return True
     return False
+
+
+def _no_node_for(owner: str, refusals: list[str], shown: int = 5) -> str:
+    """No node large enough has ``owner``'s account: say so, naming a few of them."""
+    more = f"; and {len(refusals) - shown} more" if len(refusals) > shown else ""
+    return (
+        f"no registered node large enough can run tasks as {owner!r}: "
+        + "; ".join(refusals[:shown])
+        + more
+    )
 
 
 def _cores(count: int) -> str:

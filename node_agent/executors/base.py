@@ -62,6 +62,9 @@ class TaskRun(Struct, frozen=True, kw_only=True):
     cpus: tuple[int, ...] = ()  # the CPU set to pin the task to; empty: no pinning
     shared_dir: str
     local_temp_dir: str
+    # The account to run it as (``[runner] run_tasks_as = "owner"``: its owner's name);
+    # None: the runner's own user. node_agent/accounts.py says how.
+    run_as: str | None = None
 
 
 class Started(Struct, frozen=True, kw_only=True):

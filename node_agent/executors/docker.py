@@ -5,8 +5,9 @@ shell), its env vars, ``--cpus`` from its cores, ``--memory``, the CPU set and
 memory node of a NUMA target, GPU device requests, the seeds' mounts
 (``shared_dir/shared_data`` → ``/shared``, ``local_temp_dir`` → ``/local_temp``)
 plus the task's own, and ``--privileged`` only when the task asks for it (the host
-decides whether it may). Labels carry the task id and the node, so a restarted
-agent finds its containers again (``adopt``).
+decides whether it may). A task run as its owner (``TaskRun.run_as``) runs as
+``--user UID:GID`` of the owner's account on this node, with its groups. Labels carry
+the task id and the node, so a restarted agent finds its containers again (``adopt``).
 
 Output is streamed from the engine into ``shared_dir/task_outputs/<id>.out`` and
 ``task_errors/<id>.err`` as the task writes it; an adopted container's stream resumes
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from node_agent.accounts import resolve_account
 from node_agent.cpus import parse_cpu_list
 from node_agent.executors.base import (
     Adopted,
@@ -134,7 +136,10 @@ class DockerExecutor:
         for sub in ("shared_data", "task_outputs", "task_errors"):
             (shared / sub).mkdir(parents=True, exist_ok=True)
         Path(run.local_temp_dir).mkdir(parents=True, exist_ok=True)
-        options = container_options(run, node=self.node, executor_id=self.executor_id)
+        account = resolve_account(run.run_as) if run.run_as is not None else None
+        options = container_options(
+            run, node=self.node, executor_id=self.executor_id, account=account
+        )
         image = image_for(spec.container)
         try:
             container = self.client.containers.create(image, **options)

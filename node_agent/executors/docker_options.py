@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from node_agent.accounts import Account
 from node_agent.executors.base import TaskRun
 
 LABEL_TASK = "hakuriver.task_id"
@@ -44,12 +45,18 @@ def executor_id(state_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def container_options(run: TaskRun, *, node: str, executor_id: str = "") -> dict[str, Any]:
+def container_options(
+    run: TaskRun, *, node: str, executor_id: str = "", account: Account | None = None
+) -> dict[str, Any]:
     """The ``containers.create`` keyword arguments for a task (pure: no engine call).
 
     Its mounts are the seeds' two (``/shared``, ``/local_temp``) and those of its spec: the
     host put ``[docker] additional_mounts`` there at submission when the task named no
     ``--mount`` of its own, so what ran is in the log (the runner adds none).
+
+    Run as its owner's ``account`` (``[runner] run_tasks_as = "owner"``), the container's
+    process is ``--user UID:GID`` with the account's other groups added (numbers: the
+    image need not know the account), so files it writes in the mounts are the owner's.
     """
     from docker.types import DeviceRequest, Mount
 
@@ -75,6 +82,11 @@ def container_options(run: TaskRun, *, node: str, executor_id: str = "") -> dict
         "privileged": spec.privileged,
         "detach": True,
     }
+    if account is not None:
+        options["user"] = f"{account.uid}:{account.gid}"
+        others = [str(g) for g in account.groups if g != account.gid]
+        if others:
+            options["group_add"] = others
     if run.cores:
         options["nano_cpus"] = int(run.cores * 1e9)
     if run.memory_bytes:

@@ -12,6 +12,11 @@ kernel's default first-touch policy), and limited in memory (see ``process_plan`
 Kill is SIGTERM to the group (with SIGCONT, so a paused task can act on it), then
 SIGKILL after the grace period; pause and resume are SIGSTOP and SIGCONT to the group.
 
+A task run as its owner (``TaskRun.run_as``, node_agent/accounts.py) gets the account's
+uid, gid and groups in its own process only (the shim drops privileges in the child it
+forks, or ``setpriv`` does under systemd), its HOME, USER and LOGNAME, and starts in
+``shared_data`` if the account can write there, else in its home, else in ``/tmp``.
+
 Shims are spawned with ``subprocess`` (vfork) on a worker thread and watched through a
 pidfd on the event loop, so neither the loop type (uvloop's spawn forks) nor asyncio's
 child watchers are involved, and a shim the agent did not start is watched the same way.
@@ -30,6 +35,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from node_agent.accounts import resolve_account, working_directory
 from node_agent.cpus import parse_cpu_list
 from node_agent.executors import shim
 from node_agent.executors.base import (
@@ -47,6 +53,7 @@ from node_agent.executors.process_plan import (
     LaunchSpec,
     decide_outcome,
     plan_launch,
+    task_paths,
 )
 from node_agent.executors.procfs import group_stopped
 from node_agent.executors.zygote import SHIM_PATH, NoZygote, Zygote
@@ -194,28 +201,29 @@ class ProcessExecutor:
         return watched
 
     async def _start(self, run: TaskRun) -> Started:
-        launch = plan_launch(run, self.facilities, os.environ)
-        watched = await asyncio.to_thread(self._spawn, run, launch)
+        watched = await asyncio.to_thread(self._spawn, run)
         self._follow(watched)
         return Started(task_id=run.task_id, pid=watched.pid)
 
-    def _spawn(self, run: TaskRun, launch: LaunchSpec) -> _Watched:
+    def _spawn(self, run: TaskRun) -> _Watched:
         """Start the shim, hand it the spec, read its answer (blocking; on a worker thread)."""
         base = self._base(run.task_id)
         if os.path.exists(base + shim.RUN):  # a previous agent started it: adopt, don't rerun
             previous = self._load(run.task_id)
             if previous is not None:
                 return previous
+        paths = task_paths(run.shared_dir, run.task_id)
         try:
             for directory in (
-                launch.cwd,
-                os.path.dirname(launch.stdout),
-                os.path.dirname(launch.stderr),
+                paths.cwd,
+                os.path.dirname(paths.stdout),
+                os.path.dirname(paths.stderr),
                 run.local_temp_dir,
             ):
                 os.makedirs(directory, exist_ok=True)
         except OSError as exc:
             raise StartFailed(f"cannot prepare the task's directories: {exc}") from exc
+        launch = self._plan(run, paths.cwd)
         payload = launch.to_builtins()
         via_zygote = self._zygote.spawn(str(self.state_dir), run.task_id, payload)
         if via_zygote is not None:
@@ -237,6 +245,15 @@ class ProcessExecutor:
         answer = child.stdout.readline().decode(errors="replace").strip()
         child.stdout.close()
         return self._started(run, child.pid, answer, child)
+
+    def _plan(self, run: TaskRun, shared_data: str) -> LaunchSpec:
+        """The launch spec, as the task's owner's account when it runs as one (blocking:
+        the account is looked up now, and ``StartFailed`` names it when it is missing)."""
+        if run.run_as is None:
+            return plan_launch(run, self.facilities, os.environ)
+        account = resolve_account(run.run_as)
+        cwd = working_directory(shared_data, account)
+        return plan_launch(run, self.facilities, os.environ, account=account, cwd=cwd)
 
     def _started(
         self,

@@ -13,6 +13,12 @@ which RLIMIT_AS does and which breaks the JVM, Go and CUDA programs long before 
 use the memory. Under an rlimit an allocation fails inside the program (MemoryError,
 ENOMEM), so the task ends ``failed``, not ``killed_oom``: only a cgroup limit lets the
 kernel's OOM killer act, and only then can the outcome say so.
+
+Run as its owner (``[runner] run_tasks_as = "owner"``, node_agent/accounts.py): the
+shim's forked child drops to the account (groups, gid, uid) just before exec. Under
+systemd, ``systemd-run`` must create the scope as root, so ``setpriv`` (util-linux)
+drops inside it instead: ``systemd-run --scope ... -- setpriv --reuid ... -- COMMAND``
+(``systemd-run --uid`` would keep root's supplementary groups).
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ from pathlib import Path
 import msgspec
 from msgspec import Struct
 
-from node_agent.executors.base import Outcome, TaskRun
+from node_agent.accounts import Account
+from node_agent.executors.base import Outcome, StartFailed, TaskRun
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 CGROUP_PARENT_NAME = "hakuriver"
@@ -45,6 +52,7 @@ class HostFacilities(Struct, frozen=True, kw_only=True):
     # The runner's own scripts folder (its venv's bin, where hakurun lives), which
     # process tasks find on their PATH even when the runner was started without it.
     tools_dir: str | None = None
+    setpriv: str | None = None  # drops to a task's account inside a systemd scope
 
     @classmethod
     def detect(
@@ -57,6 +65,7 @@ class HostFacilities(Struct, frozen=True, kw_only=True):
             numactl=numactl or shutil.which("numactl"),
             cgroup_parent=None if systemd_run else prepare_cgroup_parent(cgroup_root),
             tools_dir=runner_tools_dir(),
+            setpriv=shutil.which("setpriv") if systemd_run else None,
         )
 
 
@@ -116,6 +125,10 @@ class LaunchSpec(Struct, frozen=True, kw_only=True):
     memory_bytes: int | None = None
     cgroup_parent: str | None = None
     systemd_cgroup: str | None = None  # the scope's cgroup when systemd limits memory
+    # The account the shim's child drops to before exec (None: stays the runner's user).
+    uid: int | None = None
+    gid: int | None = None
+    groups: tuple[int, ...] = ()
 
     def to_builtins(self) -> dict[str, object]:
         """The spec as plain dicts, lists and scalars (what marshal can carry)."""
@@ -142,9 +155,15 @@ def task_paths(shared_dir: str, task_id: str) -> TaskPaths:
 
 
 def task_environment(
-    run: TaskRun, base_env: Mapping[str, str], tools_dir: str | None = None
+    run: TaskRun,
+    base_env: Mapping[str, str],
+    tools_dir: str | None = None,
+    account: Account | None = None,
 ) -> dict[str, str]:
     """The agent's environment, the user's variables over it, HakuRiver's over both.
+
+    A task run as its owner's ``account`` gets that account's ``HOME``, ``USER`` and
+    ``LOGNAME`` over the agent's (its own variables still come last).
 
     ``tools_dir`` (the runner's own scripts, ``hakurun`` among them) is appended to the
     agent's PATH: last, so the node's ``python3`` and friends still come first, and not
@@ -155,6 +174,8 @@ def task_environment(
         path = env.get("PATH", os.defpath)
         if tools_dir not in path.split(os.pathsep):
             env["PATH"] = f"{path}{os.pathsep}{tools_dir}" if path else tools_dir
+    if account is not None:
+        env.update(account.environment())
     env.update(run.spec.env)
     env["HAKURIVER_TASK_ID"] = run.task_id
     env["HAKURIVER_LOCAL_TEMP_DIR"] = run.local_temp_dir
@@ -169,15 +190,40 @@ def systemd_unit(task_id: str) -> str:
 
 
 def plan_launch(
-    run: TaskRun, facilities: HostFacilities, base_env: Mapping[str, str]
+    run: TaskRun,
+    facilities: HostFacilities,
+    base_env: Mapping[str, str],
+    *,
+    account: Account | None = None,
+    cwd: str | None = None,
 ) -> LaunchSpec:
-    """The argument vector, environment, files and limits for one task."""
+    """The argument vector, environment, files and limits for one task.
+
+    ``account``: run it as that account (see the module docstring), in ``cwd``
+    (default: ``shared_data``, as every task).
+    """
     argv: tuple[str, ...] = (run.spec.command, *run.spec.args)
     if run.numa_id is not None and facilities.numactl:
         binding = [facilities.numactl, f"--membind={run.numa_id}"]
         if not run.cpus:  # an explicit CPU set is applied by the shim, and is narrower
             binding.append(f"--cpunodebind={run.numa_id}")
         argv = (*binding, "--", *argv)
+    drop_in_child = account
+    if account is not None and facilities.systemd_run:
+        if not facilities.setpriv:
+            raise StartFailed(
+                "run_tasks_as = owner under systemd needs setpriv (util-linux) on this node"
+            )
+        groups = ",".join(str(g) for g in account.groups)
+        argv = (
+            facilities.setpriv,
+            f"--reuid={account.uid}",
+            f"--regid={account.gid}",
+            f"--groups={groups}" if groups else "--clear-groups",
+            "--",
+            *argv,
+        )
+        drop_in_child = None
     systemd_cgroup = None
     if facilities.systemd_run:
         unit = systemd_unit(run.task_id)
@@ -201,14 +247,17 @@ def plan_launch(
     paths = task_paths(run.shared_dir, run.task_id)
     return LaunchSpec(
         argv=argv,
-        env=task_environment(run, base_env, facilities.tools_dir),
-        cwd=paths.cwd,
+        env=task_environment(run, base_env, facilities.tools_dir, account),
+        cwd=cwd or paths.cwd,
         stdout=paths.stdout,
         stderr=paths.stderr,
         cpus=run.cpus,
         memory_bytes=run.memory_bytes,
         cgroup_parent=None if facilities.systemd_run else facilities.cgroup_parent,
         systemd_cgroup=systemd_cgroup,
+        uid=drop_in_child.uid if drop_in_child else None,
+        gid=drop_in_child.gid if drop_in_child else None,
+        groups=drop_in_child.groups if drop_in_child else (),
     )
 
 

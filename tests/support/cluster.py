@@ -100,10 +100,11 @@ policy = "{policy}"
             env["HAKURIVER_TOKEN"] = self.admin_token
         return env
 
-    def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, *args: str, config: Path | None = None) -> subprocess.Popen[bytes]:
         log = (self.root / f"{name}.log").open("ab")
         self._logs.append(log)
-        command = [sys.executable, "-m", "cli.hakuriver.serve", *args, "--config", str(self.config)]
+        config = config or self.config
+        command = [sys.executable, "-m", "cli.hakuriver.serve", *args, "--config", str(config)]
         return subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=self.env(), cwd=REPO
         )
@@ -133,8 +134,17 @@ policy = "{policy}"
         self.host.wait(30)
         self.host = None
 
-    def start_agent(self, name: str, *, wait: bool = True) -> subprocess.Popen[bytes]:
-        """Start a node agent called ``name``; by default wait until it is online."""
+    def start_agent(
+        self, name: str, *, wait: bool = True, extra: str = ""
+    ) -> subprocess.Popen[bytes]:
+        """Start a node agent called ``name``; by default wait until it is online.
+
+        ``extra``: TOML appended to the cluster's configuration for this agent only.
+        """
+        config = None
+        if extra:
+            config = self.root / f"config-{name}.toml"
+            config.write_text(self.config.read_text() + "\n" + extra)
         join: list[str] = []
         if not (self.root / f"runner-{name}" / "agent.token").exists():
             # A runner whose state dir is gone (a rebuilt machine): as an admin would,
@@ -144,7 +154,7 @@ policy = "{policy}"
                 revoked = self.http.post(f"/api/nodes/{name}/revoke")
                 assert revoked.status_code == 200, revoked.text
             join = ["--join", self.token(kind="join", uses=1)]
-        agent = self._spawn(f"agent-{name}", "runner", "--name", name, *join)
+        agent = self._spawn(f"agent-{name}", "runner", "--name", name, *join, config=config)
         self.agents[name] = agent
         if wait:
             self.wait_node(name, online=True)
