@@ -53,6 +53,10 @@ class TaskSpec(Struct, frozen=True, kw_only=True, gc=False):
     owner: str = "anonymous"
     name: str | None = None
     ssh_public_key: str | None = None  # VPS tasks only
+    # Where the host paths of ``mounts`` must lie once symlinks are resolved on the node
+    # (None: anywhere, an admin's task). The host sets it for users who are not admins:
+    # the shared storage, [auth] user_mount_dirs and the admin's additional_mounts.
+    mount_roots: tuple[str, ...] | None = None
 
 
 class NumaNode(Struct, frozen=True, kw_only=True, gc=False):

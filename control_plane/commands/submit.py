@@ -181,11 +181,22 @@ def submitted_events(
             target=str(place) if place else None,
             batch_id=batch_id,
             owner=owner,
+            mount_roots=_roots(user_mount_dirs, mounts, default_mounts),
             name=request.name,
             ssh_public_key=request.ssh_public_key,
         )
         events.append(TaskSubmitted(task_id=new_id(), spec=spec))
     return events
+
+
+def _roots(
+    user_dirs: Sequence[str] | None, mounts: tuple[Mount, ...], default_mounts: Sequence[str]
+) -> tuple[str, ...] | None:
+    """The folders a user's task's mounts must resolve into on the node (None: an admin's)."""
+    if user_dirs is None or not mounts:
+        return None
+    given = [parse_mount(m, "additional_mounts")[0] for m in default_mounts]
+    return tuple(dict.fromkeys([*user_dirs, *given]))
 
 
 def _inside(path: str, folders: Sequence[str]) -> bool:
