@@ -109,7 +109,10 @@ def create_app(settings: HostSettings, name: str = "hakuriver") -> Sanic:  # typ
 
     @app.exception(DomainError)
     async def _refused(request: Request, exc: DomainError) -> HTTPResponse:
-        return error(exc.status, ERROR_CODE[exc.kind], exc.message, exc.field or None)
+        answer = error(exc.status, ERROR_CODE[exc.kind], exc.message, exc.field or None)
+        if exc.status == 401:
+            answer.headers["WWW-Authenticate"] = 'Bearer realm="hakuriver"'
+        return answer
 
     @app.exception(HistoryError)
     async def _history_refused(request: Request, exc: HistoryError) -> HTTPResponse:

@@ -451,7 +451,9 @@ async def test_history_readers_cannot_write_the_log(tmp_path: Path) -> None:
         await store.append([new_event(registered, source="n1")])
 
         def delete(cursor: duckdb.DuckDBPyConnection) -> None:
-            cursor.execute("DELETE FROM events")
+            # The log's own table (``events`` on a reader is the view with actor columns).
+            ((catalog,),) = cursor.execute("SELECT current_database()").fetchall()
+            cursor.execute(f'DELETE FROM "{catalog}".main.events')
 
         def count(cursor: duckdb.DuckDBPyConnection) -> int:
             return int(cursor.execute("SELECT count(*) FROM events").fetchall()[0][0])
