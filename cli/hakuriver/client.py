@@ -43,6 +43,8 @@ class ApiError(Exception):
         self.error = error
         self.field = field
         self.message = message
+        # Whether the refused request carried a token (401: refused one, or none at all).
+        self.token_sent = False
 
     @property
     def bad_input(self) -> bool:
@@ -360,7 +362,7 @@ class HakuClient:
         self._idle_since = time.monotonic()
         answer = Answer(got.status, got.reason, got.headers, got.body, self.base_url + target)
         if answer.status >= 400:
-            raise _error_of(answer)
+            raise _error_of(answer, token_sent=bool(self.token))
         return answer
 
     def _stream(
@@ -379,7 +381,8 @@ class HakuClient:
             if got.status >= 400:
                 body = b"".join(pieces)
                 url = self.base_url + target
-                raise _error_of(Answer(got.status, got.reason, got.headers, body, url))
+                answer = Answer(got.status, got.reason, got.headers, body, url)
+                raise _error_of(answer, token_sent=bool(self.token))
             yield from pieces
         except OSError as exc:
             conn.close()
@@ -395,6 +398,93 @@ class HakuClient:
         if isinstance(exc, ConnectionRefusedError):
             return Unreachable(self.base_url)
         return Unreachable(self.base_url, str(exc) or type(exc).__name__)
+
+    # --- identity: who asks, users, tokens, SSH keys (docs/api.md) ---------------------
+
+    def whoami(self) -> Json:
+        """``GET /api/whoami``: the user and the token this client presents."""
+        return self._json("GET", "/api/whoami")
+
+    def users(self) -> list[Json]:
+        """``GET /api/users`` (admin)."""
+        users: list[Json] = self._json("GET", "/api/users")["users"]
+        return users
+
+    def add_user(self, name: str, role: str = "user") -> Json:
+        """``POST /api/users`` (admin): the new user's document."""
+        user: Json = self._json("POST", "/api/users", body={"name": name, "role": role})["user"]
+        return user
+
+    def set_role(self, name: str, role: str) -> Json:
+        """``POST /api/users/{name}/role`` (admin): the user's document."""
+        path = f"/api/users/{_segment(name)}/role"
+        user: Json = self._json("POST", path, body={"role": role})["user"]
+        return user
+
+    def disable_user(self, name: str) -> Json:
+        """``POST /api/users/{name}/disable`` (admin): the user's document."""
+        user: Json = self._json("POST", f"/api/users/{_segment(name)}/disable")["user"]
+        return user
+
+    def tokens(self, *, all_users: bool = False, user: str | None = None) -> list[Json]:
+        """``GET /api/tokens``: this user's tokens; an admin's, everyone's or ``user``'s."""
+        params: dict[str, str | int] = {"all": 1} if all_users else {}
+        if user is not None:
+            params["user"] = user
+        tokens: list[Json] = self._json("GET", "/api/tokens", params=params)["tokens"]
+        return tokens
+
+    def create_token(
+        self,
+        *,
+        user: str | None = None,
+        kind: Literal["user", "join"] = "user",
+        name: str | None = None,
+        ttl_s: int | Literal["never"] | None = None,
+        uses: int | None = None,
+    ) -> Json:
+        """``POST /api/tokens``: the answer holds the secret ``token``, shown this once.
+
+        ``ttl_s`` None leaves the lifetime to the host; ``"never"`` asks for no expiry.
+        """
+        body: Json = {"kind": kind}
+        for key, value in (("user", user), ("name", name), ("uses", uses)):
+            if value is not None:
+                body[key] = value
+        if ttl_s is not None:
+            body["ttl_s"] = None if ttl_s == "never" else ttl_s
+        return self._json("POST", "/api/tokens", body=body)
+
+    def revoke_token(self, token_id: str) -> Json:
+        """``POST /api/tokens/{id}/revoke``: ``{"id", "revoked"}``."""
+        return self._json("POST", f"/api/tokens/{_segment(token_id)}/revoke")
+
+    def revoke_node(self, name: str) -> Json:
+        """``POST /api/nodes/{name}/revoke`` (admin): disconnect the node, refuse its credential."""
+        return self._json("POST", f"/api/nodes/{_segment(name)}/revoke")
+
+    def keys(self, *, user: str | None = None) -> list[Json]:
+        """``GET /api/keys``: this user's SSH public keys (an admin: ``user``'s)."""
+        params = {"user": user} if user is not None else None
+        keys: list[Json] = self._json("GET", "/api/keys", params=params)["keys"]
+        return keys
+
+    def add_key(self, public_key: str, *, user: str | None = None) -> Json:
+        """``POST /api/keys``: the key's document (an admin may add one for ``user``)."""
+        body: Json = {"public_key": public_key}
+        if user is not None:
+            body["user"] = user
+        key: Json = self._json("POST", "/api/keys", body=body)["key"]
+        return key
+
+    def remove_key(self, key_id: str) -> Json:
+        """``DELETE /api/keys/{id}``: the answer's document, ``{}`` for an empty one."""
+        answer = self._send("DELETE", f"/api/keys/{_segment(key_id)}")
+        try:
+            document = json.loads(answer.body) if answer.body.strip() else {}
+        except ValueError:
+            document = {}
+        return document if isinstance(document, dict) else {}
 
 
 def _segment(value: str) -> str:
@@ -424,7 +514,7 @@ def lines_of(pieces: Iterator[bytes]) -> Iterator[bytes]:
         yield pending
 
 
-def _error_of(answer: Answer) -> ApiError:
+def _error_of(answer: Answer, *, token_sent: bool = False) -> ApiError:
     """The ``ApiError`` an error answer describes (its JSON body, or its text)."""
     status = answer.status
     try:
@@ -432,8 +522,34 @@ def _error_of(answer: Answer) -> ApiError:
     except ValueError:
         body = None
     if isinstance(body, dict) and "message" in body:
-        return ApiError(
+        error = ApiError(
             status, str(body.get("error", "error")), body.get("field"), str(body["message"])
         )
-    text = answer.text.strip()[:200] or answer.reason
-    return ApiError(status, "http_error", None, f"HTTP {status} from {answer.url}: {text}")
+    else:
+        text = answer.text.strip()[:200] or answer.reason
+        error = ApiError(status, "http_error", None, f"HTTP {status} from {answer.url}: {text}")
+    error.token_sent = token_sent
+    return error
+
+
+# Where a user keeps a token (the CLI finds it there: cli/hakuriver/credentials.py).
+KEEP_TOKEN = "keep it in ~/.hakuriver/token (chmod 600) or $HAKURIVER_TOKEN"
+
+
+def error_line(exc: ApiError) -> str:
+    """What ``error:`` says for an error answer: 401 and 403 say what to do about them."""
+    # The host names the Authorization header as the field of a refused credential: no news.
+    why = exc.message if exc.field in (None, "", "Authorization") else str(exc)
+    if exc.status == 401:
+        if exc.token_sent:
+            return (
+                f"the host refused the token ({why}): get a new one from an admin"
+                f" (`hakuriver token create --user YOU`) and {KEEP_TOKEN}"
+            )
+        return (
+            f"the host needs a token and none was given: pass --token TOKEN, or {KEEP_TOKEN};"
+            " an admin makes one with `hakuriver token create --user YOU`"
+        )
+    if exc.status == 403:
+        return f"forbidden: {why}"
+    return str(exc)

@@ -41,7 +41,8 @@ init_app = App(name="init", help="Create the files HakuRiver needs.")
 app.command(task_app)
 app.command(node_app)
 app.command(init_app)
-# What history.install and docker.install register, by import path (see the docstring).
+# What history.install and docker.install register, and the identity commands, by import
+# path (see the docstring).
 for _name, _path in (
     ("events", "cli.hakuriver.history:events_app"),
     ("state", "cli.hakuriver.history:state_app"),
@@ -52,6 +53,10 @@ for _name, _path in (
     ("export", "cli.hakuriver.history:export"),
     ("docker", "cli.hakuriver.docker:docker_app"),
     ("docker-shell", "cli.hakuriver.docker:docker_shell"),
+    ("user", "cli.hakuriver.identity:user_app"),
+    ("token", "cli.hakuriver.identity:token_app"),
+    ("whoami", "cli.hakuriver.identity:whoami"),
+    ("key", "cli.hakuriver.keys:key_app"),
 ):
     app.command(_path, name=_name)
 task_app.command("cli.hakuriver.history:task_history", name="history")

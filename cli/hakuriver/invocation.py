@@ -1,4 +1,4 @@
-"""What every ``hakuriver`` command shares: ``--config``, the client, output, exit codes.
+"""Shared by every ``hakuriver`` command: ``--config``, ``--token``, client, output, exit codes.
 
 The plain output functions and the exit codes live in output.py (re-exported here);
 the exit codes are described there.
@@ -15,7 +15,7 @@ from typing import Annotated, Any, ParamSpec
 from cyclopts import Parameter
 from rich.console import Console, RenderableType
 
-from cli.hakuriver.client import ApiError, HakuClient
+from cli.hakuriver.client import ApiError, HakuClient, error_line
 from cli.hakuriver.config import ConfigError, host_url, load_config
 from cli.hakuriver.credentials import SecretFileError, find_token
 from cli.hakuriver.output import (
@@ -60,10 +60,14 @@ PIPE_WIDTH = 200
 @Parameter(name="*")
 @dataclass(frozen=True)
 class Connection:
-    """Where the configuration (and so the control plane) is."""
+    """Where the configuration (and so the control plane) is, and the token to present."""
 
     config: Path | None = None
     """Configuration file (default: $HAKURIVER_CONFIG, then ~/.hakuriver/config.toml)."""
+
+    token: str | None = None
+    """API token to present (default: $HAKURIVER_TOKEN, ~/.hakuriver/token, then the first
+    admin's [paths] data_dir/admin.token)."""
 
     def settings(self) -> dict[str, Any]:
         """The parsed configuration file ({} when the default file does not exist)."""
@@ -73,7 +77,7 @@ class Connection:
         """A client for the control plane at ``$HAKURIVER_URL`` or the configured address,
         presenting the token credentials.py finds."""
         config = self.settings()
-        return HakuClient(host_url(config), token=find_token(None, config))
+        return HakuClient(host_url(config), token=find_token(self.token, config))
 
 
 def connection(given: Connection | None) -> Connection:
@@ -106,7 +110,7 @@ def reported(command: Callable[P, int]) -> Callable[P, int]:
         try:
             return command(*args, **kwargs)
         except ApiError as exc:
-            return fail(str(exc), exit_code_of_status(exc.status))
+            return fail(error_line(exc), exit_code_of_status(exc.status))
         except DomainError as exc:
             return fail(str(exc), EXIT_CODE[exc.kind])
         except (ConfigError, SettingsError, RunnerSettingsError, SecretFileError) as exc:

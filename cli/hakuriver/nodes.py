@@ -1,4 +1,4 @@
-"""``hakuriver node ...``: the nodes' resources and load, and the cluster's health."""
+"""``hakuriver node ...``: the nodes' resources and load, the cluster's health, revoking a node."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from cli.hakuriver.invocation import (
     note,
     print_json,
     reported,
+    say,
     show,
 )
 from cli.hakuriver.render import health_report, node_detail, node_table
@@ -66,4 +67,31 @@ def health(
         print_json({"health": summary, "nodes": nodes})
     else:
         show(health_report(summary, nodes))
+    return 0
+
+
+@node_app.command
+@reported
+def revoke(node: str, /, *, as_json: JsonFlag = False, conn: Connection | None = None) -> int:
+    """Revoke a node (admin): disconnect its runner and refuse its credential from now on.
+
+    Its tasks are lost as when it goes offline. To take it back, make a join token
+    (`hakuriver token create --join`) and start its runner with `--join`.
+
+    Parameters
+    ----------
+    node
+        The node's name.
+    as_json
+        Print the API's answer.
+    """
+    with connection(conn).client() as client:
+        answer = client.revoke_node(node)
+    if as_json:
+        print_json(answer)
+    else:
+        say(
+            f"revoked node {node}: its runner is disconnected and its credential refused"
+            " (to take it back: `hakuriver token create --join`, then `hakuriver runner --join`)"
+        )
     return 0

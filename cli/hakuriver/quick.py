@@ -35,6 +35,7 @@ OPTIONS: dict[str, tuple[str, str | bool]] = {
     "--name": ("name", "value"),
     "--json": ("as_json", True),
     "--config": ("config", "value"),
+    "--token": ("token", "value"),
 }
 # task submit's options that the quick path leaves to the full command.
 WAIT_OPTIONS: dict[str, tuple[str, str | bool]] = {
@@ -54,6 +55,7 @@ class Words:
         self.fields: dict[str, Any] = {}
         self.as_json = False
         self.config: str | None = None
+        self.token: str | None = None
 
 
 def read_words(tokens: Sequence[str]) -> Words | None:
@@ -98,6 +100,8 @@ def read_words(tokens: Sequence[str]) -> Words | None:
             if not value:
                 return None  # cyclopts reads '' as the path '.'
             words.config = value
+        elif keyword == "token":
+            words.token = value
         else:
             words.fields[keyword] = value
     return words
@@ -126,7 +130,7 @@ def split_at_command(tokens: Sequence[str]) -> tuple[list[str], list[str]] | Non
 
 def quick_submit(tokens: Sequence[str]) -> int | None:
     """Submit as ``hakuriver task submit TOKENS`` would; None: let the full command do it."""
-    from cli.hakuriver.client import ApiError, HakuClient
+    from cli.hakuriver.client import ApiError, HakuClient, error_line
     from cli.hakuriver.config import ConfigError, host_url, load_config
     from cli.hakuriver.credentials import SecretFileError, find_token
     from cli.hakuriver.output import (
@@ -146,7 +150,7 @@ def quick_submit(tokens: Sequence[str]) -> int | None:
         request = build_request(words.command, **words.fields)
         config = load_config(Path(words.config) if words.config else None)
         url = host_url(config)
-        token = find_token(None, config)
+        token = find_token(words.token, config)
     except (InvalidRequest, ConfigError, OSError, ValueError, SecretFileError):
         return None  # the full command explains it
     # Sent from here on: every outcome is answered here, as commands' `reported` does.
@@ -158,7 +162,7 @@ def quick_submit(tokens: Sequence[str]) -> int | None:
     except ApiError as exc:
         from control_plane.errors import exit_code_of_status
 
-        return fail(str(exc), exit_code_of_status(exc.status))
+        return fail(error_line(exc), exit_code_of_status(exc.status))
     except KeyboardInterrupt:
         return fail("interrupted", EXIT_INTERRUPTED)
     except BrokenPipeError:

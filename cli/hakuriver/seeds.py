@@ -33,7 +33,7 @@ usage: hakuriver.client [OPTIONS] -- COMMAND [ARG...]   submit (options as `haku
        hakuriver.client command ID status|kill|pause|resume
        hakuriver.client nodes | --list-nodes            list the nodes
        hakuriver.client health [NODE] | --health [NODE] cluster or node health
-Every form also takes --config FILE; the read forms take --json.
+Every form also takes --config FILE and --token TOKEN; the read forms take --json.
 The same commands: `hakuriver task --help`, `hakuriver node --help`.
 """
 

@@ -197,7 +197,9 @@ def test_what_the_quick_path_accepts_means_the_same_to_the_full_command(
     assert not waiting.wait
     assert words.as_json == kwargs.get("as_json", False)
     conn = kwargs.get("conn")
-    assert words.config == (str(conn.config) if conn is not None else None)
+    config = conn.config if conn is not None else None
+    assert words.config == (str(config) if config is not None else None)
+    assert words.token == (conn.token if conn is not None else None)
     quick = outcome(lambda: build_request(words.command, **words.fields))
     full = outcome(lambda: options.request(bound.args))
     assert quick == full
