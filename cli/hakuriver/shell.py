@@ -55,7 +55,20 @@ def run_shell(
     except InvalidStatus as exc:
         status = exc.response.status_code
         body = exc.response.body.decode(errors="replace") if exc.response.body else ""
-        raise ApiError(status, "http_error", None, body or f"HTTP {status}") from None
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            doc = {}
+        if not isinstance(doc, dict):
+            doc = {}
+        refused = ApiError(
+            status,
+            str(doc.get("error", "http_error")),
+            doc.get("field"),
+            str(doc.get("message") or body or f"HTTP {status}"),
+        )
+        refused.token_sent = bool(token)
+        raise refused from None
     except (OSError, InvalidHandshake, TimeoutError) as exc:
         raise Unreachable(url, str(exc) or type(exc).__name__) from None
 
