@@ -97,7 +97,11 @@ class Agent:
         # Kills that arrived while their task was still starting: id -> grace.
         self._kill_after_start: dict[str, float] = {}
         self.activity = Activity()
-        self.link = HostLink(self, connect or websocket_connector(settings.ws_url))
+        trust = settings.pinned_trust()
+        self.link = HostLink(
+            self,
+            connect or websocket_connector(settings.ws_url, ssl=trust.context if trust else None),
+        )
         self.heartbeat_interval = settings.timing.heartbeat_interval
         self.kill_grace = settings.timing.kill_grace_period
 

@@ -255,7 +255,9 @@ def _shell(name: str, conn: Connection | None) -> int:
 
     with connection(conn).client() as client:
         url = client.ws_url(f"/api/environments/{quote(name, safe='')}/shell")
-    return run_shell(url)
+        context = client.ws_ssl()
+        pin = client.ca_fingerprint
+    return run_shell(url, ssl_context=context, ca_fingerprint=pin)
 
 
 def _stamp(timestamp: int) -> str:

@@ -22,8 +22,15 @@ from cli.hakuriver.client import ApiError, HakuClient, Stream
 class Followers:
     """Threads copying the output of some tasks to this process's stdout and stderr."""
 
-    def __init__(self, base_url: str, tasks: Sequence[tuple[str, str]]) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        tasks: Sequence[tuple[str, str]],
+        *,
+        ca_fingerprint: str | None = None,
+    ) -> None:
         """``tasks``: (what to ask the API for, the label to show) per task."""
+        self._pin = ca_fingerprint
         self.errors: list[str] = []
         self._label = len(tasks) > 1
         self._locks = {"stdout": threading.Lock(), "stderr": threading.Lock()}
@@ -51,7 +58,7 @@ class Followers:
         prefix = f"{label}: ".encode() if self._label else b""
         pending = b""
         try:
-            with HakuClient(base_url) as client:
+            with HakuClient(base_url, ca_fingerprint=self._pin) as client:
                 for chunk in client.follow_logs(ident, stream):
                     if not self._label:
                         self._write(stream, out, chunk)

@@ -27,7 +27,7 @@ import pyarrow as pa
 from cyclopts import Parameter, validators
 
 from cli.hakuriver.client import ApiError, HakuClient, lines_of
-from cli.hakuriver.config import host_url
+from cli.hakuriver.config import ca_fingerprint, host_url
 from cli.hakuriver.invocation import Connection, connection, note
 from control_plane.history import state_document
 from control_plane.requests import InvalidRequest
@@ -86,8 +86,10 @@ class HistorySource(Protocol):
 class ApiSource(HakuClient):
     """The control plane's history routes (a query may take a while: a long time limit)."""
 
-    def __init__(self, base_url: str, timeout: float = 120.0) -> None:
-        super().__init__(base_url, timeout)
+    def __init__(
+        self, base_url: str, timeout: float = 120.0, *, ca_fingerprint: str | None = None
+    ) -> None:
+        super().__init__(base_url, timeout, ca_fingerprint=ca_fingerprint)
 
     def events(self, query: EventQuery, *, after: int, limit: int, tail: bool) -> Json:
         """``GET /api/events``."""
@@ -290,11 +292,13 @@ class FileSource:
         return self.history.export(export_query(name, since))
 
 
-def open_source(db: Path | None, base_url: str) -> HistorySource:
+def open_source(
+    db: Path | None, base_url: str, *, ca_fingerprint: str | None = None
+) -> HistorySource:
     """A file source for ``--db``, else the control plane at ``base_url``."""
     if db is not None:
         return FileSource(db)
-    return ApiSource(base_url)
+    return ApiSource(base_url, ca_fingerprint=ca_fingerprint)
 
 
 @Parameter(name="*")
@@ -311,7 +315,11 @@ def reading(offline: Offline | None, conn: Connection | None) -> Iterator[Histor
     """The source a command reads, closed afterwards; the file's refusals read as the API's."""
     db = offline.db if offline is not None else None
     try:
-        source = open_source(db, host_url(connection(conn).settings()) if db is None else "")
+        if db is None:
+            settings = connection(conn).settings()
+            source = open_source(None, host_url(settings), ca_fingerprint=ca_fingerprint(settings))
+        else:
+            source = open_source(db, "")
         try:
             yield source
         finally:

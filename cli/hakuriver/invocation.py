@@ -16,7 +16,7 @@ from cyclopts import Parameter
 from rich.console import Console, RenderableType
 
 from cli.hakuriver.client import ApiError, HakuClient
-from cli.hakuriver.config import ConfigError, host_url, load_config
+from cli.hakuriver.config import ConfigError, ca_fingerprint, host_url, load_config
 from cli.hakuriver.output import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -70,7 +70,8 @@ class Connection:
 
     def client(self) -> HakuClient:
         """A client for the control plane at ``$HAKURIVER_URL`` or the configured address."""
-        return HakuClient(host_url(self.settings()))
+        settings = self.settings()
+        return HakuClient(host_url(settings), ca_fingerprint=ca_fingerprint(settings))
 
 
 def connection(given: Connection | None) -> Connection:

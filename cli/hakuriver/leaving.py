@@ -38,7 +38,9 @@ def count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-async def stop_tasks(cp: Any, url: str, *, requested_by: str) -> tuple[int, list[str]]:
+async def stop_tasks(
+    cp: Any, url: str, *, requested_by: str, ca_fingerprint: str | None = None
+) -> tuple[int, list[str]]:
     """Kill every task not ended; how many were asked, and the ids still not ended."""
     placed, queued = unended(cp.state)
     # Queued first: killing a running task frees room the scheduler would fill from them.
@@ -47,7 +49,9 @@ async def stop_tasks(cp: Any, url: str, *, requested_by: str) -> tuple[int, list
         return 0, []
 
     def kill_each() -> None:
-        with HakuClient(url, timeout=30, user=requested_by) as client:
+        with HakuClient(
+            url, timeout=30, user=requested_by, ca_fingerprint=ca_fingerprint
+        ) as client:
             for task_id in ids:
                 try:
                     client.kill(task_id, requested_by=requested_by, reason=KILL_REASON)

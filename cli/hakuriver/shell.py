@@ -16,6 +16,7 @@ import os
 import select
 import shutil
 import signal
+import ssl
 import sys
 import termios
 import threading
@@ -23,15 +24,28 @@ import tty
 from typing import Any, BinaryIO
 from urllib.parse import urlencode
 
-from cli.hakuriver.client import ApiError, Unreachable, actor_headers
+from cli.hakuriver.client import ApiError, Unreachable, Untrusted, actor_headers
 
 EOT = b"\x04"
 
 
-def run_shell(url: str, *, stdin_fd: int | None = None, stdout: BinaryIO | None = None) -> int:
-    """Connect to the shell at ``url`` (ws://.../shell) and bridge this terminal; exit code."""
+def run_shell(
+    url: str,
+    *,
+    stdin_fd: int | None = None,
+    stdout: BinaryIO | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    ca_fingerprint: str | None = None,
+) -> int:
+    """Connect to the shell at ``url`` (ws://.../shell) and bridge this terminal; exit code.
+
+    ``ssl_context``: how a ``wss://`` URL is trusted (HakuClient.ws_ssl: the pinned CA's);
+    None: the system's trust store.
+    """
     from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
     from websockets.sync.client import connect
+
+    from events.pinning import refusal
 
     fd = sys.stdin.fileno() if stdin_fd is None else stdin_fd
     out = stdout if stdout is not None else sys.stdout.buffer
@@ -45,11 +59,14 @@ def run_shell(url: str, *, stdin_fd: int | None = None, stdout: BinaryIO | None 
             open_timeout=15,
             close_timeout=2,
             additional_headers=actor_headers(),
+            ssl=ssl_context,
         )
     except InvalidStatus as exc:
         status = exc.response.status_code
         body = exc.response.body.decode(errors="replace") if exc.response.body else ""
         raise ApiError(status, "http_error", None, body or f"HTTP {status}") from None
+    except ssl.SSLCertVerificationError as exc:
+        raise Untrusted(url, refusal(exc, ca_fingerprint)) from None
     except (OSError, InvalidHandshake, TimeoutError) as exc:
         raise Unreachable(url, str(exc) or type(exc).__name__) from None
 
