@@ -23,8 +23,10 @@ from control_plane.commands import RecordFacts
 from control_plane.errors import ERROR_CODE, DomainError, Refused, Unauthenticated, error_of_kind
 from control_plane.hub import ControlPlane
 from control_plane.routes import agents, environments, history, identity, nodes, tasks
+from control_plane.routes import tls as tls_routes
 from control_plane.routes.common import error
 from control_plane.settings import HostSettings
+from control_plane.tls import HostTls
 from events.envelope import now_us
 from replay_tools.queries import HistoryError
 
@@ -44,8 +46,13 @@ class LogInUse(Exception):
     """Another process has the event log open: DuckDB refused its lock (one writer)."""
 
 
-def create_app(settings: HostSettings, name: str = "hakuriver") -> Sanic:  # type: ignore[type-arg]
-    """The control plane as a Sanic app, configured from ``settings``."""
+def create_app(
+    settings: HostSettings, name: str = "hakuriver", *, tls: HostTls | None = None
+) -> Sanic:  # type: ignore[type-arg]
+    """The control plane as a Sanic app, configured from ``settings``.
+
+    ``tls``: what the server is run with (control_plane/tls.py), for ``/api/tls/ca``.
+    """
     app: Sanic = Sanic(name)  # type: ignore[type-arg]
     app.config.REQUEST_MAX_SIZE = settings.max_body_bytes
     app.config.WEBSOCKET_MAX_SIZE = 64 << 20
@@ -55,7 +62,9 @@ def create_app(settings: HostSettings, name: str = "hakuriver") -> Sanic:  # typ
     app.config.RESPONSE_TIMEOUT = 24 * 3600  # log follows stream for as long as tasks run
     app.config.FALLBACK_ERROR_FORMAT = "json"
     app.ctx.settings = settings
-    for blueprint in (tasks.bp, nodes.bp, agents.bp, history.bp, environments.bp, identity.bp):
+    app.ctx.tls = tls
+    blueprints = (tasks.bp, nodes.bp, agents.bp, history.bp, environments.bp, identity.bp)
+    for blueprint in (*blueprints, tls_routes.bp):
         app.blueprint(blueprint)
     failures = FailureLog(window_s=settings.auth.failure_window_s)
 

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from events.config import DEFAULT_DATA_DIR, NO_CONTAINER
+from events.config import DEFAULT_DATA_DIR, NO_CONTAINER, tls_wanted
 
 Positive = Annotated[float, Meta(gt=0)]
 
@@ -28,6 +28,11 @@ class HostNetwork(Struct, kw_only=True, frozen=True):
     host_bind_ip: str = "127.0.0.1"
     host_port: Annotated[int, Meta(ge=0, le=65535)] = 8000
     host_reachable_address: str = "127.0.0.1"
+    # HTTPS/WSS: "auto" is on beyond loopback or with tls_cert (events.config.tls_wanted).
+    tls: Literal["auto"] | bool = "auto"
+    tls_cert: str = ""  # empty: the host's own CA and certificate under <data_dir>/tls
+    tls_key: str = ""
+    tls_ca: str = ""  # the CA of tls_cert, served to clients that pin it (optional)
 
 
 class HostPaths(Struct, kw_only=True, frozen=True):
@@ -96,6 +101,7 @@ class HostSettings(Struct, kw_only=True, frozen=True):
             settings = msgspec.convert(wanted, cls, strict=False)
         except msgspec.ValidationError as exc:
             raise SettingsError(f"configuration: {exc}") from None
+        _check_tls(settings.network)
         docker = settings.docker
         if docker.tasks_privileged and not docker.allow_privileged:
             raise SettingsError(
@@ -133,8 +139,30 @@ class HostSettings(Struct, kw_only=True, frozen=True):
         return self.shared_dir / self.docker.container_dir
 
     @property
+    def tls_enabled(self) -> bool:
+        """Whether the host serves HTTPS and WSS (``[network] tls``)."""
+        network = self.network
+        return tls_wanted(network.tls, bind_ip=network.host_bind_ip, tls_cert=network.tls_cert)
+
+    @property
     def url(self) -> str:
-        return f"http://{self.network.host_reachable_address}:{self.network.host_port}"
+        scheme = "https" if self.tls_enabled else "http"
+        address = self.network.host_reachable_address
+        address = f"[{address}]" if ":" in address else address
+        return f"{scheme}://{address}:{self.network.host_port}"
+
+
+def _check_tls(network: HostNetwork) -> None:
+    """The TLS keys agree with each other; the message names the one to change."""
+    if bool(network.tls_cert) != bool(network.tls_key):
+        given, missing = ("tls_cert", "tls_key") if network.tls_cert else ("tls_key", "tls_cert")
+        raise SettingsError(f"configuration: [network] {given} is set but {missing} is not")
+    if network.tls_ca and not network.tls_cert:
+        raise SettingsError(
+            "configuration: [network] tls_ca names the CA of tls_cert, which is not set"
+        )
+    if network.tls is False and network.tls_cert:
+        raise SettingsError("configuration: [network] tls = false contradicts tls_cert")
 
 
 _SECTIONS = {"network", "paths", "database", "timing", "scheduler", "docker", "auth"}

@@ -3,8 +3,8 @@
 One TOML file serves every component (DESIGN §6); each decodes its own sections into
 its own settings Struct (control_plane/settings.py, node_agent/settings.py). The few
 rules both sides must agree on live here, like the link (link.py) and the tarball
-folder (tarballs.py): the default data directory, the ``NULL`` container, and what a
-node may be called.
+folder (tarballs.py): the default data directory, the ``NULL`` container, what a node
+may be called, and whether the host speaks TLS.
 """
 
 from __future__ import annotations
@@ -57,3 +57,20 @@ def node_name_problem(name: str) -> str | None:
             " starting with a letter or digit"
         )
     return None
+
+
+def is_loopback(address: str) -> bool:
+    """Whether ``address`` (an IP or ``localhost``) is this machine only."""
+    return address.startswith("127.") or address in ("::1", "localhost")
+
+
+def tls_wanted(tls: str | bool, *, bind_ip: str, tls_cert: str = "", pinned: bool = False) -> bool:
+    """Whether the host serves (and so clients speak) HTTPS: ``[network] tls``.
+
+    ``true``/``false`` say so; ``"auto"`` (the default) is on whenever the host listens
+    beyond loopback (``host_bind_ip``) or has a certificate of its own (``tls_cert``);
+    for a client, also when it pins the host's certificate authority (``ca_fingerprint``).
+    """
+    if isinstance(tls, bool):
+        return tls
+    return pinned or bool(tls_cert) or not is_loopback(bind_ip)

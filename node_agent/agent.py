@@ -107,9 +107,13 @@ class Agent:
         # In owner mode, this node's account names as last listed (None: too many).
         self.accounts: tuple[str, ...] | None = None
         self.activity = Activity()
+        trust = settings.pinned_trust()
         self.link = HostLink(
             self,
-            connect or websocket_connector(settings.ws_url, token=self.credential),
+            connect
+            or websocket_connector(
+                settings.ws_url, ssl=trust.context if trust else None, token=self.credential
+            ),
         )
         self.heartbeat_interval = settings.timing.heartbeat_interval
         self.kill_grace = settings.timing.kill_grace_period

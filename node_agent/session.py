@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -20,6 +21,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from events import link
 from events.envelope import new_event
+from events.pinning import refusal
 from node_agent.probes import probe_usage
 from node_agent.transport import Connector, Transport
 
@@ -71,6 +73,11 @@ class HostLink:
                     )
                 else:
                     log.info("link to %s refused (HTTP %d); retrying in %.1fs", url, status, delay)
+            except ssl.SSLCertVerificationError as exc:
+                pin = self.agent.settings.network.ca_fingerprint or None
+                log.warning(
+                    "link to %s refused: %s; retrying in %.1fs", url, refusal(exc, pin), delay
+                )
             except (OSError, ConnectionClosed, InvalidHandshake, InvalidURI, TimeoutError) as exc:
                 log.info("link to %s down (%s); retrying in %.1fs", url, exc, delay)
             except Exception:

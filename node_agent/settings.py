@@ -1,18 +1,27 @@
 """RunnerSettings: the node agent's part of the TOML configuration.
 
-The agent reads ``[network]`` (where the host is, what address to report),
+The agent reads ``[network]`` (where the host is, whether it speaks TLS and the CA
+fingerprint to pin, what address to report),
 ``[paths]``, ``[timing]``, ``[runner]`` and ``[docker]``; other keys are ignored.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 from msgspec import Meta, Struct
 
-from events.config import DEFAULT_DATA_DIR, RunTasksAs, node_name, node_name_problem
+from events.config import (
+    DEFAULT_DATA_DIR,
+    RunTasksAs,
+    node_name,
+    node_name_problem,
+    tls_wanted,
+)
+from events.pinning import BadFingerprint, PinnedTrust, parse_fingerprint
 
 Positive = Annotated[float, Meta(gt=0)]
 
@@ -25,6 +34,12 @@ class RunnerNetwork(Struct, kw_only=True, frozen=True):
     host_reachable_address: str = "127.0.0.1"
     host_port: Annotated[int, Meta(ge=0, le=65535)] = 8000
     runner_address: str = "127.0.0.1"
+    # Whether the host speaks TLS: the host's own rule (events.config.tls_wanted), so one
+    # file copied from the host says it; and the pinned CA (events/pinning.py).
+    host_bind_ip: str = "127.0.0.1"
+    tls: Literal["auto"] | bool = "auto"
+    tls_cert: str = ""
+    ca_fingerprint: str = ""
 
 
 class RunnerPaths(Struct, kw_only=True, frozen=True):
@@ -76,8 +91,13 @@ class RunnerSettings(Struct, kw_only=True, frozen=True):
         data_dir: str | None = None,
         name: str | None = None,
         host_url: str | None = None,
+        ca_fingerprint: str | None = None,
     ) -> RunnerSettings:
-        """Decode the runner's sections of a parsed TOML file; unknown keys are ignored."""
+        """Decode the runner's sections of a parsed TOML file; unknown keys are ignored.
+
+        ``host_url`` and ``ca_fingerprint`` (``$HAKURIVER_URL``, ``$HAKURIVER_CA_FINGERPRINT``,
+        options) override ``[network]``.
+        """
         wanted: dict[str, Any] = {
             k: dict(v) for k, v in config.items() if k in _SECTIONS and isinstance(v, dict)
         }
@@ -89,10 +109,20 @@ class RunnerSettings(Struct, kw_only=True, frozen=True):
             wanted.setdefault("runner", {})["name"] = name
         if host_url:
             wanted["host_url"] = host_url
+        if ca_fingerprint:
+            wanted.setdefault("network", {})["ca_fingerprint"] = ca_fingerprint
         try:
             settings = msgspec.convert(wanted, cls, strict=False)
         except msgspec.ValidationError as exc:
             raise RunnerSettingsError(f"configuration: {exc}") from None
+        if settings.network.ca_fingerprint:
+            try:
+                pin = parse_fingerprint(settings.network.ca_fingerprint)
+            except BadFingerprint as exc:
+                where = "the CA fingerprint given" if ca_fingerprint else "[network] ca_fingerprint"
+                raise RunnerSettingsError(f"{where}: {exc}") from None
+            network = msgspec.structs.replace(settings.network, ca_fingerprint=pin)
+            settings = msgspec.structs.replace(settings, network=network)
         problem = node_name_problem(settings.node_name)
         if problem is not None:
             where = "--name" if name else "[runner] name (empty: this machine's hostname)"
@@ -140,13 +170,40 @@ class RunnerSettings(Struct, kw_only=True, frozen=True):
         return self.path(self.paths.local_temp_dir)
 
     @property
-    def ws_url(self) -> str:
-        base = self.host_url or (
-            f"http://{self.network.host_reachable_address}:{self.network.host_port}"
+    def base_url(self) -> str:
+        """The host's URL: ``host_url``, else ``[network]`` (https when the host speaks TLS)."""
+        if self.host_url:
+            return self.host_url.rstrip("/")
+        network = self.network
+        pinned = bool(network.ca_fingerprint)
+        on = tls_wanted(
+            network.tls, bind_ip=network.host_bind_ip, tls_cert=network.tls_cert, pinned=pinned
         )
-        return (
-            base.replace("http://", "ws://", 1).replace("https://", "wss://", 1).rstrip("/")
-            + "/api/agents/ws"
+        address = network.host_reachable_address
+        address = f"[{address}]" if ":" in address else address
+        return f"{'https' if on else 'http'}://{address}:{network.host_port}"
+
+    @property
+    def ws_url(self) -> str:
+        base = self.base_url
+        return base.replace("http://", "ws://", 1).replace("https://", "wss://", 1) + (
+            "/api/agents/ws"
+        )
+
+    def pinned_trust(self) -> PinnedTrust | None:
+        """How the link trusts the host: its pinned CA (kept in the state dir), if any.
+
+        None for a plain ``ws://`` link, or ``wss://`` with the system's trust store.
+        """
+        parts = urlsplit(self.base_url)
+        if parts.scheme != "https" or not self.network.ca_fingerprint or not parts.hostname:
+            return None
+        return PinnedTrust(
+            parts.hostname,
+            parts.port or 443,
+            self.network.ca_fingerprint,
+            prefix=parts.path,
+            cache_dir=self.state_dir / "ca",
         )
 
 

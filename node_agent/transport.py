@@ -9,9 +9,11 @@ drives as the host (tests/support/agent_link.py) on the real event loop.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Protocol
+from ssl import SSLContext
+from typing import Any, Protocol
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -68,13 +70,26 @@ class WebSocketTransport:
         return 0
 
 
-def websocket_connector(url: str, *, token: Callable[[], str | None] | None = None) -> Connector:
+def websocket_connector(
+    url: str,
+    *,
+    ssl: SSLContext | Callable[[], SSLContext] | None = None,
+    token: Callable[[], str | None] | None = None,
+) -> Connector:
     """Connections to the control plane's agent websocket at ``url``, presenting the agent's
     credential (``token()`` is read at each connection: a runner that joins meanwhile or
-    gets a new credential uses it at its next connection)."""
+    gets a new credential uses it at its next connection).
+
+    ``ssl`` for a ``wss://`` URL: a context, or a blocking function making one (a pinned
+    CA's, events/pinning.py, which may fetch the CA: it runs on a thread at each
+    connection until it succeeds); None: the system's trust store.
+    """
 
     @asynccontextmanager
     async def open_link() -> AsyncIterator[Transport]:
+        context = await asyncio.to_thread(ssl) if callable(ssl) else ssl
+        # websockets takes no ssl=None for wss:// (its default) and no ssl at all for ws://.
+        tls: dict[str, Any] = {} if context is None else {"ssl": context}
         secret = token() if token is not None else None
         headers = {"Authorization": f"Bearer {secret}"} if secret else None
         async with connect(
@@ -84,6 +99,7 @@ def websocket_connector(url: str, *, token: Callable[[], str | None] | None = No
             ping_interval=20,
             ping_timeout=20,
             additional_headers=headers,
+            **tls,
         ) as ws:
             yield WebSocketTransport(ws)
 

@@ -170,19 +170,19 @@ def is_wildcard(host: str) -> bool:
     return host in WILDCARDS
 
 
-def url_of(host: str, port: int) -> str:
+def url_of(host: str, port: int, scheme: str = "http") -> str:
     """``http://host:port``, with brackets around an IPv6 address."""
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
-def local_url(host: str, port: int) -> str:
+def local_url(host: str, port: int, scheme: str = "http") -> str:
     """A URL this machine reaches a socket bound to ``host`` at (loopback for wildcards)."""
     if is_wildcard(host):
-        return url_of("::1" if host == "::" else "127.0.0.1", port)
-    return url_of(host, port)
+        return url_of("::1" if host == "::" else "127.0.0.1", port, scheme)
+    return url_of(host, port, scheme)
 
 
-def interface_urls(port: int) -> list[str]:
+def interface_urls(port: int, scheme: str = "http") -> list[str]:
     """URLs of this machine's non-loopback IPv4 addresses (how other machines reach it)."""
     try:
         import psutil  # type: ignore[import-untyped,unused-ignore]  # no stubs in the lock
@@ -195,4 +195,4 @@ def interface_urls(port: int) -> list[str]:
         ]
     except Exception:
         return []
-    return [url_of(address, port) for address in sorted(set(addresses))]
+    return [url_of(address, port, scheme) for address in sorted(set(addresses))]

@@ -5,7 +5,9 @@ One kept-alive connection per ``HakuClient`` (wire.py, HTTP/1.1 on a socket:
 submit`` should take; docs/decisions.md, "A CLI that answers at once"); every
 method is one request (``wait`` polls). Failures come back as ``ApiError`` built
 from the API's JSON error body, or ``Unreachable`` when there is no control plane
-to answer.
+to answer, or ``Untrusted`` when the host's certificate is refused (a ``https://`` URL
+trusts the pinned CA given as ``ca_fingerprint``, events/pinning.py, else the system's
+trust store).
 
 Longer than our usual ~400 lines on purpose: one short method per REST route, side
 by side, so the API as the CLI sees it reads as one list (docs/api.md has the same order).
@@ -14,13 +16,20 @@ by side, so the API as the CLI sees it reads as one list (docs/api.md has the sa
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote, urlencode, urlsplit
 
 from cli.hakuriver import wire
+
+if TYPE_CHECKING:
+    from ssl import SSLContext
+
+    from events.pinning import PinnedTrust
 
 Stream = Literal["stdout", "stderr"]
 Json = dict[str, Any]
@@ -30,6 +39,9 @@ Params = Mapping[str, str | int | Sequence[str]]
 # A kept-alive connection idle this long is not reused for a POST: if the server
 # closed it meanwhile, the request could not be retried without risking a double submit.
 _POST_REUSE_S = 2.0
+
+# Pinned CA certificates, by fingerprint (checked again when read): saves a round trip.
+CA_CACHE = Path("~/.hakuriver/ca")
 
 
 class ApiError(Exception):
@@ -61,6 +73,14 @@ class Unreachable(ApiError):
             " (is `hakuriver host` or `hakuriver up` running?)"
         )
         super().__init__(0, "unreachable", None, f"{message}: {reason}" if reason else message)
+        self.url = url
+
+
+class Untrusted(ApiError):
+    """The host's certificate was refused: not the pinned CA's, or not trusted at all."""
+
+    def __init__(self, url: str, message: str) -> None:
+        super().__init__(0, "untrusted", None, f"{url}: {message}")
         self.url = url
 
 
@@ -102,10 +122,21 @@ def auth_headers(token: str | None) -> dict[str, str]:
 class HakuClient:
     """The control plane's REST API as Python methods returning its JSON documents.
 
-    Every request presents ``token`` (cli/hakuriver/credentials.py finds the CLI's).
+    Every request presents ``token`` (cli/hakuriver/credentials.py finds the CLI's). With
+    an ``https://`` URL, ``ca_fingerprint`` pins the host's certificate authority (its CA
+    certificate is kept in ``ca_cache``); without one the system's trust store decides.
+    An ``http://`` URL uses no TLS, pin or not.
     """
 
-    def __init__(self, base_url: str, timeout: float = 30.0, *, token: str | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        timeout: float = 30.0,
+        *,
+        token: str | None = None,
+        ca_fingerprint: str | None = None,
+        ca_cache: Path | None = CA_CACHE,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         parts = urlsplit(self.base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -114,12 +145,22 @@ class HakuClient:
         port = parts.port or (443 if https else 80)
         self._prefix = parts.path
         self.token = token
+        self.ca_fingerprint = ca_fingerprint or None
+        self._trust: PinnedTrust | None = None
+        if https and ca_fingerprint:
+            from events.pinning import PinnedTrust  # ssl: only for an https:// URL
+
+            cache = ca_cache.expanduser() if ca_cache is not None else None
+            self._trust = PinnedTrust(
+                parts.hostname, port, ca_fingerprint, prefix=parts.path, cache_dir=cache
+            )
+        tls = self._trust.context if self._trust is not None else None
         headers = auth_headers(token)
         self._conn = wire.Connection(
-            parts.hostname, port, https=https, timeout=timeout, headers=headers
+            parts.hostname, port, https=https, timeout=timeout, headers=headers, tls=tls
         )
         self._stream_conn = wire.Connection(
-            parts.hostname, port, https=https, timeout=timeout, headers=headers
+            parts.hostname, port, https=https, timeout=timeout, headers=headers, tls=tls
         )
         self._idle_since = 0.0
 
@@ -314,6 +355,15 @@ class HakuClient:
         base = self.base_url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
         return base + path
 
+    def ws_ssl(self) -> SSLContext | None:
+        """The TLS context for this host's websockets: the pinned CA's; None: the default."""
+        if self._trust is None:
+            return None
+        try:
+            return self._trust.context()
+        except OSError as exc:
+            raise self._unreachable(exc) from None
+
     # --- plumbing ----------------------------------------------------------------------
 
     def _json(
@@ -392,11 +442,20 @@ class HakuClient:
         query = urlencode(params, doseq=True) if params else ""
         return self._prefix + path + (f"?{query}" if query else "")
 
-    def _unreachable(self, exc: BaseException) -> Unreachable:
+    def _unreachable(self, exc: BaseException) -> ApiError:
+        ssl = sys.modules.get("ssl")  # not imported: no TLS was tried
+        if ssl is not None and isinstance(exc, ssl.SSLCertVerificationError):
+            from events.pinning import refusal
+
+            return Untrusted(self.base_url, refusal(exc, self.ca_fingerprint))
         if isinstance(exc, TimeoutError):
             return Unreachable(self.base_url, "no answer in time")
         if isinstance(exc, ConnectionRefusedError):
             return Unreachable(self.base_url)
+        if isinstance(exc, wire.WireError) and self.base_url.startswith("http://"):
+            # What a host serving HTTPS does to a plain request.
+            hint = f"{exc}; if the host serves HTTPS, use an https:// URL"
+            return Unreachable(self.base_url, hint)
         return Unreachable(self.base_url, str(exc) or type(exc).__name__)
 
     # --- identity: who asks, users, tokens, SSH keys (docs/api.md) ---------------------

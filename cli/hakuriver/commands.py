@@ -130,6 +130,7 @@ def runner(
     name: str | None = None,
     join: str | None = None,
     host: str | None = None,
+    ca_fingerprint: str | None = None,
     conn: Connection | None = None,
 ) -> int:
     """Run a node agent (a runner) that joins the control plane at the configured address.
@@ -143,10 +144,19 @@ def runner(
         for this runner's own credential, kept in its state directory.
     host
         The control plane's URL (default: $HAKURIVER_URL, then the [network] keys).
+    ca_fingerprint
+        The host's CA fingerprint to pin (sha256:...; default: $HAKURIVER_CA_FINGERPRINT,
+        then [network] ca_fingerprint). Put it in the runner's configuration to keep it.
     """
     from cli.hakuriver import serve
 
-    return serve.run_runner(connection(conn).settings(), name=name, join=join, host_url=host)
+    return serve.run_runner(
+        connection(conn).settings(),
+        name=name,
+        join=join,
+        host_url=host,
+        ca_fingerprint=ca_fingerprint,
+    )
 
 
 def run(tokens: Sequence[str]) -> int:

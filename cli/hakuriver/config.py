@@ -3,7 +3,8 @@
 Where it comes from, first match wins: ``--config FILE``, ``$HAKURIVER_CONFIG``,
 ``~/.hakuriver/config.toml``. A missing default file means "all defaults"; a file
 named explicitly must exist. ``$HAKURIVER_URL`` overrides the host address for
-clients and runners.
+clients and runners, ``$HAKURIVER_CA_FINGERPRINT`` the host's pinned certificate
+authority (``[network] ca_fingerprint``; events/pinning.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ host_bind_ip = "127.0.0.1"
 host_port = 8000
 host_reachable_address = "127.0.0.1"  # how runners and clients reach the host
 runner_address = "127.0.0.1"      # how this runner is reported (unique per runner)
+tls = "auto"                      # HTTPS/WSS: "auto" = on when host_bind_ip is not loopback
+ca_fingerprint = ""               # clients, runners: the host's CA, as `hakuriver host` prints it
+# tls_cert = "", tls_key = "", tls_ca = ""   # host: a certificate of your own instead
 
 [paths]
 data_dir = "~/.hakuriver"         # the host's database and the runners' state live here
@@ -95,14 +99,43 @@ def load_config(explicit: str | os.PathLike[str] | None = None) -> dict[str, Any
 
 
 def host_url(config: dict[str, Any]) -> str:
-    """The control plane's base URL: ``$HAKURIVER_URL`` or the ``[network]`` keys."""
+    """The control plane's base URL: ``$HAKURIVER_URL`` or the ``[network]`` keys.
+
+    ``https`` when the host speaks TLS by the host's own rule (events.config.tls_wanted)
+    read from the same keys, or when a CA fingerprint is pinned.
+    """
+    from events.config import tls_wanted
+
     env = os.environ.get("HAKURIVER_URL")
     if env:
         return env.rstrip("/")
     network = config.get("network", {})
-    address = network.get("host_reachable_address", "127.0.0.1")
+    address = str(network.get("host_reachable_address", "127.0.0.1"))
     port = network.get("host_port", 8000)
-    return f"http://{address}:{port}"
+    tls = network.get("tls", "auto")
+    on = tls_wanted(
+        tls if isinstance(tls, bool) else "auto",
+        bind_ip=str(network.get("host_bind_ip", "127.0.0.1")),
+        tls_cert=str(network.get("tls_cert", "")),
+        pinned=ca_fingerprint(config) is not None,
+    )
+    address = f"[{address}]" if ":" in address else address
+    return f"{'https' if on else 'http'}://{address}:{port}"
+
+
+def ca_fingerprint(config: dict[str, Any]) -> str | None:
+    """The host's pinned CA: ``$HAKURIVER_CA_FINGERPRINT`` or ``[network] ca_fingerprint``."""
+    env = os.environ.get("HAKURIVER_CA_FINGERPRINT", "").strip()
+    text = env or str(config.get("network", {}).get("ca_fingerprint", "") or "").strip()
+    if not text:
+        return None
+    from events.pinning import BadFingerprint, parse_fingerprint
+
+    try:
+        return parse_fingerprint(text)
+    except BadFingerprint as exc:
+        where = "$HAKURIVER_CA_FINGERPRINT" if env else "[network] ca_fingerprint"
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def write_default(path: Path, *, force: bool = False) -> Path:

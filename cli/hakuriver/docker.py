@@ -255,8 +255,10 @@ def _shell(name: str, conn: Connection | None) -> int:
 
     with connection(conn).client() as client:
         url = client.ws_url(f"/api/environments/{quote(name, safe='')}/shell")
+        context = client.ws_ssl()
+        pin = client.ca_fingerprint
         token = client.token
-    return run_shell(url, token=token)
+    return run_shell(url, token=token, ssl_context=context, ca_fingerprint=pin)
 
 
 def _stamp(timestamp: int) -> str:

@@ -23,10 +23,16 @@ class Followers:
     """Threads copying the output of some tasks to this process's stdout and stderr."""
 
     def __init__(
-        self, base_url: str, tasks: Sequence[tuple[str, str]], *, token: str | None = None
+        self,
+        base_url: str,
+        tasks: Sequence[tuple[str, str]],
+        *,
+        token: str | None = None,
+        ca_fingerprint: str | None = None,
     ) -> None:
         self._token = token
         """``tasks``: (what to ask the API for, the label to show) per task."""
+        self._pin = ca_fingerprint
         self.errors: list[str] = []
         self._label = len(tasks) > 1
         self._locks = {"stdout": threading.Lock(), "stderr": threading.Lock()}
@@ -54,7 +60,7 @@ class Followers:
         prefix = f"{label}: ".encode() if self._label else b""
         pending = b""
         try:
-            with HakuClient(base_url, token=self._token) as client:
+            with HakuClient(base_url, token=self._token, ca_fingerprint=self._pin) as client:
                 for chunk in client.follow_logs(ident, stream):
                     if not self._label:
                         self._write(stream, out, chunk)

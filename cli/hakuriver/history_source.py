@@ -85,8 +85,15 @@ class HistorySource(Protocol):
 class ApiSource(HakuClient):
     """The control plane's history routes (a query may take a while: a long time limit)."""
 
-    def __init__(self, base_url: str, timeout: float = 120.0, *, token: str | None = None) -> None:
-        super().__init__(base_url, timeout, token=token)
+    def __init__(
+        self,
+        base_url: str,
+        timeout: float = 120.0,
+        *,
+        token: str | None = None,
+        ca_fingerprint: str | None = None,
+    ) -> None:
+        super().__init__(base_url, timeout, token=token, ca_fingerprint=ca_fingerprint)
 
     def events(self, query: EventQuery, *, after: int, limit: int, tail: bool) -> Json:
         """``GET /api/events``."""
@@ -289,11 +296,17 @@ class FileSource:
         return self.history.export(export_query(name, since))
 
 
-def open_source(db: Path | None, base_url: str, token: str | None = None) -> HistorySource:
+def open_source(
+    db: Path | None,
+    base_url: str,
+    token: str | None = None,
+    *,
+    ca_fingerprint: str | None = None,
+) -> HistorySource:
     """A file source for ``--db``, else the control plane at ``base_url``."""
     if db is not None:
         return FileSource(db)
-    return ApiSource(base_url, token=token)
+    return ApiSource(base_url, token=token, ca_fingerprint=ca_fingerprint)
 
 
 @Parameter(name="*")
@@ -313,7 +326,9 @@ def reading(offline: Offline | None, conn: Connection | None) -> Iterator[Histor
         if db is None:
             client = connection(conn).client()
             client.close()
-            source = open_source(None, client.base_url, client.token)
+            source = open_source(
+                None, client.base_url, client.token, ca_fingerprint=client.ca_fingerprint
+            )
         else:
             source = open_source(db, "")
         try:

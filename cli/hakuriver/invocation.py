@@ -16,7 +16,7 @@ from cyclopts import Parameter
 from rich.console import Console, RenderableType
 
 from cli.hakuriver.client import ApiError, HakuClient, error_line
-from cli.hakuriver.config import ConfigError, host_url, load_config
+from cli.hakuriver.config import ConfigError, ca_fingerprint, host_url, load_config
 from cli.hakuriver.credentials import SecretFileError, find_token
 from cli.hakuriver.output import (
     EXIT_FAILED,
@@ -75,9 +75,13 @@ class Connection:
 
     def client(self) -> HakuClient:
         """A client for the control plane at ``$HAKURIVER_URL`` or the configured address,
-        presenting the token credentials.py finds."""
+        presenting the token credentials.py finds, pinning the configured CA (if any)."""
         config = self.settings()
-        return HakuClient(host_url(config), token=find_token(self.token, config))
+        return HakuClient(
+            host_url(config),
+            token=find_token(self.token, config),
+            ca_fingerprint=ca_fingerprint(config),
+        )
 
 
 def connection(given: Connection | None) -> Connection:

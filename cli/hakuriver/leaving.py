@@ -38,7 +38,9 @@ def count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-async def stop_tasks(cp: Any, url: str, *, token: str | None) -> tuple[int, list[str]]:
+async def stop_tasks(
+    cp: Any, url: str, *, token: str | None, ca_fingerprint: str | None = None
+) -> tuple[int, list[str]]:
     """Kill every task not ended; how many were asked, and the ids still not ended."""
     placed, queued = unended(cp.state)
     # Queued first: killing a running task frees room the scheduler would fill from them.
@@ -47,7 +49,7 @@ async def stop_tasks(cp: Any, url: str, *, token: str | None) -> tuple[int, list
         return 0, []
 
     def kill_each() -> None:
-        with HakuClient(url, timeout=30, token=token) as client:
+        with HakuClient(url, timeout=30, token=token, ca_fingerprint=ca_fingerprint) as client:
             for task_id in ids:
                 try:
                     client.kill(task_id, reason=KILL_REASON)

@@ -131,7 +131,7 @@ def split_at_command(tokens: Sequence[str]) -> tuple[list[str], list[str]] | Non
 def quick_submit(tokens: Sequence[str]) -> int | None:
     """Submit as ``hakuriver task submit TOKENS`` would; None: let the full command do it."""
     from cli.hakuriver.client import ApiError, HakuClient, error_line
-    from cli.hakuriver.config import ConfigError, host_url, load_config
+    from cli.hakuriver.config import ConfigError, ca_fingerprint, host_url, load_config
     from cli.hakuriver.credentials import SecretFileError, find_token
     from cli.hakuriver.output import (
         EXIT_FAILED,
@@ -149,13 +149,13 @@ def quick_submit(tokens: Sequence[str]) -> int | None:
     try:
         request = build_request(words.command, **words.fields)
         config = load_config(Path(words.config) if words.config else None)
-        url = host_url(config)
+        url, pin = host_url(config), ca_fingerprint(config)
         token = find_token(words.token, config)
     except (InvalidRequest, ConfigError, OSError, ValueError, SecretFileError):
         return None  # the full command explains it
     # Sent from here on: every outcome is answered here, as commands' `reported` does.
     try:
-        with HakuClient(url, token=token) as client:
+        with HakuClient(url, token=token, ca_fingerprint=pin) as client:
             answer = client.submit(request)
         print_submitted(answer, as_json=words.as_json)
         return 0

@@ -8,7 +8,8 @@ both stopped cleanly by Ctrl-C.
 
 Before Sanic starts, the host claims its event log and its port (claims.py): a
 second host on the same data directory or port ends in one line naming the holder,
-with exit code 2.
+with exit code 2. Then, with ``[network] tls`` on, it makes or loads its TLS material
+(control_plane/tls.py) and says the fingerprint clients pin.
 
 ``python -m cli.hakuriver.serve host|runner [--config F] [--data-dir D] [--name N]``
 is the same without the CLI around it (``up`` uses it for its agent).
@@ -42,6 +43,7 @@ from events.config import DEFAULT_DATA_DIR, node_name
 
 EXIT_USAGE = 2
 LOOPBACK_NAMES = ("localhost", "::1")
+log = logging.getLogger("hakuriver.host")
 
 
 def _logging() -> None:
@@ -55,8 +57,7 @@ def _logging() -> None:
         logger.propagate = False
 
 
-def _host_app(config: dict[str, Any], data_dir: str | None, port: int | None) -> Any:
-    from control_plane.app import create_app
+def _host_settings(config: dict[str, Any], data_dir: str | None, port: int | None) -> Any:
     from control_plane.settings import HostSettings
 
     settings = HostSettings.from_mapping(config, data_dir=data_dir)
@@ -65,7 +66,20 @@ def _host_app(config: dict[str, Any], data_dir: str | None, port: int | None) ->
 
         network = msgspec.structs.replace(settings.network, host_port=port)
         settings = msgspec.structs.replace(settings, network=network)
-    return settings, create_app(settings)
+    return settings
+
+
+def _host_app(settings: Any, claims: _Claims) -> tuple[Any, Any]:
+    """The app and its TLS material (made now: the event log's lock is held)."""
+    from control_plane.app import create_app
+    from control_plane.tls import prepare_tls
+
+    try:
+        tls = prepare_tls(settings)
+    except BaseException:
+        claims.release()
+        raise
+    return create_app(settings, tls=tls), tls
 
 
 class _Claims:
@@ -84,11 +98,21 @@ class _Claims:
         address = self.sock.getsockname()
         self.host: str = address[0]
         self.port: int = address[1]
+        self.scheme = "https" if settings.tls_enabled else "http"
+
+    def release(self) -> None:
+        """Give the socket and the log back (the server will not run)."""
+        self.sock.close()
+        self.lock.release()
 
     @property
     def local_url(self) -> str:
         """How this machine reaches the server (loopback when bound to every interface)."""
-        return local_url(self.host, self.port)
+        return local_url(self.host, self.port, self.scheme)
+
+    def interface_urls(self) -> list[str]:
+        """How other machines may reach it (a wildcard bind's interface addresses)."""
+        return interface_urls(self.port, self.scheme)
 
     def where(self) -> str:
         """What the server listens on, in words."""
@@ -111,7 +135,7 @@ class _DropLogInUse(logging.Filter):
         return not (record.exc_info and isinstance(record.exc_info[1], LogInUse))
 
 
-def _serve(app: Any, claims: _Claims) -> int:
+def _serve(app: Any, claims: _Claims, tls: Any) -> int:
     """Run the app on the claimed socket until SIGINT/SIGTERM (one process: one writer)."""
     from control_plane.app import LogInUse
 
@@ -119,13 +143,13 @@ def _serve(app: Any, claims: _Claims) -> int:
     quiet = _DropLogInUse()
     sanic_errors.addFilter(quiet)
     try:
-        app.run(sock=claims.sock, single_process=True, access_log=False, motd=False)
+        context = tls.server_context() if tls is not None else None
+        app.run(sock=claims.sock, ssl=context, single_process=True, access_log=False, motd=False)
     except LogInUse as exc:
         return _refuse(duckdb_lock_message(claims.db_path, str(exc)))
     finally:
         sanic_errors.removeFilter(quiet)
-        claims.sock.close()
-        claims.lock.release()
+        claims.release()
     return 0
 
 
@@ -146,11 +170,24 @@ def host_banner(claims: _Claims, settings: Any) -> list[str]:
             )
         return lines
     reachable = settings.network.host_reachable_address
-    others = [settings.url] if not _loopback(reachable) else interface_urls(claims.port)
+    others = [settings.url] if not _loopback(reachable) else claims.interface_urls()
     return [
         f"HakuRiver control plane listening on {claims.where()}",
         f"  this machine: {claims.local_url}",
         f"  other machines: {', '.join(others) or 'none (no network interface found)'}",
+    ]
+
+
+def tls_banner(tls: Any) -> list[str]:
+    """What the host says about its TLS: the fingerprint to pin, or whose certificate."""
+    if tls is None:
+        return []
+    if tls.fingerprint is None:
+        return [f"TLS: certificate {tls.cert_file} (clients verify it with their trust store)"]
+    return [
+        f"TLS: certificate authority {tls.fingerprint} ({tls.ca_file})",
+        "  clients and runners pin it: [network] ca_fingerprint ="
+        f' "{tls.fingerprint}", or HAKURIVER_CA_FINGERPRINT={tls.fingerprint}',
     ]
 
 
@@ -159,7 +196,7 @@ def run_host(
 ) -> int:
     """Serve the control plane until SIGINT/SIGTERM."""
     _logging()
-    settings, app = _host_app(config, data_dir, port)
+    settings = _host_settings(config, data_dir, port)
     try:
         claims = _Claims(
             settings,
@@ -168,14 +205,17 @@ def run_host(
         )
     except ClaimRefused as exc:
         return _refuse(str(exc))
+    app, tls = _host_app(settings, claims)
+    if tls is not None and tls.fingerprint is not None:
+        log.info("TLS certificate authority %s (%s)", tls.fingerprint, tls.ca_file)
 
     @app.after_server_start  # type: ignore[untyped-decorator]
     async def _ready(app: Any) -> None:
-        for line in host_banner(claims, settings):
+        for line in host_banner(claims, settings) + tls_banner(tls):
             print(line, flush=True)
         print(f"event log: {settings.db_path}", flush=True)
 
-    return _serve(app, claims)
+    return _serve(app, claims, tls)
 
 
 def join_cluster(settings: Any, join_token: str) -> str | None:
@@ -187,7 +227,8 @@ def join_cluster(settings: Any, join_token: str) -> str | None:
     base = settings.ws_url.removesuffix("/api/agents/ws")
     base = base.replace("wss://", "https://", 1).replace("ws://", "http://", 1)
     try:
-        with HakuClient(base, token=join_token.strip()) as client:
+        pin = settings.network.ca_fingerprint or None
+        with HakuClient(base, token=join_token.strip(), ca_fingerprint=pin) as client:
             answer = client.join(settings.node_name)
     except ApiError as exc:
         return f"joining as {settings.node_name} was refused: {exc}"
@@ -208,6 +249,7 @@ def run_runner(
     data_dir: str | None = None,
     host_url: str | None = None,
     join: str | None = None,
+    ca_fingerprint: str | None = None,
 ) -> int:
     """Run a node agent until SIGINT/SIGTERM; its tasks keep running after it stops.
 
@@ -224,7 +266,9 @@ def run_runner(
         data_dir=data_dir,
         name=name,
         host_url=host_url or os.environ.get("HAKURIVER_URL"),
+        ca_fingerprint=ca_fingerprint or os.environ.get("HAKURIVER_CA_FINGERPRINT"),
     )
+    pin = settings.pinned_trust()
     have = read_secret(settings.agent_token_file)
     if join and have:
         print(
@@ -247,7 +291,8 @@ def run_runner(
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        print(f"HakuRiver runner {settings.node_name} -> {settings.ws_url}", flush=True)
+        pinned = f" (pinned CA {pin.fingerprint})" if pin is not None else ""
+        print(f"HakuRiver runner {settings.node_name} -> {settings.ws_url}{pinned}", flush=True)
         await Agent(settings).run(stop)
 
     # The default (selector) loop, whatever policy an import may have installed.
@@ -299,7 +344,7 @@ def run_up(
     _logging()
     data = data_dir or config.get("paths", {}).get("data_dir") or DEFAULT_DATA_DIR
     Path(data).expanduser().mkdir(parents=True, exist_ok=True)
-    settings, app = _host_app(config, data, port)
+    settings = _host_settings(config, data, port)
     try:
         claims = _Claims(
             settings,
@@ -308,6 +353,9 @@ def run_up(
         )
     except ClaimRefused as exc:
         return _refuse(str(exc))
+    app, tls = _host_app(settings, claims)
+    # Loopback (the default) is plain http; bound beyond it, the agent pins the new CA.
+    fingerprint = tls.fingerprint if tls is not None else None
     url = claims.local_url
     node = node_name(config.get("runner", {}).get("name", ""))
     child: dict[str, subprocess.Popen[bytes]] = {}
@@ -325,17 +373,22 @@ def run_up(
             print(line, flush=True)
         command = [sys.executable, "-m", "cli.hakuriver.serve", "runner"]
         command += ["--data-dir", data, "--name", node, "--url", url]
+        if fingerprint:
+            command += ["--ca-fingerprint", fingerprint]
         if config_file:
             command += ["--config", config_file]
         child["agent"] = await asyncio.to_thread(subprocess.Popen, command, start_new_session=True)
         print(f"HakuRiver is up: {url}  (node {node}, data in {data})", flush=True)
         if is_wildcard(claims.host):
-            others = ", ".join(interface_urls(claims.port)) or "no network interface found"
+            others = ", ".join(claims.interface_urls()) or "no network interface found"
             print(f"  listening on {claims.where()}: also {others}", flush=True)
         else:
             print(f"  listening on {claims.where()}", flush=True)
         print(f"  admin token: {admin_file} (the CLI reads it; keep it private)", flush=True)
-        hint = f"HAKURIVER_URL={url} hakuriver task submit --wait -- echo hello"
+        for line in tls_banner(tls):
+            print(f"  {line}", flush=True)
+        pin = f" HAKURIVER_CA_FINGERPRINT={fingerprint}" if fingerprint else ""
+        hint = f"HAKURIVER_URL={url}{pin} hakuriver task submit --wait -- echo hello"
         print(f"  try: {hint}", flush=True)
 
     @app.before_server_stop  # type: ignore[untyped-decorator]
@@ -347,7 +400,7 @@ def run_up(
             from events.credentials import read_secret
 
             admin = await asyncio.to_thread(read_secret, admin_file)
-            asked, _ = await leaving.stop_tasks(cp, url, token=admin)
+            asked, _ = await leaving.stop_tasks(cp, url, token=admin, ca_fingerprint=fingerprint)
         agent = child.get("agent")
         if agent is not None and agent.poll() is None:
             agent.send_signal(signal.SIGTERM)
@@ -362,7 +415,7 @@ def run_up(
             ):
                 print(line, flush=True)
 
-    return _serve(app, claims)
+    return _serve(app, claims, tls)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -374,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name")
     parser.add_argument("--url")
     parser.add_argument("--join")
+    parser.add_argument("--ca-fingerprint")
     parser.add_argument("--port", type=int)
     parser.add_argument("--stop-tasks-on-exit", action="store_true")
     args = parser.parse_args(argv)
@@ -397,7 +451,12 @@ def main(argv: list[str] | None = None) -> int:
                 stop_tasks_on_exit=args.stop_tasks_on_exit,
             )
         return run_runner(
-            config, name=args.name, data_dir=args.data_dir, host_url=args.url, join=args.join
+            config,
+            name=args.name,
+            data_dir=args.data_dir,
+            host_url=args.url,
+            join=args.join,
+            ca_fingerprint=args.ca_fingerprint,
         )
     except (SettingsError, RunnerSettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -16,6 +16,7 @@ import os
 import select
 import shutil
 import signal
+import ssl
 import sys
 import termios
 import threading
@@ -23,7 +24,7 @@ import tty
 from typing import Any, BinaryIO
 from urllib.parse import urlencode
 
-from cli.hakuriver.client import ApiError, Unreachable, auth_headers
+from cli.hakuriver.client import ApiError, Unreachable, Untrusted, auth_headers
 
 EOT = b"\x04"
 
@@ -34,10 +35,18 @@ def run_shell(
     token: str | None = None,
     stdin_fd: int | None = None,
     stdout: BinaryIO | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    ca_fingerprint: str | None = None,
 ) -> int:
-    """Connect to the shell at ``url`` (ws://.../shell) and bridge this terminal; exit code."""
+    """Connect to the shell at ``url`` (ws://.../shell) and bridge this terminal; exit code.
+
+    ``token`` is presented in the handshake. ``ssl_context``: how a ``wss://`` URL is
+    trusted (HakuClient.ws_ssl: the pinned CA's); None: the system's trust store.
+    """
     from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
     from websockets.sync.client import connect
+
+    from events.pinning import refusal
 
     fd = sys.stdin.fileno() if stdin_fd is None else stdin_fd
     out = stdout if stdout is not None else sys.stdout.buffer
@@ -51,6 +60,7 @@ def run_shell(
             open_timeout=15,
             close_timeout=2,
             additional_headers=auth_headers(token),
+            ssl=ssl_context,
         )
     except InvalidStatus as exc:
         status = exc.response.status_code
@@ -69,6 +79,8 @@ def run_shell(
         )
         refused.token_sent = bool(token)
         raise refused from None
+    except ssl.SSLCertVerificationError as exc:
+        raise Untrusted(url, refusal(exc, ca_fingerprint)) from None
     except (OSError, InvalidHandshake, TimeoutError) as exc:
         raise Unreachable(url, str(exc) or type(exc).__name__) from None
 

@@ -140,7 +140,12 @@ def report_submission(
     if not waiting.waits:
         return 0
     followers = (
-        Followers(client.base_url, list(zip(task_ids, numbers, strict=True)), token=client.token)
+        Followers(
+            client.base_url,
+            list(zip(task_ids, numbers, strict=True)),
+            token=client.token,
+            ca_fingerprint=client.ca_fingerprint,
+        )
         if waiting.follow
         else None
     )

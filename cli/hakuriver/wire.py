@@ -8,14 +8,19 @@ compression: the control plane uses none of them.
 Why not ``http.client``: it imports the ``email`` package and ``ssl``, which took
 as long as the interpreter's own start-up, and ``hakuriver task submit`` is mostly
 start-up (docs/decisions.md, "A CLI that answers at once"). ``ssl`` is imported
-here only for an ``https://`` URL.
+here only for an ``https://`` URL; the connection then trusts what its ``tls`` function
+says (a pinned CA: events/pinning.py), else the system's trust store.
 """
 
 from __future__ import annotations
 
 import re
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ssl import SSLContext
 
 _MAX_LINE = 65536
 _MAX_HEADERS = 100
@@ -52,6 +57,7 @@ class Connection:
         https: bool,
         timeout: float | None,
         headers: Mapping[str, str] | None = None,
+        tls: Callable[[], SSLContext] | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -59,6 +65,7 @@ class Connection:
         self.timeout = timeout
         # Sent with every request (the actor header: who makes the requests).
         self.headers = dict(headers or {})
+        self.tls = tls
         self._reader: _Reader | None = None
 
     @property
@@ -140,14 +147,20 @@ class Connection:
         return _head(self._reader)
 
     def _connect(self) -> socket.socket:
+        context = None
+        if self.https:
+            import ssl
+
+            context = self.tls() if self.tls is not None else ssl.create_default_context()
         sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if not self.https:
+        if context is None:
             return sock
-        import ssl
-
-        context = ssl.create_default_context()
-        return context.wrap_socket(sock, server_hostname=self.host)
+        try:
+            return context.wrap_socket(sock, server_hostname=self.host)
+        except BaseException:
+            sock.close()
+            raise
 
 
 class _Reader:

@@ -215,10 +215,16 @@ async def create_token(request: Request) -> HTTPResponse:
             "token": made.text,
             **_token_doc(cp.state.identity.tokens[made.id]),
             "host_url": settings.url,
-            "ca_fingerprint": getattr(request.app.ctx, "ca_fingerprint", None),
+            "ca_fingerprint": _fingerprint(request),
         },
         status=201,
     )
+
+
+def _fingerprint(request: Request) -> str | None:
+    """The CA fingerprint clients pin (None without TLS): join commands carry it."""
+    tls = getattr(request.app.ctx, "tls", None)
+    return getattr(tls, "fingerprint", None) if tls is not None else None
 
 
 @bp.post("/tokens/<token_id:str>/revoke")

@@ -16,6 +16,9 @@ import pytest
 from support.cluster import REPO, free_port
 from support.waiting import wait_until
 
+from cli.hakuriver.client import HakuClient
+from events.pinning import fingerprint_of_pem
+
 
 def _processes_using(data_dir: Path) -> list[psutil.Process]:
     found = []
@@ -143,7 +146,8 @@ def test_the_config_template_binds_loopback_and_banners_say_where_they_listen(
     finally:
         _stop(host)
 
-    # Every interface: `up` says so, and still gives a URL that works from here.
+    # Every interface: `up` says so, serves HTTPS (tls "auto"), and still gives a URL that
+    # works from here, pinned to the CA it printed; its own agent pins it too.
     port = free_port()
     everywhere = tmp_path / "everywhere.toml"
     everywhere.write_text(f'[network]\nhost_bind_ip = "0.0.0.0"\nhost_port = {port}\n')
@@ -155,9 +159,12 @@ def test_the_config_template_binds_loopback_and_banners_say_where_they_listen(
         wait_until(lambda: "try:" in up_log.read_text(), timeout=30)
         assert _listening(up.pid, port) == ["0.0.0.0"]
         banner = up_log.read_text()
-        assert f"HakuRiver is up: http://127.0.0.1:{port}" in banner, banner
+        assert f"HakuRiver is up: https://127.0.0.1:{port}" in banner, banner
         assert f"listening on all interfaces (0.0.0.0:{port})" in banner, banner
-        assert httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=5).status_code == 200
+        pin = fingerprint_of_pem((tmp_path / "up" / "tls" / "ca.pem").read_text())
+        assert f"HAKURIVER_CA_FINGERPRINT={pin} hakuriver task submit" in banner, banner
+        with HakuClient(f"https://127.0.0.1:{port}", ca_fingerprint=pin, ca_cache=None) as client:
+            wait_until(lambda: any(n["online"] for n in client.nodes()), timeout=30)
     finally:
         _stop(up)
         wait_until(lambda: not _processes_using(tmp_path / "up"), timeout=10)

@@ -5,6 +5,10 @@
 (``... runner --name N``) on demand; all share the directory as "shared storage".
 Nothing is mocked: tests talk HTTP to the real server, and kill processes for real.
 Each process's output goes to ``<dir>/<name>.log`` (printed when a wait fails).
+
+``tls=True`` runs the host with ``[network] tls = true``: it serves HTTPS with the CA it
+makes under ``<dir>/tls``; ``http`` then trusts that CA, and agents and CLI calls get its
+fingerprint in ``$HAKURIVER_CA_FINGERPRINT``.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -50,10 +55,12 @@ class Cluster:
         lost_after: float = 3600.0,
         policy: str = "first-fit",
         extra: str = "",
+        tls: bool = False,
     ) -> None:
         self.root = root
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.tls = tls
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.config = root / "config.toml"
         self.config.write_text(
             f"""
@@ -61,6 +68,7 @@ class Cluster:
 host_bind_ip = "127.0.0.1"
 host_port = {self.port}
 host_reachable_address = "127.0.0.1"
+{"tls = true" if tls else ""}
 [paths]
 data_dir = "{root}"
 shared_dir = "shared"
@@ -90,6 +98,25 @@ policy = "{policy}"
     def db_file(self) -> Path:
         return self.root / "hakuriver.duckdb"
 
+    @property
+    def ca_file(self) -> Path:
+        """The CA a TLS host makes on first start."""
+        return self.root / "tls" / "ca.pem"
+
+    @property
+    def fingerprint(self) -> str | None:
+        """The TLS host's CA fingerprint (None before it made one, or without TLS)."""
+        from events.pinning import fingerprint_of_pem
+
+        if not self.tls or not self.ca_file.exists():
+            return None
+        return fingerprint_of_pem(self.ca_file.read_text())
+
+    @property
+    def fingerprint_hex(self) -> str:
+        """The fingerprint's hex digits: a cached CA's file name."""
+        return (self.fingerprint or "").removeprefix("sha256:")
+
     def env(self) -> dict[str, str]:
         """The environment for processes and CLI calls talking to this cluster."""
         env = dict(os.environ)
@@ -98,15 +125,28 @@ policy = "{policy}"
         env["PYTHONPATH"] = str(REPO)
         if self.admin_token:
             env["HAKURIVER_TOKEN"] = self.admin_token
+        fingerprint = self.fingerprint
+        if fingerprint is not None:
+            env["HAKURIVER_CA_FINGERPRINT"] = fingerprint
         return env
 
-    def _spawn(self, name: str, *args: str, config: Path | None = None) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self,
+        name: str,
+        *args: str,
+        config: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
         log = (self.root / f"{name}.log").open("ab")
         self._logs.append(log)
         config = config or self.config
         command = [sys.executable, "-m", "cli.hakuriver.serve", *args, "--config", str(config)]
         return subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=self.env(), cwd=REPO
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**self.env(), **(env or {})},
+            cwd=REPO,
         )
 
     # -- processes -------------------------------------------------------------------------
@@ -114,9 +154,21 @@ policy = "{policy}"
     def start_host(self) -> None:
         """Start the control plane and wait until it answers."""
         self.host = self._spawn("host", "host")
+        if self.tls:
+            self.wait(self._ca_made, 30, "the control plane to make its CA")
+            self.http.close()
+            # Hostname checked too: the host's certificate names 127.0.0.1.
+            trust = ssl.create_default_context(cafile=str(self.ca_file))
+            self.http = httpx.Client(base_url=self.url, timeout=10, verify=trust)
         self.wait(lambda: self._healthy(), 30, "the control plane to answer")
         self.admin_token = (self.root / "admin.token").read_text().strip()
         self.http.headers["Authorization"] = f"Bearer {self.admin_token}"
+
+    def _ca_made(self) -> bool:
+        assert self.host is not None
+        if self.host.poll() is not None:
+            raise AssertionError(f"host exited ({self.host.returncode}):\n{self.logs('host')}")
+        return self.ca_file.exists()
 
     def _healthy(self) -> bool:
         assert self.host is not None
@@ -135,11 +187,17 @@ policy = "{policy}"
         self.host = None
 
     def start_agent(
-        self, name: str, *, wait: bool = True, extra: str = ""
+        self,
+        name: str,
+        *,
+        wait: bool = True,
+        extra: str = "",
+        env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
         """Start a node agent called ``name``; by default wait until it is online.
 
-        ``extra``: TOML appended to the cluster's configuration for this agent only.
+        ``extra``: TOML appended to the cluster's configuration for this agent only;
+        ``env``: variables to set or override for it (``HAKURIVER_CA_FINGERPRINT``...).
         """
         config = None
         if extra:
@@ -154,7 +212,9 @@ policy = "{policy}"
                 revoked = self.http.post(f"/api/nodes/{name}/revoke")
                 assert revoked.status_code == 200, revoked.text
             join = ["--join", self.token(kind="join", uses=1)]
-        agent = self._spawn(f"agent-{name}", "runner", "--name", name, *join, config=config)
+        agent = self._spawn(
+            f"agent-{name}", "runner", "--name", name, *join, config=config, env=env
+        )
         self.agents[name] = agent
         if wait:
             self.wait_node(name, online=True)
