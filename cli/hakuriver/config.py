@@ -21,9 +21,9 @@ DEFAULT_CONFIG = """\
 # or ~/.hakuriver/config.toml. Relative paths are taken from [paths] data_dir.
 
 [network]
-# Where the control plane listens. The API has no authentication yet and runs commands:
-# keep it on loopback, or name this host's address (or "0.0.0.0": every interface) on a
-# trusted network so runners on other machines can connect.
+# Where the control plane listens: loopback (this machine only), or this host's address
+# (or "0.0.0.0": every interface) so runners on other machines can connect. Every request
+# needs a token (docs/security.md); beyond loopback the host serves HTTPS with its own CA.
 host_bind_ip = "127.0.0.1"
 host_port = 8000
 host_reachable_address = "127.0.0.1"  # how runners and clients reach the host

@@ -72,7 +72,12 @@ def test_a_client_pinned_to_the_right_fingerprint_talks_https(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     # When the CLI's client pins the fingerprint the host printed
-    with HakuClient(cluster.url, ca_fingerprint=cluster.fingerprint, ca_cache=tmp_path) as client:
+    with HakuClient(
+        cluster.url,
+        token=cluster.admin_token,
+        ca_fingerprint=cluster.fingerprint,
+        ca_cache=tmp_path,
+    ) as client:
         health = client.health()
 
     # Then it is answered, and keeps the checked CA for the next time

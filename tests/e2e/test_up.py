@@ -163,7 +163,9 @@ def test_the_config_template_binds_loopback_and_banners_say_where_they_listen(
         assert f"listening on all interfaces (0.0.0.0:{port})" in banner, banner
         pin = fingerprint_of_pem((tmp_path / "up" / "tls" / "ca.pem").read_text())
         assert f"HAKURIVER_CA_FINGERPRINT={pin} hakuriver task submit" in banner, banner
-        with HakuClient(f"https://127.0.0.1:{port}", ca_fingerprint=pin, ca_cache=None) as client:
+        token = (tmp_path / "up" / "admin.token").read_text().strip()
+        url = f"https://127.0.0.1:{port}"
+        with HakuClient(url, token=token, ca_fingerprint=pin, ca_cache=None) as client:
             wait_until(lambda: any(n["online"] for n in client.nodes()), timeout=30)
     finally:
         _stop(up)
