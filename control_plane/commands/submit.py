@@ -30,6 +30,9 @@ from projections.cluster import ClusterState
 from projections.nodes import NodeView
 from projections.tasks import TaskView
 
+# The part of the shared directory that tasks work in (``/shared`` in a container).
+SHARED_DATA = "shared_data"
+
 
 def never_fits(node: NodeView, cores: int, memory: int | None, target: Target) -> str | None:
     """Why a task could never run on ``node`` even when it is idle; None if it could."""
@@ -78,7 +81,7 @@ def submitted_events(
 
     ``owner`` is the authenticated user the tasks belong to. For a user who is not an
     admin, ``user_mount_dirs`` (not None) are the only folders ``--mount`` may name (the
-    shared storage and what ``[auth] user_mount_dirs`` grants), and ``user_privileged``
+    shared data folder and what ``[auth] user_mount_dirs`` grants), and ``user_privileged``
     false refuses ``--privileged`` (``[auth] user_privileged``).
     """
     memory = parse_size(request.memory)
@@ -91,7 +94,7 @@ def submitted_events(
         if user_mount_dirs is not None and not _inside(mount.host_path, user_mount_dirs):
             raise Refused(
                 f"mounts[{i}]",
-                f"host path {mount.host_path!r} is outside the shared storage: mounting it"
+                f"host path {mount.host_path!r} is outside the shared data folder: mounting it"
                 f" needs an admin's token (users may mount {', '.join(user_mount_dirs)};"
                 " an admin can grant more with [auth] user_mount_dirs)",
             )
@@ -230,7 +233,10 @@ def decide_submission(state: ClusterState, command: SubmitTasks, ctx: Context) -
     docker, auth = ctx.settings.docker, ctx.settings.auth
     actor = command.actor
     admin = actor.is_admin
-    user_mounts = None if admin else [str(ctx.settings.shared_dir), *auth.user_mount_dirs]
+    # A user's mounts stay in what their containers see as /shared already: the rest of the
+    # shared directory holds every task's output and the environment tarballs runners load.
+    user_data = str(ctx.settings.shared_dir / SHARED_DATA)
+    user_mounts = None if admin else [user_data, *auth.user_mount_dirs]
     submitted: list[TaskSubmitted] = []
     for i, request in enumerate(command.requests):
         owner = actor.user
