@@ -34,7 +34,8 @@ from control_plane.app import create_app
 from control_plane.settings import HostSettings
 from events import link
 
-pytestmark = pytest.mark.timeout(180)
+# One cluster serves every case: with ``--dist loadgroup`` they share one xdist worker.
+pytestmark = [pytest.mark.timeout(180), pytest.mark.xdist_group("access-matrix")]
 
 GUIDE = REPO / "docs" / "security.md"
 # A matrix row: | METHOD | `/api/path` | rule | what a user gets | notes |
@@ -180,7 +181,10 @@ def _sleeper(**fields: Any) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("matrix")
-    with running_cluster(root, agents=("n1",)) as cluster:
+    # Heartbeats once a second (not five times): the cases do not need them, the machine
+    # running the rest of the suite beside them is spared.
+    quiet = {"heartbeat_interval": 1.0, "heartbeat_timeout": 10.0}
+    with running_cluster(root, agents=("n1",), **quiet) as cluster:
         assert cluster.admin_token is not None
         tokens = {"admin": cluster.admin_token}
         for name in ("bob", "carol"):

@@ -30,7 +30,7 @@ from events import link
 from events.envelope import new_event
 from events.types import NodeHeartbeat, TaskFinished
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.xdist_group("attacks")]
 
 # The kinds of event only a request makes: each must name who asked.
 REQUEST_KINDS = (
@@ -108,7 +108,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     granted = root / "granted"
     extra = f'[auth]\nuser_mount_dirs = ["{granted}"]\n'
     # A slow heartbeat deadline: the fake agents below say hello and then do not beat.
-    with running_cluster(root, agents=("n1",), heartbeat_timeout=10.0, extra=extra) as cluster:
+    timing = {"heartbeat_interval": 1.0, "heartbeat_timeout": 10.0}
+    with running_cluster(root, agents=("n1",), extra=extra, **timing) as cluster:
         assert cluster.admin_token is not None
         tokens = {"admin": cluster.admin_token}
         for user in ("bob", "carol"):
