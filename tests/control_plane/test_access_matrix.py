@@ -1,20 +1,22 @@
-"""The authorization matrix, route by route, against a real host over real HTTP.
+"""The authorization matrix, route by route, against a real host over real HTTPS.
 
 Every route the app registers (websockets too) must declare an access rule
 (control_plane/access.py) and have a row with that rule in docs/security.md's matrix,
 and this file must know how to call it (``CASES``): a new route without a rule, a doc
 row or a case fails here. Then each route is called, against one running cluster with
-one agent, by each kind of caller: no token, a malformed one, a valid token in the
-wrong scheme, a revoked and an expired user token, an agent credential, a join token,
-a user who is not an admin (on their own things and on another user's) and an admin.
-The first five get 401 everywhere but on public routes; the user gets what the guide's
-matrix says; the admin gets through. No answer to anyone but an admin ever holds another
-user's secret (their tasks' env values and output).
+one agent (its host serving HTTPS with the CA it made), by each kind of caller: no
+token, a malformed one, a valid token in the wrong scheme, a revoked and an expired user
+token, an agent credential, a join token, a user who is not an admin (on their own
+things and on another user's) and an admin. The first five get 401 everywhere but on
+public routes; the user gets what the guide's matrix says; the admin gets through. No
+answer to anyone but an admin ever holds another user's secret (their tasks' env values
+and output).
 """
 
 from __future__ import annotations
 
 import re
+import ssl
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -99,6 +101,7 @@ class World:
 
     cluster: Cluster
     headers: dict[str, dict[str, str]]  # caller -> the headers it sends
+    trust: ssl.SSLContext  # the host's own CA: it serves HTTPS
     tokens: dict[str, str]  # user -> their token
     secrets: dict[str, str]  # user -> a secret in their standing task's env and output
     tasks: dict[str, str]  # user -> their standing (running) task
@@ -109,7 +112,10 @@ class World:
     def client(self, caller: str) -> httpx.Client:
         if caller not in self.clients:
             self.clients[caller] = httpx.Client(
-                base_url=self.cluster.url, timeout=15, headers=self.headers[caller]
+                base_url=self.cluster.url,
+                timeout=15,
+                headers=self.headers[caller],
+                verify=self.trust,
             )
         return self.clients[caller]
 
@@ -147,7 +153,7 @@ class World:
 
     def node(self) -> str:
         name = f"spare-{uuid.uuid4().hex[:6]}"
-        self.cluster.enroll(name)
+        enroll(self.cluster, self.trust, name)
         return name
 
     def clean_up(self) -> None:
@@ -155,6 +161,15 @@ class World:
         for task_id in self.made:
             self.cluster.http.post(f"/api/tasks/{task_id}/kill")
         self.made.clear()
+
+
+def enroll(cluster: Cluster, trust: ssl.SSLContext, node: str) -> str:
+    """Node ``node``'s agent credential, through a fresh single-use join token."""
+    headers = {"Authorization": f"Bearer {cluster.token(kind='join', uses=1)}"}
+    with httpx.Client(base_url=cluster.url, headers=headers, verify=trust) as joiner:
+        answer = joiner.post("/api/join", json={"node": node})
+    assert answer.status_code == 201, answer.text
+    return str(answer.json()["token"])
 
 
 def token_id_of(token: str) -> str:
@@ -184,8 +199,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     # Heartbeats once a second (not five times): the cases do not need them, the machine
     # running the rest of the suite beside them is spared.
     quiet = {"heartbeat_interval": 1.0, "heartbeat_timeout": 10.0}
-    with running_cluster(root, agents=("n1",), **quiet) as cluster:
-        assert cluster.admin_token is not None
+    with running_cluster(root, agents=("n1",), tls=True, **quiet) as cluster:
+        assert cluster.admin_token is not None and cluster.url.startswith("https://")
+        trust = ssl.create_default_context(cafile=str(cluster.ca_file))
         tokens = {"admin": cluster.admin_token}
         for name in ("bob", "carol"):
             tokens[name] = cluster.add_user(name)
@@ -203,12 +219,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             "wrong scheme": {"Authorization": f"Basic {cluster.admin_token}"},
             "revoked": bearer(revoked),
             "expired": bearer(expired),
-            "agent": bearer(cluster.enroll("spare")),
+            "agent": bearer(enroll(cluster, trust, "spare")),
             "join": bearer(cluster.token(kind="join", uses=1000)),
             **{name: bearer(token) for name, token in tokens.items()},
         }
         world = World(
             cluster=cluster,
+            trust=trust,
             headers=headers,
             tokens=tokens,
             secrets={u: f"{u}-secret-{uuid.uuid4().hex}" for u in ("bob", "carol")},
@@ -289,6 +306,7 @@ def _cases() -> dict[Route, Callable[[World], Calls]]:
     t = "/api/tasks"
     return {
         ("GET", "/api/health"): lambda w: Calls(_get("/api/health")),
+        ("GET", "/api/tls/ca"): lambda w: Calls(_get("/api/tls/ca")),
         ("GET", "/api/whoami"): lambda w: Calls(_get("/api/whoami")),
         ("GET", "/api/summary"): lambda w: Calls(_get("/api/summary")),
         ("GET", "/api/nodes"): lambda w: Calls(_get("/api/nodes")),
@@ -473,7 +491,9 @@ def call(world: World, caller: str, request: Call) -> Answer:
 def _open_websocket(world: World, caller: str, path: str) -> Answer:
     url = world.cluster.url.replace("http", "ws", 1) + path
     try:
-        with connect(url, additional_headers=world.headers[caller], open_timeout=15) as ws:
+        with connect(
+            url, additional_headers=world.headers[caller], open_timeout=15, ssl=world.trust
+        ) as ws:
             if path == "/api/agents/ws":
                 # Through the handshake with node spare's credential: a hello for another
                 # node is refused, and the link closed before anything is recorded.
