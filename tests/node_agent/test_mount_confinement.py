@@ -52,7 +52,7 @@ def test_a_symlink_in_the_shared_storage_cannot_mount_the_root(tmp_path: Path) -
 def test_the_host_confines_users_mounts_and_refuses_paths_outside(tmp_path: Path) -> None:
     settings = HostSettings(data_dir=str(tmp_path))
     ctx = context(settings=settings)
-    shared = str(settings.shared_dir)
+    shared = str(settings.shared_dir / "shared_data")
 
     def submit(mount: str, role: str) -> TaskSpec:
         request = SubmitTask(command="true", container="env", mounts=[mount])
