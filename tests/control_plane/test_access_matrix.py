@@ -15,6 +15,7 @@ and output).
 
 from __future__ import annotations
 
+import asyncio
 import re
 import ssl
 import uuid
@@ -28,8 +29,8 @@ import httpx
 import pytest
 from support.cluster import REPO, Cluster, running_cluster
 from support.docker_images import engine
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.sync.client import connect
 
 from control_plane.access import rule_of
 from control_plane.app import create_app
@@ -489,22 +490,29 @@ def call(world: World, caller: str, request: Call) -> Answer:
 
 
 def _open_websocket(world: World, caller: str, path: str) -> Answer:
+    # The asyncio client: websockets' sync client over TLS now and then never sees the
+    # handshake's answer after an earlier link was closed by the host (about one handshake
+    # in 150 under load here; the asyncio client, as the agent and the host use, never did).
+    return asyncio.run(_websocket(world, caller, path))
+
+
+async def _websocket(world: World, caller: str, path: str) -> Answer:
     url = world.cluster.url.replace("http", "ws", 1) + path
     try:
-        with connect(
+        async with connect(
             url, additional_headers=world.headers[caller], open_timeout=15, ssl=world.trust
         ) as ws:
             if path == "/api/agents/ws":
                 # Through the handshake with node spare's credential: a hello for another
                 # node is refused, and the link closed before anything is recorded.
-                ws.send(link.encode(link.Hello(node="n1", cores=1_000_000, memory_bytes=1)))
+                await ws.send(link.encode(link.Hello(node="n1", cores=1_000_000, memory_bytes=1)))
                 try:
-                    frame = ws.recv(timeout=15)
+                    frame = await asyncio.wait_for(ws.recv(), 15)
                 except ConnectionClosed as closed:
                     assert closed.rcvd is not None and closed.rcvd.code == 1008, closed
                     return Answer(101, closed.rcvd.reason)
                 raise AssertionError(f"a hello for another node was answered: {frame!r}")
-            frame = ws.recv(timeout=15)
+            frame = await asyncio.wait_for(ws.recv(), 15)
             return Answer(101, frame if isinstance(frame, str) else frame.decode())
     except InvalidStatus as refused:
         return Answer(refused.response.status_code, bytes(refused.response.body or b"").decode())
