@@ -9,7 +9,10 @@ allows one writer, and the state lives in this process's memory.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import threading
 import time
 
 import duckdb
@@ -42,6 +45,16 @@ _KINDS = {
 }
 
 
+# How long a stop may take, from SIGINT/SIGTERM to exit, beyond the kill grace period (the
+# ``up`` command waits for its tasks' kills): past it the process exits anyway. Shutdown
+# is bounded by design (followers end, user SQL is interrupted, log reads stop at the next
+# block); this is the backstop for whatever a thread still does (docs/operations.md).
+SHUTDOWN_DEADLINE_S = 30.0
+# Open connections (a request being answered) get this long to finish once stopping.
+GRACEFUL_S = 5.0
+SHUTDOWN_EXIT_CODE = 70
+
+
 class LogInUse(Exception):
     """Another process has the event log open: DuckDB refused its lock (one writer)."""
 
@@ -61,7 +74,10 @@ def create_app(
     app.config.KEEP_ALIVE_TIMEOUT = 30
     app.config.RESPONSE_TIMEOUT = 24 * 3600  # log follows stream for as long as tasks run
     app.config.FALLBACK_ERROR_FORMAT = "json"
+    app.config.GRACEFUL_SHUTDOWN_TIMEOUT = GRACEFUL_S
     app.ctx.settings = settings
+    # Set when the server starts to stop: long answers (log follows) end on it.
+    app.ctx.stopping = asyncio.Event()
     app.ctx.tls = tls
     blueprints = (tasks.bp, nodes.bp, agents.bp, history.bp, environments.bp, identity.bp)
     for blueprint in (*blueprints, tls_routes.bp):
@@ -110,6 +126,11 @@ def create_app(
         app.ctx.admin_token_file = await ensure_admin(cp)
         cp.start()
 
+    @app.before_server_stop
+    async def _stopping(app: Sanic) -> None:  # type: ignore[type-arg]
+        app.ctx.stopping.set()
+        _exit_if_stuck(SHUTDOWN_DEADLINE_S + settings.timing.kill_grace_period)
+
     @app.after_server_stop
     async def _close(app: Sanic) -> None:  # type: ignore[type-arg]
         cp: ControlPlane | None = getattr(app.ctx, "cp", None)
@@ -137,9 +158,34 @@ def create_app(
             message = f"request body larger than {settings.max_body_bytes} bytes"
         return error(status, _KINDS.get(status, "invalid_request"), message)
 
+    @app.exception(UnicodeDecodeError)
+    async def _not_utf8(request: Request, exc: UnicodeDecodeError) -> HTTPResponse:
+        # Routes name the field where they can (requests.decode_body); this is the backstop.
+        return error(400, "invalid_request", "the request is not valid UTF-8 text", "body")
+
     @app.exception(Exception)
     async def _bug(request: Request, exc: Exception) -> HTTPResponse:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error(500, "internal", f"internal error ({type(exc).__name__}); see the host log")
 
     return app
+
+
+def _exit_if_stuck(deadline_s: float) -> None:
+    """Arm a backstop: if this process is still alive ``deadline_s`` from now, it exits.
+
+    A daemon timer: it does not keep the process up, and it still runs while the
+    interpreter waits at exit for worker threads (concurrent.futures joins them), which
+    is where a stop used to hang. The log needs no clean close: acknowledged events are
+    committed, and a restart replays what a kill -9 would leave.
+    """
+
+    def give_up() -> None:
+        log.error("stopping took longer than %.0fs: exiting anyway", deadline_s)
+        logging.shutdown()
+        os._exit(SHUTDOWN_EXIT_CODE)
+
+    timer = threading.Timer(deadline_s, give_up)
+    timer.daemon = True
+    timer.name = "hakuriver-shutdown-deadline"
+    timer.start()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
@@ -12,7 +15,15 @@ from control_plane.commands import KillTask, PauseTask, SubmitTasks
 from control_plane.env_default import DefaultEnvironment
 from control_plane.errors import Conflict, InvalidRequest, NotFound
 from control_plane.hub import ControlPlane
-from control_plane.logs import Stream, log_path, read_from, read_tail
+from control_plane.logs import (
+    MAX_TAIL_BYTES,
+    MAX_TAIL_LINES,
+    Stream,
+    log_path,
+    log_size,
+    read_from,
+    read_tail,
+)
 from control_plane.requests import (
     SubmitTask,
     decode_batch,
@@ -34,6 +45,7 @@ from events.ids import new_id
 from projections.tasks import ENDED_STATES, STATES, TaskView
 
 bp = Blueprint("tasks", url_prefix="/api")
+T = TypeVar("T")
 
 
 async def _submit(
@@ -209,21 +221,38 @@ async def _output(request: Request, ident: str, stream: Stream) -> HTTPResponse 
     follow = request.args.get("follow", "0").lower() in ("1", "true", "yes")
     if offset is not None and tail is not None:
         raise InvalidRequest("tail", "give offset or tail, not both")
-    path = log_path(cp.settings.shared_dir, task.task_id, stream)
-    if tail is not None:
-        data, position = await asyncio.to_thread(read_tail, path, tail)
-    else:
-        data, position = await asyncio.to_thread(read_from, path, offset or 0)
-    if not follow:
-        return HTTPResponse(
-            data,
-            content_type="text/plain; charset=utf-8",
-            headers={"X-Next-Offset": str(position)},
+    if tail is not None and tail > MAX_TAIL_LINES:
+        raise InvalidRequest(
+            "tail",
+            f"at most {MAX_TAIL_LINES} lines, got {tail}; read the whole output with offset"
+            " (in chunks of up to 8 MiB, X-Next-Offset gives the next)",
         )
-    response = await request.respond(content_type="text/plain; charset=utf-8")
-    if data:
-        await response.send(data)
-    while True:
+    path = log_path(cp.settings.shared_dir, task.task_id, stream)
+    headers: dict[str, str] = {}
+    if tail is not None:
+        found = await _unless_gone(lambda stop: read_tail(path, tail, stop=stop))
+        data, position = found.data, found.size
+        if found.clamped:
+            headers["X-Tail-Clamped"] = str(MAX_TAIL_BYTES)
+    else:
+        if offset:
+            size = await asyncio.to_thread(log_size, path)
+            if offset > size:
+                raise InvalidRequest(
+                    "offset", f"{offset} is past the end of the output ({size} bytes so far)"
+                )
+        data, position = await asyncio.to_thread(read_from, path, offset or 0)
+    headers["X-Next-Offset"] = str(position)
+    if not follow:
+        return HTTPResponse(data, content_type="text/plain; charset=utf-8", headers=headers)
+    response = await request.respond(content_type="text/plain; charset=utf-8", headers=headers)
+    # Sent even when empty: the headers go out now, so a client knows it is following
+    # a task that has printed nothing yet.
+    await response.send(data, end_stream=False)
+    stopping: asyncio.Event = request.app.ctx.stopping
+    # A client that leaves cancels this handler (Sanic), which ends the loop; a stopping
+    # host ends it too, so that the graceful shutdown does not wait on followers.
+    while not stopping.is_set():
         ended = cp.state.tasks[task.task_id].state in ENDED_STATES
         data, position = await asyncio.to_thread(read_from, path, position)
         if data:
@@ -234,6 +263,17 @@ async def _output(request: Request, ident: str, stream: Stream) -> HTTPResponse 
         await cp.changed(within_s=0.2)
     await response.eof()
     return None
+
+
+async def _unless_gone(read: Callable[[threading.Event], T]) -> T:
+    """``read(stop)`` on a thread; ``stop`` is set if the request is cancelled meanwhile
+    (its client left, the host stops), so that the thread ends at its next block."""
+    stop = threading.Event()
+    try:
+        return await asyncio.to_thread(read, stop)
+    except asyncio.CancelledError:
+        stop.set()
+        raise
 
 
 @bp.get("/tasks/<ident:str>/stdout")
