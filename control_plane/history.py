@@ -9,6 +9,15 @@ mode uses on a file: one implementation of every history answer. A cursor of tha
 connection could write, so every unit of work runs in a READ ONLY transaction
 (``events.log_reader.read_only``; user SQL in the one ``run_readonly_sql`` opens).
 
+User SQL (``POST /api/sql``) never runs on those reader threads: it has slots of its own
+(``SqlLimits``: a thread and a cursor each, ``[database] sql_slots``), a per-connection
+cap on the memory its operators may hold (DuckDB's ``operator_memory_limit``, set on the
+slot's cursor before the configuration is locked), and a timeout after which the
+statement is interrupted. A statement that finds every slot busy waits a little, then
+is answered 503. So the feed, the dashboard and time travel always have their readers,
+whatever users ask (docs/decisions.md). DuckDB has no per-connection thread setting:
+the slots bound how many statements run at once, each with DuckDB's shared worker pool.
+
 At start the service hardens the DuckDB instance (``replay_tools.analytics.harden``:
 no file or network access, no extension loading, configuration locked): user SQL runs
 on the same instance as the log, and nothing the host does needs those (snapshots and
@@ -22,15 +31,17 @@ import asyncio
 import contextlib
 import io
 import logging
+import queue
 import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import duckdb
 import msgspec
 import pyarrow as pa
 
+from control_plane.errors import Unavailable
 from control_plane.views import NodeOut, TaskOut
 from events.envelope import Recorded
 from events.log_reader import begin_read_only, read_only
@@ -73,16 +84,40 @@ class HistoryClosed(Exception):
     """The control plane is stopping: history answers no more questions."""
 
 
+class SqlLimits(NamedTuple):
+    """What user SQL may use (``[database] sql_*``): its own slots, memory, time."""
+
+    slots: int = 1
+    timeout_s: float = 30.0
+    memory: str = "512MB"  # per statement: DuckDB's operator_memory_limit of its cursor
+    wait_s: float = 5.0  # how long a statement waits for a free slot before a 503
+
+
+DEFAULT_SQL = SqlLimits()
+# Closing waits this long for reader threads (their cursors interrupted first).
+CLOSE_WAIT_S = 10.0
+
+
 class HistoryService:
     """Reader threads with cursors on the store, the history snapshot writer, commit waits."""
 
     def __init__(
-        self, store: EventStore, *, snapshot_every: int = HISTORY_EVERY, readers: int = 3
+        self,
+        store: EventStore,
+        *,
+        snapshot_every: int = HISTORY_EVERY,
+        readers: int = 3,
+        sql: SqlLimits = DEFAULT_SQL,
     ) -> None:
         self.store = store
         self.writer = HistoryWriter(snapshot_every)
+        self.sql_limits = sql
         self.closing = asyncio.Event()
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="hakuriver-history")
+        self._sql_pool = ThreadPoolExecutor(sql.slots, thread_name_prefix="hakuriver-sql")
+        self._sql_slots = asyncio.Semaphore(sql.slots)
+        self._sql_free: queue.SimpleQueue[Cursor] = queue.SimpleQueue()
+        self._stopping_sql: set[asyncio.Task[None]] = set()
         self._snapshots = ThreadPoolExecutor(1, thread_name_prefix="hakuriver-history-snapshots")
         self._local = threading.local()
         self._cursors: list[Cursor] = []
@@ -96,22 +131,39 @@ class HistoryService:
     async def start(self) -> None:
         """Harden the DuckDB instance, follow commits, start the snapshot writer."""
         loop = asyncio.get_running_loop()
+        # The SQL slots' cursors first: their memory cap cannot be set once ``harden``
+        # has locked the configuration.
+        for _ in range(self.sql_limits.slots):
+            cursor = await loop.run_in_executor(self._sql_pool, self._new_sql_cursor)
+            self._sql_free.put(cursor)
         # Instance settings, not a read: outside the READ ONLY transaction of ``run``.
         await loop.run_in_executor(self._readers, lambda: harden(self._cursor()))
         self.store.add_listener(self._on_commit)
         self._task = asyncio.create_task(self._snapshot_loop(), name="hakuriver-history-snapshots")
 
     async def close(self) -> None:
-        """End streams and the writer, wait for the reader threads, close the cursors."""
+        """End streams and the writer, stop what the readers run, close the cursors.
+
+        Running statements are interrupted (user SQL, a long fold's query) and the reader
+        threads get ``CLOSE_WAIT_S`` to end: a stop never waits on a user's query.
+        """
         self.closing.set()
         self._stop.set()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        with self._cursors_lock:
+            for cursor in self._cursors:
+                with contextlib.suppress(duckdb.Error):
+                    cursor.interrupt()
         loop = asyncio.get_running_loop()
-        for pool in (self._snapshots, self._readers):
-            await loop.run_in_executor(None, pool.shutdown)
+        pools = (self._snapshots, self._readers, self._sql_pool)
+        shutdowns = [loop.run_in_executor(None, pool.shutdown) for pool in pools]
+        _, late = await asyncio.wait(shutdowns, timeout=CLOSE_WAIT_S)
+        if late:
+            log.warning("history readers still busy after %.0fs; not waiting", CLOSE_WAIT_S)
+            return  # their cursors stay open: closing one under a running thread is unsafe
         with self._cursors_lock:
             for cursor in self._cursors:
                 with contextlib.suppress(duckdb.Error):
@@ -157,29 +209,67 @@ class HistoryService:
         """The history questions, answered through ``cursor`` (it has the SQL views)."""
         return History(self.log(cursor), analytics=cursor)
 
-    async def sql(self, query: SqlQuery, timeout_s: float) -> Json:
-        """One read-only statement; refused (``HistoryError``) if it runs past ``timeout_s``."""
-        used: list[Cursor] = []
-
-        def work(cursor: Cursor) -> Json:
-            used.append(cursor)
-            return self.history(cursor).sql(query)
-
-        # Not through ``run``: the statement runs in a READ ONLY transaction of its own.
-        loop = asyncio.get_running_loop()
-        running = loop.run_in_executor(self._readers, lambda: work(self._cursor()))
+    async def sql(self, query: SqlQuery) -> Json:
+        """One read-only statement, on a SQL slot, never a reader; interrupted (and refused
+        with ``HistoryError``) past the timeout; ``Unavailable`` when no slot frees soon."""
+        if self.closing.is_set():
+            raise HistoryClosed
+        limits = self.sql_limits
         try:
-            return await asyncio.wait_for(asyncio.shield(running), timeout_s)
+            await asyncio.wait_for(self._sql_slots.acquire(), limits.wait_s)
         except TimeoutError:
-            if used:
-                used[0].interrupt()
-            with contextlib.suppress(Exception):
-                await running
+            raise Unavailable(
+                "sql",
+                f"busy: {limits.slots} SQL statement(s) already running (the most this host"
+                " runs at once, [database] sql_slots); try again shortly",
+            ) from None
+        cursor = self._sql_free.get_nowait()  # a slot held: a cursor is free
+        loop = asyncio.get_running_loop()
+        running = loop.run_in_executor(self._sql_pool, lambda: self.history(cursor).sql(query))
+
+        def release(_: object) -> None:
+            # Only once the thread is done with the cursor may another statement have it.
+            self._sql_free.put(cursor)
+            self._sql_slots.release()
+
+        running.add_done_callback(release)
+        try:
+            return await asyncio.wait_for(asyncio.shield(running), limits.timeout_s)
+        except TimeoutError:
+            self._interrupt(cursor, running)
             raise HistoryError(
                 "sql",
-                f"refused: the statement ran longer than {timeout_s:g}s and was stopped;"
-                " narrow it (a WHERE on seq or recorded_at, a LIMIT)",
+                f"refused: the statement ran longer than {limits.timeout_s:g}s (the limit for"
+                " SQL on this host, [database] sql_timeout) and was stopped; narrow it"
+                " (a WHERE on seq or recorded_at, a LIMIT)",
             ) from None
+        except asyncio.CancelledError:
+            self._interrupt(cursor, running)  # the client left: stop the statement too
+            raise
+
+    def _interrupt(self, cursor: Cursor, running: asyncio.Future[Json]) -> None:
+        """Interrupt the statement on ``cursor`` until its thread is done (in the background:
+        an interrupt that comes before the statement started is lost, so it is repeated)."""
+
+        async def stop() -> None:
+            while not running.done():
+                with contextlib.suppress(duckdb.Error):
+                    cursor.interrupt()
+                await asyncio.wait({running}, timeout=0.2)
+            with contextlib.suppress(Exception):
+                running.result()
+
+        task = asyncio.get_running_loop().create_task(stop(), name="hakuriver-sql-interrupt")
+        self._stopping_sql.add(task)
+        task.add_done_callback(self._stopping_sql.discard)
+
+    def _new_sql_cursor(self) -> Cursor:
+        cursor = self._new_cursor()
+        # Per connection: what this statement's sorts and hash tables may hold (DuckDB
+        # spills beyond it where it can, and fails the statement where it cannot).
+        # The size is checked by the settings (a DuckDB size), so it can be quoted as is.
+        cursor.execute(f"SET operator_memory_limit = '{self.sql_limits.memory}'")
+        return cursor
 
     async def export(self, query: ExportQuery) -> AsyncIterator[bytes]:
         """One export as an Arrow IPC stream, in chunks, read batch by batch off the loop."""

@@ -43,6 +43,12 @@ class HostPaths(Struct, kw_only=True, frozen=True):
 class HostDatabase(Struct, kw_only=True, frozen=True):
     db_file: str = "hakuriver.duckdb"
     snapshot_every_events: Annotated[int, Meta(ge=0)] = 50_000
+    # User SQL (POST /api/sql): statements at once, seconds each, memory each (DuckDB size).
+    sql_slots: Annotated[int, Meta(ge=1, le=16)] = 1
+    sql_timeout: Annotated[float, Meta(gt=0, le=3600)] = 30.0
+    sql_memory: Annotated[
+        str, Meta(pattern=r"^[0-9]+(\.[0-9]+)? ?(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
+    ] = "512MB"
 
 
 class HostTiming(Struct, kw_only=True, frozen=True):

@@ -18,7 +18,13 @@ from sanic.response import HTTPResponse
 
 from control_plane.access import rule
 from control_plane.errors import InvalidRequest
-from control_plane.history import Cursor, HistoryClosed, HistoryService, state_document
+from control_plane.history import (
+    Cursor,
+    HistoryClosed,
+    HistoryService,
+    SqlLimits,
+    state_document,
+)
 from control_plane.hub import ControlPlane
 from control_plane.routes.common import (
     answer,
@@ -49,13 +55,16 @@ bp = Blueprint("history", url_prefix="/api")
 T = TypeVar("T")
 
 STREAM_PAGE = 1000
-SQL_TIMEOUT_S = 60.0
 _encode = msgspec.json.Encoder().encode
 
 
 async def _start_history(app: Sanic) -> None:  # type: ignore[type-arg]
     cp: ControlPlane = app.ctx.cp
-    service = HistoryService(cp.store)
+    database = cp.settings.database
+    limits = SqlLimits(
+        slots=database.sql_slots, timeout_s=database.sql_timeout, memory=database.sql_memory
+    )
+    service = HistoryService(cp.store, sql=limits)
     await service.start()
     app.ctx.history = service
 
@@ -310,7 +319,10 @@ async def post_sql(request: Request) -> HTTPResponse:
     """One read-only SELECT over the log's views: ``{"sql": "...", "max_rows": N}``."""
     body = json_object(request, 'a JSON object {"sql": "SELECT ..."}')
     query = sql_query(body.get("sql"), body.get("max_rows", DEFAULT_MAX_ROWS))
-    return answer(await _history(request).sql(query, SQL_TIMEOUT_S))
+    try:
+        return answer(await _history(request).sql(query))
+    except HistoryClosed:
+        raise ServiceUnavailable("the control plane is stopping") from None
 
 
 @bp.get("/reports/<name:str>")
