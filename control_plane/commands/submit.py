@@ -19,6 +19,7 @@ from control_plane.errors import InvalidRequest, Refused
 from control_plane.requests import (
     SubmitTask,
     Target,
+    check_text_fields,
     parse_mount,
     parse_size,
 )
@@ -82,8 +83,10 @@ def submitted_events(
     ``owner`` is the authenticated user the tasks belong to. For a user who is not an
     admin, ``user_mount_dirs`` (not None) are the only folders ``--mount`` may name (the
     shared data folder and what ``[auth] user_mount_dirs`` grants), and ``user_privileged``
-    false refuses ``--privileged`` (``[auth] user_privileged``).
+    false refuses ``--privileged`` (``[auth] user_privileged``) and keeps the host's
+    ``privileged_default`` from their tasks: a default is no way around the rule.
     """
+    check_text_fields(request)
     memory = parse_size(request.memory)
     targets = [_parse_target(t, f"targets[{i}]") for i, t in enumerate(request.targets)]
     mounts = tuple(
@@ -104,9 +107,6 @@ def submitted_events(
                 f"host path {mount.host_path!r} is outside the folders this host allows"
                 f" to be mounted ({', '.join(mount_dirs)})",
             )
-    bad_env = [key for key in request.env if not key or "=" in key or "\0" in key]
-    if bad_env:
-        raise InvalidRequest("env", f"invalid variable name {bad_env[0]!r}")
     container = request.container if request.container is not None else default_container
     if is_no_container(container):
         container = None
@@ -120,8 +120,11 @@ def submitted_events(
         )
     if request.privileged and container is None:
         raise InvalidRequest("privileged", "only container tasks can be privileged")
+    # ``tasks_privileged`` makes privileged the default for those who may run privileged
+    # containers; a user who may not gets an unprivileged one, as if the host said nothing.
+    default = privileged_default and user_privileged
     privileged = (
-        request.privileged if request.privileged is not None else privileged_default
+        request.privileged if request.privileged is not None else default
     ) and container is not None
     if container is not None and not mounts and default_mounts:
         mounts = tuple(

@@ -11,6 +11,7 @@ from sanic.response import HTTPResponse
 from control_plane.access import Principal, check_owner, may_act_on
 from control_plane.errors import InvalidRequest, NotFound
 from control_plane.hub import ControlPlane
+from control_plane.requests import not_utf8_field
 from replay_tools.task_names import AmbiguousTask, StateTasks, UnknownTask, find_task
 
 _encoder = msgspec.json.Encoder()
@@ -53,6 +54,10 @@ def error(status: int, kind: str, message: str, field: str | None = None) -> HTT
 
 def json_object(request: Request, expected: str = "a JSON object") -> dict[str, Any]:
     """The request body as a JSON object (``InvalidRequest`` on ``body`` otherwise)."""
+    try:
+        request.body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest(not_utf8_field(request.body), "not valid UTF-8 text") from None
     try:
         body = request.json
     except Exception:
