@@ -30,7 +30,8 @@ from cli.hakuriver.invocation import (
     say,
     show,
 )
-from cli.hakuriver.render import human_size, human_time
+from cli.hakuriver.output import printable_doc
+from cli.hakuriver.render import escaped, human_size, human_time
 
 docker_app = App(
     name="docker",
@@ -44,6 +45,7 @@ def install(app: App) -> None:
     app.command(docker_shell, name="docker-shell")
 
 
+@escaped
 def _container_table(containers: list[dict[str, Any]]) -> Table:
     table = Table(box=None, header_style="bold")
     for column in ("NAME", "STATUS", "FROM IMAGE", "CONTAINER", "CREATED"):
@@ -211,6 +213,7 @@ def list_tars(*, as_json: JsonFlag = False, conn: Connection | None = None) -> i
     if not tarballs:
         note(f"no tarballs in {listing['folder']} (package one: hakuriver docker create-tar NAME)")
         return 0
+    tarballs = printable_doc(tarballs)
     table = Table(box=None, header_style="bold")
     for column in ("NAME", "PACKAGED", "SIZE", "SHA256", "FILE"):
         table.add_column(column)

@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cli.hakuriver.render import (
+    escaped,
     human_duration,
     human_time,
     node_table,
@@ -37,6 +38,7 @@ def _table(*columns: str) -> Table:
     return table
 
 
+@escaped
 def event_line(event: Doc) -> str:
     """One event as one line, for ``events tail`` (and its ``--follow``)."""
     return (
@@ -54,6 +56,7 @@ def _stream(event: Doc) -> str:
     return stream
 
 
+@escaped
 def event_detail(event: Doc) -> Panel:
     """``events show SEQ``: the envelope and the payload."""
     grid = Table.grid(padding=(0, 2))
@@ -64,7 +67,8 @@ def event_detail(event: Doc) -> Panel:
     grid.add_row("summary", Text(str(event.get("summary", ""))))
     payload = json.dumps(event.get("payload"), indent=2, ensure_ascii=False)
     body = Group(grid, Syntax(payload, "json", theme="ansi_dark", background_color="default"))
-    return Panel(body, title=f"event {event.get('seq', '?')}", title_align="left", expand=False)
+    title = Text(f"event {event.get('seq', '?')}")
+    return Panel(body, title=title, title_align="left", expand=False)
 
 
 # The names of projections/durations.py, as task status shows them.
@@ -75,6 +79,7 @@ _DURATIONS = (
 )
 
 
+@escaped
 def timeline_table(history: Doc) -> Group:
     """``task history ID``: every event of the task, with the time between them."""
     head = Text(f"task {task_label(history)}: ")
@@ -102,6 +107,7 @@ def timeline_table(history: Doc) -> Group:
     return Group(head, table)
 
 
+@escaped
 def why_panel(explanation: Doc) -> Panel:
     """``why ID``: the placement, its reason, and each other node with why it was not used."""
     grid = Table.grid(padding=(0, 2))
@@ -128,12 +134,13 @@ def why_panel(explanation: Doc) -> Panel:
         parts.append(table)
     return Panel(
         Group(*parts),
-        title=f"why task {task_label(explanation)}",
+        title=Text(f"why task {task_label(explanation)}"),
         title_align="left",
         expand=False,
     )
 
 
+@escaped
 def state_view(state: Doc) -> Group:
     """``state``: the nodes and the tasks at one seq."""
     tasks = state.get("tasks") or []
@@ -149,6 +156,7 @@ def state_view(state: Doc) -> Group:
     return Group(*parts)
 
 
+@escaped
 def diff_view(change: Doc) -> Group:
     """``state diff A B``: tasks and nodes that appeared, changed or disappeared."""
     parts: list[RenderableType] = [
@@ -201,6 +209,7 @@ def _word(value: Any) -> str:
     return str(value)
 
 
+@escaped
 def audit_view(report: Doc) -> Group:
     """``audit verify``: OK with the count, or each problem at its seq."""
     checked = report.get("checked", "?")
@@ -215,6 +224,7 @@ def audit_view(report: Doc) -> Group:
     return Group(head, table)
 
 
+@escaped
 def rows_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Table:
     """SQL results and reports: one column per result column."""
     table = Table(box=None, pad_edge=False, header_style="bold")

@@ -15,6 +15,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from cli.hakuriver.render import escaped
+
 Doc = Mapping[str, Any]
 
 
@@ -41,6 +43,7 @@ def token_state(token: Doc, now_us: int | None = None) -> str:
 _STATE_STYLES = {"active": "green", "revoked": "red", "expired": "bright_black"}
 
 
+@escaped
 def user_table(users: Sequence[Doc]) -> Table:
     """``user list``: one row per user."""
     table = _table("USER", "ROLE", "STATE", "CREATED", "BY")
@@ -56,6 +59,7 @@ def user_table(users: Sequence[Doc]) -> Table:
     return table
 
 
+@escaped
 def token_table(tokens: Sequence[Doc], now_us: int | None = None) -> Table:
     """``token list``: one row per token (never its secret: the host does not keep it)."""
     table = _table("ID", "USER", "KIND", "NAME", "STATE", "ISSUED", "EXPIRES", "BY", "USES", "NODE")
@@ -77,6 +81,7 @@ def token_table(tokens: Sequence[Doc], now_us: int | None = None) -> Table:
     return table
 
 
+@escaped
 def key_table(keys: Sequence[Doc]) -> Table:
     """``key list``: one row per SSH public key."""
     table = _table("ID", "USER", "TYPE", "FINGERPRINT", "COMMENT", "ADDED")
@@ -92,6 +97,7 @@ def key_table(keys: Sequence[Doc]) -> Table:
     return table
 
 
+@escaped
 def whoami_panel(me: Doc) -> Panel:
     """``whoami``: the user, the role, and the token presented."""
     grid = Table.grid(padding=(0, 2))

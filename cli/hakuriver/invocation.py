@@ -14,6 +14,7 @@ from typing import Annotated, Any, ParamSpec
 
 from cyclopts import Parameter
 from rich.console import Console, RenderableType
+from rich.segment import Segment, Segments
 
 from cli.hakuriver.client import ApiError, HakuClient, error_line
 from cli.hakuriver.config import ConfigError, ca_fingerprint, host_url, load_config
@@ -25,6 +26,7 @@ from cli.hakuriver.output import (
     fail,
     note,
     print_json,
+    printable,
     report_bug,
     say,
     silence_stdout,
@@ -90,7 +92,9 @@ def connection(given: Connection | None) -> Connection:
 
 
 def _console() -> Console:
-    console = Console(highlight=False)
+    # No markup: a task named "[red]x[/red]" prints as typed (renderers build styles as
+    # Text, never from markup in strings).
+    console = Console(highlight=False, markup=False)
     if not console.is_terminal:
         console.width = max(console.width, PIPE_WIDTH)
     return console
@@ -102,8 +106,20 @@ def output_width() -> int:
 
 
 def show(renderable: RenderableType) -> None:
-    """Print a rich renderable to stdout; uncut and uncoloured when stdout is not a terminal."""
-    _console().print(renderable)
+    """Print a rich renderable to stdout; uncut and uncoloured when stdout is not a terminal.
+
+    Every piece of text is made ``printable`` on its way out, whatever built it: the
+    renderers escape the documents they are given (render.escaped, so columns line up),
+    and this is the net under them, so no string from a server reaches the terminal raw.
+    """
+    console = _console()
+    segments = [
+        segment
+        if segment.control or segment.text.isprintable()
+        else Segment(printable(segment.text, keep_lines=True), segment.style)
+        for segment in console.render(renderable, console.options)
+    ]
+    console.print(Segments(segments))
 
 
 def reported(command: Callable[P, int]) -> Callable[P, int]:

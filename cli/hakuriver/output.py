@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+import unicodedata
+from collections.abc import Mapping
 from typing import Any
 
 EXIT_FAILED = 1
@@ -20,21 +22,75 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
+# Invisible characters that reorder or hide text on a terminal (bidi controls, zero widths):
+# shown as escapes like the control characters (category Cc: C0, DEL, C1).
+_INVISIBLE = frozenset(
+    "\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\ufeff"
+)
+_NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def printable(text: str, *, keep_lines: bool = False) -> str:
+    """``text`` with each control or invisible character written as an escape (``\\x1b``).
+
+    Whatever a task's name, a node's name or a server's message holds, printing it can
+    then neither drive the terminal (ESC sequences: titles, colours, cursor moves) nor
+    hide or reorder what is around it. ``keep_lines`` leaves newlines and tabs as they are
+    (for messages of several lines). Rich markup is another matter: the CLI's console
+    reads none (invocation.show).
+    """
+    if text.isprintable():
+        return text
+    out: list[str] = []
+    for ch in text:
+        if keep_lines and ch in "\n\t":
+            out.append(ch)
+        elif ch in _NAMED:
+            out.append(_NAMED[ch])
+        elif ch in _INVISIBLE or unicodedata.category(ch) == "Cc":
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def printable_doc(value: Any) -> Any:
+    """A JSON document with every string in it (keys too) made ``printable``."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, Mapping):
+        return {printable_doc(k): printable_doc(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [printable_doc(item) for item in value]
+    return value
+
+
 def print_json(document: Any) -> None:
-    """Write one JSON document to stdout."""
-    sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    """Write one JSON document to stdout (every control or invisible character escaped)."""
+    text = json.dumps(document, indent=2, ensure_ascii=False)
+    # json escapes C0 controls itself; DEL, C1 and the invisible ones it leaves raw, and
+    # they can only stand inside strings, where ``\\uXXXX`` means the same.
+    if not text.isprintable():
+        text = "".join(
+            f"\\u{ord(ch):04x}"
+            if ch in _INVISIBLE or (ch not in "\n" and unicodedata.category(ch) == "Cc")
+            else ch
+            for ch in text
+        )
+    sys.stdout.write(text + "\n")
     sys.stdout.flush()
 
 
 def say(line: str) -> None:
     """A plain line on stdout, flushed (ids are read by scripts as they appear)."""
-    sys.stdout.write(line + "\n")
+    sys.stdout.write(printable(line, keep_lines=True) + "\n")
     sys.stdout.flush()
 
 
 def note(line: str) -> None:
     """A line for the person at the terminal, on stderr."""
-    sys.stderr.write(line + "\n")
+    sys.stderr.write(printable(line, keep_lines=True) + "\n")
     sys.stderr.flush()
 
 

@@ -7,18 +7,40 @@ Sizes are 1000-based like the seeds' ``--memory`` (``512M``, ``4G``).
 
 from __future__ import annotations
 
+import functools
 import shlex
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, ParamSpec, TypeVar
 
 from rich.console import Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from cli.hakuriver.output import printable_doc
 from events.config import is_no_container
 
 Doc = Mapping[str, Any]
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def escaped(render: Callable[P, R]) -> Callable[P, R]:
+    """A renderer that shows the documents it is given as text: every string in its
+    arguments (names, commands, messages: anything a user or a node chose) goes through
+    ``output.printable`` first, so control characters print as escapes (``\\x1b``) and
+    columns are measured on what is printed. Every public renderer of the ``*render*``
+    modules is one (tests/cli/test_terminal_escapes.py checks it)."""
+
+    @functools.wraps(render)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        clean_args = [printable_doc(arg) for arg in args]
+        clean_kwargs = {key: printable_doc(value) for key, value in kwargs.items()}
+        return render(*clean_args, **clean_kwargs)
+
+    run.escaped = True  # type: ignore[attr-defined]
+    return run
+
 
 STATE_STYLES = {
     "pending": "yellow",
@@ -122,6 +144,7 @@ def _placement(task: Doc) -> str:
 # --- tasks ---------------------------------------------------------------------------
 
 
+@escaped
 def task_table(tasks: Sequence[Doc], width: int = 200) -> Table:
     """The ``task list`` table, newest first as the API sends them, fitted to ``width``.
 
@@ -185,6 +208,7 @@ def _task_row(task: Doc) -> dict[str, str]:
     }
 
 
+@escaped
 def task_detail(task: Doc) -> Panel:
     """``task status``: every field of one task, grouped."""
     grid = _grid()
@@ -222,7 +246,8 @@ def task_detail(task: Doc) -> Panel:
     ]
     for key, value in rows:
         grid.add_row(key, value)
-    return Panel(grid, title=f"task {task_ref(task)}", title_align="left", expand=False)
+    title = Text(f"task {task_ref(task)}")  # a Text: a title string is read as markup
+    return Panel(grid, title=title, title_align="left", expand=False)
 
 
 def _container(task: Doc) -> str:
@@ -240,6 +265,7 @@ def _mount(mount: Any) -> str:
     return str(mount)
 
 
+@escaped
 def final_line(task: Doc) -> str:
     """One line for a task that is done: number, state, exit code, node, message."""
     parts = [task_ref(task), str(task.get("state", "?"))]
@@ -255,6 +281,7 @@ def final_line(task: Doc) -> str:
 # --- nodes and health --------------------------------------------------------------
 
 
+@escaped
 def node_table(nodes: Sequence[Doc]) -> Table:
     """``node list``: one row per node with free/total resources and load."""
     table = Table(box=None, pad_edge=False, header_style="bold")
@@ -275,6 +302,7 @@ def node_table(nodes: Sequence[Doc]) -> Table:
     return table
 
 
+@escaped
 def node_detail(node: Doc) -> Panel:
     """``node health NODE``: resources, load, NUMA layout, GPUs and temperatures."""
     grid = _grid()
@@ -304,11 +332,11 @@ def node_detail(node: Doc) -> Panel:
     parts: list[RenderableType] = [grid]
     if node.get("gpus"):
         parts.append(gpu_table(node))
-    return Panel(
-        Group(*parts), title=f"node {node.get('name', '?')}", title_align="left", expand=False
-    )
+    title = Text(f"node {node.get('name', '?')}")
+    return Panel(Group(*parts), title=title, title_align="left", expand=False)
 
 
+@escaped
 def gpu_table(node: Doc) -> Table:
     """A node's GPUs: model, memory, whether free, utilisation and temperature."""
     usage = {u.get("id"): u for u in node.get("gpu_usage") or []}
@@ -331,6 +359,7 @@ def gpu_table(node: Doc) -> Table:
     return table
 
 
+@escaped
 def health_panel(health: Doc) -> Panel:
     """``GET /api/health``: status, nodes online, tasks by state, anomalies."""
     grid = _grid()
@@ -346,6 +375,7 @@ def health_panel(health: Doc) -> Panel:
     return Panel(grid, title="cluster", title_align="left", expand=False)
 
 
+@escaped
 def health_report(health: Doc, nodes: Iterable[Doc]) -> Group:
     """``node health``: the cluster panel, then every node's detail."""
     return Group(health_panel(health), *(node_detail(node) for node in nodes))
