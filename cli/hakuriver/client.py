@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 from urllib.parse import quote, urlencode, urlsplit
 
 from cli.hakuriver import wire
@@ -42,6 +42,15 @@ _POST_REUSE_S = 2.0
 
 # Pinned CA certificates, by fingerprint (checked again when read): saves a round trip.
 CA_CACHE = Path("~/.hakuriver/ca")
+
+
+class LogSlice(NamedTuple):
+    """Part of a task's output: the bytes, the offset after them, and whether the host cut
+    a tail to its byte cap (``X-Tail-Clamped``)."""
+
+    data: bytes
+    next_offset: int | None
+    clamped: bool = False
 
 
 class ApiError(Exception):
@@ -235,13 +244,18 @@ class HakuClient:
         stream: Stream = "stdout",
         offset: int | None = None,
         tail: int | None = None,
-    ) -> tuple[bytes, int | None]:
-        """The task's output so far and the offset to continue from (``X-Next-Offset``)."""
+    ) -> LogSlice:
+        """The task's output from ``offset`` (at most 8 MiB an answer), or its last ``tail``
+        lines, and the offset to continue from (``X-Next-Offset``)."""
         answer = self._send(
             "GET", _log_path(task_id, stream), params=_log_params(offset, tail, follow=False)
         )
         header = answer.headers.get("x-next-offset")
-        return answer.body, int(header) if header and header.isdigit() else None
+        return LogSlice(
+            answer.body,
+            int(header) if header and header.isdigit() else None,
+            "x-tail-clamped" in answer.headers,
+        )
 
     def follow_logs(
         self,

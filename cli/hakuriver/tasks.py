@@ -245,8 +245,23 @@ def _write_log(
             for chunk in client.follow_logs(task_id, stream, tail=tail):
                 out.write(chunk)
                 out.flush()
+        elif tail is not None:
+            part = client.logs(task_id, stream, tail=tail)
+            out.write(part.data)
+            out.flush()
+            if part.clamped:
+                note(
+                    f"(the last {tail} lines are longer than the host sends at once: only the"
+                    " last whole lines of 8 MiB were written; read all of it without --tail)"
+                )
         else:
-            content, _ = client.logs(task_id, stream, tail=tail)
-            out.write(content)
+            # The host answers at most 8 MiB at a time: read on until the output so far ends.
+            offset = 0
+            while True:
+                part = client.logs(task_id, stream, offset=offset)
+                out.write(part.data)
+                if not part.data or part.next_offset is None:
+                    break
+                offset = part.next_offset
             out.flush()
     return 0

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +28,7 @@ from typing import Any
 
 import httpx
 import pytest
-from support.cluster import Cluster, running_cluster
+from support.cluster import REPO, Cluster, running_cluster
 from support.waiting import wait_until
 
 from control_plane.logs import MAX_TAIL_BYTES, MAX_TAIL_LINES
@@ -136,6 +138,34 @@ def test_readers_stop_when_their_clients_leave(lab: Lab) -> None:
     started = time.monotonic()
     assert lab.admin.get("/api/tasks", params={"limit": 1}).status_code == 200
     assert time.monotonic() - started < 2
+
+
+def test_the_cli_copies_a_long_output_whole_and_says_when_a_tail_was_cut(lab: Lab) -> None:
+    # Each answer holds at most 8 MiB: `task stdout` reads on until the end (before, it
+    # wrote the first 8 MiB of this 20 MB output and stopped).
+    [task] = lab.cluster.submit("true", cores=0, targets=["n1"])
+    lab.cluster.wait_state(task, "completed")
+    content = b"".join(b"%08d " % i + b"z" * 990 + b"\n" for i in range(20_000))
+    (lab.cluster.shared / "task_outputs" / f"{task}.out").write_bytes(content)
+
+    def hakuriver(*words: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [sys.executable, "-m", "cli.hakuriver", *words],
+            env=lab.cluster.env(),
+            cwd=REPO,
+            capture_output=True,
+            timeout=120,
+        )
+
+    whole = hakuriver("task", "stdout", task)
+    assert whole.returncode == 0, whole.stderr
+    assert whole.stdout == content
+    tail = hakuriver("task", "stdout", lab.big_task, "--tail", str(MAX_TAIL_LINES))
+    assert tail.returncode == 0, tail.stderr
+    assert 0 < len(tail.stdout) <= MAX_TAIL_BYTES and tail.stdout.endswith(LINE)
+    assert b"8 MiB" in tail.stderr
+    refused = hakuriver("task", "stdout", lab.big_task, "--tail", str(MAX_TAIL_LINES + 1))
+    assert refused.returncode == 2 and b"tail" in refused.stderr
 
 
 @pytest.mark.parametrize(
