@@ -209,12 +209,15 @@ class HistoryService:
         """The history questions, answered through ``cursor`` (it has the SQL views)."""
         return History(self.log(cursor), analytics=cursor)
 
-    async def sql(self, query: SqlQuery) -> Json:
+    async def sql(self, query: SqlQuery, timeout_s: float | None = None) -> Json:
         """One read-only statement, on a SQL slot, never a reader; interrupted (and refused
-        with ``HistoryError``) past the timeout; ``Unavailable`` when no slot frees soon."""
+        with ``HistoryError``) past ``timeout_s`` (default: the limits'); ``Unavailable``
+        when no slot frees soon."""
         if self.closing.is_set():
             raise HistoryClosed
         limits = self.sql_limits
+        if timeout_s is not None:
+            limits = limits._replace(timeout_s=timeout_s)
         try:
             await asyncio.wait_for(self._sql_slots.acquire(), limits.wait_s)
         except TimeoutError:

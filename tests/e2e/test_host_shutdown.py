@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 from support.cluster import running_cluster
+from support.cpu import cpu_share
 
 from control_plane.app import GRACEFUL_S
 
@@ -38,7 +39,9 @@ def test_sigint_stops_a_busy_host_within_a_bound(tmp_path: Path) -> None:
         with (cluster.shared / "task_outputs" / f"{ended}.out").open("wb") as f:
             for _ in range(100):
                 f.write(LINE * 1000)  # 200 MB
-        [running] = cluster.submit("sleep", "600", cores=0, targets=["n1"])
+        [running] = cluster.submit(
+            "sh", "-c", "echo started; exec sleep 600", cores=0, targets=["n1"]
+        )
         cluster.wait_state(running, "running")
         url, headers = cluster.url, dict(cluster.http.headers)
         stop = threading.Event()
@@ -71,14 +74,10 @@ def test_sigint_stops_a_busy_host_within_a_bound(tmp_path: Path) -> None:
             events = streams.stream("GET", "/api/events/stream")
             with follow as followed, events as feed:
                 assert followed.status_code == 200 and feed.status_code == 200
-                # The statement runs once its slot is taken: another one finds none.
-                cluster.wait(
-                    lambda: (
-                        cluster.http.post("/api/sql", json={"sql": "SELECT 1"}).status_code == 503
-                    ),
-                    30,
-                    "the long statement to hold the SQL slot",
-                )
+                # The host is busy with them (the statement alone keeps a CPU busy).
+                assert cluster.host is not None
+                share = cpu_share(cluster.host.pid)
+                cluster.wait(lambda: share() >= 0.15, 30, "the host to be busy")
                 # When the host is asked to stop
                 assert cluster.host is not None
                 host = cluster.host

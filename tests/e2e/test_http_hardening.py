@@ -16,19 +16,18 @@ One real host and one real agent on loopback, talked to over HTTP as curl would:
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from support.cluster import REPO, Cluster, running_cluster
+from support.cpu import cpu_share
 from support.waiting import wait_until
 
 from control_plane.logs import MAX_TAIL_BYTES, MAX_TAIL_LINES
@@ -69,14 +68,6 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             for _ in range(BIG_LINES // 1000):
                 f.write(LINE * 1000)
         yield Lab(cluster=cluster, bob=cluster.add_user("bob"), big_task=task)
-
-
-def host_cpu_s(cluster: Cluster) -> float:
-    """The CPU time the host process used so far (user + system)."""
-    assert cluster.host is not None
-    stat = Path(f"/proc/{cluster.host.pid}/stat").read_text()
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- finding 6: tails --------------------------------------------------------------------------
@@ -124,15 +115,12 @@ def test_readers_stop_when_their_clients_leave(lab: Lab) -> None:
         asker.join()
     # Then the host soon goes quiet: no thread goes on reading for them (before: a CPU
     # busy for minutes, and submit latency 10 ms -> 3.9 s)
-    window: list[float] = [host_cpu_s(lab.cluster), time.monotonic()]
+    assert lab.cluster.host is not None
+    share = cpu_share(lab.cluster.host.pid)
 
     def quiet() -> bool:
-        cpu, now = host_cpu_s(lab.cluster), time.monotonic()
-        if now - window[1] < 1.0:
-            return False
-        busy = (cpu - window[0]) / (now - window[1])
-        window[:] = [cpu, now]
-        return busy < 0.3
+        used = share()
+        return used is not False and used < 0.3
 
     wait_until(quiet, timeout=20, interval=0.1)
     started = time.monotonic()
@@ -166,6 +154,19 @@ def test_the_cli_copies_a_long_output_whole_and_says_when_a_tail_was_cut(lab: La
     assert b"8 MiB" in tail.stderr
     refused = hakuriver("task", "stdout", lab.big_task, "--tail", str(MAX_TAIL_LINES + 1))
     assert refused.returncode == 2 and b"tail" in refused.stderr
+
+
+def test_a_follow_answers_at_once_and_ends_with_its_task(lab: Lab) -> None:
+    # A task that has printed nothing yet: the follow's headers come at once (before, not
+    # until its first output, so a client could not tell it was connected).
+    [task] = lab.cluster.submit("sleep", "600", cores=0, targets=["n1"])
+    lab.cluster.wait_state(task, "running")
+    url = f"/api/tasks/{task}/stdout"
+    with lab.admin.stream("GET", url, params={"follow": 1}, timeout=15) as followed:
+        assert followed.status_code == 200
+        assert lab.admin.post(f"/api/tasks/{task}/kill").status_code == 202
+        assert followed.read() == b""  # it ended with the task
+    assert lab.cluster.wait_state(task)["state"] == "killed"
 
 
 @pytest.mark.parametrize(
