@@ -148,8 +148,12 @@ class ControlPlane:
     async def open(cls, settings: HostSettings) -> ControlPlane:
         """Open the log and rebuild the state: newest snapshot plus the tail."""
         path = settings.db_path
-        # The log, the admin's token and the TLS keys live here: the owner's alone.
-        await asyncio.to_thread(private_dir, settings.path("."))
+        # The log, the admin's token and the TLS keys live here: the owner's alone. Others
+        # may pass through to a shared directory inside it (tasks that run as their owners
+        # work there); they can list nothing, and the files of the log are 0600.
+        data_dir = settings.path(".")
+        traverse = settings.shared_dir.resolve().is_relative_to(data_dir.resolve())
+        await asyncio.to_thread(private_dir, data_dir, traverse=traverse)
         path.parent.mkdir(parents=True, exist_ok=True)
         settings.shared_dir.mkdir(parents=True, exist_ok=True)
         for sub in ("task_outputs", "task_errors"):

@@ -22,25 +22,34 @@ PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
 
 
-def private_dir(path: Path) -> Path:
-    """Make ``path`` (and missing parents) a folder only its owner can enter.
+def private_dir(path: Path, *, traverse: bool | None = False) -> Path:
+    """Make ``path`` (and missing parents) a folder only its owner can list or write.
 
-    A folder that already exists with access for its group or others is tightened to
-    0700, with a log line saying what it was.
+    A folder that already exists with read or write access for its group or others is
+    tightened, with a log line saying what it was. ``traverse=True``: others may still
+    pass through it (0711: they reach a path they already know, never list the folder),
+    as they must when the shared directory lies inside it and tasks run as their owners;
+    the log's files in it are 0600 themselves. ``None``: an existing folder keeps the
+    traversal it has (a new one is 0700).
     """
     if not path.exists():
         path.mkdir(parents=True, exist_ok=True)
-        os.chmod(path, PRIVATE_DIR)  # mkdir's mode is filtered by the umask
+        os.chmod(path, PRIVATE_DIR | (0o011 if traverse else 0))  # mkdir obeys the umask
         return path
     mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        os.chmod(path, mode & ~0o077 | PRIVATE_DIR)
-        log.warning(
-            "%s was open to other users (mode %03o); made it private (mode %03o)",
-            path,
-            mode,
-            mode & ~0o077 | PRIVATE_DIR,
-        )
+    if traverse is None:
+        traverse = mode & 0o077 == 0o011
+    through = 0o011 if traverse else 0
+    wanted = mode & ~0o077 | PRIVATE_DIR | through
+    if wanted != mode:
+        os.chmod(path, wanted)
+        if mode & 0o077 & ~through:
+            log.warning(
+                "%s was open to other users (mode %03o); made it private (mode %03o)",
+                path,
+                mode,
+                wanted,
+            )
     return path
 
 

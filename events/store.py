@@ -171,7 +171,8 @@ class EventStore:
         return store
 
     def _open_sync(self) -> None:
-        private_dir(self.path.parent)
+        # The host may have let others pass through (to a shared dir inside): kept.
+        private_dir(self.path.parent, traverse=None)
         con = self._connect_sync()
         self.last_seq, self._last_hash = _tail(con)
         self._written_seq = self.last_seq
