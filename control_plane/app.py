@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import duckdb
 from sanic import Request, Sanic
@@ -33,10 +34,12 @@ from control_plane.routes import agents, environments, history, identity, nodes,
 from control_plane.routes import tls as tls_routes
 from control_plane.routes.common import error
 from control_plane.settings import HostSettings
-from control_plane.tls import HostTls
 from events.envelope import now_us
 from events.store import StoreUnavailable
 from replay_tools.queries import HistoryError
+
+if TYPE_CHECKING:  # cryptography is imported only where TLS is on (start-up time)
+    from control_plane.tls import HostTls
 
 log = logging.getLogger("hakuriver.host")
 
