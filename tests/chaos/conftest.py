@@ -78,8 +78,7 @@ def slow_disk(tmp_path: Path) -> Iterator[Callable[[Path, float], SlowFs]]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # Every chaos test hurts real processes: never more than one of them per file at once
-    # matters less than their total, which docs/chaos.md budgets; tag them all ``chaos``.
+    # Tag the whole directory ``chaos`` (``-m chaos`` selects the fast and long variants).
     for item in items:
         if "tests/chaos/" in str(item.path).replace(os.sep, "/"):
             item.add_marker(pytest.mark.chaos)
