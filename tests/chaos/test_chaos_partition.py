@@ -10,8 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support.chaos import Ledger, Submitter, check_invariants, check_log_offline, hold_fault
-from support.cluster import Cluster, running_cluster
+from support.chaos import (
+    Ledger,
+    Submitter,
+    check_invariants,
+    check_log_offline,
+    hold_fault,
+    process_logs,
+    wait_running_on,
+)
+from support.cluster import running_cluster
 from support.logfile import recorded_events
 from support.netns import NetworkNamespace
 
@@ -23,6 +31,7 @@ def _partition(
     *,
     timeout: float,
     total: int,
+    pace_s: float,
     lossy_s: float,
     short_cut_s: float,
     long_cut_s: float,
@@ -39,14 +48,15 @@ def _partition(
                 lambda: cluster.admin_token,
                 ledger,
                 total,
-                hold_s=0.3,
+                hold_s=1.0,
+                pace_s=pace_s,
                 fields={"targets": [node]},
             )
             for node in ("away", "inside")
         )
         away.start()
         home.start()
-        away.wait_acked(total // 5, timeout=60)
+        wait_running_on(cluster, "away")
 
         # When its link loses packets and lags
         namespace.degrade(loss_pct=10, delay_ms=60)
@@ -56,25 +66,26 @@ def _partition(
         namespace.cut()
         hold_fault(short_cut_s)
         namespace.heal()
-        _wait_online(cluster, "away", timeout=timeout + 30)
+        cluster.wait_node("away", online=True, timeout=timeout + 30)
         # When it is cut for longer than the timeout: the host declares the node offline
         namespace.cut()
         cluster.wait_node("away", online=False, timeout=long_cut_s + 30)
         hold_fault(max(0.0, long_cut_s - timeout))
         namespace.heal()
         # Then once healed it comes back, re-adopts its tasks, and they all end normally
-        _wait_online(cluster, "away", timeout=60)
+        cluster.wait_node("away", online=True, timeout=60)
         stats = [away.finish(timeout=120), home.finish(timeout=120)]
         acked = stats[0].acked + stats[1].acked
 
         def describe() -> str:
-            return f"link: {lossy}; submitters: {stats}\n{_logs(cluster)}"
+            return f"link: {lossy}; submitters: {stats}\n{process_logs(cluster.root)}"
 
         verdict = check_invariants(cluster, acked, ledger, timeout=120, describe=describe)
         assert any(t["node"] == "away" for t in verdict.tasks.values()), describe()
         cluster.stop_host()
-    offline = [r for r in recorded_events(cluster.db_file) if r.kind == "node.offline"]
-    assert offline, "the long cut was noticed (node.offline)"
+    offline = [r.stream for r in recorded_events(cluster.db_file) if r.kind == "node.offline"]
+    assert "node:away" in offline, "the long cut was noticed (node.offline)"
+    assert "node:inside" not in offline, "the runner outside was never disturbed"
     check_log_offline(cluster, verdict)
 
 
@@ -87,6 +98,7 @@ def test_a_partition_of_one_runner_shorter_then_longer_than_the_timeout(
         network_namespace,
         timeout=3.0,
         total=30,
+        pace_s=0.25,
         lossy_s=1.0,
         short_cut_s=1.0,
         long_cut_s=4.0,
@@ -104,18 +116,8 @@ def test_long_partitions_of_one_runner_under_load(
         network_namespace,
         timeout=5.0,
         total=300,
+        pace_s=0.2,
         lossy_s=15.0,
         short_cut_s=3.0,
         long_cut_s=30.0,
-    )
-
-
-def _wait_online(cluster: Cluster, node: str, *, timeout: float) -> None:
-    cluster.wait_node(node, online=True, timeout=timeout)
-
-
-def _logs(cluster: Cluster) -> str:
-    return "\n".join(
-        f"--- {p.name}\n{p.read_text(errors='replace')[-2500:]}"
-        for p in sorted(cluster.root.glob("*.log"))
     )

@@ -11,7 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support.chaos import Ledger, Submitter, check_invariants, check_log_offline
+from support.chaos import (
+    Ledger,
+    Submitter,
+    check_invariants,
+    check_log_offline,
+    process_logs,
+)
 from support.cluster import running_cluster
 from support.mounts import SlowFs
 
@@ -34,11 +40,7 @@ def test_a_run_on_a_slow_disk(
         stats = submitter.finish(timeout=600)
 
         def describe() -> str:
-            logs = "\n".join(
-                f"--- {p.name}\n{p.read_text(errors='replace')[-2500:]}"
-                for p in sorted(cluster.root.glob("*.log"))
-            )
-            return f"submitter: {stats}\n{logs}"
+            return f"submitter: {stats}\n{process_logs(cluster.root)}"
 
         assert stats.acked, describe()
         verdict = check_invariants(cluster, stats.acked, ledger, timeout=300, describe=describe)

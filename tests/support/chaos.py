@@ -10,7 +10,7 @@ After the fault, ``check_invariants`` checks, with the host up:
 
 1. every acknowledged submission reaches a final state (within a deadline);
 2. no task ran twice (the ledger's lines equal its distinct ids), every task that
-   completed ran exactly once, and the ledger names only tasks the log knows;
+   completed has its one line, and the ledger names only tasks the log knows;
 3. the state rebuilt from the log equals the live state, ended tasks included
    (``GET /api/state?tasks=all&at=S`` against ``GET /api/state?tasks=all`` at seq S);
 4. the audit passes (``GET /api/audit``, what ``hakuriver audit verify`` asks).
@@ -47,8 +47,6 @@ class Target(Protocol):
 
     @property
     def db_file(self) -> Path: ...
-
-    def env(self) -> dict[str, str]: ...
 
 
 # -- the ledger ----------------------------------------------------------------------------
@@ -103,6 +101,8 @@ class Submitter(threading.Thread):
     unacknowledged: the submitter then waits for the host to answer its health check
     again (at most ``outage_s``) and goes on with the next task. An unanswered submission
     may still have been recorded: it need not end, but it must not run twice either.
+    ``pace_s`` spreads the submissions out (at most one per ``pace_s``), so that a fault
+    lasting seconds still meets new work.
     """
 
     def __init__(
@@ -116,6 +116,7 @@ class Submitter(threading.Thread):
         outage_s: float = 60.0,
         fields: dict[str, Any] | None = None,
         timeout_s: float = 5.0,
+        pace_s: float = 0.0,
     ) -> None:
         super().__init__(name="chaos-submitter", daemon=True)
         self.url = url
@@ -126,6 +127,7 @@ class Submitter(threading.Thread):
         self.outage_s = outage_s
         self.fields = fields or {}
         self.timeout_s = timeout_s
+        self.pace_s = pace_s
         self.stats = SubmitStats()
         self.failure: BaseException | None = None
         self._lock = threading.Lock()
@@ -146,6 +148,8 @@ class Submitter(threading.Thread):
                     if self._halt.is_set():
                         return
                     self._submit_one(http)
+                    if self.pace_s:
+                        self._halt.wait(self.pace_s)  # a rate, so that faults meet new work
         except BaseException as exc:  # reported by finish()
             self.failure = exc
 
@@ -205,6 +209,24 @@ def hold_fault(seconds: float) -> None:
     long the fault lasts is what the test is about, not a synchronisation."""
     deadline = time.monotonic() + seconds
     wait_until(lambda: time.monotonic() >= deadline, timeout=seconds + 1, interval=0.02)
+
+
+def wait_running_on(cluster: Any, node: str) -> None:
+    """Until ``node`` (of a ``support.cluster.Cluster``) has a task running, so that the
+    fault finds work in flight."""
+
+    def busy() -> bool:
+        found = cluster.node(node)
+        return bool(found and found["online"] and found["task_ids"])
+
+    cluster.wait(busy, 30, f"a task running on {node}")
+
+
+def process_logs(root: Path, pattern: str = "*.log") -> str:
+    """The tail of every process log under ``root``, for failure messages."""
+    return "\n".join(
+        f"--- {p.name}\n{p.read_text(errors='replace')[-2500:]}" for p in sorted(root.glob(pattern))
+    )
 
 
 # -- the invariants ------------------------------------------------------------------------
