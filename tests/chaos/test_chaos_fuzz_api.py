@@ -174,6 +174,9 @@ def requests(draw: st.DrawFn) -> tuple[str, str, dict[str, str], bytes | None]:
     return method, path, draw(QUERY), draw(BODY)
 
 
+Request = tuple[str, str, dict[str, str], bytes | None]
+
+
 def test_no_route_answers_a_server_error_and_the_log_still_audits(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -185,32 +188,56 @@ def test_no_route_answers_a_server_error_and_the_log_still_audits(
         [task_id] = host.submit("true")
         assert host.task("1")["task_id"] == task_id
 
+        # Every route, with the two inputs that broke routes before (issue 14): a body that
+        # is not UTF-8, and every query parameter at and past a 64-bit integer's range.
+        edges = [{name: str(n) for name in QUERY_NAMES} for n in (2**63 - 1, 2**63, -(2**63))]
+        broken = []
+        for method, template in ROUTES:
+            path = template
+            while "<" in path:
+                path = path[: path.index("<")] + "1" + path[path.index(">") + 1 :]
+            probes = [(method, path, query, None) for query in edges]
+            for request in [*probes, (method, path, {}, NOT_UTF8)]:
+                broken.append(_server_error(host, request))
+        failures = [f for f in broken if f]
+        assert not failures, f"{len(failures)} server errors:\n" + "\n".join(failures)
+
+        # Then the same routes with whatever hypothesis makes of them
         @settings(max_examples=200, deadline=None, database=None)
         @given(request=requests())
-        def answers_without_a_server_error(
-            request: tuple[str, str, dict[str, str], bytes | None],
-        ) -> None:
-            method, path, query, body = request
-            headers = {"Content-Type": "application/json"} if body is not None else {}
-            try:
-                answer = host.http.request(
-                    method, path, params=query, content=body, headers=headers, timeout=20
-                )
-            except httpx.ReadTimeout:
-                pytest.fail(f"{method} {path} {query} {body!r}: no answer within 20 s")
-            server_error = answer.status_code == 500 or (
-                answer.status_code >= 500 and _error(answer) in ("internal", None)
-            )
-            assert not server_error, (
-                f"{method} {path} query={query} body={body!r}:"
-                f" {answer.status_code} {answer.text[:500]}\n{host.logs('host')[-1500:]}"
-            )
+        def at_random(request: Request) -> None:
+            failure = _server_error(host, request)
+            assert failure is None, f"{failure}\n{host.logs('host')[-1500:]}"
 
-        answers_without_a_server_error()
+        at_random()
         # And the host is still healthy, its log intact
         assert host.http.get("/api/health").status_code == 200
         audit = host.http.get("/api/audit")
         assert audit.status_code == 200 and audit.json()["ok"], audit.text
+
+
+NOT_UTF8 = b'{"command":"\xff\xfe","name":"\xff"}'
+
+
+def _server_error(host: Cluster, request: Request) -> str | None:
+    """Send one request; what went wrong if the answer is a server error (a 500, or a 5xx
+    saying "internal") or never comes."""
+    method, path, query, body = request
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    try:
+        answer = host.http.request(
+            method, path, params=query, content=body, headers=headers, timeout=20
+        )
+    except httpx.ReadTimeout:
+        return f"{method} {path} query={query} body={body!r}: no answer within 20 s"
+    if answer.status_code == 500 or (
+        answer.status_code >= 500 and _error(answer) in ("internal", None)
+    ):
+        shown = {k: v[:20] for k, v in query.items()}
+        return (
+            f"{method} {path} query={shown} body={body!r}: {answer.status_code} {answer.text[:200]}"
+        )
+    return None
 
 
 def _error(answer: httpx.Response) -> Any:
