@@ -78,7 +78,11 @@ def slow_disk(tmp_path: Path) -> Iterator[Callable[[Path, float], SlowFs]]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # Tag the whole directory ``chaos`` (``-m chaos`` selects the fast and long variants).
+    # Tag the whole directory ``chaos`` (``-m chaos`` selects the fast and long variants),
+    # and give each test room under a loaded CI (real processes starting on two cores):
+    # 240 s unless it says otherwise (the long ones do).
     for item in items:
         if "tests/chaos/" in str(item.path).replace(os.sep, "/"):
             item.add_marker(pytest.mark.chaos)
+            if item.get_closest_marker("timeout") is None:
+                item.add_marker(pytest.mark.timeout(240))
