@@ -14,6 +14,7 @@ import contextlib
 import signal
 import uuid
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from hypothesis import given, settings
@@ -121,6 +122,43 @@ def _frames(task_id: str) -> st.SearchStrategy[list[bytes]]:
     )
 
 
+def _crafted(task_id: str) -> list[list[bytes]]:
+    """The frames that did harm (issue 14, findings 2 and 4), one connection each:
+    sent first, so that a regression fails every run, not only the runs that draw them."""
+    pack = msgspec.msgpack.encode
+    hello = pack({"type": "hello", "node": "fuzzer", "cores": 2, "memory_bytes": 1 << 30})
+
+    def event(kind: str, version: int = 1, **fields: Any) -> dict[str, Any]:
+        return {
+            "id": str(uuid.uuid4()),
+            "source": "fuzzer",
+            "occurred_at_us": 1_800_000_000_000_000,
+            "schema_version": version,
+            "event": {"kind": kind, **fields},
+        }
+
+    def heartbeat(version: int) -> bytes:
+        return pack({"type": "heartbeat", "event": event("node.heartbeat", version, node="fuzzer")})
+
+    def batch(*events: dict[str, Any]) -> bytes:
+        return pack({"type": "events", "batch": 1, "body": msgspec.json.encode(list(events))})
+
+    finished = event("task.finished", task_id=task_id, state="completed", exit_code=0)
+    return [
+        [hello, heartbeat(0)],  # a schema version no upcaster knows
+        [hello, heartbeat(70000)],  # past uint16
+        [hello, batch(finished)],  # another node's task, `node` left out
+        [hello, batch(event("task.paused", task_id=task_id))],
+        [pack({"type": "hello", "node": "n1", "cores": 2, "memory_bytes": 1 << 30})],
+        [pack({"type": "hello", "node": "fuzzer", "cores": 10**6, "memory_bytes": 1 << 60})],
+        # Recorded as node.registered on main (e7b299a) though the event type refuses them:
+        # the audit said OK, the state at that seq answered 500, and the host would not
+        # start again ("Expected `int` >= 0 - at `$.cores`").
+        [pack({"type": "hello", "node": "fuzzer", "cores": -1, "memory_bytes": 1 << 30})],
+        [pack({"type": "hello", "node": "fuzzer", "cores": 2, "memory_bytes": 2**64 - 1})],
+    ]
+
+
 def _send_all(cluster: Cluster, credential: str, frames: list[bytes]) -> None:
     """One connection: the frames in order, until the host closes it."""
     url = cluster.url.replace("http", "ws", 1) + "/api/agents/ws"
@@ -151,7 +189,10 @@ def test_agent_link_frames_from_another_session_never_harm_a_live_node(
         def sent(frames: list[bytes]) -> None:
             _send_all(cluster, credential, frames)
 
-        # When another session sends frames of every shape
+        # When another session sends the frames that did harm before, then frames of every
+        # shape
+        for frames in _crafted(task_id):
+            _send_all(cluster, credential, frames)
         sent()
 
         # Then the real node and its task are as they were
