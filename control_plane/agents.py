@@ -18,7 +18,7 @@ import msgspec
 
 from control_plane.access import Principal
 from control_plane.commands import NodeHello, NodeNotOnline, ReportFacts
-from control_plane.errors import DomainError
+from control_plane.errors import DomainError, StoreFailing
 from control_plane.hub import ControlPlane
 from events import link
 from events.codec import decode_new_events
@@ -76,6 +76,10 @@ class AgentSession:
         # The link is attached before its hello is decided, so another decision may send
         # first; the agent expects Welcome first: what comes earlier waits for it.
         self._before_welcome: list[bytes] | None = []
+        # After a batch the log could not take (a full disk): the id of its first event.
+        # Later batches were sent before the agent knew, and are refused (retry) until
+        # the agent sends again from that event, so its events keep their order.
+        self._resend_from: str | None = None
 
     async def send(self, message: link.Message) -> bool:
         """Send a message (held until the Welcome went out); False if the link is gone."""
@@ -116,11 +120,23 @@ class AgentSession:
             case link.EventBatch(batch=number, body=body):
                 try:
                     events = decode_new_events(body)
+                    if self._resend_from is not None:
+                        if not events or events[0].id != self._resend_from:
+                            await self.send(
+                                link.Nack(batch=number, reason="sent before a resend", retry=True)
+                            )
+                            return
+                        self._resend_from = None
                     for i, new in enumerate(events):
                         check_agent_event(self.node, i, new)
                     outcome = await self.cp.execute(
                         ReportFacts(node=self.node, events=tuple(events))
                     )
+                except StoreFailing as exc:
+                    # Nothing wrong with the batch: the agent keeps it and sends it again.
+                    self._resend_from = events[0].id
+                    await self.send(link.Nack(batch=number, reason=exc.message, retry=True))
+                    return
                 except (msgspec.ValidationError, msgspec.DecodeError, LinkRefused) as exc:
                     await self.send(link.Nack(batch=number, reason=str(exc)))
                     log.warning("refused a batch from %s: %s", self.node, exc)
@@ -143,8 +159,9 @@ class AgentSession:
                 if not isinstance(new.event, NodeHeartbeat):
                     raise LinkRefused("a heartbeat frame must carry node.heartbeat")
                 check_agent_event(self.node, 0, new)
-                # A sample from a node declared offline is not worth a reconnection.
-                with contextlib.suppress(NodeNotOnline):
+                # A sample from a node declared offline is not worth a reconnection, nor
+                # one the log cannot take now (the store logs that outage).
+                with contextlib.suppress(NodeNotOnline, StoreFailing):
                     await self.cp.execute(ReportFacts(node=self.node, events=(new,)))
             case link.Hello():
                 raise LinkRefused("hello sent twice")
@@ -186,6 +203,11 @@ async def serve_agent(cp: ControlPlane, socket: Socket, principal: Principal) ->
     except (LinkRefused, msgspec.ValidationError, msgspec.DecodeError) as exc:
         log.warning("closing the link to %s: %s", hello.node, exc)
         await session.close(str(exc))
+    except StoreFailing as exc:
+        # Its hello could not be recorded (the store logs the outage): it says hello again
+        # after its back-off.
+        log.info("closing the link to %s: %s", hello.node, exc.message)
+        await session.close(exc.message)
     except asyncio.CancelledError:
         raise
     except Exception:
