@@ -39,6 +39,7 @@ The agent imports it too, for the request and record formats and ``proc_stat``.
 
 from __future__ import annotations
 
+import errno as _errno
 import os
 import resource
 import sys
@@ -252,6 +253,43 @@ def write_record(path: str, fields: dict[str, str | int]) -> None:
         for key, value in fields.items():
             file.write(f"{key} {value}\n")
     os.replace(temporary, path)
+
+
+# A full disk must not turn a task that ran into one that "failed": before the task starts,
+# the shim reserves the blocks its two records need (their temporary files, padded); after,
+# a record that still cannot be written is retried until the disk has room again.
+RESERVE_BYTES = 4096
+FULL_DISK = (_errno.ENOSPC, _errno.EDQUOT)
+RUN_RECORD_S = 10.0  # how long a started task waits for its running record, then is killed
+
+
+def reserve_record(path: str) -> None:
+    """Claim the blocks of ``path``'s temporary file now (raises OSError on a full disk)."""
+    fd = os.open(f"{path}.tmp", CREATE, PRIVATE_FILE)
+    try:
+        os.write(fd, b"\n" * RESERVE_BYTES)
+    finally:
+        os.close(fd)
+
+
+def write_record_durably(
+    path: str, fields: dict[str, str | int], within_s: float | None = None
+) -> bool:
+    """``write_record``, retried while the disk is full (for ``within_s``, or until it
+    works); other errors raise. False when the time ran out."""
+    deadline = None if within_s is None else time.monotonic() + within_s
+    pause = 0.05
+    while True:
+        try:
+            write_record(path, fields)
+            return True
+        except OSError as exc:
+            if exc.errno not in FULL_DISK:
+                raise
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
 
 def read_record(path: str) -> dict[str, str]:
@@ -690,7 +728,13 @@ def run(state_dir: str, task_id: str, spec: dict[str, Any]) -> int:
         else:
             method, watched = "cgroup", cgroup
 
-    started = _start(spec, cgroup, rlimit)
+    try:
+        reserve_record(base + RUN)
+        reserve_record(base + EXIT)
+    except OSError as exc:
+        started: int | str = f"no room to record the task in the runner's state directory: {exc}"
+    else:
+        started = _start(spec, cgroup, rlimit)
     if isinstance(started, str):
         if cgroup is not None:
             remove_cgroup(cgroup)
@@ -698,7 +742,7 @@ def run(state_dir: str, task_id: str, spec: dict[str, Any]) -> int:
         return 1
     pid = started
     own = proc_stat(os.getpid())
-    write_record(
+    recorded = write_record_durably(
         base + RUN,
         {
             "task_id": task_id,
@@ -709,13 +753,22 @@ def run(state_dir: str, task_id: str, spec: dict[str, Any]) -> int:
             "cgroup": watched,
             "cpus": ",".join(str(cpu) for cpu in spec["cpus"]),
         },
+        RUN_RECORD_S,
     )
+    if not recorded:  # the reserved blocks were taken meanwhile: unrecorded, it cannot run
+        _quietly(lambda: os.killpg(pid, _signal.SIGKILL))
+        _finish(pid, cgroup)
+        if cgroup is not None:
+            remove_cgroup(cgroup)
+        _answer("!no room to record the task in the runner's state directory")
+        return 1
     _answer(str(pid))
 
     returncode, kills = _finish(pid, cgroup)
     if method == "systemd":
         kills = oom_kills(watched)  # the scope may already be gone: then SIGKILL decides
-    write_record(base + EXIT, {"returncode": returncode, "oom_kills": kills})
+    # Until this record is written the task still looks like running: kept, not lost.
+    write_record_durably(base + EXIT, {"returncode": returncode, "oom_kills": kills})
     if cgroup is not None:
         remove_cgroup(cgroup)
     return 0
