@@ -11,6 +11,7 @@ not_found       404  2           it names something that does not exist
 conflict        409  2           it makes no sense in the current state
 unauthenticated 401  2           no valid credential (missing, bad, expired, revoked)
 refused         403  2           a policy forbids it (the message names what is needed)
+too_many        429  1           a limit on what one client may hold at once (try later)
 unavailable     503  1           the control plane cannot do it right now
 =============  ====  ==========  ============================================
 
@@ -24,7 +25,9 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-Kind = Literal["invalid", "not_found", "conflict", "unauthenticated", "refused", "unavailable"]
+Kind = Literal[
+    "invalid", "not_found", "conflict", "unauthenticated", "refused", "too_many", "unavailable"
+]
 
 HTTP_STATUS: dict[str, int] = {
     "invalid": 400,
@@ -32,6 +35,7 @@ HTTP_STATUS: dict[str, int] = {
     "conflict": 409,
     "unauthenticated": 401,
     "refused": 403,
+    "too_many": 429,
     "unavailable": 503,
 }
 # The ``error`` member of the API's error document (stable: clients match on it).
@@ -41,6 +45,7 @@ ERROR_CODE: dict[str, str] = {
     "conflict": "conflict",
     "unauthenticated": "unauthenticated",
     "refused": "forbidden",
+    "too_many": "too_many_requests",
     "unavailable": "unavailable",
 }
 # Exit codes of the CLI: 2 when the request as typed cannot work (change it), 1 when the
@@ -51,6 +56,7 @@ EXIT_CODE: dict[str, int] = {
     "conflict": 2,
     "unauthenticated": 2,
     "refused": 2,
+    "too_many": 1,
     "unavailable": 1,
 }
 _KIND_OF_STATUS = {status: kind for kind, status in HTTP_STATUS.items()}
@@ -102,6 +108,12 @@ class Refused(DomainError):
     kind: ClassVar[Kind] = "refused"
 
 
+class TooMany(DomainError):
+    """A client holds as much of something as it may at once (429)."""
+
+    kind: ClassVar[Kind] = "too_many"
+
+
 class Unavailable(DomainError):
     """The control plane cannot do it now (starting, stopping, an engine away)."""
 
@@ -110,7 +122,7 @@ class Unavailable(DomainError):
 
 _BY_KIND: dict[str, type[DomainError]] = {
     cls.kind: cls
-    for cls in (InvalidRequest, NotFound, Conflict, Unauthenticated, Refused, Unavailable)
+    for cls in (InvalidRequest, NotFound, Conflict, Unauthenticated, Refused, TooMany, Unavailable)
 }
 
 
