@@ -7,32 +7,32 @@ dropped after ``event_stream_stall_s`` instead of being buffered for.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.cluster import Cluster, running_cluster
+from support.cluster import Cluster
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.xdist_group("event-streams")]
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    with running_cluster(tmp_path, agents=(), heartbeat_timeout=5.0) as started:
-        yield started
-
-
-def _limit_streams(cluster: Cluster, per_client: int, stall_s: float) -> None:
-    """Restart the host with these stream limits in its ``[network]`` section."""
-    cluster.stop_host()
+@contextlib.contextmanager
+def limited(root: Path, per_client: int, stall_s: float) -> Iterator[Cluster]:
+    """A host (no agents) with these stream limits in its ``[network]`` section."""
+    cluster = Cluster(root, heartbeat_timeout=5.0)
     text = cluster.config.read_text().replace(
         "[network]\n",
         f"[network]\nevent_streams_per_client = {per_client}\nevent_stream_stall_s = {stall_s}\n",
         1,
     )
     cluster.config.write_text(text)
-    cluster.start_host()
+    try:
+        cluster.start_host()
+        yield cluster
+    finally:
+        cluster.close()
 
 
 def _first_line(sock: socket.socket) -> bytes:
@@ -54,8 +54,12 @@ def _raw_stream(cluster: Cluster, token: str) -> tuple[socket.socket, int]:
     return sock, int(_first_line(sock).split()[1])
 
 
-def test_a_client_holds_a_few_streams_and_more_are_refused(cluster: Cluster) -> None:
-    _limit_streams(cluster, per_client=2, stall_s=30)
+def test_a_client_holds_a_few_streams_and_more_are_refused(tmp_path: Path) -> None:
+    with limited(tmp_path, per_client=2, stall_s=30) as cluster:
+        _a_client_holds_a_few(cluster)
+
+
+def _a_client_holds_a_few(cluster: Cluster) -> None:
     assert cluster.admin_token is not None
     other_admin = cluster.add_user("ops", role="admin")
     held = [_raw_stream(cluster, cluster.admin_token) for _ in range(2)]
@@ -91,8 +95,12 @@ def _status_of_one_more(cluster: Cluster) -> int:
     return status
 
 
-def test_a_subscriber_that_stops_reading_is_dropped_not_buffered_for(cluster: Cluster) -> None:
-    _limit_streams(cluster, per_client=1, stall_s=1)
+def test_a_subscriber_that_stops_reading_is_dropped_not_buffered_for(tmp_path: Path) -> None:
+    with limited(tmp_path, per_client=1, stall_s=1) as cluster:
+        _a_stalled_subscriber_is_dropped(cluster)
+
+
+def _a_stalled_subscriber_is_dropped(cluster: Cluster) -> None:
     assert cluster.admin_token is not None
     # Given a subscriber that reads nothing after its status line, and the only slot
     sock, status = _raw_stream(cluster, cluster.admin_token)
