@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 VENV_LOCK ?= .venv.lock
 
-.PHONY: up test lint bench bench-full lock clean
+.PHONY: up test thorough lint bench bench-full lock clean
 
 # The install runs under a lock: `make up` and `make test` started together in two terminals
 # must not both pip into the same new venv (pip then fails to uninstall its own half-written
@@ -43,6 +43,10 @@ lint: $(STAMP)
 PYTEST_WORKERS ?= 4
 test: lint
 	$(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS)
+
+# The property tests with many more examples (tests/support/thorough.py).
+thorough: $(STAMP)
+	HAKURIVER_THOROUGH=1 $(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) tests/projections tests/replay_tools tests/control_plane tests/cli/test_hakuriver_render.py
 
 bench: $(STAMP)
 	$(PY) tests/benchmarks/run.py

@@ -31,7 +31,7 @@ import msgspec
 
 from control_plane.access import Principal
 from control_plane.commands import NodeHello, NodeNotOnline, ReportFacts
-from control_plane.errors import DomainError
+from control_plane.errors import DomainError, StoreFailing
 from control_plane.hub import ControlPlane
 from events import link
 from events.codec import decode_new_events
@@ -126,6 +126,10 @@ class AgentSession:
         self._worker: asyncio.Task[None] | None = None
         self._beat: asyncio.Task[None] | None = None
         self.heartbeats_skipped = 0
+        # After a batch the log could not take (a full disk): the id of its first event.
+        # Later batches were sent before the agent knew, and are refused (retry) until
+        # the agent sends again from that event, so its events keep their order.
+        self._resend_from: str | None = None
 
     async def send(self, message: link.Message) -> bool:
         """Send a message (held until the Welcome went out); False if the link is gone."""
@@ -221,6 +225,16 @@ class AgentSession:
             case link.Hello():
                 raise LinkRefused("hello sent twice")
 
+    async def handle(self, message: link.AgentMessage) -> None:
+        """Deal with one message to its end: a batch reported (answered), a heartbeat
+        recorded. The single-step form of ``serve`` + ``take``, which tests drive."""
+        if isinstance(message, link.EventBatch):
+            await self.report(message)
+            return
+        self.take(message)
+        if self._beat is not None:
+            await self._beat
+
     async def _work(self) -> None:
         """Report the queued batches, one at a time, in the order they came."""
         while not self.closed:
@@ -251,12 +265,24 @@ class AgentSession:
                     f"a batch of {len(batch.body)} bytes; at most {link.MAX_BATCH_BYTES}"
                 )
             events = decode_new_events(batch.body)
+            if self._resend_from is not None:
+                if not events or events[0].id != self._resend_from:
+                    await self.send(
+                        link.Nack(batch=number, reason="sent before a resend", retry=True)
+                    )
+                    return
+                self._resend_from = None
             if len(events) > link.MAX_BATCH_EVENTS:
                 raise LinkRefused(
                     f"{len(events)} events in one batch; at most {link.MAX_BATCH_EVENTS}"
                 )
             checked = tuple(check_agent_event(self.node, i, new) for i, new in enumerate(events))
             outcome = await self.cp.execute(ReportFacts(node=self.node, events=checked))
+        except StoreFailing as exc:
+            # Nothing wrong with the batch: the agent keeps it and sends it again.
+            self._resend_from = events[0].id
+            await self.send(link.Nack(batch=number, reason=exc.message, retry=True))
+            return
         except (msgspec.ValidationError, msgspec.DecodeError, LinkRefused, InvalidEvent) as exc:
             await self.send(link.Nack(batch=number, reason=str(exc)))
             log.warning("refused a batch from %s: %s", self.node, exc)
@@ -276,8 +302,10 @@ class AgentSession:
     async def _record_heartbeat(self, beat: NewEvent) -> None:
         try:
             await self.cp.execute(ReportFacts(node=self.node, events=(beat,)))
-        except NodeNotOnline:
-            pass  # a sample from a node declared offline is not worth a reconnection
+        except (NodeNotOnline, StoreFailing):
+            # A sample from a node declared offline is not worth a reconnection, nor one
+            # the log cannot take now (the store logs that outage).
+            pass
         except (InvalidEvent, DomainError) as exc:
             log.warning("refused a heartbeat from %s: %s", self.node, exc)
         except Exception as exc:
@@ -322,6 +350,11 @@ async def serve_agent(cp: ControlPlane, socket: Socket, principal: Principal) ->
     except (LinkRefused, msgspec.ValidationError, msgspec.DecodeError) as exc:
         log.warning("closing the link to %s: %s", hello.node, exc)
         await session.close(str(exc))
+    except StoreFailing as exc:
+        # Its hello could not be recorded (the store logs the outage): it says hello again
+        # after its back-off.
+        log.info("closing the link to %s: %s", hello.node, exc.message)
+        await session.close(exc.message)
     except asyncio.CancelledError:
         raise
     except Exception:

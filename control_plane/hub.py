@@ -37,13 +37,15 @@ from control_plane.commands import (
     Send,
     decide,
 )
+from control_plane.errors import StoreFailing
 from control_plane.scheduler import Scheduler
 from control_plane.settings import HostSettings
 from events import link
 from events.envelope import Recorded, new_event, now_us
+from events.file_modes import private_dir
 from events.ids import new_id
 from events.snapshot_files import CLUSTER as SNAPSHOT_NAME
-from events.store import EventStore
+from events.store import EventStore, StoreUnavailable, WriteFailure
 from projections.cluster import ClusterState
 
 log = logging.getLogger("hakuriver.host")
@@ -168,6 +170,12 @@ class ControlPlane:
     async def open(cls, settings: HostSettings) -> ControlPlane:
         """Open the log and rebuild the state: newest snapshot plus the tail."""
         path = settings.db_path
+        # The log, the admin's token and the TLS keys live here: the owner's alone. Others
+        # may pass through to a shared directory inside it (tasks that run as their owners
+        # work there); they can list nothing, and the files of the log are 0600.
+        data_dir = settings.path(".")
+        traverse = settings.shared_dir.resolve().is_relative_to(data_dir.resolve())
+        await asyncio.to_thread(private_dir, data_dir, traverse=traverse)
         path.parent.mkdir(parents=True, exist_ok=True)
         settings.shared_dir.mkdir(parents=True, exist_ok=True)
         for sub in ("task_outputs", "task_errors"):
@@ -212,7 +220,8 @@ class ControlPlane:
 
         The only place that takes the gate. A refusal (``DomainError``) records and
         sends nothing. Sends happen after the commit: a host crash can never leave a
-        command out in the world that the log does not show.
+        command out in the world that the log does not show. A log that cannot be
+        written (a full disk) refuses with ``StoreFailing``: nothing recorded, nothing sent.
         """
         gate = self._gate.shared() if isinstance(command, FACTS) else self._gate.exclusive()
         async with gate:
@@ -229,7 +238,14 @@ class ControlPlane:
             # Facts are agents' reports: made outside this process, each payload is checked
             # to read back before it is stored.
             check = bool(decision.facts)
-            seqs = await self.store.append(batch, check_payloads=check) if batch else []
+            try:
+                seqs = await self.store.append(batch, check_payloads=check) if batch else []
+            except StoreUnavailable as exc:
+                raise StoreFailing(
+                    "",
+                    f"{exc}: nothing was recorded; the host writes again once its data"
+                    " directory has room (try again then)",
+                ) from exc
         delivered = [await self._send(send) for send in decision.sends]
         for node, reason in decision.disconnect:
             agent = self._links.get(node)
@@ -317,6 +333,10 @@ class ControlPlane:
             self._schedule.clear()
             try:
                 await self.execute(PlaceQueued())
+            except StoreFailing:
+                # The store logs the outage once; the placement is tried again.
+                await asyncio.sleep(0.5)  # a pause between attempts, not synchronisation
+                self._schedule.set()
             except Exception:
                 log.exception("scheduling pass failed; retrying")
                 await asyncio.sleep(0.5)
@@ -334,6 +354,8 @@ class ControlPlane:
             due = now + period
             try:
                 await self.check_liveness()
+            except StoreFailing:
+                pass  # the store logs the outage; the next period decides again
             except Exception:
                 log.exception("liveness check failed")
 
@@ -373,6 +395,8 @@ class ControlPlane:
             self._snapshot_due.clear()
             try:
                 await self.snapshot()
+            except OSError as exc:  # a full disk: derived data, the next one is due soon
+                log.warning("snapshot failed: %s", exc)
             except Exception:
                 log.exception("snapshot failed")
 
@@ -411,3 +435,8 @@ class ControlPlane:
     def undecodable_events(self) -> int:
         """Stored events the log's reads met and could not decode (skipped, logged)."""
         return self.store.codec.undecodable_total
+
+    @property
+    def store_failure(self) -> WriteFailure | None:
+        """Why the event log cannot be written now (a full disk), or None when it can."""
+        return self.store.write_failure

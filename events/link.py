@@ -14,6 +14,8 @@ host → agent
   ``Welcome``    answer to ``Hello``: the timing to use.
   ``Ack``        a batch is durably committed; the agent drops it from its outbox.
   ``Nack``       a batch was refused (the reason names the event); nothing was recorded.
+                 With ``retry``, the host could not write its log (a full disk): the
+                 agent keeps the events and sends them again later, from the oldest.
   ``Run`` / ``Kill`` / ``Pause`` / ``Resume``
                  commands, each naming its task so the agent applies it idempotently.
 
@@ -135,10 +137,17 @@ class Ack(Message, frozen=True, kw_only=True, tag="ack"):
 
 
 class Nack(Message, frozen=True, kw_only=True, tag="nack"):
-    """Batch ``batch`` was refused whole; ``reason`` names the offending event."""
+    """Batch ``batch`` was refused whole; ``reason`` names the offending event.
+
+    ``retry``: nothing is wrong with the batch, the host could not write it now (its log
+    is on a full disk). The agent keeps its events and, after a pause, sends again from
+    its oldest unacknowledged event; the host refuses (``retry``) every batch after the
+    failed one until that resend comes, so the log keeps the order they were sent in.
+    """
 
     batch: int
     reason: str
+    retry: bool = False
 
 
 class Run(Message, frozen=True, kw_only=True, tag="run"):

@@ -25,6 +25,7 @@ from events.link import MAX_BATCH_EVENTS
 from events.pinning import BadFingerprint, PinnedTrust, parse_fingerprint
 
 Positive = Annotated[float, Meta(gt=0)]
+EnvironmentName = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 
 class RunnerSettingsError(ValueError):
@@ -66,6 +67,9 @@ class RunnerSection(Struct, kw_only=True, frozen=True):
     # "runner": tasks run as the runner's own user; "owner": as the Unix account named
     # like the task's owner on this node (node_agent/accounts.py; the runner must be root).
     run_tasks_as: RunTasksAs = "runner"
+    # Variables of the runner's environment its process tasks inherit, beyond PATH, HOME,
+    # USER, LOGNAME, LANG, LANGUAGE, TZ and LC_* (every other one stays the runner's).
+    pass_environment: tuple[EnvironmentName, ...] = ()
 
 
 class RunnerDocker(Struct, kw_only=True, frozen=True):

@@ -13,6 +13,7 @@ from control_plane.commands import ForgetNode
 from control_plane.errors import InvalidRequest, NotFound
 from control_plane.routes.common import answer, control_plane, json_object, principal_of
 from control_plane.views import NodeOut
+from events.store import WriteFailure
 from events.types import TaskLost
 
 bp = Blueprint("nodes", url_prefix="/api")
@@ -59,8 +60,16 @@ async def forget_node(request: Request, name: str) -> HTTPResponse:
 @bp.get("/health")
 @rule("public")
 async def health(request: Request) -> HTTPResponse:
-    """Is the control plane up (a bare liveness probe: no token, no data)."""
-    return answer({"status": "ok"})
+    """Is the control plane up, and can it write its log (a probe: no token, no data).
+
+    ``{"status": "ok"}``, or ``{"status": "degraded", "reason": ...}`` while the event
+    log cannot be written (a full disk): still 200, the host is alive and serves reads.
+    The reason names no path; ``/api/summary`` has the details.
+    """
+    failure = control_plane(request).store_failure
+    if failure is None:
+        return answer({"status": "ok"})
+    return answer({"status": "degraded", "reason": _store_reason(failure)})
 
 
 @bp.get("/summary")
@@ -70,9 +79,12 @@ async def summary(request: Request) -> HTTPResponse:
     cp = control_plane(request)
     state = cp.state
     by_state = Counter(t.state for t in state.tasks.values())
+    failure = cp.store_failure
     return answer(
         {
-            "status": "ok",
+            "status": "ok" if failure is None else "degraded",
+            "reason": None if failure is None else _store_reason(failure),
+            "store_failure": failure,
             "last_seq": state.last_seq,
             "nodes_online": sum(1 for n in state.nodes.values() if n.online),
             "nodes_total": len(state.nodes),
@@ -84,6 +96,10 @@ async def summary(request: Request) -> HTTPResponse:
             "liveness": msgspec.to_builtins(cp.liveness),
         }
     )
+
+
+def _store_reason(failure: WriteFailure) -> str:
+    return f"the event log cannot be written ({failure.what} failed: {failure.reason})"
 
 
 def _name(node: object) -> str:

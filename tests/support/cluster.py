@@ -329,6 +329,22 @@ policy = "{policy}"
             con.close()
         return rows
 
+    def settle(self, timeout: float = 20) -> None:
+        """Leave the cluster as the next test that shares it expects: the host and every
+        agent up and online, and no task unfinished (what a test left running is killed)."""
+        if self.host is None or self.host.poll() is not None:
+            raise AssertionError(f"a shared cluster's host is gone:\n{self.logs('host')}")
+        for name in self.agents:
+            self.wait_node(name, online=True, timeout=timeout)
+        active = ["pending", "assigning", "running", "paused"]
+        r = self.http.get("/api/tasks", params={"status": active, "all_users": 1, "limit": 1000})
+        assert r.status_code == 200, r.text
+        left = [t["task_id"] for t in r.json()["tasks"]]
+        for task_id in left:
+            self.http.post(f"/api/tasks/{task_id}/kill")
+        for task_id in left:
+            self.wait_state(task_id, timeout=timeout)
+
     # -- waiting ---------------------------------------------------------------------------
 
     def wait(self, predicate: Any, timeout: float, what: str) -> None:
@@ -380,3 +396,25 @@ def running_cluster(
         yield cluster
     finally:
         cluster.close()
+
+
+def module_cluster_fixture(agents: tuple[str, ...] = ("n1",), **options: Any) -> Any:
+    """A module-scoped cluster fixture and a per-test one over it, for the tests of a module
+    that each use an ordinary cluster: one start per module and worker instead of one per
+    test (starting a host and an agent costs seconds of CPU), settled after each test.
+
+        module_cluster, cluster = module_cluster_fixture()
+    """
+    import pytest
+
+    @pytest.fixture(scope="module", name="module_cluster")
+    def shared(tmp_path_factory: Any) -> Iterator[Cluster]:
+        with running_cluster(tmp_path_factory.mktemp("cluster"), agents, **options) as c:
+            yield c
+
+    @pytest.fixture(name="cluster")
+    def each(module_cluster: Cluster) -> Iterator[Cluster]:
+        yield module_cluster
+        module_cluster.settle()
+
+    return shared, each
