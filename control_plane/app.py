@@ -34,6 +34,7 @@ from control_plane.routes import agents, environments, history, identity, nodes,
 from control_plane.routes import tls as tls_routes
 from control_plane.routes.common import error
 from control_plane.settings import HostSettings
+from events import link
 from events.envelope import now_us
 from events.store import StoreUnavailable
 from replay_tools.queries import HistoryError
@@ -70,7 +71,7 @@ def create_app(
     """
     app: Sanic = Sanic(name)  # type: ignore[type-arg]
     app.config.REQUEST_MAX_SIZE = settings.max_body_bytes
-    app.config.WEBSOCKET_MAX_SIZE = 64 << 20
+    app.config.WEBSOCKET_MAX_SIZE = link.MAX_FRAME_BYTES  # the agent link's frame limit
     app.config.WEBSOCKET_PING_INTERVAL = 20
     app.config.WEBSOCKET_PING_TIMEOUT = 20
     app.config.KEEP_ALIVE_TIMEOUT = 30

@@ -11,6 +11,7 @@ not_found       404  2           it names something that does not exist
 conflict        409  2           it makes no sense in the current state
 unauthenticated 401  2           no valid credential (missing, bad, expired, revoked)
 refused         403  2           a policy forbids it (the message names what is needed)
+too_many        429  1           a limit on what one client may hold at once (try later)
 unavailable     503  1           the control plane cannot do it right now
 store_failing   503  1           the event log cannot be written (a full disk):
                                  nothing was recorded; the same request may be
@@ -28,7 +29,14 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 Kind = Literal[
-    "invalid", "not_found", "conflict", "unauthenticated", "refused", "unavailable", "store_failing"
+    "invalid",
+    "not_found",
+    "conflict",
+    "unauthenticated",
+    "refused",
+    "too_many",
+    "unavailable",
+    "store_failing",
 ]
 
 HTTP_STATUS: dict[str, int] = {
@@ -37,6 +45,7 @@ HTTP_STATUS: dict[str, int] = {
     "conflict": 409,
     "unauthenticated": 401,
     "refused": 403,
+    "too_many": 429,
     "unavailable": 503,
     "store_failing": 503,
 }
@@ -47,6 +56,7 @@ ERROR_CODE: dict[str, str] = {
     "conflict": "conflict",
     "unauthenticated": "unauthenticated",
     "refused": "forbidden",
+    "too_many": "too_many_requests",
     "unavailable": "unavailable",
     "store_failing": "store_unavailable",
 }
@@ -58,6 +68,7 @@ EXIT_CODE: dict[str, int] = {
     "conflict": 2,
     "unauthenticated": 2,
     "refused": 2,
+    "too_many": 1,
     "unavailable": 1,
     "store_failing": 1,
 }
@@ -111,6 +122,12 @@ class Refused(DomainError):
     kind: ClassVar[Kind] = "refused"
 
 
+class TooMany(DomainError):
+    """A client holds as much of something as it may at once (429)."""
+
+    kind: ClassVar[Kind] = "too_many"
+
+
 class Unavailable(DomainError):
     """The control plane cannot do it now (starting, stopping, an engine away)."""
 
@@ -132,6 +149,7 @@ _BY_KIND: dict[str, type[DomainError]] = {
         Conflict,
         Unauthenticated,
         Refused,
+        TooMany,
         Unavailable,
         StoreFailing,
     )

@@ -75,6 +75,25 @@ class Link(Protocol):
         """Close the link (the agent will reconnect and say hello again)."""
         ...
 
+    async def alive(self, within_s: float) -> bool:
+        """Whether the agent behind the link still answers, within ``within_s``."""
+        ...
+
+
+class LivenessStats(msgspec.Struct, kw_only=True):
+    """How punctual the liveness monitor is: how late its checks ran (the event loop was
+    busy), and the silence it did not count against nodes because of it."""
+
+    period_s: float = 0.0
+    checks: int = 0
+    late_last_s: float = 0.0
+    late_max_s: float = 0.0
+    credited_s: float = 0.0
+
+
+# Monitor lateness past this is a stall of the event loop: frames may have waited unread.
+STALL_S = 0.05
+
 
 class Outcome(NamedTuple):
     """What ``execute`` did: the decision, the seqs it recorded, and which sends got out."""
@@ -133,6 +152,9 @@ class ControlPlane:
         self._scheduler = Scheduler(settings.scheduler.policy)
         self._gate = Gate()
         self._links: dict[str, Link] = {}
+        # One hello at a time per node name (two racing runners must not both get in).
+        self._attaching: dict[str, asyncio.Lock] = {}
+        self.liveness = LivenessStats()
         # When each node was last heard from, on this process's monotonic clock.
         self._seen: dict[str, float] = {}
         self._started = time.monotonic()
@@ -213,8 +235,11 @@ class ControlPlane:
             batch = [new_event(e, source=decision.node) for e in decision.node_events]
             batch += [new_event(e, source=HOST_SOURCE) for e in events]
             batch += decision.facts
+            # Facts are agents' reports: made outside this process, each payload is checked
+            # to read back before it is stored.
+            check = bool(decision.facts)
             try:
-                seqs = await self.store.append(batch) if batch else []
+                seqs = await self.store.append(batch, check_payloads=check) if batch else []
             except StoreUnavailable as exc:
                 raise StoreFailing(
                     "",
@@ -245,13 +270,33 @@ class ControlPlane:
 
     # -- agents' links ---------------------------------------------------------------------
 
-    async def attach(self, node: str, agent: Link) -> None:
-        """``node``'s agent is connected through ``agent`` (a previous link is closed)."""
-        previous = self._links.get(node)
-        self._links[node] = agent
-        self.heard_from(node)
-        if previous is not None and previous is not agent:
-            await previous.close("replaced by a newer connection")
+    async def attach(self, node: str, agent: Link) -> str | None:
+        """``node``'s agent is connected through ``agent``; or why not (None: attached).
+
+        A name held by a live link is not taken over: if the previous link's agent still
+        answers a ping, the new one is refused (a second runner under the same name, or
+        an impostor with the node's credential) and nothing else happens. A previous link
+        that does not answer in time is a connection its agent gave up on: it is closed
+        and replaced.
+        """
+        async with self._attaching.setdefault(node, asyncio.Lock()):
+            previous = self._links.get(node)
+            if previous is not None and previous is not agent:
+                if await previous.alive(self._probe_s()):
+                    return (
+                        f"node {node} is connected already and its agent answers;"
+                        " is a second runner using this name?"
+                    )
+                await previous.close("replaced: this link stopped answering")
+            self._links[node] = agent
+            self.heard_from(node)
+        return None
+
+    def _probe_s(self) -> float:
+        """How long a link's agent gets to answer a ping before its name is given to a new
+        link: a few heartbeats, within the heartbeat timeout."""
+        timing = self.settings.timing
+        return min(max(2 * timing.heartbeat_interval, 1.0), timing.heartbeat_timeout)
 
     def detach(self, node: str, agent: Link) -> None:
         """``agent`` is gone; forget it unless a newer link already replaced it."""
@@ -300,14 +345,34 @@ class ControlPlane:
     async def _monitor_loop(self) -> None:
         timing = self.settings.timing
         period = min(timing.heartbeat_interval, timing.heartbeat_timeout / 4)
+        self.liveness.period_s = period
+        due = time.monotonic() + period
         while True:
-            await asyncio.sleep(period)
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            now = time.monotonic()
+            self.note_lateness(now - due)
+            due = now + period
             try:
                 await self.check_liveness()
             except StoreFailing:
                 pass  # the store logs the outage; the next period decides again
             except Exception:
                 log.exception("liveness check failed")
+
+    def note_lateness(self, late_s: float) -> None:
+        """Note how late a liveness check runs. Past ``STALL_S`` the event loop was stalled
+        (a huge batch, a flood): agents' frames may be waiting unread, so the stall is not
+        counted as any node's silence (every node's last-heard time moves forward by it)."""
+        stats = self.liveness
+        stats.checks += 1
+        stats.late_last_s = late_s
+        stats.late_max_s = max(stats.late_max_s, late_s)
+        if late_s > STALL_S:
+            stats.credited_s += late_s
+            now = time.monotonic()
+            for node, heard in self._seen.items():
+                self._seen[node] = min(heard + late_s, now)
+            self._started = min(self._started + late_s, now)
 
     async def check_liveness(self) -> list[str]:
         """Declare offline every online node silent past the timeout (its tasks become
@@ -365,6 +430,11 @@ class ControlPlane:
     def is_connected(self, node: str) -> bool:
         """Whether ``node``'s agent is connected now."""
         return node in self._links
+
+    @property
+    def undecodable_events(self) -> int:
+        """Stored events the log's reads met and could not decode (skipped, logged)."""
+        return self.store.codec.undecodable_total
 
     @property
     def store_failure(self) -> WriteFailure | None:

@@ -162,7 +162,8 @@ class LogReader:
 
 
 def decode_table(codec: Codec, table: pa.Table) -> list[Recorded]:
-    """Rows of ``SELECT_COLUMNS`` as ``Recorded`` envelopes, skipping unknown kinds."""
+    """Rows of ``SELECT_COLUMNS`` as ``Recorded`` envelopes, skipping unknown kinds and
+    (noted in ``codec.undecodable``) events that do not decode."""
     # Column-wise conversion is several times faster than row tuples for long reads.
     columns = [column.to_pylist() for column in table.columns]
     decode = codec.decode
@@ -171,7 +172,11 @@ def decode_table(codec: Codec, table: pa.Table) -> list[Recorded]:
     for seq, eid, kind, stream, source, occ, rec, version, payload, digest in zip(
         *columns, strict=True
     ):
-        event = decode(kind, version, payload)
+        try:
+            event = decode(kind, version, payload)
+        except ValueError as exc:  # msgspec's errors, and a missing upcaster
+            codec.note_undecodable(seq, kind, exc)
+            continue
         if event is not None:
             append(
                 Recorded(

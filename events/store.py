@@ -52,8 +52,8 @@ import duckdb
 
 from events.chain import GENESIS_HASH, VerifyResult, chain_hash, verify_chain
 from events.chain import hash_at as _hash_at
-from events.codec import Codec, encode_event
-from events.envelope import NewEvent, Recorded
+from events.codec import Codec, check_decodes, encode_event
+from events.envelope import MAX_SOURCE, MAX_TIME_US, NewEvent, Recorded
 from events.file_modes import private_dir, private_file
 from events.ids import is_uuid7
 from events.log_reader import LogReader, decode_table
@@ -61,6 +61,7 @@ from events.log_writer import Pending, Plan, learn, plan_group, write_plan
 from events.recent_ids import RecentIds
 from events.schema import SELECT_COLUMNS, migrate
 from events.snapshot_files import SnapshotFiles
+from events.types import SCHEMA_VERSIONS
 from events.write_failures import (
     Outage,
     StoreUnavailable,
@@ -263,25 +264,59 @@ class EventStore:
 
     # -- append ------------------------------------------------------------------------------
 
-    async def append(self, events: Sequence[NewEvent]) -> list[int]:
-        """Durably append a batch, all or nothing; each event's seq (the original for re-sends)."""
+    async def append(
+        self, events: Sequence[NewEvent], *, check_payloads: bool = False
+    ) -> list[int]:
+        """Durably append a batch, all or nothing; each event's seq (the original for re-sends).
+
+        ``check_payloads``: also decode each encoded payload back before queuing it, for
+        events made outside this process (an agent's reports): a value that encodes but
+        does not read back (a NaN, stored as null) is refused instead of stored.
+        """
         if self._closed:
             raise StoreClosed("the event store is closed")
         if not events:
             return []
-        payloads = [self._validate_and_encode(i, e) for i, e in enumerate(events)]
+        payloads = [self._validate_and_encode(i, e, check_payloads) for i, e in enumerate(events)]
         future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
         self._queue.append(Pending(events, payloads, future))
         self._wake.set()
         return await future
 
     @staticmethod
-    def _validate_and_encode(index: int, new: NewEvent) -> bytes:
+    def _validate_and_encode(index: int, new: NewEvent, check_payload: bool = False) -> bytes:
+        # Every envelope field is checked against what the log's columns and this build's
+        # decoder accept, here on the caller's side: a value the group commit could not
+        # insert (a schema_version past uint16) would fail every batch committed with it,
+        # and one that does not read back (an unknown schema version; with check_payload,
+        # a NaN stored as null) would stop the host's next rebuild. The payload check costs
+        # a decode per event (about 5 us): only events from outside the host pay it.
+        where = f"events[{index}]"
         if not is_uuid7(new.id):
-            raise InvalidEvent(f"events[{index}].id: {new.id!r} is not a canonical UUIDv7")
+            raise InvalidEvent(f"{where}.id: {new.id!r} is not a canonical UUIDv7")
         if not new.source:
-            raise InvalidEvent(f"events[{index}].source: must not be empty")
-        return encode_event(new.event)
+            raise InvalidEvent(f"{where}.source: must not be empty")
+        if len(new.source) > MAX_SOURCE:
+            raise InvalidEvent(f"{where}.source: longer than {MAX_SOURCE} characters")
+        kind = new.kind
+        if new.schema_version != SCHEMA_VERSIONS[kind]:
+            raise InvalidEvent(
+                f"{where}.schema_version: {new.schema_version} for {kind}; this build"
+                f" records version {SCHEMA_VERSIONS[kind]} (it encodes the payload itself)"
+            )
+        if not 0 <= new.occurred_at_us <= MAX_TIME_US:
+            raise InvalidEvent(
+                f"{where}.occurred_at_us: {new.occurred_at_us} is outside 0..{MAX_TIME_US}"
+                " (Unix microseconds up to the year 9999)"
+            )
+        try:
+            payload = encode_event(new.event)
+        except (UnicodeEncodeError, OverflowError, TypeError, ValueError) as exc:
+            raise InvalidEvent(f"{where} ({kind}): cannot be encoded: {exc}") from None
+        problem = check_decodes(payload) if check_payload else None
+        if problem is not None:
+            raise InvalidEvent(f"{where} ({kind}): would not read back: {problem}")
+        return payload
 
     async def _writer_loop(self) -> None:
         loop = asyncio.get_running_loop()

@@ -33,6 +33,7 @@ from msgspec import Struct
 
 from events.codec import decode_new_event, encode_json
 from events.envelope import NewEvent
+from events.link import MAX_BATCH_BYTES
 
 T = TypeVar("T")
 
@@ -111,6 +112,13 @@ class Outbox:
                 "SELECT id, payload, pos FROM outbox WHERE pos > ? ORDER BY pos LIMIT ?",
                 (after_pos, limit),
             ).fetchall()
+        # The host refuses a batch past MAX_BATCH_BYTES: stop before it (one event at least).
+        size = 0
+        for count, row in enumerate(rows):
+            size += len(row[1]) + 1
+            if count and size > MAX_BATCH_BYTES:
+                rows = rows[:count]
+                break
         return PendingBatch(
             ids=tuple(row[0] for row in rows),
             body=b"[" + b",".join(row[1] for row in rows) + b"]",

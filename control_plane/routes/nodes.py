@@ -1,17 +1,20 @@
-"""``/api/nodes`` and ``/api/health``."""
+"""``/api/nodes``, ``/api/nodes/<name>/forget``, ``/api/health`` and ``/api/summary``."""
 
 from __future__ import annotations
 
 from collections import Counter
 
+import msgspec
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
 from control_plane.access import rule
-from control_plane.errors import NotFound
-from control_plane.routes.common import answer, control_plane
+from control_plane.commands import ForgetNode
+from control_plane.errors import InvalidRequest, NotFound
+from control_plane.routes.common import answer, control_plane, json_object, principal_of
 from control_plane.views import NodeOut
 from events.store import WriteFailure
+from events.types import TaskLost
 
 bp = Blueprint("nodes", url_prefix="/api")
 
@@ -34,6 +37,24 @@ async def get_node(request: Request, name: str) -> HTTPResponse:
     if node is None:
         raise NotFound("node", f"no node {name!r}")
     return answer(NodeOut.of(node, state.tasks))
+
+
+MAX_REASON = 256
+
+
+@bp.post("/nodes/<name:str>/forget")
+@rule("admin")
+async def forget_node(request: Request, name: str) -> HTTPResponse:
+    """Remove a node that is offline and will not return (409 while it is online); its
+    tasks still holding resources there are given up as lost."""
+    body = json_object(request) if request.body else {}
+    reason = body.get("reason", "")
+    if not isinstance(reason, str) or len(reason) > MAX_REASON:
+        raise InvalidRequest("reason", f"a string of at most {MAX_REASON} characters")
+    cp = control_plane(request)
+    outcome = await cp.execute(ForgetNode(node=name, actor=principal_of(request), reason=reason))
+    lost = [e.task_id for e in outcome.decision.events if isinstance(e, TaskLost)]
+    return answer({"node": name, "forgotten": True, "tasks_lost": lost})
 
 
 @bp.get("/health")
@@ -70,6 +91,9 @@ async def summary(request: Request) -> HTTPResponse:
             "agents_connected": cp.connected,
             "tasks": dict(sorted(by_state.items())),
             "anomalies": len(state.anomalies),
+            # Stored events this host could not decode (skipped; see the host log).
+            "undecodable_events": cp.undecodable_events,
+            "liveness": msgspec.to_builtins(cp.liveness),
         }
     )
 
