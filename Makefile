@@ -1,12 +1,12 @@
-# The two entry points of the project: `make test` and `make bench`.
-# Both create .venv from the committed lock file when it is absent or older than the lock.
+# The entry points of the project: `make test`, `make chaos` and `make bench`.
+# Each creates .venv from the committed lock file when it is absent or older than the lock.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 VENV_LOCK ?= .venv.lock
 
-.PHONY: up test lint bench bench-full lock clean
+.PHONY: up test thorough lint chaos bench bench-full lock clean
 
 # The install runs under a lock: `make up` and `make test` started together in two terminals
 # must not both pip into the same new venv (pip then fails to uninstall its own half-written
@@ -43,6 +43,17 @@ lint: $(STAMP)
 PYTEST_WORKERS ?= 4
 test: lint
 	$(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS)
+
+# The property tests with many more examples (tests/support/thorough.py).
+thorough: $(STAMP)
+	HAKURIVER_THOROUGH=1 $(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) tests/projections tests/replay_tools tests/control_plane tests/cli/test_hakuriver_render.py
+
+# The long fault variants (tests/chaos, marker chaos_long: 1000-task crashes, long partitions,
+# a slow disk), kept out of `make test`; as root (netns, mounts), else they skip and say why.
+# docs/chaos.md says what each does and what it needs (python3-fusepy for the slow disk).
+CHAOS_WORKERS ?= 1
+chaos: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -n $(CHAOS_WORKERS) -m chaos_long tests/chaos
 
 bench: $(STAMP)
 	$(PY) tests/benchmarks/run.py

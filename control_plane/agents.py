@@ -5,6 +5,18 @@ The protocol is in ``events/link.py``. A thin adapter: the agent's ``Hello`` bec
 commands reconciliation calls for), each event batch a ``ReportFacts`` (recorded whole
 or not at all, and acknowledged after its commit). The decisions are in
 control_plane/commands/nodes.py; ``ControlPlane.execute`` records and sends.
+
+What an agent sends is checked before it reaches a decision: its hello's resources
+are bounded (``events.link.MAX_CORES``...), a batch holds at most
+``MAX_BATCH_EVENTS`` events (a frame at most ``MAX_FRAME_BYTES``, the websocket's
+limit), every event must be one an agent may report, about itself, and its schema
+version is the host's to set (the host encodes the payload it stores).
+
+Receiving never waits for a commit: the receive loop notes each frame as the node's
+liveness (``ControlPlane.heard_from``) and hands batches to the session's own worker,
+in order, and heartbeats to a recorder that keeps at most one in flight (a sample is
+not worth queuing). So a flood of other agents' batches delays this agent's
+acknowledgements, never its liveness.
 """
 
 from __future__ import annotations
@@ -12,23 +24,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from typing import Protocol
 
 import msgspec
 
 from control_plane.access import Principal
 from control_plane.commands import NodeHello, NodeNotOnline, ReportFacts
-from control_plane.errors import DomainError
+from control_plane.errors import DomainError, StoreFailing
 from control_plane.hub import ControlPlane
 from events import link
 from events.codec import decode_new_events
 from events.envelope import NewEvent
 from events.store import InvalidEvent
-from events.types import NodeHeartbeat, kind_of
+from events.types import SCHEMA_VERSIONS, NodeHeartbeat, kind_of
 
 log = logging.getLogger("hakuriver.host.agents")
 
 HELLO_TIMEOUT_S = 10.0
+# Batches received and not yet acknowledged; a well-behaved agent keeps at most
+# node_agent.session.MAX_IN_FLIGHT (4) in flight.
+MAX_QUEUED_BATCHES = 8
 # What an agent may report; everything else is the host's to decide.
 AGENT_KINDS = frozenset(
     {"task.started", "task.paused", "task.resumed", "task.finished", "node.heartbeat", "env.synced"}
@@ -44,24 +60,52 @@ class Socket(Protocol):
 
     async def close(self, code: int = 1000, reason: str = "") -> None: ...
 
+    async def ping(self, data: bytes | None = None) -> asyncio.Future[None]: ...
+
 
 class LinkRefused(Exception):
     """The agent broke the protocol; the session ends with this reason."""
 
 
-def check_agent_event(node: str, index: int, new: NewEvent) -> None:
-    """Refuse an event an agent for ``node`` may not report (raises ``LinkRefused``)."""
+def check_agent_event(node: str, index: int, new: NewEvent) -> NewEvent:
+    """The event as the host records it, or ``LinkRefused`` if an agent for ``node`` may
+    not report it. Its schema version is set to this build's (the host stores the
+    payload as it re-encodes it), whatever the agent claimed."""
     kind = kind_of(new.event)
     where = f"events[{index}] ({kind})"
     if new.source != node:
         raise LinkRefused(f"{where}: source {new.source!r} is not this node {node!r}")
     if kind not in AGENT_KINDS:
         raise LinkRefused(f"{where}: an agent may not report {kind}")
-    reported_node = getattr(new.event, "node", node)
-    if reported_node not in (node, None):
-        raise LinkRefused(f"{where}: names node {reported_node!r}, this link is {node!r}")
+    if hasattr(new.event, "node"):
+        # An agent names itself on every event that has a node: one left out is refused,
+        # not taken as this node's (decide_report checks the task is placed here).
+        reported_node = new.event.node
+        if reported_node is None:
+            raise LinkRefused(f"{where}: node is missing; an agent names itself ({node!r})")
+        if reported_node != node:
+            raise LinkRefused(f"{where}: names node {reported_node!r}, this link is {node!r}")
     if new.event.actor is not None:
         raise LinkRefused(f"{where}: an agent cannot name an actor (only the host does)")
+    version = SCHEMA_VERSIONS[kind]
+    return (
+        new
+        if new.schema_version == version
+        else msgspec.structs.replace(new, schema_version=version)
+    )
+
+
+def check_hello(hello: link.Hello) -> None:
+    """Refuse a hello whose machine cannot be (``LinkRefused``; the type bounds the rest)."""
+    gpu_ids = [gpu.id for gpu in hello.gpus]
+    if len(set(gpu_ids)) != len(gpu_ids):
+        raise LinkRefused(f"gpus: ids {gpu_ids} are not unique")
+    numa_ids = [numa.id for numa in hello.numa]
+    if len(set(numa_ids)) != len(numa_ids):
+        raise LinkRefused(f"numa: ids {numa_ids} are not unique")
+    numa_cpus = sum(len(numa.cpus) for numa in hello.numa)
+    if numa_cpus > link.MAX_CORES:
+        raise LinkRefused(f"numa: {numa_cpus} CPUs in all, more than {link.MAX_CORES}")
 
 
 class AgentSession:
@@ -76,6 +120,16 @@ class AgentSession:
         # The link is attached before its hello is decided, so another decision may send
         # first; the agent expects Welcome first: what comes earlier waits for it.
         self._before_welcome: list[bytes] | None = []
+        # Batches received, waiting for the worker (in order); the heartbeat being recorded.
+        self._batches: deque[link.EventBatch] = deque()
+        self._batch_ready = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+        self._beat: asyncio.Task[None] | None = None
+        self.heartbeats_skipped = 0
+        # After a batch the log could not take (a full disk): the id of its first event.
+        # Later batches were sent before the agent knew, and are refused (retry) until
+        # the agent sends again from that event, so its events keep their order.
+        self._resend_from: str | None = None
 
     async def send(self, message: link.Message) -> bool:
         """Send a message (held until the Welcome went out); False if the link is gone."""
@@ -96,13 +150,25 @@ class AgentSession:
             return False
         return True
 
-    async def close(self, reason: str) -> None:
+    async def close(self, reason: str, code: int = 1001) -> None:
         """Close the link (the agent will reconnect and say hello again)."""
         if self.closed:
             return
         self.closed = True
         with contextlib.suppress(Exception):
-            await self.socket.close(1001, reason[:120])
+            await self.socket.close(code, reason[:120])
+
+    async def alive(self, within_s: float) -> bool:
+        """Whether the agent behind this link still answers (a websocket ping's pong)."""
+        if self.closed:
+            return False
+        try:
+            async with asyncio.timeout(within_s):
+                pong = await self.socket.ping()
+                await pong
+        except Exception:  # no answer in time, or the link is already gone
+            return False
+        return True
 
     # -- the conversation ------------------------------------------------------------------
 
@@ -110,44 +176,142 @@ class AgentSession:
         """Record the registration or return, reconcile; ``Welcome`` and commands follow."""
         await self.cp.execute(NodeHello(hello=hello))
 
-    async def handle(self, message: link.AgentMessage) -> None:
-        """One message after the hello."""
+    async def serve(self) -> None:
+        """Receive until the link closes: each frame is liveness; nothing here waits for a
+        commit (batches go to the worker, heartbeats to the recorder)."""
+        try:
+            while not self.closed:
+                frame = await self.socket.recv()
+                if frame is None:
+                    break
+                self.cp.heard_from(self.node)
+                if not isinstance(frame, bytes):
+                    raise LinkRefused("text frames are not part of the protocol")
+                self.take(link.decode_agent_message(frame))
+        finally:
+            for task in (self._worker, self._beat):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
+
+    def take(self, message: link.AgentMessage) -> None:
+        """One message after the hello, handed to whoever deals with it."""
         match message:
-            case link.EventBatch(batch=number, body=body):
-                try:
-                    events = decode_new_events(body)
-                    for i, new in enumerate(events):
-                        check_agent_event(self.node, i, new)
-                    outcome = await self.cp.execute(
-                        ReportFacts(node=self.node, events=tuple(events))
+            case link.EventBatch():
+                if len(self._batches) >= MAX_QUEUED_BATCHES:
+                    raise LinkRefused(
+                        f"more than {MAX_QUEUED_BATCHES} batches waiting for their"
+                        " acknowledgement; wait for one before sending another"
                     )
-                except (msgspec.ValidationError, msgspec.DecodeError, LinkRefused) as exc:
-                    await self.send(link.Nack(batch=number, reason=str(exc)))
-                    log.warning("refused a batch from %s: %s", self.node, exc)
-                    return
-                except InvalidEvent as exc:
-                    await self.send(link.Nack(batch=number, reason=str(exc)))
-                    return
-                except NodeNotOnline as exc:
-                    # Not acknowledged: the agent keeps the batch and sends it again after
-                    # the hello that brings its tasks back.
-                    raise LinkRefused(exc.message) from None
-                except DomainError as exc:
-                    # A batch with a report this node may not make (another node's task):
-                    # refused whole, nothing of it recorded.
-                    await self.send(link.Nack(batch=number, reason=str(exc)))
-                    log.warning("refused a batch from %s: %s", self.node, exc)
-                    return
-                await self.send(link.Ack(batch=number, seqs=outcome.seqs))
+                self._batches.append(message)
+                self._batch_ready.set()
+                if self._worker is None:
+                    self._worker = asyncio.create_task(
+                        self._work(), name=f"hakuriver-agent-{self.node}-batches"
+                    )
             case link.Heartbeat(event=new):
                 if not isinstance(new.event, NodeHeartbeat):
                     raise LinkRefused("a heartbeat frame must carry node.heartbeat")
-                check_agent_event(self.node, 0, new)
-                # A sample from a node declared offline is not worth a reconnection.
-                with contextlib.suppress(NodeNotOnline):
-                    await self.cp.execute(ReportFacts(node=self.node, events=(new,)))
+                beat = check_agent_event(self.node, 0, new)
+                if self._beat is not None and not self._beat.done():
+                    # The previous sample is still being recorded (a busy log): this one
+                    # is skipped; its arrival already counted as liveness.
+                    self.heartbeats_skipped += 1
+                    return
+                self._beat = asyncio.create_task(
+                    self._record_heartbeat(beat), name=f"hakuriver-agent-{self.node}-heartbeat"
+                )
             case link.Hello():
                 raise LinkRefused("hello sent twice")
+
+    async def handle(self, message: link.AgentMessage) -> None:
+        """Deal with one message to its end: a batch reported (answered), a heartbeat
+        recorded. The single-step form of ``serve`` + ``take``, which tests drive."""
+        if isinstance(message, link.EventBatch):
+            await self.report(message)
+            return
+        self.take(message)
+        if self._beat is not None:
+            await self._beat
+
+    async def _work(self) -> None:
+        """Report the queued batches, one at a time, in the order they came."""
+        while not self.closed:
+            if not self._batches:
+                self._batch_ready.clear()
+                await self._batch_ready.wait()
+                continue
+            batch = self._batches[0]
+            try:
+                await self.report(batch)
+            except LinkRefused as exc:
+                log.warning("closing the link to %s: %s", self.node, exc)
+                await self.close(str(exc))
+                return
+            except Exception:
+                log.exception("agent link to %s failed", self.node)
+                await self.close("the host could not record a batch")
+                return
+            finally:
+                self._batches.popleft()
+
+    async def report(self, batch: link.EventBatch) -> None:
+        """Record one batch whole (``Ack``) or nothing of it (``Nack`` with the reason)."""
+        number = batch.batch
+        try:
+            if len(batch.body) > link.MAX_BATCH_BYTES:
+                raise LinkRefused(
+                    f"a batch of {len(batch.body)} bytes; at most {link.MAX_BATCH_BYTES}"
+                )
+            events = decode_new_events(batch.body)
+            if self._resend_from is not None:
+                if not events or events[0].id != self._resend_from:
+                    await self.send(
+                        link.Nack(batch=number, reason="sent before a resend", retry=True)
+                    )
+                    return
+                self._resend_from = None
+            if len(events) > link.MAX_BATCH_EVENTS:
+                raise LinkRefused(
+                    f"{len(events)} events in one batch; at most {link.MAX_BATCH_EVENTS}"
+                )
+            checked = tuple(check_agent_event(self.node, i, new) for i, new in enumerate(events))
+            outcome = await self.cp.execute(ReportFacts(node=self.node, events=checked))
+        except StoreFailing as exc:
+            # Nothing wrong with the batch: the agent keeps it and sends it again.
+            self._resend_from = events[0].id
+            await self.send(link.Nack(batch=number, reason=exc.message, retry=True))
+            return
+        except (msgspec.ValidationError, msgspec.DecodeError, LinkRefused, InvalidEvent) as exc:
+            await self.send(link.Nack(batch=number, reason=str(exc)))
+            log.warning("refused a batch from %s: %s", self.node, exc)
+            return
+        except NodeNotOnline as exc:
+            # Not acknowledged: the agent keeps the batch and sends it again after
+            # the hello that brings its tasks back.
+            raise LinkRefused(exc.message) from None
+        except DomainError as exc:
+            # A batch with a report this node may not make (another node's task):
+            # refused whole, nothing of it recorded.
+            await self.send(link.Nack(batch=number, reason=str(exc)))
+            log.warning("refused a batch from %s: %s", self.node, exc)
+            return
+        await self.send(link.Ack(batch=number, seqs=outcome.seqs))
+
+    async def _record_heartbeat(self, beat: NewEvent) -> None:
+        try:
+            await self.cp.execute(ReportFacts(node=self.node, events=(beat,)))
+        except (NodeNotOnline, StoreFailing):
+            # A sample from a node declared offline is not worth a reconnection, nor one
+            # the log cannot take now (the store logs that outage).
+            pass
+        except (InvalidEvent, DomainError) as exc:
+            log.warning("refused a heartbeat from %s: %s", self.node, exc)
+        except Exception as exc:
+            # Liveness does not depend on it (the frame's arrival counted); the log's
+            # own trouble is reported where it happens.
+            log.warning("could not record a heartbeat from %s: %s", self.node, exc)
 
 
 async def serve_agent(cp: ControlPlane, socket: Socket, principal: Principal) -> None:
@@ -166,26 +330,31 @@ async def serve_agent(cp: ControlPlane, socket: Socket, principal: Principal) ->
             )
         if hello.node != principal.node:
             raise LinkRefused(f"this credential is node {principal.node}'s, not {hello.node}'s")
+        check_hello(hello)
     except (LinkRefused, msgspec.ValidationError, msgspec.DecodeError) as exc:
+        log.warning("refused a hello from %s: %s", principal.node, exc)
         with contextlib.suppress(Exception):
             await socket.close(1008, str(exc)[:120])
         return
     session = AgentSession(cp, socket, hello.node)
-    await cp.attach(hello.node, session)
+    refusal = await cp.attach(hello.node, session)
+    if refusal is not None:
+        # Nothing is recorded, nothing is killed: the link that holds the name stays.
+        log.warning("refused a hello from %s: %s", hello.node, refusal)
+        await session.close(refusal, code=1008)
+        return
     log.info("agent %s connected (%d running)", hello.node, len(hello.running))
     try:
         await session.welcome(hello)
-        while not session.closed:
-            frame = await socket.recv()
-            if frame is None:
-                break
-            cp.heard_from(hello.node)
-            if not isinstance(frame, bytes):
-                raise LinkRefused("text frames are not part of the protocol")
-            await session.handle(link.decode_agent_message(frame))
+        await session.serve()
     except (LinkRefused, msgspec.ValidationError, msgspec.DecodeError) as exc:
         log.warning("closing the link to %s: %s", hello.node, exc)
         await session.close(str(exc))
+    except StoreFailing as exc:
+        # Its hello could not be recorded (the store logs the outage): it says hello again
+        # after its back-off.
+        log.info("closing the link to %s: %s", hello.node, exc.message)
+        await session.close(exc.message)
     except asyncio.CancelledError:
         raise
     except Exception:

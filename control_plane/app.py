@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import duckdb
 from sanic import Request, Sanic
@@ -23,15 +24,26 @@ from sanic.response import HTTPResponse
 from control_plane.access import FailureLog, authenticate, require, rule_of
 from control_plane.bootstrap import ensure_admin
 from control_plane.commands import RecordFacts
-from control_plane.errors import ERROR_CODE, DomainError, Refused, Unauthenticated, error_of_kind
+from control_plane.errors import (
+    ERROR_CODE,
+    DomainError,
+    Refused,
+    StoreFailing,
+    Unauthenticated,
+    error_of_kind,
+)
 from control_plane.hub import ControlPlane
 from control_plane.routes import agents, environments, history, identity, nodes, tasks
 from control_plane.routes import tls as tls_routes
 from control_plane.routes.common import error
 from control_plane.settings import HostSettings
-from control_plane.tls import HostTls
+from events import link
 from events.envelope import now_us
+from events.store import StoreUnavailable
 from replay_tools.queries import HistoryError
+
+if TYPE_CHECKING:  # cryptography is imported only where TLS is on (start-up time)
+    from control_plane.tls import HostTls
 
 log = logging.getLogger("hakuriver.host")
 
@@ -53,6 +65,8 @@ SHUTDOWN_DEADLINE_S = 30.0
 # Open connections (a request being answered) get this long to finish once stopping.
 GRACEFUL_S = 5.0
 SHUTDOWN_EXIT_CODE = 70
+# What a 503 for an unwritable log suggests: the agents' resends pause about as long.
+STORE_RETRY_AFTER_S = "5"
 
 
 class LogInUse(Exception):
@@ -68,7 +82,7 @@ def create_app(
     """
     app: Sanic = Sanic(name)  # type: ignore[type-arg]
     app.config.REQUEST_MAX_SIZE = settings.max_body_bytes
-    app.config.WEBSOCKET_MAX_SIZE = 64 << 20
+    app.config.WEBSOCKET_MAX_SIZE = link.MAX_FRAME_BYTES  # the agent link's frame limit
     app.config.WEBSOCKET_PING_INTERVAL = 20
     app.config.WEBSOCKET_PING_TIMEOUT = 20
     app.config.KEEP_ALIVE_TIMEOUT = 30
@@ -142,6 +156,15 @@ def create_app(
         answer = error(exc.status, ERROR_CODE[exc.kind], exc.message, exc.field or None)
         if exc.status == 401:
             answer.headers["WWW-Authenticate"] = 'Bearer realm="hakuriver"'
+        if isinstance(exc, StoreFailing):
+            answer.headers["Retry-After"] = STORE_RETRY_AFTER_S
+        return answer
+
+    @app.exception(StoreUnavailable)
+    async def _store_unavailable(request: Request, exc: StoreUnavailable) -> HTTPResponse:
+        # A read while the store opens its file again (after a failed write).
+        answer = error(503, ERROR_CODE[StoreFailing.kind], str(exc))
+        answer.headers["Retry-After"] = STORE_RETRY_AFTER_S
         return answer
 
     @app.exception(HistoryError)

@@ -13,8 +13,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import docker
-
 from control_plane.environments import Environments
 from control_plane.errors import Conflict
 
@@ -48,6 +46,8 @@ def open_shell(envs: Environments, name: str, rows: int, cols: int, term: str) -
     )["Id"]
     # The attach hijacks its HTTP connection: a client of its own keeps that
     # connection out of the shared pool, where a later call (a resize) could pick it.
+    import docker  # the host imports the SDK only when a shell needs it (start-up time)
+
     own = docker.from_env(timeout=60)
     sock = own.api.exec_start(exec_id, tty=True, socket=True)
     raw = getattr(sock, "_sock", sock)

@@ -11,7 +11,11 @@ not_found       404  2           it names something that does not exist
 conflict        409  2           it makes no sense in the current state
 unauthenticated 401  2           no valid credential (missing, bad, expired, revoked)
 refused         403  2           a policy forbids it (the message names what is needed)
+too_many        429  1           a limit on what one client may hold at once (try later)
 unavailable     503  1           the control plane cannot do it right now
+store_failing   503  1           the event log cannot be written (a full disk):
+                                 nothing was recorded; the same request may be
+                                 sent again once the operator freed space
 =============  ====  ==========  ============================================
 
 The host answers ``{"error": CODE, "field": F, "message": M}`` with ``HTTP_STATUS``
@@ -24,7 +28,16 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-Kind = Literal["invalid", "not_found", "conflict", "unauthenticated", "refused", "unavailable"]
+Kind = Literal[
+    "invalid",
+    "not_found",
+    "conflict",
+    "unauthenticated",
+    "refused",
+    "too_many",
+    "unavailable",
+    "store_failing",
+]
 
 HTTP_STATUS: dict[str, int] = {
     "invalid": 400,
@@ -32,7 +45,9 @@ HTTP_STATUS: dict[str, int] = {
     "conflict": 409,
     "unauthenticated": 401,
     "refused": 403,
+    "too_many": 429,
     "unavailable": 503,
+    "store_failing": 503,
 }
 # The ``error`` member of the API's error document (stable: clients match on it).
 ERROR_CODE: dict[str, str] = {
@@ -41,7 +56,9 @@ ERROR_CODE: dict[str, str] = {
     "conflict": "conflict",
     "unauthenticated": "unauthenticated",
     "refused": "forbidden",
+    "too_many": "too_many_requests",
     "unavailable": "unavailable",
+    "store_failing": "store_unavailable",
 }
 # Exit codes of the CLI: 2 when the request as typed cannot work (change it), 1 when the
 # control plane could not serve it now (try again).
@@ -51,9 +68,12 @@ EXIT_CODE: dict[str, int] = {
     "conflict": 2,
     "unauthenticated": 2,
     "refused": 2,
+    "too_many": 1,
     "unavailable": 1,
+    "store_failing": 1,
 }
-_KIND_OF_STATUS = {status: kind for kind, status in HTTP_STATUS.items()}
+# A 503 reads back as ``unavailable``: ``store_failing`` is a finer reason for the same status.
+_KIND_OF_STATUS = {status: kind for kind, status in HTTP_STATUS.items() if kind != "store_failing"}
 
 
 class DomainError(Exception):
@@ -102,15 +122,37 @@ class Refused(DomainError):
     kind: ClassVar[Kind] = "refused"
 
 
+class TooMany(DomainError):
+    """A client holds as much of something as it may at once (429)."""
+
+    kind: ClassVar[Kind] = "too_many"
+
+
 class Unavailable(DomainError):
     """The control plane cannot do it now (starting, stopping, an engine away)."""
 
     kind: ClassVar[Kind] = "unavailable"
 
 
+class StoreFailing(Unavailable):
+    """The event log cannot be written now (a full disk, an I/O error): nothing was
+    recorded; the message says why. The host writes again once the storage takes it."""
+
+    kind: ClassVar[Kind] = "store_failing"
+
+
 _BY_KIND: dict[str, type[DomainError]] = {
     cls.kind: cls
-    for cls in (InvalidRequest, NotFound, Conflict, Unauthenticated, Refused, Unavailable)
+    for cls in (
+        InvalidRequest,
+        NotFound,
+        Conflict,
+        Unauthenticated,
+        Refused,
+        TooMany,
+        Unavailable,
+        StoreFailing,
+    )
 }
 
 

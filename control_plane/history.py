@@ -122,6 +122,7 @@ class HistoryService:
         self._local = threading.local()
         self._cursors: list[Cursor] = []
         self._cursors_lock = threading.Lock()
+        self._cursors_generation = store.generation
         self._stop = threading.Event()
         self._commit = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -138,6 +139,8 @@ class HistoryService:
             self._sql_free.put(cursor)
         # Instance settings, not a read: outside the READ ONLY transaction of ``run``.
         await loop.run_in_executor(self._readers, lambda: harden(self._cursor()))
+        # A store that opens its file again (after a failed write) gets a new instance.
+        self.store.on_reopen(harden)
         self.store.add_listener(self._on_commit)
         self._task = asyncio.create_task(self._snapshot_loop(), name="hakuriver-history-snapshots")
 
@@ -187,9 +190,13 @@ class HistoryService:
 
     def _cursor(self) -> Cursor:
         cursor: Cursor | None = getattr(self._local, "cursor", None)
-        if cursor is None:
+        generation = self.store.generation
+        if cursor is None or getattr(self._local, "generation", None) != generation:
+            # The first on this thread, or the store opened its file again since: the
+            # cursors of the old connection closed with it.
             cursor = self._new_cursor()
             self._local.cursor = cursor
+            self._local.generation = generation
         return cursor
 
     def _new_cursor(self) -> Cursor:
@@ -198,6 +205,9 @@ class HistoryService:
         # Fully qualified: the TEMP view ``events`` lives in temp.main and shadows the table.
         install_views(cursor, f'"{catalog}".main.events', temporary=True)
         with self._cursors_lock:
+            if self._cursors_generation != self.store.generation:
+                self._cursors.clear()  # closed with the connection the store replaced
+                self._cursors_generation = self.store.generation
             self._cursors.append(cursor)
         return cursor
 

@@ -37,13 +37,15 @@ from control_plane.commands import (
     Send,
     decide,
 )
+from control_plane.errors import StoreFailing
 from control_plane.scheduler import Scheduler
 from control_plane.settings import HostSettings
 from events import link
 from events.envelope import Recorded, new_event, now_us
+from events.file_modes import private_dir
 from events.ids import new_id
 from events.snapshot_files import CLUSTER as SNAPSHOT_NAME
-from events.store import EventStore
+from events.store import EventStore, StoreUnavailable, WriteFailure
 from projections.cluster import ClusterState
 
 log = logging.getLogger("hakuriver.host")
@@ -72,6 +74,25 @@ class Link(Protocol):
     async def close(self, reason: str) -> None:
         """Close the link (the agent will reconnect and say hello again)."""
         ...
+
+    async def alive(self, within_s: float) -> bool:
+        """Whether the agent behind the link still answers, within ``within_s``."""
+        ...
+
+
+class LivenessStats(msgspec.Struct, kw_only=True):
+    """How punctual the liveness monitor is: how late its checks ran (the event loop was
+    busy), and the silence it did not count against nodes because of it."""
+
+    period_s: float = 0.0
+    checks: int = 0
+    late_last_s: float = 0.0
+    late_max_s: float = 0.0
+    credited_s: float = 0.0
+
+
+# Monitor lateness past this is a stall of the event loop: frames may have waited unread.
+STALL_S = 0.05
 
 
 class Outcome(NamedTuple):
@@ -131,6 +152,9 @@ class ControlPlane:
         self._scheduler = Scheduler(settings.scheduler.policy)
         self._gate = Gate()
         self._links: dict[str, Link] = {}
+        # One hello at a time per node name (two racing runners must not both get in).
+        self._attaching: dict[str, asyncio.Lock] = {}
+        self.liveness = LivenessStats()
         # When each node was last heard from, on this process's monotonic clock.
         self._seen: dict[str, float] = {}
         self._started = time.monotonic()
@@ -146,6 +170,12 @@ class ControlPlane:
     async def open(cls, settings: HostSettings) -> ControlPlane:
         """Open the log and rebuild the state: newest snapshot plus the tail."""
         path = settings.db_path
+        # The log, the admin's token and the TLS keys live here: the owner's alone. Others
+        # may pass through to a shared directory inside it (tasks that run as their owners
+        # work there); they can list nothing, and the files of the log are 0600.
+        data_dir = settings.path(".")
+        traverse = settings.shared_dir.resolve().is_relative_to(data_dir.resolve())
+        await asyncio.to_thread(private_dir, data_dir, traverse=traverse)
         path.parent.mkdir(parents=True, exist_ok=True)
         settings.shared_dir.mkdir(parents=True, exist_ok=True)
         for sub in ("task_outputs", "task_errors"):
@@ -190,7 +220,8 @@ class ControlPlane:
 
         The only place that takes the gate. A refusal (``DomainError``) records and
         sends nothing. Sends happen after the commit: a host crash can never leave a
-        command out in the world that the log does not show.
+        command out in the world that the log does not show. A log that cannot be
+        written (a full disk) refuses with ``StoreFailing``: nothing recorded, nothing sent.
         """
         gate = self._gate.shared() if isinstance(command, FACTS) else self._gate.exclusive()
         async with gate:
@@ -204,7 +235,17 @@ class ControlPlane:
             batch = [new_event(e, source=decision.node) for e in decision.node_events]
             batch += [new_event(e, source=HOST_SOURCE) for e in events]
             batch += decision.facts
-            seqs = await self.store.append(batch) if batch else []
+            # Facts are agents' reports: made outside this process, each payload is checked
+            # to read back before it is stored.
+            check = bool(decision.facts)
+            try:
+                seqs = await self.store.append(batch, check_payloads=check) if batch else []
+            except StoreUnavailable as exc:
+                raise StoreFailing(
+                    "",
+                    f"{exc}: nothing was recorded; the host writes again once its data"
+                    " directory has room (try again then)",
+                ) from exc
         delivered = [await self._send(send) for send in decision.sends]
         for node, reason in decision.disconnect:
             agent = self._links.get(node)
@@ -229,13 +270,33 @@ class ControlPlane:
 
     # -- agents' links ---------------------------------------------------------------------
 
-    async def attach(self, node: str, agent: Link) -> None:
-        """``node``'s agent is connected through ``agent`` (a previous link is closed)."""
-        previous = self._links.get(node)
-        self._links[node] = agent
-        self.heard_from(node)
-        if previous is not None and previous is not agent:
-            await previous.close("replaced by a newer connection")
+    async def attach(self, node: str, agent: Link) -> str | None:
+        """``node``'s agent is connected through ``agent``; or why not (None: attached).
+
+        A name held by a live link is not taken over: if the previous link's agent still
+        answers a ping, the new one is refused (a second runner under the same name, or
+        an impostor with the node's credential) and nothing else happens. A previous link
+        that does not answer in time is a connection its agent gave up on: it is closed
+        and replaced.
+        """
+        async with self._attaching.setdefault(node, asyncio.Lock()):
+            previous = self._links.get(node)
+            if previous is not None and previous is not agent:
+                if await previous.alive(self._probe_s()):
+                    return (
+                        f"node {node} is connected already and its agent answers;"
+                        " is a second runner using this name?"
+                    )
+                await previous.close("replaced: this link stopped answering")
+            self._links[node] = agent
+            self.heard_from(node)
+        return None
+
+    def _probe_s(self) -> float:
+        """How long a link's agent gets to answer a ping before its name is given to a new
+        link: a few heartbeats, within the heartbeat timeout."""
+        timing = self.settings.timing
+        return min(max(2 * timing.heartbeat_interval, 1.0), timing.heartbeat_timeout)
 
     def detach(self, node: str, agent: Link) -> None:
         """``agent`` is gone; forget it unless a newer link already replaced it."""
@@ -272,6 +333,10 @@ class ControlPlane:
             self._schedule.clear()
             try:
                 await self.execute(PlaceQueued())
+            except StoreFailing:
+                # The store logs the outage once; the placement is tried again.
+                await asyncio.sleep(0.5)  # a pause between attempts, not synchronisation
+                self._schedule.set()
             except Exception:
                 log.exception("scheduling pass failed; retrying")
                 await asyncio.sleep(0.5)
@@ -280,12 +345,34 @@ class ControlPlane:
     async def _monitor_loop(self) -> None:
         timing = self.settings.timing
         period = min(timing.heartbeat_interval, timing.heartbeat_timeout / 4)
+        self.liveness.period_s = period
+        due = time.monotonic() + period
         while True:
-            await asyncio.sleep(period)
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            now = time.monotonic()
+            self.note_lateness(now - due)
+            due = now + period
             try:
                 await self.check_liveness()
+            except StoreFailing:
+                pass  # the store logs the outage; the next period decides again
             except Exception:
                 log.exception("liveness check failed")
+
+    def note_lateness(self, late_s: float) -> None:
+        """Note how late a liveness check runs. Past ``STALL_S`` the event loop was stalled
+        (a huge batch, a flood): agents' frames may be waiting unread, so the stall is not
+        counted as any node's silence (every node's last-heard time moves forward by it)."""
+        stats = self.liveness
+        stats.checks += 1
+        stats.late_last_s = late_s
+        stats.late_max_s = max(stats.late_max_s, late_s)
+        if late_s > STALL_S:
+            stats.credited_s += late_s
+            now = time.monotonic()
+            for node, heard in self._seen.items():
+                self._seen[node] = min(heard + late_s, now)
+            self._started = min(self._started + late_s, now)
 
     async def check_liveness(self) -> list[str]:
         """Declare offline every online node silent past the timeout (its tasks become
@@ -308,6 +395,8 @@ class ControlPlane:
             self._snapshot_due.clear()
             try:
                 await self.snapshot()
+            except OSError as exc:  # a full disk: derived data, the next one is due soon
+                log.warning("snapshot failed: %s", exc)
             except Exception:
                 log.exception("snapshot failed")
 
@@ -341,3 +430,13 @@ class ControlPlane:
     def is_connected(self, node: str) -> bool:
         """Whether ``node``'s agent is connected now."""
         return node in self._links
+
+    @property
+    def undecodable_events(self) -> int:
+        """Stored events the log's reads met and could not decode (skipped, logged)."""
+        return self.store.codec.undecodable_total
+
+    @property
+    def store_failure(self) -> WriteFailure | None:
+        """Why the event log cannot be written now (a full disk), or None when it can."""
+        return self.store.write_failure

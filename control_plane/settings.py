@@ -33,6 +33,11 @@ class HostNetwork(Struct, kw_only=True, frozen=True):
     tls_cert: str = ""  # empty: the host's own CA and certificate under <data_dir>/tls
     tls_key: str = ""
     tls_ca: str = ""  # the CA of tls_cert, served to clients that pin it (optional)
+    # GET /api/events/stream: open streams per client (address and user) and in all, and
+    # how long one write may wait for a subscriber that stopped reading (then it is dropped).
+    event_streams_per_client: Annotated[int, Meta(gt=0)] = 8
+    event_streams_total: Annotated[int, Meta(gt=0)] = 256
+    event_stream_stall_s: Positive = 30.0
 
 
 class HostPaths(Struct, kw_only=True, frozen=True):

@@ -4,11 +4,18 @@ Encoders and decoders are built once. A stored event whose kind this build
 does not know is skipped and counted, never fatal: a newer agent or host may
 have written it. A stored event with an older schema version is upcast, one
 version at a time, through the registered upcasters before it is validated.
+
+A stored event of a known kind that does not decode (a schema version with no
+upcaster, a payload that fails validation: written by a build that let it through)
+is not fatal either: a reader skips it, ``Codec.note_undecodable`` logs it once and
+keeps it in ``undecodable``, which the host's summary shows. One bad row must not
+stop a host from starting.
 """
 
 from __future__ import annotations
 
 import gc
+import logging
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,6 +25,8 @@ import msgspec
 
 from events.envelope import NewEvent
 from events.types import EVENT_TYPES, SCHEMA_VERSIONS, AnyEvent
+
+log = logging.getLogger("hakuriver.store")
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -56,6 +65,15 @@ def encode_json(value: Any) -> bytes:
     return _json_encoder.encode(value)
 
 
+def check_decodes(payload: bytes) -> str | None:
+    """Why an encoded payload would not decode as stored (None: it would)."""
+    try:
+        _event_decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        return str(exc)
+    return None
+
+
 def decode_new_event(data: bytes | str) -> NewEvent:
     """Decode one producer event from JSON (raises msgspec.ValidationError)."""
     return _new_event_decoder.decode(data)
@@ -77,6 +95,31 @@ class Codec:
         self.upcasters = UPCASTERS if upcasters is None else upcasters
         self.versions = SCHEMA_VERSIONS if versions is None else versions
         self.skipped: Counter[str] = Counter()
+        # seq -> "kind: why" of each stored event of a known kind that did not decode
+        # (the first MAX_NOTED; ``undecodable_total`` counts them all, once each).
+        self.undecodable: dict[int, str] = {}
+        self.undecodable_total = 0
+
+    MAX_NOTED = 1000
+
+    def note_undecodable(self, seq: int, kind: str, error: Exception) -> None:
+        """Remember (and log, once) a stored event that could not be decoded."""
+        if seq in self.undecodable:
+            return
+        if len(self.undecodable) >= self.MAX_NOTED:
+            self.undecodable_total += 1  # past the cap, a re-read counts again
+            return
+        self.undecodable[seq] = f"{kind}: {error}"
+        self.undecodable_total += 1
+        log.warning("event %d (%s) does not decode and is skipped: %s", seq, kind, error)
+
+    def unreadable_version(self, kind: str, schema_version: int) -> str | None:
+        """Why events of a known ``kind`` stored at ``schema_version`` cannot be read (no
+        upcaster on the way to the current version); None if they can."""
+        for version in range(schema_version, self.versions.get(kind, 0)):
+            if (kind, version) not in self.upcasters:
+                return f"no upcaster for {kind} from schema version {version}"
+        return None
 
     def decode(self, kind: str, schema_version: int, payload: bytes | str) -> AnyEvent | None:
         """Decode a stored payload; None (and a count in ``skipped``) for an unknown kind."""
@@ -86,11 +129,11 @@ class Codec:
         current = self.versions[kind]
         if schema_version >= current:
             return cast(AnyEvent, _event_decoder.decode(payload))
+        missing = self.unreadable_version(kind, schema_version)
+        if missing is not None:
+            raise ValueError(missing)
         data: dict[str, Any] = msgspec.json.decode(payload)
         for version in range(schema_version, current):
-            step = self.upcasters.get((kind, version))
-            if step is None:
-                raise ValueError(f"no upcaster for {kind} from schema version {version}")
-            data = step(data)
+            data = self.upcasters[(kind, version)](data)
         data["kind"] = kind
         return cast(AnyEvent, msgspec.convert(data, AnyEvent))

@@ -9,6 +9,10 @@ from msgspec import Struct
 from events.ids import new_id
 from events.types import SCHEMA_VERSIONS, AnyEvent, kind_of
 
+# The bounds of an envelope the log can hold and read back (events/store.py checks them).
+MAX_TIME_US = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
+MAX_SOURCE = 256
+
 
 def now_us() -> int:
     """Wall-clock time in Unix microseconds, the log's unit of time."""

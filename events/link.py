@@ -14,6 +14,8 @@ host → agent
   ``Welcome``    answer to ``Hello``: the timing to use.
   ``Ack``        a batch is durably committed; the agent drops it from its outbox.
   ``Nack``       a batch was refused (the reason names the event); nothing was recorded.
+                 With ``retry``, the host could not write its log (a full disk): the
+                 agent keeps the events and sends them again later, from the oldest.
   ``Run`` / ``Kill`` / ``Pause`` / ``Resume``
                  commands, each naming its task so the agent applies it idempotently.
 
@@ -41,6 +43,25 @@ LINK_VERSION = 1
 # A node's name (events/config.py has the rule).
 NodeName = Annotated[str, Meta(min_length=1, max_length=NODE_NAME_MAX, pattern=NODE_NAME_PATTERN)]
 
+# What one machine may register: more than any probe reports for a real one, so a
+# registration past them is a forgery or a bug, refused with the field it names.
+MAX_CORES = 4096
+MAX_MEMORY_BYTES = 64 << 40  # 64 TiB
+MAX_GPUS = 64
+MAX_NUMA_NODES = 256
+# How much one agent may send at once: a frame (the websocket's max_size on the agent
+# route), a batch's bytes and events (``[runner] max_batch`` stays within it). Each
+# agent has one batch in the log's group commit at a time, so a commit holds at most
+# MAX_BATCH_EVENTS per connected agent: bounded work for the writer and the event loop.
+MAX_FRAME_BYTES = 8 << 20
+MAX_BATCH_BYTES = 4 << 20
+MAX_BATCH_EVENTS = 1000
+# Tasks an agent may list in its hello as running, or as reported.
+MAX_HELLO_TASKS = 50_000
+
+_Text = Annotated[str, Meta(max_length=256)]
+_TaskId = Annotated[str, Meta(min_length=1, max_length=128)]
+
 
 class Message(Struct, frozen=True, kw_only=True, tag_field="type"):
     """Base of every link message."""
@@ -52,9 +73,9 @@ class Message(Struct, frozen=True, kw_only=True, tag_field="type"):
 class AgentTask(Struct, frozen=True, kw_only=True):
     """A task the agent is watching right now."""
 
-    task_id: str
+    task_id: _TaskId
     pid: int | None = None
-    container_id: str | None = None
+    container_id: _Text | None = None
     paused: bool = False
 
 
@@ -63,15 +84,16 @@ class Hello(Message, frozen=True, kw_only=True, tag="hello"):
 
     link_version: int = LINK_VERSION
     node: NodeName
-    address: str = ""
-    cores: int
-    memory_bytes: int
-    numa: tuple[NumaNode, ...] = ()
-    gpus: tuple[GpuInfo, ...] = ()
-    agent_version: str = ""
-    executors: tuple[str, ...] = ("process",)
-    running: tuple[AgentTask, ...] = ()
-    reported: tuple[str, ...] = ()  # tasks whose final event waits in the outbox
+    address: _Text = ""
+    cores: Annotated[int, Meta(ge=0, le=MAX_CORES)]
+    memory_bytes: Annotated[int, Meta(ge=0, le=MAX_MEMORY_BYTES)]
+    numa: Annotated[tuple[NumaNode, ...], Meta(max_length=MAX_NUMA_NODES)] = ()
+    gpus: Annotated[tuple[GpuInfo, ...], Meta(max_length=MAX_GPUS)] = ()
+    agent_version: _Text = ""
+    executors: Annotated[tuple[_Text, ...], Meta(max_length=8)] = ("process",)
+    running: Annotated[tuple[AgentTask, ...], Meta(max_length=MAX_HELLO_TASKS)] = ()
+    # tasks whose final event waits in the outbox
+    reported: Annotated[tuple[_TaskId, ...], Meta(max_length=MAX_HELLO_TASKS)] = ()
     outbox_pending: int = 0
     # ``[runner] run_tasks_as``; in ``owner`` mode, the node's account names (sorted), or
     # None when it has more than MAX_ACCOUNTS (then only a task's start checks its owner).
@@ -115,10 +137,17 @@ class Ack(Message, frozen=True, kw_only=True, tag="ack"):
 
 
 class Nack(Message, frozen=True, kw_only=True, tag="nack"):
-    """Batch ``batch`` was refused whole; ``reason`` names the offending event."""
+    """Batch ``batch`` was refused whole; ``reason`` names the offending event.
+
+    ``retry``: nothing is wrong with the batch, the host could not write it now (its log
+    is on a full disk). The agent keeps its events and, after a pause, sends again from
+    its oldest unacknowledged event; the host refuses (``retry``) every batch after the
+    failed one until that resend comes, so the log keeps the order they were sent in.
+    """
 
     batch: int
     reason: str
+    retry: bool = False
 
 
 class Run(Message, frozen=True, kw_only=True, tag="run"):

@@ -9,6 +9,11 @@ made read-only instead: every unit of reader work runs inside ``read_only(cursor
 ``READ ONLY`` transaction in which DuckDB refuses any write to the database (temporary
 views and tables, per cursor, stay allowed). Each unit gets its own transaction, so it
 sees every commit made before it starts and one consistent log throughout.
+
+When the store opens the file again (DuckDB invalidated it after a failed write), the
+old connection's cursors are closed with it: each reader thread notices the new
+``generation`` and takes a cursor of the new connection; while there is none, reads
+fail with ``StoreUnavailable``.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from events.chain import VerifyResult, verify_chain
 from events.codec import Codec, gc_paused
 from events.envelope import Recorded
 from events.schema import SELECT_COLUMNS
+from events.write_failures import StoreUnavailable, reason_of
 
 T = TypeVar("T")
 Cursor = duckdb.DuckDBPyConnection
@@ -58,19 +64,26 @@ class LogReader:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="hakuriver-log-reader")
         self._local = threading.local()
         self._con: duckdb.DuckDBPyConnection | None = None
+        self.generation = 0
 
     def attach(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Read through cursors of ``con`` (the writer's connection, once open)."""
+        """Read through cursors of ``con`` (the writer's connection, once open or reopened)."""
         self._con = con
+        self.generation += 1
+
+    def detach(self) -> None:
+        """The connection is going away: reads fail until the next ``attach``."""
+        self._con = None
 
     def cursor(self) -> Cursor:
         """A new cursor, for a reader with threads of its own; it reads inside ``read_only``.
 
         The caller closes it (closing the store closes it too).
         """
-        if self._con is None:
-            raise RuntimeError("the event store is not open")
-        return self._con.cursor()
+        con = self._con
+        if con is None:
+            raise StoreUnavailable("the event log is being opened again")
+        return con.cursor()
 
     async def close(self) -> None:
         """Let reads in flight finish (their cursors die with the connection, closed after)."""
@@ -81,11 +94,28 @@ class LogReader:
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._call, work)
 
     def _call(self, work: Callable[[Cursor], T]) -> T:
+        cursor = self._thread_cursor()
+        try:
+            with read_only(cursor):
+                return work(cursor)
+        except duckdb.Error as exc:
+            if getattr(self._local, "generation", None) != self.generation:
+                # The store opened the file again while this read ran: read again.
+                with read_only(cursor := self._thread_cursor()):
+                    return work(cursor)
+            if isinstance(exc, duckdb.FatalException | duckdb.ConnectionException):
+                # Invalidated by a failed write, and not opened again yet.
+                raise StoreUnavailable(reason_of(exc), str(exc)) from exc
+            raise
+
+    def _thread_cursor(self) -> Cursor:
         cursor: Cursor | None = getattr(self._local, "cursor", None)
-        if cursor is None:
+        if cursor is None or getattr(self._local, "generation", None) != self.generation:
+            # First read on this thread, or the file was opened again since.
+            generation = self.generation
             cursor = self._local.cursor = self.cursor()
-        with read_only(cursor):
-            return work(cursor)
+            self._local.generation = generation
+        return cursor
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Rows of one SQL statement; a statement that writes is refused by DuckDB."""
@@ -132,7 +162,8 @@ class LogReader:
 
 
 def decode_table(codec: Codec, table: pa.Table) -> list[Recorded]:
-    """Rows of ``SELECT_COLUMNS`` as ``Recorded`` envelopes, skipping unknown kinds."""
+    """Rows of ``SELECT_COLUMNS`` as ``Recorded`` envelopes, skipping unknown kinds and
+    (noted in ``codec.undecodable``) events that do not decode."""
     # Column-wise conversion is several times faster than row tuples for long reads.
     columns = [column.to_pylist() for column in table.columns]
     decode = codec.decode
@@ -141,7 +172,11 @@ def decode_table(codec: Codec, table: pa.Table) -> list[Recorded]:
     for seq, eid, kind, stream, source, occ, rec, version, payload, digest in zip(
         *columns, strict=True
     ):
-        event = decode(kind, version, payload)
+        try:
+            event = decode(kind, version, payload)
+        except ValueError as exc:  # msgspec's errors, and a missing upcaster
+            codec.note_undecodable(seq, kind, exc)
+            continue
         if event is not None:
             append(
                 Recorded(

@@ -6,6 +6,10 @@ than the window), gives the new ones gap-free seqs in queue order, extends the h
 chain (``events.chain``) and inserts them in one statement, so the group lands whole or
 not at all. ``events.store`` queues the batches, publishes the result and answers the
 callers.
+
+In two steps: ``plan_group`` works the commit out (reads only) and ``write_plan``
+inserts it. A plan whose write failed still says where the log would end with it, so
+the store can tell afterwards whether the file holds it or not.
 """
 
 from __future__ import annotations
@@ -61,6 +65,19 @@ class Committed(NamedTuple):
     last_seq: int
     last_hash: bytes
 
+    @property
+    def end(self) -> tuple[int, bytes]:
+        """Where the log ends once this commit is in it: (last seq, last hash)."""
+        return self.last_seq, self.last_hash
+
+
+class Plan(NamedTuple):
+    """A group commit worked out but not yet written: its rows, and what it will have done."""
+
+    committed: Committed
+    incoming: pa.Table | None  # the new rows (None: every event was a re-send)
+    new_ids: list[str]
+
 
 def commit_group(
     con: duckdb.DuckDBPyConnection,
@@ -73,6 +90,25 @@ def commit_group(
 
     Re-sent events get their original seq and are not stored again. ``recent`` learns
     the new ids once the insert is durable; on an error nothing was written.
+    """
+    plan = plan_group(con, batch, recent, last_seq, last_hash)
+    write_plan(con, plan)
+    learn(recent, plan)
+    return plan.committed
+
+
+def plan_group(
+    con: duckdb.DuckDBPyConnection,
+    batch: list[Pending],
+    recent: RecentIds,
+    last_seq: int,
+    last_hash: bytes,
+) -> Plan:
+    """Work out the group commit of ``batch`` after ``last_seq``: seqs, hashes, rows.
+
+    Reads only (ids older than the memory window are looked up in the table); nothing
+    is written until ``write_plan``, so a plan whose write fails can be checked against
+    the file afterwards (``events.store`` does, after a failed commit).
     """
     seq_by_id = recent.seq_by_id
     watermark = recent.watermark_ms
@@ -123,7 +159,7 @@ def commit_group(
             fresh.append((new, payload, seq, prev))
         seqs_per_caller.append(caller_seqs)
     if not fresh:
-        return Committed(seqs_per_caller, [], last_seq, last_hash)
+        return Plan(Committed(seqs_per_caller, [], last_seq, last_hash), None, [])
 
     n = len(fresh)
     news = [f[0] for f in fresh]
@@ -142,12 +178,6 @@ def commit_group(
         ],
         schema=_ARROW_SCHEMA,
     )
-    # One statement is one transaction: the batch lands whole or not at all.
-    con.register("incoming", incoming)
-    try:
-        con.execute("INSERT INTO events SELECT * REPLACE (id::UUID AS id) FROM incoming").fetchall()
-    finally:
-        con.unregister("incoming")
     records = [
         Recorded(
             seq=s,
@@ -163,5 +193,22 @@ def commit_group(
         )
         for e, _, s, h in fresh
     ]
-    recent.extend((e.id for e in news), (f[2] for f in fresh))
-    return Committed(seqs_per_caller, records, seq, prev)
+    committed = Committed(seqs_per_caller, records, seq, prev)
+    return Plan(committed, incoming, [e.id for e in news])
+
+
+def write_plan(con: duckdb.DuckDBPyConnection, plan: Plan) -> None:
+    """Insert the plan's rows: one statement, one transaction, whole or not at all."""
+    if plan.incoming is None:
+        return
+    con.register("incoming", plan.incoming)
+    try:
+        con.execute("INSERT INTO events SELECT * REPLACE (id::UUID AS id) FROM incoming").fetchall()
+    finally:
+        con.unregister("incoming")
+
+
+def learn(recent: RecentIds, plan: Plan) -> None:
+    """Teach the idempotency window the plan's new ids, once its rows are durable."""
+    if plan.new_ids:
+        recent.extend(plan.new_ids, (r.seq for r in plan.committed.records))

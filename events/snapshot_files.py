@@ -6,10 +6,11 @@ The one rule for every snapshot in the project:
 * name: ``<name>-<seq, 15 digits>.snap``; the control plane writes ``cluster`` snapshots
   (``EventStore.save_snapshot``), ``replay_tools.snapshots`` writes ``history`` ones;
 * content: the log's chain hash at ``seq`` (32 bytes, the anchor), then the data;
-* write: to ``<name>-<seq>.tmp``, fsync, rename over the final name, fsync the folder,
-  so a reader finds the old file or the whole new one, and the rename survives a power
-  cut. A write that fails removes its temporary file; one that a crash leaves behind is
-  never read, and the next write of that name removes it;
+* write: to ``<name>-<seq>.tmp`` (mode 0600, in a 0700 folder: ``events.file_modes``),
+  fsync, rename over the final name, fsync the folder, so a reader finds the old file
+  or the whole new one, and the rename survives a power cut. A write that fails removes
+  its temporary file; one that a crash leaves behind is never read, and the next write of
+  that name removes it;
 * read: only while the anchor equals the log's hash at that seq. A snapshot of a
   replaced or restored database no longer matches, and is ignored rather than used.
 
@@ -25,6 +26,8 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
+
+from events.file_modes import open_private, private_dir
 
 CLUSTER = "cluster"
 HISTORY = "history"
@@ -79,14 +82,14 @@ class SnapshotFiles:
             raise ValueError(f"anchor: {len(anchor)} bytes, not a {ANCHOR_BYTES}-byte hash")
         final = self.path(name, seq)
         created = not self.folder.exists()
-        self.folder.mkdir(parents=True, exist_ok=True)
+        private_dir(self.folder)
         if created:
             _fsync_dir(self.folder.parent)
         for stale in self.folder.glob(f"{name}-*.tmp"):  # left by a crash mid-write
             stale.unlink(missing_ok=True)
         tmp = final.with_suffix(".tmp")
         try:
-            with open(tmp, "wb") as out:
+            with os.fdopen(open_private(tmp), "wb") as out:
                 out.write(anchor)
                 out.write(data)
                 out.flush()

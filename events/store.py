@@ -12,6 +12,16 @@ Checkpoints: DuckDB's automatic checkpoint would stall whichever commit crosses 
 threshold. The store turns it off and checkpoints when the writer has been idle for a
 moment and the WAL is large, or unconditionally when the WAL passes a hard limit.
 
+A full disk (``events.write_failures``): a commit that fails fails all its callers with
+``StoreUnavailable`` and leaves nothing behind. DuckDB may invalidate the whole database
+after a failed write (it does after a failed checkpoint): the writer then closes the
+connection and opens the file again, and checks that the file ends where the writer
+thinks it does (the last seq and hash) before it writes on; a commit reported failed
+that the file holds after all is answered as the success it was. The outage is kept for
+the health answer (``write_failure``) until writes have succeeded again for a while
+(``outage_hold_s``). Every file of the log is private (``events.file_modes``): its folder
+0700, the database and WAL 0600.
+
 The parts, a module each:
 
 * ``events.log_writer``: one group commit (re-sends, seqs, the hash chain, the insert);
@@ -32,6 +42,7 @@ import contextlib
 import itertools
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -41,14 +52,23 @@ import duckdb
 
 from events.chain import GENESIS_HASH, VerifyResult, chain_hash, verify_chain
 from events.chain import hash_at as _hash_at
-from events.codec import Codec, encode_event
-from events.envelope import NewEvent, Recorded
+from events.codec import Codec, check_decodes, encode_event
+from events.envelope import MAX_SOURCE, MAX_TIME_US, NewEvent, Recorded
+from events.file_modes import private_dir, private_file
 from events.ids import is_uuid7
 from events.log_reader import LogReader, decode_table
-from events.log_writer import Pending, commit_group
+from events.log_writer import Pending, Plan, learn, plan_group, write_plan
 from events.recent_ids import RecentIds
 from events.schema import SELECT_COLUMNS, migrate
 from events.snapshot_files import SnapshotFiles
+from events.types import SCHEMA_VERSIONS
+from events.write_failures import (
+    Outage,
+    StoreUnavailable,
+    WriteFailure,
+    is_storage_failure,
+    reason_of,
+)
 
 __all__ = [
     "GENESIS_HASH",
@@ -57,7 +77,9 @@ __all__ = [
     "InvalidEvent",
     "Listener",
     "StoreClosed",
+    "StoreUnavailable",
     "VerifyResult",
+    "WriteFailure",
     "chain_hash",
     "decode_table",
     "verify_chain",
@@ -66,6 +88,13 @@ __all__ = [
 log = logging.getLogger("hakuriver.store")
 
 Listener = Callable[[list[Recorded]], None]
+# Called on the writer thread with the new connection when the file was opened again,
+# before any reader uses it (instance settings are the new instance's to set again).
+ReopenHook = Callable[[duckdb.DuckDBPyConnection], None]
+
+# After a failed checkpoint, the next attempt waits this long, doubling up to the cap.
+CHECKPOINT_RETRY_S = 1.0
+CHECKPOINT_RETRY_MAX_S = 60.0
 
 
 class StoreClosed(Exception):
@@ -89,6 +118,7 @@ class EventStore:
         checkpoint_hard_bytes: int = 512 << 20,
         ring_size: int = 20_000,
         keep_snapshots: int = 4,
+        outage_hold_s: float = 5.0,
     ) -> None:
         self.path = Path(path)
         self.codec = Codec()
@@ -117,6 +147,19 @@ class EventStore:
         self._last_hash = GENESIS_HASH
         self.commits = 0
         self.checkpoints = 0
+        self.reopens = 0
+        self._reopen_hooks: list[ReopenHook] = []
+        # Outages of the log's storage, one per kind of write (events.write_failures).
+        self._commit_outage = Outage("commit", log, str(self.path), outage_hold_s)
+        self._checkpoint_outage = Outage("checkpoint", log, str(self.path), outage_hold_s)
+        self._checkpoint_retry_s = CHECKPOINT_RETRY_S
+        self._checkpoint_not_before = 0.0
+        # Whether the WAL DuckDB made since the last open or checkpoint was set to 0600.
+        self._wal_private = False
+        # A plan whose write failed while the file could not be checked (see _write_sync),
+        # and the records of durable plans not yet handed to the loop.
+        self._unresolved: Plan | None = None
+        self._landed: list[Recorded] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -129,18 +172,61 @@ class EventStore:
         return store
 
     def _open_sync(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        con = duckdb.connect(str(self.path))
-        # Checkpoints are ours to time (see the module docstring).
-        con.execute("SET checkpoint_threshold = '1TB'").fetchall()
-        migrate(con)
-        rows = con.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchall()
-        if rows:
-            self.last_seq, self._last_hash = int(rows[0][0]), bytes(rows[0][1])
-            self._written_seq = self.last_seq
+        # The host may have let others pass through (to a shared dir inside): kept.
+        private_dir(self.path.parent, traverse=None)
+        con = self._connect_sync()
+        self.last_seq, self._last_hash = _tail(con)
+        self._written_seq = self.last_seq
         self._recent.load(con, self.last_seq)
         self._con = con
         self._readers.attach(con)
+
+    def _connect_sync(self) -> duckdb.DuckDBPyConnection:
+        con = duckdb.connect(str(self.path))
+        try:
+            # Checkpoints are ours to time (see the module docstring).
+            con.execute("SET checkpoint_threshold = '1TB'").fetchall()
+            migrate(con)
+        except BaseException:
+            con.close()
+            raise
+        private_file(self.path)
+        self._wal_private = private_file(f"{self.path}.wal")
+        return con
+
+    def on_reopen(self, hook: ReopenHook) -> None:
+        """Call ``hook`` with the new connection whenever the file is opened again."""
+        self._reopen_hooks.append(hook)
+
+    def _reopen_sync(self) -> None:
+        """Close the connection and open the file again (DuckDB invalidated it).
+
+        Raises ``StoreUnavailable`` when the file cannot be opened now; the next commit
+        tries again. Readers fail meanwhile and find the new connection afterwards.
+        """
+        old, self._con = self._con, None
+        self._readers.detach()
+        if old is not None:
+            with contextlib.suppress(duckdb.Error):
+                old.close()  # its cursors (the readers') close with it
+        try:
+            con = self._connect_sync()
+        except duckdb.Error as exc:
+            raise StoreUnavailable(reason_of(exc), str(exc)) from exc
+        try:
+            for hook in self._reopen_hooks:
+                hook(con)
+            tail = _tail(con)
+        except BaseException as exc:
+            con.close()  # or DuckDB would hand this instance to the next connect
+            if isinstance(exc, duckdb.Error):
+                raise StoreUnavailable(reason_of(exc), str(exc)) from exc
+            raise
+        self._con = con
+        self._resolve_sync(tail)
+        self._readers.attach(con)
+        self.reopens += 1
+        log.warning("reopened the event log %s (reopen %d)", self.path, self.reopens)
 
     async def close(self) -> None:
         """Flush queued appends, checkpoint, and close the file."""
@@ -159,6 +245,7 @@ class EventStore:
             self._committed.notify_all()
 
     def _close_sync(self) -> None:
+        self._readers.detach()
         if self._con is not None:
             with contextlib.suppress(duckdb.Error):
                 self._con.execute("CHECKPOINT").fetchall()
@@ -177,25 +264,59 @@ class EventStore:
 
     # -- append ------------------------------------------------------------------------------
 
-    async def append(self, events: Sequence[NewEvent]) -> list[int]:
-        """Durably append a batch, all or nothing; each event's seq (the original for re-sends)."""
+    async def append(
+        self, events: Sequence[NewEvent], *, check_payloads: bool = False
+    ) -> list[int]:
+        """Durably append a batch, all or nothing; each event's seq (the original for re-sends).
+
+        ``check_payloads``: also decode each encoded payload back before queuing it, for
+        events made outside this process (an agent's reports): a value that encodes but
+        does not read back (a NaN, stored as null) is refused instead of stored.
+        """
         if self._closed:
             raise StoreClosed("the event store is closed")
         if not events:
             return []
-        payloads = [self._validate_and_encode(i, e) for i, e in enumerate(events)]
+        payloads = [self._validate_and_encode(i, e, check_payloads) for i, e in enumerate(events)]
         future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
         self._queue.append(Pending(events, payloads, future))
         self._wake.set()
         return await future
 
     @staticmethod
-    def _validate_and_encode(index: int, new: NewEvent) -> bytes:
+    def _validate_and_encode(index: int, new: NewEvent, check_payload: bool = False) -> bytes:
+        # Every envelope field is checked against what the log's columns and this build's
+        # decoder accept, here on the caller's side: a value the group commit could not
+        # insert (a schema_version past uint16) would fail every batch committed with it,
+        # and one that does not read back (an unknown schema version; with check_payload,
+        # a NaN stored as null) would stop the host's next rebuild. The payload check costs
+        # a decode per event (about 5 us): only events from outside the host pay it.
+        where = f"events[{index}]"
         if not is_uuid7(new.id):
-            raise InvalidEvent(f"events[{index}].id: {new.id!r} is not a canonical UUIDv7")
+            raise InvalidEvent(f"{where}.id: {new.id!r} is not a canonical UUIDv7")
         if not new.source:
-            raise InvalidEvent(f"events[{index}].source: must not be empty")
-        return encode_event(new.event)
+            raise InvalidEvent(f"{where}.source: must not be empty")
+        if len(new.source) > MAX_SOURCE:
+            raise InvalidEvent(f"{where}.source: longer than {MAX_SOURCE} characters")
+        kind = new.kind
+        if new.schema_version != SCHEMA_VERSIONS[kind]:
+            raise InvalidEvent(
+                f"{where}.schema_version: {new.schema_version} for {kind}; this build"
+                f" records version {SCHEMA_VERSIONS[kind]} (it encodes the payload itself)"
+            )
+        if not 0 <= new.occurred_at_us <= MAX_TIME_US:
+            raise InvalidEvent(
+                f"{where}.occurred_at_us: {new.occurred_at_us} is outside 0..{MAX_TIME_US}"
+                " (Unix microseconds up to the year 9999)"
+            )
+        try:
+            payload = encode_event(new.event)
+        except (UnicodeEncodeError, OverflowError, TypeError, ValueError) as exc:
+            raise InvalidEvent(f"{where} ({kind}): cannot be encoded: {exc}") from None
+        problem = check_decodes(payload) if check_payload else None
+        if problem is not None:
+            raise InvalidEvent(f"{where} ({kind}): would not read back: {problem}")
+        return payload
 
     async def _writer_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -238,32 +359,129 @@ class EventStore:
             listener(recorded)
 
     def _commit_sync(self, batch: list[Pending]) -> tuple[list[list[int]], list[Recorded]]:
+        try:
+            plan = self._write_sync(batch)
+        except Exception as exc:
+            if not is_storage_failure(exc):
+                raise
+            self._commit_outage.failed(exc)
+            raise StoreUnavailable(reason_of(exc), str(exc)) from exc
+        # What is durable now: this plan's records, after those of an earlier plan found
+        # in the file after all (``_resolve_sync``). The loop publishes them in order.
+        recorded, self._landed = self._landed, []
+        if recorded:
+            self._commit_outage.succeeded()  # only a write proves the storage takes them
+            self.commits += 1
+            if not self._wal_private:
+                self._wal_private = private_file(f"{self.path}.wal")
+            self._maybe_checkpoint(after_commit=True)
+        return plan.committed.seqs_per_caller, recorded
+
+    def _write_sync(self, batch: list[Pending]) -> Plan:
+        """Plan and write one group; the writer's position moves only once it is durable."""
+        if self._con is None:  # an earlier reopen failed: the file is needed again
+            self._reopen_sync()
         assert self._con is not None
-        done = commit_group(self._con, batch, self._recent, self._written_seq, self._last_hash)
-        if not done.records:
-            return done.seqs_per_caller, []
-        # Only now, with the commit durable, does the writer move on; readers follow when
-        # the loop publishes the batch.
-        self._written_seq, self._last_hash = done.last_seq, done.last_hash
-        self.commits += 1
-        self._maybe_checkpoint(after_commit=True)
-        return done.seqs_per_caller, done.records
+        try:
+            plan = plan_group(self._con, batch, self._recent, self._written_seq, self._last_hash)
+        except duckdb.Error as exc:
+            if is_storage_failure(exc):
+                self._revive_sync()
+            raise
+        try:
+            write_plan(self._con, plan)
+        except duckdb.Error as exc:
+            if not is_storage_failure(exc):
+                raise
+            # Nothing of it should be in the file; make sure (a plan still unresolved
+            # when the file cannot be opened now is checked at the next open).
+            self._unresolved = plan
+            self._revive_sync()
+            if (self._written_seq, self._last_hash) != plan.committed.end:
+                raise
+            return plan
+        self._adopt(plan)
+        return plan
+
+    def _adopt(self, plan: Plan) -> None:
+        """``plan`` is durable: the writer moves past it, its records wait for publication."""
+        learn(self._recent, plan)
+        self._written_seq, self._last_hash = plan.committed.end
+        self._landed.extend(plan.committed.records)
+
+    def _revive_sync(self) -> None:
+        """After a storage failure: reopen the file if DuckDB gave up on the connection,
+        and check where the file ends (``_resolve_sync``)."""
+        try:
+            assert self._con is not None
+            tail = _tail(self._con)
+        except duckdb.Error:  # invalidated: DuckDB refuses every statement now
+            self._reopen_sync()
+        else:
+            self._resolve_sync(tail)
+
+    def _resolve_sync(self, tail: tuple[int, bytes]) -> None:
+        """The file ends at ``tail``: where the writer is, or after the plan whose write
+        was reported failed (then it is durable after all, and adopted). Anything else
+        is not the log this writer was writing: refuse to write on."""
+        plan, self._unresolved = self._unresolved, None
+        if tail == (self._written_seq, self._last_hash):
+            return
+        if plan is not None and tail == plan.committed.end:
+            log.warning("a commit reported failed is in the event log after all (seq %d)", tail[0])
+            self._adopt(plan)
+            return
+        con, self._con = self._con, None
+        self._readers.detach()
+        if con is not None:
+            con.close()
+        raise RuntimeError(
+            f"the event log {self.path} ends at seq {tail[0]}, its writer at"
+            f" {self._written_seq}: another process wrote it; stop it and restart the host"
+        )
 
     def _maybe_checkpoint(self, after_commit: bool) -> None:
+        # After a commit, its records are durable: nothing here may fail that commit.
+        try:
+            self._checkpoint_if_due(after_commit)
+        except Exception:
+            log.exception("checkpoint of %s failed", self.path)
+
+    def _checkpoint_if_due(self, after_commit: bool) -> None:
         try:
             wal = os.path.getsize(f"{self.path}.wal")
         except OSError:
             return
         limit = self._checkpoint_hard if after_commit else self._checkpoint_soft
-        if wal >= limit and self._con is not None:
-            try:
-                self._con.execute("CHECKPOINT").fetchall()
-            except duckdb.Error as exc:
-                # The commit before it is durable in the WAL; a checkpoint that fails (a full
-                # disk) must not report that commit as failed. The next one tries again.
-                log.warning("checkpoint of %s failed: %s", self.path, exc)
-                return
-            self.checkpoints += 1
+        if wal < limit or self._con is None or time.monotonic() < self._checkpoint_not_before:
+            return
+        try:
+            self._con.execute("CHECKPOINT").fetchall()
+        except duckdb.Error as exc:
+            # The commit before it is durable in the WAL; a checkpoint that fails (a full
+            # disk) must not report that commit as failed. DuckDB has invalidated the
+            # database meanwhile: open it again (the WAL is replayed), try later.
+            self._checkpoint_outage.failed(exc)
+            self._checkpoint_not_before = time.monotonic() + self._checkpoint_retry_s
+            self._checkpoint_retry_s = min(self._checkpoint_retry_s * 2, CHECKPOINT_RETRY_MAX_S)
+            with contextlib.suppress(StoreUnavailable):
+                self._reopen_sync()
+            return
+        self._checkpoint_outage.succeeded()
+        self._checkpoint_retry_s = CHECKPOINT_RETRY_S
+        self._wal_private = False  # DuckDB makes a new WAL at the next commit
+        self.checkpoints += 1
+
+    @property
+    def write_failure(self) -> WriteFailure | None:
+        """The current outage of the log's storage (a failing commit first), or None."""
+        return self._commit_outage.current or self._checkpoint_outage.current
+
+    @property
+    def generation(self) -> int:
+        """Which connection readers use now: it changes each time the file is opened
+        again, and a cursor taken under an older generation is closed."""
+        return self._readers.generation
 
     # -- reading (events.log_reader: read-only, on reader threads) -----------------------------
 
@@ -367,3 +585,9 @@ class EventStore:
         return await self._readers.run(
             lambda cur: self._snapshots.latest(name, limit, lambda seq: _hash_at(cur, seq))
         )
+
+
+def _tail(con: duckdb.DuckDBPyConnection) -> tuple[int, bytes]:
+    """The seq and chain hash the log file ends with (0 and the genesis hash when empty)."""
+    rows = con.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchall()
+    return (int(rows[0][0]), bytes(rows[0][1])) if rows else (0, GENESIS_HASH)

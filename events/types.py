@@ -380,6 +380,14 @@ class NodeRevoked(_NodeEvent, frozen=True, kw_only=True, tag="node.revoked"):
     reason: str = ""
 
 
+class NodeForgotten(_NodeEvent, frozen=True, kw_only=True, tag="node.forgotten"):
+    """An admin removed a node that is offline and will not return; its tasks still
+    holding resources there were given up in the same commit. If its agent ever says
+    hello again, it registers as a new node."""
+
+    reason: str = ""
+
+
 class _KeyEvent(Event, frozen=True, kw_only=True):
     key_id: NonEmptyStr
     user: NonEmptyStr
@@ -525,6 +533,7 @@ AnyEvent = (
     | AuthFailed
     | NodeEnrolled
     | NodeRevoked
+    | NodeForgotten
     | SshKeyAdded
     | SshKeyRemoved
 )

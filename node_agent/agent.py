@@ -62,6 +62,7 @@ from node_agent.outbox import AsyncOutbox
 from node_agent.probes import MachineInfo, probe_machine
 from node_agent.session import HostLink
 from node_agent.settings import RunnerSettings, RunnerSettingsError
+from node_agent.state_dir import StateLock
 from node_agent.transport import Connector, websocket_connector
 
 log = logging.getLogger("hakuriver.agent")
@@ -82,11 +83,14 @@ class Agent:
         connect: Connector | None = None,
     ) -> None:
         self.settings = settings
+        self._state_lock: StateLock | None = None
         self.node = settings.node_name
         self.state_dir = settings.state_dir
         # "process" always; "docker" added at start when an engine answers.
         self.executors: dict[str, Executor] = executors or {
-            "process": ProcessExecutor(self.state_dir / "process")
+            "process": ProcessExecutor(
+                self.state_dir / "process", pass_environment=settings.runner.pass_environment
+            )
         }
         self._probe_docker = executors is None and settings.runner.docker
         self.by_task: dict[str, Executor] = {}
@@ -124,6 +128,12 @@ class Agent:
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    def claim(self, wait_s: float = 0.0) -> None:
+        """Hold this runner's state directory (node_agent/state_dir.py) until ``started``
+        ends; ``StateDirInUse`` names the runner that holds it for ``wait_s`` seconds."""
+        if self._state_lock is None or not self._state_lock.held:
+            self._state_lock = StateLock.take(self.state_dir, wait_s=wait_s)
+
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set: adopt tasks, then stay connected to the host."""
         async with self.started(stop):
@@ -139,7 +149,16 @@ class Agent:
         problem = self.settings.run_tasks_as_problem(os.geteuid())
         if problem is not None:
             raise RunnerSettingsError(problem)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.claim()  # one runner per state directory; made private (0700) on the way
+        try:
+            async with self._running(stop) as agent:
+                yield agent
+        finally:
+            if self._state_lock is not None:
+                self._state_lock.release()
+
+    @contextlib.asynccontextmanager
+    async def _running(self, stop: asyncio.Event) -> AsyncIterator[Agent]:
         for sub in ("shared_data", "task_outputs", "task_errors"):
             (self.settings.shared_dir / sub).mkdir(parents=True, exist_ok=True)
         self.settings.local_temp_dir.mkdir(parents=True, exist_ok=True)

@@ -8,11 +8,20 @@ idempotent by event id, so sending twice is harmless; acknowledged events are de
 ``Outbox`` is blocking. Asyncio code uses ``AsyncOutbox``, which runs every call on
 one dedicated thread: the loop never blocks on SQLite, and calls take effect in the
 order they were made (``to_thread`` on the shared pool could reorder two puts).
+
+A full disk (the state directory's file system): ``AsyncOutbox.put`` does not give up on
+an event, a task's final report above all. It tries again, pausing longer each time (up
+to ``MAX_RETRY_S``), until SQLite can write it, and the outage is logged as it starts and
+as it ends. A delete that fails (``ack``) is kept and done with the next one: until then
+the events may be sent again, which the host's idempotent store ignores.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import random
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -24,8 +33,17 @@ from msgspec import Struct
 
 from events.codec import decode_new_event, encode_json
 from events.envelope import NewEvent
+from events.link import MAX_BATCH_BYTES
 
 T = TypeVar("T")
+
+log = logging.getLogger("hakuriver.agent.outbox")
+
+# Pauses between attempts to write to a full disk: doubling from the first to the last.
+FIRST_RETRY_S = 0.05
+MAX_RETRY_S = 5.0
+# What SQLite raises when its file system cannot take a write (full, read-only, failing).
+STORAGE_ERRORS = (sqlite3.OperationalError, OSError)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -63,16 +81,21 @@ class Outbox:
         if not events:
             return
         rows = [(event.id, encode_json(event)) for event in events]
+        self._write("INSERT OR IGNORE INTO outbox (id, payload) VALUES (?, ?)", rows)
+
+    def _write(self, sql: str, rows: Sequence[tuple[str | bytes, ...]]) -> None:
+        """One transaction of ``sql`` for each row: all of them, or (on any error) none."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.executemany(
-                    "INSERT OR IGNORE INTO outbox (id, payload) VALUES (?, ?)", rows
-                )
+                self._db.executemany(sql, rows)
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # A full disk can fail the COMMIT too; SQLite may have rolled back already.
+                if self._db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
 
     def pending(self, limit: int = 1000) -> list[NewEvent]:
         """The oldest unacknowledged events, at most ``limit``, in the order they were put."""
@@ -89,6 +112,13 @@ class Outbox:
                 "SELECT id, payload, pos FROM outbox WHERE pos > ? ORDER BY pos LIMIT ?",
                 (after_pos, limit),
             ).fetchall()
+        # The host refuses a batch past MAX_BATCH_BYTES: stop before it (one event at least).
+        size = 0
+        for count, row in enumerate(rows):
+            size += len(row[1]) + 1
+            if count and size > MAX_BATCH_BYTES:
+                rows = rows[:count]
+                break
         return PendingBatch(
             ids=tuple(row[0] for row in rows),
             body=b"[" + b",".join(row[1] for row in rows) + b"]",
@@ -98,16 +128,8 @@ class Outbox:
     def ack(self, ids: Iterable[str]) -> None:
         """Delete acknowledged events; unknown ids are ignored."""
         rows = [(event_id,) for event_id in ids]
-        if not rows:
-            return
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany("DELETE FROM outbox WHERE id = ?", rows)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        if rows:
+            self._write("DELETE FROM outbox WHERE id = ?", rows)
 
     def count(self) -> int:
         """How many events are waiting for an acknowledgement."""
@@ -127,6 +149,11 @@ class AsyncOutbox:
     def __init__(self, outbox: Outbox) -> None:
         self.outbox = outbox
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
+        # The outage of the state directory's storage under way, if any (its reason).
+        self.failing: str | None = None
+        self.failed_writes = 0
+        # Acknowledged ids whose delete failed: deleted with the next ack.
+        self._to_delete: list[str] = []
 
     @classmethod
     async def open(cls, path: Path | str) -> AsyncOutbox:
@@ -142,8 +169,39 @@ class AsyncOutbox:
         return await asyncio.get_running_loop().run_in_executor(self._thread, function)
 
     async def put(self, events: Sequence[NewEvent]) -> None:
-        """Store events durably; returns once they are on disk."""
-        await self._call(lambda: self.outbox.put(events))
+        """Store events durably; returns once they are on disk, however long that takes."""
+        delay = FIRST_RETRY_S
+        while True:
+            try:
+                await self._call(lambda: self.outbox.put(events))
+            except STORAGE_ERRORS as exc:
+                self._failed(exc, f"{len(events)} event(s) wait to be written")
+                await asyncio.sleep(delay * (0.5 + random.random()))  # a pause, then again
+                delay = min(delay * 2, MAX_RETRY_S)
+                continue
+            self._recovered()
+            return
+
+    def _failed(self, exc: BaseException, what: str) -> None:
+        self.failed_writes += 1
+        if self.failing is None:
+            self.failing = str(exc)
+            log.warning(
+                "the outbox %s cannot be written (%s): %s; retrying until it can",
+                self.outbox.path,
+                exc,
+                what,
+            )
+
+    def _recovered(self) -> None:
+        if self.failing is not None:
+            log.warning(
+                "the outbox %s is written again (after %d failed writes)",
+                self.outbox.path,
+                self.failed_writes,
+            )
+            self.failing = None
+            self.failed_writes = 0
 
     async def pending(self, limit: int = 1000) -> list[NewEvent]:
         """The oldest unacknowledged events, in the order they were put."""
@@ -154,9 +212,17 @@ class AsyncOutbox:
         return await self._call(lambda: self.outbox.pending_batch(limit, after_pos))
 
     async def ack(self, ids: Iterable[str]) -> None:
-        """Delete acknowledged events."""
-        wanted = list(ids)
-        await self._call(lambda: self.outbox.ack(wanted))
+        """Delete acknowledged events (with those whose delete failed before)."""
+        wanted = [*self._to_delete, *ids]
+        try:
+            await self._call(lambda: self.outbox.ack(wanted))
+        except STORAGE_ERRORS as exc:
+            # They stay a while longer; a resend of them is harmless (idempotent host).
+            self._to_delete = wanted
+            self._failed(exc, f"{len(wanted)} acknowledged event(s) wait to be deleted")
+            return
+        self._to_delete = []
+        self._recovered()
 
     async def count(self) -> int:
         """How many events are waiting for an acknowledgement."""

@@ -6,6 +6,16 @@ then run three loops until the link drops: send outbox batches (a few in flight,
 acknowledged), send heartbeats, apply what the host sends. A lost link is reconnected
 with capped exponential backoff, and the agent says hello again; events the host had
 not acknowledged are sent again from the outbox (the host's store is idempotent).
+
+The backoff starts over only after a link that stayed up (``STABLE_LINK_S``): a host
+that accepts the connection and then drops it at once (it cannot record the hello, a
+full disk) sees the agent back off, not reconnect many times a second. A failing link
+is logged once per outage, with its traceback at most once.
+
+A batch the host could not write (``Nack`` with ``retry``: its log is on a full disk)
+stays in the outbox: the sender waits for the answers to the batches still in flight,
+pauses (doubling, with jitter, up to ``[timing] reconnect_max_delay``), then sends again
+from the oldest unacknowledged event, until the host takes it.
 """
 
 from __future__ import annotations
@@ -34,6 +44,10 @@ AGENT_VERSION = "0.1.0"
 MAX_IN_FLIGHT = 4
 WELCOME_TIMEOUT_S = 10
 FIRST_RETRY_S = 0.05
+# A link up this long was a working link: the next reconnection starts its backoff over.
+STABLE_LINK_S = 10.0
+# The first pause before sending again what the host could not write.
+FIRST_RESEND_S = 0.25
 
 
 class HostLink:
@@ -47,15 +61,22 @@ class HostLink:
         self.connections = 0
         # Set when the outbox has new events or an ack made room for another batch.
         self.wake_sender = asyncio.Event()
+        # The host could not write a batch (Nack with retry): the reason, until it takes
+        # the events again; and the pause before the next resend.
+        self.host_cannot_write: str | None = None
+        self.resend_due = False
+        self.resend_delay = FIRST_RESEND_S
+        self.resends = 0
 
     async def stay_connected(self) -> None:
         """Connect, serve the link until it drops, retry with backoff; for ever."""
         delay = FIRST_RETRY_S
         url = self.agent.settings.ws_url
+        failing = False  # an outage of the link is under way (logged once)
         while True:
+            began = asyncio.get_running_loop().time()
             try:
                 async with self.connect() as transport:
-                    delay = FIRST_RETRY_S
                     await self._session(transport)
             except asyncio.CancelledError:
                 raise
@@ -79,12 +100,26 @@ class HostLink:
                     "link to %s refused: %s; retrying in %.1fs", url, refusal(exc, pin), delay
                 )
             except (OSError, ConnectionClosed, InvalidHandshake, InvalidURI, TimeoutError) as exc:
-                log.info("link to %s down (%s); retrying in %.1fs", url, exc, delay)
+                log.log(
+                    logging.DEBUG if failing else logging.INFO,
+                    "link to %s down (%s); retrying in %.1fs",
+                    url,
+                    exc,
+                    delay,
+                )
             except Exception:
-                log.exception("link failed; retrying in %.1fs", delay)
+                if failing:
+                    log.debug("link failed again; retrying in %.1fs", delay, exc_info=True)
+                else:
+                    log.exception("link failed; retrying in %.1fs", delay)
             finally:
                 self.transport = None
             self.connected.clear()
+            if asyncio.get_running_loop().time() - began >= STABLE_LINK_S:
+                # It worked for a while: this is a new outage, retried quickly at first.
+                delay, failing = FIRST_RETRY_S, False
+            else:
+                failing = True
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, self.agent.settings.timing.reconnect_max_delay)
 
@@ -129,6 +164,7 @@ class HostLink:
         self.connected.set()
         log.info("connected to %s as %s", agent.settings.ws_url, agent.node)
         in_flight: dict[int, tuple[str, ...]] = {}
+        self.resend_due = False  # a new link sends from the oldest event anyway
         start = agent.activity.start
         loops = [
             start(self._send_outbox(transport, in_flight), name="link-outbox"),
@@ -155,7 +191,20 @@ class HostLink:
         number = 0
         while True:
             self.wake_sender.clear()
-            if len(in_flight) < MAX_IN_FLIGHT:
+            if self.host_cannot_write is not None and self.resend_due:
+                if not in_flight:
+                    # Every batch sent before the refusal is answered: pause, then send
+                    # again from the oldest event the host has not taken.
+                    self.resend_due = False
+                    pause = self.resend_delay * (0.5 + random.random())
+                    self.resend_delay = min(
+                        self.resend_delay * 2, self.agent.settings.timing.reconnect_max_delay
+                    )
+                    await self.agent.activity.outside(asyncio.sleep(pause))
+                    self.resends += 1
+                    after = 0
+                    continue
+            elif len(in_flight) < MAX_IN_FLIGHT:
                 batch = await outbox.pending_batch(self.agent.settings.runner.max_batch, after)
                 if batch.ids:
                     number += 1
@@ -166,6 +215,28 @@ class HostLink:
                     )
                     continue
             await self.agent.activity.outside(self.wake_sender.wait())
+
+    def _host_refused_for_now(self, ids: tuple[str, ...], reason: str) -> None:
+        """The host could not write a batch: keep its events, send them again later."""
+        if self.host_cannot_write is None:
+            log.warning(
+                "the host cannot record events now (%s); keeping %d in the outbox and"
+                " sending them again until it can",
+                reason,
+                len(ids),
+            )
+            self.host_cannot_write = reason
+        self.resend_due = True
+        self.wake_sender.set()
+
+    def _host_took(self) -> None:
+        """A batch was acknowledged: an outage of the host's log, if any, is over."""
+        if self.host_cannot_write is not None:
+            log.warning("the host records events again (after %d resends)", self.resends)
+        self.host_cannot_write = None
+        self.resend_due = False
+        self.resend_delay = FIRST_RESEND_S
+        self.resends = 0
 
     async def _send_heartbeats(self, transport: Transport) -> None:
         agent = self.agent
@@ -188,7 +259,10 @@ class HostLink:
                 continue
             match message:
                 case link.Ack(batch=number):
+                    self._host_took()
                     await agent.acked(in_flight.pop(number, ()))
+                case link.Nack(batch=number, reason=reason, retry=True):
+                    self._host_refused_for_now(in_flight.pop(number, ()), reason)
                 case link.Nack(batch=number, reason=reason):
                     # The host will never take these events; keeping them would block
                     # the outbox forever. They are logged, then dropped.

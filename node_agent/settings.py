@@ -21,9 +21,11 @@ from events.config import (
     node_name_problem,
     tls_wanted,
 )
+from events.link import MAX_BATCH_EVENTS
 from events.pinning import BadFingerprint, PinnedTrust, parse_fingerprint
 
 Positive = Annotated[float, Meta(gt=0)]
+EnvironmentName = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 
 class RunnerSettingsError(ValueError):
@@ -60,11 +62,14 @@ AGENT_TOKEN_FILE = "agent.token"
 class RunnerSection(Struct, kw_only=True, frozen=True):
     name: str = ""  # empty: the machine's hostname
     state_dir: str = ""  # empty: <data_dir>/runner-<name>
-    max_batch: Annotated[int, Meta(gt=0)] = 1000
+    max_batch: Annotated[int, Meta(gt=0, le=MAX_BATCH_EVENTS)] = 1000  # the host's cap
     docker: bool = True  # use the Docker engine when one answers
     # "runner": tasks run as the runner's own user; "owner": as the Unix account named
     # like the task's owner on this node (node_agent/accounts.py; the runner must be root).
     run_tasks_as: RunTasksAs = "runner"
+    # Variables of the runner's environment its process tasks inherit, beyond PATH, HOME,
+    # USER, LOGNAME, LANG, LANGUAGE, TZ and LC_* (every other one stays the runner's).
+    pass_environment: tuple[EnvironmentName, ...] = ()
 
 
 class RunnerDocker(Struct, kw_only=True, frozen=True):

@@ -16,6 +16,7 @@ from msgspec import Struct
 from events.codec import gc_paused
 from events.envelope import Recorded
 from events.types import (
+    NodeForgotten,
     NodeHeartbeat,
     NodeOffline,
     NodeOnline,
@@ -201,6 +202,13 @@ class ClusterState:
                 if node is not None:
                     node.online = True
                     node.last_seen_us = at
+            case NodeForgotten() as e:
+                node = self._node(recorded, e.node)
+                if node is not None:
+                    for task_id in node.task_ids:
+                        self._flag(recorded, task_id, f"node {e.node} forgotten under this task")
+                    # Gone: a later hello from it registers a new node.
+                    del self.nodes[e.node]
             case _:
                 # Environment and SSH events change no node or task view.
                 pass

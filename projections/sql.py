@@ -123,10 +123,17 @@ GROUP BY task_id
 """
 
 _NODES_TEMPLATE = """
-WITH n AS (
+WITH every AS (
     SELECT seq, kind, epoch_us(recorded_at) AS ts, payload, payload->>'$.node' AS node
     FROM {source}
     WHERE kind LIKE 'node.%'
+),
+forgotten AS (
+    SELECT node, max(seq) AS seq FROM every WHERE kind = 'node.forgotten' GROUP BY node
+),
+n AS (  -- a node's events since it was last forgotten: it starts over from there
+    SELECT every.* FROM every LEFT JOIN forgotten USING (node)
+    WHERE every.seq > coalesce(forgotten.seq, 0)
 ),
 tasks AS ({tasks}),
 alloc AS (

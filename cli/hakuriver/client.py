@@ -536,6 +536,11 @@ class HakuClient:
         """``POST /api/nodes/{name}/revoke`` (admin): disconnect the node, refuse its credential."""
         return self._json("POST", f"/api/nodes/{_segment(name)}/revoke")
 
+    def forget_node(self, name: str, reason: str = "") -> Json:
+        """``POST /api/nodes/{name}/forget`` (admin): remove an offline node for good."""
+        body: Json = {"reason": reason} if reason else {}
+        return self._json("POST", f"/api/nodes/{_segment(name)}/forget", body=body)
+
     def keys(self, *, user: str | None = None) -> list[Json]:
         """``GET /api/keys``: this user's SSH public keys (an admin: ``user``'s)."""
         params = {"user": user} if user is not None else None

@@ -54,6 +54,7 @@ policy = "first-fit"              # first-fit | least-loaded | round-robin
 name = ""                         # empty: this machine's hostname
 state_dir = ""                    # empty: <data_dir>/runner-<name>
 run_tasks_as = "runner"           # "owner": tasks run as their owner's account (runner as root)
+pass_environment = []             # runner variables tasks also get (beyond PATH, HOME, LANG...)
 
 [docker]
 container_dir = "hakuriver-containers"  # environment tarballs, under shared_dir

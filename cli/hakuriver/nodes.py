@@ -1,4 +1,5 @@
-"""``hakuriver node ...``: the nodes' resources and load, the cluster's health, revoking a node."""
+"""``hakuriver node ...``: the nodes' resources and load, the cluster's health, revoking and
+forgetting a node."""
 
 from __future__ import annotations
 
@@ -94,4 +95,40 @@ def revoke(node: str, /, *, as_json: JsonFlag = False, conn: Connection | None =
             f"revoked node {node}: its runner is disconnected and its credential refused"
             " (to take it back: `hakuriver token create --join`, then `hakuriver runner --join`)"
         )
+    return 0
+
+
+@node_app.command
+@reported
+def forget(
+    node: str,
+    /,
+    *,
+    reason: str = "",
+    as_json: JsonFlag = False,
+    conn: Connection | None = None,
+) -> int:
+    """Forget a node (admin) that is offline and will not return: remove it from the node
+    list; its tasks still holding resources there (state unknown) are recorded lost.
+
+    Refused while the node is online (stop its runner first). Its credential still works:
+    revoke it too (`hakuriver node revoke`) if the machine is gone. A forgotten node whose
+    runner says hello again registers as a new node.
+
+    Parameters
+    ----------
+    node
+        The node's name.
+    reason
+        Why (recorded in the node.forgotten event and the lost tasks' reason).
+    as_json
+        Print the API's answer.
+    """
+    with connection(conn).client() as client:
+        answer = client.forget_node(node, reason)
+    if as_json:
+        print_json(answer)
+    else:
+        lost = answer.get("tasks_lost", [])
+        say(f"forgot node {node}" + (f"; {len(lost)} task(s) recorded lost" if lost else ""))
     return 0

@@ -365,6 +365,8 @@ def health_panel(health: Doc) -> Panel:
     grid = _grid()
     status = str(health.get("status", "?"))
     grid.add_row("status", Text(status, style="green" if status == "ok" else "red"))
+    if health.get("reason"):  # degraded: why (the event log cannot be written...)
+        grid.add_row("why", Text(str(health["reason"]), style="red"))
     grid.add_row(
         "nodes online", f"{health.get('nodes_online', '-')}/{health.get('nodes_total', '-')}"
     )

@@ -4,7 +4,9 @@
 writer and the state lives in memory). ``run_runner`` runs a node agent on the
 default asyncio loop (never uvloop: see node_agent.agent). ``run_up`` is a whole
 single-machine cluster: the control plane here, one agent as a child process,
-both stopped cleanly by Ctrl-C.
+both stopped cleanly by Ctrl-C. The agent ends with its ``up`` however that ends
+(``kill -9`` too): a pipe is its lifeline (see ``run_runner``), so a crashed ``up``
+never leaves a runner behind to compete with the next one's.
 
 Before Sanic starts, the host claims its event log and its port (claims.py): a
 second host on the same data directory or port ends in one line naming the holder,
@@ -42,6 +44,9 @@ from cli.hakuriver.config import ConfigError, load_config
 from events.config import DEFAULT_DATA_DIR, node_name
 
 EXIT_USAGE = 2
+# How long the runner of an ``up`` waits for the runner of a previous ``up`` (which may
+# have crashed: its runner sees that and stops by itself) to let go of the state dir.
+UP_LOCK_WAIT_S = 30.0
 LOOPBACK_NAMES = ("localhost", "::1")
 log = logging.getLogger("hakuriver.host")
 
@@ -250,15 +255,25 @@ def run_runner(
     host_url: str | None = None,
     join: str | None = None,
     ca_fingerprint: str | None = None,
+    parent_fd: int | None = None,
 ) -> int:
     """Run a node agent until SIGINT/SIGTERM; its tasks keep running after it stops.
 
     ``join``: a join token, exchanged once for the runner's own credential (kept in its
     state dir, mode 0600); later starts need no token.
+
+    The runner holds its state directory for its whole life (node_agent/state_dir.py): a
+    second runner on it ends at once in one line naming the first (exit code 2).
+
+    ``parent_fd``: the read end of a pipe whose write end only the ``hakuriver up`` that
+    started this runner holds. The runner stops (as on SIGTERM) when it reads end of
+    file there, which the kernel gives it when that ``up`` ends, even by ``kill -9``;
+    and it waits up to ``UP_LOCK_WAIT_S`` for the runner of a previous ``up`` to let go.
     """
     from events.credentials import read_secret
     from node_agent.agent import Agent
     from node_agent.settings import RunnerSettings
+    from node_agent.state_dir import StateDirError
 
     _logging()
     settings = RunnerSettings.from_mapping(
@@ -269,6 +284,11 @@ def run_runner(
         ca_fingerprint=ca_fingerprint or os.environ.get("HAKURIVER_CA_FINGERPRINT"),
     )
     pin = settings.pinned_trust()
+    try:
+        agent = Agent(settings)
+        agent.claim(wait_s=UP_LOCK_WAIT_S if parent_fd is not None else 0.0)
+    except StateDirError as exc:
+        return _refuse(str(exc))
     have = read_secret(settings.agent_token_file)
     if join and have:
         print(
@@ -291,14 +311,23 @@ def run_runner(
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
+        if parent_fd is not None:
+            loop.add_reader(parent_fd, _parent_gone, stop)
         pinned = f" (pinned CA {pin.fingerprint})" if pin is not None else ""
         print(f"HakuRiver runner {settings.node_name} -> {settings.ws_url}{pinned}", flush=True)
-        await Agent(settings).run(stop)
+        await agent.run(stop)
 
     # The default (selector) loop, whatever policy an import may have installed.
     with asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as runner:
         runner.run(main())
     return 0
+
+
+def _parent_gone(stop: asyncio.Event) -> None:
+    """The ``hakuriver up`` that started this runner has ended: stop with it."""
+    if not stop.is_set():
+        log.warning("the hakuriver up that started this runner has ended: stopping too")
+        stop.set()
 
 
 def _hand_token_to_cli(cp: Any, admin_file: Path) -> list[str]:
@@ -359,6 +388,7 @@ def run_up(
     url = claims.local_url
     node = node_name(config.get("runner", {}).get("name", ""))
     child: dict[str, subprocess.Popen[bytes]] = {}
+    lifelines: list[int] = []  # write ends of the runner's lifeline: kept open while we live
     admin_file = Path(data).expanduser() / "admin.token"
 
     @app.after_server_start  # type: ignore[untyped-decorator]
@@ -371,13 +401,23 @@ def run_up(
         await enroll_local(app.ctx.cp, node, runner.state_dir)
         for line in await asyncio.to_thread(_hand_token_to_cli, app.ctx.cp, admin_file):
             print(line, flush=True)
+        # The runner stops when this process ends, however it ends: it watches a pipe
+        # whose write end only this process holds (see run_runner).
+        watched, lifeline = os.pipe()
+        lifelines.append(lifeline)
         command = [sys.executable, "-m", "cli.hakuriver.serve", "runner"]
         command += ["--data-dir", data, "--name", node, "--url", url]
+        command += ["--parent-fd", str(watched)]
         if fingerprint:
             command += ["--ca-fingerprint", fingerprint]
         if config_file:
             command += ["--config", config_file]
-        child["agent"] = await asyncio.to_thread(subprocess.Popen, command, start_new_session=True)
+        try:
+            child["agent"] = await asyncio.to_thread(
+                subprocess.Popen, command, start_new_session=True, pass_fds=(watched,)
+            )
+        finally:
+            os.close(watched)
         print(f"HakuRiver is up: {url}  (node {node}, data in {data})", flush=True)
         if is_wildcard(claims.host):
             others = ", ".join(claims.interface_urls()) or "no network interface found"
@@ -430,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ca-fingerprint")
     parser.add_argument("--port", type=int)
     parser.add_argument("--stop-tasks-on-exit", action="store_true")
+    parser.add_argument("--parent-fd", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
@@ -457,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
             host_url=args.url,
             join=args.join,
             ca_fingerprint=args.ca_fingerprint,
+            parent_fd=args.parent_fd,
         )
     except (SettingsError, RunnerSettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)

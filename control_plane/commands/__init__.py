@@ -17,6 +17,7 @@ KillTask               kill (queued: at once; unknown: lost)        tasks.py
 PauseTask              pause or resume                              tasks.py
 NodeHello              registration, reconciliation on reconnect    nodes.py
 ReportFacts            an agent's reports; kill of a late start     nodes.py
+ForgetNode             remove a node gone for good                  nodes.py
 CheckLiveness          offline, unknown, given up                   nodes.py
 RecordFacts            the host's own facts (environments, shells)  here
 CreateUser ...         users, tokens, enrolment, SSH keys           identity.py
@@ -42,6 +43,7 @@ from control_plane.commands.identity import (
 )
 from control_plane.commands.nodes import (
     NodeNotOnline,
+    decide_forget,
     decide_hello,
     decide_liveness,
     decide_report,
@@ -59,6 +61,7 @@ from control_plane.commands.types import (
     Decision,
     DisableUser,
     EnrollNode,
+    ForgetNode,
     IssueToken,
     KillTask,
     NodeHello,
@@ -85,6 +88,7 @@ __all__ = [
     "Decision",
     "DisableUser",
     "EnrollNode",
+    "ForgetNode",
     "IssueToken",
     "KillTask",
     "NodeHello",
@@ -119,6 +123,8 @@ def decide(state: ClusterState, command: Command, ctx: Context) -> Decision:
             return decide_report(state, command, ctx)
         case CheckLiveness():
             return decide_liveness(state, command, ctx)
+        case ForgetNode():
+            return decide_forget(state, command, ctx)
         case RecordFacts():
             return Decision(events=list(command.events))
         case CreateUser():

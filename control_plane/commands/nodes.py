@@ -6,6 +6,7 @@
   for a task the host already gave up on is answered with a kill.
 * ``decide_liveness``: nodes silent past the timeout go offline, their tasks ``unknown``;
   tasks unknown past ``lost_after`` are given up.
+* ``decide_forget``: an admin removes a node that is offline for good.
 
 Silence is measured on the host's monotonic clock at the moment each agent message
 arrived (not the agents' clocks, which may disagree with the host's); how long a task
@@ -19,14 +20,16 @@ from control_plane.commands.types import (
     CheckLiveness,
     Context,
     Decision,
+    ForgetNode,
     NodeHello,
     ReportFacts,
     Send,
 )
-from control_plane.errors import Conflict, Refused
+from control_plane.errors import Conflict, NotFound, Refused
 from events import link
 from events.types import (
     AnyEvent,
+    NodeForgotten,
     NodeOffline,
     NodeOnline,
     NodeRegistered,
@@ -138,6 +141,29 @@ def decide_liveness(state: ClusterState, command: CheckLiveness, ctx: Context) -
         state, ctx.now_us, timing.lost_after, not_before_us=ctx.started_us
     )
     return decision
+
+
+def decide_forget(state: ClusterState, command: ForgetNode, ctx: Context) -> Decision:
+    """``node.forgotten`` for a node that is offline and not connected; the tasks still
+    holding resources there (``unknown`` ones) are given up first, in the same commit."""
+    name = command.node
+    view = state.nodes.get(name)
+    if view is None:
+        raise NotFound("node", f"no node {name!r}")
+    if view.online or name in ctx.connected:
+        raise Conflict(
+            "node",
+            f"node {name} is online; forget is for a node that will not return"
+            " (stop its runner first, and wait until it is offline)",
+        )
+    reason = command.reason or f"node {name} forgotten"
+    events: list[AnyEvent] = [
+        TaskLost(task_id=task_id, node=name, reason=reason)
+        for task_id in view.task_ids
+        if task_id in state.tasks and state.tasks[task_id].holds_resources
+    ]
+    events.append(NodeForgotten(node=name, reason=command.reason))
+    return Decision(events=events)
 
 
 def decide_report(state: ClusterState, command: ReportFacts, ctx: Context) -> Decision:

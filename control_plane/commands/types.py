@@ -81,6 +81,14 @@ class ReportFacts(Struct, frozen=True, kw_only=True):
     events: tuple[NewEvent, ...]
 
 
+class ForgetNode(Struct, frozen=True, kw_only=True):
+    """Remove a node that is offline and will not return (its held tasks are given up)."""
+
+    node: str
+    actor: Principal
+    reason: str = ""
+
+
 class RecordFacts(Struct, frozen=True, kw_only=True):
     """Events the host observed of work it did itself (an environment created, a shell
     opened): facts, recorded beside the agents' (shared gate)."""
@@ -177,6 +185,7 @@ Command = (
     | PauseTask
     | CheckLiveness
     | NodeHello
+    | ForgetNode
     | ReportFacts
     | RecordFacts
     | CreateUser

@@ -8,8 +8,11 @@ answers the CLI's ``--db`` mode. docs/history.md is the reference for each route
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import msgspec
 from sanic import Blueprint, Request, Sanic
@@ -35,6 +38,7 @@ from control_plane.routes.common import (
     query_int,
     task_id_of,
 )
+from control_plane.streams import StreamSlots
 from projections.cluster import ClusterState
 from replay_tools.analytics import DEFAULT_MAX_ROWS
 from replay_tools.feed import EventFilter
@@ -53,6 +57,8 @@ from replay_tools.timeline import explain_placement
 
 bp = Blueprint("history", url_prefix="/api")
 T = TypeVar("T")
+
+log = logging.getLogger("hakuriver.host.history")
 
 STREAM_PAGE = 1000
 _encode = msgspec.json.Encoder().encode
@@ -189,29 +195,56 @@ async def stream_events(request: Request) -> None:
         raise InvalidRequest("until", "a stream has no end; read a range with GET /api/events")
     position = _resume_after(request)
     keepalive = _keepalive(request)
-    response = await request.respond(
-        content_type="text/event-stream; charset=utf-8",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
-    await response.send(f"retry: 1000\n: events after seq {position}\n\n")
-    while not service.closing.is_set():
-        upto = cp.last_seq
-        if upto > position:
-            try:
-                page = await _read(request, _page_reader(service, flt, position, upto))
-            except ServiceUnavailable:
-                break  # shutting down: end the stream cleanly; the client resumes later
-            if page.events:
-                await response.send(
-                    "".join(f"id: {e.seq}\ndata: {_encode(e).decode()}\n\n" for e in page.events)
-                )
-            position = page.next_after
-            continue
-        if not await service.wait_beyond(position, keepalive):
+    client = f"{principal_of(request).user}@{request.remote_addr or request.ip}"
+    with _stream_slots(request).hold(client):  # 429 past the client's share (streams.py)
+        response = await request.respond(
+            content_type="text/event-stream; charset=utf-8",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        stall_s = cp.settings.network.event_stream_stall_s
+        send = functools.partial(_send_within, request, response, stall_s)
+        if not await send(f"retry: 1000\n: events after seq {position}\n\n"):
+            return
+        while not service.closing.is_set():
+            upto = cp.last_seq
+            if upto > position:
+                try:
+                    page = await _read(request, _page_reader(service, flt, position, upto))
+                except ServiceUnavailable:
+                    break  # shutting down: end the stream cleanly; the client resumes later
+                text = "".join(f"id: {e.seq}\ndata: {_encode(e).decode()}\n\n" for e in page.events)
+                if text and not await send(text):
+                    return
+                position = page.next_after
+                continue
             # A comment keeps proxies from timing out; the id moves the client's resume
             # point past the events its filter skipped.
-            await response.send(f"id: {position}\n: keep-alive\n\n")
-    await response.eof()
+            if not await service.wait_beyond(position, keepalive) and not await send(
+                f"id: {position}\n: keep-alive\n\n"
+            ):
+                return
+        await response.eof()
+
+
+def _stream_slots(request: Request) -> StreamSlots:
+    slots: StreamSlots | None = getattr(request.app.ctx, "stream_slots", None)
+    if slots is None:
+        network = control_plane(request).settings.network
+        slots = StreamSlots(network.event_streams_per_client, network.event_streams_total)
+        request.app.ctx.stream_slots = slots
+    return slots
+
+
+async def _send_within(request: Request, response: Any, stall_s: float, data: str) -> bool:
+    """Write to a stream; False if the subscriber had not read for ``stall_s`` (then its
+    connection is dropped: nothing is buffered for it)."""
+    try:
+        await asyncio.wait_for(response.send(data), stall_s)
+    except TimeoutError:
+        log.info("dropped an event stream subscriber that stopped reading (%ss)", stall_s)
+        cast(asyncio.Transport, request.transport).abort()
+        return False
+    return True
 
 
 def _page_reader(

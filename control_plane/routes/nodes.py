@@ -1,16 +1,20 @@
-"""``/api/nodes`` and ``/api/health``."""
+"""``/api/nodes``, ``/api/nodes/<name>/forget``, ``/api/health`` and ``/api/summary``."""
 
 from __future__ import annotations
 
 from collections import Counter
 
+import msgspec
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
 from control_plane.access import rule
-from control_plane.errors import NotFound
-from control_plane.routes.common import answer, control_plane
+from control_plane.commands import ForgetNode
+from control_plane.errors import InvalidRequest, NotFound
+from control_plane.routes.common import answer, control_plane, json_object, principal_of
 from control_plane.views import NodeOut
+from events.store import WriteFailure
+from events.types import TaskLost
 
 bp = Blueprint("nodes", url_prefix="/api")
 
@@ -35,11 +39,37 @@ async def get_node(request: Request, name: str) -> HTTPResponse:
     return answer(NodeOut.of(node, state.tasks))
 
 
+MAX_REASON = 256
+
+
+@bp.post("/nodes/<name:str>/forget")
+@rule("admin")
+async def forget_node(request: Request, name: str) -> HTTPResponse:
+    """Remove a node that is offline and will not return (409 while it is online); its
+    tasks still holding resources there are given up as lost."""
+    body = json_object(request) if request.body else {}
+    reason = body.get("reason", "")
+    if not isinstance(reason, str) or len(reason) > MAX_REASON:
+        raise InvalidRequest("reason", f"a string of at most {MAX_REASON} characters")
+    cp = control_plane(request)
+    outcome = await cp.execute(ForgetNode(node=name, actor=principal_of(request), reason=reason))
+    lost = [e.task_id for e in outcome.decision.events if isinstance(e, TaskLost)]
+    return answer({"node": name, "forgotten": True, "tasks_lost": lost})
+
+
 @bp.get("/health")
 @rule("public")
 async def health(request: Request) -> HTTPResponse:
-    """Is the control plane up (a bare liveness probe: no token, no data)."""
-    return answer({"status": "ok"})
+    """Is the control plane up, and can it write its log (a probe: no token, no data).
+
+    ``{"status": "ok"}``, or ``{"status": "degraded", "reason": ...}`` while the event
+    log cannot be written (a full disk): still 200, the host is alive and serves reads.
+    The reason names no path; ``/api/summary`` has the details.
+    """
+    failure = control_plane(request).store_failure
+    if failure is None:
+        return answer({"status": "ok"})
+    return answer({"status": "degraded", "reason": _store_reason(failure)})
 
 
 @bp.get("/summary")
@@ -49,17 +79,27 @@ async def summary(request: Request) -> HTTPResponse:
     cp = control_plane(request)
     state = cp.state
     by_state = Counter(t.state for t in state.tasks.values())
+    failure = cp.store_failure
     return answer(
         {
-            "status": "ok",
+            "status": "ok" if failure is None else "degraded",
+            "reason": None if failure is None else _store_reason(failure),
+            "store_failure": failure,
             "last_seq": state.last_seq,
             "nodes_online": sum(1 for n in state.nodes.values() if n.online),
             "nodes_total": len(state.nodes),
             "agents_connected": cp.connected,
             "tasks": dict(sorted(by_state.items())),
             "anomalies": len(state.anomalies),
+            # Stored events this host could not decode (skipped; see the host log).
+            "undecodable_events": cp.undecodable_events,
+            "liveness": msgspec.to_builtins(cp.liveness),
         }
     )
+
+
+def _store_reason(failure: WriteFailure) -> str:
+    return f"the event log cannot be written ({failure.what} failed: {failure.reason})"
 
 
 def _name(node: object) -> str:

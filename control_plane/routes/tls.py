@@ -8,12 +8,16 @@ and a client trusts it only once its SHA-256 equals the fingerprint it was given
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 
 from control_plane.access import rule
 from control_plane.errors import NotFound
-from control_plane.tls import HostTls
+
+if TYPE_CHECKING:  # cryptography is imported only where TLS is on (start-up time)
+    from control_plane.tls import HostTls
 
 bp = Blueprint("tls", url_prefix="/api")
 

@@ -62,6 +62,7 @@ from node_agent.executors.docker_options import (
     executor_id,
     image_for,
 )
+from node_agent.state_dir import private_directory
 
 T = TypeVar("T")
 
@@ -81,6 +82,7 @@ class _Box:
     marks: dict[str, str] = field(default_factory=dict)  # stream -> last timestamp written
     outcome: asyncio.Task[Outcome] | None = None
     streams: list[asyncio.Task[None]] = field(default_factory=list)
+    owner: tuple[int, int] | None = None  # uid, gid its output files are given to
 
 
 class DockerExecutor:
@@ -97,8 +99,7 @@ class DockerExecutor:
     ) -> None:
         import docker
 
-        self.state_dir = Path(state_dir)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir = private_directory(state_dir)
         self.node = node
         self.executor_id = executor_id(self.state_dir)
         self.client = client or docker.from_env()
@@ -121,16 +122,17 @@ class DockerExecutor:
         return await self._starting.once(run.task_id, lambda: self._start(run))
 
     async def _start(self, run: TaskRun) -> Started:
-        container, existed = await self._call(lambda: self._create(run))
-        box = _Box(task_id=run.task_id, container=container)
+        container, existed, owner = await self._call(lambda: self._create(run))
+        box = _Box(task_id=run.task_id, container=container, owner=owner)
         self._boxes[run.task_id] = box
         self._shared[run.task_id] = Path(run.shared_dir)
         # A container a previous agent started: its output is copied from the last mark on.
         self._follow(box, resume=existed)
         return Started(task_id=run.task_id, container_id=container.id)
 
-    def _create(self, run: TaskRun) -> tuple[Any, bool]:
-        """The task's started container, and whether a previous agent had started it."""
+    def _create(self, run: TaskRun) -> tuple[Any, bool, tuple[int, int] | None]:
+        """The task's started container, whether a previous agent had started it, and
+        the (uid, gid) it runs as when that is its owner's account."""
         import docker.errors
 
         spec = run.spec
@@ -140,6 +142,7 @@ class DockerExecutor:
             (shared / sub).mkdir(parents=True, exist_ok=True)
         Path(run.local_temp_dir).mkdir(parents=True, exist_ok=True)
         account = resolve_account(run.run_as) if run.run_as is not None else None
+        owner = (account.uid, account.gid) if account is not None else None
         run = confine_mounts(run)
         options = container_options(
             run, node=self.node, executor_id=self.executor_id, account=account
@@ -155,7 +158,7 @@ class DockerExecutor:
         except docker.errors.APIError as exc:
             previous = self._previous(run.task_id) if exc.status_code == 409 else None
             if previous is not None:
-                return previous, True
+                return previous, True, owner
             raise StartFailed(f"docker could not create the container: {exc.explanation}") from None
         try:
             container.start()
@@ -163,7 +166,7 @@ class DockerExecutor:
             with contextlib.suppress(Exception):
                 container.remove(force=True)
             raise StartFailed(f"docker could not start the task: {exc.explanation}") from None
-        return container, False
+        return container, False, owner
 
     def _previous(self, task_id: str) -> Any | None:
         """This node's container of the task, made by an agent before this one (blocking)."""
@@ -227,7 +230,7 @@ class DockerExecutor:
         if self._ended(box):
             return
         box.killed = True
-        self._kill_marker(task_id).touch()
+        self._kill_marker(task_id).touch(0o600)
         with contextlib.suppress(Exception):
             await self._call(lambda: box.container.unpause())
         # The engine counts whole seconds: 0.4 s must not become an immediate SIGKILL.
@@ -366,6 +369,7 @@ class DockerExecutor:
                 marks=box.marks,
                 resume=resume,
                 stopped=lambda: box.stopped,
+                owner=box.owner,
             )
             box.streams.append(asyncio.ensure_future(hold(copy, name)))
 

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 T = TypeVar("T")
 
@@ -57,13 +57,15 @@ def copy_stream(
     marks: dict[str, str],
     resume: bool,
     stopped: Callable[[], bool],
+    owner: tuple[int, int] | None = None,
 ) -> None:
     """Copy one stream of the container's output into ``path`` until it ends.
 
     ``marks`` (stream -> last timestamp written) is shared by the container's two
     followers and saved to ``position`` after each line; with ``resume`` the copy
     appends, from the saved mark on. It stops early once ``stopped()`` says so (the
-    executor closed: a successor will stream from the last mark).
+    executor closed: a successor will stream from the last mark). The file is mode 0600,
+    given to ``owner`` (uid, gid) when the task runs as its owner's account.
     """
     key = "out" if stdout else "err"
     since = None
@@ -76,8 +78,7 @@ def copy_stream(
     chunks = container.logs(
         stdout=stdout, stderr=not stdout, stream=True, follow=True, timestamps=True
     )
-    mode = "ab" if resume else "wb"
-    with path.open(mode) as out:
+    with open_output(path, append=resume, owner=owner) as out:
         for raw in _lines(chunks):
             if stopped():
                 return
@@ -90,6 +91,22 @@ def copy_stream(
             marks[key] = stamp_text
             with contextlib.suppress(OSError):
                 _write_marks(position, marks)
+
+
+def open_output(path: Path, *, append: bool, owner: tuple[int, int] | None) -> BinaryIO:
+    """A task's output file for writing: mode 0600, its owner's when it has one, and
+    never through a symlink planted in the shared folder."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    flags |= os.O_APPEND if append else os.O_TRUNC
+    fd = os.open(path, flags, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        if owner is not None:
+            os.fchown(fd, *owner)
+    except OSError:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "ab" if append else "wb")
 
 
 def _lines(chunks: Iterable[bytes]) -> Iterator[bytes]:

@@ -16,6 +16,8 @@ A task run as its owner (``TaskRun.run_as``, node_agent/accounts.py) gets the ac
 uid, gid and groups in its own process only (the shim drops privileges in the child it
 forks, or ``setpriv`` does under systemd), its HOME, USER and LOGNAME, and starts in
 ``shared_data`` if the account can write there, else in its home, else in ``/tmp``.
+Every task starts from a clean environment, not the runner's (``task_environment``), and
+its output files and the shims' records are mode 0600 in a 0700 state directory.
 
 Shims are spawned with ``subprocess`` (vfork) on a worker thread and watched through a
 pidfd on the event loop, so neither the loop type (uvloop's spawn forks) nor asyncio's
@@ -27,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import marshal
 import os
 import signal
 import subprocess
@@ -57,6 +58,7 @@ from node_agent.executors.process_plan import (
 )
 from node_agent.executors.procfs import group_stopped
 from node_agent.executors.zygote import SHIM_PATH, NoZygote, Zygote
+from node_agent.state_dir import private_directory
 
 POLL_INTERVAL_S = 0.05  # only where pidfds are unavailable (Linux < 5.3)
 
@@ -91,10 +93,12 @@ class ProcessExecutor:
         *,
         facilities: HostFacilities | None = None,
         use_zygote: bool = True,
+        pass_environment: tuple[str, ...] = (),
     ) -> None:
-        self.state_dir = Path(state_dir)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        # Private: its records, the shims' logs and the zygote's socket are its user's alone.
+        self.state_dir = private_directory(state_dir)
         self.facilities = HostFacilities.detect() if facilities is None else facilities
+        self.pass_environment = pass_environment
         self._tasks: dict[str, _Watched] = {}
         self._starting = Starts()
         self._zygote = Zygote(self.state_dir) if use_zygote else NoZygote()
@@ -121,7 +125,7 @@ class ProcessExecutor:
             return
         assert watched.outcome is not None
         # The marker survives an agent restart, so the outcome still says "killed".
-        await asyncio.to_thread(Path(self._base(task_id) + shim.KILL).touch)
+        await asyncio.to_thread(Path(self._base(task_id) + shim.KILL).touch, shim.PRIVATE_FILE)
         self._signal(watched, signal.SIGTERM)
         self._signal(watched, signal.SIGCONT)
         watched.paused = False
@@ -225,11 +229,11 @@ class ProcessExecutor:
             raise StartFailed(f"cannot prepare the task's directories: {exc}") from exc
         launch = self._plan(run, paths.cwd)
         payload = launch.to_builtins()
-        via_zygote = self._zygote.spawn(str(self.state_dir), run.task_id, payload)
+        via_zygote = self._zygote.spawn(run.task_id, payload)
         if via_zygote is not None:
             shim_pid, answer = via_zygote
             return self._started(run, shim_pid, answer, None)
-        with open(base + shim.LOG, "wb") as log:
+        with open(os.open(base + shim.LOG, shim.CREATE, shim.PRIVATE_FILE), "wb") as log:
             child = subprocess.Popen(
                 [sys.executable, "-I", "-S", SHIM_PATH, str(self.state_dir), run.task_id],
                 stdin=subprocess.PIPE,
@@ -239,7 +243,7 @@ class ProcessExecutor:
             )
         assert child.stdin is not None and child.stdout is not None
         with contextlib.suppress(BrokenPipeError):
-            child.stdin.write(marshal.dumps(payload))
+            child.stdin.write(shim.encode_request(run.task_id, payload))
         with contextlib.suppress(BrokenPipeError):
             child.stdin.close()
         answer = child.stdout.readline().decode(errors="replace").strip()
@@ -249,11 +253,14 @@ class ProcessExecutor:
     def _plan(self, run: TaskRun, shared_data: str) -> LaunchSpec:
         """The launch spec, as the task's owner's account when it runs as one (blocking:
         the account is looked up now, and ``StartFailed`` names it when it is missing)."""
+        passed = self.pass_environment
         if run.run_as is None:
-            return plan_launch(run, self.facilities, os.environ)
+            return plan_launch(run, self.facilities, os.environ, pass_environment=passed)
         account = resolve_account(run.run_as)
         cwd = working_directory(shared_data, account)
-        return plan_launch(run, self.facilities, os.environ, account=account, cwd=cwd)
+        return plan_launch(
+            run, self.facilities, os.environ, account=account, cwd=cwd, pass_environment=passed
+        )
 
     def _started(
         self,

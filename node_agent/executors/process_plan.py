@@ -114,7 +114,7 @@ def prepare_cgroup_parent(root: str = CGROUP_ROOT, name: str = CGROUP_PARENT_NAM
 
 
 class LaunchSpec(Struct, frozen=True, kw_only=True):
-    """Everything the shim needs to start one task; sent to it as a marshal'd dict."""
+    """Everything the shim needs to start one task (``shim.SPEC_FIELDS``: the same keys)."""
 
     argv: tuple[str, ...]
     env: dict[str, str]
@@ -131,7 +131,7 @@ class LaunchSpec(Struct, frozen=True, kw_only=True):
     groups: tuple[int, ...] = ()
 
     def to_builtins(self) -> dict[str, object]:
-        """The spec as plain dicts, lists and scalars (what marshal can carry)."""
+        """The spec as plain dicts, lists and scalars (what the shim's request carries)."""
         builtins: dict[str, object] = msgspec.to_builtins(self)
         return builtins
 
@@ -154,24 +154,47 @@ def task_paths(shared_dir: str, task_id: str) -> TaskPaths:
     )
 
 
+# What a task keeps of the runner's environment, besides ``[runner] pass_environment``:
+# where programs are, whose home, and how to speak (locale and time zone). Nothing else:
+# the runner's variables (credentials, proxies, the service manager's) are its own.
+INHERITED_VARIABLES = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ")
+INHERITED_PREFIXES = ("LC_",)
+
+
+def inherited_environment(
+    base_env: Mapping[str, str], pass_environment: tuple[str, ...] = ()
+) -> dict[str, str]:
+    """The part of the runner's environment a task starts from (see above)."""
+    return {
+        name: value
+        for name, value in base_env.items()
+        if name in INHERITED_VARIABLES
+        or name.startswith(INHERITED_PREFIXES)
+        or name in pass_environment
+    }
+
+
 def task_environment(
     run: TaskRun,
     base_env: Mapping[str, str],
     tools_dir: str | None = None,
     account: Account | None = None,
+    pass_environment: tuple[str, ...] = (),
 ) -> dict[str, str]:
-    """The agent's environment, the user's variables over it, HakuRiver's over both.
+    """A clean environment: a few of the agent's variables (``inherited_environment``),
+    the user's over them, HakuRiver's over both.
 
     A task run as its owner's ``account`` gets that account's ``HOME``, ``USER`` and
-    ``LOGNAME`` over the agent's (its own variables still come last).
+    ``LOGNAME`` instead of the agent's (its own variables still come last).
 
     ``tools_dir`` (the runner's own scripts, ``hakurun`` among them) is appended to the
     agent's PATH: last, so the node's ``python3`` and friends still come first, and not
     at all when the task sets its own PATH, which is then taken exactly as given.
     """
-    env = dict(base_env)
+    env = inherited_environment(base_env, pass_environment)
+    env.setdefault("PATH", os.defpath)
     if tools_dir and "PATH" not in run.spec.env:
-        path = env.get("PATH", os.defpath)
+        path = env["PATH"]
         if tools_dir not in path.split(os.pathsep):
             env["PATH"] = f"{path}{os.pathsep}{tools_dir}" if path else tools_dir
     if account is not None:
@@ -196,11 +219,13 @@ def plan_launch(
     *,
     account: Account | None = None,
     cwd: str | None = None,
+    pass_environment: tuple[str, ...] = (),
 ) -> LaunchSpec:
     """The argument vector, environment, files and limits for one task.
 
     ``account``: run it as that account (see the module docstring), in ``cwd``
-    (default: ``shared_data``, as every task).
+    (default: ``shared_data``, as every task). ``pass_environment``: the runner's
+    variables its tasks inherit beyond the few every task does (``task_environment``).
     """
     argv: tuple[str, ...] = (run.spec.command, *run.spec.args)
     if run.numa_id is not None and facilities.numactl:
@@ -247,7 +272,7 @@ def plan_launch(
     paths = task_paths(run.shared_dir, run.task_id)
     return LaunchSpec(
         argv=argv,
-        env=task_environment(run, base_env, facilities.tools_dir, account),
+        env=task_environment(run, base_env, facilities.tools_dir, account, pass_environment),
         cwd=cwd or paths.cwd,
         stdout=paths.stdout,
         stderr=paths.stderr,

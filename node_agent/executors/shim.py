@@ -4,14 +4,20 @@ Only a process's parent can learn its exit status, and the agent may crash or re
 while its tasks run on. So the agent starts each task through a shim, in a session of
 its own:
 
-    python -I -S shim.py STATE_DIR TASK_ID      (launch spec, a marshal'd dict, on stdin)
+    python -I -S shim.py STATE_DIR TASK_ID      (the launch request on stdin)
+
+or, most of the time, has the zygote (``serve``, below) fork one ready-made. The
+request is the same both ways: ``encode_request`` / ``decode_request``, a 4-byte
+big-endian length and a JSON object with exactly the keys and types ``SPEC_FIELDS``
+names, checked in full before anything runs (never marshal or pickle: the zygote's
+requests arrive over a socket).
 
 The shim forks the task into a new session (so its process group is the task's, and
 signals to that group never reach the shim), applies the CPU set, the memory limit,
 the working directory and the output files in the child, drops to the task's account
 when the spec names one (``[runner] run_tasks_as = "owner"``: the shim itself, and the
-zygote, stay root; the output files are opened before the drop), and execs the command
-as an argument vector. Then, in ``STATE_DIR``:
+zygote, stay root; the output files are opened before the drop and given to the
+account), and execs the command as an argument vector. Then, in ``STATE_DIR``:
 
 - ``TASK_ID.run`` (written before the shim answers the agent): the shim's pid and
   kernel start time (so a restarted agent can tell it from a reused pid), the task's
@@ -23,15 +29,17 @@ as an argument vector. Then, in ``STATE_DIR``:
   task left behind in its group or cgroup are killed first: a task ends with its main
   process, as a container does.
 
-Records are ``key value`` lines, written to a temporary name and renamed into place.
-This file is stdlib-only and imports nothing slow (no json, no subprocess): it starts
-once per task, and interpreter start-up is most of a trivial task's latency. The agent
-imports it too, for the record format and ``proc_stat``.
+Records are ``key value`` lines, written to a temporary name and renamed into place;
+every file the shim makes (records, its log, the task's output files) is mode 0600.
+This file is stdlib-only, one file (``python -I`` puts no folder of ours on the path)
+and imports nothing slow (no json, no subprocess, no re): it starts once per task when
+the zygote cannot serve, and interpreter start-up is most of a trivial task's latency.
+The agent imports it too, for the request and record formats and ``proc_stat``.
 """
 
 from __future__ import annotations
 
-import marshal
+import errno as _errno
 import os
 import resource
 import sys
@@ -58,13 +66,230 @@ CGROUP_PREFIX = "task-"
 DEFAULT_SIGNALS = (_signal.SIGPIPE, _signal.SIGXFSZ)
 
 
+PRIVATE_FILE = 0o600
+# O_NOFOLLOW: a symlink planted where a record or an output file goes is refused, never
+# followed (the shim may be root, and the output folders are shared storage).
+CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+# -- the launch request -----------------------------------------------------------------
+
+HEADER_BYTES = 4  # the JSON's length, big-endian
+MAX_REQUEST_BYTES = 4 << 20  # the kernel takes at most a few MiB of argv and env anyway
+MAX_ID = 1_000_000_000  # ids and CPU numbers: below this, and never negative
+TASK_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+class BadRequest(ValueError):
+    """A launch request that is not exactly what the agent sends; nothing runs."""
+
+
+def _is_int(value: object) -> bool:
+    return type(value) is int and 0 <= value < MAX_ID  # type() is: a bool is no id
+
+
+def _is_text(value: object) -> bool:
+    return type(value) is str and "\0" not in value
+
+
+def _is_path(value: object) -> bool:
+    return _is_text(value) and value.startswith("/")  # type: ignore[attr-defined]
+
+
+def _optional(check: Callable[[object], bool]) -> Callable[[object], bool]:
+    return lambda value: value is None or check(value)
+
+
+def _list_of(check: Callable[[object], bool]) -> Callable[[object], bool]:
+    return lambda value: type(value) is list and all(check(item) for item in value)
+
+
+def _is_argv(value: object) -> bool:
+    return type(value) is list and len(value) > 0 and _list_of(_is_text)(value)
+
+
+def _is_env(value: object) -> bool:
+    return type(value) is dict and all(
+        _is_text(key) and key and "=" not in key and _is_text(item) for key, item in value.items()
+    )
+
+
+def _is_memory(value: object) -> bool:
+    return value is None or (type(value) is int and value > 0)
+
+
+# Every key of a launch spec (process_plan.LaunchSpec) and what its value must be.
+SPEC_FIELDS: dict[str, Callable[[object], bool]] = {
+    "argv": _is_argv,
+    "env": _is_env,
+    "cwd": _is_path,
+    "stdout": _is_path,
+    "stderr": _is_path,
+    "cpus": _list_of(_is_int),
+    "memory_bytes": _is_memory,
+    "cgroup_parent": _optional(_is_path),
+    "systemd_cgroup": _optional(_is_path),
+    "uid": _optional(_is_int),
+    "gid": _optional(_is_int),
+    "groups": _list_of(_is_int),
+}
+
+
+def valid_task_id(task_id: object) -> bool:
+    """Whether a task id is safe as a file name in the state directory."""
+    return (
+        type(task_id) is str
+        and 0 < len(task_id) <= 200
+        and not task_id.startswith(".")
+        and set(task_id) <= TASK_ID_CHARS
+    )
+
+
+def encode_request(task_id: str, spec: dict[str, object]) -> bytes:
+    """The request for one task, as the agent sends it (the agent imports json anyway)."""
+    import json
+
+    body = json.dumps({"task_id": task_id, "spec": spec}, separators=(",", ":")).encode()
+    return len(body).to_bytes(HEADER_BYTES, "big") + body
+
+
+def _no_constant(name: str) -> object:
+    raise BadRequest(f"{name} is not a value a launch spec has")
+
+
+def _pairs(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        raise BadRequest("a key appears twice")
+    return found
+
+
+class _Strict:
+    """The C JSON scanner's settings: no NaN or Infinity, no duplicate keys."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = staticmethod(_pairs)
+    parse_float = float
+    parse_int = int
+    parse_constant = staticmethod(_no_constant)
+    memo: dict[str, str] = {}
+
+
+def _parse_json(text: str) -> object:
+    """One JSON value filling ``text``. The C scanner alone: ``import json`` brings ``re``
+    and costs more than the rest of the shim's start-up."""
+    make_scanner: Any
+    try:
+        import _json
+
+        make_scanner = _json.make_scanner
+    except ImportError:  # not CPython: the pure-Python scanner takes the same settings
+        import json.scanner
+
+        make_scanner = json.scanner.py_make_scanner  # type: ignore[attr-defined]
+    try:
+        value, end = make_scanner(_Strict())(text, 0)
+    except (StopIteration, RecursionError):
+        raise BadRequest("the request is not JSON (or nests too deep)") from None
+    except BadRequest:
+        raise
+    except ValueError:  # JSONDecodeError
+        raise BadRequest("the request is not JSON") from None
+    if end != len(text):
+        raise BadRequest("the request has data after its JSON")
+    return value
+
+
+def decode_request(frame: bytes) -> tuple[str, dict[str, Any]]:
+    """(task id, launch spec) from a whole request; ``BadRequest`` unless it is exactly
+    a request the agent sends: the length right, the keys exact, every value's type."""
+    if len(frame) < HEADER_BYTES:
+        raise BadRequest("the request is shorter than its header")
+    size = int.from_bytes(frame[:HEADER_BYTES], "big")
+    if size > MAX_REQUEST_BYTES:
+        raise BadRequest(f"the request announces {size} bytes, over {MAX_REQUEST_BYTES}")
+    if len(frame) != HEADER_BYTES + size:
+        raise BadRequest(f"the request announces {size} bytes and has {len(frame) - HEADER_BYTES}")
+    try:
+        text = frame[HEADER_BYTES:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("the request is not UTF-8") from None
+    request = _parse_json(text)
+    if type(request) is not dict or request.keys() != {"task_id", "spec"}:
+        raise BadRequest("the request must have exactly the keys task_id and spec")
+    task_id, spec = request["task_id"], request["spec"]
+    if not valid_task_id(task_id):
+        raise BadRequest("task_id must be 1-200 letters, digits, '-', '_' or '.'")
+    if type(spec) is not dict or spec.keys() != SPEC_FIELDS.keys():
+        raise BadRequest("spec must have exactly the keys " + ", ".join(SPEC_FIELDS))
+    for key, check in SPEC_FIELDS.items():
+        if not check(spec[key]):
+            raise BadRequest(f"spec.{key} has the wrong type or value")
+    if (spec["uid"] is None) != (spec["gid"] is None):
+        raise BadRequest("spec.uid and spec.gid go together")
+    return task_id, spec
+
+
+def read_request(fd: int) -> bytes:
+    """A whole request from a pipe (the slow path's stdin), read no further than the limit."""
+    chunks = []
+    size = 0
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > HEADER_BYTES + MAX_REQUEST_BYTES:
+            raise BadRequest(f"the request is over {MAX_REQUEST_BYTES} bytes")
+    return b"".join(chunks)
+
+
+# -- records ----------------------------------------------------------------------------
+
+
 def write_record(path: str, fields: dict[str, str | int]) -> None:
-    """Write ``key value`` lines to a temporary name, then rename it into place."""
+    """Write ``key value`` lines to a temporary name (0600), then rename it into place."""
     temporary = f"{path}.tmp"
-    with open(temporary, "w") as file:
+    with open(os.open(temporary, CREATE, PRIVATE_FILE), "w") as file:
         for key, value in fields.items():
             file.write(f"{key} {value}\n")
     os.replace(temporary, path)
+
+
+# A full disk must not turn a task that ran into one that "failed": before the task starts,
+# the shim reserves the blocks its two records need (their temporary files, padded); after,
+# a record that still cannot be written is retried until the disk has room again.
+RESERVE_BYTES = 4096
+FULL_DISK = (_errno.ENOSPC, _errno.EDQUOT)
+RUN_RECORD_S = 10.0  # how long a started task waits for its running record, then is killed
+
+
+def reserve_record(path: str) -> None:
+    """Claim the blocks of ``path``'s temporary file now (raises OSError on a full disk)."""
+    fd = os.open(f"{path}.tmp", CREATE, PRIVATE_FILE)
+    try:
+        os.write(fd, b"\n" * RESERVE_BYTES)
+    finally:
+        os.close(fd)
+
+
+def write_record_durably(
+    path: str, fields: dict[str, str | int], within_s: float | None = None
+) -> bool:
+    """``write_record``, retried while the disk is full (for ``within_s``, or until it
+    works); other errors raise. False when the time ran out."""
+    deadline = None if within_s is None else time.monotonic() + within_s
+    pause = 0.05
+    while True:
+        try:
+            write_record(path, fields)
+            return True
+        except OSError as exc:
+            if exc.errno not in FULL_DISK:
+                raise
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
 
 def read_record(path: str) -> dict[str, str]:
@@ -151,14 +376,33 @@ def _resolve(command: str, env: dict[str, str]) -> str:
     raise FileNotFoundError(2, "command not found on the task's PATH")
 
 
+def _open_output(path: str, spec: dict[str, Any]) -> int:
+    """A task's output file, truncated, mode 0600: the runner's, or given to the task's
+    account when it runs as one (its owner reads it on the node; nobody else does)."""
+    fd = os.open(path, CREATE, PRIVATE_FILE)
+    try:
+        os.fchmod(fd, PRIVATE_FILE)  # a file left from an earlier start keeps its mode
+        if spec["uid"] is not None:
+            os.fchown(fd, spec["uid"], spec["gid"])
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _open_files(spec: dict[str, Any]) -> tuple[int, int, int]:
     """stdin from /dev/null, stdout and stderr to the task's output files (truncated)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-    return (
-        os.open(os.devnull, os.O_RDONLY),
-        os.open(spec["stdout"], flags, 0o644),
-        os.open(spec["stderr"], flags, 0o644),
-    )
+    stdin = os.open(os.devnull, os.O_RDONLY)
+    try:
+        stdout = _open_output(spec["stdout"], spec)
+        try:
+            return stdin, stdout, _open_output(spec["stderr"], spec)
+        except OSError:
+            os.close(stdout)
+            raise
+    except OSError:
+        os.close(stdin)
+        raise
 
 
 class _Refused(Exception):
@@ -298,65 +542,172 @@ def main(argv: list[str]) -> int:
     """Run one task as described on stdin, or serve as the zygote; see the docstrings."""
     if argv[1] == "--zygote":
         return serve(argv[2])
-    spec: dict[str, Any] = marshal.loads(sys.stdin.buffer.read())
-    return run(argv[1], argv[2], spec)
+    try:
+        task_id, spec = decode_request(read_request(0))
+        if task_id != argv[2]:
+            raise BadRequest("the request names another task than the command line")
+    except BadRequest as exc:
+        _answer(f"!refused by the shim: {exc}")
+        return 1
+    return run(argv[1], task_id, spec)
+
+
+# -- the zygote -------------------------------------------------------------------------
+
+ZYGOTE_REQUEST_S = 5.0  # a connection has this long, in all, to send its whole request
+SUN_PATH_MAX = 107  # bytes of a Unix socket path, without its terminating NUL
+
+
+def unix_address(path: str) -> tuple[str, int | None]:
+    """An address to bind or connect to the socket file ``path``, and a descriptor to
+    close afterwards. A path too long for a socket address is reached through its
+    folder's descriptor (``/proc/self/fd/N/name``): deep test and data directories are."""
+    if len(os.fsencode(path)) <= SUN_PATH_MAX:
+        return path, None
+    folder = os.open(os.path.dirname(path), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    return f"/proc/self/fd/{folder}/{os.path.basename(path)}", folder
+
+
+def private_problem(directory: str) -> str | None:
+    """Why ``directory`` is no place for the zygote's socket; None when only we reach it."""
+    try:
+        found = os.lstat(directory)
+    except OSError as exc:
+        return f"{directory}: {exc.strerror}"
+    is_folder = found.st_mode & 0o170000 == 0o040000  # S_ISDIR, without importing stat
+    if found.st_uid != os.geteuid() or found.st_mode & 0o77 or not is_folder:
+        return f"{directory} must be a folder of uid {os.geteuid()}, mode 0700"
+    return None
+
+
+def peer_uid(conn: Any) -> int:
+    """The uid of the process at the other end of a Unix socket (``SO_PEERCRED``)."""
+    import socket
+
+    credentials = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+    return int.from_bytes(credentials[4:8], sys.byteorder)  # struct ucred: pid, uid, gid
+
+
+def _receive(conn: Any, limit_s: float) -> bytes:
+    """A whole request from a connection, within ``limit_s`` seconds in all."""
+    deadline = time.monotonic() + limit_s
+
+    def exactly(size: int) -> bytes:
+        data = bytearray()
+        while len(data) < size:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BadRequest(f"the request did not arrive within {limit_s:g}s")
+            conn.settimeout(left)
+            try:
+                chunk = conn.recv(min(size - len(data), 1 << 20))
+            except TimeoutError:
+                raise BadRequest(f"the request did not arrive within {limit_s:g}s") from None
+            if not chunk:
+                raise BadRequest("the request ended early")
+            data += chunk
+        return bytes(data)
+
+    header = exactly(HEADER_BYTES)
+    size = int.from_bytes(header, "big")
+    if size > MAX_REQUEST_BYTES:
+        raise BadRequest(f"the request announces {size} bytes, over {MAX_REQUEST_BYTES}")
+    return header + exactly(size)
 
 
 def serve(address: str, idle_s: float = 600.0) -> int:
     """The zygote: fork a ready shim per request instead of starting an interpreter.
 
     Starting ``python`` costs about 9 ms of CPU here, most of a trivial task's latency;
-    forking this already-started process costs well under one. The zygote listens on an
-    abstract Unix socket; a request is ``marshal((state_dir, task_id, spec))`` followed
-    by a half-close. The forked child becomes the task's shim exactly as if started on
-    its own: a session of its own, stderr to the task's shim log, and it answers on the
-    connection with its pid, then the usual line. Shims are not the zygote's business
-    once forked (SIGCHLD is ignored, so they are reaped by the kernel). It exits after
-    ``idle_s`` seconds without a request; the executor starts a new one when needed.
+    forking this already-started process costs well under one. It serves one state
+    directory, through the socket file ``address`` inside it, and only its own user:
+
+    - the folder must be this user's and mode 0700 (else it refuses to start), so no
+      other local user can even reach the socket; and a peer whose ``SO_PEERCRED`` uid
+      is not the zygote's own is closed on without a byte read, should the folder be
+      opened up later;
+    - each connection is forked at once and its child reads the request, with
+      ``ZYGOTE_REQUEST_S`` in all to send it: a slow or silent peer holds only its own
+      child, never the next request;
+    - the request (``decode_request``) names only the task and its launch spec; the
+      records go to the zygote's own folder, whatever a request says.
+
+    The forked child becomes the task's shim exactly as if started on its own: a session
+    of its own, stderr to the task's shim log, and it answers on the connection with its
+    pid, then the usual line (a request refused gets one ``!`` line). Shims are not the
+    zygote's business once forked (SIGCHLD is ignored: the kernel reaps them). A lock
+    beside the socket keeps one zygote per address. It exits after ``idle_s`` seconds
+    without a request, removing its socket; the executor starts a new one when needed.
     """
+    import fcntl
     import socket
 
-    _signal.signal(_signal.SIGCHLD, _signal.SIG_IGN)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    state_dir = os.path.dirname(address)
+    problem = private_problem(state_dir)
+    if problem is not None:
+        os.write(2, f"the zygote will not serve: {problem}\n".encode())
+        return 1
+    lock = os.open(address + ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        listener.bind("\0" + address)
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:  # another zygote serves this address already
         return 0
+    _signal.signal(_signal.SIGCHLD, _signal.SIG_IGN)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    _quietly(lambda: os.unlink(address))  # a previous zygote's, gone without removing it
+    where, folder = unix_address(address)
+    try:
+        listener.bind(where)
+    finally:
+        if folder is not None:
+            os.close(folder)
     listener.listen(128)
     listener.settimeout(idle_s)
-    while True:
-        try:
-            conn, _ = listener.accept()
-        except TimeoutError:
-            return 0
-        conn.settimeout(10)
-        try:
-            chunks = []
-            while chunk := conn.recv(65536):
-                chunks.append(chunk)
-            state_dir, task_id, spec = marshal.loads(b"".join(chunks))
-        except Exception:
-            conn.close()
-            continue
-        if os.fork() == 0:
-            listener.close()
-            _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
-            os.setsid()
-            os.dup2(conn.fileno(), 1)
-            conn.close()
-            null = os.open(os.devnull, os.O_RDONLY)
-            os.dup2(null, 0)
-            os.close(null)
-            log = os.open(os.path.join(state_dir, task_id + LOG), os.O_WRONLY | os.O_CREAT, 0o644)
-            os.dup2(log, 2)
-            os.close(log)
-            os.write(1, f"{os.getpid()}\n".encode())
-            code = 1
+    own = os.geteuid()
+    try:
+        while True:
             try:
-                code = run(state_dir, task_id, spec)
+                conn, _ = listener.accept()
+            except TimeoutError:
+                return 0
+            try:
+                if peer_uid(conn) == own and os.fork() == 0:
+                    code = 1
+                    try:
+                        listener.close()
+                        os.close(lock)
+                        code = _shim_for(conn, state_dir)
+                    finally:
+                        os._exit(code)
+            except OSError:
+                pass  # the peer left meanwhile, or no fork today: the next one may do
             finally:
-                os._exit(code)
-        conn.close()
+                conn.close()
+    finally:
+        _quietly(lambda: os.unlink(address))  # still ours: the lock is held
+
+
+def _shim_for(conn: Any, state_dir: str) -> int:
+    """In the zygote's forked child: read and check one request, then be its shim."""
+    _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+    os.setsid()
+    try:
+        task_id, spec = decode_request(_receive(conn, ZYGOTE_REQUEST_S))
+    except (OSError, BadRequest) as exc:
+        refusal = f"!refused by the zygote: {exc}\n".encode()
+        _quietly(lambda: conn.sendall(refusal))
+        return 1
+    conn.setblocking(True)  # fd 1 from now on: plain blocking writes
+    os.dup2(conn.fileno(), 1)
+    conn.close()
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    log = os.open(os.path.join(state_dir, task_id + LOG), CREATE, PRIVATE_FILE)
+    os.dup2(log, 2)
+    os.close(log)
+    os.write(1, f"{os.getpid()}\n".encode())
+    return run(state_dir, task_id, spec)
 
 
 def run(state_dir: str, task_id: str, spec: dict[str, Any]) -> int:
@@ -377,7 +728,13 @@ def run(state_dir: str, task_id: str, spec: dict[str, Any]) -> int:
         else:
             method, watched = "cgroup", cgroup
 
-    started = _start(spec, cgroup, rlimit)
+    try:
+        reserve_record(base + RUN)
+        reserve_record(base + EXIT)
+    except OSError as exc:
+        started: int | str = f"no room to record the task in the runner's state directory: {exc}"
+    else:
+        started = _start(spec, cgroup, rlimit)
     if isinstance(started, str):
         if cgroup is not None:
             remove_cgroup(cgroup)
@@ -385,7 +742,7 @@ def run(state_dir: str, task_id: str, spec: dict[str, Any]) -> int:
         return 1
     pid = started
     own = proc_stat(os.getpid())
-    write_record(
+    recorded = write_record_durably(
         base + RUN,
         {
             "task_id": task_id,
@@ -396,13 +753,22 @@ def run(state_dir: str, task_id: str, spec: dict[str, Any]) -> int:
             "cgroup": watched,
             "cpus": ",".join(str(cpu) for cpu in spec["cpus"]),
         },
+        RUN_RECORD_S,
     )
+    if not recorded:  # the reserved blocks were taken meanwhile: unrecorded, it cannot run
+        _quietly(lambda: os.killpg(pid, _signal.SIGKILL))
+        _finish(pid, cgroup)
+        if cgroup is not None:
+            remove_cgroup(cgroup)
+        _answer("!no room to record the task in the runner's state directory")
+        return 1
     _answer(str(pid))
 
     returncode, kills = _finish(pid, cgroup)
     if method == "systemd":
         kills = oom_kills(watched)  # the scope may already be gone: then SIGKILL decides
-    write_record(base + EXIT, {"returncode": returncode, "oom_kills": kills})
+    # Until this record is written the task still looks like running: kept, not lost.
+    write_record_durably(base + EXIT, {"returncode": returncode, "oom_kills": kills})
     if cgroup is not None:
         remove_cgroup(cgroup)
     return 0

@@ -1,13 +1,14 @@
 """The shim zygote's client: a forked, ready shim per task instead of a new interpreter.
 
-The zygote itself is ``shim.serve``; see its docstring for why it exists and what it
-answers. The executor asks it first and starts the shim the slow way when it cannot.
+The zygote itself is ``shim.serve``; see its docstring for why it exists, who may talk
+to it and what it answers. The executor asks it first and starts the shim the slow way
+when it cannot.
 """
 
 from __future__ import annotations
 
 import hashlib
-import marshal
+import os
 import socket
 import subprocess
 import sys
@@ -19,29 +20,37 @@ from typing import Any
 from node_agent.executors import shim
 
 SHIM_PATH = str(Path(shim.__file__).resolve())
+# One request and its answer: the zygote serves each connection in a child of its own,
+# so only a wedged zygote (or machine) makes this wait; then the slow path starts the shim.
+ASK_TIMEOUT_S = 10.0
 
 
 class Zygote:
     """The client of the shim zygote (``shim.serve``): one per state directory.
 
     The zygote is started on first use in a session of its own, so it outlives the
-    agent like the shims do, and a restarted agent finds it again by its address (an
-    abstract socket named after the state directory and the shim's code, so a changed
-    shim gets a fresh zygote). Any failure here returns None: the executor then starts
-    the shim the slow way, so the zygote is only ever an optimisation.
+    agent like the shims do, and a restarted agent finds it again by its address: a
+    socket file in the (private, 0700) state directory, named after the shim's code and
+    the interpreter, so a changed shim gets a fresh zygote. Any failure here returns
+    None: the executor then starts the shim the slow way, so the zygote is only ever an
+    optimisation.
     """
 
     def __init__(self, state_dir: Path) -> None:
         code = Path(SHIM_PATH).read_bytes()
-        key = hashlib.sha256(code + sys.executable.encode() + str(state_dir).encode())
-        self.address = f"hakuriver-zygote-{key.hexdigest()[:24]}"
+        key = hashlib.sha256(code + sys.executable.encode()).hexdigest()[:16]
+        self.address = str(state_dir / f"zygote-{key}.sock")
         self.state_dir = state_dir
         self._process: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
 
-    def spawn(self, state_dir: str, task_id: str, spec: Any) -> tuple[int, str] | None:
-        """Fork a shim for the task; (shim pid, its answer line), or None."""
-        request = marshal.dumps((state_dir, task_id, spec))
+    def spawn(self, task_id: str, spec: dict[str, Any]) -> tuple[int, str] | None:
+        """Fork a shim for the task; (shim pid, its answer line), or None.
+
+        A request the zygote refused comes back as (0, ``!`` and why): the slow path
+        would refuse it the same way.
+        """
+        request = shim.encode_request(task_id, spec)
         for attempt in range(2):
             try:
                 return self._ask(request)
@@ -50,16 +59,34 @@ class Zygote:
                     return None
         return None
 
+    def _connect(self) -> socket.socket:
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        where, folder = shim.unix_address(self.address)
+        try:
+            conn.settimeout(ASK_TIMEOUT_S)
+            conn.connect(where)
+        except BaseException:
+            conn.close()
+            raise
+        finally:
+            if folder is not None:
+                os.close(folder)
+        return conn
+
     def _ask(self, request: bytes) -> tuple[int, str]:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-            conn.settimeout(30)
-            conn.connect("\0" + self.address)
+        with self._connect() as conn:
+            deadline = time.monotonic() + ASK_TIMEOUT_S
             conn.sendall(request)
-            conn.shutdown(socket.SHUT_WR)
             chunks = []
-            while chunk := conn.recv(4096):
+            while True:
+                conn.settimeout(max(0.001, deadline - time.monotonic()))
+                chunk = conn.recv(4096)  # TimeoutError (an OSError) once past the deadline
+                if not chunk:
+                    break
                 chunks.append(chunk)
         lines = b"".join(chunks).decode(errors="replace").split("\n")
+        if lines[0].startswith("!"):
+            return 0, lines[0]
         if len(lines) < 2 or not lines[0].isdigit():
             raise ConnectionError("the zygote gave no answer")
         return int(lines[0]), lines[1].strip()
@@ -79,11 +106,11 @@ class Zygote:
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline:
                 try:
-                    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-                        probe.connect("\0" + self.address)
+                    self._connect().close()
                     return True
                 except OSError:
-                    if self._process.poll() is not None and self._process.returncode != 0:
+                    # Exited: refused to serve, or found another zygote that is leaving.
+                    if self._process.poll() is not None:
                         return False
                     time.sleep(0.002)
             return False
@@ -92,5 +119,5 @@ class Zygote:
 class NoZygote:
     """No zygote: every shim is started the slow way (tests, or where one cannot run)."""
 
-    def spawn(self, state_dir: str, task_id: str, spec: Any) -> tuple[int, str] | None:
+    def spawn(self, task_id: str, spec: dict[str, Any]) -> tuple[int, str] | None:
         return None

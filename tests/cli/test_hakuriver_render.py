@@ -159,6 +159,14 @@ def test_node_health_shows_gpu_usage_numa_and_temperatures() -> None:
         assert expected in text
 
 
+def test_a_degraded_cluster_says_why() -> None:
+    reason = "the event log cannot be written (commit failed: no space left on device)"
+    text = rendered(render.health_panel({"status": "degraded", "reason": reason}))
+    rows = [" ".join(line.strip("│ ").split()) for line in text.splitlines()]
+    assert "status degraded" in rows
+    assert f"why {reason}" in rows
+
+
 def test_rendering_survives_sparse_documents() -> None:
     for renderable in (
         render.task_table([{}]),

@@ -146,6 +146,7 @@ def test_token_revoke_takes_an_id_or_the_whole_token() -> None:
         ["token", "list", "--all"],
         ["key", "list"],
         ["node", "revoke", "n1"],
+        ["node", "forget", "n1"],
         ["task", "list"],
         ["node", "list"],
     ],

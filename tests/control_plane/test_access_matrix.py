@@ -343,6 +343,10 @@ def _cases() -> dict[Route, Callable[[World], Calls]]:
         ("POST", "/api/nodes/<name:str>/revoke"): lambda w: Calls(
             _post(f"/api/nodes/{w.node()}/revoke")
         ),
+        # n1 is online: the admin's 409 shows the gate let them through.
+        ("POST", "/api/nodes/<name:str>/forget"): lambda w: Calls(
+            _post("/api/nodes/n1/forget"), admin_status=(409,)
+        ),
         ("WS", "/api/agents/ws"): lambda w: Calls(Call("WS", "/api/agents/ws")),
         # SSH keys
         ("GET", "/api/keys"): lambda w: Calls(

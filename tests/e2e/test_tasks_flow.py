@@ -11,7 +11,7 @@ import concurrent.futures
 from pathlib import Path
 
 import pytest
-from support.cluster import Cluster, running_cluster
+from support.cluster import Cluster, module_cluster_fixture, running_cluster
 
 
 def gated(gate: Path, then: str = "true") -> list[str]:
@@ -19,8 +19,13 @@ def gated(gate: Path, then: str = "true") -> list[str]:
     return ["-c", f"while [ ! -e '{gate}' ]; do sleep 0.02; done; {then}"]
 
 
+# One cluster per module and worker; a test that restarts the host or counts from the
+# first task number has its own (``own_cluster``).
+module_cluster, cluster = module_cluster_fixture()
+
+
 @pytest.fixture
-def cluster(tmp_path: Path):
+def own_cluster(tmp_path: Path):
     with running_cluster(tmp_path, agents=("n1",)) as c:
         yield c
 
@@ -100,7 +105,8 @@ def test_a_task_that_does_not_fit_waits_and_starts_when_room_frees(cluster: Clus
     assert cluster.wait_state(small)["state"] == "completed"
 
 
-def test_concurrent_submits_never_double_allocate(cluster: Cluster) -> None:
+def test_concurrent_submits_never_double_allocate(own_cluster: Cluster) -> None:
+    cluster = own_cluster
     cores = cluster.node("n1")["cores"]  # type: ignore[index]
     gate = cluster.root / "gate-many"
     n = cores + 6
@@ -198,7 +204,8 @@ def _proc_state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
-def test_a_task_prefix_names_one_task_or_says_which_it_could_be(cluster: Cluster) -> None:
+def test_a_task_prefix_names_one_task_or_says_which_it_could_be(own_cluster: Cluster) -> None:
+    cluster = own_cluster
     # Given three tasks submitted together: UUIDv7 ids, so they share a long prefix
     r = cluster.http.post("/api/batches", json={"tasks": [{"command": "true"}] * 3})
     ids = r.json()["task_ids"]
@@ -243,7 +250,8 @@ def test_resource_values_that_cannot_work_are_refused_naming_the_field(cluster: 
     assert cluster.wait_state(task_id)["state"] == "completed"
 
 
-def test_tasks_are_numbered_in_order_and_a_number_names_its_task(cluster: Cluster) -> None:
+def test_tasks_are_numbered_in_order_and_a_number_names_its_task(own_cluster: Cluster) -> None:
+    cluster = own_cluster
     # Given a batch of three tasks and one more: numbered 1, 2, 3, 4 in submission order
     r = cluster.http.post("/api/batches", json={"tasks": [{"command": "true"}] * 3})
     assert r.status_code == 201, r.text

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
+import stat
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -65,3 +68,33 @@ def test_owner_mode_runs_tasks_as_their_owners_and_refuses_owners_without_an_acc
         why = cluster.http.get(f"/api/tasks/{task_id}/why").json()
         assert why["node"] == "n2"
         assert [(r["node"], r["reason"]) for r in why["rejected"]] == [("n1", reason)]
+
+
+@needs_root
+def test_an_owners_task_reaches_the_shared_dir_inside_a_data_dir_it_cannot_list() -> None:
+    # Given a data dir others can reach (as a home or /srv would be), the shared dir in it
+    outside = Path(tempfile.mkdtemp(prefix="hakuriver-traverse-"))
+    try:
+        outside.chmod(0o755)
+        root = outside / "data"
+        root.mkdir()
+        with running_cluster(root, agents=()) as cluster:
+            cluster.start_agent("n1", extra=OWNER_MODE)
+            shared_file = cluster.shared / "shared_data" / "input.txt"
+            shared_file.write_text("shared words\n")
+            shared_file.chmod(0o644)
+            # Then the data dir lets others pass but not look: 0711, the log itself 0600
+            assert stat.S_IMODE(root.stat().st_mode) == 0o711
+            assert stat.S_IMODE(cluster.db_file.stat().st_mode) == 0o600
+            # And a task run as nobody reads the shared file through it
+            r = submit_as(cluster.http, "nobody", "cat", str(shared_file))
+            assert r.status_code == 201, r.text
+            [task_id] = r.json()["task_ids"]
+            assert cluster.wait_state(task_id)["state"] == "completed", cluster.task(task_id)
+            assert cluster.output(task_id) == b"shared words\n"
+            # While listing the data dir itself is refused to it
+            r = submit_as(cluster.http, "nobody", "ls", str(root))
+            [listing] = r.json()["task_ids"]
+            assert cluster.wait_state(listing)["state"] == "failed"
+    finally:
+        shutil.rmtree(outside, ignore_errors=True)

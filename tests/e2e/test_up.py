@@ -21,9 +21,13 @@ from events.pinning import fingerprint_of_pem
 
 
 def _processes_using(data_dir: Path) -> list[psutil.Process]:
+    """The host and runner processes on ``data_dir`` (not the shim zygote, which outlives
+    them by design and is named by its socket in the runner's state directory)."""
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = proc.info.get("cmdline") or []
+        if "--zygote" in cmdline:
+            continue
         if any(str(data_dir) in part for part in cmdline):
             found.append(proc)
     return found

@@ -345,7 +345,7 @@ def test_every_acknowledged_event_survives_sigkill(tmp_path: Path) -> None:
         )
         assert child.stdout is not None
         acked: dict[int, str] = {}
-        target = random.randint(200, 3000)
+        target = random.randint(100, 1200)
         for line in child.stdout:
             seq, eid = line.split()
             acked[int(seq)] = eid

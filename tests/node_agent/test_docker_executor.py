@@ -93,6 +93,27 @@ async def test_a_task_sees_its_mounts_env_and_limits(tmp_path: Path, executor) -
     assert output(tmp_path, "t-mounts", "err") == "oops\n"
 
 
+async def test_a_container_sees_none_of_the_runners_environment_and_its_output_is_private(
+    tmp_path: Path, executor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a runner with a secret of its own in its environment (issue 14, finding 12)
+    monkeypatch.setenv("HAKURIVER_TEST_RUNNER_SECRET", "the-runners-own")
+    run = task(tmp_path, "t-env", "env", env={"MINE": "1"})
+    # When a container task prints its environment
+    await executor.start(run)
+    assert (await executor.wait("t-env")).state == "completed"
+    printed = output(tmp_path, "t-env")
+    # Then it has its own variables and none of the runner's
+    assert "MINE=1" in printed.splitlines()
+    assert "the-runners-own" not in printed
+    # And its output files are the runner's alone (0600), as the executor's state is
+    for stream in ("out", "err"):
+        folder = "task_outputs" if stream == "out" else "task_errors"
+        path = tmp_path / "shared" / folder / f"t-env.{stream}"
+        assert path.stat().st_mode & 0o777 == 0o600, path
+    assert executor.state_dir.stat().st_mode & 0o777 == 0o700
+
+
 async def test_a_memory_hog_ends_killed_oom(tmp_path: Path, executor) -> None:
     # tail buffers its whole input looking for the last line: /dev/zero never has one.
     run = task(tmp_path, "t-oom", "tail", "/dev/zero", memory_bytes=32 * 1024 * 1024)

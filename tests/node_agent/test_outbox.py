@@ -138,3 +138,28 @@ def test_every_event_put_before_a_sigkill_is_pending_after_it(tmp_path: Path) ->
     pending = {event.id for event in box.pending(limit=len(ids) + 10)}
     assert set(ids) <= pending
     box.close()
+
+
+def test_a_batch_stops_before_the_hosts_byte_limit(tmp_path: Path) -> None:
+    """The host refuses a batch over events.link.MAX_BATCH_BYTES (a nack drops it): the
+    outbox never builds one, however big its events (one event always goes)."""
+    from events.envelope import new_event
+    from events.link import MAX_BATCH_BYTES
+    from events.types import TaskFinished
+
+    box = Outbox(tmp_path / "outbox.sqlite")
+    big = [
+        new_event(
+            TaskFinished(task_id=f"t{i}", state="failed", node="n1", message="x" * (1 << 20)),
+            source="n1",
+        )
+        for i in range(6)
+    ]
+    box.put(big)
+    batch = box.pending_batch(limit=1000)
+    assert len(batch.body) <= MAX_BATCH_BYTES
+    assert [e.id for e in decode_new_events(batch.body)] == [e.id for e in big[:3]]
+    # The rest follows in the next batches
+    rest = box.pending_batch(limit=1000, after_pos=batch.last_pos)
+    assert [e.id for e in decode_new_events(rest.body)] == [e.id for e in big[3:]]
+    box.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import marshal
 import os
 import shutil
 import signal
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from events.types import TaskSpec
+from node_agent.executors import shim
 from node_agent.executors.base import Outcome, TaskRun
 from node_agent.executors.process_plan import (
     HostFacilities,
@@ -65,6 +65,56 @@ def test_the_environment_layers_agent_then_user_then_hakuriver() -> None:
     assert env["HAKURIVER_TASK_ID"] == "t-1"
     assert env["HAKURIVER_LOCAL_TEMP_DIR"] == "/l"
     assert env["CUDA_VISIBLE_DEVICES"] == "0,2"
+
+
+RUNNER_ENV = {
+    **BASE_ENV,
+    "USER": "agent",
+    "LOGNAME": "agent",
+    "LANG": "C.UTF-8",
+    "LC_TIME": "en_GB.UTF-8",
+    "TZ": "Europe/Paris",
+    # The runner's own: a credential, a service manager's and a loader's variable
+    "AWS_SECRET_ACCESS_KEY": "runner-secret",
+    "INVOCATION_ID": "0123",
+    "LD_PRELOAD": "/opt/agent/hook.so",
+}
+
+
+def test_a_task_starts_from_a_clean_environment_not_the_runners() -> None:
+    # Given a runner whose environment holds its own secrets (issue 14: an `env` task
+    # printed every variable of the agent's)
+    spec = TaskSpec(command="env", env={"MINE": "1"}, batch_id="b")
+    task = TaskRun(task_id="t-1", spec=spec, cores=1, shared_dir="/s", local_temp_dir="/l")
+    # When its task's environment is planned
+    env = plan_launch(task, HostFacilities(), RUNNER_ENV).env
+    # Then it has where programs are, whose home, the locale and time zone, its own
+    # variables and HakuRiver's: nothing else of the runner's
+    assert env == {
+        "PATH": "/usr/bin:/bin",
+        "HOME": "/home/agent",
+        "USER": "agent",
+        "LOGNAME": "agent",
+        "LANG": "C.UTF-8",
+        "LC_TIME": "en_GB.UTF-8",
+        "TZ": "Europe/Paris",
+        "MINE": "1",
+        "HAKURIVER_TASK_ID": "t-1",
+        "HAKURIVER_LOCAL_TEMP_DIR": "/l",
+    }
+
+
+def test_pass_environment_names_the_runners_variables_its_tasks_also_get() -> None:
+    plan = plan_launch(
+        run(), HostFacilities(), RUNNER_ENV, pass_environment=("LD_PRELOAD", "NOT_SET")
+    )
+    assert plan.env["LD_PRELOAD"] == "/opt/agent/hook.so"
+    assert "NOT_SET" not in plan.env and "AWS_SECRET_ACCESS_KEY" not in plan.env
+
+
+def test_a_runner_without_path_gives_its_tasks_the_default_one() -> None:
+    env = plan_launch(run(), HostFacilities(), {"HOME": "/root"}).env
+    assert env["PATH"] == os.defpath
 
 
 def test_the_runners_tools_come_last_on_path_and_a_tasks_own_path_wins() -> None:
@@ -125,8 +175,8 @@ def test_without_systemd_a_memory_limit_goes_to_the_shim() -> None:
         run(memory_bytes=2**30), HostFacilities(cgroup_parent="/sys/fs/cgroup/hakuriver"), BASE_ENV
     )
     assert plan.memory_bytes == 2**30 and plan.cgroup_parent == "/sys/fs/cgroup/hakuriver"
-    # What the shim receives: marshal carries every field
-    sent = marshal.loads(marshal.dumps(plan.to_builtins()))
+    # What the shim receives: its request carries every field, and passes its checks
+    _, sent = shim.decode_request(shim.encode_request("t-1", plan.to_builtins()))
     assert list(sent["argv"]) == ["python", "train.py", "--lr", "0.1"]
     assert sent["memory_bytes"] == 2**30 and sent["env"]["HAKURIVER_TASK_ID"] == "t-1"
 

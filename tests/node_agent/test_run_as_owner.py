@@ -9,7 +9,6 @@ Running a task as another account needs root, so those tests skip when not root.
 from __future__ import annotations
 
 import asyncio
-import marshal
 import os
 import pwd
 import subprocess
@@ -236,9 +235,15 @@ async def test_a_process_task_runs_as_its_owner(executor: ProcessExecutor, tmp_p
         LAST_RESORT_CWD,
         "wrote",
     ]
-    # And its output file was opened by the runner before the drop: it is not nobody's
-    out_file = Path(run.shared_dir) / "task_outputs" / f"{run.task_id}.out"
-    assert out_file.stat().st_uid == os.geteuid()
+    # And its output files were opened by the runner before the drop, then given to
+    # nobody: its owner reads them on the node, and no other local user does
+    for out_file in (
+        Path(run.shared_dir) / "task_outputs" / f"{run.task_id}.out",
+        Path(run.shared_dir) / "task_errors" / f"{run.task_id}.err",
+    ):
+        found = out_file.stat()
+        assert (found.st_uid, found.st_gid) == (NOBODY.pw_uid, NOBODY.pw_gid)
+        assert found.st_mode & 0o777 == 0o600
 
 
 @needs_root
@@ -279,7 +284,7 @@ def test_the_shim_sets_every_supplementary_group(tmp_path: Path) -> None:
     state.mkdir()
     done = subprocess.run(
         [sys.executable, "-I", "-S", SHIM_PATH, str(state), run.task_id],
-        input=marshal.dumps(launch.to_builtins()),
+        input=shim.encode_request(run.task_id, launch.to_builtins()),
         capture_output=True,
         timeout=30,
     )
@@ -307,6 +312,13 @@ async def test_a_container_task_runs_as_its_owner(tmp_path: Path) -> None:
         assert output(run).splitlines() == [str(NOBODY.pw_uid), str(NOBODY.pw_gid)]
         container = client.containers.get(started.container_id)
         assert container.attrs["Config"]["User"] == f"{NOBODY.pw_uid}:{NOBODY.pw_gid}"
+        # Its output, copied by the runner, is its owner's alone (issue 14)
+        found = (Path(run.shared_dir) / "task_outputs" / f"{run.task_id}.out").stat()
+        assert (found.st_uid, found.st_gid, found.st_mode & 0o777) == (
+            NOBODY.pw_uid,
+            NOBODY.pw_gid,
+            0o600,
+        )
         missing = task(tmp_path, "true", container="busybox", run_as=MISSING)
         with pytest.raises(StartFailed, match=f"no account '{MISSING}'"):
             await executor.start(missing)

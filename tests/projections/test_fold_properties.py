@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.factories import record_in_memory
 from support.histories import ClusterSimulation
+from support.thorough import examples
 
 from events.log_reader import read_only
 from events.store import EventStore
@@ -134,7 +135,9 @@ async def sql_rows(store: EventStore, upto: int) -> tuple[dict, dict]:
     return tasks, nodes
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=examples(12, 150), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(params=histories, cuts=st.lists(st.floats(0, 1), min_size=1, max_size=3))
 def test_python_fold_equals_sql_projection(params: dict[str, Any], cuts: list[float]) -> None:
     async def check() -> None:

@@ -9,6 +9,7 @@ import duckdb
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.thorough import examples
 
 from events.codec import encode_event
 from events.types import TaskSpec, TaskSubmitted
@@ -214,7 +215,7 @@ def test_export_since_keeps_only_later_events(history_db: Path, tmp_path: Path) 
 _WORD_CHARACTERS = st.characters(exclude_categories=("Cs",), exclude_characters="\x00")
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(20, 200), deadline=None)
 @given(
     commands=st.lists(
         st.tuples(

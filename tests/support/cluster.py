@@ -9,6 +9,11 @@ Each process's output goes to ``<dir>/<name>.log`` (printed when a wait fails).
 ``tls=True`` runs the host with ``[network] tls = true``: it serves HTTPS with the CA it
 makes under ``<dir>/tls``; ``http`` then trusts that CA, and agents and CLI calls get its
 fingerprint in ``$HAKURIVER_CA_FINGERPRINT``.
+
+For fault tests (tests/chaos): ``address`` makes the host listen on another local address
+(a veth's, for a runner in a network namespace), ``data_dir`` puts the host's data (the log,
+the shared storage, the runners' state dirs) somewhere other than ``root`` (a small tmpfs),
+and ``start_agent(..., wrap=[...])`` runs an agent under a prefix (``ip netns exec NS``).
 """
 
 from __future__ import annotations
@@ -56,21 +61,24 @@ class Cluster:
         policy: str = "first-fit",
         extra: str = "",
         tls: bool = False,
+        address: str = "127.0.0.1",
+        data_dir: Path | None = None,
     ) -> None:
         self.root = root
+        self.data_dir = data_dir or root
         self.port = free_port()
         self.tls = tls
-        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://{address}:{self.port}"
         self.config = root / "config.toml"
         self.config.write_text(
             f"""
 [network]
-host_bind_ip = "127.0.0.1"
+host_bind_ip = "{address}"
 host_port = {self.port}
-host_reachable_address = "127.0.0.1"
-{"tls = true" if tls else ""}
+host_reachable_address = "{address}"
+{"tls = true" if tls else "" if address == "127.0.0.1" else "tls = false"}
 [paths]
-data_dir = "{root}"
+data_dir = "{self.data_dir}"
 shared_dir = "shared"
 local_temp_dir = "local_temp"
 [timing]
@@ -92,16 +100,16 @@ policy = "{policy}"
 
     @property
     def shared(self) -> Path:
-        return self.root / "shared"
+        return self.data_dir / "shared"
 
     @property
     def db_file(self) -> Path:
-        return self.root / "hakuriver.duckdb"
+        return self.data_dir / "hakuriver.duckdb"
 
     @property
     def ca_file(self) -> Path:
         """The CA a TLS host makes on first start."""
-        return self.root / "tls" / "ca.pem"
+        return self.data_dir / "tls" / "ca.pem"
 
     @property
     def fingerprint(self) -> str | None:
@@ -136,11 +144,20 @@ policy = "{policy}"
         *args: str,
         config: Path | None = None,
         env: dict[str, str] | None = None,
+        wrap: tuple[str, ...] = (),
     ) -> subprocess.Popen[bytes]:
         log = (self.root / f"{name}.log").open("ab")
         self._logs.append(log)
         config = config or self.config
-        command = [sys.executable, "-m", "cli.hakuriver.serve", *args, "--config", str(config)]
+        command = [
+            *wrap,
+            sys.executable,
+            "-m",
+            "cli.hakuriver.serve",
+            *args,
+            "--config",
+            str(config),
+        ]
         return subprocess.Popen(
             command,
             stdout=log,
@@ -161,7 +178,7 @@ policy = "{policy}"
             trust = ssl.create_default_context(cafile=str(self.ca_file))
             self.http = httpx.Client(base_url=self.url, timeout=10, verify=trust)
         self.wait(lambda: self._healthy(), 30, "the control plane to answer")
-        self.admin_token = (self.root / "admin.token").read_text().strip()
+        self.admin_token = (self.data_dir / "admin.token").read_text().strip()
         self.http.headers["Authorization"] = f"Bearer {self.admin_token}"
 
     def _ca_made(self) -> bool:
@@ -193,18 +210,20 @@ policy = "{policy}"
         wait: bool = True,
         extra: str = "",
         env: dict[str, str] | None = None,
+        wrap: tuple[str, ...] = (),
     ) -> subprocess.Popen[bytes]:
         """Start a node agent called ``name``; by default wait until it is online.
 
         ``extra``: TOML appended to the cluster's configuration for this agent only;
-        ``env``: variables to set or override for it (``HAKURIVER_CA_FINGERPRINT``...).
+        ``env``: variables to set or override for it (``HAKURIVER_CA_FINGERPRINT``...);
+        ``wrap``: a command prefix it runs under (``ip netns exec NS``).
         """
         config = None
         if extra:
             config = self.root / f"config-{name}.toml"
             config.write_text(self.config.read_text() + "\n" + extra)
         join: list[str] = []
-        if not (self.root / f"runner-{name}" / "agent.token").exists():
+        if not (self.data_dir / f"runner-{name}" / "agent.token").exists():
             # A runner whose state dir is gone (a rebuilt machine): as an admin would,
             # revoke the name's old credential before it joins again.
             tokens = self.http.get("/api/tokens", params={"all": 1}).json()["tokens"]
@@ -213,7 +232,7 @@ policy = "{policy}"
                 assert revoked.status_code == 200, revoked.text
             join = ["--join", self.token(kind="join", uses=1)]
         agent = self._spawn(
-            f"agent-{name}", "runner", "--name", name, *join, config=config, env=env
+            f"agent-{name}", "runner", "--name", name, *join, config=config, env=env, wrap=wrap
         )
         self.agents[name] = agent
         if wait:
@@ -264,7 +283,8 @@ policy = "{policy}"
             with contextlib.suppress(Exception):
                 self.stop_host(signal.SIGKILL)
         self.kill_task_processes()
-        stop_zygotes_under(self.root)
+        for directory in {self.root, self.data_dir}:
+            stop_zygotes_under(directory)
         self.http.close()
         for log in self._logs:
             log.close()
@@ -272,7 +292,7 @@ policy = "{policy}"
     def kill_task_processes(self) -> None:
         """SIGKILL every task process and shim the agents started (as a reboot would)."""
         # Task shims record their pid files under each agent's state dir.
-        for record in self.root.glob("runner-*/process/*.run"):
+        for record in self.data_dir.glob("runner-*/process/*.run"):
             with contextlib.suppress(Exception):
                 fields = dict(
                     line.split(" ", 1) for line in record.read_text().splitlines() if " " in line
@@ -329,6 +349,22 @@ policy = "{policy}"
             con.close()
         return rows
 
+    def settle(self, timeout: float = 20) -> None:
+        """Leave the cluster as the next test that shares it expects: the host and every
+        agent up and online, and no task unfinished (what a test left running is killed)."""
+        if self.host is None or self.host.poll() is not None:
+            raise AssertionError(f"a shared cluster's host is gone:\n{self.logs('host')}")
+        for name in self.agents:
+            self.wait_node(name, online=True, timeout=timeout)
+        active = ["pending", "assigning", "running", "paused"]
+        r = self.http.get("/api/tasks", params={"status": active, "all_users": 1, "limit": 1000})
+        assert r.status_code == 200, r.text
+        left = [t["task_id"] for t in r.json()["tasks"]]
+        for task_id in left:
+            self.http.post(f"/api/tasks/{task_id}/kill")
+        for task_id in left:
+            self.wait_state(task_id, timeout=timeout)
+
     # -- waiting ---------------------------------------------------------------------------
 
     def wait(self, predicate: Any, timeout: float, what: str) -> None:
@@ -380,3 +416,25 @@ def running_cluster(
         yield cluster
     finally:
         cluster.close()
+
+
+def module_cluster_fixture(agents: tuple[str, ...] = ("n1",), **options: Any) -> Any:
+    """A module-scoped cluster fixture and a per-test one over it, for the tests of a module
+    that each use an ordinary cluster: one start per module and worker instead of one per
+    test (starting a host and an agent costs seconds of CPU), settled after each test.
+
+        module_cluster, cluster = module_cluster_fixture()
+    """
+    import pytest
+
+    @pytest.fixture(scope="module", name="module_cluster")
+    def shared(tmp_path_factory: Any) -> Iterator[Cluster]:
+        with running_cluster(tmp_path_factory.mktemp("cluster"), agents, **options) as c:
+            yield c
+
+    @pytest.fixture(name="cluster")
+    def each(module_cluster: Cluster) -> Iterator[Cluster]:
+        yield module_cluster
+        module_cluster.settle()
+
+    return shared, each
