@@ -172,15 +172,18 @@ class ControlPlane:
         path = settings.db_path
         # The log, the admin's token and the TLS keys live here: the owner's alone. Others
         # may pass through to a shared directory inside it (tasks that run as their owners
-        # work there); they can list nothing, and the files of the log are 0600.
+        # work there); they can list nothing, and the files of the log are 0600. Modes are
+        # changed once the log is ours: a host refused (the log is in use) changes nothing.
         data_dir = settings.path(".")
         traverse = settings.shared_dir.resolve().is_relative_to(data_dir.resolve())
+        if not data_dir.exists():
+            await asyncio.to_thread(private_dir, data_dir, traverse=traverse)
+        in_data_dir = path.parent.resolve() == data_dir.resolve()
+        store = await EventStore.open(path, folder_traverse=traverse if in_data_dir else False)
         await asyncio.to_thread(private_dir, data_dir, traverse=traverse)
-        path.parent.mkdir(parents=True, exist_ok=True)
         settings.shared_dir.mkdir(parents=True, exist_ok=True)
         for sub in ("task_outputs", "task_errors"):
             (settings.shared_dir / sub).mkdir(exist_ok=True)
-        store = await EventStore.open(path)
         snapshot = await store.latest_snapshot(SNAPSHOT_NAME)
         after = snapshot[0] if snapshot else 0
         tail = await store.read(after=after)

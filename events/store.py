@@ -119,8 +119,12 @@ class EventStore:
         ring_size: int = 20_000,
         keep_snapshots: int = 4,
         outage_hold_s: float = 5.0,
+        folder_traverse: bool | None = None,
     ) -> None:
         self.path = Path(path)
+        # Whether others may pass through the log's folder (events.file_modes.private_dir):
+        # None keeps a traverse-only folder so, the host says True when the shared dir is in it.
+        self._folder_traverse = folder_traverse
         self.codec = Codec()
         self._recent = RecentIds(recent_ids)
         self._checkpoint_idle_s = checkpoint_idle_s
@@ -172,9 +176,11 @@ class EventStore:
         return store
 
     def _open_sync(self) -> None:
-        # The host may have let others pass through (to a shared dir inside): kept.
-        private_dir(self.path.parent, traverse=None)
+        if not self.path.parent.exists():
+            private_dir(self.path.parent, traverse=self._folder_traverse)
         con = self._connect_sync()
+        # Tightened once the log is ours: a host refused (the file is in use) changes nothing.
+        private_dir(self.path.parent, traverse=self._folder_traverse)
         self.last_seq, self._last_hash = _tail(con)
         self._written_seq = self.last_seq
         self._recent.load(con, self.last_seq)

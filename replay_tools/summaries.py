@@ -25,6 +25,7 @@ from events.types import (
     EnvSynced,
     Event,
     NodeEnrolled,
+    NodeForgotten,
     NodeHeartbeat,
     NodeOffline,
     NodeOnline,
@@ -356,6 +357,12 @@ def _node_enrolled(e: NodeEnrolled) -> str:
 def _node_revoked(e: NodeRevoked) -> str:
     why = f": {e.reason}" if e.reason else ""
     return f"node {e.node} revoked{why}"
+
+
+@_summary_of(NodeForgotten)
+def _node_forgotten(e: NodeForgotten) -> str:
+    why = f": {e.reason}" if e.reason else ""
+    return f"node {e.node} forgotten{why}"
 
 
 @_summary_of(SshKeyAdded)

@@ -736,6 +736,8 @@ def run(state_dir: str, task_id: str, spec: dict[str, Any]) -> int:
     else:
         started = _start(spec, cgroup, rlimit)
     if isinstance(started, str):
+        _quietly(lambda: os.unlink(base + RUN + ".tmp"))
+        _quietly(lambda: os.unlink(base + EXIT + ".tmp"))
         if cgroup is not None:
             remove_cgroup(cgroup)
         _answer("!" + started.replace("\n", " "))

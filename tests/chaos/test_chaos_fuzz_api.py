@@ -177,6 +177,9 @@ def requests(draw: st.DrawFn) -> tuple[str, str, dict[str, str], bytes | None]:
 Request = tuple[str, str, dict[str, str], bytes | None]
 
 
+# The suite runs the per-area fuzz of tests/e2e (test_rest_fuzz, test_link_fuzz); this
+# broader one, with the invariants after it, runs in `make chaos`.
+@pytest.mark.chaos_long
 def test_no_route_answers_a_server_error_and_the_log_still_audits(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

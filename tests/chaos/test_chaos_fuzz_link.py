@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support.chaos import Ledger, check_invariants
@@ -173,6 +174,9 @@ def _send_all(cluster: Cluster, credential: str, frames: list[bytes]) -> None:
         pass  # refused or closed by the host: what it may do with a bad frame
 
 
+# The suite runs the per-area fuzz of tests/e2e (test_rest_fuzz, test_link_fuzz); this
+# broader one, with the invariants after it, runs in `make chaos`.
+@pytest.mark.chaos_long
 def test_agent_link_frames_from_another_session_never_harm_a_live_node(
     tmp_path: Path,
 ) -> None:
