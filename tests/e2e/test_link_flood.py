@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("link-flood")]
 
 FAKES = 4
 OVERSIZED_BYTES = 48 << 20
-FLOOD_S = 8.0
+FLOOD_S = 5.0  # past the heartbeat timeout (3 s) by half again
 BATCH_EVENTS = 1000  # events.link.MAX_BATCH_EVENTS: a full batch
 
 

@@ -34,6 +34,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.cluster import Cluster
+from support.thorough import examples
 
 from control_plane.app import create_app
 from control_plane.bootstrap import ADMIN_USER
@@ -43,7 +44,7 @@ from control_plane.settings import HostSettings
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("rest-fuzz")]
 
-EXAMPLES = 12  # per route and caller: well under a second each on a quiet machine
+EXAMPLES = examples(6, 50)  # per route and caller (tests/support/thorough.py)
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
