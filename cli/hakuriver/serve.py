@@ -77,13 +77,16 @@ def _host_settings(config: dict[str, Any], data_dir: str | None, port: int | Non
 def _host_app(settings: Any, claims: _Claims) -> tuple[Any, Any]:
     """The app and its TLS material (made now: the event log's lock is held)."""
     from control_plane.app import create_app
-    from control_plane.tls import prepare_tls
 
-    try:
-        tls = prepare_tls(settings)
-    except BaseException:
-        claims.release()
-        raise
+    tls = None
+    if settings.tls_enabled:  # cryptography costs start-up time: imported only for TLS
+        from control_plane.tls import prepare_tls
+
+        try:
+            tls = prepare_tls(settings)
+        except BaseException:
+            claims.release()
+            raise
     return create_app(settings, tls=tls), tls
 
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from sanic import Blueprint, Request
+from sanic import Request
 from sanic.server.websockets.impl import WebsocketImplProtocol
 
 from control_plane.access import rule
 from control_plane.agents import serve_agent
-from control_plane.routes.common import control_plane, principal_of
+from control_plane.routes.common import JsonBlueprint, control_plane, principal_of
 
-bp = Blueprint("agents", url_prefix="/api/agents")
+bp = JsonBlueprint("agents", url_prefix="/api/agents")
 
 
 @bp.websocket("/ws")  # type: ignore[untyped-decorator]

@@ -26,7 +26,7 @@ import logging
 from typing import Any
 
 import msgspec
-from sanic import Blueprint, Request, Sanic
+from sanic import Request, Sanic
 from sanic.response import HTTPResponse
 
 from control_plane import env_shells
@@ -36,13 +36,13 @@ from control_plane.env_default import DefaultEnvironment
 from control_plane.environments import Environments, check_name
 from control_plane.errors import DomainError, NotFound
 from control_plane.requests import decode_body
-from control_plane.routes.common import answer, control_plane, principal_of
+from control_plane.routes.common import JsonBlueprint, answer, control_plane, principal_of
 from events.ids import new_id
 from events.types import EnvShellClosed, EnvShellOpened
 
 log = logging.getLogger("hakuriver.environments")
 
-bp = Blueprint("environments", url_prefix="/api")
+bp = JsonBlueprint("environments", url_prefix="/api")
 
 
 class _Create(msgspec.Struct, forbid_unknown_fields=True):

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 import msgspec
-from sanic import Blueprint, Request, Sanic
+from sanic import Request, Sanic
 from sanic.exceptions import ServiceUnavailable
 from sanic.response import HTTPResponse
 
@@ -30,6 +30,7 @@ from control_plane.history import (
 )
 from control_plane.hub import ControlPlane
 from control_plane.routes.common import (
+    JsonBlueprint,
     answer,
     check_may_act,
     control_plane,
@@ -55,7 +56,7 @@ from replay_tools.queries import (
 )
 from replay_tools.timeline import explain_placement
 
-bp = Blueprint("history", url_prefix="/api")
+bp = JsonBlueprint("history", url_prefix="/api")
 T = TypeVar("T")
 
 log = logging.getLogger("hakuriver.host.history")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from sanic import Blueprint, Request
+from sanic import Request
 from sanic.response import HTTPResponse
 
 from control_plane.access import Principal, rule
@@ -26,13 +26,19 @@ from control_plane.commands import (
     RevokeToken,
 )
 from control_plane.errors import InvalidRequest, NotFound, Refused
-from control_plane.routes.common import answer, control_plane, json_object, principal_of
+from control_plane.routes.common import (
+    JsonBlueprint,
+    answer,
+    control_plane,
+    json_object,
+    principal_of,
+)
 from events.credentials import make_token
 from events.envelope import now_us
 from events.ids import new_id
 from projections.identity import KeyView, TokenView, UserView
 
-bp = Blueprint("identity", url_prefix="/api")
+bp = JsonBlueprint("identity", url_prefix="/api")
 
 MAX_TTL_S = 100 * 365 * 86400
 MAX_KEY_LENGTH = 16384

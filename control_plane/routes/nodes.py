@@ -5,18 +5,24 @@ from __future__ import annotations
 from collections import Counter
 
 import msgspec
-from sanic import Blueprint, Request
+from sanic import Request
 from sanic.response import HTTPResponse
 
 from control_plane.access import rule
 from control_plane.commands import ForgetNode
 from control_plane.errors import InvalidRequest, NotFound
-from control_plane.routes.common import answer, control_plane, json_object, principal_of
+from control_plane.routes.common import (
+    JsonBlueprint,
+    answer,
+    control_plane,
+    json_object,
+    principal_of,
+)
 from control_plane.views import NodeOut
 from events.store import WriteFailure
 from events.types import TaskLost
 
-bp = Blueprint("nodes", url_prefix="/api")
+bp = JsonBlueprint("nodes", url_prefix="/api")
 
 
 @bp.get("/nodes")

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-from sanic import Blueprint, Request
+from sanic import Request
 from sanic.response import HTTPResponse
 
 from control_plane.access import rule
@@ -30,6 +30,7 @@ from control_plane.requests import (
     decode_submit,
 )
 from control_plane.routes.common import (
+    JsonBlueprint,
     answer,
     check_may_act,
     control_plane,
@@ -44,7 +45,7 @@ from events.config import is_no_container
 from events.ids import new_id
 from projections.tasks import ENDED_STATES, STATES, TaskView
 
-bp = Blueprint("tasks", url_prefix="/api")
+bp = JsonBlueprint("tasks", url_prefix="/api")
 T = TypeVar("T")
 
 

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sanic import Blueprint, Request
+from sanic import Request
 from sanic.response import HTTPResponse
 
 from control_plane.access import rule
 from control_plane.errors import NotFound
+from control_plane.routes.common import JsonBlueprint
 
 if TYPE_CHECKING:  # cryptography is imported only where TLS is on (start-up time)
     from control_plane.tls import HostTls
 
-bp = Blueprint("tls", url_prefix="/api")
+bp = JsonBlueprint("tls", url_prefix="/api")
 
 
 @bp.get("/tls/ca")
