@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import duckdb
-import pyarrow as pa
-
-from replay_tools.analytics import open_analytics
+if TYPE_CHECKING:  # the CLI imports this module for every command: DuckDB only when used
+    import duckdb
+    import pyarrow as pa
 
 _EXPORTS: dict[str, str] = {
     "events": "SELECT * REPLACE (id::VARCHAR AS id) FROM events"
@@ -59,6 +59,8 @@ def export_parquet(
     db: str | Path, out_dir: str | Path, *, since_us: int | None = None
 ) -> dict[str, tuple[Path, int]]:
     """Write the events and each view as ``<name>.parquet``; {name: (path, rows)}."""
+    from replay_tools.analytics import open_analytics
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     con = open_analytics(db)

@@ -9,9 +9,8 @@ skipped are not scanned again).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import duckdb
 import msgspec
 
 from events.codec import Codec
@@ -19,6 +18,9 @@ from events.schema import SELECT_COLUMNS
 from events.types import EVENT_TYPES
 from replay_tools.points import iso
 from replay_tools.summaries import summarize
+
+if TYPE_CHECKING:  # the CLI imports this module for every command: DuckDB only when used
+    import duckdb
 
 MAX_PAGE = 10_000
 FAMILIES = tuple(sorted({kind.split(".", 1)[0] for kind in EVENT_TYPES}))

@@ -18,31 +18,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 from urllib.parse import quote
 
-import duckdb
 import msgspec
-import pyarrow as pa
 from cyclopts import Parameter, validators
 
 from cli.hakuriver.client import ApiError, HakuClient, lines_of
 from cli.hakuriver.invocation import Connection, connection, note
-from control_plane.history import state_document
 from control_plane.requests import InvalidRequest
-from replay_tools.history import History
-from replay_tools.logfile import LogFile
-from replay_tools.queries import (
-    EventQuery,
-    HistoryError,
-    diff_points,
-    event_filter,
-    export_query,
-    page_size,
-    point_of,
-    report_query,
-    sql_query,
-)
+from replay_tools.queries import EventQuery, HistoryError
+
+if TYPE_CHECKING:  # DuckDB and Arrow load only for --db and exports (every command imports this)
+    import pyarrow as pa
 
 Json = dict[str, Any]
 Positive = Annotated[int, Parameter(validator=validators.Number(gt=0))]
@@ -52,7 +40,6 @@ PointText = Annotated[str, Parameter(allow_leading_hyphen=True)]
 __all__ = [
     "ApiSource",
     "EventQuery",
-    "FileSource",
     "HistorySource",
     "Json",
     "Offline",
@@ -168,11 +155,13 @@ class ApiSource(HakuClient):
 
     def export(self, name: str, since: str | None) -> pa.RecordBatchReader:
         """``GET /api/export/{name}``: an Arrow stream, read batch by batch as it arrives."""
+        import pyarrow.ipc
+
         params = {"since": since} if since is not None else {}
         pieces = self._stream("GET", f"/api/export/{quote(name, safe='')}", params)
         first = next(pieces, b"")  # a refusal is raised here, before any file is written
         chunks = itertools.chain([first], pieces)
-        return pa.ipc.open_stream(io.BufferedReader(_ChunkReader(chunks)))
+        return pyarrow.ipc.open_stream(io.BufferedReader(_ChunkReader(chunks)))
 
 
 def sse_messages(lines: Iterator[bytes]) -> Iterator[tuple[int | None, str]]:
@@ -226,76 +215,6 @@ def plain(value: Any) -> Json:
     return document
 
 
-class FileSource:
-    """The same documents, answered here by ``History`` over a file opened read-only."""
-
-    def __init__(self, db: Path) -> None:
-        self.db = db.expanduser()
-        if not self.db.is_file():
-            raise HistoryError("db", f"no event log at {self.db}")
-        try:
-            self.log = LogFile(self.db)
-        except duckdb.IOException as exc:
-            raise HistoryError(
-                "db",
-                f"cannot open {self.db}: {exc}. A running control plane holds its file:"
-                " drop --db to ask it, or give a copy of the file",
-            ) from None
-        self.history = History(self.log)
-
-    def close(self) -> None:
-        """Close the file."""
-        self.history.close()
-        self.log.close()
-
-    def events(self, query: EventQuery, *, after: int, limit: int, tail: bool) -> Json:
-        """As ``GET /api/events``."""
-        flt = event_filter(query, self.history)
-        size = page_size(limit, tail=tail)
-        return plain(self.history.events(flt, after=after, limit=size, tail=tail))
-
-    def follow(self, query: EventQuery, *, after: int) -> Iterator[Json]:
-        """Following needs a running control plane."""
-        raise HistoryError("follow", "--follow needs the running control plane: drop --db")
-
-    def event(self, seq: int) -> Json:
-        """As ``GET /api/events/{seq}``."""
-        return plain(self.history.event(seq))
-
-    def task_history(self, ident: str) -> Json:
-        """As ``GET /api/tasks/{id}/history``."""
-        return plain(self.history.task_history(self.history.task_id(ident)))
-
-    def why(self, ident: str) -> Json:
-        """As ``GET /api/tasks/{id}/why``."""
-        return plain(self.history.why(self.history.task_id(ident)))
-
-    def state(self, at: str | None, *, all_tasks: bool) -> Json:
-        """As ``GET /api/state``."""
-        state = self.history.state(point_of("at", at), ended=all_tasks)
-        return plain(state_document(state, ended=all_tasks))
-
-    def diff(self, a: str, b: str) -> Json:
-        """As ``GET /api/state/diff``."""
-        return plain(self.history.diff(*diff_points(a, b)))
-
-    def audit(self) -> Json:
-        """As ``GET /api/audit``."""
-        return plain(self.history.audit())
-
-    def sql(self, sql: str, max_rows: int) -> Json:
-        """As ``POST /api/sql``."""
-        return plain(self.history.sql(sql_query(sql, max_rows)))
-
-    def report(self, name: str, *, since: str | None, by: str) -> Json:
-        """As ``GET /api/reports/{name}``."""
-        return plain(self.history.report(report_query(name, by, since)))
-
-    def export(self, name: str, since: str | None) -> pa.RecordBatchReader:
-        """The export's batches, read from the file (open until the source is closed)."""
-        return self.history.export(export_query(name, since))
-
-
 def open_source(
     db: Path | None,
     base_url: str,
@@ -305,6 +224,8 @@ def open_source(
 ) -> HistorySource:
     """A file source for ``--db``, else the control plane at ``base_url``."""
     if db is not None:
+        from cli.hakuriver.history_file import FileSource
+
         return FileSource(db)
     return ApiSource(base_url, token=token, ca_fingerprint=ca_fingerprint)
 
