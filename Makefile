@@ -46,7 +46,8 @@ test: lint
 
 # The property tests with many more examples (tests/support/thorough.py).
 thorough: $(STAMP)
-	HAKURIVER_THOROUGH=1 $(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) tests/projections tests/replay_tools tests/control_plane tests/cli/test_hakuriver_render.py
+	HAKURIVER_THOROUGH=1 $(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) tests/projections tests/replay_tools tests/control_plane tests/cli/test_hakuriver_render.py \
+		tests/cli/test_hakuriver_e2e.py tests/e2e/test_rest_fuzz.py tests/e2e/test_link_fuzz.py
 
 # The long fault variants (tests/chaos, marker chaos_long: 1000-task crashes, long partitions,
 # a slow disk), kept out of `make test`; as root (netns, mounts), else they skip and say why.

@@ -7,6 +7,7 @@ run with ``make chaos`` only (docs/chaos.md).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,8 +15,9 @@ from pathlib import Path
 import pytest
 from support import netns as netns_support
 from support.chaos import Ledger
-from support.mounts import SlowFs, Tmpfs, mount_unavailable, slowfs_unavailable
+from support.mounts import SlowFs, mount_unavailable, slowfs_unavailable
 from support.netns import NetworkNamespace
+from support.small_disk import Filler, small_disk
 
 
 @pytest.fixture
@@ -38,22 +40,18 @@ def network_namespace() -> Iterator[NetworkNamespace]:
 
 
 @pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Callable[[Path, str], Tmpfs]]:
-    """Mounts small tmpfs file systems (``tmpfs(path, "16m")``); unmounted afterwards."""
+def tmpfs(tmp_path: Path) -> Iterator[Callable[[Path, int], Filler]]:
+    """Mounts small tmpfs file systems (``tmpfs(path, 16)``, MiB) to fill and free;
+    unmounted afterwards."""
     reason = mount_unavailable()
     if reason:
         pytest.skip(reason)
-    made: list[Tmpfs] = []
+    with contextlib.ExitStack() as mounts:
 
-    def mount(path: Path, size: str) -> Tmpfs:
-        made.append(Tmpfs(path, size).mount())
-        return made[-1]
+        def mount(path: Path, mib: int) -> Filler:
+            return Filler(mounts.enter_context(small_disk(path, mib)))
 
-    try:
         yield mount
-    finally:
-        for fs in reversed(made):
-            fs.close()
 
 
 @pytest.fixture

@@ -17,23 +17,22 @@ from support.chaos import (
     Submitter,
     check_invariants,
     check_log_offline,
-    hold_fault,
     process_logs,
     settle,
 )
 from support.cluster import Cluster, running_cluster
-from support.mounts import Tmpfs
+from support.small_disk import Filler
 
-TmpfsFactory = Callable[[Path, str], Tmpfs]
+TmpfsFactory = Callable[[Path, int], Filler]
 
 
 def test_the_host_data_dir_then_a_runner_state_dir_fill_up_then_free(
     tmp_path: Path, ledger: Ledger, tmpfs: TmpfsFactory
 ) -> None:
     data = tmp_path / "data"
-    host_disk = tmpfs(data, "64m")
+    host_disk = tmpfs(data, 64)
     # The runner's state dir on a disk of its own: each fills alone.
-    runner_disk = tmpfs(data / "runner-n1", "8m")
+    runner_disk = tmpfs(data / "runner-n1", 8)
     (tmp_path / "c").mkdir()
     with running_cluster(tmp_path / "c", agents=("n1",), data_dir=data) as cluster:
         first = Submitter(cluster.url, lambda: cluster.admin_token, ledger, 30, hold_s=0.3)
@@ -64,7 +63,8 @@ def test_the_host_data_dir_then_a_runner_state_dir_fill_up_then_free(
         runner_disk.fill()
         while_runner_full = second.finish(timeout=120)
         seen.append(while_runner_full)
-        hold_fault(1.5)  # tasks are dispatched, start and end while it is full
+        # ...until the runner meets it: its outbox or a task's records could not be written
+        cluster.wait(lambda: _runner_felt_it(cluster, "n1"), 30, "the runner to meet a full disk")
         # Then once space returns, everything acknowledged ends without a restart: normally,
         # or refused by the runner that could not record it (failed, and never run)
         runner_disk.free()
@@ -88,6 +88,16 @@ def test_the_host_data_dir_then_a_runner_state_dir_fill_up_then_free(
         assert set(while_host_full.refused) <= {503}, while_host_full.refusals
         cluster.stop_host()
     check_log_offline(cluster, verdict)
+
+
+def _runner_felt_it(cluster: Cluster, node: str) -> bool:
+    """Whether the runner met its full state dir: its log says so, or a task it could not
+    record was refused before it ran."""
+    log = cluster.root / f"agent-{node}.log"
+    if "cannot be written" in log.read_text(errors="replace"):
+        return True
+    tasks = cluster.http.get("/api/tasks", params={"status": "failed", "limit": 1000}).json()
+    return any("no room" in t["message"] for t in tasks["tasks"])
 
 
 def _outbox(cluster: Cluster, node: str) -> int:

@@ -78,12 +78,10 @@ def runner_dir(tmp_path: Path) -> Iterator[tuple[Path, list[str]]]:
     write_secret(data / "runner-n1" / "agent.token", "hkr_a_not-a-real-token")
     args = ["runner", "--data-dir", str(data), "--name", "n1"]
     args += ["--url", f"http://127.0.0.1:{free_port()}"]
-    started: list[subprocess.Popen[bytes]] = []
     yield data, args
     for proc in _runners(data):
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
-    del started
 
 
 def test_a_second_runner_on_a_state_dir_is_refused_naming_the_first(
@@ -129,6 +127,7 @@ def test_a_runner_of_up_stops_when_its_up_is_gone_and_the_next_one_waits_for_it(
         stderr=subprocess.PIPE,
     )
     os.close(watched)
+    second: subprocess.Popen[bytes] | None = None
     try:
         wait_until(lambda: _lock_holder(state) == first.pid, timeout=60)
         # And the runner of the next `up`, started while the first is still there
@@ -154,8 +153,8 @@ def test_a_runner_of_up_stops_when_its_up_is_gone_and_the_next_one_waits_for_it(
         os.close(lifeline2)
         assert second.wait(30) == 0
     finally:
-        for proc in (first, locals().get("second")):
-            if isinstance(proc, subprocess.Popen) and proc.poll() is None:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
 

@@ -33,7 +33,7 @@ import httpx
 
 from projections.tasks import ENDED_STATES
 from support.waiting import wait_until
-from support.zygotes import stop_zygotes_under
+from support.zygotes import kill_recorded_tasks, stop_zygotes_under
 
 FINAL = ENDED_STATES
 REPO = Path(__file__).resolve().parents[2]
@@ -291,18 +291,7 @@ policy = "{policy}"
 
     def kill_task_processes(self) -> None:
         """SIGKILL every task process and shim the agents started (as a reboot would)."""
-        # Task shims record their pid files under each agent's state dir.
-        for record in self.data_dir.glob("runner-*/process/*.run"):
-            with contextlib.suppress(Exception):
-                fields = dict(
-                    line.split(" ", 1) for line in record.read_text().splitlines() if " " in line
-                )
-                # The shim first: once its task died, it would write the task's exit record
-                # (as a reboot would not), racing a test that removes the state dir.
-                for key in ("shim_pid", "pid"):
-                    if key in fields:
-                        with contextlib.suppress(ProcessLookupError):
-                            os.killpg(int(fields[key]), signal.SIGKILL)
+        kill_recorded_tasks(self.data_dir)
 
     def logs(self, name: str) -> str:
         """The tail of one process's log."""

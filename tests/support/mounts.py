@@ -1,11 +1,11 @@
-"""Disks that fail on purpose: a small tmpfs to fill, and a slow FUSE passthrough.
+"""A disk that fails on purpose: a slow FUSE passthrough (the small tmpfs to fill is
+``support.small_disk``).
 
-``Tmpfs(path, size)`` mounts a tmpfs of ``size`` at ``path``: ``fill()`` writes a filler
-file until the file system says ENOSPC, ``free()`` removes it. ``SlowFs(backing, path,
-delay_ms)`` mounts ``backing`` at ``path`` through ``support/slowfs.py``, a FUSE
-passthrough that sleeps before each read, write and fsync (see that file for why FUSE).
+``SlowFs(backing, path, delay_ms)`` mounts ``backing`` at ``path`` through
+``support/slowfs.py``, a FUSE passthrough that sleeps before each read, write and fsync
+(see that file for why FUSE).
 
-Both need root (mount); ``close()`` unmounts (lazily, so a process that still holds a file
+It needs root (mount); ``close()`` unmounts (lazily, so a process that still holds a file
 cannot keep the mount) and is safe to call twice. The processes using the mount must be
 this test's and stopped first: the fixtures stop the cluster before the mount.
 """
@@ -13,7 +13,6 @@ this test's and stopped first: the fixtures stop the cluster before the mount.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import shutil
 import subprocess
@@ -44,51 +43,6 @@ def mount_unavailable() -> str | None:
 def _umount(path: Path) -> None:
     if _mounted(path):
         subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
-
-
-class Tmpfs:
-    """A small tmpfs at ``path``: a disk a test can fill and free."""
-
-    def __init__(self, path: Path, size: str) -> None:
-        self.path = path
-        self.size = size
-        self.filler = path / ".chaos-filler"
-
-    def mount(self) -> Tmpfs:
-        self.path.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={self.size},mode=0755", "tmpfs", str(self.path)],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
-        return self
-
-    def fill(self) -> int:
-        """Write until ENOSPC; the bytes the filler took."""
-        written = 0
-        with self.filler.open("ab", buffering=0) as out:
-            for chunk in (1 << 20, 1 << 16, 1 << 12, 1):
-                block = b"\0" * chunk
-                while True:
-                    try:
-                        written += out.write(block) or 0
-                    except OSError as exc:
-                        if exc.errno != errno.ENOSPC:
-                            raise
-                        break
-        return written
-
-    def free(self) -> None:
-        """Give the space back."""
-        self.filler.unlink(missing_ok=True)
-
-    def free_bytes(self) -> int:
-        stat = os.statvfs(self.path)
-        return stat.f_bavail * stat.f_frsize
-
-    def close(self) -> None:
-        _umount(self.path)
 
 
 def slowfs_unavailable() -> str | None:

@@ -108,11 +108,6 @@ class NetworkNamespace:
             raise RuntimeError("neither tc netem nor nftables works in the namespace")
         return self
 
-    def _reachable(self) -> bool:
-        return (
-            self._in("ping", "-c", "1", "-W", "1", self.host_address, check=False).returncode == 0
-        )
-
     def _netem_works(self) -> bool:
         tried = self._in(
             "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms", check=False

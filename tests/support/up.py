@@ -24,7 +24,7 @@ import psutil
 
 from support.cluster import REPO, free_port
 from support.waiting import wait_until
-from support.zygotes import stop_zygotes_under
+from support.zygotes import kill_recorded_tasks, stop_zygotes_under
 
 
 class UpCluster:
@@ -161,15 +161,7 @@ kill_grace_period = 1.0
         for proc in self._ours():
             with contextlib.suppress(psutil.Error):
                 proc.kill()
-        for record in self.data.glob("runner-*/process/*.run"):
-            with contextlib.suppress(Exception):
-                fields = dict(
-                    line.split(" ", 1) for line in record.read_text().splitlines() if " " in line
-                )
-                for key in ("shim_pid", "pid"):
-                    if key in fields:
-                        with contextlib.suppress(ProcessLookupError):
-                            os.killpg(int(fields[key]), signal.SIGKILL)
+        kill_recorded_tasks(self.data)
         stop_zygotes_under(self.root)
         self.http.close()
         for log in self._logs:

@@ -43,3 +43,19 @@ def stop_zygotes_under(root: Path) -> int:
                 os.kill(pid, signal.SIGTERM)
                 stopped += 1
     return stopped
+
+
+def kill_recorded_tasks(data_dir: Path) -> None:
+    """SIGKILL every task process and shim the runners under ``data_dir`` recorded (as a
+    reboot would): the records are ``runner-*/process/*.run``."""
+    for record in data_dir.glob("runner-*/process/*.run"):
+        with contextlib.suppress(Exception):
+            fields = dict(
+                line.split(" ", 1) for line in record.read_text().splitlines() if " " in line
+            )
+            # The shim first: once its task died, it would write the task's exit record
+            # (as a reboot would not), racing a test that removes the state dir.
+            for key in ("shim_pid", "pid"):
+                if key in fields:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(int(fields[key]), signal.SIGKILL)
