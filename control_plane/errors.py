@@ -14,8 +14,9 @@ refused         403  2           a policy forbids it (the message names what is 
 too_many        429  1           a limit on what one client may hold at once (try later)
 unavailable     503  1           the control plane cannot do it right now
 store_failing   503  1           the event log cannot be written (a full disk):
-                                 nothing was recorded; the same request may be
-                                 sent again once the operator freed space
+                                 most likely nothing was recorded (rarely a write
+                                 whose outcome was unknown is adopted later): look
+                                 before sending again once the operator freed space
 =============  ====  ==========  ============================================
 
 The host answers ``{"error": CODE, "field": F, "message": M}`` with ``HTTP_STATUS``

@@ -246,8 +246,10 @@ class ControlPlane:
             except StoreUnavailable as exc:
                 raise StoreFailing(
                     "",
-                    f"{exc}: nothing was recorded; the host writes again once its data"
-                    " directory has room (try again then)",
+                    f"{exc}: the request was most likely not recorded (a write whose outcome"
+                    " the host could not learn is adopted if it reached the disk: look"
+                    " before sending it again); the host writes again once its data"
+                    " directory has room",
                 ) from exc
         delivered = [await self._send(send) for send in decision.sends]
         for node, reason in decision.disconnect:

@@ -26,17 +26,32 @@ def private_dir(path: Path, *, traverse: bool | None = False) -> Path:
     """Make ``path`` (and missing parents) a folder only its owner can list or write.
 
     A folder that already exists with read or write access for its group or others is
-    tightened, with a log line saying what it was. ``traverse=True``: others may still
-    pass through it (0711: they reach a path they already know, never list the folder),
-    as they must when the shared directory lies inside it and tasks run as their owners;
-    the log's files in it are 0600 themselves. ``None``: an existing folder keeps the
-    traversal it has (a new one is 0700).
+    tightened, with a log line saying what it was, if it is this user's and not a sticky
+    shared one (/tmp); another's is left as it is, with a log line.
+
+    ``traverse=True``: others may still pass through it (0711: they reach a path they
+    already know, never list the folder), as they must when the shared directory lies
+    inside it and tasks run as their owners; the log's files in it are 0600 themselves.
+    ``None``: an existing folder others may only pass through (the host's doing) stays
+    so; any other is made 0700, as new ones are.
     """
     if not path.exists():
         path.mkdir(parents=True, exist_ok=True)
         os.chmod(path, PRIVATE_DIR | (0o011 if traverse else 0))  # mkdir obeys the umask
         return path
-    mode = stat.S_IMODE(path.stat().st_mode)
+    found = path.stat()
+    mode = stat.S_IMODE(found.st_mode)
+    if found.st_uid != os.geteuid() or mode & stat.S_ISVTX:
+        # Not ours to narrow (an admin's group folder, a shared /tmp): the log's files are
+        # 0600 whatever their folder is, and the folder's owner decides its mode.
+        if mode & 0o077:
+            log.warning(
+                "%s is open to other users (mode %03o) and not this user's own folder: left"
+                " as it is (the log's files in it are 0600); give the log a folder of its own",
+                path,
+                mode,
+            )
+        return path
     if traverse is None:
         traverse = mode & 0o077 == 0o011
     through = 0o011 if traverse else 0

@@ -60,6 +60,8 @@ MAX_BATCH_EVENTS = 1000
 MAX_HELLO_TASKS = 50_000
 
 _Text = Annotated[str, Meta(max_length=256)]
+# A Unix account name (the user names HakuRiver accepts are at most 64 characters).
+_Account = Annotated[str, Meta(min_length=1, max_length=64)]
 _TaskId = Annotated[str, Meta(min_length=1, max_length=128)]
 
 
@@ -98,7 +100,7 @@ class Hello(Message, frozen=True, kw_only=True, tag="hello"):
     # ``[runner] run_tasks_as``; in ``owner`` mode, the node's account names (sorted), or
     # None when it has more than MAX_ACCOUNTS (then only a task's start checks its owner).
     run_tasks_as: RunTasksAs = "runner"
-    accounts: Annotated[tuple[str, ...], Meta(max_length=MAX_ACCOUNTS)] | None = None
+    accounts: Annotated[tuple[_Account, ...], Meta(max_length=MAX_ACCOUNTS)] | None = None
 
 
 class EventBatch(Message, frozen=True, kw_only=True, tag="events"):

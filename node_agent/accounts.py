@@ -52,13 +52,19 @@ class Account(Struct, frozen=True, kw_only=True):
         return {"HOME": self.home, "USER": self.name, "LOGNAME": self.name}
 
 
+MAX_ACCOUNT_NAME = 64  # events.link.Hello.accounts: a user name's longest
+
+
 def account_names(limit: int = MAX_ACCOUNTS) -> tuple[str, ...] | None:
     """This node's account names, sorted; None when there are more than ``limit``.
 
     These are the accounts the system databases enumerate (``getpwall``): a directory
-    service set not to enumerate (sssd's default) lists only the local ones.
+    service set not to enumerate (sssd's default) lists only the local ones. Names longer
+    than a HakuRiver user name can be (``MAX_ACCOUNT_NAME``) own no task: left out.
     """
-    names = sorted({entry.pw_name for entry in pwd.getpwall()})
+    names = sorted(
+        {e.pw_name for e in pwd.getpwall() if 0 < len(e.pw_name) <= MAX_ACCOUNT_NAME}
+    )
     return tuple(names) if len(names) <= limit else None
 
 
