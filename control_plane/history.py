@@ -116,7 +116,12 @@ class HistoryService:
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="hakuriver-history")
         self._sql_pool = ThreadPoolExecutor(sql.slots, thread_name_prefix="hakuriver-sql")
         self._sql_slots = asyncio.Semaphore(sql.slots)
-        self._sql_free: queue.SimpleQueue[Cursor] = queue.SimpleQueue()
+        # Free SQL cursors, each with the store generation (connection) it was made on.
+        self._sql_free: queue.SimpleQueue[tuple[int, Cursor]] = queue.SimpleQueue()
+        # Made by the reopen hook on the new connection, for the generation it starts.
+        self._sql_renewed: tuple[int, list[Cursor]] = (store.generation, [])
+        self._sql_cursors: list[Cursor] = []  # those the reopen hook made (closed at close)
+        self._slots = sql.slots
         self._stopping_sql: set[asyncio.Task[None]] = set()
         self._snapshots = ThreadPoolExecutor(1, thread_name_prefix="hakuriver-history-snapshots")
         self._local = threading.local()
@@ -136,10 +141,12 @@ class HistoryService:
         # has locked the configuration.
         for _ in range(self.sql_limits.slots):
             cursor = await loop.run_in_executor(self._sql_pool, self._new_sql_cursor)
-            self._sql_free.put(cursor)
+            self._sql_free.put((self.store.generation, cursor))
         # Instance settings, not a read: outside the READ ONLY transaction of ``run``.
         await loop.run_in_executor(self._readers, lambda: harden(self._cursor()))
-        # A store that opens its file again (after a failed write) gets a new instance.
+        # A store that opens its file again (after a failed write) gets a new instance:
+        # the SQL slots' cursors are made on it before ``harden`` locks it again.
+        self.store.on_reopen(self._renew_sql)
         self.store.on_reopen(harden)
         self.store.add_listener(self._on_commit)
         self._task = asyncio.create_task(self._snapshot_loop(), name="hakuriver-history-snapshots")
@@ -157,7 +164,7 @@ class HistoryService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         with self._cursors_lock:
-            for cursor in self._cursors:
+            for cursor in [*self._cursors, *self._sql_cursors]:
                 with contextlib.suppress(duckdb.Error):
                     cursor.interrupt()
         loop = asyncio.get_running_loop()
@@ -168,10 +175,11 @@ class HistoryService:
             log.warning("history readers still busy after %.0fs; not waiting", CLOSE_WAIT_S)
             return  # their cursors stay open: closing one under a running thread is unsafe
         with self._cursors_lock:
-            for cursor in self._cursors:
+            for cursor in [*self._cursors, *self._sql_cursors]:
                 with contextlib.suppress(duckdb.Error):
                     cursor.close()
             self._cursors.clear()
+            self._sql_cursors.clear()
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -199,11 +207,15 @@ class HistoryService:
             self._local.generation = generation
         return cursor
 
-    def _new_cursor(self) -> Cursor:
-        cursor = store_cursor(self.store)
+    @staticmethod
+    def _with_views(cursor: Cursor) -> Cursor:
         ((catalog,),) = cursor.execute("SELECT current_database()").fetchall()
         # Fully qualified: the TEMP view ``events`` lives in temp.main and shadows the table.
         install_views(cursor, f'"{catalog}".main.events', temporary=True)
+        return cursor
+
+    def _new_cursor(self) -> Cursor:
+        cursor = self._with_views(store_cursor(self.store))
         with self._cursors_lock:
             if self._cursors_generation != self.store.generation:
                 self._cursors.clear()  # closed with the connection the store replaced
@@ -236,13 +248,22 @@ class HistoryService:
                 f"busy: {limits.slots} SQL statement(s) already running (the most this host"
                 " runs at once, [database] sql_slots); try again shortly",
             ) from None
-        cursor = self._sql_free.get_nowait()  # a slot held: a cursor is free
+        made_on, cursor = self._sql_free.get_nowait()  # a slot held: a cursor is free
+
+        def statement() -> Json:
+            nonlocal made_on, cursor
+            # A reopened store (after a failed write) closed the cursors of its old
+            # connection: the slot then takes one of the new connection's.
+            cursor = self._sql_cursor(made_on, cursor)
+            made_on = self.store.generation
+            return self.history(cursor).sql(query)
+
         loop = asyncio.get_running_loop()
-        running = loop.run_in_executor(self._sql_pool, lambda: self.history(cursor).sql(query))
+        running = loop.run_in_executor(self._sql_pool, statement)
 
         def release(_: object) -> None:
             # Only once the thread is done with the cursor may another statement have it.
-            self._sql_free.put(cursor)
+            self._sql_free.put((made_on, cursor))
             self._sql_slots.release()
 
         running.add_done_callback(release)
@@ -276,8 +297,28 @@ class HistoryService:
         self._stopping_sql.add(task)
         task.add_done_callback(self._stopping_sql.discard)
 
+    def _renew_sql(self, con: Cursor) -> None:
+        """Reopen hook: the SQL slots' cursors for the connection that starts the next
+        generation (the old ones closed with the old connection)."""
+        fresh = [self._sql_cursor_on(self._with_views(con.cursor())) for _ in range(self._slots)]
+        with self._cursors_lock:
+            self._sql_renewed = (self.store.generation + 1, fresh)
+            self._sql_cursors.extend(fresh)
+
+    def _sql_cursor(self, generation: int, cursor: Cursor) -> Cursor:
+        """``cursor``, or one of the current connection's when it was made on an older one."""
+        if generation == self.store.generation:
+            return cursor
+        with self._cursors_lock:
+            renewed_for, fresh = self._sql_renewed
+            if renewed_for == self.store.generation and fresh:
+                return fresh.pop()
+        return self._new_sql_cursor()  # refused by a locked instance: the statement says so
+
     def _new_sql_cursor(self) -> Cursor:
-        cursor = self._new_cursor()
+        return self._sql_cursor_on(self._new_cursor())
+
+    def _sql_cursor_on(self, cursor: Cursor) -> Cursor:
         # Per connection: what this statement's sorts and hash tables may hold (DuckDB
         # spills beyond it where it can, and fails the statement where it cannot).
         # The size is checked by the settings (a DuckDB size), so it can be quoted as is.
