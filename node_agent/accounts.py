@@ -62,9 +62,7 @@ def account_names(limit: int = MAX_ACCOUNTS) -> tuple[str, ...] | None:
     service set not to enumerate (sssd's default) lists only the local ones. Names longer
     than a HakuRiver user name can be (``MAX_ACCOUNT_NAME``) own no task: left out.
     """
-    names = sorted(
-        {e.pw_name for e in pwd.getpwall() if 0 < len(e.pw_name) <= MAX_ACCOUNT_NAME}
-    )
+    names = sorted({e.pw_name for e in pwd.getpwall() if 0 < len(e.pw_name) <= MAX_ACCOUNT_NAME})
     return tuple(names) if len(names) <= limit else None
 
 

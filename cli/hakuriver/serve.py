@@ -287,6 +287,11 @@ def run_runner(
         ca_fingerprint=ca_fingerprint or os.environ.get("HAKURIVER_CA_FINGERPRINT"),
     )
     pin = settings.pinned_trust()
+    # Before anything is made or a join token spent: a state dir made by the wrong user
+    # would then be refused by the right one.
+    problem = settings.run_tasks_as_problem(os.geteuid())
+    if problem is not None:
+        return _refuse(problem)
     try:
         agent = Agent(settings)
         agent.claim(wait_s=UP_LOCK_WAIT_S if parent_fd is not None else 0.0)
@@ -315,7 +320,7 @@ def run_runner(
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         if parent_fd is not None:
-            loop.add_reader(parent_fd, _parent_gone, stop)
+            loop.add_reader(parent_fd, _parent_gone, loop, parent_fd, stop)
         pinned = f" (pinned CA {pin.fingerprint})" if pin is not None else ""
         print(f"HakuRiver runner {settings.node_name} -> {settings.ws_url}{pinned}", flush=True)
         await agent.run(stop)
@@ -326,8 +331,9 @@ def run_runner(
     return 0
 
 
-def _parent_gone(stop: asyncio.Event) -> None:
+def _parent_gone(loop: asyncio.AbstractEventLoop, fd: int, stop: asyncio.Event) -> None:
     """The ``hakuriver up`` that started this runner has ended: stop with it."""
+    loop.remove_reader(fd)  # a pipe at its end stays readable: once is enough
     if not stop.is_set():
         log.warning("the hakuriver up that started this runner has ended: stopping too")
         stop.set()

@@ -76,7 +76,8 @@ CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
 
 HEADER_BYTES = 4  # the JSON's length, big-endian
 MAX_REQUEST_BYTES = 4 << 20  # the kernel takes at most a few MiB of argv and env anyway
-MAX_ID = 1_000_000_000  # ids and CPU numbers: below this, and never negative
+MAX_ID = 1_000_000_000  # CPU numbers: below this, and never negative
+MAX_UNIX_ID = (1 << 32) - 1  # uids and gids (sssd/AD map up to ~2e9); -1 means "unchanged"
 TASK_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
@@ -86,6 +87,10 @@ class BadRequest(ValueError):
 
 def _is_int(value: object) -> bool:
     return type(value) is int and 0 <= value < MAX_ID  # type() is: a bool is no id
+
+
+def _is_unix_id(value: object) -> bool:
+    return type(value) is int and 0 <= value < MAX_UNIX_ID
 
 
 def _is_text(value: object) -> bool:
@@ -129,9 +134,9 @@ SPEC_FIELDS: dict[str, Callable[[object], bool]] = {
     "memory_bytes": _is_memory,
     "cgroup_parent": _optional(_is_path),
     "systemd_cgroup": _optional(_is_path),
-    "uid": _optional(_is_int),
-    "gid": _optional(_is_int),
-    "groups": _list_of(_is_int),
+    "uid": _optional(_is_unix_id),
+    "gid": _optional(_is_unix_id),
+    "groups": _list_of(_is_unix_id),
 }
 
 

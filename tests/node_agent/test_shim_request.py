@@ -133,3 +133,15 @@ def test_a_spec_with_a_key_missing_or_added_is_refused() -> None:
 def test_a_uid_without_a_gid_is_refused() -> None:
     with pytest.raises(shim.BadRequest, match=r"uid and spec\.gid go together"):
         shim.decode_request(request_of({"task_id": "t-1", "spec": spec(uid=0)}))
+
+
+def test_accounts_with_large_mapped_ids_are_valid_owners() -> None:
+    # sssd / AD id mapping hands out uids near two thousand million; -1 and 2**32 are no ids
+    big = 2_000_200_000
+    _, decoded = shim.decode_request(
+        request_of({"task_id": "t-1", "spec": spec(uid=big, gid=big, groups=[big])})
+    )
+    assert (decoded["uid"], decoded["gid"], decoded["groups"]) == (big, big, [big])
+    for wrong in (-1, 1 << 32):
+        with pytest.raises(shim.BadRequest, match=r"spec\.uid has the wrong type"):
+            shim.decode_request(request_of({"task_id": "t-1", "spec": spec(uid=wrong, gid=0)}))

@@ -1,8 +1,9 @@
 """``hakuriver up`` as a process under test: started, SIGKILLed and started again on one
 data dir, as a user would after a crash.
 
-``up`` starts its own runner as a child in a session of its own, so killing ``up`` does
-not kill that runner (the issue 14 finding): the harness remembers every process ``up``
+``up`` starts its own runner as a child in a session of its own; the runner stops once
+``up`` is gone (it watches a pipe only ``up`` holds), but not at the same instant, and a
+test may kill it first: the harness remembers every process ``up``
 started (its descendants, seen before each kill) and, at ``close()``, SIGKILLs those, any
 process whose command line names this run's data dir (a runner ``up`` started after the
 last look), the task processes the runners recorded, and the shim zygotes. All are this
