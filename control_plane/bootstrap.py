@@ -5,7 +5,8 @@ token for it, written to ``<data_dir>/admin.token`` (mode 0600), and logs the pa
 never the secret. Order matters for a crash at any point: the token is written to
 ``admin.token.pending`` first, then recorded, then renamed; a start that finds a
 pending file whose token the log knows (and an ``admin.token`` missing) finishes the
-rename, so a crash between the commit and the rename cannot lock the admin out.
+rename, and one whose token the log lacks while ``admin`` has none (a crash between the
+user's commit and the token's) records it first: no crash can lock the admin out.
 
 ``enroll_local`` gives ``hakuriver up``'s runner its agent credential without a join
 step: the host is that machine's admin.
@@ -21,13 +22,32 @@ from pathlib import Path
 from control_plane.access import HOST, Principal
 from control_plane.commands import CreateUser, EnrollNode, IssueToken, RevokeToken
 from control_plane.hub import ControlPlane
-from events.credentials import make_token, parse_token, read_secret, write_secret
+from events.credentials import (
+    make_token,
+    parse_token,
+    read_secret,
+    secret_digest,
+    write_secret,
+)
 
 log = logging.getLogger("hakuriver.host")
 
 ADMIN_USER = "admin"
 ADMIN_TOKEN_FILE = "admin.token"
 AGENT_TOKEN_FILE = "agent.token"
+
+
+async def _issue_first_token(cp: ControlPlane, token_id: str, sha256: str) -> None:
+    await cp.execute(
+        IssueToken(
+            user=ADMIN_USER,
+            kind="user",
+            token_id=token_id,
+            sha256=sha256,
+            actor=HOST,
+            name="first admin (written at the first start)",
+        )
+    )
 
 
 def admin_token_path(cp: ControlPlane) -> Path:
@@ -43,26 +63,22 @@ async def ensure_admin(cp: ControlPlane) -> Path | None:
     if identity.users:
         text = read_secret(pending)
         credential = parse_token(text) if text else None
-        if credential is not None and credential.id in identity.tokens and not path.exists():
-            os.replace(pending, path)
-            log.info("admin token written to %s (finished after a crash)", path)
-            return path
+        if credential is not None and not path.exists():
+            has_token = any(t.user == ADMIN_USER for t in identity.tokens.values())
+            if credential.id not in identity.tokens and not has_token:
+                # A crash between the user's commit and the token's: issue the pending one.
+                await _issue_first_token(cp, credential.id, secret_digest(credential.secret))
+            if credential.id in cp.state.identity.tokens:
+                os.replace(pending, path)
+                log.info("admin token written to %s (finished after a crash)", path)
+                return path
         with contextlib.suppress(FileNotFoundError):
             pending.unlink()
         return None
     made = make_token("user")
     write_secret(pending, made.text)
     await cp.execute(CreateUser(name=ADMIN_USER, role="admin", actor=HOST))
-    await cp.execute(
-        IssueToken(
-            user=ADMIN_USER,
-            kind="user",
-            token_id=made.id,
-            sha256=made.sha256,
-            actor=HOST,
-            name="first admin (written at the first start)",
-        )
-    )
+    await _issue_first_token(cp, made.id, made.sha256)
     os.replace(pending, path)
     log.info("first start: made user %r; its token is in %s (mode 0600)", ADMIN_USER, path)
     return path
