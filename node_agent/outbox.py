@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import random
 import sqlite3
@@ -44,6 +45,19 @@ FIRST_RETRY_S = 0.05
 MAX_RETRY_S = 5.0
 # What SQLite raises when its file system cannot take a write (full, read-only, failing).
 STORAGE_ERRORS = (sqlite3.OperationalError, OSError)
+# Of those, the faults that pass (space, a busy or read-only file system, I/O): retried.
+# Anything else (a dropped table, a corrupt file) would never pass: raised, not retried.
+_PASSING_SQLITE = {5, 6, 8, 10, 13, 14}  # BUSY, LOCKED, READONLY, IOERR, FULL, CANTOPEN
+_PASSING_ERRNO = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
+
+
+def storage_fault(exc: BaseException) -> bool:
+    """Whether a write failed for a reason that can pass (worth retrying)."""
+    if isinstance(exc, sqlite3.OperationalError):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return code is None or code & 0xFF in _PASSING_SQLITE
+    return isinstance(exc, OSError) and exc.errno in _PASSING_ERRNO
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -175,6 +189,8 @@ class AsyncOutbox:
             try:
                 await self._call(lambda: self.outbox.put(events))
             except STORAGE_ERRORS as exc:
+                if not storage_fault(exc):
+                    raise
                 self._failed(exc, f"{len(events)} event(s) wait to be written")
                 await asyncio.sleep(delay * (0.5 + random.random()))  # a pause, then again
                 delay = min(delay * 2, MAX_RETRY_S)
@@ -217,6 +233,8 @@ class AsyncOutbox:
         try:
             await self._call(lambda: self.outbox.ack(wanted))
         except STORAGE_ERRORS as exc:
+            if not storage_fault(exc):
+                raise
             # They stay a while longer; a resend of them is harmless (idempotent host).
             self._to_delete = wanted
             self._failed(exc, f"{len(wanted)} acknowledged event(s) wait to be deleted")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -16,7 +18,7 @@ from support.factories import heartbeat, started, submitted
 from support.waiting import wait_until
 
 from events.codec import decode_new_events
-from node_agent.outbox import AsyncOutbox, Outbox
+from node_agent.outbox import AsyncOutbox, Outbox, storage_fault
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -163,3 +165,17 @@ def test_a_batch_stops_before_the_hosts_byte_limit(tmp_path: Path) -> None:
     rest = box.pending_batch(limit=1000, after_pos=batch.last_pos)
     assert [e.id for e in decode_new_events(rest.body)] == [e.id for e in big[3:]]
     box.close()
+
+
+async def test_a_fault_that_cannot_pass_is_raised_not_retried_forever(tmp_path: Path) -> None:
+    # Given an outbox whose table is gone (a fault no waiting mends, unlike a full disk)
+    async with await AsyncOutbox.open(tmp_path / "outbox.sqlite") as box:
+        await box._call(lambda: box.outbox._db.execute("DROP TABLE outbox"))
+        # When events are put, the error reaches the caller at once (no endless retry)
+        with pytest.raises(sqlite3.OperationalError, match="no such table"):
+            await asyncio.wait_for(box.put([heartbeat("n1")]), 10)
+    # While a full disk is a fault that passes: retried
+    assert storage_fault(OSError(errno.ENOSPC, "No space left on device"))
+    full = sqlite3.OperationalError("database or disk is full")
+    full.sqlite_errorcode = 13  # type: ignore[attr-defined]
+    assert storage_fault(full)
