@@ -6,7 +6,6 @@ wait on a gate file the test creates; every wait is on a condition with a deadli
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from events.store import EventStore
 from events.types import NodeHeartbeat, NodeRegistered, TaskSpec, TaskSubmitted
 from projections.cluster import ClusterState
 from replay_tools.logfile import LogFile
-from replay_tools.queries import SqlQuery, sql_query
+from replay_tools.queries import SqlQuery
 from replay_tools.replay import state_at
 from replay_tools.snapshots import latest_history, restore_full
 
@@ -524,27 +523,3 @@ def test_out_of_range_points_and_unreturnable_values_are_refused_not_crashed(
         response = cluster.http.post("/api/sql", content=surrogate)
         assert response.status_code == 400, response.text
         assert cluster.http.get("/api/health").status_code == 200
-
-
-async def test_user_sql_works_again_after_the_store_reopens_its_file(tmp_path: Path) -> None:
-    # Given a history service whose SQL slot made its cursor on the store's connection
-    store = await EventStore.open(tmp_path / "log.duckdb")
-    service = HistoryService(store)
-    try:
-        await service.start()
-        registered = NodeRegistered(node="n1", address="a", cores=4, memory_bytes=8)
-        await store.append([new_event(registered, source="n1")])
-        count = sql_query("SELECT count(*) AS n FROM events", 10)
-        assert (await service.sql(count))["rows"] == [[1]]
-        # When the store opens its file again (as after a failed write: a new connection)
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(store._writer_thread, store._reopen_sync)
-        await store.append([new_event(NodeHeartbeat(node="n1"), source="n1")])
-        # Then user SQL runs on the new connection, under its memory cap, every time
-        for _ in range(3):
-            assert (await service.sql(count))["rows"] == [[2]]
-        limit = await service.sql(sql_query("SELECT current_setting('operator_memory_limit')", 1))
-        assert limit["rows"] != [[None]], limit
-    finally:
-        await service.close()
-        await store.close()

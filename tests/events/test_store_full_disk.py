@@ -22,10 +22,12 @@ from support.small_disk import Filler, small_disk
 from support.waiting import async_wait_until
 
 import events.store as store_module
+from control_plane.history import HistoryService
 from events.envelope import NewEvent
 from events.snapshot_files import CLUSTER
 from events.store import EventStore, StoreUnavailable
 from replay_tools.audit import audit
+from replay_tools.queries import sql_query
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -192,3 +194,39 @@ async def test_a_commit_reported_failed_that_is_durable_after_all_is_answered_as
         assert await store.append([heartbeat()]) == [5]
         assert seen == [2, 3, 4, 5]
         assert (await store.verify()).ok
+
+
+async def test_user_sql_works_again_after_a_failed_checkpoint_reopened_the_log(
+    tmp_path: Path,
+) -> None:
+    # Given a history service whose SQL slot has its cursor on the store's connection
+    with small_disk(tmp_path / "disk", 8) as disk:
+        store = await EventStore.open(
+            disk / "log.duckdb",
+            checkpoint_soft_bytes=256 << 10,
+            checkpoint_idle_s=0.05,
+            outage_hold_s=0,
+        )
+        service = HistoryService(store)
+        try:
+            await service.start()
+            count = sql_query("SELECT count(*) AS n FROM events", 10)
+            store._checkpoint_not_before = float("inf")
+            wal = disk / "log.duckdb.wal"
+            while not wal.exists() or wal.stat().st_size < 256 << 10:
+                await store.append(big_batch())
+            assert (await service.sql(count))["rows"] == [[store.last_seq]]
+            # When a checkpoint fails on a full disk and the store opens its file again
+            filler = Filler(disk)
+            filler.fill()
+            store._checkpoint_not_before = 0.0
+            await async_wait_until(lambda: store.reopens >= 1, 20)
+            filler.free()
+            # Then user SQL runs on the new connection, every time, under its memory cap
+            for _ in range(3):
+                assert (await service.sql(count))["rows"] == [[store.last_seq]]
+            cap = sql_query("SELECT current_setting('operator_memory_limit') AS cap", 1)
+            assert (await service.sql(cap))["rows"][0][0], "the memory cap is set"
+        finally:
+            await service.close()
+            await store.close()
