@@ -38,6 +38,11 @@ class HostNetwork(Struct, kw_only=True, frozen=True):
     event_streams_per_client: Annotated[int, Meta(gt=0)] = 8
     event_streams_total: Annotated[int, Meta(gt=0)] = 256
     event_stream_stall_s: Positive = 30.0
+    # The SSH gateway to VPS tasks (control_plane/ssh_gateway.py): its port (0: any free
+    # port, as the tests use), and the address it binds (empty: host_bind_ip).
+    ssh_gateway: bool = True
+    host_ssh_proxy_port: Annotated[int, Meta(ge=0, le=65535)] = 8002
+    host_ssh_proxy_bind_ip: str = ""
 
 
 class HostPaths(Struct, kw_only=True, frozen=True):

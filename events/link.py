@@ -19,6 +19,14 @@ host → agent
   ``Run`` / ``Kill`` / ``Pause`` / ``Resume``
                  commands, each naming its task so the agent applies it idempotently.
 
+A terminal in a VPS task's container (``hakuriver vps shell``), relayed by the host
+between the user's websocket and the agent, each message naming its ``session``:
+
+host → agent  ``ShellOpen`` (task, size, TERM), ``ShellInput`` (keystrokes),
+              ``ShellResize``, ``ShellClose`` (hang up).
+agent → host  ``ShellOutput`` (terminal bytes), ``ShellExit`` (the shell ended, or could
+              not start: ``error`` says why). Exactly one ``ShellExit`` ends a session.
+
 Reconciliation after a (re)connect: the agent's ``Hello`` lists the tasks it
 runs and the tasks whose final report is still in its outbox; the host records
 ``task.reconnected`` for its ``unknown`` tasks among them, re-sends ``Run`` for tasks
@@ -183,8 +191,78 @@ class Resume(Message, frozen=True, kw_only=True, tag="resume"):
     task_id: str
 
 
-AgentMessage = Hello | EventBatch | Heartbeat
-HostMessage = Welcome | Ack | Nack | Run | Kill | Pause | Resume
+# -- a shell in a VPS task (both ways) -----------------------------------------------------
+
+# Terminal bytes per message, either way (a sender splits larger writes).
+MAX_SHELL_CHUNK = 64 << 10
+# Shells one agent serves at once (the host refuses more with a clear error).
+MAX_SHELLS = 32
+_Session = Annotated[str, Meta(min_length=1, max_length=64)]
+_Rows = Annotated[int, Meta(ge=1, le=1000)]
+_Term = Annotated[str, Meta(max_length=64, pattern=r"^[A-Za-z0-9._+-]*$")]
+_Chunk = Annotated[bytes, Meta(max_length=MAX_SHELL_CHUNK)]
+
+
+class ShellOpen(Message, frozen=True, kw_only=True, tag="shell_open"):
+    """Open an interactive shell (a TTY, ``/bin/sh`` or better) in a VPS task's container."""
+
+    session: _Session
+    task_id: _TaskId
+    rows: _Rows = 24
+    cols: _Rows = 80
+    term: _Term = "xterm"
+
+
+class ShellInput(Message, frozen=True, kw_only=True, tag="shell_input"):
+    """Bytes typed into a shell."""
+
+    session: _Session
+    data: _Chunk
+
+
+class ShellResize(Message, frozen=True, kw_only=True, tag="shell_resize"):
+    """The user's terminal changed size."""
+
+    session: _Session
+    rows: _Rows
+    cols: _Rows
+
+
+class ShellClose(Message, frozen=True, kw_only=True, tag="shell_close"):
+    """Hang the shell up (the user left); the agent answers ``ShellExit``."""
+
+    session: _Session
+
+
+class ShellOutput(Message, frozen=True, kw_only=True, tag="shell_output"):
+    """Bytes the shell wrote to its terminal."""
+
+    session: _Session
+    data: _Chunk
+
+
+class ShellExit(Message, frozen=True, kw_only=True, tag="shell_exit"):
+    """The shell ended (``code``), or never started (``error`` says why)."""
+
+    session: _Session
+    code: int | None = None
+    error: Annotated[str, Meta(max_length=1024)] = ""
+
+
+AgentMessage = Hello | EventBatch | Heartbeat | ShellOutput | ShellExit
+HostMessage = (
+    Welcome
+    | Ack
+    | Nack
+    | Run
+    | Kill
+    | Pause
+    | Resume
+    | ShellOpen
+    | ShellInput
+    | ShellResize
+    | ShellClose
+)
 
 _encoder = msgspec.msgpack.Encoder()
 _agent_decoder = msgspec.msgpack.Decoder(AgentMessage)

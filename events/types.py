@@ -474,6 +474,25 @@ class EnvShellClosed(_EnvEvent, frozen=True, kw_only=True, tag="env.shell_closed
     exit_code: int | None = None
 
 
+class VpsReady(_TaskEvent, frozen=True, kw_only=True, tag="vps.ready"):
+    """A VPS task's container is up, and where its SSH daemon listens (or why none does).
+
+    The runner reports it once the published port answers with an SSH banner, or once it
+    knows the image has no ``sshd`` (then ``sshd`` is false and ``message`` says so: the
+    VPS is reached with ``hakuriver vps shell``). A runner that restarts and re-adopts
+    the container reports it again, with the port the engine has now. Changes no state.
+    """
+
+    node: NonEmptyStr
+    address: str = ""  # the runner's address the port is published on
+    ssh_port: Annotated[int, Meta(ge=1, le=65535)] | None = None
+    sshd: bool = True
+    message: str = ""
+
+
+SshVia = Literal["gateway", "shell"]
+
+
 class _SshEvent(Event, frozen=True, kw_only=True):
     session_id: NonEmptyStr
     task_id: NonEmptyStr
@@ -484,17 +503,32 @@ class _SshEvent(Event, frozen=True, kw_only=True):
 
 
 class SshSessionOpened(_SshEvent, frozen=True, kw_only=True, tag="ssh.session_opened"):
-    """A user was tunnelled through the SSH gateway to a VPS task."""
+    """A user was tunnelled through the SSH gateway to a VPS task (``via="gateway"``),
+    or opened ``hakuriver vps shell`` in it through the agent link (``via="shell"``)."""
 
     user: str = "anonymous"
     client_address: str = ""
+    via: SshVia = "gateway"
+    node: str = ""
+    address: str = ""  # where the gateway connected: the runner's address ...
+    port: NonNegInt = 0  # ... and the VPS port there
+    key_fingerprint: str = ""  # the key the user authenticated with at the gateway
 
 
 class SshSessionClosed(_SshEvent, frozen=True, kw_only=True, tag="ssh.session_closed"):
-    """An SSH tunnel to a VPS task ended."""
+    """An SSH tunnel (or a ``vps shell``) to a VPS task ended.
+
+    ``bytes_in``: from the user towards the VPS; ``bytes_out``: from the VPS to the user.
+    ``reason``: who ended it (``client closed``, ``vps closed``, ``task ended``,
+    ``gateway stopped``, an error).
+    """
 
     bytes_in: NonNegInt = 0
     bytes_out: NonNegInt = 0
+    duration_s: Annotated[float, Meta(ge=0)] = 0.0
+    reason: str = ""
+    user: str = ""
+    via: SshVia = "gateway"
 
 
 AnyEvent = (
@@ -523,6 +557,7 @@ AnyEvent = (
     | EnvContainerDeleted
     | EnvShellOpened
     | EnvShellClosed
+    | VpsReady
     | SshSessionOpened
     | SshSessionClosed
     | UserCreated

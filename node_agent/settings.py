@@ -77,6 +77,17 @@ class RunnerDocker(Struct, kw_only=True, frozen=True):
     preload_tarballs: bool = True  # load a tarball as soon as it appears, not at the next task
 
 
+class RunnerVps(Struct, kw_only=True, frozen=True):
+    """``[vps]``: how the runner starts VPS containers (node_agent/executors/vps.py)."""
+
+    # Install openssh from the image's package mirrors when it has no sshd (needs the
+    # network at every start, and is slow): off, the VPS says it has no sshd and is
+    # reached with ``hakuriver vps shell``.
+    install_sshd: bool = False
+    # How long the runner waits for a VPS's sshd to answer before reporting it not ready.
+    ready_timeout: Positive = 60.0
+
+
 class RunnerSettings(Struct, kw_only=True, frozen=True):
     """Everything a node agent reads from the configuration."""
 
@@ -85,6 +96,7 @@ class RunnerSettings(Struct, kw_only=True, frozen=True):
     timing: RunnerTiming = RunnerTiming()
     runner: RunnerSection = RunnerSection()
     docker: RunnerDocker = RunnerDocker()
+    vps: RunnerVps = RunnerVps()
     data_dir: str = DEFAULT_DATA_DIR
     host_url: str = ""  # overrides [network]; e.g. HAKURIVER_URL
 
@@ -212,4 +224,4 @@ class RunnerSettings(Struct, kw_only=True, frozen=True):
         )
 
 
-_SECTIONS = {"network", "paths", "timing", "runner", "docker"}
+_SECTIONS = {"network", "paths", "timing", "runner", "docker", "vps"}

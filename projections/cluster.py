@@ -34,6 +34,7 @@ from events.types import (
     TaskStarted,
     TaskSubmitted,
     TaskUnreachable,
+    VpsReady,
 )
 from projections.identity import IDENTITY_KINDS, Identity
 from projections.nodes import NodeView
@@ -143,6 +144,13 @@ class ClusterState:
                     task.pid = e.pid
                     task.container_id = e.container_id
                     task.ssh_port = e.ssh_port
+            case VpsReady() as e:
+                task = self._transition(recorded, e.task_id)
+                if task is not None:
+                    task.ssh_port = e.ssh_port
+                    task.ssh_address = e.address or None
+                    task.sshd = e.sshd
+                    task.vps_message = e.message
             case TaskPaused() as e:
                 self._transition(recorded, e.task_id)
             case TaskResumed() as e:

@@ -103,6 +103,10 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     ("unknown", _FINISHED): FROM_EVENT,  # its final report got through
     ("unknown", "task.lost"): "lost",
     ("lost", _FINISHED): FROM_EVENT,  # a late but true report from the node
+    # A VPS's readiness (and its port again after a runner restart): no state change.
+    ("running", "vps.ready"): "running",
+    ("paused", "vps.ready"): "paused",
+    ("unknown", "vps.ready"): "unknown",
 }
 
 
@@ -134,6 +138,11 @@ class TaskView(Struct, kw_only=True, gc=False):
     pid: int | None = None
     container_id: str | None = None
     ssh_port: int | None = None
+    # VPS tasks, from ``vps.ready``: the address the port is published on, whether the
+    # image runs sshd (None: not reported yet) and the runner's word on it.
+    ssh_address: str | None = None
+    sshd: bool | None = None
+    vps_message: str = ""
     kill_requested_by: str | None = None
     message: str = ""
     last_seq: int = 0

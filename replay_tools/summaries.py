@@ -53,6 +53,7 @@ from events.types import (
     UserCreated,
     UserDisabled,
     UserRoleChanged,
+    VpsReady,
     kind_of,
 )
 
@@ -288,15 +289,34 @@ def _shell_closed(e: EnvShellClosed) -> str:
     return f"shell {_short(e.session_id)} into {e.name} closed{code}"
 
 
+@_summary_of(VpsReady)
+def _vps_ready(e: VpsReady) -> str:
+    if e.sshd and e.ssh_port:
+        where = f"{e.address}:{e.ssh_port}" if e.address else f"port {e.ssh_port}"
+        return f"VPS ready on {e.node}: sshd at {where}"
+    why = f" ({e.message})" if e.message else ""
+    return f"VPS up on {e.node} without sshd{why}: reach it with `hakuriver vps shell`"
+
+
 @_summary_of(SshSessionOpened)
 def _ssh_opened(e: SshSessionOpened) -> str:
     source = f" from {e.client_address}" if e.client_address else ""
-    return f"{e.user} tunnelled to task {e.task_id}{source}"
+    on = f" on {e.node}" if e.node else ""
+    if e.via == "shell":
+        return f"{e.user} opened a shell in VPS task {e.task_id}{on}{source}"
+    at = f" (sshd at {e.address}:{e.port})" if e.address else ""
+    return f"{e.user} tunnelled to task {e.task_id}{on}{at}{source}"
 
 
 @_summary_of(SshSessionClosed)
 def _ssh_closed(e: SshSessionClosed) -> str:
-    return f"tunnel to task {e.task_id} closed ({_size(e.bytes_in)} in, {_size(e.bytes_out)} out)"
+    what = "shell in" if e.via == "shell" else "tunnel to"
+    who = f"{e.user}'s " if e.user else ""
+    why = f", {e.reason}" if e.reason else ""
+    return (
+        f"{who}{what} task {e.task_id} closed after {e.duration_s:.1f} s"
+        f" ({_size(e.bytes_in)} in, {_size(e.bytes_out)} out{why})"
+    )
 
 
 # -- identity -------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ ReportFacts            an agent's reports; kill of a late start     nodes.py
 ForgetNode             remove a node gone for good                  nodes.py
 CheckLiveness          offline, unknown, given up                   nodes.py
 RecordFacts            the host's own facts (environments, shells)  here
+OpenSshSession         a user into a VPS (SSH gateway, vps shell)   vps.py
 CreateUser ...         users, tokens, enrolment, SSH keys           identity.py
 =====================  ===========================================  ============
 
@@ -65,6 +66,7 @@ from control_plane.commands.types import (
     IssueToken,
     KillTask,
     NodeHello,
+    OpenSshSession,
     PauseTask,
     PlaceQueued,
     RecordFacts,
@@ -75,6 +77,7 @@ from control_plane.commands.types import (
     Send,
     SubmitTasks,
 )
+from control_plane.commands.vps import decide_ssh_session
 from projections.cluster import ClusterState
 
 __all__ = [
@@ -93,6 +96,7 @@ __all__ = [
     "KillTask",
     "NodeHello",
     "NodeNotOnline",
+    "OpenSshSession",
     "PauseTask",
     "PlaceQueued",
     "RecordFacts",
@@ -127,6 +131,8 @@ def decide(state: ClusterState, command: Command, ctx: Context) -> Decision:
             return decide_forget(state, command, ctx)
         case RecordFacts():
             return Decision(events=list(command.events))
+        case OpenSshSession():
+            return decide_ssh_session(state, command, ctx)
         case CreateUser():
             return decide_create_user(state, command, ctx)
         case ChangeRole():

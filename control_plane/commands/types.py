@@ -21,7 +21,7 @@ from control_plane.scheduler import Scheduler
 from control_plane.settings import HostSettings
 from events import link
 from events.envelope import NewEvent
-from events.types import AnyEvent, TaskSubmitted
+from events.types import AnyEvent, SshVia, TaskSubmitted
 
 # -- commands --------------------------------------------------------------------------------
 
@@ -95,6 +95,25 @@ class RecordFacts(Struct, frozen=True, kw_only=True):
 
     events: tuple[AnyEvent, ...]
     actor: Principal | None = None
+
+
+class OpenSshSession(Struct, frozen=True, kw_only=True):
+    """Let a user into a VPS task: through the SSH gateway (``via="gateway"``: the task's
+    sshd must be ready) or as a shell through the agent link (``via="shell"``: its node
+    must be connected). ``task`` is what the user named: a number, an id, a unique id
+    prefix, or ``vps-<any of these>``. Refused unless ``may_act_on`` the task's owner.
+    The decision records ``ssh.session_opened``, which says where to connect; a shell's
+    decision also sends ``ShellOpen`` to the node."""
+
+    task: str
+    actor: Principal
+    session_id: str
+    via: SshVia = "gateway"
+    client_address: str = ""
+    key_fingerprint: str = ""
+    rows: int = 24
+    cols: int = 80
+    term: str = "xterm"
 
 
 # -- identity (control_plane/commands/identity.py) ---------------------------------------
@@ -188,6 +207,7 @@ Command = (
     | ForgetNode
     | ReportFacts
     | RecordFacts
+    | OpenSshSession
     | CreateUser
     | ChangeRole
     | DisableUser
