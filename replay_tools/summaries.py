@@ -302,9 +302,9 @@ def _vps_ready(e: VpsReady) -> str:
 def _ssh_opened(e: SshSessionOpened) -> str:
     source = f" from {e.client_address}" if e.client_address else ""
     on = f" on {e.node}" if e.node else ""
-    if e.via == "shell":
-        return f"{e.user} opened a shell in VPS task {e.task_id}{on}{source}"
     at = f" (sshd at {e.address}:{e.port})" if e.address else ""
+    if e.via == "shell":
+        return f"{e.user} opened a shell in VPS task {e.task_id}{on}{at}{source}"
     return f"{e.user} tunnelled to task {e.task_id}{on}{at}{source}"
 
 
