@@ -14,9 +14,7 @@ tools from the log itself (``LogTasks``, SQL over the events).
 from __future__ import annotations
 
 import itertools
-from typing import Protocol
-
-import duckdb
+from typing import Any, Protocol
 
 from events.ids import task_number
 from projections.cluster import ClusterState
@@ -98,10 +96,17 @@ class StateTasks:
         return list(itertools.islice((t for t in tasks if t.startswith(text)), limit))
 
 
+class SqlConnection(Protocol):
+    """What ``LogTasks`` needs of a DuckDB connection (the module does not import DuckDB:
+    the host's decisions use ``find_task``, and they do no I/O)."""
+
+    def execute(self, query: str, parameters: Any = ..., /) -> Any: ...
+
+
 class LogTasks:
     """The tasks submitted in a log, found with SQL over its ``events``."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+    def __init__(self, con: SqlConnection) -> None:
         self.con = con
 
     def numbered(self, number: int) -> str | None:
