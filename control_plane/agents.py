@@ -47,7 +47,15 @@ HELLO_TIMEOUT_S = 10.0
 MAX_QUEUED_BATCHES = 8
 # What an agent may report; everything else is the host's to decide.
 AGENT_KINDS = frozenset(
-    {"task.started", "task.paused", "task.resumed", "task.finished", "node.heartbeat", "env.synced"}
+    {
+        "task.started",
+        "task.paused",
+        "task.resumed",
+        "task.finished",
+        "node.heartbeat",
+        "env.synced",
+        "vps.ready",
+    }
 )
 
 

@@ -33,10 +33,11 @@ from control_plane.errors import (
     error_of_kind,
 )
 from control_plane.hub import ControlPlane
-from control_plane.routes import agents, environments, history, identity, nodes, tasks
+from control_plane.routes import agents, environments, history, identity, nodes, ssh, tasks
 from control_plane.routes import tls as tls_routes
 from control_plane.routes.common import error
 from control_plane.settings import HostSettings
+from control_plane.ssh_gateway import GatewayStatus, start_gateway
 from events import link
 from events.envelope import now_us
 from events.store import StoreUnavailable
@@ -93,7 +94,15 @@ def create_app(
     # Set when the server starts to stop: long answers (log follows) end on it.
     app.ctx.stopping = asyncio.Event()
     app.ctx.tls = tls
-    blueprints = (tasks.bp, nodes.bp, agents.bp, history.bp, environments.bp, identity.bp)
+    blueprints = (
+        tasks.bp,
+        nodes.bp,
+        agents.bp,
+        history.bp,
+        environments.bp,
+        identity.bp,
+        ssh.bp,
+    )
     for blueprint in (*blueprints, tls_routes.bp):
         app.blueprint(blueprint)
     failures = FailureLog(window_s=settings.auth.failure_window_s)
@@ -139,11 +148,18 @@ def create_app(
         app.ctx.cp = cp
         app.ctx.admin_token_file = await ensure_admin(cp)
         cp.start()
+        # The SSH gateway to VPS tasks (its port is known once bound: GET /api/ssh).
+        app.ctx.ssh_gateway = await start_gateway(cp, settings, failures)
 
     @app.before_server_stop
     async def _stopping(app: Sanic) -> None:  # type: ignore[type-arg]
         app.ctx.stopping.set()
         _exit_if_stuck(SHUTDOWN_DEADLINE_S + settings.timing.kill_grace_period)
+        # The SSH gateway's sessions are closed and their closes recorded while the log is
+        # still open (bounded: ssh_gateway.STOP_WITHIN_S).
+        gateway: GatewayStatus | None = getattr(app.ctx, "ssh_gateway", None)
+        if gateway is not None and gateway.gateway is not None:
+            await gateway.gateway.stop()
 
     @app.after_server_stop
     async def _close(app: Sanic) -> None:  # type: ignore[type-arg]

@@ -14,7 +14,12 @@ gateway cannot be used to learn which task ids exist.
 
 from __future__ import annotations
 
-from control_plane.access import may_act_on
+import base64
+import binascii
+import itertools
+from typing import NamedTuple
+
+from control_plane.access import Principal, may_act_on
 from control_plane.commands.types import Context, Decision, OpenSshSession, Send
 from control_plane.errors import Conflict, NotFound
 from events import link
@@ -24,6 +29,9 @@ from projections.tasks import TaskView
 from replay_tools.task_names import StateTasks, UnknownTask, find_task
 
 VPS_PREFIX = "vps-"
+# The most key lines of one user's running VPS tasks the gateway accepts (a bound on the
+# work of one login: the registered keys come first).
+MAX_TASK_KEYS = 256
 
 
 def vps_task(state: ClusterState, command: OpenSshSession) -> TaskView:
@@ -92,3 +100,62 @@ def decide_ssh_session(state: ClusterState, command: OpenSshSession, ctx: Contex
         key_fingerprint=command.key_fingerprint,
     )
     return Decision(events=[opened], sends=sends)
+
+
+class GatewayLogin(NamedTuple):
+    """Who may log in to the SSH gateway under a user name, and with which keys."""
+
+    principal: Principal
+    # The public key blobs (the SSH wire format, as in ``ssh-ed25519 <base64>``) the
+    # user may present, each with where it comes from (a registered key's fingerprint,
+    # or the VPS task whose ``ssh_public_key`` it is).
+    keys: dict[bytes, str]
+
+
+def gateway_login(state: ClusterState, user: str) -> GatewayLogin | None:
+    """The keys ``user`` may log in to the SSH gateway with; None when they may not
+    (no such user, or disabled: both look the same to the client, like a wrong key).
+
+    The keys are the user's registered SSH keys (``ssh_key.added``) and the
+    ``ssh_public_key`` of their VPS tasks that hold resources (placed, running, paused):
+    a user who submitted a VPS with a key of their own can reach it with that key alone.
+    """
+    view = state.identity.users.get(user)
+    if view is None or view.disabled:
+        return None
+    keys: dict[bytes, str] = {}
+    for key in state.identity.keys.values():
+        if key.user == user:
+            blob = key_blob(key.public_key)
+            if blob is not None:
+                keys.setdefault(blob, key.fingerprint)
+    task_keys = 0
+    for node in state.nodes.values():
+        for task_id in node.task_ids:
+            task = state.tasks.get(task_id)
+            if task is None or task.spec.task_type != "vps" or task.spec.owner != user:
+                continue
+            for line in (task.spec.ssh_public_key or "").splitlines():
+                blob = key_blob(line)
+                if blob is not None and task_keys < MAX_TASK_KEYS:
+                    task_keys += 1
+                    keys.setdefault(blob, f"task {task.number}")
+    principal = Principal(user=user, role=view.role, token_id="", token_kind="user")
+    return GatewayLogin(principal=principal, keys=keys)
+
+
+def key_blob(line: str) -> bytes | None:
+    """The public key blob of an OpenSSH public key line (``[options] type base64
+    [comment]``), or None when the line holds none. The blob names its own type, which
+    must be the type written before it: a line is never half-trusted."""
+    words = line.split()
+    for kind, encoded in itertools.pairwise(words):
+        try:
+            blob = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            continue
+        name = kind.encode()
+        prefix = len(name).to_bytes(4, "big") + name
+        if len(blob) > len(prefix) and blob.startswith(prefix):
+            return blob
+    return None
