@@ -26,7 +26,13 @@ from events import link
 from events.types import SshSessionOpened
 from projections.cluster import ClusterState
 from projections.tasks import TaskView
-from replay_tools.task_names import StateTasks, UnknownTask, find_task
+from replay_tools.task_names import (
+    CANDIDATES,
+    AmbiguousTask,
+    StateTasks,
+    UnknownTask,
+    find_task,
+)
 
 VPS_PREFIX = "vps-"
 # The most key lines of one user's running VPS tasks the gateway accepts (a bound on the
@@ -42,6 +48,21 @@ def vps_task(state: ClusterState, command: OpenSshSession) -> TaskView:
     refusal = NotFound("task", f"no VPS task {command.task!r} of yours")
     try:
         task = state.tasks[find_task(name, StateTasks(state))]
+    except AmbiguousTask as ambiguous:
+        # A prefix of several tasks may still name one of the actor's (ids' first digits
+        # change once a minute): theirs alone count, and others' are never named.
+        mine = [
+            found
+            for found in ambiguous.matches
+            if may_act_on(command.actor, state.tasks[found].spec.owner)
+        ]
+        if not mine:
+            raise refusal from None
+        if len(mine) > 1 or len(ambiguous.matches) >= CANDIDATES:
+            raise NotFound(
+                "task", f"{command.task!r} is a prefix of several tasks: give more of the id"
+            ) from None
+        task = state.tasks[mine[0]]
     except UnknownTask:
         raise refusal from None
     if not may_act_on(command.actor, task.spec.owner):

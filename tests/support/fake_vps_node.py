@@ -106,7 +106,7 @@ class FakeVpsNode:
         hello = link.Hello(
             node=self.name,
             address=self.address,
-            cores=8,
+            cores=64,
             memory_bytes=16 << 30,
             executors=("docker",),
         )

@@ -1,0 +1,273 @@
+"""Letting a user into a VPS task (``OpenSshSession``) and into the SSH gateway, decided
+purely on a folded state: who may reach which task by which name, in which state, and
+which keys log a user in."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+from typing import Any
+
+import pytest
+from support.decisions import context, principal
+from support.factories import record_in_memory
+
+from control_plane.commands import OpenSshSession, decide
+from control_plane.commands.vps import gateway_login, key_blob
+from control_plane.errors import Conflict, NotFound
+from events import link
+from events.envelope import new_event
+from events.types import (
+    NodeRegistered,
+    SshKeyAdded,
+    SshSessionOpened,
+    TaskFinished,
+    TaskPaused,
+    TaskPlaced,
+    TaskSpec,
+    TaskStarted,
+    TaskSubmitted,
+    UserCreated,
+    UserDisabled,
+    VpsReady,
+)
+from projections.cluster import ClusterState
+
+_numbers = itertools.count(1)
+
+
+def _key(seed: int) -> str:
+    """A well-formed ed25519 public key line (the blob names its type)."""
+    name = b"ssh-ed25519"
+    blob = len(name).to_bytes(4, "big") + name + (32).to_bytes(4, "big") + bytes([seed]) * 32
+    return f"ssh-ed25519 {base64.b64encode(blob).decode()}"
+
+
+ALICE_KEY, BOB_KEY, VPS_KEY = _key(1), _key(2), _key(3)
+
+
+class World:
+    """A state with a node, users alice (with a key), bob and the admin, and VPS tasks."""
+
+    def __init__(self) -> None:
+        self.state = ClusterState()
+        self._apply(
+            NodeRegistered(node="n1", address="10.0.0.1", cores=8, memory_bytes=1 << 34),
+            UserCreated(name="alice"),
+            UserCreated(name="bob"),
+            UserCreated(name="root", role="admin"),
+            SshKeyAdded(
+                key_id="k1",
+                user="alice",
+                key_type="ssh-ed25519",
+                public_key=ALICE_KEY,
+                fingerprint="SHA256:alice",
+            ),
+        )
+
+    def _apply(self, *events: Any) -> None:
+        news = [new_event(e, source="n1" if hasattr(e, "node") else "host") for e in events]
+        self.state.apply_all(record_in_memory(news, start_seq=self.state.last_seq + 1))
+
+    def task(
+        self,
+        owner: str = "alice",
+        *,
+        task_type: str = "vps",
+        placed: bool = True,
+        started: bool = True,
+        ready: dict[str, Any] | None = None,
+        key: str | None = VPS_KEY,
+    ) -> str:
+        """A task of ``owner``'s, as far as it got; its id."""
+        task_id = f"01aaaaaa-{next(_numbers):04d}-7bbb-8ccc-dddddddddddd"
+        spec = TaskSpec(
+            task_type=task_type,  # type: ignore[arg-type]
+            command="sshd",
+            container="vps",
+            batch_id="b",
+            owner=owner,
+            ssh_public_key=key if task_type == "vps" else None,
+        )
+        self._apply(TaskSubmitted(task_id=task_id, spec=spec))
+        if placed:
+            self._apply(TaskPlaced(task_id=task_id, node="n1", cores=1))
+        if started:
+            self._apply(TaskStarted(task_id=task_id, node="n1"))
+        if ready is not None:
+            self._apply(VpsReady(task_id=task_id, node="n1", **ready))
+        return task_id
+
+    def apply(self, *events: Any) -> None:
+        self._apply(*events)
+
+    def open(self, task: str, user: str = "alice", role: str = "user", **fields: Any) -> Any:
+        command = OpenSshSession(task=task, actor=principal(user, role), session_id="s1", **fields)
+        return decide(self.state, command, context("n1"))
+
+
+READY = {"address": "10.0.0.1", "ssh_port": 32022}
+
+
+def test_a_ready_vps_is_opened_by_every_name_with_where_to_connect() -> None:
+    world = World()
+    task_id = world.task(ready=READY)
+    number = world.state.tasks[task_id].number
+    for name in (task_id, str(number), f"vps-{number}", f"VPS-{task_id}", task_id[:10]):
+        decision = world.open(name, client_address="192.0.2.7", key_fingerprint="SHA256:x")
+        [opened] = decision.events
+        assert isinstance(opened, SshSessionOpened)
+        assert (opened.task_id, opened.user, opened.node) == (task_id, "alice", "n1")
+        assert (opened.address, opened.port, opened.via) == ("10.0.0.1", 32022, "gateway")
+        assert opened.client_address == "192.0.2.7" and opened.key_fingerprint == "SHA256:x"
+        assert decision.sends == []
+
+
+def test_the_node_address_stands_in_when_the_ready_report_names_none() -> None:
+    world = World()
+    task_id = world.task(ready={"ssh_port": 32022})
+    [opened] = world.open(task_id).events
+    assert (opened.address, opened.port) == ("10.0.0.1", 32022)
+
+
+def test_someone_elses_vps_and_a_missing_one_get_the_same_refusal() -> None:
+    world = World()
+    task_id = world.task(ready=READY)
+    with pytest.raises(NotFound) as other:
+        world.open(task_id, user="bob")
+    with pytest.raises(NotFound) as missing:
+        world.open("01ffffff-0000", user="bob")
+    assert "of yours" in other.value.message and "of yours" in missing.value.message
+    # An admin reaches any user's VPS.
+    assert world.open(task_id, user="root", role="admin").events
+
+
+def test_a_prefix_of_several_tasks_names_the_one_the_user_may_reach() -> None:
+    world = World()
+    mine, bobs = world.task(ready=READY), world.task("bob", ready=READY)
+    prefix = mine[:8]
+    assert bobs.startswith(prefix)
+    # Alice's is the one of hers among them; Bob gets his.
+    assert world.open(prefix).events[0].task_id == mine
+    assert world.open(prefix, user="bob").events[0].task_id == bobs
+    # Two of hers: she must give more of the id; nobody else's id is ever named.
+    other = world.task(ready=READY)
+    with pytest.raises(NotFound, match="prefix of several tasks") as refused:
+        world.open(prefix)
+    assert not {mine, bobs, other} & set(refused.value.message.split())
+    # Someone with none among them is refused as for a task that does not exist.
+    world.apply(UserCreated(name="carol"))
+    with pytest.raises(NotFound, match=f"no VPS task '{prefix}' of yours"):
+        world.open(prefix, user="carol")
+
+
+def test_a_task_that_is_not_a_vps_is_refused() -> None:
+    world = World()
+    task_id = world.task(task_type="command")
+    with pytest.raises(NotFound, match="is not a VPS task"):
+        world.open(task_id)
+
+
+@pytest.mark.parametrize(
+    ("how", "refusal"),
+    [
+        ("queued", "is pending"),
+        ("starting", "is assigning"),
+        ("not_ready", "its sshd is not up yet"),
+        ("no_sshd", "runs no sshd: the image has none; use `hakuriver vps shell"),
+        ("paused", "is paused (resume it first"),
+        ("ended", "is killed"),
+    ],
+)
+def test_a_vps_that_cannot_be_reached_says_why(how: str, refusal: str) -> None:
+    world = World()
+    match how:
+        case "queued":
+            task_id = world.task(placed=False, started=False)
+        case "starting":
+            task_id = world.task(started=False)
+        case "not_ready":
+            task_id = world.task()
+        case "no_sshd":
+            task_id = world.task(ready={"sshd": False, "message": "the image has none"})
+        case "paused":
+            task_id = world.task(ready=READY)
+            world.apply(TaskPaused(task_id=task_id))
+        case _:
+            task_id = world.task(ready=READY)
+            world.apply(TaskFinished(task_id=task_id, state="killed", node="n1"))
+    with pytest.raises(Conflict) as refused:
+        world.open(task_id)
+    assert refusal in refused.value.message
+
+
+def test_a_shell_is_sent_to_the_connected_node_and_needs_no_sshd() -> None:
+    world = World()
+    task_id = world.task(ready={"sshd": False})
+    decision = world.open(task_id, via="shell", rows=40, cols=120, term="xterm-256color")
+    [opened] = decision.events
+    assert opened.via == "shell" and opened.port == 0 and opened.address == ""
+    [send] = decision.sends
+    assert send.node == "n1"
+    assert send.message == link.ShellOpen(
+        session="s1", task_id=task_id, rows=40, cols=120, term="xterm-256color"
+    )
+    command = OpenSshSession(task=task_id, actor=principal(), session_id="s2", via="shell")
+    with pytest.raises(Conflict, match="node n1 is not connected"):
+        decide(world.state, command, context())
+
+
+# -- who logs in to the gateway with which key ------------------------------------------------
+
+
+def test_a_user_logs_in_with_registered_keys_and_their_live_vps_keys() -> None:
+    world = World()
+    login = gateway_login(world.state, "alice")
+    assert login is not None
+    assert login.principal.user == "alice" and login.principal.token_kind == "user"
+    assert set(login.keys) == {key_blob(ALICE_KEY)}
+    # A VPS task's key counts while the task holds its node (even before it runs) ...
+    task_id = world.task(started=False, key=f'from="10.0.0.0/8" {VPS_KEY} me@laptop')
+    login = gateway_login(world.state, "alice")
+    assert login is not None and set(login.keys) == {key_blob(ALICE_KEY), key_blob(VPS_KEY)}
+    assert login.keys[key_blob(VPS_KEY)] == f"task {world.state.tasks[task_id].number}"
+    # ... and not once it ended, nor for anyone else.
+    bob = gateway_login(world.state, "bob")
+    assert bob is not None and bob.keys == {}
+    world.apply(TaskFinished(task_id=task_id, state="killed", node="n1"))
+    login = gateway_login(world.state, "alice")
+    assert login is not None and set(login.keys) == {key_blob(ALICE_KEY)}
+
+
+def test_unknown_and_disabled_users_log_in_with_nothing() -> None:
+    world = World()
+    assert gateway_login(world.state, "mallory") is None
+    world.apply(UserDisabled(name="alice"))
+    assert gateway_login(world.state, "alice") is None
+
+
+def test_admins_log_in_as_admins() -> None:
+    login = gateway_login(World().state, "root")
+    assert login is not None and login.principal.is_admin
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "",
+        "ssh-ed25519",
+        "ssh-ed25519 not-base64!",
+        # A valid blob under another type's name: not half-trusted.
+        f"ssh-rsa {ALICE_KEY.split()[1]}",
+        # The blob's type alone, no key material.
+        "ssh-ed25519 " + base64.b64encode((11).to_bytes(4, "big") + b"ssh-ed25519").decode(),
+    ],
+)
+def test_a_line_without_a_well_formed_key_gives_no_blob(line: str) -> None:
+    assert key_blob(line) is None
+
+
+def test_a_key_line_gives_its_blob_whatever_surrounds_it() -> None:
+    blob = base64.b64decode(ALICE_KEY.split()[1])
+    assert key_blob(ALICE_KEY) == blob
+    assert key_blob(f'command="echo; rm -rf /" {ALICE_KEY} alice@laptop') == blob
