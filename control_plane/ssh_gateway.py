@@ -76,7 +76,7 @@ MAX_AUTH_FAILURES = 6
 MAX_CONNECTIONS_PER_ADDRESS = 32
 MAX_CONNECTIONS = 1024
 # Tunnels open at once in one SSH connection (one is usual: ``ssh -J`` opens one).
-MAX_TUNNELS_PER_CONNECTION = 16
+MAX_TUNNELS_PER_CONNECTION = 8
 # How long the gateway waits for a VPS's sshd to accept the TCP connection.
 CONNECT_TIMEOUT_S = 10.0
 # A silent client is asked if it is there every interval, and dropped after this many.
@@ -84,10 +84,16 @@ KEEPALIVE_INTERVAL_S = 30.0
 KEEPALIVE_COUNT_MAX = 3
 # A stop closes every session and records its close within this long.
 STOP_WITHIN_S = 5.0
-# The SSH channel window and packet size: a larger window than asyncssh's default (2 MiB)
-# keeps a fast link busy (scp through the gateway).
-WINDOW_BYTES = 8 << 20
-MAX_PACKET_BYTES = 256 << 10
+# The ciphers offered, AES first (OpenSSH's own first choice, chacha20-poly1305, costs
+# asyncssh half as much CPU again per byte relayed: docs/decisions.md). A client picks the
+# first of its own list the gateway offers: OpenSSH takes aes128-ctr, or GCM when told.
+ENCRYPTION_ALGS = (
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "aes128-ctr",
+    "aes192-ctr",
+    "aes256-ctr",
+)
 
 # A task number as OpenSSH passes it on (``12`` -> ``0.0.0.12``, ``300`` -> ``0.0.1.44``).
 _NUMBER_AS_ADDRESS = re.compile(r"^0\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$")
@@ -216,8 +222,7 @@ class SshGateway:
                 allow_pty=False,
                 agent_forwarding=False,
                 x11_forwarding=False,
-                window=WINDOW_BYTES,
-                max_pktsize=MAX_PACKET_BYTES,
+                encryption_algs=list(ENCRYPTION_ALGS),
                 reuse_address=True,
             )
         except OSError as exc:

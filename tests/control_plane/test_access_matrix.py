@@ -309,6 +309,7 @@ def _cases() -> dict[Route, Callable[[World], Calls]]:
         ("GET", "/api/health"): lambda w: Calls(_get("/api/health")),
         ("GET", "/api/tls/ca"): lambda w: Calls(_get("/api/tls/ca")),
         ("GET", "/api/whoami"): lambda w: Calls(_get("/api/whoami")),
+        ("GET", "/api/ssh"): lambda w: Calls(_get("/api/ssh")),
         ("GET", "/api/summary"): lambda w: Calls(_get("/api/summary")),
         ("GET", "/api/nodes"): lambda w: Calls(_get("/api/nodes")),
         ("GET", "/api/nodes/<name:str>"): lambda w: Calls(_get("/api/nodes/n1")),

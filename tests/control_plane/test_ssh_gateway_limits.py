@@ -19,6 +19,7 @@ import pytest
 
 from control_plane import ssh_gateway
 from control_plane.access import FailureLog
+from control_plane.commands import RecordFacts
 from control_plane.hub import ControlPlane
 from control_plane.settings import HostNetwork, HostSettings
 from control_plane.ssh_gateway import (
@@ -27,6 +28,16 @@ from control_plane.ssh_gateway import (
     SshGateway,
     host_key,
     start_gateway,
+)
+from events.types import (
+    NodeRegistered,
+    SshKeyAdded,
+    TaskPlaced,
+    TaskSpec,
+    TaskStarted,
+    TaskSubmitted,
+    UserCreated,
+    VpsReady,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -168,3 +179,71 @@ def test_a_gateway_that_is_off_is_not_started(tmp_path: Path) -> None:
     status = asyncio.run(scenario())
     assert status.enabled is False and "[network] ssh_gateway" in status.message
     assert not (tmp_path / HOST_KEY_FILE).exists()
+
+
+def test_tunnels_in_one_connection_are_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ssh_gateway, "MAX_TUNNELS_PER_CONNECTION", 2)
+    user_key = asyncssh.generate_private_key("ssh-ed25519")
+    line = user_key.export_public_key("openssh").decode().strip()
+    blob = line.split()[1]
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(1 << 16):
+            writer.write(data)
+        writer.close()
+
+    async def scenario() -> tuple[list[bytes], str]:
+        vps = await asyncio.start_server(echo, "127.0.0.1", 0)  # the VPS's "sshd"
+        port = vps.sockets[0].getsockname()[1]
+        async with _gateway(tmp_path) as gateway:
+            # Given a user whose VPS task is running with its sshd at the echo server:
+            spec = TaskSpec(
+                task_type="vps", command="sshd", container="c", batch_id="b", owner="erin"
+            )
+            facts = (
+                UserCreated(name="erin"),
+                SshKeyAdded(
+                    key_id="k",
+                    user="erin",
+                    key_type="ssh-ed25519",
+                    public_key=f"ssh-ed25519 {blob}",
+                    fingerprint="f",
+                ),
+                NodeRegistered(node="n1", address="127.0.0.1", cores=4, memory_bytes=1 << 30),
+                TaskSubmitted(task_id="task-1", spec=spec),
+                TaskPlaced(task_id="task-1", node="n1", cores=1),
+                TaskStarted(task_id="task-1", node="n1"),
+                VpsReady(task_id="task-1", node="n1", address="127.0.0.1", ssh_port=port),
+            )
+            await gateway.cp.execute(RecordFacts(events=facts))
+            async with asyncssh.connect(
+                "127.0.0.1",
+                gateway.port,
+                username="erin",
+                client_keys=[user_key],
+                known_hosts=None,
+                agent_path=None,
+            ) as conn:
+                # When she opens tunnels to it in one connection, each relays ...
+                echoed = []
+                streams = []
+                for _ in range(2):
+                    reader, writer = await conn.open_connection("task-1", 22)
+                    writer.write(b"ping")
+                    echoed.append(await reader.readexactly(4))
+                    streams.append(writer)
+                # ... up to the bound.
+                try:
+                    await conn.open_connection("task-1", 22)
+                except asyncssh.ChannelOpenError as exc:
+                    refusal = exc.reason
+                else:
+                    refusal = ""
+        vps.close()
+        return echoed, refusal
+
+    echoed, refusal = asyncio.run(scenario())
+    assert echoed == [b"ping", b"ping"]
+    assert "at most 2 tunnels per connection" in refusal
