@@ -415,7 +415,8 @@ class SshGateway:
                         if tunnel.opened.user == e.name:
                             tunnel.finish("user disabled")
                     for connection in list(self._connections):
-                        if connection.user == e.name:
+                        who = connection.principal
+                        if who is not None and who.user == e.name:
                             connection.close()
                 case _:
                     pass
@@ -500,7 +501,6 @@ class _Connection(asyncssh.SSHServer):
         self.principal: Principal | None = None  # set once logged in
         self._pending: Principal | None = None
         self.key_fingerprint = ""
-        self.keys: dict[bytes, str] = {}
         self.refused_keys = 0
         self.tried = False
         self.admitted = False
@@ -514,7 +514,7 @@ class _Connection(asyncssh.SSHServer):
         self.address = str(peer[0]) if peer else ""
         refusal = self.gateway.admit(self)
         if refusal is not None:
-            log.warning("SSH gateway: connection from %s refused: %s", self.address, refusal)
+            log.info("SSH gateway: connection from %s refused: %s", self.address, refusal)
             conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, refusal)
             return
         self.admitted = True
@@ -524,7 +524,8 @@ class _Connection(asyncssh.SSHServer):
             self.gateway.release(self)
         for tunnel in list(self.tunnels):
             tunnel.finish("client closed" if exc is None else f"client connection lost: {exc}")
-        if self.principal is None and self.tried:
+        if self.principal is None and self.tried and not self.gateway.stopping:
+            # (A login the gateway cut short by stopping was not refused.)
             self.gateway.refused_login(
                 self.address, f"ssh: no accepted public key for user {self.user[:64]!r}"
             )
