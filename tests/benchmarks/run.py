@@ -17,6 +17,7 @@ BENCHMARKS = [
     "bench_auth.py",
     "bench_history.py",
     "bench_docker.py",
+    "bench_ssh_gateway.py",
 ]
 
 
