@@ -444,6 +444,8 @@ class Agent:
                 # Waiting for a container's sshd is waiting on the outside world: the agent
                 # is idle meanwhile (single-step mode).
                 found = await self.activity.outside(executor.vps_endpoint(task_id, timeout))
+                if found.stopped or task_id not in self.running:
+                    return  # killed (or stopped) meanwhile: task.finished says it all
                 await self.emit(
                     VpsReady(
                         task_id=task_id,

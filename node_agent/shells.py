@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from events import link
-from node_agent.executors.base import ExecutorError, RunsVps
+from node_agent.executors.base import ExecutorError, NotWatched, RunsVps
 from node_agent.executors.docker_follow import hold
 from node_agent.transport import LinkClosed, Transport
 
@@ -126,6 +126,8 @@ class ShellRelay:
             return f"task {task_id} is not a VPS: a shell opens only in a VPS task"
         try:
             executor.vps_container(task_id)
+        except NotWatched:
+            return f"task {task_id} is still starting on node {agent.node}: try again"
         except ExecutorError:
             return f"task {task_id} is not a VPS: a shell opens only in a VPS task"
         if task_id in agent.paused:

@@ -17,6 +17,11 @@ Where Docker departs from the contract in ``base.py``, it is by the engine's nat
 written there: an exit code of ``128 + n`` for a signal n, and a grace period in whole
 seconds (``docker stop`` takes no fraction; it is rounded up, never down to nothing).
 
+A VPS task (``task_type = "vps"``) is a container of its own shape (a persistent
+``hakuriver-vps-<id>`` running sshd, restarted by the engine until killed), made by
+node_agent/executors/vps.py; its watcher waits on through the engine's restarts, counting
+each new start as a generation, so the agent reports ``vps.ready`` again with the new port.
+
 Every Docker SDK call blocks, so each runs in a worker thread: short calls (create,
 start, inspect, pause, remove) in a pool of the executor's own, ``ENGINE_CALLS``
 at a time; the calls that last as long as a container (its ``wait`` and the two
@@ -462,11 +467,16 @@ class DockerExecutor:
     async def vps_endpoint(self, task_id: str, timeout_s: float) -> VpsEndpoint:
         """Where the VPS's sshd answers now, or why none does (waits up to ``timeout_s``
         of running time for it)."""
+        import docker.errors
+
         box = self._known(task_id)
         generation = box.generation
 
         async def inspect() -> dict[str, Any]:
-            await self._call(box.container.reload)
+            try:
+                await self._call(box.container.reload)
+            except docker.errors.NotFound:
+                raise NotWatched(task_id) from None
             attrs: dict[str, Any] = box.container.attrs
             return attrs
 

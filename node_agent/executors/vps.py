@@ -199,6 +199,7 @@ class VpsEndpoint(Struct, frozen=True, kw_only=True):
     sshd: bool = False
     message: str = ""
     generation: int = 0  # which start of the container this describes (restarts count up)
+    stopped: bool = False  # the container stopped meanwhile: nothing to report
 
 
 async def ssh_banner(host: str, port: int, timeout_s: float = 2.0) -> bool:
@@ -249,6 +250,14 @@ async def probe_endpoint(
         attrs = await inspect()
         state = attrs.get("State") or {}
         port = published_port(attrs) or port
+        if state.get("Status") in ("exited", "dead"):
+            return VpsEndpoint(
+                address=address,
+                ssh_port=port,
+                message="the VPS's container has stopped",
+                generation=generation,
+                stopped=True,
+            )
         if state.get("Paused"):
             deadline += pause
         elif port is not None and await ssh_banner(host, port):
