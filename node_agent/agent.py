@@ -336,7 +336,10 @@ class Agent:
                     state="failed",
                     node=self.node,
                     message=(
-                        f"node {self.node} has no Docker executor for container"
+                        f"node {self.node} has no Docker engine, and a VPS task needs one:"
+                        " submit it with --target a node that has"
+                        if vps
+                        else f"node {self.node} has no Docker executor for container"
                         f" {command.spec.container!r}; submit with --container NULL"
                     ),
                 )

@@ -7,6 +7,7 @@ the client is the system's ``ssh`` with a key made for the test.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,26 @@ from support.vps_ssh import SshClient
 from events.types import TaskSpec
 from node_agent.executors.base import StartFailed, TaskRun
 from node_agent.executors.docker import DockerExecutor
-from node_agent.executors.vps import KEYS_PATH, NO_SSHD_MARKER, VPS_SCRIPT, ssh_banner
+from node_agent.executors.vps import (
+    KEYS_PATH,
+    NO_SSHD_MARKER,
+    VPS_SCRIPT,
+    probe_endpoint,
+    ssh_banner,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(120)]
 
 ADDRESS = "127.0.0.1"
+
+
+@pytest.fixture
+def ids(tmp_path: Path) -> str:
+    """A suffix for this test's task ids: container names are the engine's, shared by every
+    test run on this machine at once."""
+    return hashlib.sha256(str(tmp_path).encode()).hexdigest()[:8]
+
+
 # A comment that would run commands if the key were ever pasted into a shell line.
 EVIL_COMMENT = "'; touch /pwned; '$(touch /pwned2)`touch /pwned3`\"; touch /pwned4 #"
 
@@ -83,18 +99,18 @@ def test_the_script_prints_the_marker_the_probe_looks_for() -> None:
 
 
 async def test_a_vps_serves_ssh_on_the_runners_address_with_the_key_delivered_literally(
-    tmp_path: Path, executor: DockerExecutor, client: Any, ssh: SshClient
+    ids: str, tmp_path: Path, executor: DockerExecutor, client: Any, ssh: SshClient
 ) -> None:
     # Given keys whose comment holds shell metacharacters, and a second line
     keys = ssh.public_key + "# a comment line; $(touch /pwned5)\n"
     # When the VPS starts
-    started = await executor.start(vps(tmp_path, "v-ssh", keys))
-    port = await ready_port(executor, "v-ssh")
+    started = await executor.start(vps(tmp_path, f"v-ssh-{ids}", keys))
+    port = await ready_port(executor, f"v-ssh-{ids}")
     # Then it is a persistent, labelled container publishing 22 on the runner's address only
     container = client.containers.get(started.container_id)
-    assert container.name == "hakuriver-vps-v-ssh"
+    assert container.name == f"hakuriver-vps-v-ssh-{ids}"
     assert container.labels["hakuriver.vps"] == "1"
-    assert container.labels["hakuriver.task_id"] == "v-ssh"
+    assert container.labels["hakuriver.task_id"] == f"v-ssh-{ids}"
     host = container.attrs["HostConfig"]
     assert host["RestartPolicy"]["Name"] == "unless-stopped"
     assert container.attrs["NetworkSettings"]["Ports"]["22/tcp"] == [
@@ -119,105 +135,143 @@ async def test_a_vps_serves_ssh_on_the_runners_address_with_the_key_delivered_li
 
 
 async def test_a_vps_without_sshd_says_so_and_keeps_running(
-    tmp_path: Path, executor: DockerExecutor, client: Any
+    ids: str, tmp_path: Path, executor: DockerExecutor, client: Any
 ) -> None:
-    started = await executor.start(vps(tmp_path, "v-nossh", "", image=VPS_NOSSH_ENV))
+    started = await executor.start(vps(tmp_path, f"v-nossh-{ids}", "", image=VPS_NOSSH_ENV))
     began = time.monotonic()
-    found = await executor.vps_endpoint("v-nossh", timeout_s=30)
+    found = await executor.vps_endpoint(f"v-nossh-{ids}", timeout_s=30)
     # Then the marker answers at once (not the deadline), and the VPS stays up for `vps shell`
     assert time.monotonic() - began < 15
-    assert not found.sshd and "no sshd" in found.message and "vps shell v-nossh" in found.message
+    assert (
+        not found.sshd
+        and "no sshd" in found.message
+        and f"vps shell v-nossh-{ids}" in found.message
+    )
     assert client.containers.get(started.container_id).status == "running"
 
 
 async def test_sshd_that_does_not_answer_in_time_is_reported_with_the_deadline(
-    tmp_path: Path, executor: DockerExecutor
+    ids: str,
 ) -> None:
-    await executor.start(vps(tmp_path, "v-slow", ""))
-    await executor.pause("v-slow")
-    await executor.resume("v-slow")
-    found = await executor.vps_endpoint("v-slow", timeout_s=0.001)
-    if not found.sshd:  # sshd may have beaten even that deadline
-        assert "did not answer within 0.001 s" in found.message
+    # Given a published port where nothing speaks SSH (a listener that says something else)
+    async def not_ssh(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.0 200 OK\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(not_ssh, ADDRESS, 0)
+    port = server.sockets[0].getsockname()[1]
+    attrs = {
+        "State": {"Status": "running", "Running": True},
+        "NetworkSettings": {"Ports": {"22/tcp": [{"HostIp": ADDRESS, "HostPort": str(port)}]}},
+    }
+
+    async def inspect() -> dict[str, Any]:
+        return attrs
+
+    async def stderr_tail() -> str:
+        return "sshd: starting\n"
+
+    # When the runner waits for it
+    async with server:
+        began = time.monotonic()
+        found = await probe_endpoint(
+            task_id=f"v-slow-{ids}",
+            address=ADDRESS,
+            timeout_s=0.5,
+            inspect=inspect,
+            stderr_tail=stderr_tail,
+        )
+    # Then it says so once the deadline has passed, with the port it tried
+    assert time.monotonic() - began >= 0.5
+    assert not found.sshd and found.ssh_port == port
+    assert (
+        found.message
+        == f"sshd did not answer within 0.5 s: reach it with `hakuriver vps shell v-slow-{ids}`"
+    )
 
 
 async def test_a_paused_vps_can_be_killed_and_forget_removes_container_and_key(
-    tmp_path: Path, executor: DockerExecutor, client: Any, ssh: SshClient
+    ids: str, tmp_path: Path, executor: DockerExecutor, client: Any, ssh: SshClient
 ) -> None:
-    started = await executor.start(vps(tmp_path, "v-kill", ssh.public_key))
-    await ready_port(executor, "v-kill")
-    keys = tmp_path / "state" / "vps-keys" / "v-kill.keys"
+    started = await executor.start(vps(tmp_path, f"v-kill-{ids}", ssh.public_key))
+    await ready_port(executor, f"v-kill-{ids}")
+    keys = tmp_path / "state" / "vps-keys" / f"v-kill-{ids}.keys"
     assert keys.read_text() == ssh.public_key
     # Given a paused VPS
-    await executor.pause("v-kill")
+    await executor.pause(f"v-kill-{ids}")
     assert client.containers.get(started.container_id).status == "paused"
     # When it is killed
-    await executor.kill("v-kill", grace_s=1)
-    outcome = await asyncio.wait_for(executor.wait("v-kill"), 30)
+    await executor.kill(f"v-kill-{ids}", grace_s=1)
+    outcome = await asyncio.wait_for(executor.wait(f"v-kill-{ids}"), 30)
     # Then it ended for good (not restarted by its policy)
     assert outcome.state == "killed"
     container = client.containers.get(started.container_id)
     assert container.status == "exited"
     # And forget removes its container and its key file
-    await executor.forget("v-kill")
-    assert not client.containers.list(all=True, filters={"name": "hakuriver-vps-v-kill"})
+    await executor.forget(f"v-kill-{ids}")
+    assert not client.containers.list(all=True, filters={"name": f"hakuriver-vps-v-kill-{ids}"})
     assert not keys.exists()
 
 
 async def test_pause_and_resume_freeze_and_continue_a_vps(
-    tmp_path: Path, executor: DockerExecutor, client: Any, ssh: SshClient
+    ids: str, tmp_path: Path, executor: DockerExecutor, client: Any, ssh: SshClient
 ) -> None:
-    started = await executor.start(vps(tmp_path, "v-pause", ssh.public_key))
-    port = await ready_port(executor, "v-pause")
-    await executor.pause("v-pause")
+    started = await executor.start(vps(tmp_path, f"v-pause-{ids}", ssh.public_key))
+    port = await ready_port(executor, f"v-pause-{ids}")
+    await executor.pause(f"v-pause-{ids}")
     assert client.containers.get(started.container_id).status == "paused"
     # A frozen sshd answers nobody (the engine's proxy still accepts the connection)
     assert not await ssh_banner(ADDRESS, port, timeout_s=1.0)
-    await executor.resume("v-pause")
+    await executor.resume(f"v-pause-{ids}")
     assert client.containers.get(started.container_id).status == "running"
     answer = await ssh.run(ADDRESS, port, "echo back")
     assert answer.stdout == "back\n", answer.stderr
 
 
 async def test_a_vps_restarted_by_its_policy_is_the_same_running_task(
-    tmp_path: Path, executor: DockerExecutor, client: Any, ssh: SshClient
+    ids: str, tmp_path: Path, executor: DockerExecutor, client: Any, ssh: SshClient
 ) -> None:
-    started = await executor.start(vps(tmp_path, "v-restart", ssh.public_key))
-    first = await executor.vps_endpoint("v-restart", timeout_s=30)
+    started = await executor.start(vps(tmp_path, f"v-restart-{ids}", ssh.public_key))
+    first = await executor.vps_endpoint(f"v-restart-{ids}", timeout_s=30)
     assert first.sshd
-    outcome = asyncio.ensure_future(executor.wait("v-restart"))
+    outcome = asyncio.ensure_future(executor.wait(f"v-restart-{ids}"))
     # When sshd dies (the container's main process), the engine restarts the container
     client.containers.get(started.container_id).exec_run(["kill", "1"])
-    generation = await asyncio.wait_for(executor.vps_restarted("v-restart", first.generation), 30)
+    generation = await asyncio.wait_for(
+        executor.vps_restarted(f"v-restart-{ids}", first.generation), 30
+    )
     # Then the task has not ended, and the new start serves ssh again (on its port now)
     assert generation == first.generation + 1
     assert not outcome.done()
-    again = await executor.vps_endpoint("v-restart", timeout_s=30)
+    again = await executor.vps_endpoint(f"v-restart-{ids}", timeout_s=30)
     assert again.sshd and again.generation == generation and again.ssh_port is not None
     answer = await ssh.run(ADDRESS, again.ssh_port, "echo again")
     assert answer.stdout == "again\n", answer.stderr
     assert client.containers.get(started.container_id).attrs["RestartCount"] >= 1
     # And a kill still ends it for good
-    await executor.kill("v-restart", grace_s=1)
+    await executor.kill(f"v-restart-{ids}", grace_s=1)
     assert (await asyncio.wait_for(outcome, 30)).state == "killed"
 
 
 async def test_an_image_without_a_shell_cannot_be_a_vps(
-    tmp_path: Path, executor: DockerExecutor, client: Any
+    ids: str, tmp_path: Path, executor: DockerExecutor, client: Any
 ) -> None:
     build_one_binary_image(client)
     with pytest.raises(StartFailed, match="has no /bin/sh"):
-        await executor.start(vps(tmp_path, "v-noshell", "", image=ONE_BINARY_IMAGE))
-    assert not client.containers.list(all=True, filters={"name": "hakuriver-vps-v-noshell"})
-    assert not (tmp_path / "state" / "vps-keys" / "v-noshell.keys").exists()
+        await executor.start(vps(tmp_path, f"v-noshell-{ids}", "", image=ONE_BINARY_IMAGE))
+    assert not client.containers.list(all=True, filters={"name": f"hakuriver-vps-v-noshell-{ids}"})
+    assert not (tmp_path / "state" / "vps-keys" / f"v-noshell-{ids}.keys").exists()
 
 
 async def test_a_vps_is_refused_for_an_owner_or_without_a_container(
-    tmp_path: Path, executor: DockerExecutor, client: Any
+    ids: str, tmp_path: Path, executor: DockerExecutor, client: Any
 ) -> None:
     with pytest.raises(StartFailed, match="runs as its container's root"):
-        await executor.start(vps(tmp_path, "v-owner", "", run_as="alice"))
-    bare = vps(tmp_path, "v-null", "")
+        await executor.start(vps(tmp_path, f"v-owner-{ids}", "", run_as="alice"))
+    bare = vps(tmp_path, f"v-null-{ids}", "")
     with pytest.raises(StartFailed, match="needs a container"):
         await executor.start(replace(bare, spec=replace(bare.spec, container=None)))
-    assert not client.containers.list(all=True, filters={"name": "hakuriver-vps-v-"})
+    for refused in (f"v-owner-{ids}", f"v-null-{ids}"):
+        assert not client.containers.list(all=True, filters={"name": f"hakuriver-vps-{refused}"})
+        assert not (tmp_path / "state" / "vps-keys" / f"{refused}.keys").exists()
