@@ -3,7 +3,8 @@
 The protocol is in ``events/link.py``. A thin adapter: the agent's ``Hello`` becomes a
 ``NodeHello`` command (registration or return, reconciliation, then ``Welcome`` and the
 commands reconciliation calls for), each event batch a ``ReportFacts`` (recorded whole
-or not at all, and acknowledged after its commit). The decisions are in
+or not at all, and acknowledged after its commit), a ``vps shell``'s output and exit go
+to its session (control_plane/vps_shells.py). The decisions are in
 control_plane/commands/nodes.py; ``ControlPlane.execute`` records and sends.
 
 What an agent sends is checked before it reaches a decision: its hello's resources
@@ -230,6 +231,9 @@ class AgentSession:
                 self._beat = asyncio.create_task(
                     self._record_heartbeat(beat), name=f"hakuriver-agent-{self.node}-heartbeat"
                 )
+            case link.ShellOutput() | link.ShellExit():
+                # A vps shell's bytes: queued for its client, never waited on here.
+                self.cp.shells.deliver(self.node, message)
             case link.Hello():
                 raise LinkRefused("hello sent twice")
 

@@ -40,6 +40,7 @@ from control_plane.commands import (
 from control_plane.errors import StoreFailing
 from control_plane.scheduler import Scheduler
 from control_plane.settings import HostSettings
+from control_plane.vps_shells import VpsShells
 from events import link
 from events.envelope import Recorded, new_event, now_us
 from events.file_modes import private_dir
@@ -152,6 +153,8 @@ class ControlPlane:
         self._scheduler = Scheduler(settings.scheduler.policy)
         self._gate = Gate()
         self._links: dict[str, Link] = {}
+        # The ``vps shell`` sessions relayed through the agents' links (vps_shells.py).
+        self.shells = VpsShells()
         # One hello at a time per node name (two racing runners must not both get in).
         self._attaching: dict[str, asyncio.Lock] = {}
         self.liveness = LivenessStats()
@@ -210,6 +213,7 @@ class ControlPlane:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        self.shells.stop_all("host stopping")
         for agent in list(self._links.values()):
             await agent.close(reason="control plane shutting down")
         with contextlib.suppress(Exception):
@@ -273,6 +277,16 @@ class ControlPlane:
         agent = self._links.get(send.node)
         return await agent.send(send.message) if agent is not None else False
 
+    async def send_to(self, node: str, message: link.Message) -> bool:
+        """Send ``node``'s agent a message that records nothing (a shell's keystrokes, a
+        resize, a hang-up: vps_shells.py); False if its agent is not connected. Anything
+        that changes the cluster goes through ``execute`` instead."""
+        return await self._send(Send(node, message))
+
+    def link_of(self, node: str) -> Link | None:
+        """The link ``node``'s agent is connected through now (None: not connected)."""
+        return self._links.get(node)
+
     # -- agents' links ---------------------------------------------------------------------
 
     async def attach(self, node: str, agent: Link) -> str | None:
@@ -304,7 +318,9 @@ class ControlPlane:
         return min(max(2 * timing.heartbeat_interval, 1.0), timing.heartbeat_timeout)
 
     def detach(self, node: str, agent: Link) -> None:
-        """``agent`` is gone; forget it unless a newer link already replaced it."""
+        """``agent`` is gone; forget it unless a newer link already replaced it. The shells
+        relayed through it end (their agent side went with it)."""
+        self.shells.link_lost(node, agent)
         if self._links.get(node) is agent:
             del self._links[node]
 

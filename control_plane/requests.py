@@ -48,7 +48,7 @@ __all__ = [
 class SubmitTask(Struct, kw_only=True, forbid_unknown_fields=True):
     """``POST /api/tasks``: one task per target (or one automatically placed)."""
 
-    command: Annotated[str, Meta(min_length=1)]
+    command: str = ""  # required for command tasks; a VPS task takes none (it runs sshd)
     args: list[str] = []
     env: dict[str, str] = {}
     cores: Annotated[int, Meta(ge=0, le=MAX_CORES)] = 1
@@ -170,6 +170,8 @@ def check_text_fields(request: SubmitTask) -> None:
     """Refuse, naming the field, the text a node could never use (a NUL in an argument,
     a container name that is no name) or a person could not read (a name of control
     characters): all of it would be accepted, recorded, and fail on the node."""
+    if request.task_type == "command" and not request.command:
+        raise InvalidRequest("command", "required: the command to run (after -- on the CLI)")
     _no_nul(request.command, "command")
     if len(request.args) > MAX_ARGS:
         raise InvalidRequest("args", f"at most {MAX_ARGS} arguments, got {len(request.args)}")
@@ -211,9 +213,13 @@ def check_text_fields(request: SubmitTask) -> None:
     if public_key is not None:
         if len(public_key) > MAX_PUBLIC_KEY:
             raise InvalidRequest("ssh_public_key", f"longer than {MAX_PUBLIC_KEY} characters")
-        bad = _control(public_key.rstrip("\n"))
-        if bad is not None:
-            raise InvalidRequest("ssh_public_key", f"must be one line of text, holds {bad!r}")
+        for number, line in enumerate(public_key.rstrip("\n").split("\n"), 1):
+            bad = _control(line)
+            if bad is not None:
+                raise InvalidRequest(
+                    "ssh_public_key",
+                    f"line {number} holds {bad!r}: one OpenSSH public key per line, as text",
+                )
 
 
 def decode_submit(body: bytes) -> SubmitTask:

@@ -8,7 +8,9 @@ paused), and ``plan`` adds what it places in the same pass, so nothing is ever
 double-allocated. A task that does not fit now stays pending; later tasks that
 do fit may go first (backfill), so one large task does not stall the queue.
 Offline nodes get nothing, and neither does a node that runs tasks as their owners
-(``[runner] run_tasks_as = "owner"``) and has no account of the task's owner.
+(``[runner] run_tasks_as = "owner"``) and has no account of the task's owner. A VPS
+task goes only to a node that can run one (``vps_refusal``): a Docker executor, and
+tasks run as the runner's user (a VPS is a root container with sshd).
 
 Every placement comes out as a ``task.placed`` event carrying the policy, the
 reason and the nodes rejected with theirs.
@@ -77,6 +79,20 @@ class _Room:
             self.numa_cores[spec.numa_id] -= spec.cores
 
 
+def vps_refusal(node: NodeView) -> str | None:
+    """Why ``node`` can never run a VPS task; None if it can.
+
+    A VPS is a container whose sshd runs as root: a node without the Docker executor
+    has nowhere to run it, and a node that runs tasks as their owners
+    (``run_tasks_as = "owner"``) keeps users from being root on it.
+    """
+    if node.run_tasks_as == "owner":
+        return f"node {node.name} runs tasks as their owners (run_tasks_as = owner): no VPS there"
+    if "docker" not in node.executors:
+        return f"node {node.name} has no Docker executor: a VPS is a container"
+    return None
+
+
 class Scheduler:
     """Places pending tasks by a policy; keeps only the round-robin cursor between passes."""
 
@@ -108,8 +124,10 @@ class Scheduler:
                 candidates = self._order(names, rooms)
             rejected: list[Rejection] = []
             for name in candidates:
-                no_account = state.nodes[name].account_refusal(task.spec.owner)
-                refusal = no_account or rooms[name].refusal(task)
+                node = state.nodes[name]
+                no_account = node.account_refusal(task.spec.owner)
+                no_vps = vps_refusal(node) if task.spec.task_type == "vps" else None
+                refusal = no_account or no_vps or rooms[name].refusal(task)
                 if refusal is None:
                     rooms[name].take(task)
                     if self.policy == "round-robin" and target is None:

@@ -54,6 +54,12 @@ class TaskOut(Struct, kw_only=True):
     # True when the caller is neither the owner nor an admin: the command, its arguments,
     # the environment's values and the mounts are left out (docs/security.md).
     redacted: bool = False
+    # VPS tasks (vps.ready): where its sshd listens on its node, whether it runs one (None:
+    # not reported yet), and the runner's word on it. Left out (None) when redacted.
+    ssh_port: int | None = None
+    ssh_address: str | None = None
+    sshd: bool | None = None
+    vps_message: str = ""
 
     @classmethod
     def of(cls, task: TaskView, private: bool = True) -> TaskOut:
@@ -93,6 +99,10 @@ class TaskOut(Struct, kw_only=True):
             start_delay_s=took.start_delay_s,
             run_time_s=took.run_time_s,
             redacted=not private,
+            ssh_port=task.ssh_port if private else None,
+            ssh_address=task.ssh_address if private else None,
+            sshd=task.sshd,
+            vps_message=task.vps_message if private else "",
         )
 
 

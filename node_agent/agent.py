@@ -44,7 +44,14 @@ from typing import Any
 from events import link
 from events.credentials import read_secret
 from events.envelope import new_event
-from events.types import AnyEvent, TaskFinished, TaskPaused, TaskResumed, TaskStarted
+from events.types import (
+    AnyEvent,
+    TaskFinished,
+    TaskPaused,
+    TaskResumed,
+    TaskStarted,
+    VpsReady,
+)
 from node_agent.accounts import account_names
 from node_agent.activity import Activity
 from node_agent.cpus import CpuAllocator
@@ -53,6 +60,7 @@ from node_agent.executors.base import (
     ExecutorError,
     NotWatched,
     Outcome,
+    RunsVps,
     StartFailed,
     TaskRun,
 )
@@ -62,6 +70,7 @@ from node_agent.outbox import AsyncOutbox
 from node_agent.probes import MachineInfo, probe_machine
 from node_agent.session import HostLink
 from node_agent.settings import RunnerSettings, RunnerSettingsError
+from node_agent.shells import ShellRelay
 from node_agent.state_dir import StateLock
 from node_agent.transport import Connector, websocket_connector
 
@@ -111,6 +120,8 @@ class Agent:
         # In owner mode, this node's account names as last listed (None: too many).
         self.accounts: tuple[str, ...] | None = None
         self.activity = Activity()
+        # Terminals in VPS containers (``hakuriver vps shell``), relayed over the link.
+        self.shells = ShellRelay(self)
         trust = settings.pinned_trust()
         self.link = HostLink(
             self,
@@ -177,6 +188,8 @@ class Agent:
             yield self
         finally:
             # The preloader ends by itself once ``stop`` is set; the rest is cancelled.
+            with contextlib.suppress(Exception):
+                await self.shells.close()
             stopping = [t for t in (linker, preloader) if t is not None]
             stopping += [*self._handlers, *self._watchers.values()]
             for task in stopping:
@@ -255,6 +268,8 @@ class Agent:
             self.state_dir / "docker",
             node=self.node,
             client=client,
+            runner_address=self.settings.network.runner_address,
+            install_sshd=self.settings.vps.install_sshd,
         )
         images = ImageSync(loader, self.settings.tarball_dir, node=self.node, on_synced=self.emit)
         return executor, images
@@ -276,6 +291,8 @@ class Agent:
                 found.ended,
             )
             self._watch(found.task_id)
+            if found.vps and not found.ended:
+                self._report_vps(found.task_id)
 
     # -- events ----------------------------------------------------------------------------
 
@@ -308,7 +325,8 @@ class Agent:
         if self._known(task_id):
             return
         self.running[task_id] = None
-        kind = "process" if command.spec.container is None else "docker"
+        vps = command.spec.task_type == "vps"  # always a container (the executor says why)
+        kind = "process" if command.spec.container is None and not vps else "docker"
         executor = self.executors.get(kind)
         if executor is None:
             self.running.pop(task_id, None)
@@ -318,7 +336,10 @@ class Agent:
                     state="failed",
                     node=self.node,
                     message=(
-                        f"node {self.node} has no Docker executor for container"
+                        f"node {self.node} has no Docker engine, and a VPS task needs one:"
+                        " submit it with --target a node that has"
+                        if vps
+                        else f"node {self.node} has no Docker executor for container"
                         f" {command.spec.container!r}; submit with --container NULL"
                     ),
                 )
@@ -369,6 +390,8 @@ class Agent:
             )
         )
         self._watch(task_id)
+        if vps:
+            self._report_vps(task_id)
         grace = self._kill_after_start.pop(task_id, None)
         if grace is not None:
             await self.control(link.Kill(task_id=task_id, grace_s=grace))
@@ -409,6 +432,40 @@ class Agent:
             if self.cpus is not None:
                 self.cpus.release(task_id)
             self._watchers.pop(task_id, None)
+
+    def _report_vps(self, task_id: str) -> None:
+        """Report ``vps.ready`` for a VPS task, and again each time its container restarts."""
+        self._spawn(self._vps_readiness(task_id), f"vps-ready-{task_id}")
+
+    async def _vps_readiness(self, task_id: str) -> None:
+        executor = self.by_task.get(task_id)
+        if not isinstance(executor, RunsVps):
+            return
+        timeout = self.settings.vps.ready_timeout
+        try:
+            while True:
+                # Waiting for a container's sshd is waiting on the outside world: the agent
+                # is idle meanwhile (single-step mode).
+                found = await self.activity.outside(executor.vps_endpoint(task_id, timeout))
+                if found.stopped or task_id not in self.running:
+                    return  # killed (or stopped) meanwhile: task.finished says it all
+                await self.emit(
+                    VpsReady(
+                        task_id=task_id,
+                        node=self.node,
+                        address=found.address,
+                        ssh_port=found.ssh_port,
+                        sshd=found.sshd,
+                        message=found.message,
+                    )
+                )
+                later = await self.activity.outside(
+                    executor.vps_restarted(task_id, found.generation)
+                )
+                if later is None:
+                    return
+        except NotWatched:  # it ended and was forgotten meanwhile
+            return
 
     async def control(self, command: link.Kill | link.Pause | link.Resume) -> None:
         """Apply a kill, pause or resume to a running task (unknown tasks are ignored)."""
@@ -451,6 +508,12 @@ class Agent:
         self._spawn(work, type(command).__name__)
 
     def _spawn(self, work: Coroutine[Any, Any, None], what: str) -> None:
+        self.spawn(work, what)
+
+    def spawn(self, work: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:
+        """Run ``work`` as one of the agent's handlers (counted busy, logged if it fails,
+        cancelled when the agent stops)."""
+
         async def guarded() -> None:
             try:
                 await work
@@ -460,3 +523,4 @@ class Agent:
         task = self.activity.start(guarded(), name=f"handle-{what}")
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
+        return task

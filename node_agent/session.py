@@ -181,6 +181,8 @@ class HostLink:
             for task in loops:
                 task.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
+            # The users of the shells on this link are gone with it.
+            await agent.shells.link_dropped(transport)
 
     async def _send_outbox(
         self, transport: Transport, in_flight: dict[int, tuple[str, ...]]
@@ -271,5 +273,8 @@ class HostLink:
                     await agent.acked(ids)
                 case link.Run() | link.Kill() | link.Pause() | link.Resume():
                     agent.handle(message)
+                case link.ShellOpen() | link.ShellInput() | link.ShellResize() | link.ShellClose():
+                    # Terminal frames, not events: answered straight on this link.
+                    agent.shells.receive(message, transport)
                 case link.Welcome():
                     pass

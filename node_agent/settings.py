@@ -2,7 +2,7 @@
 
 The agent reads ``[network]`` (where the host is, whether it speaks TLS and the CA
 fingerprint to pin, what address to report),
-``[paths]``, ``[timing]``, ``[runner]`` and ``[docker]``; other keys are ignored.
+``[paths]``, ``[timing]``, ``[runner]``, ``[docker]`` and ``[vps]``; other keys are ignored.
 """
 
 from __future__ import annotations

@@ -210,9 +210,11 @@ class HakuClient:
         batch: str | None = None,
         owner: str | None = None,
         limit: int | None = None,
+        all_users: bool = False,
     ) -> list[Json]:
-        """``GET /api/tasks`` with the given filters, newest first."""
-        params: dict[str, str | int] = {}
+        """``GET /api/tasks`` with the given filters, newest first (``all_users``: every
+        user's, others' redacted unless this user is an admin)."""
+        params: dict[str, str | int] = {"all_users": 1} if all_users else {}
         if status:
             params["status"] = status if isinstance(status, str) else ",".join(status)
         for key, value in (("node", node), ("batch", batch), ("owner", owner), ("limit", limit)):
@@ -220,6 +222,11 @@ class HakuClient:
                 params[key] = value
         tasks: list[Json] = self._json("GET", "/api/tasks", params=params)["tasks"]
         return tasks
+
+    def ssh_gateway(self) -> Json:
+        """``GET /api/ssh``: the SSH gateway to VPS tasks, ``{"enabled", "host", "port",
+        "host_key", "fingerprint", "user"}`` (its host key, to pin)."""
+        return self._json("GET", "/api/ssh")
 
     def batch(self, batch_id: str) -> Json:
         """``GET /api/batches/{batch_id}``: ``{"batch_id", "tasks"}``."""

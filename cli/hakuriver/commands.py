@@ -57,6 +57,8 @@ for _name, _path in (
     ("token", "cli.hakuriver.identity:token_app"),
     ("whoami", "cli.hakuriver.identity:whoami"),
     ("key", "cli.hakuriver.keys:key_app"),
+    ("vps", "cli.hakuriver.vps:vps_app"),
+    ("ssh", "cli.hakuriver.ssh:ssh"),
 ):
     app.command(_path, name=_name)
 task_app.command("cli.hakuriver.history:task_history", name="history")

@@ -194,6 +194,8 @@ def _task_row(task: Doc) -> dict[str, str]:
     label = command_line(task, _COMMAND_MAX)
     if task.get("name"):
         label = f"[{task['name']}] {label}"
+    if task.get("task_type") == "vps":
+        label = f"(vps) {label}"
     submitted = human_time(task.get("submitted_at"), short=True)
     return {
         "ID": task_ref(task),

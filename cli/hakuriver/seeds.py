@@ -15,6 +15,9 @@ runs that, so there is one parser and one implementation per command:
     hakuriver.client [OPTIONS] -- CMD ...    hakuriver task submit [OPTIONS] -- CMD ...
     hakuriver.docker create-tar NAME ...     hakuriver docker create-tar NAME ...
     hakuriver.docker-shell NAME              hakuriver docker-shell NAME
+    hakuriver.vps submit|status|kill|list    hakuriver vps submit|status|kill|list
+    hakuriver.vps command ID pause           hakuriver vps pause ID
+    hakuriver.ssh ID [-- ssh args]           hakuriver ssh ID [-- ssh args]
 """
 
 from __future__ import annotations
@@ -105,6 +108,14 @@ def _flag_form(words: list[str], at: int) -> list[str]:
     return [*command, *value, *rest, *following]
 
 
+def vps_words(argv: Sequence[str]) -> list[str]:
+    """``hakuriver.vps`` words as ``hakuriver`` words (``command ID ACTION`` reordered)."""
+    words = list(argv)
+    if words[:1] == ["command"]:
+        return ["vps", *_command_form(words[1:])]
+    return ["vps", *words]
+
+
 def _command_form(words: list[str]) -> list[str]:
     """``ID ACTION [OPTIONS]`` (the seeds' ``command`` form) as ``ACTION ID [OPTIONS]``."""
     if len(words) < 2 or words[1] not in _ACTIONS:
@@ -123,6 +134,8 @@ def _run(translate: str, argv: Sequence[str] | None) -> int:
             words = client_words(words)
         elif translate == "task":
             words = task_words(words)
+        elif translate == "vps":
+            words = vps_words(words)
         else:
             words = [translate, *words]
     except SeedUsageError as exc:
@@ -163,3 +176,13 @@ def docker_main(argv: Sequence[str] | None = None) -> int:
 def docker_shell_main(argv: Sequence[str] | None = None) -> int:
     """``hakuriver.docker-shell NAME``: a shell in the host's environment container."""
     return _run("docker-shell", argv)
+
+
+def vps_main(argv: Sequence[str] | None = None) -> int:
+    """``hakuriver.vps submit|status|list|kill|stop|shell|command ID pause|resume``."""
+    return _run("vps", argv)
+
+
+def ssh_main(argv: Sequence[str] | None = None) -> int:
+    """``hakuriver.ssh ID [-- ssh args]``: ssh into a VPS task through the host's gateway."""
+    return _run("ssh", argv)

@@ -15,6 +15,7 @@ import msgspec
 
 from control_plane.commands.identity import user_name_problem
 from control_plane.commands.types import Context, Decision, PlaceQueued, Send, SubmitTasks
+from control_plane.commands.vps_submit import VPS_COMMAND, check_vps_request
 from control_plane.errors import InvalidRequest, Refused
 from control_plane.requests import (
     SubmitTask,
@@ -133,13 +134,10 @@ def submitted_events(
                 parse_mount(m, f"additional_mounts[{i}]") for i, m in enumerate(default_mounts)
             )
         )
+    command, public_key = request.command, request.ssh_public_key
     if request.task_type == "vps":
-        if len(targets) > 1:
-            raise InvalidRequest("targets", "a VPS task takes at most one target")
-        if container is None:
-            raise InvalidRequest("container", "a VPS task needs a container environment")
-        if not request.ssh_public_key:
-            raise InvalidRequest("ssh_public_key", "a VPS task needs the user's public key")
+        public_key = check_vps_request(state, request, targets, container, owner)
+        command = VPS_COMMAND
 
     for i, target in enumerate(targets):
         node = state.nodes.get(target.node)
@@ -174,7 +172,7 @@ def submitted_events(
     for place in placements:
         spec = TaskSpec(
             task_type=request.task_type,
-            command=request.command,
+            command=command,
             args=tuple(request.args),
             env=dict(request.env),
             cores=request.cores,
@@ -189,7 +187,7 @@ def submitted_events(
             owner=owner,
             mount_roots=_roots(user_mount_dirs, mounts, default_mounts),
             name=request.name,
-            ssh_public_key=request.ssh_public_key,
+            ssh_public_key=public_key,
         )
         events.append(TaskSubmitted(task_id=new_id(), spec=spec))
     return events

@@ -38,7 +38,9 @@ def decide_kill(state: ClusterState, command: KillTask, ctx: Context) -> Decisio
     by = command.actor.user
     if task.is_final or task.state == "lost":
         raise Conflict("task_id", f"task {task.number} is already {task.state}")
-    events: list[AnyEvent] = [TaskKillRequested(task_id=task.task_id, requested_by=by)]
+    events: list[AnyEvent] = [
+        TaskKillRequested(task_id=task.task_id, requested_by=by, reason=command.reason)
+    ]
     sends: list[Send] = []
     if task.state == "pending":
         events.append(

@@ -1,19 +1,24 @@
-"""``/api/tasks`` and ``/api/batches``: submit, read, control, and task output."""
+"""``/api/tasks`` and ``/api/batches``: submit, read, control, task output, and the shell
+into a VPS task (``WS /api/tasks/<id>/shell?rows=&cols=&term=``, control_plane/vps_shells.py:
+the environment shells' frame protocol)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sanic import Request
 from sanic.response import HTTPResponse
 
+from control_plane import vps_shells
 from control_plane.access import rule
-from control_plane.commands import KillTask, PauseTask, SubmitTasks
+from control_plane.commands import KillTask, OpenSshSession, PauseTask, SubmitTasks
 from control_plane.env_default import DefaultEnvironment
-from control_plane.errors import Conflict, InvalidRequest, NotFound
+from control_plane.errors import Conflict, DomainError, InvalidRequest, NotFound
 from control_plane.hub import ControlPlane
 from control_plane.logs import (
     MAX_TAIL_BYTES,
@@ -289,3 +294,46 @@ async def stdout(request: Request, ident: str) -> HTTPResponse | None:
 async def stderr(request: Request, ident: str) -> HTTPResponse | None:
     """The task's standard error (``offset``, ``tail``, ``follow``)."""
     return await _output(request, ident, "stderr")
+
+
+_TERM = re.compile(r"[A-Za-z0-9._+-]{1,64}")
+
+
+def _terminal(request: Request) -> tuple[int, int, str]:
+    """The shell's ``rows``, ``cols`` and ``term`` from the query (``InvalidRequest``)."""
+    size = []
+    for name, default in (("rows", 24), ("cols", 80)):
+        value = query_int(request, name, minimum=1)
+        if value is not None and value > 1000:
+            raise InvalidRequest(name, f"at most 1000, got {value}")
+        size.append(default if value is None else value)
+    term = request.args.get("term", "xterm")
+    if not _TERM.fullmatch(term):
+        raise InvalidRequest("term", "a terminal type: letters, digits and ._+- (64 at most)")
+    return size[0], size[1], term
+
+
+@bp.websocket("/tasks/<ident:str>/shell")  # type: ignore[untyped-decorator]
+@rule("user")
+async def vps_shell(request: Request, ws: Any, ident: str) -> None:
+    """``hakuriver vps shell``: a terminal in a VPS task's container, through its node's
+    agent (binary terminal bytes both ways; JSON ``resize`` from the client, ``exit`` or
+    ``error`` from the host)."""
+    try:
+        rows, cols, term = _terminal(request)
+    except DomainError as exc:
+        frame = {"type": "error", "status": exc.status, "field": exc.field, "message": exc.message}
+        await ws.send(json.dumps(frame))
+        await ws.close()
+        return
+    command = OpenSshSession(
+        task=ident,
+        actor=principal_of(request),
+        session_id=new_id(),
+        via="shell",
+        client_address=request.ip or "",
+        rows=rows,
+        cols=cols,
+        term=term,
+    )
+    await vps_shells.relay(control_plane(request), ws, command)

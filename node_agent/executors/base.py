@@ -43,11 +43,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from msgspec import Struct
 
 from events.types import FinalState, TaskSpec
+
+if TYPE_CHECKING:
+    from node_agent.executors.vps import VpsEndpoint
 
 
 class TaskRun(Struct, frozen=True, kw_only=True):
@@ -97,6 +100,7 @@ class Adopted(Struct, frozen=True, kw_only=True):
     paused: bool = False
     ended: bool = False  # it ended while no agent watched: ``wait`` returns at once
     cpus: tuple[int, ...] = ()  # the CPU set it is pinned to; empty: unpinned (or unknown)
+    vps: bool = False  # a VPS task (node_agent/executors/vps.py): the agent reports vps.ready
 
 
 class ExecutorError(Exception):
@@ -150,6 +154,23 @@ class Executor(Protocol):
 
     async def close(self) -> None:
         """Stop watching; running tasks are left running."""
+        ...
+
+
+@runtime_checkable
+class RunsVps(Protocol):
+    """An executor that runs VPS tasks (the Docker executor; node_agent/executors/vps.py)."""
+
+    async def vps_endpoint(self, task_id: str, timeout_s: float) -> VpsEndpoint:
+        """Where the VPS's sshd answers, or why none does, waiting up to ``timeout_s``."""
+        ...
+
+    async def vps_restarted(self, task_id: str, generation: int) -> int | None:
+        """The next generation once the container restarts; None once the task ended."""
+        ...
+
+    def vps_container(self, task_id: str) -> Any:
+        """The container of a watched VPS task."""
         ...
 
 

@@ -17,6 +17,11 @@ Where Docker departs from the contract in ``base.py``, it is by the engine's nat
 written there: an exit code of ``128 + n`` for a signal n, and a grace period in whole
 seconds (``docker stop`` takes no fraction; it is rounded up, never down to nothing).
 
+A VPS task (``task_type = "vps"``) is a container of its own shape (a persistent
+``hakuriver-vps-<id>`` running sshd, restarted by the engine until killed), made by
+node_agent/executors/vps.py; its watcher waits on through the engine's restarts, counting
+each new start as a generation, so the agent reports ``vps.ready`` again with the new port.
+
 Every Docker SDK call blocks, so each runs in a worker thread: short calls (create,
 start, inspect, pause, remove) in a pool of the executor's own, ``ENGINE_CALLS``
 at a time; the calls that last as long as a container (its ``wait`` and the two
@@ -62,12 +67,26 @@ from node_agent.executors.docker_options import (
     executor_id,
     image_for,
 )
+from node_agent.executors.vps import (
+    LABEL_VPS,
+    VpsEndpoint,
+    is_vps,
+    probe_endpoint,
+    publish_ip,
+    vps_options,
+    vps_problem,
+    write_keys,
+)
 from node_agent.state_dir import private_directory
 
 T = TypeVar("T")
 
 # Short engine calls in flight at once (what `docker run` x16 in parallel puts on an engine).
 ENGINE_CALLS = 16
+# How long a VPS's watcher waits for an engine that went away (it restarts) to answer.
+ENGINE_OUTAGE_S = 600.0
+# How often a VPS's start time is read again, in case a restart went unseen.
+RESTART_POLL_S = 2.0
 # Connections the engine client keeps for reuse: the short calls, plus room for the
 # followers of many containers (each holds one while it runs, and returns it after).
 ENGINE_CONNECTIONS = 128
@@ -83,6 +102,19 @@ class _Box:
     outcome: asyncio.Task[Outcome] | None = None
     streams: list[asyncio.Task[None]] = field(default_factory=list)
     owner: tuple[int, int] | None = None  # uid, gid its output files are given to
+    # A VPS (node_agent/executors/vps.py): the engine restarts its container until it is
+    # killed; each start it makes counts a generation (the port may have changed).
+    vps: bool = False
+    started_at: str = ""
+    generation: int = 0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def restarted(self, started_at: str) -> None:
+        """The engine started the container again (its ``State.StartedAt``)."""
+        if started_at and started_at != self.started_at:
+            self.started_at = started_at
+            self.generation += 1
+            self.changed.set()
 
 
 class DockerExecutor:
@@ -96,11 +128,17 @@ class DockerExecutor:
         *,
         node: str,
         client: Any = None,
+        runner_address: str = "127.0.0.1",
+        install_sshd: bool = False,
     ) -> None:
         import docker
 
         self.state_dir = private_directory(state_dir)
         self.node = node
+        # VPS tasks: their SSH port is published on this address; without sshd in the
+        # image, the container installs it only with ``[vps] install_sshd``.
+        self.runner_address = runner_address
+        self.install_sshd = install_sshd
         self.executor_id = executor_id(self.state_dir)
         self.client = client or docker.from_env()
         self._boxes: dict[str, _Box] = {}
@@ -122,8 +160,15 @@ class DockerExecutor:
         return await self._starting.once(run.task_id, lambda: self._start(run))
 
     async def _start(self, run: TaskRun) -> Started:
-        container, existed, owner = await self._call(lambda: self._create(run))
-        box = _Box(task_id=run.task_id, container=container, owner=owner)
+        try:
+            container, existed, owner = await self._call(lambda: self._create(run))
+        except StartFailed:
+            if is_vps(run):
+                self._drop_keys(run.task_id)
+            raise
+        box = _Box(task_id=run.task_id, container=container, owner=owner, vps=is_vps(run))
+        if box.vps:
+            box.started_at = container.attrs.get("State", {}).get("StartedAt", "")
         self._boxes[run.task_id] = box
         self._shared[run.task_id] = Path(run.shared_dir)
         # A container a previous agent started: its output is copied from the last mark on.
@@ -136,6 +181,10 @@ class DockerExecutor:
         import docker.errors
 
         spec = run.spec
+        vps = is_vps(run)
+        problem = vps_problem(run) if vps else None
+        if problem is not None:
+            raise StartFailed(problem)
         assert spec.container is not None
         shared = Path(run.shared_dir)
         for sub in ("shared_data", "task_outputs", "task_errors"):
@@ -147,6 +196,16 @@ class DockerExecutor:
         options = container_options(
             run, node=self.node, executor_id=self.executor_id, account=account
         )
+        if vps:
+            keys = self._keys_file(run.task_id)
+            write_keys(keys, spec.ssh_public_key or "")
+            options = vps_options(
+                options,
+                task_id=run.task_id,
+                keys_file=keys,
+                publish_on=publish_ip(self.runner_address),
+                install_sshd=self.install_sshd,
+            )
         image = image_for(spec.container)
         try:
             container = self.client.containers.create(image, **options)
@@ -156,24 +215,34 @@ class DockerExecutor:
                 " (package it with `hakuriver docker create-tar` on the host)"
             ) from None
         except docker.errors.APIError as exc:
-            previous = self._previous(run.task_id) if exc.status_code == 409 else None
+            name = options["name"]
+            previous = self._previous(run.task_id, name) if exc.status_code == 409 else None
             if previous is not None:
                 return previous, True, owner
             raise StartFailed(f"docker could not create the container: {exc.explanation}") from None
         try:
             container.start()
+            if vps:
+                container.reload()  # its published port and start time
         except docker.errors.APIError as exc:
             with contextlib.suppress(Exception):
                 container.remove(force=True)
+            if vps:
+                self._drop_keys(run.task_id)
+                if "/bin/sh" in str(exc.explanation):
+                    raise StartFailed(
+                        f"image {image} has no /bin/sh: a VPS image needs a shell (and sshd,"
+                        " or use `hakuriver vps shell`)"
+                    ) from None
             raise StartFailed(f"docker could not start the task: {exc.explanation}") from None
         return container, False, owner
 
-    def _previous(self, task_id: str) -> Any | None:
+    def _previous(self, task_id: str, name: str | None = None) -> Any | None:
         """This node's container of the task, made by an agent before this one (blocking)."""
         import docker.errors
 
         try:
-            container = self.client.containers.get(container_name(task_id))
+            container = self.client.containers.get(name or container_name(task_id))
         except docker.errors.NotFound:
             return None
         labels = container.labels
@@ -199,10 +268,23 @@ class DockerExecutor:
     async def _outcome(self, box: _Box) -> Outcome:
         import docker.errors
 
-        result = await hold(box.container.wait, f"hakuriver-wait-{box.task_id[-8:]}")
-        for stream in box.streams:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await stream
+        while True:
+            try:
+                result = await hold(box.container.wait, f"hakuriver-wait-{box.task_id[-8:]}")
+            except Exception:
+                if not box.vps or box.killed:
+                    raise
+                # The engine went away (it restarts): it restarts the VPS when it is back.
+                await self._engine_back(box)
+                result = None
+            for stream in box.streams:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await stream
+            if box.vps and not box.killed and await self._vps_goes_on(box):
+                continue
+            if result is None:  # the engine came back with the VPS stopped: ask it again
+                continue
+            break
         code = int(result.get("StatusCode", -1))
         killed = box.killed or self._kill_marker(box.task_id).exists()
         if code == 0 and not killed:
@@ -223,6 +305,58 @@ class DockerExecutor:
             return Outcome(state="completed", exit_code=0)
         message = state.get("Error") or ""
         return Outcome(state="failed", exit_code=code, message=message)
+
+    async def _vps_goes_on(self, box: _Box) -> bool:
+        """Whether the engine restarts (or restarted) a VPS whose container exited: then it
+        is the same task, still running, and its output is followed again."""
+        import docker.errors
+
+        pause = 0.05
+        while True:
+            try:
+                await self._call(box.container.reload)
+            except docker.errors.NotFound:
+                return False
+            state = box.container.attrs.get("State", {})
+            if box.killed or self._kill_marker(box.task_id).exists():
+                return False
+            if state.get("Running") and not state.get("Restarting"):
+                self._notice_start(box, state)
+                return True
+            if not state.get("Restarting"):
+                return False  # stopped for good (`docker stop` outside HakuRiver)
+            # Restarting: the engine's backoff (100 ms, doubling); nothing to wait on.
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 2.0)
+
+    def _notice_start(self, box: _Box, state: dict[str, Any]) -> None:
+        """A running VPS container's state: if the engine started it again, count the
+        generation and follow its output again (its old stream ended with it)."""
+        if state.get("StartedAt", "") == box.started_at:
+            return
+        box.restarted(state.get("StartedAt", ""))
+        if all(stream.done() for stream in box.streams):
+            box.streams = []
+            if box.task_id in self._shared:
+                self._follow(box, resume=True)
+
+    async def _engine_back(self, box: _Box) -> None:
+        """Wait (up to ``ENGINE_OUTAGE_S``) until the engine answers about a VPS again."""
+        import docker.errors
+
+        deadline = asyncio.get_running_loop().time() + ENGINE_OUTAGE_S
+        pause = 0.1
+        while True:
+            try:
+                await self._call(box.container.reload)
+                return
+            except docker.errors.NotFound:
+                return
+            except Exception:
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise
+            await asyncio.sleep(pause)  # the engine is down: nothing to wait on
+            pause = min(pause * 2, 5.0)
 
     async def kill(self, task_id: str, grace_s: float) -> None:
         """``docker stop``: SIGTERM, SIGKILL after ``grace_s`` (rounded up to whole seconds)."""
@@ -275,6 +409,9 @@ class DockerExecutor:
             if task_id in self._boxes or task_id in self._starting:
                 continue
             box = _Box(task_id=task_id, container=container)
+            if container.labels.get(LABEL_VPS):
+                box.vps = True
+                box.started_at = container.attrs.get("State", {}).get("StartedAt", "")
             self._boxes[task_id] = box
             shared = self._shared_of(container)
             if shared is not None:
@@ -291,6 +428,7 @@ class DockerExecutor:
                     paused=status == "paused",
                     ended=status in ("exited", "dead"),
                     cpus=parse_cpu_list(container.attrs.get("HostConfig", {}).get("CpusetCpus")),
+                    vps=box.vps,
                 )
             )
         return adopted
@@ -314,6 +452,7 @@ class DockerExecutor:
         for path in (self._kill_marker(task_id), self._position_file(task_id)):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+        self._drop_keys(task_id)
         self._shared.pop(task_id, None)
 
     async def close(self) -> None:
@@ -322,6 +461,84 @@ class DockerExecutor:
             box.stopped = True
             for stream in box.streams:
                 stream.cancel()
+
+    # -- VPS tasks -----------------------------------------------------------------------
+
+    async def vps_endpoint(self, task_id: str, timeout_s: float) -> VpsEndpoint:
+        """Where the VPS's sshd answers now, or why none does (waits up to ``timeout_s``
+        of running time for it)."""
+        import docker.errors
+
+        box = self._known(task_id)
+        generation = box.generation
+
+        async def inspect() -> dict[str, Any]:
+            try:
+                await self._call(box.container.reload)
+            except docker.errors.NotFound:
+                raise NotWatched(task_id) from None
+            attrs: dict[str, Any] = box.container.attrs
+            return attrs
+
+        async def stderr_tail() -> str:
+            tail = await self._call(lambda: box.container.logs(stdout=False, tail=20))
+            return bytes(tail).decode(errors="replace")
+
+        return await probe_endpoint(
+            task_id=task_id,
+            address=self.runner_address,
+            timeout_s=timeout_s,
+            inspect=inspect,
+            stderr_tail=stderr_tail,
+            generation=generation,
+        )
+
+    async def vps_restarted(self, task_id: str, generation: int) -> int | None:
+        """Wait until the VPS's container is started again after ``generation``: the new
+        generation; None once the task has ended."""
+        import docker.errors
+
+        box = self._boxes.get(task_id)
+        while box is not None and not self._ended(box) and box.generation == generation:
+            box.changed.clear()
+            waiting = asyncio.ensure_future(box.changed.wait())
+            ending = (
+                box.outcome
+                if box.outcome is not None
+                else asyncio.ensure_future(self.wait(task_id))
+            )
+            try:
+                done, _ = await asyncio.wait(
+                    {waiting, ending}, timeout=RESTART_POLL_S, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                waiting.cancel()
+            if not done:
+                # The watcher sees an exit only while its engine call waits: a restart
+                # between two calls is seen here, by the start time.
+                with contextlib.suppress(docker.errors.APIError):
+                    await self._call(box.container.reload)
+                    state = box.container.attrs.get("State", {})
+                    if state.get("Running") and not state.get("Restarting"):
+                        self._notice_start(box, state)
+            box = self._boxes.get(task_id)
+        if box is None or self._ended(box):
+            return None
+        return box.generation
+
+    def vps_container(self, task_id: str) -> Any:
+        """The container of a VPS task this executor watches (``NotWatched`` otherwise)."""
+        box = self._known(task_id)
+        if not box.vps:
+            raise ExecutorError(f"task {task_id!r} is not a VPS")
+        return box.container
+
+    def _keys_file(self, task_id: str) -> Path:
+        return self.state_dir / "vps-keys" / f"{task_id}.keys"
+
+    def _drop_keys(self, task_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._keys_file(task_id).unlink()
 
     def running(self) -> list[str]:
         """Ids of the tasks whose container has not been seen to end."""

@@ -74,7 +74,6 @@ def main() -> int:
                         "/api/tasks",
                         json={
                             "task_type": "vps",
-                            "command": "sshd",
                             "container": "vps",
                             "ssh_public_key": line,
                         },

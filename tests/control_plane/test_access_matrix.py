@@ -430,6 +430,13 @@ def _cases() -> dict[Route, Callable[[World], Calls]]:
         ("WS", "/api/environments/<name:str>/shell"): lambda w: Calls(
             Call("WS", f"/api/environments/{ENV}/shell"), admin_status=(101,)
         ),
+        # The handshake opens for any user; who may reach the VPS is the session's decision,
+        # answered as an error frame (these tasks are no VPS: 404 on task for everyone).
+        ("WS", "/api/tasks/<ident:str>/shell"): lambda w: Calls(
+            Call("WS", f"/api/tasks/{w.tasks['bob']}/shell"),
+            other=Call("WS", f"/api/tasks/{w.tasks['carol']}/shell"),
+            admin_status=(101,),
+        ),
     }
 
 

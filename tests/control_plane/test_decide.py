@@ -79,7 +79,7 @@ def test_no_target_means_one_task_for_automatic_placement() -> None:
         ({"env": {"A=B": "x"}}, "env", "invalid variable name"),
         ({"privileged": True}, "privileged", "does not allow"),
         ({"task_type": "vps", "targets": ["node1", "node3"]}, "targets", "at most one"),
-        ({"task_type": "vps"}, "ssh_public_key", "public key"),
+        ({"task_type": "vps", "command": ""}, "task_type", "no registered node can run a VPS"),
     ],
 )
 def test_tasks_that_can_never_run_are_refused(fields: dict, field: str, words: str) -> None:

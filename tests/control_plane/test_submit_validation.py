@@ -55,9 +55,14 @@ def decide(request: dict[str, Any], who: Any = USER, host: HostSettings | None =
         ({"name": "n" * 129}, "name", "at most 128"),
         ({"args": ["x"] * 4097}, "args", "at most 4096"),
         (
-            {"task_type": "vps", "container": "env", "ssh_public_key": "ssh-ed25519 A\nssh-rsa B"},
+            {
+                "task_type": "vps",
+                "command": "",
+                "container": "env",
+                "ssh_public_key": "ssh-ed25519 A\r\nssh-rsa B",
+            },
             "ssh_public_key",
-            "one line",
+            "line 1 holds",
         ),
     ],
 )

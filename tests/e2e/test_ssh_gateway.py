@@ -64,7 +64,6 @@ class World:
             "/api/tasks",
             json={
                 "task_type": "vps",
-                "command": "sshd",
                 "container": "vps-test",
                 "ssh_public_key": self.keys[user],
             },
@@ -432,7 +431,6 @@ def test_the_gateway_stops_with_its_host_and_keeps_its_key(tmp_path: Path) -> No
                     "/api/tasks",
                     json={
                         "task_type": "vps",
-                        "command": "sshd",
                         "container": "vps-test",
                         "ssh_public_key": line,
                     },

@@ -76,7 +76,7 @@ class Cluster:
 host_bind_ip = "{address}"
 host_port = {self.port}
 host_reachable_address = "{address}"
-host_ssh_proxy_port = 0
+host_ssh_proxy_port = 0  # the SSH gateway on a free port (tests run side by side)
 {"tls = true" if tls else "" if address == "127.0.0.1" else "tls = false"}
 [paths]
 data_dir = "{self.data_dir}"

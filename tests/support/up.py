@@ -43,6 +43,7 @@ class UpCluster:
 host_bind_ip = "127.0.0.1"
 host_port = {self.port}
 host_reachable_address = "127.0.0.1"
+host_ssh_proxy_port = 0  # the SSH gateway on a free port (tests run side by side)
 [runner]
 name = "local"
 docker = false
