@@ -48,7 +48,8 @@ def pin_gateway(gateway: dict[str, Any], known_hosts: Path) -> Path:
     """Write the gateway's host key (from the API's answer) into ``known_hosts``, replacing
     any key kept for its address before; the VPS keys there stay. The file's path."""
     if not gateway.get("enabled"):
-        raise Unavailable("ssh", "this host runs no SSH gateway ([network] ssh_gateway = false)")
+        why = gateway.get("message") or "[network] ssh_gateway = false"
+        raise Unavailable("ssh", f"the host's SSH gateway is not running: {why}")
     fields = str(gateway.get("host_key") or "").split()
     if len(fields) < 2:
         raise Unavailable("ssh", "the host did not say what its SSH gateway's host key is")
@@ -70,11 +71,21 @@ def pin_gateway(gateway: dict[str, Any], known_hosts: Path) -> Path:
     return path
 
 
-def proxy_command(gateway: dict[str, Any], known_hosts: Path) -> str:
+def _identity(identity_file: Path | None) -> list[str]:
+    """The options that make an ssh use only ``identity_file`` (none: ssh's defaults)."""
+    if identity_file is None:
+        return []
+    return ["-i", str(identity_file), "-o", "IdentitiesOnly=yes"]
+
+
+def proxy_command(
+    gateway: dict[str, Any], known_hosts: Path, identity_file: Path | None = None
+) -> str:
     """The ``ProxyCommand`` that reaches ``%h:%p`` through the gateway, checking its key
     against ``known_hosts`` only (run by the user's shell: every word quoted)."""
     words = [
         "ssh",
+        *_identity(identity_file),
         "-p",
         str(gateway["port"]),
         "-o",
@@ -93,14 +104,20 @@ def proxy_command(gateway: dict[str, Any], known_hosts: Path) -> str:
 
 
 def ssh_argv(
-    gateway: dict[str, Any], task_id: str, known_hosts: Path, extra: list[str]
+    gateway: dict[str, Any],
+    task_id: str,
+    known_hosts: Path,
+    extra: list[str],
+    identity_file: Path | None = None,
 ) -> list[str]:
     """The ``ssh`` command into VPS task ``task_id`` with ``extra`` passed through (after the
-    destination: ssh reads options there too, and a remote command)."""
+    destination: ssh reads options there too, and a remote command). ``identity_file`` is
+    used for both hops (the gateway and the VPS), which ``-i`` in ``extra`` would not be."""
     return [
         "ssh",
+        *_identity(identity_file),
         "-o",
-        f"ProxyCommand={proxy_command(gateway, known_hosts)}",
+        f"ProxyCommand={proxy_command(gateway, known_hosts, identity_file)}",
         "-o",
         f"UserKnownHostsFile={known_hosts}",
         "-o",
@@ -165,6 +182,7 @@ def ssh(
     /,
     *extra: str,
     config: bool = False,
+    identity_file: Annotated[Path | None, Parameter(name=["--identity-file", "-i"])] = None,
     print_command: Annotated[bool, Parameter(name="--print")] = False,
     conn: Connection | None = None,
 ) -> int:
@@ -182,6 +200,9 @@ def ssh(
     config
         Print an ssh_config block for ~/.ssh/config instead (then `ssh vps-NUMBER`, scp,
         rsync and VS Code Remote-SSH go through the gateway).
+    identity_file
+        The private key to log in with, at the gateway and in the VPS (default: ssh's own
+        choice: ~/.ssh/id_*, the agent).
     print_command
         Print the ssh command instead of running it.
     """
@@ -198,7 +219,10 @@ def ssh(
         assert task_id is not None
         task = vps_task(client, task_id)
     check_reachable(task)
-    argv = ssh_argv(gateway, str(task["task_id"]), known_hosts, list(extra))
+    if identity_file is not None and not identity_file.expanduser().is_file():
+        raise InvalidRequest("identity_file", f"no key file {identity_file}")
+    identity = identity_file.expanduser().resolve() if identity_file is not None else None
+    argv = ssh_argv(gateway, str(task["task_id"]), known_hosts, list(extra), identity)
     if print_command:
         say(shlex.join(argv))
         return 0

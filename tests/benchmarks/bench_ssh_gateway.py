@@ -3,7 +3,8 @@
 A real host (its gateway on a free port), the machine's own sshd standing in for a VPS
 (tests/support/sshd.py), the VPS's node played over the real agent link, and the real
 OpenSSH client. Each pair is measured interleaved in one run, so both sides see the same
-machine. Prints one ``name value`` line per figure:
+machine. Prints one ``name value`` line per figure, each prefixed ``standin_`` (bench_vps.py
+measures the same pairs against a real VPS container, under the issue's names):
 
 - ``ssh_connect_direct_ms`` / ``ssh_connect_via_gateway_ms``: ``ssh … true``, median of
   ``--runs`` (20; 5 without ``--full``), and ``ssh_connect_ratio`` (goal: at most 1.3);
@@ -51,6 +52,56 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def compare(
+    client: SshClient,
+    cluster: Cluster,
+    *,
+    runs: int,
+    jump: tuple[str, ...],
+    via_host: str,
+    direct: tuple[str, ...],
+    direct_host: str,
+    target: str,
+    scratch: Path,
+    prefix: str = "",
+) -> None:
+    """Measure and print the pairs: ``ssh … true`` and ``scp`` of 100 MB, through the
+    gateway (``jump`` options, ``via_host``) and straight (``direct``, ``direct_host``),
+    interleaved; ``target`` is the copy's path on the server side."""
+    connect: dict[str, list[float]] = {"direct": [], "via": []}
+    for _ in range(runs):
+        connect["direct"].append(_seconds(lambda: client.ssh(*direct, direct_host, "true")))
+        connect["via"].append(_seconds(lambda: client.ssh(*jump, via_host, "true")))
+    report(f"{prefix}ssh_connect_direct_ms", 1000 * statistics.median(connect["direct"]))
+    report(f"{prefix}ssh_connect_via_gateway_ms", 1000 * statistics.median(connect["via"]))
+    report(
+        f"{prefix}ssh_connect_ratio",
+        statistics.median(connect["via"]) / statistics.median(connect["direct"]),
+    )
+    payload = scratch / "payload.bin"
+    payload.write_bytes(os.urandom(100 << 20))
+    copy: dict[str, list[float]] = {"direct": [], "via": []}
+    assert cluster.host is not None
+    host_cpu = 0.0
+    port = direct[direct.index("-p") + 1]
+    for _ in range(3):
+        copy["direct"].append(
+            _seconds(lambda: client.scp("-P", port, str(payload), f"{direct_host}:{target}"))
+        )
+        before = _cpu_s(cluster.host.pid)
+        copy["via"].append(
+            _seconds(lambda: client.scp(*jump, str(payload), f"{via_host}:{target}"))
+        )
+        host_cpu += _cpu_s(cluster.host.pid) - before
+    report(f"{prefix}scp_100mb_direct_s", statistics.median(copy["direct"]))
+    report(f"{prefix}scp_100mb_via_gateway_s", statistics.median(copy["via"]))
+    report(
+        f"{prefix}scp_100mb_ratio",
+        statistics.median(copy["via"]) / statistics.median(copy["direct"]),
+    )
+    report(f"{prefix}gateway_cpu_s_per_100mb", host_cpu / 3)
+
+
 def main() -> int:
     """Measure, print the figures."""
     full = "--full" in sys.argv
@@ -84,52 +135,18 @@ def main() -> int:
                     client = SshClient(root / "client", keys / "alice")
                     client.trust(f"[127.0.0.1]:{gateway['port']}", gateway["host_key"])
                     client.trust("*", sshd.host_key)
-                    jump = ("-J", f"alice@127.0.0.1:{gateway['port']}")
-                    direct = ("-p", str(sshd.port))
-                    via_host = f"{sshd.user}@{task_id}"
-                    direct_host = f"{sshd.user}@127.0.0.1"
-
-                    connect: dict[str, list[float]] = {"direct": [], "via": []}
-                    for _ in range(runs):
-                        connect["direct"].append(
-                            _seconds(lambda: client.ssh(*direct, direct_host, "true"))
-                        )
-                        connect["via"].append(_seconds(lambda: client.ssh(*jump, via_host, "true")))
-                    report("ssh_connect_direct_ms", 1000 * statistics.median(connect["direct"]))
-                    report("ssh_connect_via_gateway_ms", 1000 * statistics.median(connect["via"]))
-                    report(
-                        "ssh_connect_ratio",
-                        statistics.median(connect["via"]) / statistics.median(connect["direct"]),
+                    compare(
+                        client,
+                        cluster,
+                        runs=runs,
+                        jump=("-J", f"alice@127.0.0.1:{gateway['port']}"),
+                        via_host=f"{sshd.user}@{task_id}",
+                        direct=("-p", str(sshd.port)),
+                        direct_host=f"{sshd.user}@127.0.0.1",
+                        target=str(root / "sshd" / "copy.bin"),
+                        scratch=root,
+                        prefix="standin_",
                     )
-
-                    payload = root / "payload.bin"
-                    payload.write_bytes(os.urandom(100 << 20))
-                    target = root / "sshd" / "copy.bin"
-                    copy: dict[str, list[float]] = {"direct": [], "via": []}
-                    assert cluster.host is not None
-                    host_cpu = 0.0
-                    for _ in range(3):
-                        copy["direct"].append(
-                            _seconds(
-                                lambda: client.scp(
-                                    "-P", str(sshd.port), str(payload), f"{direct_host}:{target}"
-                                )
-                            )
-                        )
-                        before = _cpu_s(cluster.host.pid)
-                        copy["via"].append(
-                            _seconds(
-                                lambda: client.scp(*jump, str(payload), f"{via_host}:{target}")
-                            )
-                        )
-                        host_cpu += _cpu_s(cluster.host.pid) - before
-                    report("scp_100mb_direct_s", statistics.median(copy["direct"]))
-                    report("scp_100mb_via_gateway_s", statistics.median(copy["via"]))
-                    report(
-                        "scp_100mb_ratio",
-                        statistics.median(copy["via"]) / statistics.median(copy["direct"]),
-                    )
-                    report("gateway_cpu_s_per_100mb", host_cpu / 3)
                 finally:
                     node.stop()
         finally:

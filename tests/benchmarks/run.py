@@ -18,6 +18,7 @@ BENCHMARKS = [
     "bench_history.py",
     "bench_docker.py",
     "bench_ssh_gateway.py",
+    "bench_vps.py",
 ]
 
 
