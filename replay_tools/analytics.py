@@ -97,7 +97,41 @@ def view_sql(source: str) -> dict[str, str]:
                 payload->>'$.actor.user' AS actor
             FROM {source} WHERE kind = 'task.placed'
         """,
+        "ssh_sessions": _ssh_sessions_sql(source),
     }
+
+
+def _ssh_sessions_sql(source: str) -> str:
+    """One row per SSH session (gateway tunnel or ``vps shell``): its opening joined to its
+    end. A full join: an end whose opening is missing still shows (its own fields)."""
+    return f"""
+        WITH opened AS (
+            SELECT payload->>'$.session_id' AS session_id, payload->>'$.task_id' AS task_id,
+                payload->>'$.user' AS user, payload->>'$.via' AS via,
+                payload->>'$.client_address' AS client_address, payload->>'$.node' AS node,
+                payload->>'$.address' AS address, (payload->>'$.port')::BIGINT AS port,
+                payload->>'$.key_fingerprint' AS key_fingerprint,
+                recorded_at AS opened_at, epoch_us(recorded_at) AS opened_at_us
+            FROM {source} WHERE kind = 'ssh.session_opened'
+            QUALIFY row_number() OVER (PARTITION BY payload->>'$.session_id' ORDER BY seq) = 1
+        ), closed AS (
+            SELECT payload->>'$.session_id' AS session_id, payload->>'$.task_id' AS task_id,
+                nullif(payload->>'$.user', '') AS user, payload->>'$.via' AS via,
+                recorded_at AS closed_at, epoch_us(recorded_at) AS closed_at_us,
+                (payload->>'$.duration_s')::DOUBLE AS duration_s,
+                (payload->>'$.bytes_in')::BIGINT AS bytes_in,
+                (payload->>'$.bytes_out')::BIGINT AS bytes_out,
+                payload->>'$.reason' AS reason
+            FROM {source} WHERE kind = 'ssh.session_closed'
+            QUALIFY row_number() OVER (PARTITION BY payload->>'$.session_id' ORDER BY seq) = 1
+        )
+        SELECT coalesce(o.session_id, c.session_id) AS session_id,
+            coalesce(o.task_id, c.task_id) AS task_id, coalesce(o.user, c.user) AS user,
+            coalesce(o.via, c.via) AS via, o.client_address, o.node, o.address, o.port,
+            o.key_fingerprint, o.opened_at, o.opened_at_us, c.closed_at, c.closed_at_us,
+            c.duration_s, c.bytes_in, c.bytes_out, c.reason
+        FROM opened o FULL JOIN closed c ON o.session_id = c.session_id
+    """
 
 
 # Table functions user SQL may call: generators and the catalog. Everything else
@@ -220,7 +254,7 @@ def check_readonly(con: duckdb.DuckDBPyConnection, sql: str) -> None:
                 raise SqlRefused(
                     f"refused: {name}() is not allowed: table functions may read files, the"
                     " network or other SQL; query the views (events, tasks, nodes,"
-                    " node_heartbeats, placements)"
+                    " node_heartbeats, placements, ssh_sessions)"
                 )
             continue
         name = str(node.get("function_name", "")).lower()

@@ -1,4 +1,4 @@
-"""Task timelines and placement reasons, read from a task's own stream."""
+"""Task timelines (a task's own stream and its SSH sessions) and placement reasons."""
 
 from __future__ import annotations
 
@@ -69,10 +69,12 @@ def timeline_of(records: Sequence[Recorded]) -> list[TimelineEntry]:
 
 
 def task_history(source: str | Path | LogFile, task_id: str) -> dict[str, Any]:
-    """A task's timeline as one JSON-ready document: its state now and every event."""
+    """A task's timeline as one JSON-ready document: its state now and every event
+    (its SSH sessions' among them)."""
     records = _task_records(source, task_id)
     own = ClusterState()
-    own.apply_all(records)  # the task's own events decide its state
+    stream = f"task:{task_id}"
+    own.apply_all([r for r in records if r.stream == stream])  # its own events decide its state
     task = own.tasks.get(task_id)
     first = records[0].recorded_at_us
     took = durations(task) if task is not None else TaskDurations(None, None, None)
@@ -94,19 +96,21 @@ def task_history(source: str | Path | LogFile, task_id: str) -> dict[str, Any]:
 
 
 def task_timeline(source: str | Path | LogFile, task_id: str) -> list[TimelineEntry]:
-    """Every event of a task, oldest first, with durations between them."""
+    """Every event of a task and of its SSH sessions, oldest first, with durations between."""
     return timeline_of(_task_records(source, task_id))
 
 
 def _task_records(source: str | Path | LogFile, task_id: str) -> list[Recorded]:
-    """The task's own events (``UnknownTask`` when it has none)."""
+    """The task's own events and its SSH sessions' (recorded in their own streams,
+    ``ssh:<session>``), in seq order; ``UnknownTask`` when the task has no event of its own."""
+    stream = f"task:{task_id}"
     log, owned = as_log(source)
     try:
-        records = log.read(streams=[f"task:{task_id}"])
+        records = log.read(streams=[stream], sessions_of=task_id)
     finally:
         if owned:
             log.close()
-    if not records:
+    if not any(r.stream == stream for r in records):
         raise UnknownTask(task_id)
     return records
 
