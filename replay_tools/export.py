@@ -22,6 +22,9 @@ _EXPORTS: dict[str, str] = {
     "nodes": "SELECT * FROM nodes ORDER BY name",
     "node_heartbeats": "SELECT * FROM node_heartbeats WHERE recorded_at_us >= $since ORDER BY seq",
     "placements": "SELECT * FROM placements WHERE recorded_at_us >= $since ORDER BY seq",
+    "ssh_sessions": "SELECT * FROM ssh_sessions"
+    " WHERE coalesce(opened_at_us, closed_at_us) >= $since"
+    " ORDER BY coalesce(opened_at_us, closed_at_us)",
 }
 
 

@@ -313,7 +313,7 @@ def export(
 ) -> int:
     """Write the events and the views as Parquet files (pandas, polars and DuckDB read them).
 
-    Writes events, tasks, nodes, node_heartbeats and placements .parquet into DIR,
+    Writes events, tasks, nodes, node_heartbeats, placements and ssh_sessions .parquet into DIR,
     each under a temporary name first.
 
     Parameters

@@ -172,7 +172,14 @@ def test_failures_report_counts_match_the_fold(history_db: Path) -> None:
 def test_parquet_export_round_trips(history_db: Path, tmp_path: Path) -> None:
     out = tmp_path / "export"
     written = export_parquet(history_db, out)
-    assert set(written) == {"events", "tasks", "nodes", "node_heartbeats", "placements"}
+    assert set(written) == {
+        "events",
+        "tasks",
+        "nodes",
+        "node_heartbeats",
+        "placements",
+        "ssh_sessions",
+    }
     source = duckdb.connect(str(history_db), read_only=True)
     reader = duckdb.connect()
     try:
