@@ -309,10 +309,7 @@ def _control(
     return 0
 
 
-@vps_app.command
-@reported
-def kill(task_id: str, /, *, as_json: JsonFlag = False, conn: Connection | None = None) -> int:
-    """Kill a VPS task (paused ones too): its container is stopped and removed.
+_CONTROL_PARAMETERS = """
 
     Parameters
     ----------
@@ -321,52 +318,27 @@ def kill(task_id: str, /, *, as_json: JsonFlag = False, conn: Connection | None 
     as_json
         Print the API's answer ``{"task_id", "number", "state"}``.
     """
-    return _control("kill", task_id, as_json, conn)
 
 
-@vps_app.command
-@reported
-def stop(task_id: str, /, *, as_json: JsonFlag = False, conn: Connection | None = None) -> int:
-    """Stop a VPS task: a kill, recorded with the reason "stopped".
+def _control_command(action: str, summary: str, reason: str = "") -> None:
+    """Register ``hakuriver vps ACTION ID``: ``_control`` of that action, documented."""
 
-    Parameters
-    ----------
-    task_id
-        The task's number, its id, or a unique prefix of its id (8+ characters).
-    as_json
-        Print the API's answer ``{"task_id", "number", "state"}``.
-    """
-    return _control("stop", task_id, as_json, conn, reason="stopped")
+    def command(
+        task_id: str, /, *, as_json: JsonFlag = False, conn: Connection | None = None
+    ) -> int:
+        return _control(action, task_id, as_json, conn, reason=reason)
+
+    command.__name__ = command.__qualname__ = action
+    command.__doc__ = summary + _CONTROL_PARAMETERS
+    vps_app.command(reported(command), name=action)
 
 
-@vps_app.command
-@reported
-def pause(task_id: str, /, *, as_json: JsonFlag = False, conn: Connection | None = None) -> int:
-    """Pause a running VPS task (its container is frozen; ssh sessions hang until resume).
-
-    Parameters
-    ----------
-    task_id
-        The task's number, its id, or a unique prefix of its id (8+ characters).
-    as_json
-        Print the API's answer ``{"task_id", "number", "state"}``.
-    """
-    return _control("pause", task_id, as_json, conn)
-
-
-@vps_app.command
-@reported
-def resume(task_id: str, /, *, as_json: JsonFlag = False, conn: Connection | None = None) -> int:
-    """Resume a paused VPS task.
-
-    Parameters
-    ----------
-    task_id
-        The task's number, its id, or a unique prefix of its id (8+ characters).
-    as_json
-        Print the API's answer ``{"task_id", "number", "state"}``.
-    """
-    return _control("resume", task_id, as_json, conn)
+_control_command("kill", "Kill a VPS task (paused ones too): its container is stopped and removed.")
+_control_command("stop", 'Stop a VPS task: a kill, recorded with the reason "stopped".', "stopped")
+_control_command(
+    "pause", "Pause a running VPS task (its container is frozen; ssh sessions hang until resume)."
+)
+_control_command("resume", "Resume a paused VPS task.")
 
 
 @vps_app.command

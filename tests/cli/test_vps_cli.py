@@ -250,7 +250,7 @@ def test_the_gateway_key_is_pinned_from_the_api_and_vps_keys_stay(home: Path) ->
     # The gateway's old key is replaced by the one the API gave; the VPS key is kept
     assert lines == [f"hakuriver-vps-old {KEY}", f"[head.example]:8002 {OTHER}"]
     assert path.stat().st_mode & 0o777 == 0o600
-    with pytest.raises(Exception, match="no SSH gateway"):
+    with pytest.raises(Exception, match="SSH gateway is not running"):
         pin_gateway({**GATEWAY, "enabled": False}, known)
 
 
