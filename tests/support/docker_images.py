@@ -12,7 +12,7 @@ import os
 import shutil
 import subprocess
 import tarfile
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -107,21 +107,22 @@ def build_one_binary_image(client: Any) -> str:
     return ONE_BINARY_IMAGE
 
 
+def unavailable(reason: str, required_by: str) -> NoReturn:
+    """Skip the test saying why, or fail it where ``$required_by`` is 1 (as in CI)."""
+    if os.environ.get(required_by) == "1":
+        pytest.fail(f"{reason} ({required_by}=1 requires it)")
+    pytest.skip(reason)
+
+
 def engine_or_skip() -> Any:
     """A client with the test images, or skip (fail in CI) saying why."""
     client = engine()
-    required = os.environ.get("HAKURIVER_REQUIRE_DOCKER") == "1"
     if client is None:
-        reason = "no Docker engine answers (start dockerd; CI does)"
-        if required:
-            pytest.fail(reason)
-        pytest.skip(reason)
+        unavailable("no Docker engine answers (start dockerd; CI does)", "HAKURIVER_REQUIRE_DOCKER")
     try:
         build_images(client)
     except Exception as exc:
-        if required:
-            pytest.fail(f"cannot build the test image: {exc}")
-        pytest.skip(f"cannot build the test image: {exc}")
+        unavailable(f"cannot build the test image: {exc}", "HAKURIVER_REQUIRE_DOCKER")
     return client
 
 

@@ -24,9 +24,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from support.docker_images import engine_or_skip
+from support.docker_images import engine_or_skip, unavailable
 
 VPS_SSHD_IMAGE = "hakuriver/vps-sshd:base"
 VPS_NOSSH_IMAGE = "hakuriver/vps-nossh:base"
@@ -197,18 +195,13 @@ def ssh_missing() -> str | None:
 def vps_images_or_skip() -> Any:
     """A Docker client with both VPS images, or skip (fail under HAKURIVER_REQUIRE_SSH=1)."""
     client = engine_or_skip()
-    required = os.environ.get("HAKURIVER_REQUIRE_SSH") == "1"
     missing = ssh_missing()
     if missing is not None:
-        if required:
-            pytest.fail(missing)
-        pytest.skip(missing)
+        unavailable(missing, "HAKURIVER_REQUIRE_SSH")
     try:
         build_vps_images(client)
     except Exception as exc:
-        if required:
-            pytest.fail(f"cannot build the VPS test images: {exc}")
-        pytest.skip(f"cannot build the VPS test images: {exc}")
+        unavailable(f"cannot build the VPS test images: {exc}", "HAKURIVER_REQUIRE_SSH")
     return client
 
 
