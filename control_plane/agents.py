@@ -326,9 +326,12 @@ class AgentSession:
             log.warning("could not record a heartbeat from %s: %s", self.node, exc)
 
 
-async def serve_agent(cp: ControlPlane, socket: Socket, principal: Principal) -> None:
+async def serve_agent(
+    cp: ControlPlane, socket: Socket, principal: Principal, peer: str = ""
+) -> None:
     """Run one agent's link until it closes; ``principal`` is its enrolled credential, and
-    the hello must be for the node the credential was issued to."""
+    the hello must be for the node the credential was issued to. ``peer``: the IP the link
+    comes from (the SSH gateway connects to that node there alone)."""
     try:
         frame = await socket.recv(timeout=HELLO_TIMEOUT_S)
         if not isinstance(frame, bytes):
@@ -349,7 +352,7 @@ async def serve_agent(cp: ControlPlane, socket: Socket, principal: Principal) ->
             await socket.close(1008, str(exc)[:120])
         return
     session = AgentSession(cp, socket, hello.node)
-    refusal = await cp.attach(hello.node, session)
+    refusal = await cp.attach(hello.node, session, peer)
     if refusal is not None:
         # Nothing is recorded, nothing is killed: the link that holds the name stays.
         log.warning("refused a hello from %s: %s", hello.node, refusal)

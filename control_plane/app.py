@@ -23,7 +23,7 @@ from sanic.response import HTTPResponse
 
 from control_plane.access import FailureLog, authenticate, require, rule_of
 from control_plane.bootstrap import ensure_admin
-from control_plane.commands import RecordFacts
+from control_plane.commands import CloseSessionsLeftOpen, RecordFacts
 from control_plane.errors import (
     ERROR_CODE,
     DomainError,
@@ -147,6 +147,7 @@ def create_app(
             raise LogInUse(str(exc)) from None
         app.ctx.cp = cp
         app.ctx.admin_token_file = await ensure_admin(cp)
+        await _close_sessions_left_open(cp)
         cp.start()
         # The SSH gateway to VPS tasks (its port is known once bound: GET /api/ssh).
         app.ctx.ssh_gateway = await start_gateway(cp, settings, failures)
@@ -208,6 +209,21 @@ def create_app(
         return error(500, "internal", f"internal error ({type(exc).__name__}); see the host log")
 
     return app
+
+
+async def _close_sessions_left_open(cp: ControlPlane) -> None:
+    """Record the close of the SSH sessions a killed host left open (before any new one
+    opens: none of those the log shows open can have survived that host)."""
+    try:
+        outcome = await cp.execute(CloseSessionsLeftOpen())
+    except StoreFailing as exc:  # the next start closes them
+        log.warning("could not close the SSH sessions left open: %s", exc.message)
+        return
+    if outcome.seqs:
+        log.warning(
+            "closed %d SSH session(s) left open by a host that did not stop cleanly",
+            len(outcome.seqs),
+        )
 
 
 def _exit_if_stuck(deadline_s: float) -> None:

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from types import MappingProxyType
 from typing import NamedTuple, Protocol
 
 import msgspec
@@ -47,7 +48,7 @@ from events.file_modes import private_dir
 from events.ids import new_id
 from events.snapshot_files import CLUSTER as SNAPSHOT_NAME
 from events.store import EventStore, StoreUnavailable, WriteFailure
-from projections.cluster import ClusterState
+from projections.cluster import ClusterState, SnapshotFormatError
 
 log = logging.getLogger("hakuriver.host")
 
@@ -153,6 +154,9 @@ class ControlPlane:
         self._scheduler = Scheduler(settings.scheduler.policy)
         self._gate = Gate()
         self._links: dict[str, Link] = {}
+        # The IP each node's (latest) agent link came from: where the SSH gateway may
+        # connect for that node's VPS tasks (commands/vps.py).
+        self._peers: dict[str, str] = {}
         # The ``vps shell`` sessions relayed through the agents' links (vps_shells.py).
         self.shells = VpsShells()
         # One hello at a time per node name (two racing runners must not both get in).
@@ -190,9 +194,14 @@ class ControlPlane:
         snapshot = await store.latest_snapshot(SNAPSHOT_NAME)
         after = snapshot[0] if snapshot else 0
         tail = await store.read(after=after)
-        state = await asyncio.to_thread(
-            ClusterState.rebuild, snapshot[1] if snapshot else None, tail
-        )
+        try:
+            state = await asyncio.to_thread(
+                ClusterState.rebuild, snapshot[1] if snapshot else None, tail
+            )
+        except SnapshotFormatError as exc:  # an older build's: derived data, folded anew
+            log.info("%s: folding the log from its start", exc)
+            after, tail = 0, await store.read(after=0)
+            state = await asyncio.to_thread(ClusterState.rebuild, None, tail)
         log.info("state rebuilt at seq %d (snapshot %d, tail %d)", state.last_seq, after, len(tail))
         return cls(settings, store, state)
 
@@ -271,6 +280,7 @@ class ControlPlane:
             new_id=new_id,
             started_us=self._started_us,
             now_mono=time.monotonic(),
+            link_peers=MappingProxyType(self._peers),
         )
 
     async def _send(self, send: Send) -> bool:
@@ -289,8 +299,9 @@ class ControlPlane:
 
     # -- agents' links ---------------------------------------------------------------------
 
-    async def attach(self, node: str, agent: Link) -> str | None:
-        """``node``'s agent is connected through ``agent``; or why not (None: attached).
+    async def attach(self, node: str, agent: Link, peer: str = "") -> str | None:
+        """``node``'s agent is connected through ``agent`` (from the IP ``peer``); or why not
+        (None: attached).
 
         A name held by a live link is not taken over: if the previous link's agent still
         answers a ping, the new one is refused (a second runner under the same name, or
@@ -308,6 +319,7 @@ class ControlPlane:
                     )
                 await previous.close("replaced: this link stopped answering")
             self._links[node] = agent
+            self._peers[node] = peer
             self.heard_from(node)
         return None
 

@@ -3,37 +3,43 @@
 It replaces the original's unauthenticated TCP proxy, and is never an open proxy:
 
 - **Logins**: public keys only. The SSH user name is the HakuRiver user; the keys it may
-  present are its registered keys and those of its own VPS tasks that hold resources
-  (``commands.vps.gateway_login``). A refused login is recorded as ``auth.failed``
-  (route ``ssh``) through the app's rate-limited ``FailureLog``; a wrong key and an
-  unknown user look the same to the client. Logins are bounded in time, in failed keys,
-  and in connections per client address.
+  present are its registered keys and those of its own VPS tasks that hold resources,
+  never one it removed (``commands.vps.gateway_login``). A refused login is recorded as
+  ``auth.failed`` (route ``ssh``) through the app's rate-limited ``FailureLog``; a wrong
+  key and an unknown user look the same to the client. Logins are bounded in time, in
+  failed keys, and in connections not yet logged in (in all and per client address,
+  an IPv6 client by its /64), apart from the bounds on all connections.
 - **Channels**: only ``direct-tcpip`` to port 22 of a host name that names a VPS task
   (its number, id, unique id prefix, or ``vps-<that>``), decided by the command
-  boundary (``OpenSshSession``: the user may act on it, it runs, its sshd is ready),
-  which records ``ssh.session_opened`` with the address and port to connect to. A
-  shell or command on the gateway, another host or port, remote forwarding (``-R``),
-  UNIX sockets and tunnels are refused with a message saying so.
-- **Sessions**: an accepted channel is relayed to the VPS's sshd, counting bytes each
-  way; when it ends (either side closes, the task ends, the user is disabled, the
-  gateway stops) ``ssh.session_closed`` records the counts, the duration and the reason.
+  boundary (``OpenSshSession``: the user, read again, may act on it, it runs, its sshd
+  is ready), which records ``ssh.session_opened`` with the address (the node's own,
+  where its agent link comes from) and port to connect to. A shell or command on the
+  gateway, another host or port, remote forwarding (``-R``), UNIX sockets and tunnels
+  are refused with a message saying so. Tunnels are bounded per connection and per user.
+- **Sessions**: an accepted channel is relayed to the VPS's sshd once it said an SSH
+  banner (control_plane/ssh_relay.py), counting bytes each way; when it ends (either side
+  closes, the task ends, the user is disabled or demoted, the key it logged in with is
+  removed, the gateway stops) ``ssh.session_closed`` records the counts, the duration
+  and the reason. A host killed with sessions open closes them at its next start
+  (``CloseSessionsLeftOpen``, app.py).
 
 The gateway holds no state of its own beyond its open connections: what a user may do
-is decided at the command boundary (``ControlPlane.execute``), and the task ending is
-learnt from the commits (``on_commit``). Its host key (ed25519) is made at the first
-start under ``<data_dir>/ssh`` (0600) and reused after, so clients can pin it
-(``GET /api/ssh`` serves it).
+is decided at the command boundary (``ControlPlane.execute``), and the task ending (or
+the user's, or the key's) is learnt from the commits (``on_commit``). Its host key
+(ed25519) is made at the first start under ``<data_dir>/ssh`` (0600) and reused after,
+so clients can pin it (``GET /api/ssh`` serves it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,24 +49,26 @@ from asyncssh import (
     OPEN_CONNECT_FAILED,
     ChannelOpenError,
 )
-from asyncssh.forward import SSHForwarder
 
-from control_plane.access import FailureLog, Principal
+from control_plane.access import ADMIN, FailureLog, Principal
 from control_plane.commands import OpenSshSession, RecordFacts
 from control_plane.commands.vps import gateway_login
 from control_plane.errors import DomainError
 from control_plane.hub import ControlPlane
 from control_plane.settings import HostSettings
+from control_plane.ssh_relay import NotSsh, Side, Tunnel
 from events.envelope import Recorded
 from events.file_modes import open_private, private_dir, private_file
 from events.ids import new_id
 from events.types import (
     AuthFailed,
+    SshKeyRemoved,
     SshSessionClosed,
     SshSessionOpened,
     TaskFinished,
     TaskLost,
     UserDisabled,
+    UserRoleChanged,
 )
 
 log = logging.getLogger("hakuriver.host.ssh")
@@ -72,12 +80,21 @@ VPS_SSH_PORT = 22
 LOGIN_TIMEOUT_S = 30.0
 # Keys refused before the connection is closed (OpenSSH's MaxAuthTries).
 MAX_AUTH_FAILURES = 6
-# Connections open at once from one client address, and in all.
+# Connections open at once from one client address, and in all. An IPv6 client counts
+# by its /64 (one machine is commonly given a whole /64).
 MAX_CONNECTIONS_PER_ADDRESS = 32
 MAX_CONNECTIONS = 1024
-# Tunnels open at once in one SSH connection (one is usual: ``ssh -J`` opens one).
+# Of those, connections not logged in yet (OpenSSH's MaxStartups): a login may take
+# LOGIN_TIMEOUT_S, so these are what a flood of idle clients would hold. A smaller bound
+# keeps slots for users who log in: logged-in connections do not count against it.
+MAX_STARTUPS_PER_ADDRESS = 8
+MAX_STARTUPS = 64
+# Tunnels open at once in one SSH connection (one is usual: ``ssh -J`` opens one), and
+# for one user over all their connections.
 MAX_TUNNELS_PER_CONNECTION = 8
-# How long the gateway waits for a VPS's sshd to accept the TCP connection.
+MAX_TUNNELS_PER_USER = 32
+# How long the gateway waits for a VPS's sshd to accept the TCP connection and say its
+# banner.
 CONNECT_TIMEOUT_S = 10.0
 # A silent client is asked if it is there every interval, and dropped after this many.
 KEEPALIVE_INTERVAL_S = 30.0
@@ -201,7 +218,12 @@ class SshGateway:
         self._acceptor: asyncssh.SSHAcceptor | None = None
         self._connections: set[_Connection] = set()
         self._per_address: dict[str, int] = {}
+        # Connections not logged in yet, in all and per address (MAX_STARTUPS).
+        self._starting: set[_Connection] = set()
+        self._starting_per_address: dict[str, int] = {}
         self._tunnels: dict[str, Tunnel] = {}
+        # Tunnels held (or being opened) per user.
+        self._per_user: dict[str, int] = {}
         self._records: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -259,22 +281,31 @@ class SshGateway:
             return "the gateway is stopping"
         if len(self._connections) >= MAX_CONNECTIONS:
             return "the gateway has too many connections; try again later"
-        count = self._per_address.get(connection.address, 0)
-        if count >= MAX_CONNECTIONS_PER_ADDRESS:
-            return f"too many connections from {connection.address}; close some first"
-        self._per_address[connection.address] = count + 1
+        if len(self._starting) >= MAX_STARTUPS:
+            return "the gateway has too many connections logging in; try again later"
+        group = connection.group
+        if self._per_address.get(group, 0) >= MAX_CONNECTIONS_PER_ADDRESS:
+            return f"too many connections from {group}; close some first"
+        if self._starting_per_address.get(group, 0) >= MAX_STARTUPS_PER_ADDRESS:
+            return f"too many connections logging in from {group}; try again later"
+        _count(self._per_address, group, +1)
+        _count(self._starting_per_address, group, +1)
         self._connections.add(connection)
+        self._starting.add(connection)
         return None
+
+    def logged_in(self, connection: _Connection) -> None:
+        """A connection logged in: it no longer counts as one logging in."""
+        if connection in self._starting:
+            self._starting.discard(connection)
+            _count(self._starting_per_address, connection.group, -1)
 
     def release(self, connection: _Connection) -> None:
         """A connection ended."""
+        self.logged_in(connection)
         if connection in self._connections:
             self._connections.discard(connection)
-            left = self._per_address.get(connection.address, 1) - 1
-            if left > 0:
-                self._per_address[connection.address] = left
-            else:
-                self._per_address.pop(connection.address, None)
+            _count(self._per_address, connection.group, -1)
 
     def refused_login(self, address: str, reason: str) -> None:
         """Record a refused login, as the HTTP API records a refused token (rate-limited)."""
@@ -284,18 +315,75 @@ class SshGateway:
 
     async def open_tunnel(
         self, connection: _Connection, principal: Principal, destination: str
-    ) -> _Side:
+    ) -> Side:
         """A tunnel to the VPS task ``destination`` names, as the command boundary decides;
         its user-side end, for asyncssh to attach to the channel."""
         if self.stopping:
             raise ChannelOpenError(OPEN_CONNECT_FAILED, "the gateway is stopping")
-        session_id = new_id()
+        user = principal.user
+        if self._per_user.get(user, 0) >= MAX_TUNNELS_PER_USER:
+            raise ChannelOpenError(
+                OPEN_ADMINISTRATIVELY_PROHIBITED,
+                f"{user} has {MAX_TUNNELS_PER_USER} tunnels open through the gateway, the"
+                " most one user may; close some first",
+            )
+        # Held from here (the decision awaits the gate): concurrent opens count too. The
+        # tunnel gives it back when it ends; a refusal before there is one, here.
+        _count(self._per_user, user, +1)
+        connection.opening += 1
+        try:
+            opened = await self._decide(connection, principal, destination)
+        except BaseException:
+            _count(self._per_user, user, -1)
+            raise
+        finally:
+            connection.opening -= 1
+        tunnel = Tunnel(self, opened, principal, connection)
+        self._tunnels[opened.session_id] = tunnel
+        connection.tunnels.add(tunnel)
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                _, vps_side = await loop.create_connection(
+                    lambda: Side(tunnel, "vps"), opened.address, opened.port
+                )
+                tunnel.vps_side = vps_side
+                # Nothing is relayed to what is not an SSH server.
+                await vps_side.banner
+        except (OSError, TimeoutError, NotSsh) as exc:
+            why = str(exc) or type(exc).__name__
+            tunnel.finish(f"could not reach the VPS's sshd: {why}")
+            raise ChannelOpenError(
+                OPEN_CONNECT_FAILED,
+                f"the sshd of VPS task {destination} at {opened.address}:{opened.port} does"
+                f" not answer ({why})",
+            ) from None
+        if tunnel.reason is not None:  # ended while connecting (the task, the gateway)
+            raise ChannelOpenError(OPEN_CONNECT_FAILED, f"session ended: {tunnel.reason}")
+        user_side = Side(tunnel, "user", peer=vps_side)
+        tunnel.sides = (user_side, vps_side)
+        log.info(
+            "SSH gateway: %s from %s tunnelled to task %s (%s:%d), session %s",
+            principal.user,
+            connection.address,
+            opened.task_id,
+            opened.address,
+            opened.port,
+            opened.session_id,
+        )
+        return user_side
+
+    async def _decide(
+        self, connection: _Connection, principal: Principal, destination: str
+    ) -> SshSessionOpened:
+        """The command boundary's ``ssh.session_opened`` for this tunnel, or its refusal as
+        the channel's (``ChannelOpenError``)."""
         try:
             outcome = await self.cp.execute(
                 OpenSshSession(
                     task=destination,
                     actor=principal,
-                    session_id=session_id,
+                    session_id=new_id(),
                     via="gateway",
                     client_address=connection.address,
                     key_fingerprint=connection.key_fingerprint,
@@ -326,44 +414,13 @@ class SshGateway:
             raise ChannelOpenError(
                 OPEN_CONNECT_FAILED, "the gateway could not open the session; see the host log"
             ) from None
-        opened = next(e for e in outcome.decision.events if isinstance(e, SshSessionOpened))
-        tunnel = Tunnel(self, opened, principal, connection)
-        self._tunnels[session_id] = tunnel
-        connection.tunnels.add(tunnel)
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                _, vps_side = await loop.create_connection(
-                    lambda: _Side(tunnel, "vps"), opened.address, opened.port
-                )
-        except (OSError, TimeoutError) as exc:
-            why = str(exc) or type(exc).__name__
-            tunnel.finish(f"could not reach the VPS: {why}")
-            raise ChannelOpenError(
-                OPEN_CONNECT_FAILED,
-                f"the sshd of VPS task {destination} at {opened.address}:{opened.port} does"
-                f" not answer ({why})",
-            ) from None
-        if tunnel.reason is not None:  # ended while connecting (the task, the gateway)
-            vps_side.close()
-            raise ChannelOpenError(OPEN_CONNECT_FAILED, f"session ended: {tunnel.reason}")
-        user_side = _Side(tunnel, "user", peer=vps_side)
-        tunnel.sides = (user_side, vps_side)
-        log.info(
-            "SSH gateway: %s from %s tunnelled to task %s (%s:%d), session %s",
-            principal.user,
-            connection.address,
-            opened.task_id,
-            opened.address,
-            opened.port,
-            session_id,
-        )
-        return user_side
+        return next(e for e in outcome.decision.events if isinstance(e, SshSessionOpened))
 
     def tunnel_ended(self, tunnel: Tunnel) -> None:
         """Record a tunnel's end."""
         self._tunnels.pop(tunnel.opened.session_id, None)
         tunnel.connection.tunnels.discard(tunnel)
+        _count(self._per_user, tunnel.principal.user, -1)
         opened = tunnel.opened
         closed = SshSessionClosed(
             session_id=opened.session_id,
@@ -401,7 +458,8 @@ class SshGateway:
     # -- what the log says -----------------------------------------------------------------
 
     def on_commit(self, recorded: Sequence[Recorded]) -> None:
-        """Close the tunnels of a task that ended, and the connections of a disabled user."""
+        """Close the tunnels of a task that ended; the connections (and their tunnels) of a
+        user disabled or no longer an admin, and those logged in with a key removed."""
         if not self._tunnels and not self._connections:
             return
         for r in recorded:
@@ -411,15 +469,35 @@ class SshGateway:
                         if tunnel.opened.task_id == e.task_id:
                             tunnel.finish("task ended")
                 case UserDisabled() as e:
-                    for tunnel in list(self._tunnels.values()):
-                        if tunnel.opened.user == e.name:
-                            tunnel.finish("user disabled")
-                    for connection in list(self._connections):
-                        who = connection.principal
-                        if who is not None and who.user == e.name:
-                            connection.close()
+                    self._cut(e.name, "user disabled")
+                case UserRoleChanged() as e if e.role != ADMIN:
+                    # A demoted admin's connections may hold tunnels into others' VPSes.
+                    self._cut(e.name, "user's role changed")
+                case SshKeyRemoved() as e:
+                    removed = self.cp.state.identity.removed_keys.get(e.user, {})
+                    for fingerprint, key_id in removed.items():
+                        if key_id == e.key_id:
+                            self._cut(e.user, "key removed", fingerprint)
                 case _:
                     pass
+
+    def _cut(self, user: str, reason: str, fingerprint: str | None = None) -> None:
+        """End ``user``'s tunnels and connections (those logged in with ``fingerprint``)."""
+
+        def cut(connection: _Connection) -> bool:
+            who = connection.principal
+            return (
+                who is not None
+                and who.user == user
+                and fingerprint in (None, connection.key_fingerprint)
+            )
+
+        for tunnel in list(self._tunnels.values()):
+            if cut(tunnel.connection):
+                tunnel.finish(reason)
+        for connection in list(self._connections):
+            if cut(connection):
+                connection.close()
 
     # -- for GET /api/ssh and the tests ----------------------------------------------------
 
@@ -428,66 +506,10 @@ class SshGateway:
         """Tunnels open now."""
         return len(self._tunnels)
 
-
-@dataclass(eq=False)
-class Tunnel:
-    """One relayed channel: the session the log knows, its byte counts, how it ended."""
-
-    gateway: SshGateway
-    opened: SshSessionOpened
-    principal: Principal
-    connection: _Connection
-    started: float = field(default_factory=time.monotonic)
-    bytes_in: int = 0  # user -> VPS
-    bytes_out: int = 0  # VPS -> user
-    # Who ended it first (an EOF or a close), and, once ended, why.
-    first_end: str | None = None
-    reason: str | None = None
-    sides: tuple[_Side, _Side] | None = None
-
-    def side_ended(self, side: str, exc: Exception | None) -> None:
-        """One side sent its EOF or went away."""
-        if exc is not None and self.first_end is None:
-            self.first_end = f"{side} connection lost: {exc}"
-        elif self.first_end is None:
-            self.first_end = "client closed" if side == "user" else "vps closed"
-
-    def finish(self, reason: str) -> None:
-        """End the tunnel (both sides closed) and record it, once."""
-        if self.reason is not None:
-            return
-        self.reason = reason
-        if self.sides is not None:
-            user_side, vps_side = self.sides
-            user_side.close()
-            vps_side.close()
-        self.gateway.tunnel_ended(self)
-
-
-class _Side(SSHForwarder):
-    """One end of a tunnel (the user's SSH channel, or the TCP connection to the VPS):
-    asyncssh's forwarder, counting what it receives and telling the tunnel how it ended."""
-
-    def __init__(self, tunnel: Tunnel, side: str, peer: _Side | None = None) -> None:
-        super().__init__(peer)
-        self.tunnel = tunnel
-        self.side = side
-
-    def data_received(self, data: bytes, datatype: int | None = None) -> None:
-        if self.side == "user":
-            self.tunnel.bytes_in += len(data)
-        else:
-            self.tunnel.bytes_out += len(data)
-        super().data_received(data, datatype)
-
-    def eof_received(self) -> bool:
-        self.tunnel.side_ended(self.side, None)
-        return super().eof_received()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.tunnel.side_ended(self.side, exc)
-        super().connection_lost(exc)
-        self.tunnel.finish(self.tunnel.first_end or "closed")
+    @property
+    def logging_in(self) -> int:
+        """Connections not logged in yet."""
+        return len(self._starting)
 
 
 class _Connection(asyncssh.SSHServer):
@@ -501,10 +523,12 @@ class _Connection(asyncssh.SSHServer):
         self.principal: Principal | None = None  # set once logged in
         self._pending: Principal | None = None
         self.key_fingerprint = ""
+        self._source = ""
         self.refused_keys = 0
         self.tried = False
         self.admitted = False
         self.tunnels: set[Tunnel] = set()
+        self.opening = 0  # tunnels being decided or connected
 
     # -- the connection ----------------------------------------------------------------------
 
@@ -531,7 +555,8 @@ class _Connection(asyncssh.SSHServer):
             )
 
     def close(self) -> None:
-        """Close the connection (the gateway stops, the user was disabled)."""
+        """Close the connection (the gateway stops, the user was disabled or demoted, the
+        key it logged in with was removed)."""
         if self.conn is not None:
             self.conn.close()
 
@@ -553,11 +578,16 @@ class _Connection(asyncssh.SSHServer):
     def public_key_auth_supported(self) -> bool:
         return True
 
+    @property
+    def group(self) -> str:
+        """What the per-address bounds count this client as: its address, or for IPv6 its
+        /64 (a client holds a whole /64 as easily as one address)."""
+        return address_group(self.address)
+
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         self.tried = True
-        login = gateway_login(self.gateway.cp.state, username)
-        source = login.keys.get(key.public_data) if login is not None else None
-        if login is None or source is None:
+        login = gateway_login(self.gateway.cp.state, username, key.public_data)
+        if login is None:
             self.refused_keys += 1
             if self.refused_keys >= MAX_AUTH_FAILURES and self.conn is not None:
                 conn = self.conn
@@ -568,16 +598,19 @@ class _Connection(asyncssh.SSHServer):
                 )
             return False
         self._pending = login.principal  # logged in once the signature is checked
-        self.key_fingerprint = key.get_fingerprint("sha256")
+        self.key_fingerprint = login.fingerprint
+        self._source = login.source
         return True
 
     def auth_completed(self) -> None:
         self.principal = self._pending
+        self.gateway.logged_in(self)
         log.info(
-            "SSH gateway: %s logged in from %s with key %s",
+            "SSH gateway: %s logged in from %s with key %s (%s)",
             self.user,
             self.address,
             self.key_fingerprint,
+            self._source,
         )
 
     # -- channels: direct-tcpip to a VPS's port 22, nothing else -----------------------------
@@ -600,7 +633,7 @@ class _Connection(asyncssh.SSHServer):
                 f" ({dest_host}:{dest_port} refused); forward other ports through the VPS's"
                 " own ssh (-L)",
             )
-        if len(self.tunnels) >= MAX_TUNNELS_PER_CONNECTION:
+        if len(self.tunnels) + self.opening >= MAX_TUNNELS_PER_CONNECTION:
             raise ChannelOpenError(
                 OPEN_ADMINISTRATIVELY_PROHIBITED,
                 f"at most {MAX_TUNNELS_PER_CONNECTION} tunnels per connection",
@@ -632,3 +665,23 @@ class _Connection(asyncssh.SSHServer):
 
     def tap_requested(self, unit: int | None) -> bool:
         raise ChannelOpenError(OPEN_ADMINISTRATIVELY_PROHIBITED, "the gateway opens no tap device")
+
+
+def address_group(address: str) -> str:
+    """A client address as the per-address bounds count it: an IPv6 address by its /64."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is None:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip.ipv4_mapped or ip) if isinstance(ip, ipaddress.IPv6Address) else str(ip)
+
+
+def _count(counts: dict[str, int], key: str, change: int) -> None:
+    """Add ``change`` to ``counts[key]``, dropping the key at zero."""
+    left = counts.get(key, 0) + change
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)

@@ -21,6 +21,8 @@ from events.types import (
     NodeOffline,
     NodeOnline,
     NodeRegistered,
+    SshSessionClosed,
+    SshSessionOpened,
     TaskDispatched,
     TaskFinished,
     TaskKillRequested,
@@ -38,9 +40,16 @@ from events.types import (
 )
 from projections.identity import IDENTITY_KINDS, Identity
 from projections.nodes import NodeView
+from projections.sessions import SshSessionView
 from projections.tasks import HOLDING_STATES, TaskView, next_state
 
-SNAPSHOT_FORMAT = 1
+# 2: open SSH sessions and the removed-keys record (an older snapshot lacks them: the log
+# is folded from its start instead).
+SNAPSHOT_FORMAT = 2
+
+
+class SnapshotFormatError(ValueError):
+    """A snapshot written in another format: not used (the log is folded instead)."""
 
 
 class Anomaly(Struct, frozen=True, kw_only=True):
@@ -59,6 +68,7 @@ class _Snapshot(Struct, kw_only=True):
     nodes: list[NodeView]
     anomalies: list[Anomaly]
     identity: Identity | None = None  # absent from snapshots written before identity
+    ssh_sessions: list[SshSessionView] = []
 
 
 _snapshot_encoder = msgspec.msgpack.Encoder()
@@ -80,6 +90,11 @@ class ClusterState:
         self.numbers: dict[int, str] = {}
         # Users, tokens, enrolled nodes, SSH keys.
         self.identity = Identity()
+        # SSH sessions opened and not yet closed (projections/sessions.py).
+        self.ssh_sessions: dict[str, SshSessionView] = {}
+        # Owner -> the VPS tasks of theirs holding resources on a node (derived from the
+        # nodes' task ids): the SSH gateway reads a user's own alone at each login.
+        self.vps_holding: dict[str, dict[str, None]] = {}
 
     # -- folding -----------------------------------------------------------------------------
 
@@ -215,10 +230,22 @@ class ClusterState:
                 if node is not None:
                     for task_id in node.task_ids:
                         self._flag(recorded, task_id, f"node {e.node} forgotten under this task")
+                        if task_id in self.tasks:
+                            self._index_vps(self.tasks[task_id], held=False)
                     # Gone: a later hello from it registers a new node.
                     del self.nodes[e.node]
+            case SshSessionOpened() as e:
+                self.ssh_sessions[e.session_id] = SshSessionView(
+                    session_id=e.session_id,
+                    task_id=e.task_id,
+                    user=e.user,
+                    via=e.via,
+                    opened_at_us=at,
+                )
+            case SshSessionClosed() as e:
+                self.ssh_sessions.pop(e.session_id, None)
             case _:
-                # Environment and SSH events change no node or task view.
+                # Environment events change no node or task view.
                 pass
 
     def apply_all(self, records: Iterable[Recorded]) -> None:
@@ -268,6 +295,7 @@ class ClusterState:
             by_numa = node.allocated_cores_by_numa
             by_numa[task.numa_id] = by_numa.get(task.numa_id, 0) + task.cores
         node.task_ids.append(task.task_id)
+        self._index_vps(task, held=True)
         if node.allocated_cores > node.cores:
             self._flag(recorded, task.task_id, f"cores overcommitted on {node.name}")
         if node.memory_bytes and node.allocated_memory_bytes > node.memory_bytes:
@@ -290,6 +318,19 @@ class ClusterState:
                 node.allocated_cores_by_numa.pop(task.numa_id, None)
         if task.task_id in node.task_ids:
             node.task_ids.remove(task.task_id)
+        self._index_vps(task, held=False)
+
+    def _index_vps(self, task: TaskView, *, held: bool) -> None:
+        """Keep ``vps_holding`` in step with the nodes' task ids."""
+        if task.spec.task_type != "vps":
+            return
+        owned = self.vps_holding.setdefault(task.spec.owner, {})
+        if held:
+            owned[task.task_id] = None
+        else:
+            owned.pop(task.task_id, None)
+        if not owned:
+            del self.vps_holding[task.spec.owner]
 
     def _flag(self, recorded: Recorded, subject: str, reason: str) -> None:
         self.anomalies.append(
@@ -308,6 +349,7 @@ class ClusterState:
                 nodes=list(self.nodes.values()),
                 anomalies=self.anomalies,
                 identity=self.identity,
+                ssh_sessions=list(self.ssh_sessions.values()),
             )
         )
 
@@ -317,10 +359,11 @@ class ClusterState:
         with gc_paused():
             snap = _snapshot_decoder.decode(data)
         if snap.format != SNAPSHOT_FORMAT:
-            raise ValueError(f"snapshot format {snap.format} is not {SNAPSHOT_FORMAT}")
+            raise SnapshotFormatError(f"snapshot format {snap.format} is not {SNAPSHOT_FORMAT}")
         state = cls.assemble(snap.last_seq, snap.tasks, snap.nodes, snap.anomalies)
         if snap.identity is not None:
             state.identity = snap.identity
+        state.ssh_sessions = {s.session_id: s for s in snap.ssh_sessions}
         return state
 
     @classmethod
@@ -351,6 +394,10 @@ class ClusterState:
             if task.state == "pending":
                 state.pending[task.task_id] = None
         state.nodes = {node.name: node for node in nodes}
+        for node in state.nodes.values():
+            for task_id in node.task_ids:
+                if task_id in state.tasks:
+                    state._index_vps(state.tasks[task_id], held=True)
         state.anomalies = anomalies
         return state
 

@@ -69,6 +69,21 @@ class Identity(Struct, kw_only=True):
     # Enrolled node name -> the id of its agent credential.
     enrolled: dict[str, str] = field(default_factory=dict)
     revoked_nodes: list[str] = field(default_factory=list)
+    # User -> {fingerprint: key id} of their registered keys: the SSH gateway finds a
+    # presented key in one lookup, whatever the number of users and keys.
+    keys_of: dict[str, dict[str, str]] = field(default_factory=dict)
+    # User -> {fingerprint: key id} of the keys they removed (and did not add again): the
+    # gateway refuses them even where a VPS task's spec still holds a copy.
+    removed_keys: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def key_of(self, user: str, fingerprint: str) -> KeyView | None:
+        """``user``'s registered key with this fingerprint, if any."""
+        key_id = self.keys_of.get(user, {}).get(fingerprint)
+        return self.keys.get(key_id) if key_id is not None else None
+
+    def key_removed(self, user: str, fingerprint: str) -> bool:
+        """Whether ``user`` removed a key with this fingerprint (and did not add it again)."""
+        return fingerprint in self.removed_keys.get(user, {})
 
     def apply(self, event: object, at: int) -> str | None:
         """Fold one identity event (recorded at ``at``); a reason if it makes no sense."""
@@ -137,10 +152,26 @@ class Identity(Struct, kw_only=True):
                     comment=e.comment,
                     added_at_us=at,
                 )
+                self.keys_of.setdefault(e.user, {})[e.fingerprint] = e.key_id
+                _discard(self.removed_keys, e.user, e.fingerprint)
             case SshKeyRemoved() as e:
-                if self.keys.pop(e.key_id, None) is None:
+                removed = self.keys.pop(e.key_id, None)
+                if removed is None:
                     return "unknown key removed"
+                registered = self.keys_of.get(removed.user, {})
+                if registered.get(removed.fingerprint) == removed.id:
+                    _discard(self.keys_of, removed.user, removed.fingerprint)
+                    self.removed_keys.setdefault(removed.user, {})[removed.fingerprint] = removed.id
         return None
+
+
+def _discard(index: dict[str, dict[str, str]], user: str, fingerprint: str) -> None:
+    """Drop ``fingerprint`` from ``user``'s entry (and the entry once empty)."""
+    entry = index.get(user)
+    if entry is not None:
+        entry.pop(fingerprint, None)
+        if not entry:
+            del index[user]
 
 
 IDENTITY_KINDS = frozenset(

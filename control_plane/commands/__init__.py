@@ -21,6 +21,7 @@ ForgetNode             remove a node gone for good                  nodes.py
 CheckLiveness          offline, unknown, given up                   nodes.py
 RecordFacts            the host's own facts (environments, shells)  here
 OpenSshSession         a user into a VPS (SSH gateway, vps shell)   vps.py
+CloseSessionsLeftOpen  sessions a killed host never closed          vps.py
 CreateUser ...         users, tokens, enrolment, SSH keys           identity.py
 =====================  ===========================================  ============
 
@@ -56,6 +57,7 @@ from control_plane.commands.types import (
     AddKey,
     ChangeRole,
     CheckLiveness,
+    CloseSessionsLeftOpen,
     Command,
     Context,
     CreateUser,
@@ -77,7 +79,7 @@ from control_plane.commands.types import (
     Send,
     SubmitTasks,
 )
-from control_plane.commands.vps import decide_ssh_session
+from control_plane.commands.vps import decide_close_left_open, decide_ssh_session
 from projections.cluster import ClusterState
 
 __all__ = [
@@ -85,6 +87,7 @@ __all__ = [
     "AddKey",
     "ChangeRole",
     "CheckLiveness",
+    "CloseSessionsLeftOpen",
     "Command",
     "Context",
     "CreateUser",
@@ -133,6 +136,8 @@ def decide(state: ClusterState, command: Command, ctx: Context) -> Decision:
             return Decision(events=list(command.events))
         case OpenSshSession():
             return decide_ssh_session(state, command, ctx)
+        case CloseSessionsLeftOpen():
+            return decide_close_left_open(state, command, ctx)
         case CreateUser():
             return decide_create_user(state, command, ctx)
         case ChangeRole():

@@ -10,7 +10,8 @@ calls the decision, records its events and then sends its messages, in that orde
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import NamedTuple
 
 from msgspec import Struct, field
@@ -116,6 +117,13 @@ class OpenSshSession(Struct, frozen=True, kw_only=True):
     term: str = "xterm"
 
 
+class CloseSessionsLeftOpen(Struct, frozen=True, kw_only=True):
+    """At the host's start: record the close of every SSH session the log shows open (the
+    host that relayed them was killed before it could)."""
+
+    reason: str = "host restarted: the session's end, duration and bytes are unknown"
+
+
 # -- identity (control_plane/commands/identity.py) ---------------------------------------
 
 
@@ -208,6 +216,7 @@ Command = (
     | ReportFacts
     | RecordFacts
     | OpenSshSession
+    | CloseSessionsLeftOpen
     | CreateUser
     | ChangeRole
     | DisableUser
@@ -261,3 +270,6 @@ class Context(NamedTuple):
     started_us: int = 0
     # The host's monotonic clock, for silences (``CheckLiveness``).
     now_mono: float = 0.0
+    # Node -> the IP its agent's (latest) link comes from: the only address the SSH
+    # gateway connects to for that node (commands/vps.py, ``gateway_address``).
+    link_peers: Mapping[str, str] = MappingProxyType({})

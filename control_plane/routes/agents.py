@@ -17,4 +17,5 @@ bp = JsonBlueprint("agents", url_prefix="/api/agents")
 async def agent_link(request: Request, ws: WebsocketImplProtocol) -> None:
     """One node agent's link, for as long as it stays connected (its enrolled credential
     names the node it may speak for)."""
-    await serve_agent(control_plane(request), ws, principal_of(request))
+    # The socket's own peer (never a forwarded header): the gateway pins the node to it.
+    await serve_agent(control_plane(request), ws, principal_of(request), request.ip or "")

@@ -16,28 +16,19 @@ from pathlib import Path
 import asyncssh
 import msgspec
 import pytest
+from support.gateway_world import VpsServer, gateway_world
 
 from control_plane import ssh_gateway
 from control_plane.access import FailureLog
-from control_plane.commands import RecordFacts
 from control_plane.hub import ControlPlane
 from control_plane.settings import HostNetwork, HostSettings
 from control_plane.ssh_gateway import (
     HOST_KEY_FILE,
     GatewayUnavailable,
     SshGateway,
+    address_group,
     host_key,
     start_gateway,
-)
-from events.types import (
-    NodeRegistered,
-    SshKeyAdded,
-    TaskPlaced,
-    TaskSpec,
-    TaskStarted,
-    TaskSubmitted,
-    UserCreated,
-    VpsReady,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -185,58 +176,26 @@ def test_tunnels_in_one_connection_are_bounded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(ssh_gateway, "MAX_TUNNELS_PER_CONNECTION", 2)
-    user_key = asyncssh.generate_private_key("ssh-ed25519")
-    line = user_key.export_public_key("openssh").decode().strip()
-    blob = line.split()[1]
-
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(1 << 16):
-            writer.write(data)
-        writer.close()
 
     async def scenario() -> tuple[list[bytes], str]:
-        vps = await asyncio.start_server(echo, "127.0.0.1", 0)  # the VPS's "sshd"
-        port = vps.sockets[0].getsockname()[1]
-        async with _gateway(tmp_path) as gateway:
-            # Given a user whose VPS task is running with its sshd at the echo server:
-            spec = TaskSpec(
-                task_type="vps", command="sshd", container="c", batch_id="b", owner="erin"
-            )
-            facts = (
-                UserCreated(name="erin"),
-                SshKeyAdded(
-                    key_id="k",
-                    user="erin",
-                    key_type="ssh-ed25519",
-                    public_key=f"ssh-ed25519 {blob}",
-                    fingerprint="f",
-                ),
-                NodeRegistered(node="n1", address="127.0.0.1", cores=4, memory_bytes=1 << 30),
-                TaskSubmitted(task_id="task-1", spec=spec),
-                TaskPlaced(task_id="task-1", node="n1", cores=1),
-                TaskStarted(task_id="task-1", node="n1"),
-                VpsReady(task_id="task-1", node="n1", address="127.0.0.1", ssh_port=port),
-            )
-            await gateway.cp.execute(RecordFacts(events=facts))
-            async with asyncssh.connect(
-                "127.0.0.1",
-                gateway.port,
-                username="erin",
-                client_keys=[user_key],
-                known_hosts=None,
-                agent_path=None,
-            ) as conn:
+        vps = await VpsServer().start()
+        async with gateway_world(tmp_path) as world:
+            # Given a user whose VPS task is running with its "sshd" at the echo server:
+            await world.user("erin")
+            task_id = await world.vps("erin", vps.port)
+            async with world.connect("erin") as conn:
                 # When she opens tunnels to it in one connection, each relays ...
                 echoed = []
                 streams = []
                 for _ in range(2):
-                    reader, writer = await conn.open_connection("task-1", 22)
+                    reader, writer = await conn.open_connection(task_id, 22)
+                    assert (await reader.readline()).startswith(b"SSH-2.0-")
                     writer.write(b"ping")
                     echoed.append(await reader.readexactly(4))
                     streams.append(writer)
                 # ... up to the bound.
                 try:
-                    await conn.open_connection("task-1", 22)
+                    await conn.open_connection(task_id, 22)
                 except asyncssh.ChannelOpenError as exc:
                     refusal = exc.reason
                 else:
@@ -247,3 +206,106 @@ def test_tunnels_in_one_connection_are_bounded(
     echoed, refusal = asyncio.run(scenario())
     assert echoed == [b"ping", b"ping"]
     assert "at most 2 tunnels per connection" in refusal
+
+
+def test_tunnels_of_one_user_are_bounded_over_their_connections(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ssh_gateway, "MAX_TUNNELS_PER_USER", 2)
+
+    async def scenario() -> tuple[str, bytes]:
+        vps = await VpsServer().start()
+        async with gateway_world(tmp_path) as world:
+            await world.user("erin")
+            await world.user("fred")
+            erins, freds = await world.vps("erin", vps.port), await world.vps("fred", vps.port)
+            # Given Erin holds two tunnels, each in a connection of its own:
+            async with world.connect("erin") as one, world.connect("erin") as two:
+                held = [await c.open_connection(erins, 22) for c in (one, two)]
+                async with world.connect("erin") as three:
+                    # When she opens a third, it is refused ...
+                    try:
+                        await three.open_connection(erins, 22)
+                    except asyncssh.ChannelOpenError as exc:
+                        refusal = exc.reason
+                    else:
+                        refusal = ""
+                    # ... and Fred's tunnel is not.
+                    async with world.connect("fred") as fred:
+                        reader, _ = await fred.open_connection(freds, 22)
+                        banner = await reader.readline()
+                for _, writer in held:
+                    writer.close()
+        vps.close()
+        return refusal, banner
+
+    refusal, banner = asyncio.run(scenario())
+    assert "erin has 2 tunnels open through the gateway, the most one user may" in refusal
+    assert banner.startswith(b"SSH-2.0-")
+
+
+def test_connections_logging_in_are_bounded_apart_from_logged_in_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ssh_gateway, "MAX_STARTUPS_PER_ADDRESS", 2)
+
+    async def scenario() -> tuple[bytes, bytes]:
+        async with gateway_world(tmp_path) as world:
+            await world.user("erin")
+            # Given two users logged in from this address (they hold no login slot):
+            async with world.connect("erin"), world.connect("erin"):
+                # When two clients connect and say nothing, both are served ...
+                idle = [await asyncio.open_connection("127.0.0.1", world.gateway.port)]
+                idle.append(await asyncio.open_connection("127.0.0.1", world.gateway.port))
+                for reader, _ in idle:
+                    assert (await reader.readline()).startswith(b"SSH-2.0-HakuRiver")
+                # ... and a third is refused while they hold the login slots.
+                reader, writer = await asyncio.open_connection("127.0.0.1", world.gateway.port)
+                refused = await _read_to_end(reader, 10)
+                writer.close()
+                for _, w in idle:
+                    w.close()
+                # Once they are gone, logging in works again.
+                async with asyncio.timeout(10):
+                    while world.gateway.logging_in:
+                        await world.cp.changed(0.05)
+                async with world.connect("erin") as again:
+                    version = again.get_extra_info("server_version")
+            return refused, version.encode()
+
+    refused, version = asyncio.run(scenario())
+    assert b"too many connections logging in from 127.0.0.1" in refused
+    assert version.startswith(b"SSH-2.0-HakuRiver")
+
+
+def test_connections_logging_in_are_bounded_in_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ssh_gateway, "MAX_STARTUPS", 1)
+
+    async def scenario() -> bytes:
+        async with gateway_world(tmp_path) as world:
+            reader, writer = await asyncio.open_connection("127.0.0.1", world.gateway.port)
+            assert (await reader.readline()).startswith(b"SSH-2.0-HakuRiver")
+            second, other = await asyncio.open_connection("127.0.0.1", world.gateway.port)
+            refused = await _read_to_end(second, 10)
+            writer.close()
+            other.close()
+            return refused
+
+    assert b"too many connections logging in; try again later" in asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("address", "group"),
+    [
+        ("192.0.2.7", "192.0.2.7"),
+        ("::ffff:192.0.2.7", "192.0.2.7"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+        ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+        ("", ""),
+    ],
+)
+def test_an_ipv6_client_counts_by_its_64(address: str, group: str) -> None:
+    assert address_group(address) == group

@@ -13,7 +13,7 @@ from support.decisions import context, principal
 from support.factories import record_in_memory
 
 from control_plane.commands import OpenSshSession, decide
-from control_plane.commands.vps import gateway_login, key_blob
+from control_plane.commands.vps import gateway_login, key_blob, key_fingerprint
 from control_plane.errors import Conflict, NotFound
 from events import link
 from events.envelope import new_event
@@ -46,6 +46,12 @@ def _key(seed: int) -> str:
 ALICE_KEY, BOB_KEY, VPS_KEY = _key(1), _key(2), _key(3)
 
 
+def _fingerprint(line: str) -> str:
+    blob = key_blob(line)
+    assert blob is not None
+    return key_fingerprint(blob)
+
+
 class World:
     """A state with a node, users alice (with a key), bob and the admin, and VPS tasks."""
 
@@ -61,7 +67,7 @@ class World:
                 user="alice",
                 key_type="ssh-ed25519",
                 public_key=ALICE_KEY,
-                fingerprint="SHA256:alice",
+                fingerprint=_fingerprint(ALICE_KEY),
             ),
         )
 
@@ -103,7 +109,8 @@ class World:
 
     def open(self, task: str, user: str = "alice", role: str = "user", **fields: Any) -> Any:
         command = OpenSshSession(task=task, actor=principal(user, role), session_id="s1", **fields)
-        return decide(self.state, command, context("n1"))
+        # The node's agent link comes from the address it registered.
+        return decide(self.state, command, context("n1", link_peers={"n1": "10.0.0.1"}))
 
 
 READY = {"address": "10.0.0.1", "ssh_port": 32022}
@@ -123,11 +130,12 @@ def test_a_ready_vps_is_opened_by_every_name_with_where_to_connect() -> None:
         assert decision.sends == []
 
 
-def test_the_node_address_stands_in_when_the_ready_report_names_none() -> None:
+def test_the_gateway_connects_to_the_nodes_address_whatever_the_ready_report_says() -> None:
     world = World()
-    task_id = world.task(ready={"ssh_port": 32022})
-    [opened] = world.open(task_id).events
-    assert (opened.address, opened.port) == ("10.0.0.1", 32022)
+    for ready in ({"ssh_port": 32022}, {"address": "127.0.0.1", "ssh_port": 32022}):
+        task_id = world.task(ready=ready)
+        [opened] = world.open(task_id).events
+        assert (opened.address, opened.port) == ("10.0.0.1", 32022)
 
 
 def test_someone_elses_vps_and_a_missing_one_get_the_same_refusal() -> None:
@@ -220,34 +228,51 @@ def test_a_shell_is_sent_to_the_connected_node_and_needs_no_sshd() -> None:
 # -- who logs in to the gateway with which key ------------------------------------------------
 
 
+def _login(world: World, user: str, key: str) -> Any:
+    blob = key_blob(key)
+    assert blob is not None
+    return gateway_login(world.state, user, blob)
+
+
 def test_a_user_logs_in_with_registered_keys_and_their_live_vps_keys() -> None:
     world = World()
-    login = gateway_login(world.state, "alice")
+    login = _login(world, "alice", ALICE_KEY)
     assert login is not None
     assert login.principal.user == "alice" and login.principal.token_kind == "user"
-    assert set(login.keys) == {key_blob(ALICE_KEY)}
+    assert login.source == "key k1"
+    assert _login(world, "alice", VPS_KEY) is None
     # A VPS task's key counts while the task holds its node (even before it runs) ...
-    task_id = world.task(started=False, key=f'from="10.0.0.0/8" {VPS_KEY} me@laptop')
-    login = gateway_login(world.state, "alice")
-    assert login is not None and set(login.keys) == {key_blob(ALICE_KEY), key_blob(VPS_KEY)}
-    assert login.keys[key_blob(VPS_KEY)] == f"task {world.state.tasks[task_id].number}"
+    task_id = world.task(started=False, key=f"{VPS_KEY} me@laptop")
+    login = _login(world, "alice", VPS_KEY)
+    assert login is not None
+    assert login.source == f"task {world.state.tasks[task_id].number}"
     # ... and not once it ended, nor for anyone else.
-    bob = gateway_login(world.state, "bob")
-    assert bob is not None and bob.keys == {}
+    assert _login(world, "bob", VPS_KEY) is None
+    assert _login(world, "bob", ALICE_KEY) is None
     world.apply(TaskFinished(task_id=task_id, state="killed", node="n1"))
-    login = gateway_login(world.state, "alice")
-    assert login is not None and set(login.keys) == {key_blob(ALICE_KEY)}
+    assert _login(world, "alice", VPS_KEY) is None
+    assert _login(world, "alice", ALICE_KEY) is not None
 
 
 def test_unknown_and_disabled_users_log_in_with_nothing() -> None:
     world = World()
-    assert gateway_login(world.state, "mallory") is None
+    assert _login(world, "mallory", ALICE_KEY) is None
     world.apply(UserDisabled(name="alice"))
-    assert gateway_login(world.state, "alice") is None
+    assert _login(world, "alice", ALICE_KEY) is None
 
 
 def test_admins_log_in_as_admins() -> None:
-    login = gateway_login(World().state, "root")
+    world = World()
+    world.apply(
+        SshKeyAdded(
+            key_id="k2",
+            user="root",
+            key_type="ssh-ed25519",
+            public_key=BOB_KEY,
+            fingerprint=_fingerprint(BOB_KEY),
+        )
+    )
+    login = _login(world, "root", BOB_KEY)
     assert login is not None and login.principal.is_admin
 
 

@@ -10,9 +10,14 @@ from events.ids import new_id
 
 
 def context(
-    *connected: str, now_us: int = 0, settings: HostSettings | None = None, now_mono: float = 0.0
+    *connected: str,
+    now_us: int = 0,
+    settings: HostSettings | None = None,
+    now_mono: float = 0.0,
+    link_peers: dict[str, str] | None = None,
 ) -> Context:
-    """What a decision may know: default settings, these nodes connected, a fixed clock."""
+    """What a decision may know: default settings, these nodes connected (their links from
+    ``link_peers``), a fixed clock."""
     return Context(
         settings=settings or HostSettings(),
         connected=frozenset(connected),
@@ -20,6 +25,7 @@ def context(
         scheduler=Scheduler(),
         new_id=new_id,
         now_mono=now_mono,
+        link_peers=link_peers or {},
     )
 
 
