@@ -342,14 +342,21 @@ class SshGateway:
         self._tunnels[opened.session_id] = tunnel
         connection.tunnels.add(tunnel)
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + CONNECT_TIMEOUT_S
         try:
-            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+            async with asyncio.timeout_at(deadline):
                 _, vps_side = await loop.create_connection(
                     lambda: Side(tunnel, "vps"), opened.address, opened.port
                 )
-                tunnel.vps_side = vps_side
-                # Nothing is relayed to what is not an SSH server.
-                await vps_side.banner
+            tunnel.vps_side = vps_side
+            # Nothing is relayed to what is not an SSH server.
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await vps_side.banner
+            except TimeoutError:
+                raise NotSsh(
+                    f"not an SSH server: it said nothing within {CONNECT_TIMEOUT_S:g} s"
+                ) from None
         except (OSError, TimeoutError, NotSsh) as exc:
             why = str(exc) or type(exc).__name__
             tunnel.finish(f"could not reach the VPS's sshd: {why}")
