@@ -530,3 +530,76 @@ def test_disabling_a_user_closes_their_sessions_and_refuses_their_keys(world: Wo
         session.kill()
     assert world.closed_session(task["task_id"])["reason"] == "user disabled"
     _refused(client.ssh("-J", world.jump_as("dave"), target, "true"), "Permission denied")
+
+
+def test_a_session_open_when_the_host_is_killed_is_closed_at_its_next_start(
+    tmp_path: Path,
+) -> None:
+    require_openssh()
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o700)
+    line = make_key(keys / "erin", "erin")
+    (tmp_path / "cluster").mkdir()
+    with running_cluster(tmp_path / "cluster", agents=()) as cluster:
+        erin = cluster.client_as(cluster.add_user("erin"))
+        assert erin.post("/api/keys", json={"public_key": line}).status_code == 201
+        gateway = erin.get("/api/ssh").json()
+        with running_sshd(tmp_path / "sshd", authorized=[line]) as sshd:
+            node = FakeVpsNode(cluster.url, cluster.enroll(NODE), NODE).start()
+            try:
+                answer = erin.post(
+                    "/api/tasks",
+                    json={"task_type": "vps", "container": "vps-test", "ssh_public_key": line},
+                )
+                assert answer.status_code == 201, answer.text
+                [task_id] = answer.json()["task_ids"]
+                node.ready(task_id, sshd.port)
+                cluster.wait_state(task_id, "running")
+                client = SshClient(tmp_path / "client", keys / "erin")
+                client.trust(f"[127.0.0.1]:{gateway['port']}", gateway["host_key"])
+                client.trust("*", sshd.host_key)
+                session = client.start_ssh(
+                    "-J",
+                    f"erin@127.0.0.1:{gateway['port']}",
+                    f"{sshd.user}@{task_id}",
+                    "echo up; sleep 120",
+                )
+                try:
+                    assert session.stdout is not None
+                    assert session.stdout.readline() == "up\n"
+                    # Given a session open, when the host is killed (no close recorded):
+                    cluster.stop_host(signal.SIGKILL)
+                    session.wait(30)
+                finally:
+                    session.kill()
+            finally:
+                node.stop()
+        assert cluster.events("ssh.session_opened") and not cluster.events("ssh.session_closed")
+        # Then its next start records the close, saying what is not known of it.
+        cluster.start_host()
+        with cluster.client_as(cluster.admin_token) as admin:
+            answer = admin.post(
+                "/api/sql",
+                json={
+                    "sql": "SELECT payload->>'$.session_id', payload->>'$.reason',"
+                    " (payload->>'$.bytes_in')::INTEGER, payload->>'$.user' FROM events"
+                    " WHERE kind = 'ssh.session_closed'"
+                },
+            )
+            opened = admin.post(
+                "/api/sql",
+                json={
+                    "sql": "SELECT payload->>'$.session_id' FROM events"
+                    " WHERE kind = 'ssh.session_opened'"
+                },
+            )
+        assert answer.status_code == 200 and opened.status_code == 200, answer.text
+        [(session_id, reason, bytes_in, user)] = answer.json()["rows"]
+        assert [[session_id]] == opened.json()["rows"]
+        assert reason.startswith("host restarted") and "bytes are unknown" in reason
+        assert (bytes_in, user) == (0, "erin")
+        # A second start finds nothing left open.
+        cluster.stop_host(signal.SIGTERM)
+        cluster.start_host()
+        cluster.stop_host(signal.SIGTERM)
+        assert len(cluster.events("ssh.session_closed")) == 1
