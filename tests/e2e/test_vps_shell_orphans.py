@@ -23,7 +23,8 @@ NODE = "o1"
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMVgsrjvUWjrmylU9ejqs+tPeSN7XdrZcMyuKLEQSbyv alice"
 
 
-def test_a_shell_left_by_a_killed_runner_is_ended_by_the_next(tmp_path: Path) -> None:
+@pytest.mark.parametrize("paused", [False, True], ids=["running", "paused"])
+def test_a_shell_left_by_a_killed_runner_is_ended_by_the_next(tmp_path: Path, paused: bool) -> None:
     docker = vps_images_or_skip()
     with running_cluster(tmp_path, agents=(NODE,)) as cluster:
         alice = cluster.add_user("alice")
@@ -60,9 +61,16 @@ def test_a_shell_left_by_a_killed_runner_is_ended_by_the_next(tmp_path: Path) ->
                             frame = await ws.recv()
                             got += frame if isinstance(frame, bytes) else b""
                     assert shells_inside() == 1
+                    if paused:  # nothing can be run in a paused VPS: it waits for a resume
+                        answer = cluster.client_as(alice).post(f"/api/tasks/{task_id}/pause")
+                        assert answer.status_code == 202, answer.text
+                        await asyncio.to_thread(cluster.wait_state, task_id, "paused")
                     # When the runner is SIGKILLed with the shell open
                     await asyncio.to_thread(cluster.stop_agent, NODE, signal.SIGKILL)
-                    return await ws.recv()  # the host says the shell is gone
+                    async with asyncio.timeout(30):  # the host says the shell is gone
+                        while isinstance(frame := await ws.recv(), bytes):
+                            pass
+                    return frame
 
             told = asyncio.run(open_shell_then_kill_the_runner())
             assert "link dropped" in str(told)
@@ -70,6 +78,13 @@ def test_a_shell_left_by_a_killed_runner_is_ended_by_the_next(tmp_path: Path) ->
             assert shells_inside() == 1
             # ... until the runner is started again: it ends the shell
             cluster.start_agent(NODE)
+            if paused:
+                cluster.wait(
+                    lambda: NODE in cluster.health()["agents_connected"], 30, "runner connected"
+                )
+                assert shells_inside() == 1  # still there, frozen with its VPS
+                answer = cluster.client_as(alice).post(f"/api/tasks/{task_id}/resume")
+                assert answer.status_code == 202, answer.text
             cluster.wait(lambda: shells_inside() == 0, 30, "the orphan shell to be ended")
             assert cluster.task(task_id)["state"] == "running"
         finally:
