@@ -161,6 +161,11 @@ def create_app(
         gateway: GatewayStatus | None = getattr(app.ctx, "ssh_gateway", None)
         if gateway is not None and gateway.gateway is not None:
             await gateway.gateway.stop()
+        # So are the ``vps shell`` sessions' (bounded: vps_shells.STOP_WITHIN_S), before
+        # the server closes their websockets and the agents' links.
+        cp: ControlPlane | None = getattr(app.ctx, "cp", None)
+        if cp is not None:
+            await cp.shells.stop("host stopping")
 
     @app.after_server_stop
     async def _close(app: Sanic) -> None:  # type: ignore[type-arg]

@@ -98,11 +98,13 @@ STALL_S = 0.05
 
 
 class Outcome(NamedTuple):
-    """What ``execute`` did: the decision, the seqs it recorded, and which sends got out."""
+    """What ``execute`` did: the decision, the seqs it recorded, which sends got out, and
+    the link each went out on (None: its node was not connected)."""
 
     decision: Decision
     seqs: list[int]
     delivered: list[bool]
+    links: tuple[Link | None, ...] = ()
 
 
 class Gate:
@@ -172,6 +174,8 @@ class ControlPlane:
         self._snapshot_seq = state.last_seq
         self._tasks: list[asyncio.Task[None]] = []
         store.add_listener(self._on_commit)
+        # After the state's: a session the log ends (its user disabled, its task ended).
+        store.add_listener(self.shells.on_commit)
 
     @classmethod
     async def open(cls, settings: HostSettings) -> ControlPlane:
@@ -264,12 +268,17 @@ class ControlPlane:
                     " before sending it again); the host writes again once its data"
                     " directory has room",
                 ) from exc
-        delivered = [await self._send(send) for send in decision.sends]
+        delivered: list[bool] = []
+        links: list[Link | None] = []
+        for send in decision.sends:
+            agent = self._links.get(send.node)
+            links.append(agent)
+            delivered.append(await agent.send(send.message) if agent is not None else False)
         for node, reason in decision.disconnect:
             agent = self._links.get(node)
             if agent is not None:
                 await agent.close(reason)
-        return Outcome(decision, seqs, delivered)
+        return Outcome(decision, seqs, delivered, tuple(links))
 
     def _context(self) -> Context:
         return Context(

@@ -18,7 +18,15 @@ Nothing the agent sends waits for a user: output is queued per session, at most
 ``MAX_BUFFERED`` bytes; a client that stops reading past that has its session ended
 (the agent is told ``ShellClose``) instead of holding up the link every other shell,
 report and heartbeat of its node share. An agent can only write into sessions opened
-on its own node; its link dropping ends them with an error.
+on its own node; its link dropping ends them with an error. What the user types is
+bounded by the agent (node_agent/shells.py), which ends a session whose shell reads
+nothing, saying why.
+
+A session also ends when the log says its user may no longer be in it (a commit
+listener, ``VpsShells.on_commit``, as the SSH gateway's): the user disabled, the token it
+was opened with revoked, an admin in another's VPS no longer an admin, or the task
+ended. A host asked to stop ends every session and waits (bounded) until each close is
+recorded, before the log closes (``VpsShells.stop``).
 """
 
 from __future__ import annotations
@@ -29,13 +37,23 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from control_plane.access import ADMIN
 from control_plane.commands import OpenSshSession, RecordFacts
 from control_plane.commands.vps import vps_task
-from control_plane.errors import Conflict, DomainError, TooMany
+from control_plane.errors import Conflict, DomainError, TooMany, Unavailable
 from events import link
-from events.types import SshSessionClosed
+from events.envelope import Recorded
+from events.types import (
+    SshSessionClosed,
+    TaskFinished,
+    TaskLost,
+    TokenRevoked,
+    UserDisabled,
+    UserRoleChanged,
+)
 
 if TYPE_CHECKING:
     from control_plane.hub import ControlPlane
@@ -47,6 +65,10 @@ log = logging.getLogger("hakuriver.host.vps_shells")
 MAX_BUFFERED = 1 << 20
 # How long closing a client's websocket may take (a client that stopped reading).
 CLOSE_S = 2.0
+# Shells one user may have open at once, over every node (an admin too).
+MAX_SHELLS_PER_USER = 8
+# How long a stopping host waits for its shells' closes to be recorded.
+STOP_WITHIN_S = 5.0
 
 
 class Socket(Protocol):
@@ -62,13 +84,17 @@ class Socket(Protocol):
 class ShellSession:
     """One shell between a client and a node's agent, and what crossed it."""
 
-    def __init__(self, command: OpenSshSession, task_id: str, node: str, via: object) -> None:
+    def __init__(
+        self, command: OpenSshSession, task_id: str, node: str, via: object, owner: str = ""
+    ) -> None:
         self.id = command.session_id
         self.actor = command.actor
         self.user = command.actor.user
         self.task_id = task_id
+        self.owner = owner or self.user  # the task's owner (another's: the actor is an admin)
         self.node = node
-        self.link = via  # the agent link it was opened on: only its loss ends it
+        # The agent link its ShellOpen went out on (set once sent): only its loss ends it.
+        self.link = via
         self.started = time.monotonic()
         self.bytes_in = 0  # client -> VPS
         self.bytes_out = 0  # VPS -> client
@@ -81,6 +107,8 @@ class ShellSession:
         self.reason = ""
         # Set when the session must stop now, whatever is still queued (not an exit).
         self.cut = asyncio.Event()
+        # Set once its end is recorded (or nothing was: it never opened).
+        self.ended = asyncio.Event()
 
     def output(self, data: bytes) -> bool:
         """Queue the agent's bytes for the client; False (and the session cut) past the cap."""
@@ -125,15 +153,24 @@ class ShellSession:
 
 
 class VpsShells:
-    """The open shells, by session id; at most ``link.MAX_SHELLS`` per node."""
+    """The open shells, by session id; at most ``link.MAX_SHELLS`` per node and
+    ``MAX_SHELLS_PER_USER`` per user."""
 
-    def __init__(self, per_node: int = link.MAX_SHELLS) -> None:
+    def __init__(
+        self, per_node: int = link.MAX_SHELLS, per_user: int = MAX_SHELLS_PER_USER
+    ) -> None:
         self.per_node = per_node
+        self.per_user = per_user
         self._sessions: dict[str, ShellSession] = {}
+        # Sessions whose end is not recorded yet (``stop`` waits for them).
+        self._unrecorded: set[ShellSession] = set()
+        self.stopping = False
 
     def register(self, session: ShellSession) -> None:
         """Take a session in before its ``ShellOpen`` leaves (its first output may follow
-        at once); ``TooMany`` when its node serves as many as it may."""
+        at once); ``TooMany`` when its node, or its user, has as many as they may."""
+        if self.stopping:
+            raise Unavailable("", "the host is stopping; try again once it is back")
         on_node = sum(1 for s in self._sessions.values() if s.node == session.node)
         if on_node >= self.per_node:
             raise TooMany(
@@ -141,12 +178,26 @@ class VpsShells:
                 f"node {session.node} serves {on_node} shells already, the most it may;"
                 " close one (or use hakuriver ssh) and try again",
             )
+        mine = sum(1 for s in self._sessions.values() if s.user == session.user)
+        if mine >= self.per_user:
+            raise TooMany(
+                "task",
+                f"{session.user} has {mine} shells open already, the most one user may;"
+                " close one and try again",
+            )
         self._sessions[session.id] = session
+        self._unrecorded.add(session)
 
     def discard(self, session: ShellSession) -> None:
-        """Forget a session that ended."""
+        """Forget a session that ended (no more output reaches it)."""
         if self._sessions.get(session.id) is session:
             del self._sessions[session.id]
+
+    def recorded(self, session: ShellSession) -> None:
+        """The session's end is recorded (or it never opened): nothing waits for it."""
+        self.discard(session)
+        self._unrecorded.discard(session)
+        session.ended.set()
 
     def deliver(self, node: str, message: link.ShellOutput | link.ShellExit) -> None:
         """An agent's shell message, to the session it names if that session is on
@@ -171,6 +222,47 @@ class VpsShells:
         """End every shell (the host is stopping)."""
         for session in list(self._sessions.values()):
             session.stop(reason)
+
+    async def stop(self, reason: str = "host stopping", within_s: float = STOP_WITHIN_S) -> None:
+        """Refuse new shells, end every open one and wait (``within_s`` at most) until
+        each end is recorded: for a host stopping, before its log closes."""
+        self.stopping = True
+        self.stop_all(reason)
+        waits = [asyncio.ensure_future(s.ended.wait()) for s in self._unrecorded]
+        if not waits:
+            return
+        _, late = await asyncio.wait(waits, timeout=within_s)
+        for wait in late:
+            wait.cancel()
+        if late:
+            log.warning("%d shell closes still unrecorded after %.0fs", len(late), within_s)
+
+    def on_commit(self, recorded: Sequence[Recorded]) -> None:
+        """End the sessions the log says must end (a store listener; see the module
+        docstring)."""
+        if not self._sessions:
+            return
+        for r in recorded:
+            match r.event:
+                case TaskFinished() | TaskLost() as e:
+                    self._end_where(lambda s, e=e: s.task_id == e.task_id, "task ended")
+                case UserDisabled() as e:
+                    self._end_where(lambda s, e=e: s.user == e.name, "user disabled")
+                case TokenRevoked() as e:
+                    self._end_where(lambda s, e=e: s.actor.token_id == e.token_id, "token revoked")
+                case UserRoleChanged() as e if e.role != ADMIN:
+                    # An admin in another's VPS is there as an admin only.
+                    self._end_where(
+                        lambda s, e=e: s.user == e.name and s.owner != s.user,
+                        "no longer an admin",
+                    )
+                case _:
+                    pass
+
+    def _end_where(self, condition: Any, reason: str) -> None:
+        for session in list(self._sessions.values()):
+            if condition(session):
+                session.stop(reason)
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -223,17 +315,25 @@ async def _open(cp: ControlPlane, command: OpenSshSession) -> ShellSession:
     """Register the session, then decide and record its opening (which sends ShellOpen)."""
     task = vps_task(cp.state, command)  # the decision says it again; the node is needed first
     node = task.node or ""
-    session = ShellSession(command, task.task_id, node, cp.link_of(node))
+    session = ShellSession(command, task.task_id, node, None, owner=task.spec.owner)
     cp.shells.register(session)
     try:
         outcome = await cp.execute(command)
     except BaseException:
-        cp.shells.discard(session)
+        cp.shells.recorded(session)  # nothing was
         raise
+    # The link the ShellOpen went out on, not the one seen before the decision: one
+    # replaced meanwhile must still end the session when it drops.
+    session.link = outcome.links[0] if outcome.links else None
     if not all(outcome.delivered):
         session.stop(f"node {node} is not connected")
+    elif cp.link_of(node) is not session.link:
+        # That link dropped while the message went out: its drop may have passed already.
+        session.stop(f"node {node}'s link dropped: the shell is gone")
+    if session.cut.is_set():
+        reason = session.reason
         await asyncio.shield(_end(cp, session))
-        raise Conflict("task", f"VPS task {task.number}: node {node} is not connected")
+        raise Conflict("task", f"VPS task {task.number}: {reason}")
     return session
 
 
@@ -275,6 +375,13 @@ def _resize_of(session: str, text: str) -> link.ShellResize | None:
 async def _end(cp: ControlPlane, session: ShellSession) -> None:
     """Hang the shell up unless it ended by itself, forget it, record how it ended."""
     cp.shells.discard(session)
+    try:
+        await _hang_up_and_record(cp, session)
+    finally:
+        cp.shells.recorded(session)
+
+
+async def _hang_up_and_record(cp: ControlPlane, session: ShellSession) -> None:
     if not session.exited:
         await cp.send_to(session.node, link.ShellClose(session=session.id))
     closed = SshSessionClosed(

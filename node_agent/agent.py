@@ -250,6 +250,9 @@ class Agent:
                 self.executors["docker"], self.images = found
         for executor in self.executors.values():
             await self._adopt_from(executor)
+        # Shells an earlier agent of this node left running in its VPS tasks (killed, it
+        # hung nothing up) are ended now.
+        self.shells.reap_orphans()
 
     def _docker_executor(self) -> tuple[Executor, ImageSync] | None:
         """The Docker executor and the image sync beside it, when an engine answers."""
@@ -490,6 +493,7 @@ class Agent:
                         await self.by_task[task_id].resume(task_id)
                         self.paused.discard(task_id)
                         await self.emit(TaskResumed(task_id=task_id))
+                        self.shells.reap_orphans(task_id)  # left while it was paused
         except NotWatched:
             return
         except ExecutorError as exc:

@@ -17,8 +17,17 @@ shell running. So the exec starts with a fixed script that prints its process id
 (read by the agent, never shown) and then ``exec``s the shell; a hang-up is ``kill -HUP``
 of that id inside the container, then ``kill -KILL`` if it is still there.
 
-Engine calls block: the short ones run in a pool of the relay's own, the reads of each
-shell's output (as long as the shell lives) in a daemon thread each (``hold``).
+Engine calls block: the short ones (create, resize, inspect, the hang-up's ``kill``) run
+in a pool of the relay's own; what lasts as long as a shell has threads of its own, one
+reading its output and one writing its input, so a shell that reads nothing (its writes
+block) holds only its own thread, never the pool every other shell of the node needs.
+What the user typed waits for the shell in a bounded buffer (``MAX_INPUT_BUFFERED``);
+past it the session is ended, saying why, as the host ends one whose client stops
+reading its output.
+
+A shell runs on inside the VPS if its agent is killed (nothing hangs it up): each is
+written down while it runs, and the next agent ends those it finds still running
+(node_agent/shell_orphans.py).
 """
 
 from __future__ import annotations
@@ -28,6 +37,8 @@ import contextlib
 import logging
 import re
 import socket
+import threading
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -35,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 from events import link
 from node_agent.executors.base import ExecutorError, NotWatched, RunsVps
 from node_agent.executors.docker_follow import hold
+from node_agent.shell_orphans import ShellRecord, ShellRecords
 from node_agent.transport import LinkClosed, Transport
 
 if TYPE_CHECKING:
@@ -54,6 +66,60 @@ _PID_LINE = re.compile(rb"^HAKURIVER-SHELL-PID (\d+)\r?\n")
 SHELL_CALLS = 8
 # How long a hung-up shell has to end before it is killed.
 HANGUP_GRACE_S = 2.0
+# What the user typed that a shell has not taken yet, in bytes, before the session is
+# ended (a shell that reads nothing: the terminal and the engine's socket buffer a few
+# hundred KiB more; a paste into a reading shell never waits this long).
+MAX_INPUT_BUFFERED = 1 << 20
+
+
+class Keys:
+    """What the user typed, on its way to the shell: bounded, taken by the shell's own
+    writer thread (``take`` blocks) once the shell is ready for it."""
+
+    def __init__(self, bound: int = MAX_INPUT_BUFFERED) -> None:
+        self.bound = bound
+        self.waiting = 0  # bytes put and not taken yet
+        self._chunks: deque[bytes] = deque()
+        self._ready = False
+        self._closed = False
+        self._cond = threading.Condition()
+
+    def put(self, data: bytes) -> bool:
+        """Queue ``data``; False (nothing queued) when it would pass the bound."""
+        with self._cond:
+            if self._closed:
+                return True
+            if self.waiting + len(data) > self.bound:
+                return False
+            self._chunks.append(data)
+            self.waiting += len(data)
+            self._cond.notify()
+            return True
+
+    def ready(self) -> None:
+        """The shell has started: ``take`` may hand it what was typed."""
+        with self._cond:
+            self._ready = True
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """The shell is ending: ``take`` returns None from now on (what waits is dropped)."""
+        with self._cond:
+            self._closed = True
+            self._chunks.clear()
+            self.waiting = 0
+            self._cond.notify_all()
+
+    def take(self) -> bytes | None:
+        """The next chunk, once the shell is ready; None once closed (blocks meanwhile)."""
+        with self._cond:
+            while not self._closed and not (self._ready and self._chunks):
+                self._cond.wait()
+            if self._closed:
+                return None
+            data = self._chunks.popleft()
+            self.waiting -= len(data)
+            return data
 
 
 @dataclass(eq=False)
@@ -61,7 +127,7 @@ class _Shell:
     session: str
     task_id: str
     transport: Transport
-    inputs: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
+    keys: Keys = field(default_factory=Keys)
     container: Any = None
     exec_id: str | None = None
     sock: Any = None  # the raw socket of the exec's stream
@@ -69,6 +135,8 @@ class _Shell:
     closing: bool = False
     exited: bool = False
     started: asyncio.Event = field(default_factory=asyncio.Event)
+    # Why the agent itself ended the session (its input backed up), told in ShellExit.
+    problem: str = ""
 
 
 class ShellRelay:
@@ -78,6 +146,7 @@ class ShellRelay:
         self.agent = agent
         self.shells: dict[str, _Shell] = {}
         self._calls = ThreadPoolExecutor(SHELL_CALLS, thread_name_prefix="hakuriver-shell")
+        self.records = ShellRecords(agent.state_dir / "shells")
 
     async def _call(self, function: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._calls, function)
@@ -91,8 +160,13 @@ class ShellRelay:
                 self._open(message, transport)
             case link.ShellInput(session=session, data=data):
                 shell = self.shells.get(session)
-                if shell is not None and not shell.closing:
-                    shell.inputs.put_nowait(data)
+                if shell is not None and not shell.closing and not shell.keys.put(data):
+                    shell.problem = (
+                        f"the shell read none of its input ({shell.keys.waiting} bytes were"
+                        " waiting for it): the session was ended"
+                    )
+                    log.info("shell %s in %s: %s", session, shell.task_id, shell.problem)
+                    self.agent.spawn(self._hang_up(shell), "shell-backed-up")
             case link.ShellResize(session=session, rows=rows, cols=cols):
                 shell = self.shells.get(session)
                 if shell is not None:
@@ -148,14 +222,16 @@ class ShellRelay:
             return
         if shell.closing:  # hung up while it started
             self.agent.spawn(self._kill(shell), "shell-close")
-        writer = self.agent.spawn(self._write(shell), "shell-input")
+        writer = threading.Thread(
+            target=self._write, args=(shell,), name=f"hakuriver-keys-{shell.session[-8:]}"
+        )
+        writer.daemon = True
+        writer.start()
         try:
             await self.agent.activity.outside(self._read(shell))
         finally:
             shell.started.set()
-            shell.inputs.put_nowait(None)
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await writer
+            shell.keys.close()  # the writer ends (its socket is shut down by ``_end``)
         code = await self._exit_code(shell)
         await self._end(shell, code=code)
 
@@ -199,8 +275,10 @@ class ShellRelay:
                     if found is not None:
                         shell.pid = int(found.group(1))
                         pending = pending[found.end() :]
+                        self._remember(shell)
                     else:
                         shell.pid = 0  # not the script's first line: nothing to take out
+                    shell.keys.ready()
                     loop.call_soon_threadsafe(shell.started.set)
                     chunk, pending = pending, b""
                     if not chunk:
@@ -220,15 +298,31 @@ class ShellRelay:
             except Exception:  # the loop has closed: nobody listens
                 return
 
-    async def _write(self, shell: _Shell) -> None:
-        """Write what the user types, in order, once the shell has started."""
-        await self.agent.activity.outside(shell.started.wait())
+    def _remember(self, shell: _Shell) -> None:
+        """Write the running shell down for the next agent (from the reading thread)."""
+        assert shell.exec_id is not None and shell.pid
+        record = ShellRecord(
+            session=shell.session,
+            task_id=shell.task_id,
+            container_id=shell.container.id,
+            exec_id=shell.exec_id,
+            pid=shell.pid,
+        )
+        try:
+            self.records.remember(record)
+        except OSError as exc:  # a full disk: the shell works, a killed agent leaves it
+            log.warning("could not write down shell %s: %s", shell.session, exc)
+
+    @staticmethod
+    def _write(shell: _Shell) -> None:
+        """Write what the user types, in order, once the shell has started: in the shell's
+        own thread, as a shell that reads nothing blocks its writes."""
         while True:
-            data = await self.agent.activity.outside(shell.inputs.get())
+            data = shell.keys.take()
             if data is None:
                 return
             try:
-                await self._call(lambda data=data: shell.sock.sendall(data))
+                shell.sock.sendall(data)
             except OSError:
                 return
 
@@ -261,7 +355,7 @@ class ShellRelay:
         if shell.closing:
             return
         shell.closing = True
-        shell.inputs.put_nowait(None)
+        shell.keys.close()
         if shell.exec_id is not None:  # else ``_run`` sees ``closing`` once it has started
             await self._kill(shell)
 
@@ -270,31 +364,34 @@ class ShellRelay:
             async with asyncio.timeout(HANGUP_GRACE_S):
                 await self.agent.activity.outside(shell.started.wait())
         if shell.pid:
-            for signal in ("HUP", "KILL"):
-                await self._signal(shell, signal)
-                if await self._ended_within(shell, HANGUP_GRACE_S):
-                    break
+            assert shell.exec_id is not None
+            await self._end_process(shell.container, shell.exec_id, shell.pid)
         if shell.sock is not None:
             with contextlib.suppress(OSError):
                 shell.sock.shutdown(socket.SHUT_RDWR)
 
-    async def _signal(self, shell: _Shell, signal: str) -> None:
-        assert shell.pid is not None
-        pid = str(shell.pid)
-        container = shell.container
+    async def _end_process(self, container: Any, exec_id: str, pid: int) -> None:
+        """HUP the exec's process ``pid`` (inside ``container``), KILL it if it is still
+        there after ``HANGUP_GRACE_S``."""
+        for signal in ("HUP", "KILL"):
+            await self._signal(container, pid, signal)
+            if await self._ended_within(container, exec_id, HANGUP_GRACE_S):
+                return
+
+    async def _signal(self, container: Any, pid: int, signal: str) -> None:
         with contextlib.suppress(Exception):
             await self._call(
                 lambda: container.exec_run(
-                    ["/bin/sh", "-c", f'kill -{signal} "$1"', "hangup", pid], user="0"
+                    ["/bin/sh", "-c", f'kill -{signal} "$1"', "hangup", str(pid)], user="0"
                 )
             )
 
-    async def _ended_within(self, shell: _Shell, seconds: float) -> bool:
-        api = shell.container.client.api
+    async def _ended_within(self, container: Any, exec_id: str, seconds: float) -> bool:
+        api = container.client.api
         deadline = asyncio.get_running_loop().time() + seconds
         while asyncio.get_running_loop().time() < deadline:
             try:
-                found = await self._call(lambda: api.exec_inspect(shell.exec_id))
+                found = await self._call(lambda: api.exec_inspect(exec_id))
             except Exception:
                 return True
             if not found.get("Running"):
@@ -308,9 +405,16 @@ class ShellRelay:
             return
         shell.exited = True
         self.shells.pop(shell.session, None)
+        shell.keys.close()
         if shell.sock is not None:
             with contextlib.suppress(OSError):
+                shell.sock.shutdown(socket.SHUT_RDWR)  # unblocks a write in its thread
+            with contextlib.suppress(OSError):
                 shell.sock.close()
+        if shell.pid:
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(self.records.forget, shell.session)
+        error = error or shell.problem
         await self._send(
             shell, link.ShellExit(session=shell.session, code=code, error=error[:1024])
         )
@@ -321,6 +425,51 @@ class ShellRelay:
             return
         with contextlib.suppress(LinkClosed, ConnectionError):
             await shell.transport.send(link.encode(message))
+
+    # -- shells a killed agent left running (node_agent/shell_orphans.py) -----------------
+
+    def reap_orphans(self, task_id: str | None = None) -> None:
+        """End, in the background, the shells an earlier agent left running: in every VPS
+        (once adopted) or in ``task_id`` only (just resumed)."""
+        self.agent.spawn(self._reap(task_id), "shell-reap")
+
+    async def _reap(self, task_id: str | None) -> None:
+        agent = self.agent
+        for record in await asyncio.to_thread(self.records.all):
+            if task_id is not None and record.task_id != task_id:
+                continue
+            if record.session in self.shells:  # this agent's own
+                continue
+            if record.task_id in agent.paused:  # nothing runs in it until it is resumed
+                continue
+            executor = agent.by_task.get(record.task_id)
+            container = None
+            if record.task_id in agent.running and isinstance(executor, RunsVps):
+                with contextlib.suppress(ExecutorError):
+                    container = executor.vps_container(record.task_id)
+            if container is not None and container.id == record.container_id:
+                await self._reap_one(container, record)
+            await asyncio.to_thread(self.records.forget, record.session)
+
+    async def _reap_one(self, container: Any, record: ShellRecord) -> None:
+        """End the recorded shell if its exec still runs the shell script."""
+        api = container.client.api
+        try:
+            found = await self._call(lambda: api.exec_inspect(record.exec_id))
+        except Exception:  # gone with a restart of its container
+            return
+        config = found.get("ProcessConfig") or {}
+        ours = config.get("entrypoint") == "/bin/sh" and config.get("arguments") == [
+            "-c",
+            SHELL_SCRIPT,
+        ]
+        if found.get("Running") and ours and found.get("ContainerID") == container.id:
+            log.info(
+                "ending shell %s left running in %s by an earlier agent",
+                record.session,
+                record.task_id,
+            )
+            await self._end_process(container, record.exec_id, record.pid)
 
     # -- the link ------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ import msgspec
 import pytest
 from support.cluster import Cluster, running_cluster
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from cli.hakuriver.client import ApiError
 from cli.hakuriver.shell import run_shell
@@ -33,7 +34,7 @@ from control_plane.commands import OpenSshSession
 from control_plane.vps_shells import MAX_BUFFERED, ShellSession, VpsShells
 from events import link
 from events.envelope import new_event
-from events.types import NodeHeartbeat, TaskStarted
+from events.types import NodeHeartbeat, TaskFinished, TaskStarted
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -332,6 +333,107 @@ def test_the_agent_link_dropping_ends_its_shells_with_an_error(tmp_path: Path) -
         cluster.wait(lambda: closed_sessions(cluster), 10, "the session's end recorded")
         (end,) = closed_sessions(cluster)
         assert "link dropped" in end["reason"]
+
+
+def logged_closes(cluster: Cluster) -> list[dict[str, Any]]:
+    """The ``ssh.session_closed`` payloads in the log file (the host stopped)."""
+    import duckdb
+
+    con = duckdb.connect(str(cluster.db_file), read_only=True)
+    try:
+        rows = con.execute(
+            "SELECT payload FROM events WHERE kind = 'ssh.session_closed' ORDER BY seq"
+        ).fetchall()
+    finally:
+        con.close()
+    return [json.loads(row[0]) if isinstance(row[0], str) else row[0] for row in rows]
+
+
+def test_a_host_stopped_with_a_shell_open_records_the_close(tmp_path: Path) -> None:
+    with running_cluster(tmp_path, agents=()) as cluster:
+        alice = cluster.add_user("alice")
+
+        async def scenario() -> tuple[dict[str, Any], str]:
+            async with agent_of(cluster, cluster.enroll(NODE)) as agent:
+                task_id = await a_running_vps(cluster, agent, alice)
+                async with user_socket(cluster, task_id, alice) as ws:
+                    await received(ws, b"welcome")
+                    await ws.send(b"typed\n")
+                    await received(ws, b"typed")
+                    # When the host is asked to stop (SIGTERM) with the shell open
+                    stopping = asyncio.create_task(asyncio.to_thread(cluster.stop_host))
+                    # Then its client is told why
+                    try:
+                        told = await control(ws, 20)
+                    except ConnectionClosed as closed:
+                        told = {"closed": str(closed)}
+                    await stopping
+                    (session,) = agent.opened
+                    return told, session
+
+        told, session = asyncio.run(scenario())
+        # And the close is in the log, written before the log closed
+        (closed,) = logged_closes(cluster)
+        assert closed["session_id"] == session and closed["via"] == "shell"
+        assert closed["reason"] == "host stopping" and closed["bytes_in"] == len(b"typed\n")
+        assert told.get("type") == "error" and told["status"] == 503, told
+        assert "host stopping" in told["message"]
+
+
+def test_a_shell_ends_when_its_token_user_role_or_task_says_so(tmp_path: Path) -> None:
+    with running_cluster(tmp_path, agents=()) as cluster:
+        alice = cluster.add_user("alice")
+        helper = cluster.add_user("helper", role="admin")
+        made = cluster.http.post("/api/tokens", json={"user": "alice"})
+        assert made.status_code == 201, made.text
+        alice_two, alice_two_id = made.json()["token"], made.json()["id"]
+        admin = cluster.http.headers["authorization"].split(" ", 1)[1]
+
+        async def scenario() -> dict[str, dict[str, Any]]:
+            async with agent_of(cluster, cluster.enroll(NODE)) as agent:
+                task_id = await a_running_vps(cluster, agent, alice)
+                async with (
+                    user_socket(cluster, task_id, alice_two) as revoked,
+                    user_socket(cluster, task_id, helper) as demoted,
+                    user_socket(cluster, task_id, alice) as disabled,
+                    user_socket(cluster, task_id, admin) as admins,
+                ):
+                    for ws in (revoked, demoted, disabled, admins):
+                        await received(ws, b"welcome")
+                    told = {}
+                    # When the token a shell was opened with is revoked, that shell ends
+                    answer = cluster.http.post(f"/api/tokens/{alice_two_id}/revoke")
+                    assert answer.status_code == 200, answer.text
+                    told["revoked"] = await control(revoked)
+                    await disabled.send(b"still alice\n")
+                    await received(disabled, b"still alice")
+                    # When an admin in another's VPS is no longer one, theirs ends
+                    answer = cluster.http.post("/api/users/helper/role", json={"role": "user"})
+                    assert answer.status_code == 200, answer.text
+                    told["demoted"] = await control(demoted)
+                    # When the user is disabled, their shell ends
+                    answer = cluster.http.post("/api/users/alice/disable")
+                    assert answer.status_code == 200, answer.text
+                    told["disabled"] = await control(disabled)
+                    await admins.send(b"still admin\n")
+                    await received(admins, b"still admin")
+                    # When the task ends, every shell in it ends
+                    await agent.report(TaskFinished(task_id=task_id, state="killed", node=NODE))
+                    told["task"] = await control(admins)
+                    return told
+
+        told = asyncio.run(scenario())
+        reasons = {
+            "revoked": "token revoked",
+            "demoted": "no longer an admin",
+            "disabled": "user disabled",
+            "task": "task ended",
+        }
+        for case, reason in reasons.items():
+            assert told[case]["type"] == "error" and told[case]["status"] == 503, told[case]
+            assert told[case]["message"] == reason, told[case]
+        cluster.wait(lambda: len(closed_sessions(cluster)) == 4, 15, "the four closes recorded")
+        assert sorted(e["reason"] for e in closed_sessions(cluster)) == sorted(reasons.values())
 
 
 def test_bad_terminal_sizes_are_refused_naming_the_field(tmp_path: Path) -> None:

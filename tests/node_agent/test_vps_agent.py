@@ -24,6 +24,7 @@ from support.waiting import async_wait_until
 
 from events import link
 from events.types import TaskFinished, TaskSpec, TaskStarted, VpsReady
+from node_agent import shells
 from node_agent.agent import Agent
 from node_agent.executors.docker import DockerExecutor
 from node_agent.executors.process import ProcessExecutor
@@ -282,3 +283,46 @@ async def test_a_vps_on_a_node_without_docker_fails_saying_why(ids: str, tmp_pat
     assert finished[0].state == "failed"
     assert "a VPS task needs one" in finished[0].message
     assert not any(isinstance(e.event, TaskStarted) for e in events_of(seen))
+
+
+async def test_a_shell_that_reads_nothing_holds_no_engine_call_and_is_ended_past_the_bound(
+    ids: str, node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One thread for the relay's engine calls: a write that held it would stall them all
+    # (with the real eight, eight such shells did).
+    monkeypatch.setattr(shells, "SHELL_CALLS", 1)
+    async with node.agent().started():
+        host = await node.connector.accept()
+        await host.greet()
+        task_id = f"v-stuck-{ids}"
+        await host.send(vps_run(task_id, "", image=VPS_NOSSH_ENV))
+        await until(host, lambda m: bool(readiness(m)))
+        container = node.client.containers.get(f"hakuriver-vps-{task_id}")
+
+        def sleeping() -> bool:
+            processes = container.top(ps_args="-o pid,args")["Processes"]
+            return any(args == "sleep 600" for _pid, args in processes)
+
+        # Given a shell that reads nothing (a command in the foreground), fed more lines
+        # than the terminal and the engine's socket take (its writes block)
+        await host.send(link.ShellOpen(session="s-stuck", task_id=task_id))
+        await host.send(link.ShellInput(session="s-stuck", data=b"sleep 600\n"))
+        await async_wait_until(sleeping, deadline_s=15)
+        lines = b"\n" * link.MAX_SHELL_CHUNK
+        for _ in range((512 << 10) // len(lines)):
+            await host.send(link.ShellInput(session="s-stuck", data=lines))
+        # When another shell opens in the same VPS
+        await host.send(link.ShellOpen(session="s-other", task_id=task_id))
+        await host.send(link.ShellInput(session="s-other", data=b"echo ot''her; exit 4\n"))
+        # Then it starts, runs and ends (its engine calls were not held up)
+        seen = await until(host, lambda m: bool(shell_frames(m, "s-other")[1]), 30)
+        output, exits = shell_frames(seen, "s-other")
+        assert b"other\r\n" in output and [(e.code, e.error) for e in exits] == [(4, "")]
+        assert not shell_frames(seen, "s-stuck")[1]
+        # When the stuck shell's input passes the bound, its session is ended, saying why
+        for _ in range(shells.MAX_INPUT_BUFFERED // len(lines) + 2):
+            await host.send(link.ShellInput(session="s-stuck", data=lines))
+        seen = await until(host, lambda m: bool(shell_frames(m, "s-stuck")[1]), 30)
+        [ended] = shell_frames(seen, "s-stuck")[1]
+        assert "read none of its input" in ended.error and "bytes were waiting" in ended.error
+        await async_wait_until(lambda: not sleeping(), deadline_s=15)
