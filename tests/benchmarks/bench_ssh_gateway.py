@@ -83,10 +83,11 @@ def compare(
     copy: dict[str, list[float]] = {"direct": [], "via": []}
     assert cluster.host is not None
     host_cpu = 0.0
-    port = direct[direct.index("-p") + 1]
+    # scp spells ssh's -p as -P; the other options are the same.
+    scp_direct = tuple("-P" if word == "-p" else word for word in direct)
     for _ in range(3):
         copy["direct"].append(
-            _seconds(lambda: client.scp("-P", port, str(payload), f"{direct_host}:{target}"))
+            _seconds(lambda: client.scp(*scp_direct, str(payload), f"{direct_host}:{target}"))
         )
         before = _cpu_s(cluster.host.pid)
         copy["via"].append(

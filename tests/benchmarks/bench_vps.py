@@ -124,7 +124,7 @@ def main() -> int:
                 _until_ssh([*argv, "true"])
                 ready.append(time.perf_counter() - started)
                 if i < 2:
-                    assert alice.post(f"/api/tasks/{task_id}/kill").status_code == 200
+                    assert alice.post(f"/api/tasks/{task_id}/kill").status_code == 202
                     cluster.wait_state(task_id, "killed", timeout=60)
             report("vps_submit_to_ssh_ready_s", statistics.median(ready))
             report("bare_docker_sshd_ready_s", statistics.median(bare))
