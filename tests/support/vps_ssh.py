@@ -1,69 +1,39 @@
-"""A real OpenSSH client for the VPS tests: a throwaway key, and ``ssh`` as a subprocess."""
+"""A real OpenSSH client for the VPS tests: a throwaway key, and ``ssh`` straight to the port
+a runner published (no gateway). Built on ``support.sshd.SshClient`` (its own config, key
+and known_hosts: nothing of the user's ``~/.ssh`` is read)."""
 
 from __future__ import annotations
 
 import asyncio
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
+from support.sshd import SshClient as _Client
+from support.sshd import make_key
 
-@dataclass
-class SshClient:
-    """An ed25519 key made for one test, and a known_hosts file of its own."""
 
-    folder: Path
-    comment: str = "vps-test"
+class SshClient(_Client):
+    """An ed25519 key made for one test (``comment`` on its public line)."""
 
-    def __post_init__(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.key = self.folder / "id_ed25519"
-        if not self.key.exists():
-            subprocess.run(
-                [
-                    "ssh-keygen",
-                    "-q",
-                    "-t",
-                    "ed25519",
-                    "-N",
-                    "",
-                    "-C",
-                    self.comment,
-                    "-f",
-                    str(self.key),
-                ],
-                check=True,
-            )
-        self.known_hosts = self.folder / "known_hosts"
+    def __init__(self, folder: Path, comment: str = "vps-test") -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        key = folder / "id_ed25519"
+        if not key.exists():
+            make_key(key, comment)
+        super().__init__(folder, key)
 
     @property
     def public_key(self) -> str:
-        """The ``authorized_keys`` line of the key (its comment included)."""
-        return (self.folder / "id_ed25519.pub").read_text()
+        """The ``authorized_keys`` line of the key (its comment included), as written."""
+        return self.key.with_suffix(".pub").read_text()
 
     def argv(self, address: str, port: int, *command: str) -> list[str]:
+        """``ssh`` as root straight to ``address:port`` (a fresh VPS has a fresh host key)."""
         return [
-            "ssh",
-            "-i",
-            str(self.key),
-            "-p",
-            str(port),
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            f"UserKnownHostsFile={self.known_hosts}",
-            "-o",
-            "StrictHostKeyChecking=no",  # a fresh VPS has a fresh host key
-            "-o",
-            "ConnectTimeout=10",
-            "-o",
-            "LogLevel=ERROR",
-            f"root@{address}",
-            "--",
-            *command,
-        ]
+            "ssh", "-F", str(self.config), "-p", str(port),
+            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "LogLevel=ERROR", f"root@{address}", "--", *command,
+        ]  # fmt: skip
 
     async def run(
         self, address: str, port: int, *command: str, timeout_s: float = 30
@@ -75,4 +45,5 @@ class SshClient:
             capture_output=True,
             text=True,
             timeout=timeout_s,
+            stdin=subprocess.DEVNULL,
         )
