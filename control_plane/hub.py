@@ -30,6 +30,7 @@ import msgspec
 
 from control_plane.commands import (
     FACTS,
+    AdvanceJobs,
     CheckLiveness,
     Command,
     Context,
@@ -62,6 +63,9 @@ _RESCHEDULE = frozenset(
         "node.registered",
         "node.online",
         "node.offline",
+        "job.setup_done",
+        "job.stop_requested",
+        "job.submitted",
     }
 )
 
@@ -374,6 +378,10 @@ class ControlPlane:
             await self._schedule.wait()
             self._schedule.clear()
             try:
+                if self._state.active_jobs:
+                    # Jobs first: a failed rank's siblings are stopped (and their
+                    # resources freed) before anything else is placed.
+                    await self.execute(AdvanceJobs())
                 await self.execute(PlaceQueued())
             except StoreFailing:
                 # The store logs the outage once; the placement is tried again.

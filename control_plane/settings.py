@@ -83,6 +83,16 @@ class HostDocker(Struct, kw_only=True, frozen=True):
     allowed_mount_dirs: list[str] = []  # non-empty: --mount host paths must lie inside these
 
 
+class HostJobs(Struct, kw_only=True, frozen=True):
+    """``[jobs]``: job files (docs/jobs.md)."""
+
+    # The most a job's workdir copy may hold (bytes, after unpacking).
+    max_workdir_bytes: Annotated[int, Meta(gt=0)] = 100 << 20
+    # A job that has waited this long (seconds) for its nodes gets them reserved: smaller
+    # work no longer goes onto them (docs/decisions.md). 0: never reserve.
+    reserve_after: Annotated[float, Meta(ge=0)] = 300.0
+
+
 class HostAuth(Struct, kw_only=True, frozen=True):
     """``[auth]``: what users who are not admins may ask for (docs/security.md)."""
 
@@ -102,6 +112,7 @@ class HostSettings(Struct, kw_only=True, frozen=True):
     scheduler: HostScheduler = HostScheduler()
     docker: HostDocker = HostDocker()
     auth: HostAuth = HostAuth()
+    jobs: HostJobs = HostJobs()
     data_dir: str = DEFAULT_DATA_DIR
     max_body_bytes: Annotated[int, Meta(gt=0)] = 1 << 20
 
@@ -181,4 +192,4 @@ def _check_tls(network: HostNetwork) -> None:
         raise SettingsError("configuration: [network] tls = false contradicts tls_cert")
 
 
-_SECTIONS = {"network", "paths", "database", "timing", "scheduler", "docker", "auth"}
+_SECTIONS = {"network", "paths", "database", "timing", "scheduler", "docker", "auth", "jobs"}

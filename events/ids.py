@@ -61,3 +61,25 @@ _TASK_NUMBER = re.compile(r"[1-9][0-9]{0,9}")
 def task_number(ident: str) -> int | None:
     """The task number ``ident`` spells (``12``), or None if it is not one."""
     return int(ident) if _TASK_NUMBER.fullmatch(ident) else None
+
+
+_JOB_ID = re.compile(r"[a-z0-9]{8}")
+_JOB_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def new_job_id() -> str:
+    """A job's id: 8 random lowercase letters and digits (seed 002), at least one a letter
+    (so no job id reads as a task number). The submitter makes sure it is unique in the
+    log (the decision refuses one already taken)."""
+    import secrets
+
+    while True:
+        ident = "".join(secrets.choice(_JOB_ALPHABET) for _ in range(8))
+        if not ident.isdigit():
+            return ident
+
+
+def is_job_id(ident: object) -> bool:
+    """Whether ``ident`` is spelled like a job id (8 lowercase letters and digits, not all
+    digits)."""
+    return isinstance(ident, str) and _JOB_ID.fullmatch(ident) is not None and not ident.isdigit()

@@ -16,7 +16,7 @@ host → agent
   ``Nack``       a batch was refused (the reason names the event); nothing was recorded.
                  With ``retry``, the host could not write its log (a full disk): the
                  agent keeps the events and sends them again later, from the oldest.
-  ``Run`` / ``Kill`` / ``Pause`` / ``Resume``
+  ``Run`` / ``Kill`` / ``Pause`` / ``Resume`` / ``JobGo``
                  commands, each naming its task so the agent applies it idempotently.
 
 A terminal in a VPS task's container (``hakuriver vps shell``), relayed by the host
@@ -191,6 +191,13 @@ class Resume(Message, frozen=True, kw_only=True, tag="resume"):
     task_id: str
 
 
+class JobGo(Message, frozen=True, kw_only=True, tag="job_go"):
+    """A job's rank may run: every rank's setup succeeded (``events.jobs``). Idempotent:
+    the host sends it again after a reconnection, for ranks of a job in its run phase."""
+
+    task_id: str
+
+
 # -- a shell in a VPS task (both ways) -----------------------------------------------------
 
 # Terminal bytes per message, either way (a sender splits larger writes).
@@ -258,6 +265,7 @@ HostMessage = (
     | Kill
     | Pause
     | Resume
+    | JobGo
     | ShellOpen
     | ShellInput
     | ShellResize

@@ -7,7 +7,8 @@ bumps the kind's entry in ``SCHEMA_VERSIONS`` and adds an upcaster in
 ``array_like``, so old readers skip fields they do not know.
 
 Each event names the stream it belongs to (``task:<id>``, ``node:<name>``,
-``env:<name>``, ``ssh:<session>``) through its ``stream`` property.
+``env:<name>``, ``ssh:<session>``, ``job:<id>``, ``volume:<name>``) through its
+``stream`` property.
 """
 
 from __future__ import annotations
@@ -57,6 +58,18 @@ class TaskSpec(Struct, frozen=True, kw_only=True, gc=False):
     # (None: anywhere, an admin's task). The host sets it for users who are not admins:
     # the shared storage, [auth] user_mount_dirs and the admin's additional_mounts.
     mount_roots: tuple[str, ...] | None = None
+    # Any ``gpu_count`` free GPUs (their model's name containing ``gpu_model``, any model
+    # when None): the placement picks them (``task.placed``'s gpu_ids). A job's ranks ask
+    # for GPUs this way; ``gpu_ids`` names exact ones instead.
+    gpu_count: NonNegInt = 0
+    gpu_model: str | None = None
+    # The folder (a path on the node) the task starts in: a job's copied workdir. In a
+    # container it is mounted at ``events.jobs.CONTAINER_WORKDIR``. None: the default.
+    workdir: str | None = None
+    # A rank of a job (``job.submitted`` lists the job's rank tasks): the agent gives it
+    # the setup/run barrier of ``events.jobs``.
+    job_id: str | None = None
+    rank: NonNegInt | None = None
 
 
 class NumaNode(Struct, frozen=True, kw_only=True, gc=False):
@@ -207,6 +220,9 @@ class TaskPlaced(_TaskEvent, frozen=True, kw_only=True, tag="task.placed"):
     policy: str = ""
     reason: str = ""
     rejected: tuple[Rejection, ...] = ()
+    # Variables the placement adds to the task's environment (a job's rank: the node
+    # addresses of every rank, known only now). The run command carries spec.env and these.
+    env: dict[str, str] = {}
 
 
 class TaskDispatched(_TaskEvent, frozen=True, kw_only=True, tag="task.dispatched"):
@@ -286,6 +302,122 @@ class TaskReconnected(_TaskEvent, frozen=True, kw_only=True, tag="task.reconnect
     node: NonEmptyStr
     state: ReachableState
     unreachable_s: float = 0.0  # how long the host could not reach it
+
+
+# -- jobs (SkyPilot-style YAML, control_plane/jobfile.py; docs/jobs.md) ---------------------
+
+JobPhaseName = Literal["setup", "run"]
+JobFinalState = Literal["completed", "failed", "stopped"]
+
+
+class JobResources(Struct, frozen=True, kw_only=True, gc=False):
+    """A job file's ``resources`` as written (each value normalised to text)."""
+
+    cpus: str | None = None  # "4", "4+", "500m"
+    memory: str | None = None  # "32", "32+", "64GB", "4Gi"
+    accelerators: str | None = None  # "V100:2", "2" (any model); a mapping is written "V100:2"
+    image_id: str | None = None
+    # Fields HakuRiver accepts and ignores (instance_type, use_spot, disk_size, ports), as text.
+    ignored: dict[str, str] = {}
+
+
+class JobSpec(Struct, frozen=True, kw_only=True, gc=False):
+    """A job file, parsed (``control_plane.jobfile``), and what it means on HakuRiver.
+
+    The first fields are the file's (``envs`` with ``--env`` applied, so no value is
+    missing); the last ones are what each rank asks for: cores, memory, GPUs, container.
+    """
+
+    name: str | None = None
+    num_nodes: Annotated[int, Meta(ge=1)] = 1
+    workdir: str | None = None  # as written in the file (a folder on the submitter's machine)
+    resources: JobResources = JobResources()
+    envs: dict[str, str] = {}
+    volumes: dict[str, str] = {}  # container path -> volume name (<shared_dir>/volumes/<name>)
+    setup: str | None = None
+    run: str
+    # Per rank, on HakuRiver:
+    cores: NonNegInt = 1
+    memory_bytes: NonNegInt | None = None
+    gpu_count: NonNegInt = 0
+    gpu_model: str | None = None  # None: any model
+    container: str | None = None  # None: a plain process on the node
+
+
+class _JobEvent(Event, frozen=True, kw_only=True):
+    job_id: NonEmptyStr
+
+    @property
+    def stream(self) -> str:
+        return f"job:{self.job_id}"
+
+
+class JobSubmitted(_JobEvent, frozen=True, kw_only=True, tag="job.submitted"):
+    """A user submitted a job file. Its ranks are ordinary tasks, submitted in the same
+    commit (``task.submitted`` with ``spec.job_id``): rank ``i`` is ``rank_task_ids[i]``.
+    ``yaml`` is the file as sent; ``workdir_bytes`` what its workdir copy holds."""
+
+    spec: JobSpec
+    owner: NonEmptyStr
+    rank_task_ids: tuple[NonEmptyStr, ...]
+    yaml: str = ""
+    workdir_bytes: NonNegInt = 0
+
+
+class JobPlaced(_JobEvent, frozen=True, kw_only=True, tag="job.placed"):
+    """Every rank was placed at once, in this commit (one ``task.placed`` each): rank
+    ``i`` on ``nodes[i]``, reachable at ``addresses[i]`` (``SKYPILOT_NODE_IPS``)."""
+
+    nodes: tuple[NonEmptyStr, ...]
+    addresses: tuple[str, ...] = ()
+    policy: str = ""
+    reason: str = ""
+    rejected: tuple[Rejection, ...] = ()
+
+
+class JobPhase(_JobEvent, frozen=True, kw_only=True, tag="job.phase"):
+    """The job entered a phase: ``setup`` (placed: every rank runs its setup, then waits)
+    or ``run`` (every rank's setup succeeded: the host told each to run)."""
+
+    phase: JobPhaseName
+
+
+class JobSetupDone(_TaskEvent, frozen=True, kw_only=True, tag="job.setup_done"):
+    """A rank's setup succeeded (or it had none) and it waits for the job's ``run``
+    phase. Reported by the rank's node; changes no task state."""
+
+    job_id: NonEmptyStr
+    rank: NonNegInt
+    node: NonEmptyStr
+
+
+class JobStopRequested(_JobEvent, frozen=True, kw_only=True, tag="job.stop_requested"):
+    """Someone stopped the job: its ranks are killed (``task.kill_requested`` each)."""
+
+    requested_by: str = "anonymous"
+    reason: str = ""
+
+
+class JobFinished(_JobEvent, frozen=True, kw_only=True, tag="job.finished"):
+    """Every rank ended; ``state`` aggregates them: ``completed`` when all completed,
+    ``stopped`` after a stop, else ``failed`` (``failed_rank`` is the first that did not
+    complete, ``message`` says how)."""
+
+    state: JobFinalState
+    message: str = ""
+    failed_rank: NonNegInt | None = None
+
+
+class VolumeCreated(Event, frozen=True, kw_only=True, tag="volume.created"):
+    """A named folder of the shared storage (``<shared_dir>/volumes/<name>``) was made,
+    for jobs to mount (``volumes:`` in a job file)."""
+
+    name: NonEmptyStr
+    created_by: str = "anonymous"
+
+    @property
+    def stream(self) -> str:
+        return f"volume:{self.name}"
 
 
 # -- identity ----------------------------------------------------------------------------------
@@ -571,6 +703,13 @@ AnyEvent = (
     | NodeForgotten
     | SshKeyAdded
     | SshKeyRemoved
+    | JobSubmitted
+    | JobPlaced
+    | JobPhase
+    | JobSetupDone
+    | JobStopRequested
+    | JobFinished
+    | VolumeCreated
 )
 
 EVENT_TYPES: dict[str, type[Event]] = {

@@ -16,6 +16,12 @@ from msgspec import Struct
 from events.codec import gc_paused
 from events.envelope import Recorded
 from events.types import (
+    JobFinished,
+    JobPhase,
+    JobPlaced,
+    JobSetupDone,
+    JobStopRequested,
+    JobSubmitted,
     NodeForgotten,
     NodeHeartbeat,
     NodeOffline,
@@ -39,13 +45,14 @@ from events.types import (
     VpsReady,
 )
 from projections.identity import IDENTITY_KINDS, Identity
+from projections.jobs import JobView
 from projections.nodes import NodeView
 from projections.sessions import SshSessionView
 from projections.tasks import HOLDING_STATES, TaskView, next_state
 
-# 2: open SSH sessions and the removed-keys record (an older snapshot lacks them: the log
-# is folded from its start instead).
-SNAPSHOT_FORMAT = 2
+# 2: open SSH sessions and the removed-keys record; 3: jobs and the placements' env (an
+# older snapshot lacks them: the log is folded from its start instead).
+SNAPSHOT_FORMAT = 3
 
 
 class SnapshotFormatError(ValueError):
@@ -69,6 +76,7 @@ class _Snapshot(Struct, kw_only=True):
     anomalies: list[Anomaly]
     identity: Identity | None = None  # absent from snapshots written before identity
     ssh_sessions: list[SshSessionView] = []
+    jobs: list[JobView] = []
 
 
 _snapshot_encoder = msgspec.msgpack.Encoder()
@@ -95,6 +103,9 @@ class ClusterState:
         # Owner -> the VPS tasks of theirs holding resources on a node (derived from the
         # nodes' task ids): the SSH gateway reads a user's own alone at each login.
         self.vps_holding: dict[str, dict[str, None]] = {}
+        # Jobs (projections/jobs.py), in submission order; and those not yet ended.
+        self.jobs: dict[str, JobView] = {}
+        self.active_jobs: dict[str, None] = {}
 
     # -- folding -----------------------------------------------------------------------------
 
@@ -148,6 +159,7 @@ class ClusterState:
                     task.memory_bytes = e.memory_bytes
                     task.gpu_ids = e.gpu_ids
                     task.numa_id = e.numa_id
+                    task.placed_env = e.env
                     task.placed_at_us = at
                     self._allocate(recorded, task)
             case TaskDispatched() as e:
@@ -244,6 +256,57 @@ class ClusterState:
                 )
             case SshSessionClosed() as e:
                 self.ssh_sessions.pop(e.session_id, None)
+            case JobSubmitted() as e:
+                if e.job_id in self.jobs:
+                    self._flag(recorded, e.stream, "job id submitted twice")
+                    return
+                self.jobs[e.job_id] = JobView(
+                    job_id=e.job_id,
+                    spec=e.spec,
+                    owner=e.owner,
+                    rank_task_ids=e.rank_task_ids,
+                    yaml=e.yaml,
+                    workdir_bytes=e.workdir_bytes,
+                    submitted_at_us=at,
+                    last_seq=recorded.seq,
+                )
+                self.active_jobs[e.job_id] = None
+            case JobPlaced() as e:
+                job = self._job(recorded, e.job_id)
+                if job is not None:
+                    job.nodes = e.nodes
+                    job.addresses = e.addresses
+                    job.placed_at_us = at
+                    job.placement_reason = e.reason
+            case JobPhase() as e:
+                job = self._job(recorded, e.job_id)
+                if job is not None:
+                    job.phase = e.phase
+                    if e.phase == "run":
+                        job.run_at_us = at
+            case JobSetupDone() as e:
+                self._transition(recorded, e.task_id)
+                job = self._job(recorded, e.job_id)
+                if job is not None and e.rank not in job.setup_done:
+                    task = self.tasks.get(e.task_id)
+                    if task is None or task.spec.job_id != e.job_id or task.spec.rank != e.rank:
+                        self._flag(recorded, e.task_id, f"not rank {e.rank} of job {e.job_id}")
+                    else:
+                        job.setup_done.append(e.rank)
+            case JobStopRequested() as e:
+                job = self._job(recorded, e.job_id)
+                if job is not None and job.stop_requested_by is None:
+                    job.stop_requested_by = e.requested_by
+                    job.stop_reason = e.reason
+            case JobFinished() as e:
+                job = self._job(recorded, e.job_id)
+                if job is not None:
+                    job.phase = "ended"
+                    job.final_state = e.state
+                    job.failed_rank = e.failed_rank
+                    job.message = e.message
+                    job.finished_at_us = at
+                    self.active_jobs.pop(e.job_id, None)
             case _:
                 # Environment events change no node or task view.
                 pass
@@ -258,6 +321,17 @@ class ClusterState:
         if node is None:
             self._flag(recorded, name, "event for a node that never registered")
         return node
+
+    def _job(self, recorded: Recorded, job_id: str) -> JobView | None:
+        job = self.jobs.get(job_id)
+        if job is None:
+            self._flag(recorded, f"job:{job_id}", "event for a job that was never submitted")
+        elif job.final_state is not None:
+            self._flag(recorded, f"job:{job_id}", f"event for a job already {job.final_state}")
+            return None
+        else:
+            job.last_seq = recorded.seq
+        return job
 
     def _transition(
         self, recorded: Recorded, task_id: str, reported: str | None = None
@@ -350,6 +424,7 @@ class ClusterState:
                 anomalies=self.anomalies,
                 identity=self.identity,
                 ssh_sessions=list(self.ssh_sessions.values()),
+                jobs=list(self.jobs.values()),
             )
         )
 
@@ -364,6 +439,8 @@ class ClusterState:
         if snap.identity is not None:
             state.identity = snap.identity
         state.ssh_sessions = {s.session_id: s for s in snap.ssh_sessions}
+        state.jobs = {j.job_id: j for j in snap.jobs}
+        state.active_jobs = {j.job_id: None for j in snap.jobs if j.final_state is None}
         return state
 
     @classmethod

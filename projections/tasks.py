@@ -107,6 +107,10 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     ("running", "vps.ready"): "running",
     ("paused", "vps.ready"): "paused",
     ("unknown", "vps.ready"): "unknown",
+    # A job's rank finished its setup and waits for the run phase: no state change.
+    ("running", "job.setup_done"): "running",
+    ("paused", "job.setup_done"): "paused",
+    ("unknown", "job.setup_done"): "unknown",
 }
 
 
@@ -144,6 +148,8 @@ class TaskView(Struct, kw_only=True, gc=False):
     sshd: bool | None = None
     vps_message: str = ""
     kill_requested_by: str | None = None
+    # What the placement added to the environment (``task.placed``'s env: a job rank's).
+    placed_env: dict[str, str] = {}
     message: str = ""
     last_seq: int = 0
     # While ``unknown``: since when (store clock), and the state it had before.

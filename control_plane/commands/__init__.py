@@ -22,6 +22,10 @@ CheckLiveness          offline, unknown, given up                   nodes.py
 RecordFacts            the host's own facts (environments, shells)  here
 OpenSshSession         a user into a VPS (SSH gateway, vps shell)   vps.py
 CloseSessionsLeftOpen  sessions a killed host never closed          vps.py
+SubmitJob              a job file's job and its ranks, queued       jobs.py
+StopJobs               stop jobs (named, all of mine, everyone's)   jobs.py
+AdvanceJobs            run phase, failure of a rank, job's end      jobs.py
+CreateVolume           a named folder of the shared storage         jobs.py
 CreateUser ...         users, tokens, enrolment, SSH keys           identity.py
 =====================  ===========================================  ============
 
@@ -43,6 +47,12 @@ from control_plane.commands.identity import (
     decide_revoke_node,
     decide_revoke_token,
 )
+from control_plane.commands.jobs import (
+    decide_advance_jobs,
+    decide_create_volume,
+    decide_stop_jobs,
+    decide_submit_job,
+)
 from control_plane.commands.nodes import (
     NodeNotOnline,
     decide_forget,
@@ -55,12 +65,14 @@ from control_plane.commands.tasks import decide_kill, decide_pause
 from control_plane.commands.types import (
     FACTS,
     AddKey,
+    AdvanceJobs,
     ChangeRole,
     CheckLiveness,
     CloseSessionsLeftOpen,
     Command,
     Context,
     CreateUser,
+    CreateVolume,
     Decision,
     DisableUser,
     EnrollNode,
@@ -77,6 +89,8 @@ from control_plane.commands.types import (
     RevokeNode,
     RevokeToken,
     Send,
+    StopJobs,
+    SubmitJob,
     SubmitTasks,
 )
 from control_plane.commands.vps import decide_close_left_open, decide_ssh_session
@@ -85,12 +99,14 @@ from projections.cluster import ClusterState
 __all__ = [
     "FACTS",
     "AddKey",
+    "AdvanceJobs",
     "ChangeRole",
     "CheckLiveness",
     "CloseSessionsLeftOpen",
     "Command",
     "Context",
     "CreateUser",
+    "CreateVolume",
     "Decision",
     "DisableUser",
     "EnrollNode",
@@ -108,6 +124,8 @@ __all__ = [
     "RevokeNode",
     "RevokeToken",
     "Send",
+    "StopJobs",
+    "SubmitJob",
     "SubmitTasks",
     "decide",
 ]
@@ -156,3 +174,11 @@ def decide(state: ClusterState, command: Command, ctx: Context) -> Decision:
             return decide_add_key(state, command, ctx)
         case RemoveKey():
             return decide_remove_key(state, command, ctx)
+        case SubmitJob():
+            return decide_submit_job(state, command, ctx)
+        case StopJobs():
+            return decide_stop_jobs(state, command, ctx)
+        case AdvanceJobs():
+            return decide_advance_jobs(state, command, ctx)
+        case CreateVolume():
+            return decide_create_volume(state, command, ctx)

@@ -336,5 +336,6 @@ def run_command(task: TaskView) -> link.Run:
         memory_bytes=task.memory_bytes,
         gpu_ids=task.gpu_ids,
         numa_id=task.numa_id,
+        env=task.placed_env,
     )
     return run_of(placed, task.spec)

@@ -310,7 +310,10 @@ def dispatching(
 
 
 def run_of(placed: TaskPlaced, spec: TaskSpec) -> link.Run:
-    """The run command for a placement, with the resources it reserved."""
+    """The run command for a placement, with the resources it reserved (and the variables
+    it added: a job rank's)."""
+    if placed.env:
+        spec = msgspec.structs.replace(spec, env={**spec.env, **placed.env})
     return link.Run(
         task_id=placed.task_id,
         spec=spec,

@@ -22,7 +22,7 @@ from control_plane.scheduler import Scheduler
 from control_plane.settings import HostSettings
 from events import link
 from events.envelope import NewEvent
-from events.types import AnyEvent, SshVia, TaskSubmitted
+from events.types import AnyEvent, JobSpec, SshVia, TaskSubmitted
 
 # -- commands --------------------------------------------------------------------------------
 
@@ -122,6 +122,52 @@ class CloseSessionsLeftOpen(Struct, frozen=True, kw_only=True):
     host that relayed them was killed before it could)."""
 
     reason: str = "host restarted: the session's end, duration and bytes are unknown"
+
+
+# -- jobs (control_plane/commands/jobs.py) -------------------------------------------------
+
+
+class SubmitJob(Struct, frozen=True, kw_only=True):
+    """Submit a parsed job file (``control_plane.jobfile``): ``job.submitted`` and one
+    ``task.submitted`` per rank, queued for the scheduler's gang placement.
+
+    ``job_id`` is chosen by the adapter, which has already put the job's workdir copy
+    in place (``workdir``: its path, as nodes see it; None when the file names none); the
+    decision refuses an id already in the log. ``owner``: another user's name (admins).
+    """
+
+    job_id: str
+    spec: JobSpec
+    yaml: str
+    actor: Principal
+    owner: str | None = None
+    workdir: str | None = None
+    workdir_bytes: int = 0
+
+
+class StopJobs(Struct, frozen=True, kw_only=True):
+    """Stop jobs: those named, or with ``all`` every active job of the actor's (of every
+    user's with ``all_users``, admins only). Each gets ``job.stop_requested`` and a kill
+    of each rank still active (queued ranks are killed on the spot)."""
+
+    actor: Principal
+    job_ids: tuple[str, ...] = ()
+    all: bool = False
+    all_users: bool = False
+    reason: str = ""
+
+
+class AdvanceJobs(Struct, frozen=True, kw_only=True):
+    """Move active jobs along (the scheduler loop's pass): ``job.phase`` ``run`` and a
+    ``JobGo`` to every rank once all setups succeeded; the other ranks stopped once one
+    failed; ``job.finished`` once every rank ended."""
+
+
+class CreateVolume(Struct, frozen=True, kw_only=True):
+    """Record a volume the adapter made (``<shared_dir>/volumes/<name>``)."""
+
+    name: str
+    actor: Principal
 
 
 # -- identity (control_plane/commands/identity.py) ---------------------------------------
@@ -226,6 +272,10 @@ Command = (
     | RevokeNode
     | AddKey
     | RemoveKey
+    | SubmitJob
+    | StopJobs
+    | AdvanceJobs
+    | CreateVolume
 )
 # Commands that record facts: they conflict with no decision, so they share the gate.
 FACTS = (ReportFacts, RecordFacts)
