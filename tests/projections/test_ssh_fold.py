@@ -116,5 +116,5 @@ def test_a_snapshot_of_the_older_format_is_refused_as_such() -> None:
     old = msgspec.msgpack.encode(
         _Snapshot(format=1, last_seq=world.state.last_seq, tasks=[], nodes=[], anomalies=[])
     )
-    with pytest.raises(SnapshotFormatError, match="snapshot format 1 is not 2"):
+    with pytest.raises(SnapshotFormatError, match="snapshot format 1 is not 3"):
         ClusterState.restore(old)
