@@ -11,6 +11,7 @@ runner joins.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -214,3 +215,37 @@ def test_stop_all_stops_only_the_callers_jobs(jobs_cluster: Cluster) -> None:
     assert job(jobs_cluster, theirs)["status"] in ("pending", "running")
     jobs_cluster.http.post(f"/api/jobs/{theirs}/stop")
     assert wait_job(jobs_cluster, theirs)["status"] == "stopped"
+
+
+def test_a_host_killed_while_ranks_wait_at_the_barrier_loses_nothing(tmp_path: Path) -> None:
+    # A power cut of the host between the setups and the run: the ranks wait (their
+    # runners keep them), the restarted host decides the run phase from the log, and the
+    # runners' reconnection carries the go.
+    gate = tmp_path / "gate"
+    cluster = Cluster(tmp_path / "c")
+    (tmp_path / "c").mkdir()
+    try:
+        cluster.start_host()
+        for name in ("n1", "n2"):
+            with_address(cluster, name)
+        text = f"""
+num_nodes: 2
+resources: {{image_id: NULL}}
+setup: |
+  while [ ! -e '{gate}' ]; do sleep 0.02; done
+run: echo ran $NODE_RANK
+"""
+        job_id = submit(cluster, text)["job_id"]
+        wait_job(cluster, job_id, "running")
+        gate.touch()
+        # One rank may report its setup before the kill, or both, or none: all are fine.
+        cluster.stop_host(signal.SIGKILL)
+        cluster.start_host()
+        done = wait_job(cluster, job_id)
+        assert done["status"] == "completed", done
+        combined = logs(cluster, job_id)
+        assert "node-0 | ran 0" in combined and "node-1 | ran 1" in combined
+        kinds = [e["kind"] for e in job_events(cluster, job_id)]
+        assert kinds.count("job.setup_done") == 2 and kinds.count("job.placed") == 1
+    finally:
+        cluster.close()
