@@ -222,8 +222,8 @@ def test_a_host_killed_while_ranks_wait_at_the_barrier_loses_nothing(tmp_path: P
     # runners keep them), the restarted host decides the run phase from the log, and the
     # runners' reconnection carries the go.
     gate = tmp_path / "gate"
-    cluster = Cluster(tmp_path / "c")
     (tmp_path / "c").mkdir()
+    cluster = Cluster(tmp_path / "c")
     try:
         cluster.start_host()
         for name in ("n1", "n2"):
