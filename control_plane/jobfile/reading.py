@@ -58,7 +58,7 @@ def load(text: str) -> Any:
         )
     yaml = YAML(typ="rt")
     try:
-        screen(yaml, text)
+        root_line = screen(yaml, text)
         top = yaml.load(text)
     except JobFileError:
         raise
@@ -78,7 +78,7 @@ def load(text: str) -> Any:
         raise JobFileError(
             "yaml",
             "the top level must be a mapping of fields (name:, resources:, run:, ...)",
-            getattr(getattr(top, "lc", None), "line", 0) + 1,
+            root_line,
         )
     return top
 
@@ -89,11 +89,12 @@ def _first_line(text: str) -> str:
     return line if len(line) <= 160 else line[:157] + "..."
 
 
-def screen(yaml: YAML, text: str) -> None:
+def screen(yaml: YAML, text: str) -> int:
     """Refuse, from the event stream alone (nothing is built yet), what could make
     building the document costly or ambiguous: aliases, more than one document, foreign
-    tags, too many nodes, too deep a nesting."""
+    tags, too many nodes, too deep a nesting. Returns the line of the document's root."""
     documents = nodes = depth = 0
+    root_line = 1
     for event in yaml.parse(text):
         line = event.start_mark.line + 1
         if isinstance(event, DocumentStartEvent):
@@ -117,6 +118,8 @@ def screen(yaml: YAML, text: str) -> None:
             if tag is not None and str(tag) not in _PLAIN_TAGS:
                 raise JobFileError("yaml", f"the tag {str(tag)[:40]!r} is not taken here", line)
             nodes += 1
+            if nodes == 1:
+                root_line = line
             if nodes > MAX_YAML_NODES:
                 raise JobFileError("yaml", f"more than {MAX_YAML_NODES} YAML nodes", line)
         if isinstance(event, CollectionStartEvent):
@@ -125,6 +128,7 @@ def screen(yaml: YAML, text: str) -> None:
                 raise JobFileError("yaml", f"nested more than {MAX_DEPTH} levels deep", line)
         elif isinstance(event, CollectionEndEvent):
             depth -= 1
+    return root_line
 
 
 # -- where things are ----------------------------------------------------------------------

@@ -272,12 +272,16 @@ def _whole(value: object) -> int | None:
 
 def _image(section: Any, default_container: str | None) -> tuple[str | None, str | None]:
     """``docker:IMAGE`` → the image; a bare name → a HakuRiver environment; ``NULL`` →
-    a plain process; absent → the host's default. Returns (as written, container)."""
-    value = section.get("image_id")
+    a plain process (so does null); absent → the host's default. Returns (as written, container)."""
     field = "resources.image_id"
-    if value is None:
+    if "image_id" not in section:
         chosen = default_container
         return None, None if chosen is None or is_no_container(chosen) else chosen
+    value = section["image_id"]
+    if value is None:
+        # YAML reads an unquoted NULL (HakuRiver's word for "no container") as null: an
+        # image_id written and empty means no image, a plain process.
+        return "NULL", None
     line = value_line(section, "image_id")
     if not isinstance(value, str):
         raise JobFileError(
