@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import string
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -636,3 +638,16 @@ def test_any_text_is_a_job_or_a_job_file_error(text: str) -> None:
         assert error.field and error.message.startswith(error.field)
     else:
         assert parsed.spec.run.strip()
+
+
+def test_every_example_in_the_jobs_guide_parses() -> None:
+    guide = (Path(__file__).parents[2] / "docs" / "jobs.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", guide, flags=re.DOTALL)
+    assert len(blocks) >= 5
+    for block in blocks:
+        spec = parse(block, env={"EPOCHS": "20"}).spec
+        assert spec.run.strip()
+    distributed = parse(blocks[-1], env={"EPOCHS": "20"}).spec
+    assert (distributed.num_nodes, distributed.gpu_count, distributed.gpu_model) == (4, 2, "A100")
+    assert distributed.workdir == "."
+    assert 'MASTER_ADDR=$(echo "$SKYPILOT_NODE_IPS" | head -n1)' in distributed.run
