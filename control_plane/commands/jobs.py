@@ -137,7 +137,7 @@ def decide_submit_job(state: ClusterState, command: SubmitJob, ctx: Context) -> 
             )
         )
     program, args = rank_command(spec.setup, spec.run)
-    name = spec.name or f"job-{command.job_id}"
+    name = spec.name or f"task-{command.job_id}"  # seed 002's default
     ranks: list[TaskSubmitted] = []
     for rank in range(spec.num_nodes):
         rank_spec = TaskSpec(
