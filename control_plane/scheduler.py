@@ -85,9 +85,11 @@ class Scheduler:
         self._cursor = planned.cursor
         return planned.placements
 
-    def explain(self, state: ClusterState, job: JobView, *, now_us: int) -> str:
-        """``explain_job`` with this scheduler's policy, cursor and reservation rule."""
-        return _explain(self, state, job, now_us)
+    def explain(
+        self, state: ClusterState, jobs: Sequence[JobView], *, now_us: int
+    ) -> dict[str, str]:
+        """``explain_jobs`` with this scheduler's policy, cursor and reservation rule."""
+        return _explain(self, state, jobs, now_us)
 
 
 def explain_job(
@@ -101,23 +103,52 @@ def explain_job(
     """Why a job waits (a queued one: what the scheduler sees at its turn in the queue,
     one line per group of reasons), or how it was placed. Without ``now_us`` and
     ``reserve_after_s`` no job counts as waiting long enough to hold nodes."""
-    return _explain(Scheduler(policy, reserve_after_s=reserve_after_s), state, job, now_us)
+    scheduler = Scheduler(policy, reserve_after_s=reserve_after_s)
+    return _explain(scheduler, state, [job], now_us)[job.job_id]
 
 
-def _explain(scheduler: Scheduler, state: ClusterState, job: JobView, now_us: int) -> str:
-    if job.final_state is not None:
-        return f"ended: {job.final_state}" + (f" ({job.message})" if job.message else "")
-    if job.phase != "queued":
-        return job.placement_reason or f"placed on {', '.join(job.nodes)}"
-    if job.stop_requested_by is not None:
-        return f"stopped by {job.stop_requested_by} before it was placed"
-    dry = _Pass(scheduler, state, (), now_us, watch=job.job_id)
+def explain_jobs(
+    state: ClusterState,
+    jobs: Sequence[JobView],
+    *,
+    now_us: int = 0,
+    reserve_after_s: float = 0.0,
+    policy: Policy = "first-fit",
+) -> dict[str, str]:
+    """``explain_job`` for many jobs (a job list's ``why``): one dry pass for all of them."""
+    scheduler = Scheduler(policy, reserve_after_s=reserve_after_s)
+    return _explain(scheduler, state, jobs, now_us)
+
+
+def _explain(
+    scheduler: Scheduler, state: ClusterState, jobs: Sequence[JobView], now_us: int
+) -> dict[str, str]:
+    answers: dict[str, str] = {}
+    queued: list[str] = []
+    for job in jobs:
+        if job.final_state is not None:
+            message = f" ({job.message})" if job.message else ""
+            answers[job.job_id] = f"ended: {job.final_state}{message}"
+        elif job.phase != "queued":
+            answers[job.job_id] = job.placement_reason or f"placed on {', '.join(job.nodes)}"
+        elif job.stop_requested_by is not None:
+            answers[job.job_id] = f"stopped by {job.stop_requested_by} before it was placed"
+        else:
+            queued.append(job.job_id)
+    if not queued:
+        return answers
+    # What the scheduler would see at each job's turn: a pass that records nothing.
+    dry = _Pass(scheduler, state, (), now_us, watch=frozenset(queued))
     dry.run()
-    if dry.explanation is not None:
-        return dry.explanation
-    if any(isinstance(p, JobPlaced) and p.job_id == job.job_id for p in dry.placements):
-        return "fits now: the scheduler's next pass places it"
-    return "not every rank is queued: the job cannot be placed"
+    fits = {p.job_id for p in dry.placements if isinstance(p, JobPlaced)}
+    for job_id in queued:
+        if job_id in dry.explanations:
+            answers[job_id] = dry.explanations[job_id]
+        elif job_id in fits:
+            answers[job_id] = "fits now: the scheduler's next pass places it"
+        else:
+            answers[job_id] = "not every rank is queued: the job cannot be placed"
+    return answers
 
 
 class _Pass:
@@ -131,7 +162,7 @@ class _Pass:
         incoming: Sequence[TaskView],
         now_us: int,
         *,
-        watch: str | None = None,
+        watch: frozenset[str] = frozenset(),
     ) -> None:
         self.policy = scheduler.policy
         self.cursor = scheduler._cursor
@@ -143,8 +174,8 @@ class _Pass:
         self.rooms = {name: Room.of(state.nodes[name]) for name in self.names}
         self.held: dict[str, str] = {}  # node -> the job holding a rank's share of it
         self.placements: list[Placement] = []
-        self.watch = watch  # a job to explain when it does not fit
-        self.explanation: str | None = None
+        self.watch = watch  # jobs to explain when they do not fit
+        self.explanations: dict[str, str] = {}
 
     def run(self) -> None:
         state = self.state
@@ -225,10 +256,10 @@ class _Pass:
             ranks.append(rank)
         chosen, rejected = self._choose(ranks)
         if chosen is None:
-            why = self._why(job, ranks) if job.job_id == self.watch else None
+            why = self._why(job, ranks) if job.job_id in self.watch else None
             held = self._reserve(job, ranks) if self._waited_long(job) else None
             if why is not None:
-                self.explanation = why + self._held_text(job, held)
+                self.explanations[job.job_id] = why + self._held_text(job, held)
             return
         addresses = tuple(self.state.nodes[name].address or name for name in chosen)
         count = len(ranks)

@@ -19,7 +19,7 @@ from support.thorough import examples
 
 from control_plane.commands import PlaceQueued, decide
 from control_plane.rooms import gpu_model_matches
-from control_plane.scheduler import Placement, Policy, Scheduler, explain_job
+from control_plane.scheduler import Placement, Policy, Scheduler, explain_job, explain_jobs
 from events import link
 from events.envelope import Recorded, new_event
 from events.ids import new_id, new_job_id
@@ -338,6 +338,12 @@ def test_two_waiting_jobs_hold_distinct_nodes_in_queue_order() -> None:
     assert "a rank's share of n1, n2 is held for it" in why_older
     assert "a rank's share of n3, n4 is held for it" in why_younger
     assert f"n1 (job {older})" in why_younger  # the younger sees what the older holds
+    # A job list's explanations come from one pass, and say the same
+    both = [state.jobs[older], state.jobs[younger]]
+    assert explain_jobs(state, both, now_us=now, reserve_after_s=10) == {
+        older: why_older,
+        younger: why_younger,
+    }
     # When n1 frees, no job fits yet, and the small task does not go there: n1 is held
     apply(state, TaskFinished(task_id=fillers[0].task_id, state="completed", exit_code=0))
     apply(state, task(1))
