@@ -19,6 +19,7 @@ BENCHMARKS = [
     "bench_docker.py",
     "bench_ssh_gateway.py",
     "bench_vps.py",
+    "bench_jobs.py",
 ]
 
 
