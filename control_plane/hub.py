@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from types import MappingProxyType
 from typing import NamedTuple, Protocol
 
@@ -50,6 +50,7 @@ from events.ids import new_id
 from events.snapshot_files import CLUSTER as SNAPSHOT_NAME
 from events.store import EventStore, StoreUnavailable, WriteFailure
 from projections.cluster import ClusterState, SnapshotFormatError
+from projections.jobs import JobView
 
 log = logging.getLogger("hakuriver.host")
 
@@ -473,6 +474,11 @@ class ControlPlane:
     def state(self) -> ClusterState:
         """The live fold, to read: only a commit changes it (through ``execute``)."""
         return self._state
+
+    def explain_jobs(self, jobs: Sequence[JobView]) -> dict[str, str]:
+        """Why each job waits (or how it was placed), as the scheduler sees it now: its
+        policy and its reservation rule at this moment (``scheduler.explain_jobs``)."""
+        return self._scheduler.explain(self._state, jobs, now_us=now_us())
 
     @property
     def last_seq(self) -> int:

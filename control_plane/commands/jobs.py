@@ -31,6 +31,7 @@ from control_plane.commands.types import (
 )
 from control_plane.errors import Conflict, InvalidRequest, NotFound, Refused
 from control_plane.notation import Target, parse_mount
+from control_plane.rooms import gpu_model_matches
 from events import link
 from events.ids import is_job_id
 from events.jobs import rank_command
@@ -179,24 +180,11 @@ def rank_refusal(node: NodeView, spec: JobSpec, owner: str) -> str | None:
     if reason:
         return reason
     if spec.gpu_count:
-        matching = [g for g in node.gpus if gpu_matches(g.name, spec.gpu_model)]
+        matching = [g for g in node.gpus if gpu_model_matches(spec.gpu_model, g.name)]
         if len(matching) < spec.gpu_count:
             model = f" {spec.gpu_model}" if spec.gpu_model else ""
             return f"asks for {spec.gpu_count}{model} GPU(s), {node.name} has {len(matching)}"
     return node.account_refusal(owner)
-
-
-def gpu_matches(name: str, model: str | None) -> bool:
-    """Whether a GPU named ``name`` (as the node reports it, e.g. "Tesla V100-SXM2-16GB")
-    is of ``model`` (as a job file writes it, e.g. "V100"; None: any): the model's
-    letters and digits appear in the name's, ignoring case, spaces and dashes."""
-    if model is None:
-        return True
-
-    def squash(text: str) -> str:
-        return re.sub(r"[^a-z0-9]", "", text.lower())
-
-    return squash(model) in squash(name)
 
 
 def _check_fits_somewhere(state: ClusterState, spec: JobSpec, owner: str) -> None:
@@ -213,7 +201,7 @@ def _check_fits_somewhere(state: ClusterState, spec: JobSpec, owner: str) -> Non
     elif not any(not never_fits(n, spec.cores, spec.memory_bytes, Target(node="")) for n in nodes):
         field = "resources.memory"
     elif spec.gpu_count and not any(
-        len([g for g in n.gpus if gpu_matches(g.name, spec.gpu_model)]) >= spec.gpu_count
+        len([g for g in n.gpus if gpu_model_matches(spec.gpu_model, g.name)]) >= spec.gpu_count
         for n in nodes
     ):
         field = "resources.accelerators"
