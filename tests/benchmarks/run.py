@@ -20,6 +20,7 @@ BENCHMARKS = [
     "bench_ssh_gateway.py",
     "bench_vps.py",
     "bench_jobs.py",
+    "bench_job_cluster.py",
 ]
 
 
