@@ -423,6 +423,7 @@ class Agent:
                 # Reported as ended, it must not run on unwatched on resources given back.
                 with contextlib.suppress(Exception):
                     await executor.kill(task_id, self.kill_grace)
+            await self.ranks.ended(task_id)
             await self.emit(
                 TaskFinished(
                     task_id=task_id,

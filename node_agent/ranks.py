@@ -161,26 +161,37 @@ class Ranks:
 
     # -- the watch ---------------------------------------------------------------------------
 
+    async def ended(self, task_id: str) -> None:
+        """A rank ended (its end not reported yet): a setup that ended since the last look
+        is reported now, so the log has it before the rank's ``task.finished``."""
+        if task_id in self.waiting:
+            done, _ = await asyncio.to_thread(self._look, [task_id])
+            if done:
+                await self._report(task_id)
+            self.waiting.discard(task_id)
+
     async def _report_setups(self) -> None:
         while self.waiting:
             done, reported = await asyncio.to_thread(self._look, sorted(self.waiting))
             self.waiting.difference_update(reported)
             for task_id in done:
-                record = self.known.get(task_id)
-                if task_id not in self.waiting or record is None:
-                    continue  # ended and forgotten meanwhile
-                await self.agent.emit(
-                    JobSetupDone(
-                        task_id=task_id,
-                        job_id=record.job_id,
-                        rank=record.rank,
-                        node=self.agent.node,
-                    )
-                )
-                await asyncio.to_thread(self._mark_reported, task_id)
-                self.waiting.discard(task_id)
+                await self._report(task_id)
             if self.waiting:
                 await self.agent.activity.outside(asyncio.sleep(POLL_S))
+
+    async def _report(self, task_id: str) -> None:
+        """Report a rank's setup, unless that is done or under way (it leaves ``waiting``
+        before the first await: the watch loop and ``ended`` never both report it)."""
+        record = self.known.get(task_id)
+        if task_id not in self.waiting or record is None:
+            return  # reported, or ended and forgotten meanwhile
+        self.waiting.discard(task_id)
+        await self.agent.emit(
+            JobSetupDone(
+                task_id=task_id, job_id=record.job_id, rank=record.rank, node=self.agent.node
+            )
+        )
+        await asyncio.to_thread(self._mark_reported, task_id)
 
     def _look(self, task_ids: list[str]) -> tuple[list[str], list[str]]:
         """(ranks whose setup ended, not yet reported; ranks already reported)."""
