@@ -9,12 +9,16 @@ agent on the same data directory, as in tests/node_agent/test_agent.py.
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
 import stat
-from collections.abc import AsyncIterator
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from support.agent_link import HostEnd, MemoryConnector, events_of
 from support.docker_images import engine_or_skip
@@ -420,3 +424,61 @@ async def test_a_container_rank_whose_setup_fails_reports_no_setup(docker_node: 
         finished = node.finished(host)["t-cbad"]
         assert (finished.state, finished.exit_code) == ("failed", 4)
         assert node.setups(host) == [] and not node.control("t-cbad").exists()
+
+
+# -- ranks run as their owners (run_tasks_as = "owner") ------------------------------------
+
+
+@pytest.fixture
+def reachable() -> Iterator[Path]:
+    """A folder every account can enter (tmp_path's parents are root's alone)."""
+    made = Path(tempfile.mkdtemp(prefix="hakuriver-ranks-"))
+    made.chmod(0o755)
+    yield made
+    shutil.rmtree(made, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running a rank as another account needs root")
+async def test_an_owner_rank_gets_a_folder_of_its_own_that_it_can_reach(
+    tmp_path: Path, reachable: Path
+) -> None:
+    # Given an owner-mode agent whose local temp folder owners can reach
+    settings = RunnerSettings.from_mapping(
+        {
+            "paths": {"shared_dir": str(tmp_path / "shared"), "local_temp_dir": str(reachable)},
+            "runner": {"run_tasks_as": "owner"},
+        },
+        data_dir=str(tmp_path),
+        name="n-owner",
+    )
+    connector = MemoryConnector()
+    agent = Agent(
+        settings,
+        executors={
+            "process": ProcessExecutor(settings.state_dir / "process", facilities=HostFacilities())
+        },
+        machine=MachineInfo(cores=2, memory_bytes=1 << 30, numa=()),
+        connect=connector,
+    )
+    nobody = pwd.getpwnam("nobody")
+    node = Node(tmp_path, connector)
+    async with agent.started():
+        host = await connector.accept()
+        await host.greet()
+        # When a rank owned by `nobody` starts
+        command = rank("t-own", "id -u", "id -u")
+        spec = msgspec.structs.replace(command.spec, owner="nobody")
+        await host.send(msgspec.structs.replace(command, spec=spec))
+        await async_wait_until(lambda: len(node.setups(host)) == 1, 20)
+        # Then its folder is the owner's alone, in a root only the runner writes
+        root = reachable / ".hakuriver-jobs"
+        folder = root / "t-own"
+        assert (os.lstat(root).st_uid, stat.S_IMODE(os.lstat(root).st_mode)) == (0, 0o711)
+        found = os.lstat(folder)
+        assert (found.st_uid, stat.S_IMODE(found.st_mode)) == (nobody.pw_uid, 0o700)
+        # And the rank, as its owner, ran its setup there and runs once released
+        await host.send(link.JobGo(task_id="t-own"))
+        await agent.run_until_idle(wait_for_tasks=True)
+        assert node.finished(host)["t-own"].state == "completed"
+        assert node.output("t-own") == f"{nobody.pw_uid}\n{nobody.pw_uid}\n"
+        assert not folder.exists()
