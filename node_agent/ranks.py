@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import stat
@@ -45,6 +46,8 @@ from node_agent.executors.base import StartFailed
 
 if TYPE_CHECKING:
     from node_agent.agent import Agent
+
+log = logging.getLogger("hakuriver.agent")
 
 POLL_S = 0.05
 RECORD = ".rank"
@@ -154,7 +157,11 @@ class Ranks:
         watched is reported now), and remove folders no running task owns any more."""
         running = set(self.agent.running)
         mode = TRAVERSE_ROOT if self.agent.runs_as_owners else PRIVATE_ROOT
-        found = await asyncio.to_thread(self._scan, running, mode)
+        try:
+            found = await asyncio.to_thread(self._scan, running, mode)
+        except ControlFolderError as exc:  # ranks will fail to start saying so; tasks go on
+            log.error("job ranks cannot be watched: %s", exc)
+            return
         self.known.update(found)
         for task_id in found:
             self.watch(task_id)
