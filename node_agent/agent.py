@@ -68,6 +68,7 @@ from node_agent.executors.process import ProcessExecutor
 from node_agent.images import ImageSync
 from node_agent.outbox import AsyncOutbox
 from node_agent.probes import MachineInfo, probe_machine
+from node_agent.ranks import Ranks
 from node_agent.session import HostLink
 from node_agent.settings import RunnerSettings, RunnerSettingsError
 from node_agent.shells import ShellRelay
@@ -122,6 +123,8 @@ class Agent:
         self.activity = Activity()
         # Terminals in VPS containers (``hakuriver vps shell``), relayed over the link.
         self.shells = ShellRelay(self)
+        # Job ranks: their control folders, setup reports and releases (node_agent/ranks.py).
+        self.ranks = Ranks(self)
         trust = settings.pinned_trust()
         self.link = HostLink(
             self,
@@ -182,6 +185,7 @@ class Agent:
         try:
             await self._load_unacked()
             await self._adopt()
+            await self.ranks.restore()
             if self.images is not None and self.settings.docker.preload_tarballs:
                 preloader = asyncio.create_task(self.images.watch(stop), name="env-preload")
             linker = self.activity.start(self.link.stay_connected(), name="agent-link")
@@ -293,7 +297,7 @@ class Agent:
                 found.cpus,
                 found.ended,
             )
-            self._watch(found.task_id)
+            self._watch(found.task_id)  # a rank is watched again by ``ranks.restore``
             if found.vps and not found.ended:
                 self._report_vps(found.task_id)
 
@@ -350,19 +354,21 @@ class Agent:
             return
         assert self.cpus is not None
         cpus = self.cpus.take(task_id, command.cores, command.numa_id)
-        run = TaskRun(
-            task_id=task_id,
-            spec=command.spec,
-            cores=command.cores,
-            memory_bytes=command.memory_bytes,
-            gpu_ids=command.gpu_ids,
-            numa_id=command.numa_id,
-            cpus=cpus,
-            shared_dir=str(self.settings.shared_dir),
-            local_temp_dir=str(self.settings.local_temp_dir),
-            run_as=command.spec.owner if self.runs_as_owners else None,
-        )
         try:
+            run = TaskRun(
+                task_id=task_id,
+                spec=command.spec,
+                cores=command.cores,
+                memory_bytes=command.memory_bytes,
+                gpu_ids=command.gpu_ids,
+                numa_id=command.numa_id,
+                cpus=cpus,
+                shared_dir=str(self.settings.shared_dir),
+                local_temp_dir=str(self.settings.local_temp_dir),
+                run_as=command.spec.owner if self.runs_as_owners else None,
+                # A job's rank: its control folder, made now (events/jobs.py).
+                control_dir=await self.ranks.prepare(command),
+            )
             self.by_task[task_id] = executor
             if self.images is not None and command.spec.container is not None:
                 # EnvSyncFailed is a StartFailed: no usable image, the task fails to start.
@@ -382,6 +388,7 @@ class Agent:
             await self.emit(
                 TaskFinished(task_id=task_id, state="failed", node=self.node, message=message)
             )
+            await self.ranks.forget(task_id)
             return
         self.running[task_id] = started.pid
         await self.emit(
@@ -393,6 +400,7 @@ class Agent:
             )
         )
         self._watch(task_id)
+        self.ranks.watch(task_id)
         if vps:
             self._report_vps(task_id)
         grace = self._kill_after_start.pop(task_id, None)
@@ -415,6 +423,7 @@ class Agent:
                 # Reported as ended, it must not run on unwatched on resources given back.
                 with contextlib.suppress(Exception):
                     await executor.kill(task_id, self.kill_grace)
+            await self.ranks.ended(task_id)
             await self.emit(
                 TaskFinished(
                     task_id=task_id,
@@ -428,6 +437,9 @@ class Agent:
                 await executor.forget(task_id)
             except Exception as exc:  # its records stay; the next start of the agent adopts
                 log.warning("forgetting task %s failed: %s", task_id, exc)
+                await self.ranks.forget(task_id, keep_files=True)
+            else:
+                await self.ranks.forget(task_id)
         finally:
             self.by_task.pop(task_id, None)
             self.running.pop(task_id, None)
@@ -501,12 +513,14 @@ class Agent:
 
     # -- the link --------------------------------------------------------------------------
 
-    def handle(self, command: link.Run | link.Kill | link.Pause | link.Resume) -> None:
+    def handle(self, command: link.Run | link.Kill | link.Pause | link.Resume | link.JobGo) -> None:
         """Apply a command from the host in a task of its own (commands never block the link)."""
         work: Coroutine[Any, Any, None]
         match command:
             case link.Run():
                 work = self.start_task(command)
+            case link.JobGo(task_id=task_id):
+                work = self.ranks.go(task_id)
             case _:
                 work = self.control(command)
         self._spawn(work, type(command).__name__)

@@ -271,7 +271,7 @@ class HostLink:
                     ids = in_flight.pop(number, ())
                     log.error("host refused %d events: %s", len(ids), reason)
                     await agent.acked(ids)
-                case link.Run() | link.Kill() | link.Pause() | link.Resume():
+                case link.Run() | link.Kill() | link.Pause() | link.Resume() | link.JobGo():
                     agent.handle(message)
                 case link.ShellOpen() | link.ShellInput() | link.ShellResize() | link.ShellClose():
                     # Terminal frames, not events: answered straight on this link.

@@ -68,6 +68,9 @@ class TaskRun(Struct, frozen=True, kw_only=True):
     # The account to run it as (``[runner] run_tasks_as = "owner"``: its owner's name);
     # None: the runner's own user. node_agent/accounts.py says how.
     run_as: str | None = None
+    # A job rank's control folder on this node (node_agent/ranks.py), which the task
+    # finds as ``events.jobs.CONTROL_ENV`` (a container: mounted at ``CONTAINER_CONTROL``).
+    control_dir: str | None = None
 
 
 class Started(Struct, frozen=True, kw_only=True):

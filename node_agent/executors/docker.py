@@ -57,6 +57,7 @@ from node_agent.executors.base import (
     Starts,
     TaskRun,
 )
+from node_agent.executors.confine import confine_workdir, inside
 from node_agent.executors.docker_follow import copy_stream, hold
 from node_agent.executors.docker_options import (
     LABEL_EXECUTOR,
@@ -192,7 +193,7 @@ class DockerExecutor:
         Path(run.local_temp_dir).mkdir(parents=True, exist_ok=True)
         account = resolve_account(run.run_as) if run.run_as is not None else None
         owner = (account.uid, account.gid) if account is not None else None
-        run = confine_mounts(run)
+        run = confine_workdir(confine_mounts(run))
         options = container_options(
             run, node=self.node, executor_id=self.executor_id, account=account
         )
@@ -606,7 +607,7 @@ def confine_mounts(run: TaskRun) -> TaskRun:
     resolved = []
     for mount in spec.mounts:
         real = os.path.realpath(mount.host_path)
-        if not any(real == root or real.startswith(root.rstrip("/") + "/") for root in roots):
+        if not inside(real, roots):
             raise StartFailed(
                 f"mount {mount.host_path} resolves to {real}, outside the folders this"
                 f" task may mount ({', '.join(spec.mount_roots)}): refused"

@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from events.jobs import CONTAINER_CONTROL, CONTAINER_WORKDIR, CONTROL_ENV
 from node_agent.accounts import Account
 from node_agent.executors.base import TaskRun
 
@@ -52,7 +53,9 @@ def container_options(
 
     Its mounts are the seeds' two (``/shared``, ``/local_temp``) and those of its spec: the
     host put ``[docker] additional_mounts`` there at submission when the task named no
-    ``--mount`` of its own, so what ran is in the log (the runner adds none).
+    ``--mount`` of its own, so what ran is in the log (the runner adds none). A task with
+    a ``workdir`` gets it at ``CONTAINER_WORKDIR`` and starts there; a job's rank gets its
+    control folder at ``CONTAINER_CONTROL`` (events/jobs.py), both read-write.
 
     Run as its owner's ``account`` (``[runner] run_tasks_as = "owner"``), the container's
     process is ``--user UID:GID`` with the account's other groups added (numbers: the
@@ -68,9 +71,17 @@ def container_options(
     ]
     for m in spec.mounts:
         mounts.append(Mount(m.container_path, m.host_path, type="bind", read_only=m.read_only))
+    environment = dict(spec.env)
+    working_dir = "/shared"
+    if spec.workdir is not None:
+        mounts.append(Mount(CONTAINER_WORKDIR, spec.workdir, type="bind"))
+        working_dir = CONTAINER_WORKDIR
+    if run.control_dir is not None:
+        mounts.append(Mount(CONTAINER_CONTROL, run.control_dir, type="bind"))
+        environment[CONTROL_ENV] = CONTAINER_CONTROL
     options: dict[str, Any] = {
         "command": [spec.command, *spec.args],
-        "environment": dict(spec.env),
+        "environment": environment,
         "labels": {
             LABEL_TASK: run.task_id,
             LABEL_NODE: node,
@@ -78,7 +89,7 @@ def container_options(
         },
         "name": container_name(run.task_id),
         "mounts": mounts,
-        "working_dir": "/shared",
+        "working_dir": working_dir,
         "privileged": spec.privileged,
         "detach": True,
     }

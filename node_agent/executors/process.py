@@ -16,6 +16,8 @@ A task run as its owner (``TaskRun.run_as``, node_agent/accounts.py) gets the ac
 uid, gid and groups in its own process only (the shim drops privileges in the child it
 forks, or ``setpriv`` does under systemd), its HOME, USER and LOGNAME, and starts in
 ``shared_data`` if the account can write there, else in its home, else in ``/tmp``.
+A task with a ``workdir`` (a job's copied folder) starts there instead, once it resolved
+inside the folders the task may use (``confine.py``).
 Every task starts from a clean environment, not the runner's (``task_environment``), and
 its output files and the shims' records are mode 0600 in a 0700 state directory.
 
@@ -49,6 +51,7 @@ from node_agent.executors.base import (
     Starts,
     TaskRun,
 )
+from node_agent.executors.confine import confine_workdir
 from node_agent.executors.process_plan import (
     HostFacilities,
     LaunchSpec,
@@ -227,6 +230,7 @@ class ProcessExecutor:
                 os.makedirs(directory, exist_ok=True)
         except OSError as exc:
             raise StartFailed(f"cannot prepare the task's directories: {exc}") from exc
+        run = confine_workdir(run)
         launch = self._plan(run, paths.cwd)
         payload = launch.to_builtins()
         via_zygote = self._zygote.spawn(run.task_id, payload)
@@ -257,7 +261,7 @@ class ProcessExecutor:
         if run.run_as is None:
             return plan_launch(run, self.facilities, os.environ, pass_environment=passed)
         account = resolve_account(run.run_as)
-        cwd = working_directory(shared_data, account)
+        cwd = run.spec.workdir or working_directory(shared_data, account)
         return plan_launch(
             run, self.facilities, os.environ, account=account, cwd=cwd, pass_environment=passed
         )

@@ -35,6 +35,7 @@ from pathlib import Path
 import msgspec
 from msgspec import Struct
 
+from events.jobs import CONTROL_ENV
 from node_agent.accounts import Account
 from node_agent.executors.base import Outcome, StartFailed, TaskRun
 
@@ -202,6 +203,8 @@ def task_environment(
     env.update(run.spec.env)
     env["HAKURIVER_TASK_ID"] = run.task_id
     env["HAKURIVER_LOCAL_TEMP_DIR"] = run.local_temp_dir
+    if run.control_dir is not None:
+        env[CONTROL_ENV] = run.control_dir
     if run.gpu_ids:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(gpu) for gpu in run.gpu_ids)
     return env
@@ -224,8 +227,10 @@ def plan_launch(
     """The argument vector, environment, files and limits for one task.
 
     ``account``: run it as that account (see the module docstring), in ``cwd``
-    (default: ``shared_data``, as every task). ``pass_environment``: the runner's
-    variables its tasks inherit beyond the few every task does (``task_environment``).
+    (default: ``shared_data``, as every task). A task with a ``workdir`` (a job's copied
+    folder, resolved and checked by ``confine_workdir``) starts there instead.
+    ``pass_environment``: the runner's variables its tasks inherit beyond the few every
+    task does (``task_environment``).
     """
     argv: tuple[str, ...] = (run.spec.command, *run.spec.args)
     if run.numa_id is not None and facilities.numactl:
@@ -273,7 +278,7 @@ def plan_launch(
     return LaunchSpec(
         argv=argv,
         env=task_environment(run, base_env, facilities.tools_dir, account, pass_environment),
-        cwd=cwd or paths.cwd,
+        cwd=run.spec.workdir or cwd or paths.cwd,
         stdout=paths.stdout,
         stderr=paths.stderr,
         cpus=run.cpus,

@@ -61,3 +61,23 @@ def test_mounts_in_order_with_their_modes() -> None:
         ("/mnt/data", "/data", True),  # the spec's mounts only: the host chose them
     ]
     assert options["privileged"] is True
+
+
+def test_a_workdir_and_a_rank_control_folder_are_mounted_and_it_starts_in_the_workdir() -> None:
+    options = _options(
+        spec={"workdir": "/srv/shared/jobs/j1/workdir", "env": {"HAKURIVER_JOB_CONTROL": "no"}},
+        control_dir="/var/lib/runner/jobs/t1",
+    )
+    mounts = {m["Target"]: (m["Source"], m["ReadOnly"]) for m in options["mounts"]}
+    assert mounts["/hakuriver/workdir"] == ("/srv/shared/jobs/j1/workdir", False)
+    assert mounts["/hakuriver/control"] == ("/var/lib/runner/jobs/t1", False)
+    assert options["working_dir"] == "/hakuriver/workdir"
+    # The rank finds its folder where it is mounted, whatever its own variables said
+    assert options["environment"]["HAKURIVER_JOB_CONTROL"] == "/hakuriver/control"
+
+
+def test_a_task_without_workdir_starts_in_shared_and_gets_no_control_folder() -> None:
+    options = _options()
+    assert options["working_dir"] == "/shared"
+    assert {m["Target"] for m in options["mounts"]} == {"/shared", "/local_temp"}
+    assert "HAKURIVER_JOB_CONTROL" not in options["environment"]

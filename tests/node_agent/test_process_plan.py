@@ -239,3 +239,25 @@ def test_detection_matches_the_machine() -> None:
         assert facilities.systemd_run is None
     if facilities.systemd_run is None and facilities.cgroup_parent is not None:
         assert (Path(facilities.cgroup_parent) / "cgroup.subtree_control").exists()
+
+
+def test_a_workdir_is_the_working_directory_and_a_control_folder_is_in_the_environment() -> None:
+    spec = TaskSpec(
+        command="sh",
+        batch_id="b",
+        env={"HAKURIVER_JOB_CONTROL": "mine"},
+        workdir="/shared/jobs/j1/workdir",
+    )
+    placed = TaskRun(
+        task_id="t-1",
+        spec=spec,
+        cores=1,
+        shared_dir="/shared",
+        local_temp_dir="/scratch",
+        control_dir="/state/jobs/t-1",
+    )
+    plan = plan_launch(placed, HostFacilities(), {}, cwd="/home/owner")
+    assert plan.cwd == "/shared/jobs/j1/workdir"
+    assert plan.env["HAKURIVER_JOB_CONTROL"] == "/state/jobs/t-1"
+    assert plan_launch(run(), HostFacilities(), {}).cwd == "/shared/shared_data"
+    assert "HAKURIVER_JOB_CONTROL" not in plan_launch(run(), HostFacilities(), {}).env
