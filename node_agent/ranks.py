@@ -57,6 +57,7 @@ REPORTED = ".reported"
 PRIVATE_ROOT = 0o700
 TRAVERSE_ROOT = 0o711
 FOLDER_MODE = 0o700
+OPEN_TO_CONTAINER = 0o777
 
 
 class RankRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -123,7 +124,12 @@ class Ranks:
             return None
         record = RankRecord(job_id=spec.job_id, rank=spec.rank or 0)
         owner = spec.owner if self.agent.runs_as_owners else None
-        path = await asyncio.to_thread(self._make, command.task_id, record, owner)
+        # A container's user is the image's (USER 65532 in a distroless image), not the
+        # runner's: the folder is open to whoever the container runs as. Nobody else
+        # reaches it: its root is the runner's alone (0700), and the container sees only
+        # this folder.
+        mode = OPEN_TO_CONTAINER if spec.container is not None and owner is None else FOLDER_MODE
+        path = await asyncio.to_thread(self._make, command.task_id, record, owner, mode)
         self.known[command.task_id] = record
         return str(path)
 
@@ -216,7 +222,9 @@ class Ranks:
     def _beside(self, task_id: str, suffix: str) -> Path:
         return self.root / f"{task_id}{suffix}"
 
-    def _make(self, task_id: str, record: RankRecord, owner: str | None) -> Path:
+    def _make(
+        self, task_id: str, record: RankRecord, owner: str | None, mode: int = FOLDER_MODE
+    ) -> Path:
         if not _safe_name(task_id):
             raise StartFailed(f"task id {task_id!r} cannot name a rank's control folder")
         account = resolve_account(owner) if owner is not None else None
@@ -231,8 +239,8 @@ class Ranks:
             uid, gid = (account.uid, account.gid) if account else (os.geteuid(), os.getegid())
             if (found.st_uid, found.st_gid) != (uid, gid):
                 os.chown(folder, uid, gid, follow_symlinks=False)
-            if stat.S_IMODE(found.st_mode) != FOLDER_MODE:
-                os.chmod(folder, FOLDER_MODE)
+            if stat.S_IMODE(found.st_mode) != mode:
+                os.chmod(folder, mode)
             _write_private(self._beside(task_id, RECORD), msgspec.json.encode(record))
         except OSError as exc:
             self._remove(task_id)
