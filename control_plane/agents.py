@@ -56,6 +56,7 @@ AGENT_KINDS = frozenset(
         "node.heartbeat",
         "env.synced",
         "vps.ready",
+        "job.setup_done",
     }
 )
 

@@ -378,7 +378,7 @@ class ControlPlane:
             await self._schedule.wait()
             self._schedule.clear()
             try:
-                if self._state.active_jobs:
+                if self._state.active_jobs and self._jobs_due():
                     # Jobs first: a failed rank's siblings are stopped (and their
                     # resources freed) before anything else is placed.
                     await self.execute(AdvanceJobs())
@@ -391,6 +391,11 @@ class ControlPlane:
                 log.exception("scheduling pass failed; retrying")
                 await asyncio.sleep(0.5)
                 self._schedule.set()
+
+    def _jobs_due(self) -> bool:
+        """Whether a job has something to record (decided again under the gate): most
+        passes have nothing to do, and need not wait for the exclusive gate."""
+        return bool(decide(self._state, AdvanceJobs(), self._context()).events)
 
     async def _monitor_loop(self) -> None:
         timing = self.settings.timing

@@ -60,6 +60,9 @@ class TaskOut(Struct, kw_only=True):
     ssh_address: str | None = None
     sshd: bool | None = None
     vps_message: str = ""
+    # A job's rank: its job and rank (docs/jobs.md).
+    job_id: str | None = None
+    rank: int | None = None
 
     @classmethod
     def of(cls, task: TaskView, private: bool = True) -> TaskOut:
@@ -103,6 +106,8 @@ class TaskOut(Struct, kw_only=True):
             ssh_address=task.ssh_address if private else None,
             sshd=task.sshd,
             vps_message=task.vps_message if private else "",
+            job_id=spec.job_id,
+            rank=spec.rank,
         )
 
 

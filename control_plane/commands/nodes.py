@@ -29,6 +29,7 @@ from control_plane.errors import Conflict, NotFound, Refused
 from events import link
 from events.types import (
     AnyEvent,
+    JobSetupDone,
     NodeForgotten,
     NodeOffline,
     NodeOnline,
@@ -187,6 +188,13 @@ def decide_report(state: ClusterState, command: ReportFacts, ctx: Context) -> De
                     f"events[{i}]",
                     f"task {task_id} is not placed on node {command.node}: not its to report",
                 )
+            if isinstance(new.event, JobSetupDone) and (
+                task.spec.job_id != new.event.job_id or task.spec.rank != new.event.rank
+            ):
+                raise Refused(
+                    f"events[{i}]",
+                    f"task {task_id} is not rank {new.event.rank} of job {new.event.job_id}",
+                )
     sends: list[Send] = []
     for new in command.events:
         if not isinstance(new.event, TaskStarted):
@@ -263,6 +271,10 @@ def decide_hello(state: ClusterState, command: NodeHello, ctx: Context) -> Decis
             events += back
             if task.kill_requested_by is not None:
                 commands.append(link.Kill(task_id=task_id, grace_s=grace_s))
+            elif _job_runs(state, task):
+                # A job's rank told to run while its agent was away (or before it restarted)
+                # may never have heard it: say it again (the agent applies it once).
+                commands.append(link.JobGo(task_id=task_id))
         elif task_id in reported:
             events += back  # its final report follows in the agent's first batch
         elif was == "assigning" and task.kill_requested_by is not None:
@@ -304,6 +316,12 @@ def decide_hello(state: ClusterState, command: NodeHello, ctx: Context) -> Decis
         events=events,
         sends=[Send(hello.node, m) for m in (welcome, *commands)],
     )
+
+
+def _job_runs(state: ClusterState, task: TaskView) -> bool:
+    """Whether ``task`` is a rank of a job in its run phase."""
+    job = state.jobs.get(task.spec.job_id) if task.spec.job_id else None
+    return job is not None and job.phase == "run"
 
 
 def _machine(e: NodeView | NodeRegistered) -> tuple[object, ...]:

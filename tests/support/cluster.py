@@ -212,17 +212,25 @@ policy = "{policy}"
         extra: str = "",
         env: dict[str, str] | None = None,
         wrap: tuple[str, ...] = (),
+        runner_address: str | None = None,
     ) -> subprocess.Popen[bytes]:
         """Start a node agent called ``name``; by default wait until it is online.
 
         ``extra``: TOML appended to the cluster's configuration for this agent only;
+        ``runner_address``: the address it reports (``[network] runner_address``; a
+        127.0.0.x address makes it look like a machine of its own);
         ``env``: variables to set or override for it (``HAKURIVER_CA_FINGERPRINT``...);
         ``wrap``: a command prefix it runs under (``ip netns exec NS``).
         """
         config = None
-        if extra:
+        if extra or runner_address:
             config = self.root / f"config-{name}.toml"
-            config.write_text(self.config.read_text() + "\n" + extra)
+            text = self.config.read_text()
+            if runner_address:
+                text = text.replace(
+                    "[network]\n", f'[network]\nrunner_address = "{runner_address}"\n', 1
+                )
+            config.write_text(text + "\n" + extra)
         join: list[str] = []
         if not (self.data_dir / f"runner-{name}" / "agent.token").exists():
             # A runner whose state dir is gone (a rebuilt machine): as an admin would,
