@@ -23,7 +23,6 @@ from __future__ import annotations
 import gzip
 import io
 import os
-import re
 import shutil
 import stat
 import tarfile
@@ -31,10 +30,9 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import IO
 
+from control_plane.commands.jobs import JOBS_DIR, VOLUMES_DIR, volume_name_problem
 from control_plane.errors import InvalidRequest, TooLarge
 
-JOBS_DIR = "jobs"
-VOLUMES_DIR = "volumes"
 WORKDIR = "workdir"
 # What an entry counts for at least (its tar header): bounds the number of entries too.
 ENTRY_BYTES = 512
@@ -42,8 +40,6 @@ ENTRY_BYTES = 512
 _DIR_MODE = 0o755
 _FILE_MODE = 0o644
 VOLUME_MODE = 0o1777
-# A volume's name: what a folder name and a Docker mount can both carry safely.
-VOLUME_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _COPY_BLOCK = 1 << 20
 
 
@@ -66,18 +62,15 @@ def check_volume_name(name: object, field: str = "name") -> str:
     """``name`` if it can name a volume (``InvalidRequest`` naming ``field`` otherwise)."""
     if not isinstance(name, str):
         raise InvalidRequest(field, "must be a string")
-    if not VOLUME_NAME.fullmatch(name):
-        raise InvalidRequest(
-            field,
-            f"{name[:80]!r} is not a volume name: 1 to 63 lowercase letters, digits, '.', '_'"
-            " or '-', starting with a letter or digit",
-        )
+    problem = volume_name_problem(name)
+    if problem is not None:
+        raise InvalidRequest(field, problem)
     return name
 
 
 def volume_exists(shared_dir: Path, name: str) -> bool:
     """Whether the volume's folder exists (a folder, not a link to one)."""
-    if not VOLUME_NAME.fullmatch(name):
+    if volume_name_problem(name) is not None:
         return False
     try:
         return stat.S_ISDIR(os.lstat(volume_path(shared_dir, name)).st_mode)
