@@ -38,6 +38,7 @@ __all__ = [
     "decode_batch",
     "decode_body",
     "decode_submit",
+    "is_image_reference",
     "parse_cores",
     "parse_mount",
     "parse_size",
@@ -142,6 +143,13 @@ _TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
 _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
 _IMAGE = re.compile(rf"(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*(?::{_TAG})?(?:@{_DIGEST})?")
 MAX_CONTAINER = 255
+
+
+def is_image_reference(text: str) -> bool:
+    """Whether ``text`` is a Docker image reference (an environment name is one too)."""
+    return _IMAGE.fullmatch(text) is not None
+
+
 MAX_NAME = 128
 MAX_ARGS = 4096
 MAX_PUBLIC_KEY = 16 << 10
