@@ -157,7 +157,9 @@ class ControlPlane:
         self.settings = settings
         self.store = store
         self._state = state
-        self._scheduler = Scheduler(settings.scheduler.policy)
+        self._scheduler = Scheduler(
+            settings.scheduler.policy, reserve_after_s=settings.jobs.reserve_after
+        )
         self._gate = Gate()
         self._links: dict[str, Link] = {}
         # The IP each node's (latest) agent link came from: where the SSH gateway may

@@ -25,6 +25,7 @@ from control_plane.requests import (
     parse_size,
 )
 from control_plane.requests import parse_target as _parse_target
+from control_plane.scheduler import Placement
 from events import link
 from events.config import is_no_container
 from events.types import Mount, TaskDispatched, TaskPlaced, TaskSpec, TaskSubmitted
@@ -275,8 +276,13 @@ def decide_submission(state: ClusterState, command: SubmitTasks, ctx: Context) -
     after = state.last_number
     submitted = [msgspec.structs.replace(e, number=after + i) for i, e in enumerate(submitted, 1)]
     incoming = [TaskView(task_id=e.task_id, spec=e.spec) for e in submitted]
-    placements = ctx.scheduler.plan(state, incoming)
+    placements = ctx.scheduler.plan(state, incoming, now_us=ctx.now_us)
+    # The pass may also place older queued work that fits now (a node freed since the
+    # last pass): its specs are in the state.
     specs = {e.task_id: e.spec for e in submitted}
+    for placed in placements:
+        if isinstance(placed, TaskPlaced) and placed.task_id not in specs:
+            specs[placed.task_id] = state.tasks[placed.task_id].spec
     decision = dispatching(placements, specs, ctx.connected)
     decision.events[:0] = submitted
     decision.submitted = submitted
@@ -287,23 +293,27 @@ def decide_placement(state: ClusterState, command: PlaceQueued, ctx: Context) ->
     """The scheduler's pass over the queue: the placements that fit now, dispatched."""
     if not state.pending:
         return Decision()
-    placements = ctx.scheduler.plan(state)
-    specs = {p.task_id: state.tasks[p.task_id].spec for p in placements}
+    placements = ctx.scheduler.plan(state, now_us=ctx.now_us)
+    specs = {
+        p.task_id: state.tasks[p.task_id].spec for p in placements if isinstance(p, TaskPlaced)
+    }
     return dispatching(placements, specs, ctx.connected)
 
 
 def dispatching(
-    placements: Sequence[TaskPlaced], specs: dict[str, TaskSpec], connected: frozenset[str]
+    placements: Sequence[Placement], specs: dict[str, TaskSpec], connected: frozenset[str]
 ) -> Decision:
     """Placements, ``task.dispatched`` and a ``run`` for those whose node's agent is connected.
 
     ``task.dispatched`` is recorded in the placement's commit, before the run command
     leaves: recorded after it, the node's ``task.started`` could commit first. If the
-    send then fails, the agent's reconnection re-sends the command (decide_hello).
+    send then fails, the agent's reconnection re-sends the command (decide_hello). A
+    job's ``job.placed`` and ``job.phase`` are recorded where the pass put them, right
+    after its ranks' placements; they send nothing.
     """
     decision = Decision(events=list(placements))
     for placed in placements:
-        if placed.node in connected:
+        if isinstance(placed, TaskPlaced) and placed.node in connected:
             decision.events.append(TaskDispatched(task_id=placed.task_id, node=placed.node))
             decision.sends.append(Send(placed.node, run_of(placed, specs[placed.task_id])))
     return decision
