@@ -38,6 +38,7 @@ from cli.hakuriver.invocation import (
 )
 from cli.hakuriver.render import human_size, human_time, state_text
 from control_plane.errors import InvalidRequest
+from control_plane.jobfile import parse_job
 from control_plane.settings import HostJobs
 
 jobs_app = App(name="jobs", help="Run SkyPilot-style job files on one or many nodes.")
@@ -50,21 +51,6 @@ _ENTRY_BYTES = 512  # what each file or folder counts for at least (the host's r
 
 
 # -- submit -------------------------------------------------------------------------------------
-
-
-def _workdir_of(text: str) -> str | None:
-    """The ``workdir`` the file names (None: none, or a file the host will explain)."""
-    from ruamel.yaml import YAML
-    from ruamel.yaml.error import YAMLError
-
-    try:
-        document = YAML(typ="safe", pure=True).load(text)
-    except YAMLError:
-        return None
-    if isinstance(document, dict) and isinstance(document.get("workdir"), str):
-        workdir: str = document["workdir"]
-        return workdir
-    return None
 
 
 def pack_workdir(folder: Path, max_bytes: int = MAX_WORKDIR) -> tuple[bytes, list[str]]:
@@ -145,9 +131,12 @@ def submit(
         text = file.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidRequest("file", f"cannot read {file}: {exc}") from None
-    request: Doc = {"yaml": text, "env": _env_pairs(env or []), "name": name}
+    pairs = _env_pairs(env or [])
+    request: Doc = {"yaml": text, "env": pairs, "name": name}
+    # Parsed here first: a mistake is shown at once (field and line), and the workdir
+    # to pack is known. The host parses it again, with its own default container.
+    workdir = parse_job(text, env=pairs, name=name).spec.workdir
     archive = None
-    workdir = _workdir_of(text)
     if workdir is not None:
         folder = (file.parent / Path(workdir).expanduser()).resolve()
         archive, skipped = pack_workdir(folder)
@@ -164,6 +153,8 @@ def submit(
         note(f"job {job_id} ({answer['name']}) submitted: {answer['num_nodes']} node(s)")
         for key, value in (answer.get("ignored") or {}).items():
             note(f"ignored: resources.{key} = {value} (HakuRiver does not use it)")
+        for warning in answer.get("warnings") or []:
+            note(f"warning: {warning}")
         if detach:
             return 0
         return _follow_to_end(client, job_id)

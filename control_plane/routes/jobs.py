@@ -12,7 +12,6 @@ for the form, instead of the host's ``max_body_bytes`` every other route keeps.
 from __future__ import annotations
 
 import asyncio
-import importlib
 from typing import Annotated, Any
 
 import msgspec
@@ -20,7 +19,7 @@ from msgspec import Meta, Struct
 from sanic import Request
 from sanic.response import HTTPResponse
 
-from control_plane import job_files, job_logs, scheduler
+from control_plane import job_files, job_logs
 from control_plane.access import rule
 from control_plane.commands import CreateVolume, StopJobs, SubmitJob
 from control_plane.errors import (
@@ -33,6 +32,7 @@ from control_plane.errors import (
 )
 from control_plane.hub import ControlPlane
 from control_plane.job_views import JobOut
+from control_plane.jobfile import ParsedJob, parse_job
 from control_plane.logs import log_path
 from control_plane.requests import decode_body
 from control_plane.routes.common import (
@@ -43,10 +43,12 @@ from control_plane.routes.common import (
     principal_of,
     query_int,
 )
+from control_plane.scheduler import explain_job
 from control_plane.settings import HostSettings
 from events.config import is_no_container
+from events.envelope import now_us
 from events.ids import is_job_id, new_job_id
-from events.types import JobSpec, JobStopRequested
+from events.types import JobStopRequested
 from projections.jobs import JobView
 from replay_tools.feed import EventFilter
 
@@ -55,6 +57,9 @@ bp = JsonBlueprint("jobs", url_prefix="/api")
 # What a submit body may hold besides the workdir's archive (the job file, the form).
 FORM_SLACK = 2 << 20
 MAX_YAML = 1 << 20
+# An upload over the limit is still read up to this many times it (then the connection
+# is closed): the client then reads the 413.
+DRAIN_FACTOR = 4
 _TRUE = ("1", "true", "yes")
 
 
@@ -93,18 +98,25 @@ _volume_decoder = msgspec.json.Decoder(CreateVolumeRequest)
 
 
 async def _read_body(request: Request, limit: int, max_workdir: int) -> bytes:
-    """The whole body, refused (413 naming ``workdir``) once past ``limit``."""
+    """The whole body, refused (413 naming ``workdir``) when over ``limit``.
+
+    What is over is still read, and dropped, up to ``DRAIN_FACTOR`` times the limit: a
+    client sends its whole body before it reads the answer, and one cut off mid-upload
+    sees a reset connection instead of the 413 that says why."""
     chunks: list[bytes] = []
     size = 0
     while (chunk := await request.stream.read()) is not None:  # type: ignore[union-attr]
         size += len(chunk)
-        if size > limit:
-            raise TooLarge(
-                "workdir",
-                f"the upload is larger than this host takes ({limit} bytes; the workdir may"
-                f" hold {max_workdir} bytes unpacked: [jobs] max_workdir_bytes)",
-            )
-        chunks.append(chunk)
+        if size <= limit:
+            chunks.append(chunk)
+        elif size > DRAIN_FACTOR * limit:
+            break
+    if size > limit:
+        raise TooLarge(
+            "workdir",
+            f"the upload is larger than this host takes ({limit} bytes; the workdir may"
+            f" hold {max_workdir} bytes unpacked: [jobs] max_workdir_bytes)",
+        )
     return b"".join(chunks)
 
 
@@ -127,20 +139,14 @@ def _submission(request: Request) -> tuple[SubmitJobRequest, bytes | None]:
     return decoded, archive.body if archive is not None else None
 
 
-def _parse(settings: HostSettings, request: SubmitJobRequest) -> JobSpec:
-    """The job file parsed (``control_plane.jobfile``: errors name the field and line)."""
-    try:
-        jobfile: Any = importlib.import_module("control_plane.jobfile")
-    except ImportError:  # pragma: no cover - the parser is another part of issue 16
-        raise Unavailable("yaml", "this host cannot read job files yet") from None
-    parsed = jobfile.parse_job(
+def _parse(settings: HostSettings, request: SubmitJobRequest) -> ParsedJob:
+    """The job file parsed (``JobFileError``: a 400 naming the field and line)."""
+    return parse_job(
         request.yaml,
-        env=dict(request.env),
+        env=request.env,
         name=request.name,
         default_container=settings.docker.default_container_name,
     )
-    spec: JobSpec = parsed.spec
-    return spec
 
 
 def _new_job_id(cp: ControlPlane) -> str:
@@ -163,7 +169,8 @@ async def submit_job(request: Request) -> HTTPResponse:
     max_workdir = settings.jobs.max_workdir_bytes
     request.body = await _read_body(request, max_workdir + FORM_SLACK, max_workdir)
     submission, archive = _submission(request)
-    spec = _parse(settings, submission)
+    parsed = _parse(settings, submission)
+    spec = parsed.spec
     if spec.workdir is not None and archive is None:
         raise InvalidRequest(
             "workdir",
@@ -188,13 +195,13 @@ async def submit_job(request: Request) -> HTTPResponse:
     job_id = _new_job_id(cp)
     workdir: str | None = None
     unpacked = 0
-    if archive is not None:
-        dest = job_files.workdir_path(shared, job_id)
-        unpacked = await asyncio.to_thread(
-            job_files.unpack_workdir, archive, dest, max_bytes=max_workdir
-        )
-        workdir = str(dest)
     try:
+        if archive is not None:
+            dest = job_files.workdir_path(shared, job_id)
+            unpacked = await asyncio.to_thread(
+                job_files.unpack_workdir, archive, dest, max_bytes=max_workdir
+            )
+            workdir = str(dest)
         await cp.execute(
             SubmitJob(
                 job_id=job_id,
@@ -207,6 +214,7 @@ async def submit_job(request: Request) -> HTTPResponse:
             )
         )
     except BaseException:
+        # Refused (or the host stops): no job, so no copy of its workdir either.
         if archive is not None:
             await asyncio.to_thread(job_files.remove_job_dir, shared, job_id)
         raise
@@ -222,6 +230,7 @@ async def submit_job(request: Request) -> HTTPResponse:
                 for i, t in enumerate(job.rank_task_ids)
             ],
             "ignored": dict(spec.resources.ignored),
+            "warnings": list(parsed.warnings),
         },
         status=201,
     )
@@ -246,10 +255,14 @@ def _why(cp: ControlPlane, job: JobView) -> str:
     """The scheduler's explanation of a queued job ("needs 4 nodes with ...")."""
     if job.phase != "queued" or job.ended:
         return ""
-    explain = getattr(scheduler, "explain_job", None)  # the gang scheduler's
-    if explain is None:
-        return ""
-    return str(explain(cp.state, job))
+    settings = cp.settings
+    return explain_job(
+        cp.state,
+        job,
+        now_us=now_us(),
+        reserve_after_s=settings.jobs.reserve_after,
+        policy=settings.scheduler.policy,
+    )
 
 
 def _all_users(request: Request) -> bool:
