@@ -33,7 +33,16 @@ from control_plane.errors import (
     error_of_kind,
 )
 from control_plane.hub import ControlPlane
-from control_plane.routes import agents, environments, history, identity, nodes, ssh, tasks
+from control_plane.routes import (
+    agents,
+    environments,
+    history,
+    identity,
+    jobs,
+    nodes,
+    ssh,
+    tasks,
+)
 from control_plane.routes import tls as tls_routes
 from control_plane.routes.common import error
 from control_plane.settings import HostSettings
@@ -96,6 +105,7 @@ def create_app(
     app.ctx.tls = tls
     blueprints = (
         tasks.bp,
+        jobs.bp,
         nodes.bp,
         agents.bp,
         history.bp,

@@ -11,6 +11,7 @@ not_found       404  2           it names something that does not exist
 conflict        409  2           it makes no sense in the current state
 unauthenticated 401  2           no valid credential (missing, bad, expired, revoked)
 refused         403  2           a policy forbids it (the message names what is needed)
+too_large       413  2           a part of the request is larger than this host takes
 too_many        429  1           a limit on what one client may hold at once (try later)
 unavailable     503  1           the control plane cannot do it right now
 store_failing   503  1           the event log cannot be written (a full disk):
@@ -35,6 +36,7 @@ Kind = Literal[
     "conflict",
     "unauthenticated",
     "refused",
+    "too_large",
     "too_many",
     "unavailable",
     "store_failing",
@@ -46,6 +48,7 @@ HTTP_STATUS: dict[str, int] = {
     "conflict": 409,
     "unauthenticated": 401,
     "refused": 403,
+    "too_large": 413,
     "too_many": 429,
     "unavailable": 503,
     "store_failing": 503,
@@ -57,6 +60,7 @@ ERROR_CODE: dict[str, str] = {
     "conflict": "conflict",
     "unauthenticated": "unauthenticated",
     "refused": "forbidden",
+    "too_large": "too_large",
     "too_many": "too_many_requests",
     "unavailable": "unavailable",
     "store_failing": "store_unavailable",
@@ -69,6 +73,7 @@ EXIT_CODE: dict[str, int] = {
     "conflict": 2,
     "unauthenticated": 2,
     "refused": 2,
+    "too_large": 2,
     "too_many": 1,
     "unavailable": 1,
     "store_failing": 1,
@@ -123,6 +128,12 @@ class Refused(DomainError):
     kind: ClassVar[Kind] = "refused"
 
 
+class TooLarge(DomainError):
+    """A part of the request (a job's workdir) is larger than this host takes (413)."""
+
+    kind: ClassVar[Kind] = "too_large"
+
+
 class TooMany(DomainError):
     """A client holds as much of something as it may at once (429)."""
 
@@ -150,6 +161,7 @@ _BY_KIND: dict[str, type[DomainError]] = {
         Conflict,
         Unauthenticated,
         Refused,
+        TooLarge,
         TooMany,
         Unavailable,
         StoreFailing,

@@ -309,6 +309,67 @@ class HakuClient:
                 raise TimeoutError(f"still not done after {timeout}s: {waiting}")
             time.sleep(poll_interval)
 
+    # --- jobs and volumes (docs/jobs.md) ----------------------------------------------
+
+    def submit_job(self, request: Json, workdir: bytes | None = None) -> Json:
+        """``POST /api/jobs``: ``{"job_id", "name", "num_nodes", "ranks", "ignored"}``.
+
+        With ``workdir`` (a gzip'd tar of the folder's contents) the request goes as
+        ``multipart/form-data``: the JSON in the ``job`` field, the archive as a file."""
+        if workdir is None:
+            return self._json("POST", "/api/jobs", body=request)
+        boundary = f"hakuriver-{time.time_ns():x}"
+        parts = [
+            f'--{boundary}\r\nContent-Disposition: form-data; name="job"\r\n'
+            "Content-Type: application/json\r\n\r\n".encode()
+            + json.dumps(request).encode()
+            + b"\r\n",
+            f'--{boundary}\r\nContent-Disposition: form-data; name="workdir";'
+            ' filename="workdir.tar.gz"\r\nContent-Type: application/gzip\r\n\r\n'.encode()
+            + workdir
+            + b"\r\n",
+            f"--{boundary}--\r\n".encode(),
+        ]
+        raw = (b"".join(parts), f"multipart/form-data; boundary={boundary}")
+        return self._json("POST", "/api/jobs", raw=raw)
+
+    def jobs(self, *, all_users: bool = False) -> Json:
+        """``GET /api/jobs``: ``{"jobs": [...], "total"}``, newest first."""
+        params: dict[str, str | int] = {"all_users": 1} if all_users else {}
+        return self._json("GET", "/api/jobs", params=params)
+
+    def job(self, job_id: str) -> Json:
+        """``GET /api/jobs/{id}``: the job with its ranks."""
+        return self._json("GET", f"/api/jobs/{_segment(job_id)}")
+
+    def job_logs(self, job_id: str, *, rank: int | None = None, follow: bool) -> Iterator[bytes]:
+        """``GET /api/jobs/{id}/logs``: the ranks' combined output as it arrives (``follow``:
+        until the job ends)."""
+        params: dict[str, str | int] = {"follow": 1} if follow else {}
+        if rank is not None:
+            params["rank"] = rank
+        yield from self._stream("GET", f"/api/jobs/{_segment(job_id)}/logs", params)
+
+    def stop_job(self, job_id: str) -> Json:
+        """``POST /api/jobs/{id}/stop``: ``{"stopped": [ids]}``."""
+        return self._json("POST", f"/api/jobs/{_segment(job_id)}/stop")
+
+    def stop_jobs(
+        self, job_ids: Sequence[str] = (), *, all: bool = False, all_users: bool = False
+    ) -> Json:
+        """``POST /api/jobs/stop``: the jobs named, or all of mine (everyone's)."""
+        body: Json = {"all": True, "all_users": all_users} if all else {"job_ids": list(job_ids)}
+        return self._json("POST", "/api/jobs/stop", body=body)
+
+    def volumes(self) -> list[Json]:
+        """``GET /api/volumes``."""
+        volumes: list[Json] = self._json("GET", "/api/volumes")["volumes"]
+        return volumes
+
+    def create_volume(self, name: str) -> Json:
+        """``POST /api/volumes``: ``{"name", "path"}``."""
+        return self._json("POST", "/api/volumes", body={"name": name})
+
     # --- nodes and health --------------------------------------------------------
 
     def nodes(self) -> list[Json]:
@@ -388,9 +449,15 @@ class HakuClient:
     # --- plumbing ----------------------------------------------------------------------
 
     def _json(
-        self, method: str, path: str, *, params: Params | None = None, body: Json | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Params | None = None,
+        body: Json | None = None,
+        raw: tuple[bytes, str] | None = None,
     ) -> Json:
-        answer = self._send(method, path, params=params, body=body)
+        answer = self._send(method, path, params=params, body=body, raw=raw)
         try:
             document = json.loads(answer.body)
         except ValueError:
@@ -408,12 +475,22 @@ class HakuClient:
         return document
 
     def _send(
-        self, method: str, path: str, *, params: Params | None = None, body: Json | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Params | None = None,
+        body: Json | None = None,
+        raw: tuple[bytes, str] | None = None,
     ) -> Answer:
-        """One request on the kept-alive connection; an error answer raises ``ApiError``."""
+        """One request on the kept-alive connection; an error answer raises ``ApiError``.
+
+        ``raw``: a body already encoded, and its content type (a multipart form)."""
         target = self._target(path, params)
         payload = None if body is None else json.dumps(body).encode()
         content_type = "application/json" if payload is not None else ""
+        if raw is not None:
+            payload, content_type = raw
         conn = self._conn
         if conn.is_open and method != "GET" and time.monotonic() - self._idle_since > _POST_REUSE_S:
             conn.close()

@@ -59,6 +59,8 @@ for _name, _path in (
     ("key", "cli.hakuriver.keys:key_app"),
     ("vps", "cli.hakuriver.vps:vps_app"),
     ("ssh", "cli.hakuriver.ssh:ssh"),
+    ("jobs", "cli.hakuriver.jobs:jobs_app"),
+    ("volumes", "cli.hakuriver.jobs:volumes_app"),
 ):
     app.command(_path, name=_name)
 task_app.command("cli.hakuriver.history:task_history", name="history")

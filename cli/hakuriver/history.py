@@ -30,6 +30,7 @@ from cli.hakuriver.invocation import (
     EXIT_FAILED,
     Connection,
     JsonFlag,
+    connection,
     fail,
     note,
     print_json,
@@ -38,6 +39,7 @@ from cli.hakuriver.invocation import (
     show,
 )
 from control_plane.errors import InvalidRequest
+from events.ids import is_job_id
 from replay_tools.analytics import DEFAULT_MAX_ROWS
 from replay_tools.export import export_queries, write_parquet
 
@@ -107,6 +109,8 @@ def why(
     as_json
         Print the API's document.
     """
+    if offline is None and is_job_id(task_id) and _why_job(task_id, as_json, conn):
+        return 0
     with reading(offline, conn) as history:
         document = history.why(task_id)
     if as_json:
@@ -114,6 +118,29 @@ def why(
     else:
         show(why_panel(document))
     return 0
+
+
+def _why_job(job_id: str, as_json: bool, conn: Connection | None) -> bool:
+    """``why JOB``: the job's explanation (queued: what it waits for), then each rank's
+    placement; False when no job has that id (it may be a task id's prefix)."""
+    from cli.hakuriver.client import ApiError
+
+    with connection(conn).client() as client:
+        try:
+            job = client.job(job_id)
+        except ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+    with reading(None, conn) as history:
+        ranks = [history.why(rank["task_id"]) for rank in job["ranks"]]
+    if as_json:
+        print_json({"job_id": job_id, "status": job["status"], "why": job["why"], "ranks": ranks})
+        return True
+    say(f"job {job_id} ({job['status']}, {job['num_nodes']} node(s)): {job['why'] or '-'}")
+    for document in ranks:
+        show(why_panel(document))
+    return True
 
 
 # -- time travel --------------------------------------------------------------------------

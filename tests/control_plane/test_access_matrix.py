@@ -130,6 +130,12 @@ class World:
         self.cluster.wait_state(task_id, "running")
         return str(task_id)
 
+    def job(self, user: str, run: str = "echo matrix") -> str:
+        """A job of ``user``'s (a plain process; ``run`` as given)."""
+        answer = self.client(user).post("/api/jobs", json={"yaml": f"{JOB}run: {run}\n"})
+        assert answer.status_code == 201, answer.text
+        return str(answer.json()["job_id"])
+
     def paused_task(self, user: str) -> str:
         task_id = self.running_task(user)
         answer = self.cluster.http.post(f"/api/tasks/{task_id}/pause")
@@ -301,6 +307,7 @@ def _engine_or(status: int) -> tuple[int, ...]:
 # An environment that does not exist: every caller but an admin is refused before its
 # name is looked at; the admin's 404 shows the gate let them through.
 ENV = "authz-missing-env"
+JOB = "resources: {image_id: NULL}\n"
 
 
 def _cases() -> dict[Route, Callable[[World], Calls]]:
@@ -392,6 +399,37 @@ def _cases() -> dict[Route, Callable[[World], Calls]]:
             ("GET", f"{t}/<ident:str>/{what}"): _reading(what)
             for what in ("stdout", "stderr", "history", "why")
         },
+        # jobs and volumes
+        ("POST", "/api/jobs"): lambda w: Calls(
+            _post("/api/jobs", {"yaml": f"{JOB}run: echo matrix"}),
+            other=_post("/api/jobs", {"yaml": f"{JOB}run: echo matrix", "owner": "carol"}),
+            admin_status=(201,),
+        ),
+        ("GET", "/api/jobs"): lambda w: Calls(
+            _get("/api/jobs"), other=_get("/api/jobs", all_users=1)
+        ),
+        ("GET", "/api/jobs/<job_id:str>"): lambda w: Calls(
+            _get(f"/api/jobs/{w.job('bob')}"), other=_get(f"/api/jobs/{w.job('carol')}")
+        ),
+        ("GET", "/api/jobs/<job_id:str>/logs"): lambda w: Calls(
+            _get(f"/api/jobs/{w.job('bob')}/logs"), other=_get(f"/api/jobs/{w.job('carol')}/logs")
+        ),
+        ("POST", "/api/jobs/<job_id:str>/stop"): lambda w: Calls(
+            _post(f"/api/jobs/{w.job('bob', 'exec sleep 600')}/stop"),
+            other=_post(f"/api/jobs/{w.job('carol', 'exec sleep 600')}/stop"),
+            admin_status=(202,),
+        ),
+        ("POST", "/api/jobs/stop"): lambda w: Calls(
+            _post("/api/jobs/stop", {"all": True}),
+            other=_post("/api/jobs/stop", {"all": True, "all_users": True}),
+            admin_status=(202,),
+        ),
+        ("GET", "/api/volumes"): lambda w: Calls(_get("/api/volumes")),
+        ("POST", "/api/volumes"): lambda w: Calls(
+            _post("/api/volumes", {"name": f"v{uuid.uuid4().hex[:8]}"}),
+            admin=_post("/api/volumes", {"name": f"v{uuid.uuid4().hex[:8]}"}),
+            admin_status=(201,),
+        ),
         # history
         ("GET", "/api/events"): lambda w: Calls(_get("/api/events")),
         ("GET", "/api/events/<seq:int>"): lambda w: Calls(_get("/api/events/1")),

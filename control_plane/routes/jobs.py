@@ -1,0 +1,442 @@
+"""``/api/jobs`` and ``/api/volumes``: jobs from SkyPilot-style YAML files (docs/jobs.md).
+
+Thin adapters, as the task routes: decode, check what needs the shared storage (the
+volumes named, the workdir's archive, unpacked here: ``control_plane.job_files``), then
+one command (``SubmitJob``, ``StopJobs``, ``CreateVolume``) whose decision refuses or
+records. ``POST /api/jobs`` takes a JSON body, or ``multipart/form-data`` with the same
+JSON in its ``job`` field and the workdir, a gzip'd tar, in its ``workdir`` file part: it
+reads its body itself (``stream=True``), up to ``[jobs] max_workdir_bytes`` and a little
+for the form, instead of the host's ``max_body_bytes`` every other route keeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta, Struct
+from sanic import Request
+from sanic.response import HTTPResponse
+
+from control_plane import job_files, job_logs
+from control_plane.access import rule
+from control_plane.commands import CreateVolume, StopJobs, SubmitJob
+from control_plane.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    Refused,
+    TooLarge,
+    Unavailable,
+)
+from control_plane.hub import ControlPlane
+from control_plane.job_views import JobOut
+from control_plane.jobfile import ParsedJob, parse_job
+from control_plane.logs import log_path
+from control_plane.requests import decode_body
+from control_plane.routes.common import (
+    JsonBlueprint,
+    answer,
+    check_may_act,
+    control_plane,
+    principal_of,
+    query_int,
+)
+from control_plane.scheduler import explain_job
+from control_plane.settings import HostSettings
+from events.config import is_no_container
+from events.envelope import now_us
+from events.ids import is_job_id, new_job_id
+from events.types import JobStopRequested
+from projections.jobs import JobView
+from replay_tools.feed import EventFilter
+
+bp = JsonBlueprint("jobs", url_prefix="/api")
+
+# What a submit body may hold besides the workdir's archive (the job file, the form).
+FORM_SLACK = 2 << 20
+MAX_YAML = 1 << 20
+# An upload over the limit is still read up to this many times it (then the connection
+# is closed): the client then reads the 413.
+DRAIN_FACTOR = 4
+_TRUE = ("1", "true", "yes")
+
+
+class SubmitJobRequest(Struct, kw_only=True, forbid_unknown_fields=True):
+    """``POST /api/jobs`` (or its ``job`` form field): the file as text, and the submit
+    options (``--env``, ``--name``; ``owner``: another user's name, admins only)."""
+
+    yaml: Annotated[str, Meta(max_length=MAX_YAML)]
+    env: dict[str, str] = {}
+    name: str | None = None
+    owner: str | None = None
+
+
+class StopJobsRequest(Struct, kw_only=True, forbid_unknown_fields=True):
+    """``POST /api/jobs/stop``: the jobs named, or ``all`` of the caller's (``all_users``:
+    everyone's, admins only)."""
+
+    job_ids: Annotated[list[str], Meta(max_length=10_000)] = []
+    all: bool = False
+    all_users: bool = False
+    reason: Annotated[str, Meta(max_length=1000)] = ""
+
+
+class CreateVolumeRequest(Struct, kw_only=True, forbid_unknown_fields=True):
+    """``POST /api/volumes``."""
+
+    name: str
+
+
+_submit_decoder = msgspec.json.Decoder(SubmitJobRequest)
+_stop_decoder = msgspec.json.Decoder(StopJobsRequest)
+_volume_decoder = msgspec.json.Decoder(CreateVolumeRequest)
+
+
+# -- submit ----------------------------------------------------------------------------------
+
+
+async def _read_body(request: Request, limit: int, max_workdir: int) -> bytes:
+    """The whole body, refused (413 naming ``workdir``) when over ``limit``.
+
+    What is over is still read, and dropped, up to ``DRAIN_FACTOR`` times the limit: a
+    client sends its whole body before it reads the answer, and one cut off mid-upload
+    sees a reset connection instead of the 413 that says why."""
+    chunks: list[bytes] = []
+    size = 0
+    while (chunk := await request.stream.read()) is not None:  # type: ignore[union-attr]
+        size += len(chunk)
+        if size <= limit:
+            chunks.append(chunk)
+        elif size > DRAIN_FACTOR * limit:
+            break
+    if size > limit:
+        raise TooLarge(
+            "workdir",
+            f"the upload is larger than this host takes ({limit} bytes; the workdir may"
+            f" hold {max_workdir} bytes unpacked: [jobs] max_workdir_bytes)",
+        )
+    return b"".join(chunks)
+
+
+def _submission(request: Request) -> tuple[SubmitJobRequest, bytes | None]:
+    """The submit request and the workdir's archive (None: none was sent)."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        return decode_body(_submit_decoder, request.body), None
+    try:
+        form, files = request.form, request.files
+    except Exception:
+        raise InvalidRequest("body", "malformed multipart/form-data") from None
+    job = form.get("job") if form is not None else None
+    if job is None:
+        raise InvalidRequest("job", "required: the submit request as JSON, in the form's job field")
+    archive = files.get("workdir") if files is not None else None
+    if archive is None and form is not None and "workdir" in form:
+        raise InvalidRequest("workdir", "send it as a file part (with a filename)")
+    decoded = decode_body(_submit_decoder, job.encode("utf-8", "surrogateescape"))
+    return decoded, archive.body if archive is not None else None
+
+
+def _parse(settings: HostSettings, request: SubmitJobRequest) -> ParsedJob:
+    """The job file parsed (``JobFileError``: a 400 naming the field and line)."""
+    return parse_job(
+        request.yaml,
+        env=request.env,
+        name=request.name,
+        default_container=settings.docker.default_container_name,
+    )
+
+
+def _new_job_id(cp: ControlPlane) -> str:
+    """A job id not in the log, nor on the shared storage."""
+    while True:
+        job_id = new_job_id()
+        if (
+            job_id not in cp.state.jobs
+            and not job_files.job_dir(cp.settings.shared_dir, job_id).exists()
+        ):
+            return job_id
+
+
+@bp.post("/jobs", stream=True)
+@rule("user")
+async def submit_job(request: Request) -> HTTPResponse:
+    """A job file (and its workdir): ``job.submitted`` and its ranks, queued."""
+    cp = control_plane(request)
+    settings = cp.settings
+    max_workdir = settings.jobs.max_workdir_bytes
+    request.body = await _read_body(request, max_workdir + FORM_SLACK, max_workdir)
+    submission, archive = _submission(request)
+    parsed = _parse(settings, submission)
+    spec = parsed.spec
+    if spec.workdir is not None and archive is None:
+        raise InvalidRequest(
+            "workdir",
+            f"{spec.workdir!r} is a folder on your machine: send it as the workdir part"
+            " (a gzip'd tar of its contents); `hakuriver jobs submit` does",
+        )
+    if archive is not None and spec.workdir is None:
+        raise InvalidRequest("workdir", "a workdir part was sent, but the file names no workdir")
+    shared = settings.shared_dir
+    for path, name in spec.volumes.items():
+        exists = await asyncio.to_thread(job_files.volume_exists, shared, name)
+        if not exists:
+            raise InvalidRequest(
+                f"volumes.{path}",
+                f"no volume {name!r}: create it with `hakuriver volumes create {name}`",
+            )
+    default = settings.docker.default_container_name
+    if spec.container == default and not is_no_container(default):
+        problem = await request.app.ctx.default_environment.ready()
+        if problem is not None:
+            raise InvalidRequest("resources.image_id", f"no image_id given, and {problem}")
+    job_id = _new_job_id(cp)
+    workdir: str | None = None
+    unpacked = 0
+    try:
+        if archive is not None:
+            dest = job_files.workdir_path(shared, job_id)
+            unpacked = await asyncio.to_thread(
+                job_files.unpack_workdir, archive, dest, max_bytes=max_workdir
+            )
+            workdir = str(dest)
+        await cp.execute(
+            SubmitJob(
+                job_id=job_id,
+                spec=spec,
+                yaml=submission.yaml,
+                actor=principal_of(request),
+                owner=submission.owner,
+                workdir=workdir,
+                workdir_bytes=unpacked,
+            )
+        )
+    except BaseException:
+        # Refused (or the host stops): no job, so no copy of its workdir either.
+        if archive is not None:
+            await asyncio.to_thread(job_files.remove_job_dir, shared, job_id)
+        raise
+    job = cp.state.jobs[job_id]
+    tasks = cp.state.tasks
+    return answer(
+        {
+            "job_id": job_id,
+            "name": job.name,
+            "num_nodes": job.num_nodes,
+            "ranks": [
+                {"rank": i, "task_id": t, "number": tasks[t].number if t in tasks else None}
+                for i, t in enumerate(job.rank_task_ids)
+            ],
+            "ignored": dict(spec.resources.ignored),
+            "warnings": list(parsed.warnings),
+        },
+        status=201,
+    )
+
+
+# -- read ------------------------------------------------------------------------------------
+
+
+def _job(cp: ControlPlane, job_id: str) -> JobView:
+    """The job ``job_id`` names: 400 if it is not spelled like one, 404 if unknown."""
+    if not is_job_id(job_id):
+        raise InvalidRequest(
+            "job_id", f"{job_id[:40]!r} is not a job id (8 lowercase letters and digits)"
+        )
+    job = cp.state.jobs.get(job_id)
+    if job is None:
+        raise NotFound("job_id", f"no job {job_id}")
+    return job
+
+
+def _why(cp: ControlPlane, job: JobView) -> str:
+    """The scheduler's explanation of a queued job ("needs 4 nodes with ...")."""
+    if job.phase != "queued" or job.ended:
+        return ""
+    settings = cp.settings
+    return explain_job(
+        cp.state,
+        job,
+        now_us=now_us(),
+        reserve_after_s=settings.jobs.reserve_after,
+        policy=settings.scheduler.policy,
+    )
+
+
+def _all_users(request: Request) -> bool:
+    return request.args.get("all_users", "0").lower() in _TRUE
+
+
+@bp.get("/jobs")
+@rule("user")
+async def list_jobs(request: Request) -> HTTPResponse:
+    """The caller's jobs, newest first (``all_users=1``: everyone's, admins only)."""
+    cp = control_plane(request)
+    principal = principal_of(request)
+    all_users = _all_users(request)
+    if all_users and not principal.is_admin:
+        raise Refused("all_users", "every user's jobs are for admins to see")
+    limit = query_int(request, "limit", minimum=1) or 1000
+    found: list[JobOut] = []
+    total = 0
+    for job in reversed(cp.state.jobs.values()):
+        if not all_users and job.owner != principal.user:
+            continue
+        total += 1
+        if len(found) < limit:
+            found.append(JobOut.of(job, cp.state.tasks, _why(cp, job)))
+    return answer({"jobs": found, "total": total})
+
+
+@bp.get("/jobs/<job_id:str>")
+@rule("user")
+async def get_job(request: Request, job_id: str) -> HTTPResponse:
+    """One job in detail, with its ranks."""
+    cp = control_plane(request)
+    job = _job(cp, job_id)
+    check_may_act(request, job.owner, f"job {job_id}")
+    return answer(JobOut.of(job, cp.state.tasks, _why(cp, job)))
+
+
+@bp.get("/jobs/<job_id:str>/logs")
+@rule("user")
+async def job_logs_route(request: Request, job_id: str) -> HTTPResponse | None:
+    """The ranks' combined output (``rank``: one rank's; ``follow``: until the job ends)."""
+    cp = control_plane(request)
+    job = _job(cp, job_id)
+    check_may_act(request, job.owner, f"the output of job {job_id}")
+    rank = query_int(request, "rank")
+    if rank is not None and rank >= job.num_nodes:
+        raise InvalidRequest("rank", f"job {job_id} has ranks 0 to {job.num_nodes - 1}")
+    follow = request.args.get("follow", "0").lower() in _TRUE
+    ranks = range(job.num_nodes) if rank is None else [rank]
+    shared = cp.settings.shared_dir
+    logs = job_logs.rank_logs(
+        [(r, log_path(shared, job.rank_task_ids[r], "stdout")) for r in ranks],
+        prefixed=rank is None and job.num_nodes > 1,
+    )
+    content_type = "text/plain; charset=utf-8"
+    if not follow:
+        body = b"".join([chunk async for chunk in job_logs.read_now(logs)])
+        return HTTPResponse(body, content_type=content_type)
+    response = await request.respond(content_type=content_type)
+    await response.send(b"", end_stream=False)  # the headers now: the client is following
+    stopping: asyncio.Event = request.app.ctx.stopping
+
+    def ended() -> bool:
+        return cp.state.jobs[job_id].ended
+
+    async for chunk in job_logs.follow(logs, ended, cp.changed, stopping):
+        await response.send(chunk)
+    await response.eof()
+    return None
+
+
+# -- stop ------------------------------------------------------------------------------------
+
+
+def _stopped(outcome: Any) -> list[str]:
+    return [e.job_id for e in outcome.decision.events if isinstance(e, JobStopRequested)]
+
+
+@bp.post("/jobs/<job_id:str>/stop")
+@rule("user")
+async def stop_job(request: Request, job_id: str) -> HTTPResponse:
+    """Stop a job: every rank still active is killed."""
+    cp = control_plane(request)
+    job = _job(cp, job_id)
+    check_may_act(request, job.owner, f"job {job_id}")
+    outcome = await cp.execute(StopJobs(actor=principal_of(request), job_ids=(job_id,)))
+    return answer({"stopped": _stopped(outcome)}, status=202)
+
+
+@bp.post("/jobs/stop")
+@rule("user")
+async def stop_jobs(request: Request) -> HTTPResponse:
+    """Stop the jobs named, or all of the caller's (``all_users``: everyone's, admins)."""
+    cp = control_plane(request)
+    body = decode_body(_stop_decoder, request.body)
+    principal = principal_of(request)
+    if body.all_users and not body.all:
+        raise InvalidRequest("all_users", "only with all: true (every job of every user)")
+    if body.all and body.job_ids:
+        raise InvalidRequest("job_ids", "name jobs or ask for all, not both")
+    if not body.all and not body.job_ids:
+        raise InvalidRequest("job_ids", "required: the jobs to stop (or all: true)")
+    if body.all_users and not principal.is_admin:
+        raise Refused("all_users", "stopping every user's jobs needs an admin's token")
+    for i, job_id in enumerate(body.job_ids):
+        try:
+            job = _job(cp, job_id)
+        except (InvalidRequest, NotFound) as exc:
+            raise type(exc)(f"job_ids[{i}]", exc.message) from None
+        check_may_act(request, job.owner, f"job {job_id}")
+    outcome = await cp.execute(
+        StopJobs(
+            actor=principal,
+            job_ids=tuple(dict.fromkeys(body.job_ids)),
+            all=body.all,
+            all_users=body.all_users,
+            reason=body.reason,
+        )
+    )
+    return answer({"stopped": _stopped(outcome)}, status=202)
+
+
+# -- volumes ---------------------------------------------------------------------------------
+
+
+@bp.get("/volumes")
+@rule("user")
+async def list_volumes(request: Request) -> HTTPResponse:
+    """The volumes made (``volume.created``, from the log), oldest first."""
+    cp = control_plane(request)
+    service = getattr(request.app.ctx, "history", None)
+    if service is None:
+        raise Unavailable("", "the control plane is starting or stopping")
+    shared = cp.settings.shared_dir
+    flt = EventFilter(kinds=("volume.created",))
+    found: dict[str, dict[str, Any]] = {}
+    after = 0
+    while True:
+        page = await service.run(
+            lambda cur, after=after: service.history(cur).events(flt, after=after, limit=1000)
+        )
+        for event in page.events:
+            payload = msgspec.json.decode(event.payload)
+            name = str(payload.get("name", ""))
+            found.setdefault(
+                name,
+                {
+                    "name": name,
+                    "path": str(job_files.volume_path(shared, name)),
+                    "created_by": payload.get("created_by", ""),
+                    "created_at": event.recorded_at,
+                },
+            )
+        if not page.more:
+            break
+        after = page.next_after
+    return answer({"volumes": list(found.values())})
+
+
+@bp.post("/volumes")
+@rule("user")
+async def create_volume(request: Request) -> HTTPResponse:
+    """Make ``<shared_dir>/volumes/<name>`` and record ``volume.created``."""
+    cp = control_plane(request)
+    body = decode_body(_volume_decoder, request.body)
+    name = job_files.check_volume_name(body.name)
+    shared = cp.settings.shared_dir
+    try:
+        path = await asyncio.to_thread(job_files.create_volume, shared, name)
+    except FileExistsError:
+        raise Conflict("name", f"volume {name!r} exists") from None
+    try:
+        await cp.execute(CreateVolume(name=name, actor=principal_of(request)))
+    except BaseException:
+        await asyncio.to_thread(path.rmdir)
+        raise
+    return answer({"name": name, "path": str(path)}, status=201)
