@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
+import msgspec
 from msgspec import Struct
 
 from control_plane.jobfile.reading import (
@@ -122,7 +123,23 @@ def parse_job(
         run=run,
         **per_rank,
     )
-    return ParsedJob(spec=spec, ignored=ignored, warnings=warnings)
+    return ParsedJob(spec=_plain(spec), ignored=_plain(ignored), warnings=_plain(warnings))
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every string a plain ``str``: ruamel hands out ``str`` subclasses
+    (``LiteralScalarString`` for a ``run: |`` block) that msgspec refuses to encode, so a
+    spec holding one could not be recorded."""
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, dict):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, msgspec.Struct):
+        fields = {f: _plain(getattr(value, f)) for f in value.__struct_fields__}
+        return msgspec.structs.replace(value, **fields)
+    return value
 
 
 def _name(top: Any, override: str | None) -> str | None:

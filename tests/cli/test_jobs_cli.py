@@ -16,14 +16,6 @@ import pytest
 from support.cluster import Cluster, running_cluster
 from support.waiting import wait_until
 
-needs_agent = pytest.mark.skipif(
-    not any(
-        "CONTROL_ENV" in path.read_text()
-        for path in (Path(__file__).parents[2] / "node_agent").rglob("*.py")
-    ),
-    reason="needs the node agent's side of job ranks (wip-agent)",
-)
-
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
@@ -76,7 +68,6 @@ def test_volumes_create_and_list(cluster: Cluster) -> None:
     assert "cli-data" in listed.stdout and "admin" in listed.stdout
 
 
-@needs_agent
 def test_submit_follows_the_prefixed_logs_and_exits_with_the_status(
     cluster: Cluster, tmp_path: Path
 ) -> None:
@@ -104,7 +95,6 @@ def test_submit_follows_the_prefixed_logs_and_exits_with_the_status(
     assert "failed" in failed.stderr and "bye" in failed.stdout
 
 
-@needs_agent
 def test_detach_then_ctrl_c_while_following_leaves_the_job_running(
     cluster: Cluster, tmp_path: Path
 ) -> None:

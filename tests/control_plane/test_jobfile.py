@@ -651,3 +651,15 @@ def test_every_example_in_the_jobs_guide_parses() -> None:
     assert (distributed.num_nodes, distributed.gpu_count, distributed.gpu_model) == (4, 2, "A100")
     assert distributed.workdir == "."
     assert 'MASTER_ADDR=$(echo "$SKYPILOT_NODE_IPS" | head -n1)' in distributed.run
+
+
+def test_a_spec_from_block_scalars_can_be_recorded() -> None:
+    # ruamel gives `run: |` blocks as str subclasses msgspec cannot encode: the spec must
+    # hold plain strings, or the host could not record the job (a 500).
+    from events.codec import encode_event
+    from events.types import JobSubmitted
+
+    text = "name: b\nenvs:\n  A: |\n    x\nsetup: |\n  echo s\nrun: |\n  echo r\n"
+    spec = parse_job(text).spec
+    assert type(spec.run) is str and type(spec.setup) is str and type(spec.envs["A"]) is str
+    encode_event(JobSubmitted(job_id="abcd1234", spec=spec, owner="u", rank_task_ids=("t",)))

@@ -64,7 +64,7 @@ def wait_job(cluster: Cluster, job_id: str, *statuses: str, timeout: float = 30)
         seen.update(job(cluster, job_id))
         return seen["status"] in wanted and (seen["phase"] == "ended" or statuses != ())
 
-    wait_until(done, timeout, f"job {job_id} {'/'.join(wanted)}: {seen}")
+    wait_until(done, timeout)
     return seen
 
 

@@ -10,7 +10,6 @@ on a tree without it.
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import io
 import json
 import tarfile
@@ -24,18 +23,6 @@ import pytest
 from support.cluster import Cluster, running_cluster
 from support.waiting import wait_until
 
-needs_jobfile = pytest.mark.skipif(
-    importlib.util.find_spec("control_plane.jobfile") is None,
-    reason="needs control_plane.jobfile (wip-jobfile)",
-)
-# The ranks run only with the node agent's side of them (their control folder, JobGo).
-needs_agent = pytest.mark.skipif(
-    not any(
-        "CONTROL_ENV" in path.read_text()
-        for path in (Path(__file__).parents[2] / "node_agent").rglob("*.py")
-    ),
-    reason="needs the node agent's side of job ranks (wip-agent)",
-)
 PROCESS = "resources: {image_id: NULL}\n"
 
 
@@ -134,11 +121,12 @@ def test_a_form_without_its_job_field_is_400(cluster: Cluster) -> None:
 def test_an_upload_over_the_limit_is_413_naming_workdir(cluster: Cluster) -> None:
     # The limit is 64 KiB unpacked; the route reads at most that and 2 MiB for the form.
     big = bytes(3 << 20)
+    before = jobs_dirs(cluster)
     answer = cluster.http.post(
         "/api/jobs", data={"job": "{}"}, files={"workdir": ("w.tar.gz", big, "x/y")}
     )
     assert "65536" in refused(answer, 413, "workdir")
-    assert jobs_dirs(cluster) == []
+    assert jobs_dirs(cluster) == before
     assert cluster.http.get("/api/health").status_code == 200
 
 
@@ -211,8 +199,6 @@ def test_volumes_are_made_listed_and_refused_twice(
 # -- jobs ---------------------------------------------------------------------------------------
 
 
-@needs_jobfile
-@needs_agent
 def test_a_json_submit_runs_and_is_listed_newest_first(
     cluster: Cluster, users: dict[str, httpx.Client]
 ) -> None:
@@ -245,8 +231,6 @@ def test_a_json_submit_runs_and_is_listed_newest_first(
     assert users["bob"].post(f"/api/jobs/{body['job_id']}/stop").status_code == 403
 
 
-@needs_jobfile
-@needs_agent
 def test_a_workdir_is_unpacked_and_the_rank_starts_in_it(
     cluster: Cluster, users: dict[str, httpx.Client]
 ) -> None:
@@ -268,7 +252,6 @@ def test_a_workdir_is_unpacked_and_the_rank_starts_in_it(
     assert lines[1:] == ["hello from the workdir", "script ran"]
 
 
-@needs_jobfile
 @pytest.mark.parametrize(
     ("members", "status"),
     [
@@ -295,8 +278,8 @@ def test_hostile_workdirs_are_refused_and_leave_nothing(
     assert not Path("/etc/evil").exists()
 
 
-@needs_jobfile
 def test_a_workdir_must_come_with_a_file_that_names_one_and_back(cluster: Cluster) -> None:
+    before = jobs_dirs(cluster)  # other tests' jobs keep their copies
     no_part = cluster.http.post("/api/jobs", json={"yaml": PROCESS + "workdir: ~/x\nrun: echo hi"})
     assert "hakuriver jobs submit" in refused(no_part, 400, "workdir")
     extra = multipart(cluster.http, {"yaml": PROCESS + "run: echo hi"}, archive(member("a")))
@@ -306,11 +289,9 @@ def test_a_workdir_must_come_with_a_file_that_names_one_and_back(cluster: Cluste
         json={"yaml": "resources: {image_id: busybox}\nvolumes: {/data: nope}\nrun: echo hi"},
     )
     assert "hakuriver volumes create nope" in refused(missing, 400, "volumes./data")
-    assert jobs_dirs(cluster) == []
+    assert jobs_dirs(cluster) == before
 
 
-@needs_jobfile
-@needs_agent
 def test_stop_all_stops_only_the_callers_jobs(
     cluster: Cluster, users: dict[str, httpx.Client]
 ) -> None:
@@ -328,8 +309,6 @@ def test_stop_all_stops_only_the_callers_jobs(
     assert wait_job(cluster, theirs)["status"] == "stopped"
 
 
-@needs_jobfile
-@needs_agent
 def test_followed_logs_are_prefixed_and_end_with_the_job(cluster: Cluster, tmp_path: Path) -> None:
     gate = tmp_path / "gate"
     text = (
