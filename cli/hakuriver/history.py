@@ -313,8 +313,8 @@ def export(
 ) -> int:
     """Write the events and the views as Parquet files (pandas, polars and DuckDB read them).
 
-    Writes events, tasks, nodes, node_heartbeats, placements and ssh_sessions .parquet into DIR,
-    each under a temporary name first.
+    Writes events, tasks, nodes, node_heartbeats, placements, ssh_sessions, jobs and
+    job_ranks .parquet into DIR, each under a temporary name first.
 
     Parameters
     ----------

@@ -196,7 +196,7 @@ class JobSimulation:
         rng = self.rng
         submitted = 0
         yield from self._drain()
-        for _ in range(jobs * 200):
+        for _ in range(jobs * 200 + 1):
             if submitted >= jobs and not self.state.active_jobs:
                 return
             roll = rng.random()
