@@ -435,9 +435,7 @@ class ClusterState:
             snap = _snapshot_decoder.decode(data)
         if snap.format != SNAPSHOT_FORMAT:
             raise SnapshotFormatError(f"snapshot format {snap.format} is not {SNAPSHOT_FORMAT}")
-        state = cls.assemble(
-            snap.last_seq, snap.tasks, snap.nodes, snap.anomalies, jobs=snap.jobs
-        )
+        state = cls.assemble(snap.last_seq, snap.tasks, snap.nodes, snap.anomalies, jobs=snap.jobs)
         if snap.identity is not None:
             state.identity = snap.identity
         state.ssh_sessions = {s.session_id: s for s in snap.ssh_sessions}

@@ -4,8 +4,9 @@ Any relation with the table's columns works too, such as the log up to some seq.
 
 They serve analytics and cross-check the Python fold: on any valid history
 (only legal transitions) ``TASKS_SQL``, ``NODES_SQL`` and ``jobs_sql`` give the
-same rows as ``ClusterState`` (and ``projections.jobs.job_status``). They do not replicate the fold's handling of illegal
-events; ``hakuriver audit`` reports those instead. Each statement is a plain
+same rows as ``ClusterState`` (and ``projections.jobs.job_status``). They do not
+replicate the fold's handling of illegal events; ``hakuriver audit`` reports those
+instead. Each statement is a plain
 SELECT, so it can back a ``CREATE VIEW``.
 """
 

@@ -9,8 +9,8 @@ only the events after it, so no query scans the whole log.
 Two depths. ``state_at(..., ended=True)`` (the default) is the whole state, byte for
 byte the fold of the log up to the point. ``ended=False`` leaves out the tasks that had
 ended by then (``ENDED_STATES``: a final state, or lost), the jobs that had ended and
-the anomalies: the live part of the cluster, which costs one small snapshot and at most ``HISTORY_EVERY``
-events however long the history.
+the anomalies: the live part of the cluster, which costs one small snapshot and at most
+``HISTORY_EVERY`` events however long the history.
 """
 
 from __future__ import annotations

@@ -15,9 +15,6 @@ import random
 import string
 from collections.abc import Iterator, Sequence
 
-from support.decisions import context, principal
-from support.factories import record_in_memory
-
 from control_plane.commands import AdvanceJobs, StopJobs, SubmitJob
 from control_plane.commands import decide as decide_any
 from events.envelope import NewEvent, new_event
@@ -39,6 +36,8 @@ from events.types import (
 )
 from projections.cluster import ClusterState
 from projections.tasks import ENDED_STATES, TaskView
+from support.decisions import context, principal
+from support.factories import record_in_memory
 
 GIB = 1 << 30
 OWNERS = ("alice", "bob")
@@ -83,9 +82,10 @@ class JobSimulation:
             if ident not in self.state.jobs:
                 return ident
 
-    def submit(self) -> str:
+    def submit(self, num_nodes: int | None = None) -> str:
+        """Submit a job (of ``num_nodes`` ranks, else a random count that fits)."""
         rng = self.rng
-        num_nodes = rng.randint(1, len(self.names))
+        num_nodes = num_nodes or rng.randint(1, len(self.names))
         spec = JobSpec(
             name=rng.choice([None, "train", "eval"]),
             num_nodes=num_nodes,
@@ -195,7 +195,7 @@ class JobSimulation:
         """The same, commit by commit."""
         rng = self.rng
         submitted = 0
-        yield from self._drain()
+        yield from self.take()
         for _ in range(jobs * 200 + 1):
             if submitted >= jobs and not self.state.active_jobs:
                 return
@@ -223,9 +223,10 @@ class JobSimulation:
                 if ranks:
                     self.step_rank(rng.choice(ranks))
             self._decide(AdvanceJobs())
-            yield from self._drain()
+            yield from self.take()
         raise AssertionError("the simulation did not end")
 
-    def _drain(self) -> Iterator[list[NewEvent]]:
+    def take(self) -> Iterator[list[NewEvent]]:
+        """The commits recorded since the last call."""
         commits, self.commits = self.commits, []
         yield from commits
