@@ -64,8 +64,8 @@ class JobView(Struct, kw_only=True, gc=False):
 
     @property
     def name(self) -> str:
-        """The job's name: the file's, else ``job-<id>``."""
-        return self.spec.name or f"job-{self.job_id}"
+        """The job's name: the file's, else ``task-<id>`` (seed 002)."""
+        return self.spec.name or f"task-{self.job_id}"
 
     @property
     def ended(self) -> bool:

@@ -304,7 +304,7 @@ jobs AS (
 )
 SELECT
     jobs.job_id,
-    coalesce(jobs.spec_name, 'job-' || jobs.job_id) AS name,
+    coalesce(jobs.spec_name, 'task-' || jobs.job_id) AS name,
     jobs.owner,
     jobs.num_nodes,
     CASE

@@ -409,7 +409,7 @@ def _key_removed(e: SshKeyRemoved) -> str:
 @_summary_of(JobSubmitted)
 def _job_submitted(e: JobSubmitted) -> str:
     spec = e.spec
-    name = spec.name or f"job-{e.job_id}"
+    name = spec.name or f"task-{e.job_id}"
     per_rank = [_resources(spec.cores, spec.memory_bytes, ())]
     if spec.gpu_count:
         model = f" {spec.gpu_model}" if spec.gpu_model else ""
