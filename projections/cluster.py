@@ -435,12 +435,10 @@ class ClusterState:
             snap = _snapshot_decoder.decode(data)
         if snap.format != SNAPSHOT_FORMAT:
             raise SnapshotFormatError(f"snapshot format {snap.format} is not {SNAPSHOT_FORMAT}")
-        state = cls.assemble(snap.last_seq, snap.tasks, snap.nodes, snap.anomalies)
+        state = cls.assemble(snap.last_seq, snap.tasks, snap.nodes, snap.anomalies, jobs=snap.jobs)
         if snap.identity is not None:
             state.identity = snap.identity
         state.ssh_sessions = {s.session_id: s for s in snap.ssh_sessions}
-        state.jobs = {j.job_id: j for j in snap.jobs}
-        state.active_jobs = {j.job_id: None for j in snap.jobs if j.final_state is None}
         return state
 
     @classmethod
@@ -451,13 +449,16 @@ class ClusterState:
         nodes: Iterable[NodeView],
         anomalies: list[Anomaly],
         last_number: int = 0,
+        *,
+        jobs: Iterable[JobView] = (),
     ) -> ClusterState:
-        """A state from its parts (tasks in submission order), as a snapshot keeps them.
+        """A state from its parts (tasks and jobs in submission order), as a snapshot
+        keeps them.
 
         Tasks without a number (a snapshot written before numbers existed) are numbered
         as the fold numbers them: on after the highest so far. ``last_number`` is the
         highest number given when ``tasks`` are not all of them (a history snapshot's
-        live part).
+        live part). ``active_jobs`` is rebuilt from the jobs: those without a final state.
         """
         state = cls()
         state.last_seq = last_seq
@@ -476,6 +477,8 @@ class ClusterState:
                 if task_id in state.tasks:
                     state._index_vps(state.tasks[task_id], held=True)
         state.anomalies = anomalies
+        state.jobs = {job.job_id: job for job in jobs}
+        state.active_jobs = {j: None for j, job in state.jobs.items() if job.final_state is None}
         return state
 
     @classmethod

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from projections.jobs import JobView
 from projections.tasks import TaskView
 
 
@@ -45,4 +46,33 @@ DURATIONS_SQL = """
     (placed_at_us - submitted_at_us) / 1e6 AS queue_wait_s,
     (started_at_us - placed_at_us) / 1e6 AS start_delay_s,
     (finished_at_us - started_at_us) / 1e6 AS run_time_s
+"""
+
+
+class JobDurations(NamedTuple):
+    """A job's queue wait, setup time and run time in seconds (None: not reached yet).
+
+    * ``queue_wait``: submitted -> placed (every rank at once: a job waits for N nodes);
+    * ``setup_time``: placed -> the run phase (every rank's setup, and the barrier);
+    * ``run_time``: the run phase -> finished (None for a job that never reached it).
+    """
+
+    queue_wait_s: float | None
+    setup_time_s: float | None
+    run_time_s: float | None
+
+
+def job_durations(job: JobView) -> JobDurations:
+    """The three durations of a job, as the ``jobs`` SQL view computes them."""
+    return JobDurations(
+        queue_wait_s=_between(job.submitted_at_us, job.placed_at_us),
+        setup_time_s=_between(job.placed_at_us, job.run_at_us),
+        run_time_s=_between(job.run_at_us, job.finished_at_us),
+    )
+
+
+JOB_DURATIONS_SQL = """
+    (placed_at_us - submitted_at_us) / 1e6 AS queue_wait_s,
+    (run_at_us - placed_at_us) / 1e6 AS setup_time_s,
+    (finished_at_us - run_at_us) / 1e6 AS run_time_s
 """

@@ -28,9 +28,9 @@ JobPhaseState = Literal["queued", "setup", "run", "ended"]
 JobStatus = Literal["pending", "running", "completed", "failed", "stopped"]
 JOB_STATUSES: tuple[str, ...] = ("pending", "running", "completed", "failed", "stopped")
 # Rank task states in which the rank has started and not ended.
-_ACTIVE = frozenset({"running", "paused", "unknown"})
+ACTIVE_RANK_STATES = _ACTIVE = frozenset({"running", "paused", "unknown"})
 # Rank task states that are not a success.
-_FAILED = frozenset({"failed", "killed", "killed_oom", "lost"})
+FAILED_RANK_STATES = _FAILED = frozenset({"failed", "killed", "killed_oom", "lost"})
 
 
 class JobView(Struct, kw_only=True, gc=False):

@@ -1,16 +1,18 @@
-"""The task and node views as DuckDB SQL over the ``events`` table.
+"""The task, node and job views as DuckDB SQL over the ``events`` table.
 
 Any relation with the table's columns works too, such as the log up to some seq.
 
 They serve analytics and cross-check the Python fold: on any valid history
-(only legal transitions) ``TASKS_SQL`` and ``NODES_SQL`` give the same rows
-as ``ClusterState``. They do not replicate the fold's handling of illegal
-events; ``hakuriver audit`` reports those instead. Each statement is a plain
+(only legal transitions) ``TASKS_SQL``, ``NODES_SQL`` and ``jobs_sql`` give the
+same rows as ``ClusterState`` (and ``projections.jobs.job_status``). They do not
+replicate the fold's handling of illegal events; ``hakuriver audit`` reports those
+instead. Each statement is a plain
 SELECT, so it can back a ``CREATE VIEW``.
 """
 
 from __future__ import annotations
 
+from projections.jobs import ACTIVE_RANK_STATES, FAILED_RANK_STATES
 from projections.tasks import HOLDING_STATES
 
 
@@ -53,6 +55,8 @@ STATE_KINDS = ", ".join(
 )
 _STATE_OF_KIND = state_of_kind()
 _HOLDING_SQL = ", ".join(f"'{s}'" for s in sorted(HOLDING_STATES))
+_FAILED_RANK_SQL = ", ".join(f"'{s}'" for s in sorted(FAILED_RANK_STATES))
+_ACTIVE_RANK_SQL = ", ".join(f"'{s}'" for s in sorted(ACTIVE_RANK_STATES))
 
 
 def tasks_sql(source: str = "events") -> str:
@@ -84,7 +88,8 @@ WITH t AS (
     SELECT seq, kind, epoch_us(recorded_at) AS ts, payload, payload->>'$.task_id' AS task_id,
         {_NUMBER} AS number
     FROM {{source}}
-    WHERE kind LIKE 'task.%'
+    -- vps.ready and job.setup_done are task events too (no state change; last_seq moves)
+    WHERE kind LIKE 'task.%' OR kind IN ('vps.ready', 'job.setup_done')
 )
 SELECT
     task_id,
@@ -176,6 +181,151 @@ FROM nodes LEFT JOIN alloc ON alloc.node = nodes.name
 
 TASKS_SQL = tasks_sql()
 NODES_SQL = nodes_sql()
+
+
+def job_ranks_sql(source: str = "events") -> str:
+    """One row per rank of every job: its task and how it fared (``source`` as above)."""
+    return _JOB_RANKS_TEMPLATE.replace("{source}", source).replace("{tasks}", tasks_sql(source))
+
+
+def jobs_sql(source: str = "events") -> str:
+    """One row per job, with its aggregated ``status`` as ``job_status`` computes it."""
+    return (
+        _JOBS_TEMPLATE.replace("{ranks}", job_ranks_sql(source))
+        .replace("{source}", source)
+        .replace("{failed}", _FAILED_RANK_SQL)
+        .replace("{active}", _ACTIVE_RANK_SQL)
+    )
+
+
+# A job's events, as the fold takes them: its first job.submitted (a second is refused),
+# then its job.* events up to its job.finished (later ones are refused: it ended), and the
+# setup reports of its ranks (job.setup_done, in the rank's task stream).
+_JOB_EVENTS = """
+    e AS (
+        SELECT seq, kind, epoch_us(recorded_at) AS ts, payload,
+            payload->>'$.job_id' AS job_id
+        FROM {source}
+        WHERE kind LIKE 'job.%'
+    ),
+    firsts AS (
+        SELECT job_id,
+            min(seq) FILTER (WHERE kind = 'job.submitted') AS submitted_seq,
+            min(seq) FILTER (WHERE kind = 'job.finished') AS finished_seq
+        FROM e GROUP BY job_id
+    ),
+    j AS (
+        SELECT e.* FROM e JOIN firsts USING (job_id)
+        WHERE firsts.submitted_seq IS NOT NULL
+            AND e.seq >= firsts.submitted_seq
+            AND e.seq <= coalesce(firsts.finished_seq, e.seq)
+            AND (e.kind <> 'job.submitted' OR e.seq = firsts.submitted_seq)
+    )
+"""
+
+_JOB_RANKS_TEMPLATE = f"""
+WITH {_JOB_EVENTS},
+submitted AS (
+    SELECT job_id, seq,
+        unnest((payload->'$.rank_task_ids')::VARCHAR[]) AS task_id,
+        unnest(range(json_array_length(payload->'$.rank_task_ids')::BIGINT)) AS rank
+    FROM j WHERE kind = 'job.submitted'
+),
+placed AS (
+    SELECT job_id, (payload->'$.nodes')::VARCHAR[] AS nodes,
+        (payload->'$.addresses')::VARCHAR[] AS addresses
+    FROM j WHERE kind = 'job.placed'
+    QUALIFY row_number() OVER (PARTITION BY job_id ORDER BY seq DESC) = 1
+),
+setup AS (
+    SELECT job_id, (payload->>'$.rank')::BIGINT AS rank, min(ts) AS setup_done_at_us
+    FROM j WHERE kind = 'job.setup_done'
+    GROUP BY ALL
+),
+tasks AS ({{tasks}})
+SELECT
+    s.job_id, s.rank::BIGINT AS rank, s.task_id, t.number, t.node,
+    placed.addresses[s.rank + 1] AS address,
+    coalesce(t.state, 'pending') AS state, t.exit_code, t.started_at_us, t.finished_at_us,
+    setup.setup_done_at_us, t.last_seq
+FROM submitted s
+LEFT JOIN tasks t ON t.task_id = s.task_id
+LEFT JOIN placed ON placed.job_id = s.job_id
+LEFT JOIN setup ON setup.job_id = s.job_id AND setup.rank = s.rank
+"""
+
+_JOBS_TEMPLATE = f"""
+WITH {_JOB_EVENTS},
+ranks AS ({{ranks}}),
+agg AS (
+    SELECT job_id,
+        count(*) AS ranks,
+        count(*) FILTER (WHERE state IN ({{failed}})) AS failed_ranks,
+        count(*) FILTER (WHERE state IN ({{active}})) AS active_ranks,
+        count(*) FILTER (WHERE state = 'completed') AS completed_ranks
+    FROM ranks GROUP BY job_id
+),
+jobs AS (
+    SELECT
+        job_id,
+        any_value(payload->>'$.spec.name') FILTER (WHERE kind = 'job.submitted') AS spec_name,
+        any_value(payload->>'$.owner') FILTER (WHERE kind = 'job.submitted') AS owner,
+        any_value(json_array_length(payload->'$.rank_task_ids')::BIGINT)
+            FILTER (WHERE kind = 'job.submitted') AS num_nodes,
+        arg_max(payload->>'$.phase', seq) FILTER (WHERE kind = 'job.phase') AS last_phase,
+        arg_max(payload->>'$.state', seq) FILTER (WHERE kind = 'job.finished') AS final_state,
+        min(ts) FILTER (WHERE kind = 'job.submitted') AS submitted_at_us,
+        max(ts) FILTER (WHERE kind = 'job.placed') AS placed_at_us,
+        max(ts) FILTER (WHERE kind = 'job.phase' AND payload->>'$.phase' = 'run') AS run_at_us,
+        max(ts) FILTER (WHERE kind = 'job.finished') AS finished_at_us,
+        arg_max((payload->'$.nodes')::VARCHAR[], seq) FILTER (WHERE kind = 'job.placed')
+            AS nodes,
+        arg_min(payload->>'$.requested_by', seq) FILTER (WHERE kind = 'job.stop_requested')
+            AS stop_requested_by,
+        arg_max_null((payload->>'$.failed_rank')::BIGINT, seq) FILTER (WHERE kind = 'job.finished')
+            AS failed_rank,
+        arg_max_null(payload->>'$.message', seq) FILTER (WHERE kind = 'job.finished') AS message,
+        any_value((payload->>'$.spec.cores')::BIGINT) FILTER (WHERE kind = 'job.submitted')
+            AS cores,
+        any_value((payload->>'$.spec.memory_bytes')::BIGINT)
+            FILTER (WHERE kind = 'job.submitted') AS memory_bytes,
+        any_value((payload->>'$.spec.gpu_count')::BIGINT) FILTER (WHERE kind = 'job.submitted')
+            AS gpu_count,
+        any_value(payload->>'$.spec.gpu_model') FILTER (WHERE kind = 'job.submitted')
+            AS gpu_model,
+        any_value(payload->>'$.spec.container') FILTER (WHERE kind = 'job.submitted')
+            AS container,
+        any_value(payload->>'$.spec.resources.image_id') FILTER (WHERE kind = 'job.submitted')
+            AS image_id,
+        max(seq) AS last_seq
+    FROM j
+    GROUP BY job_id
+    HAVING count(*) FILTER (WHERE kind = 'job.submitted') > 0
+)
+SELECT
+    jobs.job_id,
+    coalesce(jobs.spec_name, 'task-' || jobs.job_id) AS name,
+    jobs.owner,
+    jobs.num_nodes,
+    CASE
+        WHEN jobs.final_state IS NOT NULL THEN jobs.final_state
+        WHEN jobs.stop_requested_by IS NOT NULL THEN 'stopped'
+        WHEN coalesce(agg.failed_ranks, 0) > 0 THEN 'failed'
+        WHEN coalesce(agg.active_ranks, 0) > 0 THEN 'running'
+        WHEN agg.ranks > 0 AND agg.completed_ranks = agg.ranks THEN 'completed'
+        ELSE 'pending'
+    END AS status,
+    CASE WHEN jobs.final_state IS NOT NULL THEN 'ended'
+        ELSE coalesce(jobs.last_phase, 'queued') END AS phase,
+    jobs.submitted_at_us, jobs.placed_at_us, jobs.run_at_us, jobs.finished_at_us,
+    coalesce(jobs.nodes, []::VARCHAR[]) AS nodes,
+    jobs.cores, jobs.memory_bytes, coalesce(jobs.gpu_count, 0) AS gpu_count, jobs.gpu_model,
+    jobs.container, jobs.image_id,
+    jobs.stop_requested_by, jobs.final_state, jobs.failed_rank,
+    coalesce(jobs.message, '') AS message,
+    jobs.last_seq
+FROM jobs LEFT JOIN agg USING (job_id)
+"""
 
 
 def task_numbers_sql(source: str = "events") -> str:

@@ -29,8 +29,8 @@ from typing import Any, NamedTuple
 import duckdb
 import pyarrow as pa
 
-from projections.durations import DURATIONS_SQL
-from projections.sql import nodes_sql, tasks_sql
+from projections.durations import DURATIONS_SQL, JOB_DURATIONS_SQL
+from projections.sql import job_ranks_sql, jobs_sql, nodes_sql, tasks_sql
 from projections.tasks import ENDED_STATES
 
 Columns = list[str]
@@ -98,6 +98,8 @@ def view_sql(source: str) -> dict[str, str]:
             FROM {source} WHERE kind = 'task.placed'
         """,
         "ssh_sessions": _ssh_sessions_sql(source),
+        "jobs": f"SELECT *, {JOB_DURATIONS_SQL} FROM ({jobs_sql(source)})",
+        "job_ranks": job_ranks_sql(source),
     }
 
 
@@ -254,7 +256,7 @@ def check_readonly(con: duckdb.DuckDBPyConnection, sql: str) -> None:
                 raise SqlRefused(
                     f"refused: {name}() is not allowed: table functions may read files, the"
                     " network or other SQL; query the views (events, tasks, nodes,"
-                    " node_heartbeats, placements, ssh_sessions)"
+                    " node_heartbeats, placements, ssh_sessions, jobs, job_ranks)"
                 )
             continue
         name = str(node.get("function_name", "")).lower()

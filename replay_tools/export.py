@@ -25,6 +25,9 @@ _EXPORTS: dict[str, str] = {
     "ssh_sessions": "SELECT * FROM ssh_sessions"
     " WHERE coalesce(opened_at_us, closed_at_us) >= $since"
     " ORDER BY coalesce(opened_at_us, closed_at_us)",
+    "jobs": "SELECT * FROM jobs WHERE submitted_at_us >= $since ORDER BY submitted_at_us, job_id",
+    "job_ranks": "SELECT job_ranks.* FROM job_ranks JOIN jobs USING (job_id)"
+    " WHERE jobs.submitted_at_us >= $since ORDER BY jobs.submitted_at_us, job_id, rank",
 }
 
 

@@ -31,7 +31,14 @@ from replay_tools.queries import ExportQuery, HistoryError, ReportQuery, SqlQuer
 from replay_tools.replay import StateDiff, diff_between, state_at
 from replay_tools.reports import report_table
 from replay_tools.task_names import AmbiguousTask, LogTasks, UnknownTask, find_task
-from replay_tools.timeline import PlacementExplanation, task_history, why
+from replay_tools.timeline import (
+    PlacementExplanation,
+    UnknownJob,
+    is_job,
+    job_history,
+    task_history,
+    why,
+)
 
 Json = dict[str, Any]
 
@@ -119,6 +126,17 @@ class History:
     def task_history(self, task_id: str) -> Json:
         """``GET /api/tasks/{id}/history``: every event of the task, timed."""
         return task_history(self.log, task_id)
+
+    def is_job(self, ident: str) -> bool:
+        """Whether ``ident`` is a job's id (``task history`` then shows the job's timeline)."""
+        return is_job(self.log, ident)
+
+    def job_history(self, job_id: str) -> Json:
+        """``GET /api/tasks/{job id}/history``: the job's events and its ranks' key ones."""
+        try:
+            return job_history(self.log, job_id)
+        except UnknownJob as exc:
+            raise HistoryError("job_id", str(exc), "not_found") from None
 
     def task_events(self, task_id: str) -> list[Recorded]:
         """The task's own events (what ``why`` explains)."""

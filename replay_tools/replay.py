@@ -8,9 +8,9 @@ only the events after it, so no query scans the whole log.
 
 Two depths. ``state_at(..., ended=True)`` (the default) is the whole state, byte for
 byte the fold of the log up to the point. ``ended=False`` leaves out the tasks that had
-ended by then (``ENDED_STATES``: a final state, or lost) and the anomalies: the live
-part of the cluster, which costs one small snapshot and at most ``HISTORY_EVERY``
-events however long the history.
+ended by then (``ENDED_STATES``: a final state, or lost), the jobs that had ended and
+the anomalies: the live part of the cluster, which costs one small snapshot and at most
+``HISTORY_EVERY`` events however long the history.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 
 from events.envelope import Recorded
-from events.types import TaskSubmitted
+from events.types import JobSubmitted, TaskSubmitted
 from projections.cluster import ClusterState
 from projections.tasks import ENDED_STATES
 from replay_tools.logfile import CLUSTER_SNAPSHOT, LogFile, as_log
@@ -81,7 +81,8 @@ def resolve_point(log: LogFile, point: Point) -> int:
 
 
 def without_ended(state: ClusterState) -> ClusterState:
-    """A view of ``state`` without the tasks that ended (final, or lost), nor anomalies."""
+    """A view of ``state`` without the tasks that ended (final, or lost), the jobs that
+    ended, nor anomalies."""
     out = ClusterState()
     out.last_seq = state.last_seq
     out.tasks = {k: t for k, t in state.tasks.items() if t.state not in ENDED_STATES}
@@ -89,6 +90,8 @@ def without_ended(state: ClusterState) -> ClusterState:
     out.pending = dict(state.pending)
     out.last_number = state.last_number
     out.numbers = {n: task_id for n, task_id in state.numbers.items() if task_id in out.tasks}
+    out.jobs = {j: state.jobs[j] for j in state.active_jobs}
+    out.active_jobs = dict(state.active_jobs)
     return out
 
 
@@ -133,9 +136,26 @@ def _live_state(log: LogFile, target: int) -> tuple[ClusterState, str]:
                 # which only the whole state can tell apart.
                 return _with_max_id(_full_state(log, target))
             max_id = r.event.task_id
+    if _submits_an_earlier_job(log, start, tail):
+        return _with_max_id(_full_state(log, target))
     state = restore_live_part(history)
     state.apply_all(tail)
     return state, max_id
+
+
+def _submits_an_earlier_job(log: LogFile, start: int, tail: list[Recorded]) -> bool:
+    """Whether the tail submits a job id already submitted at or before ``start``: the
+    fold refuses it, which only the whole state (with the ended jobs) can tell. Job ids
+    are random, not ordered like task ids, so the log is asked (rare: almost never)."""
+    streams = [r.stream for r in tail if isinstance(r.event, JobSubmitted)]
+    if not streams:
+        return False
+    rows = log.con.execute(
+        "SELECT 1 FROM events WHERE seq <= ? AND kind = 'job.submitted'"
+        " AND list_contains(?::VARCHAR[], stream) LIMIT 1",
+        [start, streams],
+    ).fetchall()
+    return bool(rows)
 
 
 def _with_max_id(state: ClusterState) -> tuple[ClusterState, str]:

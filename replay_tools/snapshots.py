@@ -12,7 +12,10 @@ node reports late (lost -> a final state). So each ``history-<seq>.snap`` stores
   history snapshot, and the anomalies flagged since then, left undecoded until a full
   restore needs them (a later copy of a task replaces an earlier one);
 * the previous snapshot's seq, the number of tasks, the greatest task id so far, and the
-  highest task number given (the live part alone cannot tell it).
+  highest task number given (the live part alone cannot tell it);
+* jobs the same way as tasks: the jobs not ended in the live part, and the jobs that
+  ended (``job.finished``, after which the fold changes a job no more) since the
+  previous snapshot once, left undecoded, with the number of jobs for their order.
 
 So the files together hold each ended task about once (disk linear in the log), the
 state *without ended tasks* at any point is one small file plus at most N events, and
@@ -35,16 +38,18 @@ import msgspec
 
 from events.codec import gc_paused
 from events.snapshot_files import HISTORY as HISTORY_SNAPSHOT
-from events.types import TaskSpec
+from events.types import JobSpec, TaskSpec
 from projections.cluster import Anomaly, ClusterState
+from projections.jobs import JobView
 from projections.nodes import NodeView
 from projections.tasks import ENDED_STATES, FINAL_STATES, TaskView
 from replay_tools.logfile import LogFile, as_log
 
-HISTORY_FORMAT = 3  # 3: max_number (task numbers)
+HISTORY_FORMAT = 4  # 3: max_number (task numbers); 4: jobs
 HISTORY_EVERY = 20_000
 
 Entries = list[tuple[int, TaskView]]
+JobEntries = list[tuple[int, JobView]]
 
 
 class HistorySnapshot(msgspec.Struct, kw_only=True):
@@ -61,14 +66,20 @@ class HistorySnapshot(msgspec.Struct, kw_only=True):
     ended: msgspec.Raw
     anomalies: msgspec.Raw
     max_number: int = 0
+    job_count: int
+    active_jobs: JobEntries
+    ended_jobs: msgspec.Raw
 
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(HistorySnapshot)
 _entries = msgspec.msgpack.Decoder(Entries)
+_job_entries = msgspec.msgpack.Decoder(JobEntries)
 _anomalies = msgspec.msgpack.Decoder(list[Anomaly])
 # Ended tasks stay in the writer's fold as stubs: the fold only ever reads their state.
 _STUB_SPEC = TaskSpec(command="", batch_id="")
+# Ended jobs too: the fold reads only that a job id exists and its final state.
+_STUB_JOB_SPEC = JobSpec(run="")
 
 
 def read_history(log: LogFile, seq: int, data: bytes | None = None) -> HistorySnapshot | None:
@@ -97,9 +108,10 @@ def latest_history(log: LogFile, at_or_before: int) -> HistorySnapshot | None:
 
 
 def restore_live_part(snap: HistorySnapshot) -> ClusterState:
-    """The state at the snapshot without its ended tasks (and without anomalies)."""
+    """The state at the snapshot without its ended tasks and jobs (nor anomalies)."""
     tasks = [view for _, view in snap.active]
-    return _state(snap.state_seq, tasks, snap.nodes, [], snap.max_number)
+    jobs = [view for _, view in snap.active_jobs]
+    return _state(snap.state_seq, tasks, snap.nodes, [], snap.max_number, jobs)
 
 
 def restore_full(log: LogFile, snap: HistorySnapshot) -> ClusterState | None:
@@ -120,21 +132,27 @@ def restore_full(log: LogFile, snap: HistorySnapshot) -> ClusterState | None:
     if log.hashes_at(anchors) != anchors:
         return None
     slots: list[TaskView | None] = [None] * snap.task_count
+    job_slots: list[JobView | None] = [None] * snap.job_count
     anomalies: list[Anomaly] = []
     with gc_paused():
         try:
             for link in reversed(chain):  # oldest first: a later copy of a task wins
                 for ordinal, view in _entries.decode(link.ended):
                     slots[ordinal] = view
+                for ordinal, job in _job_entries.decode(link.ended_jobs):
+                    job_slots[ordinal] = job
                 anomalies += _anomalies.decode(link.anomalies)
             for ordinal, view in snap.active:
                 slots[ordinal] = view
+            for ordinal, job in snap.active_jobs:
+                job_slots[ordinal] = job
         except (IndexError, msgspec.DecodeError):
             return None
         tasks = [view for view in slots if view is not None]
-        if len(tasks) != snap.task_count:
+        jobs = [job for job in job_slots if job is not None]
+        if len(tasks) != snap.task_count or len(jobs) != snap.job_count:
             return None
-        return _state(snap.state_seq, tasks, snap.nodes, anomalies, snap.max_number)
+        return _state(snap.state_seq, tasks, snap.nodes, anomalies, snap.max_number, jobs)
 
 
 def _state(
@@ -143,17 +161,19 @@ def _state(
     nodes: Sequence[NodeView],
     anomalies: list[Anomaly],
     last_number: int,
+    jobs: Sequence[JobView],
 ) -> ClusterState:
     """A ClusterState from its parts, as ``ClusterState.restore`` builds one."""
-    return ClusterState.assemble(last_seq, tasks, nodes, anomalies, last_number)
+    return ClusterState.assemble(last_seq, tasks, nodes, anomalies, last_number, jobs=jobs)
 
 
 class HistoryWriter:
     """Folds the log and writes a history snapshot every ``every`` seqs; incremental.
 
     Keeps its fold between calls (the control plane calls ``catch_up`` as the log
-    grows), with ended tasks reduced to stubs once written: the fold reads nothing of a
-    final task but its state, so the stubs fold exactly like the real views.
+    grows), with ended tasks and jobs reduced to stubs once written: the fold reads
+    nothing of a final task but its state, nor of an ended job but its final state, so
+    the stubs fold exactly like the real views.
     """
 
     def __init__(self, every: int = HISTORY_EVERY) -> None:
@@ -168,6 +188,8 @@ class HistoryWriter:
         self._lost: dict[str, int] = {}
         self._anomalies = 0
         self._max_id = ""
+        self._job_count = 0  # jobs at that snapshot
+        self._active_jobs: dict[str, int] = {}  # job id -> ordinal, not ended then
 
     @property
     def next_mark(self) -> int:
@@ -202,11 +224,16 @@ class HistoryWriter:
             self._active = {view.task_id: ordinal for ordinal, view in snap.active}
             self._anomalies = len(state.anomalies)
             self._max_id = snap.max_task_id
+            self._job_count = snap.job_count
+            self._active_jobs = {job.job_id: ordinal for ordinal, job in snap.active_jobs}
             for ordinal, (task_id, view) in enumerate(state.tasks.items()):
                 if view.state in FINAL_STATES:
                     state.tasks[task_id] = _stub(view)
                 elif view.state == "lost":
                     self._lost[task_id] = ordinal
+            for job_id, job in state.jobs.items():
+                if job.final_state is not None:
+                    state.jobs[job_id] = _job_stub(job)
             return state
         return ClusterState()
 
@@ -230,6 +257,7 @@ class HistoryWriter:
                     ended.append((ordinal, view))
         active.sort(key=lambda entry: entry[0])
         max_id = max([self._max_id, *new_ids])
+        active_jobs, ended_jobs = self._split_jobs(state)
         snap = HistorySnapshot(
             format=HISTORY_FORMAT,
             last_seq=mark,
@@ -242,6 +270,9 @@ class HistoryWriter:
             ended=msgspec.Raw(_encoder.encode(ended)),
             anomalies=msgspec.Raw(_encoder.encode(state.anomalies[self._anomalies :])),
             max_number=state.last_number,
+            job_count=len(state.jobs),
+            active_jobs=active_jobs,
+            ended_jobs=msgspec.Raw(_encoder.encode(ended_jobs)),
         )
         anchor = log.hash_at(mark)
         if anchor is None:
@@ -255,10 +286,39 @@ class HistoryWriter:
         self._active = {view.task_id: ordinal for ordinal, view in active}
         self._lost = lost
         self._anomalies = len(state.anomalies)
+        for _, job in ended_jobs:
+            state.jobs[job.job_id] = _job_stub(job)
+        self._job_count = len(state.jobs)
+        self._active_jobs = {job.job_id: ordinal for ordinal, job in active_jobs}
+
+    def _split_jobs(self, state: ClusterState) -> tuple[JobEntries, JobEntries]:
+        """The jobs not ended at this snapshot, and those that ended since the last one
+        (the jobs active then, and the jobs submitted since), each with its ordinal."""
+        jobs = state.jobs
+        candidates = dict(self._active_jobs)
+        new_ids = itertools.islice(jobs, self._job_count, None)
+        candidates.update((job_id, self._job_count + i) for i, job_id in enumerate(new_ids))
+        active: JobEntries = []
+        ended: JobEntries = []
+        for job_id, ordinal in candidates.items():
+            job = jobs[job_id]
+            (active if job.final_state is None else ended).append((ordinal, job))
+        active.sort(key=lambda entry: entry[0])
+        return active, ended
 
 
 def _stub(view: TaskView) -> TaskView:
     return TaskView(task_id=view.task_id, spec=_STUB_SPEC, number=view.number, state=view.state)
+
+
+def _job_stub(job: JobView) -> JobView:
+    return JobView(
+        job_id=job.job_id,
+        spec=_STUB_JOB_SPEC,
+        owner=job.owner,
+        rank_task_ids=(),
+        final_state=job.final_state,
+    )
 
 
 def write_history_snapshots(

@@ -24,6 +24,12 @@ from events.types import (
     EnvShellOpened,
     EnvSynced,
     Event,
+    JobFinished,
+    JobPhase,
+    JobPlaced,
+    JobSetupDone,
+    JobStopRequested,
+    JobSubmitted,
     NodeEnrolled,
     NodeForgotten,
     NodeHeartbeat,
@@ -53,6 +59,7 @@ from events.types import (
     UserCreated,
     UserDisabled,
     UserRoleChanged,
+    VolumeCreated,
     VpsReady,
     kind_of,
 )
@@ -394,3 +401,56 @@ def _key_added(e: SshKeyAdded) -> str:
 @_summary_of(SshKeyRemoved)
 def _key_removed(e: SshKeyRemoved) -> str:
     return f"key {e.key_id} of {e.user} removed{_actor(e)}"
+
+
+# -- jobs ----------------------------------------------------------------------------------
+
+
+@_summary_of(JobSubmitted)
+def _job_submitted(e: JobSubmitted) -> str:
+    spec = e.spec
+    name = spec.name or f"task-{e.job_id}"
+    per_rank = [_resources(spec.cores, spec.memory_bytes, ())]
+    if spec.gpu_count:
+        model = f" {spec.gpu_model}" if spec.gpu_model else ""
+        per_rank.append(f"{plural(spec.gpu_count, 'GPU')}{model}")
+    per_rank.append(f"in {spec.container}" if spec.container else "as a process")
+    nodes = plural(spec.num_nodes, "node")
+    return f"job {name} submitted by {e.owner}: {nodes} ({', '.join(per_rank)} each)"
+
+
+@_summary_of(JobPlaced)
+def _job_placed(e: JobPlaced) -> str:
+    ranks = ", ".join(f"rank {rank} on {node}" for rank, node in enumerate(e.nodes))
+    policy = e.policy or "gang"
+    why = e.reason if e.reason.startswith(policy) else f"{policy}: {e.reason}".rstrip(": ")
+    return f"every rank placed at once: {ranks} ({why})"
+
+
+@_summary_of(JobPhase)
+def _job_phase(e: JobPhase) -> str:
+    if e.phase == "run":
+        return "every rank's setup done: run phase, each rank told to run"
+    return f"{e.phase} phase: each rank runs its setup, then waits for the others"
+
+
+@_summary_of(JobSetupDone)
+def _job_setup_done(e: JobSetupDone) -> str:
+    return f"rank {e.rank} of job {e.job_id} set up on {e.node}, waiting for the other ranks"
+
+
+@_summary_of(JobStopRequested)
+def _job_stop_requested(e: JobStopRequested) -> str:
+    why = f": {e.reason}" if e.reason else ""
+    return f"job stop requested by {e.requested_by}{why}"
+
+
+@_summary_of(JobFinished)
+def _job_finished(e: JobFinished) -> str:
+    how = f": {e.message}" if e.message else ""
+    return f"job {e.state}{how}"
+
+
+@_summary_of(VolumeCreated)
+def _volume_created(e: VolumeCreated) -> str:
+    return f"volume {e.name} created by {e.created_by}"

@@ -1,4 +1,9 @@
-"""Task timelines (a task's own stream and its SSH sessions) and placement reasons."""
+"""Task and job timelines, and placement reasons.
+
+A task's timeline is its own stream and its SSH sessions'; a job's rank's also has the
+job's events that concern it (placed, phases, stop, end), so a rank's story reads whole.
+A job's timeline is its own stream and its ranks' key events, each marked with its rank.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,11 @@ from typing import Any
 import msgspec
 
 from events.envelope import Recorded
-from events.types import Rejection, TaskPlaced, TaskSpec, TaskSubmitted
+from events.ids import is_job_id
+from events.types import JobSubmitted, Rejection, TaskPlaced, TaskSpec, TaskSubmitted
 from projections.cluster import ClusterState
-from projections.durations import TaskDurations, durations
+from projections.durations import TaskDurations, durations, job_durations
+from projections.jobs import job_status
 from projections.sql import task_numbers_sql
 from replay_tools.logfile import LogFile, as_log
 from replay_tools.points import iso
@@ -31,6 +38,31 @@ class TimelineEntry(msgspec.Struct, frozen=True, kw_only=True):
     detail: str
 
 
+# The job's events a rank's timeline shows among its own (its job.setup_done is its own).
+RANK_SEES = ("job.placed", "job.phase", "job.stop_requested", "job.finished")
+# The ranks' events a job's timeline shows among the job's own.
+JOB_SEES = frozenset(
+    {
+        "task.placed",
+        "task.started",
+        "job.setup_done",
+        "task.kill_requested",
+        "task.finished",
+        "task.lost",
+        "task.unreachable",
+        "task.reconnected",
+    }
+)
+
+
+class UnknownJob(LookupError):
+    """No job has that id."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job {job_id!r}")
+        self.job_id = job_id
+
+
 class PlacementExplanation(msgspec.Struct, frozen=True, kw_only=True):
     """Where a task was placed and why, or why it has not been."""
 
@@ -46,6 +78,9 @@ class PlacementExplanation(msgspec.Struct, frozen=True, kw_only=True):
     numa_id: int | None = None
     rejected: tuple[Rejection, ...] = ()
     message: str = ""
+    # A job's rank: its job and rank (placed with every other rank at once).
+    job_id: str | None = None
+    rank: int | None = None
 
 
 def timeline_of(records: Sequence[Recorded]) -> list[TimelineEntry]:
@@ -102,17 +137,96 @@ def task_timeline(source: str | Path | LogFile, task_id: str) -> list[TimelineEn
 
 def _task_records(source: str | Path | LogFile, task_id: str) -> list[Recorded]:
     """The task's own events and its SSH sessions' (recorded in their own streams,
-    ``ssh:<session>``), in seq order; ``UnknownTask`` when the task has no event of its own."""
+    ``ssh:<session>``), and for a job's rank the job's events of ``RANK_SEES``, in seq
+    order; ``UnknownTask`` when the task has no event of its own."""
     stream = f"task:{task_id}"
     log, owned = as_log(source)
     try:
         records = log.read(streams=[stream], sessions_of=task_id)
+        job_id = next(
+            (r.event.spec.job_id for r in records if isinstance(r.event, TaskSubmitted)), None
+        )
+        if job_id is not None:
+            job = [r for r in log.read(streams=[f"job:{job_id}"]) if r.kind in RANK_SEES]
+            records = sorted([*records, *job], key=lambda r: r.seq)
     finally:
         if owned:
             log.close()
     if not any(r.stream == stream for r in records):
         raise UnknownTask(task_id)
     return records
+
+
+def is_job(source: str | Path | LogFile, ident: str) -> bool:
+    """Whether ``ident`` is the id of a job in the log (job ids are exact, never prefixes)."""
+    if not is_job_id(ident):
+        return False
+    log, owned = as_log(source)
+    try:
+        rows = log.con.execute(
+            "SELECT 1 FROM events WHERE stream = ? AND kind = 'job.submitted' LIMIT 1",
+            [f"job:{ident}"],
+        ).fetchall()
+    finally:
+        if owned:
+            log.close()
+    return bool(rows)
+
+
+def job_history(source: str | Path | LogFile, job_id: str) -> dict[str, Any]:
+    """A job's timeline as one JSON-ready document, shaped as a task's (``task_history``):
+    its status now, its ranks, and its own events with its ranks' key ones (``JOB_SEES``),
+    each event naming its rank (null for the job's own)."""
+    log, owned = as_log(source)
+    try:
+        own = log.read(streams=[f"job:{job_id}"])
+        submitted = next((r.event for r in own if isinstance(r.event, JobSubmitted)), None)
+        if submitted is None:
+            raise UnknownJob(job_id)
+        rank_of = {task_id: rank for rank, task_id in enumerate(submitted.rank_task_ids)}
+        ranks = log.read(streams=[f"task:{t}" for t in rank_of])
+    finally:
+        if owned:
+            log.close()
+    records = sorted([*own, *ranks], key=lambda r: r.seq)
+    state = ClusterState()
+    state.apply_all(records)  # the job's and its ranks' own events decide their states
+    job = state.jobs[job_id]
+    shown = [r for r in records if r.stream == f"job:{job_id}" or r.kind in JOB_SEES]
+    first = shown[0].recorded_at_us
+    rank_docs = []
+    for task_id, rank in rank_of.items():
+        task = state.tasks.get(task_id)
+        rank_docs.append(
+            {
+                "rank": rank,
+                "task_id": task_id,
+                "number": task.number if task is not None else 0,
+                "node": task.node if task is not None else None,
+                "state": task.state if task is not None else "pending",
+            }
+        )
+    return {
+        "job_id": job_id,
+        "name": job.name,
+        "owner": job.owner,
+        "status": job_status(job, state.tasks),
+        "phase": job.phase,
+        "num_nodes": job.num_nodes,
+        "nodes": list(job.nodes),
+        "message": job.message,
+        **job_durations(job)._asdict(),
+        "ranks": rank_docs,
+        "events": [
+            {
+                **msgspec.to_builtins(entry),
+                "recorded_at": iso(entry.recorded_at_us),
+                "since_first_s": (entry.recorded_at_us - first) / 1e6,
+                "rank": rank_of.get(record.stream.removeprefix("task:")),
+            }
+            for entry, record in zip(timeline_of(shown), shown, strict=True)
+        ],
+    }
 
 
 def explain_placement(
@@ -125,8 +239,14 @@ def explain_placement(
     task_state = state.tasks[task_id].state if state and task_id in state.tasks else "unknown"
     number = state.tasks[task_id].number if state and task_id in state.tasks else 0
     placed = [r.event for r in records if isinstance(r.event, TaskPlaced)]
+    spec = next((r.event.spec for r in records if isinstance(r.event, TaskSubmitted)), None)
+    job_id, rank = (spec.job_id, spec.rank) if spec is not None else (None, None)
+    gang = _gang(state, job_id, rank)
     if placed:
         e = placed[-1]
+        where = f"placed on {e.node}"
+        if gang:
+            where += f" as {gang}, with every other rank at once (gang placement)"
         return PlacementExplanation(
             task_id=task_id,
             number=number,
@@ -139,12 +259,19 @@ def explain_placement(
             gpu_ids=e.gpu_ids,
             numa_id=e.numa_id,
             rejected=e.rejected,
-            message=f"placed on {e.node}: {placement_reason(e)}",
+            message=f"{where}: {placement_reason(e)}",
+            job_id=job_id,
+            rank=rank,
         )
-    if task_state == "pending":
-        spec = next(r.event.spec for r in records if isinstance(r.event, TaskSubmitted))
+    if task_state == "pending" and spec is not None:
         blockers = _blockers(state, spec) if state else ()
         message = "still pending: no node has had room for it yet"
+        if gang:
+            nodes = state.jobs[job_id].num_nodes if state and job_id in state.jobs else 0
+            message = (
+                f"still pending: {gang} waits until {nodes} nodes have room at the same time"
+                " (gang placement: every rank at once, never some)"
+            )
         return PlacementExplanation(
             task_id=task_id,
             number=number,
@@ -152,6 +279,8 @@ def explain_placement(
             placed=False,
             rejected=blockers,
             message=message,
+            job_id=job_id,
+            rank=rank,
         )
     return PlacementExplanation(
         task_id=task_id,
@@ -159,7 +288,18 @@ def explain_placement(
         state=task_state,
         placed=False,
         message=f"never placed; it ended as {task_state}",
+        job_id=job_id,
+        rank=rank,
     )
+
+
+def _gang(state: ClusterState | None, job_id: str | None, rank: int | None) -> str:
+    """``rank 1 of job train (abcd1234)`` for a job's rank; empty for another task."""
+    if job_id is None:
+        return ""
+    job = state.jobs.get(job_id) if state is not None else None
+    name = f"{job.name} ({job_id})" if job is not None else job_id
+    return f"rank {rank} of job {name}"
 
 
 def _blockers(state: ClusterState, spec: TaskSpec) -> tuple[Rejection, ...]:
@@ -176,6 +316,8 @@ def _blockers(state: ClusterState, spec: TaskSpec) -> tuple[Rejection, ...]:
             reason = f"{node.free_memory_bytes} free memory bytes < {spec.memory_bytes}"
         elif set(spec.gpu_ids) - set(node.free_gpus):
             reason = f"GPUs {sorted(set(spec.gpu_ids) - set(node.free_gpus))} busy or absent"
+        elif spec.gpu_count and len(node.free_gpus) < spec.gpu_count:
+            reason = f"{len(node.free_gpus)} free GPUs < {spec.gpu_count}"
         else:
             reason = "has room now; the scheduler will place it on its next pass"
         out.append(Rejection(node=node.name, reason=reason))
@@ -196,6 +338,11 @@ def why(source: str | Path | LogFile, task_id: str) -> PlacementExplanation:
         own.tasks[task_id].number = number_of(log, task_id, records)  # not the own fold's
         nodes = state_at(log, ended=False)
         nodes.tasks = own.tasks
+        job_id = own.tasks[task_id].spec.job_id
+        if job_id is not None and job_id not in nodes.jobs:  # ended: not in the live part
+            job = ClusterState()
+            job.apply_all(log.read(streams=[f"job:{job_id}"]))
+            nodes.jobs.update(job.jobs)
         return explain_placement(records, nodes)
     finally:
         if owned:

@@ -76,9 +76,11 @@ def task_history(
     Parameters
     ----------
     task_id
-        The task's number, its id, or a unique prefix of its id (8+ characters).
+        The task's number, its id, or a unique prefix of its id (8+ characters); or a
+        job's id (8 characters): the job's events and its ranks' key ones.
     as_json
-        Print the API's document ``{"task_id", "state", "node", "events": [...]}``.
+        Print the API's document ``{"task_id", "state", "node", "events": [...]}`` (for a
+        job ``{"job_id", "status", "ranks", "events": [...]}``).
     """
     with reading(offline, conn) as history:
         document = history.task_history(task_id)
@@ -340,8 +342,8 @@ def export(
 ) -> int:
     """Write the events and the views as Parquet files (pandas, polars and DuckDB read them).
 
-    Writes events, tasks, nodes, node_heartbeats, placements and ssh_sessions .parquet into DIR,
-    each under a temporary name first.
+    Writes events, tasks, nodes, node_heartbeats, placements, ssh_sessions, jobs and
+    job_ranks .parquet into DIR, each under a temporary name first.
 
     Parameters
     ----------

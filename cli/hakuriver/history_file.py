@@ -67,7 +67,9 @@ class FileSource:
         return plain(self.history.event(seq))
 
     def task_history(self, ident: str) -> Json:
-        """As ``GET /api/tasks/{id}/history``."""
+        """As ``GET /api/tasks/{id}/history`` (a job's id: the job's timeline)."""
+        if self.history.is_job(ident):
+            return plain(self.history.job_history(ident))
         return plain(self.history.task_history(self.history.task_id(ident)))
 
     def why(self, ident: str) -> Json:

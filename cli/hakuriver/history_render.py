@@ -79,28 +79,47 @@ _DURATIONS = (
 )
 
 
+# A job's durations (projections/durations.py, JobDurations).
+_JOB_DURATIONS = (
+    ("queue wait", "queue_wait_s"),
+    ("setup", "setup_time_s"),
+    ("run time", "run_time_s"),
+)
+
+
 @escaped
 def timeline_table(history: Doc) -> Group:
-    """``task history ID``: every event of the task, with the time between them."""
-    head = Text(f"task {task_label(history)}: ")
-    head.append_text(state_text(history.get("state")))
-    if history.get("node"):
-        head.append(f" on {history['node']}")
+    """``task history ID``: every event of the task (or of the job and its ranks, for a
+    job's id), with the time between them."""
+    job = "job_id" in history
+    if job:
+        head = Text(f"job {history.get('name')} ({history.get('job_id')}): ")
+        head.append_text(state_text(history.get("status")))
+        if history.get("nodes"):
+            head.append(" on " + ", ".join(map(str, history["nodes"])))
+    else:
+        head = Text(f"task {task_label(history)}: ")
+        head.append_text(state_text(history.get("state")))
+        if history.get("node"):
+            head.append(f" on {history['node']}")
     took = [
         f"{label} {human_duration(history[key])}"
-        for label, key in _DURATIONS
+        for label, key in (_JOB_DURATIONS if job else _DURATIONS)
         if history.get(key) is not None
     ]
     if took:
         head.append(" (" + ", ".join(took) + ")")
-    table = _table("SEQ", "RECORDED (UTC)", "+TIME", "TOTAL", "KIND", "SOURCE", "DETAIL")
+    columns = ["SEQ", "RECORDED (UTC)", "+TIME", "TOTAL", "KIND", "SOURCE", "DETAIL"]
+    table = _table(*columns[:5], *(["RANK"] if job else []), *columns[5:])
     for entry in history.get("events") or []:
+        rank = entry.get("rank")
         table.add_row(
             str(entry.get("seq", "?")),
             human_time(entry.get("recorded_at")),
             human_duration(entry.get("since_previous_s")),
             human_duration(entry.get("since_first_s")),
             str(entry.get("kind", "?")),
+            *([("-" if rank is None else str(rank))] if job else []),
             str(entry.get("source", "?")),
             Text(str(entry.get("detail", ""))),
         )

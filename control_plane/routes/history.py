@@ -40,6 +40,7 @@ from control_plane.routes.common import (
     task_id_of,
 )
 from control_plane.streams import StreamSlots
+from events.ids import is_job_id
 from projections.cluster import ClusterState
 from replay_tools.analytics import DEFAULT_MAX_ROWS
 from replay_tools.feed import EventFilter
@@ -271,9 +272,14 @@ def _keepalive(request: Request) -> float:
 @bp.get("/tasks/<ident:str>/history")
 @rule("user")
 async def get_task_history(request: Request, ident: str) -> HTTPResponse:
-    """Every event of a task, with the time between them."""
+    """Every event of a task, with the time between them; for a job's id, the job's
+    timeline (its events and its ranks' key ones)."""
     cp = control_plane(request)
     service = _history(request)
+    job = cp.state.jobs.get(ident) if is_job_id(ident) else None
+    if job is not None:  # job ids are exact: one never reads as a task prefix here
+        check_may_act(request, job.owner, f"job {ident}")
+        return answer(await _read(request, lambda cur: service.history(cur).job_history(ident)))
     task_id = task_id_of(cp, ident)
     _check_task(request, cp, task_id)
     return answer(await _read(request, lambda cur: service.history(cur).task_history(task_id)))

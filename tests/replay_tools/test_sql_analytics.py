@@ -179,6 +179,8 @@ def test_parquet_export_round_trips(history_db: Path, tmp_path: Path) -> None:
         "node_heartbeats",
         "placements",
         "ssh_sessions",
+        "jobs",
+        "job_ranks",
     }
     source = duckdb.connect(str(history_db), read_only=True)
     reader = duckdb.connect()
