@@ -281,8 +281,8 @@ class _Pass:
                     gpu_ids=gpu_ids,
                     numa_id=task.spec.numa_id,
                     policy=self.policy,
-                    reason=f"rank {rank_no} of job {job.job_id}: its {count} ranks placed"
-                    f" at once on distinct nodes ({self.policy})",
+                    reason=f"job {job.job_id}'s {count} ranks placed at once on distinct"
+                    " nodes (gang placement)",
                     rejected=rejected,
                     env=env,
                 )

@@ -246,7 +246,7 @@ def explain_placement(
         e = placed[-1]
         where = f"placed on {e.node}"
         if gang:
-            where += f" as {gang}, with every other rank at once (gang placement)"
+            where += f" as {gang}"  # the placement's reason says it was a gang's
         return PlacementExplanation(
             task_id=task_id,
             number=number,

@@ -184,7 +184,7 @@ def test_each_rank_gets_its_rank_and_every_ranks_address() -> None:
         assert p.env["NODE_RANK"] == p.env["SKYPILOT_NODE_RANK"] == str(rank)
         assert p.env["NUM_NODES"] == "3" and p.env["SKYPILOT_NODE_IPS"] == ips
         assert p.env["HAKURIVER_JOB_ID"] == job_id and p.env["HAKURIVER_JOB_NAME"] == "ddp"
-        assert p.reason.startswith(f"rank {rank} of job {job_id}")
+        assert p.reason.startswith(f"job {job_id}'s ")
 
 
 def test_ranks_go_on_distinct_nodes_even_when_one_node_could_hold_them_all() -> None:
