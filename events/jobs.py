@@ -26,6 +26,10 @@ CONTAINER_CONTROL = "/hakuriver/control"
 CONTAINER_WORKDIR = "/hakuriver/workdir"
 # How often the waiting rank looks for GO (busybox's sleep takes fractions).
 POLL_S = 0.05
+# A rank's exit code when it cannot tell it finished its setup (its control folder is not
+# writable: a container user the folder does not let in, an SELinux label): it ends, and
+# fails its job, rather than wait at the barrier for ever.
+CONTROL_FAILED = 125
 
 RANK_SCRIPT = f"""exec 2>&1
 setup=$1
@@ -41,7 +45,11 @@ if [ -n "$setup" ]; then
     exit "$code"
   fi
 fi
-: > "$ctl/{SETUP_DONE}"
+# (a subshell: a failed redirection of ':' would end the script itself, code 2)
+( : > "$ctl/{SETUP_DONE}" ) || {{
+  echo "hakuriver: cannot write the rank's control folder $ctl" >&2
+  exit {CONTROL_FAILED}
+}}
 while [ ! -e "$ctl/{GO}" ]; do sleep {POLL_S} 2>/dev/null || sleep 1; done
 exec "$shell" -c "$run"
 """

@@ -286,6 +286,8 @@ class ClusterState:
                         job.run_at_us = at
             case JobSetupDone() as e:
                 self._transition(recorded, e.task_id)
+                if e.job_id in self.jobs and self.jobs[e.job_id].final_state is not None:
+                    return  # late (its node came back after the job ended): nothing to do
                 job = self._job(recorded, e.job_id)
                 if job is not None and e.rank not in job.setup_done:
                     task = self.tasks.get(e.task_id)

@@ -111,6 +111,8 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     ("running", "job.setup_done"): "running",
     ("paused", "job.setup_done"): "paused",
     ("unknown", "job.setup_done"): "unknown",
+    # ... reported late by a node that comes back after its rank was given up.
+    ("lost", "job.setup_done"): "lost",
 }
 
 

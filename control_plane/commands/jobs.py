@@ -242,13 +242,15 @@ def decide_stop_jobs(state: ClusterState, command: StopJobs, ctx: Context) -> De
             check_owner(actor, job.owner, f"job {job_id}")
             if job.final_state is not None:
                 raise Conflict(field, f"job {job_id} is already {job.final_state}")
+            if _all_ended(state, job):
+                raise Conflict(field, f"job {job_id} has ended: its last rank just finished")
             jobs.append(job)
     by = actor.user
     grace = ctx.settings.timing.kill_grace_period
     decision = Decision()
     for job in jobs:
-        if job.stop_requested_by is not None:
-            continue  # stopping already: its ranks were told
+        if job.stop_requested_by is not None or _all_ended(state, job):
+            continue  # stopping already (its ranks were told), or nothing left to stop
         decision.events.append(
             JobStopRequested(job_id=job.job_id, requested_by=by, reason=command.reason)
         )
@@ -258,6 +260,13 @@ def decide_stop_jobs(state: ClusterState, command: StopJobs, ctx: Context) -> De
             if task is not None:
                 _kill_rank(decision, task, by, reason, grace)
     return decision
+
+
+def _all_ended(state: ClusterState, job: JobView) -> bool:
+    """Whether every rank of ``job`` has ended (its ``job.finished`` is due)."""
+    return all(
+        t in state.tasks and state.tasks[t].state in ENDED_STATES for t in job.rank_task_ids
+    )
 
 
 def _kill_rank(decision: Decision, task: TaskView, by: str, reason: str, grace: float) -> None:
@@ -326,6 +335,9 @@ def _rank_failure(rank: int, task: TaskView) -> str:
 
 
 def _finished(state: ClusterState, job: JobView, tasks: Sequence[TaskView]) -> JobFinished:
+    if all(t.state == "completed" for t in tasks):
+        # Every rank succeeded: a stop that came too late to stop anything changes nothing.
+        return JobFinished(job_id=job.job_id, state="completed")
     if job.stop_requested_by is not None:
         return JobFinished(
             job_id=job.job_id,

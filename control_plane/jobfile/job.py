@@ -129,8 +129,18 @@ def parse_job(
 def _plain(value: Any) -> Any:
     """``value`` with every string a plain ``str``: ruamel hands out ``str`` subclasses
     (``LiteralScalarString`` for a ``run: |`` block) that msgspec refuses to encode, so a
-    spec holding one could not be recorded."""
+    spec holding one could not be recorded. A string that is not text (a lone surrogate,
+    from an escape such as ``"\\ud800"``) could not be recorded either: refused."""
     if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            bad = value[exc.start : exc.end].encode("unicode_escape").decode()
+            raise JobFileError(
+                "yaml",
+                f"{bad!r} (a lone surrogate, from an escape) is not text: write the"
+                " character itself, or its pair",
+            ) from None
         return str(value)
     if isinstance(value, dict):
         return {_plain(k): _plain(v) for k, v in value.items()}

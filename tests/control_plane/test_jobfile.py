@@ -663,3 +663,14 @@ def test_a_spec_from_block_scalars_can_be_recorded() -> None:
     spec = parse_job(text).spec
     assert type(spec.run) is str and type(spec.setup) is str and type(spec.envs["A"]) is str
     encode_event(JobSubmitted(job_id="abcd1234", spec=spec, owner="u", rank_task_ids=("t",)))
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['run: "echo \\ud800"\n', 'setup: "\\ud800"\nrun: x\n', 'envs: {A: "\\udc80"}\nrun: x\n'],
+)
+def test_a_lone_surrogate_is_refused_not_a_500(text: str) -> None:
+    # An escape can spell a lone surrogate, which no event can hold: a 400, not a 500.
+    with pytest.raises(JobFileError) as caught:
+        parse_job(text)
+    assert caught.value.field == "yaml" and "surrogate" in caught.value.message

@@ -38,6 +38,7 @@ from events.types import (
     NodeRegistered,
     TaskFinished,
     TaskKillRequested,
+    TaskLost,
     TaskPlaced,
     TaskSpec,
     TaskStarted,
@@ -378,3 +379,36 @@ def test_ranks_are_numbered_after_the_highest_task_number_so_far() -> None:
     world.submit(spec(num_nodes=2))
     numbers = [world.state.tasks[t].number for t in world.state.jobs["abcd1234"].rank_task_ids]
     assert numbers == [2, 3]
+
+
+def test_a_stop_that_comes_after_every_rank_completed_leaves_the_job_completed() -> None:
+    world = World()
+    job_id = world.submit(spec(num_nodes=2))
+    world.place(job_id)
+    world.start_all(job_id)
+    world.setup_done(job_id, 0, 1)
+    world.decide(AdvanceJobs())
+    world.finish(job_id, 0)
+    world.finish(job_id, 1)
+    # The last rank finished; job.finished is not recorded yet when the stop comes.
+    with pytest.raises(Conflict):
+        world.decide(StopJobs(actor=principal("alice"), job_ids=(job_id,)))
+    assert world.decide(StopJobs(actor=principal("alice"), all=True)).events == []
+    assert world.decide(AdvanceJobs()).events == [JobFinished(job_id=job_id, state="completed")]
+
+
+def test_a_setup_report_after_the_job_ended_is_no_anomaly() -> None:
+    # A node cut off past lost_after during setup comes back; its outbox still holds the
+    # rank's setup report.
+    world = World()
+    job_id = world.submit(spec(num_nodes=2))
+    world.place(job_id)
+    world.start_all(job_id)
+    ranks = world.state.jobs[job_id].rank_task_ids
+    world.record(TaskLost(task_id=ranks[0], node="n1", reason="unreachable too long"))
+    world.decide(AdvanceJobs())
+    world.finish(job_id, 1, "killed", 143)
+    (end,) = world.decide(AdvanceJobs()).events
+    assert isinstance(end, JobFinished) and end.state == "failed"
+    world.setup_done(job_id, 0)
+    assert world.state.anomalies == []

@@ -110,8 +110,11 @@ def test_unknown_accepts_no_report_but_a_final_one() -> None:
 
 
 def test_lost_accepts_only_a_late_finish() -> None:
+    # ... and a rank's late setup report, which changes nothing.
     kinds = {kind for _, kind in TRANSITIONS}
-    assert {k for k in kinds if next_state("lost", k, "failed")} == {"task.finished"}
+    late = {k for k in kinds if next_state("lost", k, "failed")}
+    assert late == {"task.finished", "job.setup_done"}
+    assert next_state("lost", "job.setup_done") == "lost"
 
 
 def test_a_full_lifecycle_allocates_then_releases() -> None:
