@@ -33,6 +33,7 @@ import logging
 import os
 import shutil
 import stat
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -77,18 +78,32 @@ def control_root(state_dir: Path, local_temp_dir: Path, *, owner_mode: bool) -> 
 
 
 def _ensure_root(root: Path, mode: int) -> None:
-    """Make ``root`` a real folder of the runner's user with ``mode`` (blocking)."""
-    with contextlib.suppress(FileExistsError):
-        root.parent.mkdir(parents=True, exist_ok=True)
-        os.mkdir(root, mode)
-    found = os.lstat(root)
-    if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.geteuid():
-        raise ControlFolderError(
-            f"{root} is not a folder of the runner's user (a symlink, or made by someone"
-            " else): remove it, the runner makes it again for job ranks"
-        )
-    if stat.S_IMODE(found.st_mode) != mode:
-        os.chmod(root, mode)
+    """Make ``root`` a real folder of the runner's user with ``mode`` (blocking).
+
+    In owner mode it lies in the local temp folder, where users' tasks may write: one
+    that planted something there first (a symlink, a folder of its own) would keep every
+    rank on the node from starting. What is there and is not the runner's folder is moved
+    aside (renamed, never followed) and the folder made again."""
+    for _ in range(3):
+        with contextlib.suppress(FileExistsError):
+            root.parent.mkdir(parents=True, exist_ok=True)
+            os.mkdir(root, mode)
+        found = os.lstat(root)
+        if stat.S_ISDIR(found.st_mode) and found.st_uid == os.geteuid():
+            if stat.S_IMODE(found.st_mode) != mode:
+                os.chmod(root, mode)
+            return
+        aside = root.with_name(f"{root.name}.planted-{os.getpid()}-{time.monotonic_ns()}")
+        log.warning("%s is not the runner's folder (planted?): moved to %s", root, aside)
+        try:
+            os.rename(root, aside)
+        except OSError as exc:
+            raise ControlFolderError(
+                f"{root} is not a folder of the runner's user (a symlink, or made by someone"
+                f" else) and cannot be moved aside ({exc}): remove it, the runner makes it"
+                " again for job ranks"
+            ) from exc
+    raise ControlFolderError(f"{root} keeps being replaced: job ranks cannot start here")
 
 
 def _safe_name(task_id: str) -> bool:

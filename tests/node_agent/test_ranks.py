@@ -482,3 +482,22 @@ async def test_an_owner_rank_gets_a_folder_of_its_own_that_it_can_reach(
         assert node.finished(host)["t-own"].state == "completed"
         assert node.output("t-own") == f"{nobody.pw_uid}\n{nobody.pw_uid}\n"
         assert not folder.exists()
+
+
+def test_a_control_root_planted_by_someone_else_is_moved_aside(tmp_path: Path) -> None:
+    # In owner mode the root lies in the local temp folder, where users' tasks write: a
+    # symlink (or a folder) planted there first must not keep ranks from starting, nor be
+    # followed.
+    from node_agent.ranks import TRAVERSE_ROOT, _ensure_root
+
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    root = tmp_path / "local_temp" / ".hakuriver-jobs"
+    root.parent.mkdir()
+    root.symlink_to(target)
+    _ensure_root(root, TRAVERSE_ROOT)
+    assert root.is_dir() and not root.is_symlink()
+    assert (root.stat().st_mode & 0o777) == TRAVERSE_ROOT
+    assert list(target.iterdir()) == []  # nothing made through the link
+    moved = [p for p in root.parent.iterdir() if p.name.startswith(".hakuriver-jobs.planted-")]
+    assert len(moved) == 1 and moved[0].is_symlink()
