@@ -21,8 +21,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import shutil
 import time
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from types import MappingProxyType
 from typing import NamedTuple, Protocol
 
@@ -39,6 +42,7 @@ from control_plane.commands import (
     Send,
     decide,
 )
+from control_plane.commands.jobs import JOBS_DIR
 from control_plane.errors import StoreFailing
 from control_plane.scheduler import Scheduler
 from control_plane.settings import HostSettings
@@ -46,7 +50,7 @@ from control_plane.vps_shells import VpsShells
 from events import link
 from events.envelope import Recorded, new_event, now_us
 from events.file_modes import private_dir
-from events.ids import new_id
+from events.ids import is_job_id, new_id
 from events.snapshot_files import CLUSTER as SNAPSHOT_NAME
 from events.store import EventStore, StoreUnavailable, WriteFailure
 from projections.cluster import ClusterState, SnapshotFormatError
@@ -69,6 +73,19 @@ _RESCHEDULE = frozenset(
         "job.submitted",
     }
 )
+
+
+def _remove_orphan_job_folders(shared: Path, state: ClusterState) -> None:
+    """Remove the job folders of submissions the log does not have: a host killed between
+    unpacking a job's workdir and recording the job left them (nothing is served yet, so
+    no submission is under way)."""
+    root = shared / JOBS_DIR
+    if not root.is_dir() or root.is_symlink():
+        return
+    for entry in os.scandir(root):
+        if is_job_id(entry.name) and entry.name not in state.jobs and not entry.is_symlink():
+            log.info("removing %s: no job %s in the log", entry.path, entry.name)
+            shutil.rmtree(entry.path, ignore_errors=True)
 
 
 class Link(Protocol):
@@ -214,6 +231,7 @@ class ControlPlane:
             after, tail = 0, await store.read(after=0)
             state = await asyncio.to_thread(ClusterState.rebuild, None, tail)
         log.info("state rebuilt at seq %d (snapshot %d, tail %d)", state.last_seq, after, len(tail))
+        await asyncio.to_thread(_remove_orphan_job_folders, settings.shared_dir, state)
         return cls(settings, store, state)
 
     def start(self) -> None:
