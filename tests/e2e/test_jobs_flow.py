@@ -11,6 +11,7 @@ runner joins.
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Iterator
@@ -249,3 +250,55 @@ run: echo ran $NODE_RANK
         assert kinds.count("job.setup_done") == 2 and kinds.count("job.placed") == 1
     finally:
         cluster.close()
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(180)
+def test_a_container_job_with_a_workdir_and_a_volume(jobs_cluster: Cluster) -> None:
+    import gzip
+    import io
+    import tarfile
+
+    from support.docker_images import engine_or_skip
+
+    engine_or_skip()
+    volume = f"vol{time.monotonic_ns() % 10**9}"
+    made = jobs_cluster.http.post("/api/volumes", json={"name": volume})
+    assert made.status_code == 201, made.text
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        data = b"from the workdir\n"
+        info = tarfile.TarInfo("hello.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    text = f"""
+name: boxed
+num_nodes: 2
+workdir: ./src
+resources:
+  image_id: docker:hakuriver/busybox:base
+volumes:
+  /data: {volume}
+setup: echo "set up in $(pwd)"
+run: |
+  cat hello.txt
+  echo "rank $NODE_RANK of $NUM_NODES" > /data/rank-$NODE_RANK
+  test -w "$HAKURIVER_JOB_CONTROL" && echo "control at $HAKURIVER_JOB_CONTROL"
+"""
+    answer = jobs_cluster.http.post(
+        "/api/jobs",
+        data={"job": json.dumps({"yaml": text})},
+        files={"workdir": ("w.tar.gz", gzip.compress(raw.getvalue()), "application/gzip")},
+    )
+    assert answer.status_code == 201, answer.text
+    job_id = answer.json()["job_id"]
+    done = wait_job(jobs_cluster, job_id, timeout=90)
+    assert done["status"] == "completed", (done, logs(jobs_cluster, job_id))
+    combined = logs(jobs_cluster, job_id)
+    for rank in (0, 1):
+        assert f"node-{rank} | set up in /hakuriver/workdir" in combined, combined
+        assert f"node-{rank} | from the workdir" in combined
+        assert f"node-{rank} | control at /hakuriver/control" in combined
+    folder = jobs_cluster.shared / "volumes" / volume
+    assert sorted(p.name for p in folder.iterdir()) == ["rank-0", "rank-1"]
+    assert (folder / "rank-1").read_text() == "rank 1 of 2\n"
