@@ -91,17 +91,20 @@ def test_submits_whose_client_goes_away_keep_job_and_workdir_together(cluster: C
     assert answered.status_code == 201, answered.text
     root = cluster.shared / "jobs"
 
-    def settled() -> bool:
-        jobs = client.get("/api/jobs").json()["jobs"]
-        if any(j["phase"] != "ended" for j in jobs):
-            return False
-        everyone = cluster.http.get("/api/jobs", params={"all_users": 1}).json()["jobs"]
-        folders = {p.name for p in root.iterdir()} if root.exists() else set()
-        # No folder without a job (an unpack still going on would show here).
-        return folders <= {j["job_id"] for j in everyone}
+    seen: list[dict[str, object]] = []
 
-    wait_until(settled, 120)
-    jobs = client.get("/api/jobs").json()["jobs"]
+    def settled() -> bool:
+        folders = {p.name for p in root.iterdir()} if root.exists() else set()
+        everyone = cluster.http.get("/api/jobs", params={"all_users": 1}).json()["jobs"]
+        jobs = [j for j in everyone if j["owner"] == "leaver"]
+        seen[:] = jobs
+        # Every job ended, and no folder without a job (an unpack going on would show).
+        return all(j["phase"] == "ended" for j in jobs) and folders <= {
+            j["job_id"] for j in everyone
+        }
+
+    wait_until(settled, 60)
+    jobs = seen
     with_workdir = [j for j in jobs if j["job_id"] != answered.json()["job_id"]]
     assert with_workdir, "no disconnected submit was recorded: the test proved nothing"
     for job in with_workdir:
