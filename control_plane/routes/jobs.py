@@ -12,7 +12,9 @@ for the form, instead of the host's ``max_body_bytes`` every other route keeps.
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from msgspec import Meta, Struct
@@ -24,6 +26,7 @@ from control_plane.access import rule
 from control_plane.commands import CreateVolume, StopJobs, SubmitJob
 from control_plane.errors import (
     Conflict,
+    DomainError,
     InvalidRequest,
     NotFound,
     Refused,
@@ -43,16 +46,16 @@ from control_plane.routes.common import (
     principal_of,
     query_int,
 )
-from control_plane.scheduler import explain_job
 from control_plane.settings import HostSettings
 from events.config import is_no_container
-from events.envelope import now_us
 from events.ids import is_job_id, new_job_id
 from events.types import JobStopRequested
 from projections.jobs import JobView
 from replay_tools.feed import EventFilter
 
 bp = JsonBlueprint("jobs", url_prefix="/api")
+
+T = TypeVar("T")
 
 # What a submit body may hold besides the workdir's archive (the job file, the form).
 FORM_SLACK = 2 << 20
@@ -160,6 +163,56 @@ def _new_job_id(cp: ControlPlane) -> str:
             return job_id
 
 
+# The shielded works in flight (an event loop keeps only weak references to its tasks).
+_in_flight: set[asyncio.Task[Any]] = set()
+
+
+async def _shielded(work: Coroutine[Any, Any, T]) -> T:
+    """``work`` run to its end in a task of its own, even if the request is cancelled.
+
+    Sanic cancels a handler whose client disconnects. A cancel that lands while
+    ``ControlPlane.execute`` waits on the group commit does not stop the commit: the
+    events are recorded all the same, and a handler that then undid its side effects
+    (removed the unpacked workdir) would leave a job whose ranks all fail. So the work
+    that must agree with the log (the files, then the command) never sees the cancel;
+    the handler only stops waiting for it."""
+    task = asyncio.ensure_future(work)
+    _in_flight.add(task)
+    task.add_done_callback(_finished)
+    return await asyncio.shield(task)
+
+
+def _finished(task: asyncio.Task[Any]) -> None:
+    _in_flight.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: a refusal nobody waited for is no loop warning
+
+
+async def _record_job(cp: ControlPlane, command: SubmitJob, archive: bytes | None) -> None:
+    """Unpack the workdir (if any) into the job's folder, then record the job.
+
+    The folder is removed only when the command was refused (``DomainError``, which
+    includes ``StoreFailing``): then nothing was recorded. Any other end (a host stopping
+    mid-commit, a bug) leaves it: whether the job was recorded is not known here, and a
+    folder without a job costs disk space where a job without its folder fails."""
+    shared = cp.settings.shared_dir
+    try:
+        if archive is not None:
+            dest = job_files.workdir_path(shared, command.job_id)
+            unpacked = await asyncio.to_thread(
+                job_files.unpack_workdir,
+                archive,
+                dest,
+                max_bytes=cp.settings.jobs.max_workdir_bytes,
+            )
+            command = msgspec.structs.replace(command, workdir=str(dest), workdir_bytes=unpacked)
+        await cp.execute(command)
+    except DomainError:
+        if archive is not None:
+            await asyncio.to_thread(job_files.remove_job_dir, shared, command.job_id)
+        raise
+
+
 @bp.post("/jobs", stream=True)
 @rule("user")
 async def submit_job(request: Request) -> HTTPResponse:
@@ -193,31 +246,17 @@ async def submit_job(request: Request) -> HTTPResponse:
         if problem is not None:
             raise InvalidRequest("resources.image_id", f"no image_id given, and {problem}")
     job_id = _new_job_id(cp)
-    workdir: str | None = None
-    unpacked = 0
-    try:
-        if archive is not None:
-            dest = job_files.workdir_path(shared, job_id)
-            unpacked = await asyncio.to_thread(
-                job_files.unpack_workdir, archive, dest, max_bytes=max_workdir
-            )
-            workdir = str(dest)
-        await cp.execute(
-            SubmitJob(
-                job_id=job_id,
-                spec=spec,
-                yaml=submission.yaml,
-                actor=principal_of(request),
-                owner=submission.owner,
-                workdir=workdir,
-                workdir_bytes=unpacked,
-            )
-        )
-    except BaseException:
-        # Refused (or the host stops): no job, so no copy of its workdir either.
-        if archive is not None:
-            await asyncio.to_thread(job_files.remove_job_dir, shared, job_id)
-        raise
+    command = SubmitJob(
+        job_id=job_id,
+        spec=spec,
+        yaml=submission.yaml,
+        actor=principal_of(request),
+        owner=submission.owner,
+        workdir=None,
+        workdir_bytes=0,
+    )
+    # Shielded: a client that goes away cancels this handler, never the work below.
+    await _shielded(_record_job(cp, command, archive))
     job = cp.state.jobs[job_id]
     tasks = cp.state.tasks
     return answer(
@@ -251,18 +290,15 @@ def _job(cp: ControlPlane, job_id: str) -> JobView:
     return job
 
 
-def _why(cp: ControlPlane, job: JobView) -> str:
-    """The scheduler's explanation of a queued job ("needs 4 nodes with ...")."""
-    if job.phase != "queued" or job.ended:
-        return ""
-    settings = cp.settings
-    return explain_job(
-        cp.state,
-        job,
-        now_us=now_us(),
-        reserve_after_s=settings.jobs.reserve_after,
-        policy=settings.scheduler.policy,
-    )
+def _whys(cp: ControlPlane, jobs: list[JobView]) -> dict[str, str]:
+    """The scheduler's explanation of each queued job ("needs 4 nodes with ...").
+
+    One dry pass for all of them (``ControlPlane.explain_jobs``: the live scheduler's
+    policy, cursor and reservation rule), whatever their number: a pass per job made a
+    list of many queued jobs cost jobs times queue on the event loop. A placed or ended job
+    needs none: ``JobOut`` shows its placement's reason."""
+    queued = [job for job in jobs if job.phase == "queued" and not job.ended]
+    return cp.explain_jobs(queued) if queued else {}
 
 
 def _all_users(request: Request) -> bool:
@@ -279,14 +315,17 @@ async def list_jobs(request: Request) -> HTTPResponse:
     if all_users and not principal.is_admin:
         raise Refused("all_users", "every user's jobs are for admins to see")
     limit = query_int(request, "limit", minimum=1) or 1000
-    found: list[JobOut] = []
+    page: list[JobView] = []
     total = 0
     for job in reversed(cp.state.jobs.values()):
         if not all_users and job.owner != principal.user:
             continue
         total += 1
-        if len(found) < limit:
-            found.append(JobOut.of(job, cp.state.tasks, _why(cp, job)))
+        if len(page) < limit:
+            page.append(job)
+    whys = _whys(cp, page)
+    tasks = cp.state.tasks
+    found = [JobOut.of(job, tasks, whys.get(job.job_id, "")) for job in page]
     return answer({"jobs": found, "total": total})
 
 
@@ -297,7 +336,8 @@ async def get_job(request: Request, job_id: str) -> HTTPResponse:
     cp = control_plane(request)
     job = _job(cp, job_id)
     check_may_act(request, job.owner, f"job {job_id}")
-    return answer(JobOut.of(job, cp.state.tasks, _why(cp, job)))
+    why = _whys(cp, [job]).get(job_id, "")
+    return answer(JobOut.of(job, cp.state.tasks, why))
 
 
 @bp.get("/jobs/<job_id:str>/logs")
@@ -317,18 +357,20 @@ async def job_logs_route(request: Request, job_id: str) -> HTTPResponse | None:
         [(r, log_path(shared, job.rank_task_ids[r], "stdout")) for r in ranks],
         prefixed=rank is None and job.num_nodes > 1,
     )
-    content_type = "text/plain; charset=utf-8"
-    if not follow:
-        body = b"".join([chunk async for chunk in job_logs.read_now(logs)])
-        return HTTPResponse(body, content_type=content_type)
-    response = await request.respond(content_type=content_type)
+    # Streamed either way, a chunk at a time (``job_logs``): an answer never holds a
+    # job's whole output, and the transport's backpressure paces the reading.
+    response = await request.respond(content_type="text/plain; charset=utf-8")
     await response.send(b"", end_stream=False)  # the headers now: the client is following
-    stopping: asyncio.Event = request.app.ctx.stopping
+    if follow:
+        stopping: asyncio.Event = request.app.ctx.stopping
 
-    def ended() -> bool:
-        return cp.state.jobs[job_id].ended
+        def ended() -> bool:
+            return cp.state.jobs[job_id].ended
 
-    async for chunk in job_logs.follow(logs, ended, cp.changed, stopping):
+        chunks = job_logs.follow(logs, ended, cp.changed, stopping)
+    else:
+        chunks = job_logs.read_now(logs)
+    async for chunk in chunks:
         await response.send(chunk)
     await response.eof()
     return None
@@ -388,15 +430,12 @@ async def stop_jobs(request: Request) -> HTTPResponse:
 # -- volumes ---------------------------------------------------------------------------------
 
 
-@bp.get("/volumes")
-@rule("user")
-async def list_volumes(request: Request) -> HTTPResponse:
-    """The volumes made (``volume.created``, from the log), oldest first."""
-    cp = control_plane(request)
-    service = getattr(request.app.ctx, "history", None)
+async def _recorded_volumes(app: Any) -> dict[str, dict[str, Any]]:
+    """The volumes the log records (``volume.created``), oldest first, by name."""
+    service = getattr(app.ctx, "history", None)
     if service is None:
         raise Unavailable("", "the control plane is starting or stopping")
-    shared = cp.settings.shared_dir
+    shared = app.ctx.cp.settings.shared_dir
     flt = EventFilter(kinds=("volume.created",))
     found: dict[str, dict[str, Any]] = {}
     after = 0
@@ -419,24 +458,56 @@ async def list_volumes(request: Request) -> HTTPResponse:
         if not page.more:
             break
         after = page.next_after
-    return answer({"volumes": list(found.values())})
+    return found
+
+
+@bp.get("/volumes")
+@rule("user")
+async def list_volumes(request: Request) -> HTTPResponse:
+    """The volumes made (``volume.created``, from the log), oldest first."""
+    return answer({"volumes": list((await _recorded_volumes(request.app)).values())})
+
+
+async def _record_volume(app: Any, command: CreateVolume) -> Path:
+    """Make the volume's folder and record ``volume.created``; the folder's path.
+
+    One create at a time (``app.ctx.volumes_lock``): a create that finds the folder asks
+    the log whether it was recorded, which must not race the create that made it. A
+    folder that exists without its event (a host that stopped between the two) is
+    recorded now; one the log records is a 409. A refusal removes the folder made here."""
+    cp: ControlPlane = app.ctx.cp
+    shared = cp.settings.shared_dir
+    lock: asyncio.Lock | None = getattr(app.ctx, "volumes_lock", None)
+    if lock is None:
+        lock = app.ctx.volumes_lock = asyncio.Lock()
+    async with lock:
+        try:
+            path = await asyncio.to_thread(job_files.create_volume, shared, command.name)
+        except FileExistsError:
+            path = job_files.volume_path(shared, command.name)
+            adoptable = await asyncio.to_thread(job_files.volume_exists, shared, command.name)
+            if not adoptable or command.name in await _recorded_volumes(app):
+                raise Conflict("name", f"volume {command.name!r} exists") from None
+            await cp.execute(command)
+            return path
+        try:
+            await cp.execute(command)
+        except DomainError:
+            await asyncio.to_thread(path.rmdir)
+            raise
+        return path
 
 
 @bp.post("/volumes")
 @rule("user")
 async def create_volume(request: Request) -> HTTPResponse:
-    """Make ``<shared_dir>/volumes/<name>`` and record ``volume.created``."""
-    cp = control_plane(request)
+    """Make ``<shared_dir>/volumes/<name>`` and record ``volume.created``.
+
+    In a shielded task (``_shielded``): a client that disconnects cannot leave the
+    folder without its event. A retry for a folder that exists without the event
+    records it (201, as for a new one)."""
     body = decode_body(_volume_decoder, request.body)
     name = job_files.check_volume_name(body.name)
-    shared = cp.settings.shared_dir
-    try:
-        path = await asyncio.to_thread(job_files.create_volume, shared, name)
-    except FileExistsError:
-        raise Conflict("name", f"volume {name!r} exists") from None
-    try:
-        await cp.execute(CreateVolume(name=name, actor=principal_of(request)))
-    except BaseException:
-        await asyncio.to_thread(path.rmdir)
-        raise
+    command = CreateVolume(name=name, actor=principal_of(request))
+    path = await _shielded(_record_volume(request.app, command))
     return answer({"name": name, "path": str(path)}, status=201)
