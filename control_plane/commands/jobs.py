@@ -264,9 +264,7 @@ def decide_stop_jobs(state: ClusterState, command: StopJobs, ctx: Context) -> De
 
 def _all_ended(state: ClusterState, job: JobView) -> bool:
     """Whether every rank of ``job`` has ended (its ``job.finished`` is due)."""
-    return all(
-        t in state.tasks and state.tasks[t].state in ENDED_STATES for t in job.rank_task_ids
-    )
+    return all(t in state.tasks and state.tasks[t].state in ENDED_STATES for t in job.rank_task_ids)
 
 
 def _kill_rank(decision: Decision, task: TaskView, by: str, reason: str, grace: float) -> None:
