@@ -23,6 +23,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import pwd
 import shutil
 import stat
 import tarfile
@@ -86,6 +87,26 @@ def create_volume(shared_dir: Path, name: str) -> Path:
     path.mkdir()
     os.chmod(path, VOLUME_MODE)  # mkdir's mode is cut by the umask
     return path
+
+
+def give_to_owner(workdir: Path, owner: str) -> bool:
+    """Make a job's workdir copy its owner's when the host can (it runs as root and has a
+    Unix account of that name; uids agree across the machines sharing the storage, as
+    NFS needs): ranks that run as their owner (``run_tasks_as = "owner"``) can then write
+    in it. Whether it did. The copy holds only plain files and folders (``_unpack``):
+    nothing to follow."""
+    if os.geteuid() != 0:
+        return False
+    try:
+        account = pwd.getpwnam(owner)
+    except KeyError:
+        return False
+    uid, gid = account.pw_uid, account.pw_gid
+    os.chown(workdir, uid, gid, follow_symlinks=False)
+    for root, dirs, files in os.walk(workdir):
+        for name in (*dirs, *files):
+            os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
+    return True
 
 
 def remove_job_dir(shared_dir: Path, job_id: str) -> None:

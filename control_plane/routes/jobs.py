@@ -205,6 +205,8 @@ async def _record_job(cp: ControlPlane, command: SubmitJob, archive: bytes | Non
                 dest,
                 max_bytes=cp.settings.jobs.max_workdir_bytes,
             )
+            owner = command.owner or command.actor.user
+            await asyncio.to_thread(job_files.give_to_owner, dest, owner)
             command = msgspec.structs.replace(command, workdir=str(dest), workdir_bytes=unpacked)
         await cp.execute(command)
     except DomainError:

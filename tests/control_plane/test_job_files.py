@@ -157,3 +157,22 @@ def test_bad_volume_names_are_refused_naming_the_field(name: object) -> None:
     with pytest.raises(InvalidRequest) as refused:
         job_files.check_volume_name(name)
     assert refused.value.field == "name"
+
+
+def test_a_workdir_copy_is_given_to_its_owner_when_the_host_can(tmp_path: Path) -> None:
+    # Ranks that run as their owner must be able to write in their workdir.
+    import os
+    import pwd
+
+    if os.geteuid() != 0:
+        assert not job_files.give_to_owner(tmp_path, "nobody")
+        return
+    nobody = pwd.getpwnam("nobody")
+    data = archive(file("a/b.txt", b"x"), file("c.txt", b"y"))
+    dest = tmp_path / "workdir"
+    job_files.unpack_workdir(data, dest, max_bytes=1 << 20)
+    assert job_files.give_to_owner(dest, "nobody")
+    owners = {p.stat().st_uid for p in [dest, *dest.rglob("*")]}
+    assert owners == {nobody.pw_uid}
+    # A name with no account here: left as it is.
+    assert not job_files.give_to_owner(dest, "no-such-account-here")

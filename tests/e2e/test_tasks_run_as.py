@@ -98,3 +98,51 @@ def test_an_owners_task_reaches_the_shared_dir_inside_a_data_dir_it_cannot_list(
             assert cluster.wait_state(listing)["state"] == "failed"
     finally:
         shutil.rmtree(outside, ignore_errors=True)
+
+
+@needs_root
+def test_an_owners_job_rank_runs_as_the_owner_and_writes_in_its_workdir() -> None:
+    # Given an owner-mode runner and a job of nobody's with a workdir: its rank runs as
+    # nobody, passes the barrier through its control folder, and can write in the copy
+    # (the host gives it to the owner's account).
+    import gzip
+    import io
+    import json
+    import tarfile
+
+    outside = Path(tempfile.mkdtemp(prefix="hakuriver-traverse-"))
+    try:
+        outside.chmod(0o755)
+        root = outside / "data"
+        root.mkdir()
+        with running_cluster(root, agents=()) as cluster:
+            cluster.start_agent("n1", extra=OWNER_MODE)
+            raw = io.BytesIO()
+            with tarfile.open(fileobj=raw, mode="w") as tar:
+                info = tarfile.TarInfo("in.txt")
+                info.size = 3
+                tar.addfile(info, io.BytesIO(b"in\n"))
+            text = (
+                "resources: {image_id: NULL}\nworkdir: ./w\nsetup: id -un\n"
+                "run: cat in.txt && echo out > out.txt && id -un\n"
+            )
+            answer = cluster.http.post(
+                "/api/jobs",
+                data={"job": json.dumps({"yaml": text, "owner": "nobody"})},
+                files={"workdir": ("w.tar.gz", gzip.compress(raw.getvalue()), "x/gzip")},
+            )
+            assert answer.status_code == 201, answer.text
+            job_id = answer.json()["job_id"]
+
+            def ended() -> bool:
+                return bool(cluster.http.get(f"/api/jobs/{job_id}").json()["phase"] == "ended")
+
+            cluster.wait(ended, 30, "the job to end")
+            job = cluster.http.get(f"/api/jobs/{job_id}").json()
+            output = cluster.http.get(f"/api/jobs/{job_id}/logs").text
+            assert job["status"] == "completed", (job, output)
+            assert output == "nobody\nin\nnobody\n"
+            written = cluster.shared / "jobs" / job_id / "workdir" / "out.txt"
+            assert written.read_text() == "out\n" and written.stat().st_uid == NOBODY.pw_uid
+    finally:
+        shutil.rmtree(outside, ignore_errors=True)
