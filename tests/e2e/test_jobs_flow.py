@@ -302,3 +302,37 @@ run: |
     folder = jobs_cluster.shared / "volumes" / volume
     assert sorted(p.name for p in folder.iterdir()) == ["rank-0", "rank-1"]
     assert (folder / "rank-1").read_text() == "rank 1 of 2\n"
+
+
+def test_a_runner_killed_while_its_rank_waits_at_the_barrier_loses_nothing(
+    jobs_cluster: Cluster, tmp_path: Path
+) -> None:
+    # A rank's runner dies (kill -9) while the rank runs its setup; its rank goes on
+    # without it. The restarted runner adopts the rank, reports its setup, hears the go.
+    gate = tmp_path / "gate"
+    text = f"""
+num_nodes: 3
+resources: {{image_id: NULL}}
+setup: |
+  if [ "$NODE_RANK" = 1 ]; then while [ ! -e '{gate}' ]; do sleep 0.02; done; fi
+run: echo ran $NODE_RANK
+"""
+    job_id = submit(jobs_cluster, text)["job_id"]
+    running = wait_job(jobs_cluster, job_id, "running")
+    node = running["nodes"][1]
+
+    def others_set_up() -> bool:
+        return (
+            len([e for e in job_events(jobs_cluster, job_id) if e["kind"] == "job.setup_done"]) == 2
+        )
+
+    wait_until(others_set_up, 20)
+    jobs_cluster.stop_agent(node, signal.SIGKILL)
+    gate.touch()
+    with_address(jobs_cluster, node)
+    done = wait_job(jobs_cluster, job_id)
+    assert done["status"] == "completed", done
+    combined = logs(jobs_cluster, job_id)
+    assert all(f"node-{r} | ran {r}" in combined for r in range(3)), combined
+    reports = [e for e in job_events(jobs_cluster, job_id) if e["kind"] == "job.setup_done"]
+    assert sorted(e["payload"]["rank"] for e in reports) == [0, 1, 2]
