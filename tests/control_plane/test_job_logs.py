@@ -183,7 +183,7 @@ def test_offsets_parse_and_refuse_naming_from() -> None:
         ("0:1,0:2", "named twice"),
         ("3:0", "rank 3"),
         ("0:-1", "RANK:OFFSET"),
-        ("0:١", "RANK:OFFSET"),
+        ("0:\u0661", "RANK:OFFSET"),  # an Arabic-Indic one
         ("0=1", "RANK:OFFSET"),
         ("0:1,", "RANK:OFFSET"),
         ("0:" + "9" * 19, "too large"),
