@@ -130,7 +130,9 @@ def submit(
     """Submit a job file; print its id; follow its output until it ends.
 
     Exits 0 when the job completed, 1 when it failed or was stopped (with --detach: 0
-    once submitted). Ctrl-C stops following; the job keeps running.
+    once submitted), 3 when the host did not answer for $HAKURIVER_FOLLOW_RETRY_S (30)
+    seconds while following (it may be restarting: the job may still run). Ctrl-C stops
+    following; the job keeps running.
 
     Parameters
     ----------
@@ -151,6 +153,8 @@ def submit(
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidRequest("file", f"cannot read {file}: {exc}") from None
     pairs = _env_pairs(env or [])
+    # Checked before anything is sent: a mistake there must not leave a job unfollowed.
+    budget = retry_budget() if not (detach or as_json) else RETRY_S
     request: Doc = {"yaml": text, "env": pairs, "name": name}
     # Parsed here first: a mistake is shown at once (field and line), and the workdir
     # to pack is known. The host parses it again, with its own default container.
@@ -176,7 +180,7 @@ def submit(
             note(f"warning: {warning}")
         if detach:
             return 0
-        return _follow_to_end(client, job_id)
+        return _follow_to_end(client, job_id, budget)
 
 
 def retry_budget() -> float:
@@ -287,9 +291,9 @@ def _interrupted(job_id: str) -> int:
     return EXIT_INTERRUPTED
 
 
-def _follow_to_end(client: HakuClient, job_id: str) -> int:
+def _follow_to_end(client: HakuClient, job_id: str, budget: float) -> int:
     """Write the job's output until it ends; its exit code (Ctrl-C: stop following)."""
-    retry = _Retrying(retry_budget(), seen=True)  # the submit was answered
+    retry = _Retrying(budget, seen=True)  # the submit was answered
     try:
         if not write_output(client, job_id, rank=None, follow=True, retry=retry):
             return _lost(job_id, retry.budget)

@@ -160,3 +160,21 @@ def test_logs_of_a_host_never_reached_fail_at_once(tmp_path: Path) -> None:
     )
     assert done.returncode == 1, done
     assert "cannot reach" in done.stderr and "retrying" not in done.stderr
+
+
+def test_a_malformed_retry_budget_is_refused_before_submitting(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    path = job_file(tmp_path, "run: echo never\n", "never.yaml")
+    before = json.loads(hakuriver(cluster, "jobs", "list", "--json").stdout)["total"]
+    done = subprocess.run(
+        [sys.executable, "-m", "cli.hakuriver", "jobs", "submit", str(path)],
+        env={**cluster.env(), "HAKURIVER_FOLLOW_RETRY_S": "soon"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done
+    assert "HAKURIVER_FOLLOW_RETRY_S" in done.stderr
+    assert json.loads(hakuriver(cluster, "jobs", "list", "--json").stdout)["total"] == before
