@@ -20,15 +20,27 @@ output's size, and never keeps the event loop busy for more than handing a chunk
 ``follow``: the files are read as they grow, rank after rank, until the job has ended
 and every file is drained; without it, what is written when the request came, rank by
 rank.
+
+Resuming (``from``, docs/api.md): what is read comes as ``Piece``s, each with its rank
+and ``offset``, the byte offset in that rank's file just after what the piece stands
+for (``_RankLog.offset``: what is held of a partial line is not yet stood for). A reader
+started at such an offset (``rank_logs(..., offsets)``) writes exactly what the first
+one would have written after that piece: the held line is read again from its start,
+and the only other state, whether the last line ended with ``\r`` (a ``\n`` then ends
+the same line), is the byte before the offset, read again. So a follower cut off (the
+host stopped or restarted) asks again from its offsets, and sees no line twice, none
+lost, and no line broken where the first reading would not have broken it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
+from control_plane.errors import InvalidRequest
 from control_plane.logs import log_size, read_from
 
 # How long a follower waits for the next commit before it reads the files again: output
@@ -39,18 +51,45 @@ CHUNK = 1 << 20
 # The longest line written as one: what a rank's partial line may hold.
 MAX_LINE = 64 << 10
 _LINE_END = re.compile(rb"[\r\n]")
+# ``from``: ``RANK:OFFSET`` pairs, comma-separated (ASCII digits only: int() takes more).
+_OFFSET_PAIR = re.compile(r"([0-9]{1,9}):([0-9]{1,19})")
+MAX_FROM = 64 << 10
+
+
+class Piece(NamedTuple):
+    """Output of one rank: the bytes to write (prefixed if the answer is), and the offset
+    in the rank's file just after what they stand for (where a resumed reading starts)."""
+
+    rank: int
+    data: bytes
+    offset: int
 
 
 class _RankLog:
     """One rank's file, where the reading is, and its partial last line."""
 
-    def __init__(self, path: Path, prefix: bytes) -> None:
+    def __init__(self, rank: int, path: Path, prefix: bytes) -> None:
+        self.rank = rank
         self.path = path
         self.prefix = prefix
         self.position = 0
         self.pending = bytearray()
         # The last line ended with \r: a \n right after it ends the same line.
         self.after_cr = False
+
+    @property
+    def offset(self) -> int:
+        """Where a reading that resumes after what was written starts: the held partial
+        line is read again."""
+        return self.position - len(self.pending)
+
+    def start_at(self, offset: int) -> None:
+        """Read from ``offset`` on, as a reader that wrote everything before it would
+        (blocking: the byte before it is read, to know whether a line ended with \r)."""
+        self.position = offset
+        if self.prefix and offset > 0:
+            before, _ = read_from(self.path, offset - 1, 1)
+            self.after_cr = before == b"\r"
 
     def take(self, data: bytes) -> bytes:
         """The lines of ``data`` that end (after what was held), prefixed; the rest is
@@ -109,13 +148,54 @@ class _RankLog:
         data, self.position = read_from(self.path, self.position, limit)
         return (self.take(data), True) if data else (b"", False)
 
-
-def rank_logs(paths: Sequence[tuple[int, Path]], *, prefixed: bool) -> list[_RankLog]:
-    """The readers of ``(rank, path)`` pairs (prefixed with ``node-{rank} | `` or not)."""
-    return [_RankLog(path, f"node-{rank} | ".encode() if prefixed else b"") for rank, path in paths]
+    def piece(self, data: bytes) -> Piece:
+        return Piece(self.rank, data, self.offset)
 
 
-async def read_now(logs: Sequence[_RankLog]) -> AsyncIterator[bytes]:
+def rank_logs(
+    paths: Sequence[tuple[int, Path]],
+    *,
+    prefixed: bool,
+    offsets: dict[int, int] | None = None,
+) -> list[_RankLog]:
+    """The readers of ``(rank, path)`` pairs (prefixed with ``node-{rank} | `` or not),
+    each from its rank's offset in ``offsets`` (0 when not named; blocking then: on a
+    worker thread)."""
+    logs = [
+        _RankLog(rank, path, f"node-{rank} | ".encode() if prefixed else b"")
+        for rank, path in paths
+    ]
+    for log in logs:
+        if offsets and offsets.get(log.rank):
+            log.start_at(offsets[log.rank])
+    return logs
+
+
+def parse_offsets(text: str, ranks: Collection[int]) -> dict[int, int]:
+    """``from``: ``RANK:OFFSET[,RANK:OFFSET...]`` (byte offsets into the ranks' files, as
+    the pieces of an earlier answer gave them), each rank one of ``ranks`` and named once;
+    ``InvalidRequest`` naming ``from`` otherwise."""
+    if len(text) > MAX_FROM:
+        raise InvalidRequest("from", f"longer than {MAX_FROM} characters")
+    offsets: dict[int, int] = {}
+    for part in text.split(",") if text else []:
+        match = _OFFSET_PAIR.fullmatch(part)
+        if match is None:
+            raise InvalidRequest(
+                "from", f"{part[:40]!r} is not RANK:OFFSET (e.g. from=0:1234,1:99)"
+            )
+        rank, offset = int(match[1]), int(match[2])
+        if rank not in ranks:
+            raise InvalidRequest("from", f"rank {rank} is not one this answer reads")
+        if rank in offsets:
+            raise InvalidRequest("from", f"rank {rank} is named twice")
+        if offset > 2**63 - 1:
+            raise InvalidRequest("from", f"offset {offset} is too large")
+        offsets[rank] = offset
+    return offsets
+
+
+async def read_now(logs: Sequence[_RankLog]) -> AsyncIterator[Piece]:
     """What the files hold now (their sizes when this starts), rank by rank, a chunk at
     a time: a file still growing does not keep the answer going."""
     ends = [await asyncio.to_thread(log_size, log.path) for log in logs]
@@ -125,9 +205,9 @@ async def read_now(logs: Sequence[_RankLog]) -> AsyncIterator[bytes]:
             if not got:
                 break
             if out:
-                yield out
+                yield log.piece(out)
         if out := log.flush():
-            yield out
+            yield log.piece(out)
 
 
 async def follow(
@@ -135,10 +215,15 @@ async def follow(
     ended: Callable[[], bool],
     changed: Callable[[float], Awaitable[None]],
     stopping: asyncio.Event,
-) -> AsyncIterator[bytes]:
+    *,
+    flush_on_stop: bool = True,
+) -> AsyncIterator[Piece]:
     """The files as they grow, until ``ended()`` and all is read (or the host stops).
 
-    ``changed(within_s)`` waits for the next commit (``ControlPlane.changed``).
+    ``changed(within_s)`` waits for the next commit (``ControlPlane.changed``). The held
+    partial lines are written at the end; when the host stops, only if ``flush_on_stop``
+    (a reader that will resume leaves them to the resumed reading, which holds them
+    again: written now, the line would be broken in two).
     """
     while not stopping.is_set():
         done = ended()  # before reading: what is written before the end is read after it
@@ -147,12 +232,14 @@ async def follow(
             out, read = await asyncio.to_thread(log.read)
             got = got or read
             if out:
-                yield out
+                yield log.piece(out)
         if got:
             continue
         if done:
             break
         await changed(POLL_S)
+    if stopping.is_set() and not flush_on_stop:
+        return
     for log in logs:
         if out := log.flush():
-            yield out
+            yield log.piece(out)

@@ -333,22 +333,58 @@ class HakuClient:
         raw = (b"".join(parts), f"multipart/form-data; boundary={boundary}")
         return self._json("POST", "/api/jobs", raw=raw)
 
-    def jobs(self, *, all_users: bool = False) -> Json:
-        """``GET /api/jobs``: ``{"jobs": [...], "total"}``, newest first."""
+    def jobs(self, *, all_users: bool = False, details: bool = False) -> Json:
+        """``GET /api/jobs``: ``{"jobs": [...], "total"}``, newest first (``details``: a
+        queued job's ``why`` too)."""
         params: dict[str, str | int] = {"all_users": 1} if all_users else {}
+        if details:
+            params["details"] = 1
         return self._json("GET", "/api/jobs", params=params)
 
     def job(self, job_id: str) -> Json:
         """``GET /api/jobs/{id}``: the job with its ranks."""
         return self._json("GET", f"/api/jobs/{_segment(job_id)}")
 
-    def job_logs(self, job_id: str, *, rank: int | None = None, follow: bool) -> Iterator[bytes]:
-        """``GET /api/jobs/{id}/logs``: the ranks' combined output as it arrives (``follow``:
-        until the job ends)."""
-        params: dict[str, str | int] = {"follow": 1} if follow else {}
+    def job_log_records(
+        self,
+        job_id: str,
+        *,
+        rank: int | None = None,
+        follow: bool,
+        offsets: Mapping[int, int] | None = None,
+    ) -> Iterator[Json]:
+        """``GET /api/jobs/{id}/logs?format=ndjson``: the answer's records as they arrive:
+        ``{"from"}`` first, then ``{"rank", "offset", "data"}`` (``data``: base64), then
+        ``{"end"}`` unless the answer was cut. ``offsets``: where to resume, per rank."""
+        params: dict[str, str | int] = {"format": "ndjson"}
+        if follow:
+            params["follow"] = 1
         if rank is not None:
             params["rank"] = rank
-        yield from self._stream("GET", f"/api/jobs/{_segment(job_id)}/logs", params)
+        if offsets:
+            params["from"] = ",".join(f"{r}:{o}" for r, o in sorted(offsets.items()))
+        path = f"/api/jobs/{_segment(job_id)}/logs"
+        pending = b""
+        for piece in self._stream("GET", path, params):
+            pending += piece
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                yield self._record(path, line)
+        # What is left without its newline is a record cut off: dropped (the caller
+        # sees no ``end`` and resumes from the last whole record's offsets).
+
+    @staticmethod
+    def _record(path: str, line: bytes) -> Json:
+        """One ndjson record of a log answer."""
+        try:
+            record = json.loads(line)
+        except ValueError:
+            raise ApiError(
+                200, "bad_answer", None, f"GET {path}: a record that is not JSON"
+            ) from None
+        if not isinstance(record, dict):
+            raise ApiError(200, "bad_answer", None, f"GET {path}: a record not an object")
+        return record
 
     def stop_job(self, job_id: str) -> Json:
         """``POST /api/jobs/{id}/stop``: ``{"stopped": [ids]}``."""

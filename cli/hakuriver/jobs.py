@@ -6,14 +6,24 @@ file's) goes with it as a gzip'd tar made in memory, refused here first when it 
 the host's default limit. Unless ``--detach``, the job's combined output is then
 followed until the job ends, and the command exits with the job's status: 0 when it
 completed, 1 when it failed or was stopped. Ctrl-C stops following, not the job (exit 130).
+
+Following survives the host stopping or restarting: the output is read as records that
+carry each rank's file offset (``format=ndjson``, docs/api.md), so a follow cut off (the
+answer ends without its ``end`` record, or the connection breaks) asks again from where
+it was, with backoff, for up to ``HAKURIVER_FOLLOW_RETRY_S`` (30 s) without an answer:
+no line twice, none lost. Past that it gives up with ``EXIT_LOST`` (3): the job may
+still be running, and the command says how to look.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import sys
 import tarfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,7 +33,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from cli.hakuriver.client import HakuClient
+from cli.hakuriver.client import ApiError, HakuClient
 from cli.hakuriver.invocation import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -45,6 +55,15 @@ jobs_app = App(name="jobs", help="Run SkyPilot-style job files on one or many no
 volumes_app = App(name="volumes", help="Named folders of the shared storage, for jobs to mount.")
 
 Doc = dict[str, Any]
+# Gave up following: the host did not answer for the retry budget (the job may still run).
+EXIT_LOST = 3
+# How long a follower keeps asking a host that does not answer (it may be restarting).
+RETRY_ENV = "HAKURIVER_FOLLOW_RETRY_S"
+RETRY_S = 30.0
+_FIRST_DELAY_S = 0.2
+_MAX_DELAY_S = 2.0
+# What a host restarting answers besides no answer at all: worth asking again.
+_TRANSIENT = (0, 502, 503, 504)
 # The most a workdir may hold: the host's default (a host may take less: it says so).
 MAX_WORKDIR = HostJobs().max_workdir_bytes
 _ENTRY_BYTES = 512  # what each file or folder counts for at least (the host's rule)
@@ -111,7 +130,9 @@ def submit(
     """Submit a job file; print its id; follow its output until it ends.
 
     Exits 0 when the job completed, 1 when it failed or was stopped (with --detach: 0
-    once submitted). Ctrl-C stops following; the job keeps running.
+    once submitted), 3 when the host did not answer for $HAKURIVER_FOLLOW_RETRY_S (30)
+    seconds while following (it may be restarting: the job may still run). Ctrl-C stops
+    following; the job keeps running.
 
     Parameters
     ----------
@@ -132,6 +153,8 @@ def submit(
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidRequest("file", f"cannot read {file}: {exc}") from None
     pairs = _env_pairs(env or [])
+    # Checked before anything is sent: a mistake there must not leave a job unfollowed.
+    budget = retry_budget() if not (detach or as_json) else RETRY_S
     request: Doc = {"yaml": text, "env": pairs, "name": name}
     # Parsed here first: a mistake is shown at once (field and line), and the workdir
     # to pack is known. The host parses it again, with its own default container.
@@ -157,23 +180,128 @@ def submit(
             note(f"warning: {warning}")
         if detach:
             return 0
-        return _follow_to_end(client, job_id)
+        return _follow_to_end(client, job_id, budget)
 
 
-def _follow_to_end(client: HakuClient, job_id: str) -> int:
-    """Write the job's output until it ends; its exit code (Ctrl-C: stop following)."""
-    out = sys.stdout.buffer
+def retry_budget() -> float:
+    """``$HAKURIVER_FOLLOW_RETRY_S`` (seconds, >= 0), else ``RETRY_S``."""
+    raw = os.environ.get(RETRY_ENV, "")
+    if not raw:
+        return RETRY_S
     try:
-        for chunk in client.job_logs(job_id, follow=True):
-            out.write(chunk)
-            out.flush()
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # NaN too
+        raise InvalidRequest(RETRY_ENV, f"must be a number of seconds, not {raw[:40]!r}")
+    return value
+
+
+class _Retrying:
+    """The backoff of a follower whose host does not answer: ``wait()`` sleeps before
+    the next try, or says to give up once the budget is spent since the last answer.
+
+    Only a host that answered once is waited for (``seen``): one that never did is
+    most likely a wrong address, said at once as for any other command."""
+
+    def __init__(self, budget: float, *, seen: bool = False) -> None:
+        self.budget = budget
+        self.seen = seen
+        self.since: float | None = None  # when the host stopped answering
+        self.delay = _FIRST_DELAY_S
+
+    def answered(self) -> None:
+        self.seen = True
+        self.since = None
+        self.delay = _FIRST_DELAY_S
+
+    def wait(self) -> bool:
+        """Sleep before the next try; False: the budget is spent (give up)."""
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+            note("host unreachable, retrying…")
+        left = self.since + self.budget - now
+        if left <= 0:
+            return False
+        time.sleep(min(self.delay, left))
+        self.delay = min(2 * self.delay, _MAX_DELAY_S)
+        return True
+
+
+def _transient(exc: ApiError) -> bool:
+    """No answer, or one a host starting or stopping gives: ask again."""
+    return exc.status in _TRANSIENT and exc.error != "untrusted"
+
+
+def write_output(
+    client: HakuClient, job_id: str, *, rank: int | None, follow: bool, retry: _Retrying
+) -> bool:
+    """Write the job's output to stdout, resuming where it was after a cut; False when
+    the host stayed away past the budget (else True: the job ended, or all was read)."""
+    out = sys.stdout.buffer
+    offsets: dict[int, int] = {}
+    while True:
+        try:
+            for record in client.job_log_records(job_id, rank=rank, follow=follow, offsets=offsets):
+                if "from" in record:
+                    retry.answered()
+                elif "end" in record:
+                    if record["end"] != "host_stopping":
+                        return True
+                else:
+                    out.write(base64.b64decode(record["data"]))
+                    out.flush()
+                    offsets[int(record["rank"])] = int(record["offset"])
+        except ApiError as exc:
+            if not (_transient(exc) and retry.seen):
+                raise
+        if not retry.wait():
+            return False
+
+
+def _retried(call: Callable[[], Doc], retry: _Retrying) -> Doc | None:
+    """``call()``, asked again while the host does not answer; None: gave up."""
+    while True:
+        try:
+            result = call()
+        except ApiError as exc:
+            if not _transient(exc):
+                raise
+        else:
+            retry.answered()
+            return result
+        if not retry.wait():
+            return None
+
+
+def _lost(job_id: str, budget: float) -> int:
+    note(
+        f"gave up following: the host did not answer for {budget:g} s. Job {job_id} may"
+        f" still be running: see `hakuriver jobs status {job_id}`, and its output with"
+        f" `hakuriver jobs logs {job_id}`"
+    )
+    return EXIT_LOST
+
+
+def _interrupted(job_id: str) -> int:
+    note(
+        f"stopped following; job {job_id} keeps running. Stop it with: hakuriver jobs stop {job_id}"
+    )
+    return EXIT_INTERRUPTED
+
+
+def _follow_to_end(client: HakuClient, job_id: str, budget: float) -> int:
+    """Write the job's output until it ends; its exit code (Ctrl-C: stop following)."""
+    retry = _Retrying(budget, seen=True)  # the submit was answered
+    try:
+        if not write_output(client, job_id, rank=None, follow=True, retry=retry):
+            return _lost(job_id, retry.budget)
+        job = _retried(lambda: client.job(job_id), retry)
     except KeyboardInterrupt:
-        note(
-            f"stopped following; job {job_id} keeps running."
-            f" Stop it with: hakuriver jobs stop {job_id}"
-        )
-        return EXIT_INTERRUPTED
-    job = client.job(job_id)
+        return _interrupted(job_id)
+    if job is None:
+        return _lost(job_id, retry.budget)
     status = job["status"]
     line = f"job {job_id} {status}"
     if job.get("message"):
@@ -280,14 +408,14 @@ def list_jobs(
     Parameters
     ----------
     details
-        More columns: phase, nodes, resources, message.
+        More columns: phase, nodes, resources, message (or why a queued job waits).
     all_users
         Every user's jobs (admins).
     as_json
         Print the API's document ``{"jobs": [...], "total"}``.
     """
     with connection(conn).client() as client:
-        found = client.jobs(all_users=all_users)
+        found = client.jobs(all_users=all_users, details=details)
     if as_json:
         print_json(found)
         return 0
@@ -336,16 +464,17 @@ def logs(
     job_id
         The job's id.
     follow
-        Keep writing until the job ends (Ctrl-C stops following, not the job).
+        Keep writing until the job ends (Ctrl-C stops following, not the job). A host
+        that stops or restarts meanwhile is asked again, from where the output was, for
+        up to $HAKURIVER_FOLLOW_RETRY_S (30) seconds; then exit 3.
     rank
         Only this rank's output (unprefixed).
     """
-    out = sys.stdout.buffer
+    retry = _Retrying(retry_budget())
     with connection(conn).client() as client:
         try:
-            for chunk in client.job_logs(job_id, rank=rank, follow=follow):
-                out.write(chunk)
-                out.flush()
+            if not write_output(client, job_id, rank=rank, follow=follow, retry=retry):
+                return _lost(job_id, retry.budget)
         except KeyboardInterrupt:
             note(f"stopped following; job {job_id} keeps running")
             return EXIT_INTERRUPTED

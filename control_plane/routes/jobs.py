@@ -310,10 +310,15 @@ def _all_users(request: Request) -> bool:
 @bp.get("/jobs")
 @rule("user")
 async def list_jobs(request: Request) -> HTTPResponse:
-    """The caller's jobs, newest first (``all_users=1``: everyone's, admins only)."""
+    """The caller's jobs, newest first (``all_users=1``: everyone's, admins only).
+
+    ``details=1``: a queued job's ``why`` too (one dry scheduler pass for the page, about
+    0.1 s for 1000 queued jobs on the event loop); without it, a queued job's ``why`` is
+    "" (a placed job's, its placement's reason, costs nothing and is always given)."""
     cp = control_plane(request)
     principal = principal_of(request)
     all_users = _all_users(request)
+    details = request.args.get("details", "0").lower() in _TRUE
     if all_users and not principal.is_admin:
         raise Refused("all_users", "every user's jobs are for admins to see")
     limit = query_int(request, "limit", minimum=1) or 1000
@@ -325,7 +330,7 @@ async def list_jobs(request: Request) -> HTTPResponse:
         total += 1
         if len(page) < limit:
             page.append(job)
-    whys = _whys(cp, page)
+    whys = _whys(cp, page) if details else {}
     tasks = cp.state.tasks
     found = [JobOut.of(job, tasks, whys.get(job.job_id, "")) for job in page]
     return answer({"jobs": found, "total": total})
@@ -342,10 +347,16 @@ async def get_job(request: Request, job_id: str) -> HTTPResponse:
     return answer(JobOut.of(job, cp.state.tasks, why))
 
 
+# ``format``: what a log answer's body is (docs/api.md, "Logs").
+_LOG_FORMATS = ("text", "ndjson")
+_piece_encoder = msgspec.json.Encoder()
+
+
 @bp.get("/jobs/<job_id:str>/logs")
 @rule("user")
 async def job_logs_route(request: Request, job_id: str) -> HTTPResponse | None:
-    """The ranks' combined output (``rank``: one rank's; ``follow``: until the job ends)."""
+    """The ranks' combined output (``rank``: one rank's; ``follow``: until the job ends;
+    ``from``: each rank's file from an offset; ``format=ndjson``: pieces with offsets)."""
     cp = control_plane(request)
     job = _job(cp, job_id)
     check_may_act(request, job.owner, f"the output of job {job_id}")
@@ -353,29 +364,54 @@ async def job_logs_route(request: Request, job_id: str) -> HTTPResponse | None:
     if rank is not None and rank >= job.num_nodes:
         raise InvalidRequest("rank", f"job {job_id} has ranks 0 to {job.num_nodes - 1}")
     follow = request.args.get("follow", "0").lower() in _TRUE
+    form = request.args.get("format", "text")
+    if form not in _LOG_FORMATS:
+        raise InvalidRequest("format", f"{form[:40]!r} is not one of {', '.join(_LOG_FORMATS)}")
     ranks = range(job.num_nodes) if rank is None else [rank]
+    offsets = job_logs.parse_offsets(request.args.get("from", ""), ranks)
     shared = cp.settings.shared_dir
-    logs = job_logs.rank_logs(
+    logs = await asyncio.to_thread(
+        job_logs.rank_logs,
         [(r, log_path(shared, job.rank_task_ids[r], "stdout")) for r in ranks],
         prefixed=rank is None and job.num_nodes > 1,
+        offsets=offsets,
     )
+    ndjson = form == "ndjson"
     # Streamed either way, a chunk at a time (``job_logs``): an answer never holds a
     # job's whole output, and the transport's backpressure paces the reading.
-    response = await request.respond(content_type="text/plain; charset=utf-8")
-    await response.send(b"", end_stream=False)  # the headers now: the client is following
+    content_type = "application/x-ndjson" if ndjson else "text/plain; charset=utf-8"
+    response = await request.respond(content_type=content_type)
+    # The headers now (the client is following); with ndjson, where each rank starts.
+    start = {str(log.rank): log.position for log in logs}
+    await response.send(_line({"from": start}) if ndjson else b"", end_stream=False)
+    stopping: asyncio.Event = request.app.ctx.stopping
     if follow:
-        stopping: asyncio.Event = request.app.ctx.stopping
 
         def ended() -> bool:
             return cp.state.jobs[job_id].ended
 
-        chunks = job_logs.follow(logs, ended, cp.changed, stopping)
+        # A follower that can resume (ndjson) gets no partial line when the host stops.
+        pieces = job_logs.follow(logs, ended, cp.changed, stopping, flush_on_stop=not ndjson)
     else:
-        chunks = job_logs.read_now(logs)
-    async for chunk in chunks:
-        await response.send(chunk)
+        pieces = job_logs.read_now(logs)
+    async for piece in pieces:
+        if ndjson:
+            await response.send(
+                _line({"rank": piece.rank, "offset": piece.offset, "data": piece.data})
+            )
+        else:
+            await response.send(piece.data)
+    if ndjson:
+        # Said last, so a cut answer (no ``end``) is told from a whole one.
+        end = "all_read" if not follow else "host_stopping" if stopping.is_set() else "job_ended"
+        await response.send(_line({"end": end}))
     await response.eof()
     return None
+
+
+def _line(record: dict[str, Any]) -> bytes:
+    """One ndjson record (bytes values as base64, msgspec's way)."""
+    return _piece_encoder.encode(record) + b"\n"
 
 
 # -- stop ------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ run as plain processes (``image_id: NULL``). Long ranks wait for a gate file.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.cluster import Cluster, running_cluster
+from support.cluster import REPO, Cluster, running_cluster
 from support.waiting import wait_until
 
 
@@ -126,3 +127,54 @@ def test_detach_then_ctrl_c_while_following_leaves_the_job_running(
         return bool(cluster.http.get(f"/api/jobs/{job_id}").json()["status"] == "stopped")
 
     wait_until(ended, 30)
+
+
+def test_list_details_asks_why_a_queued_job_waits(cluster: Cluster, tmp_path: Path) -> None:
+    # Three nodes on a two-node cluster: it waits.
+    path = job_file(tmp_path, "num_nodes: 3\nrun: 'true'\n")
+    submitted = hakuriver(cluster, "jobs", "submit", "--detach", str(path))
+    assert submitted.returncode == 0, submitted
+    job_id = submitted.stdout.strip()
+    try:
+        plain = json.loads(hakuriver(cluster, "jobs", "list", "--json").stdout)
+        detailed = json.loads(hakuriver(cluster, "jobs", "list", "--details", "--json").stdout)
+        [mine] = [j for j in plain["jobs"] if j["job_id"] == job_id]
+        [explained] = [j for j in detailed["jobs"] if j["job_id"] == job_id]
+        assert mine["why"] == "" and "needs 3 nodes" in explained["why"]
+        shown = hakuriver(cluster, "jobs", "list", "--details")
+        assert "needs 3 nodes" in shown.stdout, shown
+    finally:
+        assert hakuriver(cluster, "jobs", "stop", job_id).returncode == 0
+
+
+def test_logs_of_a_host_never_reached_fail_at_once(tmp_path: Path) -> None:
+    # Nothing listens there: no waiting for a host that never answered.
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "cli.hakuriver", "jobs", "logs", "abcd1234"],
+        env={**env, "HAKURIVER_URL": "http://127.0.0.1:9", "HAKURIVER_TOKEN": "x"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 1, done
+    assert "cannot reach" in done.stderr and "retrying" not in done.stderr
+
+
+def test_a_malformed_retry_budget_is_refused_before_submitting(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    path = job_file(tmp_path, "run: echo never\n", "never.yaml")
+    before = json.loads(hakuriver(cluster, "jobs", "list", "--json").stdout)["total"]
+    done = subprocess.run(
+        [sys.executable, "-m", "cli.hakuriver", "jobs", "submit", str(path)],
+        env={**cluster.env(), "HAKURIVER_FOLLOW_RETRY_S": "soon"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done
+    assert "HAKURIVER_FOLLOW_RETRY_S" in done.stderr
+    assert json.loads(hakuriver(cluster, "jobs", "list", "--json").stdout)["total"] == before

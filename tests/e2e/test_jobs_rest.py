@@ -9,6 +9,7 @@ on a tree without it.
 
 from __future__ import annotations
 
+import base64
 import gzip
 import io
 import json
@@ -350,3 +351,63 @@ def test_followed_logs_are_prefixed_and_end_with_the_job(cluster: Cluster, tmp_p
         "node-1 | start 1",
     ]
     assert wait_job(cluster, job_id)["status"] == "completed"
+
+
+def records(answer: httpx.Response) -> list[dict[str, Any]]:
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"].startswith("application/x-ndjson")
+    return [json.loads(line) for line in answer.text.splitlines()]
+
+
+def test_ndjson_logs_carry_offsets_and_resume_exactly_from_them(cluster: Cluster) -> None:
+    text = PROCESS + "num_nodes: 2\nrun: |\n  echo one $NODE_RANK\n  printf 'two\\r\\n'\n"
+    answer = cluster.http.post("/api/jobs", json={"yaml": text})
+    assert answer.status_code == 201, answer.text
+    job_id = answer.json()["job_id"]
+    assert wait_job(cluster, job_id)["status"] == "completed"
+    path = f"/api/jobs/{job_id}/logs"
+    plain = cluster.http.get(path).content
+    whole = records(cluster.http.get(path, params={"format": "ndjson"}))
+    assert whole[0] == {"from": {"0": 0, "1": 0}} and whole[-1] == {"end": "all_read"}
+    pieces = whole[1:-1]
+    assert b"".join(base64.b64decode(p["data"]) for p in pieces) == plain
+    sizes = {r: len(cluster.output(t)) for r, t in enumerate(answer_ranks(answer))}
+    assert {p["rank"]: p["offset"] for p in pieces} == sizes  # each rank's last: its size
+    # Resumed after rank 0's first line: the rest of rank 0, then all of rank 1.
+    after = len(b"one 0\n")
+    resumed = records(cluster.http.get(path, params={"format": "ndjson", "from": f"0:{after}"}))
+    assert resumed[0] == {"from": {"0": after, "1": 0}}
+    assert b"".join(base64.b64decode(p["data"]) for p in resumed[1:-1]) == plain.replace(
+        b"node-0 | one 0\n", b""
+    )
+    # Text answers resume too; with one rank, offsets are plain file offsets.
+    assert cluster.http.get(path, params={"rank": 1, "from": "1:6"}).content == b"two\r\n"
+    for params, field in [
+        ({"format": "xml"}, "format"),
+        ({"from": "2:0"}, "from"),
+        ({"from": "0:x"}, "from"),
+        ({"rank": 1, "from": "0:3"}, "from"),
+    ]:
+        refused(cluster.http.get(path, params=params), 400, field)
+
+
+def answer_ranks(answer: httpx.Response) -> list[str]:
+    return [r["task_id"] for r in answer.json()["ranks"]]
+
+
+def test_a_list_explains_queued_jobs_only_with_details(cluster: Cluster) -> None:
+    # Three nodes on a two-node cluster: it waits.
+    answer = cluster.http.post("/api/jobs", json={"yaml": PROCESS + "num_nodes: 3\nrun: 'true'"})
+    assert answer.status_code == 201, answer.text
+    job_id = answer.json()["job_id"]
+    try:
+
+        def listed(**params: Any) -> dict[str, Any]:
+            jobs = cluster.http.get("/api/jobs", params=params).json()["jobs"]
+            return next(j for j in jobs if j["job_id"] == job_id)
+
+        assert listed()["why"] == "" and listed()["status"] == "pending"
+        assert "needs 3 nodes" in listed(details=1)["why"]
+        assert "needs 3 nodes" in cluster.http.get(f"/api/jobs/{job_id}").json()["why"]
+    finally:
+        assert cluster.http.post(f"/api/jobs/{job_id}/stop").status_code == 202
