@@ -101,7 +101,16 @@ def test_a_full_disk_under_the_log_refuses_work_with_503_and_strands_nothing(
             assert "no space left on device" in health.json()["reason"]
             assert str(tmp_path) not in health.text
 
-            # When the task ends while the disk is still full
+            # When the task ends while the disk is still full. (The WAL's last page can
+            # still hold a write smaller than the one refused, and the task's report is
+            # small: heartbeats are written too, so once two more were refused the page
+            # holds no more than a heartbeat's worth and the report cannot fit either.)
+            refused = summary(cluster)["store_failure"]["failures"]
+            cluster.wait(
+                lambda: summary(cluster)["store_failure"]["failures"] >= refused + 2,
+                30,
+                "heartbeats to be refused too",
+            )
             gate.touch()
             failures = summary(cluster)["store_failure"]["failures"]
             cluster.wait(
