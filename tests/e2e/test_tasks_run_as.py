@@ -8,15 +8,21 @@ account everywhere; owner mode needs the runner (so these tests) to be root.
 
 from __future__ import annotations
 
+import contextlib
+import gzip
+import io
+import json
 import os
 import pwd
 import shutil
 import stat
+import tarfile
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.cluster import running_cluster
+from support.cluster import Cluster, running_cluster
 from support.owners import submit_as
 
 pytestmark = pytest.mark.timeout(120)
@@ -71,8 +77,10 @@ def test_owner_mode_runs_tasks_as_their_owners_and_refuses_owners_without_an_acc
 
 
 @needs_root
-def test_an_owners_task_reaches_the_shared_dir_inside_a_data_dir_it_cannot_list() -> None:
-    # Given a data dir others can reach (as a home or /srv would be), the shared dir in it
+@contextlib.contextmanager
+def owner_mode_cluster() -> Iterator[tuple[Path, Cluster]]:
+    """A cluster whose data dir others can reach (as a home or /srv would be: not under
+    pytest's private temp folder), with one runner that runs tasks as their owners."""
     outside = Path(tempfile.mkdtemp(prefix="hakuriver-traverse-"))
     try:
         outside.chmod(0o755)
@@ -80,24 +88,30 @@ def test_an_owners_task_reaches_the_shared_dir_inside_a_data_dir_it_cannot_list(
         root.mkdir()
         with running_cluster(root, agents=()) as cluster:
             cluster.start_agent("n1", extra=OWNER_MODE)
-            shared_file = cluster.shared / "shared_data" / "input.txt"
-            shared_file.write_text("shared words\n")
-            shared_file.chmod(0o644)
-            # Then the data dir lets others pass but not look: 0711, the log itself 0600
-            assert stat.S_IMODE(root.stat().st_mode) == 0o711
-            assert stat.S_IMODE(cluster.db_file.stat().st_mode) == 0o600
-            # And a task run as nobody reads the shared file through it
-            r = submit_as(cluster.http, "nobody", "cat", str(shared_file))
-            assert r.status_code == 201, r.text
-            [task_id] = r.json()["task_ids"]
-            assert cluster.wait_state(task_id)["state"] == "completed", cluster.task(task_id)
-            assert cluster.output(task_id) == b"shared words\n"
-            # While listing the data dir itself is refused to it
-            r = submit_as(cluster.http, "nobody", "ls", str(root))
-            [listing] = r.json()["task_ids"]
-            assert cluster.wait_state(listing)["state"] == "failed"
+            yield root, cluster
     finally:
         shutil.rmtree(outside, ignore_errors=True)
+
+
+def test_an_owners_task_reaches_the_shared_dir_inside_a_data_dir_it_cannot_list() -> None:
+    # Given a data dir others can reach, the shared dir in it
+    with owner_mode_cluster() as (root, cluster):
+        shared_file = cluster.shared / "shared_data" / "input.txt"
+        shared_file.write_text("shared words\n")
+        shared_file.chmod(0o644)
+        # Then the data dir lets others pass but not look: 0711, the log itself 0600
+        assert stat.S_IMODE(root.stat().st_mode) == 0o711
+        assert stat.S_IMODE(cluster.db_file.stat().st_mode) == 0o600
+        # And a task run as nobody reads the shared file through it
+        r = submit_as(cluster.http, "nobody", "cat", str(shared_file))
+        assert r.status_code == 201, r.text
+        [task_id] = r.json()["task_ids"]
+        assert cluster.wait_state(task_id)["state"] == "completed", cluster.task(task_id)
+        assert cluster.output(task_id) == b"shared words\n"
+        # While listing the data dir itself is refused to it
+        r = submit_as(cluster.http, "nobody", "ls", str(root))
+        [listing] = r.json()["task_ids"]
+        assert cluster.wait_state(listing)["state"] == "failed"
 
 
 @needs_root
@@ -105,44 +119,31 @@ def test_an_owners_job_rank_runs_as_the_owner_and_writes_in_its_workdir() -> Non
     # Given an owner-mode runner and a job of nobody's with a workdir: its rank runs as
     # nobody, passes the barrier through its control folder, and can write in the copy
     # (the host gives it to the owner's account).
-    import gzip
-    import io
-    import json
-    import tarfile
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        info = tarfile.TarInfo("in.txt")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"in\n"))
+    text = (
+        "resources: {image_id: NULL}\nworkdir: ./w\nsetup: id -un\n"
+        "run: cat in.txt && echo out > out.txt && id -un\n"
+    )
+    with owner_mode_cluster() as (_, cluster):
+        answer = cluster.http.post(
+            "/api/jobs",
+            data={"job": json.dumps({"yaml": text, "owner": "nobody"})},
+            files={"workdir": ("w.tar.gz", gzip.compress(raw.getvalue()), "x/gzip")},
+        )
+        assert answer.status_code == 201, answer.text
+        job_id = answer.json()["job_id"]
 
-    outside = Path(tempfile.mkdtemp(prefix="hakuriver-traverse-"))
-    try:
-        outside.chmod(0o755)
-        root = outside / "data"
-        root.mkdir()
-        with running_cluster(root, agents=()) as cluster:
-            cluster.start_agent("n1", extra=OWNER_MODE)
-            raw = io.BytesIO()
-            with tarfile.open(fileobj=raw, mode="w") as tar:
-                info = tarfile.TarInfo("in.txt")
-                info.size = 3
-                tar.addfile(info, io.BytesIO(b"in\n"))
-            text = (
-                "resources: {image_id: NULL}\nworkdir: ./w\nsetup: id -un\n"
-                "run: cat in.txt && echo out > out.txt && id -un\n"
-            )
-            answer = cluster.http.post(
-                "/api/jobs",
-                data={"job": json.dumps({"yaml": text, "owner": "nobody"})},
-                files={"workdir": ("w.tar.gz", gzip.compress(raw.getvalue()), "x/gzip")},
-            )
-            assert answer.status_code == 201, answer.text
-            job_id = answer.json()["job_id"]
+        def ended() -> bool:
+            return bool(cluster.http.get(f"/api/jobs/{job_id}").json()["phase"] == "ended")
 
-            def ended() -> bool:
-                return bool(cluster.http.get(f"/api/jobs/{job_id}").json()["phase"] == "ended")
-
-            cluster.wait(ended, 30, "the job to end")
-            job = cluster.http.get(f"/api/jobs/{job_id}").json()
-            output = cluster.http.get(f"/api/jobs/{job_id}/logs").text
-            assert job["status"] == "completed", (job, output)
-            assert output == "nobody\nin\nnobody\n"
-            written = cluster.shared / "jobs" / job_id / "workdir" / "out.txt"
-            assert written.read_text() == "out\n" and written.stat().st_uid == NOBODY.pw_uid
-    finally:
-        shutil.rmtree(outside, ignore_errors=True)
+        cluster.wait(ended, 30, "the job to end")
+        job = cluster.http.get(f"/api/jobs/{job_id}").json()
+        output = cluster.http.get(f"/api/jobs/{job_id}/logs").text
+        assert job["status"] == "completed", (job, output)
+        assert output == "nobody\nin\nnobody\n"
+        written = cluster.shared / "jobs" / job_id / "workdir" / "out.txt"
+        assert written.read_text() == "out\n" and written.stat().st_uid == NOBODY.pw_uid
