@@ -93,8 +93,12 @@ def give_to_owner(workdir: Path, owner: str) -> bool:
     """Make a job's workdir copy its owner's when the host can (it runs as root and has a
     Unix account of that name; uids agree across the machines sharing the storage, as
     NFS needs): ranks that run as their owner (``run_tasks_as = "owner"``) can then write
-    in it. Whether it did. The copy holds only plain files and folders (``_unpack``):
-    nothing to follow."""
+    in it. Whether it did.
+
+    Bottom up, through folder descriptors, the copy's top last: a folder becomes the
+    owner's only once everything in it is done, so nothing the owner can change is ever
+    walked or chowned again (top down, the owner could swap a folder for a link to /etc
+    while the walk was inside it, and have /etc/shadow chowned to them)."""
     if os.geteuid() != 0:
         return False
     try:
@@ -102,10 +106,10 @@ def give_to_owner(workdir: Path, owner: str) -> bool:
     except KeyError:
         return False
     uid, gid = account.pw_uid, account.pw_gid
+    for _, dirs, files, folder in os.fwalk(workdir, topdown=False, follow_symlinks=False):
+        for name in (*files, *dirs):
+            os.chown(name, uid, gid, dir_fd=folder, follow_symlinks=False)
     os.chown(workdir, uid, gid, follow_symlinks=False)
-    for root, dirs, files in os.walk(workdir):
-        for name in (*dirs, *files):
-            os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
     return True
 
 

@@ -50,7 +50,15 @@ fi
   echo "hakuriver: cannot write the rank's control folder $ctl" >&2
   exit {CONTROL_FAILED}
 }}
-while [ ! -e "$ctl/{GO}" ]; do sleep {POLL_S} 2>/dev/null || sleep 1; done
+while [ ! -e "$ctl/{GO}" ]; do
+  # The folder gone (removed by someone, or by an agent that no longer knows the rank):
+  # no go can ever come; end rather than hold the job's nodes for ever.
+  if [ ! -d "$ctl" ]; then
+    echo "hakuriver: the rank's control folder is gone" >&2
+    exit {CONTROL_FAILED}
+  fi
+  sleep {POLL_S} 2>/dev/null || sleep 1
+done
 exec "$shell" -c "$run"
 """
 

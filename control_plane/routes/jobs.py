@@ -30,6 +30,7 @@ from control_plane.errors import (
     InvalidRequest,
     NotFound,
     Refused,
+    StoreFailing,
     TooLarge,
     Unavailable,
 )
@@ -209,6 +210,11 @@ async def _record_job(cp: ControlPlane, command: SubmitJob, archive: bytes | Non
             await asyncio.to_thread(job_files.give_to_owner, dest, owner)
             command = msgspec.structs.replace(command, workdir=str(dest), workdir_bytes=unpacked)
         await cp.execute(command)
+    except StoreFailing:
+        # The log could not say whether the job was written: the store adopts such a
+        # write if it reached the disk. The folder stays; the host's next start removes
+        # it if the job is not in the log after all (hub._remove_orphan_job_folders).
+        raise
     except DomainError:
         if archive is not None:
             await asyncio.to_thread(job_files.remove_job_dir, shared, command.job_id)
@@ -530,6 +536,8 @@ async def _record_volume(app: Any, command: CreateVolume) -> Path:
             return path
         try:
             await cp.execute(command)
+        except StoreFailing:
+            raise  # maybe written after all: the folder stays (a create again records it)
         except DomainError:
             await asyncio.to_thread(path.rmdir)
             raise

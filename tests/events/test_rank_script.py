@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,21 @@ def test_setup_and_run_are_arguments_never_script(shell: str, tmp_path: Path) ->
     text = "echo '$(id)' \"$HOME\" `true`; echo done"
     done = run(shell, tmp_path, None, text)
     assert done.returncode == 0 and done.stdout.splitlines()[-1] == "done"
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_control_folder_that_goes_away_ends_the_waiting_rank(shell: str, tmp_path: Path) -> None:
+    control = tmp_path / "control"
+    control.mkdir()
+    _, args = rank_command(None, "echo never")
+    argv = [shell, *args] if shell == "/bin/sh" else [shell, "sh", *args]
+    env = {"HAKURIVER_JOB_CONTROL": str(control), "PATH": "/usr/bin:/bin"}
+    rank = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    while not (control / SETUP_DONE).exists():  # waiting at the barrier now
+        assert time.monotonic() < deadline and rank.poll() is None
+        time.sleep(0.01)
+    shutil.rmtree(control)
+    out, _ = rank.communicate(timeout=10)
+    assert rank.returncode == CONTROL_FAILED and "control folder is gone" in out
+    assert "never" not in out
