@@ -12,7 +12,7 @@ for the form, instead of the host's ``max_body_bytes`` every other route keeps.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -32,6 +32,7 @@ from control_plane.errors import (
     Refused,
     StoreFailing,
     TooLarge,
+    TooMany,
     Unavailable,
 )
 from control_plane.hub import ControlPlane
@@ -168,7 +169,41 @@ def _new_job_id(cp: ControlPlane) -> str:
 _in_flight: set[asyncio.Task[Any]] = set()
 
 
-async def _shielded(work: Coroutine[Any, Any, T]) -> T:
+# Job submissions in progress (their body being read, or their work running, which a
+# disconnect does not stop), by user: each may hold a workdir of max_workdir_bytes in
+# memory, so a user who uploads and disconnects over and over must not pile them up.
+MAX_SUBMITS = 8
+MAX_SUBMITS_PER_USER = 2
+_submitting: dict[str, int] = {}
+
+
+def take_submit_slot(user: str) -> None:
+    """Count one more submission of ``user``'s in progress, or refuse it (429)."""
+    total = sum(_submitting.values())
+    if total >= MAX_SUBMITS:
+        raise TooMany(
+            "", f"{total} job submissions are in progress, the most the host takes: try again"
+        )
+    mine = _submitting.get(user, 0)
+    if mine >= MAX_SUBMITS_PER_USER:
+        raise TooMany(
+            "",
+            f"{mine} of your job submissions are in progress, the most one user may have:"
+            " try again once they are recorded",
+        )
+    _submitting[user] = mine + 1
+
+
+def release_submit_slot(user: str) -> None:
+    """One submission of ``user``'s ended (recorded, refused, or given up)."""
+    left = _submitting.get(user, 0) - 1
+    if left > 0:
+        _submitting[user] = left
+    else:
+        _submitting.pop(user, None)
+
+
+async def _shielded(work: Coroutine[Any, Any, T], then: Callable[[], None] | None = None) -> T:
     """``work`` run to its end in a task of its own, even if the request is cancelled.
 
     Sanic cancels a handler whose client disconnects. A cancel that lands while
@@ -180,6 +215,8 @@ async def _shielded(work: Coroutine[Any, Any, T]) -> T:
     task = asyncio.ensure_future(work)
     _in_flight.add(task)
     task.add_done_callback(_finished)
+    if then is not None:
+        task.add_done_callback(lambda _: then())
     return await asyncio.shield(task)
 
 
@@ -225,6 +262,30 @@ async def _record_job(cp: ControlPlane, command: SubmitJob, archive: bytes | Non
 @rule("user")
 async def submit_job(request: Request) -> HTTPResponse:
     """A job file (and its workdir): ``job.submitted`` and its ranks, queued."""
+    slot = _Slot(principal_of(request).user)
+    try:
+        return await _submit(request, slot)
+    finally:
+        if not slot.handed_over:  # else the work releases it when it ends
+            slot.release()
+
+
+class _Slot:
+    """One submission's place among those in progress (``take_submit_slot``)."""
+
+    def __init__(self, user: str) -> None:
+        take_submit_slot(user)
+        self.user = user
+        self.handed_over = False
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            release_submit_slot(self.user)
+
+
+async def _submit(request: Request, slot: _Slot) -> HTTPResponse:
     cp = control_plane(request)
     settings = cp.settings
     max_workdir = settings.jobs.max_workdir_bytes
@@ -264,7 +325,8 @@ async def submit_job(request: Request) -> HTTPResponse:
         workdir_bytes=0,
     )
     # Shielded: a client that goes away cancels this handler, never the work below.
-    await _shielded(_record_job(cp, command, archive))
+    slot.handed_over = True
+    await _shielded(_record_job(cp, command, archive), then=slot.release)
     job = cp.state.jobs[job_id]
     tasks = cp.state.tasks
     return answer(

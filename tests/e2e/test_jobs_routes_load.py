@@ -86,8 +86,16 @@ def test_submits_whose_client_goes_away_keep_job_and_workdir_together(cluster: C
             time.sleep(rng.uniform(0, 0.03))
             # A reset, not a polite close: the host sees the client vanish.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    # One submit that waits for its answer: the host has read every request before it.
-    answered = client.post("/api/jobs", json={"yaml": PROCESS + "run: echo last\n"})
+    # One submit that waits for its answer, once the user's submits still in progress
+    # (at most two: test_a_user_has_at_most_two_submits_in_progress) let it in.
+    last: list[httpx.Response] = []
+
+    def accepted() -> bool:
+        last[:] = [client.post("/api/jobs", json={"yaml": PROCESS + "run: echo last\n"})]
+        return last[0].status_code != 429
+
+    wait_until(accepted, 30)
+    answered = last[0]
     assert answered.status_code == 201, answered.text
     root = cluster.shared / "jobs"
 
@@ -261,3 +269,36 @@ def test_a_volume_folder_without_its_event_is_recorded_by_a_retry(cluster: Clust
     assert "not-a-folder" not in [
         v["name"] for v in cluster.http.get("/api/volumes").json()["volumes"]
     ]
+
+
+def test_a_user_has_at_most_two_submits_in_progress(cluster: Cluster) -> None:
+    # Each submit in progress may hold a workdir in the host's memory (and, once its client
+    # is gone, goes on regardless): a user cannot pile them up.
+    token = cluster.add_user("piler")
+    client = cluster.client_as(token)
+    request = _multipart_request(cluster, token, {"yaml": PROCESS + "run: echo x\n"})
+    head, _, body = request.partition(b"\r\n\r\n")
+    half = head + b"\r\n\r\n" + body[: len(body) // 2]
+    bad = {"yaml": "run: [not, text]\n"}  # refused (400) once read: no job is made
+    held = [socket.create_connection(("127.0.0.1", cluster.port)) for _ in range(2)]
+    try:
+        for sock in held:
+            sock.sendall(half)  # the host reads on, waiting for the rest
+
+        def third_is_refused() -> bool:
+            return client.post("/api/jobs", json=bad).status_code == 429
+
+        wait_until(third_is_refused, 10)
+        answer = client.post("/api/jobs", json=bad)
+        assert "in progress" in answer.json()["message"], answer.text
+        # Another user is not held up by them.
+        other = cluster.client_as(cluster.add_user("bystander"))
+        assert other.post("/api/jobs", json=bad).status_code == 400
+    finally:
+        for sock in held:
+            sock.close()
+
+    def slots_back() -> bool:
+        return client.post("/api/jobs", json=bad).status_code == 400
+
+    wait_until(slots_back, 10)
