@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -46,6 +47,10 @@ from control_plane.logs import log_size, read_from
 # How long a follower waits for the next commit before it reads the files again: output
 # is written by the nodes straight to the shared storage, no event tells of it.
 POLL_S = 0.2
+# How long a follower may hear nothing before a keep-alive (ndjson's ``{"alive": true}``);
+# a client that hears nothing for several of these takes the host for gone
+# (cli/hakuriver/jobs.py).
+KEEPALIVE_S = 10.0
 # What is read (and prefixed) at a time.
 CHUNK = 1 << 20
 # The longest line written as one: what a rank's partial line may hold.
@@ -217,14 +222,17 @@ async def follow(
     stopping: asyncio.Event,
     *,
     flush_on_stop: bool = True,
-) -> AsyncIterator[Piece]:
+) -> AsyncIterator[Piece | None]:
     """The files as they grow, until ``ended()`` and all is read (or the host stops).
 
-    ``changed(within_s)`` waits for the next commit (``ControlPlane.changed``). The held
+    ``changed(within_s)`` waits for the next commit (``ControlPlane.changed``). A None
+    comes after each ``KEEPALIVE_S`` without output: the route sends a keep-alive, so a
+    follower tells a silent job from a host that is gone. The held
     partial lines are written at the end; when the host stops, only if ``flush_on_stop``
     (a reader that will resume leaves them to the resumed reading, which holds them
     again: written now, the line would be broken in two).
     """
+    said = time.monotonic()
     while not stopping.is_set():
         done = ended()  # before reading: what is written before the end is read after it
         got = False
@@ -232,11 +240,15 @@ async def follow(
             out, read = await asyncio.to_thread(log.read)
             got = got or read
             if out:
+                said = time.monotonic()
                 yield log.piece(out)
         if got:
             continue
         if done:
             break
+        if time.monotonic() - said >= KEEPALIVE_S:
+            said = time.monotonic()
+            yield None  # nothing new for a while: the follower hears the host is there
         await changed(POLL_S)
     if stopping.is_set() and not flush_on_stop:
         return

@@ -16,6 +16,7 @@ by side, so the API as the CLI sees it reads as one list (docs/api.md has the sa
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -42,6 +43,20 @@ _POST_REUSE_S = 2.0
 
 # Pinned CA certificates, by fingerprint (checked again when read): saves a round trip.
 CA_CACHE = Path("~/.hakuriver/ca")
+
+
+# How long a followed job's log answer may stay silent before the host is taken for gone:
+# the host sends a keep-alive after each 10 s without output (control_plane/job_logs.py).
+FOLLOW_IDLE_S = 35.0
+
+
+def follow_idle_s() -> float:
+    """``FOLLOW_IDLE_S``, or ``$HAKURIVER_FOLLOW_IDLE_S`` (seconds) when set and valid."""
+    try:
+        value = float(os.environ.get("HAKURIVER_FOLLOW_IDLE_S", FOLLOW_IDLE_S))
+    except ValueError:
+        return FOLLOW_IDLE_S
+    return value if value > 0 else FOLLOW_IDLE_S
 
 
 class LogSlice(NamedTuple):
@@ -354,8 +369,9 @@ class HakuClient:
         offsets: Mapping[int, int] | None = None,
     ) -> Iterator[Json]:
         """``GET /api/jobs/{id}/logs?format=ndjson``: the answer's records as they arrive:
-        ``{"from"}`` first, then ``{"rank", "offset", "data"}`` (``data``: base64), then
-        ``{"end"}`` unless the answer was cut. ``offsets``: where to resume, per rank."""
+        ``{"from"}`` first, then ``{"rank", "offset", "data"}`` (``data``: base64) and, while
+        following, ``{"alive": true}`` after each 10 s without output, then ``{"end"}``
+        unless the answer was cut. ``offsets``: where to resume, per rank."""
         params: dict[str, str | int] = {"format": "ndjson"}
         if follow:
             params["follow"] = 1
@@ -365,7 +381,10 @@ class HakuClient:
             params["from"] = ",".join(f"{r}:{o}" for r, o in sorted(offsets.items()))
         path = f"/api/jobs/{_segment(job_id)}/logs"
         pending = b""
-        for piece in self._stream("GET", path, params):
+        # A following answer carries a keep-alive every 10 s of silence: hearing nothing
+        # for longer is a host gone without a word (a power cut, a cut cable).
+        idle = follow_idle_s() if follow else None
+        for piece in self._stream("GET", path, params, idle_s=idle):
             pending += piece
             *lines, pending = pending.split(b"\n")
             for line in lines:
@@ -555,13 +574,15 @@ class HakuClient:
         path: str,
         params: Params,
         headers: Mapping[str, str] | None = None,
+        idle_s: float | None = None,
     ) -> Iterator[bytes]:
-        """An answer's body as it arrives, on a second connection with no read timeout."""
+        """An answer's body as it arrives, on a second connection with no read timeout
+        (or ``idle_s``: see ``wire``'s ``stream``)."""
         target = self._target(path, params)
         conn = self._stream_conn
         try:
             body = b"" if method == "POST" else None
-            got, pieces = conn.stream(method, target, body, headers)
+            got, pieces = conn.stream(method, target, body, headers, idle_s)
             if got.status >= 400:
                 body = b"".join(pieces)
                 url = self.base_url + target

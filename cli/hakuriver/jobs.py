@@ -244,7 +244,7 @@ def write_output(
     while True:
         try:
             for record in client.job_log_records(job_id, rank=rank, follow=follow, offsets=offsets):
-                if "from" in record:
+                if "from" in record or "alive" in record:
                     retry.answered()
                 elif "end" in record:
                     if record["end"] != "host_stopping":

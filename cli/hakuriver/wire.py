@@ -102,17 +102,20 @@ class Connection:
         target: str,
         body: bytes | None = None,
         headers: Mapping[str, str] | None = None,
+        idle_s: float | None = None,
     ) -> tuple[Answer, Iterator[bytes]]:
         """Send one request; its status and headers, and its body as the pieces arrive.
 
         The connection waits for each piece without a time limit (a followed task may
-        stay silent for hours), and is closed when the body ends. ``headers`` are sent
-        with this request only (a stream's ``Last-Event-ID``).
+        stay silent for hours), unless ``idle_s`` bounds it (an answer whose host sends
+        keep-alives: silence past it is a host gone, ``TimeoutError``), and is closed when
+        the body ends. ``headers`` are sent with this request only (a stream's
+        ``Last-Event-ID``).
         """
         head = self._send(method, target, body, "", headers or {})
         reader = self._reader
         assert reader is not None
-        reader.sock.settimeout(None)
+        reader.sock.settimeout(idle_s)
 
         def pieces() -> Iterator[bytes]:
             try:

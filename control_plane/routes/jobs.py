@@ -463,6 +463,10 @@ async def job_logs_route(request: Request, job_id: str) -> HTTPResponse | None:
     else:
         pieces = job_logs.read_now(logs)
     async for piece in pieces:
+        if piece is None:  # a keep-alive: only an ndjson answer can say one
+            if ndjson:
+                await response.send(_line({"alive": True}))
+            continue
         if ndjson:
             await response.send(
                 _line({"rank": piece.rank, "offset": piece.offset, "data": piece.data})

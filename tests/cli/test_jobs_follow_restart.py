@@ -134,3 +134,56 @@ def test_a_host_that_stays_away_makes_the_follower_give_up_with_exit_3(tmp_path:
         assert f"Job {job_id} may still be running" in err
         assert f"hakuriver jobs status {job_id}" in err
         assert budget <= took < budget + 10, took
+
+
+def test_a_host_gone_without_a_word_is_noticed_by_its_silence(tmp_path: Path) -> None:
+    # A power cut at the host sends no FIN: the follower's socket would wait for ever. The
+    # host sends keep-alives while a followed job is silent, so silence past
+    # HAKURIVER_FOLLOW_IDLE_S is a host gone; reconnecting then fails until the budget.
+    import os
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    held: list[socket.socket] = []
+
+    def one_answer_then_silence() -> None:
+        conn, _ = listener.accept()
+        listener.close()  # every reconnection is refused from now on
+        conn.recv(65536)
+        record = b'{"from":{"0":0}}\n'
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+            + f"{len(record):x}\r\n".encode()
+            + record
+            + b"\r\n"
+        )
+        held.append(conn)  # never closed while the follower waits: a host gone silent
+
+    server = threading.Thread(target=one_answer_then_silence, daemon=True)
+    server.start()
+    env = dict(os.environ)
+    env.update(
+        {
+            "HAKURIVER_URL": f"http://127.0.0.1:{port}",
+            "HAKURIVER_TOKEN": "x" * 40,
+            "HAKURIVER_FOLLOW_IDLE_S": "1",
+            "HAKURIVER_FOLLOW_RETRY_S": "2",
+            "HAKURIVER_CONFIG": str(tmp_path / "empty.toml"),
+        }
+    )
+    (tmp_path / "empty.toml").write_text("")
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "cli.hakuriver", "jobs", "logs", "abcd1234", "--follow"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 3, (done.stdout, done.stderr)
+    assert "may still be running" in done.stderr
+    assert time.monotonic() - started < 30
+    for conn in held:
+        conn.close()

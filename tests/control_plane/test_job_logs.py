@@ -191,3 +191,29 @@ def test_offsets_parse_and_refuse_naming_from() -> None:
         with pytest.raises(InvalidRequest) as caught:
             parse_offsets(text, range(3))
         assert caught.value.field == "from" and why in caught.value.message, text
+
+
+def test_a_silent_follow_says_it_is_alive_every_keepalive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A job silent for hours must not look like a host gone: after each KEEPALIVE_S
+    # without output the follow yields None (the route's keep-alive record).
+    monkeypatch.setattr(job_logs, "KEEPALIVE_S", 0.05)
+    path = tmp_path / "rank.out"
+    path.write_bytes(b"first\n")
+    logs = rank_logs([(0, path)], prefixed=False)
+    stopping = asyncio.Event()
+
+    async def changed(within_s: float) -> None:
+        await asyncio.sleep(0.01)  # no commit comes: the follow looks again soon
+
+    async def scenario() -> list[object]:
+        got: list[object] = []
+        async for piece in job_logs.follow(logs, lambda: False, changed, stopping):
+            got.append(piece if piece is None else piece.data)
+            if got.count(None) == 2:
+                stopping.set()
+        return got
+
+    got = asyncio.run(asyncio.wait_for(scenario(), 10))
+    assert got[0] == b"first\n" and got[1:3] == [None, None]
