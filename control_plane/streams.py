@@ -1,5 +1,5 @@
-"""Bounds on the event stream (``GET /api/events/stream``): slots per client, and a
-deadline on each write.
+"""Bounds on the event stream (``GET /api/events/stream``) and on jobs' log answers:
+slots per client, and (event stream) a deadline on each write.
 
 Each open stream costs the host a coroutine woken by every commit and a read of the log
 per wake-up; thousands of them, opened by one client, starved the agents' links (issue
@@ -22,9 +22,10 @@ from control_plane.errors import TooMany
 class StreamSlots:
     """Open streams, counted per client."""
 
-    def __init__(self, per_client: int, total: int) -> None:
+    def __init__(self, per_client: int, total: int, what: str = "event streams") -> None:
         self.per_client = per_client
         self.total = total
+        self.what = what
         self.open: Counter[str] = Counter()
 
     @contextlib.contextmanager
@@ -33,11 +34,11 @@ class StreamSlots:
         if self.open[client] >= self.per_client:
             raise TooMany(
                 "",
-                f"this client has {self.open[client]} event streams open, the most it may;"
+                f"this client has {self.open[client]} {self.what} open, the most it may;"
                 " close one first",
             )
         if sum(self.open.values()) >= self.total:
-            raise TooMany("", f"{self.total} event streams are open, the most the host serves")
+            raise TooMany("", f"{self.total} {self.what} are open, the most the host serves")
         self.open[client] += 1
         try:
             yield

@@ -49,6 +49,7 @@ from control_plane.routes.common import (
     query_int,
 )
 from control_plane.settings import HostSettings
+from control_plane.streams import StreamSlots
 from events.config import is_no_container
 from events.ids import is_job_id, new_job_id
 from events.types import JobStopRequested
@@ -445,6 +446,34 @@ async def job_logs_route(request: Request, job_id: str) -> HTTPResponse | None:
         offsets=offsets,
     )
     ndjson = form == "ndjson"
+    client = f"{principal_of(request).user}@{request.remote_addr or request.ip}"
+    # Each answer costs a reading loop (a whole job's output, prefixed): a client holds a
+    # few at once, as with the event stream (429 past its share).
+    with _log_slots(request).hold(client):
+        await _serve_logs(request, cp, job_id, logs, follow=follow, ndjson=ndjson)
+    return None
+
+
+def _log_slots(request: Request) -> StreamSlots:
+    slots: StreamSlots | None = getattr(request.app.ctx, "job_log_slots", None)
+    if slots is None:
+        network = control_plane(request).settings.network
+        slots = StreamSlots(
+            network.event_streams_per_client, network.event_streams_total, "job log answers"
+        )
+        request.app.ctx.job_log_slots = slots
+    return slots
+
+
+async def _serve_logs(
+    request: Request,
+    cp: ControlPlane,
+    job_id: str,
+    logs: list[job_logs._RankLog],
+    *,
+    follow: bool,
+    ndjson: bool,
+) -> None:
     # Streamed either way, a chunk at a time (``job_logs``): an answer never holds a
     # job's whole output, and the transport's backpressure paces the reading.
     content_type = "application/x-ndjson" if ndjson else "text/plain; charset=utf-8"
@@ -478,7 +507,6 @@ async def job_logs_route(request: Request, job_id: str) -> HTTPResponse | None:
         end = "all_read" if not follow else "host_stopping" if stopping.is_set() else "job_ended"
         await response.send(_line({"end": end}))
     await response.eof()
-    return None
 
 
 def _line(record: dict[str, Any]) -> bytes:

@@ -21,6 +21,7 @@ import tarfile
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import psutil
@@ -302,3 +303,35 @@ def test_a_user_has_at_most_two_submits_in_progress(cluster: Cluster) -> None:
         return client.post("/api/jobs", json=bad).status_code == 400
 
     wait_until(slots_back, 10)
+
+
+def test_a_client_holds_a_few_log_answers_at_once(cluster: Cluster, tmp_path: Path) -> None:
+    # Each followed log answer is a reading loop on the host: one client cannot open
+    # thousands (as with the event stream: [network] event_streams_per_client, 8).
+    gate = tmp_path / "gate"
+    text = PROCESS + f"run: while [ ! -e '{gate}' ]; do sleep 0.05; done\n"
+    job_id = cluster.http.post("/api/jobs", json={"yaml": text}).json()["job_id"]
+    token = cluster.admin_token
+    request = (
+        f"GET /api/jobs/{job_id}/logs?follow=1&format=ndjson HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {token}\r\n\r\n"
+    ).encode()
+    held = []
+    try:
+        for _ in range(8):
+            sock = socket.create_connection(("127.0.0.1", cluster.port))
+            sock.sendall(request)
+            assert sock.recv(12) == b"HTTP/1.1 200", "a follow within the client's share"
+            held.append(sock)
+        refused = cluster.http.get(f"/api/jobs/{job_id}/logs", params={"follow": 1})
+        assert refused.status_code == 429, refused.text
+        assert "job log answers" in refused.json()["message"]
+    finally:
+        for sock in held:
+            sock.close()
+        gate.touch()
+
+    def free_again() -> bool:
+        return cluster.http.get(f"/api/jobs/{job_id}/logs").status_code == 200
+
+    wait_until(free_again, 10)
