@@ -495,7 +495,7 @@ class ControlPlane:
 
     def explain_jobs(self, jobs: Sequence[JobView]) -> dict[str, str]:
         """Why each job waits (or how it was placed), as the scheduler sees it now: its
-        policy and its reservation rule at this moment (``scheduler.explain_jobs``)."""
+        policy and its reservation rule at this moment (``Scheduler.explain``)."""
         return self._scheduler.explain(self._state, jobs, now_us=now_us())
 
     @property

@@ -88,36 +88,10 @@ class Scheduler:
     def explain(
         self, state: ClusterState, jobs: Sequence[JobView], *, now_us: int
     ) -> dict[str, str]:
-        """``explain_jobs`` with this scheduler's policy, cursor and reservation rule."""
+        """Why each job waits (a queued one: what this scheduler, with its policy, cursor
+        and reservation rule, sees at its turn in the queue, one line per group of
+        reasons), or how it was placed: one dry pass for all of them, recording nothing."""
         return _explain(self, state, jobs, now_us)
-
-
-def explain_job(
-    state: ClusterState,
-    job: JobView,
-    *,
-    now_us: int = 0,
-    reserve_after_s: float = 0.0,
-    policy: Policy = "first-fit",
-) -> str:
-    """Why a job waits (a queued one: what the scheduler sees at its turn in the queue,
-    one line per group of reasons), or how it was placed. Without ``now_us`` and
-    ``reserve_after_s`` no job counts as waiting long enough to hold nodes."""
-    scheduler = Scheduler(policy, reserve_after_s=reserve_after_s)
-    return _explain(scheduler, state, [job], now_us)[job.job_id]
-
-
-def explain_jobs(
-    state: ClusterState,
-    jobs: Sequence[JobView],
-    *,
-    now_us: int = 0,
-    reserve_after_s: float = 0.0,
-    policy: Policy = "first-fit",
-) -> dict[str, str]:
-    """``explain_job`` for many jobs (a job list's ``why``): one dry pass for all of them."""
-    scheduler = Scheduler(policy, reserve_after_s=reserve_after_s)
-    return _explain(scheduler, state, jobs, now_us)
 
 
 def _explain(

@@ -17,9 +17,11 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+import msgspec
+
 from control_plane.access import check_owner
 from control_plane.commands.identity import user_name_problem
-from control_plane.commands.submit import SHARED_DATA, never_fits
+from control_plane.commands.submit import SHARED_DATA, additional_mounts
 from control_plane.commands.types import (
     AdvanceJobs,
     Context,
@@ -30,8 +32,7 @@ from control_plane.commands.types import (
     SubmitJob,
 )
 from control_plane.errors import Conflict, InvalidRequest, NotFound, Refused
-from control_plane.notation import Target, parse_mount
-from control_plane.rooms import gpu_model_matches
+from control_plane.rooms import never_holds
 from events import link
 from events.ids import is_job_id
 from events.jobs import rank_command
@@ -39,7 +40,6 @@ from events.types import (
     AnyEvent,
     JobFinished,
     JobPhase,
-    JobSpec,
     JobStopRequested,
     JobSubmitted,
     Mount,
@@ -52,7 +52,6 @@ from events.types import (
 )
 from projections.cluster import ClusterState
 from projections.jobs import JobView, first_failed_rank
-from projections.nodes import NodeView
 from projections.tasks import ENDED_STATES, TaskView
 
 # Where a job's files live in the shared storage: ``jobs/<id>/workdir``, ``volumes/<name>``.
@@ -101,27 +100,19 @@ def decide_submit_job(state: ClusterState, command: SubmitJob, ctx: Context) -> 
         problem = volume_name_problem(name)
         if problem:
             raise InvalidRequest(f"volumes.{path}", problem)
-    _check_fits_somewhere(state, spec, owner)
 
     settings = ctx.settings
     shared = settings.shared_dir
+    docker, auth = settings.docker, settings.auth
     mounts = tuple(
         Mount(host_path=str(shared / VOLUMES_DIR / name), container_path=path)
         for path, name in spec.volumes.items()
     )
-    docker, auth = settings.docker, settings.auth
-    if spec.container is not None and not mounts and docker.additional_mounts:
+    if spec.container is not None and not mounts:
         # The host's additional mounts go to container tasks that name none (the seeds'
         # rule for tasks): a job's volumes are its mounts.
-        mounts = tuple(
-            Mount(host_path=h, container_path=c, read_only=ro)
-            for h, c, ro in (
-                parse_mount(m, f"additional_mounts[{i}]")
-                for i, m in enumerate(docker.additional_mounts)
-            )
-        )
+        mounts = additional_mounts(docker.additional_mounts)
     may_privilege = actor.is_admin or auth.user_privileged
-    privileged = docker.tasks_privileged and may_privilege and spec.container is not None
     roots: tuple[str, ...] | None = None
     if not actor.is_admin and (mounts or command.workdir):
         # Where a user's rank may bind and start from, once the node resolved symlinks:
@@ -133,36 +124,42 @@ def decide_submit_job(state: ClusterState, command: SubmitJob, ctx: Context) -> 
                     *auth.user_mount_dirs,
                     str(shared / VOLUMES_DIR),
                     str(shared / JOBS_DIR / command.job_id),
-                    *(parse_mount(m, "additional_mounts")[0] for m in docker.additional_mounts),
+                    *(m.host_path for m in additional_mounts(docker.additional_mounts)),
                 ]
             )
         )
     program, args = rank_command(spec.setup, spec.run)
     name = spec.name or f"task-{command.job_id}"  # seed 002's default
-    ranks: list[TaskSubmitted] = []
-    for rank in range(spec.num_nodes):
-        rank_spec = TaskSpec(
-            command=program,
-            args=args,
-            env=dict(spec.envs),
-            cores=spec.cores,
-            memory_bytes=spec.memory_bytes,
-            container=spec.container,
-            privileged=privileged,
-            mounts=mounts,
-            batch_id=command.job_id,
-            owner=owner,
-            name=rank_name(name, command.job_id, rank),
-            mount_roots=roots,
-            gpu_count=spec.gpu_count,
-            gpu_model=spec.gpu_model,
-            workdir=command.workdir,
-            job_id=command.job_id,
-            rank=rank,
+    # What every rank asks for; rank i is this with its number and name.
+    template = TaskSpec(
+        command=program,
+        args=args,
+        env=dict(spec.envs),
+        cores=spec.cores,
+        memory_bytes=spec.memory_bytes,
+        container=spec.container,
+        privileged=docker.tasks_privileged and may_privilege and spec.container is not None,
+        mounts=mounts,
+        batch_id=command.job_id,
+        owner=owner,
+        mount_roots=roots,
+        gpu_count=spec.gpu_count,
+        gpu_model=spec.gpu_model,
+        workdir=command.workdir,
+        job_id=command.job_id,
+        rank=0,
+    )
+    _check_fits_somewhere(state, template)
+    ranks = [
+        TaskSubmitted(
+            task_id=ctx.new_id(),
+            spec=msgspec.structs.replace(
+                template, rank=rank, name=rank_name(name, command.job_id, rank)
+            ),
+            number=state.last_number + rank + 1,
         )
-        ranks.append(
-            TaskSubmitted(task_id=ctx.new_id(), spec=rank_spec, number=state.last_number + rank + 1)
-        )
+        for rank in range(spec.num_nodes)
+    ]
     job = JobSubmitted(
         job_id=command.job_id,
         spec=spec,
@@ -174,40 +171,27 @@ def decide_submit_job(state: ClusterState, command: SubmitJob, ctx: Context) -> 
     return Decision(events=[job, *ranks], submitted=ranks)
 
 
-def rank_refusal(node: NodeView, spec: JobSpec, owner: str) -> str | None:
-    """Why ``node`` could never hold one of the job's ranks, even idle; None if it could."""
-    reason = never_fits(node, spec.cores, spec.memory_bytes, Target(node=node.name))
-    if reason:
-        return reason
-    if spec.gpu_count:
-        matching = [g for g in node.gpus if gpu_model_matches(spec.gpu_model, g.name)]
-        if len(matching) < spec.gpu_count:
-            model = f" {spec.gpu_model}" if spec.gpu_model else ""
-            return f"asks for {spec.gpu_count}{model} GPU(s), {node.name} has {len(matching)}"
-    return node.account_refusal(owner)
-
-
-def _check_fits_somewhere(state: ClusterState, spec: JobSpec, owner: str) -> None:
+def _check_fits_somewhere(state: ClusterState, rank: TaskSpec) -> None:
     """Refuse a job no registered node could ever hold one rank of (naming the resource
-    at fault). Fewer such nodes than ranks is no refusal: the job waits for more."""
+    at fault: the first that no node has enough of). Fewer such nodes than ranks is no
+    refusal: the job waits for more."""
     if not state.nodes:
         return
-    refusals = [rank_refusal(n, spec, owner) for n in state.nodes.values()]
+    nodes = list(state.nodes.values())
+    refusals = [never_holds(n, rank) or n.account_refusal(rank.owner) for n in nodes]
     if not all(refusals):
         return
-    nodes = list(state.nodes.values())
-    if not any(not never_fits(n, spec.cores, None, Target(node="")) for n in nodes):
+    cores_only = msgspec.structs.replace(rank, memory_bytes=None, gpu_count=0)
+    no_gpus = msgspec.structs.replace(rank, gpu_count=0)
+    if all(never_holds(n, cores_only) for n in nodes):
         field = "resources.cpus"
-    elif not any(not never_fits(n, spec.cores, spec.memory_bytes, Target(node="")) for n in nodes):
+    elif all(never_holds(n, no_gpus) for n in nodes):
         field = "resources.memory"
-    elif spec.gpu_count and not any(
-        len([g for g in n.gpus if gpu_model_matches(spec.gpu_model, g.name)]) >= spec.gpu_count
-        for n in nodes
-    ):
+    elif all(never_holds(n, rank) for n in nodes):
         field = "resources.accelerators"
     else:
         field = "owner"
-    shown = "; ".join(r for r in refusals[:5] if r)
+    shown = "; ".join(f"{n.name}: {r}" for n, r in zip(nodes[:5], refusals, strict=False))
     more = f"; and {len(refusals) - 5} more" if len(refusals) > 5 else ""
     raise InvalidRequest(field, f"no registered node can hold one rank of this job: {shown}{more}")
 

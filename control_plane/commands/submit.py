@@ -128,13 +128,8 @@ def submitted_events(
     privileged = (
         request.privileged if request.privileged is not None else default
     ) and container is not None
-    if container is not None and not mounts and default_mounts:
-        mounts = tuple(
-            Mount(host_path=h, container_path=c, read_only=ro)
-            for h, c, ro in (
-                parse_mount(m, f"additional_mounts[{i}]") for i, m in enumerate(default_mounts)
-            )
-        )
+    if container is not None and not mounts:
+        mounts = additional_mounts(default_mounts)
     command, public_key = request.command, request.ssh_public_key
     if request.task_type == "vps":
         public_key = check_vps_request(state, request, targets, container, owner)
@@ -192,6 +187,15 @@ def submitted_events(
         )
         events.append(TaskSubmitted(task_id=new_id(), spec=spec))
     return events
+
+
+def additional_mounts(entries: Sequence[str]) -> tuple[Mount, ...]:
+    """The host's ``[docker] additional_mounts`` as mounts (given to container tasks that
+    name none)."""
+    return tuple(
+        Mount(host_path=h, container_path=c, read_only=ro)
+        for h, c, ro in (parse_mount(m, f"additional_mounts[{i}]") for i, m in enumerate(entries))
+    )
 
 
 def _roots(

@@ -19,7 +19,7 @@ from support.thorough import examples
 
 from control_plane.commands import PlaceQueued, decide
 from control_plane.rooms import gpu_model_matches
-from control_plane.scheduler import Placement, Policy, Scheduler, explain_job, explain_jobs
+from control_plane.scheduler import Placement, Policy, Scheduler
 from events import link
 from events.envelope import Recorded, new_event
 from events.ids import new_id, new_job_id
@@ -39,10 +39,26 @@ from events.types import (
     TaskSubmitted,
 )
 from projections.cluster import ClusterState
+from projections.jobs import JobView
 
 _seq = itertools.count(1)
 S = 1_000_000  # microseconds in a second
 GIB = 1 << 30
+
+
+def explain_jobs(
+    state: ClusterState, jobs: list[JobView], *, now_us: int = 0, reserve_after_s: float = 0.0
+) -> dict[str, str]:
+    """What ``why`` says of each job, as a first-fit scheduler with this rule sees it."""
+    return Scheduler("first-fit", reserve_after_s=reserve_after_s).explain(
+        state, jobs, now_us=now_us
+    )
+
+
+def explain_job(
+    state: ClusterState, job: JobView, *, now_us: int = 0, reserve_after_s: float = 0.0
+) -> str:
+    return explain_jobs(state, [job], now_us=now_us, reserve_after_s=reserve_after_s)[job.job_id]
 
 
 def apply(state: ClusterState, *events: AnyEvent, at_us: int = 0) -> None:

@@ -184,7 +184,7 @@ def test_a_job_is_its_event_and_one_queued_task_per_rank_in_one_decision() -> No
     [
         ({"cores": 64}, "resources.cpus", "no registered node can hold one rank"),
         ({"memory_bytes": 64 << 30}, "resources.memory", "no registered node can hold one rank"),
-        ({"gpu_count": 1}, "resources.accelerators", "asks for 1 GPU(s), n1 has 0"),
+        ({"gpu_count": 1}, "resources.accelerators", "n1: has 0 GPUs"),
         ({"volumes": {"/d": "../etc"}}, "volumes./d", "not a volume name"),
     ],
 )
