@@ -42,10 +42,11 @@ from events.types import (
     TaskStarted,
     TaskSubmitted,
     TaskUnreachable,
+    VolumeCreated,
     VpsReady,
 )
 from projections.identity import IDENTITY_KINDS, Identity
-from projections.jobs import JobView
+from projections.jobs import JobView, VolumeView
 from projections.nodes import NodeView
 from projections.sessions import SshSessionView
 from projections.tasks import HOLDING_STATES, TaskView, next_state
@@ -77,6 +78,7 @@ class _Snapshot(Struct, kw_only=True):
     identity: Identity | None = None  # absent from snapshots written before identity
     ssh_sessions: list[SshSessionView] = []
     jobs: list[JobView] = []
+    volumes: list[VolumeView] = []
 
 
 _snapshot_encoder = msgspec.msgpack.Encoder()
@@ -106,6 +108,8 @@ class ClusterState:
         # Jobs (projections/jobs.py), in submission order; and those not yet ended.
         self.jobs: dict[str, JobView] = {}
         self.active_jobs: dict[str, None] = {}
+        # Volumes recorded (``volume.created``), by name.
+        self.volumes: dict[str, VolumeView] = {}
 
     # -- folding -----------------------------------------------------------------------------
 
@@ -309,6 +313,13 @@ class ClusterState:
                     job.message = e.message
                     job.finished_at_us = at
                     self.active_jobs.pop(e.job_id, None)
+            case VolumeCreated() as e:
+                if e.name in self.volumes:
+                    self._flag(recorded, e.stream, "volume created twice")
+                else:
+                    self.volumes[e.name] = VolumeView(
+                        name=e.name, created_by=e.created_by, created_at_us=at
+                    )
             case _:
                 # Environment events change no node or task view.
                 pass
@@ -427,6 +438,7 @@ class ClusterState:
                 identity=self.identity,
                 ssh_sessions=list(self.ssh_sessions.values()),
                 jobs=list(self.jobs.values()),
+                volumes=list(self.volumes.values()),
             )
         )
 
@@ -441,6 +453,7 @@ class ClusterState:
         if snap.identity is not None:
             state.identity = snap.identity
         state.ssh_sessions = {s.session_id: s for s in snap.ssh_sessions}
+        state.volumes = {v.name: v for v in snap.volumes}
         return state
 
     @classmethod

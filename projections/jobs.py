@@ -72,6 +72,14 @@ class JobView(Struct, kw_only=True, gc=False):
         return self.final_state is not None
 
 
+class VolumeView(Struct, kw_only=True, gc=False):
+    """A named folder of the shared storage jobs mount (``volume.created``)."""
+
+    name: str
+    created_by: str = ""
+    created_at_us: int = 0
+
+
 def rank_states(job: JobView, tasks: Mapping[str, TaskView]) -> list[str]:
     """Each rank's task state, in rank order (``pending`` for a rank the fold lacks)."""
     return [tasks[t].state if t in tasks else "pending" for t in job.rank_task_ids]

@@ -346,4 +346,6 @@ def decide_create_volume(state: ClusterState, command: CreateVolume, ctx: Contex
     problem = volume_name_problem(command.name)
     if problem:
         raise InvalidRequest("name", problem)
+    if command.name in state.volumes:
+        raise Conflict("name", f"volume {command.name!r} exists")
     return Decision(events=[VolumeCreated(name=command.name, created_by=command.actor.user)])

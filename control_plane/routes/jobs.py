@@ -33,7 +33,6 @@ from control_plane.errors import (
     StoreFailing,
     TooLarge,
     TooMany,
-    Unavailable,
 )
 from control_plane.hub import ControlPlane
 from control_plane.job_views import JobOut
@@ -54,7 +53,7 @@ from events.config import is_no_container
 from events.ids import is_job_id, new_job_id
 from events.types import JobStopRequested
 from projections.jobs import JobView
-from replay_tools.feed import EventFilter
+from replay_tools.points import iso
 
 bp = JsonBlueprint("jobs", url_prefix="/api")
 
@@ -568,74 +567,61 @@ async def stop_jobs(request: Request) -> HTTPResponse:
 # -- volumes ---------------------------------------------------------------------------------
 
 
-async def _recorded_volumes(app: Any) -> dict[str, dict[str, Any]]:
-    """The volumes the log records (``volume.created``), oldest first, by name."""
-    service = getattr(app.ctx, "history", None)
-    if service is None:
-        raise Unavailable("", "the control plane is starting or stopping")
-    shared = app.ctx.cp.settings.shared_dir
-    flt = EventFilter(kinds=("volume.created",))
-    found: dict[str, dict[str, Any]] = {}
-    after = 0
-    while True:
-        page = await service.run(
-            lambda cur, after=after: service.history(cur).events(flt, after=after, limit=1000)
-        )
-        for event in page.events:
-            payload = msgspec.json.decode(event.payload)
-            name = str(payload.get("name", ""))
-            found.setdefault(
-                name,
-                {
-                    "name": name,
-                    "path": str(job_files.volume_path(shared, name)),
-                    "created_by": payload.get("created_by", ""),
-                    "created_at": event.recorded_at,
-                },
-            )
-        if not page.more:
-            break
-        after = page.next_after
-    return found
-
-
 @bp.get("/volumes")
 @rule("user")
 async def list_volumes(request: Request) -> HTTPResponse:
-    """The volumes made (``volume.created``, from the log), oldest first."""
-    return answer({"volumes": list((await _recorded_volumes(request.app)).values())})
+    """The volumes the log records (``volume.created``), oldest first."""
+    cp = control_plane(request)
+    shared = cp.settings.shared_dir
+    return answer(
+        {
+            "volumes": [
+                {
+                    "name": v.name,
+                    "path": str(job_files.volume_path(shared, v.name)),
+                    "created_by": v.created_by,
+                    "created_at": iso(v.created_at_us),
+                }
+                for v in cp.state.volumes.values()
+            ]
+        }
+    )
 
 
 async def _record_volume(app: Any, command: CreateVolume) -> Path:
     """Make the volume's folder and record ``volume.created``; the folder's path.
 
-    One create at a time (``app.ctx.volumes_lock``): a create that finds the folder asks
-    the log whether it was recorded, which must not race the create that made it. A
-    folder that exists without its event (a host that stopped between the two) is
-    recorded now; one the log records is a 409. A refusal removes the folder made here."""
-    cp: ControlPlane = app.ctx.cp
-    shared = cp.settings.shared_dir
+    A folder that exists without its event (a host that stopped between the two, or a
+    commit whose outcome was unknown) is recorded now; one the log records is a 409 (the
+    decision's). A refusal removes the folder made here. One create at a time
+    (``app.ctx.volumes_lock``): a create that finds the folder must not record it while
+    the create that made it is still recording it (that one would then be refused and
+    remove the folder under the other's event)."""
     lock: asyncio.Lock | None = getattr(app.ctx, "volumes_lock", None)
     if lock is None:
         lock = app.ctx.volumes_lock = asyncio.Lock()
     async with lock:
-        try:
-            path = await asyncio.to_thread(job_files.create_volume, shared, command.name)
-        except FileExistsError:
-            path = job_files.volume_path(shared, command.name)
-            adoptable = await asyncio.to_thread(job_files.volume_exists, shared, command.name)
-            if not adoptable or command.name in await _recorded_volumes(app):
-                raise Conflict("name", f"volume {command.name!r} exists") from None
-            await cp.execute(command)
-            return path
-        try:
-            await cp.execute(command)
-        except StoreFailing:
-            raise  # maybe written after all: the folder stays (a create again records it)
-        except DomainError:
-            await asyncio.to_thread(path.rmdir)
-            raise
+        return await _make_volume(app.ctx.cp, command)
+
+
+async def _make_volume(cp: ControlPlane, command: CreateVolume) -> Path:
+    shared = cp.settings.shared_dir
+    try:
+        path = await asyncio.to_thread(job_files.create_volume, shared, command.name)
+    except FileExistsError:
+        path = job_files.volume_path(shared, command.name)
+        if not await asyncio.to_thread(job_files.volume_exists, shared, command.name):
+            raise Conflict("name", f"{path} exists and is not a folder") from None
+        await cp.execute(command)  # Conflict when already recorded
         return path
+    try:
+        await cp.execute(command)
+    except StoreFailing:
+        raise  # maybe written after all: the folder stays (a create again records it)
+    except DomainError:
+        await asyncio.to_thread(path.rmdir)
+        raise
+    return path
 
 
 @bp.post("/volumes")

@@ -412,3 +412,15 @@ def test_a_setup_report_after_the_job_ended_is_no_anomaly() -> None:
     assert isinstance(end, JobFinished) and end.state == "failed"
     world.setup_done(job_id, 0)
     assert world.state.anomalies == []
+
+
+def test_volumes_are_folded_and_one_name_is_recorded_once() -> None:
+    from control_plane.commands import CreateVolume
+
+    world = World()
+    world.decide(CreateVolume(name="data", actor=principal("alice")))
+    assert world.state.volumes["data"].created_by == "alice"
+    with pytest.raises(Conflict):
+        world.decide(CreateVolume(name="data", actor=principal("bob")))
+    # Kept by a snapshot, as the rest of the state.
+    assert ClusterState.restore(world.state.snapshot()).volumes == world.state.volumes
