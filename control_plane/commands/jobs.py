@@ -219,7 +219,7 @@ def decide_stop_jobs(state: ClusterState, command: StopJobs, ctx: Context) -> De
         ]
     else:
         for i, job_id in enumerate(dict.fromkeys(command.job_ids)):
-            field = "job_id" if len(command.job_ids) == 1 else f"job_ids[{i}]"
+            field = f"job_ids[{i}]"
             job = state.jobs.get(job_id)
             if job is None:
                 raise NotFound(field, f"no job {job_id!r}")

@@ -525,8 +525,7 @@ def _stopped(outcome: Any) -> list[str]:
 async def stop_job(request: Request, job_id: str) -> HTTPResponse:
     """Stop a job: every rank still active is killed."""
     cp = control_plane(request)
-    job = _job(cp, job_id)
-    check_may_act(request, job.owner, f"job {job_id}")
+    _job(cp, job_id)  # 400 for a malformed id; the owner's check is the decision's
     outcome = await cp.execute(StopJobs(actor=principal_of(request), job_ids=(job_id,)))
     return answer({"stopped": _stopped(outcome)}, status=202)
 
@@ -537,24 +536,13 @@ async def stop_jobs(request: Request) -> HTTPResponse:
     """Stop the jobs named, or all of the caller's (``all_users``: everyone's, admins)."""
     cp = control_plane(request)
     body = decode_body(_stop_decoder, request.body)
-    principal = principal_of(request)
-    if body.all_users and not body.all:
-        raise InvalidRequest("all_users", "only with all: true (every job of every user)")
-    if body.all and body.job_ids:
-        raise InvalidRequest("job_ids", "name jobs or ask for all, not both")
-    if not body.all and not body.job_ids:
-        raise InvalidRequest("job_ids", "required: the jobs to stop (or all: true)")
-    if body.all_users and not principal.is_admin:
-        raise Refused("all_users", "stopping every user's jobs needs an admin's token")
     for i, job_id in enumerate(body.job_ids):
-        try:
-            job = _job(cp, job_id)
-        except (InvalidRequest, NotFound) as exc:
-            raise type(exc)(f"job_ids[{i}]", exc.message) from None
-        check_may_act(request, job.owner, f"job {job_id}")
+        if not is_job_id(job_id):
+            raise InvalidRequest(f"job_ids[{i}]", f"{job_id[:40]!r} is not a job id")
+    # The rest (all or ids, all_users for admins, each job the caller's) is the decision's.
     outcome = await cp.execute(
         StopJobs(
-            actor=principal,
+            actor=principal_of(request),
             job_ids=tuple(dict.fromkeys(body.job_ids)),
             all=body.all,
             all_users=body.all_users,
