@@ -48,7 +48,9 @@ from cli.hakuriver.invocation import (
 )
 from cli.hakuriver.render import human_size, human_time, state_text
 from control_plane.errors import InvalidRequest
+from control_plane.job_files import ENTRY_BYTES
 from control_plane.jobfile import parse_job
+from control_plane.rooms import cores_text
 from control_plane.settings import HostJobs
 
 jobs_app = App(name="jobs", help="Run SkyPilot-style job files on one or many nodes.")
@@ -66,7 +68,6 @@ _MAX_DELAY_S = 2.0
 _TRANSIENT = (0, 502, 503, 504)
 # The most a workdir may hold: the host's default (a host may take less: it says so).
 MAX_WORKDIR = HostJobs().max_workdir_bytes
-_ENTRY_BYTES = 512  # what each file or folder counts for at least (the host's rule)
 
 
 # -- submit -------------------------------------------------------------------------------------
@@ -88,12 +89,12 @@ def pack_workdir(folder: Path, max_bytes: int = MAX_WORKDIR) -> tuple[bytes, lis
             if path.is_symlink() or not (path.is_dir() or path.is_file()):
                 skipped.append(relative)
                 continue
-            counted += _ENTRY_BYTES + (path.stat().st_size if path.is_file() else 0)
+            counted += ENTRY_BYTES + (path.stat().st_size if path.is_file() else 0)
             if counted > max_bytes:
                 raise InvalidRequest(
                     "workdir",
                     f"{folder} holds more than a job's workdir may ({max_bytes} bytes, each"
-                    f" file or folder counting at least {_ENTRY_BYTES}): put large data in a"
+                    f" file or folder counting at least {ENTRY_BYTES}): put large data in a"
                     " volume (hakuriver volumes create NAME) instead",
                 )
             entries.append((path, relative))
@@ -314,7 +315,7 @@ def _follow_to_end(client: HakuClient, job_id: str, budget: float) -> int:
 
 
 def _resources(job: Doc) -> str:
-    parts = [f"{job['cores']} cores"]
+    parts = [cores_text(job["cores"])]
     if job.get("memory_bytes"):
         parts.append(human_size(job["memory_bytes"]))
     if job.get("gpu_count"):
@@ -476,8 +477,7 @@ def logs(
             if not write_output(client, job_id, rank=rank, follow=follow, retry=retry):
                 return _lost(job_id, retry.budget)
         except KeyboardInterrupt:
-            note(f"stopped following; job {job_id} keeps running")
-            return EXIT_INTERRUPTED
+            return _interrupted(job_id)
     return 0
 
 
