@@ -12,7 +12,8 @@ state directory is private to root, and a process rank run as its owner could no
 a folder inside it; there they are ``<local_temp_dir>/.hakuriver-jobs/<task_id>``: a root
 folder only the runner writes (0711: entered by name, not listed), each rank's folder
 0700 and its owner's, so no other account's task can enter it, and no task can replace
-or plant one (only the runner writes their parent).
+or plant one (only the runner writes their parent; a root planted in the local temp
+folder before the runner made it is moved aside, ``_ensure_root``).
 
 Both files are only tested for existence (``lstat``), never read or followed: a rank
 can only hurt its own job by writing there. What the agent keeps beside each folder

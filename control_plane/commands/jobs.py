@@ -14,7 +14,6 @@ other. Pure, like every decision: a refusal is a ``DomainError`` naming the fiel
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import msgspec
@@ -32,6 +31,7 @@ from control_plane.commands.types import (
     SubmitJob,
 )
 from control_plane.errors import Conflict, InvalidRequest, NotFound, Refused
+from control_plane.jobfile.job import VOLUME_NAME
 from control_plane.rooms import never_holds
 from events import link
 from events.ids import is_job_id
@@ -57,12 +57,11 @@ from projections.tasks import ENDED_STATES, TaskView
 # Where a job's files live in the shared storage: ``jobs/<id>/workdir``, ``volumes/<name>``.
 JOBS_DIR = "jobs"
 VOLUMES_DIR = "volumes"
-VOLUME_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 
 
 def volume_name_problem(name: str) -> str | None:
     """Why ``name`` cannot name a volume; None if it can."""
-    if not VOLUME_NAME.fullmatch(name) or ".." in name:
+    if not VOLUME_NAME.fullmatch(name):
         return (
             f"{name!r} is not a volume name: 1 to 63 lowercase letters, digits, '.', '_' and"
             " '-', starting with a letter or digit"
@@ -326,10 +325,9 @@ def _finished(state: ClusterState, job: JobView, tasks: Sequence[TaskView]) -> J
             state="stopped",
             message=job.stop_reason or f"stopped by {job.stop_requested_by}",
         )
-    failed = first_failed_rank(job, state.tasks)
-    if failed is None and all(t.state == "completed" for t in tasks):
-        return JobFinished(job_id=job.job_id, state="completed")
-    rank = failed if failed is not None else 0
+    rank = first_failed_rank(job, state.tasks)
+    # Every rank ended and not all completed: one ended without success.
+    assert rank is not None
     message = _rank_failure(rank, tasks[rank])
     if job.phase in ("queued", "setup") and tasks[rank].started_at_us is not None:
         message += " during setup"

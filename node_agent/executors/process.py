@@ -261,7 +261,7 @@ class ProcessExecutor:
         if run.run_as is None:
             return plan_launch(run, self.facilities, os.environ, pass_environment=passed)
         account = resolve_account(run.run_as)
-        cwd = run.spec.workdir or working_directory(shared_data, account)
+        cwd = working_directory(shared_data, account)  # plan_launch prefers a workdir
         return plan_launch(
             run, self.facilities, os.environ, account=account, cwd=cwd, pass_environment=passed
         )
