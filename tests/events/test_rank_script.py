@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
+from support.waiting import wait_until
 
 from events.jobs import CONTROL_FAILED, GO, SETUP_DONE, rank_command
 
@@ -68,10 +68,8 @@ def test_a_control_folder_that_goes_away_ends_the_waiting_rank(shell: str, tmp_p
     argv = [shell, *args] if shell == "/bin/sh" else [shell, "sh", *args]
     env = {"HAKURIVER_JOB_CONTROL": str(control), "PATH": "/usr/bin:/bin"}
     rank = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 10
-    while not (control / SETUP_DONE).exists():  # waiting at the barrier now
-        assert time.monotonic() < deadline and rank.poll() is None
-        time.sleep(0.01)
+    wait_until(lambda: (control / SETUP_DONE).exists() or rank.poll() is not None, 10)
+    assert rank.poll() is None, "waiting at the barrier now"
     shutil.rmtree(control)
     out, _ = rank.communicate(timeout=10)
     assert rank.returncode == CONTROL_FAILED and "control folder is gone" in out

@@ -15,9 +15,11 @@ from pathlib import Path
 from node_agent.executors.zygote import Zygote
 
 
-def _zygotes() -> dict[str, int]:
-    """Address -> pid of every live zygote process."""
-    found: dict[str, int] = {}
+def _zygotes() -> dict[str, list[int]]:
+    """Address -> pids of every live zygote process, and of the shims it forked (a forked
+    shim keeps the zygote's command line: one address may name several processes, and
+    keeping only one of them let the zygote itself live on)."""
+    found: dict[str, list[int]] = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -26,7 +28,7 @@ def _zygotes() -> dict[str, int]:
         except OSError:
             continue
         if b"--zygote" in argv and argv.index(b"--zygote") + 1 < len(argv):
-            found[argv[argv.index(b"--zygote") + 1].decode()] = int(name)
+            found.setdefault(argv[argv.index(b"--zygote") + 1].decode(), []).append(int(name))
     return found
 
 
@@ -37,8 +39,7 @@ def stop_zygotes_under(root: Path) -> int:
         return 0
     stopped = 0
     for directory in [root, *(p for p in root.rglob("*") if p.is_dir())]:
-        pid = live.get(Zygote(directory).address)
-        if pid is not None:
+        for pid in live.get(Zygote(directory).address, ()):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
                 stopped += 1
