@@ -242,8 +242,8 @@ def _write_file(target: Path, source: IO[bytes], member: tarfile.TarInfo) -> int
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     written = 0
     with os.fdopen(fd, "wb") as out:
+        os.fchmod(fd, mode)  # the umask may have cut the exec bits
         while block := source.read(_COPY_BLOCK):
             out.write(block)
             written += len(block)
-    os.chmod(target, mode)  # the umask may have cut the exec bits
     return written

@@ -23,7 +23,7 @@ rank.
 
 Resuming (``from``, docs/api.md): what is read comes as ``Piece``s, each with its rank
 and ``offset``, the byte offset in that rank's file just after what the piece stands
-for (``_RankLog.offset``: what is held of a partial line is not yet stood for). A reader
+for (``RankLog.offset``: what is held of a partial line is not yet stood for). A reader
 started at such an offset (``rank_logs(..., offsets)``) writes exactly what the first
 one would have written after that piece: the held line is read again from its start,
 and the only other state, whether the last line ended with ``\r`` (a ``\n`` then ends
@@ -70,7 +70,7 @@ class Piece(NamedTuple):
     offset: int
 
 
-class _RankLog:
+class RankLog:
     """One rank's file, where the reading is, and its partial last line."""
 
     def __init__(self, rank: int, path: Path, prefix: bytes) -> None:
@@ -162,13 +162,12 @@ def rank_logs(
     *,
     prefixed: bool,
     offsets: dict[int, int] | None = None,
-) -> list[_RankLog]:
+) -> list[RankLog]:
     """The readers of ``(rank, path)`` pairs (prefixed with ``node-{rank} | `` or not),
     each from its rank's offset in ``offsets`` (0 when not named; blocking then: on a
     worker thread)."""
     logs = [
-        _RankLog(rank, path, f"node-{rank} | ".encode() if prefixed else b"")
-        for rank, path in paths
+        RankLog(rank, path, f"node-{rank} | ".encode() if prefixed else b"") for rank, path in paths
     ]
     for log in logs:
         if offsets and offsets.get(log.rank):
@@ -200,7 +199,7 @@ def parse_offsets(text: str, ranks: Collection[int]) -> dict[int, int]:
     return offsets
 
 
-async def read_now(logs: Sequence[_RankLog]) -> AsyncIterator[Piece]:
+async def read_now(logs: Sequence[RankLog]) -> AsyncIterator[Piece]:
     """What the files hold now (their sizes when this starts), rank by rank, a chunk at
     a time: a file still growing does not keep the answer going."""
     ends = [await asyncio.to_thread(log_size, log.path) for log in logs]
@@ -216,7 +215,7 @@ async def read_now(logs: Sequence[_RankLog]) -> AsyncIterator[Piece]:
 
 
 async def follow(
-    logs: Sequence[_RankLog],
+    logs: Sequence[RankLog],
     ended: Callable[[], bool],
     changed: Callable[[float], Awaitable[None]],
     stopping: asyncio.Event,

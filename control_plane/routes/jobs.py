@@ -154,14 +154,13 @@ def _parse(settings: HostSettings, request: SubmitJobRequest) -> ParsedJob:
     )
 
 
-def _new_job_id(cp: ControlPlane) -> str:
-    """A job id not in the log, nor on the shared storage."""
+async def _new_job_id(cp: ControlPlane) -> str:
+    """A job id not in the log, nor on the shared storage (asked on a thread: the shared
+    storage may be a slow NFS mount)."""
     while True:
         job_id = new_job_id()
-        if (
-            job_id not in cp.state.jobs
-            and not job_files.job_dir(cp.settings.shared_dir, job_id).exists()
-        ):
+        folder = job_files.job_dir(cp.settings.shared_dir, job_id)
+        if job_id not in cp.state.jobs and not await asyncio.to_thread(folder.exists):
             return job_id
 
 
@@ -314,7 +313,7 @@ async def _submit(request: Request, slot: _Slot) -> HTTPResponse:
         problem = await request.app.ctx.default_environment.ready()
         if problem is not None:
             raise InvalidRequest("resources.image_id", f"no image_id given, and {problem}")
-    job_id = _new_job_id(cp)
+    job_id = await _new_job_id(cp)
     command = SubmitJob(
         job_id=job_id,
         spec=spec,
@@ -468,7 +467,7 @@ async def _serve_logs(
     request: Request,
     cp: ControlPlane,
     job_id: str,
-    logs: list[job_logs._RankLog],
+    logs: list[job_logs.RankLog],
     *,
     follow: bool,
     ndjson: bool,

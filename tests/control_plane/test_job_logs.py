@@ -16,7 +16,7 @@ from support.thorough import examples
 
 from control_plane import job_logs
 from control_plane.errors import InvalidRequest
-from control_plane.job_logs import MAX_LINE, _RankLog, parse_offsets, rank_logs, read_now
+from control_plane.job_logs import MAX_LINE, RankLog, parse_offsets, rank_logs, read_now
 from control_plane.logs import read_from
 
 PREFIX = b"node-1 | "
@@ -24,7 +24,7 @@ PREFIX = b"node-1 | "
 
 def prefixed(data: bytes, cuts: list[int]) -> bytes:
     """``data`` through one reader, fed in the pieces ``cuts`` makes, then flushed."""
-    log = _RankLog(1, Path("unused"), PREFIX)
+    log = RankLog(1, Path("unused"), PREFIX)
     out = bytearray()
     start = 0
     for cut in [*sorted(cuts), len(data)]:
