@@ -92,6 +92,7 @@ def without_ended(state: ClusterState) -> ClusterState:
     out.numbers = {n: task_id for n, task_id in state.numbers.items() if task_id in out.tasks}
     out.jobs = {j: state.jobs[j] for j in state.active_jobs}
     out.active_jobs = dict(state.active_jobs)
+    out.volumes = dict(state.volumes)
     return out
 
 

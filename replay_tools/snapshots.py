@@ -40,7 +40,7 @@ from events.codec import gc_paused
 from events.snapshot_files import HISTORY as HISTORY_SNAPSHOT
 from events.types import JobSpec, TaskSpec
 from projections.cluster import Anomaly, ClusterState
-from projections.jobs import JobView
+from projections.jobs import JobView, VolumeView
 from projections.nodes import NodeView
 from projections.tasks import ENDED_STATES, FINAL_STATES, TaskView
 from replay_tools.logfile import LogFile, as_log
@@ -69,6 +69,7 @@ class HistorySnapshot(msgspec.Struct, kw_only=True):
     job_count: int
     active_jobs: JobEntries
     ended_jobs: msgspec.Raw
+    volumes: list[VolumeView] = []  # every volume: few, and never ended
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -111,7 +112,7 @@ def restore_live_part(snap: HistorySnapshot) -> ClusterState:
     """The state at the snapshot without its ended tasks and jobs (nor anomalies)."""
     tasks = [view for _, view in snap.active]
     jobs = [view for _, view in snap.active_jobs]
-    return _state(snap.state_seq, tasks, snap.nodes, [], snap.max_number, jobs)
+    return _state(snap, tasks, [], jobs)
 
 
 def restore_full(log: LogFile, snap: HistorySnapshot) -> ClusterState | None:
@@ -152,19 +153,21 @@ def restore_full(log: LogFile, snap: HistorySnapshot) -> ClusterState | None:
         jobs = [job for job in job_slots if job is not None]
         if len(tasks) != snap.task_count or len(jobs) != snap.job_count:
             return None
-        return _state(snap.state_seq, tasks, snap.nodes, anomalies, snap.max_number, jobs)
+        return _state(snap, tasks, anomalies, jobs)
 
 
 def _state(
-    last_seq: int,
+    snap: HistorySnapshot,
     tasks: Sequence[TaskView],
-    nodes: Sequence[NodeView],
     anomalies: list[Anomaly],
-    last_number: int,
     jobs: Sequence[JobView],
 ) -> ClusterState:
-    """A ClusterState from its parts, as ``ClusterState.restore`` builds one."""
-    return ClusterState.assemble(last_seq, tasks, nodes, anomalies, last_number, jobs=jobs)
+    """A ClusterState from a snapshot's parts, as ``ClusterState.restore`` builds one."""
+    state = ClusterState.assemble(
+        snap.state_seq, tasks, snap.nodes, anomalies, snap.max_number, jobs=jobs
+    )
+    state.volumes = {v.name: v for v in snap.volumes}
+    return state
 
 
 class HistoryWriter:
@@ -273,6 +276,7 @@ class HistoryWriter:
             job_count=len(state.jobs),
             active_jobs=active_jobs,
             ended_jobs=msgspec.Raw(_encoder.encode(ended_jobs)),
+            volumes=list(state.volumes.values()),
         )
         anchor = log.hash_at(mark)
         if anchor is None:

@@ -253,3 +253,25 @@ def test_the_jobs_export_round_trips(jobs_db: Path, tmp_path: Path) -> None:
     finally:
         con.close()
     assert rows == sorted((j.job_id, j.final_state) for j in state.jobs.values())
+
+
+async def test_volumes_are_kept_by_history_snapshots(tmp_path: Path) -> None:
+    # Volumes never end: each history snapshot holds them all, so time travel from one is
+    # still the fold byte for byte.
+    from events.types import VolumeCreated
+
+    path = tmp_path / "volumes.duckdb"
+    volumes = [
+        new_event(VolumeCreated(name=f"v{i}", created_by="u"), source="host") for i in range(3)
+    ]
+    await write_log(path, [volumes[0], *job_events(3, 4), *volumes[1:]])
+    write_history_snapshots(path, every=7)
+    with LogFile(path) as log:
+        last = log.last_seq
+        records = log.read()
+    for k in [*range(0, last, 3), last]:
+        fold = ClusterState()
+        fold.apply_all(records[:k])
+        assert state_at(path, seq=k).snapshot() == fold.snapshot(), k
+        assert state_at(path, seq=k, ended=False).volumes == fold.volumes, k
+    assert sorted(state_at(path, seq=last).volumes) == ["v0", "v1", "v2"]
