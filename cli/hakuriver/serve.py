@@ -150,15 +150,63 @@ def _serve(app: Any, claims: _Claims, tls: Any) -> int:
     sanic_errors = logging.getLogger("sanic.error")
     quiet = _DropLogInUse()
     sanic_errors.addFilter(quiet)
+    stop_on_signal(app)
     try:
         context = tls.server_context() if tls is not None else None
-        app.run(sock=claims.sock, ssl=context, single_process=True, access_log=False, motd=False)
+        app.run(
+            sock=claims.sock,
+            ssl=context,
+            single_process=True,
+            access_log=False,
+            motd=False,
+            register_sys_signals=False,
+        )
     except LogInUse as exc:
         return _refuse(duckdb_lock_message(claims.db_path, str(exc)))
     finally:
         sanic_errors.removeFilter(quiet)
         claims.release()
     return 0
+
+
+def stop_on_signal(app: Any) -> None:
+    """SIGINT and SIGTERM stop the server gracefully, whenever they arrive once it serves.
+
+    Sanic's own handlers call ``loop.stop()``. One that arrives while its
+    ``after_server_start`` listeners run (the socket already answers then) is used up by
+    the ``run_until_complete`` running them, and the server then serves on with the
+    signal forgotten: a host stopped right after it answered its first request never
+    stopped. Here the first ``after_server_start`` listener installs handlers that only
+    remember the signal, and the stop is sent once the server serves
+    (``app.state.is_running``, set just before the loop runs forever), so it reaches the
+    loop that waits for it. Sanic sets both signals to be ignored just before those
+    listeners (whatever ``register_sys_signals`` says), so they cannot be installed
+    earlier; before that the default action applies (the process ends: nothing is
+    acknowledged before the server serves, and the log replays as after a kill -9).
+    """
+    asked = asyncio.Event()
+
+    async def _install(app: Any) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, asked.set)
+        app.ctx.stop_on_signal = loop.create_task(_stop_when_asked(app))
+
+    async def _stop_when_asked(app: Any) -> None:
+        await asked.wait()
+        # Sanic sets no event when it starts serving: the flag is polled, briefly.
+        while not app.state.is_running:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        # Nothing else stops this loop: serving, this runs inside its run_forever.
+        app.stop(terminate=False)
+
+    async def _forget(app: Any) -> None:
+        task = getattr(app.ctx, "stop_on_signal", None)
+        if task is not None and not task.done():
+            task.cancel()
+
+    app.register_listener(_install, "after_server_start", priority=1000)
+    app.register_listener(_forget, "after_server_stop")
 
 
 def _loopback(host: str) -> bool:
