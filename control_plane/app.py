@@ -21,9 +21,17 @@ from sanic import Request, Sanic
 from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse
 
-from control_plane.access import FailureLog, authenticate, require, rule_of
+from control_plane.access import FailureLog, Principal, authenticate, require, rule_of
 from control_plane.bootstrap import ensure_admin
 from control_plane.commands import CloseSessionsLeftOpen, RecordFacts
+from control_plane.dashboard import routes as dashboard
+from control_plane.dashboard.sessions import (
+    COOKIE,
+    CSRF_HEADER,
+    Sessions,
+    csrf_matches,
+    principal_of_session,
+)
 from control_plane.errors import (
     ERROR_CODE,
     DomainError,
@@ -77,6 +85,8 @@ GRACEFUL_S = 5.0
 SHUTDOWN_EXIT_CODE = 70
 # What a 503 for an unwritable log suggests: the agents' resends pause about as long.
 STORE_RETRY_AFTER_S = "5"
+# Methods that change nothing: a dashboard session needs no CSRF token for them.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class LogInUse(Exception):
@@ -113,7 +123,8 @@ def create_app(
         identity.bp,
         ssh.bp,
     )
-    for blueprint in (*blueprints, tls_routes.bp):
+    app.ctx.ui_sessions = Sessions()
+    for blueprint in (*blueprints, tls_routes.bp, dashboard.bp):
         app.blueprint(blueprint)
     failures = FailureLog(window_s=settings.auth.failure_window_s)
 
@@ -131,9 +142,7 @@ def create_app(
             return
         cp: ControlPlane = app.ctx.cp
         try:
-            principal = authenticate(
-                cp.state.identity, request.headers.get("authorization"), now_us()
-            )
+            principal = _principal(request, cp)
         except Unauthenticated as exc:
             event = failures.note(
                 request.remote_addr or request.ip or "", route.path, exc.message, time.monotonic()
@@ -146,6 +155,33 @@ def create_app(
             raise
         require(principal, access)
         request.ctx.principal = principal
+
+    def _principal(request: Request, cp: ControlPlane) -> Principal:
+        """The caller: by its ``Authorization`` header, or else by a dashboard session's
+        cookie, whose changes (and websockets) must carry the session's CSRF secret."""
+        header = request.headers.get("authorization")
+        secret = request.cookies.get(COOKIE) if header is None else None
+        if secret is None:
+            return authenticate(cp.state.identity, header, now_us())
+        session = app.ctx.ui_sessions.find(secret)
+        if session is None:
+            raise Unauthenticated(
+                "session",
+                "this dashboard session has ended (logged out, expired, or the host"
+                " restarted); log in again",
+            )
+        principal = principal_of_session(cp.state.identity, session, now_us())
+        websocket = request.headers.get("upgrade", "").lower() == "websocket"
+        if websocket or request.method not in SAFE_METHODS:
+            presented = request.args.get("csrf") if websocket else None
+            if not csrf_matches(session, request.headers.get(CSRF_HEADER) or presented):
+                raise Refused(
+                    CSRF_HEADER,
+                    "a change made with a dashboard session must carry its CSRF token"
+                    " (header X-CSRF-Token; csrf= on a websocket); reload the page",
+                )
+        request.ctx.ui_session = session
+        return principal
 
     @app.before_server_start
     async def _open(app: Sanic) -> None:  # type: ignore[type-arg]

@@ -615,6 +615,10 @@ class HakuClient:
 
     # --- identity: who asks, users, tokens, SSH keys (docs/api.md) ---------------------
 
+    def ui_link(self) -> Json:
+        """``POST /api/ui/links``: a one-time dashboard login link for this client's token."""
+        return self._json("POST", "/api/ui/links")
+
     def whoami(self) -> Json:
         """``GET /api/whoami``: the user and the token this client presents."""
         return self._json("GET", "/api/whoami")

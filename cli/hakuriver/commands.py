@@ -56,6 +56,7 @@ for _name, _path in (
     ("user", "cli.hakuriver.identity:user_app"),
     ("token", "cli.hakuriver.identity:token_app"),
     ("whoami", "cli.hakuriver.identity:whoami"),
+    ("ui", "cli.hakuriver.ui:ui"),
     ("key", "cli.hakuriver.keys:key_app"),
     ("vps", "cli.hakuriver.vps:vps_app"),
     ("ssh", "cli.hakuriver.ssh:ssh"),

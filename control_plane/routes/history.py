@@ -19,7 +19,7 @@ from sanic import Request, Sanic
 from sanic.exceptions import ServiceUnavailable
 from sanic.response import HTTPResponse
 
-from control_plane.access import rule
+from control_plane.access import Principal, rule
 from control_plane.errors import InvalidRequest
 from control_plane.history import (
     Cursor,
@@ -226,6 +226,70 @@ async def stream_events(request: Request) -> None:
             ):
                 return
         await response.eof()
+
+
+@bp.get("/events/changes")
+@rule("user")
+async def stream_changes(request: Request) -> None:
+    """Server-sent change notices for the dashboard: ``id:`` = seq, ``data:`` = the seq,
+    kind and stream of each event the caller may see (an admin: all; a user: their own
+    tasks' and jobs' events and the nodes'), never a payload: the page reads what
+    changed from the API, which decides what the caller may see of it."""
+    cp = control_plane(request)
+    service = _history(request)
+    principal = principal_of(request)
+    given = request.headers.get("last-event-id") or request.args.get("after")
+    position = _resume_after(request) if given else cp.last_seq  # default: from now on
+    keepalive = _keepalive(request)
+    client = f"{principal.user}@{request.remote_addr or request.ip}"
+    flt = EventFilter()
+    with _stream_slots(request).hold(client):
+        response = await request.respond(
+            content_type="text/event-stream; charset=utf-8",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        stall_s = cp.settings.network.event_stream_stall_s
+        send = functools.partial(_send_within, request, response, stall_s)
+        if not await send(f"retry: 1000\nid: {position}\n: changes after seq {position}\n\n"):
+            return
+        while not service.closing.is_set():
+            upto = cp.last_seq
+            if upto > position:
+                try:
+                    page = await _read(request, _page_reader(service, flt, position, upto))
+                except ServiceUnavailable:
+                    break
+                notices = [
+                    _encode({"seq": e.seq, "kind": e.kind, "stream": e.stream}).decode()
+                    for e in page.events
+                    if _may_see_stream(cp.state, principal, e.stream)
+                ]
+                position = page.next_after
+                text = "".join(f"data: {n}\n\n" for n in notices)
+                if text and not await send(f"{text}id: {position}\n\n"):
+                    return
+                continue
+            if not await service.wait_beyond(position, keepalive) and not await send(
+                f"id: {position}\n: keep-alive\n\n"
+            ):
+                return
+        await response.eof()
+
+
+def _may_see_stream(state: ClusterState, principal: Principal, stream: str) -> bool:
+    """Whether a change notice of ``stream`` may go to ``principal`` (/events/changes)."""
+    if principal.is_admin:
+        return True
+    family, _, key = stream.partition(":")
+    if family == "node":
+        return True
+    if family == "task":
+        task = state.tasks.get(key)
+        return task is not None and task.spec.owner == principal.user
+    if family == "job":
+        job = state.jobs.get(key)
+        return job is not None and job.owner == principal.user
+    return False
 
 
 def _stream_slots(request: Request) -> StreamSlots:

@@ -1,0 +1,1 @@
+"""The web dashboard served by the host (routes.py, sessions.py, static/)."""

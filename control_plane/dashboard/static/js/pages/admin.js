@@ -1,0 +1,1 @@
+// The admin page (static/pages/admin.html): registers its Alpine components.

@@ -1,0 +1,1 @@
+// The environments page (static/pages/environments.html): registers its Alpine components.

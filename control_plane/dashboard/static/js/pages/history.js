@@ -1,0 +1,1 @@
+// The history page (static/pages/history.html): registers its Alpine components.

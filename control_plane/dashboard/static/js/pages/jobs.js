@@ -1,0 +1,1 @@
+// The jobs page (static/pages/jobs.html): registers its Alpine components.

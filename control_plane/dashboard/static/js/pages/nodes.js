@@ -1,0 +1,1 @@
+// The nodes page (static/pages/nodes.html): registers its Alpine components.

@@ -1,0 +1,1 @@
+// The overview page (static/pages/overview.html): registers its Alpine components.

@@ -1,0 +1,1 @@
+// The submit page (static/pages/submit.html): registers its Alpine components.

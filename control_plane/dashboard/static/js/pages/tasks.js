@@ -1,0 +1,1 @@
+// The tasks page (static/pages/tasks.html): registers its Alpine components.

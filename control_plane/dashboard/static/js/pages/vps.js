@@ -1,0 +1,1 @@
+// The vps page (static/pages/vps.html): registers its Alpine components.
