@@ -128,6 +128,21 @@ def create_app(
         app.blueprint(blueprint)
     failures = FailureLog(window_s=settings.auth.failure_window_s)
 
+    async def note_refused(request: Request, exc: Unauthenticated) -> None:
+        """Record a refused credential (at most one ``auth.failed`` per address and
+        window: access.FailureLog); the dashboard's login records its refusals here too."""
+        route = request.route.path if request.route is not None else request.path
+        event = failures.note(
+            request.remote_addr or request.ip or "", route, exc.message, time.monotonic()
+        )
+        if event is not None:
+            try:
+                await app.ctx.cp.execute(RecordFacts(events=(event,)))
+            except Exception:
+                log.exception("could not record a refused credential")
+
+    app.ctx.note_refused = note_refused
+
     @app.on_request
     async def _authorize(request: Request) -> None:
         """Authentication and the route's access rule, for every request (access.py)."""
@@ -144,14 +159,7 @@ def create_app(
         try:
             principal = _principal(request, cp)
         except Unauthenticated as exc:
-            event = failures.note(
-                request.remote_addr or request.ip or "", route.path, exc.message, time.monotonic()
-            )
-            if event is not None:
-                try:
-                    await cp.execute(RecordFacts(events=(event,)))
-                except Exception:
-                    log.exception("could not record a refused credential")
+            await note_refused(request, exc)
             raise
         require(principal, access)
         request.ctx.principal = principal

@@ -153,21 +153,25 @@ async def login(request: Request) -> HTTPResponse:
     now = now_us()
     if (token is None) == (code is None):
         raise InvalidRequest("token", "give either token (a user token) or code (a login link's)")
-    if token is not None:
-        if not isinstance(token, str) or not token.strip():
-            raise InvalidRequest("token", "must be a user token, hkr_u_…")
-        principal = authenticate(cp.state.identity, f"Bearer {token.strip()}", now)
-        if principal.token_kind != "user":
-            raise Refused("token", "only a user token logs in to the dashboard")
-    else:
-        if not isinstance(code, str) or not code:
-            raise InvalidRequest("code", "must be the code of a login link")
-        token_id = store.redeem(code)
-        if token_id is None:
-            raise Unauthenticated(
-                "code", "this login link is unknown, used or expired; run hakuriver ui again"
-            )
-        principal = principal_of_token_id(cp.state.identity, token_id, now)
+    if token is not None and (not isinstance(token, str) or not token.strip()):
+        raise InvalidRequest("token", "must be a user token, hkr_u_…")
+    if code is not None and (not isinstance(code, str) or not code):
+        raise InvalidRequest("code", "must be the code of a login link")
+    try:
+        if token is not None:
+            principal = authenticate(cp.state.identity, f"Bearer {token.strip()}", now)
+        else:
+            token_id = store.redeem(str(code))
+            if token_id is None:
+                raise Unauthenticated(
+                    "code", "this login link is unknown, used or expired; run hakuriver ui again"
+                )
+            principal = principal_of_token_id(cp.state.identity, token_id, now)
+    except Unauthenticated as exc:
+        await request.app.ctx.note_refused(request, exc)  # audited as any refused token
+        raise
+    if principal.token_kind != "user":
+        raise Refused("token", "only a user token logs in to the dashboard")
     secret, session = store.open(principal, now)
     max_age = max(1, int(session.expires_at - time.monotonic()))
     result = answer(

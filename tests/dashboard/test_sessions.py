@@ -202,3 +202,23 @@ def test_the_change_feed_shows_a_user_only_their_own_tasks(cluster: Cluster) -> 
     assert f"task:{my_id}" in text
     assert their_id not in text
     assert '"payload"' not in text  # notices carry no payload
+
+
+def test_a_refused_login_is_audited_like_a_refused_token(tmp_path: Path) -> None:
+    with running_cluster(tmp_path, agents=()) as fresh, _browser(fresh) as client:
+        for _ in range(3):
+            answer = client.post("/api/ui/login", json={"code": "guessed-code"})
+            assert answer.status_code == 401
+        events = fresh.http.get("/api/events", params={"kind": "auth.failed"}).json()["events"]
+    # The window's first refusal from an address is recorded; the rest are counted into
+    # the next one (access.FailureLog): a flood of guesses cannot flood the log.
+    assert [e["payload"]["route"] for e in events] == ["api/ui/login"]  # as Sanic names it
+
+
+def test_a_bearer_header_wins_over_a_cookie_and_is_never_mixed(cluster: Cluster) -> None:
+    token = cluster.add_user("xena")
+    client, _ = _login(cluster, token)
+    with closing(client):
+        answer = client.get("/api/whoami", headers={"Authorization": "Bearer hkr_u_00.bad"})
+        assert answer.status_code == 401  # no fall back to the session
+        assert client.get("/api/whoami").json()["user"] == "xena"

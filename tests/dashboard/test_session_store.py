@@ -1,0 +1,92 @@
+"""The dashboard's session store (control_plane/dashboard/sessions.py): caps against a
+flood, expiry, one-time links, and a session re-checked against its token."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from control_plane.access import Principal
+from control_plane.dashboard import sessions as module
+from control_plane.dashboard.sessions import (
+    Sessions,
+    csrf_matches,
+    principal_of_session,
+)
+from control_plane.errors import Unauthenticated
+from projections.identity import Identity
+
+
+def _principal(user: str, token: str = "t1", expires_at_us: int | None = None) -> Principal:
+    return Principal(
+        user=user, role="user", token_id=token, token_kind="user", expires_at_us=expires_at_us
+    )
+
+
+def test_a_user_holds_at_most_the_cap_and_the_oldest_goes_first() -> None:
+    store = Sessions()
+    secrets = [store.open(_principal("ann"), 0)[0] for _ in range(module.SESSIONS_PER_USER + 3)]
+    assert store.count() == module.SESSIONS_PER_USER
+    assert store.find(secrets[0]) is None and store.find(secrets[2]) is None
+    assert store.find(secrets[-1]) is not None
+    # Another user's sessions are not pushed out by ann's.
+    bob = store.open(_principal("bob"), 0)[0]
+    store.open(_principal("ann"), 0)
+    assert store.find(bob) is not None
+
+
+def test_the_total_cap_holds_against_many_users(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(module, "SESSIONS_TOTAL", 50)
+    store = Sessions()
+    for n in range(200):
+        store.open(_principal(f"u{n}"), 0)
+    assert store.count() == 50
+
+
+def test_a_session_ends_with_its_token_expiry_or_its_ttl() -> None:
+    store = Sessions(ttl_s=3600)
+    now_us = int(time.time() * 1e6)
+    secret, _ = store.open(_principal("cy", expires_at_us=now_us), now_us)
+    assert store.find(secret) is None  # the token expired: so did the session
+    short = Sessions(ttl_s=0)
+    secret, _ = short.open(_principal("cy"), now_us)
+    assert short.find(secret) is None
+    assert store.find(None) is None and store.find("") is None and store.find("hks_x") is None
+
+
+def test_logout_ends_only_that_session() -> None:
+    store = Sessions()
+    one, _ = store.open(_principal("di"), 0)
+    two, _ = store.open(_principal("di"), 0)
+    assert store.close(one) and not store.close(one) and not store.close(None)
+    assert store.find(one) is None and store.find(two) is not None
+
+
+def test_a_login_code_is_redeemed_once_and_not_after_its_minute(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = Sessions()
+    code = store.link(_principal("ed", token="tok-ed"))
+    assert store.redeem(code) == "tok-ed"
+    assert store.redeem(code) is None
+    monkeypatch.setattr(module, "LINK_TTL_S", -1.0)
+    late = store.link(_principal("ed", token="tok-ed"))
+    assert store.redeem(late) is None
+    assert store.redeem("made-up") is None
+
+
+def test_the_csrf_secret_must_match_exactly() -> None:
+    store = Sessions()
+    _, session = store.open(_principal("fa"), 0)
+    assert csrf_matches(session, session.csrf)
+    for wrong in (None, "", session.csrf[:-1], session.csrf + "x", "x" * len(session.csrf)):
+        assert not csrf_matches(session, wrong)
+
+
+def test_a_session_whose_token_is_unknown_is_refused() -> None:
+    store = Sessions()
+    _, session = store.open(_principal("gu", token="gone"), 0)
+    with pytest.raises(Unauthenticated) as refused:
+        principal_of_session(Identity(), session, 0)
+    assert refused.value.field == "session"
