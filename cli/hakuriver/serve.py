@@ -269,6 +269,7 @@ def run_host(
     async def _ready(app: Any) -> None:
         for line in host_banner(claims, settings) + tls_banner(tls):
             print(line, flush=True)
+        print(f"dashboard: {claims.local_url}/ (hakuriver ui opens it logged in)", flush=True)
         print(f"event log: {settings.db_path}", flush=True)
 
     return _serve(app, claims, tls)
@@ -482,6 +483,7 @@ def run_up(
         else:
             print(f"  listening on {claims.where()}", flush=True)
         print(f"  admin token: {admin_file} (the CLI reads it; keep it private)", flush=True)
+        print(f"  dashboard: {url}/  (hakuriver ui opens it logged in)", flush=True)
         for line in tls_banner(tls):
             print(f"  {line}", flush=True)
         pin = f" HAKURIVER_CA_FINGERPRINT={fingerprint}" if fingerprint else ""
