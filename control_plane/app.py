@@ -31,6 +31,7 @@ from control_plane.dashboard.sessions import (
     Sessions,
     csrf_matches,
     principal_of_session,
+    same_origin,
 )
 from control_plane.errors import (
     ERROR_CODE,
@@ -181,6 +182,8 @@ def create_app(
         principal = principal_of_session(cp.state.identity, session, now_us())
         websocket = request.headers.get("upgrade", "").lower() == "websocket"
         if websocket or request.method not in SAFE_METHODS:
+            if not same_origin(request.headers.get("origin"), request.headers.get("host")):
+                raise Refused("Origin", "a change with a dashboard session from another site")
             presented = request.args.get("csrf") if websocket else None
             if not csrf_matches(session, request.headers.get(CSRF_HEADER) or presented):
                 raise Refused(

@@ -23,6 +23,7 @@ from control_plane.dashboard.sessions import (
     COOKIE,
     Sessions,
     principal_of_token_id,
+    same_origin,
 )
 from control_plane.errors import InvalidRequest, Refused, Unauthenticated
 from control_plane.routes.common import (
@@ -146,6 +147,9 @@ def _cookie(request: Request, value: str, max_age: int) -> str:
 async def login(request: Request) -> HTTPResponse:
     """Exchange a user token (``token``) or a one-time login code (``code``, from
     ``hakuriver ui``) for a session cookie; answers who, their role and the CSRF secret."""
+    if not same_origin(request.headers.get("origin"), request.headers.get("host")):
+        # Login CSRF: another site logging this browser in as someone else.
+        raise Refused("Origin", "a login from another site's page")
     body = json_object(request)
     token, code = body.get("token"), body.get("code")
     cp = control_plane(request)

@@ -161,6 +161,16 @@ def principal_of_token_id(identity: Identity, token_id: str, now_us: int) -> Pri
     )
 
 
+def same_origin(origin: str | None, host: str | None) -> bool:
+    """Whether a browser's ``Origin`` header names this host (no header: not a browser's
+    cross-site request, which always carries one on a POST or a websocket)."""
+    if not origin:
+        return True
+    if origin == "null" or not host:
+        return False
+    return origin.split("://", 1)[-1].rstrip("/").lower() == host.lower()
+
+
 def csrf_matches(session: Session, presented: str | None) -> bool:
     """Whether the CSRF secret presented is the session's."""
     return bool(presented) and hmac.compare_digest(session.csrf, presented or "")

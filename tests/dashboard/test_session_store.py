@@ -90,3 +90,19 @@ def test_a_session_whose_token_is_unknown_is_refused() -> None:
     with pytest.raises(Unauthenticated) as refused:
         principal_of_session(Identity(), session, 0)
     assert refused.value.field == "session"
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "same"),
+    [
+        (None, "127.0.0.1:8000", True),
+        ("http://127.0.0.1:8000", "127.0.0.1:8000", True),
+        ("https://Cluster.Lab:8443", "cluster.lab:8443", True),
+        ("http://127.0.0.1:8001", "127.0.0.1:8000", False),
+        ("http://evil.example", "127.0.0.1:8000", False),
+        ("null", "127.0.0.1:8000", False),
+        ("http://127.0.0.1:8000", None, False),
+    ],
+)
+def test_same_origin(origin: str | None, host: str | None, same: bool) -> None:
+    assert module.same_origin(origin, host) is same

@@ -222,3 +222,23 @@ def test_a_bearer_header_wins_over_a_cookie_and_is_never_mixed(cluster: Cluster)
         answer = client.get("/api/whoami", headers={"Authorization": "Bearer hkr_u_00.bad"})
         assert answer.status_code == 401  # no fall back to the session
         assert client.get("/api/whoami").json()["user"] == "xena"
+
+
+def test_another_sites_page_can_neither_log_in_nor_change_with_the_cookie(
+    cluster: Cluster,
+) -> None:
+    token = cluster.add_user("yuki")
+    evil = {"Origin": "http://evil.example"}
+    with _browser(cluster) as client:
+        answer = client.post("/api/ui/login", json={"token": token}, headers=evil)
+        assert answer.status_code == 403 and answer.json()["field"] == "Origin"
+        assert "set-cookie" not in answer.headers
+    client, csrf = _login(cluster, token)
+    with closing(client):
+        # Even with the CSRF secret (say, leaked), another origin's change is refused.
+        refused = client.post(
+            "/api/keys", json={"public_key": KEY}, headers={**evil, "X-CSRF-Token": csrf}
+        )
+        assert refused.status_code == 403 and refused.json()["field"] == "Origin"
+        mine = {"Origin": cluster.url, "X-CSRF-Token": csrf}
+        assert client.post("/api/ui/logout", headers=mine).status_code == 200
