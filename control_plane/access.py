@@ -99,17 +99,26 @@ def authenticate(identity: Identity, authorization: str | None, now_us: int) -> 
     ):
         raise Unauthenticated("Authorization", INVALID)
     # The caller holds the secret: from here on the answer may say what is wrong with it.
+    return principal_of_token(identity, token, now_us)
+
+
+def principal_of_token(
+    identity: Identity, token: TokenView, now_us: int, field: str = "Authorization"
+) -> Principal:
+    """The principal of a known token, if it still holds now (revoked, expired, used up,
+    its user disabled or its node revoked: ``Unauthenticated`` on ``field``). A dashboard
+    session asks this of its token on every request (dashboard/sessions.py)."""
     if token.revoked:
-        raise Unauthenticated("Authorization", f"token {token.id} was revoked")
+        raise Unauthenticated(field, f"token {token.id} was revoked")
     if token.expires_at_us is not None and now_us >= token.expires_at_us:
-        raise Unauthenticated("Authorization", f"token {token.id} has expired")
+        raise Unauthenticated(field, f"token {token.id} has expired")
     if token.kind == "join" and token.uses_left is not None and token.uses_left <= 0:
-        raise Unauthenticated("Authorization", f"join token {token.id} is used up")
+        raise Unauthenticated(field, f"join token {token.id} is used up")
     user = identity.users.get(token.user)
     if token.kind != "agent" and (user is None or user.disabled):
-        raise Unauthenticated("Authorization", f"the user of token {token.id} is disabled")
+        raise Unauthenticated(field, f"the user of token {token.id} is disabled")
     if token.kind == "agent" and token.node in identity.revoked_nodes:
-        raise Unauthenticated("Authorization", f"node {token.node} was revoked")
+        raise Unauthenticated(field, f"node {token.node} was revoked")
     return Principal(
         user=token.user,
         role=user.role if user is not None else "user",

@@ -22,7 +22,7 @@ import secrets
 import time
 from typing import NamedTuple
 
-from control_plane.access import Principal
+from control_plane.access import Principal, principal_of_token
 from control_plane.errors import Unauthenticated
 from projections.identity import Identity
 
@@ -140,25 +140,12 @@ def principal_of_session(identity: Identity, session: Session, now_us: int) -> P
 
 
 def principal_of_token_id(identity: Identity, token_id: str, now_us: int) -> Principal:
-    """The principal of a user token known by id (a session's, a login link's)."""
+    """The principal of a user token known by id (a session's, a login link's), checked
+    as access.py checks a presented one."""
     token = identity.tokens.get(token_id)
-    field = "session"
     if token is None or token.kind != "user":
-        raise Unauthenticated(field, "this session's token no longer exists; log in again")
-    if token.revoked:
-        raise Unauthenticated(field, f"token {token.id} was revoked; log in again")
-    if token.expires_at_us is not None and now_us >= token.expires_at_us:
-        raise Unauthenticated(field, f"token {token.id} has expired; log in again")
-    user = identity.users.get(token.user)
-    if user is None or user.disabled:
-        raise Unauthenticated(field, f"the user of token {token.id} is disabled")
-    return Principal(
-        user=token.user,
-        role=user.role,
-        token_id=token.id,
-        token_kind=token.kind,
-        expires_at_us=token.expires_at_us,
-    )
+        raise Unauthenticated("session", "this session's token no longer exists; log in again")
+    return principal_of_token(identity, token, now_us, field="session")
 
 
 def same_origin(origin: str | None, host: str | None) -> bool:

@@ -190,42 +190,15 @@ def _resume_after(request: Request) -> int:
 @rule("admin")
 async def stream_events(request: Request) -> None:
     """Server-sent events (``id:`` = seq) after ``Last-Event-ID`` or ``after``, filtered."""
-    cp = control_plane(request)
-    service = _history(request)
-    flt = _filter(request, cp)
+    flt = _filter(request, control_plane(request))
     if flt.until_seq is not None or flt.until_us is not None:
         raise InvalidRequest("until", "a stream has no end; read a range with GET /api/events")
     position = _resume_after(request)
-    keepalive = _keepalive(request)
-    client = f"{principal_of(request).user}@{request.remote_addr or request.ip}"
-    with _stream_slots(request).hold(client):  # 429 past the client's share (streams.py)
-        response = await request.respond(
-            content_type="text/event-stream; charset=utf-8",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
-        stall_s = cp.settings.network.event_stream_stall_s
-        send = functools.partial(_send_within, request, response, stall_s)
-        if not await send(f"retry: 1000\n: events after seq {position}\n\n"):
-            return
-        while not service.closing.is_set():
-            upto = cp.last_seq
-            if upto > position:
-                try:
-                    page = await _read(request, _page_reader(service, flt, position, upto))
-                except ServiceUnavailable:
-                    break  # shutting down: end the stream cleanly; the client resumes later
-                text = "".join(f"id: {e.seq}\ndata: {_encode(e).decode()}\n\n" for e in page.events)
-                if text and not await send(text):
-                    return
-                position = page.next_after
-                continue
-            # A comment keeps proxies from timing out; the id moves the client's resume
-            # point past the events its filter skipped.
-            if not await service.wait_beyond(position, keepalive) and not await send(
-                f"id: {position}\n: keep-alive\n\n"
-            ):
-                return
-        await response.eof()
+
+    def render(page: FeedPage) -> str:
+        return "".join(f"id: {e.seq}\ndata: {_encode(e).decode()}\n\n" for e in page.events)
+
+    await _serve_stream(request, flt, position, f": events after seq {position}", render)
 
 
 @bp.get("/events/changes")
@@ -236,21 +209,45 @@ async def stream_changes(request: Request) -> None:
     tasks' and jobs' events and the nodes'), never a payload: the page reads what
     changed from the API, which decides what the caller may see of it."""
     cp = control_plane(request)
-    service = _history(request)
     principal = principal_of(request)
     given = request.headers.get("last-event-id") or request.args.get("after")
     position = _resume_after(request) if given else cp.last_seq  # default: from now on
+
+    def render(page: FeedPage) -> str:
+        text = "".join(
+            "data: " + _encode({"seq": e.seq, "kind": e.kind, "stream": e.stream}).decode() + "\n\n"
+            for e in page.events
+            if _may_see_stream(cp.state, principal, e.stream)
+        )
+        # The id moves the client's resume point past what it was not shown.
+        return f"{text}id: {page.next_after}\n\n" if text else ""
+
+    opening = f"id: {position}\n: changes after seq {position}"
+    await _serve_stream(request, EventFilter(), position, opening, render)
+
+
+async def _serve_stream(
+    request: Request,
+    flt: EventFilter,
+    position: int,
+    opening: str,
+    render: Callable[[FeedPage], str],
+) -> None:
+    """Serve the log after ``position`` as server-sent events until the client leaves or
+    the host stops: each page read is sent as ``render`` writes it (nothing: skipped),
+    and a keep-alive moves the client's resume point when nothing is new."""
+    cp = control_plane(request)
+    service = _history(request)
     keepalive = _keepalive(request)
-    client = f"{principal.user}@{request.remote_addr or request.ip}"
-    flt = EventFilter()
-    with _stream_slots(request).hold(client):
+    client = f"{principal_of(request).user}@{request.remote_addr or request.ip}"
+    with _stream_slots(request).hold(client):  # 429 past the client's share (streams.py)
         response = await request.respond(
             content_type="text/event-stream; charset=utf-8",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
         stall_s = cp.settings.network.event_stream_stall_s
         send = functools.partial(_send_within, request, response, stall_s)
-        if not await send(f"retry: 1000\nid: {position}\n: changes after seq {position}\n\n"):
+        if not await send(f"retry: 1000\n{opening}\n\n"):
             return
         while not service.closing.is_set():
             upto = cp.last_seq
@@ -258,17 +255,14 @@ async def stream_changes(request: Request) -> None:
                 try:
                     page = await _read(request, _page_reader(service, flt, position, upto))
                 except ServiceUnavailable:
-                    break
-                notices = [
-                    _encode({"seq": e.seq, "kind": e.kind, "stream": e.stream}).decode()
-                    for e in page.events
-                    if _may_see_stream(cp.state, principal, e.stream)
-                ]
-                position = page.next_after
-                text = "".join(f"data: {n}\n\n" for n in notices)
-                if text and not await send(f"{text}id: {position}\n\n"):
+                    break  # shutting down: end the stream cleanly; the client resumes later
+                text = render(page)
+                if text and not await send(text):
                     return
+                position = page.next_after
                 continue
+            # A comment keeps proxies from timing out; the id moves the client's resume
+            # point past the events its filter skipped.
             if not await service.wait_beyond(position, keepalive) and not await send(
                 f"id: {position}\n: keep-alive\n\n"
             ):
