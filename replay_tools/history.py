@@ -39,6 +39,7 @@ from replay_tools.timeline import (
     task_history,
     why,
 )
+from replay_tools.usage import Usage, usage_series
 
 Json = dict[str, Any]
 
@@ -156,6 +157,10 @@ class History:
     def diff(self, a: Point, b: Point | None = None) -> StateDiff:
         """``GET /api/state/diff``: what changed from ``a`` to ``b`` (default: the end)."""
         return diff_between(self.log, a, b or Point(seq=self.log.last_seq))
+
+    def usage(self, *, end_us: int, hours: float, points: int) -> Usage:
+        """``GET /api/usage``: allocated and offered resources over the window, in buckets."""
+        return usage_series(self.log.con, end_us=end_us, hours=hours, points=points)
 
     # -- audit, SQL, reports, exports ----------------------------------------------------
 

@@ -40,6 +40,7 @@ from control_plane.routes.common import (
     task_id_of,
 )
 from control_plane.streams import StreamSlots
+from events.envelope import now_us
 from events.ids import is_job_id
 from projections.cluster import ClusterState
 from replay_tools.analytics import DEFAULT_MAX_ROWS
@@ -56,6 +57,7 @@ from replay_tools.queries import (
     sql_query,
 )
 from replay_tools.timeline import explain_placement
+from replay_tools.usage import usage_window
 
 bp = JsonBlueprint("history", url_prefix="/api")
 T = TypeVar("T")
@@ -397,6 +399,23 @@ async def get_state_diff(request: Request) -> HTTPResponse:
     service = _history(request)
     a, b = diff_points(request.args.get("a"), request.args.get("b"))
     return answer(await _read(request, lambda cur: service.history(cur).diff(a, b)))
+
+
+@bp.get("/usage")
+@rule("user")
+async def get_usage(request: Request) -> HTTPResponse:
+    """Cores, memory and GPUs allocated and offered over the last ``hours`` (default 6),
+    in ``points`` buckets (default 120): the overview's chart. Aggregates only, so any
+    user may read it (replay_tools/usage.py says how each number is made)."""
+    hours, points = usage_window(request.args.get("hours"), request.args.get("points"))
+    service = _history(request)
+    end_us = now_us()
+    return answer(
+        await _read(
+            request,
+            lambda cur: service.history(cur).usage(end_us=end_us, hours=hours, points=points),
+        )
+    )
 
 
 # -- audit, SQL, reports, exports -----------------------------------------------------------
