@@ -123,6 +123,7 @@ def test_an_admin_changes_a_role_and_disables_a_user_and_sees_refusals(cluster: 
         _confirm(page, "Disable")
         expect(row).to_contain_text("disabled")
         assert _whoami(cluster, token).status_code == 401
+        expect(row.locator("td").nth(3)).to_have_text("—")  # no token of theirs works
         # The API's refusal is shown as it words it: a user who exists already.
         page.get_by_label("Name").fill("lou")
         page.get_by_role("button", name="Add user").click()
@@ -172,6 +173,36 @@ def test_a_join_token_made_in_the_page_enrols_a_node_the_page_then_revokes(
         expect(
             page.locator("tr[data-node='n1']").get_by_role("button", name="Forget node n1")
         ).to_be_hidden()
+
+
+def test_an_offline_node_is_forgotten_from_the_page_with_a_reason(cluster: Cluster) -> None:
+    # Given a node that was online and went offline...
+    cluster.start_agent("n2")
+    cluster.stop_agent("n2")
+    cluster.wait_node("n2", online=False)
+    with browser_context() as context:
+        page = _admin_page(context, cluster, "/admin?tab=nodes")
+        row = page.locator("tr[data-node='n2']")
+        expect(row).to_contain_text("offline")
+        # ...when the admin forgets it, giving a reason, it leaves the list and the log
+        # records who did it and why.
+        row.get_by_role("button", name="Forget node n2").click()
+        page.get_by_label("Reason (recorded)").fill("retired in the page")
+        _confirm(page, "Forget node")
+        expect(row.get_by_role("button", name="Forget node n2")).to_have_count(0)
+        assert cluster.node("n2") is None
+        recorded = cluster.http.get("/api/events", params={"kind": "node.forgotten"}).json()
+        [event] = [e for e in recorded["events"] if e["payload"].get("node") == "n2"]
+        assert event["payload"]["reason"] == "retired in the page"
+
+
+def test_the_admin_page_fits_a_phone(cluster: Cluster) -> None:
+    with browser_context(viewport={"width": 390, "height": 844}, is_mobile=True) as context:
+        page = _admin_page(context, cluster)
+        page.locator("tr[data-user='admin']").wait_for()
+        # Nothing but the tables' own scrolling boxes is wider than the screen.
+        assert page.evaluate("() => document.documentElement.scrollWidth <= innerWidth + 1")
+        screenshot(page, "phone-admin")
 
 
 ADMIN_CALLS = [

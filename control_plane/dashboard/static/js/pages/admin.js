@@ -219,6 +219,7 @@
           this.$nextTick(() => document.getElementById("token-name").focus());
         },
         liveTokens(u) {
+          if (u.disabled) return "—";
           const now = Date.now() * 1000;
           return this.tokens.filter((t) => t.user === u.name && t.kind === "user" && tokenState(t, now) === "active").length;
         },
@@ -251,8 +252,11 @@
             this.busy = false;
           }
         },
+        // A disabled user's tokens are refused whatever their own state says.
         state(t) {
-          return tokenState(t, Date.now() * 1000);
+          const state = tokenState(t, Date.now() * 1000);
+          const owner = t.kind === "user" && this.users.find((u) => u.name === t.user);
+          return state === "active" && owner && owner.disabled ? "user disabled" : state;
         },
         shownTokens() {
           const f = this.tokenFilter;
