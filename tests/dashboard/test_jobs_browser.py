@@ -142,6 +142,14 @@ def test_a_two_node_job_from_pasted_yaml_shows_both_ranks_live_and_its_prefixed_
         page.get_by_label("Show the logs of").select_option("")
         expect(log).to_contain_text("node-0 | rank 0 done")
         screenshot(page, "job-detail")
+        # The download is the whole combined log, as the API serves it.
+        with page.expect_download() as download:
+            page.get_by_role("button", name="Download logs").click()
+        assert download.value.suggested_filename == f"job-{job_id}.log"
+        with cluster.client_as(user) as client:
+            whole = client.get(f"/api/jobs/{job_id}/logs").text
+        assert Path(download.value.path()).read_text() == whole
+        assert "node-0 | rank 0 done" in whole
         # The list shows it, completed, with its two nodes.
         page.get_by_role("link", name="← Jobs").click()
         row = page.locator(f"tr[data-job='{job_id}']")
@@ -204,6 +212,36 @@ def test_a_running_job_is_stopped_from_its_page(cluster: Cluster, user: str) -> 
             expect(ranks.nth(rank).locator(".badge")).to_have_text("killed", timeout=LIVE)
         expect(page.get_by_role("button", name="Stop job")).to_have_count(0)
         assert api(cluster, user, "GET", f"/api/jobs/{job_id}")["stop_requested_by"]
+        assert errors.real() == []
+
+
+def test_a_job_that_cannot_be_placed_says_why_and_is_stopped_from_the_list_on_a_phone(
+    cluster: Cluster, user: str
+) -> None:
+    # Given a 3-node job on a 2-node cluster: it waits, never partly placed.
+    three = SLEEPER.replace("num_nodes: 2", "num_nodes: 3")
+    job_id = api(cluster, user, "POST", "/api/jobs", json={"yaml": three})["job_id"]
+    why = api(cluster, user, "GET", f"/api/jobs/{job_id}")["why"]
+    assert why, "the scheduler explains a queued job"
+    with browser_context(viewport={"width": 390, "height": 844}, is_mobile=True) as context:
+        page = context.new_page()
+        errors = PageErrors(page)
+        login(page, cluster.url, user, f"/jobs/{job_id}")
+        # Its page says why it is pending, as the API does.
+        expect(page.locator(".jobs-head .badge")).to_have_text("pending")
+        expect(page.locator(".jobs-why-card")).to_have_text(f"Why pending: {why}")
+        screenshot(page, "phone-job-pending")
+        # The list says it too, and stops it.
+        page.get_by_role("link", name="← Jobs").click()
+        row = page.locator(f"tr[data-job='{job_id}']")
+        expect(row.locator(".jobs-why")).to_have_text(why)
+        row.get_by_role("button", name=f"Stop job {job_id}").click()
+        expect(row.locator(".badge")).to_have_text("stopped", timeout=LIVE)
+        expect(row.get_by_role("button", name=f"Stop job {job_id}")).to_be_hidden()
+        # The status filter keeps its state in the address.
+        page.get_by_label("Status").select_option("running")
+        expect(row).to_be_hidden()
+        assert "status=running" in page.url
         assert errors.real() == []
 
 
