@@ -6,7 +6,7 @@ over the views and a sort of the matches, and only the page's documents are buil
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,7 +86,7 @@ def select_tasks(
     return TaskPage(_sorted(found, query.sort, query.descending)[query.offset : end], total)
 
 
-def _sorted(found: list[TaskView], sort: str, descending: bool) -> Sequence[TaskView]:
+def _sorted(found: list[TaskView], sort: str, descending: bool) -> list[TaskView]:
     key = SORT_KEYS[sort]
     keyed = [(key(t), t.number, t) for t in found]
     known = [k for k in keyed if k[0] is not None]

@@ -163,7 +163,9 @@ def _task_query(request: Request) -> TaskQuery:
         raise InvalidRequest("order", "must be asc or desc")
     sort = request.args.get("sort", "number")
     if sort not in SORT_KEYS:
-        raise InvalidRequest("sort", f"unknown sort key {sort[:40]!r}; one of {', '.join(SORT_KEYS)}")
+        raise InvalidRequest(
+            "sort", f"unknown sort key {sort[:40]!r}; one of {', '.join(SORT_KEYS)}"
+        )
     texts = {}
     for field in ("name", "q"):
         value = request.args.get(field) or None

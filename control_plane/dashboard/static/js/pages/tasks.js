@@ -69,7 +69,8 @@
       HR.toast(`task ${done.number}: ${verb} requested`, "ok");
       await component.refreshOne(t.task_id);
     } catch (err) {
-      component.actionError = `task ${t.number}: ${err.text || err}`;
+      const text = err.text || String(err);
+      component.actionError = text.includes(`task ${t.number}`) ? text : `task ${t.number}: ${text}`;
       HR.toast(component.actionError, "error");
     } finally {
       const busy = { ...component.busy };
@@ -202,6 +203,9 @@
         return `${first}–${last} of ${this.total} task${this.total === 1 ? "" : "s"}`;
       },
       active: (t) => ACTIVE.has(t.state),
+      isBusy(t) {
+        return this.busy[t.task_id] === true;
+      },
       act(t, verb) {
         return actOn(this, t, verb);
       },
@@ -262,6 +266,9 @@
         await this.load();
       },
       active: (t) => ACTIVE.has(t.state),
+      isBusy(t) {
+        return this.busy[t.task_id] === true;
+      },
       act(t, verb) {
         return actOn(this, t, verb);
       },
@@ -358,7 +365,8 @@
           ["Name", t.name || "—"],
           ["Type", t.task_type],
           ["Command", t.redacted ? "redacted" : commandLine(t)],
-          ["Container", t.container === null ? "host default" : t.container === "NULL" ? "NULL (plain process)" : t.container],
+          // The host records the default environment it resolved; null is a plain process.
+          ["Container", t.container === null || t.container === "NULL" ? "NULL (a plain process)" : t.container],
           ["Cores", t.cores === 0 ? "0 (no core accounting)" : String(t.cores)],
           ["Memory", t.memory_bytes ? HR.fmt.bytes(t.memory_bytes) : "no limit"],
           ["Target", t.target || "automatic placement"],
