@@ -15,7 +15,7 @@ from sanic import Request
 from sanic.response import HTTPResponse
 
 from control_plane import vps_shells
-from control_plane.access import rule
+from control_plane.access import may_act_on, rule
 from control_plane.commands import KillTask, OpenSshSession, PauseTask, SubmitTasks
 from control_plane.env_default import DefaultEnvironment
 from control_plane.errors import Conflict, DomainError, InvalidRequest, NotFound
@@ -48,6 +48,7 @@ from control_plane.routes.common import (
 from control_plane.views import TaskOut
 from events.config import is_no_container
 from events.ids import new_id
+from projections.task_query import SORT_KEYS, TaskQuery, select_tasks
 from projections.tasks import ENDED_STATES, STATES, TaskView
 
 bp = JsonBlueprint("tasks", url_prefix="/api")
@@ -119,41 +120,70 @@ async def get_batch(request: Request, batch_id: str) -> HTTPResponse:
 @rule("user")
 async def list_tasks(request: Request) -> HTTPResponse:
     """The caller's tasks (``all_users=1``: everyone's; ``owner=U``: U's) filtered by status,
-    node and batch; newest first unless ``order=asc``. Other users' tasks come redacted
+    node, batch, name and text (``q``), sorted (``sort``, ``order``: newest first by
+    default) and paged (``offset``, ``limit``). Other users' tasks come redacted
     (``TaskOut.redacted``) unless the caller is an admin."""
+    query = _task_query(request)
+    principal = principal_of(request)
+    page = select_tasks(
+        control_plane(request).state.tasks.values(),
+        query,
+        lambda owner: may_act_on(principal, owner),
+    )
+    following = query.offset + len(page.tasks)
+    return answer(
+        {
+            "tasks": [TaskOut.of(t, may_act_on(principal, t.spec.owner)) for t in page.tasks],
+            "total": page.total,
+            "offset": query.offset,
+            "next_offset": following if following < page.total else None,
+        }
+    )
+
+
+MAX_SEARCH = 200
+
+
+def _task_query(request: Request) -> TaskQuery:
+    """The list's query from the request's arguments (``InvalidRequest`` naming the one at
+    fault)."""
     wanted: set[str] = set()
     for raw in request.args.getlist("status", []):
         wanted.update(s.strip() for s in raw.split(",") if s.strip())
     unknown = sorted(wanted - set(STATES))
     if unknown:
         raise InvalidRequest("status", f"unknown state {unknown[0]!r}; one of {', '.join(STATES)}")
-    node = request.args.get("node")
     batch = request.args.get("batch")
-    principal = principal_of(request)
-    owner = request.args.get("owner")
+    owner = request.args.get("owner") or None
     all_users = request.args.get("all_users", "0").lower() in ("1", "true", "yes")
     if owner is None and batch is None and not all_users:
-        owner = principal.user
-    limit = query_int(request, "limit", minimum=1) or 1000
+        owner = principal_of(request).user
     order = request.args.get("order", "desc")
     if order not in ("asc", "desc"):
         raise InvalidRequest("order", "must be asc or desc")
-    tasks = list(control_plane(request).state.tasks.values())
-    if order == "desc":
-        tasks.reverse()
-    found: list[TaskOut] = []
-    for task in tasks:
-        if (
-            (wanted and task.state not in wanted)
-            or (node is not None and task.node != node)
-            or (batch is not None and task.spec.batch_id != batch)
-            or (owner is not None and task.spec.owner != owner)
-        ):
-            continue
-        found.append(TaskOut.of(task, may_see(request, task.spec.owner)))
-        if len(found) >= limit:
-            break
-    return answer({"tasks": found})
+    sort = request.args.get("sort", "number")
+    if sort not in SORT_KEYS:
+        raise InvalidRequest(
+            "sort", f"unknown sort key {sort[:40]!r}; one of {', '.join(SORT_KEYS)}"
+        )
+    texts = {}
+    for field in ("name", "q"):
+        value = request.args.get(field) or None
+        if value is not None and len(value) > MAX_SEARCH:
+            raise InvalidRequest(field, f"at most {MAX_SEARCH} characters, got {len(value)}")
+        texts[field] = value
+    return TaskQuery(
+        states=frozenset(wanted),
+        node=request.args.get("node") or None,
+        batch=batch,
+        owner=owner,
+        name=texts["name"],
+        text=texts["q"],
+        sort=sort,
+        descending=order == "desc",
+        offset=query_int(request, "offset") or 0,
+        limit=query_int(request, "limit", minimum=1) or 1000,
+    )
 
 
 def _task(cp: ControlPlane, ident: str) -> TaskView:

@@ -21,6 +21,7 @@ BENCHMARKS = [
     "bench_vps.py",
     "bench_jobs.py",
     "bench_job_cluster.py",
+    "bench_dashboard.py",
 ]
 
 
