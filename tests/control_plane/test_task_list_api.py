@@ -14,7 +14,7 @@ pytestmark = pytest.mark.timeout(90)
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     with running_cluster(tmp_path_factory.mktemp("tasklist"), agents=()) as c:
-        # 25 of the admin's, named by parity; then 3 of ada's, one with a secret command.
+        # 25 of the admin's, named by parity; then 3 of quill's, one with a secret command.
         tasks = [
             {
                 "command": "true",
@@ -24,10 +24,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             for i in range(25)
         ]
         assert c.http.post("/api/batches", json={"tasks": tasks}).status_code == 201
-        with c.client_as(c.add_user("ada")) as ada:
+        with c.client_as(c.add_user("quill")) as quill:
             for command in ("secret-tool", "true", "true"):
                 body = {"command": command, "container": "NULL"}
-                assert ada.post("/api/tasks", json=body).status_code == 201
+                assert quill.post("/api/tasks", json=body).status_code == 201
         yield c
 
 
@@ -53,14 +53,14 @@ def test_name_and_text_search_and_all_users(cluster: Cluster) -> None:
     assert doc["total"] == 13 and len(doc["tasks"]) == 5 and doc["next_offset"] == 5
     assert all(t["name"].startswith("even-") for t in doc["tasks"])
     everyone = cluster.http.get("/api/tasks", params={"all_users": 1, "q": "secret"}).json()
-    assert [t["owner"] for t in everyone["tasks"]] == ["ada"]
+    assert [t["owner"] for t in everyone["tasks"]] == ["quill"]
 
 
 def test_a_user_cannot_find_another_users_task_by_what_is_redacted(cluster: Cluster) -> None:
     with cluster.client_as(cluster.add_user("bea")) as bea:
         doc = bea.get("/api/tasks", params={"all_users": 1, "q": "secret-tool"}).json()
         assert doc["total"] == 0
-        doc = bea.get("/api/tasks", params={"all_users": 1, "q": "ada"}).json()
+        doc = bea.get("/api/tasks", params={"all_users": 1, "q": "quill"}).json()
         assert doc["total"] == 3 and all(t["redacted"] and t["command"] == "" for t in doc["tasks"])
 
 

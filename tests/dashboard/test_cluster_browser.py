@@ -266,7 +266,15 @@ def test_the_time_slider_shows_what_the_cli_shows_and_the_diff_a_finished_task(
         page.get_by_label("Task", exact=True).fill(running)
         page.get_by_role("button", name="Filter").click()
         feed = page.locator("[data-role=feed] tbody tr")
-        expect(feed.first).to_be_visible()
+        # Until the filtered page arrives, the unfiltered rows are still there: wait for it.
+        page.wait_for_function(
+            """(prefix) => {
+                const rows = [...document.querySelectorAll("[data-role=feed] tbody tr")];
+                return rows.length > 0 && rows.every(
+                    (r) => r.querySelector("td:nth-child(4)").innerText.startsWith(prefix));
+            }""",
+            arg=f"task:{running[:13]}",
+        )
         kinds = set(feed.evaluate_all("rows => rows.map(r => r.dataset.kind)"))
         assert "task.finished" in kinds and "task.submitted" in kinds
         streams = feed.locator("td:nth-child(4)").all_inner_texts()
