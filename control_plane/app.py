@@ -165,9 +165,27 @@ def create_app(
         require(principal, access)
         request.ctx.principal = principal
 
+    def recheck(request: Request) -> bool:
+        """Whether the caller of a long answer (an event stream) may still have it: the
+        same credential, still valid, the same user and role, still let in by the route's
+        rule. A revoked token, a disabled or demoted user, or a logout ends the stream."""
+        access = rule_of(request.route.handler) if request.route is not None else None
+        if access is None or access == "public":
+            return True
+        try:
+            principal = _principal(request, app.ctx.cp)
+            require(principal, access)
+        except DomainError:
+            return False
+        before: Principal = request.ctx.principal
+        return (principal.user, principal.role) == (before.user, before.role)
+
+    app.ctx.recheck = recheck
+
     def _principal(request: Request, cp: ControlPlane) -> Principal:
         """The caller: by its ``Authorization`` header, or else by a dashboard session's
-        cookie, whose changes (and websockets) must carry the session's CSRF secret."""
+        cookie and key (dashboard/sessions.py); a session's changes must come from this
+        host's own pages (``Origin``)."""
         header = request.headers.get("authorization")
         secret = request.cookies.get(COOKIE) if header is None else None
         if secret is None:
@@ -182,15 +200,22 @@ def create_app(
         principal = principal_of_session(cp.state.identity, session, now_us())
         websocket = request.headers.get("upgrade", "").lower() == "websocket"
         if websocket or request.method not in SAFE_METHODS:
-            if not same_origin(request.headers.get("origin"), request.headers.get("host")):
+            origin = request.headers.get("origin")
+            if not same_origin(origin, request.scheme, request.headers.get("host")):
                 raise Refused("Origin", "a change with a dashboard session from another site")
-            presented = request.args.get("csrf") if websocket else None
-            if not csrf_matches(session, request.headers.get(CSRF_HEADER) or presented):
-                raise Refused(
-                    CSRF_HEADER,
-                    "a change made with a dashboard session must carry its CSRF token"
-                    " (header X-CSRF-Token; csrf= on a websocket); reload the page",
-                )
+        # Every request with the cookie carries the session's second secret, which the page
+        # keeps in its origin's storage, never in a cookie: browsers send cookies to every
+        # port of a host name, so a cookie alone (caught by any other service there) is no
+        # session. Event streams and websockets cannot send headers: csrf= instead.
+        presented = request.headers.get(CSRF_HEADER)
+        if presented is None and (websocket or request.method in ("GET", "HEAD")):
+            presented = request.args.get("csrf")
+        if not csrf_matches(session, presented):
+            raise Refused(
+                CSRF_HEADER,
+                "a request with a dashboard session must carry the session's key (header"
+                " X-CSRF-Token; csrf= on an event stream or websocket); log in again",
+            )
         request.ctx.ui_session = session
         return principal
 

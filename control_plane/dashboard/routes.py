@@ -146,8 +146,10 @@ def _cookie(request: Request, value: str, max_age: int) -> str:
 @rule("public")
 async def login(request: Request) -> HTTPResponse:
     """Exchange a user token (``token``) or a one-time login code (``code``, from
-    ``hakuriver ui``) for a session cookie; answers who, their role and the CSRF secret."""
-    if not same_origin(request.headers.get("origin"), request.headers.get("host")):
+    ``hakuriver ui``) for a session: the cookie, and in the answer who, their role and the
+    session's key (``csrf``) the page sends with every request. ``peek`` with a code says
+    whose link it is without using it (the page asks before logging in as someone)."""
+    if not same_origin(request.headers.get("origin"), request.scheme, request.headers.get("host")):
         # Login CSRF: another site logging this browser in as someone else.
         raise Refused("Origin", "a login from another site's page")
     body = json_object(request)
@@ -161,11 +163,14 @@ async def login(request: Request) -> HTTPResponse:
         raise InvalidRequest("token", "must be a user token, hkr_u_…")
     if code is not None and (not isinstance(code, str) or not code):
         raise InvalidRequest("code", "must be the code of a login link")
+    peek = body.get("peek", False)
+    if not isinstance(peek, bool) or (peek and code is None):
+        raise InvalidRequest("peek", "true (with a code) asks whose link it is, without using it")
     try:
         if token is not None:
             principal = authenticate(cp.state.identity, f"Bearer {token.strip()}", now)
         else:
-            token_id = store.redeem(str(code))
+            token_id = (store.peek if peek else store.redeem)(str(code))
             if token_id is None:
                 raise Unauthenticated(
                     "code", "this login link is unknown, used or expired; run hakuriver ui again"
@@ -176,6 +181,8 @@ async def login(request: Request) -> HTTPResponse:
         raise
     if principal.token_kind != "user":
         raise Refused("token", "only a user token logs in to the dashboard")
+    if peek:
+        return answer({"user": principal.user, "role": principal.role})
     secret, session = store.open(principal, now)
     max_age = max(1, int(session.expires_at - time.monotonic()))
     result = answer(

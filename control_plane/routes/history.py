@@ -65,6 +65,8 @@ T = TypeVar("T")
 log = logging.getLogger("hakuriver.host.history")
 
 STREAM_PAGE = 1000
+# How far back a change feed replays for a page that was away (events).
+CHANGES_REPLAY = 10_000
 _encode = msgspec.json.Encoder().encode
 
 
@@ -214,6 +216,14 @@ async def stream_changes(request: Request) -> None:
     principal = principal_of(request)
     given = request.headers.get("last-event-id") or request.args.get("after")
     position = _resume_after(request) if given else cp.last_seq  # default: from now on
+    # A page catches up on what it missed while away, a little: further back, it is told
+    # to read everything again ("resync") rather than make the host read the whole log.
+    oldest = max(0, cp.last_seq - CHANGES_REPLAY)
+    resync = ""
+    if position < oldest:
+        position = oldest
+        resync = "data: " + _encode({"seq": oldest, "kind": "resync", "stream": ""}).decode()
+        resync += "\n\n"
 
     def render(page: FeedPage) -> str:
         text = "".join(
@@ -224,7 +234,7 @@ async def stream_changes(request: Request) -> None:
         # The id moves the client's resume point past what it was not shown.
         return f"{text}id: {page.next_after}\n\n" if text else ""
 
-    opening = f"id: {position}\n: changes after seq {position}"
+    opening = f"{resync}id: {position}\n: changes after seq {position}"
     await _serve_stream(request, EventFilter(), position, opening, render)
 
 
@@ -241,6 +251,7 @@ async def _serve_stream(
     cp = control_plane(request)
     service = _history(request)
     keepalive = _keepalive(request)
+    recheck: Callable[[Request], bool] = request.app.ctx.recheck
     client = f"{principal_of(request).user}@{request.remote_addr or request.ip}"
     with _stream_slots(request).hold(client):  # 429 past the client's share (streams.py)
         response = await request.respond(
@@ -252,6 +263,8 @@ async def _serve_stream(
         if not await send(f"retry: 1000\n{opening}\n\n"):
             return
         while not service.closing.is_set():
+            if not recheck(request):
+                break  # its token revoked, its user disabled or demoted, its session ended
             upto = cp.last_seq
             if upto > position:
                 try:

@@ -14,7 +14,7 @@ from control_plane.dashboard.sessions import (
     csrf_matches,
     principal_of_session,
 )
-from control_plane.errors import Unauthenticated
+from control_plane.errors import TooMany, Unauthenticated
 from projections.identity import Identity
 
 
@@ -36,12 +36,24 @@ def test_a_user_holds_at_most_the_cap_and_the_oldest_goes_first() -> None:
     assert store.find(bob) is not None
 
 
-def test_the_total_cap_holds_against_many_users(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_past_the_total_cap_a_new_session_is_refused_not_anothers_ended(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(module, "SESSIONS_TOTAL", 50)
     store = Sessions()
-    for n in range(200):
-        store.open(_principal(f"u{n}"), 0)
-    assert store.count() == 50
+    first = [store.open(_principal(f"u{n}"), 0)[0] for n in range(50)]
+    with pytest.raises(TooMany):
+        store.open(_principal("late"), 0)
+    assert store.count() == 50 and all(store.find(s) is not None for s in first)
+
+
+def test_one_users_links_never_push_out_anothers() -> None:
+    store = Sessions()
+    alice = store.link(_principal("alice", token="tok-a"))
+    for _ in range(1000):
+        store.link(_principal("bob", token="tok-b"))
+    assert store.peek(alice) == "tok-a"  # peeking uses nothing up
+    assert store.redeem(alice) == "tok-a"
 
 
 def test_a_session_ends_with_its_token_expiry_or_its_ttl() -> None:
@@ -93,16 +105,20 @@ def test_a_session_whose_token_is_unknown_is_refused() -> None:
 
 
 @pytest.mark.parametrize(
-    ("origin", "host", "same"),
+    ("origin", "scheme", "host", "same"),
     [
-        (None, "127.0.0.1:8000", True),
-        ("http://127.0.0.1:8000", "127.0.0.1:8000", True),
-        ("https://Cluster.Lab:8443", "cluster.lab:8443", True),
-        ("http://127.0.0.1:8001", "127.0.0.1:8000", False),
-        ("http://evil.example", "127.0.0.1:8000", False),
-        ("null", "127.0.0.1:8000", False),
-        ("http://127.0.0.1:8000", None, False),
+        (None, "http", "127.0.0.1:8000", True),
+        ("http://127.0.0.1:8000", "http", "127.0.0.1:8000", True),
+        ("http://127.0.0.1:8000", "ws", "127.0.0.1:8000", True),
+        ("https://Cluster.Lab:8443", "https", "cluster.lab:8443", True),
+        ("https://cluster.lab", "https", "cluster.lab:443", True),
+        ("http://[::1]:8000", "http", "[::1]:8000", True),
+        ("https://127.0.0.1:8000", "http", "127.0.0.1:8000", False),
+        ("http://127.0.0.1:8001", "http", "127.0.0.1:8000", False),
+        ("http://evil.example", "http", "127.0.0.1:8000", False),
+        ("null", "http", "127.0.0.1:8000", False),
+        ("http://127.0.0.1:8000", "http", None, False),
     ],
 )
-def test_same_origin(origin: str | None, host: str | None, same: bool) -> None:
-    assert module.same_origin(origin, host) is same
+def test_same_origin(origin: str | None, scheme: str, host: str | None, same: bool) -> None:
+    assert module.same_origin(origin, scheme, host) is same

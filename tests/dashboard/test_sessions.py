@@ -30,11 +30,16 @@ def _browser(cluster: Cluster) -> httpx.Client:
     return httpx.Client(base_url=cluster.url, timeout=10)
 
 
-def _login(cluster: Cluster, token: str) -> tuple[httpx.Client, str]:
+def _login(cluster: Cluster, token: str, *, keyed: bool = True) -> tuple[httpx.Client, str]:
+    """A logged-in browser-like client; ``keyed``: it sends the session's key with every
+    request, as the pages do (``X-CSRF-Token``)."""
     client = _browser(cluster)
     answer = client.post("/api/ui/login", json={"token": token})
     assert answer.status_code == 200, answer.text
-    return client, answer.json()["csrf"]
+    key = answer.json()["csrf"]
+    if keyed:
+        client.headers["X-CSRF-Token"] = key
+    return client, key
 
 
 def test_the_pages_and_files_are_served_with_a_strict_policy(cluster: Cluster) -> None:
@@ -67,6 +72,7 @@ def test_login_sets_an_httponly_strict_cookie_and_never_echoes_the_token(
         cookie = answer.headers["set-cookie"]
         assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
         assert token not in cookie and token not in answer.text
+        client.headers["X-CSRF-Token"] = answer.json()["csrf"]  # as the page does
         me = client.get("/api/ui/session").json()
         assert (me["user"], me["role"]) == ("lena", "user")
         assert me["csrf"] == answer.json()["csrf"]
@@ -107,7 +113,7 @@ def test_a_change_without_the_csrf_token_is_refused_and_with_it_goes_through(
     cluster: Cluster,
 ) -> None:
     token = cluster.add_user("mira")
-    client, csrf = _login(cluster, token)
+    client, csrf = _login(cluster, token, keyed=False)
     with closing(client):
         body = {"public_key": KEY}
         refused = client.post("/api/keys", json=body)
@@ -115,7 +121,9 @@ def test_a_change_without_the_csrf_token_is_refused_and_with_it_goes_through(
         assert refused.json()["field"] == "x-csrf-token"
         wrong = client.post("/api/keys", json=body, headers={"X-CSRF-Token": "guess"})
         assert wrong.status_code == 403
-        assert client.get("/api/keys").json()["keys"] == []  # nothing was made
+        # Reads need the key too (csrf= where a header cannot go: event streams).
+        assert client.get("/api/keys").status_code == 403
+        assert client.get("/api/keys", params={"csrf": csrf}).json()["keys"] == []  # none made
         made = client.post("/api/keys", json=body, headers={"X-CSRF-Token": csrf})
         assert made.status_code == 201, made.text
         # Logging out is a change too; after it, the old cookie is worth nothing.
@@ -242,3 +250,32 @@ def test_another_sites_page_can_neither_log_in_nor_change_with_the_cookie(
         assert refused.status_code == 403 and refused.json()["field"] == "Origin"
         mine = {"Origin": cluster.url, "X-CSRF-Token": csrf}
         assert client.post("/api/ui/logout", headers=mine).status_code == 200
+
+
+@pytest.mark.parametrize("how", ["demote", "revoke", "logout"])
+def test_an_open_change_feed_ends_when_its_session_no_longer_holds(
+    cluster: Cluster, how: str
+) -> None:
+    name = f"ada-{how}"
+    token = cluster.add_user(name, role="admin")
+    client, key = _login(cluster, token)
+    token_id = client.get("/api/ui/session").json()["token_id"]
+    ended = False
+    with closing(client), client.stream("GET", "/api/events/changes?keepalive=0.1") as feed:
+        lines = feed.iter_lines()
+        assert next(lines).startswith("retry:")  # open
+        if how == "demote":
+            changed = cluster.http.post(f"/api/users/{name}/role", json={"role": "user"})
+        elif how == "revoke":
+            changed = cluster.http.post(f"/api/tokens/{token_id}/revoke")
+        else:
+            with httpx.Client(base_url=cluster.url, cookies=client.cookies) as other:
+                changed = other.post("/api/ui/logout", headers={"X-CSRF-Token": key})
+        assert changed.status_code == 200, changed.text
+        deadline = time.monotonic() + 10
+        for _ in lines:  # the host ends the stream at its next pass (a keep-alive at most)
+            if time.monotonic() > deadline:
+                break
+        else:
+            ended = True
+    assert ended, "the feed went on after its session stopped holding"

@@ -56,9 +56,9 @@
   HR.api = async function (method, path, body, opts = {}) {
     const headers = { Accept: "application/json" };
     const init = { method, headers, credentials: "same-origin", signal: opts.signal };
-    if (!["GET", "HEAD"].includes(method) && HR.me && HR.me.csrf) {
-      headers["X-CSRF-Token"] = HR.me.csrf;
-    }
+    // The session's key goes with every request: the cookie alone is no session.
+    const key = sessionKey();
+    if (key) headers["X-CSRF-Token"] = key;
     if (body !== undefined && body !== null) {
       if (opts.raw) {
         init.body = body;
@@ -81,7 +81,8 @@
     }
     if (!answer.ok) {
       const error = await errorOf(answer);
-      if (answer.status === 401 && !opts.noRedirect && HR.route.page !== "login") {
+      const ended = answer.status === 401 || (answer.status === 403 && error.field === "x-csrf-token");
+      if (ended && !opts.noRedirect && HR.route.page !== "login") {
         HR.me = null;
         HR.go("/login?next=" + encodeURIComponent(location.pathname + location.search));
       }
@@ -120,17 +121,43 @@
 
   // -- login state -------------------------------------------------------------------------
 
-  HR.loadMe = async function () {
+  // The session's key, kept in this origin's storage (shared by its tabs, never sent as a
+  // cookie: another port of this host name cannot read it).
+  const KEY = "hakuriver.session-key";
+  function sessionKey() {
+    if (HR.me && HR.me.csrf) return HR.me.csrf;
     try {
-      HR.me = await HR.api("GET", "/api/ui/session", null, { noRedirect: true });
-    } catch (err) {
+      return localStorage.getItem(KEY);
+    } catch (_) {
+      return null;
+    }
+  }
+  function keepKey(key) {
+    try {
+      if (key) localStorage.setItem(KEY, key);
+      else localStorage.removeItem(KEY);
+    } catch (_) {
+      /* storage refused: this tab keeps it in HR.me */
+    }
+  }
+
+  HR.loadMe = async function () {
+    if (!sessionKey()) {
       HR.me = null;
+    } else {
+      try {
+        HR.me = await HR.api("GET", "/api/ui/session", null, { noRedirect: true });
+      } catch (err) {
+        HR.me = null;
+        if (err.status === 401 || err.status === 403) keepKey(null);
+      }
     }
     document.dispatchEvent(new CustomEvent("hr:me", { detail: HR.me }));
     return HR.me;
   };
   HR.login = async function (body) {
     const me = await HR.api("POST", "/api/ui/login", body, { noRedirect: true });
+    keepKey(me.csrf);
     HR.me = me;
     document.dispatchEvent(new CustomEvent("hr:me", { detail: HR.me }));
     connectChanges();
@@ -141,6 +168,7 @@
       await HR.api("POST", "/api/ui/logout", {}, { noRedirect: true });
     } finally {
       HR.me = null;
+      keepKey(null);
       disconnectChanges();
       document.dispatchEvent(new CustomEvent("hr:me", { detail: null }));
       HR.go("/login");
@@ -151,12 +179,23 @@
   // -- live changes -----------------------------------------------------------------------
 
   let source = null;
+  let retry = null;
+  let backoff = 1000;
+  let awayFrom = null; // the last seq seen when the tab was hidden (null: it was not)
   const listeners = new Set();
   HR.lastSeq = 0;
 
+  function deliver(notice, all) {
+    for (const listener of listeners) listener.push(notice, all);
+  }
+
   function connectChanges() {
-    if (source || !HR.me) return;
-    source = new EventSource("/api/events/changes");
+    if (source || !HR.me || document.hidden) return;
+    const params = { csrf: sessionKey() };
+    if (awayFrom !== null && HR.lastSeq > 0) params.after = HR.lastSeq;
+    const resume = awayFrom !== null;
+    awayFrom = null;
+    source = new EventSource("/api/events/changes?" + query(params));
     source.onmessage = (message) => {
       let notice;
       try {
@@ -164,16 +203,54 @@
       } catch (_) {
         return;
       }
+      if (notice.kind === "resync") {
+        deliver(notice, true); // too much was missed: every page reads its data again
+        return;
+      }
       HR.lastSeq = Math.max(HR.lastSeq, notice.seq || 0);
-      for (const listener of listeners) listener.push(notice);
+      deliver(notice, false);
     };
-    source.onopen = () => document.dispatchEvent(new CustomEvent("hr:live", { detail: true }));
-    source.onerror = () => document.dispatchEvent(new CustomEvent("hr:live", { detail: false }));
+    source.onopen = () => {
+      backoff = 1000;
+      document.dispatchEvent(new CustomEvent("hr:live", { detail: true }));
+      // Back from hidden without a seq to resume from: the pages read everything again.
+      if (resume && !params.after) deliver({ seq: 0, kind: "resync", stream: "" }, true);
+    };
+    source.onerror = () => {
+      document.dispatchEvent(new CustomEvent("hr:live", { detail: false }));
+      if (source && source.readyState === EventSource.CLOSED) {
+        // Refused (a 4xx: logged out, too many streams) or gone: EventSource does not
+        // retry those by itself. Check the session, then try again, less and less often.
+        source = null;
+        awayFrom = HR.lastSeq;
+        clearTimeout(retry);
+        retry = setTimeout(async () => {
+          retry = null;
+          if (await HR.loadMe()) connectChanges();
+          else if (HR.route.page !== "login") HR.go("/login");
+        }, backoff);
+        backoff = Math.min(backoff * 2, 30000);
+      }
+    };
   }
   function disconnectChanges() {
+    clearTimeout(retry);
+    retry = null;
     if (source) source.close();
     source = null;
   }
+  // A hidden tab gives its connection back (browsers allow 6 per host over HTTP/1.1) and
+  // catches up when shown again.
+  document.addEventListener("visibilitychange", () => {
+    if (document.hidden) {
+      if (source) {
+        disconnectChanges();
+        awayFrom = HR.lastSeq;
+      }
+    } else if (HR.me) {
+      connectChanges();
+    }
+  });
 
   HR.onChange = function (fn, opts = {}) {
     const match =
@@ -186,8 +263,8 @@
     let pending = [];
     let timer = null;
     const listener = {
-      push(notice) {
-        if (!match(notice)) return;
+      push(notice, all) {
+        if (!all && !match(notice)) return;
         pending.push(notice);
         if (timer === null) {
           timer = setTimeout(() => {
@@ -483,12 +560,24 @@
       token: "",
       error: "",
       busy: false,
+      link: null, // a login link's {code, user, role}: asked about before it is used
+      current: null, // who this browser is logged in as now, if anyone
       async init() {
         const code = new URLSearchParams(location.hash.slice(1)).get("code");
-        if (code) {
-          history.replaceState(null, "", location.pathname + location.search);
-          await this.submit({ code });
+        if (!code) return;
+        history.replaceState(null, "", location.pathname + location.search);
+        this.current = HR.me ? HR.me.user : null;
+        try {
+          // Whose link is it? A link someone else made logs this browser in as them:
+          // the page asks first, and says so when it would replace a session.
+          const who = await HR.api("POST", "/api/ui/login", { code, peek: true }, { noRedirect: true });
+          this.link = { code, user: who.user, role: who.role };
+        } catch (err) {
+          this.error = err.text || String(err);
         }
+      },
+      useLink() {
+        return this.submit({ code: this.link.code });
       },
       async submit(body) {
         this.busy = true;

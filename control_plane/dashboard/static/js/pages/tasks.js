@@ -152,7 +152,7 @@
         const ids = new Set();
         let submitted = false;
         for (const n of notices) {
-          if (n.kind === "task.submitted") submitted = true;
+          if (n.kind === "task.submitted" || n.kind === "resync") submitted = true;
           const id = n.stream.slice("task:".length);
           if (shown.has(id)) ids.add(id);
         }
