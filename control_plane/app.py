@@ -86,6 +86,13 @@ GRACEFUL_S = 5.0
 SHUTDOWN_EXIT_CODE = 70
 # What a 503 for an unwritable log suggests: the agents' resends pause about as long.
 STORE_RETRY_AFTER_S = "5"
+# Sent with every answer that does not set its own (the dashboard's pages do).
+API_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
 # Methods that change nothing: a dashboard session needs no CSRF token for them.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -218,6 +225,15 @@ def create_app(
             )
         request.ctx.ui_session = session
         return principal
+
+    @app.on_response  # type: ignore[untyped-decorator]
+    async def _headers(request: Request, response: HTTPResponse) -> None:
+        """What every answer says to a browser: nothing here is to be sniffed into
+        another type, framed, or given a referrer; an API answer opened in a browser runs
+        nothing (the dashboard's own pages set their policy: dashboard/routes.py)."""
+        for name, value in API_HEADERS.items():
+            if name not in response.headers:
+                response.headers[name] = value
 
     @app.before_server_start
     async def _open(app: Sanic) -> None:  # type: ignore[type-arg]

@@ -21,6 +21,7 @@ totals are the ones ``GET /api/nodes`` sums).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Sequence
 
 import duckdb
@@ -30,6 +31,7 @@ from replay_tools.points import iso
 from replay_tools.queries import HistoryError
 
 MAX_HOURS = 24 * 31
+MIN_HOURS = 1 / 60
 MAX_POINTS = 1000
 DEFAULT_HOURS = 6.0
 DEFAULT_POINTS = 120
@@ -103,13 +105,15 @@ def usage_window(hours: str | None, points: str | None) -> tuple[float, int]:
             span = math.nan
         if not math.isfinite(span):
             raise HistoryError("hours", f"must be a number of hours, got {hours[:40]!r}")
-        if not 0 < span <= MAX_HOURS:
+        # At least a minute: a bucket must be a microsecond or more (0.000001 h is none).
+        if not MIN_HOURS <= span <= MAX_HOURS:
             raise HistoryError(
-                "hours", f"must be more than 0 and at most {MAX_HOURS}, got {span:g}"
+                "hours", f"must be from {MIN_HOURS:g} to {MAX_HOURS} hours, got {span:g}"
             )
     count = DEFAULT_POINTS
     if points is not None and points != "":
-        if not points.isdigit() or len(points) > 6:
+        # ASCII digits only: str.isdigit() takes "²", which int() refuses.
+        if not re.fullmatch(r"[0-9]{1,6}", points):
             raise HistoryError("points", f"must be a whole number, got {points[:40]!r}")
         count = int(points)
         if not 2 <= count <= MAX_POINTS:

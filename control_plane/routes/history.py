@@ -422,13 +422,24 @@ async def get_usage(request: Request) -> HTTPResponse:
     user may read it (replay_tools/usage.py says how each number is made)."""
     hours, points = usage_window(request.args.get("hours"), request.args.get("points"))
     service = _history(request)
-    end_us = now_us()
-    return answer(
-        await _read(
-            request,
-            lambda cur: service.history(cur).usage(end_us=end_us, hours=hours, points=points),
-        )
+    # Every open overview asks again on each change: callers asking the same window while
+    # it is being read share that one read (it scans the log's placements).
+    flights: dict[tuple[float, int], asyncio.Future[Any]] = request.app.ctx.__dict__.setdefault(
+        "usage_flights", {}
     )
+    key = (hours, points)
+    flight = flights.get(key)
+    if flight is None:
+        end_us = now_us()
+        flight = asyncio.ensure_future(
+            _read(
+                request,
+                lambda cur: service.history(cur).usage(end_us=end_us, hours=hours, points=points),
+            )
+        )
+        flights[key] = flight
+        flight.add_done_callback(lambda _: flights.pop(key, None))
+    return answer(await asyncio.shield(flight))
 
 
 # -- audit, SQL, reports, exports -----------------------------------------------------------

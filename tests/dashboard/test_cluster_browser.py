@@ -101,6 +101,8 @@ def test_usage_shows_what_was_allocated_and_offered(cluster: Cluster) -> None:
         ({"hours": "nan"}, "hours"),
         ({"hours": "inf"}, "hours"),
         ({"hours": "100000"}, "hours"),
+        ({"hours": "1e-12"}, "hours"),
+        ({"points": "²"}, "points"),
         ({"points": "1"}, "points"),
         ({"points": "1001"}, "points"),
         ({"points": "ten"}, "points"),

@@ -279,3 +279,14 @@ def test_an_open_change_feed_ends_when_its_session_no_longer_holds(
         else:
             ended = True
     assert ended, "the feed went on after its session stopped holding"
+
+
+def test_every_answer_says_not_to_sniff_frame_or_run_it(cluster: Cluster) -> None:
+    with _browser(cluster) as client:
+        for path in ("/api/health", "/api/nodes", "/api/nope", "/static/nope.js"):
+            answer = client.get(path)
+            assert answer.headers["x-content-type-options"] == "nosniff", path
+            assert answer.headers["x-frame-options"] == "DENY", path
+            assert "frame-ancestors 'none'" in answer.headers["content-security-policy"], path
+        page = client.get("/")  # the pages keep their own policy (scripts from here)
+        assert "script-src 'self'" in page.headers["content-security-policy"]

@@ -271,10 +271,10 @@
         const q = HR.query(params);
         return `/api/jobs/${encodeURIComponent(this.id)}/logs` + (q ? "?" + q : "");
       },
-      setLog(text) {
+      setLog(text, cut = false) {
         this.log = text.length > MAX_LOG_CHARS ? text.slice(-MAX_LOG_CHARS) : text;
         this.logNote =
-          text.length > MAX_LOG_CHARS ? "Only the end is shown: download the logs for all." : "";
+          cut || text.length > MAX_LOG_CHARS ? "Only the end is shown: download the logs for all." : "";
         this.$nextTick(() => {
           const box = this.$refs.log;
           if (box && this.following) box.scrollTop = box.scrollHeight;
@@ -297,10 +297,16 @@
         this.abort = abort;
         this.following = true;
         let text = "";
+        let cut = false;
         HR.follow(this.logPath({ follow: 1 }), (chunk) => {
           if (mine !== this.logGeneration) return;
+          // Only the end is kept: a long job's log must not grow the page without bound.
           text += chunk;
-          this.setLog(text);
+          if (text.length > MAX_LOG_CHARS) {
+            text = text.slice(-MAX_LOG_CHARS);
+            cut = true;
+          }
+          this.setLog(text, cut);
         }, abort.signal)
           .catch((err) => {
             if (mine === this.logGeneration) this.logNote = "Following stopped: " + (err.text || err);
