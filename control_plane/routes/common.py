@@ -85,7 +85,9 @@ def query_int(request: Request, name: str, *, minimum: int = 0) -> int | None:
     if raw is None or raw == "":
         return None
     try:
-        value = int(raw) if len(raw) <= 20 else None
+        # ASCII digits and a sign only: int() also takes "٣", "1_0" and spaces.
+        plain = len(raw) <= 20 and raw.isascii() and raw.lstrip("-").isdigit()
+        value = int(raw) if plain else None
     except ValueError:
         value = None
     if value is None:

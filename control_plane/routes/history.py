@@ -209,9 +209,10 @@ async def stream_events(request: Request) -> None:
 @rule("user")
 async def stream_changes(request: Request) -> None:
     """Server-sent change notices for the dashboard: ``id:`` = seq, ``data:`` = the seq,
-    kind and stream of each event the caller may see (an admin: all; a user: their own
-    tasks' and jobs' events and the nodes'), never a payload: the page reads what
-    changed from the API, which decides what the caller may see of it."""
+    kind and stream of each event the caller may see (an admin: all; a user: the tasks'
+    and nodes' events, whose metadata every user sees, and their own jobs'), never a
+    payload: the page reads what changed from the API, which decides what the caller may
+    see of it."""
     cp = control_plane(request)
     principal = principal_of(request)
     given = request.headers.get("last-event-id") or request.args.get("after")
@@ -290,11 +291,10 @@ def _may_see_stream(state: ClusterState, principal: Principal, stream: str) -> b
     if principal.is_admin:
         return True
     family, _, key = stream.partition(":")
-    if family == "node":
+    if family in ("node", "task"):
+        # Every user sees every task's metadata (its id, state, node: GET /api/tasks);
+        # a notice says no more than that a task changed.
         return True
-    if family == "task":
-        task = state.tasks.get(key)
-        return task is not None and task.spec.owner == principal.user
     if family == "job":
         job = state.jobs.get(key)
         return job is not None and job.owner == principal.user

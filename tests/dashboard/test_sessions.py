@@ -187,17 +187,23 @@ def test_hakuriver_ui_prints_a_link_that_logs_in(cluster: Cluster, tmp_path: Pat
         assert answer.status_code == 200 and answer.json()["user"] == "pia"
 
 
-def test_the_change_feed_shows_a_user_only_their_own_tasks(cluster: Cluster) -> None:
+def test_the_change_feed_shows_a_user_task_changes_but_only_their_own_jobs(
+    cluster: Cluster,
+) -> None:
     alice = cluster.add_user("quinn")
     bob = cluster.add_user("rosa")
     client, _ = _login(cluster, alice)
+    job = {"yaml": "resources: {image_id: NULL}\nrun: echo hi\n"}
     with cluster.client_as(bob) as rosa:
+        their_job = rosa.post("/api/jobs", json=job)
+        assert their_job.status_code == 201, their_job.text
         theirs = rosa.post("/api/tasks", json={"command": "true", "container": "NULL"})
         assert theirs.status_code == 201, theirs.text
     with cluster.client_as(alice) as quinn:
         mine = quinn.post("/api/tasks", json={"command": "true", "container": "NULL"})
         assert mine.status_code == 201, mine.text
     [my_id], [their_id] = mine.json()["task_ids"], theirs.json()["task_ids"]
+    their_job_id = their_job.json()["job_id"]
     seen: list[str] = []
     deadline = time.monotonic() + 20
     with closing(client), client.stream("GET", "/api/events/changes?after=0&keepalive=0.2") as feed:
@@ -208,7 +214,10 @@ def test_the_change_feed_shows_a_user_only_their_own_tasks(cluster: Cluster) -> 
                 break
     text = "\n".join(seen)
     assert f"task:{my_id}" in text
-    assert their_id not in text
+    # Another user's task is visible as metadata (GET /api/tasks): so is that it changed;
+    # their jobs are private, and so are their changes.
+    assert f"task:{their_id}" in text
+    assert their_job_id not in text
     assert '"payload"' not in text  # notices carry no payload
 
 

@@ -109,7 +109,7 @@
         if (real.length > 0 || Date.now() - this.usageAt > USAGE_EVERY_MS) this.loadUsage();
         if (real.length > 0) {
           if (!HR.isAdmin()) {
-            // A user's notices: their own tasks' and jobs' events and the nodes'.
+            // A user's notices: every task's and node's (metadata), their own jobs'.
             for (const n of real) {
               if (n.stream.startsWith("node:")) {
                 this.liveNotices.unshift({ ...n, at: new Date().toISOString() });

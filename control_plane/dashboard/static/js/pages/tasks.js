@@ -156,7 +156,11 @@
           const id = n.stream.slice("task:".length);
           if (shown.has(id)) ids.add(id);
         }
-        if (submitted || ids.size > ROW_REFRESH_MAX) return this.load();
+        // A filter or another order than the number's: a change can move a row into or
+        // out of this page, so the page is read again (a notice batch at a time).
+        const f = this.f;
+        const reordered = f.q || f.status || f.name || f.node || f.sort !== "number";
+        if (submitted || reordered || ids.size > ROW_REFRESH_MAX) return this.load();
         return Promise.all([...ids].map((id) => this.refreshOne(id)));
       },
       apply() {
@@ -344,8 +348,16 @@
         this.logBytes += text.length;
         // Keep the page light on a chatty task: the oldest text goes past ~2 MB.
         while (this.logBytes > 2e6 && box.firstChild) {
-          this.logBytes -= box.firstChild.textContent.length;
-          box.firstChild.remove();
+          const first = box.firstChild;
+          const excess = this.logBytes - 2e6;
+          if (first.textContent.length > excess) {
+            // Cut inside the oldest piece: one huge chunk must not empty the box.
+            first.textContent = first.textContent.slice(excess);
+            this.logBytes -= excess;
+          } else {
+            this.logBytes -= first.textContent.length;
+            first.remove();
+          }
           this.logNote = "The oldest output was dropped from the page; download for all of it.";
         }
         if (atBottom) box.scrollTop = box.scrollHeight;
