@@ -6,10 +6,8 @@ an environment container made, used through the browser's terminal, packaged and
 
 from __future__ import annotations
 
-import contextlib
 import re
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,7 +16,7 @@ import pytest
 from playwright.sync_api import expect
 from support.browser import PageErrors, browser_context, login, require_browser, screenshot
 from support.cluster import Cluster, running_cluster
-from support.docker_images import BUSYBOX_IMAGE, engine_or_skip
+from support.docker_images import BUSYBOX_IMAGE, unique_environment
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -290,18 +288,7 @@ def test_a_change_without_the_csrf_token_is_refused(cluster: Cluster) -> None:
 @pytest.fixture
 def env_name() -> Iterator[str]:
     """A unique environment name; its container, images and tarballs are removed after."""
-    client = engine_or_skip()
-    name = f"t{uuid.uuid4().hex[:10]}"
-    yield name
-    import docker.errors
-
-    for container in client.containers.list(
-        all=True, sparse=True, filters={"label": f"hakuriver.env={name}"}
-    ):
-        container.remove(force=True)
-    for image in client.images.list(filters={"label": f"hakuriver.env={name}"}):
-        with contextlib.suppress(docker.errors.APIError):
-            client.images.remove(image.id, force=True)
+    yield from unique_environment()
 
 
 SCREEN_HAS_LINE = """(wanted) => {

@@ -17,7 +17,6 @@ import json
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,12 @@ from typing import Any
 import duckdb
 import pytest
 from support.cluster import Cluster, running_cluster
-from support.docker_images import BUSYBOX_IMAGE, build_one_binary_image, engine_or_skip
+from support.docker_images import (
+    BUSYBOX_IMAGE,
+    build_one_binary_image,
+    engine_or_skip,
+    unique_environment,
+)
 from support.terminal import Terminal
 from support.waiting import wait_until
 
@@ -68,18 +72,7 @@ def shell_argv(name: str, *, seed_entry: bool = False) -> list[str]:
 @pytest.fixture
 def env_name() -> Iterator[str]:
     """A unique environment name; its container, images and tarballs are removed after."""
-    client = engine_or_skip()
-    name = f"t{uuid.uuid4().hex[:10]}"
-    yield name
-    import docker.errors
-
-    for container in client.containers.list(
-        all=True, sparse=True, filters={"label": f"hakuriver.env={name}"}
-    ):
-        container.remove(force=True)
-    for image in client.images.list(filters={"label": f"hakuriver.env={name}"}):
-        with contextlib.suppress(docker.errors.APIError):
-            client.images.remove(image.id, force=True)
+    yield from unique_environment()
 
 
 def test_the_environment_round_trip(tmp_path: Path, env_name: str) -> None:

@@ -7,11 +7,14 @@ when ``HAKURIVER_REQUIRE_DOCKER=1``, as in CI).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
 import subprocess
 import tarfile
+import uuid
+from collections.abc import Iterator
 from typing import Any, NoReturn
 
 import pytest
@@ -124,6 +127,23 @@ def engine_or_skip() -> Any:
     except Exception as exc:
         unavailable(f"cannot build the test image: {exc}", "HAKURIVER_REQUIRE_DOCKER")
     return client
+
+
+def unique_environment() -> Iterator[str]:
+    """A fixture's body: a unique environment name (skips without an engine); its
+    containers and images are removed afterwards."""
+    import docker.errors
+
+    client = engine_or_skip()
+    name = f"t{uuid.uuid4().hex[:10]}"
+    yield name
+    for container in client.containers.list(
+        all=True, sparse=True, filters={"label": f"hakuriver.env={name}"}
+    ):
+        container.remove(force=True)
+    for image in client.images.list(filters={"label": f"hakuriver.env={name}"}):
+        with contextlib.suppress(docker.errors.APIError):
+            client.images.remove(image.id, force=True)
 
 
 if __name__ == "__main__":

@@ -410,6 +410,33 @@
 
   // -- small services ---------------------------------------------------------------------
 
+  // Confirmations in the page's own <dialog x-ref="confirm"> (keyboard and screen readers
+  // know a real dialog): a component spreads ...HR.confirming() into its data, then
+  // ask(text, label, action, withReason) and, from the dialog's buttons, answer(yes).
+  HR.confirming = function () {
+    let confirmed = null;
+    return {
+      confirmText: "",
+      confirmLabel: "",
+      confirmReason: false,
+      reason: "",
+      ask(text, label, action, withReason = false) {
+        this.confirmText = text;
+        this.confirmLabel = label;
+        this.confirmReason = withReason;
+        this.reason = "";
+        confirmed = action;
+        this.$refs.confirm.showModal();
+      },
+      answer(yes) {
+        this.$refs.confirm.close();
+        const action = confirmed;
+        confirmed = null;
+        if (yes && action) action(this.reason);
+      },
+    };
+  };
+
   HR.toast = function (message, kind = "info") {
     const box = document.getElementById("toasts");
     if (!box) return;

@@ -41,7 +41,6 @@
   document.addEventListener("alpine:init", () => {
     window.Alpine.data("adminPage", () => {
       let unsubscribe = null;
-      let confirmed = null;
 
       return {
         tab: "users",
@@ -61,10 +60,7 @@
         tokenFilter: { user: "", kind: "user", ended: true },
         joinForm: { uses: 1, amount: 1, unit: "days" },
         joinError: "",
-        confirmText: "",
-        confirmLabel: "",
-        confirmReason: false,
-        reason: "",
+        ...HR.confirming(),
 
         init() {
           const wanted = HR.route.query.get("tab");
@@ -116,23 +112,6 @@
 
         fail(err) {
           HR.toast(err.text || String(err), "error");
-        },
-
-        // -- confirmations ----------------------------------------------------------------
-
-        ask(text, label, action, withReason = false) {
-          this.confirmText = text;
-          this.confirmLabel = label;
-          this.confirmReason = withReason;
-          this.reason = "";
-          confirmed = action;
-          this.$refs.confirm.showModal();
-        },
-        answer(yes) {
-          this.$refs.confirm.close();
-          const action = confirmed;
-          confirmed = null;
-          if (yes && action) action(this.reason);
         },
 
         // -- the secret, shown once ------------------------------------------------------

@@ -27,7 +27,6 @@
       // wrapped in proxies.
       let shell = null;
       let unsubscribe = null;
-      let confirmed = null;
       const packing = new Map(); // name → AbortController of a running create-tar
 
       return {
@@ -44,8 +43,7 @@
         progress: {}, // container name → {step, label, bytes, total, done, error, packaged}
         shellName: null,
         shellState: "",
-        confirmText: "",
-        confirmLabel: "",
+        ...HR.confirming(),
 
         init() {
           this.refresh();
@@ -126,20 +124,8 @@
           }
         },
 
-        // -- confirmations (a real <dialog>: keyboard and screen readers know it) ---------
+        // -- confirmations (HR.confirming: ask, answer) -----------------------------------
 
-        ask(text, label, action) {
-          this.confirmText = text;
-          this.confirmLabel = label;
-          confirmed = action;
-          this.$refs.confirm.showModal();
-        },
-        answer(yes) {
-          this.$refs.confirm.close();
-          const action = confirmed;
-          confirmed = null;
-          if (yes && action) action();
-        },
         askStop(c) {
           this.ask(
             `Stop ${c.name}? Its changes are kept; open shells end.`,
