@@ -25,6 +25,7 @@
   const DEFAULTS = { q: "", status: "", node: "", name: "", owner: "", all: false, sort: "number", order: "desc", size: 50, page: 0, batch: "" };
   // Past this many changed rows in one notice batch, one page request beats a request per row.
   const ROW_REFRESH_MAX = 8;
+  const RELOAD_EVERY_MS = 1000;
 
   function commandLine(t) {
     if (t.redacted) return "(redacted)";
@@ -94,6 +95,7 @@
       me: null,
       stop: null,
       loading: null,
+      reloadTimer: null,
       init() {
         this.me = HR.me;
         this.f = filtersFromUrl(HR.route.query);
@@ -105,6 +107,7 @@
       },
       destroy() {
         if (this.stop) this.stop();
+        if (this.reloadTimer) clearTimeout(this.reloadTimer);
         if (this.loading) this.loading.abort();
       },
       params() {
@@ -160,8 +163,18 @@
         // out of this page, so the page is read again (a notice batch at a time).
         const f = this.f;
         const reordered = f.q || f.status || f.name || f.node || f.sort !== "number";
-        if (submitted || reordered || ids.size > ROW_REFRESH_MAX) return this.load();
+        if (reordered && !submitted) return this.reloadSoon();
+        if (submitted || ids.size > ROW_REFRESH_MAX) return this.load();
         return Promise.all([...ids].map((id) => this.refreshOne(id)));
+      },
+      // A filtered or re-sorted page is read again at most once a second: on a busy
+      // cluster every task change would otherwise cost the host a filtered sort.
+      reloadSoon() {
+        if (this.reloadTimer) return;
+        this.reloadTimer = setTimeout(() => {
+          this.reloadTimer = null;
+          this.load();
+        }, RELOAD_EVERY_MS);
       },
       apply() {
         this.f.page = 0;
