@@ -42,6 +42,10 @@ class TaskQuery:
     # number, id, owner, node, state, and (where the viewer may see them) command and args.
     name: str | None = None
     text: str | None = None
+    # Only tasks numbered this or below: a walk through the pages that passes the first
+    # page's ``upto`` back sees no task submitted after it began (no row twice, none
+    # shifted in); None: every task.
+    upto: int | None = None
     sort: str = "number"
     descending: bool = True
     offset: int = 0
@@ -67,7 +71,8 @@ def select_tasks(
     found: list[TaskView] = [
         t
         for t in tasks
-        if (not query.states or t.state in query.states)
+        if (query.upto is None or t.number <= query.upto)
+        and (not query.states or t.state in query.states)
         and (query.node is None or t.node == query.node)
         and (query.batch is None or t.spec.batch_id == query.batch)
         and (query.owner is None or t.spec.owner == query.owner)

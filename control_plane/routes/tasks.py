@@ -5,6 +5,7 @@ the environment shells' frame protocol)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import threading
@@ -125,11 +126,10 @@ async def list_tasks(request: Request) -> HTTPResponse:
     (``TaskOut.redacted``) unless the caller is an admin."""
     query = _task_query(request)
     principal = principal_of(request)
-    page = select_tasks(
-        control_plane(request).state.tasks.values(),
-        query,
-        lambda owner: may_act_on(principal, owner),
-    )
+    state = control_plane(request).state
+    if query.upto is None:
+        query = dataclasses.replace(query, upto=state.last_number)
+    page = select_tasks(state.tasks.values(), query, lambda owner: may_act_on(principal, owner))
     following = query.offset + len(page.tasks)
     return answer(
         {
@@ -137,6 +137,9 @@ async def list_tasks(request: Request) -> HTTPResponse:
             "total": page.total,
             "offset": query.offset,
             "next_offset": following if following < page.total else None,
+            # Pass it back with the next pages: tasks submitted meanwhile stay out of the
+            # walk (they would shift every later page by as many rows).
+            "upto": query.upto,
         }
     )
 
@@ -173,6 +176,7 @@ def _task_query(request: Request) -> TaskQuery:
             raise InvalidRequest(field, f"at most {MAX_SEARCH} characters, got {len(value)}")
         texts[field] = value
     return TaskQuery(
+        upto=query_int(request, "upto"),
         states=frozenset(wanted),
         node=request.args.get("node") or None,
         batch=batch,

@@ -48,6 +48,33 @@ def test_pages_walk_every_task_once_with_the_total(cluster: Cluster) -> None:
     assert names == sorted(names)
 
 
+def test_a_walk_passing_upto_back_sees_each_task_once_while_tasks_are_added(
+    cluster: Cluster,
+) -> None:
+    body = {"command": "true", "container": "NULL"}
+    with cluster.client_as(cluster.add_user("walker")) as walker:
+        for _ in range(7):
+            assert walker.post("/api/tasks", json=body).status_code == 201
+        first = walker.get("/api/tasks", params={"limit": 3}).json()
+        upto, seen = first["upto"], [t["number"] for t in first["tasks"]]
+        offset = first["next_offset"]
+        while offset is not None:
+            # Three more submitted between each page: without the bound, the newest-first
+            # pages would shift by three and repeat rows.
+            for _ in range(3):
+                assert walker.post("/api/tasks", json=body).status_code == 201
+            page = walker.get(
+                "/api/tasks", params={"limit": 3, "offset": offset, "upto": upto}
+            ).json()
+            assert page["upto"] == upto and page["total"] == 7
+            seen += [t["number"] for t in page["tasks"]]
+            offset = page["next_offset"]
+        assert len(seen) == len(set(seen)) == 7 and all(n <= upto for n in seen)
+        assert seen == sorted(seen, reverse=True)
+        # A fresh first page shows the new ones.
+        assert walker.get("/api/tasks", params={"limit": 3}).json()["total"] == 7 + 3 * 2
+
+
 def test_name_and_text_search_and_all_users(cluster: Cluster) -> None:
     doc = cluster.http.get("/api/tasks", params={"name": "EVEN", "limit": 5}).json()
     assert doc["total"] == 13 and len(doc["tasks"]) == 5 and doc["next_offset"] == 5
@@ -74,6 +101,8 @@ def test_a_user_cannot_find_another_users_task_by_what_is_redacted(cluster: Clus
         ({"offset": "\u0663"}, "offset"),  # an Arabic-Indic 3: int() takes it, we do not
         ({"offset": "1_0"}, "offset"),
         ({"limit": " 5"}, "limit"),
+        ({"upto": "x"}, "upto"),
+        ({"upto": "-1"}, "upto"),
         ({"limit": "0"}, "limit"),
         ({"q": "x" * 201}, "q"),
         ({"name": "x" * 201}, "name"),

@@ -96,6 +96,7 @@
       stop: null,
       loading: null,
       reloadTimer: null,
+      upto: null, // the first page's highest task number (GET /api/tasks' upto)
       init() {
         this.me = HR.me;
         this.f = filtersFromUrl(HR.route.query);
@@ -115,6 +116,9 @@
         const p = { sort: f.sort, order: f.order, limit: f.size, offset: f.page * f.size, q: f.q, name: f.name, node: f.node, status: f.status, batch: f.batch };
         if (f.all) p.all_users = 1;
         else if (f.owner) p.owner = f.owner;
+        // Past the first page, the walk keeps the first page's bound: tasks submitted
+        // since do not shift the rows (the first page shows them).
+        if (f.page > 0 && this.upto) p.upto = this.upto;
         return p;
       },
       async load() {
@@ -125,6 +129,7 @@
           const doc = await HR.api("GET", "/api/tasks?" + HR.query(this.params()), null, { signal: controller.signal });
           this.tasks = doc.tasks;
           this.total = doc.total;
+          if (this.f.page === 0 || !this.upto) this.upto = doc.upto;
           this.error = "";
           if (!doc.tasks.length && this.f.page > 0 && doc.total > 0) {
             this.f.page = Math.max(0, this.pages() - 1); // the page emptied: show the last one
@@ -155,7 +160,8 @@
         const ids = new Set();
         let submitted = false;
         for (const n of notices) {
-          if (n.kind === "task.submitted" || n.kind === "resync") submitted = true;
+          if (n.kind === "resync") return this.load(); // missed too much: read it again
+          if (n.kind === "task.submitted") submitted = true;
           const id = n.stream.slice("task:".length);
           if (shown.has(id)) ids.add(id);
         }
@@ -163,6 +169,7 @@
         // out of this page, so the page is read again (a notice batch at a time).
         const f = this.f;
         const reordered = f.q || f.status || f.name || f.node || f.sort !== "number";
+        if (submitted && this.f.page > 0) submitted = false; // outside this walk's bound
         if (reordered && !submitted) return this.reloadSoon();
         if (submitted || ids.size > ROW_REFRESH_MAX) return this.load();
         return Promise.all([...ids].map((id) => this.refreshOne(id)));
