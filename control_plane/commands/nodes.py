@@ -15,6 +15,8 @@ has been unknown, on the store's clock, which survives host restarts.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from control_plane.commands.submit import run_of
 from control_plane.commands.types import (
     CheckLiveness,
@@ -27,6 +29,7 @@ from control_plane.commands.types import (
 )
 from control_plane.errors import Conflict, NotFound, Refused
 from events import link
+from events.envelope import NewEvent
 from events.types import (
     AnyEvent,
     JobSetupDone,
@@ -216,7 +219,28 @@ def decide_report(state: ClusterState, command: ReportFacts, ctx: Context) -> De
             task_id=task.task_id, grace_s=ctx.settings.timing.kill_grace_period, reason=reason
         )
         sends.append(Send(command.node, kill))
-    return Decision(facts=list(command.events), sends=sends)
+    return Decision(facts=_without_second_ends(state, command.events), sends=sends)
+
+
+def _without_second_ends(state: ClusterState, events: Sequence[NewEvent]) -> list[NewEvent]:
+    """The batch less any ``task.finished`` of a task already finished (in the log, or
+    earlier in the batch): acknowledged with the batch, not recorded.
+
+    An agent killed between putting a task's end in its outbox and forgetting the task's
+    records reports the end again when its next start adopts the ended task (a chaos test
+    saw it: ``kill -9`` of ``hakuriver up``). The first end stands either way (the fold
+    keeps it); recording the second would only put an illegal transition in the log.
+    """
+    kept: list[NewEvent] = []
+    ended: set[str] = set()
+    for new in events:
+        if isinstance(new.event, TaskFinished):
+            task = state.tasks.get(new.event.task_id)
+            if new.event.task_id in ended or (task is not None and task.is_final):
+                continue
+            ended.add(new.event.task_id)
+        kept.append(new)
+    return kept
 
 
 def decide_hello(state: ClusterState, command: NodeHello, ctx: Context) -> Decision:

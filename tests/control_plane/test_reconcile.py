@@ -418,3 +418,30 @@ def test_an_unknown_task_cannot_be_paused_its_node_is_unreachable() -> None:
         decide_pause(
             h.state, PauseTask(task_id=task_id, actor=principal("a", "admin")), context("n1")
         )
+
+
+def test_a_second_end_of_a_finished_task_is_acknowledged_not_recorded() -> None:
+    """An agent killed between putting a task's end in its outbox and forgetting the task
+    reports the end again when its next start adopts it (chaos: kill -9 of hakuriver up):
+    the first end stands, and the log gets no illegal transition."""
+    h = History()
+    task_id = h.task("running")
+    first = TaskFinished(task_id=task_id, state="completed", exit_code=0, node="n1")
+    [recorded] = _report(h, first).facts
+    h.add(recorded.event)
+    assert h.state.tasks[task_id].state == "completed"
+    again = TaskFinished(task_id=task_id, state="failed", exit_code=1, node="n1")
+    other = h.task("running")
+    decision = _report(h, again, TaskStarted(task_id=other, node="n1", pid=9))
+    assert [type(f.event) for f in decision.facts] == [TaskStarted]
+
+
+def test_two_ends_of_one_task_in_one_batch_keep_the_first() -> None:
+    h = History()
+    task_id = h.task("running")
+    ends = [
+        TaskFinished(task_id=task_id, state=state, exit_code=code, node="n1")
+        for state, code in (("completed", 0), ("failed", 1))
+    ]
+    decision = _report(h, *ends)
+    assert [f.event for f in decision.facts] == [ends[0]]
