@@ -30,7 +30,7 @@ from control_plane.dashboard.sessions import (
     CSRF_HEADER,
     Sessions,
     csrf_matches,
-    principal_of_session,
+    principal_of_token_id,
     same_origin,
 )
 from control_plane.errors import (
@@ -93,7 +93,8 @@ API_HEADERS = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
 }
-# Methods that change nothing: a dashboard session needs no CSRF token for them.
+# Methods that change nothing: a dashboard session's request with one of them needs no
+# ``Origin`` of this host's (it still needs the session's key).
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -204,7 +205,7 @@ def create_app(
                 "this dashboard session has ended (logged out, expired, or the host"
                 " restarted); log in again",
             )
-        principal = principal_of_session(cp.state.identity, session, now_us())
+        principal = principal_of_token_id(cp.state.identity, session.token_id, now_us())
         websocket = request.headers.get("upgrade", "").lower() == "websocket"
         if websocket or request.method not in SAFE_METHODS:
             origin = request.headers.get("origin")

@@ -3,8 +3,8 @@
 The pages are static files of this package (``static/``; no build step, the vendored
 libraries listed in ``static/vendor/VENDORED.md``): one HTML shell for every page path,
 which reads the JSON API with the session cookie, like the CLI does with its token.
-Every answer here carries the security headers (a strict CSP: scripts from this host
-only; no framing).
+The pages and files carry their own Content-Security-Policy (scripts from this host
+only); the app adds the headers every answer carries (app.py ``API_HEADERS``).
 """
 
 from __future__ import annotations
@@ -49,12 +49,6 @@ CSP = (
     " img-src 'self' data:; connect-src 'self'; font-src 'self' data:; object-src 'none';"
     " base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
-SECURITY_HEADERS = {
-    "Content-Security-Policy": CSP,
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-}
 
 bp = JsonBlueprint("dashboard")
 
@@ -95,7 +89,7 @@ def static_files() -> dict[str, _File]:
 
 
 def _file_answer(request: Request, found: _File) -> HTTPResponse:
-    headers = {**SECURITY_HEADERS, "ETag": found.etag, "Cache-Control": "no-cache"}
+    headers = {"Content-Security-Policy": CSP, "ETag": found.etag, "Cache-Control": "no-cache"}
     if request.headers.get("if-none-match") == found.etag:
         return HTTPResponse(status=304, headers=headers)
     return HTTPResponse(found.body, headers=headers, content_type=found.content_type)
@@ -201,7 +195,7 @@ async def login(request: Request) -> HTTPResponse:
 @bp.get("/api/ui/session")
 @rule("user")
 async def session_info(request: Request) -> HTTPResponse:
-    """Who the page is logged in as, and the CSRF secret its changes carry."""
+    """Who the page is logged in as, and the session's key its requests carry."""
     principal = principal_of(request)
     session = getattr(request.ctx, "ui_session", None)
     result = answer(

@@ -98,11 +98,10 @@ class Sessions:
         """The live session of a cookie secret, or None."""
         if not secret:
             return None
-        session = self._sessions.get(_digest(secret))
-        if session is None:
-            return None
-        if time.monotonic() >= session.expires_at:
-            self._sessions.pop(_digest(secret), None)
+        key = _digest(secret)
+        session = self._sessions.get(key)
+        if session is not None and time.monotonic() >= session.expires_at:
+            del self._sessions[key]
             return None
         return session
 
@@ -148,12 +147,6 @@ class Sessions:
         if found is None or time.monotonic() >= found.expires_at:
             return None
         return found.token_id
-
-
-def principal_of_session(identity: Identity, session: Session, now_us: int) -> Principal:
-    """The principal a session stands for now: its token checked again, as access.py does
-    for a presented token (``Unauthenticated`` when it no longer holds)."""
-    return principal_of_token_id(identity, session.token_id, now_us)
 
 
 def principal_of_token_id(identity: Identity, token_id: str, now_us: int) -> Principal:

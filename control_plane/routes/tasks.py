@@ -16,7 +16,7 @@ from sanic import Request
 from sanic.response import HTTPResponse
 
 from control_plane import vps_shells
-from control_plane.access import may_act_on, rule
+from control_plane.access import rule
 from control_plane.commands import KillTask, OpenSshSession, PauseTask, SubmitTasks
 from control_plane.env_default import DefaultEnvironment
 from control_plane.errors import Conflict, DomainError, InvalidRequest, NotFound
@@ -125,15 +125,14 @@ async def list_tasks(request: Request) -> HTTPResponse:
     default) and paged (``offset``, ``limit``). Other users' tasks come redacted
     (``TaskOut.redacted``) unless the caller is an admin."""
     query = _task_query(request)
-    principal = principal_of(request)
     state = control_plane(request).state
     if query.upto is None:
         query = dataclasses.replace(query, upto=state.last_number)
-    page = select_tasks(state.tasks.values(), query, lambda owner: may_act_on(principal, owner))
+    page = select_tasks(state.tasks.values(), query, lambda owner: may_see(request, owner))
     following = query.offset + len(page.tasks)
     return answer(
         {
-            "tasks": [TaskOut.of(t, may_act_on(principal, t.spec.owner)) for t in page.tasks],
+            "tasks": [TaskOut.of(t, may_see(request, t.spec.owner)) for t in page.tasks],
             "total": page.total,
             "offset": query.offset,
             "next_offset": following if following < page.total else None,

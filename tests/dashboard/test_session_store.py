@@ -12,7 +12,7 @@ from control_plane.dashboard import sessions as module
 from control_plane.dashboard.sessions import (
     Sessions,
     csrf_matches,
-    principal_of_session,
+    principal_of_token_id,
 )
 from control_plane.errors import TooMany, Unauthenticated
 from projections.identity import Identity
@@ -100,7 +100,7 @@ def test_a_session_whose_token_is_unknown_is_refused() -> None:
     store = Sessions()
     _, session = store.open(_principal("gu", token="gone"), 0)
     with pytest.raises(Unauthenticated) as refused:
-        principal_of_session(Identity(), session, 0)
+        principal_of_token_id(Identity(), session.token_id, 0)
     assert refused.value.field == "session"
 
 
