@@ -448,6 +448,37 @@
     setTimeout(() => item.remove(), kind === "error" ? 8000 : 4000);
   };
 
+  // Copy text with the clipboard API; where there is none (a page served over plain HTTP
+  // from another machine), select it in `element` so that Ctrl+C copies it. `echo`: say
+  // the text in the toast (never for a secret). Whether it was copied.
+  HR.copy = async function (text, element, echo = false) {
+    const said = echo ? `: ${text}` : "";
+    try {
+      if (!navigator.clipboard || !window.isSecureContext) throw new Error("no clipboard");
+      await navigator.clipboard.writeText(text);
+      HR.toast("Copied" + said, "ok");
+      return true;
+    } catch (_) {
+      if (element && typeof element.select === "function") {
+        element.select();
+      } else if (element) {
+        const selection = window.getSelection();
+        selection.removeAllRanges();
+        const range = document.createRange();
+        range.selectNodeContents(element);
+        selection.addRange(range);
+      }
+      let copied = false;
+      try {
+        copied = document.execCommand("copy");
+      } catch (_) {
+        copied = false;
+      }
+      HR.toast(copied ? "Copied" + said : "Selected: press Ctrl+C to copy", copied ? "ok" : "info");
+      return copied;
+    }
+  };
+
   // Download an API answer (e.g. a task's stdout) as a file, with the session cookie.
   HR.download = async function (path, filename) {
     const answer = await HR.api("GET", path, null, { response: true });

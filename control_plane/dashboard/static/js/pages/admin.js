@@ -122,16 +122,7 @@
           this.$nextTick(() => this.$refs.secret && this.$refs.secret.select());
         },
         async copy() {
-          const text = this.secret.text;
-          try {
-            await navigator.clipboard.writeText(text);
-          } catch (_) {
-            // No clipboard API (plain HTTP beyond localhost): select it for Ctrl-C.
-            this.$refs.secret.select();
-            document.execCommand && document.execCommand("copy");
-          }
-          this.copied = true;
-          HR.toast("copied", "ok");
+          this.copied = await HR.copy(this.secret.text, this.$refs.secret);
         },
         forget() {
           this.secret = null;

@@ -132,28 +132,7 @@
       ago: (v) => HR.fmt.ago(v),
       fmtTime: (v) => HR.fmt.time(v),
 
-      // Copy with the clipboard API; where there is none (a page not served over HTTPS
-      // from another machine), select the text so that Ctrl+C copies it.
-      async copy(text, element) {
-        try {
-          if (!navigator.clipboard || !window.isSecureContext) throw new Error("no clipboard");
-          await navigator.clipboard.writeText(text);
-          HR.toast("Copied: " + text, "ok");
-        } catch (_) {
-          const selection = window.getSelection();
-          selection.removeAllRanges();
-          const range = document.createRange();
-          range.selectNodeContents(element);
-          selection.addRange(range);
-          let copied = false;
-          try {
-            copied = document.execCommand("copy");
-          } catch (_) {
-            copied = false;
-          }
-          HR.toast(copied ? "Copied: " + text : "Selected: press Ctrl+C to copy", "info");
-        }
-      },
+      copy: (text, element) => HR.copy(text, element, true),
 
       async act(t, verb) {
         try {
