@@ -170,30 +170,48 @@ def _serve(app: Any, claims: _Claims, tls: Any) -> int:
 
 
 def stop_on_signal(app: Any) -> None:
-    """SIGINT and SIGTERM stop the server gracefully, whenever they arrive once it serves.
+    """SIGINT and SIGTERM stop the server gracefully, whenever they arrive once its
+    ``before_server_start`` listeners ran (the control plane is open).
 
     Sanic's own handlers call ``loop.stop()``. One that arrives while its
     ``after_server_start`` listeners run (the socket already answers then) is used up by
     the ``run_until_complete`` running them, and the server then serves on with the
     signal forgotten: a host stopped right after it answered its first request never
-    stopped. Here the first ``after_server_start`` listener installs handlers that only
-    remember the signal, and the stop is sent once the server serves
-    (``app.state.is_running``, set just before the loop runs forever), so it reaches the
-    loop that waits for it. Sanic sets both signals to be ignored just before those
-    listeners (whatever ``register_sys_signals`` says), so they cannot be installed
-    earlier; before that the default action applies (the process ends: nothing is
-    acknowledged before the server serves, and the log replays as after a kill -9).
+    stopped. Sanic also sets both signals to be ignored just before those listeners,
+    whatever ``register_sys_signals`` says; that too lost a SIGTERM sent right after the
+    first answer (CI saw both). Here that ignoring is skipped, the last
+    ``before_server_start`` listener installs handlers that only remember the signal, and
+    the stop is sent once the server serves (``app.state.is_running``, set just before
+    the loop runs forever), so it reaches the loop that waits for it. Before that listener
+    (while the log opens) the default action applies (the process ends: nothing is
+    acknowledged yet, and the log replays as after a kill -9).
     """
-    asked = asyncio.Event()
+    from sanic.server import runners
+
+    original: Any = getattr(runners, "signal_func")  # noqa: B009 (not exported: checked by mypy)
+    if not getattr(original, "keeps_ours", False):
+
+        def keep_ours(signum: int, handler: Any) -> Any:
+            if signum in (signal.SIGINT, signal.SIGTERM) and handler is signal.SIG_IGN:
+                return None  # Sanic's "ignore" would drop ours (see above)
+            return original(signum, handler)
+
+        keep_ours.keeps_ours = True  # type: ignore[attr-defined]
+        setattr(runners, "signal_func", keep_ours)  # noqa: B010
 
     async def _install(app: Any) -> None:
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, asked.set)
-        app.ctx.stop_on_signal = loop.create_task(_stop_when_asked(app))
 
-    async def _stop_when_asked(app: Any) -> None:
-        await asked.wait()
+        def asked() -> None:
+            # The stop is made on the first signal only (no task waits before it: a start
+            # that fails, such as a log in use, leaves nothing pending behind).
+            if getattr(app.ctx, "stop_on_signal", None) is None:
+                app.ctx.stop_on_signal = loop.create_task(_stop_when_serving(app))
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, asked)
+
+    async def _stop_when_serving(app: Any) -> None:
         # Sanic sets no event when it starts serving: the flag is polled, briefly.
         while not app.state.is_running:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
@@ -205,7 +223,9 @@ def stop_on_signal(app: Any) -> None:
         if task is not None and not task.done():
             task.cancel()
 
-    app.register_listener(_install, "after_server_start", priority=1000)
+    # The last of the start's first listeners: after the control plane opened (a start
+    # that fails there, a log in use, has nothing of this to undo).
+    app.register_listener(_install, "before_server_start", priority=-1000)
     app.register_listener(_forget, "after_server_stop")
 
 
