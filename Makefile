@@ -64,7 +64,7 @@ bench-full: $(STAMP)
 
 # Regenerate the lock after changing dependencies in pyproject.toml.
 lock:
-	uv pip compile pyproject.toml --extra dev --generate-hashes --universal --python-version 3.11 -o requirements.lock
+	uv pip compile pyproject.toml --extra dev --extra gpu --generate-hashes --universal --python-version 3.11 -o requirements.lock
 
 clean:
 	rm -rf $(VENV)
