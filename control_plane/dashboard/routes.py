@@ -41,7 +41,18 @@ STATIC = Path(__file__).parent / "static"
 # The paths the page shell answers (the page's own router shows the right one): "/", a
 # page's name, and a task's or a job's page.
 PAGES = frozenset(
-    ("login", "nodes", "tasks", "submit", "jobs", "vps", "environments", "history", "admin")
+    (
+        "login",
+        "nodes",
+        "tasks",
+        "submit",
+        "jobs",
+        "vps",
+        "environments",
+        "history",
+        "admin",
+        "reference",
+    )
 )
 DETAIL_PAGES = frozenset(("tasks", "jobs"))
 

@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 import msgspec
+from msgspec import Struct
 from sanic import Request
 from sanic.response import HTTPResponse
 
@@ -52,23 +53,36 @@ Whoami = shape(
     node=str | None,
     expires_at_us=int | None,
 )
-UserDoc = shape(
-    "UserDoc", name=str, role=str, disabled=bool, created_at_us=int | None, created_by=str | None
-)
+
+
+class UserDoc(Struct, kw_only=True):
+    """A user, as the identity routes answer it."""
+
+    name: str
+    role: str
+    disabled: bool
+    created_at_us: int | None
+    created_by: str | None
+
+
 UserList = shape("UserList", users=list[UserDoc])
-TokenDoc = shape(
-    "TokenDoc",
-    id=str,
-    user=str,
-    kind=str,
-    name=str,
-    issued_at_us=int | None,
-    expires_at_us=int | None,
-    issued_by=str | None,
-    revoked=bool,
-    uses_left=int | None,
-    node=str | None,
-)
+
+
+class TokenDoc(Struct, kw_only=True):
+    """A token (never its secret), as the identity routes answer it."""
+
+    id: str
+    user: str
+    kind: str
+    name: str
+    issued_at_us: int | None
+    expires_at_us: int | None
+    issued_by: str | None
+    revoked: bool
+    uses_left: int | None
+    node: str | None
+
+
 TokenList = shape("TokenList", tokens=list[TokenDoc])
 TokenMade = msgspec.defstruct(
     "TokenMade",
@@ -79,16 +93,20 @@ TokenMade = msgspec.defstruct(
 Revoked = shape("Revoked", id=str, revoked=bool)
 Joined = shape("Joined", token=str, node=str, id=str)
 NodeRevoked = shape("NodeRevoked", node=str, revoked=bool)
-KeyDoc = shape(
-    "KeyDoc",
-    id=str,
-    user=str,
-    type=str,
-    fingerprint=str,
-    comment=str,
-    public_key=str,
-    added_at_us=int | None,
-)
+
+
+class KeyDoc(Struct, kw_only=True):
+    """An SSH public key, as the identity routes answer it."""
+
+    id: str
+    user: str
+    type: str
+    fingerprint: str
+    comment: str
+    public_key: str
+    added_at_us: int | None
+
+
 KeyList = shape("KeyList", keys=list[KeyDoc])
 KeyAdded = shape("KeyAdded", key=KeyDoc)
 KeyRemoved = shape("KeyRemoved", id=str, removed=bool)

@@ -100,7 +100,16 @@ _stop_decoder = msgspec.json.Decoder(StopJobsRequest)
 _volume_decoder = msgspec.json.Decoder(CreateVolumeRequest)
 
 # The answers this module writes as dicts, for the OpenAPI document (control_plane/openapi.py).
-RankRef = shape("RankRef", rank=int, task_id=str, number=int | None)
+
+
+class RankRef(Struct, kw_only=True):
+    """A rank of a job just submitted: its task."""
+
+    rank: int
+    task_id: str
+    number: int | None
+
+
 JobSubmitted = shape(
     "JobSubmitted",
     job_id=str,
@@ -112,7 +121,17 @@ JobSubmitted = shape(
 )
 JobPage = shape("JobPage", jobs=list[JobOut], total=int)
 JobsStopped = shape("JobsStopped", stopped=list[str])
-VolumeOut = shape("VolumeOut", name=str, path=str, created_by=str, created_at=str | None)
+
+
+class VolumeOut(Struct, kw_only=True):
+    """A volume the log records."""
+
+    name: str
+    path: str
+    created_by: str
+    created_at: str | None
+
+
 Volumes = shape("Volumes", volumes=list[VolumeOut])
 VolumeCreated = shape("VolumeCreated", name=str, path=str)
 
