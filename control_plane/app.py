@@ -52,6 +52,7 @@ from control_plane.routes import (
     ssh,
     tasks,
 )
+from control_plane.routes import openapi as openapi_routes
 from control_plane.routes import tls as tls_routes
 from control_plane.routes.common import error
 from control_plane.settings import HostSettings
@@ -133,7 +134,7 @@ def create_app(
         ssh.bp,
     )
     app.ctx.ui_sessions = Sessions()
-    for blueprint in (*blueprints, tls_routes.bp, dashboard.bp):
+    for blueprint in (*blueprints, tls_routes.bp, dashboard.bp, openapi_routes.bp):
         app.blueprint(blueprint)
     failures = FailureLog(window_s=settings.auth.failure_window_s)
 

@@ -26,6 +26,7 @@ from control_plane.dashboard.sessions import (
     same_origin,
 )
 from control_plane.errors import InvalidRequest, Refused, Unauthenticated
+from control_plane.openapi import api, shape
 from control_plane.routes.common import (
     JsonBlueprint,
     answer,
@@ -40,7 +41,18 @@ STATIC = Path(__file__).parent / "static"
 # The paths the page shell answers (the page's own router shows the right one): "/", a
 # page's name, and a task's or a job's page.
 PAGES = frozenset(
-    ("login", "nodes", "tasks", "submit", "jobs", "vps", "environments", "history", "admin")
+    (
+        "login",
+        "nodes",
+        "tasks",
+        "submit",
+        "jobs",
+        "vps",
+        "environments",
+        "history",
+        "admin",
+        "reference",
+    )
 )
 DETAIL_PAGES = frozenset(("tasks", "jobs"))
 
@@ -51,6 +63,28 @@ CSP = (
 )
 
 bp = JsonBlueprint("dashboard")
+
+# The login API's bodies and answers, for the OpenAPI document (control_plane/openapi.py).
+LoginRequest = msgspec.defstruct(
+    "LoginRequest",
+    [("token", str | None, None), ("code", str | None, None), ("peek", bool, False)],
+    kw_only=True,
+)
+LoggedIn = msgspec.defstruct(
+    "LoggedIn",
+    [("user", str), ("role", str), ("csrf", str | None, None), ("expires_in_s", int | None, None)],
+    kw_only=True,
+)
+SessionInfo = shape(
+    "SessionInfo",
+    user=str,
+    role=str,
+    csrf=str | None,
+    token_id=str,
+    expires_at_us=int | None,
+)
+LoggedOut = shape("LoggedOut", logged_out=bool)
+LoginLink = shape("LoginLink", path=str, expires_in_s=int)
 
 
 class _File(msgspec.Struct, frozen=True):
@@ -138,6 +172,13 @@ def _cookie(request: Request, value: str, max_age: int) -> str:
 
 @bp.post("/api/ui/login")
 @rule("public")
+@api(
+    "Log in to the dashboard (a user token, or a login link's code)",
+    request=LoginRequest,
+    response=LoggedIn,
+    description="Sets the session cookie; csrf is the key every later request carries"
+    " (X-CSRF-Token). peek with a code answers whose link it is (user and role only).",
+)
 async def login(request: Request) -> HTTPResponse:
     """Exchange a user token (``token``) or a one-time login code (``code``, from
     ``hakuriver ui``) for a session: the cookie, and in the answer who, their role and the
@@ -194,6 +235,7 @@ async def login(request: Request) -> HTTPResponse:
 
 @bp.get("/api/ui/session")
 @rule("user")
+@api("Who the dashboard session is", response=SessionInfo)
 async def session_info(request: Request) -> HTTPResponse:
     """Who the page is logged in as, and the session's key its requests carry."""
     principal = principal_of(request)
@@ -213,6 +255,7 @@ async def session_info(request: Request) -> HTTPResponse:
 
 @bp.post("/api/ui/logout")
 @rule("user")
+@api("End this browser's session", response=LoggedOut)
 async def logout(request: Request) -> HTTPResponse:
     """End this browser's session (its cookie is cleared)."""
     sessions(request).close(request.cookies.get(COOKIE))
@@ -223,6 +266,7 @@ async def logout(request: Request) -> HTTPResponse:
 
 @bp.post("/api/ui/links")
 @rule("user")
+@api("A one-time login link for the caller's token", response=LoginLink, status=201)
 async def make_link(request: Request) -> HTTPResponse:
     """A one-time login link for the caller's token (``hakuriver ui``): valid one minute,
     once; the code is in the URL's fragment, which browsers never send to a server."""

@@ -33,8 +33,10 @@ from control_plane import env_shells
 from control_plane.access import Principal, rule
 from control_plane.commands import RecordFacts
 from control_plane.env_default import DefaultEnvironment
-from control_plane.environments import Environments, check_name
+from control_plane.env_tarballs import TarballOut
+from control_plane.environments import ContainerOut, Environments, check_name
 from control_plane.errors import DomainError, NotFound
+from control_plane.openapi import Query, api, shape
 from control_plane.requests import decode_body
 from control_plane.routes.common import JsonBlueprint, answer, control_plane, principal_of
 from events.ids import new_id
@@ -45,12 +47,17 @@ log = logging.getLogger("hakuriver.environments")
 bp = JsonBlueprint("environments", url_prefix="/api")
 
 
-class _Create(msgspec.Struct, forbid_unknown_fields=True):
+class CreateContainerRequest(msgspec.Struct, forbid_unknown_fields=True):
     image: str
     name: str
 
 
-_create_decoder = msgspec.json.Decoder(_Create)
+_create_decoder = msgspec.json.Decoder(CreateContainerRequest)
+
+# The answers this module writes as dicts, for the OpenAPI document (control_plane/openapi.py).
+Containers = shape("Containers", containers=list[ContainerOut])
+Deleted = shape("Deleted", deleted=str)
+Tarballs = shape("Tarballs", folder=str, tarballs=list[TarballOut])
 
 
 @bp.before_server_start
@@ -82,6 +89,7 @@ def environments(request: Request) -> Environments:
 
 @bp.get("/environments/containers")
 @rule("user")
+@api("The environment containers", response=Containers)
 async def list_containers(request: Request) -> HTTPResponse:
     """The environment containers on the host's engine."""
     return answer({"containers": await environments(request).list_containers()})
@@ -89,6 +97,12 @@ async def list_containers(request: Request) -> HTTPResponse:
 
 @bp.post("/environments/containers")
 @rule("admin")
+@api(
+    "Create an environment container",
+    request=CreateContainerRequest,
+    response=ContainerOut,
+    status=201,
+)
 async def create_container(request: Request) -> HTTPResponse:
     """Create (and start) an environment container from an image on the host's engine."""
     body = decode_body(_create_decoder, request.body)  # InvalidRequest: 400 with the field
@@ -100,6 +114,7 @@ async def create_container(request: Request) -> HTTPResponse:
 
 @bp.post("/environments/containers/<name:str>/<action:str>")
 @rule("admin")
+@api("Start or stop an environment container (action: start, stop)", response=ContainerOut)
 async def act(request: Request, name: str, action: str) -> HTTPResponse:
     """Start or stop an environment container."""
     envs = environments(request)
@@ -112,6 +127,7 @@ async def act(request: Request, name: str, action: str) -> HTTPResponse:
 
 @bp.delete("/environments/containers/<name:str>")
 @rule("admin")
+@api("Delete an environment container", response=Deleted)
 async def delete_container(request: Request, name: str) -> HTTPResponse:
     """Remove an environment container; its image and tarballs stay."""
     await environments(request).delete_container(name, by=principal_of(request))
@@ -120,6 +136,7 @@ async def delete_container(request: Request, name: str) -> HTTPResponse:
 
 @bp.get("/environments/tarballs")
 @rule("user")
+@api("The packaged environment tarballs", response=Tarballs)
 async def list_tarballs(request: Request) -> HTTPResponse:
     """The packaged tarballs in the shared folder."""
     envs = environments(request)
@@ -129,6 +146,13 @@ async def list_tarballs(request: Request) -> HTTPResponse:
 
 @bp.post("/environments/<name:str>/tar")
 @rule("admin")
+@api(
+    "Package an environment container into a tarball",
+    response=str,
+    content_type="application/x-ndjson",
+    description="One JSON line per progress step; the last is {step: done, packaged} or"
+    " {step: error, status, field, message}.",
+)
 async def create_tar(request: Request, name: str) -> HTTPResponse | None:
     """``create-tar``: one JSON line per progress step, the ``env.packaged`` event last."""
     envs = environments(request)
@@ -173,6 +197,16 @@ async def create_tar(request: Request, name: str) -> HTTPResponse | None:
 
 @bp.websocket("/environments/<name:str>/shell")  # type: ignore[untyped-decorator]
 @rule("admin")
+@api(
+    "A shell in an environment container",
+    query=(
+        Query("rows", int, "terminal rows (default 24)"),
+        Query("cols", int, "terminal columns (default 80)"),
+        Query("term", str, "terminal type (default xterm)"),
+        Query("csrf", str, "a dashboard session's key (websockets cannot send headers)"),
+    ),
+    description="Binary terminal bytes both ways; JSON resize frames from the client.",
+)
 async def shell(request: Request, ws: Any, name: str) -> None:
     """An interactive shell in the environment's container (see the module docstring)."""
     envs = environments(request)

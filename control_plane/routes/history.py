@@ -26,9 +26,11 @@ from control_plane.history import (
     HistoryClosed,
     HistoryService,
     SqlLimits,
+    StateOut,
     state_document,
 )
 from control_plane.hub import ControlPlane
+from control_plane.openapi import Query, api, shape
 from control_plane.routes.common import (
     JsonBlueprint,
     answer,
@@ -44,7 +46,8 @@ from events.envelope import now_us
 from events.ids import is_job_id
 from projections.cluster import ClusterState
 from replay_tools.analytics import DEFAULT_MAX_ROWS
-from replay_tools.feed import EventFilter
+from replay_tools.audit import AuditReport
+from replay_tools.feed import EventDoc, EventFilter
 from replay_tools.history import FeedPage
 from replay_tools.queries import (
     EventQuery,
@@ -56,11 +59,45 @@ from replay_tools.queries import (
     report_query,
     sql_query,
 )
-from replay_tools.timeline import explain_placement
-from replay_tools.usage import usage_window
+from replay_tools.replay import StateDiff
+from replay_tools.timeline import PlacementExplanation, explain_placement
+from replay_tools.usage import Usage, usage_window
 
 bp = JsonBlueprint("history", url_prefix="/api")
 T = TypeVar("T")
+
+# The answers this module writes as dicts, for the OpenAPI document (control_plane/openapi.py).
+# A task's or a job's timeline (replay_tools/timeline.py task_history, job_history): who it
+# is, and its events with the time between them.
+Timeline = shape(
+    "Timeline",
+    task_id=str | None,
+    job_id=str | None,
+    number=int | None,
+    state=str | None,
+    node=str | None,
+    events=list[dict[str, Any]],
+)
+# SQL answers and reports (replay_tools/analytics.py table_document).
+Table = shape("Table", columns=list[str], rows=list[list[Any]])
+SqlRequest = msgspec.defstruct(
+    "SqlRequest", [("sql", str), ("max_rows", int, DEFAULT_MAX_ROWS)], kw_only=True
+)
+_FILTER_QUERY = (
+    Query("kind", str, "event kinds (task.submitted, task.*)", repeated=True),
+    Query("exclude", str, "event kinds to leave out", repeated=True),
+    Query("task", str, "one task's events (its number, id or a unique prefix)"),
+    Query("node", str, "one node's events"),
+    Query("source", str, "events from this source"),
+    Query("actor", str, "events caused by this user"),
+    Query("since", str, "from this seq or time (RFC 3339, or 2h ago)"),
+    Query("until", str, "up to this seq or time"),
+)
+_STREAM_QUERY = (
+    Query("after", int, "resume after this seq (or the Last-Event-ID header)"),
+    Query("keepalive", int, "seconds between keep-alive comments"),
+    Query("csrf", str, "a dashboard session's key (event streams cannot send headers)"),
+)
 
 log = logging.getLogger("hakuriver.host.history")
 
@@ -152,6 +189,16 @@ def _ended(request: Request) -> bool:
 
 @bp.get("/events")
 @rule("admin")
+@api(
+    "A page of events, filtered",
+    response=FeedPage,
+    query=(
+        *_FILTER_QUERY,
+        Query("after", int, "events after this seq (next_after of the last page)"),
+        Query("limit", int, "at most this many (default 1000)"),
+        Query("tail", int, "the last this many instead"),
+    ),
+)
 async def list_events(request: Request) -> HTTPResponse:
     """A page of events after ``after``, filtered; ``next_after`` continues it."""
     cp = control_plane(request)
@@ -171,6 +218,7 @@ async def list_events(request: Request) -> HTTPResponse:
 
 @bp.get("/events/<seq:int>")
 @rule("admin")
+@api("One event by its seq", response=EventDoc)
 async def get_event(request: Request, seq: int) -> HTTPResponse:
     """One event by its seq."""
     service = _history(request)
@@ -192,6 +240,13 @@ def _resume_after(request: Request) -> int:
 
 @bp.get("/events/stream")
 @rule("admin")
+@api(
+    "Events as they are recorded (server-sent events)",
+    response=str,
+    content_type="text/event-stream",
+    query=(*_FILTER_QUERY, *_STREAM_QUERY),
+    description="id: is the seq, data: the event document (as GET /api/events/{seq}).",
+)
 async def stream_events(request: Request) -> None:
     """Server-sent events (``id:`` = seq) after ``Last-Event-ID`` or ``after``, filtered."""
     flt = _filter(request, control_plane(request))
@@ -207,6 +262,13 @@ async def stream_events(request: Request) -> None:
 
 @bp.get("/events/changes")
 @rule("user")
+@api(
+    "Change notices for the dashboard (server-sent events)",
+    response=str,
+    content_type="text/event-stream",
+    query=_STREAM_QUERY,
+    description="data: {seq, kind, stream} of each event the caller may see, never a payload.",
+)
 async def stream_changes(request: Request) -> None:
     """Server-sent change notices for the dashboard: ``id:`` = seq, ``data:`` = the seq,
     kind and stream of each event the caller may see (an admin: all; a user: the tasks'
@@ -344,6 +406,7 @@ def _keepalive(request: Request) -> float:
 
 @bp.get("/tasks/<ident:str>/history")
 @rule("user")
+@api("A task's (or a job's) timeline", response=Timeline)
 async def get_task_history(request: Request, ident: str) -> HTTPResponse:
     """Every event of a task, with the time between them; for a job's id, the job's
     timeline (its events and its ranks' key ones)."""
@@ -360,6 +423,7 @@ async def get_task_history(request: Request, ident: str) -> HTTPResponse:
 
 @bp.get("/tasks/<ident:str>/why")
 @rule("user")
+@api("Where a task was placed and why", response=PlacementExplanation)
 async def get_task_why(request: Request, ident: str) -> HTTPResponse:
     """Where the task was placed and why, and why the other nodes were not chosen."""
     cp = control_plane(request)
@@ -382,6 +446,14 @@ def _check_task(request: Request, cp: ControlPlane, task_id: str) -> None:
 
 @bp.get("/state")
 @rule("admin")
+@api(
+    "The cluster now, or at a point of its history",
+    response=StateOut,
+    query=(
+        Query("at", str, "a seq or a time (default: now)"),
+        Query("tasks", str, "active (default) or all"),
+    ),
+)
 async def get_state(request: Request) -> HTTPResponse:
     """The cluster now (with its seq), or at ``at`` (a seq or a time) as it was then."""
     cp = control_plane(request)
@@ -407,6 +479,14 @@ async def get_state(request: Request) -> HTTPResponse:
 
 @bp.get("/state/diff")
 @rule("admin")
+@api(
+    "What changed between two points",
+    response=StateDiff,
+    query=(
+        Query("a", str, "from this seq or time", required=True),
+        Query("b", str, "to this seq or time (default: now)"),
+    ),
+)
 async def get_state_diff(request: Request) -> HTTPResponse:
     """What changed from ``a`` to ``b`` (seqs or times; ``b`` defaults to now)."""
     service = _history(request)
@@ -416,6 +496,14 @@ async def get_state_diff(request: Request) -> HTTPResponse:
 
 @bp.get("/usage")
 @rule("user")
+@api(
+    "Allocated and offered resources over time",
+    response=Usage,
+    query=(
+        Query("hours", float, "the window (default 6)"),
+        Query("points", int, "buckets (default 120)"),
+    ),
+)
 async def get_usage(request: Request) -> HTTPResponse:
     """Cores, memory and GPUs allocated and offered over the last ``hours`` (default 6),
     in ``points`` buckets (default 120): the overview's chart. Aggregates only, so any
@@ -447,6 +535,7 @@ async def get_usage(request: Request) -> HTTPResponse:
 
 @bp.get("/audit")
 @rule("admin")
+@api("Verify the hash chain and the invariants of the log", response=AuditReport)
 async def get_audit(request: Request) -> HTTPResponse:
     """The hash chain and the invariants of the log, up to its last seq when asked."""
     service = _history(request)
@@ -456,6 +545,7 @@ async def get_audit(request: Request) -> HTTPResponse:
 
 @bp.post("/sql")
 @rule("admin")
+@api("One read-only SELECT over the log's views", request=SqlRequest, response=Table)
 async def post_sql(request: Request) -> HTTPResponse:
     """One read-only SELECT over the log's views: ``{"sql": "...", "max_rows": N}``."""
     body = json_object(request, 'a JSON object {"sql": "SELECT ..."}')
@@ -468,6 +558,14 @@ async def post_sql(request: Request) -> HTTPResponse:
 
 @bp.get("/reports/<name:str>")
 @rule("user")
+@api(
+    "A canned report (queue-wait, runtime, failures, utilization)",
+    response=Table,
+    query=(
+        Query("by", str, "node (default) or owner"),
+        Query("since", str, "from this time"),
+    ),
+)
 async def get_report(request: Request, name: str) -> HTTPResponse:
     """A canned report (queue-wait, runtime, failures, utilization) by node or owner."""
     principal = principal_of(request)
@@ -480,6 +578,12 @@ async def get_report(request: Request, name: str) -> HTTPResponse:
 
 @bp.get("/export/<name:str>")
 @rule("admin")
+@api(
+    "The events or one view as an Arrow IPC stream",
+    response=bytes,
+    content_type="application/vnd.apache.arrow.stream",
+    query=(Query("since", str, "from this time"),),
+)
 async def get_export(request: Request, name: str) -> None:
     """The events or one view as an Arrow IPC stream (the CLI writes it as Parquet)."""
     chunks = _history(request).export(export_query(name, request.args.get("since")))

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import msgspec
+from msgspec import Struct
 from sanic import Request
 from sanic.response import HTTPResponse
 
@@ -26,6 +28,7 @@ from control_plane.commands import (
     RevokeToken,
 )
 from control_plane.errors import InvalidRequest, NotFound, Refused
+from control_plane.openapi import Query, api, flag, shape
 from control_plane.routes.common import (
     JsonBlueprint,
     answer,
@@ -39,6 +42,86 @@ from events.ids import new_id
 from projections.identity import KeyView, TokenView, UserView
 
 bp = JsonBlueprint("identity", url_prefix="/api")
+
+# The answers this module writes as dicts, for the OpenAPI document (control_plane/openapi.py).
+Whoami = shape(
+    "Whoami",
+    user=str,
+    role=str,
+    token_id=str,
+    token_kind=str,
+    node=str | None,
+    expires_at_us=int | None,
+)
+
+
+class UserDoc(Struct, kw_only=True):
+    """A user, as the identity routes answer it."""
+
+    name: str
+    role: str
+    disabled: bool
+    created_at_us: int | None
+    created_by: str | None
+
+
+UserList = shape("UserList", users=list[UserDoc])
+
+
+class TokenDoc(Struct, kw_only=True):
+    """A token (never its secret), as the identity routes answer it."""
+
+    id: str
+    user: str
+    kind: str
+    name: str
+    issued_at_us: int | None
+    expires_at_us: int | None
+    issued_by: str | None
+    revoked: bool
+    uses_left: int | None
+    node: str | None
+
+
+TokenList = shape("TokenList", tokens=list[TokenDoc])
+TokenMade = msgspec.defstruct(
+    "TokenMade",
+    [("token", str), ("host_url", str | None), ("ca_fingerprint", str | None)],
+    bases=(TokenDoc,),
+    kw_only=True,
+)
+Revoked = shape("Revoked", id=str, revoked=bool)
+Joined = shape("Joined", token=str, node=str, id=str)
+NodeRevoked = shape("NodeRevoked", node=str, revoked=bool)
+
+
+class KeyDoc(Struct, kw_only=True):
+    """An SSH public key, as the identity routes answer it."""
+
+    id: str
+    user: str
+    type: str
+    fingerprint: str
+    comment: str
+    public_key: str
+    added_at_us: int | None
+
+
+KeyList = shape("KeyList", keys=list[KeyDoc])
+KeyAdded = shape("KeyAdded", key=KeyDoc)
+KeyRemoved = shape("KeyRemoved", id=str, removed=bool)
+# The bodies these routes read field by field (json_object and _string).
+UserRequest = shape("UserRequest", name=str, role=str)
+RoleRequest = shape("RoleRequest", role=str)
+TokenRequest = shape(
+    "TokenRequest", kind=str, user=str, name=str, uses=int | None, ttl_s=float | None
+)
+JoinRequest = shape("JoinRequest", node=str)
+KeyRequest = shape("KeyRequest", public_key=str, user=str)
+_WHOSE = (
+    Query("user", str, "this user's (admins only, for another user)"),
+    flag("all", "every user's (admins only)"),
+)
 
 MAX_TTL_S = 100 * 365 * 86400
 MAX_KEY_LENGTH = 16384
@@ -93,6 +176,7 @@ def _string(body: dict[str, Any], name: str, default: str | None = None) -> str:
 
 @bp.get("/whoami")
 @rule("user")
+@api("Who the caller is", response=Whoami)
 async def whoami(request: Request) -> HTTPResponse:
     """The caller: user, role and the token used."""
     p = principal_of(request)
@@ -113,6 +197,7 @@ async def whoami(request: Request) -> HTTPResponse:
 
 @bp.get("/users")
 @rule("admin")
+@api("The users", response=UserList)
 async def list_users(request: Request) -> HTTPResponse:
     """Every user account."""
     users = control_plane(request).state.identity.users.values()
@@ -127,6 +212,7 @@ def _user_answer(request: Request, name: str, status: int = 200) -> HTTPResponse
 
 @bp.post("/users")
 @rule("admin")
+@api("Make a user", request=UserRequest, response=UserDoc, status=201)
 async def create_user(request: Request) -> HTTPResponse:
     """Make a user: ``{"name": "bob", "role": "user"}``."""
     body = json_object(request)
@@ -139,6 +225,7 @@ async def create_user(request: Request) -> HTTPResponse:
 
 @bp.post("/users/<name:str>/role")
 @rule("admin")
+@api("Change a user's role", request=RoleRequest, response=UserDoc)
 async def change_role(request: Request, name: str) -> HTTPResponse:
     """Change a user's role: ``{"role": "admin"}``."""
     role = _string(json_object(request), "role")
@@ -150,6 +237,7 @@ async def change_role(request: Request, name: str) -> HTTPResponse:
 
 @bp.post("/users/<name:str>/disable")
 @rule("admin")
+@api("Disable a user", response=UserDoc)
 async def disable_user(request: Request, name: str) -> HTTPResponse:
     """Disable a user: none of their tokens works from now on."""
     await control_plane(request).execute(DisableUser(name=name, actor=principal_of(request)))
@@ -161,6 +249,7 @@ async def disable_user(request: Request, name: str) -> HTTPResponse:
 
 @bp.get("/tokens")
 @rule("user")
+@api("The caller's tokens", response=TokenList, query=_WHOSE)
 async def list_tokens(request: Request) -> HTTPResponse:
     """The caller's tokens; an admin's ``all=1`` (every user's) or ``user=U``."""
     p = principal_of(request)
@@ -186,6 +275,12 @@ def _ttl_us(body: dict[str, Any]) -> int | None:
 
 @bp.post("/tokens")
 @rule("user")
+@api(
+    "Make a token (its secret is in this answer only)",
+    request=TokenRequest,
+    response=TokenMade,
+    status=201,
+)
 async def create_token(request: Request) -> HTTPResponse:
     """A new token (its secret is in this answer and nowhere else)."""
     p = principal_of(request)
@@ -235,6 +330,7 @@ def _fingerprint(request: Request) -> str | None:
 
 @bp.post("/tokens/<token_id:str>/revoke")
 @rule("user")
+@api("Revoke a token", response=Revoked)
 async def revoke_token(request: Request, token_id: str) -> HTTPResponse:
     """Revoke one of the caller's tokens (an admin: anyone's)."""
     await control_plane(request).execute(
@@ -248,6 +344,12 @@ async def revoke_token(request: Request, token_id: str) -> HTTPResponse:
 
 @bp.post("/join")
 @rule("join")
+@api(
+    "Exchange a join token for a node's agent credential",
+    request=JoinRequest,
+    response=Joined,
+    status=201,
+)
 async def join(request: Request) -> HTTPResponse:
     """Exchange a join token for node ``node``'s own agent credential (once per use)."""
     node = _string(json_object(request), "node")
@@ -260,6 +362,7 @@ async def join(request: Request) -> HTTPResponse:
 
 @bp.post("/nodes/<name:str>/revoke")
 @rule("admin")
+@api("Revoke a node's credential", response=NodeRevoked)
 async def revoke_node(request: Request, name: str) -> HTTPResponse:
     """Disconnect a node's agent and refuse its credential (and name) from now on."""
     await control_plane(request).execute(RevokeNode(node=name, actor=principal_of(request)))
@@ -291,6 +394,7 @@ def _parse_key(text: str) -> tuple[str, str, str, str]:
 
 @bp.get("/keys")
 @rule("user")
+@api("The caller's SSH public keys", response=KeyList, query=_WHOSE)
 async def list_keys(request: Request) -> HTTPResponse:
     """The caller's SSH public keys (an admin: ``user=U``'s, or ``all=1``)."""
     p = principal_of(request)
@@ -305,6 +409,7 @@ async def list_keys(request: Request) -> HTTPResponse:
 
 @bp.post("/keys")
 @rule("user")
+@api("Register an SSH public key", request=KeyRequest, response=KeyAdded, status=201)
 async def add_key(request: Request) -> HTTPResponse:
     """Register an SSH public key: ``{"public_key": "ssh-ed25519 AAAA… me@laptop"}``."""
     p = principal_of(request)
@@ -329,6 +434,7 @@ async def add_key(request: Request) -> HTTPResponse:
 
 @bp.delete("/keys/<key_id:str>")
 @rule("user")
+@api("Remove an SSH public key", response=KeyRemoved)
 async def remove_key(request: Request, key_id: str) -> HTTPResponse:
     """Remove one of the caller's SSH keys (an admin: anyone's)."""
     cp = control_plane(request)

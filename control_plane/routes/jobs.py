@@ -38,6 +38,7 @@ from control_plane.hub import ControlPlane
 from control_plane.job_views import JobOut
 from control_plane.jobfile import ParsedJob, parse_job
 from control_plane.logs import log_path
+from control_plane.openapi import Query, api, flag, shape
 from control_plane.requests import decode_body
 from control_plane.routes.common import (
     JsonBlueprint,
@@ -97,6 +98,42 @@ class CreateVolumeRequest(Struct, kw_only=True, forbid_unknown_fields=True):
 _submit_decoder = msgspec.json.Decoder(SubmitJobRequest)
 _stop_decoder = msgspec.json.Decoder(StopJobsRequest)
 _volume_decoder = msgspec.json.Decoder(CreateVolumeRequest)
+
+# The answers this module writes as dicts, for the OpenAPI document (control_plane/openapi.py).
+
+
+class RankRef(Struct, kw_only=True):
+    """A rank of a job just submitted: its task."""
+
+    rank: int
+    task_id: str
+    number: int | None
+
+
+JobSubmitted = shape(
+    "JobSubmitted",
+    job_id=str,
+    name=str | None,
+    num_nodes=int,
+    ranks=list[RankRef],
+    ignored=dict[str, Any],
+    warnings=list[str],
+)
+JobPage = shape("JobPage", jobs=list[JobOut], total=int)
+JobsStopped = shape("JobsStopped", stopped=list[str])
+
+
+class VolumeOut(Struct, kw_only=True):
+    """A volume the log records."""
+
+    name: str
+    path: str
+    created_by: str
+    created_at: str | None
+
+
+Volumes = shape("Volumes", volumes=list[VolumeOut])
+VolumeCreated = shape("VolumeCreated", name=str, path=str)
 
 
 # -- submit ----------------------------------------------------------------------------------
@@ -259,6 +296,14 @@ async def _record_job(cp: ControlPlane, command: SubmitJob, archive: bytes | Non
 
 @bp.post("/jobs", stream=True)
 @rule("user")
+@api(
+    "Submit a job file (JSON, or multipart/form-data with its workdir)",
+    request=SubmitJobRequest,
+    response=JobSubmitted,
+    status=201,
+    description="JSON: the request itself. multipart/form-data: the request as JSON in"
+    " the form field job, and the workdir as a tar.gz file part named workdir (docs/jobs.md).",
+)
 async def submit_job(request: Request) -> HTTPResponse:
     """A job file (and its workdir): ``job.submitted`` and its ranks, queued."""
     slot = _Slot(principal_of(request).user)
@@ -376,6 +421,15 @@ def _all_users(request: Request) -> bool:
 
 @bp.get("/jobs")
 @rule("user")
+@api(
+    "The caller's jobs, newest first",
+    response=JobPage,
+    query=(
+        flag("all_users", "every user's jobs (admins only)"),
+        flag("details", "a queued job's why too"),
+        Query("limit", int, "at most this many (default 1000)"),
+    ),
+)
 async def list_jobs(request: Request) -> HTTPResponse:
     """The caller's jobs, newest first (``all_users=1``: everyone's, admins only).
 
@@ -405,6 +459,7 @@ async def list_jobs(request: Request) -> HTTPResponse:
 
 @bp.get("/jobs/<job_id:str>")
 @rule("user")
+@api("One job", response=JobOut)
 async def get_job(request: Request, job_id: str) -> HTTPResponse:
     """One job in detail, with its ranks."""
     cp = control_plane(request)
@@ -421,6 +476,18 @@ _piece_encoder = msgspec.json.Encoder()
 
 @bp.get("/jobs/<job_id:str>/logs")
 @rule("user")
+@api(
+    "A job's ranks' output",
+    response=str,
+    content_type="text/plain; charset=utf-8",
+    query=(
+        Query("rank", int, "one rank's output only"),
+        flag("follow", "keep answering until the job ends"),
+        Query("format", str, "text (default) or ndjson (pieces with their offsets)"),
+        Query("from", str, "each rank's offset to start from (rank:offset,...)"),
+    ),
+    description="format=ndjson answers application/x-ndjson records instead.",
+)
 async def job_logs_route(request: Request, job_id: str) -> HTTPResponse | None:
     """The ranks' combined output (``rank``: one rank's; ``follow``: until the job ends;
     ``from``: each rank's file from an offset; ``format=ndjson``: pieces with offsets)."""
@@ -521,6 +588,7 @@ def _stopped(outcome: Any) -> list[str]:
 
 @bp.post("/jobs/<job_id:str>/stop")
 @rule("user")
+@api("Stop a job", response=JobsStopped, status=202)
 async def stop_job(request: Request, job_id: str) -> HTTPResponse:
     """Stop a job: every rank still active is killed."""
     cp = control_plane(request)
@@ -531,6 +599,7 @@ async def stop_job(request: Request, job_id: str) -> HTTPResponse:
 
 @bp.post("/jobs/stop")
 @rule("user")
+@api("Stop several jobs", request=StopJobsRequest, response=JobsStopped, status=202)
 async def stop_jobs(request: Request) -> HTTPResponse:
     """Stop the jobs named, or all of the caller's (``all_users``: everyone's, admins)."""
     cp = control_plane(request)
@@ -556,6 +625,7 @@ async def stop_jobs(request: Request) -> HTTPResponse:
 
 @bp.get("/volumes")
 @rule("user")
+@api("The volumes", response=Volumes)
 async def list_volumes(request: Request) -> HTTPResponse:
     """The volumes the log records (``volume.created``), oldest first."""
     cp = control_plane(request)
@@ -613,6 +683,7 @@ async def _make_volume(cp: ControlPlane, command: CreateVolume) -> Path:
 
 @bp.post("/volumes")
 @rule("user")
+@api("Create a volume", request=CreateVolumeRequest, response=VolumeCreated, status=201)
 async def create_volume(request: Request) -> HTTPResponse:
     """Make ``<shared_dir>/volumes/<name>`` and record ``volume.created``.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import msgspec
 from sanic import Request
@@ -11,6 +12,7 @@ from sanic.response import HTTPResponse
 from control_plane.access import rule
 from control_plane.commands import ForgetNode
 from control_plane.errors import InvalidRequest, NotFound
+from control_plane.openapi import api, shape
 from control_plane.routes.common import (
     JsonBlueprint,
     answer,
@@ -24,9 +26,31 @@ from events.types import TaskLost
 
 bp = JsonBlueprint("nodes", url_prefix="/api")
 
+# The answers this module writes as dicts, for the OpenAPI document (control_plane/openapi.py).
+NodeList = shape("NodeList", nodes=list[NodeOut])
+Forgotten = shape("Forgotten", node=str, forgotten=bool, tasks_lost=list[str])
+ForgetRequest = msgspec.defstruct("ForgetRequest", [("reason", str, "")], kw_only=True)
+# ok, or degraded with the reason (reason is left out when ok).
+Health = msgspec.defstruct("Health", [("status", str), ("reason", str | None, None)], kw_only=True)
+Summary = shape(
+    "Summary",
+    status=str,
+    reason=str | None,
+    store_failure=WriteFailure | None,
+    last_seq=int,
+    nodes_online=int,
+    nodes_total=int,
+    agents_connected=list[str],
+    tasks=dict[str, int],
+    anomalies=int,
+    undecodable_events=int,
+    liveness=dict[str, Any],
+)
+
 
 @bp.get("/nodes")
 @rule("user")
+@api("The nodes", response=NodeList)
 async def list_nodes(request: Request) -> HTTPResponse:
     """Every node ever registered, online or not."""
     state = control_plane(request).state
@@ -36,6 +60,7 @@ async def list_nodes(request: Request) -> HTTPResponse:
 
 @bp.get("/nodes/<name:str>")
 @rule("user")
+@api("One node", response=NodeOut)
 async def get_node(request: Request, name: str) -> HTTPResponse:
     """One node in detail."""
     state = control_plane(request).state
@@ -50,6 +75,7 @@ MAX_REASON = 256
 
 @bp.post("/nodes/<name:str>/forget")
 @rule("admin")
+@api("Forget an offline node", request=ForgetRequest, response=Forgotten)
 async def forget_node(request: Request, name: str) -> HTTPResponse:
     """Remove a node that is offline and will not return (409 while it is online); its
     tasks still holding resources there are given up as lost."""
@@ -65,6 +91,7 @@ async def forget_node(request: Request, name: str) -> HTTPResponse:
 
 @bp.get("/health")
 @rule("public")
+@api("Is the control plane up, and can it write its log", response=Health)
 async def health(request: Request) -> HTTPResponse:
     """Is the control plane up, and can it write its log (a probe: no token, no data).
 
@@ -80,6 +107,7 @@ async def health(request: Request) -> HTTPResponse:
 
 @bp.get("/summary")
 @rule("user")
+@api("A summary of the cluster", response=Summary)
 async def summary(request: Request) -> HTTPResponse:
     """A summary of the cluster: nodes online, agents connected, tasks by state."""
     cp = control_plane(request)

@@ -12,14 +12,28 @@ from sanic import Request
 from sanic.response import HTTPResponse
 
 from control_plane.access import rule
+from control_plane.openapi import api, shape
 from control_plane.routes.common import JsonBlueprint, answer, principal_of
 from control_plane.ssh_gateway import GatewayStatus
 
 bp = JsonBlueprint("ssh", url_prefix="/api")
 
+# The answer, for the OpenAPI document (control_plane/openapi.py).
+Gateway = shape(
+    "Gateway",
+    enabled=bool,
+    host=str | None,
+    port=int | None,
+    host_key=str | None,
+    fingerprint=str | None,
+    user=str,
+    message=str | None,
+)
+
 
 @bp.get("/ssh")
 @rule("user")
+@api("The SSH gateway to VPS tasks", response=Gateway)
 async def gateway(request: Request) -> HTTPResponse:
     """The gateway: enabled, host, port, host key and its fingerprint, the caller's name."""
     status: GatewayStatus | None = getattr(request.app.ctx, "ssh_gateway", None)

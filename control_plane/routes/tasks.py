@@ -30,7 +30,9 @@ from control_plane.logs import (
     read_from,
     read_tail,
 )
+from control_plane.openapi import Query, api, flag, shape
 from control_plane.requests import (
+    SubmitBatch,
     SubmitTask,
     decode_batch,
     decode_submit,
@@ -54,6 +56,24 @@ from projections.tasks import ENDED_STATES, STATES, TaskView
 
 bp = JsonBlueprint("tasks", url_prefix="/api")
 T = TypeVar("T")
+
+# The answers this module writes as dicts, for the OpenAPI document (control_plane/openapi.py).
+Submitted = shape("Submitted", batch_id=str, task_ids=list[str], numbers=list[int])
+BatchOut = shape("BatchOut", batch_id=str, tasks=list[TaskOut])
+TaskPage = shape(
+    "TaskPage",
+    tasks=list[TaskOut],
+    total=int,
+    offset=int,
+    next_offset=int | None,
+    upto=int | None,
+)
+TaskAccepted = shape("TaskAccepted", task_id=str, number=int, state=str)
+_OUTPUT_QUERY = (
+    Query("offset", int, "read from this byte (X-Next-Offset of the last answer gives it)"),
+    Query("tail", int, "the last lines only (not with offset)"),
+    flag("follow", "keep answering the output as it grows, until the task ends"),
+)
 
 
 async def _submit(
@@ -84,6 +104,7 @@ async def _submit(
 
 @bp.post("/tasks")
 @rule("user")
+@api("Submit a task (one per target)", request=SubmitTask, response=Submitted, status=201)
 async def submit(request: Request) -> HTTPResponse:
     """One ``task.submitted`` per target, tied by a batch id."""
     return await _submit(
@@ -93,6 +114,7 @@ async def submit(request: Request) -> HTTPResponse:
 
 @bp.post("/batches")
 @rule("user")
+@api("Submit several tasks as one batch", request=SubmitBatch, response=Submitted, status=201)
 async def submit_batch(request: Request) -> HTTPResponse:
     """Several submit requests as one batch: every task recorded, or none."""
     return await _submit(
@@ -104,6 +126,7 @@ async def submit_batch(request: Request) -> HTTPResponse:
 
 @bp.get("/batches/<batch_id:str>")
 @rule("user")
+@api("The tasks of one batch", response=BatchOut)
 async def get_batch(request: Request, batch_id: str) -> HTTPResponse:
     """The tasks of one batch, in submission order."""
     tasks = [t for t in control_plane(request).state.tasks.values() if t.spec.batch_id == batch_id]
@@ -119,6 +142,24 @@ async def get_batch(request: Request, batch_id: str) -> HTTPResponse:
 
 @bp.get("/tasks")
 @rule("user")
+@api(
+    "List tasks, filtered, sorted and paged",
+    response=TaskPage,
+    query=(
+        Query("status", str, "task states, comma-separated or repeated", repeated=True),
+        Query("node", str, "tasks on this node"),
+        Query("batch", str, "tasks of this batch"),
+        Query("owner", str, "this user's tasks"),
+        flag("all_users", "every user's tasks (others' redacted unless an admin)"),
+        Query("name", str, "tasks whose name contains this"),
+        Query("q", str, "tasks whose command, name or id contains this"),
+        Query("sort", str, "the sort key (projections/task_query.py SORT_KEYS)"),
+        Query("order", str, "asc or desc (default)"),
+        Query("upto", int, "only tasks numbered up to this (the first page's upto)"),
+        Query("offset", int, "skip this many"),
+        Query("limit", int, "at most this many (default 1000)"),
+    ),
+)
 async def list_tasks(request: Request) -> HTTPResponse:
     """The caller's tasks (``all_users=1``: everyone's; ``owner=U``: U's) filtered by status,
     node, batch, name and text (``q``), sorted (``sort``, ``order``: newest first by
@@ -195,6 +236,7 @@ def _task(cp: ControlPlane, ident: str) -> TaskView:
 
 @bp.get("/tasks/<ident:str>")
 @rule("user")
+@api("One task", response=TaskOut)
 async def get_task(request: Request, ident: str) -> HTTPResponse:
     """One task in detail (redacted for a caller who is neither its owner nor an admin)."""
     task = _task(control_plane(request), ident)
@@ -215,6 +257,7 @@ def _reason(request: Request) -> str:
 
 @bp.post("/tasks/<ident:str>/kill")
 @rule("user")
+@api("Kill a task", response=TaskAccepted, status=202)
 async def kill(request: Request, ident: str) -> HTTPResponse:
     """Kill a task: at once while queued, through its node's agent otherwise."""
     cp = control_plane(request)
@@ -239,6 +282,7 @@ async def _pause_or_resume(request: Request, ident: str, resume: bool) -> HTTPRe
 
 @bp.post("/tasks/<ident:str>/pause")
 @rule("user")
+@api("Pause a running task", response=TaskAccepted, status=202)
 async def pause(request: Request, ident: str) -> HTTPResponse:
     """Freeze a running task (SIGSTOP / docker pause on its node)."""
     return await _pause_or_resume(request, ident, resume=False)
@@ -246,6 +290,7 @@ async def pause(request: Request, ident: str) -> HTTPResponse:
 
 @bp.post("/tasks/<ident:str>/resume")
 @rule("user")
+@api("Resume a paused task", response=TaskAccepted, status=202)
 async def resume(request: Request, ident: str) -> HTTPResponse:
     """Continue a paused task."""
     return await _pause_or_resume(request, ident, resume=True)
@@ -317,6 +362,12 @@ async def _unless_gone(read: Callable[[threading.Event], T]) -> T:
 
 @bp.get("/tasks/<ident:str>/stdout")
 @rule("user")
+@api(
+    "A task's standard output",
+    response=str,
+    content_type="text/plain; charset=utf-8",
+    query=_OUTPUT_QUERY,
+)
 async def stdout(request: Request, ident: str) -> HTTPResponse | None:
     """The task's standard output (``offset``, ``tail``, ``follow``)."""
     return await _output(request, ident, "stdout")
@@ -324,6 +375,12 @@ async def stdout(request: Request, ident: str) -> HTTPResponse | None:
 
 @bp.get("/tasks/<ident:str>/stderr")
 @rule("user")
+@api(
+    "A task's standard error",
+    response=str,
+    content_type="text/plain; charset=utf-8",
+    query=_OUTPUT_QUERY,
+)
 async def stderr(request: Request, ident: str) -> HTTPResponse | None:
     """The task's standard error (``offset``, ``tail``, ``follow``)."""
     return await _output(request, ident, "stderr")
@@ -348,6 +405,17 @@ def _terminal(request: Request) -> tuple[int, int, str]:
 
 @bp.websocket("/tasks/<ident:str>/shell")  # type: ignore[untyped-decorator]
 @rule("user")
+@api(
+    "A terminal in a VPS task's container",
+    query=(
+        Query("rows", int, "terminal rows (default 24)"),
+        Query("cols", int, "terminal columns (default 80)"),
+        Query("term", str, "terminal type (default xterm)"),
+        Query("csrf", str, "a dashboard session's key (websockets cannot send headers)"),
+    ),
+    description="Binary terminal bytes both ways; JSON resize frames from the client,"
+    " exit or error frames from the host (docs/vps.md).",
+)
 async def vps_shell(request: Request, ws: Any, ident: str) -> None:
     """``hakuriver vps shell``: a terminal in a VPS task's container, through its node's
     agent (binary terminal bytes both ways; JSON ``resize`` from the client, ``exit`` or

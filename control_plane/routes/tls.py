@@ -15,6 +15,7 @@ from sanic.response import HTTPResponse
 
 from control_plane.access import rule
 from control_plane.errors import NotFound
+from control_plane.openapi import api
 from control_plane.routes.common import JsonBlueprint
 
 if TYPE_CHECKING:  # cryptography is imported only where TLS is on (start-up time)
@@ -25,6 +26,11 @@ bp = JsonBlueprint("tls", url_prefix="/api")
 
 @bp.get("/tls/ca")
 @rule("public")
+@api(
+    "The CA certificate (PEM) clients pin",
+    response=str,
+    content_type="application/x-pem-file",
+)
 async def certificate_authority(request: Request) -> HTTPResponse:
     """The CA certificate (PEM) that signed the certificate this host serves."""
     tls: HostTls | None = getattr(request.app.ctx, "tls", None)

@@ -316,6 +316,7 @@ def _cases() -> dict[Route, Callable[[World], Calls]]:
         ("GET", "/api/health"): lambda w: Calls(_get("/api/health")),
         ("GET", "/api/tls/ca"): lambda w: Calls(_get("/api/tls/ca")),
         ("GET", "/api/whoami"): lambda w: Calls(_get("/api/whoami")),
+        ("GET", "/api/openapi.json"): lambda w: Calls(_get("/api/openapi.json")),
         # the dashboard: its pages and files are public (they hold no data); its login API
         ("GET", "/"): lambda w: Calls(_get("/")),
         ("GET", "/<page:[a-z]+>"): lambda w: Calls(_get("/tasks")),

@@ -39,6 +39,7 @@
     environments: "environments",
     history: "history",
     admin: "admin",
+    reference: "reference",
   };
   const DETAIL = { tasks: "task", jobs: "job" };
   const ADMIN_PAGES = new Set(["environments", "admin"]);
