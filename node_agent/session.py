@@ -48,8 +48,6 @@ FIRST_RETRY_S = 0.05
 STABLE_LINK_S = 10.0
 # The first pause before sending again what the host could not write.
 FIRST_RESEND_S = 0.25
-# How long a heartbeat waits for the outbox's count before it goes without one.
-OUTBOX_COUNT_WITHIN_S = 0.5
 
 
 class HostLink:
@@ -246,23 +244,11 @@ class HostLink:
         agent = self.agent
         while True:
             usage = await asyncio.to_thread(probe_usage, tuple(agent.running))
-            depth = await self._outbox_depth()
+            # The outbox's own count (no query: a heartbeat never waits on its disk).
+            depth = agent.outbox.outbox.depth if agent.outbox is not None else None
             beat = new_event(usage.heartbeat(agent.node, depth), source=agent.node)
             await transport.send(link.encode(link.Heartbeat(event=beat)))
             await agent.activity.outside(asyncio.sleep(agent.heartbeat_interval))
-
-    async def _outbox_depth(self) -> int | None:
-        """How many events the outbox holds, for the heartbeat (the host's metrics); None
-        when it cannot say soon: a heartbeat is liveness, and never waits on a slow or
-        failing outbox disk."""
-        outbox = self.agent.outbox
-        if outbox is None:
-            return None
-        try:
-            async with asyncio.timeout(OUTBOX_COUNT_WITHIN_S):
-                return await outbox.count()
-        except Exception:  # a timeout, or the outbox's storage failing (logged by it)
-            return None
 
     async def _receive(self, transport: Transport, in_flight: dict[int, tuple[str, ...]]) -> None:
         agent = self.agent

@@ -68,8 +68,22 @@ def test_tasks_by_state_and_the_nodes_match_the_api(cluster: Cluster) -> None:
     assert value(samples, "process_resident_memory_bytes") > 0
 
 
+def scrape_after_a_heartbeat(cluster: Cluster) -> Samples:
+    """A scrape once n1's first heartbeat is recorded (a node is online from its hello,
+    its heartbeat's figures come a beat later)."""
+    samples: Samples = {}
+
+    def heartbeat_recorded() -> bool:
+        samples.clear()
+        samples.update(scrape(cluster.http))
+        return ("hakuriver_agent_outbox_depth", (("node", "n1"),)) in samples
+
+    wait_until(heartbeat_recorded, timeout=10)
+    return samples
+
+
 def test_the_agent_reports_its_outbox_and_link_through_the_heartbeat(cluster: Cluster) -> None:
-    samples = scrape(cluster.http)
+    samples = scrape_after_a_heartbeat(cluster)
     # The agent is not scraped: its outbox depth arrives in its heartbeats, by node
     assert value(samples, "hakuriver_agent_outbox_depth", node="n1") >= 0
     assert abs(value(samples, "hakuriver_agent_link_lag_seconds", node="n1")) < 5
@@ -166,7 +180,7 @@ def test_the_grafana_dashboard_queries_only_metrics_a_scrape_has(cluster: Cluste
     exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
     queries = [v["query"]["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
     names = {name for text in exprs + queries for name in METRIC_NAME.findall(text)}
-    scraped = {name for name, _ in scrape(cluster.http)}
+    scraped = {name for name, _ in scrape_after_a_heartbeat(cluster)}
     assert len(names) >= 20
     assert names - scraped == set()
     # and every family the host exports (bar the process's) has a panel
