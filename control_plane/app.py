@@ -42,12 +42,14 @@ from control_plane.errors import (
     error_of_kind,
 )
 from control_plane.hub import ControlPlane
+from control_plane.metrics import HostMetrics
 from control_plane.routes import (
     agents,
     environments,
     history,
     identity,
     jobs,
+    metrics,
     nodes,
     ssh,
     tasks,
@@ -132,6 +134,7 @@ def create_app(
         environments.bp,
         identity.bp,
         ssh.bp,
+        metrics.bp,
     )
     app.ctx.ui_sessions = Sessions()
     for blueprint in (*blueprints, tls_routes.bp, dashboard.bp, openapi_routes.bp):
@@ -246,6 +249,7 @@ def create_app(
                 raise
             raise LogInUse(str(exc)) from None
         app.ctx.cp = cp
+        app.ctx.metrics = HostMetrics(cp, app.ctx)  # GET /api/metrics
         app.ctx.admin_token_file = await ensure_admin(cp)
         await _close_sessions_left_open(cp)
         cp.start()

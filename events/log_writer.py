@@ -15,6 +15,7 @@ the store can tell afterwards whether the file holds it or not.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -45,9 +46,10 @@ _ARROW_SCHEMA = pa.schema(
 
 
 class Pending:
-    """One caller's batch, encoded, waiting for the writer."""
+    """One caller's batch, encoded, waiting for the writer (since ``queued_at``, a
+    monotonic time: how long appends wait is measured from it)."""
 
-    __slots__ = ("events", "future", "payloads")
+    __slots__ = ("events", "future", "payloads", "queued_at")
 
     def __init__(
         self, events: Sequence[NewEvent], payloads: list[bytes], future: asyncio.Future[list[int]]
@@ -55,6 +57,7 @@ class Pending:
         self.events = events
         self.payloads = payloads
         self.future = future
+        self.queued_at = time.monotonic()
 
 
 class Committed(NamedTuple):

@@ -46,7 +46,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import duckdb
 
@@ -73,6 +73,8 @@ from events.write_failures import (
 __all__ = [
     "GENESIS_HASH",
     "SELECT_COLUMNS",
+    "CommitObserver",
+    "CommitStats",
     "EventStore",
     "InvalidEvent",
     "Listener",
@@ -88,6 +90,24 @@ __all__ = [
 log = logging.getLogger("hakuriver.store")
 
 Listener = Callable[[list[Recorded]], None]
+
+
+class CommitStats(NamedTuple):
+    """One group commit, as measured for the host's metrics (control_plane/metrics.py).
+
+    ``events``: new events it stored (re-sends are not counted); ``append_s``: how long
+    its oldest caller waited, from queuing its batch to the commit (the worst append
+    latency of the group); ``commit_s``: the commit itself, on the writer thread.
+    """
+
+    events: int
+    append_s: float
+    commit_s: float
+
+
+# Called on the event loop once per group commit that stored something (never per
+# event): the log stays free of any metrics library, the host turns these into its own.
+CommitObserver = Callable[[CommitStats], None]
 # Called on the writer thread with the new connection when the file was opened again,
 # before any reader uses it (instance settings are the new instance's to set again).
 ReopenHook = Callable[[duckdb.DuckDBPyConnection], None]
@@ -134,6 +154,7 @@ class EventStore:
         self._keep_snapshots = keep_snapshots
         self._snapshots = SnapshotFiles(self.path)
         self._listeners: list[Listener] = []
+        self._observers: list[CommitObserver] = []
         self._queue: list[Pending] = []
         self._wake = asyncio.Event()
         self._committed = asyncio.Condition()
@@ -268,6 +289,11 @@ class EventStore:
         """Call ``listener`` on the event loop with each committed batch, before acks."""
         self._listeners.append(listener)
 
+    def add_commit_observer(self, observer: CommitObserver) -> None:
+        """Call ``observer`` on the event loop with each group commit's figures
+        (``CommitStats``), after its batch is published."""
+        self._observers.append(observer)
+
     # -- append ------------------------------------------------------------------------------
 
     async def append(
@@ -337,6 +363,7 @@ class EventStore:
                     await loop.run_in_executor(self._writer_thread, self._maybe_checkpoint, False)
                     continue
             batch, self._queue = self._queue, []
+            started = time.monotonic()
             try:
                 seqs, recorded = await loop.run_in_executor(
                     self._writer_thread, self._commit_sync, batch
@@ -350,11 +377,24 @@ class EventStore:
                 continue
             if recorded:
                 self._publish(recorded)
+                if self._observers:
+                    # The queue is in arrival order: its first batch waited the longest.
+                    done = time.monotonic()
+                    self._observe(
+                        CommitStats(len(recorded), done - batch[0].queued_at, done - started)
+                    )
                 async with self._committed:
                     self._committed.notify_all()
             for pending, pending_seqs in zip(batch, seqs, strict=True):
                 if not pending.future.done():
                     pending.future.set_result(pending_seqs)
+
+    def _observe(self, stats: CommitStats) -> None:
+        for observer in self._observers:
+            try:
+                observer(stats)
+            except Exception:  # a measurement must never stop the writer
+                log.exception("a commit observer failed")
 
     def _publish(self, recorded: list[Recorded]) -> None:
         # One synchronous step on the loop: ring, position and listeners move together, so a

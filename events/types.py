@@ -181,6 +181,9 @@ class NodeHeartbeat(_NodeEvent, frozen=True, kw_only=True, tag="node.heartbeat")
     gpus: tuple[GpuUsage, ...] = ()
     temperatures: dict[str, float] = {}
     running_task_ids: tuple[str, ...] = ()
+    # Events waiting in the agent's outbox for the host's acknowledgement when this sample
+    # was taken (None: an agent from before issue 18, which did not say).
+    outbox_depth: NonNegInt | None = None
 
 
 class NodeOffline(_NodeEvent, frozen=True, kw_only=True, tag="node.offline"):

@@ -89,21 +89,27 @@ class Outbox:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute(_SCHEMA)
+            (count,) = self._db.execute("SELECT count(*) FROM outbox").fetchone()
+        # How many events it holds, kept with each write: the heartbeat reports it (the
+        # host's metrics) without a query, so a busy or failing disk never delays one.
+        self.depth = int(count)
 
     def put(self, events: Sequence[NewEvent]) -> None:
         """Store events durably, in order; an id already pending is left as it is."""
         if not events:
             return
         rows = [(event.id, encode_json(event)) for event in events]
-        self._write("INSERT OR IGNORE INTO outbox (id, payload) VALUES (?, ?)", rows)
+        self._write("INSERT OR IGNORE INTO outbox (id, payload) VALUES (?, ?)", rows, 1)
 
-    def _write(self, sql: str, rows: Sequence[tuple[str | bytes, ...]]) -> None:
-        """One transaction of ``sql`` for each row: all of them, or (on any error) none."""
+    def _write(self, sql: str, rows: Sequence[tuple[str | bytes, ...]], sign: int) -> None:
+        """One transaction of ``sql`` for each row: all of them, or (on any error) none;
+        the rows it changed move ``depth`` by ``sign`` each."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.executemany(sql, rows)
+                changed = self._db.executemany(sql, rows).rowcount
                 self._db.execute("COMMIT")
+                self.depth += sign * changed
             except BaseException:
                 # A full disk can fail the COMMIT too; SQLite may have rolled back already.
                 if self._db.in_transaction:
@@ -143,7 +149,7 @@ class Outbox:
         """Delete acknowledged events; unknown ids are ignored."""
         rows = [(event_id,) for event_id in ids]
         if rows:
-            self._write("DELETE FROM outbox WHERE id = ?", rows)
+            self._write("DELETE FROM outbox WHERE id = ?", rows, -1)
 
     def count(self) -> int:
         """How many events are waiting for an acknowledgement."""

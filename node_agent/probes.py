@@ -66,8 +66,9 @@ class Usage(Struct, frozen=True, kw_only=True):
     temperatures: dict[str, float] = {}
     running_task_ids: tuple[str, ...] = ()
 
-    def heartbeat(self, node: str) -> NodeHeartbeat:
-        """The ``node.heartbeat`` event carrying this usage for ``node``."""
+    def heartbeat(self, node: str, outbox_depth: int | None = None) -> NodeHeartbeat:
+        """The ``node.heartbeat`` event carrying this usage for ``node`` (and how many
+        events its outbox holds, for the host's metrics)."""
         return NodeHeartbeat(
             node=node,
             cpu_percent=self.cpu_percent,
@@ -77,6 +78,7 @@ class Usage(Struct, frozen=True, kw_only=True):
             gpus=self.gpus,
             temperatures=self.temperatures,
             running_task_ids=self.running_task_ids,
+            outbox_depth=outbox_depth,
         )
 
 

@@ -244,7 +244,9 @@ class HostLink:
         agent = self.agent
         while True:
             usage = await asyncio.to_thread(probe_usage, tuple(agent.running))
-            beat = new_event(usage.heartbeat(agent.node), source=agent.node)
+            # The outbox's own count (no query: a heartbeat never waits on its disk).
+            depth = agent.outbox.outbox.depth if agent.outbox is not None else None
+            beat = new_event(usage.heartbeat(agent.node, depth), source=agent.node)
             await transport.send(link.encode(link.Heartbeat(event=beat)))
             await agent.activity.outside(asyncio.sleep(agent.heartbeat_interval))
 

@@ -136,6 +136,8 @@ class ClusterState:
                     node.running_task_ids = e.running_task_ids
                     node.last_seen_us = at
                     node.heartbeats += 1
+                    node.outbox_depth = e.outbox_depth
+                    node.link_lag_us = at - recorded.occurred_at_us
             case TaskSubmitted() as e:
                 if e.task_id in self.tasks:
                     self._flag(recorded, e.task_id, "task id submitted twice")

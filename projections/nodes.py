@@ -33,6 +33,11 @@ class NodeView(Struct, kw_only=True, gc=False):
     temperatures: dict[str, float] = field(default_factory=dict)
     running_task_ids: tuple[str, ...] = ()
     heartbeats: int = 0
+    # The agent's outbox depth (None: its agent does not report it), and the latest
+    # heartbeat's delay from the node's clock to the log's (transit, queueing and any
+    # clock difference between the two machines), in microseconds.
+    outbox_depth: int | None = None
+    link_lag_us: int | None = None
     # Allocations by tasks placed here and not yet final or lost
     allocated_cores: int = 0
     allocated_memory_bytes: int = 0

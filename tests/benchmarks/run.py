@@ -22,6 +22,7 @@ BENCHMARKS = [
     "bench_jobs.py",
     "bench_job_cluster.py",
     "bench_dashboard.py",
+    "bench_metrics.py",
 ]
 
 

@@ -334,6 +334,7 @@ def _cases() -> dict[Route, Callable[[World], Calls]]:
         ),
         ("GET", "/api/ssh"): lambda w: Calls(_get("/api/ssh")),
         ("GET", "/api/summary"): lambda w: Calls(_get("/api/summary")),
+        ("GET", "/api/metrics"): lambda w: Calls(_get("/api/metrics")),
         ("GET", "/api/usage"): lambda w: Calls(_get("/api/usage", hours="1")),
         ("GET", "/api/nodes"): lambda w: Calls(_get("/api/nodes")),
         ("GET", "/api/nodes/<name:str>"): lambda w: Calls(_get("/api/nodes/n1")),
