@@ -51,6 +51,7 @@ from control_plane.errors import (
 from control_plane.hub import ControlPlane
 from control_plane.routes import (
     agents,
+    compat,
     environments,
     history,
     identity,
@@ -59,7 +60,6 @@ from control_plane.routes import (
     ssh,
     tasks,
 )
-from control_plane.routes import compat
 from control_plane.routes import tls as tls_routes
 from control_plane.routes.common import error
 from control_plane.settings import HostSettings

@@ -146,9 +146,7 @@ async def submit(request: Request) -> HTTPResponse:
     node = state.nodes.get(placed[-1]) if placed else None
     return answer(
         {
-            "message": (
-                f"Task batch submitted successfully. {len(recorded)} tasks created."
-            ),
+            "message": f"Task batch submitted successfully. {len(recorded)} tasks created.",
             "task_ids": [str(e.number) for e in recorded],
             # The original's: the node of its last target. None while the task is queued.
             "assigned_node": None if node is None else {"hostname": node.name, "url": None},
@@ -469,4 +467,3 @@ async def health(request: Request) -> HTTPResponse:
         raise NotFound("hostname", f"no node {hostname[:80]!r}")
     healths = [_health(n) for n in nodes]
     return answer({"nodes": [healths], "aggregate": [_aggregate(nodes, healths)]})
-
