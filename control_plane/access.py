@@ -21,7 +21,7 @@ its secret: a wrong secret and an unknown id get the same answer.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Literal, NamedTuple, TypeVar
 
 from control_plane.errors import Refused, Unauthenticated
@@ -219,3 +219,24 @@ class FailureLog:
             return None
         self._recorded.add(address)
         return AuthFailed(client_address=address, route=route, reason=reason, count=count)
+
+
+PAGE_ATTRIBUTE = "__hakuriver_page__"
+
+
+def page_too(handler: F) -> F:
+    """Mark a route whose path is also a dashboard page's address (``GET /tasks``, ``GET
+    /nodes``: the original API's routes, routes/compat.py): a browser's navigation there gets
+    the page shell (public, no data), anything else the route under its rule."""
+    setattr(handler, PAGE_ATTRIBUTE, True)
+    return handler
+
+
+def wants_page(handler: object, headers: Mapping[str, str]) -> bool:
+    """Whether a request to a ``page_too`` route is a browser's navigation to the page: it
+    asks for HTML and carries no ``Authorization`` header. A browser's navigation never
+    carries one (the dashboard's session is a cookie); a script must, to use the route, and
+    its client asks for ``*/*`` or JSON, so it gets the route (or the 401 naming the header)."""
+    if not getattr(handler, PAGE_ATTRIBUTE, False):
+        return False
+    return "authorization" not in headers and "text/html" in headers.get("accept", "")

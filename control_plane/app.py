@@ -21,7 +21,14 @@ from sanic import Request, Sanic
 from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse
 
-from control_plane.access import FailureLog, Principal, authenticate, require, rule_of
+from control_plane.access import (
+    FailureLog,
+    Principal,
+    authenticate,
+    require,
+    rule_of,
+    wants_page,
+)
 from control_plane.bootstrap import ensure_admin
 from control_plane.commands import CloseSessionsLeftOpen, RecordFacts
 from control_plane.dashboard import routes as dashboard
@@ -45,6 +52,7 @@ from control_plane.hub import ControlPlane
 from control_plane.metrics import HostMetrics
 from control_plane.routes import (
     agents,
+    compat,
     environments,
     history,
     identity,
@@ -137,7 +145,9 @@ def create_app(
         metrics.bp,
     )
     app.ctx.ui_sessions = Sessions()
-    for blueprint in (*blueprints, tls_routes.bp, dashboard.bp, openapi_routes.bp):
+    # compat: the original API's paths (/tasks, /status/<id>...) are static, so Sanic's
+    # router prefers them to the dashboard's page paths; /tasks and /nodes are both.
+    for blueprint in (*blueprints, tls_routes.bp, compat.bp, dashboard.bp, openapi_routes.bp):
         app.blueprint(blueprint)
     failures = FailureLog(window_s=settings.auth.failure_window_s)
 
@@ -166,8 +176,8 @@ def create_app(
         if access is None:
             # A route that declares no rule is refused, not open (access.py).
             raise Refused("", f"{request.path} declares no access rule; refused")
-        if access == "public":
-            return
+        if access == "public" or wants_page(route.handler, request.headers):
+            return  # a page_too route's page is public (access.wants_page)
         cp: ControlPlane = app.ctx.cp
         try:
             principal = _principal(request, cp)

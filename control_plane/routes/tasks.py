@@ -51,6 +51,7 @@ from control_plane.routes.common import (
 from control_plane.views import TaskOut
 from events.config import is_no_container
 from events.ids import new_id
+from events.types import TaskSubmitted
 from projections.task_query import SORT_KEYS, TaskQuery, select_tasks
 from projections.tasks import ENDED_STATES, STATES, TaskView
 
@@ -76,11 +77,15 @@ _OUTPUT_QUERY = (
 )
 
 
-async def _submit(
-    request: Request, requests: list[SubmitTask], default: DefaultEnvironment
-) -> HTTPResponse:
+async def record_submission(
+    request: Request, requests: list[SubmitTask]
+) -> tuple[str, list[TaskSubmitted]]:
+    """Record ``requests`` as one batch through the command boundary: the batch id and the
+    ``task.submitted`` events (the original API's ``POST /submit`` records through it too,
+    routes/compat.py)."""
     cp = control_plane(request)
     docker = cp.settings.docker
+    default: DefaultEnvironment = request.app.ctx.default_environment
     if any(r.container is None for r in requests) and not is_no_container(
         docker.default_container_name
     ):
@@ -91,7 +96,11 @@ async def _submit(
     outcome = await cp.execute(
         SubmitTasks(requests=tuple(requests), batch_id=batch_id, actor=principal_of(request))
     )
-    recorded = outcome.decision.submitted
+    return batch_id, list(outcome.decision.submitted)
+
+
+async def _submit(request: Request, requests: list[SubmitTask]) -> HTTPResponse:
+    batch_id, recorded = await record_submission(request, requests)
     return answer(
         {
             "batch_id": batch_id,
@@ -107,9 +116,7 @@ async def _submit(
 @api("Submit a task (one per target)", request=SubmitTask, response=Submitted, status=201)
 async def submit(request: Request) -> HTTPResponse:
     """One ``task.submitted`` per target, tied by a batch id."""
-    return await _submit(
-        request, [decode_submit(request.body)], request.app.ctx.default_environment
-    )
+    return await _submit(request, [decode_submit(request.body)])
 
 
 @bp.post("/batches")
@@ -117,11 +124,7 @@ async def submit(request: Request) -> HTTPResponse:
 @api("Submit several tasks as one batch", request=SubmitBatch, response=Submitted, status=201)
 async def submit_batch(request: Request) -> HTTPResponse:
     """Several submit requests as one batch: every task recorded, or none."""
-    return await _submit(
-        request,
-        decode_batch(request.body).tasks,
-        request.app.ctx.default_environment,
-    )
+    return await _submit(request, decode_batch(request.body).tasks)
 
 
 @bp.get("/batches/<batch_id:str>")

@@ -319,7 +319,7 @@ def _cases() -> dict[Route, Callable[[World], Calls]]:
         ("GET", "/api/openapi.json"): lambda w: Calls(_get("/api/openapi.json")),
         # the dashboard: its pages and files are public (they hold no data); its login API
         ("GET", "/"): lambda w: Calls(_get("/")),
-        ("GET", "/<page:[a-z]+>"): lambda w: Calls(_get("/tasks")),
+        ("GET", "/<page:[a-z]+>"): lambda w: Calls(_get("/jobs")),
         ("GET", "/<page:[a-z]+>/<ident:str>"): lambda w: Calls(_get("/tasks/1")),
         ("GET", "/static/<name:path>"): lambda w: Calls(_get("/static/js/app.js")),
         ("POST", "/api/ui/login"): lambda w: Calls(
@@ -486,6 +486,22 @@ def _cases() -> dict[Route, Callable[[World], Calls]]:
         ("WS", "/api/environments/<name:str>/shell"): lambda w: Calls(
             Call("WS", f"/api/environments/{ENV}/shell"), admin_status=(101,)
         ),
+        # the original HakuRiver's API (routes/compat.py): the same rules as ours
+        ("POST", "/submit"): lambda w: Calls(
+            _post("/submit", _original(command="true")), admin_status=(202,)
+        ),
+        ("GET", "/status/<ident:str>"): lambda w: Calls(
+            _get(f"/status/{w.tasks['bob']}"), other=_get(f"/status/{w.tasks['carol']}")
+        ),
+        ("GET", "/tasks"): lambda w: Calls(_get("/tasks")),
+        ("GET", "/vps/status"): lambda w: Calls(_get("/vps/status")),
+        ("GET", "/nodes"): lambda w: Calls(_get("/nodes")),
+        ("GET", "/health"): lambda w: Calls(_get("/health")),
+        ("POST", "/kill/<ident:str>"): lambda w: _on_fresh_original(w, "kill/{}", 202),
+        ("POST", "/command/<ident:str>/<command:str>"): lambda w: _on_fresh_original(
+            w, "command/{}/pause", 200
+        ),
+        **{("GET", f"/task/<ident:str>/{what}"): _reading(what, "/task") for what in OUTPUTS},
         # The handshake opens for any user; who may reach the VPS is the session's decision,
         # answered as an error frame (these tasks are no VPS: 404 on task for everyone).
         ("WS", "/api/tasks/<ident:str>/shell"): lambda w: Calls(
@@ -506,10 +522,35 @@ def _on_fresh(world: World, verb: str, make: Callable[[str], str], admin_status:
     )
 
 
-def _reading(what: str) -> Callable[[World], Calls]:
+def _original(**fields: Any) -> dict[str, Any]:
+    """A sleeper as the original's client sent it to ``POST /submit`` (routes/compat.py)."""
+    body = _sleeper(**fields)
+    return {
+        "command": body["command"],
+        "arguments": body["args"],
+        "container_name": body["container"],
+        "required_cores": body["cores"],
+        "targets": body["targets"],
+    }
+
+
+def _on_fresh_original(world: World, path: str, admin_status: int) -> Calls:
+    """The original's kill / pause on a fresh task of the user's and of another user's."""
+    others = world.running_task("carol")
+    return Calls(
+        _post("/" + path.format(world.running_task("bob"))),
+        other=_post("/" + path.format(others)),
+        admin_status=(admin_status,),
+    )
+
+
+OUTPUTS = ("stdout", "stderr")
+
+
+def _reading(what: str, prefix: str = "/api/tasks") -> Callable[[World], Calls]:
     return lambda w: Calls(
-        _get(f"/api/tasks/{w.tasks['bob']}/{what}"),
-        other=_get(f"/api/tasks/{w.tasks['carol']}/{what}"),
+        _get(f"{prefix}/{w.tasks['bob']}/{what}"),
+        other=_get(f"{prefix}/{w.tasks['carol']}/{what}"),
     )
 
 
