@@ -217,7 +217,10 @@ def test_brace_expanded_words_are_refused_with_a_hint_to_quote() -> None:
     [
         (["span:1", "span:2", "span:3"], ["span:{1..3}"]),
         (["--lr", "span:3", "span:2", "span:1", "x"], ["--lr", "span:{3..1}", "x"]),
-        (["span:A", "span:B", "fixed", "span:z", "span:y"], ["span:{A..B}", "fixed", "span:{z..y}"]),
+        (
+            ["span:A", "span:B", "fixed", "span:z", "span:y"],
+            ["span:{A..B}", "fixed", "span:{z..y}"],
+        ),
         (["span:32", "span:64", "span:128"], ["span:{32,64,128}"]),
         (["span:01", "span:02"], ["span:{01,02}"]),  # a range would drop the zeros
         (["span:-1", "span:0", "span:1"], ["span:{-1..1}"]),
