@@ -42,6 +42,7 @@ or with --submit submit every combination to the cluster as its own task.
 
 spans (quote them, or your shell expands the braces itself):
   'span:{1..5}'           the integers 1 to 5 (also 'span:{5..1}', 'span:{-2..2}')
+  'span:{A..E}'           the letters A to E (also 'span:{e..a}'; one case)
   'span:{32,64,128}'      the listed values
   'span:[small,large]'    the listed values
   several spans run every combination, the first span varying slowest.
