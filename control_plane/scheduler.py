@@ -354,6 +354,9 @@ class _Pass:
         no_account = node.account_refusal(spec.owner)
         if no_account:
             return no_account
+        no_mounts = node.mounts_refusal(spec)
+        if no_mounts:
+            return no_mounts
         if spec.task_type == "vps":
             no_vps = vps_refusal(node)
             if no_vps:

@@ -133,6 +133,9 @@ class NodeOut(Struct, kw_only=True):
     task_ids: list[str]
     registered_at: str | None
     last_seen: str | None
+    # Whether its process tasks may have --mount binds (a runner that can make mount
+    # namespaces): what a submitter needs to know before naming it.
+    process_mounts: bool = False
 
     @classmethod
     def of(cls, node: NodeView, tasks: Mapping[str, TaskView] | None = None) -> NodeOut:
@@ -143,6 +146,7 @@ class NodeOut(Struct, kw_only=True):
             address=node.address,
             online=node.online,
             executors=list(node.executors),
+            process_mounts=node.process_mounts,
             cores=node.cores,
             free_cores=node.free_cores,
             memory_bytes=node.memory_bytes,

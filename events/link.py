@@ -109,6 +109,9 @@ class Hello(Message, frozen=True, kw_only=True, tag="hello"):
     # None when it has more than MAX_ACCOUNTS (then only a task's start checks its owner).
     run_tasks_as: RunTasksAs = "runner"
     accounts: Annotated[tuple[_Account, ...], Meta(max_length=MAX_ACCOUNTS)] | None = None
+    # Whether its process tasks can have ``--mount`` binds (a mount namespace each:
+    # the runner is root and may unshare one). An older agent says nothing: no.
+    process_mounts: bool = False
 
 
 class EventBatch(Message, frozen=True, kw_only=True, tag="events"):

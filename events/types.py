@@ -169,6 +169,9 @@ class NodeRegistered(_NodeEvent, frozen=True, kw_only=True, tag="node.registered
     # mode the Unix accounts it has, or None when it has too many to list.
     run_tasks_as: str = "runner"
     accounts: tuple[str, ...] | None = None
+    # Whether its process tasks (``--container NULL``) can have ``--mount`` binds, each
+    # in a mount namespace of its own; False for events recorded before it was said.
+    process_mounts: bool = False
 
 
 class NodeHeartbeat(_NodeEvent, frozen=True, kw_only=True, tag="node.heartbeat"):

@@ -99,7 +99,9 @@ class Agent:
         # "process" always; "docker" added at start when an engine answers.
         self.executors: dict[str, Executor] = executors or {
             "process": ProcessExecutor(
-                self.state_dir / "process", pass_environment=settings.runner.pass_environment
+                self.state_dir / "process",
+                pass_environment=settings.runner.pass_environment,
+                numactl=settings.paths.numactl_path or None,
             )
         }
         self._probe_docker = executors is None and settings.runner.docker
@@ -207,6 +209,14 @@ class Agent:
     def runs_as_owners(self) -> bool:
         """Whether tasks run as their owners' accounts (``[runner] run_tasks_as``)."""
         return self.settings.runner.run_tasks_as == "owner"
+
+    @property
+    def process_mounts(self) -> bool:
+        """Whether this node's process tasks can have ``--mount`` binds (process_plan.py)."""
+        facilities = getattr(self.executors.get("process"), "facilities", None)
+        if facilities is None:
+            return False
+        return facilities.mounts_refusal(owner_mode=self.runs_as_owners) is None
 
     async def list_accounts(self) -> None:
         """Read this node's account names again (owner mode; before each hello, so a
@@ -368,6 +378,7 @@ class Agent:
                 run_as=command.spec.owner if self.runs_as_owners else None,
                 # A job's rank: its control folder, made now (events/jobs.py).
                 control_dir=await self.ranks.prepare(command),
+                node=self.node,
             )
             self.by_task[task_id] = executor
             if self.images is not None and command.spec.container is not None:

@@ -144,6 +144,7 @@ class HostLink:
             reported=tuple(set(agent.unacked_final.values())),
             run_tasks_as=agent.settings.runner.run_tasks_as,
             accounts=agent.accounts,
+            process_mounts=agent.process_mounts,
         )
 
     async def _session(self, transport: Transport) -> None:

@@ -230,6 +230,7 @@ class ClusterState:
                 node.agent_version = e.agent_version
                 node.executors = e.executors
                 node.run_tasks_as = e.run_tasks_as
+                node.process_mounts = e.process_mounts
                 node.accounts = None if e.accounts is None else frozenset(e.accounts)
                 node.registered_at_us = at
                 node.last_seen_us = at

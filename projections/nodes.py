@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from msgspec import Struct, field
 
-from events.types import GpuInfo, GpuUsage, NumaNode
+from events.types import GpuInfo, GpuUsage, NumaNode, TaskSpec
 
 
 class NodeView(Struct, kw_only=True, gc=False):
@@ -23,6 +23,7 @@ class NodeView(Struct, kw_only=True, gc=False):
     # not listed, too many; then only the node itself can refuse an owner).
     run_tasks_as: str = "runner"
     accounts: frozenset[str] | None = None
+    process_mounts: bool = False  # its process tasks can have --mount binds
     registered_at_us: int = 0
     last_seen_us: int = 0
     # From the latest heartbeat
@@ -66,6 +67,17 @@ class NodeView(Struct, kw_only=True, gc=False):
         if self.run_tasks_as != "owner" or self.accounts is None or owner in self.accounts:
             return None
         return f"no account {owner!r} on node {self.name} (run_tasks_as = owner)"
+
+    def mounts_refusal(self, spec: TaskSpec) -> str | None:
+        """Why this node can never run ``spec`` because of its mounts: a process task
+        (no container) with ``--mount`` binds on a node whose runner cannot make mount
+        namespaces (not root, or the kernel refuses). None if it can."""
+        if spec.container is not None or not spec.mounts or self.process_mounts:
+            return None
+        return (
+            f"node {self.name} cannot give a process task (--container NULL) its --mount"
+            " binds (its runner is not root, or cannot make mount namespaces)"
+        )
 
     def numa_cores(self, numa_id: int) -> int:
         """How many CPUs NUMA node ``numa_id`` has (0 if unknown)."""

@@ -28,6 +28,8 @@ from cli.hakurun.spans import (
     is_span,
     iter_combinations,
     parse_arguments,
+    quoted_command,
+    requote,
 )
 from cli.hakurun.targets import Target, TargetError, resolve
 
@@ -40,6 +42,7 @@ or with --submit submit every combination to the cluster as its own task.
 
 spans (quote them, or your shell expands the braces itself):
   'span:{1..5}'           the integers 1 to 5 (also 'span:{5..1}', 'span:{-2..2}')
+  'span:{A..E}'           the letters A to E (also 'span:{e..a}'; one case)
   'span:{32,64,128}'      the listed values
   'span:[small,large]'    the listed values
   several spans run every combination, the first span varying slowest.
@@ -206,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         target = resolve(target_word)
     except (UsageError, SpanError, TargetError) as error:
         sys.stderr.write(f"hakurun: {error}\n")
+        if isinstance(error, SpanError):
+            sys.stderr.write(_requoted_hint(arguments, options.command))
         if isinstance(error, UsageError):
             sys.stderr.write(USAGE.split("\n\n", 1)[0] + "\n")
         return 2
@@ -221,6 +226,25 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         # Ctrl-C outside a run (while printing a long dry run): no child to stop.
         return 130
+
+
+def _requoted_hint(arguments: Sequence[str], command: Sequence[str]) -> str:
+    """The command to type instead, when the shell expanded unquoted spans; or nothing.
+
+    ``command`` (the target and its words) ends ``arguments``: hakurun's own options,
+    and ``--submit``'s, are kept as typed before it. Adjacent spans expanded by the
+    shell (``span:{1,2} span:{3,4}``) read as one span of four values, so the hint says
+    how to tell it otherwise when a run is that long.
+    """
+    rebuilt = requote(command[1:])
+    if rebuilt is None:
+        return ""
+    options = list(arguments[: len(arguments) - len(command)])
+    line = quoted_command(["hakurun", *options, command[0], *rebuilt])
+    hint = f"hakurun: your shell expanded the braces of an unquoted span; run instead:\n  {line}\n"
+    if len(command) - 1 - len(rebuilt) >= 3:  # four words or more were put back as one
+        hint += "hakurun: (if those words came from several spans, quote each span as typed)\n"
+    return hint
 
 
 def _submit(submit_options: Sequence[str], command: Sequence[str], *, dry_run: bool) -> int:

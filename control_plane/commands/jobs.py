@@ -177,7 +177,10 @@ def _check_fits_somewhere(state: ClusterState, rank: TaskSpec) -> None:
     if not state.nodes:
         return
     nodes = list(state.nodes.values())
-    refusals = [never_holds(n, rank) or n.account_refusal(rank.owner) for n in nodes]
+    refusals = [
+        never_holds(n, rank) or n.account_refusal(rank.owner) or n.mounts_refusal(rank)
+        for n in nodes
+    ]
     if not all(refusals):
         return
     cores_only = msgspec.structs.replace(rank, memory_bytes=None, gpu_count=0)
@@ -188,8 +191,10 @@ def _check_fits_somewhere(state: ClusterState, rank: TaskSpec) -> None:
         field = "resources.memory"
     elif all(never_holds(n, rank) for n in nodes):
         field = "resources.accelerators"
-    else:
+    elif any(n.account_refusal(rank.owner) for n in nodes):
         field = "owner"
+    else:
+        field = "volumes"  # a process rank's binds: no node can make mount namespaces
     shown = "; ".join(f"{n.name}: {r}" for n, r in zip(nodes[:5], refusals, strict=False))
     more = f"; and {len(refusals) - 5} more" if len(refusals) > 5 else ""
     raise InvalidRequest(field, f"no registered node can hold one rank of this job: {shown}{more}")

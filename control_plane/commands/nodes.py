@@ -268,6 +268,7 @@ def decide_hello(state: ClusterState, command: NodeHello, ctx: Context) -> Decis
         executors=hello.executors,
         run_tasks_as=hello.run_tasks_as,
         accounts=hello.accounts,
+        process_mounts=hello.process_mounts,
     )
     view = state.nodes.get(hello.node)
     if view is None or _machine(view) != _machine(machine):
@@ -363,6 +364,7 @@ def _machine(e: NodeView | NodeRegistered) -> tuple[object, ...]:
                 "agent_version",
                 "executors",
                 "run_tasks_as",
+                "process_mounts",
             )
         ),
         accounts,

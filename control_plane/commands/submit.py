@@ -146,6 +146,8 @@ def submitted_events(
         no_account = node.account_refusal(owner)
         if no_account:
             raise InvalidRequest(f"targets[{i}]", f"{target} can never run it: {no_account}")
+        if container is None and mounts and not node.process_mounts:
+            raise InvalidRequest("mounts", _no_mounts_on(node.name))
     if not targets and state.nodes:
         auto = Target(node="")
         large = [n for n in state.nodes.values() if not never_fits(n, request.cores, memory, auto)]
@@ -161,6 +163,8 @@ def submitted_events(
         no_accounts = [n.account_refusal(owner) for n in sorted(large, key=lambda n: n.name)]
         if all(no_accounts):
             raise InvalidRequest("owner", _no_node_for(owner, [r for r in no_accounts if r]))
+        if container is None and mounts and not any(n.process_mounts for n in large):
+            raise InvalidRequest("mounts", _no_mounts_on(None))
 
     batch_id = batch_id or new_id()
     events = []
@@ -216,6 +220,16 @@ def _inside(path: str, folders: Sequence[str]) -> bool:
         if clean == root or clean.startswith(root.rstrip("/") + "/"):
             return True
     return False
+
+
+def _no_mounts_on(node: str | None) -> str:
+    """``--mount`` on a process task where no node (or not ``node``) can bind them."""
+    where = f"node {node} cannot" if node else "no registered node large enough can"
+    return (
+        f"{where} give a process task (--container NULL) its --mount binds: that needs a"
+        " runner running as root that may make mount namespaces. Run the task in a"
+        " container, or drop --mount"
+    )
 
 
 def _no_node_for(owner: str, refusals: list[str], shown: int = 5) -> str:

@@ -71,6 +71,8 @@ class TaskRun(Struct, frozen=True, kw_only=True):
     # A job rank's control folder on this node (node_agent/ranks.py), which the task
     # finds as ``events.jobs.CONTROL_ENV`` (a container: mounted at ``CONTAINER_CONTROL``).
     control_dir: str | None = None
+    # The node's name, which the task finds as ``HAKURIVER_NODE`` ("": not set).
+    node: str = ""
 
 
 class Started(Struct, frozen=True, kw_only=True):

@@ -41,3 +41,40 @@ def confine_workdir(run: TaskRun) -> TaskRun:
     if real == spec.workdir:
         return run
     return msgspec.structs.replace(run, spec=msgspec.structs.replace(spec, workdir=real))
+
+
+def confine_mounts(run: TaskRun) -> TaskRun:
+    """``run`` with its mounts' host paths resolved here (symlinks followed), refused with
+    ``StartFailed`` when one resolves outside its spec's ``mount_roots``.
+
+    The host checks a user's ``--mount`` paths as written; a symlink inside the shared
+    storage (which users' tasks can write) could still point at ``/``. So the node
+    resolves each path and binds the resolved one: what is bound is what was checked.
+    """
+    spec = run.spec
+    if spec.mount_roots is None or not spec.mounts:
+        return run
+    roots = [os.path.realpath(root) for root in spec.mount_roots]
+    resolved = []
+    for mount in spec.mounts:
+        real = os.path.realpath(mount.host_path)
+        if not inside(real, roots):
+            raise StartFailed(
+                f"mount {mount.host_path} resolves to {real}, outside the folders this"
+                f" task may mount ({', '.join(spec.mount_roots)}): refused"
+            )
+        resolved.append(msgspec.structs.replace(mount, host_path=real))
+    return msgspec.structs.replace(run, spec=msgspec.structs.replace(spec, mounts=tuple(resolved)))
+
+
+def resolve_mounts(run: TaskRun) -> TaskRun:
+    """``confine_mounts``, and an admin's mounts resolved too: the process shim binds a
+    host path only when it is exactly the resolved path it was given (shim.py)."""
+    run = confine_mounts(run)
+    spec = run.spec
+    resolved = tuple(
+        msgspec.structs.replace(m, host_path=os.path.realpath(m.host_path)) for m in spec.mounts
+    )
+    if resolved == spec.mounts:
+        return run
+    return msgspec.structs.replace(run, spec=msgspec.structs.replace(spec, mounts=resolved))

@@ -36,14 +36,11 @@ import asyncio
 import contextlib
 import functools
 import math
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-
-import msgspec
 
 from node_agent.accounts import resolve_account
 from node_agent.cpus import parse_cpu_list
@@ -57,7 +54,7 @@ from node_agent.executors.base import (
     Starts,
     TaskRun,
 )
-from node_agent.executors.confine import confine_workdir, inside
+from node_agent.executors.confine import confine_mounts, confine_workdir
 from node_agent.executors.docker_follow import copy_stream, hold
 from node_agent.executors.docker_options import (
     LABEL_EXECUTOR,
@@ -590,30 +587,6 @@ class DockerExecutor:
                 owner=box.owner,
             )
             box.streams.append(asyncio.ensure_future(hold(copy, name)))
-
-
-def confine_mounts(run: TaskRun) -> TaskRun:
-    """``run`` with its mounts' host paths resolved here (symlinks followed), refused with
-    ``StartFailed`` when one resolves outside its spec's ``mount_roots``.
-
-    The host checks a user's ``--mount`` paths as written; a symlink inside the shared
-    storage (which users' tasks can write) could still point at ``/``. So the node
-    resolves each path and binds the resolved one: what Docker mounts is what was checked.
-    """
-    spec = run.spec
-    if spec.mount_roots is None or not spec.mounts:
-        return run
-    roots = [os.path.realpath(root) for root in spec.mount_roots]
-    resolved = []
-    for mount in spec.mounts:
-        real = os.path.realpath(mount.host_path)
-        if not inside(real, roots):
-            raise StartFailed(
-                f"mount {mount.host_path} resolves to {real}, outside the folders this"
-                f" task may mount ({', '.join(spec.mount_roots)}): refused"
-            )
-        resolved.append(msgspec.structs.replace(mount, host_path=real))
-    return msgspec.structs.replace(run, spec=msgspec.structs.replace(spec, mounts=tuple(resolved)))
 
 
 def _existing(client: Any, filters: dict[str, Any]) -> list[Any]:

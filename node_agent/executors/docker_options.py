@@ -22,6 +22,8 @@ LABEL_NODE = "hakuriver.node"
 # `hakuriver up` on one machine both call their node after its hostname), and an
 # executor must never adopt, follow or kill another one's containers.
 LABEL_EXECUTOR = "hakuriver.executor"
+# Where a container sees the node's local temp folder (the seeds' /local_temp).
+CONTAINER_LOCAL_TEMP = "/local_temp"
 
 
 def container_name(task_id: str) -> str:
@@ -67,11 +69,18 @@ def container_options(
     shared = Path(run.shared_dir)
     mounts = [
         Mount("/shared", str(shared / "shared_data"), type="bind"),
-        Mount("/local_temp", str(run.local_temp_dir), type="bind"),
+        Mount(CONTAINER_LOCAL_TEMP, str(run.local_temp_dir), type="bind"),
     ]
     for m in spec.mounts:
         mounts.append(Mount(m.container_path, m.host_path, type="bind", read_only=m.read_only))
-    environment = dict(spec.env)
+    # HakuRiver's variables over the user's, as a process task gets them; the local temp
+    # folder as the container sees it (its /local_temp mount).
+    environment = {
+        **spec.env,
+        "HAKURIVER_TASK_ID": run.task_id,
+        "HAKURIVER_LOCAL_TEMP_DIR": CONTAINER_LOCAL_TEMP,
+        "HAKURIVER_NODE": node,
+    }
     working_dir = "/shared"
     if spec.workdir is not None:
         mounts.append(Mount(CONTAINER_WORKDIR, spec.workdir, type="bind"))

@@ -51,7 +51,7 @@ from node_agent.executors.base import (
     Starts,
     TaskRun,
 )
-from node_agent.executors.confine import confine_workdir
+from node_agent.executors.confine import confine_workdir, resolve_mounts
 from node_agent.executors.process_plan import (
     HostFacilities,
     LaunchSpec,
@@ -97,10 +97,14 @@ class ProcessExecutor:
         facilities: HostFacilities | None = None,
         use_zygote: bool = True,
         pass_environment: tuple[str, ...] = (),
+        numactl: str | None = None,
     ) -> None:
         # Private: its records, the shims' logs and the zygote's socket are its user's alone.
         self.state_dir = private_directory(state_dir)
-        self.facilities = HostFacilities.detect() if facilities is None else facilities
+        # ``numactl``: ``[paths] numactl_path`` (None or "": numactl found on PATH).
+        self.facilities = (
+            HostFacilities.detect(numactl=numactl) if facilities is None else facilities
+        )
         self.pass_environment = pass_environment
         self._tasks: dict[str, _Watched] = {}
         self._starting = Starts()
@@ -230,7 +234,7 @@ class ProcessExecutor:
                 os.makedirs(directory, exist_ok=True)
         except OSError as exc:
             raise StartFailed(f"cannot prepare the task's directories: {exc}") from exc
-        run = confine_workdir(run)
+        run = resolve_mounts(confine_workdir(run))
         launch = self._plan(run, paths.cwd)
         payload = launch.to_builtins()
         via_zygote = self._zygote.spawn(run.task_id, payload)

@@ -28,6 +28,8 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import sysconfig
 from collections.abc import Mapping
 from pathlib import Path
@@ -54,20 +56,74 @@ class HostFacilities(Struct, frozen=True, kw_only=True):
     # process tasks find on their PATH even when the runner was started without it.
     tools_dir: str | None = None
     setpriv: str | None = None  # drops to a task's account inside a systemd scope
+    # Why a NUMA-bound task cannot start: ``[paths] numactl_path`` names no program here.
+    numactl_problem: str | None = None
+    # Whether the shim can give a task a mount namespace of its own (root, and the
+    # kernel lets it unshare one): what ``--mount`` on a process task needs.
+    mount_namespaces: bool = False
 
     @classmethod
     def detect(
         cls, *, numactl: str | None = None, cgroup_root: str = CGROUP_ROOT
     ) -> HostFacilities:
-        """Look at this machine (blocking; done once when the executor is made)."""
+        """Look at this machine (blocking; done once when the executor is made).
+
+        ``numactl``: the configured ``[paths] numactl_path`` ("" or None: found on PATH);
+        a configured path that is no executable file is kept as ``numactl_problem``, so a
+        NUMA-bound task fails saying so instead of running unbound.
+        """
         systemd_run = _systemd_run()
+        problem = None
+        if numactl and not (os.path.isfile(numactl) and os.access(numactl, os.X_OK)):
+            problem = (
+                f"[paths] numactl_path = {numactl!r} is not an executable file on this node:"
+                " install numactl there or fix the path (empty: numactl from PATH)"
+            )
         return cls(
             systemd_run=systemd_run,
-            numactl=numactl or shutil.which("numactl"),
+            numactl=None if problem else numactl or shutil.which("numactl"),
             cgroup_parent=None if systemd_run else prepare_cgroup_parent(cgroup_root),
             tools_dir=runner_tools_dir(),
             setpriv=shutil.which("setpriv") if systemd_run else None,
+            numactl_problem=problem,
+            mount_namespaces=can_unshare_mounts(),
         )
+
+    def mounts_refusal(self, *, owner_mode: bool) -> str | None:
+        """Why process tasks cannot have ``--mount`` binds here; None when they can.
+
+        Under systemd with tasks run as their owners, ``systemd-run`` and ``setpriv`` run
+        as root after the binds are made, and would load programs and libraries from the
+        user's view of the disk: refused rather than made unsafe (docs/decisions.md).
+        """
+        if not self.mount_namespaces:
+            return "its runner is not root or cannot make mount namespaces"
+        if owner_mode and self.systemd_run:
+            return "it runs tasks as their owners through systemd-run"
+        return None
+
+
+# Run in a child interpreter: unshare(CLONE_NEWNS) and make "/" private, as the shim does.
+_UNSHARE_PROBE = (
+    "import ctypes,os;c=ctypes.CDLL(None,use_errno=True);"
+    "os._exit(0 if c.unshare(0x20000)==0 and c.mount(None,b'/',None,(1<<14)|(1<<18),None)==0"
+    " else 1)"
+)
+
+
+def can_unshare_mounts() -> bool:
+    """Whether this process may give a child a private mount namespace (blocking: tries
+    it in a throwaway interpreter, which the kernel may refuse even to root, as in an
+    unprivileged container)."""
+    if os.geteuid() != 0:
+        return False
+    try:
+        probe = subprocess.run(
+            [sys.executable, "-I", "-S", "-c", _UNSHARE_PROBE], timeout=30, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return probe.returncode == 0
 
 
 def runner_tools_dir() -> str:
@@ -130,6 +186,8 @@ class LaunchSpec(Struct, frozen=True, kw_only=True):
     uid: int | None = None
     gid: int | None = None
     groups: tuple[int, ...] = ()
+    # Binds in the task's own mount namespace: (host path, target, read only).
+    mounts: tuple[tuple[str, str, bool], ...] = ()
 
     def to_builtins(self) -> dict[str, object]:
         """The spec as plain dicts, lists and scalars (what the shim's request carries)."""
@@ -203,6 +261,8 @@ def task_environment(
     env.update(run.spec.env)
     env["HAKURIVER_TASK_ID"] = run.task_id
     env["HAKURIVER_LOCAL_TEMP_DIR"] = run.local_temp_dir
+    if run.node:
+        env["HAKURIVER_NODE"] = run.node
     if run.control_dir is not None:
         env[CONTROL_ENV] = run.control_dir
     if run.gpu_ids:
@@ -233,6 +293,13 @@ def plan_launch(
     task does (``task_environment``).
     """
     argv: tuple[str, ...] = (run.spec.command, *run.spec.args)
+    mounts = tuple((m.host_path, m.container_path, m.read_only) for m in run.spec.mounts)
+    if mounts:
+        refusal = facilities.mounts_refusal(owner_mode=account is not None)
+        if refusal:
+            raise StartFailed(f"this node cannot give a process task its mounts: {refusal}")
+    if run.numa_id is not None and facilities.numactl_problem:
+        raise StartFailed(facilities.numactl_problem)
     if run.numa_id is not None and facilities.numactl:
         binding = [facilities.numactl, f"--membind={run.numa_id}"]
         if not run.cpus:  # an explicit CPU set is applied by the shim, and is narrower
@@ -288,6 +355,7 @@ def plan_launch(
         uid=drop_in_child.uid if drop_in_child else None,
         gid=drop_in_child.gid if drop_in_child else None,
         groups=drop_in_child.groups if drop_in_child else (),
+        mounts=mounts,
     )
 
 

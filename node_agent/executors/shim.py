@@ -123,6 +123,17 @@ def _is_memory(value: object) -> bool:
     return value is None or (type(value) is int and value > 0)
 
 
+def _is_mount(value: object) -> bool:
+    """``[host_path, target, read_only]``: two absolute paths and a bool."""
+    return (
+        type(value) is list
+        and len(value) == 3
+        and _is_path(value[0])
+        and _is_path(value[1])
+        and type(value[2]) is bool
+    )
+
+
 # Every key of a launch spec (process_plan.LaunchSpec) and what its value must be.
 SPEC_FIELDS: dict[str, Callable[[object], bool]] = {
     "argv": _is_argv,
@@ -137,6 +148,7 @@ SPEC_FIELDS: dict[str, Callable[[object], bool]] = {
     "uid": _optional(_is_unix_id),
     "gid": _optional(_is_unix_id),
     "groups": _list_of(_is_unix_id),
+    "mounts": _list_of(_is_mount),
 }
 
 
@@ -414,6 +426,76 @@ class _Refused(Exception):
     """The forked child cannot become the task; the message says why, whole."""
 
 
+# -- a process task's mounts ------------------------------------------------------------
+#
+# A process task with mounts (``--mount HOST:TARGET[:ro]`` and ``--container NULL``) gets
+# a mount namespace of its own, as a container does: the forked child unshares it, makes
+# every mount in it private (nothing it does propagates back to the node), binds each
+# host path over its target, remounts the read-only ones, and sets no_new_privs before it
+# drops to the task's account and execs. no_new_privs is what makes the view safe to give
+# a user: a bind over /etc or /usr/bin would otherwise feed a setuid program (sudo) files
+# of the user's choosing; with it, nothing the task execs gains privileges. Targets must
+# already exist (the root shim creates no folders where a user names them), and a host
+# path is opened first (O_PATH) and bound through its descriptor only if the kernel says
+# it is the resolved path the agent checked: a symlink swapped in meanwhile is refused.
+
+CLONE_NEWNS = 0x00020000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+PR_SET_NO_NEW_PRIVS = 38
+# statvfs's f_flag bits for these have the same values as the mount flags.
+KEPT_FLAGS = MS_NOSUID | MS_NODEV | MS_NOEXEC
+
+
+def _libc() -> Any:
+    """The C library, for unshare(2), mount(2) and prctl(2) (Python 3.11 has no os.unshare)."""
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        import ctypes
+
+        raise _Refused(f"{what}: {os.strerror(ctypes.get_errno())}")
+
+
+def _enter_mounts(libc: Any, mounts: list[list[Any]]) -> None:
+    """In the forked child, as root: a private mount namespace with the task's binds."""
+    _check(libc.unshare(CLONE_NEWNS), "cannot make the task's mount namespace")
+    _check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "cannot make mounts private")
+    for host, target, read_only in mounts:
+        _bind(libc, host, target, read_only)
+    _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "cannot set no_new_privs")
+
+
+def _bind(libc: Any, host: str, target: str, read_only: bool) -> None:
+    if not os.path.lexists(target):
+        raise _Refused(
+            f"mount target {target} does not exist on this node: a process task's mounts"
+            " go over existing folders or files (none is created for it)"
+        )
+    try:
+        fd = os.open(host, os.O_PATH | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _Refused(f"cannot open mount source {host}: {exc.strerror}") from None
+    try:
+        held = f"/proc/self/fd/{fd}"
+        if os.readlink(held) != host:
+            raise _Refused(f"mount source {host} changed before it was bound: refused")
+        _check(
+            libc.mount(held.encode(), target.encode(), None, MS_BIND | MS_REC, None),
+            f"cannot bind {host} at {target}",
+        )
+    finally:
+        os.close(fd)
+    if read_only:
+        kept = os.statvfs(target).f_flag & KEPT_FLAGS  # a remount must not drop nosuid...
+        flags = MS_REMOUNT | MS_BIND | MS_RDONLY | kept
+        _check(libc.mount(None, target.encode(), None, flags, None), f"cannot make {target} ro")
+
+
 def _drop_to(spec: dict[str, Any]) -> None:
     """Become the task's account for good: groups, then gid, then uid (as root, each
     of setgid and setuid sets the real, effective and saved ids alike)."""
@@ -432,8 +514,10 @@ def _exec_child(
     files: tuple[int, int, int],
     cgroup: str | None,
     rlimit: int | None,
+    libc: Any = None,
 ) -> None:
-    """In the forked child: join the cgroup, set the rlimit, drop to the task's account,
+    """In the forked child: join the cgroup, set the rlimit, enter the task's mount
+    namespace (``libc``: the C library, when it has mounts), drop to the task's account,
     redirect, exec."""
     os.setsid()
     for signum in DEFAULT_SIGNALS:
@@ -442,6 +526,9 @@ def _exec_child(
         _write(os.path.join(cgroup, "cgroup.procs"), str(os.getpid()))
     if rlimit is not None:
         resource.setrlimit(resource.RLIMIT_DATA, (rlimit, rlimit))
+    if libc is not None:
+        _enter_mounts(libc, spec["mounts"])
+        os.chdir(spec["cwd"])  # again: a mount may now cover the working directory
     if spec["uid"] is not None:
         _drop_to(spec)
     for target, fd in enumerate(files):
@@ -469,7 +556,7 @@ def _start(spec: dict[str, Any], cgroup: str | None, rlimit: int | None) -> int 
         step = "cannot open the output files"
         files = _open_files(spec)
         step = "cannot run " + repr(argv[0])
-        if cgroup is None and rlimit is None and spec["uid"] is None:
+        if cgroup is None and rlimit is None and spec["uid"] is None and not spec["mounts"]:
             try:
                 return os.posix_spawn(
                     path,
@@ -497,12 +584,13 @@ def _fork_exec(
     rlimit: int | None,
 ) -> int | str:
     """Fork, confine the child and exec; its pid, or the child's error before exec."""
+    libc = _libc() if spec["mounts"] else None  # loaded before the fork, not in the child
     read_end, write_end = os.pipe()  # close-on-exec: EOF without data means exec worked
     pid = os.fork()
     if pid == 0:
         os.close(read_end)
         try:
-            _exec_child(path, spec, files, cgroup, rlimit)
+            _exec_child(path, spec, files, cgroup, rlimit, libc)
         except _Refused as exc:
             os.write(write_end, str(exc).encode())
         except BaseException as exc:

@@ -258,6 +258,41 @@ def test_malformed_span_is_an_error_before_anything_runs(hakurun: Run, work: Pat
     assert not (work / "a").exists()
 
 
+def test_a_span_bash_expanded_is_refused_with_the_command_to_run_instead(
+    work: Path, env: dict[str, str]
+) -> None:
+    # bash itself expands the unquoted braces; the hint's line, run by bash, does the sweep.
+    def bash(line: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", "-c", line], cwd=work, env=env, capture_output=True, text=True, timeout=60
+        )
+
+    typed = bash("hakurun --dry-run echo --size span:{1..3} fixed span:{C..A}")
+    assert typed.returncode == 2
+    assert typed.stdout == ""
+    hint = typed.stderr.splitlines()
+    assert "run instead:" in hint[1]
+    assert hint[2] == "  hakurun --dry-run echo --size 'span:{1..3}' fixed 'span:{C..A}'"
+    retyped = bash(hint[2])
+    assert retyped.returncode == 0, retyped.stderr
+    assert retyped.stdout.splitlines()[:4] == [
+        "echo --size 1 fixed C",
+        "echo --size 1 fixed B",
+        "echo --size 1 fixed A",
+        "echo --size 2 fixed C",
+    ]
+    assert len(retyped.stdout.splitlines()) == 9
+
+
+def test_letter_ranges_run_for_real(hakurun: Run) -> None:
+    done = hakurun("echo", "span:{a..c}", "span:{Z..Y}")
+    assert done.stdout.splitlines() == ["a Z", "a Y", "b Z", "b Y", "c Z", "c Y"]
+    mixed = hakurun("echo", "span:{a..3}")
+    assert mixed.returncode == 2
+    assert "cannot mix a letter and a number" in mixed.stderr
+    assert mixed.stdout == ""
+
+
 def test_non_span_arguments_pass_through_untouched(
     hakurun: Run, install: Install, work: Path
 ) -> None:

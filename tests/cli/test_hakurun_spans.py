@@ -15,6 +15,7 @@ from cli.hakurun.spans import (
     iter_combinations,
     parse_arguments,
     parse_span,
+    requote,
 )
 
 # --- the seed's spans -------------------------------------------------------------
@@ -102,6 +103,26 @@ def test_a_range_runs_from_start_to_end_one_step_at_a_time(start: int, end: int)
     assert all(abs(after - before) == 1 for before, after in itertools.pairwise(values))
 
 
+@pytest.mark.parametrize(
+    ("argument", "values"),
+    [
+        ("span:{A..E}", ("A", "B", "C", "D", "E")),
+        ("span:{a..e}", ("a", "b", "c", "d", "e")),
+        ("span:{Z..W}", ("Z", "Y", "X", "W")),
+        ("span:{c..a}", ("c", "b", "a")),
+        ("span:{q..q}", ("q",)),
+        ("span:{ A..C }", ("A", "B", "C")),
+    ],
+)
+def test_letter_ranges_ascend_and_descend(argument: str, values: tuple[str]) -> None:
+    assert parse_span(argument) == values
+
+
+def test_the_seeds_a_to_z_is_the_alphabet() -> None:
+    # Seed 001's table: hakurun --parallel python proc.py span:{A..Z}
+    assert "".join(parse_span("span:{A..Z}")) == "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
 # --- list edge cases --------------------------------------------------------------
 
 
@@ -157,8 +178,12 @@ def test_anything_not_starting_with_span_passes_through_unchanged(argument: str)
     [
         ("span:{1..}", "two integers"),
         ("span:{..3}", "two integers"),
-        ("span:{a..b}", "two integers"),
         ("span:{1.5..3}", "two integers"),
+        ("span:{a..5}", "cannot mix a letter and a number"),
+        ("span:{1..z}", "cannot mix a letter and a number"),
+        ("span:{aa..zz}", "single letters, not words"),
+        ("span:{A..zz}", "single letters, not words"),
+        ("span:{a..Z}", "stays in one case"),
         ("span:{1...3}", "two integers"),
         ("span:[a,b", "must end with ']'"),
         ("span:{1..3", "must end with '}'"),
@@ -185,6 +210,44 @@ def test_brace_expanded_words_are_refused_with_a_hint_to_quote() -> None:
     # What bash passes for an unquoted span:{1..3}: refusing beats sweeping "span:1".
     with pytest.raises(SpanError, match=r"quote the span: 'span:\{1\.\.3\}'"):
         expand(["span:1", "span:2", "span:3"])
+
+
+@pytest.mark.parametrize(
+    ("arguments", "rebuilt"),
+    [
+        (["span:1", "span:2", "span:3"], ["span:{1..3}"]),
+        (["--lr", "span:3", "span:2", "span:1", "x"], ["--lr", "span:{3..1}", "x"]),
+        (
+            ["span:A", "span:B", "fixed", "span:z", "span:y"],
+            ["span:{A..B}", "fixed", "span:{z..y}"],
+        ),
+        (["span:32", "span:64", "span:128"], ["span:{32,64,128}"]),
+        (["span:01", "span:02"], ["span:{01,02}"]),  # a range would drop the zeros
+        (["span:-1", "span:0", "span:1"], ["span:{-1..1}"]),
+    ],
+)
+def test_words_the_shell_expanded_are_put_back_as_one_span(
+    arguments: list[str], rebuilt: list[str]
+) -> None:
+    assert requote(arguments) == rebuilt
+    original = [word.removeprefix("span:") for word in arguments if word.startswith("span:")]
+    # Each span put back gives exactly the words it replaces, in their order.
+    spans = [parse_span(word) for word in rebuilt if word.startswith("span:")]
+    assert [value for axis in spans for value in axis] == original
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["plain", "--opt=span:x", "myspan:1", "myspan:2"],  # nothing refused: nothing to fix
+        ["span:{1..3}", "span:[a,b]"],  # real spans
+        ["span:1"],  # one word alone: no telling what it was
+        ["span:1", "span:2", "x", "span:3"],  # the lone span:3
+        ["span:a,b", "span:c"],  # a comma cannot be put back into a span
+    ],
+)
+def test_no_rebuilt_command_when_there_is_no_expanded_run(arguments: list[str]) -> None:
+    assert requote(arguments) is None
 
 
 # --- properties of the expansion ---------------------------------------------------

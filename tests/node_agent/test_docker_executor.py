@@ -114,6 +114,24 @@ async def test_a_container_sees_none_of_the_runners_environment_and_its_output_i
     assert executor.state_dir.stat().st_mode & 0o777 == 0o700
 
 
+async def test_a_container_gets_hakurivers_variables_as_a_process_task_does(
+    tmp_path: Path, executor
+) -> None:
+    # Given a task that tries to set one of HakuRiver's variables itself
+    script = (
+        'echo "$HAKURIVER_TASK_ID $HAKURIVER_NODE $HAKURIVER_LOCAL_TEMP_DIR";'
+        ' echo written > "$HAKURIVER_LOCAL_TEMP_DIR/from-task"'
+    )
+    run = task(tmp_path, "t-vars", "sh", "-c", script, env={"HAKURIVER_TASK_ID": "forged"})
+    (tmp_path / "local").mkdir(exist_ok=True)
+    await executor.start(run)
+    assert (await executor.wait("t-vars")).state == "completed", output(tmp_path, "t-vars", "err")
+    # Then it sees its id, its node and where the node's local temp folder is mounted
+    assert output(tmp_path, "t-vars") == f"t-vars {executor.node} /local_temp\n"
+    # And that folder is the node's local temp folder
+    assert (tmp_path / "local" / "from-task").read_text() == "written\n"
+
+
 async def test_a_memory_hog_ends_killed_oom(tmp_path: Path, executor) -> None:
     # tail buffers its whole input looking for the last line: /dev/zero never has one.
     run = task(tmp_path, "t-oom", "tail", "/dev/zero", memory_bytes=32 * 1024 * 1024)

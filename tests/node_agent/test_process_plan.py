@@ -11,7 +11,7 @@ import pytest
 
 from events.types import TaskSpec
 from node_agent.executors import shim
-from node_agent.executors.base import Outcome, TaskRun
+from node_agent.executors.base import Outcome, StartFailed, TaskRun
 from node_agent.executors.process_plan import (
     HostFacilities,
     decide_outcome,
@@ -36,6 +36,12 @@ def run(**placement: object) -> TaskRun:
         shared_dir="/shared",
         local_temp_dir="/scratch",
         **placement,  # type: ignore[arg-type]
+    )
+
+
+def test_a_task_knows_its_node_by_name() -> None:
+    assert (
+        plan_launch(run(node="gpu-3"), HostFacilities(), BASE_ENV).env["HAKURIVER_NODE"] == "gpu-3"
     )
 
 
@@ -261,3 +267,19 @@ def test_a_workdir_is_the_working_directory_and_a_control_folder_is_in_the_envir
     assert plan.env["HAKURIVER_JOB_CONTROL"] == "/state/jobs/t-1"
     assert plan_launch(run(), HostFacilities(), {}).cwd == "/shared/shared_data"
     assert "HAKURIVER_JOB_CONTROL" not in plan_launch(run(), HostFacilities(), {}).env
+
+
+def test_a_configured_numactl_path_is_used_and_a_missing_one_fails_numa_tasks(
+    tmp_path: Path,
+) -> None:
+    # [paths] numactl_path names the program; one that is not there is said, not skipped
+    fake = tmp_path / "numactl"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    assert HostFacilities.detect(numactl=str(fake)).numactl == str(fake)
+    missing = HostFacilities.detect(numactl=str(tmp_path / "absent"))
+    assert missing.numactl is None
+    bound = run(numa_id=0)
+    with pytest.raises(StartFailed, match=r"numactl_path = .*absent.* is not an executable"):
+        plan_launch(bound, missing, {})
+    assert plan_launch(run(), missing, {}).argv[0] == "python"  # no NUMA target: no concern
