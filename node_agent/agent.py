@@ -44,6 +44,7 @@ from typing import Any
 from events import link
 from events.credentials import read_secret
 from events.envelope import new_event
+from events.log_lines import line_of
 from events.types import (
     AnyEvent,
     TaskFinished,
@@ -76,6 +77,8 @@ from node_agent.state_dir import StateLock
 from node_agent.transport import Connector, websocket_connector
 
 log = logging.getLogger("hakuriver.agent")
+# A line per event of interest the runner reports (events/log_lines.py), node on each.
+event_log = logging.getLogger("hakuriver.agent.events")
 
 # Loading a multi-gigabyte tarball keeps one engine request open for minutes.
 IMAGE_LOAD_TIMEOUT_S = 1800
@@ -311,6 +314,10 @@ class Agent:
         for new in batch:
             if isinstance(new.event, TaskFinished):
                 self.unacked_final[new.id] = new.event.task_id
+            # Said once it is queued for good: a line never tells of an event then lost.
+            line = line_of(new.event)
+            if line is not None:
+                event_log.log(line.level, line.message, extra={"node": self.node, **line.context})
         self.link.wake_sender.set()
 
     async def acked(self, ids: tuple[str, ...]) -> None:
