@@ -9,8 +9,9 @@ No route or loop has to remember to log what it recorded, and a replay logs noth
 (the listener sees live commits only).
 
 A task event that does not name its node (a kill request, a pause) gets the node the
-state has for the task. Each line also carries the event's ``seq``: where to look in
-the event log (``hakuriver events``) for the whole of it.
+state has for the task (a submission none: where it goes is the placement's line).
+Each line also carries the event's ``seq``: where to look in the event log
+(``hakuriver events``) for the whole of it.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def event_lines(state: Callable[[], ClusterState]) -> Callable[[list[Recorded]],
                     continue
                 context: dict[str, str | int] = {**line.context, "seq": r.seq}
                 task = line.context.get("task")
-                if task is not None and "node" not in context:
+                if task is not None and "node" not in context and r.kind != "task.submitted":
                     view = state().tasks.get(task)
                     if view is not None and view.node:
                         context["node"] = view.node

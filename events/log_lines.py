@@ -38,6 +38,10 @@ def _gib(size: int | None) -> str:
     return "" if size is None else f", {size / 2**30:.1f} GiB"
 
 
+def _cores(count: int) -> str:
+    return f"{count} core{'' if count == 1 else 's'}"
+
+
 def _command(spec: t.TaskSpec) -> str:
     command = shlex.join((spec.command, *spec.args))
     if len(command) > COMMAND_CHARS:
@@ -56,7 +60,7 @@ def _say(event: t.Event) -> tuple[int, str] | None:
         case t.NodeRegistered():
             gpus = f", {len(event.gpus)} GPUs" if event.gpus else ""
             return info, (
-                f"node registered at {event.address}: {event.cores} cores"
+                f"node registered at {event.address}: {_cores(event.cores)}"
                 f"{_gib(event.memory_bytes)}{gpus}, executors {', '.join(event.executors)}"
             )
         case t.NodeOnline():
@@ -75,12 +79,12 @@ def _say(event: t.Event) -> tuple[int, str] | None:
             where = f" for {spec.target}" if spec.target else ""
             return info, (
                 f"task{number} submitted by {spec.owner}{where}: {_command(spec)},"
-                f" {spec.cores} cores{_gib(spec.memory_bytes)}, in {spec.container or 'NULL'}"
+                f" {_cores(spec.cores)}{_gib(spec.memory_bytes)}, in {spec.container or 'NULL'}"
             )
         case t.TaskPlaced():
             gpus = f", GPUs {list(event.gpu_ids)}" if event.gpu_ids else ""
             why = f" ({event.reason})" if event.reason else ""
-            return info, f"task placed: {event.cores} cores{_gib(event.memory_bytes)}{gpus}{why}"
+            return info, f"task placed: {_cores(event.cores)}{_gib(event.memory_bytes)}{gpus}{why}"
         case t.TaskStarted():
             how = f"container {event.container_id[:12]}" if event.container_id else ""
             how = how or (f"pid {event.pid}" if event.pid is not None else "")

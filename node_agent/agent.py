@@ -386,7 +386,7 @@ class Agent:
             # too. Either way the task ends here: kept as running, it would hold its CPUs
             # and be reported running to the host for ever.
             if not isinstance(exc, StartFailed):
-                log.exception("starting task %s failed", task_id)
+                log.exception("starting task %s failed", task_id, extra={"task": task_id})
             message = str(exc) if isinstance(exc, StartFailed) else f"the start failed: {exc!r}"
             self.running.pop(task_id, None)
             self.by_task.pop(task_id, None)
@@ -425,7 +425,7 @@ class Agent:
             try:
                 outcome = await self.activity.outside(executor.wait(task_id))
             except Exception as exc:  # e.g. the engine went away: the task's end is unknowable
-                log.exception("watching task %s failed", task_id)
+                log.exception("watching task %s failed", task_id, extra={"task": task_id})
                 outcome = Outcome(state="failed", message=f"lost track of the task: {exc!r}")
                 # Reported as ended, it must not run on unwatched on resources given back.
                 with contextlib.suppress(Exception):
@@ -443,7 +443,7 @@ class Agent:
             try:
                 await executor.forget(task_id)
             except Exception as exc:  # its records stay; the next start of the agent adopts
-                log.warning("forgetting task %s failed: %s", task_id, exc)
+                log.warning("forgetting task %s failed: %s", task_id, exc, extra={"task": task_id})
                 await self.ranks.forget(task_id, keep_files=True)
             else:
                 await self.ranks.forget(task_id)
@@ -516,7 +516,9 @@ class Agent:
         except NotWatched:
             return
         except ExecutorError as exc:
-            log.warning("%s on %s failed: %s", type(command).__name__, task_id, exc)
+            log.warning(
+                "%s on %s failed: %s", type(command).__name__, task_id, exc, extra={"task": task_id}
+            )
 
     # -- the link --------------------------------------------------------------------------
 

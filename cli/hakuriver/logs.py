@@ -10,8 +10,9 @@ as ``task=... node=...`` at the end. The runner puts its own node on every line.
 
 One handler, on the root logger, serves everything: ours (``hakuriver.*``, at the
 configured level), Sanic's (its handlers are taken off after it configured them, so its
-lines are ours too; access lines stay off: the event log records every request that
-changes something, with who made it), and any library's warnings.
+warnings and errors are ours too; its start-up chatter only at ``DEBUG``; access lines
+stay off: the event log records every request that changes something, with who made
+it), and any library's warnings.
 
 A line is always one line: control characters and line separators in a message or a
 field (a task's name, a command, a reason: text users choose) are written as escapes
@@ -282,10 +283,14 @@ def configure(config: dict[str, Any], *, node: str | None = None) -> logging.Han
 
 def adopt_sanic() -> None:
     """Route Sanic's loggers through ours: call again after ``Sanic()`` configured them
-    (it gives each its own handler); access lines stay off."""
+    (it gives each its own handler). Its warnings and errors come through; its chatter
+    ("Starting worker", "Worker ready") only at ``DEBUG``, so a start refused in one
+    line stays one line; access lines stay off."""
+    debug = logging.getLogger("hakuriver").getEffectiveLevel() <= logging.DEBUG
     for name in SANIC_LOGGERS:
         logger = logging.getLogger(name)
         for old in list(logger.handlers):
             logger.removeHandler(old)
         logger.propagate = True
+        logger.setLevel(logging.DEBUG if debug else logging.WARNING)
     logging.getLogger("sanic.access").disabled = True

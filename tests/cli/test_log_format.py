@@ -22,7 +22,16 @@ from typing import Any
 import pytest
 from support.cluster import Cluster
 
-from cli.hakuriver.logs import HumanFormatter, JsonFormatter, LogOptions, merged, settings_of
+from cli.hakuriver.logs import (
+    SANIC_LOGGERS,
+    HumanFormatter,
+    JsonFormatter,
+    LogOptions,
+    adopt_sanic,
+    configure,
+    merged,
+    settings_of,
+)
 
 # An argument that would start a forged line in a naive log, and colour a terminal red
 # (task names refuse control characters; a command's arguments are anything).
@@ -108,8 +117,8 @@ def test_json_lines_carry_task_and_node(logged: dict[str, Any]) -> None:
     assert node_lines and all(r["node"] == "n1" for r in node_lines)
     # Heartbeats are events, not lines.
     assert not any(r.get("event") == "node.heartbeat" for r in records)
-    # Sanic's own lines come through the same format.
-    assert any(r["logger"].startswith("sanic.") for r in records), {r["logger"] for r in records}
+    # Sanic's chatter stays out below DEBUG.
+    assert not any(r["logger"].startswith("sanic.") for r in records)
 
 
 def test_human_lines_carry_task_and_node(logged: dict[str, Any]) -> None:
@@ -237,6 +246,40 @@ def test_json_format_is_one_line() -> None:
         "task": "t1",
         "seq": 3,
     }
+
+
+def test_sanics_lines_come_through_ours(tmp_path: Path) -> None:
+    """After ``Sanic()`` configured its loggers, its errors are written by our handler."""
+    from sanic import Sanic
+
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level, logging.getLogger("hakuriver").level)
+    # This process's loggers are left as they were found (other tests share it).
+    kept = {
+        name: (list(lg.handlers), lg.level, lg.propagate, lg.disabled)
+        for name in SANIC_LOGGERS
+        for lg in [logging.getLogger(name)]
+    }
+    log_file = tmp_path / "h.jsonl"
+    handler = configure({"logging": {"format": "json", "file": str(log_file)}})
+    try:
+        Sanic("log_format_test")  # gives sanic.* handlers of their own (dictConfig)
+        adopt_sanic()
+        logging.getLogger("sanic.error").error("handler failed\nforged")
+        logging.getLogger("sanic.server").info("Starting worker")  # chatter: not written
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+        root.handlers[:] = before[0]
+        root.setLevel(before[1])
+        logging.getLogger("hakuriver").setLevel(before[2])
+        for name, (handlers, level, propagate, disabled) in kept.items():
+            lg = logging.getLogger(name)
+            lg.handlers[:], lg.propagate, lg.disabled = handlers, propagate, disabled
+            lg.setLevel(level)
+    [line] = lines_of(log_file)
+    assert json.loads(line)["logger"] == "sanic.error"
+    assert json.loads(line)["msg"] == "handler failed\nforged"
 
 
 def test_options_over_the_file_and_refusals(monkeypatch: pytest.MonkeyPatch) -> None:
