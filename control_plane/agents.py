@@ -259,11 +259,11 @@ class AgentSession:
             try:
                 await self.report(batch)
             except LinkRefused as exc:
-                log.warning("closing the link to %s: %s", self.node, exc)
+                log.warning("closing the link to %s: %s", self.node, exc, extra={"node": self.node})
                 await self.close(str(exc))
                 return
             except Exception:
-                log.exception("agent link to %s failed", self.node)
+                log.exception("agent link to %s failed", self.node, extra={"node": self.node})
                 await self.close("the host could not record a batch")
                 return
             finally:
@@ -298,7 +298,7 @@ class AgentSession:
             return
         except (msgspec.ValidationError, msgspec.DecodeError, LinkRefused, InvalidEvent) as exc:
             await self.send(link.Nack(batch=number, reason=str(exc)))
-            log.warning("refused a batch from %s: %s", self.node, exc)
+            log.warning("refused a batch from %s: %s", self.node, exc, extra={"node": self.node})
             return
         except NodeNotOnline as exc:
             # Not acknowledged: the agent keeps the batch and sends it again after
@@ -308,7 +308,7 @@ class AgentSession:
             # A batch with a report this node may not make (another node's task):
             # refused whole, nothing of it recorded.
             await self.send(link.Nack(batch=number, reason=str(exc)))
-            log.warning("refused a batch from %s: %s", self.node, exc)
+            log.warning("refused a batch from %s: %s", self.node, exc, extra={"node": self.node})
             return
         await self.send(link.Ack(batch=number, seqs=outcome.seqs))
 
@@ -320,11 +320,18 @@ class AgentSession:
             # the log cannot take now (the store logs that outage).
             pass
         except (InvalidEvent, DomainError) as exc:
-            log.warning("refused a heartbeat from %s: %s", self.node, exc)
+            log.warning(
+                "refused a heartbeat from %s: %s", self.node, exc, extra={"node": self.node}
+            )
         except Exception as exc:
             # Liveness does not depend on it (the frame's arrival counted); the log's
             # own trouble is reported where it happens.
-            log.warning("could not record a heartbeat from %s: %s", self.node, exc)
+            log.warning(
+                "could not record a heartbeat from %s: %s",
+                self.node,
+                exc,
+                extra={"node": self.node},
+            )
 
 
 async def serve_agent(
@@ -348,7 +355,9 @@ async def serve_agent(
             raise LinkRefused(f"this credential is node {principal.node}'s, not {hello.node}'s")
         check_hello(hello)
     except (LinkRefused, msgspec.ValidationError, msgspec.DecodeError) as exc:
-        log.warning("refused a hello from %s: %s", principal.node, exc)
+        log.warning(
+            "refused a hello from %s: %s", principal.node, exc, extra={"node": principal.node}
+        )
         with contextlib.suppress(Exception):
             await socket.close(1008, str(exc)[:120])
         return
@@ -356,26 +365,31 @@ async def serve_agent(
     refusal = await cp.attach(hello.node, session, peer)
     if refusal is not None:
         # Nothing is recorded, nothing is killed: the link that holds the name stays.
-        log.warning("refused a hello from %s: %s", hello.node, refusal)
+        log.warning("refused a hello from %s: %s", hello.node, refusal, extra={"node": hello.node})
         await session.close(refusal, code=1008)
         return
-    log.info("agent %s connected (%d running)", hello.node, len(hello.running))
+    log.info(
+        "agent %s connected (%d running)",
+        hello.node,
+        len(hello.running),
+        extra={"node": hello.node},
+    )
     try:
         await session.welcome(hello)
         await session.serve()
     except (LinkRefused, msgspec.ValidationError, msgspec.DecodeError) as exc:
-        log.warning("closing the link to %s: %s", hello.node, exc)
+        log.warning("closing the link to %s: %s", hello.node, exc, extra={"node": hello.node})
         await session.close(str(exc))
     except StoreFailing as exc:
         # Its hello could not be recorded (the store logs the outage): it says hello again
         # after its back-off.
-        log.info("closing the link to %s: %s", hello.node, exc.message)
+        log.info("closing the link to %s: %s", hello.node, exc.message, extra={"node": hello.node})
         await session.close(exc.message)
     except asyncio.CancelledError:
         raise
     except Exception:
-        log.exception("agent link to %s failed", hello.node)
+        log.exception("agent link to %s failed", hello.node, extra={"node": hello.node})
     finally:
         session.closed = True
         cp.detach(hello.node, session)
-        log.info("agent %s disconnected", hello.node)
+        log.info("agent %s disconnected", hello.node, extra={"node": hello.node})

@@ -44,6 +44,7 @@ from control_plane.commands import (
 )
 from control_plane.commands.jobs import JOBS_DIR
 from control_plane.errors import StoreFailing
+from control_plane.log_lines import event_lines
 from control_plane.scheduler import Scheduler
 from control_plane.settings import HostSettings
 from control_plane.vps_shells import VpsShells
@@ -198,6 +199,8 @@ class ControlPlane:
         self._snapshot_seq = state.last_seq
         self._tasks: list[asyncio.Task[None]] = []
         store.add_listener(self._on_commit)
+        # A log line per event of interest, the state already including its batch.
+        store.add_listener(event_lines(lambda: self._state))
         # After the state's: a session the log ends (its user disabled, its task ended).
         store.add_listener(self.shells.on_commit)
 

@@ -44,6 +44,7 @@ from typing import Any
 from events import link
 from events.credentials import read_secret
 from events.envelope import new_event
+from events.log_lines import line_of
 from events.types import (
     AnyEvent,
     TaskFinished,
@@ -76,6 +77,8 @@ from node_agent.state_dir import StateLock
 from node_agent.transport import Connector, websocket_connector
 
 log = logging.getLogger("hakuriver.agent")
+# A line per event of interest the runner reports (events/log_lines.py), node on each.
+event_log = logging.getLogger("hakuriver.agent.events")
 
 # Loading a multi-gigabyte tarball keeps one engine request open for minutes.
 IMAGE_LOAD_TIMEOUT_S = 1800
@@ -321,6 +324,10 @@ class Agent:
         for new in batch:
             if isinstance(new.event, TaskFinished):
                 self.unacked_final[new.id] = new.event.task_id
+            # Said once it is queued for good: a line never tells of an event then lost.
+            line = line_of(new.event)
+            if line is not None:
+                event_log.log(line.level, line.message, extra={"node": self.node, **line.context})
         self.link.wake_sender.set()
 
     async def acked(self, ids: tuple[str, ...]) -> None:
@@ -390,7 +397,7 @@ class Agent:
             # too. Either way the task ends here: kept as running, it would hold its CPUs
             # and be reported running to the host for ever.
             if not isinstance(exc, StartFailed):
-                log.exception("starting task %s failed", task_id)
+                log.exception("starting task %s failed", task_id, extra={"task": task_id})
             message = str(exc) if isinstance(exc, StartFailed) else f"the start failed: {exc!r}"
             self.running.pop(task_id, None)
             self.by_task.pop(task_id, None)
@@ -429,7 +436,7 @@ class Agent:
             try:
                 outcome = await self.activity.outside(executor.wait(task_id))
             except Exception as exc:  # e.g. the engine went away: the task's end is unknowable
-                log.exception("watching task %s failed", task_id)
+                log.exception("watching task %s failed", task_id, extra={"task": task_id})
                 outcome = Outcome(state="failed", message=f"lost track of the task: {exc!r}")
                 # Reported as ended, it must not run on unwatched on resources given back.
                 with contextlib.suppress(Exception):
@@ -447,7 +454,7 @@ class Agent:
             try:
                 await executor.forget(task_id)
             except Exception as exc:  # its records stay; the next start of the agent adopts
-                log.warning("forgetting task %s failed: %s", task_id, exc)
+                log.warning("forgetting task %s failed: %s", task_id, exc, extra={"task": task_id})
                 await self.ranks.forget(task_id, keep_files=True)
             else:
                 await self.ranks.forget(task_id)
@@ -520,7 +527,9 @@ class Agent:
         except NotWatched:
             return
         except ExecutorError as exc:
-            log.warning("%s on %s failed: %s", type(command).__name__, task_id, exc)
+            log.warning(
+                "%s on %s failed: %s", type(command).__name__, task_id, exc, extra={"task": task_id}
+            )
 
     # -- the link --------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from rich.text import Text
 from cli.hakuriver import VERSION
 from cli.hakuriver.config import config_path, write_default
 from cli.hakuriver.invocation import EXIT_USAGE, Connection, connection, note, reported, say
+from cli.hakuriver.logs import LogOptions, merged
 from cli.hakuriver.nodes import node_app
 from cli.hakuriver.quick import split_at_command
 from cli.hakuriver.tasks import task_app
@@ -92,6 +93,7 @@ def up(
     port: int | None = None,
     stop_tasks_on_exit: bool = False,
     conn: Connection | None = None,
+    logs: LogOptions | None = None,
 ) -> int:
     """Run a whole cluster on this machine: the control plane and one local runner.
 
@@ -111,7 +113,7 @@ def up(
     # The local runner is a child process: it reads the same file.
     config_file = str(chosen.config) if chosen.config is not None else None
     return serve.run_up(
-        chosen.settings(),
+        merged(chosen.settings(), logs),
         data_dir=data_dir,
         port=port,
         config_file=config_file,
@@ -121,11 +123,11 @@ def up(
 
 @app.command
 @reported
-def host(*, conn: Connection | None = None) -> int:
+def host(*, conn: Connection | None = None, logs: LogOptions | None = None) -> int:
     """Run the control plane (the host) for a multi-machine cluster."""
     from cli.hakuriver import serve
 
-    return serve.run_host(connection(conn).settings())
+    return serve.run_host(merged(connection(conn).settings(), logs))
 
 
 @app.command
@@ -137,6 +139,7 @@ def runner(
     host: str | None = None,
     ca_fingerprint: str | None = None,
     conn: Connection | None = None,
+    logs: LogOptions | None = None,
 ) -> int:
     """Run a node agent (a runner) that joins the control plane at the configured address.
 
@@ -156,7 +159,7 @@ def runner(
     from cli.hakuriver import serve
 
     return serve.run_runner(
-        connection(conn).settings(),
+        merged(connection(conn).settings(), logs),
         name=name,
         join=join,
         host_url=host,

@@ -65,6 +65,13 @@ allow_privileged = true           # false: --privileged is refused
 allowed_mount_dirs = []           # non-empty: --mount host paths must lie inside these
 additional_mounts = []            # host: "HOST:CONTAINER[:ro]" for container tasks without --mount
 preload_tarballs = true           # runner: load a new tarball as soon as it appears
+
+[logging]
+format = "human"                  # human | json (one JSON object a line)
+level = "INFO"                    # DEBUG | INFO | WARNING | ERROR
+file = ""                         # empty: stderr; a path: a file rotated by size
+max_bytes = 10485760              # rotate past this size; keep `backups` old files
+backups = 5
 """
 
 

@@ -51,15 +51,11 @@ LOOPBACK_NAMES = ("localhost", "::1")
 log = logging.getLogger("hakuriver.host")
 
 
-def _logging() -> None:
-    # Only our loggers: Sanic configures its own, and a root handler would double them.
-    logger = logging.getLogger("hakuriver")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(os.environ.get("HAKURIVER_LOG", "INFO").upper())
-        logger.propagate = False
+def _logging(config: dict[str, Any], node: str | None = None) -> None:
+    # One handler for ours, Sanic's and the libraries' lines, as [logging] says (logs.py).
+    from cli.hakuriver import logs
+
+    logs.configure(config, node=node)
 
 
 def _host_settings(config: dict[str, Any], data_dir: str | None, port: int | None) -> Any:
@@ -87,7 +83,11 @@ def _host_app(settings: Any, claims: _Claims) -> tuple[Any, Any]:
         except BaseException:
             claims.release()
             raise
-    return create_app(settings, tls=tls), tls
+    app = create_app(settings, tls=tls)
+    from cli.hakuriver.logs import adopt_sanic
+
+    adopt_sanic()  # Sanic() gave its loggers handlers of their own: ours instead
+    return app, tls
 
 
 class _Claims:
@@ -271,7 +271,7 @@ def run_host(
     config: dict[str, Any], *, data_dir: str | None = None, port: int | None = None
 ) -> int:
     """Serve the control plane until SIGINT/SIGTERM."""
-    _logging()
+    _logging(config)
     settings = _host_settings(config, data_dir, port)
     try:
         claims = _Claims(
@@ -347,7 +347,6 @@ def run_runner(
     from node_agent.settings import RunnerSettings
     from node_agent.state_dir import StateDirError
 
-    _logging()
     settings = RunnerSettings.from_mapping(
         config,
         data_dir=data_dir,
@@ -355,6 +354,7 @@ def run_runner(
         host_url=host_url or os.environ.get("HAKURIVER_URL"),
         ca_fingerprint=ca_fingerprint or os.environ.get("HAKURIVER_CA_FINGERPRINT"),
     )
+    _logging(config, node=settings.node_name)
     pin = settings.pinned_trust()
     # Before anything is made or a join token spent: a state dir made by the wrong user
     # would then be refused by the right one.
@@ -448,7 +448,7 @@ def run_up(
     Ctrl-C leaves the tasks running (the next ``up`` re-adopts them) and says how many;
     ``stop_tasks_on_exit`` kills them first (leaving.py).
     """
-    _logging()
+    _logging(config)
     data = data_dir or config.get("paths", {}).get("data_dir") or DEFAULT_DATA_DIR
     Path(data).expanduser().mkdir(parents=True, exist_ok=True)
     settings = _host_settings(config, data, port)
@@ -471,6 +471,7 @@ def run_up(
 
     @app.after_server_start  # type: ignore[untyped-decorator]
     async def _start_agent(app: Any) -> None:
+        from cli.hakuriver.logs import child_args
         from control_plane.bootstrap import enroll_local
         from node_agent.settings import RunnerSettings
 
@@ -490,6 +491,7 @@ def run_up(
             command += ["--ca-fingerprint", fingerprint]
         if config_file:
             command += ["--config", config_file]
+        command += child_args(config)  # the host's log settings (its own file)
         try:
             child["agent"] = await asyncio.to_thread(
                 subprocess.Popen, command, start_new_session=True, pass_fds=(watched,)
@@ -550,9 +552,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int)
     parser.add_argument("--stop-tasks-on-exit", action="store_true")
     parser.add_argument("--parent-fd", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--log-format", choices=("human", "json"))
+    parser.add_argument("--log-file", type=Path)
+    parser.add_argument("--log-level")
     args = parser.parse_args(argv)
+    from cli.hakuriver.logs import LogOptions, merged
+
     try:
-        config = load_config(args.config)
+        options = LogOptions(args.log_format, args.log_file, args.log_level)
+        config = merged(load_config(args.config), options)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
