@@ -70,6 +70,7 @@ for _name, _path in (
     ("ssh", "cli.hakuriver.ssh:ssh"),
     ("jobs", "cli.hakuriver.jobs:jobs_app"),
     ("volumes", "cli.hakuriver.jobs:volumes_app"),
+    ("completion", "cli.hakuriver.completion:completion"),
 ):
     app.command(_path, name=_name)
 task_app.command("cli.hakuriver.history:task_history", name="history")
