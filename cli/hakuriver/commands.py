@@ -21,7 +21,15 @@ from rich.text import Text
 
 from cli.hakuriver import VERSION
 from cli.hakuriver.config import config_path, write_default
-from cli.hakuriver.invocation import EXIT_USAGE, Connection, connection, note, reported, say
+from cli.hakuriver.invocation import (
+    EXIT_USAGE,
+    Connection,
+    connection,
+    fail,
+    note,
+    reported,
+    say,
+)
 from cli.hakuriver.logs import LogOptions, merged
 from cli.hakuriver.nodes import node_app
 from cli.hakuriver.quick import split_at_command
@@ -63,6 +71,7 @@ for _name, _path in (
     ("ssh", "cli.hakuriver.ssh:ssh"),
     ("jobs", "cli.hakuriver.jobs:jobs_app"),
     ("volumes", "cli.hakuriver.jobs:volumes_app"),
+    ("completion", "cli.hakuriver.completion:completion"),
 ):
     app.command(_path, name=_name)
 task_app.command("cli.hakuriver.history:task_history", name="history")
@@ -82,6 +91,56 @@ def config(*, path: Path | None = None, force: bool = False) -> int:
     """
     written = write_default(path if path is not None else config_path()[0], force=force)
     say(f"wrote {written}")
+    return 0
+
+
+@init_app.command
+@reported
+def service(
+    *,
+    host: bool = False,
+    runner: bool = False,
+    config: Path | None = None,
+    output: Path | None = None,
+    user: str | None = None,
+    force: bool = False,
+) -> int:
+    """Write the systemd unit for the host or a runner (to /etc/systemd/system as root).
+
+    Parameters
+    ----------
+    host
+        The host's unit, hakuriver-host.service.
+    runner
+        A runner's unit, hakuriver-runner.service (runs as root, KillMode=process).
+    config
+        The configuration file the service reads; it must exist (default:
+        $HAKURIVER_CONFIG, then ~/.hakuriver/config.toml).
+    output
+        Write the unit into this directory (default: /etc/systemd/system as root, else
+        the current directory).
+    user
+        Run the service as this user (default: the runner as root; the host as you, or
+        as the user who ran sudo).
+    force
+        Overwrite an existing unit file.
+    """
+    import os
+
+    from cli.hakuriver.service import write_service
+
+    if host == runner:
+        return fail("give one of --host or --runner", EXIT_USAGE)
+    _, lines = write_service(
+        "host" if host else "runner",
+        config=config,
+        output=output,
+        user=user,
+        force=force,
+        is_root=os.geteuid() == 0,
+    )
+    for line in lines:
+        say(line)
     return 0
 
 

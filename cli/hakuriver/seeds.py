@@ -6,6 +6,7 @@ runs that, so there is one parser and one implementation per command:
     hakuriver.host [--config F]              hakuriver host [--config F]
     hakuriver.runner [--name N]              hakuriver runner [--name N]
     hakuriver.init config                    hakuriver init config
+    hakuriver.init service --host|--runner   hakuriver init service --host|--runner
     hakuriver.task command ID pause          hakuriver task pause ID
     hakuriver.task submit|status|list|...    hakuriver task submit|status|list|...
     hakuriver.client --status ID             hakuriver task status ID
@@ -164,7 +165,7 @@ def client_main(argv: Sequence[str] | None = None) -> int:
 
 
 def init_main(argv: Sequence[str] | None = None) -> int:
-    """``hakuriver.init config [--path FILE] [--force]``."""
+    """``hakuriver.init config [--path FILE]``, ``hakuriver.init service --host|--runner``."""
     return _run("init", argv)
 
 
