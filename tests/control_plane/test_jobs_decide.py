@@ -65,6 +65,7 @@ class World:
                     cores=4,
                     memory_bytes=8 << 30,
                     gpus=tuple(GpuInfo(id=g, name="Tesla V100-SXM2-16GB") for g in range(gpus)),
+                    process_mounts=True,  # root runners: a process rank's volumes bind
                 )
                 for i, n in enumerate(nodes)
             )

@@ -39,7 +39,7 @@ from support.thorough import examples
 from control_plane.app import create_app
 from control_plane.bootstrap import ADMIN_USER
 from control_plane.requests import SubmitBatch, SubmitTask
-from control_plane.routes.environments import _Create
+from control_plane.routes.environments import CreateContainerRequest
 from control_plane.settings import HostSettings
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("rest-fuzz")]
@@ -355,7 +355,7 @@ SCHEMAS: dict[str, st.SearchStrategy[Any]] = {
         st.lists(NEAR_TASK, min_size=1, max_size=3).map(lambda tasks: {"tasks": tasks}),
         _schema_of(SubmitBatch),
     ),
-    "/api/environments/containers": _schema_of(_Create),
+    "/api/environments/containers": _schema_of(CreateContainerRequest),
 }
 
 
