@@ -46,6 +46,14 @@ NOT_IN_DOCUMENT: dict[tuple[str, str], str] = {
 
 F = TypeVar("F", bound=Callable[..., object])
 
+# What a tag (a route's blueprint) stands for, where its name does not say it: the
+# document's top-level ``tags`` (tools group the operations by them).
+TAG_DESCRIPTIONS: dict[str, str] = {
+    "compat": "The original HakuRiver's API (0.3.x), served at the root for the scripts"
+    " written against it: its request bodies and JSON shapes, behind our tokens"
+    " (docs/api.md, Compatibility layer)",
+}
+
 
 @dataclass(frozen=True)
 class Query:
@@ -192,7 +200,6 @@ def document(app: Any) -> dict[str, Any]:
                 types.append(kind)
     json_types = [t for t in types if t not in (str, bytes)]
     schemas, components = msgspec.json.schema_components(json_types, ref_template=REF)
-    schema_of = dict(zip(map(id, json_types), schemas, strict=True))
 
     def schema(kind: Any, content_type: str = JSON) -> dict[str, Any]:
         if content_type != JSON or kind in (str, bytes):
@@ -200,7 +207,9 @@ def document(app: Any) -> dict[str, Any]:
             if kind is bytes:
                 text["format"] = "binary"
             return text
-        found: dict[str, Any] = schema_of[id(kind)]
+        # By equality, not identity: ``list[TaskOut]`` written in two declarations is
+        # two objects, collected once above.
+        found: dict[str, Any] = schemas[json_types.index(kind)]
         return found
 
     paths: dict[str, dict[str, Any]] = {}
@@ -275,6 +284,14 @@ def document(app: Any) -> dict[str, Any]:
             + ", ".join(sorted(set(ERROR_CODE.values()) | {"method_not_allowed", "internal"})),
         },
         "servers": [{"url": "/"}],
+        "tags": [
+            {"name": tag, "description": TAG_DESCRIPTIONS[tag]}
+            if tag in TAG_DESCRIPTIONS
+            else {"name": tag}
+            for tag in sorted(
+                {t for ops in paths.values() for op in ops.values() for t in op["tags"]}
+            )
+        ],
         "paths": dict(sorted(paths.items())),
         "components": {
             "schemas": components,
@@ -319,6 +336,7 @@ def cached_document(app: Any) -> bytes:
 
 __all__ = [
     "NOT_IN_DOCUMENT",
+    "TAG_DESCRIPTIONS",
     "ErrorDoc",
     "Operation",
     "Query",

@@ -32,6 +32,7 @@ from control_plane.commands import KillTask, PauseTask
 from control_plane.dashboard.routes import page
 from control_plane.errors import Conflict, InvalidRequest, NotFound
 from control_plane.logs import MAX_CHUNK, Stream, log_path, log_size, read_from
+from control_plane.openapi import Query, api
 from control_plane.requests import MAX_BYTES, MAX_CORES, SubmitTask, decode_body
 from control_plane.routes.common import (
     JsonBlueprint,
@@ -48,6 +49,183 @@ from projections.tasks import TaskView
 from replay_tools.points import iso
 
 bp = JsonBlueprint("compat")
+
+# -- the answers' types (the OpenAPI document) ---------------------------------------------
+# The original's JSON shapes as the handlers below write them (as dicts). Only the document
+# uses these; tests/e2e/test_compat_api.py decodes real answers with them and re-encodes
+# them, so a field added to, renamed in or dropped from a handler's answer fails there.
+# The original's names are kept as they were, camel case and all. Every route here is
+# tagged "compat" (the blueprint's name) and its summary starts with ORIGINAL.
+
+ORIGINAL = "Original API: "
+_TEXT = "text/plain; charset=utf-8"
+_PAGE_TOO = (
+    " Also the dashboard's page address: a browser's navigation (Accept: text/html and no"
+    " Authorization header) gets the page (HTML) instead of this JSON."
+)
+
+
+class OriginalNodeRef(Struct, kw_only=True):
+    """The node the original's submit placed a task on (``url``: null, our agents serve
+    no HTTP)."""
+
+    hostname: str
+    url: None
+
+
+class OriginalSubmitted(Struct, kw_only=True):
+    """``POST /submit``'s answer: ``task_ids`` are the tasks' numbers as strings of digits
+    (the original's snowflakes); ``assigned_node`` the node of the last target, null while
+    it is queued; ``batch_id`` is ours."""
+
+    message: str
+    task_ids: list[str]
+    assigned_node: OriginalNodeRef | None
+    batch_id: str
+
+
+class OriginalTask(Struct, kw_only=True):
+    """A task as the original's ``GET /status/{id}`` answered it, plus ``number``, ``id``,
+    ``owner`` and ``redacted`` (another user's task: ``command`` empty, ``arguments``,
+    ``env_vars`` empty and the output paths null). Times are RFC 3339 UTC."""
+
+    task_id: str
+    batch_id: str
+    task_type: str
+    command: str
+    arguments: list[str]
+    env_vars: dict[str, str]
+    required_cores: int
+    required_gpus: list[int]
+    required_memory_bytes: int | None
+    status: str
+    assigned_node: str | None
+    target_numa_node_id: int | None
+    stdout_path: str | None
+    stderr_path: str | None
+    exit_code: int | None
+    error_message: str | None
+    submitted_at: str | None
+    started_at: str | None
+    completed_at: str | None
+    systemd_unit_name: None
+    assignment_suspicion_count: int
+    container_name: str | None
+    privileged: bool
+    number: int
+    id: str
+    owner: str
+    redacted: bool
+
+
+class OriginalVps(Struct, kw_only=True):
+    """An active VPS task as the original's ``GET /vps/status`` listed it (``ssh_port``:
+    null for another user's, or until it runs)."""
+
+    task_id: str
+    status: str
+    assigned_node: str | None
+    target_numa_node_id: int | None
+    required_cores: int
+    required_gpus: list[int]
+    required_memory_bytes: int | None
+    submitted_at: str | None
+    started_at: str | None
+    ssh_port: int | None
+    number: int
+    id: str
+    owner: str
+    redacted: bool
+
+
+class OriginalMessage(Struct, kw_only=True):
+    """The original's answer to kill, pause and resume."""
+
+    message: str
+
+
+class OriginalNuma(Struct, kw_only=True):
+    """One NUMA node of the original's ``numa_topology`` (keyed by its id, a string)."""
+
+    cores: list[int]
+    memory_bytes: int
+
+
+class OriginalGpu(Struct, kw_only=True):
+    """The original's ``GPUInfo``; what our agents do not measure is null."""
+
+    gpu_id: int
+    name: str
+    driver_version: None
+    pci_bus_id: None
+    gpu_utilization: int | None
+    graphics_clock_mhz: None
+    mem_utilization: None
+    mem_clock_mhz: None
+    memory_total_mib: float
+    memory_used_mib: float
+    memory_free_mib: float
+    temperature: int | None
+    fan_speed: None
+    power_usage_mw: None
+    power_limit_mw: None
+    uuid: str | None
+
+
+class OriginalNode(Struct, kw_only=True):
+    """A node as the original's ``GET /nodes`` listed it (``cores_in_use``: "N/A" while
+    offline, as the original wrote it)."""
+
+    hostname: str
+    url: None
+    total_cores: int
+    cores_in_use: int | str
+    available_cores: int
+    status: str
+    last_heartbeat: str | None
+    numa_topology: dict[str, OriginalNuma] | None
+    gpu_info: list[OriginalGpu]
+
+
+class OriginalNodeHealth(Struct, kw_only=True):
+    """One node's latest heartbeat data, as the original's ``GET /health`` gave it."""
+
+    hostname: str
+    status: str
+    last_heartbeat: str | None
+    cpu_percent: float
+    memory_percent: float
+    memory_used_bytes: int
+    memory_total_bytes: int
+    total_cores: int
+    numa_topology: dict[str, OriginalNuma] | None
+    current_avg_temp: float | None
+    current_max_temp: float | None
+    gpu_info: list[OriginalGpu]
+
+
+class OriginalAggregate(Struct, kw_only=True):
+    """The cluster's aggregate, with the original's (camel case) names."""
+
+    totalNodes: int
+    onlineNodes: int
+    totalCores: int
+    totalMemBytes: int
+    usedMemBytes: int
+    avgCpuPercent: float
+    avgMemPercent: float
+    maxAvgCpuTemp: float
+    maxMaxCpuTemp: float
+    lastUpdated: str | None
+
+
+class OriginalHealth(Struct, kw_only=True):
+    """``GET /health``'s answer: a history of one (the latest heartbeats) and its
+    aggregate, each in a list as the original's minute of history was."""
+
+    nodes: list[list[OriginalNodeHealth]]
+    aggregate: list[OriginalAggregate]
+
 
 # -- POST /submit ---------------------------------------------------------------------------
 
@@ -132,6 +310,14 @@ def _renamed(exc: InvalidRequest) -> InvalidRequest:
 
 @bp.post("/submit")
 @rule("user")
+@api(
+    ORIGINAL + "submit a task (one per target)",
+    request=OriginalSubmit,
+    response=OriginalSubmitted,
+    status=202,
+    description="The original's TaskRequest, as POST /api/tasks (docs/api.md, Compatibility"
+    " layer): unknown fields are ignored; a refusal names the original's field.",
+)
 async def submit(request: Request) -> HTTPResponse:
     """``POST /submit``: one task per target, as ``POST /api/tasks``; 202 ``{"message",
     "task_ids", "assigned_node"}`` as the original answered."""
@@ -205,6 +391,7 @@ def _task_document(request: Request, task: TaskView) -> dict[str, Any]:
 
 @bp.get("/status/<ident:str>")
 @rule("user")
+@api(ORIGINAL + "one task", response=OriginalTask)
 async def status(request: Request, ident: str) -> HTTPResponse:
     """``GET /status/{id}``: one task, as ``GET /api/tasks/{id}``."""
     return answer(_task_document(request, _task(request, ident)))
@@ -221,6 +408,11 @@ def _newest_first(tasks: Iterable[TaskView], task_type: str) -> list[TaskView]:
 @bp.get("/tasks")
 @page_too
 @rule("user")
+@api(
+    ORIGINAL + "every command task, newest first",
+    response=list[OriginalTask],
+    description="Another user's tasks come redacted." + _PAGE_TOO,
+)
 async def list_tasks(request: Request) -> HTTPResponse:
     """``GET /tasks``: every command task, newest first (the original listed all; another
     user's come redacted, as ``GET /api/tasks?all_users=1``). A browser's navigation to
@@ -234,6 +426,7 @@ async def list_tasks(request: Request) -> HTTPResponse:
 
 @bp.get("/vps/status")
 @rule("user")
+@api(ORIGINAL + "the active VPS tasks, newest first", response=list[OriginalVps])
 async def vps_status(request: Request) -> HTTPResponse:
     """``GET /vps/status``: the VPS tasks still active, newest first (``ssh_port`` is null
     for another user's, as ``GET /api/tasks`` leaves it out)."""
@@ -267,6 +460,7 @@ async def vps_status(request: Request) -> HTTPResponse:
 
 @bp.post("/kill/<ident:str>")
 @rule("user")
+@api(ORIGINAL + "kill a task", response=OriginalMessage, status=202)
 async def kill(request: Request, ident: str) -> HTTPResponse:
     """``POST /kill/{id}``: as ``POST /api/tasks/{id}/kill`` (its owner or an admin)."""
     cp = control_plane(request)
@@ -277,6 +471,11 @@ async def kill(request: Request, ident: str) -> HTTPResponse:
 
 @bp.post("/command/<ident:str>/<command:str>")
 @rule("user")
+@api(
+    ORIGINAL + "pause or resume a task",
+    response=OriginalMessage,
+    description="command: pause or resume (another: 400 naming command).",
+)
 async def command(request: Request, ident: str, command: str) -> HTTPResponse:
     """``POST /command/{id}/pause|resume``: as ``POST /api/tasks/{id}/pause|resume``."""
     if command not in ("pause", "resume"):
@@ -301,7 +500,7 @@ async def _output(request: Request, ident: str, stream: Stream) -> HTTPResponse 
     check_may_act(request, task.spec.owner, f"the output of task {task.number}")
     path = log_path(control_plane(request).settings.shared_dir, task.task_id, stream)
     size = await asyncio.to_thread(log_size, path)
-    kind = "text/plain; charset=utf-8"
+    kind = _TEXT
     if size <= MAX_CHUNK:
         data, _ = await asyncio.to_thread(read_from, path, 0, MAX_CHUNK)
         return HTTPResponse(data, content_type=kind)
@@ -320,6 +519,7 @@ async def _output(request: Request, ident: str, stream: Stream) -> HTTPResponse 
 
 @bp.get("/task/<ident:str>/stdout")
 @rule("user")
+@api(ORIGINAL + "a task's whole stdout so far", response=str, content_type=_TEXT)
 async def stdout(request: Request, ident: str) -> HTTPResponse | None:
     """``GET /task/{id}/stdout``: as ``GET /api/tasks/{id}/stdout``, the whole of it."""
     return await _output(request, ident, "stdout")
@@ -327,6 +527,7 @@ async def stdout(request: Request, ident: str) -> HTTPResponse | None:
 
 @bp.get("/task/<ident:str>/stderr")
 @rule("user")
+@api(ORIGINAL + "a task's whole stderr so far", response=str, content_type=_TEXT)
 async def stderr(request: Request, ident: str) -> HTTPResponse | None:
     """``GET /task/{id}/stderr``: as ``GET /api/tasks/{id}/stderr``, the whole of it."""
     return await _output(request, ident, "stderr")
@@ -386,6 +587,7 @@ def _nodes(request: Request) -> list[NodeView]:
 @bp.get("/nodes")
 @page_too
 @rule("user")
+@api(ORIGINAL + "every node", response=list[OriginalNode], description=_PAGE_TOO.strip())
 async def list_nodes(request: Request) -> HTTPResponse:
     """``GET /nodes``: every node, as the original listed them (``GET /api/nodes`` has
     more). A browser's navigation to ``/nodes`` gets the dashboard's page."""
@@ -452,6 +654,11 @@ def _aggregate(nodes: list[NodeView], healths: list[dict[str, Any]]) -> dict[str
 
 @bp.get("/health")
 @rule("user")
+@api(
+    ORIGINAL + "the nodes' latest heartbeat data and the cluster's aggregate",
+    response=OriginalHealth | list[OriginalNodeHealth],
+    query=(Query("hostname", str, "this node's entry alone, as [entry] (404 if unknown)"),),
+)
 async def health(request: Request) -> HTTPResponse:
     """``GET /health[?hostname=H]``: the nodes' latest heartbeat data and the cluster's
     aggregate, in the original's shape. The original kept a minute of history, one entry a

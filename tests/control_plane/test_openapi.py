@@ -19,7 +19,7 @@ import msgspec
 import pytest
 from support.cluster import Cluster, running_cluster
 
-from control_plane.access import rule_of
+from control_plane.access import rule, rule_of
 from control_plane.app import create_app
 from control_plane.openapi import (
     NOT_IN_DOCUMENT,
@@ -149,6 +149,62 @@ def test_the_document_holds_together(app: Any, doc: dict[str, Any]) -> None:
     assert ws["x-websocket"] is True and "101" in ws["responses"]
     error = doc["components"]["schemas"]["ErrorDoc"]
     assert set(error["required"]) == {"error", "message"}
+
+
+# The original HakuRiver's routes (control_plane/routes/compat.py), by OpenAPI path.
+ORIGINAL_PATHS = {
+    ("POST", "/submit"),
+    ("GET", "/status/{ident}"),
+    ("POST", "/kill/{ident}"),
+    ("POST", "/command/{ident}/{command}"),
+    ("GET", "/tasks"),
+    ("GET", "/nodes"),
+    ("GET", "/health"),
+    ("GET", "/task/{ident}/stdout"),
+    ("GET", "/task/{ident}/stderr"),
+    ("GET", "/vps/status"),
+}
+
+
+def test_the_original_api_is_marked_as_the_compatibility_layer(doc: dict[str, Any]) -> None:
+    compat = {(m, p): op for m, p, op in _operations(doc) if "compat" in op["tags"]}
+    assert set(compat) == ORIGINAL_PATHS
+    for (method, path), operation in compat.items():
+        assert operation["summary"].startswith("Original API: "), (method, path)
+    tags = {t["name"]: t for t in doc["tags"]}
+    assert "original HakuRiver's API" in tags["compat"]["description"]
+    assert {t for _, _, op in _operations(doc) for t in op["tags"]} == set(tags)
+    # The dashboard's page addresses say that a browser's navigation gets the page.
+    for path in ("/tasks", "/nodes"):
+        assert "browser's navigation" in doc["paths"][path]["get"]["description"], path
+    for stream in ("stdout", "stderr"):
+        answer = doc["paths"][f"/task/{{ident}}/{stream}"]["get"]["responses"]["200"]
+        assert answer["content"] == {"text/plain; charset=utf-8": {"schema": {"type": "string"}}}
+    submit = doc["paths"]["/submit"]["post"]
+    body = submit["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/OriginalSubmit"}
+    assert "202" in submit["responses"]
+    health = doc["paths"]["/health"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert len(health["schema"]["anyOf"]) == 2  # the cluster's document, or [entry]
+
+
+def test_a_type_written_in_two_declarations_is_one_schema(tmp_path: Path) -> None:
+    """``list[T]`` in two ``@api`` is two equal objects: both operations get its schema."""
+    app = _app(tmp_path)
+
+    async def one(request: Any) -> None: ...
+
+    async def two(request: Any) -> None: ...
+
+    for handler, path in ((one, "/extra/one"), (two, "/extra/two")):
+        rule("user")(api("extra", response=list[ErrorDoc])(handler))
+        app.add_route(handler, path, name=f"extra_{handler.__name__}")
+    paths = document(app)["paths"]
+    answers = [paths[p]["get"]["responses"]["200"]["content"] for p in ("/extra/one", "/extra/two")]
+    assert answers[0] == answers[1]
+    assert answers[0]["application/json"]["schema"]["items"] == {
+        "$ref": "#/components/schemas/ErrorDoc"
+    }
 
 
 # -- against a running host ------------------------------------------------------------------

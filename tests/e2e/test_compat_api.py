@@ -14,13 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from support.cluster import Cluster, running_cluster
 from support.waiting import wait_until
 
 from control_plane.access import rule_of
 from control_plane.app import create_app
+from control_plane.openapi import api_of, openapi_path, registered
+from control_plane.routes import compat
 from control_plane.settings import HostSettings
+from events.types import GpuInfo, GpuUsage, NumaNode
+from projections.nodes import NodeView
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.xdist_group("compat-api")]
 
@@ -39,6 +44,8 @@ ORIGINAL_ROUTES = [
     ("GET", "/task/1/stderr"),
     ("GET", "/vps/status"),
 ]
+# A public key, the ``command`` of the original's VPS submit (never used to log in here).
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMVgsrjvUWjrmylU9ejqs+tPeSN7XdrZcMyuKLEQSbyv"
 FINAL = ("completed", "failed", "killed", "killed_oom", "lost")
 
 
@@ -276,3 +283,97 @@ def test_a_browsers_navigation_to_tasks_and_nodes_still_gets_the_dashboard(world
     assert world.alice.get("/tasks", headers=navigation).headers["content-type"] == (
         "application/json"
     )
+
+
+def _check_declared(app: Any, method: str, path: str, answer: httpx.Response) -> Any:
+    """``answer`` decoded with the type its route declares in the OpenAPI document
+    (control_plane/routes/compat.py), which must give the answer back when encoded again:
+    a field the handler writes that the type does not name, at any depth, would be
+    dropped and the two would differ; one the type names that the answer lacks, or of
+    another type, fails the decode."""
+    route = next(r for m, p, r in registered(app) if m == method and openapi_path(p) == path)
+    operation = api_of(route.handler)
+    assert operation is not None, (method, path)
+    assert answer.status_code == operation.status, (method, path, answer.text)
+    value = msgspec.json.decode(answer.content, type=operation.response)
+    again = msgspec.json.decode(msgspec.json.encode(value))
+    assert again == answer.json(), f"{method} {path}: the answer differs from its declared type"
+    return value
+
+
+def test_real_answers_decode_with_the_declared_types(world: World, tmp_path: Path) -> None:
+    app = create_app(HostSettings(data_dir=str(tmp_path)), name=f"compat_{uuid.uuid4().hex[:8]}")
+    alice = world.alice
+    [node] = alice.get("/nodes").json()
+    # One task holding every core of the node, and one queued behind it (no assigned_node).
+    placed = alice.post(
+        "/submit", json=original_submit_body("sleep", ["300"], cores=node["total_cores"])
+    )
+    task_id = placed.json()["task_ids"][0]
+    queued = alice.post("/submit", json=original_submit_body("true", [], cores=1, targets=[]))
+    # A VPS task queued too (the original's command is its public key): in /vps/status.
+    vps_body = original_submit_body(KEY, [], cores=1, targets=[], container_name="vps-image")
+    vps = alice.post("/submit", json={**vps_body, "task_type": "vps"})
+    world.wait_status(task_id, "running")
+    calls = [
+        ("POST", "/submit", placed),
+        ("POST", "/submit", queued),
+        ("GET", "/status/{ident}", alice.get(f"/status/{task_id}")),
+        ("GET", "/tasks", alice.get("/tasks")),
+        ("GET", "/tasks", world.bob.get("/tasks")),  # alice's tasks redacted
+        ("GET", "/nodes", alice.get("/nodes")),
+        ("GET", "/health", alice.get("/health")),
+        ("GET", "/health", alice.get("/health", params={"hostname": "n1"})),
+        ("POST", "/submit", vps),
+        ("GET", "/vps/status", alice.get("/vps/status")),
+        ("GET", "/vps/status", world.bob.get("/vps/status")),  # alice's: no ssh_port
+        ("POST", "/command/{ident}/{command}", alice.post(f"/command/{task_id}/pause")),
+    ]
+    for method, path, answer in calls:
+        _check_declared(app, method, path, answer)
+    assert placed.json()["assigned_node"] == {"hostname": "n1", "url": None}
+    assert queued.json()["assigned_node"] is None
+    [vps_entry] = alice.get("/vps/status").json()
+    assert vps_entry["task_id"] == vps.json()["task_ids"][0] and vps_entry["status"] == "pending"
+    # Killed, the queued ones first (the node's cores would go to them).
+    for ident in (vps.json()["task_ids"][0], queued.json()["task_ids"][0], task_id):
+        _check_declared(app, "POST", "/kill/{ident}", alice.post(f"/kill/{ident}"))
+    world.wait_status(task_id, *FINAL)
+    stdout = alice.get(f"/task/{task_id}/stdout")
+    route = next(r for _, p, r in registered(app) if p == "/task/<ident:str>/stdout")
+    declared = api_of(route.handler)
+    assert declared is not None and stdout.headers["content-type"] == declared.content_type
+
+    # What the check catches: a field the type does not name, inside a list's entry.
+    doctored = alice.get("/nodes").json()
+    doctored[0]["extra"] = 1
+    with pytest.raises(AssertionError, match="differs from its declared type"):
+        _check_declared(app, "GET", "/nodes", httpx.Response(200, json=doctored))
+
+
+def test_gpu_and_numa_entries_match_their_declared_types() -> None:
+    """The test agents have no GPUs, so the entries of ``gpu_info`` (and a node with two
+    NUMA nodes) are checked here, on the handler's own function over a node's view."""
+    node = NodeView(
+        name="g1",
+        cores=4,
+        memory_bytes=8 << 30,
+        numa=(NumaNode(id=0, cpus=(0, 1), memory_bytes=4 << 30), NumaNode(id=1, cpus=(2, 3))),
+        gpus=(
+            GpuInfo(id=0, name="H200", memory_bytes=141 << 30, uuid="GPU-0"),
+            GpuInfo(id=1, name="H200", memory_bytes=141 << 30),
+        ),
+        gpu_usage=(
+            GpuUsage(id=0, utilization_percent=37.6, memory_used_bytes=1 << 30, temperature_c=51.4),
+        ),
+        temperatures={"cpu0": 40.0, "cpu1": 50.0},
+        last_seen_us=1_700_000_000_000_000,
+    )
+    entry = compat._health(node)
+    value = msgspec.json.decode(msgspec.json.encode(entry), type=compat.OriginalNodeHealth)
+    assert msgspec.to_builtins(value) == msgspec.json.decode(msgspec.json.encode(entry))
+    used, idle = entry["gpu_info"]
+    assert used["gpu_utilization"] == 38 and used["temperature"] == 51
+    assert used["memory_free_mib"] == 140 * 1024 and idle["gpu_utilization"] is None
+    assert set(entry["numa_topology"]) == {"0", "1"}
+    assert entry["current_max_temp"] == 50.0
