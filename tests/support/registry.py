@@ -97,8 +97,11 @@ def push_unique_image(client: Any, registry: LocalRegistry) -> str:
     tag = f"t{uuid.uuid4().hex[:12]}"
     repository = f"{registry.address}/hakuriver-test/base"
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        rootfs = tarfile.open(fileobj=io.BytesIO(_rootfs_tar(busybox)))
+    rootfs_bytes = io.BytesIO(_rootfs_tar(busybox))
+    with (
+        tarfile.open(fileobj=buffer, mode="w") as tar,
+        tarfile.open(fileobj=rootfs_bytes) as rootfs,
+    ):
         for member in rootfs.getmembers():
             tar.addfile(member, rootfs.extractfile(member) if member.isfile() else None)
         marker = tag.encode() + b"\n"
