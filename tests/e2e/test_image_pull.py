@@ -86,7 +86,7 @@ initial_base_image = "{reference}"
         assert f"packaged the default environment '{env_name}'" in log, log
         # One line per layer state change, not one per chunk received.
         assert log.count(f"pulling {reference}: layer ") <= 12, log
-    remove_image(client, reference)
+    remove_image(client, reference, env_name)
 
 
 def test_create_container_pulls_with_a_progress_bar(
@@ -114,7 +114,7 @@ def test_create_container_pulls_with_a_progress_bar(
             hakuriver(cluster, "docker", "list-containers", "--json").stdout.decode()
         )
         assert [c["image"] for c in listed["containers"] if c["name"] == env_name] == [reference]
-    remove_image(client, reference)
+    remove_image(client, reference, env_name)
 
 
 @pytest.fixture

@@ -121,9 +121,22 @@ def push_unique_image(client: Any, registry: LocalRegistry) -> str:
     return reference
 
 
-def remove_image(client: Any, reference: str) -> None:
-    """Remove ``reference`` from the engine if it is there."""
+def remove_image(client: Any, reference: str, environment: str | None = None) -> None:
+    """Remove ``reference`` from the engine if it is there, after the containers and
+    images of ``environment`` (made from it): while one exists, a removal would only
+    untag it and leave a nameless image behind."""
     import docker.errors
 
+    if environment is not None:
+        for container in client.containers.list(
+            all=True, sparse=True, filters={"label": f"hakuriver.env={environment}"}
+        ):
+            with contextlib.suppress(docker.errors.NotFound):
+                container.remove(force=True)
+        # Its packaged image is a child of ``reference``'s: it goes first.
+        for child in client.images.list(filters={"label": f"hakuriver.env={environment}"}):
+            with contextlib.suppress(docker.errors.APIError):
+                client.images.remove(child.id, force=True)
     with contextlib.suppress(docker.errors.ImageNotFound):
-        client.images.remove(reference, force=True)
+        image = client.images.get(reference)
+        client.images.remove(image.id, force=True)
