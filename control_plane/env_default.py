@@ -1,10 +1,16 @@
 """The default environment: the one tasks without ``--container`` run in.
 
-Seeds 001/003: at start the host makes ``[docker] default_container_name`` from
-``[docker] initial_base_image`` when it has no tarball yet. This runs in the
-background from the host's start; a submission without ``--container`` waits for it
-(``ready``) and is refused with what to do when it could not be made
-(docs/decisions.md, "The default environment stays NULL...").
+Seeds 001/003: at start the host makes ``[docker] default_container_name`` (built-in
+``hakuriver-base``) from ``[docker] initial_base_image`` when it has no tarball yet,
+pulling the image if its engine lacks it (``env_pull.py``: progress in the log, bounded
+by ``[docker] pull_timeout``, abandoned at host stop). This runs in the background from
+the host's start; a submission without ``--container`` waits for it (``ready``) and is
+refused with what to do when it could not be made.
+
+Where no Docker engine answers the host (``resolve``, at start), the built-in default
+becomes ``NULL``, plain processes, with a one-line notice; a name the operator chose
+stays, and is refused clearly (docs/decisions.md, "Docker is the default environment
+where the host has an engine...").
 """
 
 from __future__ import annotations
@@ -13,13 +19,60 @@ import asyncio
 import logging
 from typing import Any
 
+import msgspec
+
 from control_plane.access import HOST
 from control_plane.environments import CONTAINER_PREFIX, Environments, check_name
 from control_plane.errors import DomainError
-from events.config import is_no_container
+from control_plane.settings import DEFAULT_ENVIRONMENT, HostSettings
+from events.config import NO_CONTAINER, is_no_container
 from events.tarballs import image_of
 
 log = logging.getLogger("hakuriver.host.environments")
+
+
+def engine_problem(timeout: float = 5.0) -> str | None:
+    """Why no Docker engine answers this machine (``DOCKER_HOST`` and the rest of the
+    environment, as the host's own client); None when one does."""
+    try:
+        import docker
+
+        client = docker.from_env(timeout=timeout)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+    return None
+
+
+def resolve(
+    settings: HostSettings, *, local_runner_docker: bool = True
+) -> tuple[HostSettings, str | None]:
+    """The settings the host runs with, and the one-line notice when the default
+    environment falls back to ``NULL``.
+
+    Only the built-in default (``hakuriver-base``) falls back, and only when no Docker
+    engine answers the host (or, for ``hakuriver up``, when its local runner is told
+    not to use one: ``local_runner_docker``). A name the operator chose is kept, so a
+    task never runs outside an environment its owner was promised.
+    """
+    docker = settings.docker
+    if docker.default_container_name != DEFAULT_ENVIRONMENT:
+        return settings, None
+    why: str | None = "the local runner does not use Docker: [runner] docker = false"
+    if local_runner_docker:
+        why = engine_problem()
+    if why is None:
+        return settings, None
+    plain = msgspec.structs.replace(docker, default_container_name=NO_CONTAINER)
+    notice = (
+        f"no Docker engine for the default environment {DEFAULT_ENVIRONMENT!r} ({why}):"
+        " tasks without --container run as plain processes (NULL); start Docker and"
+        " restart the host to get it"
+    )
+    return msgspec.structs.replace(settings, docker=plain), notice
 
 
 class DefaultEnvironment:
@@ -59,10 +112,11 @@ class DefaultEnvironment:
     async def _prepare(self, name: str) -> None:
         """Package the default environment from ``initial_base_image`` if it has no tarball.
 
-        With a tarball already there nothing happens. Otherwise, when the host's engine
-        has the image ``hakuriver/NAME:base`` or ``initial_base_image`` locally, the host
-        creates the container and packages it. If it cannot, ``problem`` says what to
-        do, and submissions without ``--container`` are refused with it.
+        With a tarball already there nothing happens. Otherwise the host creates the
+        container from ``hakuriver/NAME:base`` if its engine has it, else from
+        ``initial_base_image`` (pulled if missing), and packages it. If it cannot,
+        ``problem`` says what to do, and submissions without ``--container`` are refused
+        with it.
         """
         envs = self.envs
         try:
@@ -79,8 +133,8 @@ class DefaultEnvironment:
             f" host could not create it from initial_base_image {base!r}"
         )
         fix = (
-            f"; load that image on the host (`docker pull {base}` or `docker load`) and"
-            f" restart the host, or build it yourself: hakuriver docker create-container"
+            f"; make the image reachable (or `docker load` it on the host) and restart the"
+            f" host, or build the environment yourself: hakuriver docker create-container"
             f" IMAGE {name} && hakuriver docker create-tar {name}; or pass --container NULL"
             " to run the task as a plain process"
         )
@@ -88,12 +142,9 @@ class DefaultEnvironment:
             engine = await asyncio.to_thread(envs.engine)
             if not await asyncio.to_thread(_has_container, engine, name):
                 source = await asyncio.to_thread(_local_image, engine, image_of(name))
-                source = source or await asyncio.to_thread(_local_image, engine, base)
-                if source is None:
-                    self.problem = f"{hint} (not on the host's engine){fix}"
-                    log.warning("%s", self.problem)
-                    return
-                await envs.create_container(source, name, by=HOST)
+                log.info("making the default environment %r from %s", name, source or base)
+                # create_container pulls initial_base_image if the engine lacks it.
+                await envs.create_container(source or base, name, by=HOST)
             await envs.package(name, by=HOST)
             self.problem = None
             log.info("packaged the default environment %r", name)

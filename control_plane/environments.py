@@ -9,8 +9,9 @@ package with ``create-tar``: the container is committed as ``hakuriver/NAME:base
 prune``). The runner side is ``node_agent/images.py``. The container is kept up by a
 keep-alive that needs nothing from its image (``env_keepalive.py``).
 
-Images come only from the host's engine: nothing is pulled, so a missing image is a
-clear 404 naming the image and what to do. Every change is an ``env.*`` event.
+``create_container`` pulls an image the host's engine lacks (``env_pull.py``: bounded
+by ``[docker] pull_timeout``, progress to the log and to the caller); a pull that fails
+is a clear 404 naming the image and what to do. Every change is an ``env.*`` event.
 Docker SDK calls block, so each runs in a worker thread.
 """
 
@@ -27,6 +28,7 @@ import msgspec
 
 from control_plane import env_keepalive
 from control_plane.access import HOST, Principal
+from control_plane.env_pull import pull_image
 from control_plane.env_tarballs import (
     TarballOut,
     list_tarballs,
@@ -171,12 +173,23 @@ class Environments:
 
         return await self._call(listing)
 
-    async def create_container(self, image: str, name: str, by: Principal = HOST) -> ContainerOut:
-        """Create and start ``hakuriver-env-NAME`` from a local image (never pulled)."""
+    async def create_container(
+        self,
+        image: str,
+        name: str,
+        by: Principal = HOST,
+        progress: Progress | None = None,
+    ) -> ContainerOut:
+        """Create and start ``hakuriver-env-NAME`` from ``image``, pulled if the engine
+        lacks it (``progress`` gets the pull's summaries, from a worker thread)."""
         check_name(name)
         if not image.strip():
             raise InvalidRequest("image", "give the image to create the environment from")
         async with self.lock(name):
+            # A name already taken is refused before a pull that could take minutes.
+            await self._call(lambda: self.check_free(name))
+            if not await self._call(lambda: self._has_image(image)):
+                await pull_image(image, limit_s=self.settings.docker.pull_timeout, report=progress)
             container = await self._call(lambda: self._create(image, name))
             await self.record(
                 [
@@ -191,6 +204,26 @@ class Environments:
             )
             return _container_out(container)
 
+    def check_free(self, name: str) -> None:
+        """A 409 on ``name`` when its environment container exists already."""
+        import docker.errors
+
+        with contextlib.suppress(docker.errors.NotFound):
+            self.engine().containers.get(CONTAINER_PREFIX + name)
+            raise Conflict("name", f"environment container {name!r} already exists on the host")
+
+    def _has_image(self, image: str) -> bool:
+        """Whether the host's engine has ``image`` (a malformed reference is a 400)."""
+        import docker.errors
+
+        try:
+            self.engine().images.get(image)
+            return True
+        except docker.errors.ImageNotFound:
+            return False
+        except docker.errors.APIError as exc:
+            raise InvalidRequest("image", f"image {image!r}: {exc.explanation}") from None
+
     def _create(self, image: str, name: str) -> Any:
         import docker.errors
 
@@ -198,11 +231,11 @@ class Environments:
         try:
             base = client.images.get(image)
         except docker.errors.ImageNotFound:
+            # Removed between the pull and now (an operator's `docker rmi`).
             raise NotFound(
                 "image",
-                f"image {image!r} is not on the host's Docker engine, and HakuRiver does not"
-                f" pull from registries: run `docker pull {image}` (or `docker load`) on the"
-                " host first",
+                f"image {image!r} is not on the host's Docker engine (removed meanwhile?):"
+                f" run `docker pull {image}` (or `docker load`) on the host, and try again",
             ) from None
         except docker.errors.APIError as exc:
             raise InvalidRequest("image", f"image {image!r}: {exc.explanation}") from None

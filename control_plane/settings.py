@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from events.config import DEFAULT_DATA_DIR, NO_CONTAINER, tls_wanted
+from events.config import DEFAULT_DATA_DIR, tls_wanted
 
 Positive = Annotated[float, Meta(gt=0)]
 
@@ -73,10 +73,19 @@ class HostScheduler(Struct, kw_only=True, frozen=True):
     policy: Literal["first-fit", "least-loaded", "round-robin"] = "first-fit"
 
 
+# The seeds' default environment: made from ``initial_base_image`` (pulled if missing) on
+# a host whose Docker engine answers; ``NULL`` (plain processes) on one without an engine
+# (control_plane/env_default.py, docs/decisions.md).
+DEFAULT_ENVIRONMENT = "hakuriver-base"
+
+
 class HostDocker(Struct, kw_only=True, frozen=True):
     container_dir: str = "hakuriver-containers"
-    default_container_name: str = NO_CONTAINER
+    default_container_name: str = DEFAULT_ENVIRONMENT
     initial_base_image: str = "python:3.12-alpine"
+    # The most one image pull may take (seconds): the default environment's at start and
+    # create-container's; past it the pull is abandoned with an error naming the image.
+    pull_timeout: Positive = 1800.0
     tasks_privileged: bool = False
     allow_privileged: bool = True  # False: --privileged is refused
     additional_mounts: list[str] = []  # given to container tasks that name no --mount

@@ -453,6 +453,30 @@ class HakuClient:
             "POST", "/api/environments/containers", body={"image": image, "name": name}
         )
 
+    def env_create_progress(self, image: str, name: str) -> Iterator[Json]:
+        """``POST /api/environments/containers?progress=1``: the pull's progress lines,
+        the last one ``done`` with the container. An ``error`` line is raised as ApiError.
+
+        No read timeout but an idle one: the host sends a line at least every few seconds
+        however long the pull takes, so only a host gone is silent that long."""
+        body = json.dumps({"image": image, "name": name}).encode()
+        headers = {"Content-Type": "application/json"}
+        stream = self._stream(
+            "POST", "/api/environments/containers", {"progress": "1"}, headers, 60.0, body
+        )
+        for line in lines_of(stream):
+            if not line.strip():
+                continue
+            step: Json = json.loads(line)
+            if step.get("step") == "error":
+                raise ApiError(
+                    int(step.get("status") or 500),
+                    "create_failed",
+                    step.get("field"),
+                    str(step.get("message")),
+                )
+            yield step
+
     def env_action(self, name: str, action: Literal["start", "stop"]) -> Json:
         """Start or stop an environment container."""
         return self._json("POST", f"/api/environments/containers/{_segment(name)}/{action}")
@@ -575,13 +599,15 @@ class HakuClient:
         params: Params,
         headers: Mapping[str, str] | None = None,
         idle_s: float | None = None,
+        body: bytes | None = None,
     ) -> Iterator[bytes]:
         """An answer's body as it arrives, on a second connection with no read timeout
-        (or ``idle_s``: see ``wire``'s ``stream``)."""
+        (or ``idle_s``: see ``wire``'s ``stream``); ``body``: a POST's (empty if none)."""
         target = self._target(path, params)
         conn = self._stream_conn
         try:
-            body = b"" if method == "POST" else None
+            if body is None and method == "POST":
+                body = b""
             got, pieces = conn.stream(method, target, body, headers, idle_s)
             if got.status >= 400:
                 body = b"".join(pieces)

@@ -58,8 +58,10 @@ pass_environment = []             # runner variables tasks also get (beyond PATH
 
 [docker]
 container_dir = "hakuriver-containers"  # environment tarballs, under shared_dir
-default_container_name = "NULL"  # NULL: plain processes unless --container; or an environment
-initial_base_image = "python:3.12-alpine"  # the default environment is made from it (host)
+default_container_name = "hakuriver-base"  # tasks without --container; NULL: plain processes
+                                  # (hakuriver-base becomes NULL where the host has no Docker)
+initial_base_image = "python:3.12-alpine"  # the default environment is made from it (pulled)
+pull_timeout = 1800               # host: the most one image pull may take (seconds)
 tasks_privileged = false          # --privileged for tasks that do not say
 allow_privileged = true           # false: --privileged is refused
 allowed_mount_dirs = []           # non-empty: --mount host paths must lie inside these

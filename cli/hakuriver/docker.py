@@ -81,27 +81,62 @@ def list_containers(*, as_json: JsonFlag = False, conn: Connection | None = None
 def create_container(
     image: str, name: str, /, *, as_json: JsonFlag = False, conn: Connection | None = None
 ) -> int:
-    """Create (and start) a persistent environment container on the host from a local image.
+    """Create (and start) a persistent environment container on the host from an image.
+
+    The host pulls the image if its Docker engine lacks it; the pull's progress is shown
+    as it happens (the host does the pull: this command only watches).
 
     Parameters
     ----------
     image
-        An image already on the host's Docker engine (nothing is pulled).
+        An image reference (``python:3.12-slim``, ``registry.lab:5000/team/env:1``).
     name
         The environment's name: lowercase letters and digits joined by '.', '_' or '-'.
     as_json
-        Print the container's document.
+        Print the container's document (and no progress bar).
     """
+    created: dict[str, Any] = {}
     with connection(conn).client() as client:
-        created = client.env_create(image, name)
-    if as_json:
-        print_json(created)
-    else:
-        say(f"created environment {name} from {image} ({created['container']}, running)")
-        note(
-            f"change it: hakuriver docker-shell {name};"
-            f" package it: hakuriver docker create-tar {name}"
-        )
+        steps = client.env_create_progress(image, name)
+        if as_json:
+            for step in steps:
+                created = step.get("container", created)
+            print_json(created)
+            return 0
+        pulled = False
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeElapsedColumn(),
+            transient=True,
+        ) as bar:
+            work = bar.add_task(f"creating {name}", total=None)
+            drawn = bar.console.is_terminal  # else (a log, a pipe): a line per layer done
+            said = ""
+            for step in steps:
+                if step.get("step") == "pull":
+                    pulled = True
+                    layers = f"{step['layers_done']}/{step['layers']} layers"
+                    if not drawn and layers != said:
+                        got = human_size(step.get("bytes", 0))
+                        note(f"pulling {image}: {layers}, {got} of {human_size(step['total'])}")
+                        said = layers
+                    bar.update(
+                        work,
+                        description=f"pulling {image} ({layers})",
+                        completed=step.get("bytes", 0),
+                        total=step.get("total") or None,
+                    )
+                elif step.get("step") == "done":
+                    created = step["container"]
+    if pulled:
+        say(f"pulled {image} onto the host")
+    say(f"created environment {name} from {image} ({created['container']}, running)")
+    note(
+        f"change it: hakuriver docker-shell {name}; package it: hakuriver docker create-tar {name}"
+    )
     return 0
 
 

@@ -70,6 +70,18 @@ def _host_settings(config: dict[str, Any], data_dir: str | None, port: int | Non
     return settings
 
 
+def _default_environment(settings: Any, *, local_runner_docker: bool = True) -> tuple[Any, str]:
+    """The settings with the default environment resolved (``NULL`` where no engine
+    answers: control_plane/env_default.py), and the notice saying so ("" if none),
+    logged here as the host starts."""
+    from control_plane.env_default import resolve
+
+    settings, notice = resolve(settings, local_runner_docker=local_runner_docker)
+    if notice:
+        log.warning("%s", notice)
+    return settings, notice or ""
+
+
 def _host_app(settings: Any, claims: _Claims) -> tuple[Any, Any]:
     """The app and its TLS material (made now: the event log's lock is held)."""
     from control_plane.app import create_app
@@ -281,6 +293,7 @@ def run_host(
         )
     except ClaimRefused as exc:
         return _refuse(str(exc))
+    settings, _ = _default_environment(settings)
     app, tls = _host_app(settings, claims)
     if tls is not None and tls.fingerprint is not None:
         log.info("TLS certificate authority %s (%s)", tls.fingerprint, tls.ca_file)
@@ -460,6 +473,9 @@ def run_up(
         )
     except ClaimRefused as exc:
         return _refuse(str(exc))
+    # The local runner's [runner] docker = false counts as no engine for the default.
+    runner_docker = config.get("runner", {}).get("docker", True) is not False
+    settings, notice = _default_environment(settings, local_runner_docker=runner_docker)
     app, tls = _host_app(settings, claims)
     # Loopback (the default) is plain http; bound beyond it, the agent pins the new CA.
     fingerprint = tls.fingerprint if tls is not None else None
@@ -511,6 +527,8 @@ def run_up(
         pin = f" HAKURIVER_CA_FINGERPRINT={fingerprint}" if fingerprint else ""
         hint = f"HAKURIVER_URL={url}{pin} hakuriver task submit --wait -- echo hello"
         print(f"  try: {hint}", flush=True)
+        if notice:
+            print(f"  note: {notice}", flush=True)
 
     @app.before_server_stop  # type: ignore[untyped-decorator]
     async def _stop_agent(app: Any) -> None:

@@ -3,7 +3,10 @@
 A ``DomainError`` becomes the API's JSON error (its status, field and message) in app.py.
 
     GET    /api/environments/containers               list the environment containers
-    POST   /api/environments/containers               {"image", "name"}: create one
+    POST   /api/environments/containers               {"image", "name"}: create one (the
+                                                      image pulled if missing; with
+                                                      ?progress=1 the answer is NDJSON
+                                                      progress lines, the container last)
     POST   /api/environments/containers/NAME/start    start it
     POST   /api/environments/containers/NAME/stop     stop it
     DELETE /api/environments/containers/NAME          remove it (tarballs stay)
@@ -35,8 +38,8 @@ from control_plane.commands import RecordFacts
 from control_plane.env_default import DefaultEnvironment
 from control_plane.env_tarballs import TarballOut
 from control_plane.environments import ContainerOut, Environments, check_name
-from control_plane.errors import DomainError, NotFound
-from control_plane.openapi import Query, api, shape
+from control_plane.errors import DomainError, InvalidRequest, NotFound
+from control_plane.openapi import Query, api, flag, shape
 from control_plane.requests import decode_body
 from control_plane.routes.common import JsonBlueprint, answer, control_plane, principal_of
 from events.ids import new_id
@@ -98,18 +101,86 @@ async def list_containers(request: Request) -> HTTPResponse:
 @bp.post("/environments/containers")
 @rule("admin")
 @api(
-    "Create an environment container",
+    "Create an environment container (the image is pulled if the host's engine lacks it)",
     request=CreateContainerRequest,
     response=ContainerOut,
     status=201,
+    query=(flag("progress", "answer NDJSON progress lines instead, the container last"),),
+    description="With progress: one JSON line per pull step ({step: pull, ...}), {step: wait}"
+    " after 5 s of silence, then {step: done, container} or {step: error, status, field,"
+    " message}.",
 )
-async def create_container(request: Request) -> HTTPResponse:
-    """Create (and start) an environment container from an image on the host's engine."""
+async def create_container(request: Request) -> HTTPResponse | None:
+    """Create (and start) an environment container; the image is pulled if the host's
+    engine lacks it. ``?progress=1``: NDJSON lines (``pull`` summaries, ``wait``
+    keep-alives), then ``done`` with the container, or ``error``."""
     body = decode_body(_create_decoder, request.body)  # InvalidRequest: 400 with the field
-    out = await environments(request).create_container(
-        body.image, body.name, by=principal_of(request)
-    )
-    return answer(out, status=201)
+    envs, by = environments(request), principal_of(request)
+    if request.args.get("progress", "") not in ("1", "true"):
+        return answer(await envs.create_container(body.image, body.name, by=by), status=201)
+    # Refusals that need no pull are answered as before, not inside the stream.
+    check_name(body.name)
+    if not body.image.strip():
+        raise InvalidRequest("image", "give the image to create the environment from")
+    await asyncio.to_thread(envs.check_free, body.name)
+
+    async def work(progress: Any) -> dict[str, Any]:
+        out = await envs.create_container(body.image, body.name, by=by, progress=progress)
+        return {"step": "done", "container": msgspec.to_builtins(out)}
+
+    await _progress_lines(request, work)
+    return None
+
+
+# A streamed answer says something at least this often, so a client can tell a long pull
+# from a host gone (the CLI's idle limit is a multiple of it).
+KEEPALIVE_S = 5.0
+
+
+async def _progress_lines(request: Request, work: Any) -> None:
+    """Answer with ``work(progress)``'s progress as NDJSON, at most ten lines a second
+    (the newest wins), a ``wait`` line after ``KEEPALIVE_S`` of silence, and its result
+    (or an ``error`` line) last. A client that goes away does not stop the work."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    def progress(step: dict[str, Any]) -> None:  # called from worker threads
+        loop.call_soon_threadsafe(queue.put_nowait, step)
+
+    job = asyncio.create_task(work(progress))
+    response = await request.respond(content_type="application/x-ndjson")
+    assert response is not None
+    sent_at, held = loop.time(), None
+    while not job.done():
+        wait = 0.1 - (loop.time() - sent_at) if held is not None else KEEPALIVE_S
+        getter = asyncio.ensure_future(queue.get())
+        await asyncio.wait(
+            {getter, job}, timeout=max(wait, 0.0), return_when=asyncio.FIRST_COMPLETED
+        )
+        if getter.done():
+            held = getter.result()
+        else:
+            getter.cancel()
+        now = loop.time()
+        if held is not None and now - sent_at >= 0.1:
+            await response.send(json.dumps(held) + "\n")
+            sent_at, held = now, None
+        elif held is None and now - sent_at >= KEEPALIVE_S:
+            await response.send(json.dumps({"step": "wait"}) + "\n")
+            sent_at = now
+    while not queue.empty():
+        held = queue.get_nowait()
+    if held is not None:
+        await response.send(json.dumps(held) + "\n")
+    try:
+        line: dict[str, Any] = job.result()
+    except DomainError as exc:
+        line = {"step": "error", "status": exc.status, "field": exc.field, "message": exc.message}
+    except Exception as exc:
+        log.exception("a streamed environment operation failed")
+        line = {"step": "error", "status": 500, "field": None, "message": f"{exc}"}
+    await response.send(json.dumps(line) + "\n")
+    await response.eof()
 
 
 @bp.post("/environments/containers/<name:str>/<action:str>")

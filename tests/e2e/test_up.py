@@ -42,6 +42,9 @@ def test_up_runs_a_task_and_ctrl_c_stops_host_and_agent(tmp_path: Path) -> None:
     env = dict(os.environ, HOME=str(tmp_path), PYTHONPATH=str(REPO))
     env.pop("HAKURIVER_CONFIG", None)
     env.pop("HAKURIVER_URL", None)
+    # The README's promise on a machine without Docker (no registry is reachable here,
+    # so the default environment could not be pulled): tasks are plain processes.
+    env["DOCKER_HOST"] = f"unix://{tmp_path}/no-docker.sock"
     up = subprocess.Popen(
         [
             sys.executable,
@@ -93,6 +96,7 @@ def test_up_runs_a_task_and_ctrl_c_stops_host_and_agent(tmp_path: Path) -> None:
         output, _ = up.communicate(timeout=30)
     assert up.returncode == 0, output.decode()
     assert url.encode() in output
+    assert b"  note: no Docker engine for the default environment 'hakuriver-base'" in output
     wait_until(lambda: not _processes_using(data), timeout=10)
 
 

@@ -70,6 +70,7 @@ class Cluster:
         self.tls = tls
         self.url = f"{'https' if tls else 'http'}://{address}:{self.port}"
         self.config = root / "config.toml"
+        extra = _processes_by_default(extra)
         self.config.write_text(
             f"""
 [network]
@@ -436,3 +437,18 @@ def module_cluster_fixture(agents: tuple[str, ...] = ("n1",), **options: Any) ->
         module_cluster.settle()
 
     return shared, each
+
+
+# Test clusters run plain processes unless a test asks for an environment: the built-in
+# default (hakuriver-base, pulled from a registry at the host's start) is for real hosts,
+# and tests that want it say so in ``extra`` (tests/e2e/test_image_pull.py).
+_PROCESSES = 'default_container_name = "NULL"\n'
+
+
+def _processes_by_default(extra: str) -> str:
+    """``extra`` with ``[docker] default_container_name = "NULL"`` unless it names one."""
+    if "default_container_name" in extra:
+        return extra
+    if "[docker]\n" in extra:
+        return extra.replace("[docker]\n", "[docker]\n" + _PROCESSES, 1)
+    return extra + "\n[docker]\n" + _PROCESSES

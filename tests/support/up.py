@@ -47,6 +47,8 @@ host_ssh_proxy_port = 0  # the SSH gateway on a free port (tests run side by sid
 [runner]
 name = "local"
 docker = false
+[docker]
+default_container_name = "NULL"  # processes, without asking an engine (up would say so)
 [timing]
 heartbeat_interval = {heartbeat_interval}
 heartbeat_timeout = {timeout}
