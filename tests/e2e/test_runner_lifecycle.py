@@ -32,7 +32,10 @@ pytestmark = pytest.mark.timeout(240)
 
 def _env(tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ, HOME=str(tmp_path), PYTHONPATH=str(REPO))
-    env.pop("HAKURIVER_CONFIG", None)
+    # Process tasks: no pull of the built-in default environment's image in the background
+    config = tmp_path / "processes.toml"
+    config.write_text('[docker]\ndefault_container_name = "NULL"\n')
+    env["HAKURIVER_CONFIG"] = str(config)
     env.pop("HAKURIVER_URL", None)
     return env
 
