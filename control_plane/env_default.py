@@ -23,7 +23,7 @@ import msgspec
 
 from control_plane.access import HOST
 from control_plane.environments import CONTAINER_PREFIX, Environments, check_name
-from control_plane.errors import DomainError
+from control_plane.errors import DomainError, Unavailable
 from control_plane.settings import DEFAULT_ENVIRONMENT, HostSettings
 from events.config import NO_CONTAINER, is_no_container
 from events.tarballs import image_of
@@ -83,6 +83,7 @@ class DefaultEnvironment:
         self.name = envs.settings.docker.default_container_name
         self.problem: str | None = None  # why the default environment is missing
         self._preparing: asyncio.Task[None] | None = None
+        self.stage = "starting"  # what the making is doing now, for a 503's message
 
     def prepare_soon(self) -> None:
         """Start preparing it in the background (host start)."""
@@ -91,10 +92,24 @@ class DefaultEnvironment:
         self._preparing = asyncio.create_task(self._prepare(self.name))
 
     async def ready(self) -> str | None:
-        """Wait for the default environment; None when usable, else what to do."""
+        """Wait for the default environment; None when usable, else what to do.
+
+        Still being made after ``[docker] default_wait``: ``Unavailable`` (503, retryable) naming the
+        stage (the pull's layers and bytes), so a first pull never holds a request open
+        for minutes; the making goes on.
+        """
         self.prepare_soon()  # a request may come before the start hook ran
         if self._preparing is not None:
-            await asyncio.shield(self._preparing)
+            try:
+                wait_s = self.envs.settings.docker.default_wait
+                await asyncio.wait_for(asyncio.shield(self._preparing), wait_s)
+            except TimeoutError:
+                raise Unavailable(
+                    "container",
+                    f"the default environment {self.name!r} is still being made"
+                    f" ({self.stage}); submit again in a moment, or pass --container NULL"
+                    " to run the task as a plain process",
+                ) from None
         if self.problem is not None and await asyncio.to_thread(self._packaged):
             # The user followed the refusal's advice (create-container, create-tar), or
             # copied a tarball in: served from now on, no restart needed.
@@ -143,8 +158,10 @@ class DefaultEnvironment:
             if not await asyncio.to_thread(_has_container, engine, name):
                 source = await asyncio.to_thread(_local_image, engine, image_of(name))
                 log.info("making the default environment %r from %s", name, source or base)
+                self.stage = f"creating its container from {source or base}"
                 # create_container pulls initial_base_image if the engine lacks it.
-                await envs.create_container(source or base, name, by=HOST)
+                await envs.create_container(source or base, name, by=HOST, progress=self._pulled)
+            self.stage = "packaging it into a tarball"
             await envs.package(name, by=HOST)
             self.problem = None
             log.info("packaged the default environment %r", name)
@@ -154,6 +171,15 @@ class DefaultEnvironment:
         except Exception as exc:  # an engine failure must not stop the host
             self.problem = f"{hint} ({type(exc).__name__}: {exc}){fix}"
             log.exception("preparing the default environment failed")
+
+    def _pulled(self, step: dict[str, Any]) -> None:
+        """The pull's summary (from its worker thread): kept as the stage a 503 names."""
+        done, total = int(step.get("bytes") or 0), int(step.get("total") or 0)
+        size = f", {done >> 20} of {total >> 20} MiB" if total else ""
+        self.stage = (
+            f"pulling {step.get('image')}: {step.get('layers_done', 0)} of"
+            f" {step.get('layers', 0)} layers{size}"
+        )
 
 
 def _has_container(client: Any, name: str) -> bool:

@@ -86,6 +86,9 @@ class HostDocker(Struct, kw_only=True, frozen=True):
     # The most one image pull may take (seconds): the default environment's at start and
     # create-container's; past it the pull is abandoned with an error naming the image.
     pull_timeout: Positive = 1800.0
+    # How long a submission without --container waits for the default environment still
+    # being made (a first pull) before a 503 says how far it got (seconds).
+    default_wait: Positive = 20.0
     tasks_privileged: bool = False
     allow_privileged: bool = True  # False: --privileged is refused
     additional_mounts: list[str] = []  # given to container tasks that name no --mount

@@ -62,6 +62,8 @@ default_container_name = "hakuriver-base"  # tasks without --container; NULL: pl
                                   # (hakuriver-base becomes NULL where the host has no Docker)
 initial_base_image = "python:3.12-alpine"  # the default environment is made from it (pulled)
 pull_timeout = 1800               # host: the most one image pull may take (seconds)
+default_wait = 20                 # host: a submission's wait for the default environment
+                                  # being made, then 503 with its progress (seconds)
 tasks_privileged = false          # --privileged for tasks that do not say
 allow_privileged = true           # false: --privileged is refused
 allowed_mount_dirs = []           # non-empty: --mount host paths must lie inside these

@@ -187,10 +187,18 @@ def test_a_pull_under_way_is_abandoned_when_the_host_stops(
 [docker]
 default_container_name = "{env_name}"
 initial_base_image = "{silent_registry}"
+default_wait = 1
 """
     with running_cluster(tmp_path, agents=(), extra=extra) as cluster:
         pulling = f"pulling {silent_registry} onto the host's engine"
         cluster.wait(lambda: pulling in cluster.logs("host"), 30, "the pull to start")
+        # A submission without --container meanwhile: a 503 saying how far the making got,
+        # not a request held open for the whole pull
+        r = cluster.http.post("/api/tasks", json={"command": "true"}, timeout=30)
+        assert r.status_code == 503 and r.json()["field"] == "container", r.text
+        message = r.json()["message"]
+        assert "still being made" in message and "--container NULL" in message, message
+        assert f"{silent_registry}" in message, message
         started = time.monotonic()
         cluster.stop_host()
         assert time.monotonic() - started < 15, cluster.logs("host")
