@@ -94,9 +94,9 @@ class DefaultEnvironment:
     async def ready(self) -> str | None:
         """Wait for the default environment; None when usable, else what to do.
 
-        Still being made after ``[docker] default_wait``: ``Unavailable`` (503, retryable) naming the
-        stage (the pull's layers and bytes), so a first pull never holds a request open
-        for minutes; the making goes on.
+        Still being made after ``[docker] default_wait``: ``Unavailable`` (503,
+        retryable) naming the stage (the pull's layers and bytes), so a first pull never
+        holds a request open for minutes; the making goes on.
         """
         self.prepare_soon()  # a request may come before the start hook ran
         if self._preparing is not None:

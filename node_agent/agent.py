@@ -324,11 +324,18 @@ class Agent:
         for new in batch:
             if isinstance(new.event, TaskFinished):
                 self.unacked_final[new.id] = new.event.task_id
-            # Said once it is queued for good: a line never tells of an event then lost.
-            line = line_of(new.event)
-            if line is not None:
-                event_log.log(line.level, line.message, extra={"node": self.node, **line.context})
         self.link.wake_sender.set()
+        for new in batch:
+            # Said once it is queued for good: a line never tells of an event then lost;
+            # a line that cannot be made must not fail an emit whose events are durable
+            # (the caller would send them again, as new events).
+            try:
+                line = line_of(new.event)
+                if line is not None:
+                    extra = {"node": self.node, **line.context}
+                    event_log.log(line.level, line.message, extra=extra)
+            except Exception:
+                log.exception("the log line of a %s event failed", type(new.event).__name__)
 
     async def acked(self, ids: tuple[str, ...]) -> None:
         """Drop events the host has committed (or refused for good) from the outbox."""

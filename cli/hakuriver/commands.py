@@ -218,7 +218,7 @@ def runner(
     from cli.hakuriver import serve
 
     return serve.run_runner(
-        merged(connection(conn).settings(), logs),
+        merged(connection(conn).settings(), logs, runner=True),
         name=name,
         join=join,
         host_url=host,

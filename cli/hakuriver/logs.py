@@ -31,10 +31,12 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
+import threading
 import time
 import unicodedata
 from dataclasses import dataclass
-from logging.handlers import RotatingFileHandler
+from logging.handlers import QueueHandler, QueueListener, RotatingFileHandler
 from pathlib import Path
 from typing import Any, Literal
 
@@ -81,12 +83,20 @@ class LogOptions:
     """The least severe level written: DEBUG, INFO (default), WARNING, ERROR."""
 
 
-def merged(config: dict[str, Any], options: LogOptions | None = None) -> dict[str, Any]:
+def merged(
+    config: dict[str, Any], options: LogOptions | None = None, *, runner: bool = False
+) -> dict[str, Any]:
     """``config`` with the log options applied over its ``[logging]`` section, checked.
 
     Precedence: the command's options, then ``$HAKURIVER_LOG`` (a level), then the file.
+    ``runner``: a runner given ``[logging] file`` by the configuration (not by
+    ``--log-file``) writes ``NAME-runner.EXT`` beside it, as ``up``'s runner does: a host
+    and a runner on one machine share one file (the systemd units pass both the same
+    ``--config``), and two processes rotating one file lose lines.
     """
     section = dict(config.get("logging", {}))
+    if runner and section.get("file") and (options is None or options.log_file is None):
+        section["file"] = runner_file(str(section["file"]))
     if os.environ.get("HAKURIVER_LOG"):
         section["level"] = os.environ["HAKURIVER_LOG"]
     if options is not None:
@@ -243,7 +253,45 @@ class PrivateRotatingFileHandler(RotatingFileHandler):
 
     def _open(self) -> Any:
         fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.fchmod(fd, 0o600)  # a file left open to others by an older version, or by hand
         return open(fd, self.mode, encoding=self.encoding, errors=self.errors)
+
+
+class _OffTheLoop(QueueHandler):
+    """Hands each record to a thread that writes it (``QueueListener``): the host logs a
+    line per event right after its commit, on the event loop, and a slow disk or a stderr
+    pipe nobody drains must not stall the loop (and the writer's acknowledgements) there.
+    Records keep their exception and context (one process: nothing is pickled), so the
+    writing handler formats them exactly as it would have. ``close`` (``logging.shutdown``
+    at exit, and the stop's backstop) writes what is queued first. A record after a close
+    starts the thread again: Sanic's ``dictConfig`` closes every handler while it sets up
+    its own, and ours must go on writing after that."""
+
+    def __init__(self, target: logging.Handler) -> None:
+        super().__init__(queue.SimpleQueue())
+        self.target = target
+        self.listener = QueueListener(self.queue, target, respect_handler_level=True)
+        self._running = threading.Lock()
+        self.listener.start()
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        if self.listener._thread is None:
+            with self._running:
+                if self.listener._thread is None:
+                    self.listener.start()
+        super().enqueue(record)
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        record.msg = record.getMessage()  # the arguments as they are now
+        record.args = None
+        return record
+
+    def close(self) -> None:
+        with self._running:
+            if self.listener._thread is not None:  # stop() twice would fail
+                self.listener.stop()
+        self.target.close()
+        super().close()
 
 
 # -- set-up -------------------------------------------------------------------------------
@@ -265,6 +313,7 @@ def configure(config: dict[str, Any], *, node: str | None = None) -> logging.Han
     handler.setFormatter(JsonFormatter() if settings.format == "json" else HumanFormatter())
     if node:
         handler.addFilter(_NodeOnEveryLine(node))
+    handler = _OffTheLoop(handler)
     handler.set_name(HANDLER_NAME)
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == HANDLER_NAME]:

@@ -578,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         options = LogOptions(args.log_format, args.log_file, args.log_level)
-        config = merged(load_config(args.config), options)
+        config = merged(load_config(args.config), options, runner=args.role == "runner")
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

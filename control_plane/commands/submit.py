@@ -246,11 +246,23 @@ def _cores(count: int) -> str:
     return f"{count} core" if count == 1 else f"{count} cores"
 
 
+# One submission is one commit: at most as many tasks as a batch may hold
+# (requests.SubmitBatch), however they are spread over requests and targets.
+MAX_TASKS_PER_SUBMISSION = 10_000
+
+
 def decide_submission(state: ClusterState, command: SubmitTasks, ctx: Context) -> Decision:
     """A batch: ``task.submitted`` per target of each request, numbered after the highest
     number so far, with the placements of those that fit now in the same commit (one
     durable commit instead of two is a quarter of a trivial task's latency)."""
     docker, auth = ctx.settings.docker, ctx.settings.auth
+    count = sum(max(1, len(r.targets)) for r in command.requests)
+    if count > MAX_TASKS_PER_SUBMISSION:
+        raise InvalidRequest(
+            "targets",
+            f"{count} tasks in one submission (one per target); at most"
+            f" {MAX_TASKS_PER_SUBMISSION}: split it",
+        )
     actor = command.actor
     admin = actor.is_admin
     # A user's mounts stay in what their containers see as /shared already: the rest of the

@@ -30,7 +30,7 @@ from sanic.response import HTTPResponse
 from control_plane.access import page_too, rule, wants_page
 from control_plane.commands import KillTask, PauseTask
 from control_plane.dashboard.routes import page
-from control_plane.errors import Conflict, InvalidRequest, NotFound
+from control_plane.errors import Conflict, DomainError, InvalidRequest, NotFound
 from control_plane.logs import MAX_CHUNK, Stream, log_path, log_size, read_from
 from control_plane.openapi import Query, api
 from control_plane.requests import MAX_BYTES, MAX_CORES, SubmitTask, decode_body
@@ -300,12 +300,13 @@ def _ours(body: OriginalSubmit) -> SubmitTask:
     )
 
 
-def _renamed(exc: InvalidRequest) -> InvalidRequest:
-    """Our refusal, naming the original's field (``args[2]`` -> ``arguments[2]``)."""
-    head = re.match(r"[A-Za-z_]+", exc.field)
+def _renamed(exc: DomainError) -> DomainError:
+    """Our refusal (any kind: a 400, a 403 on mounts or privileged, a 503), naming the
+    original's field (``args[2]`` -> ``arguments[2]``)."""
+    head = re.match(r"[A-Za-z_]+", exc.field or "")
     if head is None or head[0] not in _ORIGINAL_FIELD:
         return exc
-    return InvalidRequest(_ORIGINAL_FIELD[head[0]] + exc.field[head.end() :], exc.message)
+    return type(exc)(_ORIGINAL_FIELD[head[0]] + exc.field[head.end() :], exc.message)
 
 
 @bp.post("/submit")
@@ -324,7 +325,7 @@ async def submit(request: Request) -> HTTPResponse:
     body = decode_body(_submit_decoder, request.body)
     try:
         batch_id, recorded = await record_submission(request, [_ours(body)])
-    except InvalidRequest as exc:
+    except DomainError as exc:
         raise _renamed(exc) from None
     state = control_plane(request).state
     tasks = [state.tasks[e.task_id] for e in recorded if e.task_id in state.tasks]

@@ -15,6 +15,7 @@ import os
 import re
 import shlex
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -280,6 +281,65 @@ def test_sanics_lines_come_through_ours(tmp_path: Path) -> None:
     [line] = lines_of(log_file)
     assert json.loads(line)["logger"] == "sanic.error"
     assert json.loads(line)["msg"] == "handler failed\nforged"
+
+
+def test_a_log_file_open_to_others_is_made_private(tmp_path: Path) -> None:
+    from cli.hakuriver.logs import PrivateRotatingFileHandler
+
+    path = tmp_path / "old.log"
+    path.write_text("an older line\n")
+    path.chmod(0o644)
+    handler = PrivateRotatingFileHandler(path, maxBytes=1 << 20, backupCount=1)
+    handler.close()
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_stalled_writer_does_not_stall_the_logging_caller() -> None:
+    """The host logs on its event loop: a stderr pipe nobody drains (or a slow disk) must
+    not block the caller; the lines are written, in order, once the pipe drains."""
+    from cli.hakuriver.logs import HumanFormatter, _OffTheLoop
+
+    read_fd, write_fd = os.pipe()
+    writer = os.fdopen(write_fd, "w")
+    target = logging.StreamHandler(writer)
+    target.setFormatter(HumanFormatter())
+    handler = _OffTheLoop(target)
+    logger = logging.getLogger("hakuriver.test.stalled")
+    logger.propagate, logger.level = False, logging.INFO
+    logger.addHandler(handler)
+    count, body = 200, "x" * 2000  # 400 kB: several times a pipe's buffer
+    caller = threading.Thread(
+        target=lambda: [logger.info("line %d %s", i, body) for i in range(count)]
+    )
+    caller.start()
+    caller.join(20)
+    try:
+        assert not caller.is_alive(), "logging blocked on a pipe nobody reads"
+    finally:
+        chunks: list[bytes] = []
+        drainer = threading.Thread(
+            target=lambda: chunks.extend(iter(lambda: os.read(read_fd, 65536), b""))
+        )
+        drainer.start()
+        logger.removeHandler(handler)
+        handler.close()  # writes what is queued, then closes the pipe's end
+        writer.close()
+        drainer.join(20)
+        os.close(read_fd)
+    numbers = [int(m) for m in re.findall(rb"line (\d+) x", b"".join(chunks))]
+    assert numbers == list(range(count))
+
+
+def test_a_runner_sharing_the_hosts_configuration_writes_a_file_of_its_own() -> None:
+    """The systemd units give host and runner the same --config: two processes rotating
+    one file lose lines, so the runner writes NAME-runner.EXT beside it; --log-file wins."""
+    config = {"logging": {"file": "/var/log/hakuriver/river.log"}}
+    assert settings_of(merged(config)).file == "/var/log/hakuriver/river.log"
+    runner = settings_of(merged(config, runner=True)).file
+    assert runner == "/var/log/hakuriver/river-runner.log"
+    chosen = LogOptions(log_file=Path("/tmp/mine.log"))
+    assert settings_of(merged(config, chosen, runner=True)).file == "/tmp/mine.log"
+    assert settings_of(merged({}, runner=True)).file == ""
 
 
 def test_options_over_the_file_and_refusals(monkeypatch: pytest.MonkeyPatch) -> None:

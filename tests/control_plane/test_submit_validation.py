@@ -76,6 +76,19 @@ def test_what_a_node_could_never_run_is_refused_at_submit(
     assert refused.value.status == 400
 
 
+def test_one_submission_holds_at_most_a_batchs_tasks_however_spread() -> None:
+    """A request's targets each make a task: 20,000 targets in one request (or spread over
+    a batch's requests) must not get round the batch's 10,000."""
+    with pytest.raises(InvalidRequest) as refused:
+        decide({"targets": [f"n{i}" for i in range(10_001)]})
+    assert refused.value.field == "targets" and "10001 tasks" in refused.value.message
+    body = {"command": "true", "targets": [f"n{i}" for i in range(5_001)]}
+    request = decode_submit(json.dumps(body).encode())
+    command = SubmitTasks(requests=(request, request), batch_id="b", actor=USER)
+    with pytest.raises(InvalidRequest, match="10002 tasks"):
+        decide_submission(ClusterState(), command, context())
+
+
 def test_a_batch_names_the_task_at_fault() -> None:
     command = SubmitTasks(
         requests=(

@@ -247,6 +247,15 @@ def test_bad_original_bodies_are_refused_naming_the_original_field(
     assert malformed.status_code == 400 and malformed.json()["field"] == "body"
 
 
+def test_a_refusal_of_another_kind_names_the_original_field_too(world: World) -> None:
+    """A user's mount outside what users may mount is a 403, not a 400: it must name the
+    original's field as the 400s do."""
+    body = {**original_submit_body("true", []), "additional_mounts": ["/etc:/x"]}
+    answer = world.alice.post("/submit", json=body)
+    assert answer.status_code == 403, answer.text
+    assert answer.json()["field"].startswith("additional_mounts"), answer.text
+
+
 def test_a_user_cannot_read_or_act_on_another_users_task_through_the_original_routes(
     world: World,
 ) -> None:

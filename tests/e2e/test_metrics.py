@@ -87,8 +87,9 @@ def test_the_agent_reports_its_outbox_and_link_through_the_heartbeat(cluster: Cl
     # The agent is not scraped: its outbox depth arrives in its heartbeats, by node
     assert value(samples, "hakuriver_agent_outbox_depth", node="n1") >= 0
     assert abs(value(samples, "hakuriver_agent_link_lag_seconds", node="n1")) < 5
-    # heartbeats come every 0.2 s in this cluster (the timeout is 1.5 s)
-    assert 0 <= value(samples, "hakuriver_node_heartbeat_age_seconds", node="n1") < 1.5
+    # heartbeats come every 0.2 s in this cluster (the timeout is 1.5 s; a loaded machine
+    # may scrape just as the monitor is about to notice a late one)
+    assert 0 <= value(samples, "hakuriver_node_heartbeat_age_seconds", node="n1") < 3
     assert value(samples, "hakuriver_node_cpu_percent", node="n1") >= 0
 
 
