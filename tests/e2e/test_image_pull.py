@@ -216,12 +216,16 @@ def test_without_an_engine_tasks_default_to_processes_with_a_notice(tmp_path: Pa
     dead = tmp_path / "no-docker.sock"
     try:
         _start_up(up, {"DOCKER_HOST": f"unix://{dead}"})
-        log = up.logs()
-        notices = [line for line in log.splitlines() if "no Docker engine for" in line]
-        # Once in the host's log, once in what up prints.
-        assert len(notices) == 2, log
-        assert any(line.startswith("  note: ") for line in notices), notices
-        assert "tasks without --container run as plain processes (NULL)" in notices[0]
+
+        def notices() -> list[str]:
+            return [line for line in up.logs().splitlines() if "no Docker engine for" in line]
+
+        # Once in the host's log (written by its log thread), once in what up prints.
+        up.wait(lambda: len(notices()) >= 2, 30, "the notice in the log and in up's banner")
+        found = notices()
+        assert len(found) == 2, up.logs()
+        assert any(line.startswith("  note: ") for line in found), found
+        assert "tasks without --container run as plain processes (NULL)" in found[0]
         r = up.http.post("/api/tasks", json={"command": "sh", "args": ["-c", "echo $$"]})
         assert r.status_code == 201, r.text
         [task_id] = r.json()["task_ids"]
