@@ -153,6 +153,9 @@ def is_image_reference(text: str) -> bool:
 MAX_NAME = 128
 MAX_ARGS = 4096
 MAX_PUBLIC_KEY = 16 << 10
+# A task's mounts: each is a bind the node makes (and, for a process task, a path the
+# root shim opens); a few dozen is plenty (the shim refuses more too: shim.MAX_MOUNTS).
+MAX_MOUNTS = 64
 # Characters that are not text: C0/C1 controls and DEL (Cc), and the invisible format
 # characters that reorder or hide text on a terminal (bidi overrides, zero widths).
 _INVISIBLE = frozenset("\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e")
@@ -204,6 +207,10 @@ def check_text_fields(request: SubmitTask) -> None:
             f"{container[:80]!r} is neither an environment name (lowercase letters and"
             " digits joined by '.', '_' or '-') nor an image reference"
             " ([registry/]path[:tag][@digest]); or NULL for no container",
+        )
+    if len(request.mounts) > MAX_MOUNTS:
+        raise InvalidRequest(
+            "mounts", f"at most {MAX_MOUNTS} mounts per task, got {len(request.mounts)}"
         )
     for i, mount in enumerate(request.mounts):
         bad = _control(mount)

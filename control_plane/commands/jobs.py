@@ -20,7 +20,7 @@ import msgspec
 
 from control_plane.access import check_owner
 from control_plane.commands.identity import user_name_problem
-from control_plane.commands.submit import SHARED_DATA, additional_mounts
+from control_plane.commands.submit import SHARED_DATA, additional_mounts, covers_kernel_view
 from control_plane.commands.types import (
     AdvanceJobs,
     Context,
@@ -99,6 +99,11 @@ def decide_submit_job(state: ClusterState, command: SubmitJob, ctx: Context) -> 
         problem = volume_name_problem(name)
         if problem:
             raise InvalidRequest(f"volumes.{path}", problem)
+        if spec.container is None and covers_kernel_view(path):
+            raise InvalidRequest(
+                f"volumes.{path}",
+                "a process rank's volume never covers /proc or /sys (the kernel's own views)",
+            )
 
     settings = ctx.settings
     shared = settings.shared_dir
@@ -191,10 +196,12 @@ def _check_fits_somewhere(state: ClusterState, rank: TaskSpec) -> None:
         field = "resources.memory"
     elif all(never_holds(n, rank) for n in nodes):
         field = "resources.accelerators"
-    elif any(n.account_refusal(rank.owner) for n in nodes):
+    elif all(n.account_refusal(rank.owner) for n in nodes):
         field = "owner"
-    else:
+    elif all(n.mounts_refusal(rank) for n in nodes):
         field = "volumes"  # a process rank's binds: no node can make mount namespaces
+    else:  # mixed (one node lacks the account, another the binds): the first that applies
+        field = "owner" if any(n.account_refusal(rank.owner) for n in nodes) else "volumes"
     shown = "; ".join(f"{n.name}: {r}" for n, r in zip(nodes[:5], refusals, strict=False))
     more = f"; and {len(refusals) - 5} more" if len(refusals) > 5 else ""
     raise InvalidRequest(field, f"no registered node can hold one rank of this job: {shown}{more}")

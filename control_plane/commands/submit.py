@@ -128,6 +128,14 @@ def submitted_events(
     privileged = (
         request.privileged if request.privileged is not None else default
     ) and container is not None
+    if container is None:
+        for i, mount in enumerate(mounts):
+            if covers_kernel_view(mount.container_path):
+                raise InvalidRequest(
+                    f"mounts[{i}]",
+                    f"target {mount.container_path!r} is at or under /proc or /sys: a process"
+                    " task's mount never covers the kernel's own views (the node refuses it)",
+                )
     if container is not None and not mounts:
         mounts = additional_mounts(default_mounts)
     command, public_key = request.command, request.ssh_public_key
@@ -163,8 +171,14 @@ def submitted_events(
         no_accounts = [n.account_refusal(owner) for n in sorted(large, key=lambda n: n.name)]
         if all(no_accounts):
             raise InvalidRequest("owner", _no_node_for(owner, [r for r in no_accounts if r]))
-        if container is None and mounts and not any(n.process_mounts for n in large):
-            raise InvalidRequest("mounts", _no_mounts_on(None))
+        # The account and the binds on the SAME node: one that can bind but lacks the
+        # account, and another with the account that cannot bind, hold it nowhere.
+        if (
+            container is None
+            and mounts
+            and not any(n.process_mounts and not n.account_refusal(owner) for n in large)
+        ):
+            raise InvalidRequest("mounts", _no_mounts_on(None, owner))
 
     batch_id = batch_id or new_id()
     events = []
@@ -222,9 +236,18 @@ def _inside(path: str, folders: Sequence[str]) -> bool:
     return False
 
 
-def _no_mounts_on(node: str | None) -> str:
+def covers_kernel_view(target: str) -> bool:
+    """Whether a process task's mount target is /proc, /sys or under them (as written:
+    the node checks the path it resolves to, and the file system it is on, again)."""
+    path = posixpath.normpath(target)
+    return any(path == top or path.startswith(top + "/") for top in ("/proc", "/sys"))
+
+
+def _no_mounts_on(node: str | None, owner: str | None = None) -> str:
     """``--mount`` on a process task where no node (or not ``node``) can bind them."""
     where = f"node {node} cannot" if node else "no registered node large enough can"
+    if owner is not None:
+        where = f"no registered node large enough with an account {owner!r} can"
     return (
         f"{where} give a process task (--container NULL) its --mount binds: that needs a"
         " runner running as root that may make mount namespaces. Run the task in a"

@@ -103,18 +103,24 @@ class HostFacilities(Struct, frozen=True, kw_only=True):
         return None
 
 
-# Run in a child interpreter: unshare(CLONE_NEWNS) and make "/" private, as the shim does.
+# Run in a child interpreter: unshare(CLONE_NEWNS) and make "/" private, as the shim does,
+# then the new mount API the shim binds with: open_tree (428) a copy of "/", make it
+# read-only with mount_setattr (442). A kernel without them (ENOSYS: before 5.12) makes
+# the node unable; the shim never falls back to mount(2) on path strings (shim.py).
 _UNSHARE_PROBE = (
-    "import ctypes,os;c=ctypes.CDLL(None,use_errno=True);"
-    "os._exit(0 if c.unshare(0x20000)==0 and c.mount(None,b'/',None,(1<<14)|(1<<18),None)==0"
-    " else 1)"
+    "import ctypes,os;c=ctypes.CDLL(None,use_errno=True);c.syscall.restype=ctypes.c_long;"
+    "ok=c.unshare(0x20000)==0 and c.mount(None,b'/',None,(1<<14)|(1<<18),None)==0;"
+    "t=c.syscall(428,-100,b'/',1|0x80000) if ok else -1;"
+    "a=(ctypes.c_uint64*4)(1,0,0,0);"
+    "os._exit(0 if t>=0 and c.syscall(442,t,b'',0x1000,ctypes.byref(a),32)==0 else 1)"
 )
 
 
 def can_unshare_mounts() -> bool:
-    """Whether this process may give a child a private mount namespace (blocking: tries
-    it in a throwaway interpreter, which the kernel may refuse even to root, as in an
-    unprivileged container)."""
+    """Whether this process may give a child a private mount namespace and bind into it
+    with the new mount API (blocking: tries it in a throwaway interpreter, which the
+    kernel may refuse even to root, as in an unprivileged container). The runner calls
+    it once, when its agent is made, before its event loop starts (cli serve.py)."""
     if os.geteuid() != 0:
         return False
     try:

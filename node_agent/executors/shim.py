@@ -429,71 +429,219 @@ class _Refused(Exception):
 # -- a process task's mounts ------------------------------------------------------------
 #
 # A process task with mounts (``--mount HOST:TARGET[:ro]`` and ``--container NULL``) gets
-# a mount namespace of its own, as a container does: the forked child unshares it, makes
-# every mount in it private (nothing it does propagates back to the node), binds each
-# host path over its target, remounts the read-only ones, and sets no_new_privs before it
-# drops to the task's account and execs. no_new_privs is what makes the view safe to give
-# a user: a bind over /etc or /usr/bin would otherwise feed a setuid program (sudo) files
-# of the user's choosing; with it, nothing the task execs gains privileges. Targets must
-# already exist (the root shim creates no folders where a user names them), and a host
-# path is opened first (O_PATH) and bound through its descriptor only if the kernel says
-# it is the resolved path the agent checked: a symlink swapped in meanwhile is refused.
+# a mount namespace of its own, as a container does: the forked child unshares it and
+# makes every mount in it private (nothing it does propagates back to the node). Then,
+# before the first bind, it opens EVERY source and target (O_PATH) with the credentials
+# the task will have (its owner's account, or the runner's), so folder permissions apply
+# as they would to the task itself, and checks each: a source must still be the resolved
+# path the agent checked, a target no place under /proc or /sys. Only then, as root
+# again, each source is cloned by descriptor (``open_tree``), its whole tree made private
+# and, for ``:ro``, read-only (``mount_setattr``, every submount too), and moved onto its
+# target's descriptor (``move_mount``). No path is looked up once the first bind is made:
+# an earlier bind cannot redirect a later one (over /proc, say). Last, no_new_privs
+# before the task drops to its account and execs: a bind over /etc or /usr/bin would
+# otherwise feed a setuid program (sudo) files of the user's choosing. Targets must
+# already exist (the root shim creates no folders where a user names them).
 
 CLONE_NEWNS = 0x00020000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+MS_REC, MS_PRIVATE = 16384, 1 << 18
 PR_SET_NO_NEW_PRIVS = 38
-# statvfs's f_flag bits for these have the same values as the mount flags.
-KEPT_FLAGS = MS_NOSUID | MS_NODEV | MS_NOEXEC
+# The new mount API (Linux 5.2; mount_setattr 5.12). One number on every architecture
+# since the syscall tables were unified (424 and up are the same everywhere).
+SYS_OPEN_TREE, SYS_MOVE_MOUNT, SYS_MOUNT_SETATTR = 428, 429, 442
+AT_FDCWD = -100
+AT_EMPTY_PATH, AT_RECURSIVE = 0x1000, 0x8000
+OPEN_TREE_CLONE = 1
+MOVE_MOUNT_F_EMPTY_PATH, MOVE_MOUNT_T_EMPTY_PATH = 0x04, 0x40
+MOUNT_ATTR_RDONLY = 0x1
+# File systems no task's mount may cover: the kernel's own views (statfs f_type).
+PROC_SUPER_MAGIC, SYSFS_MAGIC = 0x9FA0, 0x62656572
+CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC = 0x27E0EB, 0x63677270
+KERNEL_FILESYSTEMS = {
+    PROC_SUPER_MAGIC: "/proc",
+    SYSFS_MAGIC: "/sys",
+    CGROUP_SUPER_MAGIC: "a cgroup file system",
+    CGROUP2_SUPER_MAGIC: "a cgroup file system",
+}
+KERNEL_FOLDERS = ("/proc", "/sys")
+MAX_MOUNTS = 64  # the host refuses more (control_plane/requests.py); the shim too
 
 
 def _libc() -> Any:
-    """The C library, for unshare(2), mount(2) and prctl(2) (Python 3.11 has no os.unshare)."""
+    """The C library, for unshare(2), mount(2), prctl(2) and syscall(2) (Python 3.11 has
+    no os.unshare, and no wrapper at all for the new mount API)."""
     import ctypes
 
-    return ctypes.CDLL(None, use_errno=True)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    return libc
+
+
+def _errno_text() -> str:
+    import ctypes
+
+    return os.strerror(ctypes.get_errno())
 
 
 def _check(result: int, what: str) -> None:
     if result != 0:
+        raise _Refused(f"{what}: {_errno_text()}")
+
+
+def fs_type(libc: Any, fd: int) -> int:
+    """The file system type (statfs f_type) of the file ``fd`` is open on."""
+    import ctypes
+
+    buffer = ctypes.create_string_buffer(256)  # struct statfs: 120 bytes on 64-bit Linux
+    if libc.fstatfs(fd, buffer) != 0:
+        raise _Refused(f"cannot look at a mount target: {_errno_text()}")
+    return ctypes.c_long.from_buffer(buffer).value & 0xFFFFFFFF
+
+
+def _as_task(spec: dict[str, Any], action: Callable[[], Any]) -> Any:
+    """``action()`` with the task's credentials, then root again (owner mode). The saved
+    uid stays 0, so the switch back needs no capability; in runner mode the task's
+    credentials are the shim's own, and nothing changes."""
+    uid, gid = spec["uid"], spec["gid"]
+    if uid is None:
+        return action()
+    groups = os.getgroups()
+    try:
+        os.setgroups(spec["groups"])
+        os.setresgid(gid, gid, 0)
+        os.setresuid(uid, uid, 0)
+    except OSError as exc:
+        raise _Refused(f"cannot switch to uid {uid}, gid {gid}: {exc.strerror or exc}") from None
+    try:
+        return action()
+    finally:
+        os.setresuid(0, 0, 0)
+        os.setresgid(0, 0, 0)
+        os.setgroups(groups)
+
+
+def _open(path: str, what: str) -> int:
+    try:
+        return os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except FileNotFoundError:
+        if what == "mount target":
+            raise _Refused(
+                f"mount target {path} does not exist on this node: a process task's"
+                " mounts go over existing folders or files (none is created for it)"
+            ) from None
+        raise _Refused(f"cannot open {what} {path}: it does not exist") from None
+    except OSError as exc:
+        raise _Refused(
+            f"cannot open {what} {path} as the task's account: {exc.strerror}"
+            " (a task mounts only what its own account can reach)"
+        ) from None
+
+
+def _open_all(libc: Any, mounts: list[list[Any]]) -> list[tuple[int, int, str, str, bool]]:
+    """(source fd, target fd, host, target, read only) for every mount, each checked;
+    opened as the task's account, before any bind."""
+    opened: list[tuple[int, int, str, str, bool]] = []
+    try:
+        for host, target, read_only in mounts:
+            source = _open(host, "mount source")
+            try:
+                target_fd = _open(target, "mount target")
+            except _Refused:
+                os.close(source)
+                raise
+            opened.append((source, target_fd, host, target, read_only))
+            # /proc is the node's still: no bind is made yet in this namespace.
+            if os.readlink(f"/proc/self/fd/{source}") != host:
+                raise _Refused(f"mount source {host} changed before it was bound: refused")
+            where = os.readlink(f"/proc/self/fd/{target_fd}")
+            kernel = KERNEL_FILESYSTEMS.get(fs_type(libc, target_fd))
+            if kernel is None and any(
+                where == top or where.startswith(top + "/") for top in KERNEL_FOLDERS
+            ):
+                kernel = where
+            if kernel is not None:
+                raise _Refused(
+                    f"mount target {target} is on {kernel}: the kernel's own views"
+                    " (/proc, /sys) are never covered by a task's mount"
+                )
+    except BaseException:
+        for source, target_fd, *_ in opened:
+            os.close(source)
+            os.close(target_fd)
+        raise
+    return opened
+
+
+def _nested(mounts: list[list[Any]]) -> str | None:
+    """Why the targets cannot all be bound: one at or inside another. Every target is
+    opened before the first bind, so an inner one would land hidden under the outer."""
+    targets = [os.path.normpath(target).rstrip("/") + "/" for _, target, _ in mounts]
+    for i, first in enumerate(targets):
+        for j in range(i + 1, len(targets)):
+            if first.startswith(targets[j]) or targets[j].startswith(first):
+                return f"mount targets {mounts[i][1]} and {mounts[j][1]} overlap: refused"
+    return None
+
+
+class _MountAttr:
+    """struct mount_attr (attr_set, attr_clr, propagation, userns_fd: four u64)."""
+
+    SIZE = 32
+
+    @staticmethod
+    def make(attr_set: int, propagation: int) -> Any:
         import ctypes
 
-        raise _Refused(f"{what}: {os.strerror(ctypes.get_errno())}")
+        return (ctypes.c_uint64 * 4)(attr_set, 0, propagation, 0)
 
 
-def _enter_mounts(libc: Any, mounts: list[list[Any]]) -> None:
-    """In the forked child, as root: a private mount namespace with the task's binds."""
+def _clone(libc: Any, source: int, host: str, read_only: bool) -> int:
+    """A detached copy of the tree at ``source``, private, read-only throughout if asked."""
+    import ctypes
+
+    flags = OPEN_TREE_CLONE | AT_RECURSIVE | AT_EMPTY_PATH | os.O_CLOEXEC
+    tree = libc.syscall(SYS_OPEN_TREE, source, b"", flags)
+    if tree < 0:
+        raise _Refused(f"cannot copy the mount tree of {host}: {_errno_text()}")
+    attr = _MountAttr.make(MOUNT_ATTR_RDONLY if read_only else 0, MS_PRIVATE)
+    done = libc.syscall(
+        SYS_MOUNT_SETATTR, tree, b"", AT_EMPTY_PATH | AT_RECURSIVE, ctypes.byref(attr), 32
+    )
+    if done != 0:
+        os.close(tree)
+        raise _Refused(f"cannot make the bind of {host} private or read-only: {_errno_text()}")
+    return int(tree)
+
+
+def _enter_mounts(libc: Any, mounts: list[list[Any]], spec: dict[str, Any] | None = None) -> None:
+    """In the forked child, as root: a private mount namespace with the task's binds.
+    ``spec``: whose credentials open the paths (None: the shim's own)."""
+    if len(mounts) > MAX_MOUNTS:
+        raise _Refused(f"at most {MAX_MOUNTS} mounts per task, got {len(mounts)}")
+    problem = _nested(mounts)
+    if problem:
+        raise _Refused(problem)
     _check(libc.unshare(CLONE_NEWNS), "cannot make the task's mount namespace")
     _check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "cannot make mounts private")
-    for host, target, read_only in mounts:
-        _bind(libc, host, target, read_only)
-    _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "cannot set no_new_privs")
-
-
-def _bind(libc: Any, host: str, target: str, read_only: bool) -> None:
-    if not os.path.lexists(target):
-        raise _Refused(
-            f"mount target {target} does not exist on this node: a process task's mounts"
-            " go over existing folders or files (none is created for it)"
-        )
+    opened = _as_task(spec, lambda: _open_all(libc, mounts)) if spec else _open_all(libc, mounts)
     try:
-        fd = os.open(host, os.O_PATH | os.O_CLOEXEC)
-    except OSError as exc:
-        raise _Refused(f"cannot open mount source {host}: {exc.strerror}") from None
-    try:
-        held = f"/proc/self/fd/{fd}"
-        if os.readlink(held) != host:
-            raise _Refused(f"mount source {host} changed before it was bound: refused")
-        _check(
-            libc.mount(held.encode(), target.encode(), None, MS_BIND | MS_REC, None),
-            f"cannot bind {host} at {target}",
-        )
+        trees = []
+        try:
+            for source, _, host, _, read_only in opened:
+                trees.append(_clone(libc, source, host, read_only))
+            for tree, (_, target_fd, host, target, _) in zip(trees, opened, strict=True):
+                flags = MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH
+                moved = libc.syscall(SYS_MOVE_MOUNT, tree, b"", target_fd, b"", flags)
+                if moved != 0:
+                    raise _Refused(f"cannot bind {host} at {target}: {_errno_text()}")
+        finally:
+            for tree in trees:
+                os.close(tree)
     finally:
-        os.close(fd)
-    if read_only:
-        kept = os.statvfs(target).f_flag & KEPT_FLAGS  # a remount must not drop nosuid...
-        flags = MS_REMOUNT | MS_BIND | MS_RDONLY | kept
-        _check(libc.mount(None, target.encode(), None, flags, None), f"cannot make {target} ro")
+        for source, target_fd, *_ in opened:
+            os.close(source)
+            os.close(target_fd)
+    _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "cannot set no_new_privs")
 
 
 def _drop_to(spec: dict[str, Any]) -> None:
@@ -527,7 +675,7 @@ def _exec_child(
     if rlimit is not None:
         resource.setrlimit(resource.RLIMIT_DATA, (rlimit, rlimit))
     if libc is not None:
-        _enter_mounts(libc, spec["mounts"])
+        _enter_mounts(libc, spec["mounts"], spec)
         os.chdir(spec["cwd"])  # again: a mount may now cover the working directory
     if spec["uid"] is not None:
         _drop_to(spec)

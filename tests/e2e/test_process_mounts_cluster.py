@@ -6,6 +6,7 @@ process task with mounts, naming the field.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,11 @@ from node_agent.executors.process_plan import can_unshare_mounts
 pytestmark = [
     pytest.mark.timeout(120),
     pytest.mark.skipif(not can_unshare_mounts(), reason="needs a root runner with namespaces"),
+    # n2's runner is started under setpriv (util-linux) to take CAP_SYS_ADMIN away
+    pytest.mark.skipif(
+        shutil.which("setpriv") is None,
+        reason="needs setpriv (util-linux) to start a runner without CAP_SYS_ADMIN",
+    ),
 ]
 
 NO_SYS_ADMIN = ("setpriv", "--bounding-set", "-sys_admin", "--")
