@@ -361,6 +361,9 @@ class _Pass:
             no_vps = vps_refusal(node)
             if no_vps:
                 return no_vps
+        no_docker = node.container_refusal(spec)
+        if no_docker:
+            return no_docker
         refusal = self.rooms[name].refusal(spec)
         if refusal is not None and name in self.held:
             return f"{refusal} (a share is held for job {self.held[name]}, waiting longer)"

@@ -68,6 +68,18 @@ class NodeView(Struct, kw_only=True, gc=False):
             return None
         return f"no account {owner!r} on node {self.name} (run_tasks_as = owner)"
 
+    def container_refusal(self, spec: TaskSpec) -> str | None:
+        """Why this node can never run ``spec`` because it is a container task and the
+        node's runner has no Docker executor (no engine there); None if it can. With
+        Docker the default environment, a mixed cluster's nodes without an engine must
+        not take the tasks that name no ``--container``."""
+        if spec.container is None or "docker" in self.executors:
+            return None
+        return (
+            f"node {self.name} has no Docker engine (executors: "
+            f"{', '.join(self.executors) or 'none'}): a container task cannot run there"
+        )
+
     def mounts_refusal(self, spec: TaskSpec) -> str | None:
         """Why this node can never run ``spec`` because of its mounts: a process task
         (no container) with ``--mount`` binds on a node whose runner cannot make mount

@@ -183,7 +183,10 @@ def _check_fits_somewhere(state: ClusterState, rank: TaskSpec) -> None:
         return
     nodes = list(state.nodes.values())
     refusals = [
-        never_holds(n, rank) or n.account_refusal(rank.owner) or n.mounts_refusal(rank)
+        never_holds(n, rank)
+        or n.account_refusal(rank.owner)
+        or n.mounts_refusal(rank)
+        or n.container_refusal(rank)
         for n in nodes
     ]
     if not all(refusals):
@@ -200,6 +203,8 @@ def _check_fits_somewhere(state: ClusterState, rank: TaskSpec) -> None:
         field = "owner"
     elif all(n.mounts_refusal(rank) for n in nodes):
         field = "volumes"  # a process rank's binds: no node can make mount namespaces
+    elif all(n.container_refusal(rank) for n in nodes):
+        field = "resources.image_id"  # a container rank: no node has a Docker engine
     else:  # mixed (one node lacks the account, another the binds): the first that applies
         field = "owner" if any(n.account_refusal(rank.owner) for n in nodes) else "volumes"
     shown = "; ".join(f"{n.name}: {r}" for n, r in zip(nodes[:5], refusals, strict=False))

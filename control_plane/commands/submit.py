@@ -139,7 +139,8 @@ def submitted_events(
     if container is not None and not mounts:
         mounts = additional_mounts(default_mounts)
     command, public_key = request.command, request.ssh_public_key
-    if request.task_type == "vps":
+    vps = request.task_type == "vps"
+    if vps:
         public_key = check_vps_request(state, request, targets, container, owner)
         command = VPS_COMMAND
 
@@ -156,6 +157,8 @@ def submitted_events(
             raise InvalidRequest(f"targets[{i}]", f"{target} can never run it: {no_account}")
         if container is None and mounts and not node.process_mounts:
             raise InvalidRequest("mounts", _no_mounts_on(node.name))
+        if container is not None and vps is False and "docker" not in node.executors:
+            raise InvalidRequest(f"targets[{i}]", _no_docker_on(str(target), container))
     if not targets and state.nodes:
         auto = Target(node="")
         large = [n for n in state.nodes.values() if not never_fits(n, request.cores, memory, auto)]
@@ -179,6 +182,12 @@ def submitted_events(
             and not any(n.process_mounts and not n.account_refusal(owner) for n in large)
         ):
             raise InvalidRequest("mounts", _no_mounts_on(None, owner))
+        if (
+            container is not None
+            and vps is False  # a VPS's own check (check_vps_request) names what it needs
+            and not any("docker" in n.executors and not n.account_refusal(owner) for n in large)
+        ):
+            raise InvalidRequest("container", _no_docker_on(None, container))
 
     batch_id = batch_id or new_id()
     events = []
@@ -241,6 +250,16 @@ def covers_kernel_view(target: str) -> bool:
     the node checks the path it resolves to, and the file system it is on, again)."""
     path = posixpath.normpath(target)
     return any(path == top or path.startswith(top + "/") for top in ("/proc", "/sys"))
+
+
+def _no_docker_on(target: str | None, container: str) -> str:
+    """A container task where no node (or not ``target``) has a Docker engine."""
+    where = f"{target} has no" if target else "no registered node large enough has a"
+    return (
+        f"{where} Docker engine to run the container environment {container!r} (the"
+        " default environment, when you gave no --container); pass --container NULL to"
+        " run the task as a plain process, or start Docker on a node and restart its runner"
+    )
 
 
 def _no_mounts_on(node: str | None, owner: str | None = None) -> str:

@@ -31,6 +31,8 @@ def cluster() -> ClusterState:
             cores=8,
             memory_bytes=16_000_000_000,
             numa=(NumaNode(id=0, cpus=(0, 1, 2, 3)), NumaNode(id=1, cpus=(4, 5, 6, 7))),
+            executors=("process", "docker"),
+            run_tasks_as="owner",  # no VPS on either node: users are never root there
         ),
         NodeRegistered(
             node="node3",
@@ -38,6 +40,8 @@ def cluster() -> ClusterState:
             cores=4,
             memory_bytes=8_000_000_000,
             gpus=(GpuInfo(id=0, name="A"), GpuInfo(id=1, name="A")),
+            executors=("process", "docker"),
+            run_tasks_as="owner",
         ),
     ]
     state.apply_all(record_in_memory([new_event(n, source=n.node) for n in nodes]))

@@ -29,7 +29,12 @@ def apply(state: ClusterState, *events: AnyEvent) -> None:
 
 def node(name: str, *, mounts: bool) -> NodeRegistered:
     return NodeRegistered(
-        node=name, address=name, cores=4, memory_bytes=1 << 33, process_mounts=mounts
+        node=name,
+        address=name,
+        cores=4,
+        memory_bytes=1 << 33,
+        process_mounts=mounts,
+        executors=("process", "docker"),
     )
 
 

@@ -56,7 +56,11 @@ class JobSimulation:
         self._record(
             [
                 NodeRegistered(
-                    node=name, address=f"10.0.0.{i + 1}", cores=cores, memory_bytes=8 * GIB
+                    node=name,
+                    address=f"10.0.0.{i + 1}",
+                    cores=cores,
+                    memory_bytes=8 * GIB,
+                    executors=("process", "docker"),  # ranks run in containers
                 )
                 for i, name in enumerate(self.names)
             ]
