@@ -112,16 +112,19 @@ def service(
     host
         The host's unit, hakuriver-host.service.
     runner
-        A runner's unit, hakuriver-runner.service (runs as root, KillMode=process).
+        A runner's unit, hakuriver-runner.service (KillMode=process). It runs as root
+        only with [runner] run_tasks_as = "owner" or --user root.
     config
-        The configuration file the service reads; it must exist (default:
-        $HAKURIVER_CONFIG, then ~/.hakuriver/config.toml).
+        The configuration file the service reads; it must exist and the service's
+        user must be able to read it (default: $HAKURIVER_CONFIG, then
+        ~/.hakuriver/config.toml, ~ being the service user's home).
     output
         Write the unit into this directory (default: /etc/systemd/system as root, else
         the current directory).
     user
-        Run the service as this user (default: the runner as root; the host as you, or
-        as the user who ran sudo).
+        Run the service as this user (default: you, or the user who ran sudo; the
+        runner as root with run_tasks_as = "owner"). As root without sudo, a runner
+        needs --user (--user root: tasks as root, knowingly) or run_tasks_as = "owner".
     force
         Overwrite an existing unit file.
     """
@@ -140,7 +143,10 @@ def service(
         is_root=os.geteuid() == 0,
     )
     for line in lines:
-        say(line)
+        if line.startswith("warning:"):
+            note(line)
+        else:
+            say(line)
     return 0
 
 

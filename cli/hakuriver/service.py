@@ -7,19 +7,38 @@ configuration file by its absolute path. That file must exist: a service started
 all defaults would listen on loopback only, which is never what a multi-machine
 cluster wants, so the command refuses and says how to make one.
 
-What each unit holds, and why:
+Who each unit runs as, and why:
 
-- ``Restart=on-failure`` with a pause, after ``network-online.target`` (the host binds its
-  configured address, a runner dials the host's);
-- the runner also after ``docker.service`` (it loads environments and starts containers),
-  runs as root (tasks as their owners, private mount namespaces for ``--mount``) and has
-  ``KillMode=process``: stopping or restarting it stops watching, never the tasks
-  (docs/decisions.md, "Agents leave their tasks running when they stop"); a restarted
+- the runner as root only where it must switch to the tasks' owners (``[runner]
+  run_tasks_as = "owner"``) or when ``--user root`` says so; otherwise as ``--user``, else
+  the user who ran ``sudo`` (``$SUDO_USER``), else whoever runs this: the account that
+  would run ``hakuriver runner`` by hand. With the default ``run_tasks_as = "runner"``
+  every task runs as the runner's account, so a root runner would make any user with a
+  token root on the node (docs/security.md); root without sudo and without ``--user`` is
+  refused, naming the ways out. Its state directory (the join credential) is that
+  account's: the lines printed say where, and how to join as that account;
+- the host as ``--user``, else ``$SUDO_USER``, else whoever runs this.
+
+Without ``--config``, the file is that account's default (its home's
+``.hakuriver/config.toml``, or ``$HAKURIVER_CONFIG`` with ``~`` as its home), and the
+account must be able to read it (mode bits along the path; root always can).
+
+What each unit holds:
+
+- ``Restart=on-failure`` with a pause but ``RestartPreventExitStatus=2`` (our refusals: a
+  bad configuration or a missing credential is not retried every few seconds), after
+  ``network-online.target`` (the host binds its configured address, a runner dials the
+  host's) and ``docker.service`` (the runner loads environments and starts containers; the
+  host pings the engine once at start to choose the default environment);
+- ``WorkingDirectory=`` the account's home (``-``: not fatal when missing), so a relative
+  ``data_dir`` means what it means by hand rather than ``/``; ``DOCKER_HOST`` when set now
+  (rootless Docker);
+- the runner has ``KillMode=process``: stopping or restarting it stops watching, never the
+  tasks (docs/decisions.md, "Agents leave their tasks running when they stop"); a restarted
   runner adopts them. It gets no sandboxing: its process tasks are its children and would
   inherit every restriction (read-only system, private /tmp, no setuid, no /dev/nvidia*);
-- the host runs as the user who made the unit (or ``--user``) with the hardening that
-  leaves its work alone: it writes only its data and shared directories and talks to
-  Docker over the engine's socket.
+- the host gets the hardening that leaves its work alone: it writes only its data and
+  shared directories and talks to Docker over the engine's socket.
 
 Every value goes through systemd's quoting and specifier rules (``%`` becomes ``%%``,
 ``$`` in a command line ``$$``), so a path with spaces or a ``%`` reaches the process
@@ -30,17 +49,20 @@ a unit and is refused.
 from __future__ import annotations
 
 import getpass
+import grp
 import os
 import pwd
 import re
 import shlex
 import shutil
+import stat
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from cli.hakuriver.config import ConfigError, config_path, load_config
+from cli.hakuriver.config import DEFAULT_PATH, ConfigError, config_path, load_config
 
 Role = Literal["host", "runner"]
 
@@ -52,6 +74,8 @@ RUNNER_PROGRAMS = ("docker", "numactl", "unshare", "nvidia-smi")
 # Where home directories live: a host whose data lies under one cannot have ProtectHome.
 HOME_ROOTS = ("/home", "/root", "/run/user")
 RESTART_SEC = 5
+# Our refusals (a bad configuration, no credential): restarting would only repeat them.
+EXIT_REFUSED = 2
 _USER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 
 DESCRIPTIONS = {
@@ -131,31 +155,68 @@ def service_path(launcher: Launcher, environ_path: str | None = None) -> str:
     return ":".join(dict.fromkeys(entries))
 
 
-def _home_of(user: str | None) -> Path:
-    name = user or "root"
+def _account(name: str) -> pwd.struct_passwd:
     try:
-        return Path(pwd.getpwnam(name).pw_dir)
+        return pwd.getpwnam(name)
     except KeyError:
-        return Path("/root") if name == "root" else Path("/home") / name
+        raise ServiceError(f"--user {name!r}: no such account on this machine") from None
 
 
-def host_dirs(config: dict[str, object], user: str | None) -> list[Path]:
-    """The host's data and shared directories, ``~`` read as the service user's home."""
+def _home_of(user: str | None) -> Path:
+    return Path(_account(user or "root").pw_dir)
+
+
+def expand_home(value: str, home: Path, base: Path | None) -> Path:
+    """``value`` as the service reads it: ``~`` is the service user's home, a relative
+    path is taken from ``base`` (the unit's working directory for ``data_dir``)."""
+    if value == "~" or value.startswith("~/"):
+        return home / value[2:]
+    path = Path(value)
+    return path if path.is_absolute() or base is None else base / path
+
+
+def data_dir_of(config: Mapping[str, Any], user: str | None) -> Path:
+    """``[paths] data_dir`` for the service user (relative: from its home, the unit's
+    working directory)."""
+    from events.config import DEFAULT_DATA_DIR
+
     paths = config.get("paths", {})
     section = paths if isinstance(paths, dict) else {}
     home = _home_of(user)
+    return expand_home(str(section.get("data_dir", DEFAULT_DATA_DIR)), home, home)
 
-    def expand(value: str, base: Path | None) -> Path:
-        if value == "~" or value.startswith("~/"):
-            return home / value[2:]
-        path = Path(value)
-        return path if path.is_absolute() or base is None else base / path
 
-    from events.config import DEFAULT_DATA_DIR
-
-    data_dir = expand(str(section.get("data_dir", DEFAULT_DATA_DIR)), None)
-    shared = expand(str(section.get("shared_dir", "shared")), data_dir)
+def host_dirs(config: Mapping[str, Any], user: str | None) -> list[Path]:
+    """The host's data and shared directories, ``~`` read as the service user's home."""
+    paths = config.get("paths", {})
+    section = paths if isinstance(paths, dict) else {}
+    data_dir = data_dir_of(config, user)
+    shared = expand_home(str(section.get("shared_dir", "shared")), _home_of(user), data_dir)
     return [data_dir, shared]
+
+
+def runner_state_dir(config: Mapping[str, Any], user: str | None) -> Path:
+    """The runner's state directory (where ``--join`` keeps its credential) for the
+    service user: node_agent.settings' rule with ``~`` as that user's home."""
+    from node_agent.settings import RunnerSettings, RunnerSettingsError
+
+    data_dir = data_dir_of(config, user)
+    try:
+        settings = RunnerSettings.from_mapping(dict(config), data_dir=str(data_dir))
+    except RunnerSettingsError as exc:
+        raise ServiceError(str(exc)) from None
+    value = settings.runner.state_dir or f"runner-{settings.node_name}"
+    return expand_home(value, _home_of(user), data_dir)
+
+
+def run_tasks_as(config: Mapping[str, Any]) -> str:
+    """``[runner] run_tasks_as`` as the runner reads it (node_agent/settings.py)."""
+    from node_agent.settings import RunnerSettings, RunnerSettingsError
+
+    try:
+        return RunnerSettings.from_mapping(dict(config)).runner.run_tasks_as
+    except RunnerSettingsError as exc:
+        raise ServiceError(str(exc)) from None
 
 
 def under_home(path: Path) -> bool:
@@ -172,6 +233,9 @@ def render_unit(
     user: str | None,
     path: str,
     protect_home: bool = True,
+    working_directory: Path | None = None,
+    docker_host: str | None = None,
+    state_dir: Path | None = None,
 ) -> str:
     """The text of ``hakuriver-<role>.service``."""
     _check_printable(str(config_file), "the configuration file")
@@ -180,7 +244,9 @@ def render_unit(
     command = " ".join(
         exec_word(word) for word in (*launcher.command, role, "--config", str(config_file))
     )
-    after = "network-online.target" + (" docker.service" if role == "runner" else "")
+    # The host pings Docker once at start to choose the default environment; the runner
+    # loads environments and starts containers. A Wants= on a missing unit is harmless.
+    after = "network-online.target docker.service"
     lines = [
         "# Written by `hakuriver init service`; regenerate it rather than edit it"
         ' (docs/operations.md, "Services").',
@@ -197,10 +263,26 @@ def render_unit(
     ]
     if launcher.pythonpath is not None:
         lines.append(f"Environment={environment_value('PYTHONPATH', launcher.pythonpath)}")
+    if docker_host:
+        lines.append(f"Environment={environment_value('DOCKER_HOST', docker_host)}")
     if user is not None and user != "root":
         lines.append(f"User={user}")
-    lines += ["Restart=on-failure", f"RestartSec={RESTART_SEC}"]
+    if working_directory is not None:
+        _check_printable(str(working_directory), "the home directory")
+        # "-": a missing home is not fatal (the service then starts in /).
+        lines.append(f"WorkingDirectory=-{exec_word(str(working_directory))}")
+    lines += [
+        "Restart=on-failure",
+        f"RestartSec={RESTART_SEC}",
+        "# Exit status 2 is a refusal (bad configuration, no credential): not retried.",
+        f"RestartPreventExitStatus={EXIT_REFUSED}",
+    ]
     if role == "runner":
+        if state_dir is not None:
+            _check_printable(str(state_dir), "the state directory")
+            lines.append(
+                f"# Its credential: {state_dir}/agent.token (joined once as {user or 'root'})."
+            )
         lines += [
             "# Stopping or restarting the runner leaves its tasks running; the next runner",
             "# adopts them. Its process tasks are its children: no sandboxing here, they",
@@ -229,14 +311,100 @@ def render_unit(
     return "\n".join(lines)
 
 
-def default_user(role: Role) -> str | None:
-    """Who the unit runs as: the runner as root; the host as whoever asked (through sudo:
-    the user who ran sudo), or root (no ``User=``) when that is root."""
-    if role == "runner":
+def requested_user(
+    user: str | None, *, is_root: bool, environ: Mapping[str, str] | None = None
+) -> str | None:
+    """The account asked for: ``--user``, else (as root) the one who ran sudo, else (not
+    root) whoever runs this; None for root without sudo and without ``--user``."""
+    env = os.environ if environ is None else environ
+    if user is not None:
+        return user
+    if is_root:
+        sudo_user = env.get("SUDO_USER") or ""
+        return sudo_user if sudo_user and sudo_user != "root" else None
+    return getpass.getuser()
+
+
+REFUSE_ROOT_RUNNER = (
+    'the runner\'s service would run as root, and with [runner] run_tasks_as = "{mode}" in'
+    " {config} every task (process tasks too) would run as root: any user with a token"
+    ' would be root on this node. Either set run_tasks_as = "owner" there (tasks as their'
+    " owners' accounts; the runner then runs as root), or give --user ACCOUNT (the runner"
+    " and its tasks as that account); --user root accepts tasks as root knowingly"
+)
+
+
+def service_user(
+    role: Role,
+    *,
+    requested: str | None,
+    explicit: bool,
+    config: Mapping[str, Any],
+    config_file: Path,
+) -> str | None:
+    """Who the unit runs as (None: root, no ``User=``); refuses a root runner nobody asked for."""
+    if role == "host":
+        return None if requested in (None, "root") else requested
+    mode = run_tasks_as(config)
+    if mode == "owner":
+        if explicit and requested not in (None, "root"):
+            raise ServiceError(
+                f'[runner] run_tasks_as = "owner" in {config_file}: the runner must run as'
+                f" root to start tasks as their owners, not as --user {requested}"
+            )
         return None
-    root = os.geteuid() == 0
-    name = (os.environ.get("SUDO_USER") or "root") if root else getpass.getuser()
-    return None if name == "root" else name
+    if requested is None:
+        raise ServiceError(REFUSE_ROOT_RUNNER.format(mode=mode, config=config_file))
+    return None if requested == "root" else requested
+
+
+def default_config(requested: str | None, environ: Mapping[str, str] | None = None) -> Path:
+    """The configuration file the service user would read by default: ``$HAKURIVER_CONFIG``
+    or ``~/.hakuriver/config.toml``, ``~`` being that user's home (not ``$HOME``: under
+    sudo that is root's)."""
+    env = os.environ if environ is None else environ
+    if requested is None:
+        named, _ = config_path(None)
+        return named
+    home = _home_of(requested)
+    chosen = env.get("HAKURIVER_CONFIG") or str(DEFAULT_PATH)
+    return expand_home(chosen, home, Path.cwd())
+
+
+def unreadable_by(path: Path, account: pwd.struct_passwd) -> str | None:
+    """Why ``account`` cannot read ``path`` by its mode bits (each directory above it
+    searchable, the file readable); None if it can. Root can; ACLs are not consulted."""
+    if account.pw_uid == 0:
+        return None
+    groups = set(os.getgrouplist(account.pw_name, account.pw_gid))
+
+    def allowed(where: Path, bits: tuple[int, int, int]) -> bool:
+        info = where.stat()
+        if info.st_uid == account.pw_uid:
+            return bool(info.st_mode & bits[0])
+        if info.st_gid in groups:
+            return bool(info.st_mode & bits[1])
+        return bool(info.st_mode & bits[2])
+
+    search = (stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH)
+    for parent in reversed(path.parents):
+        if not allowed(parent, search):
+            return f"{account.pw_name} cannot enter {parent} (mode {parent.stat().st_mode:o})"
+    if not allowed(path, (stat.S_IRUSR, stat.S_IRGRP, stat.S_IROTH)):
+        return f"{account.pw_name} cannot read {path} (mode {path.stat().st_mode:o})"
+    return None
+
+
+def docker_reachable(account: pwd.struct_passwd, environ: Mapping[str, str]) -> bool:
+    """Whether ``account`` may use the system engine's socket: root, a member of the
+    ``docker`` group, or ``DOCKER_HOST`` set (rootless Docker, the user's own socket)."""
+    if account.pw_uid == 0 or environ.get("DOCKER_HOST"):
+        return True
+    try:
+        docker_gid = grp.getgrnam("docker").gr_gid
+    except KeyError:
+        return False
+    return docker_gid in os.getgrouplist(account.pw_name, account.pw_gid)
 
 
 def destination(output: Path | None, *, is_root: bool) -> Path:
@@ -262,6 +430,17 @@ def _shell_word(text: str) -> str:
     return shlex.quote(text)
 
 
+def join_command(launcher: Launcher, user: str | None, config_file: Path) -> str:
+    """The command that joins the cluster as the service's user, so the credential lands
+    in that user's state directory (``-H``: ``~`` is that user's home; the script by its
+    path: a virtual environment is not on sudo's secure_path)."""
+    words = [*launcher.command, "runner", "--config", str(config_file), "--join", "TOKEN"]
+    prefix = ["sudo", "-u", user, "-H"] if user not in (None, "root") else ["sudo", "-H"]
+    if launcher.pythonpath is not None:
+        prefix += ["env", f"PYTHONPATH={launcher.pythonpath}"]
+    return " ".join(_shell_word(word) for word in (*prefix, *words))
+
+
 def write_service(
     role: Role,
     *,
@@ -271,9 +450,15 @@ def write_service(
     force: bool,
     is_root: bool,
     interpreter: str | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> tuple[Path, list[str]]:
-    """Write the unit; its path and the lines to print (where it went, what to run next)."""
-    named, _ = config_path(config)
+    """Write the unit; its path and the lines to print (where it went, what to run next;
+    lines starting ``warning:`` go to stderr)."""
+    env = os.environ if environ is None else environ
+    requested = requested_user(user, is_root=is_root, environ=env)
+    if requested is not None:
+        _account(requested)  # an unknown account is refused before anything else
+    named = Path(config).expanduser() if config else default_config(requested, env)
     config_file = Path(os.path.abspath(named))
     try:
         config_file.stat()
@@ -286,9 +471,25 @@ def write_service(
     except OSError as exc:
         raise ServiceError(f"cannot read {config_file}: {exc.strerror}") from None
     settings = load_config(config_file)  # a broken file is refused now, not at boot
-    who = user if user is not None else default_user(role)
+    who = service_user(
+        role,
+        requested=requested,
+        explicit=user is not None,
+        config=settings,
+        config_file=config_file,
+    )
+    account = _account(who or "root")
+    problem = unreadable_by(config_file, account)
+    if problem is not None:
+        raise ServiceError(
+            f"the service would run as {account.pw_name} and read {config_file}, but"
+            f" {problem}: make it readable by that account, or give --config a file it can"
+            " read (or --user another account)"
+        )
     launcher = find_launcher(interpreter)
+    home = Path(account.pw_dir)
     protect_home = role != "host" or not any(under_home(path) for path in host_dirs(settings, who))
+    state_dir = runner_state_dir(settings, who) if role == "runner" else None
     text = render_unit(
         role,
         config_file=config_file,
@@ -296,6 +497,9 @@ def write_service(
         user=who,
         path=service_path(launcher),
         protect_home=protect_home,
+        working_directory=home,
+        docker_host=env.get("DOCKER_HOST") or None,
+        state_dir=state_dir,
     )
     directory = destination(output, is_root=is_root)
     target = directory / unit_name(role)
@@ -303,16 +507,34 @@ def write_service(
         raise ServiceError(f"{target} already exists (use --force to overwrite)")
     directory.mkdir(parents=True, exist_ok=True)
     target.write_text(text)
+    name = account.pw_name
     lines = [
         f"wrote {target}",
-        f"  it runs `hakuriver {role}` as {who or 'root'} with --config {config_file}",
+        f"  it runs `hakuriver {role}` as {name} with --config {config_file}",
     ]
-    if role == "runner":
-        lines.append(
-            f"  join it once first, as {who or 'root'} (its credential is kept in that"
-            f" user's state directory): hakuriver runner --config"
-            f" {_shell_word(str(config_file))} --join TOKEN, then Ctrl-C"
+    runner_section = settings.get("runner", {})
+    # A runner told not to use Docker ([runner] docker = false) needs no socket.
+    uses_docker = role == "host" or not (
+        isinstance(runner_section, dict) and runner_section.get("docker") is False
+    )
+    if uses_docker and not docker_reachable(account, env):
+        refused = (
+            "container tasks will be refused on this node"
+            if role == "runner"
+            else "the host cannot reach Docker (no environments; the default becomes NULL)"
         )
+        lines.append(
+            f"warning: {name} is not in the docker group: {refused}"
+            f" (add it: usermod -aG docker {name}, or set DOCKER_HOST for rootless Docker)"
+        )
+    if state_dir is not None:
+        token = state_dir / "agent.token"
+        lines.append(
+            f"  its credential must be in {token}: join once as {name}, then Ctrl-C once"
+            f" online: {join_command(launcher, who, config_file)}"
+        )
+        if not token.exists():
+            lines.append(f"warning: no credential in {token} yet: join before starting it")
     lines.append("then run:")
     lines.extend(f"  {step}" for step in next_steps(role, target, is_root=is_root))
     return target, lines

@@ -10,16 +10,19 @@ these tests skip, and fail under ``HAKURIVER_REQUIRE_SYSTEMD=1`` (CI installs it
 from __future__ import annotations
 
 import os
+import pwd
 import shlex
 import shutil
 import subprocess
 import sys
 import sysconfig
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support.attacker import NOBODY, as_nobody, nobody_python
+from support.waiting import wait_until
 
 from cli.hakuriver import seeds
 from cli.hakuriver.commands import run
@@ -31,6 +34,7 @@ from cli.hakuriver.service import (
     exec_word,
     write_service,
 )
+from events.config import node_name
 
 REPO = Path(__file__).resolve().parents[2]
 # Blanks, a specifier, a variable, both quotes and a backslash: each must reach the process.
@@ -93,29 +97,80 @@ def installed(tmp_path: Path) -> Path:
     return bin_dir / "python"
 
 
+@pytest.fixture
+def public(request: pytest.FixtureRequest) -> Path:
+    """A directory every account may enter (pytest's own are root's alone, mode 0700): a
+    service user other than root must be able to read its configuration."""
+    top = Path(tempfile.mkdtemp(prefix="hakuriver-unit-"))
+    request.addfinalizer(lambda: shutil.rmtree(top, ignore_errors=True))
+    top.chmod(0o755)
+    return top
+
+
 def config_at(directory: Path, text: str = DEFAULT_CONFIG) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o755)
     path = directory / f"{AWKWARD}.toml"
     path.write_text(text)
+    path.chmod(0o644)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _no_sudo(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whoever runs the suite: as if not under sudo, with no Docker of their own."""
+    for name in ("SUDO_USER", "HAKURIVER_CONFIG", "DOCKER_HOST"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="module")
+def account() -> Iterator[pwd.struct_passwd]:
+    """A throwaway account (not in the docker group) whose home is ours to arrange."""
+    if os.geteuid() != 0 or shutil.which("useradd") is None:
+        pytest.skip("making an account needs root and useradd")
+    name = f"hrsvc{os.getpid()}"
+    home = Path(tempfile.mkdtemp(prefix="hakuriver-home-"))
+    home.chmod(0o755)
+
+    def made() -> bool:  # another process may hold /etc/passwd's lock a moment
+        done = subprocess.run(
+            ["useradd", "-M", "-d", str(home), "-s", "/usr/sbin/nologin", "-U", name],
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode in (0, 10), done.stderr  # 10: cannot lock, try again
+        return done.returncode == 0
+
+    wait_until(made, timeout=30)
+    created = pwd.getpwnam(name)
+    os.chown(home, created.pw_uid, created.pw_gid)
+    try:
+        yield created
+    finally:
+        wait_until(
+            lambda: subprocess.run(["userdel", name], capture_output=True).returncode != 10,
+            timeout=30,
+        )
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.mark.parametrize("role", ["host", "runner"])
 def test_each_unit_passes_systemd_verify_and_runs_what_was_asked(
-    role: str, tmp_path: Path, installed: Path
+    role: str, tmp_path: Path, public: Path, installed: Path
 ) -> None:
-    # Given a configuration file whose path needs every kind of escaping
-    config = config_at(tmp_path / "conf dir")
+    # Given a configuration file whose path needs every kind of escaping, readable by nobody
+    config = config_at(public / "conf dir")
     units = tmp_path / "units"
-    # When its unit is written
+    # When its unit is written, with a rootless Docker's socket in the environment
     unit, lines = write_service(
         role,  # type: ignore[arg-type]
         config=config,
         output=units,
-        user="nobody" if role == "host" else None,
+        user="nobody",
         force=False,
         is_root=True,
         interpreter=str(installed),
+        environ={"DOCKER_HOST": "unix:///run/user/65534/docker 100%.sock"},
     )
     assert unit == units / f"hakuriver-{role}.service"
     text = unit.read_text()
@@ -126,19 +181,21 @@ def test_each_unit_passes_systemd_verify_and_runs_what_was_asked(
     path = next(value for value in environment if value.startswith("PATH="))
     assert path.split("=", 1)[1].split(":")[0] == str(installed.parent)
     assert "/usr/bin" in path.split(":")
+    assert "DOCKER_HOST=unix:///run/user/65534/docker 100%.sock" in environment
+    # a refusal (exit 2) is not retried; a relative data_dir is read from the user's home
     assert "Restart=on-failure" in text and "RestartSec=5" in text
-    assert "After=network-online.target" in text and "Wants=network-online.target" in text
+    assert "RestartPreventExitStatus=2" in text
+    assert f"WorkingDirectory: {NOBODY.pw_dir}" in dump
+    # Docker first for both: the host pings it once at start to choose the default
+    assert "After=network-online.target docker.service" in text
+    assert "Wants=network-online.target docker.service" in text
+    assert "User=nobody" in text
     if role == "runner":
-        # docker first; the runner's tasks survive its stop; nothing they would inherit
-        assert "After=network-online.target docker.service" in text
-        assert "Wants=network-online.target docker.service" in text
+        # the runner's tasks survive its stop; nothing they would inherit
         assert "KillMode: process" in dump
         for option in ("NoNewPrivileges", "PrivateDevices", "DevicePolicy", "ProtectSystem"):
             assert f"\n{option}=" not in text
-        assert "\nUser=" not in text  # root: tasks as their owners, mount namespaces
     else:
-        assert "docker.service" not in text
-        assert "User=nobody" in text
         for option in ("NoNewPrivileges=yes", "ProtectSystem=full", "PrivateTmp=yes"):
             assert option in text
     # And the lines say where it went and what to run (no sudo: as root)
@@ -148,11 +205,11 @@ def test_each_unit_passes_systemd_verify_and_runs_what_was_asked(
 
 
 def test_a_host_whose_data_is_in_a_home_directory_keeps_home_writable(
-    tmp_path: Path, installed: Path
+    tmp_path: Path, public: Path, installed: Path
 ) -> None:
     # ProtectHome=read-only would stop a host whose event log is under ~ from writing it.
     for data_dir, protected in (("~/.hakuriver", False), ("/srv/hakuriver", True)):
-        config = config_at(tmp_path / data_dir.strip("/~."), f'[paths]\ndata_dir = "{data_dir}"\n')
+        config = config_at(public / data_dir.strip("/~."), f'[paths]\ndata_dir = "{data_dir}"\n')
         out = tmp_path / "out" / data_dir.strip("/~.")
         unit, _ = write_service(
             "host",
@@ -189,6 +246,7 @@ def test_an_existing_unit_is_kept_unless_forced(
     existing = out / "hakuriver-runner.service"
     existing.write_text("# edited by hand\n")
     words = ["init", "service", "--runner", "--config", str(config), "--output", str(out)]
+    words += ["--user", "root"]
     # When the unit is asked for again without --force: refused, the file untouched
     assert run(words) == 2
     assert existing.read_text() == "# edited by hand\n"
@@ -221,14 +279,23 @@ def test_a_missing_configuration_is_refused_with_how_to_make_it(
     assert not list(tmp_path.glob("*.service"))
 
 
-def test_the_seed_spelling_writes_the_same_unit(tmp_path: Path) -> None:
-    # Seed 001: `hakuriver.init service --runner [--config /path/to/runner.toml]`
-    config = config_at(tmp_path)
+def test_the_seed_spelling_under_sudo_runs_the_runner_as_the_sudo_user(
+    public: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Seed 001 step 4: `sudo hakuriver.init service --runner [--config /path/to/runner.toml]`
+    # with the default run_tasks_as = "runner": the runner as the one who ran sudo, exactly
+    # as `hakuriver.runner` by hand, never root (every task would be root).
+    config = config_at(public / "conf")
+    monkeypatch.setenv("SUDO_USER", "nobody")
     code = seeds.init_main(
-        ["service", "--runner", "--config", str(config), "--output", str(tmp_path)]
+        ["service", "--runner", "--config", str(config), "--output", str(public)]
     )
-    assert code == 0
-    assert "KillMode=process" in (tmp_path / "hakuriver-runner.service").read_text()
+    assert code == 0, capsys.readouterr().err
+    text = (public / "hakuriver-runner.service").read_text()
+    assert "KillMode=process" in text and "User=nobody" in text
+    # nobody is not in the docker group: container tasks will be refused there
+    err = capsys.readouterr().err
+    assert "warning: nobody is not in the docker group: container tasks will be refused" in err
 
 
 def test_values_are_written_in_systemd_syntax() -> None:
@@ -294,3 +361,135 @@ def test_as_a_user_the_unit_is_written_here_with_the_sudo_steps(
     argv, environment = read_back(verify(unit), unit.name)
     assert argv == [python, "-m", "cli.hakuriver", "host", "--config", str(config)]
     assert f"PYTHONPATH={REPO}" in environment
+
+
+def test_a_root_runner_nobody_asked_for_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given root without sudo and the default run_tasks_as = "runner" (every task as root)
+    config = config_at(tmp_path / "conf")
+    base = ["init", "service", "--runner", "--config", str(config), "--output", str(tmp_path)]
+    unit = tmp_path / "hakuriver-runner.service"
+    if os.geteuid() != 0:
+        pytest.skip("the refusal is for root without sudo")
+    # When no --user is given: refused, naming both ways out, and nothing written
+    assert run(base) == 2
+    err = capsys.readouterr().err
+    assert 'run_tasks_as = "owner"' in err and "--user ACCOUNT" in err
+    assert "--user root accepts tasks as root knowingly" in err
+    assert not unit.exists()
+    # --user root, said knowingly: root
+    assert run([*base, "--user", "root"]) == 0
+    assert "\nUser=" not in unit.read_text()
+    # run_tasks_as = "owner": root, since it switches to the owners; --user nobody then refused
+    owner = config_at(tmp_path / "owner", '[runner]\nrun_tasks_as = "owner"\n')
+    words = ["init", "service", "--runner", "--config", str(owner), "--output", str(tmp_path)]
+    assert run([*words, "--force"]) == 0
+    assert "\nUser=" not in unit.read_text()
+    capsys.readouterr()
+    assert run([*words, "--force", "--user", "nobody"]) == 2
+    assert "the runner must run as root to start tasks as their owners" in capsys.readouterr().err
+
+
+def test_under_sudo_the_runner_reads_the_users_config_and_says_where_its_credential_goes(
+    account: pwd.struct_passwd,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given a user with ~/.hakuriver/config.toml who runs `sudo hakuriver init service
+    # --runner` (HOME is root's under sudo; the unit runs as that user)
+    home = Path(account.pw_dir)
+    (home / ".hakuriver").mkdir(mode=0o755, exist_ok=True)
+    (home / ".hakuriver" / "config.toml").write_text(DEFAULT_CONFIG)
+    monkeypatch.setenv("SUDO_USER", account.pw_name)
+    monkeypatch.setenv("HOME", "/root")
+    words = ["init", "service", "--runner", "--output", str(tmp_path)]
+    assert run(words) == 0
+    out, err = capsys.readouterr()
+    text = (tmp_path / "hakuriver-runner.service").read_text()
+    # Then the unit runs as the user with the user's config, from the user's home
+    assert f"User={account.pw_name}" in text
+    assert f"--config {home}/.hakuriver/config.toml" in text
+    assert f"WorkingDirectory=-{home}" in text
+    # And the lines say exactly where the credential must be, and how to put it there
+    token = home / ".hakuriver" / f"runner-{node_name('')}" / "agent.token"
+    assert f"its credential must be in {token}" in out
+    assert f"sudo -u {account.pw_name} -H " in out and " --join TOKEN" in out
+    assert f"warning: no credential in {token} yet" in err
+    assert f"warning: {account.pw_name} is not in the docker group" in err
+    # Once joined, no warning about it
+    token.parent.mkdir(parents=True)
+    token.write_text("secret")
+    assert run([*words, "--force"]) == 0
+    assert "no credential" not in capsys.readouterr().err
+
+
+def test_under_sudo_the_host_reads_the_users_config(
+    account: pwd.struct_passwd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # config_path() would give /root/.hakuriver/config.toml (HOME under sudo), which the
+    # host's user cannot read; the unit must name the user's own, by either default rule
+    home = Path(account.pw_dir)
+    (home / ".hakuriver").mkdir(mode=0o755, exist_ok=True)
+    (home / ".hakuriver" / "config.toml").write_text(DEFAULT_CONFIG)
+    (home / "other.toml").write_text(DEFAULT_CONFIG)
+    monkeypatch.setenv("SUDO_USER", account.pw_name)
+    monkeypatch.setenv("HOME", "/root")
+    words = ["init", "service", "--host", "--output", str(tmp_path), "--force"]
+    assert run(words) == 0
+    text = (tmp_path / "hakuriver-host.service").read_text()
+    assert f"User={account.pw_name}" in text
+    assert f"--config {home}/.hakuriver/config.toml" in text
+    monkeypatch.setenv("HAKURIVER_CONFIG", "~/other.toml")
+    assert run(words) == 0
+    assert f"--config {home}/other.toml" in (tmp_path / "hakuriver-host.service").read_text()
+
+
+def test_a_config_the_service_user_cannot_read_is_refused(
+    public: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("files of root's that nobody may not read")
+    config = config_at(public / "conf")
+    words = ["init", "service", "--host", "--user", "nobody", "--output", str(tmp_path)]
+    # A directory on the way nobody may not enter
+    config.parent.chmod(0o700)
+    assert run([*words, "--config", str(config)]) == 2
+    assert f"nobody cannot enter {config.parent} (mode 40700)" in capsys.readouterr().err
+    # The file itself not readable
+    config.parent.chmod(0o755)
+    config.chmod(0o600)
+    assert run([*words, "--config", str(config)]) == 2
+    assert f"nobody cannot read {config} (mode 100600)" in capsys.readouterr().err
+    assert not (tmp_path / "hakuriver-host.service").exists()
+    # Readable: written, with the relative --config made absolute
+    config.chmod(0o644)
+    os.chdir(config.parent)
+    try:
+        assert run([*words, "--config", config.name]) == 0
+    finally:
+        os.chdir(REPO)
+    assert f"--config {exec_word(str(config))}" in (tmp_path / "hakuriver-host.service").read_text()
+
+
+def test_the_host_warns_when_its_user_cannot_reach_docker(
+    public: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = config_at(public / "conf")
+    words = ["init", "service", "--host", "--config", str(config), "--output", str(tmp_path)]
+    assert run([*words, "--user", "nobody"]) == 0
+    assert "warning: nobody is not in the docker group: the host cannot reach Docker" in (
+        capsys.readouterr().err
+    )
+    assert run([*words, "--user", "root", "--force"]) == 0
+    assert "docker group" not in capsys.readouterr().err
+    # Rootless Docker: the user's own socket, carried into the unit
+    monkeypatch.setenv("DOCKER_HOST", "unix:///run/user/65534/docker.sock")
+    assert run([*words, "--user", "nobody", "--force"]) == 0
+    assert "docker group" not in capsys.readouterr().err
+    text = (tmp_path / "hakuriver-host.service").read_text()
+    assert 'Environment="DOCKER_HOST=unix:///run/user/65534/docker.sock"' in text
