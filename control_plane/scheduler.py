@@ -321,6 +321,8 @@ class _Pass:
             if name not in self.held
             and nodes[name].account_refusal(spec.owner) is None
             and never_holds(nodes[name], spec) is None
+            and nodes[name].mounts_refusal(spec) is None
+            and nodes[name].container_refusal(spec) is None
         ]
         if len(able) < len(ranks):
             return []
@@ -393,7 +395,13 @@ class _Pass:
         offline = [n for n in registered if not nodes[n].online]
         small = [(n, r) for n in registered if (r := never_holds(nodes[n], spec))]
         no_account = [(n, r) for n in registered if (r := nodes[n].account_refusal(spec.owner))]
-        unable = {n for n, _ in small} | {n for n, _ in no_account}
+        # No engine for a container rank, no binds for a process rank's volumes: never here
+        cannot = [
+            (n, r)
+            for n in registered
+            if (r := nodes[n].container_refusal(spec) or nodes[n].mounts_refusal(spec))
+        ]
+        unable = {n for n, _ in small} | {n for n, _ in no_account} | {n for n, _ in cannot}
         held = [n for n in self.names if n not in have and n in self.held and n not in unable]
         busy = [
             (n, self.rooms[n].refusal(spec) or "")
@@ -418,6 +426,8 @@ class _Pass:
             lines.append("too small: " + "; ".join(f"{n} {r}" for n, r in small))
         if no_account:
             lines.append("no account: " + "; ".join(r for _, r in no_account))
+        if cannot:
+            lines.append("cannot run it: " + "; ".join(r for _, r in cannot))
         if offline:
             lines.append("offline: " + ", ".join(offline))
         return "\n".join(lines)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import random
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support.decisions import context
@@ -110,6 +111,7 @@ def submit_job(
     memory: int | None = None,
     at_us: int = 0,
     name: str = "train",
+    container: str | None = None,
 ) -> str:
     """Fold a job and its ranks as ``decide_submit_job`` records them: one commit."""
     job_id = new_job_id()
@@ -138,6 +140,7 @@ def submit_job(
                 name=f"{name}-{job_id}-node-{rank}",
                 job_id=job_id,
                 rank=rank,
+                container=container,
             ),
         )
         for rank in range(num_nodes)
@@ -503,3 +506,32 @@ def test_jobs_are_never_partly_placed_and_nothing_is_overcommitted(
         for t in rng.sample(holding, k=len(holding) // 2):
             apply(state, TaskFinished(task_id=t.task_id, state="completed", exit_code=0))
     assert state.anomalies == []
+
+
+def test_a_long_waiting_container_job_holds_no_node_without_docker() -> None:
+    """Holding shares of nodes a job can never run on (no engine for its container ranks)
+    would starve the work that could use them and protect nothing: only nodes that could
+    run a rank are held, and the explanation says why the others never will."""
+
+    def with_executors(name: str, *executors: str) -> NodeRegistered:
+        return msgspec.structs.replace(node(name), executors=executors)
+
+    state, sched = ClusterState(), Scheduler(reserve_after_s=60)
+    apply(
+        state,
+        with_executors("d1", "process", "docker"),
+        with_executors("d2", "process", "docker"),
+        with_executors("p1", "process"),
+        with_executors("p2", "process"),
+    )
+    apply(state, task(4, target="d1"), task(4, target="d2"))
+    place(state, sched)
+    job_id = submit_job(state, 2, cores=4, container="hakuriver-base")
+    process_task = task(2)
+    apply(state, process_task, at_us=61 * S)
+    placed = place(state, sched, now_us=61 * S)
+    # The process task runs on a node without Docker: nothing holds it for the job
+    assert [p.node for p in placed if getattr(p, "task_id", None) == process_task.task_id] == ["p1"]
+    why = explain_job(state, state.jobs[job_id], now_us=61 * S, reserve_after_s=60)
+    assert "cannot run it: node p1 has no Docker engine" in why, why
+    assert "p1 (job" not in why and "p2 (job" not in why, why
