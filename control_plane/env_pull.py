@@ -243,7 +243,7 @@ async def pull_image(image: str, *, limit_s: float, report: Report | None = None
         ) from None
     except asyncio.CancelledError:
         pull.abort()
-        log.info("pulling %s: abandoned (the host stops)", image)
+        log.info("pulling %s: abandoned (the host stops, or its caller went away)", image)
         raise
     except PullFailed as exc:
         log.warning("pulling %s failed: %s", image, exc)

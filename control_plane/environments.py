@@ -190,19 +190,25 @@ class Environments:
             await self._call(lambda: self.check_free(name))
             if not await self._call(lambda: self._has_image(image)):
                 await pull_image(image, limit_s=self.settings.docker.pull_timeout, report=progress)
-            container = await self._call(lambda: self._create(image, name))
-            await self.record(
-                [
-                    EnvContainerCreated(
-                        name=name,
-                        image=image,
-                        container_id=container.id,
-                        requested_by=by.user,
-                    )
-                ],
-                by,
-            )
-            return _container_out(container)
+            # Once the engine is asked to create it, the container is recorded even if the
+            # caller goes away (a client that left, a cancelled request): never one on
+            # the engine without its env.container_created.
+            return await asyncio.shield(self._create_and_record(image, name, by))
+
+    async def _create_and_record(self, image: str, name: str, by: Principal) -> ContainerOut:
+        container = await self._call(lambda: self._create(image, name))
+        await self.record(
+            [
+                EnvContainerCreated(
+                    name=name,
+                    image=image,
+                    container_id=container.id,
+                    requested_by=by.user,
+                )
+            ],
+            by,
+        )
+        return _container_out(container)
 
     def check_free(self, name: str) -> None:
         """A 409 on ``name`` when its environment container exists already."""
@@ -259,10 +265,14 @@ class Environments:
             "tty": False,
             **keep_alive.container_options(bool(config.get("Entrypoint"))),
         }
+        container = None
         try:
             container = client.containers.create(base.id, **options)
             container.start()
         except docker.errors.APIError as exc:
+            if container is not None:  # created but not started: nothing is left behind
+                with contextlib.suppress(docker.errors.APIError):
+                    container.remove(force=True)
             raise InvalidRequest(
                 "image", f"could not create a container from {image!r}: {exc.explanation}"
             ) from None

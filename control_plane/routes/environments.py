@@ -132,6 +132,16 @@ async def create_container(request: Request) -> HTTPResponse | None:
     return None
 
 
+def _settled(job: asyncio.Task[dict[str, Any]]) -> None:
+    """A streamed operation's end, whether or not its client stayed to hear it: a failure
+    that is not a refusal is logged (never "exception was never retrieved")."""
+    if job.cancelled():
+        return
+    exc = job.exception()
+    if exc is not None and not isinstance(exc, DomainError):
+        log.error("a streamed environment operation failed", exc_info=exc)
+
+
 # A streamed answer says something at least this often, so a client can tell a long pull
 # from a host gone (the CLI's idle limit is a multiple of it).
 KEEPALIVE_S = 5.0
@@ -140,44 +150,48 @@ KEEPALIVE_S = 5.0
 async def _progress_lines(request: Request, work: Any) -> None:
     """Answer with ``work(progress)``'s progress as NDJSON, at most ten lines a second
     (the newest wins), a ``wait`` line after ``KEEPALIVE_S`` of silence, and its result
-    (or an ``error`` line) last. A client that goes away does not stop the work."""
+    (or an ``error`` line) last. A client that goes away does not stop the work; only the
+    newest step is kept meanwhile (a slot, not a queue: a pull's many steps for a client
+    gone would pile up for as long as the pull lasts), and the work's end is logged."""
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    newest: list[dict[str, Any]] = []  # at most one: the newest step not yet sent
+    changed = asyncio.Event()
+
+    def keep(step: dict[str, Any]) -> None:
+        newest[:] = [step]
+        changed.set()
 
     def progress(step: dict[str, Any]) -> None:  # called from worker threads
-        loop.call_soon_threadsafe(queue.put_nowait, step)
+        loop.call_soon_threadsafe(keep, step)
 
     job = asyncio.create_task(work(progress))
+    job.add_done_callback(_settled)
     response = await request.respond(content_type="application/x-ndjson")
     assert response is not None
-    sent_at, held = loop.time(), None
+    sent_at = loop.time()
     while not job.done():
-        wait = 0.1 - (loop.time() - sent_at) if held is not None else KEEPALIVE_S
-        getter = asyncio.ensure_future(queue.get())
-        await asyncio.wait(
-            {getter, job}, timeout=max(wait, 0.0), return_when=asyncio.FIRST_COMPLETED
-        )
-        if getter.done():
-            held = getter.result()
-        else:
-            getter.cancel()
+        waited = loop.time() - sent_at
+        wait = max(0.1 - waited, 0.0) if newest else KEEPALIVE_S - waited
+        woken = asyncio.ensure_future(changed.wait())
+        first = asyncio.FIRST_COMPLETED
+        await asyncio.wait({woken, job}, timeout=max(wait, 0.0), return_when=first)
+        woken.cancel()
+        changed.clear()
         now = loop.time()
-        if held is not None and now - sent_at >= 0.1:
-            await response.send(json.dumps(held) + "\n")
-            sent_at, held = now, None
-        elif held is None and now - sent_at >= KEEPALIVE_S:
+        if newest and now - sent_at >= 0.1:
+            step = newest.pop()
+            await response.send(json.dumps(step) + "\n")
+            sent_at = now
+        elif not newest and now - sent_at >= KEEPALIVE_S:
             await response.send(json.dumps({"step": "wait"}) + "\n")
             sent_at = now
-    while not queue.empty():
-        held = queue.get_nowait()
-    if held is not None:
-        await response.send(json.dumps(held) + "\n")
+    if newest:
+        await response.send(json.dumps(newest.pop()) + "\n")
     try:
         line: dict[str, Any] = job.result()
     except DomainError as exc:
         line = {"step": "error", "status": exc.status, "field": exc.field, "message": exc.message}
-    except Exception as exc:
-        log.exception("a streamed environment operation failed")
+    except Exception as exc:  # logged by _settled
         line = {"step": "error", "status": 500, "field": None, "message": f"{exc}"}
     await response.send(json.dumps(line) + "\n")
     await response.eof()
