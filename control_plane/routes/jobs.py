@@ -33,6 +33,7 @@ from control_plane.errors import (
     StoreFailing,
     TooLarge,
     TooMany,
+    Unavailable,
 )
 from control_plane.hub import ControlPlane
 from control_plane.job_views import JobOut
@@ -355,7 +356,11 @@ async def _submit(request: Request, slot: _Slot) -> HTTPResponse:
             )
     default = settings.docker.default_container_name
     if spec.container == default and not is_no_container(default):
-        problem = await request.app.ctx.default_environment.ready()
+        try:
+            problem = await request.app.ctx.default_environment.ready()
+        except Unavailable as exc:  # still being made: the job file's field, not the CLI's
+            message = exc.message.replace("pass --container NULL", "set resources.image_id: NULL")
+            raise Unavailable("resources.image_id", message) from None
         if problem is not None:
             raise InvalidRequest("resources.image_id", f"no image_id given, and {problem}")
     job_id = await _new_job_id(cp)
