@@ -464,18 +464,7 @@ class HakuClient:
         stream = self._stream(
             "POST", "/api/environments/containers", {"progress": "1"}, headers, 60.0, body
         )
-        for line in lines_of(stream):
-            if not line.strip():
-                continue
-            step: Json = json.loads(line)
-            if step.get("step") == "error":
-                raise ApiError(
-                    int(step.get("status") or 500),
-                    "create_failed",
-                    step.get("field"),
-                    str(step.get("message")),
-                )
-            yield step
+        yield from _steps(stream, "create_failed")
 
     def env_action(self, name: str, action: Literal["start", "stop"]) -> Json:
         """Start or stop an environment container."""
@@ -494,18 +483,8 @@ class HakuClient:
 
         An ``error`` line (the packaging failed after it started) is raised as ApiError.
         """
-        for line in lines_of(self._stream("POST", f"/api/environments/{_segment(name)}/tar", {})):
-            if not line.strip():
-                continue
-            step: Json = json.loads(line)
-            if step.get("step") == "error":
-                raise ApiError(
-                    int(step.get("status") or 500),
-                    "packaging_failed",
-                    step.get("field"),
-                    str(step.get("message")),
-                )
-            yield step
+        stream = self._stream("POST", f"/api/environments/{_segment(name)}/tar", {})
+        yield from _steps(stream, "packaging_failed")
 
     def join(self, node: str) -> Json:
         """``POST /api/join``: this client's join token for node ``node``'s credential."""
@@ -802,3 +781,17 @@ def error_line(exc: ApiError) -> str:
     if exc.status == 403:
         return f"forbidden: {why}"
     return str(exc)
+
+
+def _steps(stream: Any, code: str) -> Iterator[Json]:
+    """The JSON lines of a streamed environment answer; an ``error`` line (the work failed
+    after the answer began) is raised as ``ApiError`` with ``code``."""
+    for line in lines_of(stream):
+        if not line.strip():
+            continue
+        step: Json = json.loads(line)
+        if step.get("step") == "error":
+            raise ApiError(
+                int(step.get("status") or 500), code, step.get("field"), str(step.get("message"))
+            )
+        yield step

@@ -104,14 +104,7 @@ def create_container(
             print_json(created)
             return 0
         pulled = False
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeElapsedColumn(),
-            transient=True,
-        ) as bar:
+        with _transfer_bar() as bar:
             work = bar.add_task(f"creating {name}", total=None)
             drawn = bar.console.is_terminal  # else (a log, a pipe): a line per layer done
             said = ""
@@ -199,14 +192,7 @@ def create_tar(name: str, /, *, as_json: JsonFlag = False, conn: Connection | No
                 packaged = step.get("packaged", packaged)
             print_json(packaged)
             return 0
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeElapsedColumn(),
-            transient=True,
-        ) as bar:
+        with _transfer_bar() as bar:
             saving = bar.add_task(f"committing {name}", total=None)
             for step in client.env_package(name):
                 kind = step.get("step")
@@ -303,3 +289,15 @@ def _stamp(timestamp: int) -> str:
     from datetime import UTC, datetime
 
     return human_time(datetime.fromtimestamp(timestamp, UTC).isoformat(), short=False)
+
+
+def _transfer_bar() -> Progress:
+    """The bar of a pull or a save: what, how far, how much, how fast, how long."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeElapsedColumn(),
+        transient=True,
+    )

@@ -23,7 +23,7 @@ from typing import Any
 
 import duckdb
 import pytest
-from support.cluster import Cluster, running_cluster
+from support.cluster import Cluster, hakuriver, running_cluster
 from support.docker_images import (
     BUSYBOX_IMAGE,
     build_one_binary_image,
@@ -36,16 +36,6 @@ from support.waiting import wait_until
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(180)]
 
 SEED_ENTRY = "import sys; from cli.hakuriver import seeds; sys.exit(seeds.{}())"
-
-
-def hakuriver(cluster: Cluster, *words: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "cli.hakuriver", *words],
-        env=cluster.env(),
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def seed(cluster: Cluster, entry: str, *words: str) -> subprocess.CompletedProcess[bytes]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -19,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from support.cluster import Cluster, running_cluster
+from support.cluster import hakuriver, running_cluster
 from support.docker_images import engine_or_skip, unique_environment
 from support.registry import MARKER, LocalRegistry, push_unique_image, remove_image
 from support.terminal import Terminal
@@ -44,16 +43,6 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalRe
 @pytest.fixture
 def env_name() -> Iterator[str]:
     yield from unique_environment()
-
-
-def hakuriver(cluster: Cluster, *words: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "cli.hakuriver", *words],
-        env=cluster.env(),
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def _root(path: Path) -> Path:

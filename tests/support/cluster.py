@@ -402,6 +402,18 @@ policy = "{policy}"
         return r.content
 
 
+def hakuriver(cluster: Cluster, *words: str) -> subprocess.CompletedProcess[bytes]:
+    """``hakuriver WORDS...`` against ``cluster``, as a user's shell runs it (its output
+    captured; at most two minutes)."""
+    return subprocess.run(
+        [sys.executable, "-m", "cli.hakuriver", *words],
+        env=cluster.env(),
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+
+
 @contextlib.contextmanager
 def running_cluster(
     root: Path, agents: tuple[str, ...] = ("n1",), **options: Any
