@@ -208,6 +208,10 @@ def _in_daemon_thread(work: Callable[[], None], name: str) -> asyncio.Future[Non
     return future
 
 
+# How an engine says the image is not there to pull (Docker's and registries' words).
+_NOT_FOUND_WORDS = ("not found", "manifest unknown", "pull access denied", "does not exist")
+
+
 def _fix(image: str) -> str:
     return (
         f"put it there yourself (`docker pull {image}` or `docker load` on the host), or"
@@ -230,6 +234,9 @@ async def pull_image(image: str, *, limit_s: float, report: Report | None = None
     started = time.monotonic()
     log.info("pulling %s onto the host's engine (at most %gs)", image, limit_s)
     job = _in_daemon_thread(pull.run, f"pull {image}")
+    # An abandoned pull may still fail on its thread later: its end is read, never left
+    # as "exception was never retrieved".
+    job.add_done_callback(lambda ended: ended.cancelled() or ended.exception())
     try:
         await asyncio.wait_for(asyncio.shield(job), limit_s)
     except TimeoutError:
@@ -247,7 +254,11 @@ async def pull_image(image: str, *, limit_s: float, report: Report | None = None
         raise
     except PullFailed as exc:
         log.warning("pulling %s failed: %s", image, exc)
-        raise NotFound(
+        unknown = any(word in str(exc).lower() for word in _NOT_FOUND_WORDS)
+        # The image is unknown where it was asked for: a 404; anything else (no space
+        # left, a registry or engine failing) is the host's trouble for now: a 503.
+        refusal = NotFound if unknown else Unavailable
+        raise refusal(
             "image",
             f"could not pull {image!r} onto the host's Docker engine ({exc}): check the name"
             " and tag, and that the host reaches the registry (a private one needs"

@@ -319,10 +319,8 @@ class _Pass:
             name
             for name in self.names
             if name not in self.held
-            and nodes[name].account_refusal(spec.owner) is None
             and never_holds(nodes[name], spec) is None
-            and nodes[name].mounts_refusal(spec) is None
-            and nodes[name].container_refusal(spec) is None
+            and nodes[name].cannot_run(spec) is None
         ]
         if len(able) < len(ranks):
             return []
@@ -353,19 +351,10 @@ class _Pass:
     def _refusal(self, name: str, spec: TaskSpec) -> str | None:
         """Why the task cannot go on node ``name`` now; None if it can."""
         node = self.state.nodes[name]
-        no_account = node.account_refusal(spec.owner)
-        if no_account:
-            return no_account
-        no_mounts = node.mounts_refusal(spec)
-        if no_mounts:
-            return no_mounts
-        if spec.task_type == "vps":
-            no_vps = vps_refusal(node)
-            if no_vps:
-                return no_vps
-        no_docker = node.container_refusal(spec)
-        if no_docker:
-            return no_docker
+        # A VPS's own rule first: it says why a VPS (sshd as root, a container) never fits
+        never = (vps_refusal(node) if spec.task_type == "vps" else None) or node.cannot_run(spec)
+        if never:
+            return never
         refusal = self.rooms[name].refusal(spec)
         if refusal is not None and name in self.held:
             return f"{refusal} (a share is held for job {self.held[name]}, waiting longer)"

@@ -68,6 +68,16 @@ class NodeView(Struct, kw_only=True, gc=False):
             return None
         return f"no account {owner!r} on node {self.name} (run_tasks_as = owner)"
 
+    def cannot_run(self, spec: TaskSpec) -> str | None:
+        """Why this node can never run ``spec`` whatever its load (no account for its
+        owner, no binds for a process task's mounts, no engine for a container task);
+        None if it could. Resources are the rooms' to say (control_plane/rooms.py)."""
+        return (
+            self.account_refusal(spec.owner)
+            or self.mounts_refusal(spec)
+            or self.container_refusal(spec)
+        )
+
     def container_refusal(self, spec: TaskSpec) -> str | None:
         """Why this node can never run ``spec`` because it is a container task and the
         node's runner has no Docker executor (no engine there); None if it can. With

@@ -21,9 +21,11 @@ from rich.progress import (
 from rich.table import Table
 
 from cli.hakuriver.invocation import (
+    EXIT_FAILED,
     Connection,
     JsonFlag,
     connection,
+    fail,
     note,
     print_json,
     reported,
@@ -111,10 +113,11 @@ def create_container(
             for step in steps:
                 if step.get("step") == "pull":
                     pulled = True
-                    layers = f"{step['layers_done']}/{step['layers']} layers"
+                    layers = f"{step.get('layers_done', 0)}/{step.get('layers', 0)} layers"
                     if not drawn and layers != said:
                         got = human_size(step.get("bytes", 0))
-                        note(f"pulling {image}: {layers}, {got} of {human_size(step['total'])}")
+                        total = human_size(step.get("total", 0))
+                        note(f"pulling {image}: {layers}, {got} of {total}")
                         said = layers
                     bar.update(
                         work,
@@ -124,6 +127,12 @@ def create_container(
                     )
                 elif step.get("step") == "done":
                     created = step["container"]
+    if "container" not in created:  # the answer ended early (a host stopped mid-way)
+        return fail(
+            f"the host's answer ended before environment {name} was created; see"
+            " `hakuriver docker list-containers`",
+            EXIT_FAILED,
+        )
     if pulled:
         say(f"pulled {image} onto the host")
     say(f"created environment {name} from {image} ({created['container']}, running)")

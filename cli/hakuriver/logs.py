@@ -94,7 +94,10 @@ def merged(
     and a runner on one machine share one file (the systemd units pass both the same
     ``--config``), and two processes rotating one file lose lines.
     """
-    section = dict(config.get("logging", {}))
+    given = config.get("logging", {})
+    if not isinstance(given, dict):
+        raise ConfigError("configuration: [logging] must be a table ([logging] and its keys)")
+    section = dict(given)
     if runner and section.get("file") and (options is None or options.log_file is None):
         section["file"] = runner_file(str(section["file"]))
     if os.environ.get("HAKURIVER_LOG"):
@@ -304,10 +307,15 @@ def configure(config: dict[str, Any], *, node: str | None = None) -> logging.Han
     handler: logging.Handler
     if settings.file:
         path = Path(settings.file).expanduser()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handler = PrivateRotatingFileHandler(
-            path, maxBytes=settings.max_bytes, backupCount=settings.backups, encoding="utf-8"
-        )
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handler = PrivateRotatingFileHandler(
+                path, maxBytes=settings.max_bytes, backupCount=settings.backups, encoding="utf-8"
+            )
+        except OSError as exc:  # a folder, a path under /proc, no permission: one line
+            raise ConfigError(
+                f"configuration: [logging] file {str(path)!r}: {exc.strerror or exc}"
+            ) from None
     else:
         handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if settings.format == "json" else HumanFormatter())

@@ -605,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
             ca_fingerprint=args.ca_fingerprint,
             parent_fd=args.parent_fd,
         )
-    except (SettingsError, RunnerSettingsError) as exc:
+    except (SettingsError, RunnerSettingsError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

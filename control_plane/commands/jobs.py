@@ -182,13 +182,7 @@ def _check_fits_somewhere(state: ClusterState, rank: TaskSpec) -> None:
     if not state.nodes:
         return
     nodes = list(state.nodes.values())
-    refusals = [
-        never_holds(n, rank)
-        or n.account_refusal(rank.owner)
-        or n.mounts_refusal(rank)
-        or n.container_refusal(rank)
-        for n in nodes
-    ]
+    refusals = [never_holds(n, rank) or n.cannot_run(rank) for n in nodes]
     if not all(refusals):
         return
     cores_only = msgspec.structs.replace(rank, memory_bytes=None, gpu_count=0)

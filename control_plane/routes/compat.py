@@ -41,6 +41,7 @@ from control_plane.routes.common import (
     control_plane,
     may_see,
     principal_of,
+    query_int,
     task_id_of,
 )
 from control_plane.routes.tasks import record_submission
@@ -398,6 +399,11 @@ async def status(request: Request, ident: str) -> HTTPResponse:
     return answer(_task_document(request, _task(request, ident)))
 
 
+# The original listed every task on each call; here the newest 1000 (as GET /api/tasks),
+# so no user can make the host build a document of every task ever submitted per call.
+COMPAT_LIST_LIMIT = 1000
+
+
 def _newest_first(tasks: Iterable[TaskView], task_type: str) -> list[TaskView]:
     return sorted(
         (t for t in tasks if t.spec.task_type == task_type),
@@ -410,8 +416,12 @@ def _newest_first(tasks: Iterable[TaskView], task_type: str) -> list[TaskView]:
 @page_too
 @rule("user")
 @api(
-    ORIGINAL + "every command task, newest first",
+    ORIGINAL + "the command tasks, newest first",
     response=list[OriginalTask],
+    query=(
+        Query("limit", int, f"at most this many (default and most {COMPAT_LIST_LIMIT})"),
+        Query("offset", int, "skip this many newest first"),
+    ),
     description="Another user's tasks come redacted." + _PAGE_TOO,
 )
 async def list_tasks(request: Request) -> HTTPResponse:
@@ -421,7 +431,11 @@ async def list_tasks(request: Request) -> HTTPResponse:
     if wants_page(list_tasks, request.headers):
         return await page(request, "tasks")
     state = control_plane(request).state
-    tasks = _newest_first(state.tasks.values(), "command")
+    limit = query_int(request, "limit", minimum=1) or COMPAT_LIST_LIMIT
+    if limit > COMPAT_LIST_LIMIT:
+        raise InvalidRequest("limit", f"at most {COMPAT_LIST_LIMIT}; page with offset")
+    offset = query_int(request, "offset") or 0
+    tasks = _newest_first(state.tasks.values(), "command")[offset : offset + limit]
     return answer([_task_document(request, t) for t in tasks])
 
 

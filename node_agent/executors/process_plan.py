@@ -39,6 +39,7 @@ from msgspec import Struct
 
 from events.jobs import CONTROL_ENV
 from node_agent.accounts import Account
+from node_agent.executors import shim
 from node_agent.executors.base import Outcome, StartFailed, TaskRun
 
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -107,12 +108,16 @@ class HostFacilities(Struct, frozen=True, kw_only=True):
 # then the new mount API the shim binds with: open_tree (428) a copy of "/", make it
 # read-only with mount_setattr (442). A kernel without them (ENOSYS: before 5.12) makes
 # the node unable; the shim never falls back to mount(2) on path strings (shim.py).
+# The numbers are the shim's own, so the probe and the binds cannot drift apart.
 _UNSHARE_PROBE = (
     "import ctypes,os;c=ctypes.CDLL(None,use_errno=True);c.syscall.restype=ctypes.c_long;"
-    "ok=c.unshare(0x20000)==0 and c.mount(None,b'/',None,(1<<14)|(1<<18),None)==0;"
-    "t=c.syscall(428,-100,b'/',1|0x80000) if ok else -1;"
-    "a=(ctypes.c_uint64*4)(1,0,0,0);"
-    "os._exit(0 if t>=0 and c.syscall(442,t,b'',0x1000,ctypes.byref(a),32)==0 else 1)"
+    f"ok=c.unshare({shim.CLONE_NEWNS})==0"
+    f" and c.mount(None,b'/',None,{shim.MS_REC | shim.MS_PRIVATE},None)==0;"
+    f"t=c.syscall({shim.SYS_OPEN_TREE},-100,b'/',{shim.OPEN_TREE_CLONE | os.O_CLOEXEC})"
+    " if ok else -1;"
+    f"a=(ctypes.c_uint64*4)({shim.MOUNT_ATTR_RDONLY},0,0,0);"
+    f"os._exit(0 if t>=0 and c.syscall({shim.SYS_MOUNT_SETATTR},t,b'',{shim.AT_EMPTY_PATH},"
+    f"ctypes.byref(a),{shim._MountAttr.SIZE})==0 else 1)"
 )
 
 

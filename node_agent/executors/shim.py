@@ -449,7 +449,6 @@ PR_SET_NO_NEW_PRIVS = 38
 # The new mount API (Linux 5.2; mount_setattr 5.12). One number on every architecture
 # since the syscall tables were unified (424 and up are the same everywhere).
 SYS_OPEN_TREE, SYS_MOVE_MOUNT, SYS_MOUNT_SETATTR = 428, 429, 442
-AT_FDCWD = -100
 AT_EMPTY_PATH, AT_RECURSIVE = 0x1000, 0x8000
 OPEN_TREE_CLONE = 1
 MOVE_MOUNT_F_EMPTY_PATH, MOVE_MOUNT_T_EMPTY_PATH = 0x04, 0x40
@@ -605,7 +604,12 @@ def _clone(libc: Any, source: int, host: str, read_only: bool) -> int:
         raise _Refused(f"cannot copy the mount tree of {host}: {_errno_text()}")
     attr = _MountAttr.make(MOUNT_ATTR_RDONLY if read_only else 0, MS_PRIVATE)
     done = libc.syscall(
-        SYS_MOUNT_SETATTR, tree, b"", AT_EMPTY_PATH | AT_RECURSIVE, ctypes.byref(attr), 32
+        SYS_MOUNT_SETATTR,
+        tree,
+        b"",
+        AT_EMPTY_PATH | AT_RECURSIVE,
+        ctypes.byref(attr),
+        _MountAttr.SIZE,
     )
     if done != 0:
         os.close(tree)
