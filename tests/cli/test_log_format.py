@@ -258,7 +258,7 @@ def test_sanics_lines_come_through_ours(tmp_path: Path) -> None:
     # This process's loggers are left as they were found (other tests share it).
     kept = {
         name: (list(lg.handlers), lg.level, lg.propagate, lg.disabled)
-        for name in SANIC_LOGGERS
+        for name in (*SANIC_LOGGERS, "hakuriver")
         for lg in [logging.getLogger(name)]
     }
     log_file = tmp_path / "h.jsonl"
@@ -362,10 +362,8 @@ def test_options_over_the_file_and_refusals(monkeypatch: pytest.MonkeyPatch) -> 
         ({"max_bytes": 10}, "max_bytes"),
         ({"colour": True}, "colour"),
     ):
-        monkeypatch.delenv("HAKURIVER_LOG")
         with pytest.raises(ConfigError, match=field):
             settings_of({"logging": bad})
-        monkeypatch.setenv("HAKURIVER_LOG", "error")
 
 
 def test_host_refuses_a_bad_log_option(tmp_path: Path) -> None:
@@ -374,9 +372,23 @@ def test_host_refuses_a_bad_log_option(tmp_path: Path) -> None:
 
     from support.cluster import REPO
 
-    command = [sys.executable, "-m", "cli.hakuriver", "host", "--log-level", "LOUD"]
     env = dict(os.environ, PYTHONPATH=str(REPO), HAKURIVER_CONFIG=str(tmp_path / "none.toml"))
     (tmp_path / "none.toml").write_text("")
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, check=False)
-    assert done.returncode == 2, done
-    assert "[logging] level" in done.stderr, done.stderr
+    (tmp_path / "not-a-table.toml").write_text("logging = 3\n")
+    for module, words, said in (
+        ("cli.hakuriver", ["host", "--log-level", "LOUD"], "[logging] level"),
+        # A file that cannot be made, by both entry points: one line, never a traceback
+        ("cli.hakuriver", ["runner", "--log-file", str(tmp_path)], "[logging] file"),
+        ("cli.hakuriver.serve", ["runner", "--log-file", "/proc/nope/x.log"], "[logging] file"),
+        (
+            "cli.hakuriver",
+            ["host", "--config", str(tmp_path / "not-a-table.toml")],
+            "[logging] must be a table",
+        ),
+    ):
+        command = [sys.executable, "-m", module, *words]
+        done = subprocess.run(
+            command, capture_output=True, text=True, env=env, cwd=REPO, check=False
+        )
+        assert done.returncode == 2, done
+        assert said in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -247,6 +247,18 @@ def test_bad_original_bodies_are_refused_naming_the_original_field(
     assert malformed.status_code == 400 and malformed.json()["field"] == "body"
 
 
+def test_the_task_list_is_bounded_and_pages(world: World) -> None:
+    """The original listed every task on each call; here the newest 1000 at most."""
+    for command in ("true", "true"):
+        world.submit(world.alice, command=command, args=[])
+    newest = world.alice.get("/tasks", params={"limit": 1})
+    assert newest.status_code == 200 and len(newest.json()) == 1, newest.text
+    second = world.alice.get("/tasks", params={"limit": 1, "offset": 1})
+    assert second.json()[0]["task_id"] != newest.json()[0]["task_id"]
+    too_many = world.alice.get("/tasks", params={"limit": 1001})
+    assert too_many.status_code == 400 and too_many.json()["field"] == "limit", too_many.text
+
+
 def test_a_refusal_of_another_kind_names_the_original_field_too(world: World) -> None:
     """A user's mount outside what users may mount is a 403, not a 400: it must name the
     original's field as the 400s do."""

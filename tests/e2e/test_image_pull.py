@@ -20,7 +20,7 @@ import httpx
 import pytest
 from support.cluster import hakuriver, running_cluster
 from support.docker_images import engine_or_skip, unique_environment
-from support.registry import MARKER, LocalRegistry, push_unique_image, remove_image
+from support.registry import MARKER, LocalRegistry, registry_with_unique_image, remove_image
 from support.terminal import Terminal
 from support.up import UpCluster
 from support.waiting import wait_until
@@ -31,13 +31,8 @@ pytestmark = [pytest.mark.docker, pytest.mark.timeout(240)]
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalRegistry, str]]:
     """A registry on loopback holding one image found nowhere else, and its reference."""
-    client = engine_or_skip()
-    with LocalRegistry(tmp_path_factory.mktemp("registry")) as running:
-        reference = push_unique_image(client, running)
-        try:
-            yield running, reference
-        finally:
-            remove_image(client, reference)
+    with registry_with_unique_image(tmp_path_factory.mktemp("registry")) as (_, running, ref):
+        yield running, ref
 
 
 @pytest.fixture

@@ -83,14 +83,23 @@ def scrape_after_a_heartbeat(cluster: Cluster) -> Samples:
 
 
 def test_the_agent_reports_its_outbox_and_link_through_the_heartbeat(cluster: Cluster) -> None:
-    samples = scrape_after_a_heartbeat(cluster)
-    # The agent is not scraped: its outbox depth arrives in its heartbeats, by node
-    assert value(samples, "hakuriver_agent_outbox_depth", node="n1") >= 0
+    scrape_after_a_heartbeat(cluster)
+    # The agent is not scraped: its outbox depth arrives in its heartbeats, by node. An
+    # idle agent has everything acknowledged: a later heartbeat says 0 (the series exists
+    # and carries the agent's figure, not a placeholder)
+    samples: Samples = {}
+
+    def drained() -> bool:
+        samples.clear()
+        samples.update(scrape(cluster.http))
+        return value(samples, "hakuriver_agent_outbox_depth", node="n1") == 0
+
+    wait_until(drained, timeout=10)
     assert abs(value(samples, "hakuriver_agent_link_lag_seconds", node="n1")) < 5
     # heartbeats come every 0.2 s in this cluster (the timeout is 1.5 s; a loaded machine
     # may scrape just as the monitor is about to notice a late one)
     assert 0 <= value(samples, "hakuriver_node_heartbeat_age_seconds", node="n1") < 3
-    assert value(samples, "hakuriver_node_cpu_percent", node="n1") >= 0
+    assert 0 <= value(samples, "hakuriver_node_cpu_percent", node="n1") <= 100
 
 
 def test_allocations_and_the_queue_while_a_task_holds_the_node(cluster: Cluster) -> None:

@@ -31,8 +31,7 @@ from typing import Any
 import httpx
 import pytest
 from support.cluster import REPO, free_port
-from support.docker_images import engine_or_skip
-from support.registry import LocalRegistry, push_unique_image, remove_image
+from support.registry import registry_with_unique_image, remove_image
 from support.waiting import wait_until
 from support.zygotes import kill_recorded_tasks, stop_zygotes_under
 
@@ -134,13 +133,8 @@ def machine(tmp_path: Path) -> Iterator[QuickStart]:
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, str]]:
     """The engine, and an image found only in a registry on loopback (the seed's
     ``python:3.12-*``), removed from the engine afterwards."""
-    client = engine_or_skip()
-    with LocalRegistry(tmp_path_factory.mktemp("registry")) as running:
-        reference = push_unique_image(client, running)
-        try:
-            yield client, reference
-        finally:
-            remove_image(client, reference)
+    with registry_with_unique_image(tmp_path_factory.mktemp("registry")) as (client, _, ref):
+        yield client, ref
 
 
 def edit(text: str, key: str, value: str) -> str:

@@ -84,15 +84,17 @@ def test_a_shell_left_by_a_killed_runner_is_ended_by_the_next(tmp_path: Path, pa
                 )
                 assert shells_inside() == 1  # still there, frozen with its VPS
 
-                def resumed() -> bool:
-                    # A loaded machine may see the new link replaced once while the runner
-                    # settles: a 409 "not connected" then is asked again, anything else fails
-                    answer = cluster.client_as(alice).post(f"/api/tasks/{task_id}/resume")
-                    assert answer.status_code in (202, 409), answer.text
-                    assert answer.status_code == 202 or "not connected" in answer.text
-                    return answer.status_code == 202
+                with cluster.client_as(alice) as as_alice:
 
-                cluster.wait(resumed, 30, "the resume to be accepted")
+                    def resumed() -> bool:
+                        # A loaded machine may see the new link replaced once while the
+                        # runner settles: a 409 "not connected" is asked again, else fail
+                        answer = as_alice.post(f"/api/tasks/{task_id}/resume")
+                        assert answer.status_code in (202, 409), answer.text
+                        assert answer.status_code == 202 or "not connected" in answer.text
+                        return answer.status_code == 202
+
+                    cluster.wait(resumed, 30, "the resume to be accepted")
             cluster.wait(lambda: shells_inside() == 0, 30, "the orphan shell to be ended")
             assert cluster.task(task_id)["state"] == "running"
         finally:

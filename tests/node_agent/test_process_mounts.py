@@ -8,7 +8,11 @@ it); elsewhere they are skipped, and the refusal when it cannot is tested on its
 from __future__ import annotations
 
 import os
+import platform
 import pwd
+import re
+import shutil
+import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -200,10 +204,22 @@ def test_without_namespaces_a_task_with_mounts_is_refused_on_the_node(tmp_path: 
 
 
 def test_the_probe_matches_what_the_kernel_allows() -> None:
-    # Root here may or may not be allowed (an unprivileged container is not); not root never
-    if os.geteuid() != 0:
-        assert not can_unshare_mounts()
-    assert HostFacilities.detect().mount_namespaces == can_unshare_mounts()
+    """The probe against an independent witness: util-linux's unshare(1) making a private
+    mount namespace, and a kernel with the descriptor mount API (5.12: mount_setattr)."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("util-linux's unshare is not installed: no witness to compare with")
+    release = tuple(int(part) for part in re.findall(r"\d+", platform.release())[:2])
+    witness = (
+        os.geteuid() == 0
+        and release >= (5, 12)
+        and subprocess.run(
+            [unshare, "--mount", "--propagation", "private", "true"], check=False
+        ).returncode
+        == 0
+    )
+    assert can_unshare_mounts() == witness
+    assert HostFacilities.detect().mount_namespaces == witness
 
 
 # -- the review's attacks (issue 18 item 3) ---------------------------------------------

@@ -15,13 +15,14 @@ import shutil
 import subprocess
 import tarfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from support.cluster import free_port
-from support.docker_images import _rootfs_tar, unavailable
+from support.docker_images import _rootfs_tar, engine_or_skip, unavailable
 from support.waiting import wait_until
 
 MARKER = "/hakuriver-pull-marker"
@@ -65,7 +66,11 @@ class LocalRegistry:
             [binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT
         )
         log.close()
-        wait_until(self._answers, timeout=30, interval=0.05)
+        try:
+            wait_until(self._answers, timeout=30, interval=0.05)
+        except BaseException:  # never answered: not left running behind the failure
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def _answers(self) -> bool:
@@ -115,9 +120,11 @@ def push_unique_image(client: Any, registry: LocalRegistry) -> str:
         changes=["ENV PATH=/bin", 'CMD ["/bin/sh"]'],
     )
     reference = f"{repository}:{tag}"
-    for line in client.api.push(repository, tag=tag, stream=True, decode=True):
-        assert "error" not in line, line
-    remove_image(client, reference)
+    try:
+        for line in client.api.push(repository, tag=tag, stream=True, decode=True):
+            assert "error" not in line, line
+    finally:  # pushed or not, the engine keeps no copy
+        remove_image(client, reference)
     return reference
 
 
@@ -140,3 +147,16 @@ def remove_image(client: Any, reference: str, environment: str | None = None) ->
     with contextlib.suppress(docker.errors.ImageNotFound):
         image = client.images.get(reference)
         client.images.remove(image.id, force=True)
+
+
+@contextlib.contextmanager
+def registry_with_unique_image(root: Path) -> Iterator[tuple[Any, LocalRegistry, str]]:
+    """The engine, a registry on loopback under ``root``, and the reference of an image
+    found only there (removed from the engine afterwards): what the pull tests pull."""
+    client = engine_or_skip()
+    with LocalRegistry(root) as running:
+        reference = push_unique_image(client, running)
+        try:
+            yield client, running, reference
+        finally:
+            remove_image(client, reference)
