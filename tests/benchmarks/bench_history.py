@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import hashlib
 import random
 import sys
 import tempfile
@@ -32,8 +33,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench_store import build_log, report
+import duckdb
+from bench_store import build_log
+from ratios import report, report_ratios
 
+from events.chain import GENESIS_HASH, canonical_head
 from events.snapshot_files import snapshot_dir
 from replay_tools.analytics import open_analytics
 from replay_tools.audit import audit
@@ -97,6 +101,45 @@ def bench_audit(path: Path, label: str) -> None:
     elapsed = time.perf_counter() - t0
     assert result.ok, result.problems[:3]
     report(f"audit_verify_{label}_s", elapsed)
+
+
+def floor_sha256_chain_s(path: Path, n: int = 1_000_000) -> float:
+    """The hash chain alone (``events.chain.chain_hash``) over ``n`` events of the log's mean size.
+
+    The floor of ``audit_verify_*``: one ``SHA-256(previous + head + payload)`` per event,
+    in a Python loop as ``events.chain`` makes it, over heads and payloads of the log's
+    average lengths (1024 distinct ones, built beforehand and cycled: the cost is the
+    bytes hashed, not where they come from). No reading, no comparing, no invariants.
+    """
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        ((head_len, payload_len),) = con.execute(
+            """
+            SELECT avg(octet_length(encode(concat_ws(chr(31), seq, id, kind, stream, source,
+                       epoch_us(occurred_at), epoch_us(recorded_at), schema_version)))) + 1,
+                   avg(octet_length(encode(payload)))
+            FROM events
+            """
+        ).fetchall()
+    finally:
+        con.close()
+    rng = random.Random(19)
+    pool = []
+    for i in range(1024):
+        head = canonical_head(i, "0" * 36, "task.started", "task:x", "node", 0, 0, 1)
+        head = (head * 4)[: round(head_len)]
+        payload = bytes(rng.randrange(32, 127) for _ in range(round(payload_len)))
+        pool.append((head, payload))
+    sha256 = hashlib.sha256
+    gc.collect()
+    t0 = time.perf_counter()
+    prev = GENESIS_HASH
+    for i in range(n):
+        head, payload = pool[i & 1023]
+        prev = sha256(prev + head + payload).digest()
+    elapsed = time.perf_counter() - t0
+    print(f"# floor_sha256_chain: head {head_len:.0f} B + payload {payload_len:.0f} B per event")
+    return elapsed * (1_000_000 / n)
 
 
 def bench_queue_wait(path: Path, label: str) -> None:
