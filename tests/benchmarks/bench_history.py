@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import duckdb
 from bench_store import build_log
-from ratios import report, report_ratios
+from ratios import RECORDED, report, report_ratios
 
 from events.chain import GENESIS_HASH, canonical_head
 from events.snapshot_files import snapshot_dir
@@ -101,6 +101,43 @@ def bench_audit(path: Path, label: str) -> None:
     elapsed = time.perf_counter() - t0
     assert result.ok, result.problems[:3]
     report(f"audit_verify_{label}_s", elapsed)
+
+
+def bench_audit_incremental(path: Path, label: str, new: int = 10_000) -> None:
+    """A re-verify of the log when its last ``new`` events came after a verified watermark.
+
+    The watermark is left by a passing audit up to ``max(seq) - new`` (untimed): the rows
+    after it are the log's own, so the figure is that of ``new`` events appended to a log of
+    this size since its last audit (``audit_verify_incremental_10k_<label>_s``).
+    """
+    with tempfile.TemporaryDirectory(prefix="hakuriver-bench-mark-") as tmp:
+        mark = Path(tmp) / "audit-watermark.json"
+        con = duckdb.connect(str(path), read_only=True)
+        try:
+            ((last,),) = con.execute("SELECT max(seq) FROM events").fetchall()
+        finally:
+            con.close()
+        assert audit(path, upto=int(last) - new, watermark=mark).ok
+        gc.collect()
+        t0 = time.perf_counter()
+        result = audit(path, watermark=mark)
+        elapsed = time.perf_counter() - t0
+        assert result.ok and result.rows_read == new, (result.rows_read, result.problems[:3])
+    report(f"audit_verify_incremental_10k_{label}_s", elapsed)
+
+
+def bench_audit_small(folder: Path, n: int = 10_000) -> float:
+    """A full audit of a log of ``n`` events: what an incremental verify should cost."""
+    path = folder / "history_10k.duckdb"
+    if not path.exists():
+        asyncio.run(build_log(path, n))
+    gc.collect()
+    t0 = time.perf_counter()
+    result = audit(path)
+    elapsed = time.perf_counter() - t0
+    assert result.ok, result.problems[:3]
+    report("audit_verify_10k_s", elapsed)
+    return elapsed
 
 
 def floor_sha256_chain_s(path: Path, n: int = 1_000_000) -> float:
@@ -173,6 +210,17 @@ def main() -> None:
             bench_state_at(path, "10m")
             bench_queue_wait(path, "10m")
             bench_audit(path, "10m")
+        # The audit's floor and its watermark (issue 19), after the rest.
+        path = folder / "history_1m.duckdb"
+        report("floor_sha256_chain_1m_s", floor_sha256_chain_s(path))
+        small = bench_audit_small(folder)
+        bench_audit_incremental(path, "1m")
+        report(
+            "audit_incremental_vs_10k_ratio", RECORDED["audit_verify_incremental_10k_1m_s"] / small
+        )
+        if args.full:
+            bench_audit_incremental(folder / "history_10m.duckdb", "10m")
+        report_ratios()
 
 
 if __name__ == "__main__":

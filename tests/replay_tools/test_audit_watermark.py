@@ -144,7 +144,7 @@ def rewrite_chain_from(path: Path, seq: int) -> None:
 def test_rows_removed_below_or_after_the_watermark_are_found(
     history_db: Path, tmp_path: Path
 ) -> None:
-    copy, mark, at = marked_copy(history_db, tmp_path, new_rows=10)
+    copy, mark, _ = marked_copy(history_db, tmp_path, new_rows=10)
     run_sql(copy, "DELETE FROM events WHERE seq = 7")
     report = audit(copy, watermark=mark)
     assert not report.ok and report.problems[0].kind == "seq" and report.first_bad_seq == 7
@@ -175,7 +175,7 @@ def test_a_missing_or_corrupt_watermark_means_a_full_verify(
 
 
 def test_a_forged_watermark_hash_is_refused(history_db: Path, tmp_path: Path) -> None:
-    copy, mark, at = marked_copy(history_db, tmp_path, new_rows=10)
+    copy, mark, _ = marked_copy(history_db, tmp_path, new_rows=10)
     forged = msgspec.json.decode(mark.read_bytes())
     forged["hash"] = "00" * 32
     mark.write_bytes(msgspec.json.encode(forged))
