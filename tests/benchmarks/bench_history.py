@@ -16,6 +16,18 @@ Figures (each the worst of five random points, opening the file included):
   to a snapshot interval of events to fold);
 * ``audit_verify_*``: ``hakuriver audit verify --db``; ``sql_queue_wait_report_*``:
   ``hakuriver report queue-wait --db`` (opening the file included).
+
+The audit's figures (issue 19), at the end of the run:
+
+* ``floor_sha256_chain_1m_s``: the hash chain alone (``events.chain.chain_hash`` in a
+  Python loop) over 1M events of the 1M log's mean head and payload sizes, the floor of
+  ``audit_verify_1m_s`` (``audit_verify_1m_ratio`` = the two, goal <= 2);
+* ``audit_verify_10k_s``: a full audit of a 10k-event log;
+* ``audit_verify_incremental_10k_1m_s`` (``_10m_`` with ``--full``): the audit of the big
+  log when its last 10k events came after a verified watermark (the rows after it are the
+  log's own, so this is a log of that size that grew by 10k since its last audit);
+  ``audit_incremental_vs_10k_ratio``: that over ``audit_verify_10k_s`` (about 1 when the
+  re-verify costs what 10k events cost).
 """
 
 from __future__ import annotations
