@@ -42,6 +42,7 @@ from events.codec import Codec
 from events.log_reader import begin_read_only
 from projections.sql import state_of_kind
 from projections.tasks import FINAL_STATES, HOLDING_STATES, TRANSITIONS, next_state
+from replay_tools import audit_watermark
 
 
 class Problem(msgspec.Struct, frozen=True, kw_only=True):
@@ -59,6 +60,12 @@ class AuditReport(msgspec.Struct, frozen=True, kw_only=True):
     checked: int
     first_bad_seq: int | None
     problems: list[Problem]
+    # With a watermark (``replay_tools.audit_watermark``): the events up to
+    # ``verified_from`` passed an earlier audit and were not read again (0: none skipped);
+    # ``rows_read``: the rows whose hashes this audit checked; ``watermark``: what it did.
+    verified_from: int = 0
+    rows_read: int = 0
+    watermark: str = ""
 
     def to_dict(self) -> dict[str, object]:
         """The report as JSON-able builtins."""
@@ -184,21 +191,21 @@ ORDER BY 1
 _BODY_SQL = """
 SELECT seq, hash, concat_ws(chr(31), seq, id, kind, stream, source,
     epoch_us(occurred_at), epoch_us(recorded_at), schema_version, payload) AS body
-FROM events WHERE seq <= {last}
+FROM events WHERE seq > {first} AND seq <= {last}
 """
 
 # The same check in SQL and in seq order: for a table whose rows are not stored in seq
 # order (never the store's own: it appends in order), naming gaps and repeats.
-_CHAIN_SQL = f"""
+_CHAIN_SQL = """
 SELECT seq, prev_seq, bad_hash FROM (
     SELECT seq, prev_seq,
         sha256(prev_hash || encode(concat_ws(chr(31), seq, id, kind, stream, source,
             epoch_us(occurred_at), epoch_us(recorded_at), schema_version)
             || chr(31) || payload)) <> lower(hex(hash)) AS bad_hash
     FROM (
-        SELECT *, lag(seq, 1, 0) OVER w AS prev_seq,
-            lag(hash, 1, from_hex(repeat('00', 32))) OVER w AS prev_hash
-        FROM {_AUDITED} WINDOW w AS (ORDER BY seq)
+        SELECT *, lag(seq, 1, {first}) OVER w AS prev_seq,
+            lag(hash, 1, from_hex('{previous}')) OVER w AS prev_hash
+        FROM events WHERE seq > {first} AND seq <= {last} WINDOW w AS (ORDER BY seq)
     )
 )
 WHERE bad_hash OR seq <> prev_seq + 1
@@ -210,29 +217,126 @@ _BATCH = 100_000
 _EDITED = "hash mismatch: the row was edited, or rows were reordered"
 
 
-def audit(db: str | Path | duckdb.DuckDBPyConnection, *, upto: int | None = None) -> AuditReport:
+def audit(
+    db: str | Path | duckdb.DuckDBPyConnection,
+    *,
+    upto: int | None = None,
+    watermark: Path | None = None,
+    full: bool = False,
+) -> AuditReport:
     """Verify the chain and the invariants of a log (a file opened read-only, or a cursor).
 
     ``upto``: audit the events up to this seq (default: all there are when it starts).
+    ``watermark``: a watermark file (``audit_watermark``): the rows a passing audit already
+    verified are checked by their anchor and skipped, and a passing audit moves it on.
+    ``full``: re-read every row even so (the anchor is still checked, the mark still moved).
     """
     if isinstance(db, duckdb.DuckDBPyConnection):
-        return _audit(db, upto)
+        return _audit(db, upto, watermark, full)
     path = Path(db)
     if not path.exists():
         raise FileNotFoundError(f"no event log at {path}")
     con = duckdb.connect(str(path), read_only=True)
     try:
-        return _audit(con, upto)
+        return _audit(con, upto, watermark, full)
     finally:
         con.close()
 
 
-def _audit(con: duckdb.DuckDBPyConnection, upto: int | None) -> AuditReport:
-    if upto is None:
-        ((upto,),) = con.execute("SELECT coalesce(max(seq), 0) FROM events").fetchall()
-    last = int(upto or 0)
+def _audit(
+    con: duckdb.DuckDBPyConnection, upto: int | None, watermark: Path | None, full: bool
+) -> AuditReport:
+    ((stored,),) = con.execute("SELECT coalesce(max(seq), 0) FROM events").fetchall()
+    last = int(stored or 0) if upto is None else min(int(upto), int(stored or 0))
+    if watermark is None:
+        problems, rows_read, _ = _full(con, last, checkpoint=False)
+        return _report(con, last, problems, rows_read)
+    mark, note = audit_watermark.read(watermark)
+    anchor: list[Problem] = []
+    keep = True  # whether a passing audit moves the watermark to ``last``
+    if mark is not None and upto is not None and upto < mark.seq:
+        note, keep = f"watermark at seq {mark.seq}, beyond --upto: not used", False
+        mark = None
+    elif mark is not None:
+        broken = _anchor_broken(con, mark)
+        if broken:
+            anchor.append(Problem(seq=mark.seq, kind="watermark", message=broken))
+            note, mark = "watermark broken: verified from the first event", None
+        elif full:
+            note, mark = f"watermark at seq {mark.seq} holds; --full: every row read", None
+    if mark is not None:
+        problems, rows_read, after = _tail(con, mark, last)
+        verified_from = mark.seq
+        note = f"rows up to seq {mark.seq} verified earlier (watermark holds)"
+    else:
+        problems, rows_read, after = _full(con, last, checkpoint=keep)
+        verified_from = 0
+    problems = anchor + problems
+    if not problems and after is not None and last >= 1:
+        note += "; " + audit_watermark.write(watermark, after)
+    elif problems:
+        note += "; watermark not moved (the audit failed)"
+    return _report(con, last, problems, rows_read, verified_from, note)
+
+
+def _report(
+    con: duckdb.DuckDBPyConnection,
+    last: int,
+    problems: list[Problem],
+    rows_read: int,
+    verified_from: int = 0,
+    note: str = "",
+) -> AuditReport:
+    problems.sort(key=lambda p: (p.seq, p.kind, p.message))
+    # Every seq 1..last is present when the chain check found no gap, so the count is
+    # ``last`` (without counting, which would read the whole seq column).
+    if any(p.kind in ("seq", "watermark") for p in problems) or verified_from == 0:
+        ((count,),) = con.execute("SELECT count(*) FROM events WHERE seq <= ?", [last]).fetchall()
+    else:
+        count = last
+    return AuditReport(
+        ok=not problems,
+        checked=int(count),
+        first_bad_seq=problems[0].seq if problems else None,
+        problems=problems,
+        verified_from=verified_from,
+        rows_read=rows_read,
+        watermark=note,
+    )
+
+
+def _anchor_broken(con: duckdb.DuckDBPyConnection, mark: audit_watermark.Watermark) -> str:
+    """Why the log no longer matches the watermark ("" when it still does)."""
+    ((count, top),) = con.execute(
+        "SELECT count(*), max(seq) FROM events WHERE seq <= ?", [mark.seq]
+    ).fetchall()
+    ((stored,),) = con.execute("SELECT coalesce(max(seq), 0) FROM events").fetchall()
+    if int(stored or 0) < mark.seq:
+        return (
+            f"the log ends at seq {stored}, but seq {mark.seq} was verified:"
+            " rows were removed from its end"
+        )
+    if count != mark.seq or top != mark.seq:
+        return (
+            f"{count} rows up to seq {mark.seq}, which was verified with {mark.seq}:"
+            " rows were removed or added below it"
+        )
+    rows = con.execute("SELECT hash FROM events WHERE seq = ?", [mark.seq]).fetchall()
+    if not rows or bytes(rows[0][0]).hex() != mark.hash:
+        return (
+            f"the stored hash of seq {mark.seq} is not the one verified: rows at or below"
+            " it were rewritten since"
+        )
+    return ""
+
+
+def _full(
+    con: duckdb.DuckDBPyConnection, last: int, *, checkpoint: bool
+) -> tuple[list[Problem], int, audit_watermark.Watermark | None]:
+    """The whole audit up to ``last``; with ``checkpoint``, its state there when it passes."""
     # Its own cursor, for the chain check on its own thread; read-only like the rest.
     chain_con = begin_read_only(con.cursor())
+    after = None
     try:
         with ThreadPoolExecutor(1, thread_name_prefix="hakuriver-audit-chain") as pool:
             chain = pool.submit(_chain_and_structure, chain_con, last)
@@ -247,46 +351,122 @@ def _audit(con: duckdb.DuckDBPyConnection, upto: int | None) -> AuditReport:
                         for seq, message in con.execute(_RESOURCES_SQL.format(last=last)).fetchall()
                     ]
                     problems += _unreadable_versions(con, last)
+                    if checkpoint and not problems and last >= 1:
+                        after = _checkpoint(con, last)
                 finally:
                     con.execute(f"DROP TABLE IF EXISTS {_STEPS_TABLE}")
             finally:
-                problems_chain = chain.result()
+                problems_chain, rows_read = chain.result()
     finally:
         chain_con.close()
-    problems = problems_chain + problems
-    problems.sort(key=lambda p: (p.seq, p.kind))
-    ((count,),) = con.execute("SELECT count(*) FROM events WHERE seq <= ?", [last]).fetchall()
-    return AuditReport(
-        ok=not problems,
-        checked=int(count),
-        first_bad_seq=problems[0].seq if problems else None,
-        problems=problems,
+    return problems_chain + problems, rows_read, after
+
+
+def _checkpoint(con: duckdb.DuckDBPyConnection, last: int) -> audit_watermark.Watermark:
+    """The audit's state at ``last`` (the steps table present, the log verified up to it)."""
+    tasks = {
+        str(task_id): str(state)
+        for task_id, state in con.execute(
+            f"""
+            SELECT task_id, arg_max(target, seq) AS state FROM {_STEPS_TABLE}
+            WHERE target IS NOT NULL GROUP BY task_id
+            HAVING arg_max(target, seq) NOT IN ({_quoted(sorted(FINAL_STATES))})
+            """
+        ).fetchall()
+    }
+    holding = [t for t, state in tasks.items() if state in HOLDING_STATES]
+    held = {}
+    if holding:
+        for task_id, node, cores, memory, gpus in con.execute(
+            f"""
+            SELECT task_id, f[1], try_cast(f[2] AS BIGINT),
+                coalesce(try_cast(f[3] AS BIGINT), 0),
+                coalesce(try_cast(f[4] AS BIGINT[]), []::BIGINT[])
+            FROM (
+                SELECT task_id, seq, json_extract_string(
+                    payload, ['$.node', '$.cores', '$.memory_bytes', '$.gpu_ids']) AS f
+                FROM {_STEPS_TABLE}
+                WHERE kind = 'task.placed' AND before = 'pending' AND json_valid(payload)
+                    AND task_id IN (SELECT unnest(?::VARCHAR[]))
+            )
+            QUALIFY row_number() OVER (PARTITION BY task_id ORDER BY seq DESC) = 1
+            """,
+            [holding],
+        ).fetchall():
+            held[str(task_id)] = audit_watermark.Held(
+                str(node), int(cores or 0), int(memory or 0), [int(g) for g in gpus]
+            )
+    nodes = {
+        str(node): (None if cores is None else int(cores), None if memory is None else int(memory))
+        for node, cores, memory in con.execute(
+            f"""
+            SELECT payload->>'$.node', try_cast(payload->>'$.cores' AS BIGINT),
+                try_cast(payload->>'$.memory_bytes' AS BIGINT)
+            FROM {_AUDITED.format(last=last)} WHERE kind = 'node.registered' AND json_valid(payload)
+            QUALIFY row_number() OVER (PARTITION BY payload->>'$.node' ORDER BY seq DESC) = 1
+            """
+        ).fetchall()
+    }
+    ((digest,),) = con.execute("SELECT hash FROM events WHERE seq = ?", [last]).fetchall()
+    return audit_watermark.Watermark(
+        seq=last, hash=bytes(digest).hex(), tasks=tasks, held=held, nodes=nodes
     )
 
 
-def _unreadable_versions(con: duckdb.DuckDBPyConnection, last: int) -> list[Problem]:
+def _tail(
+    con: duckdb.DuckDBPyConnection, mark: audit_watermark.Watermark, last: int
+) -> tuple[list[Problem], int, audit_watermark.Watermark | None]:
+    """The audit of the rows after the watermark, from its recorded state."""
+    previous = bytes.fromhex(mark.hash)
+    in_order = _chain_in_storage_order(con, last, first=mark.seq, previous=previous)
+    if in_order is None:
+        problems = _chain_in_seq_order(con, last, first=mark.seq, previous=previous)
+        ((rows_read,),) = con.execute(
+            "SELECT count(*) FROM events WHERE seq > ? AND seq <= ?", [mark.seq, last]
+        ).fetchall()
+    else:
+        problems, rows_read = in_order
+    problems += _duplicate_ids(con, last, first=mark.seq)
+    folded, after = _fold_tail(con, mark, last)
+    problems += folded
+    problems += _unreadable_versions(con, last, first=mark.seq)
+    return problems, rows_read, after
+
+
+def _unreadable_versions(
+    con: duckdb.DuckDBPyConnection, last: int, *, first: int = 0
+) -> list[Problem]:
     """Events stored at a schema version no upcaster reads (readers skip them)."""
     codec = Codec()
     found = []
-    for kind, version, first, count in con.execute(
-        f"SELECT kind, schema_version, min(seq), count(*) FROM {_AUDITED.format(last=last)}"
-        " GROUP BY kind, schema_version"
+    for kind, version, first_seq, count in con.execute(
+        "SELECT kind, schema_version, min(seq), count(*) FROM events"
+        " WHERE seq > ? AND seq <= ? GROUP BY kind, schema_version",
+        [first, last],
     ).fetchall():
         why = codec.unreadable_version(kind, int(version))
         if why is not None:
             found.append(
                 Problem(
-                    seq=int(first),
+                    seq=int(first_seq),
                     kind="payload",
-                    message=f"{why}: {count} event(s), from seq {first}, are skipped by readers",
+                    message=(
+                        f"{why}: {count} event(s), from seq {first_seq}, are skipped by readers"
+                    ),
                 )
             )
     return found
 
 
-def _chain_and_structure(con: duckdb.DuckDBPyConnection, last: int) -> list[Problem]:
+def _chain_and_structure(con: duckdb.DuckDBPyConnection, last: int) -> tuple[list[Problem], int]:
     in_order = _chain_in_storage_order(con, last)
-    found = in_order if in_order is not None else _chain_in_seq_order(con, last)
+    if in_order is not None:
+        found, rows_read = in_order
+    else:
+        found = _chain_in_seq_order(con, last)
+        ((rows_read,),) = con.execute(
+            "SELECT count(*) FROM events WHERE seq <= ?", [last]
+        ).fetchall()
     audited = _AUDITED.format(last=last)
     for event_id, seqs in con.execute(
         f"""
@@ -298,15 +478,39 @@ def _chain_and_structure(con: duckdb.DuckDBPyConnection, last: int) -> list[Prob
         found.append(
             Problem(seq=seqs[1], kind="id", message=f"event id {event_id} stored at seqs {seqs}")
         )
+    return found, int(rows_read)
+
+
+def _duplicate_ids(con: duckdb.DuckDBPyConnection, last: int, *, first: int) -> list[Problem]:
+    """Event ids of the rows after ``first`` stored more than once (a semi-join probe)."""
+    found = []
+    for event_id, seqs in con.execute(
+        """
+        SELECT id::VARCHAR, list(seq ORDER BY seq) FROM events
+        WHERE seq <= ? AND id IN (SELECT id FROM events WHERE seq > ? AND seq <= ?)
+        GROUP BY id HAVING count(*) > 1
+        """,
+        [last, first, last],
+    ).fetchall():
+        found.append(
+            Problem(seq=seqs[1], kind="id", message=f"event id {event_id} stored at seqs {seqs}")
+        )
     return found
 
 
-def _chain_in_storage_order(con: duckdb.DuckDBPyConnection, last: int) -> list[Problem] | None:
-    """The chain check over the rows as stored; None if they are not stored 1, 2, 3, ..."""
+def _chain_in_storage_order(
+    con: duckdb.DuckDBPyConnection, last: int, *, first: int = 0, previous: bytes = GENESIS_HASH
+) -> tuple[list[Problem], int] | None:
+    """The chain check over the rows after ``first`` as stored, and how many it read.
+
+    None if they are not stored ``first + 1``, ``first + 2``, ...; ``previous``: the hash
+    of row ``first``.
+    """
     found: list[Problem] = []
     sha256 = hashlib.sha256
-    expected, previous = 1, GENESIS_HASH
-    for batch in _prefetched(con.sql(_BODY_SQL.format(last=last)).to_arrow_reader(_BATCH)):
+    expected = first + 1
+    query = _BODY_SQL.format(first=first, last=last)
+    for batch in _prefetched(con.sql(query).to_arrow_reader(_BATCH)):
         seqs, digests = batch.column(0).to_pylist(), batch.column(1).to_pylist()
         bodies = _as_bytes(batch.column(2)).to_pylist()
         if seqs and (seqs[0] != expected or seqs[-1] != expected + len(seqs) - 1):
@@ -315,10 +519,10 @@ def _chain_in_storage_order(con: duckdb.DuckDBPyConnection, last: int) -> list[P
             if sha256(previous + body).digest() != digest:
                 found.append(Problem(seq=seq, kind="chain", message=_EDITED))
                 if len(found) >= 1000:
-                    return found
+                    return found, expected - first - 1 + len(seqs)
             previous = digest
         expected += len(seqs)
-    return found
+    return found, expected - first - 1
 
 
 def _as_bytes(strings: pa.Array) -> pa.Array:
@@ -358,9 +562,12 @@ def _prefetched(reader: Any) -> Iterator[Any]:
         reader.close()
 
 
-def _chain_in_seq_order(con: duckdb.DuckDBPyConnection, last: int) -> list[Problem]:
+def _chain_in_seq_order(
+    con: duckdb.DuckDBPyConnection, last: int, *, first: int = 0, previous: bytes = GENESIS_HASH
+) -> list[Problem]:
     found: list[Problem] = []
-    for seq, prev, bad_hash in con.execute(_CHAIN_SQL.format(last=last)).fetchall():
+    query = _CHAIN_SQL.format(first=int(first), last=int(last), previous=previous.hex())
+    for seq, prev, bad_hash in con.execute(query).fetchall():
         if seq == prev:
             found.append(Problem(seq=seq, kind="seq", message=f"seq {seq} stored twice"))
         elif seq != prev + 1:
@@ -409,4 +616,183 @@ def _transitions(con: duckdb.DuckDBPyConnection, last: int) -> list[Problem]:
             found.append(Problem(seq=seq, kind="transition", message=message))
         else:
             state[task_id] = target
+    return found
+
+
+def _fold_tail(
+    con: duckdb.DuckDBPyConnection, mark: audit_watermark.Watermark, last: int
+) -> tuple[list[Problem], audit_watermark.Watermark]:
+    """Transitions and resources of the rows after the watermark, from its recorded state.
+
+    The exact fold (``next_state``), as ``_transitions`` re-checks flagged tasks; the
+    resource rules are those of ``_RESOURCES_SQL``, applied event by event.
+    """
+    rows = con.execute(
+        f"""
+        SELECT seq, kind, substr(stream, 6), payload FROM events
+        WHERE seq > ? AND seq <= ?
+          AND ((kind IN ({_quoted(_TASK_KINDS)}) AND stream LIKE 'task:%')
+               OR kind = 'node.registered')
+        ORDER BY seq
+        """,
+        [mark.seq, last],
+    ).fetchall()
+    state = dict(mark.tasks)
+    held = dict(mark.held)
+    nodes = dict(mark.nodes)
+    # Tasks the new rows name that were not live at the watermark: new ones (their first
+    # row a submission), or final ones. Their state then comes from their older rows: one
+    # probe for submissions (a task submitted again), then the exact fold of those found
+    # and of the others (never in a passing log: an event after a final state).
+    first_kind: dict[str, str] = {}
+    for _, kind, task_id, _ in rows:
+        if kind != "node.registered" and task_id not in state:
+            first_kind.setdefault(task_id, kind)
+    submitted = [t for t, k in first_kind.items() if k == "task.submitted"]
+    older = [t for t, k in first_kind.items() if k != "task.submitted"]
+    if submitted:
+        older += [
+            str(row[0])
+            for row in con.execute(
+                """
+                SELECT DISTINCT substr(stream, 6) FROM events
+                WHERE seq <= ? AND kind = 'task.submitted'
+                  AND stream IN (SELECT 'task:' || unnest(?::VARCHAR[]))
+                """,
+                [mark.seq, submitted],
+            ).fetchall()
+        ]
+    if older:
+        for _, kind, task_id, reported in con.execute(
+            f"""
+            SELECT seq, kind, substr(stream, 6), try(payload->>'$.state') FROM events
+            WHERE seq <= ? AND kind IN ({_quoted(_TASK_KINDS)})
+              AND stream IN (SELECT 'task:' || unnest(?::VARCHAR[]))
+            ORDER BY seq
+            """,
+            [mark.seq, sorted(older)],
+        ).fetchall():
+            current = state.get(task_id)
+            if kind == "task.submitted":
+                state.setdefault(task_id, "pending")
+            elif current is not None:
+                state[task_id] = next_state(current, kind, reported) or current
+    used: dict[str, list[int]] = {}  # node: [cores, memory]
+    gpus: dict[tuple[str, int], int] = {}
+    for h in held.values():
+        totals = used.setdefault(h.node, [0, 0])
+        totals[0] += h.cores
+        totals[1] += h.memory
+        for gpu in h.gpus:
+            gpus[h.node, gpu] = gpus.get((h.node, gpu), 0) + 1
+    found: list[Problem] = []
+    decode = msgspec.json.decode
+    for seq, kind, task_id, payload in rows:
+        try:
+            body = decode(payload)
+        except msgspec.DecodeError:
+            body = None
+        if not isinstance(body, dict):
+            body = None
+        if kind == "node.registered":
+            if body is not None:
+                nodes[str(body.get("node"))] = (
+                    _int(body.get("cores")),
+                    _int(body.get("memory_bytes")),
+                )
+            continue
+        current = state.get(task_id)
+        if kind == "task.submitted":
+            if current is None:
+                state[task_id] = "pending"
+            else:
+                found.append(
+                    Problem(seq=seq, kind="transition", message=f"task {task_id} submitted twice")
+                )
+            continue
+        if current is None:
+            message = f"{kind} for task {task_id}, which was never submitted"
+            found.append(Problem(seq=seq, kind="transition", message=message))
+            continue
+        reported = body.get("state") if body is not None else None
+        target = next_state(current, kind, reported if isinstance(reported, str) else None)
+        if target is None:
+            final = " (a final state)" if current in FINAL_STATES else ""
+            message = f"illegal transition: {kind} for task {task_id} in state {current}{final}"
+            found.append(Problem(seq=seq, kind="transition", message=message))
+            continue
+        if kind == "task.placed" and current == "pending" and body is not None:
+            node = str(body.get("node"))
+            placed = audit_watermark.Held(
+                node,
+                _int(body.get("cores")) or 0,
+                _int(body.get("memory_bytes")) or 0,
+                [g for g in body.get("gpu_ids") or [] if isinstance(g, int)],
+            )
+            held[task_id] = placed
+            found += _allocate(seq, task_id, placed, nodes, used, gpus)
+        if current in HOLDING_STATES and target not in HOLDING_STATES and task_id in held:
+            gone = held.pop(task_id)
+            used[gone.node][0] -= gone.cores
+            used[gone.node][1] -= gone.memory
+            for gpu in gone.gpus:
+                gpus[gone.node, gpu] -= 1
+        state[task_id] = target
+    ((digest,),) = con.execute("SELECT hash FROM events WHERE seq = ?", [last]).fetchall()
+    after = audit_watermark.Watermark(
+        seq=last,
+        hash=bytes(digest).hex(),
+        tasks={t: s for t, s in state.items() if s not in FINAL_STATES},
+        held=held,
+        nodes=nodes,
+    )
+    return found, after
+
+
+def _int(value: object) -> int | None:
+    """A JSON number as the SQL's ``try_cast(... AS BIGINT)`` reads it."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _allocate(
+    seq: int,
+    task_id: str,
+    placed: audit_watermark.Held,
+    nodes: dict[str, tuple[int | None, int | None]],
+    used: dict[str, list[int]],
+    gpus: dict[tuple[str, int], int],
+) -> list[Problem]:
+    """The problems of one placement, as ``_RESOURCES_SQL`` words them."""
+    node = placed.node
+    totals = used.setdefault(node, [0, 0])
+    totals[0] += placed.cores
+    totals[1] += placed.memory
+    found = []
+    capacity, memory_capacity = nodes.get(node, (None, None))
+    if capacity is None:
+        message = f"task {task_id} placed on unknown node {node}"
+        found.append(Problem(seq=seq, kind="resources", message=message))
+    elif totals[0] > capacity:
+        message = f"cores overcommitted on {node}: {totals[0]} of {capacity} (task {task_id})"
+        found.append(Problem(seq=seq, kind="resources", message=message))
+    if memory_capacity is not None and memory_capacity > 0 and totals[1] > memory_capacity:
+        message = (
+            f"memory overcommitted on {node}: {totals[1]} of {memory_capacity} bytes"
+            f" (task {task_id})"
+        )
+        found.append(Problem(seq=seq, kind="resources", message=message))
+    for gpu in placed.gpus:
+        gpus[node, gpu] = gpus.get((node, gpu), 0) + 1
+        if gpus[node, gpu] > 1:
+            message = f"GPU {gpu} double-allocated on {node} (task {task_id})"
+            found.append(Problem(seq=seq, kind="resources", message=message))
     return found

@@ -14,6 +14,7 @@ compared with (``why``). The log gives the same, a little later.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -164,9 +165,14 @@ class History:
 
     # -- audit, SQL, reports, exports ----------------------------------------------------
 
-    def audit(self, upto: int | None = None) -> AuditReport:
-        """``GET /api/audit``: the hash chain and the invariants, up to ``upto``."""
-        return audit(self.log.con, upto=upto)
+    def audit(
+        self, upto: int | None = None, *, watermark: Path | None = None, full: bool = False
+    ) -> AuditReport:
+        """``GET /api/audit``: the hash chain and the invariants, up to ``upto``.
+
+        ``watermark``/``full``: as ``replay_tools.audit.audit`` (``audit verify --db``).
+        """
+        return audit(self.log.con, upto=upto, watermark=watermark, full=full)
 
     def sql(self, query: SqlQuery) -> Json:
         """``POST /api/sql``: one read-only statement over the views."""

@@ -216,7 +216,12 @@ def diff(
 @audit_app.command
 @reported
 def verify(
-    *, as_json: JsonFlag = False, offline: Offline | None = None, conn: Connection | None = None
+    *,
+    as_json: JsonFlag = False,
+    full: bool = False,
+    watermark: Path | None = None,
+    offline: Offline | None = None,
+    conn: Connection | None = None,
 ) -> int:
     """Verify the hash chain end to end and the invariants; exit 1 at the first problem.
 
@@ -227,9 +232,17 @@ def verify(
     ----------
     as_json
         Print the report ``{"ok", "checked", "first_bad_seq", "problems": [...]}``.
+    full
+        With ``--db``: re-hash every row, not only those after the verified watermark
+        (which is still checked, and moved on when the audit passes).
+    watermark
+        With ``--db``: keep the verified watermark in this file (default: beside the log,
+        ``FILE.snapshots/audit-watermark.json``); somewhere the log's writer cannot write.
     """
+    if watermark is not None and (offline is None or offline.db is None):
+        raise InvalidRequest("watermark", "--watermark needs --db (a log file read here)")
     with reading(offline, conn) as history:
-        report_doc = history.audit()
+        report_doc = history.audit(full=full, watermark=watermark)
     if as_json:
         print_json(report_doc)
     else:

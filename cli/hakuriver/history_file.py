@@ -12,6 +12,7 @@ import duckdb
 
 from cli.hakuriver.history_source import Json, plain
 from control_plane.history import state_document
+from replay_tools.audit_watermark import default_path
 from replay_tools.history import History
 from replay_tools.logfile import LogFile
 from replay_tools.queries import (
@@ -85,9 +86,10 @@ class FileSource:
         """As ``GET /api/state/diff``."""
         return plain(self.history.diff(*diff_points(a, b)))
 
-    def audit(self) -> Json:
-        """As ``GET /api/audit``."""
-        return plain(self.history.audit())
+    def audit(self, *, full: bool = False, watermark: Path | None = None) -> Json:
+        """As ``GET /api/audit``, from the verified watermark (by default beside the log)."""
+        mark = watermark.expanduser() if watermark is not None else default_path(self.db)
+        return plain(self.history.audit(watermark=mark, full=full))
 
     def sql(self, sql: str, max_rows: int) -> Json:
         """As ``POST /api/sql``."""

@@ -232,15 +232,18 @@ def _word(value: Any) -> str:
 def audit_view(report: Doc) -> Group:
     """``audit verify``: OK with the count, or each problem at its seq."""
     checked = report.get("checked", "?")
+    # With a watermark (``--db``): what it skipped and where it now stands.
+    note = [Text(str(report["watermark"]), "dim")] if report.get("watermark") else []
     if report.get("ok"):
-        return Group(Text(f"OK: {checked} events, hash chain and invariants verified", "green"))
+        ok = Text(f"OK: {checked} events, hash chain and invariants verified", "green")
+        return Group(ok, *note)
     table = _table("SEQ", "CHECK", "PROBLEM")
     for problem in report.get("problems") or []:
         table.add_row(
             str(problem.get("seq", "?")), str(problem.get("kind", "?")), Text(problem["message"])
         )
     head = Text(f"FAIL at seq {report.get('first_bad_seq')} ({checked} events checked)", "red")
-    return Group(head, table)
+    return Group(head, table, *note)
 
 
 @escaped

@@ -16,6 +16,18 @@ Figures (each the worst of five random points, opening the file included):
   to a snapshot interval of events to fold);
 * ``audit_verify_*``: ``hakuriver audit verify --db``; ``sql_queue_wait_report_*``:
   ``hakuriver report queue-wait --db`` (opening the file included).
+
+The audit's figures (issue 19), at the end of the run:
+
+* ``floor_sha256_chain_1m_s``: the hash chain alone (``events.chain.chain_hash`` in a
+  Python loop) over 1M events of the 1M log's mean head and payload sizes, the floor of
+  ``audit_verify_1m_s`` (``audit_verify_1m_ratio`` = the two, goal <= 2);
+* ``audit_verify_10k_s``: a full audit of a 10k-event log;
+* ``audit_verify_incremental_10k_1m_s`` (``_10m_`` with ``--full``): the audit of the big
+  log when its last 10k events came after a verified watermark (the rows after it are the
+  log's own, so this is a log of that size that grew by 10k since its last audit);
+  ``audit_incremental_vs_10k_ratio``: that over ``audit_verify_10k_s`` (about 1 when the
+  re-verify costs what 10k events cost).
 """
 
 from __future__ import annotations
@@ -23,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import hashlib
 import random
 import sys
 import tempfile
@@ -32,8 +45,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench_store import build_log, report
+import duckdb
+from bench_store import build_log
+from ratios import RECORDED, report, report_ratios
 
+from events.chain import GENESIS_HASH, canonical_head
 from events.snapshot_files import snapshot_dir
 from replay_tools.analytics import open_analytics
 from replay_tools.audit import audit
@@ -99,6 +115,82 @@ def bench_audit(path: Path, label: str) -> None:
     report(f"audit_verify_{label}_s", elapsed)
 
 
+def bench_audit_incremental(path: Path, label: str, new: int = 10_000) -> None:
+    """A re-verify of the log when its last ``new`` events came after a verified watermark.
+
+    The watermark is left by a passing audit up to ``max(seq) - new`` (untimed): the rows
+    after it are the log's own, so the figure is that of ``new`` events appended to a log of
+    this size since its last audit (``audit_verify_incremental_10k_<label>_s``).
+    """
+    with tempfile.TemporaryDirectory(prefix="hakuriver-bench-mark-") as tmp:
+        mark = Path(tmp) / "audit-watermark.json"
+        con = duckdb.connect(str(path), read_only=True)
+        try:
+            ((last,),) = con.execute("SELECT max(seq) FROM events").fetchall()
+        finally:
+            con.close()
+        assert audit(path, upto=int(last) - new, watermark=mark).ok
+        gc.collect()
+        t0 = time.perf_counter()
+        result = audit(path, watermark=mark)
+        elapsed = time.perf_counter() - t0
+        assert result.ok and result.rows_read == new, (result.rows_read, result.problems[:3])
+    report(f"audit_verify_incremental_10k_{label}_s", elapsed)
+
+
+def bench_audit_small(folder: Path, n: int = 10_000) -> float:
+    """A full audit of a log of ``n`` events: what an incremental verify should cost."""
+    path = folder / "history_10k.duckdb"
+    if not path.exists():
+        asyncio.run(build_log(path, n))
+    gc.collect()
+    t0 = time.perf_counter()
+    result = audit(path)
+    elapsed = time.perf_counter() - t0
+    assert result.ok, result.problems[:3]
+    report("audit_verify_10k_s", elapsed)
+    return elapsed
+
+
+def floor_sha256_chain_s(path: Path, n: int = 1_000_000) -> float:
+    """The hash chain alone (``events.chain.chain_hash``) over ``n`` events of the log's mean size.
+
+    The floor of ``audit_verify_*``: one ``SHA-256(previous + head + payload)`` per event,
+    in a Python loop as ``events.chain`` makes it, over heads and payloads of the log's
+    average lengths (1024 distinct ones, built beforehand and cycled: the cost is the
+    bytes hashed, not where they come from). No reading, no comparing, no invariants.
+    """
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        ((head_len, payload_len),) = con.execute(
+            """
+            SELECT avg(octet_length(encode(concat_ws(chr(31), seq, id, kind, stream, source,
+                       epoch_us(occurred_at), epoch_us(recorded_at), schema_version)))) + 1,
+                   avg(octet_length(encode(payload)))
+            FROM events
+            """
+        ).fetchall()
+    finally:
+        con.close()
+    rng = random.Random(19)
+    pool = []
+    for i in range(1024):
+        head = canonical_head(i, "0" * 36, "task.started", "task:x", "node", 0, 0, 1)
+        head = (head * 4)[: round(head_len)]
+        payload = bytes(rng.randrange(32, 127) for _ in range(round(payload_len)))
+        pool.append((head, payload))
+    sha256 = hashlib.sha256
+    gc.collect()
+    t0 = time.perf_counter()
+    prev = GENESIS_HASH
+    for i in range(n):
+        head, payload = pool[i & 1023]
+        prev = sha256(prev + head + payload).digest()
+    elapsed = time.perf_counter() - t0
+    print(f"# floor_sha256_chain: head {head_len:.0f} B + payload {payload_len:.0f} B per event")
+    return elapsed * (1_000_000 / n)
+
+
 def bench_queue_wait(path: Path, label: str) -> None:
     gc.collect()
     t0 = time.perf_counter()
@@ -130,6 +222,17 @@ def main() -> None:
             bench_state_at(path, "10m")
             bench_queue_wait(path, "10m")
             bench_audit(path, "10m")
+        # The audit's floor and its watermark (issue 19), after the rest.
+        path = folder / "history_1m.duckdb"
+        report("floor_sha256_chain_1m_s", floor_sha256_chain_s(path))
+        small = bench_audit_small(folder)
+        bench_audit_incremental(path, "1m")
+        report(
+            "audit_incremental_vs_10k_ratio", RECORDED["audit_verify_incremental_10k_1m_s"] / small
+        )
+        if args.full:
+            bench_audit_incremental(folder / "history_10m.duckdb", "10m")
+        report_ratios()
 
 
 if __name__ == "__main__":

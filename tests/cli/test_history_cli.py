@@ -29,7 +29,7 @@ from cli.hakuriver.main import main
 from cli.hakuriver.render import human_duration
 from events.envelope import new_event
 from events.store import EventStore
-from events.types import TaskStarted
+from events.types import TaskSpec, TaskStarted, TaskSubmitted
 from replay_tools.replay import state_at
 
 pytestmark = pytest.mark.timeout(90)
@@ -362,6 +362,35 @@ async def test_an_injected_illegal_transition_is_reported_by_audit_verify(
     code, out, err = _OfflineRunner(hakuriver)("audit", "verify", "--db", str(stopped_log))
     assert code == 1 and f"audit failed at seq {seq}: transition" in err
     assert "illegal transition: task.started" in out
+
+
+async def test_audit_verify_db_reads_on_from_its_watermark(
+    stopped_log: Path, tmp_path: Path, hakuriver: Run
+) -> None:
+    offline = _OfflineRunner(hakuriver)
+    first = json.loads(offline("audit", "verify", "--db", str(stopped_log), "--json")[1])
+    assert first["ok"] and first["verified_from"] == 0 and first["rows_read"] == first["checked"]
+    # Three events appended since: only they are read, and the text says why
+    spec = TaskSpec(command="true", cores=1, batch_id="b")
+    async with await EventStore.open(stopped_log) as store:
+        await store.append(
+            [
+                new_event(TaskSubmitted(task_id=f"new{i}", spec=spec), source="host")
+                for i in range(3)
+            ]
+        )
+    code, out, _ = offline("audit", "verify", "--db", str(stopped_log))
+    assert code == 0 and "verified earlier" in out
+    again = json.loads(offline("audit", "verify", "--db", str(stopped_log), "--json")[1])
+    assert again["verified_from"] == first["checked"] + 3 and again["rows_read"] == 0
+    full = json.loads(offline("audit", "verify", "--db", str(stopped_log), "--json", "--full")[1])
+    assert full["ok"] and full["rows_read"] == first["checked"] + 3
+    # A watermark kept elsewhere; and --watermark means nothing without --db
+    mark = tmp_path / "elsewhere.json"
+    code, _, _ = offline("audit", "verify", "--db", str(stopped_log), "--watermark", str(mark))
+    assert code == 0 and mark.is_file()
+    code, _, err = offline("audit", "verify", "--watermark", str(mark))
+    assert code == 2 and "watermark" in err
 
 
 class _OfflineRunner:
