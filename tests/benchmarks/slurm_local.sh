@@ -66,6 +66,9 @@ TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 SchedulerType=sched/backfill
+# Tuned as a small lab would (the stock passes start a 200-job array in about 4 minutes):
+# batch jobs are scheduled at once and the main pass looks at the whole queue.
+SchedulerParameters=batch_sched_delay=0,default_queue_depth=1000,sched_min_interval=0
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 ReturnToService=2
