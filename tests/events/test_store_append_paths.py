@@ -44,7 +44,7 @@ def _varied(n: int) -> list[NewEvent]:
     out = []
     for i in range(n):
         spec = TaskSpec(
-            command="échо",  # a Cyrillic о, a Latin é
+            command="\u00e9ch\u043e",  # a Latin e-acute, a Cyrillic o
             args=(f"✓ {i}", "日本語"),
             env={"ŁANG": "ß" * (i % 7)},
             batch_id=f"b-{i}",
