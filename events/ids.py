@@ -46,6 +46,8 @@ def id_timestamp_ms(event_id: str) -> int:
 
 
 _UUID7 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+# ``is_uuid7`` for a str, as one bound method (the store's append checks every id with it).
+uuid7_fullmatch = _UUID7.fullmatch
 
 
 def is_uuid7(event_id: object) -> bool:

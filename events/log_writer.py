@@ -15,17 +15,19 @@ the store can tell afterwards whether the file holds it or not.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
+from array import array
 from collections.abc import Sequence
+from itertools import accumulate
 from typing import NamedTuple
 
 import duckdb
 import pyarrow as pa
 
-from events.chain import canonical_head, chain_hash
 from events.envelope import NewEvent, Recorded, now_us
-from events.ids import id_timestamp_ms
 from events.recent_ids import RecentIds
+from events.types import AnyEvent
 
 _TS = pa.timestamp("us", tz="UTC")
 # The events table's columns, as Arrow carries the insert.
@@ -78,7 +80,7 @@ class Plan(NamedTuple):
     """A group commit worked out but not yet written: its rows, and what it will have done."""
 
     committed: Committed
-    incoming: pa.Table | None  # the new rows (None: every event was a re-send)
+    incoming: Rows | None  # the new rows (None: every event was a re-send)
     new_ids: list[str]
 
 
@@ -112,17 +114,27 @@ def plan_group(
     Reads only (ids older than the memory window are looked up in the table); nothing
     is written until ``write_plan``, so a plan whose write fails can be checked against
     the file afterwards (``events.store`` does, after a failed commit).
+
+    One pass over the events, each field computed once: this loop and the commit are the
+    whole cost of an append (docs/performance.md), so it builds the insert's columns as
+    it goes and leaves the Arrow work to ``write_plan``.
     """
     seq_by_id = recent.seq_by_id
-    watermark = recent.watermark_ms
+    watermark = recent.watermark_id
 
-    # Which ids might already be stored below the in-memory window?
-    to_check = [
-        new.id
-        for pending in batch
-        for new in pending.events
-        if new.id not in seq_by_id and id_timestamp_ms(new.id) < watermark
-    ]
+    # Which ids might already be stored below the in-memory window? (None before the
+    # window has ever evicted: then every id not in it is new.) ``recent.below_watermark``
+    # inlined: a string comparison.
+    to_check = (
+        [
+            new.id
+            for pending in batch
+            for new in pending.events
+            if new.id < watermark and new.id not in seq_by_id
+        ]
+        if recent.watermark_ms
+        else []
+    )
     known: dict[str, int] = {}
     if to_check:
         rows = con.execute(
@@ -132,79 +144,180 @@ def plan_group(
         known = {event_id: int(seq) for event_id, seq in rows}
 
     recorded_at = now_us()
+    recorded_text = str(recorded_at)
+    sha256 = hashlib.sha256
     seq = last_seq
     prev = last_hash
     assigned: dict[str, int] = {}
-    fresh: list[tuple[NewEvent, bytes, int, bytes]] = []
     seqs_per_caller: list[list[int]] = []
+    rows_out = Rows(recorded_at)
+    seqs, ids, kinds, streams = rows_out.seqs, rows_out.ids, rows_out.kinds, rows_out.streams
+    sources, occurred, versions = rows_out.sources, rows_out.occurred, rows_out.versions
+    payloads, hashes, records = rows_out.payloads, rows_out.hashes, rows_out.records
     for pending in batch:
         caller_seqs: list[int] = []
         for new, payload in zip(pending.events, pending.payloads, strict=True):
             eid = new.id
-            existing = assigned.get(eid) or seq_by_id.get(eid) or known.get(eid)
+            existing = seq_by_id.get(eid) or assigned.get(eid)
+            if existing is None and known:
+                existing = known.get(eid)
             if existing is not None:
                 caller_seqs.append(existing)
                 continue
             seq += 1
-            head = canonical_head(
-                seq,
-                eid,
-                new.kind,
-                new.stream,
-                new.source,
-                new.occurred_at_us,
-                recorded_at,
-                new.schema_version,
-            )
-            prev = chain_hash(prev, head, payload)
+            event = new.event
+            kind = _tag(event)
+            stream = event.stream
+            source = new.source
+            occurred_at = new.occurred_at_us
+            version = new.schema_version
+            # canonical_head(...), inlined: the same bytes, without a call per event.
+            head = (
+                f"{seq}\x1f{eid}\x1f{kind}\x1f{stream}\x1f{source}\x1f"
+                f"{occurred_at}\x1f{recorded_text}\x1f{version}\x1f"
+            ).encode()
+            prev = sha256(prev + head + payload).digest()
             assigned[eid] = seq
             caller_seqs.append(seq)
-            fresh.append((new, payload, seq, prev))
+            seqs.append(seq)
+            ids.append(eid)
+            kinds.append(kind)
+            streams.append(stream)
+            sources.append(source)
+            occurred.append(occurred_at)
+            versions.append(version)
+            payloads.append(payload)
+            hashes.append(prev)
+            records.append(
+                Recorded(
+                    seq=seq,
+                    id=eid,
+                    kind=kind,
+                    stream=stream,
+                    source=source,
+                    occurred_at_us=occurred_at,
+                    recorded_at_us=recorded_at,
+                    schema_version=version,
+                    hash=prev,
+                    event=event,
+                )
+            )
         seqs_per_caller.append(caller_seqs)
-    if not fresh:
+    if not seqs:
         return Plan(Committed(seqs_per_caller, [], last_seq, last_hash), None, [])
-
-    n = len(fresh)
-    news = [f[0] for f in fresh]
-    incoming = pa.Table.from_arrays(
-        [
-            pa.array([f[2] for f in fresh], pa.int64()),
-            pa.array([e.id for e in news], pa.string()),
-            pa.array([e.kind for e in news], pa.string()),
-            pa.array([e.stream for e in news], pa.string()),
-            pa.array([e.source for e in news], pa.string()),
-            pa.array([e.occurred_at_us for e in news], pa.int64()).cast(_TS),
-            pa.array([recorded_at] * n, pa.int64()).cast(_TS),
-            pa.array([e.schema_version for e in news], pa.uint16()),
-            pa.array([f[1] for f in fresh], pa.binary()).cast(pa.string()),
-            pa.array([f[3] for f in fresh], pa.binary()),
-        ],
-        schema=_ARROW_SCHEMA,
-    )
-    records = [
-        Recorded(
-            seq=s,
-            id=e.id,
-            kind=e.kind,
-            stream=e.stream,
-            source=e.source,
-            occurred_at_us=e.occurred_at_us,
-            recorded_at_us=recorded_at,
-            schema_version=e.schema_version,
-            hash=h,
-            event=e.event,
-        )
-        for e, _, s, h in fresh
-    ]
     committed = Committed(seqs_per_caller, records, seq, prev)
-    return Plan(committed, incoming, [e.id for e in news])
+    return Plan(committed, rows_out, ids)
+
+
+def _tag(event: AnyEvent) -> str:
+    return event.__struct_config__.tag  # type: ignore[return-value]  # events.types.kind_of
+
+
+class Rows:
+    """The new rows of a plan, column by column, as ``write_plan`` inserts them."""
+
+    __slots__ = (
+        "hashes",
+        "ids",
+        "kinds",
+        "occurred",
+        "payloads",
+        "recorded_at",
+        "records",
+        "seqs",
+        "sources",
+        "streams",
+        "versions",
+    )
+
+    def __init__(self, recorded_at: int) -> None:
+        self.recorded_at = recorded_at
+        self.seqs: list[int] = []
+        self.ids: list[str] = []
+        self.kinds: list[str] = []
+        self.streams: list[str] = []
+        self.sources: list[str] = []
+        self.occurred: list[int] = []
+        self.versions: list[int] = []
+        self.payloads: list[bytes] = []
+        self.hashes: list[bytes] = []
+        self.records: list[Recorded] = []
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def table(self) -> pa.Table:
+        """The rows as one Arrow table in the events table's column order."""
+        n = len(self.seqs)
+        data = b"".join(self.payloads)
+        if len(data) >= 1 << 31:  # past 32-bit offsets: let Arrow split it
+            payload = pa.array(self.payloads, pa.binary()).cast(pa.large_string())
+        else:
+            # msgspec writes UTF-8: the column is built from its buffers, not checked again.
+            offsets = array("i", accumulate(map(len, self.payloads), initial=0))
+            payload = pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data))
+        digests = pa.Array.from_buffers(
+            pa.binary(),
+            n,
+            [
+                None,
+                pa.py_buffer(array("i", range(0, 32 * n + 1, 32))),
+                pa.py_buffer(b"".join(self.hashes)),
+            ],
+        )
+        return pa.Table.from_arrays(
+            [
+                pa.array(self.seqs, pa.int64()),
+                pa.array(self.ids, pa.string()),
+                pa.array(self.kinds, pa.string()),
+                pa.array(self.streams, pa.string()),
+                pa.array(self.sources, pa.string()),
+                pa.array(self.occurred, _TS),
+                pa.array([self.recorded_at] * n, _TS),
+                pa.array(self.versions, pa.uint16()),
+                payload,
+                digests,
+            ],
+            names=_ARROW_SCHEMA.names,
+        )
+
+
+# Up to this many rows a group is inserted from parameter lists: an Arrow scan costs a
+# fixed setup about as large as a durable commit, which small groups (single appends
+# from many callers) would pay each time. Larger groups go through Arrow, cheaper per row.
+SMALL_GROUP = 64
+
+_INSERT_LISTS = (
+    # The lists go in as Python gives them (no cast of a whole list: binding one costs
+    # more than the insert of a few rows); the table's types convert each value.
+    "INSERT INTO events SELECT unnest(?), unnest(?)::UUID, unnest(?), unnest(?), unnest(?),"
+    " make_timestamptz(unnest(?)), make_timestamptz(?), unnest(?), unnest(?), unnest(?)"
+)
 
 
 def write_plan(con: duckdb.DuckDBPyConnection, plan: Plan) -> None:
     """Insert the plan's rows: one statement, one transaction, whole or not at all."""
-    if plan.incoming is None:
+    rows = plan.incoming
+    if rows is None:
         return
-    con.register("incoming", plan.incoming)
+    if len(rows) <= SMALL_GROUP:
+        con.execute(
+            _INSERT_LISTS,
+            [
+                rows.seqs,
+                rows.ids,
+                rows.kinds,
+                rows.streams,
+                rows.sources,
+                rows.occurred,
+                rows.recorded_at,
+                rows.versions,
+                [p.decode() for p in rows.payloads],
+                rows.hashes,
+            ],
+        ).fetchall()
+        return
+    con.register("incoming", rows.table())
     try:
         con.execute("INSERT INTO events SELECT * REPLACE (id::UUID AS id) FROM incoming").fetchall()
     finally:

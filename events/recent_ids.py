@@ -18,6 +18,12 @@ import duckdb
 from events.ids import id_timestamp_ms
 
 
+def _id_prefix(timestamp_ms: int) -> str:
+    """The first 13 characters of a canonical UUIDv7 stamped ``timestamp_ms``."""
+    digits = f"{timestamp_ms:012x}"
+    return f"{digits[:8]}-{digits[8:]}"
+
+
 class RecentIds:
     """Every stored id stamped at or above ``watermark_ms``, with its seq, bounded in size."""
 
@@ -25,7 +31,27 @@ class RecentIds:
         self.capacity = capacity
         self.seq_by_id: dict[str, int] = {}
         self.order: collections.deque[str] = collections.deque()
-        self.watermark_ms = 0
+        self._watermark_ms = 0
+        self.watermark_id = _id_prefix(0)
+
+    @property
+    def watermark_ms(self) -> int:
+        """Every stored id stamped at or above this is in the window."""
+        return self._watermark_ms
+
+    @watermark_ms.setter
+    def watermark_ms(self, value: int) -> None:
+        self._watermark_ms = value
+        self.watermark_id = _id_prefix(value)
+
+    def below_watermark(self, event_id: str) -> bool:
+        """Whether a canonical UUIDv7 ``event_id`` is stamped below the watermark.
+
+        One string comparison instead of parsing the id's timestamp: a canonical id starts
+        with its 48-bit millisecond timestamp in fixed-width lower-case hex, so ids compare
+        as their timestamps do, and an id stamped exactly at the watermark sorts after the
+        bare prefix (it is longer)."""
+        return event_id < self.watermark_id
 
     def extend(self, ids: Iterable[str], seqs: Iterable[int]) -> None:
         """Remember newly stored ids (in seq order), evicting the oldest past capacity."""
@@ -36,12 +62,14 @@ class RecentIds:
         excess = len(order) - self.capacity
         if excess > 0:
             pop, forget = order.popleft, self.seq_by_id.pop
-            newest_evicted = self.watermark_ms - 1
-            for _ in range(excess):
-                old_id = pop()
+            evicted = [pop() for _ in range(excess)]
+            for old_id in evicted:
                 forget(old_id, None)
-                newest_evicted = max(newest_evicted, id_timestamp_ms(old_id))
-            self.watermark_ms = newest_evicted + 1
+            # Canonical ids sort as their timestamps (``below_watermark``): the newest
+            # evicted stamp is that of the greatest evicted id.
+            newest_evicted = id_timestamp_ms(max(evicted))
+            if newest_evicted >= self.watermark_ms:
+                self.watermark_ms = newest_evicted + 1
 
     def load(self, con: duckdb.DuckDBPyConnection, last_seq: int) -> None:
         """Fill the window from the newest stored events, at open."""

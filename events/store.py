@@ -52,10 +52,10 @@ import duckdb
 
 from events.chain import GENESIS_HASH, VerifyResult, chain_hash, verify_chain
 from events.chain import hash_at as _hash_at
-from events.codec import Codec, check_decodes, encode_event
+from events.codec import Codec, check_decodes, encode_event, encode_event_fast
 from events.envelope import MAX_SOURCE, MAX_TIME_US, NewEvent, Recorded
 from events.file_modes import private_dir, private_file
-from events.ids import is_uuid7
+from events.ids import is_uuid7, uuid7_fullmatch
 from events.log_reader import LogReader, decode_table
 from events.log_writer import Pending, Plan, learn, plan_group, write_plan
 from events.recent_ids import RecentIds
@@ -309,7 +309,7 @@ class EventStore:
             raise StoreClosed("the event store is closed")
         if not events:
             return []
-        payloads = [self._validate_and_encode(i, e, check_payloads) for i, e in enumerate(events)]
+        payloads = _encode_all(events, check_payloads)
         future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
         self._queue.append(Pending(events, payloads, future))
         self._wake.set()
@@ -633,6 +633,40 @@ class EventStore:
         return await self._readers.run(
             lambda cur: self._snapshots.latest(name, limit, lambda seq: _hash_at(cur, seq))
         )
+
+
+def _encode_all(events: Sequence[NewEvent], check_payloads: bool) -> list[bytes]:
+    """Each event's payload, checked as ``EventStore._validate_and_encode`` checks it.
+
+    The same checks inlined, with no message built for an event that passes: this runs on
+    the event loop for every appended event. Any event that fails one goes through
+    ``_validate_and_encode``, which raises the ``InvalidEvent`` naming its field.
+    """
+    if check_payloads:
+        return [EventStore._validate_and_encode(i, e, True) for i, e in enumerate(events)]
+    match, encode, versions = uuid7_fullmatch, encode_event_fast, SCHEMA_VERSIONS
+    payloads = []
+    for new in events:
+        eid, source, event = new.id, new.source, new.event
+        if (
+            type(eid) is not str
+            or match(eid) is None
+            or not source
+            or len(source) > MAX_SOURCE
+            or new.schema_version != versions.get(event.__struct_config__.tag)  # type: ignore[arg-type]
+            or not 0 <= new.occurred_at_us <= MAX_TIME_US
+        ):
+            break
+        try:
+            payloads.append(encode(event))
+        except (UnicodeEncodeError, OverflowError, TypeError, ValueError):
+            break
+    else:
+        return payloads
+    index = len(payloads)  # the first event the fast path did not take: it says why
+    return payloads + [
+        EventStore._validate_and_encode(i, e) for i, e in enumerate(events) if i >= index
+    ]
 
 
 def _tail(con: duckdb.DuckDBPyConnection) -> tuple[int, bytes]:
