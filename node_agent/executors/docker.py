@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 
 from node_agent.accounts import resolve_account
 from node_agent.cpus import parse_cpu_list
+from node_agent.executors import docker_engine as engine
 from node_agent.executors.base import (
     Adopted,
     ExecutorError,
@@ -206,33 +207,35 @@ class DockerExecutor:
             )
         image = image_for(spec.container)
         try:
-            container = self.client.containers.create(image, **options)
+            container, existed = engine.create(
+                self.client,
+                image,
+                options,
+                lambda: self._previous(run.task_id, options["name"]),
+            )
         except docker.errors.ImageNotFound:
             raise StartFailed(
                 f"environment {spec.container!r}: image {image} is not on this node"
                 " (package it with `hakuriver docker create-tar` on the host)"
             ) from None
-        except docker.errors.APIError as exc:
-            name = options["name"]
-            previous = self._previous(run.task_id, name) if exc.status_code == 409 else None
-            if previous is not None:
-                return previous, True, owner
-            raise StartFailed(f"docker could not create the container: {exc.explanation}") from None
+        if existed:
+            return container, True, owner
         try:
-            container.start()
+            engine.start(container)
             if vps:
-                container.reload()  # its published port and start time
-        except docker.errors.APIError as exc:
+                engine.retrying(container.reload)  # its published port and start time
+        except Exception as exc:
             with contextlib.suppress(Exception):
                 container.remove(force=True)
+            explanation = engine.describe(exc)
             if vps:
                 self._drop_keys(run.task_id)
-                if "/bin/sh" in str(exc.explanation):
+                if "/bin/sh" in explanation:
                     raise StartFailed(
                         f"image {image} has no /bin/sh: a VPS image needs a shell (and sshd,"
                         " or use `hakuriver vps shell`)"
                     ) from None
-            raise StartFailed(f"docker could not start the task: {exc.explanation}") from None
+            raise StartFailed(f"docker could not start the task: {explanation}") from None
         return container, False, owner
 
     def _previous(self, task_id: str, name: str | None = None) -> Any | None:
@@ -266,11 +269,17 @@ class DockerExecutor:
     async def _outcome(self, box: _Box) -> Outcome:
         import docker.errors
 
+        lost = 0  # waits that failed transiently in a row (a dropped connection)
         while True:
             try:
                 result = await hold(box.container.wait, f"hakuriver-wait-{box.task_id[-8:]}")
-            except Exception:
+            except Exception as exc:
                 if not box.vps or box.killed:
+                    # A wait is idempotent: an exited container answers at once.
+                    if engine.transient(exc) and lost < engine.ENGINE_TRIES - 1:
+                        await asyncio.sleep(engine.pause(lost))
+                        lost += 1
+                        continue
                     raise
                 # The engine went away (it restarts): it restarts the VPS when it is back.
                 await self._engine_back(box)
@@ -290,7 +299,7 @@ class DockerExecutor:
             # itself exited 0 is still a completed task).
             return Outcome(state="completed", exit_code=0)
         try:
-            await self._call(box.container.reload)
+            await self._call(lambda: engine.retrying(box.container.reload))
         except docker.errors.NotFound:  # `docker rm -f` by someone else: its state is gone
             message = "the container was removed outside HakuRiver"
             return Outcome(state="killed" if killed else "failed", exit_code=code, message=message)
@@ -366,7 +375,9 @@ class DockerExecutor:
         with contextlib.suppress(Exception):
             await self._call(lambda: box.container.unpause())
         # The engine counts whole seconds: 0.4 s must not become an immediate SIGKILL.
-        await self._call(lambda: box.container.stop(timeout=math.ceil(grace_s)))
+        await self._call(
+            lambda: engine.retrying(lambda: box.container.stop(timeout=math.ceil(grace_s)))
+        )
 
     async def pause(self, task_id: str) -> None:
         """``docker pause``."""
