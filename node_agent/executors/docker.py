@@ -22,6 +22,10 @@ A VPS task (``task_type = "vps"``) is a container of its own shape (a persistent
 node_agent/executors/vps.py; its watcher waits on through the engine's restarts, counting
 each new start as a generation, so the agent reports ``vps.ready`` again with the new port.
 
+An overloaded engine answers late, with a 5xx, or drops a connection: such a create,
+start, wait, inspect or stop is asked again, idempotently (docker_engine.py); a task fails
+only when the engine keeps refusing, with the engine's words as its message.
+
 Every Docker SDK call blocks, so each runs in a worker thread: short calls (create,
 start, inspect, pause, remove) in a pool of the executor's own, ``ENGINE_CALLS``
 at a time; the calls that last as long as a container (its ``wait`` and the two
