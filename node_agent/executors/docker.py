@@ -28,9 +28,9 @@ only when the engine keeps refusing, with the engine's words as its message.
 
 Every Docker SDK call blocks, so each runs in a worker thread: short calls (create,
 start, inspect, pause, remove) in a pool of the executor's own, ``ENGINE_CALLS``
-at a time; the calls that last as long as a container (its ``wait`` and the two
-output followers) in a daemon thread each. They once shared asyncio's default pool
-(``cpus + 4`` threads): three per container, so on a small node two running
+at a time; the calls that last as long as a container (its ``wait`` and the
+output follower) in a daemon thread each. They once shared asyncio's default pool
+(``cpus + 4`` threads): three per container then, so on a small node two running
 containers held every thread and the next task's create waited for one to end.
 """
 
@@ -60,7 +60,7 @@ from node_agent.executors.base import (
     TaskRun,
 )
 from node_agent.executors.confine import confine_mounts, confine_workdir
-from node_agent.executors.docker_follow import copy_stream, hold
+from node_agent.executors.docker_follow import copy_output, hold
 from node_agent.executors.docker_options import (
     LABEL_EXECUTOR,
     LABEL_NODE,
@@ -585,23 +585,20 @@ class DockerExecutor:
 
     def _follow(self, box: _Box, *, resume: bool) -> None:
         shared = self._shared[box.task_id]
-        for stdout, path in (
-            (True, shared / "task_outputs" / f"{box.task_id}.out"),
-            (False, shared / "task_errors" / f"{box.task_id}.err"),
-        ):
-            name = f"hakuriver-{'out' if stdout else 'err'}-{box.task_id[-8:]}"
-            copy = functools.partial(
-                copy_stream,
-                box.container,
-                stdout=stdout,
-                path=path,
-                position=self._position_file(box.task_id),
-                marks=box.marks,
-                resume=resume,
-                stopped=lambda: box.stopped,
-                owner=box.owner,
-            )
-            box.streams.append(asyncio.ensure_future(hold(copy, name)))
+        copy = functools.partial(
+            copy_output,
+            box.container,
+            paths={
+                "out": shared / "task_outputs" / f"{box.task_id}.out",
+                "err": shared / "task_errors" / f"{box.task_id}.err",
+            },
+            position=self._position_file(box.task_id),
+            marks=box.marks,
+            resume=resume,
+            stopped=lambda: box.stopped,
+            owner=box.owner,
+        )
+        box.streams.append(asyncio.ensure_future(hold(copy, f"hakuriver-out-{box.task_id[-8:]}")))
 
 
 def _existing(client: Any, filters: dict[str, Any]) -> list[Any]:
