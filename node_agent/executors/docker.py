@@ -412,6 +412,8 @@ class DockerExecutor:
 
     async def adopt(self) -> list[Adopted]:
         """Find this node's task containers by label and watch them again."""
+        import docker.errors
+
         labels = {"label": [LABEL_TASK, f"{LABEL_NODE}={self.node}"]}
         found = await self._call(lambda: _existing(self.client, labels))
         adopted = []
@@ -420,6 +422,14 @@ class DockerExecutor:
                 continue
             task_id = container.labels[LABEL_TASK]
             if task_id in self._boxes or task_id in self._starting:
+                continue
+            if container.status == "created":
+                # Made, never started: an agent killed between the create and the start.
+                # Its wait would end at once with 0 (a task "completed" that never ran);
+                # removed, the task is the host's again (no `started` was reported: it
+                # sends the task again to the agent that comes back without it).
+                with contextlib.suppress(docker.errors.NotFound):
+                    await self._call(functools.partial(container.remove, force=True))
                 continue
             box = _Box(task_id=task_id, container=container)
             if container.labels.get(LABEL_VPS):
