@@ -22,11 +22,15 @@ A VPS task (``task_type = "vps"``) is a container of its own shape (a persistent
 node_agent/executors/vps.py; its watcher waits on through the engine's restarts, counting
 each new start as a generation, so the agent reports ``vps.ready`` again with the new port.
 
+An overloaded engine answers late, with a 5xx, or drops a connection: such a create,
+start, wait, inspect or stop is asked again, idempotently (docker_engine.py); a task fails
+only when the engine keeps refusing, with the engine's words as its message.
+
 Every Docker SDK call blocks, so each runs in a worker thread: short calls (create,
 start, inspect, pause, remove) in a pool of the executor's own, ``ENGINE_CALLS``
-at a time; the calls that last as long as a container (its ``wait`` and the two
-output followers) in a daemon thread each. They once shared asyncio's default pool
-(``cpus + 4`` threads): three per container, so on a small node two running
+at a time; the calls that last as long as a container (its ``wait`` and the
+output follower) in a daemon thread each. They once shared asyncio's default pool
+(``cpus + 4`` threads): three per container then, so on a small node two running
 containers held every thread and the next task's create waited for one to end.
 """
 
@@ -44,6 +48,7 @@ from typing import Any, TypeVar
 
 from node_agent.accounts import resolve_account
 from node_agent.cpus import parse_cpu_list
+from node_agent.executors import docker_engine as engine
 from node_agent.executors.base import (
     Adopted,
     ExecutorError,
@@ -55,7 +60,7 @@ from node_agent.executors.base import (
     TaskRun,
 )
 from node_agent.executors.confine import confine_mounts, confine_workdir
-from node_agent.executors.docker_follow import copy_stream, hold
+from node_agent.executors.docker_follow import copy_output, hold
 from node_agent.executors.docker_options import (
     LABEL_EXECUTOR,
     LABEL_NODE,
@@ -206,33 +211,35 @@ class DockerExecutor:
             )
         image = image_for(spec.container)
         try:
-            container = self.client.containers.create(image, **options)
+            container, existed = engine.create(
+                self.client,
+                image,
+                options,
+                lambda: self._previous(run.task_id, options["name"]),
+            )
         except docker.errors.ImageNotFound:
             raise StartFailed(
                 f"environment {spec.container!r}: image {image} is not on this node"
                 " (package it with `hakuriver docker create-tar` on the host)"
             ) from None
-        except docker.errors.APIError as exc:
-            name = options["name"]
-            previous = self._previous(run.task_id, name) if exc.status_code == 409 else None
-            if previous is not None:
-                return previous, True, owner
-            raise StartFailed(f"docker could not create the container: {exc.explanation}") from None
+        if existed:
+            return container, True, owner
         try:
-            container.start()
+            engine.start(container)
             if vps:
-                container.reload()  # its published port and start time
-        except docker.errors.APIError as exc:
+                engine.retrying(container.reload)  # its published port and start time
+        except Exception as exc:
             with contextlib.suppress(Exception):
                 container.remove(force=True)
+            explanation = engine.describe(exc)
             if vps:
                 self._drop_keys(run.task_id)
-                if "/bin/sh" in str(exc.explanation):
+                if "/bin/sh" in explanation:
                     raise StartFailed(
                         f"image {image} has no /bin/sh: a VPS image needs a shell (and sshd,"
                         " or use `hakuriver vps shell`)"
                     ) from None
-            raise StartFailed(f"docker could not start the task: {exc.explanation}") from None
+            raise StartFailed(f"docker could not start the task: {explanation}") from None
         return container, False, owner
 
     def _previous(self, task_id: str, name: str | None = None) -> Any | None:
@@ -266,11 +273,17 @@ class DockerExecutor:
     async def _outcome(self, box: _Box) -> Outcome:
         import docker.errors
 
+        lost = 0  # waits that failed transiently in a row (a dropped connection)
         while True:
             try:
                 result = await hold(box.container.wait, f"hakuriver-wait-{box.task_id[-8:]}")
-            except Exception:
+            except Exception as exc:
                 if not box.vps or box.killed:
+                    # A wait is idempotent: an exited container answers at once.
+                    if engine.transient(exc) and lost < engine.ENGINE_TRIES - 1:
+                        await asyncio.sleep(engine.pause(lost))
+                        lost += 1
+                        continue
                     raise
                 # The engine went away (it restarts): it restarts the VPS when it is back.
                 await self._engine_back(box)
@@ -290,7 +303,7 @@ class DockerExecutor:
             # itself exited 0 is still a completed task).
             return Outcome(state="completed", exit_code=0)
         try:
-            await self._call(box.container.reload)
+            await self._call(lambda: engine.retrying(box.container.reload))
         except docker.errors.NotFound:  # `docker rm -f` by someone else: its state is gone
             message = "the container was removed outside HakuRiver"
             return Outcome(state="killed" if killed else "failed", exit_code=code, message=message)
@@ -366,7 +379,9 @@ class DockerExecutor:
         with contextlib.suppress(Exception):
             await self._call(lambda: box.container.unpause())
         # The engine counts whole seconds: 0.4 s must not become an immediate SIGKILL.
-        await self._call(lambda: box.container.stop(timeout=math.ceil(grace_s)))
+        await self._call(
+            lambda: engine.retrying(lambda: box.container.stop(timeout=math.ceil(grace_s)))
+        )
 
     async def pause(self, task_id: str) -> None:
         """``docker pause``."""
@@ -397,6 +412,8 @@ class DockerExecutor:
 
     async def adopt(self) -> list[Adopted]:
         """Find this node's task containers by label and watch them again."""
+        import docker.errors
+
         labels = {"label": [LABEL_TASK, f"{LABEL_NODE}={self.node}"]}
         found = await self._call(lambda: _existing(self.client, labels))
         adopted = []
@@ -405,6 +422,14 @@ class DockerExecutor:
                 continue
             task_id = container.labels[LABEL_TASK]
             if task_id in self._boxes or task_id in self._starting:
+                continue
+            if container.status == "created":
+                # Made, never started: an agent killed between the create and the start.
+                # Its wait would end at once with 0 (a task "completed" that never ran);
+                # removed, the task is the host's again (no `started` was reported: it
+                # sends the task again to the agent that comes back without it).
+                with contextlib.suppress(docker.errors.NotFound):
+                    await self._call(functools.partial(container.remove, force=True))
                 continue
             box = _Box(task_id=task_id, container=container)
             if container.labels.get(LABEL_VPS):
@@ -570,23 +595,20 @@ class DockerExecutor:
 
     def _follow(self, box: _Box, *, resume: bool) -> None:
         shared = self._shared[box.task_id]
-        for stdout, path in (
-            (True, shared / "task_outputs" / f"{box.task_id}.out"),
-            (False, shared / "task_errors" / f"{box.task_id}.err"),
-        ):
-            name = f"hakuriver-{'out' if stdout else 'err'}-{box.task_id[-8:]}"
-            copy = functools.partial(
-                copy_stream,
-                box.container,
-                stdout=stdout,
-                path=path,
-                position=self._position_file(box.task_id),
-                marks=box.marks,
-                resume=resume,
-                stopped=lambda: box.stopped,
-                owner=box.owner,
-            )
-            box.streams.append(asyncio.ensure_future(hold(copy, name)))
+        copy = functools.partial(
+            copy_output,
+            box.container,
+            paths={
+                "out": shared / "task_outputs" / f"{box.task_id}.out",
+                "err": shared / "task_errors" / f"{box.task_id}.err",
+            },
+            position=self._position_file(box.task_id),
+            marks=box.marks,
+            resume=resume,
+            stopped=lambda: box.stopped,
+            owner=box.owner,
+        )
+        box.streams.append(asyncio.ensure_future(hold(copy, f"hakuriver-out-{box.task_id[-8:]}")))
 
 
 def _existing(client: Any, filters: dict[str, Any]) -> list[Any]:

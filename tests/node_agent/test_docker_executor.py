@@ -219,3 +219,63 @@ async def test_an_executor_adopts_only_its_own_containers_whatever_the_node_is_c
         await successor.close()
     finally:
         await other.close()
+
+
+async def test_a_successor_resumes_both_streams_from_their_own_marks(
+    tmp_path: Path, executor: DockerExecutor, client: Any
+) -> None:
+    """Both streams come in one engine request (docker_follow.copy_output); each keeps its
+    own mark, so a successor executor appends each from where it stopped: no line of
+    either repeated, none lost, none in the other's file."""
+    gate = tmp_path / "shared" / "shared_data" / "gate"
+    script = (
+        "echo out-1; echo err-1 >&2; while [ ! -e /shared/gate ]; do sleep 0.05; done;"
+        " echo out-2; echo err-2 >&2"
+    )
+    run = task(tmp_path, f"t-both-{tmp_path.name}", "sh", "-c", script, cores=0)
+    await executor.start(run)
+    await async_wait_until(
+        lambda: (
+            output(tmp_path, run.task_id) == "out-1\n"
+            and output(tmp_path, run.task_id, "err") == "err-1\n"
+        ),
+        30,
+    )
+    await executor.close()  # its follower writes nothing more
+    successor = DockerExecutor(tmp_path / "state", node=executor.node, client=client)
+    try:
+        [adopted] = await successor.adopt()
+        assert adopted.task_id == run.task_id
+        gate.touch()
+        assert (await asyncio.wait_for(successor.wait(run.task_id), 30)).state == "completed"
+        assert output(tmp_path, run.task_id) == "out-1\nout-2\n"
+        assert output(tmp_path, run.task_id, "err") == "err-1\nerr-2\n"
+    finally:
+        gate.parent.mkdir(parents=True, exist_ok=True)
+        gate.touch()
+        await successor.close()
+
+
+async def test_a_container_made_but_never_started_is_not_adopted(
+    tmp_path: Path, executor: DockerExecutor, client: Any
+) -> None:
+    """An agent killed between the create and the start leaves a `created` container. Its
+    wait ends at once with 0: adopted, the task would be reported completed though it
+    never ran. It is removed instead (the host sends the task again), and a start of the
+    task afterwards runs it."""
+    from node_agent.executors.docker_options import container_options
+
+    run = task(tmp_path, f"t-made-{tmp_path.name}", "echo", "ran", cores=0)
+    for folder in ("shared/shared_data", "shared/task_outputs", "shared/task_errors", "local"):
+        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+    options = container_options(run, node=executor.node, executor_id=executor.executor_id)
+    made = client.containers.create("hakuriver/busybox:base", **options)
+    successor = DockerExecutor(tmp_path / "state", node=executor.node, client=client)
+    try:
+        assert await successor.adopt() == []
+        assert not client.api.containers(all=True, filters={"id": made.id})
+        await successor.start(run)
+        assert (await asyncio.wait_for(successor.wait(run.task_id), 30)).state == "completed"
+        assert output(tmp_path, run.task_id) == "ran\n"
+    finally:
+        await successor.close()
