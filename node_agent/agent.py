@@ -149,6 +149,7 @@ class Agent:
             ),
         )
         self.heartbeat_interval = settings.timing.heartbeat_interval
+        self.start_coalesce_s = START_COALESCE_S
         self.kill_grace = settings.timing.kill_grace_period
 
     def credential(self) -> str | None:
@@ -463,7 +464,7 @@ class Agent:
             # start reported with its end (``_watch_task``), in one write and one batch.
             self._unreported_start[task_id] = report
             watcher = self._watch(task_id)
-            await asyncio.wait({watcher}, timeout=START_COALESCE_S)
+            await asyncio.wait({watcher}, timeout=self.start_coalesce_s)
             await self._report_start(task_id)
         self.ranks.watch(task_id)
         if vps:
