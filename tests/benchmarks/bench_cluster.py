@@ -9,8 +9,8 @@ the same run (issue 19; tests/benchmarks/ratios.py has the goals):
   ``floor_ws_rtt_ms``: one websocket round trip on loopback, a bare Sanic app echoing
   (the host's server stack) and the agent's client library (``websockets``);
 - ``latency_process_task_p50_ms``: one trivial task (``true``), submit → seen completed by
-  the client waiting on ``GET /api/tasks/<id>?wait=30`` (answered at its end), 50 samples (also p90 and the server-side figure,
-  submitted_at → finished_at as recorded in the log);
+  the client waiting on ``GET /api/tasks/<id>?wait=30`` (answered at its end), 50 samples
+  (also p90 and the server-side figure, submitted_at → finished_at as recorded in the log);
 - ``throughput_200_process_tasks_s``: 200 trivial tasks in one batch, one agent, one core
   each (the default: the node's cores bound how many run at once), until all are completed;
   ``..._0core_s`` is the same with tasks that ask for no cores;
