@@ -179,22 +179,28 @@ def bench_throughput(root: Path, name: str, n: int, agents: int, cores: int) -> 
 def bench_agent_link(root: Path, n: int = 200_000) -> None:
     """Fill a stopped agent's outbox, then time its drain into the host's log."""
     from events.envelope import new_event
-    from events.types import TaskFinished
+    from events.types import EnvSynced
     from node_agent.outbox import Outbox
 
     cluster = Cluster(root, heartbeat_interval=1.0, heartbeat_timeout=30.0)
     try:
         cluster.start_host()
         outbox = Outbox(root / "runner-n1" / "outbox.sqlite")
-        # Realistic agent reports for tasks the host does not know: recorded (and
-        # flagged by the fold) like any fact; what is measured is the link and the log.
+        # Agent reports of a task's size that the host records without a task of its own
+        # (a report on a task not placed on the node refuses its batch): what is measured
+        # is the link and the log.
         chunk = 10_000
+        digest = "ab" * 32
         for i in range(0, n, chunk):
             outbox.put(
                 [
                     new_event(
-                        TaskFinished(
-                            task_id=f"bench-{j}", state="completed", exit_code=0, node="n1"
+                        EnvSynced(
+                            name=f"bench-{j % 100}",
+                            node="n1",
+                            timestamp=1_700_000_000 + j,
+                            sha256=digest,
+                            duration_s=1.5,
                         ),
                         source="n1",
                     )
