@@ -353,9 +353,20 @@ class Agent:
             # (the caller would send them again, as new events).
             try:
                 line = line_of(new.event)
-                if line is not None:
+                if line is not None and event_log.isEnabledFor(line.level):
                     extra = {"node": self.node, **line.context}
-                    event_log.log(line.level, line.message, extra=extra)
+                    # Made directly: no walk up the stack for the caller (always here).
+                    record = event_log.makeRecord(
+                        event_log.name,
+                        line.level,
+                        __file__,
+                        0,
+                        line.message,
+                        None,
+                        None,
+                        extra=extra,
+                    )
+                    event_log.handle(record)
             except Exception:
                 log.exception("the log line of a %s event failed", type(new.event).__name__)
 
