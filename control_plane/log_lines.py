@@ -49,7 +49,7 @@ def event_lines(state: Callable[[], ClusterState]) -> Callable[[list[Recorded]],
                 # the loop at every commit (an agent's batch of 1000 ends, issue 19).
                 log.handle(
                     log.makeRecord(
-                        log.name, line.level, __file__, 0, line.message, None, None, extra=context
+                        log.name, line.level, __file__, 0, line.message, (), None, extra=context
                     )
                 )
             except Exception:  # a line is never worth a commit's listeners
