@@ -362,7 +362,7 @@ class Agent:
                         __file__,
                         0,
                         line.message,
-                        None,
+                        (),
                         None,
                         extra=extra,
                     )
