@@ -82,6 +82,10 @@ event_log = logging.getLogger("hakuriver.agent.events")
 
 # Loading a multi-gigabyte tarball keeps one engine request open for minutes.
 IMAGE_LOAD_TIMEOUT_S = 1800
+# A task that ends this soon after it started has its start and its end reported together:
+# one outbox write and one batch, one commit on the host, instead of two of each. A longer
+# task's ``task.started`` leaves this much later (docs/decisions.md, issue 19).
+START_COALESCE_S = 0.01
 
 
 class Agent:
@@ -119,6 +123,12 @@ class Agent:
         self.paused: set[str] = set()
         # Final events not yet acknowledged: event id -> task id.
         self.unacked_final: dict[str, str] = {}
+        # Ended tasks whose executor records are kept until the host acknowledges their
+        # end (then forgotten): task id -> executor. The records are what makes the end's
+        # outbox write safe without an fsync (docs/decisions.md, issue 19).
+        self._forget_on_ack: dict[str, Executor] = {}
+        # Starts not reported yet: held for START_COALESCE_S, to go with the task's end.
+        self._unreported_start: dict[str, TaskStarted] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._handlers: set[asyncio.Task[None]] = set()
         # Kills that arrived while their task was still starting: id -> grace.
@@ -139,6 +149,7 @@ class Agent:
             ),
         )
         self.heartbeat_interval = settings.timing.heartbeat_interval
+        self.start_coalesce_s = START_COALESCE_S
         self.kill_grace = settings.timing.kill_grace_period
 
     def credential(self) -> str | None:
@@ -296,7 +307,13 @@ class Agent:
 
     async def _adopt_from(self, executor: Executor) -> None:
         assert self.cpus is not None
+        reported = set(self.unacked_final.values())
         for found in await executor.adopt():
+            if found.ended and found.task_id in reported:
+                # Its end waits in the outbox (put by the previous agent, which kept the
+                # records for the host's acknowledgement): nothing to watch or report.
+                self._forget_on_ack[found.task_id] = executor
+                continue
             self.by_task[found.task_id] = executor
             self.running[found.task_id] = found.pid
             # Still pinned there: a new task must not be given those CPUs.
@@ -316,11 +333,16 @@ class Agent:
 
     # -- events ----------------------------------------------------------------------------
 
-    async def emit(self, *events: AnyEvent) -> None:
-        """Put events in the durable outbox and wake the sender."""
+    async def emit(self, *events: AnyEvent, durable: bool = True) -> None:
+        """Put events in the outbox and wake the sender.
+
+        ``durable=False`` skips the fsync (an agent crash still keeps them; a crash of the
+        machine may not): only for events a record on disk makes again, kept until the
+        host acknowledges them (a task's end: its executor's records, ``_forget_on_ack``).
+        """
         assert self.outbox is not None
         batch = [new_event(e, source=self.node) for e in events]
-        await self.outbox.put(batch)
+        await self.outbox.put(batch, durable=durable)
         for new in batch:
             if isinstance(new.event, TaskFinished):
                 self.unacked_final[new.id] = new.event.task_id
@@ -331,19 +353,41 @@ class Agent:
             # (the caller would send them again, as new events).
             try:
                 line = line_of(new.event)
-                if line is not None:
+                if line is not None and event_log.isEnabledFor(line.level):
                     extra = {"node": self.node, **line.context}
-                    event_log.log(line.level, line.message, extra=extra)
+                    # Made directly: no walk up the stack for the caller (always here).
+                    record = event_log.makeRecord(
+                        event_log.name,
+                        line.level,
+                        __file__,
+                        0,
+                        line.message,
+                        (),
+                        None,
+                        extra=extra,
+                    )
+                    event_log.handle(record)
             except Exception:
                 log.exception("the log line of a %s event failed", type(new.event).__name__)
 
     async def acked(self, ids: tuple[str, ...]) -> None:
-        """Drop events the host has committed (or refused for good) from the outbox."""
+        """Drop events the host has committed (or refused for good) from the outbox; the
+        records of the tasks whose end they were are forgotten now."""
         assert self.outbox is not None
         await self.outbox.ack(ids)
         for event_id in ids:
-            self.unacked_final.pop(event_id, None)
+            task_id = self.unacked_final.pop(event_id, None)
+            executor = self._forget_on_ack.pop(task_id, None) if task_id else None
+            if task_id is not None and executor is not None:
+                self.spawn(self._forget(task_id, executor), f"forget-{task_id}")
         self.link.wake_sender.set()
+
+    async def _forget(self, task_id: str, executor: Executor) -> None:
+        """Delete an ended task's records (its end is in the host's log)."""
+        try:
+            await executor.forget(task_id)
+        except Exception as exc:  # its records stay; the next start of the agent adopts
+            log.warning("forgetting task %s failed: %s", task_id, exc, extra={"task": task_id})
 
     # -- tasks -----------------------------------------------------------------------------
 
@@ -416,15 +460,23 @@ class Agent:
             await self.ranks.forget(task_id)
             return
         self.running[task_id] = started.pid
-        await self.emit(
-            TaskStarted(
-                task_id=task_id,
-                node=self.node,
-                pid=started.pid,
-                container_id=started.container_id,
-            )
+        report = TaskStarted(
+            task_id=task_id,
+            node=self.node,
+            pid=started.pid,
+            container_id=started.container_id,
         )
-        self._watch(task_id)
+        if vps or command.spec.job_id is not None:
+            # Their readiness and setup reports must follow the start: reported at once.
+            await self.emit(report)
+            self._watch(task_id)
+        else:
+            # Watched first, reported a moment later: a task that ends meanwhile has its
+            # start reported with its end (``_watch_task``), in one write and one batch.
+            self._unreported_start[task_id] = report
+            watcher = self._watch(task_id)
+            await asyncio.wait({watcher}, timeout=self.start_coalesce_s)
+            await self._report_start(task_id)
         self.ranks.watch(task_id)
         if vps:
             self._report_vps(task_id)
@@ -432,39 +484,54 @@ class Agent:
         if grace is not None:
             await self.control(link.Kill(task_id=task_id, grace_s=grace))
 
-    def _watch(self, task_id: str) -> None:
-        self._watchers[task_id] = self.activity.start(
-            self._watch_task(task_id), name=f"watch-{task_id}"
-        )
+    async def _report_start(self, task_id: str) -> None:
+        """Report a start still held back (once: nothing if its end already took it)."""
+        report = self._unreported_start.pop(task_id, None)
+        if report is not None:
+            await self.emit(report)
+
+    def _watch(self, task_id: str) -> asyncio.Task[None]:
+        watcher = self.activity.start(self._watch_task(task_id), name=f"watch-{task_id}")
+        self._watchers[task_id] = watcher
+        return watcher
 
     async def _watch_task(self, task_id: str) -> None:
         executor = self.by_task[task_id]
+        recorded = True  # whether the executor's records say how the task ended
         try:
             try:
                 outcome = await self.activity.outside(executor.wait(task_id))
             except Exception as exc:  # e.g. the engine went away: the task's end is unknowable
+                recorded = False
                 log.exception("watching task %s failed", task_id, extra={"task": task_id})
                 outcome = Outcome(state="failed", message=f"lost track of the task: {exc!r}")
                 # Reported as ended, it must not run on unwatched on resources given back.
                 with contextlib.suppress(Exception):
                     await executor.kill(task_id, self.kill_grace)
             await self.ranks.ended(task_id)
-            await self.emit(
-                TaskFinished(
+            # The executor's records of the task (a shim's exit file, a stopped container)
+            # say how it ended until they are forgotten: they are kept until the host has
+            # acknowledged the end, so the end's outbox write needs no fsync (a crash of
+            # the machine meanwhile leaves the records, and the next agent reports the end
+            # from them). docs/decisions.md, issue 19.
+            self._forget_on_ack[task_id] = executor
+            if task_id in self.unacked_final.values():
+                # Adopted with its end already in the outbox (a previous agent put it):
+                # that one is sent; the records go once the host has it.
+                self._unreported_start.pop(task_id, None)
+            else:
+                end = TaskFinished(
                     task_id=task_id,
                     state=outcome.state,
                     exit_code=outcome.exit_code,
                     message=outcome.message,
                     node=self.node,
                 )
-            )
-            try:
-                await executor.forget(task_id)
-            except Exception as exc:  # its records stay; the next start of the agent adopts
-                log.warning("forgetting task %s failed: %s", task_id, exc, extra={"task": task_id})
-                await self.ranks.forget(task_id, keep_files=True)
-            else:
-                await self.ranks.forget(task_id)
+                start = self._unreported_start.pop(task_id, None)
+                events = (start, end) if start is not None else (end,)
+                await self.emit(*events, durable=not recorded)
+            # A rank's control folder is no record of its end: dropped now.
+            await self.ranks.forget(task_id)
         finally:
             self.by_task.pop(task_id, None)
             self.running.pop(task_id, None)
@@ -516,6 +583,8 @@ class Agent:
             if isinstance(command, link.Kill):  # still starting: kill once it has
                 self._kill_after_start[task_id] = command.grace_s
             return
+        if not isinstance(command, link.Kill):
+            await self._report_start(task_id)  # a pause or resume follows the start
         try:
             match command:
                 case link.Kill(grace_s=grace):

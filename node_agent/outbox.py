@@ -5,6 +5,13 @@ transaction is on disk, so an event the agent has put survives an agent crash or
 power cut and is sent again after reconnecting. The control plane's store is
 idempotent by event id, so sending twice is harmless; acknowledged events are deleted.
 
+Two writes skip the fsync (``synchronous=NORMAL`` for their transaction: in WAL mode the
+commit is in the file, so an agent crash keeps it, and only a crash of the machine can
+undo it; the next fsync'ed commit makes it durable too): ``put(durable=False)``, which the
+agent uses for events another record on disk makes again until the host acknowledges
+them (a task's end: node_agent/agent.py), and every ``ack``, whose loss only sends
+acknowledged events again, which the idempotent host ignores (docs/decisions.md, issue 19).
+
 ``Outbox`` is blocking. Asyncio code uses ``AsyncOutbox``, which runs every call on
 one dedicated thread: the loop never blocks on SQLite, and calls take effect in the
 order they were made (``to_thread`` on the shared pool could reorder two puts).
@@ -94,28 +101,38 @@ class Outbox:
         # host's metrics) without a query, so a busy or failing disk never delays one.
         self.depth = int(count)
 
-    def put(self, events: Sequence[NewEvent]) -> None:
-        """Store events durably, in order; an id already pending is left as it is."""
+    def put(self, events: Sequence[NewEvent], *, durable: bool = True) -> None:
+        """Store events, in order; an id already pending is left as it is. ``durable``:
+        on disk when this returns (else: kept by an agent crash, not a machine's)."""
         if not events:
             return
         rows = [(event.id, encode_json(event)) for event in events]
-        self._write("INSERT OR IGNORE INTO outbox (id, payload) VALUES (?, ?)", rows, 1)
+        sql = "INSERT OR IGNORE INTO outbox (id, payload) VALUES (?, ?)"
+        self._write(sql, rows, 1, durable=durable)
 
-    def _write(self, sql: str, rows: Sequence[tuple[str | bytes, ...]], sign: int) -> None:
+    def _write(
+        self, sql: str, rows: Sequence[tuple[str | bytes, ...]], sign: int, *, durable: bool
+    ) -> None:
         """One transaction of ``sql`` for each row: all of them, or (on any error) none;
-        the rows it changed move ``depth`` by ``sign`` each."""
+        the rows it changed move ``depth`` by ``sign`` each; fsync'ed when ``durable``."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            if not durable:
+                self._db.execute("PRAGMA synchronous=NORMAL")
             try:
-                changed = self._db.executemany(sql, rows).rowcount
-                self._db.execute("COMMIT")
-                self.depth += sign * changed
-            except BaseException:
-                # A full disk can fail the COMMIT too; SQLite may have rolled back already.
-                if self._db.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        self._db.execute("ROLLBACK")
-                raise
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    changed = self._db.executemany(sql, rows).rowcount
+                    self._db.execute("COMMIT")
+                    self.depth += sign * changed
+                except BaseException:
+                    # A full disk can fail the COMMIT too; SQLite may have rolled back.
+                    if self._db.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            self._db.execute("ROLLBACK")
+                    raise
+            finally:
+                if not durable:
+                    self._db.execute("PRAGMA synchronous=FULL")
 
     def pending(self, limit: int = 1000) -> list[NewEvent]:
         """The oldest unacknowledged events, at most ``limit``, in the order they were put."""
@@ -146,10 +163,11 @@ class Outbox:
         )
 
     def ack(self, ids: Iterable[str]) -> None:
-        """Delete acknowledged events; unknown ids are ignored."""
+        """Delete acknowledged events; unknown ids are ignored. Not fsync'ed: a delete a
+        machine's crash undoes only sends them again (the host ignores a known id)."""
         rows = [(event_id,) for event_id in ids]
         if rows:
-            self._write("DELETE FROM outbox WHERE id = ?", rows, -1)
+            self._write("DELETE FROM outbox WHERE id = ?", rows, -1, durable=False)
 
     def count(self) -> int:
         """How many events are waiting for an acknowledgement."""
@@ -188,12 +206,13 @@ class AsyncOutbox:
     async def _call(self, function: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, function)
 
-    async def put(self, events: Sequence[NewEvent]) -> None:
-        """Store events durably; returns once they are on disk, however long that takes."""
+    async def put(self, events: Sequence[NewEvent], *, durable: bool = True) -> None:
+        """Store events (on disk with ``durable``); returns once they are written, however
+        long that takes."""
         delay = FIRST_RETRY_S
         while True:
             try:
-                await self._call(lambda: self.outbox.put(events))
+                await self._call(lambda: self.outbox.put(events, durable=durable))
             except STORAGE_ERRORS as exc:
                 if not storage_fault(exc):
                     raise

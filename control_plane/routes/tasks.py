@@ -237,13 +237,54 @@ def _task(cp: ControlPlane, ident: str) -> TaskView:
     return cp.state.tasks[task_id_of(cp, ident)]
 
 
+# The longest ``GET /api/tasks/<id>?wait=`` holds a request (seconds).
+MAX_TASK_WAIT_S = 60
+
+
 @bp.get("/tasks/<ident:str>")
 @rule("user")
-@api("One task", response=TaskOut)
+@api(
+    "One task",
+    response=TaskOut,
+    query=(
+        Query(
+            "wait",
+            int,
+            f"seconds (at most {MAX_TASK_WAIT_S}) to wait for the task to end: answered at"
+            " its end, or as it is when they are up",
+        ),
+    ),
+)
 async def get_task(request: Request, ident: str) -> HTTPResponse:
-    """One task in detail (redacted for a caller who is neither its owner nor an admin)."""
-    task = _task(control_plane(request), ident)
+    """One task in detail (redacted for a caller who is neither its owner nor an admin);
+    with ``wait``, once it has ended (or the wait is up): a client waits for a task's end
+    without polling (issue 19)."""
+    cp = control_plane(request)
+    task = _task(cp, ident)
+    wait = query_int(request, "wait") or 0
+    if wait > MAX_TASK_WAIT_S:
+        raise InvalidRequest("wait", f"must be at most {MAX_TASK_WAIT_S} seconds, got {wait}")
+    if wait and task.state not in ENDED_STATES:
+        task = await _until_ended(request, cp, task.task_id, wait)
     return answer(TaskOut.of(task, may_see(request, task.spec.owner)))
+
+
+async def _until_ended(request: Request, cp: ControlPlane, task_id: str, wait: float) -> TaskView:
+    """The task once it has ended, or as it is after ``wait`` seconds (or at shutdown).
+
+    Woken by each commit (the history service's signal; the state includes the commit
+    when a waiter runs), it reads the in-memory state only: no log read per wake-up.
+    """
+    history = getattr(request.app.ctx, "history", None)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    task = cp.state.tasks[task_id]
+    while task.state not in ENDED_STATES and history is not None:
+        left = deadline - loop.time()
+        if left <= 0 or not await history.wait_beyond(cp.last_seq, left):
+            break
+        task = cp.state.tasks.get(task_id, task)  # (an ended task may be archived)
+    return task
 
 
 def _reason(request: Request) -> str:

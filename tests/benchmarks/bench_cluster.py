@@ -1,42 +1,115 @@
 """Benchmarks of the whole path: a control plane and agents started here, real processes.
 
-Prints one ``name value`` line per figure:
+Prints one ``name value`` line per figure, and the floors they are judged by, measured in
+the same run (issue 19; tests/benchmarks/ratios.py has the goals):
 
+- ``floor_commit_ms``: one durable single-row DuckDB commit on the cluster's data disk;
+  ``floor_spawn_true_ms``: ``/bin/true`` spawned from asyncio, to its exit;
+  ``floor_spawn_200_true_s``: 200 of them, at most as many at once as the node has cores;
+  ``floor_ws_rtt_ms``: one websocket round trip on loopback, a bare Sanic app echoing
+  (the host's server stack) and the agent's client library (``websockets``);
 - ``latency_process_task_p50_ms``: one trivial task (``true``), submit → seen completed by
-  the client polling every millisecond, 50 samples (also p90 and the server-side figure,
-  submitted_at → finished_at as recorded in the log);
-- ``throughput_200_process_tasks_s``: 200 trivial tasks in one batch, one agent, until all
-  are completed (tasks ask for no cores so the node's core count does not serialise them;
-  ``..._1core_s`` is the same with the default one core each);
+  the client waiting on ``GET /api/tasks/<id>?wait=30`` (answered at its end), 50 samples
+  (also p90 and the server-side figure, submitted_at → finished_at as recorded in the log);
+- ``throughput_200_process_tasks_s``: 200 trivial tasks in one batch, one agent, one core
+  each (the default: the node's cores bound how many run at once), until all are completed;
+  ``..._0core_s`` is the same with tasks that ask for no cores;
 - ``throughput_1000_tasks_4_agents_s``: 1000 trivial tasks over four agents;
 - ``agent_link_events_per_s``: events put in an agent's outbox, streamed over the link and
   durably acknowledged by the host;
 - ``host_cpu_percent_20_agents``: control-plane CPU while 20 agents heartbeat at 1 Hz with
-  1000 ``sleep`` tasks running in total (``--full`` only: it needs 20 agent processes).
+  1000 ``sleep`` tasks running in total (5 s of sampling; 10 s with ``--full``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx
 import psutil
-from support.cluster import Cluster
+from floors import floor_commit_ms, floor_spawn_many_true_s, floor_spawn_true_ms
+from ratios import report, report_ratios
+from support.cluster import Cluster, free_port
 
 from projections.tasks import ENDED_STATES as FINAL
 
+__all__ = ["_wait_all", "report"]  # bench_docker.py imports them from here
 
-def report(name: str, value: float) -> None:
-    """Print one figure."""
-    print(f"{name} {value:.6g}", flush=True)
+# The bare server of ``floor_ws_rtt_ms``: Sanic as the host runs it (one process), with
+# one websocket route that echoes each frame back.
+_ECHO_SERVER = """
+import sys
+from sanic import Sanic
+
+app = Sanic("floor_ws_echo")
+
+@app.websocket("/echo")
+async def echo(request, ws):
+    async for frame in ws:
+        await ws.send(frame)
+
+app.run(host="127.0.0.1", port=int(sys.argv[1]), single_process=True, access_log=False,
+        motd=False)
+"""
+
+
+def floor_ws_rtt_ms(samples: int = 300) -> float:
+    """p50 of one websocket round trip (a 256-byte binary frame) on loopback, against a
+    bare Sanic echo app in its own process, with the client library the agent uses."""
+    from websockets.asyncio.client import connect
+
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-c", _ECHO_SERVER, str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    async def measure() -> float:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                ws = await connect(f"ws://127.0.0.1:{port}/echo", open_timeout=5)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+        frame = os.urandom(256)
+        timings = []
+        async with ws:
+            for i in range(samples + 20):
+                t0 = time.perf_counter()
+                await ws.send(frame)
+                await ws.recv()
+                if i >= 20:  # warm-up
+                    timings.append(time.perf_counter() - t0)
+        return statistics.median(timings) * 1000
+
+    try:
+        return asyncio.run(measure())
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def bench_floors(root: Path, cores: int) -> None:
+    """The floors the figures below are judged by, in this run (``cores``: the node's)."""
+    report("floor_commit_ms", floor_commit_ms(root))
+    report("floor_spawn_true_ms", floor_spawn_true_ms())
+    report("floor_spawn_200_true_s", floor_spawn_many_true_s(200, at_once=cores))
+    report("floor_ws_rtt_ms", floor_ws_rtt_ms())
 
 
 def _wait_all(http: httpx.Client, count: int, timeout: float = 300) -> None:
@@ -64,11 +137,10 @@ def bench_latency(root: Path) -> None:
             start = time.perf_counter()
             r = http.post("/api/tasks", json={"command": "true", "container": "NULL"})
             task_id = r.json()["task_ids"][0]
-            while True:
-                task = http.get(f"/api/tasks/{task_id}").json()
+            while True:  # answered at the task's end (one request, no polling)
+                task = http.get(f"/api/tasks/{task_id}", params={"wait": 30}).json()
                 if task["state"] in FINAL:
                     break
-                time.sleep(0.001)
             elapsed = (time.perf_counter() - start) * 1000
             if task["state"] != "completed":
                 raise SystemExit(f"latency task ended {task['state']}: {task['message']}")
@@ -107,22 +179,28 @@ def bench_throughput(root: Path, name: str, n: int, agents: int, cores: int) -> 
 def bench_agent_link(root: Path, n: int = 200_000) -> None:
     """Fill a stopped agent's outbox, then time its drain into the host's log."""
     from events.envelope import new_event
-    from events.types import TaskFinished
+    from events.types import EnvSynced
     from node_agent.outbox import Outbox
 
     cluster = Cluster(root, heartbeat_interval=1.0, heartbeat_timeout=30.0)
     try:
         cluster.start_host()
         outbox = Outbox(root / "runner-n1" / "outbox.sqlite")
-        # Realistic agent reports for tasks the host does not know: recorded (and
-        # flagged by the fold) like any fact; what is measured is the link and the log.
+        # Agent reports of a task's size that the host records without a task of its own
+        # (a report on a task not placed on the node refuses its batch): what is measured
+        # is the link and the log.
         chunk = 10_000
+        digest = "ab" * 32
         for i in range(0, n, chunk):
             outbox.put(
                 [
                     new_event(
-                        TaskFinished(
-                            task_id=f"bench-{j}", state="completed", exit_code=0, node="n1"
+                        EnvSynced(
+                            name=f"bench-{j % 100}",
+                            node="n1",
+                            timestamp=1_700_000_000 + j,
+                            sha256=digest,
+                            duration_s=1.5,
                         ),
                         source="n1",
                     )
@@ -143,7 +221,7 @@ def bench_agent_link(root: Path, n: int = 200_000) -> None:
         cluster.close()
 
 
-def bench_host_cpu(root: Path, agents: int = 20, tasks: int = 1000, seconds: float = 10) -> None:
+def bench_host_cpu(root: Path, agents: int = 20, tasks: int = 1000, seconds: float = 5) -> None:
     cluster = Cluster(root, heartbeat_interval=1.0, heartbeat_timeout=10.0)
     try:
         cluster.start_host()
@@ -176,13 +254,15 @@ def main() -> None:
             path.mkdir()
             return path
 
+        # The node's cores: an agent on this machine registers them all.
+        bench_floors(fresh("floors"), len(os.sched_getaffinity(0)))
         bench_latency(fresh("latency"))
-        bench_throughput(fresh("t200"), "throughput_200_process_tasks_s", 200, 1, 0)
-        bench_throughput(fresh("t200c"), "throughput_200_process_tasks_1core_s", 200, 1, 1)
+        bench_throughput(fresh("t200"), "throughput_200_process_tasks_s", 200, 1, 1)
+        bench_throughput(fresh("t200z"), "throughput_200_process_tasks_0core_s", 200, 1, 0)
         bench_throughput(fresh("t1000"), "throughput_1000_tasks_4_agents_s", 1000, 4, 0)
         bench_agent_link(fresh("link"))
-        if args.full:
-            bench_host_cpu(fresh("cpu"))
+        bench_host_cpu(fresh("cpu"), seconds=10 if args.full else 5)
+    report_ratios()
 
 
 if __name__ == "__main__":
