@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench_store import build_log, report
+from bench_rebuild import build_log, report
 
 from events.snapshot_files import snapshot_dir
 from replay_tools.analytics import open_analytics
