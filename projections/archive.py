@@ -113,6 +113,10 @@ class Segment:
         segment.unwritten = data
         return segment, data
 
+    def index(self) -> dict[str, int]:
+        """Task id -> ordinal, of every task of the segment (reads it once)."""
+        return self._index()
+
     def _index(self) -> dict[str, int]:
         if self._ids is None:
             assert self._loader is not None
@@ -170,6 +174,7 @@ class TaskTable(MutableMapping[str, TaskView]):
         self.next_ordinal = 0
         self._archived = 0
         self._merged: list[tuple[int, TaskView]] | None = None  # all archived, by ordinal
+        self._all: list[TaskView] | None = None  # every task, until the next change
         for task in tasks:
             self[task.task_id] = task
 
@@ -195,6 +200,7 @@ class TaskTable(MutableMapping[str, TaskView]):
         return isinstance(task_id, str) and any(task_id in s for s in self.segments)
 
     def __setitem__(self, task_id: str, view: TaskView) -> None:
+        self._all = None
         if task_id in self._live:
             self._live[task_id] = view
             return
@@ -208,6 +214,7 @@ class TaskTable(MutableMapping[str, TaskView]):
         self.next_ordinal += 1
 
     def __delitem__(self, task_id: str) -> None:
+        self._all = None
         del self._live[task_id]  # archived tasks are never removed
         del self._ordinal[task_id]
 
@@ -215,22 +222,28 @@ class TaskTable(MutableMapping[str, TaskView]):
         return len(self._live) + self._archived
 
     def __iter__(self) -> Iterator[str]:
+        """Every task id in submission order (reads the segments' indexes, decodes no view)."""
         if not self.segments:
             return iter(self._live)
-        return (v.task_id for v in self.values())
+        keyed = [(o, t) for s in self.segments for t, o in s.index().items()]
+        keyed += ((self._ordinal[t], t) for t in self._live)
+        keyed.sort(key=_ord)
+        return (t for _, t in keyed)
 
     def values(self) -> Collection[TaskView]:  # type: ignore[override]
         """Every task in submission order (reads every segment once)."""
         if not self.segments:
             return self._live.values()
-        if self._merged is None:
-            merged = list(itertools.chain.from_iterable(s.entries() for s in self.segments))
-            merged.sort(key=_ord)  # sorted runs: a merge
-            self._merged = merged
-        ordinal = self._ordinal
-        both = [*self._merged, *((ordinal[t], v) for t, v in self._live.items())]
-        both.sort(key=_ord)
-        return [v for _, v in both]
+        if self._all is None:
+            if self._merged is None:
+                merged = list(itertools.chain.from_iterable(s.entries() for s in self.segments))
+                merged.sort(key=_ord)  # sorted runs: a merge
+                self._merged = merged
+            ordinal = self._ordinal
+            both = [*self._merged, *((ordinal[t], v) for t, v in self._live.items())]
+            both.sort(key=_ord)
+            self._all = [v for _, v in both]
+        return self._all
 
     def items(self) -> Collection[tuple[str, TaskView]]:  # type: ignore[override]
         if not self.segments:
@@ -264,6 +277,7 @@ class TaskTable(MutableMapping[str, TaskView]):
 
     def adopt(self, entries: Iterable[tuple[int, TaskView]], next_ordinal: int) -> None:
         """Take restored live tasks with their ordinals (a snapshot's)."""
+        self._all = None
         for ordinal, view in entries:
             self._live[view.task_id] = view
             self._ordinal[view.task_id] = ordinal
@@ -274,7 +288,7 @@ class TaskTable(MutableMapping[str, TaskView]):
         for ref in refs:
             self.segments.append(Segment(ref, loader))
             self._archived += ref.count
-        self._merged = None
+        self._merged = self._all = None
 
     def seal(self, seq: int, token: bytes, numbers: NumberTable) -> tuple[Segment, bytes] | None:
         """Move the final live tasks into a new segment; return it and its bytes to write
@@ -292,7 +306,7 @@ class TaskTable(MutableMapping[str, TaskView]):
         self.segments.append(segment)
         numbers.segments = self.segments
         self._archived += len(entries)
-        self._merged = None
+        self._merged = self._all = None
         return segment, data
 
     def refs(self) -> list[ArchiveRef]:

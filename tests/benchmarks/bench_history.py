@@ -1,12 +1,14 @@
 """Benchmarks of history as a product (issue 5): time travel, audit, SQL reports.
 
-Prints one ``name value`` line per figure. Quick mode builds a 1M-event log the way
-``bench_store.py`` does (the cluster simulation, control-plane snapshots every 50k
+Prints one ``name value`` line per figure. Quick mode builds a 100k-event and a 1M-event
+log (the state-at-time figures of both: ``state_at_1m_vs_100k_ratio``) the way
+``bench_rebuild.py`` does (the cluster simulation, control-plane snapshots every 50k
 events, of which the store keeps the newest four), then writes ``history``
 snapshots (replay_tools/snapshots.py) as the control plane does while it runs.
 ``--full`` adds the 10M-event case. ``--keep DIR`` builds (or reuses) the logs in DIR.
 
-Figures (each the worst of five random points, opening the file included):
+Figures (each the worst of five random points, each point the best of two tries,
+opening the file included):
 
 * ``state_at_time_*``: ``hakuriver state --at TIME`` as it runs by default: the nodes
   and every task not yet ended then (``state_at(..., ended=False)``);
@@ -33,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench_rebuild import build_log, report
+from ratios import report_ratios
 
 from events.snapshot_files import snapshot_dir
 from replay_tools.analytics import open_analytics
@@ -64,8 +67,12 @@ def ensure_log(path: Path, n_events: int, label: str) -> None:
     )
 
 
-def bench_state_at(path: Path, label: str, samples: int = 5) -> None:
-    """Worst of several random points: open the file, find the seq, restore, fold the tail."""
+def bench_state_at(path: Path, label: str, samples: int = 5, tries: int = 2) -> None:
+    """Worst of several random points: open the file, find the seq, restore, fold the tail.
+
+    Each point is timed ``tries`` times and its best kept: the point's own cost, not a
+    burst of another process's on this shared machine (the worst point still counts).
+    """
     with LogFile(path) as log:
         ((first, last, last_seq),) = log.con.execute(
             "SELECT epoch_us(min(recorded_at)), epoch_us(max(recorded_at)), max(seq) FROM events"
@@ -79,14 +86,17 @@ def bench_state_at(path: Path, label: str, samples: int = 5) -> None:
         worst = 0.0
         for _ in range(samples):
             point = rng.randint(int(first), int(last)) if by_time else rng.randint(1, last_seq)
-            gc.collect()  # the previous sample's garbage is not this one's cost
-            t0 = time.perf_counter()
-            if by_time:
-                state = state_at(path, at_us=point, ended=ended)
-            else:
-                state = state_at(path, seq=point, ended=ended)
-            worst = max(worst, time.perf_counter() - t0)
-            assert state.last_seq > 0
+            best = float("inf")
+            for _ in range(tries):
+                gc.collect()  # the previous sample's garbage is not this one's cost
+                t0 = time.perf_counter()
+                if by_time:
+                    state = state_at(path, at_us=point, ended=ended)
+                else:
+                    state = state_at(path, seq=point, ended=ended)
+                best = min(best, time.perf_counter() - t0)
+                assert state.last_seq > 0
+            worst = max(worst, best)
         report(name, worst)
 
 
@@ -119,6 +129,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="hakuriver-bench-") as tmp_dir:
         folder = args.keep or Path(tmp_dir)
         folder.mkdir(parents=True, exist_ok=True)
+        # The same simulation at a tenth of the length: state_at_1m_vs_100k_ratio.
+        small = folder / "history_100k.duckdb"
+        ensure_log(small, 100_000, "100k")
+        bench_state_at(small, "100k")
         path = folder / "history_1m.duckdb"
         ensure_log(path, 1_000_000, "1m")
         bench_state_at(path, "1m")
@@ -130,6 +144,7 @@ def main() -> None:
             bench_state_at(path, "10m")
             bench_queue_wait(path, "10m")
             bench_audit(path, "10m")
+    report_ratios()
 
 
 if __name__ == "__main__":
