@@ -30,6 +30,7 @@ from events.snapshot_files import SnapshotFiles
 
 ARCHIVE = "archive"
 TOKEN_BYTES = 32
+SUFFIX = ".snapshots"
 
 
 class SegmentUnavailable(LookupError):
@@ -45,8 +46,11 @@ class ArchiveFiles:
     """The archive segments of one log (in its snapshot folder)."""
 
     def __init__(self, snapshot_folder: Path) -> None:
-        self._files = SnapshotFiles(Path("unused"))
-        self._files.folder = snapshot_folder
+        # The folder is ``<db>.snapshots`` (``snapshot_dir``): the same files, the same rule.
+        if not snapshot_folder.name.endswith(SUFFIX):
+            raise ValueError(f"{snapshot_folder}: not a snapshot folder (<db>{SUFFIX})")
+        db_path = snapshot_folder.with_name(snapshot_folder.name.removesuffix(SUFFIX))
+        self._files = SnapshotFiles(db_path)
 
     def path(self, seq: int) -> Path:
         return self._files.path(ARCHIVE, seq)

@@ -144,6 +144,7 @@ class Segment:
     def put(self, view: TaskView) -> None:
         """Replace an archived task's view (a reader's own copy of the state only)."""
         self._index()
+        self._raw.pop(view.task_id, None)  # never decoded over the new view
         self._views[view.task_id] = view
 
     def entries(self) -> list[tuple[int, TaskView]]:

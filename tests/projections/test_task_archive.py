@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.factories import record_in_memory
@@ -127,3 +128,22 @@ def test_a_snapshot_of_the_previous_format_still_restores() -> None:
     full = ClusterState()
     full.apply_all(records)
     assert_same(rebuilt, full)
+
+
+def test_replacing_an_archived_task_keeps_its_place_and_is_what_is_read_back() -> None:
+    # (replay_tools replaces views in its own copy of a state: stubs, numbers)
+    sim = ClusterSimulation(random.Random(9), nodes=2)
+    records = record_in_memory(list(sim.events(40)))
+    disk = Disk()
+    early = ClusterState()
+    early.apply_all(records)
+    order = list(early.tasks)
+    state = ClusterState.restore(disk.snapshot(early), disk.load)
+    archived = [t for t in order if t not in state.tasks.live_ids()]
+    assert archived
+    target = archived[len(archived) // 2]
+    replaced = msgspec.structs.replace(early.tasks[target], message="replaced")  # unread here
+    state.tasks[target] = replaced
+    assert list(state.tasks.values())[order.index(target)] is replaced
+    assert state.tasks[target] is replaced
+    assert list(state.tasks) == order and len(state.tasks) == len(order)
