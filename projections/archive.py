@@ -172,6 +172,10 @@ class TaskTable(MutableMapping[str, TaskView]):
         self._live: dict[str, TaskView] = {}
         self._ordinal: dict[str, int] = {}  # of the live tasks
         self.segments: list[Segment] = []
+        # Above these, nothing is archived: a new submission's id or number is looked up
+        # in no segment at all (one comparison, however many segments).
+        self.max_archived_id = ""
+        self.max_archived_number = 0
         self.next_ordinal = 0
         self._archived = 0
         self._merged: list[tuple[int, TaskView]] | None = None  # all archived, by ordinal
@@ -198,14 +202,16 @@ class TaskTable(MutableMapping[str, TaskView]):
     def __contains__(self, task_id: object) -> bool:
         if task_id in self._live:
             return True
-        return isinstance(task_id, str) and any(task_id in s for s in self.segments)
+        if not isinstance(task_id, str) or task_id > self.max_archived_id:
+            return False
+        return any(task_id in s for s in self.segments)
 
     def __setitem__(self, task_id: str, view: TaskView) -> None:
         self._all = None
         if task_id in self._live:
             self._live[task_id] = view
             return
-        for segment in self.segments:
+        for segment in self.segments if task_id <= self.max_archived_id else ():
             if task_id in segment:
                 segment.put(view)
                 self._merged = None
@@ -252,6 +258,8 @@ class TaskTable(MutableMapping[str, TaskView]):
         return [(v.task_id, v) for v in self.values()]
 
     def _archived_view(self, task_id: str) -> TaskView | None:
+        if task_id > self.max_archived_id:
+            return None
         for segment in self.segments:
             view = segment.get(task_id)
             if view is not None:
@@ -289,6 +297,7 @@ class TaskTable(MutableMapping[str, TaskView]):
         for ref in refs:
             self.segments.append(Segment(ref, loader))
             self._archived += ref.count
+            self._bound(ref)
         self._merged = self._all = None
 
     def seal(self, seq: int, token: bytes, numbers: NumberTable) -> tuple[Segment, bytes] | None:
@@ -305,10 +314,14 @@ class TaskTable(MutableMapping[str, TaskView]):
         for number in owned:
             del numbers.live[number]
         self.segments.append(segment)
-        numbers.segments = self.segments
+        self._bound(segment.ref)
         self._archived += len(entries)
         self._merged = self._all = None
         return segment, data
+
+    def _bound(self, ref: ArchiveRef) -> None:
+        self.max_archived_id = max(self.max_archived_id, ref.max_id)
+        self.max_archived_number = max(self.max_archived_number, ref.max_number)
 
     def refs(self) -> list[ArchiveRef]:
         return [s.ref for s in self.segments]
@@ -321,9 +334,13 @@ class TaskTable(MutableMapping[str, TaskView]):
 class NumberTable(MutableMapping[int, str]):
     """Task number -> task id: the live tasks' in a dict, the archived ones' in segments."""
 
-    def __init__(self, segments: list[Segment] | None = None) -> None:
+    def __init__(self, tasks: TaskTable | None = None) -> None:
         self.live: dict[int, str] = {}
-        self.segments: list[Segment] = segments if segments is not None else []
+        self._tasks = tasks if tasks is not None else TaskTable()
+
+    @property
+    def segments(self) -> list[Segment]:
+        return self._tasks.segments
 
     def __getitem__(self, number: int) -> str:
         found = self.get(number)
@@ -333,8 +350,8 @@ class NumberTable(MutableMapping[int, str]):
 
     def get(self, number: int, default: str | None = None) -> str | None:  # type: ignore[override]
         found = self.live.get(number)
-        if found is not None:
-            return found
+        if found is not None or number > self._tasks.max_archived_number:
+            return found if found is not None else default
         for segment in self.segments:
             found = segment.owner_of(number)
             if found is not None:

@@ -109,7 +109,7 @@ class ClusterState:
         self.last_seq = 0
         # Task numbers: the highest given so far, and which task each names.
         self.last_number = 0
-        self.numbers: NumberTable = NumberTable(self.tasks.segments)
+        self.numbers: NumberTable = NumberTable(self.tasks)
         # Users, tokens, enrolled nodes, SSH keys.
         self.identity = Identity()
         # SSH sessions opened and not yet closed (projections/sessions.py).

@@ -91,7 +91,7 @@ def without_ended(state: ClusterState) -> ClusterState:
     out.nodes = state.nodes
     out.pending = dict(state.pending)
     out.last_number = state.last_number
-    out.numbers = NumberTable(out.tasks.segments)
+    out.numbers = NumberTable(out.tasks)
     out.numbers.live = {
         n: task_id for n, task_id in state.numbers.live.items() if task_id in out.tasks
     }
