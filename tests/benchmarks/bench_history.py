@@ -40,7 +40,7 @@ from ratios import report_ratios
 from events.snapshot_files import snapshot_dir
 from replay_tools.analytics import open_analytics
 from replay_tools.audit import audit
-from replay_tools.replay import LogFile, state_at, write_history_snapshots
+from replay_tools.replay import HISTORY_EVERY, LogFile, state_at, write_history_snapshots
 from replay_tools.reports import report_table
 
 
@@ -70,13 +70,30 @@ def ensure_log(path: Path, n_events: int, label: str) -> None:
 def bench_state_at(path: Path, label: str, samples: int = 5, tries: int = 2) -> None:
     """Worst of several random points: open the file, find the seq, restore, fold the tail.
 
-    Each point is timed ``tries`` times and its best kept: the point's own cost, not a
-    burst of another process's on this shared machine (the worst point still counts).
+    A time point is the time of the middle of a random history-snapshot interval: the
+    simulation commits 10k events at once, so a uniformly random time falls on a commit
+    boundary and folds either no tail or a 10k one, by chance; the middle always folds the
+    mean tail, the same in a log of any length (which ``state_at_1m_vs_100k_ratio``
+    compares). Seq points are uniform. Each point is timed ``tries`` times and its best
+    kept: the point's own cost, not a burst of another process's on this shared machine
+    (the worst point still counts).
     """
     with LogFile(path) as log:
-        ((first, last, last_seq),) = log.con.execute(
-            "SELECT epoch_us(min(recorded_at)), epoch_us(max(recorded_at)), max(seq) FROM events"
-        ).fetchall()
+        last_seq = log.last_seq
+        intervals = max(last_seq // HISTORY_EVERY, 1)
+        rng = random.Random(5)
+        middles = [
+            min(rng.randrange(intervals) * HISTORY_EVERY + HISTORY_EVERY // 2, last_seq)
+            for _ in range(samples)
+        ]
+        times = [
+            int(
+                log.con.execute(
+                    "SELECT epoch_us(recorded_at) FROM events WHERE seq = ?", [seq]
+                ).fetchall()[0][0]
+            )
+            for seq in middles
+        ]
     for name, ended, by_time in (
         (f"state_at_time_{label}_s", False, True),
         (f"state_at_time_all_tasks_{label}_s", True, True),
@@ -84,8 +101,9 @@ def bench_state_at(path: Path, label: str, samples: int = 5, tries: int = 2) -> 
     ):
         rng = random.Random(5)
         worst = 0.0
+        points = iter(times)
         for _ in range(samples):
-            point = rng.randint(int(first), int(last)) if by_time else rng.randint(1, last_seq)
+            point = next(points) if by_time else rng.randint(1, last_seq)
             best = float("inf")
             for _ in range(tries):
                 gc.collect()  # the previous sample's garbage is not this one's cost
