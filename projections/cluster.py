@@ -548,14 +548,17 @@ class ClusterState:
         state = cls()
         state.last_seq = last_seq
         state.last_number = last_number
+        numbers = state.numbers.live  # a new state: nothing archived, the plain dicts
+        views: list[TaskView] = []
         for task in tasks:
             if not task.number:
                 task.number = state.last_number + 1
             state.last_number = max(state.last_number, task.number)
-            state.numbers.setdefault(task.number, task.task_id)
-            state.tasks[task.task_id] = task
+            numbers.setdefault(task.number, task.task_id)
+            views.append(task)
             if task.state == "pending":
                 state.pending[task.task_id] = None
+        state.tasks.adopt(enumerate(views), len(views))
         state._add_parts(nodes, anomalies, jobs)
         return state
 
