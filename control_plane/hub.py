@@ -47,14 +47,14 @@ from control_plane.errors import StoreFailing
 from control_plane.log_lines import event_lines
 from control_plane.scheduler import Scheduler
 from control_plane.settings import HostSettings
+from control_plane.state_files import StateFiles
 from control_plane.vps_shells import VpsShells
 from events import link
 from events.envelope import Recorded, new_event, now_us
 from events.file_modes import private_dir
 from events.ids import is_job_id, new_id
-from events.snapshot_files import CLUSTER as SNAPSHOT_NAME
 from events.store import EventStore, StoreUnavailable, WriteFailure
-from projections.cluster import ClusterState, SnapshotFormatError
+from projections.cluster import ClusterState
 from projections.jobs import JobView
 
 log = logging.getLogger("hakuriver.host")
@@ -222,17 +222,7 @@ class ControlPlane:
         settings.shared_dir.mkdir(parents=True, exist_ok=True)
         for sub in ("task_outputs", "task_errors"):
             (settings.shared_dir / sub).mkdir(exist_ok=True)
-        snapshot = await store.latest_snapshot(SNAPSHOT_NAME)
-        after = snapshot[0] if snapshot else 0
-        tail = await store.read(after=after)
-        try:
-            state = await asyncio.to_thread(
-                ClusterState.rebuild, snapshot[1] if snapshot else None, tail
-            )
-        except SnapshotFormatError as exc:  # an older build's: derived data, folded anew
-            log.info("%s: folding the log from its start", exc)
-            after, tail = 0, await store.read(after=0)
-            state = await asyncio.to_thread(ClusterState.rebuild, None, tail)
+        state, after, tail = await StateFiles(store).rebuild()
         log.info("state rebuilt at seq %d (snapshot %d, tail %d)", state.last_seq, after, len(tail))
         await asyncio.to_thread(_remove_orphan_job_folders, settings.shared_dir, state)
         return cls(settings, store, state)
@@ -484,8 +474,7 @@ class ControlPlane:
         seq = self._state.last_seq
         if seq == 0 or seq == self._snapshot_seq:
             return seq
-        data = self._state.snapshot()
-        await self.store.save_snapshot(SNAPSHOT_NAME, seq, data)
+        await StateFiles(self.store).snapshot(self._state)
         self._snapshot_seq = seq
         return seq
 

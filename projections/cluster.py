@@ -45,6 +45,7 @@ from events.types import (
     VolumeCreated,
     VpsReady,
 )
+from projections.archive import ArchiveRef, ArchiveUnavailable, Loader, NumberTable, TaskTable
 from projections.identity import IDENTITY_KINDS, Identity
 from projections.jobs import JobView, VolumeView
 from projections.nodes import NodeView
@@ -52,8 +53,11 @@ from projections.sessions import SshSessionView
 from projections.tasks import HOLDING_STATES, TaskView, next_state
 
 # 2: open SSH sessions and the removed-keys record; 3: jobs and the placements' env (an
-# older snapshot lacks them: the log is folded from its start instead).
-SNAPSHOT_FORMAT = 3
+# older snapshot lacks them: the log is folded from its start instead); 4: final tasks in
+# archive segments (projections/archive.py), the snapshot carrying the others. A format-3
+# snapshot is still restored (every task in it).
+SNAPSHOT_FORMAT = 4
+READABLE_FORMATS = frozenset({3, 4})
 
 
 class SnapshotFormatError(ValueError):
@@ -79,6 +83,13 @@ class _Snapshot(Struct, kw_only=True):
     ssh_sessions: list[SshSessionView] = []
     jobs: list[JobView] = []
     volumes: list[VolumeView] = []
+    # Format 4: ``tasks`` are the live ones, in submission order, with their ordinals; the
+    # final ones are in the segments ``archive`` names. ``numbers``: the live tasks' own.
+    ordinals: list[int] = []
+    next_ordinal: int = 0
+    archive: list[ArchiveRef] = []
+    last_number: int = 0
+    numbers: list[tuple[int, str]] = []
 
 
 _snapshot_encoder = msgspec.msgpack.Encoder()
@@ -89,7 +100,8 @@ class ClusterState:
     """Every node and task, as folded from the log up to ``last_seq``."""
 
     def __init__(self) -> None:
-        self.tasks: dict[str, TaskView] = {}
+        # Every task in submission order; the final ones archived (projections/archive.py).
+        self.tasks: TaskTable = TaskTable()
         self.nodes: dict[str, NodeView] = {}
         # Tasks waiting for placement, in submission order (dict as an ordered set).
         self.pending: dict[str, None] = {}
@@ -97,7 +109,7 @@ class ClusterState:
         self.last_seq = 0
         # Task numbers: the highest given so far, and which task each names.
         self.last_number = 0
-        self.numbers: dict[int, str] = {}
+        self.numbers: NumberTable = NumberTable(self.tasks)
         # Users, tokens, enrolled nodes, SSH keys.
         self.identity = Identity()
         # SSH sessions opened and not yet closed (projections/sessions.py).
@@ -430,10 +442,11 @@ class ClusterState:
     # -- snapshots ---------------------------------------------------------------------------
 
     def snapshot(self) -> bytes:
-        """The whole state as bytes (msgpack), to be restored with ``restore``."""
+        """The whole state as bytes (msgpack), to be restored with ``restore``: every task
+        in it (archived ones decoded), so the bytes stand alone (a copy of the state)."""
         return _snapshot_encoder.encode(
             _Snapshot(
-                format=SNAPSHOT_FORMAT,
+                format=3,
                 last_seq=self.last_seq,
                 tasks=list(self.tasks.values()),
                 nodes=list(self.nodes.values()),
@@ -445,14 +458,68 @@ class ClusterState:
             )
         )
 
+    def seal(self, token: bytes) -> tuple[ArchiveRef, bytes] | None:
+        """Archive the final tasks not yet archived: their segment's reference and bytes
+        (to be written before any snapshot naming it), or None when there are none."""
+        sealed = self.tasks.seal(self.last_seq, token, self.numbers)
+        return None if sealed is None else (sealed[0].ref, sealed[1])
+
+    def archived_snapshot(self) -> bytes:
+        """The state as bytes without the archived tasks: a reference to each segment
+        instead (``restore`` then needs a loader of their bytes). ``seal`` first."""
+        live = self.tasks.live()
+        return _snapshot_encoder.encode(
+            _Snapshot(
+                format=SNAPSHOT_FORMAT,
+                last_seq=self.last_seq,
+                tasks=[v for _, v in live],
+                ordinals=[o for o, _ in live],
+                next_ordinal=self.tasks.next_ordinal,
+                archive=self.tasks.refs(),
+                last_number=self.last_number,
+                numbers=list(self.numbers.live.items()),
+                nodes=list(self.nodes.values()),
+                anomalies=self.anomalies,
+                identity=self.identity,
+                ssh_sessions=list(self.ssh_sessions.values()),
+                jobs=list(self.jobs.values()),
+                volumes=list(self.volumes.values()),
+            )
+        )
+
+    @staticmethod
+    def archive_refs(data: bytes) -> list[ArchiveRef]:
+        """The archive segments a snapshot names (none for one that stands alone)."""
+        with gc_paused():
+            return _snapshot_decoder.decode(data).archive
+
     @classmethod
-    def restore(cls, data: bytes) -> ClusterState:
-        """A state equal to the one that produced ``data`` with ``snapshot``."""
+    def restore(cls, data: bytes, archive: Loader | None = None) -> ClusterState:
+        """A state equal to the one that produced ``data`` with ``snapshot`` (or with
+        ``archived_snapshot``: then ``archive`` gives the bytes of its segments)."""
         with gc_paused():
             snap = _snapshot_decoder.decode(data)
-        if snap.format != SNAPSHOT_FORMAT:
-            raise SnapshotFormatError(f"snapshot format {snap.format} is not {SNAPSHOT_FORMAT}")
-        state = cls.assemble(snap.last_seq, snap.tasks, snap.nodes, snap.anomalies, jobs=snap.jobs)
+        if snap.format not in READABLE_FORMATS:
+            known = " or ".join(map(str, sorted(READABLE_FORMATS)))
+            raise SnapshotFormatError(f"snapshot format {snap.format} is not {known}")
+        if snap.archive and archive is None:
+            raise ArchiveUnavailable("the snapshot names archive segments and no loader")
+        if snap.format == 3:
+            state = cls.assemble(
+                snap.last_seq, snap.tasks, snap.nodes, snap.anomalies, jobs=snap.jobs
+            )
+        else:
+            state = cls()
+            state.last_seq = snap.last_seq
+            state.last_number = snap.last_number
+            state.tasks.adopt(zip(snap.ordinals, snap.tasks, strict=True), snap.next_ordinal)
+            if archive is not None:
+                state.tasks.attach(snap.archive, archive)
+            state.numbers.live = dict(snap.numbers)
+            for task in snap.tasks:
+                if task.state == "pending":
+                    state.pending[task.task_id] = None
+            state._add_parts(snap.nodes, snap.anomalies, snap.jobs)
         if snap.identity is not None:
             state.identity = snap.identity
         state.ssh_sessions = {s.session_id: s for s in snap.ssh_sessions}
@@ -481,27 +548,39 @@ class ClusterState:
         state = cls()
         state.last_seq = last_seq
         state.last_number = last_number
+        numbers = state.numbers.live  # a new state: nothing archived, the plain dicts
+        views: list[TaskView] = []
         for task in tasks:
             if not task.number:
                 task.number = state.last_number + 1
             state.last_number = max(state.last_number, task.number)
-            state.numbers.setdefault(task.number, task.task_id)
-            state.tasks[task.task_id] = task
+            numbers.setdefault(task.number, task.task_id)
+            views.append(task)
             if task.state == "pending":
                 state.pending[task.task_id] = None
-        state.nodes = {node.name: node for node in nodes}
-        for node in state.nodes.values():
-            for task_id in node.task_ids:
-                if task_id in state.tasks:
-                    state._index_vps(state.tasks[task_id], held=True)
-        state.anomalies = anomalies
-        state.jobs = {job.job_id: job for job in jobs}
-        state.active_jobs = {j: None for j, job in state.jobs.items() if job.final_state is None}
+        state.tasks.adopt(enumerate(views), len(views))
+        state._add_parts(nodes, anomalies, jobs)
         return state
 
+    def _add_parts(
+        self, nodes: Iterable[NodeView], anomalies: list[Anomaly], jobs: Iterable[JobView]
+    ) -> None:
+        self.nodes = {node.name: node for node in nodes}
+        for node in self.nodes.values():
+            for task_id in node.task_ids:
+                # A node holds active tasks only: never an archived (final) one.
+                task = self.tasks.get(task_id)
+                if task is not None:
+                    self._index_vps(task, held=True)
+        self.anomalies = anomalies
+        self.jobs = {job.job_id: job for job in jobs}
+        self.active_jobs = {j: None for j, job in self.jobs.items() if job.final_state is None}
+
     @classmethod
-    def rebuild(cls, snapshot: bytes | None, tail: Iterable[Recorded]) -> ClusterState:
+    def rebuild(
+        cls, snapshot: bytes | None, tail: Iterable[Recorded], archive: Loader | None = None
+    ) -> ClusterState:
         """Restore from a snapshot (or start empty) and fold the events after it."""
-        state = cls.restore(snapshot) if snapshot is not None else cls()
+        state = cls.restore(snapshot, archive) if snapshot is not None else cls()
         state.apply_all(tail)
         return state

@@ -20,9 +20,11 @@ from typing import Any
 
 import msgspec
 
+from events.archive_files import ArchiveFiles, SegmentUnavailable
 from events.envelope import Recorded
 from events.types import JobSubmitted, TaskSubmitted
-from projections.cluster import ClusterState
+from projections.archive import ArchiveUnavailable, NumberTable, TaskTable
+from projections.cluster import ClusterState, SnapshotFormatError
 from projections.tasks import ENDED_STATES
 from replay_tools.logfile import CLUSTER_SNAPSHOT, LogFile, as_log
 from replay_tools.points import Point
@@ -82,33 +84,50 @@ def resolve_point(log: LogFile, point: Point) -> int:
 
 def without_ended(state: ClusterState) -> ClusterState:
     """A view of ``state`` without the tasks that ended (final, or lost), the jobs that
-    ended, nor anomalies."""
+    ended, nor anomalies. Archived tasks are all final: only the others are looked at."""
     out = ClusterState()
     out.last_seq = state.last_seq
-    out.tasks = {k: t for k, t in state.tasks.items() if t.state not in ENDED_STATES}
+    out.tasks = TaskTable(t for _, t in state.tasks.live() if t.state not in ENDED_STATES)
     out.nodes = state.nodes
     out.pending = dict(state.pending)
     out.last_number = state.last_number
-    out.numbers = {n: task_id for n, task_id in state.numbers.items() if task_id in out.tasks}
+    out.numbers = NumberTable(out.tasks)
+    out.numbers.live = {
+        n: task_id for n, task_id in state.numbers.live.items() if task_id in out.tasks
+    }
     out.jobs = {j: state.jobs[j] for j in state.active_jobs}
     out.active_jobs = dict(state.active_jobs)
     out.volumes = dict(state.volumes)
     return out
 
 
+def _restore_cluster(log: LogFile, data: bytes) -> ClusterState | None:
+    """A ``cluster`` snapshot's state, its archive read from beside the log when needed;
+    None when a segment it names is gone (the caller starts from further back)."""
+    files = ArchiveFiles(log.snapshot_dir)
+    try:
+        state = ClusterState.restore(data, lambda ref: files.read(ref.seq, ref.token))
+        files.check((r.seq, r.token) for r in state.tasks.refs())
+    except (SnapshotFormatError, SegmentUnavailable, ArchiveUnavailable):
+        return None
+    return state
+
+
 def _full_state(log: LogFile, target: int) -> ClusterState:
     start, state = 0, None
     history = latest_history(log, target)
-    if history is not None:
-        state = restore_full(log, history)
-        start = history.last_seq if state is not None else 0
     for seq, path in log.snapshot_files(CLUSTER_SNAPSHOT, target):
-        if seq <= start:
+        if history is not None and seq <= history.last_seq:
             break
         data = log.anchored(seq, path)
         if data is not None:
-            start, state = seq, ClusterState.restore(data)
-            break
+            state = _restore_cluster(log, data)
+            if state is not None:
+                start = seq
+                break
+    if state is None and history is not None:
+        state = restore_full(log, history)
+        start = history.last_seq if state is not None else 0
     state = state if state is not None else ClusterState()
     state.apply_all(log.read(after=start, until=target))
     return state
@@ -160,7 +179,7 @@ def _submits_an_earlier_job(log: LogFile, start: int, tail: list[Recorded]) -> b
 
 
 def _with_max_id(state: ClusterState) -> tuple[ClusterState, str]:
-    return state, max(state.tasks, default="")
+    return state, state.tasks.max_id()
 
 
 def _target_seq(last: int, seq: int | None, at_us: int | None, seq_at: Any) -> int:
