@@ -283,7 +283,7 @@ async def _until_ended(request: Request, cp: ControlPlane, task_id: str, wait: f
         left = deadline - loop.time()
         if left <= 0 or not await history.wait_beyond(cp.last_seq, left):
             break
-        task = cp.state.tasks.get(task_id, task)  # (an ended task may be archived)
+        task = cp.state.tasks.get(task_id) or task  # (an ended task may be archived)
     return task
 
 
