@@ -217,7 +217,10 @@ ORDER BY seq
 LIMIT 1000
 """
 
-_BATCH = 100_000
+# Small batches, several read ahead: a batch's bytes are still in the CPU's cache when the
+# hash loop reads them (100k-row batches, 58 MB each, made the 1M audit ~10% slower).
+_BATCH = 4096
+_PREFETCH = 8
 _EDITED = "hash mismatch: the row was edited, or rows were reordered"
 
 
@@ -553,8 +556,8 @@ def _as_bytes(strings: pa.Array) -> pa.Array:
 
 
 def _prefetched(reader: Any) -> Iterator[Any]:
-    """The reader's batches, the next one read (by DuckDB, off the GIL) while this one is used."""
-    batches: queue.Queue[Any] = queue.Queue(maxsize=2)
+    """The reader's batches, the next ones read (by DuckDB, off the GIL) while this one is used."""
+    batches: queue.Queue[Any] = queue.Queue(maxsize=_PREFETCH)
     done = object()
     stop = threading.Event()
 
