@@ -6,6 +6,8 @@ log (the state-at-time figures of both: ``state_at_1m_vs_100k_ratio``) the way
 events, of which the store keeps the newest four), then writes ``history``
 snapshots (replay_tools/snapshots.py) as the control plane does while it runs.
 ``--full`` adds the 10M-event case. ``--keep DIR`` builds (or reuses) the logs in DIR.
+``--only-audit``: the audit's figures only (the 1M log built if missing, no history
+snapshots, no state or report figures), ``--repeat N`` times, each floor beside its audit.
 
 Figures (each the worst of five random points, each point the best of two tries,
 opening the file included):
@@ -38,7 +40,9 @@ import argparse
 import asyncio
 import gc
 import hashlib
+import os
 import random
+import resource
 import sys
 import tempfile
 import time
@@ -133,12 +137,20 @@ def bench_state_at(path: Path, label: str, samples: int = 5, tries: int = 2) -> 
         report(name, worst)
 
 
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def bench_audit(path: Path, label: str) -> None:
     gc.collect()
-    t0 = time.perf_counter()
+    c0, t0 = _cpu_s(), time.perf_counter()
     result = audit(path)
     elapsed = time.perf_counter() - t0
     assert result.ok, result.problems[:3]
+    # CPU-seconds of the whole process (every thread): on a shared machine they move less
+    # than the wall time, and say how far two cores could bring the wall time down.
+    print(f"# audit_verify_{label}: {_cpu_s() - c0:.2f} CPU-s", flush=True)
     report(f"audit_verify_{label}_s", elapsed)
 
 
@@ -208,13 +220,16 @@ def floor_sha256_chain_s(path: Path, n: int = 1_000_000) -> float:
         pool.append((head, payload))
     sha256 = hashlib.sha256
     gc.collect()
-    t0 = time.perf_counter()
+    c0, t0 = _cpu_s(), time.perf_counter()
     prev = GENESIS_HASH
     for i in range(n):
         head, payload = pool[i & 1023]
         prev = sha256(prev + head + payload).digest()
     elapsed = time.perf_counter() - t0
-    print(f"# floor_sha256_chain: head {head_len:.0f} B + payload {payload_len:.0f} B per event")
+    print(
+        f"# floor_sha256_chain: head {head_len:.0f} B + payload {payload_len:.0f} B per event,"
+        f" {_cpu_s() - c0:.2f} CPU-s"
+    )
     return elapsed * (1_000_000 / n)
 
 
@@ -234,6 +249,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--full", action="store_true", help="add the 10M-event case")
     parser.add_argument("--keep", type=Path, help="build (or reuse) the logs in this folder")
+    parser.add_argument(
+        "--only-audit", action="store_true", help="only audit_verify_1m_s and its floor"
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="with --only-audit: runs")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="hakuriver-bench-") as tmp_dir:
         folder = args.keep or Path(tmp_dir)
@@ -243,6 +262,16 @@ def main() -> None:
         ensure_log(small, 100_000, "100k")
         bench_state_at(small, "100k")
         path = folder / "history_1m.duckdb"
+        if args.only_audit:
+            if not path.exists():
+                asyncio.run(build_log(path, 1_000_000))
+            for run in range(args.repeat):
+                RECORDED.clear()  # each run's ratio from its own floor and figure
+                print(f"# run {run + 1}, load average {os.getloadavg()[0]:.1f}", flush=True)
+                report("floor_sha256_chain_1m_s", floor_sha256_chain_s(path))
+                bench_audit(path, "1m")
+                report_ratios()
+            return
         ensure_log(path, 1_000_000, "1m")
         bench_state_at(path, "1m")
         bench_audit(path, "1m")
