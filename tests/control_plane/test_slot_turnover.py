@@ -67,7 +67,9 @@ def run_placed(state: ClusterState) -> list[str]:
     ctx = context("n1")
     placed = [p for p in ctx.scheduler.plan(state) if isinstance(p, TaskPlaced)]
     apply(state, host(*placed))
-    started = [new_event(TaskStarted(task_id=p.task_id, node="n1", pid=1), source="n1") for p in placed]
+    started = [
+        new_event(TaskStarted(task_id=p.task_id, node="n1", pid=1), source="n1") for p in placed
+    ]
     apply(state, started)
     return [p.task_id for p in placed]
 
@@ -90,7 +92,9 @@ def test_an_end_places_the_next_queued_task_in_its_own_commit() -> None:
     first, second = run_placed(state)
     assert list(state.pending) == queued[2:]
     # When the agent reports one end, with work queued
-    decision = decide(state, ReportFacts(node="n1", events=(end(first),), place=True), context("n1"))
+    decision = decide(
+        state, ReportFacts(node="n1", events=(end(first),), place=True), context("n1")
+    )
     # Then the commit holds the end, then the next task's placement and dispatch, and
     # the run command goes out after it
     assert [f.event for f in decision.facts] == [end(first).event]
@@ -134,7 +138,9 @@ def test_a_freed_gpu_goes_to_the_task_waiting_for_it() -> None:
     state = cluster(cores=4, gpus=1)
     holder, waiting = submit(state, 2, cores=1, gpu_ids=(0,))
     assert run_placed(state) == [holder]
-    decision = decide(state, ReportFacts(node="n1", events=(end(holder),), place=True), context("n1"))
+    decision = decide(
+        state, ReportFacts(node="n1", events=(end(holder),), place=True), context("n1")
+    )
     placed = [e for e in decision.after_facts if isinstance(e, TaskPlaced)]
     assert [(p.task_id, p.gpu_ids) for p in placed] == [(waiting, (0,))]
     commit(state, decision.facts, decision.after_facts)
