@@ -189,3 +189,44 @@ def test_random_batches_of_ends_never_overcommit() -> None:
             )
             if not holding and not newly:
                 break  # what is left can never fit
+
+
+def test_the_loops_dry_pass_says_what_a_pass_would_do_and_moves_no_cursor() -> None:
+    from control_plane.scheduler import Scheduler
+
+    state = cluster(cores=1)
+    apply(
+        state,
+        host(
+            NodeRegistered(
+                node="n2",
+                address="n2",
+                cores=1,
+                memory_bytes=8 << 30,
+                numa=(NumaNode(id=0, cpus=(0,)),),
+            )
+        ),
+    )
+    scheduler = Scheduler("round-robin")
+    assert not scheduler.would_place(state)  # nothing queued
+    submit(state, 3, cores=1)
+    # Nothing moves the cursor but a real pass: the dry one, asked twice, agrees with it
+    assert scheduler.would_place(state) and scheduler.would_place(state)
+    assert scheduler._cursor == 0
+    placed = [p for p in scheduler.plan(state) if isinstance(p, TaskPlaced)]
+    assert [p.node for p in placed] == ["n1", "n2"]
+    apply(state, host(*placed))
+    # Both nodes full: the third task waits, and the dry pass says so
+    assert list(state.pending) and not scheduler.would_place(state)
+
+
+def test_a_job_ranks_end_leaves_placement_to_the_scheduler_loop() -> None:
+    state = cluster(cores=1)
+    (rank,) = submit(state, 1, cores=1, job_id="abcd1234", rank=0)
+    apply(state, host(TaskPlaced(task_id=rank, node="n1", cores=1)))
+    apply(state, [new_event(TaskStarted(task_id=rank, node="n1", pid=1), source="n1")])
+    submit(state, 1, cores=1)
+    # A rank's end: the loop advances the job first (its siblings stopped), then places
+    decision = decide(state, ReportFacts(node="n1", events=(end(rank),), place=True), context("n1"))
+    assert [f.event for f in decision.facts] == [end(rank).event]
+    assert decision.after_facts == [] and decision.sends == []
