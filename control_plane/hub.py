@@ -39,6 +39,7 @@ from control_plane.commands import (
     Context,
     Decision,
     PlaceQueued,
+    ReportFacts,
     Send,
     decide,
 )
@@ -54,6 +55,7 @@ from events.envelope import Recorded, new_event, now_us
 from events.file_modes import private_dir
 from events.ids import is_job_id, new_id
 from events.store import EventStore, StoreUnavailable, WriteFailure
+from events.types import TaskFinished
 from projections.cluster import ClusterState
 from projections.jobs import JobView
 
@@ -261,7 +263,12 @@ class ControlPlane:
         command out in the world that the log does not show. A log that cannot be
         written (a full disk) refuses with ``StoreFailing``: nothing recorded, nothing sent.
         """
-        gate = self._gate.shared() if isinstance(command, FACTS) else self._gate.exclusive()
+        if isinstance(command, ReportFacts) and self._frees_for_queued(command):
+            # Its ends make room for queued work: placed in the same commit, a decision,
+            # so the gate is held alone (docs/decisions.md, slot turnover, issue 19).
+            command = msgspec.structs.replace(command, place=True)
+        shared = isinstance(command, FACTS) and not getattr(command, "place", False)
+        gate = self._gate.shared() if shared else self._gate.exclusive()
         async with gate:
             decision = decide(self._state, command, self._context())
             principal = getattr(command, "actor", None)
@@ -273,6 +280,7 @@ class ControlPlane:
             batch = [new_event(e, source=decision.node) for e in decision.node_events]
             batch += [new_event(e, source=HOST_SOURCE) for e in events]
             batch += decision.facts
+            batch += [new_event(e, source=HOST_SOURCE) for e in decision.after_facts]
             # Facts are agents' reports: made outside this process, each payload is checked
             # to read back before it is stored.
             check = bool(decision.facts)
@@ -297,6 +305,13 @@ class ControlPlane:
             if agent is not None:
                 await agent.close(reason)
         return Outcome(decision, seqs, delivered, tuple(links))
+
+    def _frees_for_queued(self, command: ReportFacts) -> bool:
+        """Whether an agent's batch ends a task while work is queued: then its commit
+        places the queue's next tasks too (decided under the exclusive gate)."""
+        return bool(self._state.pending) and any(
+            isinstance(new.event, TaskFinished) for new in command.events
+        )
 
     def _context(self) -> Context:
         return Context(
@@ -396,7 +411,11 @@ class ControlPlane:
                     # Jobs first: a failed rank's siblings are stopped (and their
                     # resources freed) before anything else is placed.
                     await self.execute(AdvanceJobs())
-                await self.execute(PlaceQueued())
+                if self._scheduler.would_place(self._state, now_us=now_us()):
+                    # Decided again under the gate; most passes (an end whose commit
+                    # already placed into its room, a submission placed in its own
+                    # commit) find nothing and need not wait for the exclusive gate.
+                    await self.execute(PlaceQueued())
             except StoreFailing:
                 # The store logs the outage once; the placement is tried again.
                 await asyncio.sleep(0.5)  # a pause between attempts, not synchronisation

@@ -9,6 +9,7 @@ is picked here: the lowest free ids of the model asked for (``gpu_model_matches`
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 
@@ -138,6 +139,18 @@ class Room:
         self.gpus -= set(gpu_ids)
         if spec.numa_id is not None:
             self.numa_cores[spec.numa_id] -= spec.cores
+
+    def give_back(
+        self, cores: int, memory_bytes: int | None, gpu_ids: Sequence[int], numa_id: int | None
+    ) -> None:
+        """Count as free what a task ending in the same commit holds (the inverse of the
+        fold's allocation of its placement: projections/cluster.py ``_release``)."""
+        self.cores += cores
+        if self.memory is not None and memory_bytes:
+            self.memory += memory_bytes
+        self.gpus |= set(gpu_ids)
+        if numa_id is not None and numa_id in self.numa_cores:
+            self.numa_cores[numa_id] += cores
 
     def hold(self, spec: TaskSpec) -> None:
         """Keep a waiting job's rank share of this node from later work (a reservation):

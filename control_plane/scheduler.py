@@ -70,20 +70,37 @@ class Scheduler:
         self._cursor = 0
 
     def plan(
-        self, state: ClusterState, incoming: Sequence[TaskView] = (), *, now_us: int = 0
+        self,
+        state: ClusterState,
+        incoming: Sequence[TaskView] = (),
+        *,
+        now_us: int = 0,
+        freed: Sequence[TaskView] = (),
     ) -> list[Placement]:
         """Placements for the pending tasks and jobs that fit now, in queue order.
 
         ``incoming`` are tasks being submitted right now, not in the state yet: they
         queue after every pending task, so placing them in the same commit as their
-        submission changes no order. ``now_us`` (the host's clock) tells how long each
-        job has waited. A job comes out as a ``task.placed`` per rank, in rank order,
-        then its ``job.placed`` and ``job.phase`` ``setup``.
+        submission changes no order. ``freed`` are tasks whose end is recorded in the
+        same commit as these placements, before them: what they hold counts as free
+        (an agent's batch of ends and the placements it makes room for, one commit).
+        ``now_us`` (the host's clock) tells how long each job has waited. A job comes
+        out as a ``task.placed`` per rank, in rank order, then its ``job.placed`` and
+        ``job.phase`` ``setup``.
         """
-        planned = _Pass(self, state, incoming, now_us)
+        planned = _Pass(self, state, incoming, now_us, freed=freed)
         planned.run()
         self._cursor = planned.cursor
         return planned.placements
+
+    def would_place(self, state: ClusterState, *, now_us: int = 0) -> bool:
+        """Whether a pass on ``state`` now would place anything: a dry pass that moves no
+        cursor, so the caller can skip taking the exclusive gate when nothing fits."""
+        if not state.pending:
+            return False
+        planned = _Pass(self, state, (), now_us)
+        planned.run()
+        return bool(planned.placements)
 
     def explain(
         self, state: ClusterState, jobs: Sequence[JobView], *, now_us: int
@@ -137,6 +154,7 @@ class _Pass:
         now_us: int,
         *,
         watch: frozenset[str] = frozenset(),
+        freed: Sequence[TaskView] = (),
     ) -> None:
         self.policy = scheduler.policy
         self.cursor = scheduler._cursor
@@ -146,6 +164,10 @@ class _Pass:
         self.now_us = now_us
         self.names = sorted(name for name, node in state.nodes.items() if node.online)
         self.rooms = {name: Room.of(state.nodes[name]) for name in self.names}
+        for task in freed:
+            room = self.rooms.get(task.node or "")
+            if room is not None and task.holds_resources:
+                room.give_back(task.cores, task.memory_bytes, task.gpu_ids, task.numa_id)
         self.held: dict[str, str] = {}  # node -> the job holding a rank's share of it
         self.placements: list[Placement] = []
         self.watch = watch  # jobs to explain when they do not fit

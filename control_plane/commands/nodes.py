@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from control_plane.commands.submit import run_of
+from control_plane.commands.submit import dispatching, run_of
 from control_plane.commands.types import (
     CheckLiveness,
     Context,
@@ -46,7 +46,7 @@ from events.types import (
 )
 from projections.cluster import ClusterState
 from projections.nodes import NodeView
-from projections.tasks import TaskView
+from projections.tasks import HOLDING_STATES, TaskView, next_state
 
 
 class NodeNotOnline(Conflict):
@@ -219,7 +219,46 @@ def decide_report(state: ClusterState, command: ReportFacts, ctx: Context) -> De
             task_id=task.task_id, grace_s=ctx.settings.timing.kill_grace_period, reason=reason
         )
         sends.append(Send(command.node, kill))
-    return Decision(facts=_without_second_ends(state, command.events), sends=sends)
+    facts = _without_second_ends(state, command.events)
+    decision = Decision(facts=facts, sends=sends)
+    if command.place:
+        _place_into_freed(state, facts, ctx, decision)
+    return decision
+
+
+def _place_into_freed(
+    state: ClusterState, facts: Sequence[NewEvent], ctx: Context, decision: Decision
+) -> None:
+    """Place queued work into what the batch's ends free, in the batch's own commit.
+
+    A slot's turnover is otherwise two commits and a hop through the scheduler loop
+    (the end, then a pass that sees it). Decided on committed facts all the same: the
+    placements are recorded after the ends, all or nothing, and planned on the state as
+    the ends leave it (``Scheduler.plan``'s ``freed``). A batch that ends a job's rank
+    leaves its placements to the scheduler loop, which advances jobs first (a failed
+    rank's siblings are stopped before anything else is placed).
+    """
+    freed: list[TaskView] = []
+    for new in facts:
+        if not isinstance(new.event, TaskFinished):
+            continue
+        task = state.tasks.get(new.event.task_id)
+        if task is None or not task.holds_resources:
+            continue
+        if task.spec.job_id is not None:
+            return
+        target = next_state(task.state, "task.finished", new.event.state)
+        if target is not None and target not in HOLDING_STATES:
+            freed.append(task)
+    if not freed or not state.pending:
+        return
+    placements = ctx.scheduler.plan(state, now_us=ctx.now_us, freed=freed)
+    specs = {
+        p.task_id: state.tasks[p.task_id].spec for p in placements if isinstance(p, TaskPlaced)
+    }
+    placed = dispatching(placements, specs, ctx.connected)
+    decision.after_facts = placed.events
+    decision.sends += placed.sends
 
 
 def _without_second_ends(state: ClusterState, events: Sequence[NewEvent]) -> list[NewEvent]:

@@ -76,10 +76,17 @@ class NodeHello(Struct, frozen=True, kw_only=True):
 
 
 class ReportFacts(Struct, frozen=True, kw_only=True):
-    """Events an agent reported (already checked as its to report), to be recorded as sent."""
+    """Events an agent reported (already checked as its to report), to be recorded as sent.
+
+    ``place``: the resources the batch's ends free are placed again in the same commit,
+    after them (the queue's next tasks, dispatched). A decision: only a holder of the
+    exclusive gate sets it (``ControlPlane.execute``, when work is queued and the batch
+    ends tasks); without it, the commit's ``task.finished`` wakes the scheduler loop.
+    """
 
     node: str
     events: tuple[NewEvent, ...]
+    place: bool = False
 
 
 class ForgetNode(Struct, frozen=True, kw_only=True):
@@ -293,8 +300,10 @@ class Send(NamedTuple):
 class Decision(Struct, kw_only=True):
     """What a command leads to. Everything in it happens, in this order, or nothing does:
 
-    ``node_events`` (recorded as from ``node``: a registration), ``events`` (the host's)
-    and ``facts`` (enveloped by whoever reported them) in one commit; then ``sends``;
+    ``node_events`` (recorded as from ``node``: a registration), ``events`` (the host's),
+    ``facts`` (enveloped by whoever reported them) and ``after_facts`` (the host's,
+    decided on the state with the facts applied: placements into what a reported end
+    freed) in one commit, in that order; then ``sends``;
     then the links of ``disconnect`` are closed (their agents reconnect and say hello).
     ``submitted`` is the answer to a submission: its tasks as recorded (with numbers).
     """
@@ -303,6 +312,7 @@ class Decision(Struct, kw_only=True):
     node: str = ""
     node_events: list[AnyEvent] = field(default_factory=list)
     facts: list[NewEvent] = field(default_factory=list)
+    after_facts: list[AnyEvent] = field(default_factory=list)
     sends: list[Send] = field(default_factory=list)
     disconnect: list[tuple[str, str]] = field(default_factory=list)
     submitted: list[TaskSubmitted] = field(default_factory=list)

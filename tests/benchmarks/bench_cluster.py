@@ -41,6 +41,7 @@ import psutil
 from floors import floor_commit_ms, floor_spawn_many_true_s, floor_spawn_true_ms
 from ratios import report, report_ratios
 from support.cluster import Cluster, free_port
+from turnover import report_turnover
 
 from projections.tasks import ENDED_STATES as FINAL
 
@@ -172,6 +173,7 @@ def bench_throughput(root: Path, name: str, n: int, agents: int, cores: int) -> 
         assert r.status_code == 201, r.text
         _wait_all(cluster.http, n)
         report(name, time.perf_counter() - start)
+        report_turnover(cluster.http, name)
     finally:
         cluster.close()
 

@@ -291,3 +291,28 @@ def test_kill_answers_with_the_number(cluster: Cluster, tmp_path: Path) -> None:
     assert r.status_code == 202, r.text
     assert r.json() == {"task_id": task_id, "number": number, "state": "running"}
     assert cluster.wait_state(task_id)["state"] == "killed"
+
+
+def test_an_end_places_the_next_queued_task_in_the_same_commit(cluster: Cluster) -> None:
+    """A slot's turnover (issue 19): the commit that records a task's end also places the
+    queued task its cores make room for, after the end (docs/decisions.md)."""
+    cores = cluster.node("n1")["cores"]  # type: ignore[index]
+    # Given five tasks in one batch that each need the whole node: one placed at its
+    # submission, four queued
+    task = {"command": "true", "container": "NULL", "cores": cores}
+    r = cluster.http.post("/api/batches", json={"tasks": [task] * 5})
+    assert r.status_code == 201, r.text
+    ids = set(r.json()["task_ids"])
+    for t in ids:
+        assert cluster.wait_state(t)["state"] == "completed"
+    # Then each of the four was placed in the commit of the end that made room for it,
+    # after that end (one commit: one recorded_at)
+    page = cluster.http.get("/api/events", params={"tail": 1000}).json()["events"]
+    commits: dict[int, list[str]] = {}
+    for e in sorted(page, key=lambda e: e["seq"]):
+        if e["payload"].get("task_id") in ids:
+            commits.setdefault(e["recorded_at_us"], []).append(e["kind"])
+    by_an_end = [k for k in commits.values() if "task.placed" in k and "task.finished" in k]
+    assert len(by_an_end) == 4, commits
+    for kinds in by_an_end:
+        assert kinds.index("task.finished") < kinds.index("task.placed"), kinds
