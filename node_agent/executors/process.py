@@ -304,7 +304,11 @@ class ProcessExecutor:
     async def _outcome(self, watched: _Watched) -> Outcome:
         await self._shim_exit(watched)
         watched.exited = True
-        return await asyncio.to_thread(self._read_outcome, watched)
+        # Read on the loop, not on a worker thread: a record of a few bytes in the local
+        # state directory reads in microseconds, where the hop to a thread and back costs
+        # two wake-ups (milliseconds each on a busy machine) between a task's end and its
+        # report.
+        return self._read_outcome(watched)
 
     async def _shim_exit(self, watched: _Watched) -> None:
         """Return once the shim has exited (reaping it when it is our child)."""

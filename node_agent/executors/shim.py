@@ -762,10 +762,15 @@ def _fork_exec(
     return pid
 
 
+# What goes before the answer: a zygote's shim names its own pid there (``_shim_for``).
+_ANSWER_PREFIX = ""
+
+
 def _answer(text: str) -> None:
     """Tell the agent how the start went, then let go of the pipe (the agent may die)."""
-    # If the agent is gone, the .run record tells its successor.
-    _quietly(lambda: os.write(1, f"{text}\n".encode()))
+    # If the agent is gone, the .run record tells its successor. One write: each write
+    # wakes the agent, and a woken agent on a busy machine preempts the shim mid-start.
+    _quietly(lambda: os.write(1, f"{_ANSWER_PREFIX}{text}\n".encode()))
     null = os.open(os.devnull, os.O_WRONLY)
     os.dup2(null, 1)
     os.close(null)
@@ -879,7 +884,8 @@ def serve(address: str, idle_s: float = 600.0) -> int:
 
     The forked child becomes the task's shim exactly as if started on its own: a session
     of its own, stderr to the task's shim log, and it answers on the connection with its
-    pid, then the usual line (a request refused gets one ``!`` line). Shims are not the
+    pid and the usual line, in one write once the start is recorded (a request refused
+    gets one ``!`` line). Shims are not the
     zygote's business once forked (SIGCHLD is ignored: the kernel reaps them). A lock
     beside the socket keeps one zygote per address. It exits after ``idle_s`` seconds
     without a request, removing its socket; the executor starts a new one when needed.
@@ -898,6 +904,9 @@ def serve(address: str, idle_s: float = 600.0) -> int:
     except OSError:  # another zygote serves this address already
         return 0
     _signal.signal(_signal.SIGCHLD, _signal.SIG_IGN)
+    # What every forked shim would otherwise load on its own, once per task: the JSON
+    # scanner (a shared library, ~0.3 ms to load, more on a busy machine).
+    _parse_json("{}")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     _quietly(lambda: os.unlink(address))  # a previous zygote's, gone without removing it
     where, folder = unix_address(address)
@@ -951,7 +960,8 @@ def _shim_for(conn: Any, state_dir: str) -> int:
     log = os.open(os.path.join(state_dir, task_id + LOG), CREATE, PRIVATE_FILE)
     os.dup2(log, 2)
     os.close(log)
-    os.write(1, f"{os.getpid()}\n".encode())
+    global _ANSWER_PREFIX
+    _ANSWER_PREFIX = f"{os.getpid()}\n"  # sent with the answer, in the same write
     return run(state_dir, task_id, spec)
 
 

@@ -84,6 +84,13 @@ class Zygote:
                 if not chunk:
                     break
                 chunks.append(chunk)
+        if not chunks:
+            # Accepted and read, then closed without a word: the forked shim died (it
+            # answers its pid and how the start went in one write, at the end). It may
+            # have started the task, so it is not asked again: the start fails, with the
+            # shim's log. (A zygote that never read the request resets the connection,
+            # an OSError: that one is asked again.)
+            return 0, ""
         lines = b"".join(chunks).decode(errors="replace").split("\n")
         if lines[0].startswith("!"):
             return 0, lines[0]
