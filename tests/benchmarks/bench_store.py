@@ -329,13 +329,21 @@ async def bench_rebuild(tmp: Path, n_events: int, label: str, full_fold: bool) -
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--full", action="store_true", help="add the 10M-event case")
+    parser.add_argument(
+        "--only",
+        choices=["batch", "single", "append"],
+        help="run only the batch appends, the single appends, or both (no rebuild)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="hakuriver-bench-") as tmp_dir:
         tmp = Path(tmp_dir)
-        await bench_append_batches(tmp)
-        await bench_append_single_concurrent(tmp)
-        await bench_rebuild(tmp, 1_000_000, "1m", full_fold=True)
-        if args.full:
+        if args.only in (None, "batch", "append"):
+            await bench_append_batches(tmp)
+        if args.only in (None, "single", "append"):
+            await bench_append_single_concurrent(tmp)
+        if args.only is None:
+            await bench_rebuild(tmp, 1_000_000, "1m", full_fold=True)
+        if args.full and args.only is None:
             await bench_rebuild(tmp, 10_000_000, "10m", full_fold=False)
     report_ratios()
 
