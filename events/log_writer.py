@@ -235,7 +235,7 @@ def _plan_fresh(
     rows.ids = ids
     rows.seqs = seqs = list(range(last_seq + 1, last_seq + n + 1))
     events = [new.event for new in news]
-    rows.kinds = kinds = [event.__struct_config__.tag for event in events]  # type: ignore[misc]
+    rows.kinds = kinds = [_tag(event) for event in events]
     rows.streams = streams = [event.stream for event in events]
     rows.sources = sources = [new.source for new in news]
     rows.occurred = occurred = [new.occurred_at_us for new in news]

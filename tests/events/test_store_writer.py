@@ -11,7 +11,6 @@ which answers with one callback that publishes and acknowledges. What that must 
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -90,7 +89,7 @@ async def test_an_idle_writer_checkpoints_a_large_wal(tmp_path: Path) -> None:
         path, checkpoint_idle_s=0.05, checkpoint_soft_bytes=1
     ) as store:
         await store.append([submitted() for _ in range(50)])
-        assert os.path.getsize(f"{path}.wal") > 0
+        assert path.with_name(path.name + ".wal").stat().st_size > 0
         await async_wait_until(lambda: store.checkpoints >= 1, 10)
         # Appends after it are served as before (the idle check left the writer free).
         assert await store.append([submitted()]) == [51]
