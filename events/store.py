@@ -471,8 +471,10 @@ class EventStore:
         self._start(self._idle_on_thread)
 
     def _idle_on_thread(self) -> None:
-        self._maybe_checkpoint(False)
-        self._to_loop(self._idle_done)
+        try:
+            self._maybe_checkpoint(False)
+        finally:  # whatever happened, the loop must learn the writer is free again
+            self._to_loop(self._idle_done)
 
     def _idle_done(self) -> None:
         self._busy = False
