@@ -590,6 +590,20 @@ class EventStore:
             log.exception("checkpoint of %s failed", self.path)
 
     def _checkpoint_if_due(self, after_commit: bool) -> None:
+        if self._con is None and not after_commit:
+            # A reopen after a failed checkpoint failed (DuckDB can hand back the
+            # invalidated instance while a reader's cursor on it is still in use): the idle
+            # writer tries again, with the checkpoint's backoff, instead of waiting for
+            # the next commit to need the file.
+            if time.monotonic() >= self._checkpoint_not_before:
+                try:
+                    self._reopen_sync()
+                except StoreUnavailable:
+                    self._checkpoint_not_before = time.monotonic() + self._checkpoint_retry_s
+                    self._checkpoint_retry_s = min(
+                        self._checkpoint_retry_s * 2, CHECKPOINT_RETRY_MAX_S
+                    )
+            return
         try:
             wal = os.path.getsize(f"{self.path}.wal")
         except OSError:
@@ -609,10 +623,12 @@ class EventStore:
             with contextlib.suppress(StoreUnavailable):
                 self._reopen_sync()
             return
-        self._checkpoint_outage.succeeded()
+        # Counted before the outage ends: whoever sees the outage over (on the loop) sees
+        # the checkpoint that ended it.
+        self.checkpoints += 1
         self._checkpoint_retry_s = CHECKPOINT_RETRY_S
         self._wal_private = False  # DuckDB makes a new WAL at the next commit
-        self.checkpoints += 1
+        self._checkpoint_outage.succeeded()
 
     @property
     def write_failure(self) -> WriteFailure | None:

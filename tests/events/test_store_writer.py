@@ -15,11 +15,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 from support.factories import submitted
 from support.waiting import async_wait_until
 
-from events.store import EventStore
+from events.store import EventStore, StoreUnavailable
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -93,3 +94,25 @@ async def test_an_idle_writer_checkpoints_a_large_wal(tmp_path: Path) -> None:
         await async_wait_until(lambda: store.checkpoints >= 1, 10)
         # Appends after it are served as before (the idle check left the writer free).
         assert await store.append([submitted()]) == [51]
+
+
+async def test_an_idle_writer_opens_the_file_again_after_a_failed_reopen(tmp_path: Path) -> None:
+    """A reopen that failed (DuckDB handed back the invalidated instance, or the file could
+    not be opened) is tried again by the idle writer, not only by the next commit."""
+    async with await EventStore.open(tmp_path / "log.duckdb", checkpoint_idle_s=0.02) as store:
+        await store.append([submitted()])
+        connect, refusals = store._connect_sync, [1]
+
+        def refused_once() -> Any:
+            if refusals:
+                refusals.pop()
+                raise duckdb.IOException("refused by the test")
+            return connect()
+
+        store._connect_sync = refused_once  # type: ignore[method-assign]
+        loop = asyncio.get_running_loop()
+        with pytest.raises(StoreUnavailable):
+            await loop.run_in_executor(store._writer_thread, store._reopen_sync)
+        assert store._con is None and store.reopens == 0
+        await async_wait_until(lambda: store.reopens >= 1, 10)
+        assert await store.append([submitted()]) == [2]
