@@ -156,12 +156,20 @@ class EventStore:
         self._listeners: list[Listener] = []
         self._observers: list[CommitObserver] = []
         self._queue: list[Pending] = []
-        self._wake = asyncio.Event()
-        self._committed = asyncio.Condition()
+        # Set once per published commit and replaced: what subscribers at the end wait on.
+        self._commit_signal = asyncio.Event()
         self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="hakuriver-log-writer")
         self._readers = LogReader(self.codec)
         self._con: duckdb.DuckDBPyConnection | None = None
-        self._writer_task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # The writer's state, on the loop (see ``_kick``): whether a group commit or an idle
+        # checkpoint is on the writer thread, whether a kick is scheduled, the idle timer,
+        # and an event set whenever the writer thread has nothing of ours.
+        self._busy = False
+        self._kick_due = False
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._settled = asyncio.Event()
+        self._settled.set()
         self._closed = False
         # What readers see: set on the event loop together with the ring and the listeners,
         # so a seq is never visible before its events are (see ``_publish``).
@@ -192,8 +200,9 @@ class EventStore:
     async def open(cls, path: str | Path, **options: Any) -> EventStore:
         """Open (creating and migrating if needed) the log at ``path``."""
         store = cls(path, **options)
-        await asyncio.get_running_loop().run_in_executor(store._writer_thread, store._open_sync)
-        store._writer_task = asyncio.create_task(store._writer_loop(), name="event-log-writer")
+        store._loop = asyncio.get_running_loop()
+        await store._loop.run_in_executor(store._writer_thread, store._open_sync)
+        store._arm_idle_timer()
         return store
 
     def _open_sync(self) -> None:
@@ -260,16 +269,17 @@ class EventStore:
         if self._closed:
             return
         self._closed = True
-        self._wake.set()
-        if self._writer_task is not None:
-            await self._writer_task
+        self._cancel_idle_timer()
+        while self._busy or self._queue:  # flush what was queued before the close
+            if not self._busy:
+                self._kick()
+            await self._settled.wait()
         loop = asyncio.get_running_loop()
         # Reads in flight finish on the open connection first (their cursors die with it).
         await self._readers.close()
         await loop.run_in_executor(self._writer_thread, self._close_sync)
         self._writer_thread.shutdown(wait=True)
-        async with self._committed:
-            self._committed.notify_all()
+        self._signal_commit()
 
     def _close_sync(self) -> None:
         self._readers.detach()
@@ -310,9 +320,14 @@ class EventStore:
         if not events:
             return []
         payloads = _encode_all(events, check_payloads)
-        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        loop = self._loop or asyncio.get_running_loop()
+        future: asyncio.Future[list[int]] = loop.create_future()
         self._queue.append(Pending(events, payloads, future))
-        self._wake.set()
+        if not self._busy and not self._kick_due:
+            # Scheduled, not run now: the callers already woken on the loop (those a
+            # commit just answered) append theirs first, and all go in one group.
+            self._kick_due = True
+            loop.call_soon(self._kick)
         return await future
 
     @staticmethod
@@ -350,31 +365,66 @@ class EventStore:
             raise InvalidEvent(f"{where} ({kind}): would not read back: {problem}")
         return payload
 
-    async def _writer_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            if not self._queue:
-                if self._closed:
-                    return
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self._checkpoint_idle_s)
-                except TimeoutError:
-                    await loop.run_in_executor(self._writer_thread, self._maybe_checkpoint, False)
-                    continue
-            batch, self._queue = self._queue, []
-            started = time.monotonic()
-            try:
-                seqs, recorded = await loop.run_in_executor(
-                    self._writer_thread, self._commit_sync, batch
-                )
-            except BaseException as exc:  # the whole group failed: nothing was written
+    # -- the writer: one group on the writer thread at a time, driven from the loop ----------
+    #
+    # One thread handoff each way per group: the loop submits the whole queue to the
+    # writer thread (``_kick``), the thread commits it and hands the outcome back with one
+    # ``call_soon_threadsafe`` (``_finish``), which publishes and answers the callers in
+    # that same callback: no task to wake in between, no future to chain.
+
+    def _kick(self) -> None:
+        """Hand everything queued to the writer thread as one group (on the loop)."""
+        self._kick_due = False
+        if self._busy or not self._queue:
+            return
+        batch, self._queue = self._queue, []
+        self._start(self._group_on_thread, batch, time.monotonic())
+
+    def _start(self, fn: Callable[..., None], *args: Any) -> None:
+        self._cancel_idle_timer()
+        self._busy = True
+        self._settled.clear()
+        try:
+            self._writer_thread.submit(fn, *args)
+        except BaseException as exc:  # the executor is shut down: nothing ran
+            self._busy = False
+            self._settled.set()
+            for pending in args[0] if fn == self._group_on_thread else ():
+                if not pending.future.done():
+                    pending.future.set_exception(StoreClosed(f"the event store is closed: {exc}"))
+
+    def _group_on_thread(self, batch: list[Pending], started: float) -> None:
+        """On the writer thread: commit ``batch``, then hand the outcome to the loop."""
+        try:
+            outcome: Any = self._commit_sync(batch)
+            failure: BaseException | None = None
+        except BaseException as exc:  # the whole group failed: nothing was written
+            outcome, failure = None, exc
+        self._to_loop(self._finish, batch, started, outcome, failure)
+
+    def _to_loop(self, callback: Callable[..., None], *args: Any) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+            self._loop.call_soon_threadsafe(callback, *args)
+
+    def _finish(
+        self,
+        batch: list[Pending],
+        started: float,
+        outcome: tuple[list[list[int]], list[Recorded]] | None,
+        failure: BaseException | None,
+    ) -> None:
+        """On the loop, once the group is durable (or failed): publish, then answer."""
+        self._busy = False
+        self._settled.set()
+        try:
+            if failure is not None or outcome is None:
+                exc = failure or RuntimeError("the group commit returned nothing")
                 for pending in batch:
                     if not pending.future.done():
                         pending.future.set_exception(exc)
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                continue
+                return
+            seqs, recorded = outcome
             if recorded:
                 # Measured at the commit's end, before the listeners (the fold, log lines)
                 # run: the figures are the write's, as their names say.
@@ -385,11 +435,55 @@ class EventStore:
                     self._observe(
                         CommitStats(len(recorded), done - batch[0].queued_at, done - started)
                     )
-                async with self._committed:
-                    self._committed.notify_all()
+                self._signal_commit()
             for pending, pending_seqs in zip(batch, seqs, strict=True):
                 if not pending.future.done():
                     pending.future.set_result(pending_seqs)
+        finally:
+            self._next()
+
+    def _next(self) -> None:
+        """After a group or an idle checkpoint: the next group, or the idle timer."""
+        if self._queue:
+            if not self._kick_due:
+                self._kick_due = True
+                assert self._loop is not None
+                self._loop.call_soon(self._kick)
+        elif not self._closed:
+            self._arm_idle_timer()
+
+    def _arm_idle_timer(self) -> None:
+        # Idle checkpoints: when no group has come for ``checkpoint_idle_s``, and again
+        # after each such period while the writer stays idle (the check is one stat).
+        self._cancel_idle_timer()
+        assert self._loop is not None
+        self._idle_timer = self._loop.call_later(self._checkpoint_idle_s, self._idle)
+
+    def _cancel_idle_timer(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def _idle(self) -> None:
+        self._idle_timer = None
+        if self._busy or self._queue or self._closed:
+            return
+        self._start(self._idle_on_thread)
+
+    def _idle_on_thread(self) -> None:
+        try:
+            self._maybe_checkpoint(False)
+        finally:  # whatever happened, the loop must learn the writer is free again
+            self._to_loop(self._idle_done)
+
+    def _idle_done(self) -> None:
+        self._busy = False
+        self._settled.set()
+        self._next()
+
+    def _signal_commit(self) -> None:
+        signal, self._commit_signal = self._commit_signal, asyncio.Event()
+        signal.set()
 
     def _observe(self, stats: CommitStats) -> None:
         for observer in self._observers:
@@ -496,6 +590,20 @@ class EventStore:
             log.exception("checkpoint of %s failed", self.path)
 
     def _checkpoint_if_due(self, after_commit: bool) -> None:
+        if self._con is None and not after_commit:
+            # A reopen after a failed checkpoint failed (DuckDB can hand back the
+            # invalidated instance while a reader's cursor on it is still in use): the idle
+            # writer tries again, with the checkpoint's backoff, instead of waiting for
+            # the next commit to need the file.
+            if time.monotonic() >= self._checkpoint_not_before:
+                try:
+                    self._reopen_sync()
+                except StoreUnavailable:
+                    self._checkpoint_not_before = time.monotonic() + self._checkpoint_retry_s
+                    self._checkpoint_retry_s = min(
+                        self._checkpoint_retry_s * 2, CHECKPOINT_RETRY_MAX_S
+                    )
+            return
         try:
             wal = os.path.getsize(f"{self.path}.wal")
         except OSError:
@@ -515,10 +623,12 @@ class EventStore:
             with contextlib.suppress(StoreUnavailable):
                 self._reopen_sync()
             return
-        self._checkpoint_outage.succeeded()
+        # Counted before the outage ends: whoever sees the outage over (on the loop) sees
+        # the checkpoint that ended it.
+        self.checkpoints += 1
         self._checkpoint_retry_s = CHECKPOINT_RETRY_S
         self._wal_private = False  # DuckDB makes a new WAL at the next commit
-        self.checkpoints += 1
+        self._checkpoint_outage.succeeded()
 
     @property
     def write_failure(self) -> WriteFailure | None:
@@ -589,10 +699,9 @@ class EventStore:
             else:
                 if self._closed:
                     return
-                async with self._committed:
-                    await self._committed.wait_for(
-                        lambda seen=cursor: self.last_seq > seen or self._closed  # type: ignore[misc]
-                    )
+                # Checked and taken in one step with the test above (no await between):
+                # the next publication (or the close) sets this signal.
+                await self._commit_signal.wait()
                 continue
             for record in chunk:
                 if record.seq > cursor:

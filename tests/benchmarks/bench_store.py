@@ -244,12 +244,19 @@ async def bench_append_single_concurrent(tmp: Path) -> None:
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--full", action="store_true", help="add the 10M-event case")
-    parser.parse_args()  # --full: accepted like every script's (no 10M case here)
+    parser.add_argument("--full", action="store_true", help="accepted as by every script")
+    parser.add_argument(
+        "--only",
+        choices=["batch", "single", "append"],
+        help="run only the batch appends or the single appends",
+    )
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="hakuriver-bench-") as tmp_dir:
         tmp = Path(tmp_dir)
-        await bench_append_batches(tmp)
-        await bench_append_single_concurrent(tmp)
+        if args.only in (None, "batch", "append"):
+            await bench_append_batches(tmp)
+        if args.only in (None, "single", "append"):
+            await bench_append_single_concurrent(tmp)
     report_ratios()
 
 

@@ -211,3 +211,77 @@ def test_the_list_insert_refuses_a_group_whole(tmp_path: Path) -> None:
         log_writer.write_plan(con, plan)
     assert con.execute("SELECT count(*) FROM events").fetchall() == [(0,)]
     con.close()
+
+
+def _plan_both_ways(
+    batch: list[log_writer.Pending], recent: RecentIds, monkeypatch: pytest.MonkeyPatch
+) -> tuple[log_writer.Plan, log_writer.Plan]:
+    """The plan of ``batch`` through the fresh-group shortcut and through the general loop."""
+    from events.chain import GENESIS_HASH
+
+    fast = log_writer.plan_group(None, batch, recent, 7, GENESIS_HASH)  # type: ignore[arg-type]
+    with monkeypatch.context() as patch:
+        patch.setattr(log_writer, "_plan_fresh", lambda *args: None)
+        slow = log_writer.plan_group(None, batch, recent, 7, GENESIS_HASH)  # type: ignore[arg-type]
+    return fast, slow
+
+
+def _columns(plan: log_writer.Plan) -> dict[str, object]:
+    rows = plan.incoming
+    assert rows is not None
+    return {name: getattr(rows, name) for name in log_writer.Rows.__slots__}
+
+
+def test_the_fresh_group_shortcut_plans_what_the_general_loop_plans(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A group of three callers' batches with no re-send: the shortcut's rows, hashes,
+    records and each caller's seqs are those of the per-event loop (the recorded time is
+    pinned so both plans stamp the same one)."""
+    monkeypatch.setattr(log_writer, "now_us", lambda: 1_700_000_000_000_000)
+    events = _varied(9)
+    batch = [
+        log_writer.Pending(chunk, [encode_event(e.event) for e in chunk], None)  # type: ignore[arg-type]
+        for chunk in (events[:4], events[4:5], events[5:])
+    ]
+    calls: list[int] = []
+    fresh = log_writer._plan_fresh
+    monkeypatch.setattr(log_writer, "_plan_fresh", lambda *a: calls.append(1) or fresh(*a))
+    fast, slow = _plan_both_ways(batch, RecentIds(100), monkeypatch)
+    assert calls == [1]  # the shortcut did plan the first one
+    assert fast.committed == slow.committed
+    assert fast.committed.seqs_per_caller == [[8, 9, 10, 11], [12], [13, 14, 15, 16]]
+    assert _columns(fast) == _columns(slow)
+    assert fast.new_ids == slow.new_ids
+
+
+def test_a_group_with_a_resend_or_a_repeated_id_leaves_the_shortcut(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The shortcut gives way whenever an id is already stored or twice in the group: the
+    re-send keeps its seq, the repeat is stored once."""
+    monkeypatch.setattr(log_writer, "now_us", lambda: 1_700_000_000_000_000)
+    events = _varied(3)
+    payloads = [encode_event(e.event) for e in events]
+    recent = RecentIds(100)
+    recent.extend([events[0].id], [3])
+    resent = log_writer.plan_group(
+        None,  # type: ignore[arg-type]
+        [log_writer.Pending(events, payloads, None)],  # type: ignore[arg-type]
+        recent,
+        7,
+        b"\0" * 32,
+    )
+    assert resent.committed.seqs_per_caller == [[3, 8, 9]]
+    twice = log_writer.plan_group(
+        None,  # type: ignore[arg-type]
+        [
+            log_writer.Pending(events[1:], payloads[1:], None),  # type: ignore[arg-type]
+            log_writer.Pending(events[1:2], payloads[1:2], None),  # type: ignore[arg-type]
+        ],
+        RecentIds(100),
+        7,
+        b"\0" * 32,
+    )
+    assert twice.committed.seqs_per_caller == [[8, 9], [8]]
+    assert twice.new_ids == [events[1].id, events[2].id]
