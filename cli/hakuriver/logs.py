@@ -29,6 +29,7 @@ lines.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import queue
@@ -309,6 +310,12 @@ class _OffTheLoop(QueueHandler):
         self.listener = _Expanding(self.queue, target, respect_handler_level=True)
         self._running = threading.Lock()
         self.listener.start()
+        # What is queued is written at exit even when ``logging.shutdown`` no longer knows
+        # this handler: Sanic's ``dictConfig`` empties logging's list of handlers to close
+        # (it closes ours then, which a later record undoes), and the writing thread is a
+        # daemon: a host stopped with lines still queued lost them (issue 19 found it, with
+        # a commit's thousand lines queued at once).
+        atexit.register(self.drain)
 
     def enqueue(self, record: logging.LogRecord) -> None:
         if self.listener._thread is None:
@@ -323,6 +330,12 @@ class _OffTheLoop(QueueHandler):
         record.msg = record.getMessage()  # the arguments as they are now
         record.args = None
         return record
+
+    def drain(self) -> None:
+        """Write what is queued and stop the writing thread (a later record starts it)."""
+        with self._running:
+            if self.listener._thread is not None:
+                self.listener.stop()
 
     def close(self) -> None:
         with self._running:
