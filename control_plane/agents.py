@@ -3,8 +3,9 @@
 The protocol is in ``events/link.py``. A thin adapter: the agent's ``Hello`` becomes a
 ``NodeHello`` command (registration or return, reconciliation, then ``Welcome`` and the
 commands reconciliation calls for), each event batch a ``ReportFacts`` (recorded whole
-or not at all, and acknowledged after its commit), a ``vps shell``'s output and exit go
-to its session (control_plane/vps_shells.py). The decisions are in
+or not at all, and acknowledged after its commit; batches that wait together are one
+``ReportFacts``, one commit: ``AgentSession._report_together``), a ``vps shell``'s
+output and exit go to its session (control_plane/vps_shells.py). The decisions are in
 control_plane/commands/nodes.py; ``ControlPlane.execute`` records and sends.
 
 What an agent sends is checked before it reaches a decision: its hello's resources
