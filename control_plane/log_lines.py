@@ -98,22 +98,30 @@ def records_of(
 ) -> Iterator[logging.LogRecord]:
     """The records of a commit's lines (``nodes``: from ``_nodes_of_unnamed``);
     ``created``: the time they carry (the commit's), else now."""
+    # One record made as ``Logger.makeRecord`` makes it (time, process, thread...), the
+    # others copied from it with their own level, message and context: a record's
+    # ``__init__`` was most of a line's cost, paid per event (issue 19).
+    base = log.makeRecord(log.name, logging.INFO, __file__, 0, "", (), None).__dict__
+    if created is not None:
+        base["created"] = created
+        base["msecs"] = (created - int(created)) * 1000
     for r in recorded:
         try:
             line = line_of(r.event, r.kind)
             if line is None or not log.isEnabledFor(line.level):
                 continue
-            context: dict[str, str | int] = {**line.context, "seq": r.seq}
-            if "node" not in context and r.seq in nodes:
-                context["node"] = nodes[r.seq]
-            # A record made directly, without ``Logger.log``'s walk up the stack for the
-            # caller (always this line).
-            record = log.makeRecord(
-                log.name, line.level, __file__, 0, line.message, (), None, extra=context
-            )
-            if created is not None:
-                record.created = created
-                record.msecs = (created - int(created)) * 1000
+            fields = {
+                **base,
+                "msg": line.message,
+                "levelno": line.level,
+                "levelname": logging.getLevelName(line.level),
+                **line.context,
+                "seq": r.seq,
+            }
+            if "node" not in line.context and r.seq in nodes:
+                fields["node"] = nodes[r.seq]
+            record = logging.LogRecord.__new__(logging.LogRecord)
+            record.__dict__ = fields
             yield record
         except Exception:  # one event's line must not cost the others theirs
             yield log.makeRecord(
