@@ -10,12 +10,14 @@ list of handlers (issue 19).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -71,14 +73,19 @@ class Counting(_OffTheLoop):
         super().enqueue(record)
 
 
-def lines_through(handler: logging.Handler, listener: Any, batch: list[Recorded]) -> None:
+@contextlib.contextmanager
+def host_logger(handler: logging.Handler) -> Iterator[None]:
+    """The host's event logger as the host has it, writing to ``handler`` alone (another
+    test's ``dictConfig`` may have disabled it or set its level)."""
     log = logging.getLogger("hakuriver.host.events")
-    saved = log.handlers[:], log.propagate, log.level
-    log.handlers, log.propagate, log.level = [handler], False, logging.INFO
+    saved = log.handlers[:], log.propagate, log.level, log.disabled
+    log.handlers, log.propagate, log.disabled = [handler], False, False
+    log.setLevel(logging.INFO)  # (clears the logger's cache of levels)
     try:
-        listener(batch)
+        yield
     finally:
-        log.handlers, log.propagate, log.level = saved
+        log.handlers, log.propagate, _, log.disabled = saved
+        log.setLevel(saved[2])
 
 
 def test_a_commit_is_one_record_and_its_lines_are_the_loops() -> None:
@@ -101,16 +108,18 @@ def test_a_commit_is_one_record_and_its_lines_are_the_loops() -> None:
     plain.setFormatter(JsonFormatter())
     try:
         # When a commit is logged through each
-        lines_through(handler, listener, batch)
-        # Then the host's handler got one record for the whole commit
-        assert len(handler.enqueued) == 1 and isinstance(handler.enqueued[0], EventLines)
-        # And the node comes from the state at the commit, not when the line is made
-        state.tasks["t1"] = TaskAt("n2")
-        handler.drain()
+        with host_logger(handler):
+            listener(batch)
+            # Then the host's handler got one record for the whole commit
+            assert len(handler.enqueued) == 1 and isinstance(handler.enqueued[0], EventLines)
+            # And the node comes from the state at the commit, not when the line is made
+            state.tasks["t1"] = TaskAt("n2")
+            handler.drain()
     finally:
         handler.close()
     state.tasks["t1"] = TaskAt("n1")
-    lines_through(plain, listener, batch)
+    with host_logger(plain):
+        listener(batch)
 
     def bodies(text: str) -> list[dict[str, Any]]:
         return [{**json.loads(line), "ts": ""} for line in text.splitlines()]
