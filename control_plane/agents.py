@@ -3,8 +3,9 @@
 The protocol is in ``events/link.py``. A thin adapter: the agent's ``Hello`` becomes a
 ``NodeHello`` command (registration or return, reconciliation, then ``Welcome`` and the
 commands reconciliation calls for), each event batch a ``ReportFacts`` (recorded whole
-or not at all, and acknowledged after its commit), a ``vps shell``'s output and exit go
-to its session (control_plane/vps_shells.py). The decisions are in
+or not at all, and acknowledged after its commit; batches that wait together are one
+``ReportFacts``, one commit: ``AgentSession._report_together``), a ``vps shell``'s
+output and exit go to its session (control_plane/vps_shells.py). The decisions are in
 control_plane/commands/nodes.py; ``ControlPlane.execute`` records and sends.
 
 What an agent sends is checked before it reaches a decision: its hello's resources
@@ -43,9 +44,12 @@ from events.types import SCHEMA_VERSIONS, NodeHeartbeat, kind_of
 log = logging.getLogger("hakuriver.host.agents")
 
 HELLO_TIMEOUT_S = 10.0
-# Batches received and not yet acknowledged; a well-behaved agent keeps at most
-# node_agent.session.MAX_IN_FLIGHT (4) in flight.
+# Batches received and not yet taken for recording; a well-behaved agent keeps at most
+# node_agent.session.MAX_IN_FLIGHT (8) unanswered, those being recorded included.
 MAX_QUEUED_BATCHES = 8
+# Batches waiting together are recorded as one (one decision, one commit): at most this
+# many events at once, so a commit still holds a bounded number per agent.
+MAX_TOGETHER_EVENTS = 4 * link.MAX_BATCH_EVENTS
 # What an agent may report; everything else is the host's to decide.
 AGENT_KINDS = frozenset(
     {
@@ -249,15 +253,22 @@ class AgentSession:
             await self._beat
 
     async def _work(self) -> None:
-        """Report the queued batches, one at a time, in the order they came."""
+        """Report the queued batches in the order they came: those waiting together as
+        one record (``_report_together``), else one at a time."""
         while not self.closed:
             if not self._batches:
                 self._batch_ready.clear()
                 await self._batch_ready.wait()
                 continue
-            batch = self._batches[0]
+            together = self._checked_run() if len(self._batches) > 1 else []
+            # Taken off the queue before they are answered: the agent sends its next batch
+            # as soon as an answer reaches it, and finds room for it here.
+            taken = [self._batches.popleft() for _ in range(max(1, len(together)))]
             try:
-                await self.report(batch)
+                if len(together) > 1:
+                    await self._report_together(together, taken)
+                else:
+                    await self.report(taken[0])
             except LinkRefused as exc:
                 log.warning("closing the link to %s: %s", self.node, exc, extra={"node": self.node})
                 await self.close(str(exc))
@@ -266,34 +277,86 @@ class AgentSession:
                 log.exception("agent link to %s failed", self.node, extra={"node": self.node})
                 await self.close("the host could not record a batch")
                 return
-            finally:
-                self._batches.popleft()
+
+    def _checked_run(self) -> list[tuple[int, tuple[NewEvent, ...]]]:
+        """The queued batches, from the oldest, that can be recorded as one: each decoded
+        and checked (``_checked``), at most ``MAX_TOGETHER_EVENTS`` in all. It stops before
+        the first batch that fails a check (reported alone, and refused, next), and is
+        empty while a resend is awaited (its batch is looked at alone)."""
+        if self._resend_from is not None:
+            return []
+        run: list[tuple[int, tuple[NewEvent, ...]]] = []
+        total = 0
+        for batch in self._batches:
+            try:
+                checked = self._checked(batch)
+            except (msgspec.ValidationError, msgspec.DecodeError, LinkRefused):
+                break
+            if run and total + len(checked) > MAX_TOGETHER_EVENTS:
+                break
+            run.append((batch.batch, checked))
+            total += len(checked)
+        return run
+
+    def _checked(self, batch: link.EventBatch) -> tuple[NewEvent, ...]:
+        """A batch's events as the host records them, or why not (``LinkRefused``, a
+        decode error): its size, its count, each event an agent of this node may report."""
+        if len(batch.body) > link.MAX_BATCH_BYTES:
+            raise LinkRefused(f"a batch of {len(batch.body)} bytes; at most {link.MAX_BATCH_BYTES}")
+        events = decode_new_events(batch.body)
+        if len(events) > link.MAX_BATCH_EVENTS:
+            raise LinkRefused(f"{len(events)} events in one batch; at most {link.MAX_BATCH_EVENTS}")
+        return tuple(check_agent_event(self.node, i, new) for i, new in enumerate(events))
+
+    async def _report_together(
+        self, run: list[tuple[int, tuple[NewEvent, ...]]], batches: list[link.EventBatch]
+    ) -> None:
+        """Record several checked batches as one ``ReportFacts``: one decision, one append,
+        one commit, then an ``Ack`` each, with its own events' seqs. All of them or none
+        is recorded (so each batch still is whole or not at all, in order). If the log
+        cannot write them, the first is refused for a retry and the others as sent before
+        its resend (as one at a time would); if the decision or the store refuses them,
+        nothing is recorded and each batch is reported alone, so only the one at fault
+        is refused."""
+        events = tuple(new for _, checked in run for new in checked)
+        try:
+            outcome = await self.cp.execute(ReportFacts(node=self.node, events=events))
+        except StoreFailing as exc:
+            self._resend_from = events[0].id
+            await self.send(link.Nack(batch=run[0][0], reason=exc.message, retry=True))
+            for number, _ in run[1:]:
+                await self.send(link.Nack(batch=number, reason="sent before a resend", retry=True))
+            return
+        except NodeNotOnline as exc:
+            raise LinkRefused(exc.message) from None
+        except (DomainError, InvalidEvent, msgspec.ValidationError):
+            for batch in batches:
+                await self.report(batch)
+            return
+        facts = outcome.decision.facts
+        recorded = outcome.seqs[len(outcome.seqs) - len(facts) :] if facts else []
+        seq_of = {new.id: seq for new, seq in zip(facts, recorded, strict=True)}
+        for number, checked in run:
+            seqs = [seq_of[new.id] for new in checked if new.id in seq_of]
+            await self.send(link.Ack(batch=number, seqs=seqs))
 
     async def report(self, batch: link.EventBatch) -> None:
         """Record one batch whole (``Ack``) or nothing of it (``Nack`` with the reason)."""
         number = batch.batch
         try:
-            if len(batch.body) > link.MAX_BATCH_BYTES:
-                raise LinkRefused(
-                    f"a batch of {len(batch.body)} bytes; at most {link.MAX_BATCH_BYTES}"
-                )
-            events = decode_new_events(batch.body)
             if self._resend_from is not None:
+                events = decode_new_events(batch.body)
                 if not events or events[0].id != self._resend_from:
                     await self.send(
                         link.Nack(batch=number, reason="sent before a resend", retry=True)
                     )
                     return
                 self._resend_from = None
-            if len(events) > link.MAX_BATCH_EVENTS:
-                raise LinkRefused(
-                    f"{len(events)} events in one batch; at most {link.MAX_BATCH_EVENTS}"
-                )
-            checked = tuple(check_agent_event(self.node, i, new) for i, new in enumerate(events))
+            checked = self._checked(batch)
             outcome = await self.cp.execute(ReportFacts(node=self.node, events=checked))
         except StoreFailing as exc:
             # Nothing wrong with the batch: the agent keeps it and sends it again.
-            self._resend_from = events[0].id
+            self._resend_from = checked[0].id
             await self.send(link.Nack(batch=number, reason=exc.message, retry=True))
             return
         except (msgspec.ValidationError, msgspec.DecodeError, LinkRefused, InvalidEvent) as exc:

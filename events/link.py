@@ -58,9 +58,10 @@ MAX_MEMORY_BYTES = 64 << 40  # 64 TiB
 MAX_GPUS = 64
 MAX_NUMA_NODES = 256
 # How much one agent may send at once: a frame (the websocket's max_size on the agent
-# route), a batch's bytes and events (``[runner] max_batch`` stays within it). Each
-# agent has one batch in the log's group commit at a time, so a commit holds at most
-# MAX_BATCH_EVENTS per connected agent: bounded work for the writer and the event loop.
+# route), a batch's bytes and events (``[runner] max_batch`` stays within it). The host
+# records the batches of one agent that wait together as one (at most four batches:
+# control_plane.agents.MAX_TOGETHER_EVENTS), one such group at a time, so a commit holds
+# a bounded number per connected agent: bounded work for the writer and the event loop.
 MAX_FRAME_BYTES = 8 << 20
 MAX_BATCH_BYTES = 4 << 20
 MAX_BATCH_EVENTS = 1000

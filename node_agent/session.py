@@ -41,7 +41,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("hakuriver.agent")
 
 AGENT_VERSION = "0.1.0"
-MAX_IN_FLIGHT = 4
+# Batches sent and not yet answered: the host records those waiting together as one
+# commit (control_plane/agents.py), so while it records some, the next ones wait there
+# (issue 19). At most the host's control_plane.agents.MAX_QUEUED_BATCHES.
+MAX_IN_FLIGHT = 8
 WELCOME_TIMEOUT_S = 10
 FIRST_RETRY_S = 0.05
 # A link up this long was a working link: the next reconnection starts its backoff over.

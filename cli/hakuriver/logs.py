@@ -29,9 +29,11 @@ lines.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 import unicodedata
@@ -260,6 +262,33 @@ class PrivateRotatingFileHandler(RotatingFileHandler):
         return open(fd, self.mode, encoding=self.encoding, errors=self.errors)
 
 
+class _Expanding(QueueListener):
+    """A ``QueueListener`` that also takes a record standing for many (one with
+    ``expand``: a commit's log lines, control_plane/log_lines.py) and makes them here,
+    on its thread, rather than on the caller's event loop."""
+
+    def handle(self, record: logging.LogRecord) -> None:
+        expand = getattr(record, "expand", None)
+        if expand is None:
+            super().handle(record)
+            return
+        try:
+            for one in expand():
+                super().handle(one)
+        except Exception:  # this thread writes every line: it must not die of one batch
+            self.handle(
+                logging.LogRecord(
+                    record.name,
+                    logging.ERROR,
+                    record.pathname,
+                    record.lineno,
+                    "could not write the lines of a batch",
+                    None,
+                    sys.exc_info(),
+                )
+            )
+
+
 class _OffTheLoop(QueueHandler):
     """Hands each record to a thread that writes it (``QueueListener``): the host logs a
     line per event right after its commit, on the event loop, and a slow disk or a stderr
@@ -268,14 +297,25 @@ class _OffTheLoop(QueueHandler):
     writing handler formats them exactly as it would have. ``close`` (``logging.shutdown``
     at exit, and the stop's backstop) writes what is queued first. A record after a close
     starts the thread again: Sanic's ``dictConfig`` closes every handler while it sets up
-    its own, and ours must go on writing after that."""
+    its own, and ours must go on writing after that.
+
+    ``takes_batches``: a record with ``expand`` (a commit's lines) is queued as it is,
+    and its lines are made on the writing thread (issue 19)."""
+
+    takes_batches = True
 
     def __init__(self, target: logging.Handler) -> None:
         super().__init__(queue.SimpleQueue())
         self.target = target
-        self.listener = QueueListener(self.queue, target, respect_handler_level=True)
+        self.listener = _Expanding(self.queue, target, respect_handler_level=True)
         self._running = threading.Lock()
         self.listener.start()
+        # What is queued is written at exit even when ``logging.shutdown`` no longer knows
+        # this handler: Sanic's ``dictConfig`` empties logging's list of handlers to close
+        # (it closes ours then, which a later record undoes), and the writing thread is a
+        # daemon: a host stopped with lines still queued lost them (issue 19 found it, with
+        # a commit's thousand lines queued at once).
+        atexit.register(self.drain)
 
     def enqueue(self, record: logging.LogRecord) -> None:
         if self.listener._thread is None:
@@ -285,9 +325,17 @@ class _OffTheLoop(QueueHandler):
         super().enqueue(record)
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        if hasattr(record, "expand"):
+            return record  # its lines are made and formatted on the writing thread
         record.msg = record.getMessage()  # the arguments as they are now
         record.args = None
         return record
+
+    def drain(self) -> None:
+        """Write what is queued and stop the writing thread (a later record starts it)."""
+        with self._running:
+            if self.listener._thread is not None:
+                self.listener.stop()
 
     def close(self) -> None:
         with self._running:
