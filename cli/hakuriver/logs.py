@@ -315,9 +315,21 @@ class _OffTheLoop(QueueHandler):
         # (it closes ours then, which a later record undoes), and the writing thread is a
         # daemon: a host stopped with lines still queued lost them (issue 19 found it, with
         # a commit's thousand lines queued at once).
-        atexit.register(self.drain)
+        # After that drain, a record (an error logged while the interpreter collects what
+        # is left: a pending task destroyed, an unclosed socket) is written here, on the
+        # caller's thread: a thread started then waits forever for a start the exiting
+        # interpreter never gives it, and the host hung on its way out.
+        self._exiting = False
+        atexit.register(self._at_exit)
+
+    def _at_exit(self) -> None:
+        self._exiting = True
+        self.drain()
 
     def enqueue(self, record: logging.LogRecord) -> None:
+        if self._exiting or sys.is_finalizing():
+            self.listener.handle(record)
+            return
         if self.listener._thread is None:
             with self._running:
                 if self.listener._thread is None:

@@ -166,3 +166,34 @@ def test_lines_still_queued_at_exit_are_written(tmp_path: Path) -> None:
     )
     lines = path.read_text().splitlines()
     assert len(lines) == 20_000 and all("environment env synced" in line for line in lines)
+
+
+def test_a_line_logged_while_the_process_exits_is_written_and_the_exit_does_not_hang(
+    tmp_path: Path,
+) -> None:
+    """A record that comes after the exit's drain is written on the caller's thread. Late in
+    the exit (an error logged while the interpreter collects what is left), starting the
+    writing thread again hung the host on its way out: the thread never gets to run, and
+    its start waits forever (tests/chaos/test_chaos_partition.py's stop waited 30 s for it,
+    every time; the hang itself needs that late moment, which this test does not reach)."""
+    path = tmp_path / "host.log"
+    script = textwrap.dedent(
+        f"""
+        import atexit, logging
+        from cli.hakuriver import logs
+
+        # Registered before the handler's own: called after the exit's drain (LIFO).
+        atexit.register(lambda: logging.getLogger("hakuriver.host").error("collected at exit"))
+        logs.configure({{"logging": {{"file": {str(path)!r}}}}})
+        logging.getLogger("hakuriver.host").warning("before the exit")
+        """
+    )
+    subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        check=True,
+        timeout=60,
+        env={"PYTHONPATH": str(REPO)},
+    )
+    text = path.read_text()
+    assert "before the exit" in text and "collected at exit" in text
