@@ -187,6 +187,10 @@ class AsyncOutbox:
     def __init__(self, outbox: Outbox) -> None:
         self.outbox = outbox
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
+        # Puts are written in the order they were asked for, retries included: a put that
+        # waits out a full disk holds the later ones back (a task's end, put unfsynced,
+        # overtook its start still retrying, and the host recorded the start after the end).
+        self._put_order = asyncio.Lock()
         # The outage of the state directory's storage under way, if any (its reason).
         self.failing: str | None = None
         self.failed_writes = 0
@@ -210,18 +214,19 @@ class AsyncOutbox:
         """Store events (on disk with ``durable``); returns once they are written, however
         long that takes."""
         delay = FIRST_RETRY_S
-        while True:
-            try:
-                await self._call(lambda: self.outbox.put(events, durable=durable))
-            except STORAGE_ERRORS as exc:
-                if not storage_fault(exc):
-                    raise
-                self._failed(exc, f"{len(events)} event(s) wait to be written")
-                await asyncio.sleep(delay * (0.5 + random.random()))  # a pause, then again
-                delay = min(delay * 2, MAX_RETRY_S)
-                continue
-            self._recovered()
-            return
+        async with self._put_order:
+            while True:
+                try:
+                    await self._call(lambda: self.outbox.put(events, durable=durable))
+                except STORAGE_ERRORS as exc:
+                    if not storage_fault(exc):
+                        raise
+                    self._failed(exc, f"{len(events)} event(s) wait to be written")
+                    await asyncio.sleep(delay * (0.5 + random.random()))  # then again
+                    delay = min(delay * 2, MAX_RETRY_S)
+                    continue
+                self._recovered()
+                return
 
     def _failed(self, exc: BaseException, what: str) -> None:
         self.failed_writes += 1

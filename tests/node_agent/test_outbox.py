@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from support.factories import heartbeat, started, submitted
-from support.waiting import wait_until
+from support.waiting import async_wait_until, wait_until
 
 from events.codec import decode_new_events
 from node_agent.outbox import AsyncOutbox, Outbox, storage_fault
@@ -179,3 +179,29 @@ async def test_a_fault_that_cannot_pass_is_raised_not_retried_forever(tmp_path: 
     full = sqlite3.OperationalError("database or disk is full")
     full.sqlite_errorcode = 13  # type: ignore[attr-defined]
     assert storage_fault(full)
+
+
+class _FullOnce(Outbox):
+    """An outbox whose disk is full for its first fsynced write (then has room again)."""
+
+    full_writes = 1
+
+    def put(self, events, *, durable=True):  # type: ignore[no-untyped-def]
+        if durable and self.full_writes:
+            self.full_writes -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        super().put(events, durable=durable)
+
+
+async def test_a_put_waiting_out_a_full_disk_is_not_overtaken(tmp_path: Path) -> None:
+    """A task's start (fsynced) meets a full disk and waits to be written again; its end,
+    put a moment later without an fsync, must not be written before it: the host recorded
+    a start after the task's end (tests/chaos/test_chaos_full_disk.py found it)."""
+    box = AsyncOutbox(_FullOnce(tmp_path / "outbox.sqlite"))
+    start, end = started("t1"), submitted()
+    first = asyncio.create_task(box.put([start], durable=True))
+    await async_wait_until(lambda: box.failed_writes == 1, 10)  # the full disk met
+    second = asyncio.create_task(box.put([end], durable=False))
+    await asyncio.wait_for(asyncio.gather(first, second), timeout=30)
+    assert [e.id for e in await box.pending()] == [start.id, end.id]
+    await box.close()
