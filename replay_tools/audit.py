@@ -617,27 +617,37 @@ def _transitions(con: duckdb.DuckDBPyConnection, last: int) -> list[Problem]:
     state: dict[str, str] = {}
     found: list[Problem] = []
     for seq, kind, task_id, reported in rows:
-        current = state.get(task_id)
-        if kind == "task.submitted":
-            if current is None:
-                state[task_id] = "pending"
-            else:
-                found.append(
-                    Problem(seq=seq, kind="transition", message=f"task {task_id} submitted twice")
-                )
-            continue
-        if current is None:
-            message = f"{kind} for task {task_id}, which was never submitted"
-            found.append(Problem(seq=seq, kind="transition", message=message))
-            continue
-        target = next_state(current, kind, reported)
-        if target is None:
-            final = " (a final state)" if current in FINAL_STATES else ""
-            message = f"illegal transition: {kind} for task {task_id} in state {current}{final}"
-            found.append(Problem(seq=seq, kind="transition", message=message))
-        else:
+        _, target, problem = _step(state, seq, kind, task_id, reported)
+        if problem is not None:
+            found.append(problem)
+        elif target is not None:
             state[task_id] = target
     return found
+
+
+def _step(
+    state: dict[str, str], seq: int, kind: str, task_id: str, reported: str | None
+) -> tuple[str | None, str | None, Problem | None]:
+    """One task event against the state machine: (its state before, after, what is wrong).
+
+    A submission is applied here (nothing else to do for it: ``after`` is None); any other
+    legal step is the caller's to apply, once it has looked at both states."""
+    current = state.get(task_id)
+    if kind == "task.submitted":
+        if current is not None:
+            message = f"task {task_id} submitted twice"
+            return current, None, Problem(seq=seq, kind="transition", message=message)
+        state[task_id] = "pending"
+        return None, None, None
+    if current is None:
+        message = f"{kind} for task {task_id}, which was never submitted"
+        return None, None, Problem(seq=seq, kind="transition", message=message)
+    target = next_state(current, kind, reported)
+    if target is None:
+        final = " (a final state)" if current in FINAL_STATES else ""
+        message = f"illegal transition: {kind} for task {task_id} in state {current}{final}"
+        return current, None, Problem(seq=seq, kind="transition", message=message)
+    return current, target, None
 
 
 def _fold_tail(
@@ -722,25 +732,14 @@ def _fold_tail(
                     _int(body.get("memory_bytes")),
                 )
             continue
-        current = state.get(task_id)
-        if kind == "task.submitted":
-            if current is None:
-                state[task_id] = "pending"
-            else:
-                found.append(
-                    Problem(seq=seq, kind="transition", message=f"task {task_id} submitted twice")
-                )
-            continue
-        if current is None:
-            message = f"{kind} for task {task_id}, which was never submitted"
-            found.append(Problem(seq=seq, kind="transition", message=message))
-            continue
         reported = body.get("state") if body is not None else None
-        target = next_state(current, kind, reported if isinstance(reported, str) else None)
-        if target is None:
-            final = " (a final state)" if current in FINAL_STATES else ""
-            message = f"illegal transition: {kind} for task {task_id} in state {current}{final}"
-            found.append(Problem(seq=seq, kind="transition", message=message))
+        current, target, problem = _step(
+            state, seq, kind, task_id, reported if isinstance(reported, str) else None
+        )
+        if problem is not None:
+            found.append(problem)
+            continue
+        if current is None or target is None:  # a submission, applied by _step
             continue
         if kind == "task.placed" and current == "pending" and body is not None:
             node = str(body.get("node"))
