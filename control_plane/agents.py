@@ -34,7 +34,7 @@ import msgspec
 from control_plane.access import Principal
 from control_plane.commands import NodeHello, NodeNotOnline, ReportFacts
 from control_plane.errors import DomainError, StoreFailing
-from control_plane.hub import ControlPlane
+from control_plane.hub import ControlPlane, Outcome
 from events import link
 from events.codec import decode_new_events
 from events.envelope import NewEvent
@@ -333,9 +333,7 @@ class AgentSession:
             for batch in batches:
                 await self.report(batch)
             return
-        facts = outcome.decision.facts
-        recorded = outcome.seqs[len(outcome.seqs) - len(facts) :] if facts else []
-        seq_of = {new.id: seq for new, seq in zip(facts, recorded, strict=True)}
+        seq_of = _fact_seqs(outcome)
         for number, checked in run:
             seqs = [seq_of[new.id] for new in checked if new.id in seq_of]
             await self.send(link.Ack(batch=number, seqs=seqs))
@@ -373,7 +371,10 @@ class AgentSession:
             await self.send(link.Nack(batch=number, reason=str(exc)))
             log.warning("refused a batch from %s: %s", self.node, exc, extra={"node": self.node})
             return
-        await self.send(link.Ack(batch=number, seqs=outcome.seqs))
+        seq_of = _fact_seqs(outcome)
+        await self.send(
+            link.Ack(batch=number, seqs=[seq_of[n.id] for n in checked if n.id in seq_of])
+        )
 
     async def _record_heartbeat(self, beat: NewEvent) -> None:
         try:
@@ -456,3 +457,15 @@ async def serve_agent(
         session.closed = True
         cp.detach(hello.node, session)
         log.info("agent %s disconnected", hello.node, extra={"node": hello.node})
+
+
+def _fact_seqs(outcome: Outcome) -> dict[str, int]:
+    """Each recorded report's seq, by its id. The commit holds, in order, what the host
+    adds before the reports (a node's own events, the decision's), the reports, then what
+    they let it do (the placements an end makes room for): an ``Ack`` names the reports'
+    positions only."""
+    facts = outcome.decision.facts
+    end = len(outcome.seqs) - len(outcome.decision.after_facts)
+    return {
+        new.id: seq for new, seq in zip(facts, outcome.seqs[end - len(facts) : end], strict=True)
+    }

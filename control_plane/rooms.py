@@ -148,7 +148,7 @@ class Room:
         self.cores += cores
         if self.memory is not None and memory_bytes:
             self.memory += memory_bytes
-        self.gpus |= set(gpu_ids)
+        self.gpus |= {g for g in gpu_ids if g in self.gpu_names}  # (a GPU the node still has)
         if numa_id is not None and numa_id in self.numa_cores:
             self.numa_cores[numa_id] += cores
 

@@ -498,7 +498,12 @@ class EventStore:
         self._ring.extend(recorded)
         self.last_seq = recorded[-1].seq
         for listener in self._listeners:
-            listener(recorded)
+            # The rows are durable whatever a listener does: one that raises is logged, the
+            # others still run, and the group's callers are answered (they hung for ever).
+            try:
+                listener(recorded)
+            except Exception:
+                log.exception("a listener of the event log failed at seq %d", recorded[-1].seq)
 
     def _commit_sync(self, batch: list[Pending]) -> tuple[list[list[int]], list[Recorded]]:
         try:

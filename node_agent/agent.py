@@ -215,6 +215,14 @@ class Agent:
             for task in stopping:
                 task.cancel()
             await asyncio.gather(*stopping, return_exceptions=True)
+            # Starts still held back for their end (START_COALESCE_S): their tasks outlive
+            # this agent, so the starts are put now (the next agent sends them), or the host
+            # would show those tasks assigning until they end.
+            held = list(self._unreported_start.values())
+            self._unreported_start.clear()
+            if held:
+                with contextlib.suppress(Exception):
+                    await self.emit(*held)
             for executor in self.executors.values():
                 await executor.close()
             await self.outbox.close()

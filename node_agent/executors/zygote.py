@@ -22,7 +22,7 @@ from node_agent.executors import shim
 SHIM_PATH = str(Path(shim.__file__).resolve())
 # One request and its answer: the zygote serves each connection in a child of its own,
 # so only a wedged zygote (or machine) makes this wait; then the slow path starts the shim.
-ASK_TIMEOUT_S = 10.0
+ASK_TIMEOUT_S = 20.0  # above the shim's RUN_RECORD_S: it answers once the record is written
 
 
 class Zygote:
@@ -78,12 +78,18 @@ class Zygote:
             deadline = time.monotonic() + ASK_TIMEOUT_S
             conn.sendall(request)
             chunks = []
-            while True:
-                conn.settimeout(max(0.001, deadline - time.monotonic()))
-                chunk = conn.recv(4096)  # TimeoutError (an OSError) once past the deadline
-                if not chunk:
-                    break
-                chunks.append(chunk)
+            try:
+                while True:
+                    conn.settimeout(max(0.001, deadline - time.monotonic()))
+                    chunk = conn.recv(4096)  # TimeoutError once past the deadline
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+            except OSError:
+                # Sent and not answered in time (or cut off): a shim may be starting the
+                # task, so it is not asked again (``spawn`` retries OSErrors): the start
+                # fails, with the shim's log.
+                return 0, ""
         if not chunks:
             # Accepted and read, then closed without a word: the forked shim died (it
             # answers its pid and how the start went in one write, at the end). It may
@@ -95,7 +101,7 @@ class Zygote:
         if lines[0].startswith("!"):
             return 0, lines[0]
         if len(lines) < 2 or not lines[0].isdigit():
-            raise ConnectionError("the zygote gave no answer")
+            return 0, ""  # an answer cut short: as above, never asked again
         return int(lines[0]), lines[1].strip()
 
     def _start(self) -> bool:

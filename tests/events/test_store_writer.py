@@ -116,3 +116,20 @@ async def test_an_idle_writer_opens_the_file_again_after_a_failed_reopen(tmp_pat
         assert store._con is None and store.reopens == 0
         await async_wait_until(lambda: store.reopens >= 1, 10)
         assert await store.append([submitted()]) == [2]
+
+
+async def test_a_listener_that_raises_does_not_hold_back_the_answer(tmp_path: Path) -> None:
+    # Given a store with a listener that fails, and one after it
+    seen: list[int] = []
+
+    def broken(recorded: Any) -> None:
+        raise RuntimeError("a projection bug")
+
+    async with await EventStore.open(tmp_path / "log.duckdb") as store:
+        store.add_listener(broken)
+        store.add_listener(lambda recorded: seen.extend(r.seq for r in recorded))
+        # When events are appended: their callers are answered (the rows are durable), the
+        # next listener still sees them, and the writer goes on
+        first = await asyncio.wait_for(store.append([submitted()]), 10)
+        second = await asyncio.wait_for(store.append([submitted()]), 10)
+    assert (first, second) == ([1], [2]) and seen == [1, 2]

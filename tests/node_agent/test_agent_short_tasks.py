@@ -217,3 +217,24 @@ def test_an_unfsynced_put_leaves_the_outbox_fsyncing_the_next_writes(tmp_path: P
     # And what it wrote is in the file for another connection (an agent restarted)
     with sqlite3.connect(tmp_path / "outbox.sqlite") as other:
         assert other.execute("SELECT count(*) FROM outbox").fetchone() == (0,)
+
+
+async def test_a_start_held_back_when_the_agent_stops_is_put_for_the_next_one(
+    node: Node,
+) -> None:
+    # Given a task started, its start held back for its end (a window it cannot miss here)
+    async with node.agent().started() as agent:
+        host = await node.connector.accept()
+        await host.greet()
+        agent.start_coalesce_s = 30.0
+        await host.send(run("t-held", GATED))
+        await async_wait_until(lambda: "t-held" in agent._unreported_start, 20)
+        state_dir = agent.state_dir
+    # When the agent stops while the task runs on: its start is in the outbox, for the
+    # next agent to send (else the host shows the task assigning until it ends)
+    outbox = Outbox(state_dir / "outbox.sqlite")
+    try:
+        held = [e.event for e in outbox.pending()]
+    finally:
+        outbox.close()
+    assert [(type(e), e.task_id) for e in held] == [(TaskStarted, "t-held")]  # type: ignore[union-attr]
