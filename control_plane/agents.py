@@ -38,7 +38,7 @@ from control_plane.hub import ControlPlane, Outcome
 from events import link
 from events.codec import decode_new_events
 from events.envelope import NewEvent
-from events.store import InvalidEvent
+from events.store import Encoded, InvalidEvent, encode_checked
 from events.types import SCHEMA_VERSIONS, NodeHeartbeat, kind_of
 
 log = logging.getLogger("hakuriver.host.agents")
@@ -122,6 +122,22 @@ def check_hello(hello: link.Hello) -> None:
         raise LinkRefused(f"numa: {numa_cpus} CPUs in all, more than {link.MAX_CORES}")
 
 
+class _Queued:
+    """A batch waiting for the worker, with the outcome of its check once made
+    (``AgentSession._check``): its events as the host records them, or the error that
+    refuses it."""
+
+    __slots__ = ("batch", "checked", "encoded", "error")
+
+    def __init__(self, batch: link.EventBatch) -> None:
+        self.batch = batch
+        self.checked: tuple[NewEvent, ...] | None = None
+        self.error: Exception | None = None
+        # The checked events' payloads, made with the check (None: one does not encode;
+        # it is then refused at the append, as it would be without this).
+        self.encoded: Encoded | None = None
+
+
 class AgentSession:
     """One connected agent."""
 
@@ -135,7 +151,10 @@ class AgentSession:
         # first; the agent expects Welcome first: what comes earlier waits for it.
         self._before_welcome: list[bytes] | None = []
         # Batches received, waiting for the worker (in order); the heartbeat being recorded.
-        self._batches: deque[link.EventBatch] = deque()
+        # Each is checked (decoded, each event's right to be reported) as it arrives if the
+        # log is writing the batches before it meanwhile (the loop is free then), else at
+        # its turn: the check's outcome, the events or the error, waits with it.
+        self._batches: deque[_Queued] = deque()
         self._batch_ready = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._beat: asyncio.Task[None] | None = None
@@ -218,7 +237,10 @@ class AgentSession:
                         f"more than {MAX_QUEUED_BATCHES} batches waiting for their"
                         " acknowledgement; wait for one before sending another"
                     )
-                self._batches.append(message)
+                queued = _Queued(message)
+                if self.cp.store.writing:
+                    self._check(queued)
+                self._batches.append(queued)
                 self._batch_ready.set()
                 if self._worker is None:
                     self._worker = asyncio.create_task(
@@ -268,7 +290,7 @@ class AgentSession:
                 if len(together) > 1:
                     await self._report_together(together, taken)
                 else:
-                    await self.report(taken[0])
+                    await self.report(taken[0].batch, taken[0])
             except LinkRefused as exc:
                 log.warning("closing the link to %s: %s", self.node, exc, extra={"node": self.node})
                 await self.close(str(exc))
@@ -287,16 +309,28 @@ class AgentSession:
             return []
         run: list[tuple[int, tuple[NewEvent, ...]]] = []
         total = 0
-        for batch in self._batches:
-            try:
-                checked = self._checked(batch)
-            except (msgspec.ValidationError, msgspec.DecodeError, LinkRefused):
+        for queued in self._batches:
+            self._check(queued)
+            checked = queued.checked
+            if checked is None:  # it failed its check: reported alone, and refused
                 break
             if run and total + len(checked) > MAX_TOGETHER_EVENTS:
                 break
-            run.append((batch.batch, checked))
+            run.append((queued.batch.batch, checked))
             total += len(checked)
         return run
+
+    def _check(self, queued: _Queued) -> None:
+        """Check a queued batch (``_checked``), once: its events or its error are kept."""
+        if queued.checked is not None or queued.error is not None:
+            return
+        try:
+            queued.checked = self._checked(queued.batch)
+        except Exception as exc:  # raised again at its turn, where it is dealt with
+            queued.error = exc
+            return
+        with contextlib.suppress(InvalidEvent):
+            queued.encoded = encode_checked(queued.checked)
 
     def _checked(self, batch: link.EventBatch) -> tuple[NewEvent, ...]:
         """A batch's events as the host records them, or why not (``LinkRefused``, a
@@ -309,7 +343,7 @@ class AgentSession:
         return tuple(check_agent_event(self.node, i, new) for i, new in enumerate(events))
 
     async def _report_together(
-        self, run: list[tuple[int, tuple[NewEvent, ...]]], batches: list[link.EventBatch]
+        self, run: list[tuple[int, tuple[NewEvent, ...]]], batches: list[_Queued]
     ) -> None:
         """Record several checked batches as one ``ReportFacts``: one decision, one append,
         one commit, then an ``Ack`` each, with its own events' seqs. All of them or none
@@ -319,8 +353,13 @@ class AgentSession:
         nothing is recorded and each batch is reported alone, so only the one at fault
         is refused."""
         events = tuple(new for _, checked in run for new in checked)
+        encoded: Encoded = {}
+        for queued in batches:
+            encoded.update(queued.encoded or {})
         try:
-            outcome = await self.cp.execute(ReportFacts(node=self.node, events=events))
+            outcome = await self.cp.execute(
+                ReportFacts(node=self.node, events=events), encoded=encoded
+            )
         except StoreFailing as exc:
             self._resend_from = events[0].id
             await self.send(link.Nack(batch=run[0][0], reason=exc.message, retry=True))
@@ -330,16 +369,17 @@ class AgentSession:
         except NodeNotOnline as exc:
             raise LinkRefused(exc.message) from None
         except (DomainError, InvalidEvent, msgspec.ValidationError):
-            for batch in batches:
-                await self.report(batch)
+            for queued in batches:
+                await self.report(queued.batch, queued)
             return
         seq_of = _fact_seqs(outcome)
         for number, checked in run:
             seqs = [seq_of[new.id] for new in checked if new.id in seq_of]
             await self.send(link.Ack(batch=number, seqs=seqs))
 
-    async def report(self, batch: link.EventBatch) -> None:
-        """Record one batch whole (``Ack``) or nothing of it (``Nack`` with the reason)."""
+    async def report(self, batch: link.EventBatch, queued: _Queued | None = None) -> None:
+        """Record one batch whole (``Ack``) or nothing of it (``Nack`` with the reason).
+        ``queued``: the batch's check, made as it arrived (else it is checked here)."""
         number = batch.batch
         try:
             if self._resend_from is not None:
@@ -350,8 +390,18 @@ class AgentSession:
                     )
                     return
                 self._resend_from = None
-            checked = self._checked(batch)
-            outcome = await self.cp.execute(ReportFacts(node=self.node, events=checked))
+            if queued is None:
+                checked = self._checked(batch)
+            else:
+                self._check(queued)
+                if queued.error is not None:
+                    raise queued.error
+                assert queued.checked is not None
+                checked = queued.checked
+            outcome = await self.cp.execute(
+                ReportFacts(node=self.node, events=checked),
+                encoded=None if queued is None else queued.encoded,
+            )
         except StoreFailing as exc:
             # Nothing wrong with the batch: the agent keeps it and sends it again.
             self._resend_from = checked[0].id

@@ -54,7 +54,7 @@ from events import link
 from events.envelope import Recorded, new_event, now_us
 from events.file_modes import private_dir
 from events.ids import is_job_id, new_id
-from events.store import EventStore, StoreUnavailable, WriteFailure
+from events.store import Encoded, EventStore, StoreUnavailable, WriteFailure
 from events.types import TaskFinished
 from projections.cluster import ClusterState
 from projections.jobs import JobView
@@ -255,13 +255,14 @@ class ControlPlane:
 
     # -- the command boundary --------------------------------------------------------------
 
-    async def execute(self, command: Command) -> Outcome:
+    async def execute(self, command: Command, *, encoded: Encoded | None = None) -> Outcome:
         """Decide ``command`` on the current state, record the decision, then send.
 
         The only place that takes the gate. A refusal (``DomainError``) records and
         sends nothing. Sends happen after the commit: a host crash can never leave a
         command out in the world that the log does not show. A log that cannot be
         written (a full disk) refuses with ``StoreFailing``: nothing recorded, nothing sent.
+        ``encoded``: payloads of the command's events made ahead (``EventStore.append``).
         """
         if isinstance(command, ReportFacts) and self._frees_for_queued(command):
             # Its ends make room for queued work: placed in the same commit, a decision,
@@ -285,7 +286,11 @@ class ControlPlane:
             # to read back before it is stored.
             check = bool(decision.facts)
             try:
-                seqs = await self.store.append(batch, check_payloads=check) if batch else []
+                seqs = (
+                    await self.store.append(batch, check_payloads=check, encoded=encoded)
+                    if batch
+                    else []
+                )
             except StoreUnavailable as exc:
                 raise StoreFailing(
                     "",

@@ -405,4 +405,5 @@ def write_plan(con: duckdb.DuckDBPyConnection, plan: Plan) -> None:
 def learn(recent: RecentIds, plan: Plan) -> None:
     """Teach the idempotency window the plan's new ids, once its rows are durable."""
     if plan.new_ids:
-        recent.extend(plan.new_ids, (r.seq for r in plan.committed.records))
+        assert plan.incoming is not None  # new ids are new rows
+        recent.extend(plan.new_ids, plan.incoming.seqs)

@@ -295,6 +295,12 @@ class EventStore:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    @property
+    def writing(self) -> bool:
+        """Whether the writer thread is busy now (a group commit, an idle checkpoint): the
+        loop is free meanwhile, for work that can be done ahead of its turn."""
+        return self._busy
+
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener`` on the event loop with each committed batch, before acks."""
         self._listeners.append(listener)
@@ -307,19 +313,31 @@ class EventStore:
     # -- append ------------------------------------------------------------------------------
 
     async def append(
-        self, events: Sequence[NewEvent], *, check_payloads: bool = False
+        self,
+        events: Sequence[NewEvent],
+        *,
+        check_payloads: bool = False,
+        encoded: Encoded | None = None,
     ) -> list[int]:
         """Durably append a batch, all or nothing; each event's seq (the original for re-sends).
 
         ``check_payloads``: also decode each encoded payload back before queuing it, for
         events made outside this process (an agent's reports): a value that encodes but
         does not read back (a NaN, stored as null) is refused instead of stored.
+
+        ``encoded``: payloads made ahead by ``encode_checked`` (checked as
+        ``check_payloads`` checks); an event found there, the same object, is not
+        encoded again.
         """
         if self._closed:
             raise StoreClosed("the event store is closed")
         if not events:
             return []
-        payloads = _encode_all(events, check_payloads)
+        payloads = (
+            _encode_all(events, check_payloads)
+            if not encoded
+            else _encode_known(events, check_payloads, encoded)
+        )
         loop = self._loop or asyncio.get_running_loop()
         future: asyncio.Future[list[int]] = loop.create_future()
         self._queue.append(Pending(events, payloads, future))
@@ -756,8 +774,6 @@ def _encode_all(events: Sequence[NewEvent], check_payloads: bool) -> list[bytes]
     the event loop for every appended event. Any event that fails one goes through
     ``_validate_and_encode``, which raises the ``InvalidEvent`` naming its field.
     """
-    if check_payloads:
-        return [EventStore._validate_and_encode(i, e, True) for i, e in enumerate(events)]
     match, encode, versions = uuid7_fullmatch, encode_event_fast, SCHEMA_VERSIONS
     payloads = []
     for new in events:
@@ -775,12 +791,60 @@ def _encode_all(events: Sequence[NewEvent], check_payloads: bool) -> list[bytes]
             payloads.append(encode(event))
         except (UnicodeEncodeError, OverflowError, TypeError, ValueError):
             break
-    else:
+    if check_payloads:
+        # Each payload decoded back (events from outside the host): one check per event,
+        # none of them building a message; the first that fails goes the slow way below.
+        check = check_decodes
+        for index, payload in enumerate(payloads):
+            if check(payload) is not None:
+                del payloads[index:]
+                break
+    if len(payloads) == len(events):
         return payloads
     index = len(payloads)  # the first event the fast path did not take: it says why
     return payloads + [
-        EventStore._validate_and_encode(i, e) for i, e in enumerate(events) if i >= index
+        EventStore._validate_and_encode(i, e, check_payloads)
+        for i, e in enumerate(events)
+        if i >= index
     ]
+
+
+# Payloads encoded ahead of their append, by event id: (the event, its payload).
+Encoded = dict[str, tuple[NewEvent, bytes]]
+
+
+def encode_checked(events: Sequence[NewEvent]) -> Encoded:
+    """Each event's payload, made and checked now as ``append(check_payloads=True)``
+    would (``InvalidEvent`` names the first event that fails), for an ``append`` later.
+
+    The agent link encodes a batch while the log writes the batches before it: the
+    append then only looks the payloads up (``_encode_known``)."""
+    payloads = _encode_all(events, True)
+    return {new.id: (new, payload) for new, payload in zip(events, payloads, strict=True)}
+
+
+def _encode_known(events: Sequence[NewEvent], check_payloads: bool, known: Encoded) -> list[bytes]:
+    """``_encode_all``, taking each payload made ahead for the very same event object
+    (an event rebuilt since, or another one with its id, is encoded and checked here)."""
+    payloads: list[bytes] = []
+    rest: list[int] = []
+    get = known.get
+    for index, new in enumerate(events):
+        entry = get(new.id)
+        if entry is not None and entry[0] is new:
+            payloads.append(entry[1])
+        else:
+            payloads.append(b"")
+            rest.append(index)
+    if rest:
+        try:
+            made = _encode_all([events[i] for i in rest], check_payloads)
+        except InvalidEvent:
+            # Raised again on the whole batch: the message names the event's own place.
+            return _encode_all(events, check_payloads)
+        for index, payload in zip(rest, made, strict=True):
+            payloads[index] = payload
+    return payloads
 
 
 def _tail(con: duckdb.DuckDBPyConnection) -> tuple[int, bytes]:

@@ -59,6 +59,42 @@ from projections.tasks import HOLDING_STATES, TaskView, next_state
 SNAPSHOT_FORMAT = 4
 READABLE_FORMATS = frozenset({3, 4})
 
+# The event types ``ClusterState.apply`` folds (its ``match`` names exactly these; a test
+# compares the two): any other kind changes no view, and one set lookup sends it past
+# the thirty class patterns it would otherwise be tried against (about 3 us an event).
+FOLDED_TYPES: frozenset[type] = frozenset(
+    {
+        JobFinished,
+        JobPhase,
+        JobPlaced,
+        JobSetupDone,
+        JobStopRequested,
+        JobSubmitted,
+        NodeForgotten,
+        NodeHeartbeat,
+        NodeOffline,
+        NodeOnline,
+        NodeRegistered,
+        SshSessionClosed,
+        SshSessionOpened,
+        TaskDispatched,
+        TaskFinished,
+        TaskKillRequested,
+        TaskLost,
+        TaskPaused,
+        TaskPauseRequested,
+        TaskPlaced,
+        TaskReconnected,
+        TaskResumed,
+        TaskResumeRequested,
+        TaskStarted,
+        TaskSubmitted,
+        TaskUnreachable,
+        VolumeCreated,
+        VpsReady,
+    }
+)
+
 
 class SnapshotFormatError(ValueError):
     """A snapshot written in another format: not used (the log is folded instead)."""
@@ -135,6 +171,8 @@ class ClusterState:
             problem = self.identity.apply(recorded.event, at)
             if problem is not None:
                 self._flag(recorded, recorded.stream, problem)
+            return
+        if type(recorded.event) not in FOLDED_TYPES:
             return
         match recorded.event:
             case NodeHeartbeat() as e:
