@@ -346,15 +346,27 @@ class _OffTheLoop(QueueHandler):
     def drain(self) -> None:
         """Write what is queued and stop the writing thread (a later record starts it)."""
         with self._running:
-            if self.listener._thread is not None:
-                self.listener.stop()
+            self._stop_and_write_the_rest()
 
     def close(self) -> None:
         with self._running:
-            if self.listener._thread is not None:  # stop() twice would fail
-                self.listener.stop()
+            self._stop_and_write_the_rest()
         self.target.close()
         super().close()
+
+    def _stop_and_write_the_rest(self) -> None:
+        # (With ``_running`` held.) A record another thread queued while this one stopped
+        # the writing thread can sit behind the stop's sentinel, waiting for a thread that
+        # never starts again at exit: whatever is still queued is written here.
+        if self.listener._thread is not None:  # stop() twice would fail
+            self.listener.stop()
+        while True:
+            try:
+                record = self.queue.get_nowait()
+            except queue.Empty:
+                return
+            if record is not self.listener._sentinel:
+                self.listener.handle(record)
 
 
 # -- set-up -------------------------------------------------------------------------------

@@ -392,3 +392,30 @@ def test_host_refuses_a_bad_log_option(tmp_path: Path) -> None:
         )
         assert done.returncode == 2, done
         assert said in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_record_queued_behind_the_writers_stop_is_written_by_the_drain() -> None:
+    """Another thread can queue a record while the writing thread is being stopped (the
+    drain at exit): it lands behind the stop's sentinel, and no thread is left to write
+    it. The drain writes it on the caller's thread."""
+    from cli.hakuriver.logs import HumanFormatter, _OffTheLoop
+
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(self.format(record))
+
+    target = Keep()
+    target.setFormatter(HumanFormatter())
+    handler = _OffTheLoop(target)
+    try:
+        handler.drain()  # the writing thread stopped
+        # Given a record put on the queue after the stop (the race, made deterministic)
+        late = logging.LogRecord("hakuriver.test", logging.WARNING, __file__, 1, "late", None, None)
+        handler.queue.put_nowait(late)  # type: ignore[attr-defined]
+        # When the handler drains again (what exit does), the record is written
+        handler.drain()
+        assert any("late" in line for line in lines), lines
+    finally:
+        handler.close()
