@@ -392,23 +392,40 @@ class DockerExecutor:
         await self._freeze(self._known(task_id), paused=False)
 
     async def _freeze(self, box: _Box, *, paused: bool) -> None:
-        """Pause or unpause; a no-op on an ended container or one already so."""
+        """Pause or unpause; a no-op on an ended container or one already so.
+
+        An overloaded engine's failure (no answer in time, a dropped connection, a 5xx)
+        is asked again, after the container's state says the call did not take effect
+        anyway (docker_engine: pausing twice is refused, not repeated)."""
         import docker.errors
 
         if self._ended(box):
             return
-        try:
-            await self._call(box.container.pause if paused else box.container.unpause)
-        except docker.errors.APIError as exc:
-            # The engine refuses a container that is not running, or already (un)paused.
+        call = box.container.pause if paused else box.container.unpause
+        failure: BaseException | None = None
+        for attempt in range(engine.ENGINE_TRIES):
+            if attempt:
+                await asyncio.sleep(engine.pause(attempt - 1))
             try:
-                await self._call(box.container.reload)
+                await self._call(call)
+                return
+            except Exception as exc:
+                failure = exc
+            # The engine refuses a container that is not running, or already (un)paused,
+            # and a lost answer may hide a call that took effect: its state tells.
+            try:
+                await self._call(lambda: engine.retrying(box.container.reload))
             except docker.errors.NotFound:
                 return
             status = box.container.status
             if status not in ("running", "paused") or (status == "paused") == paused:
                 return
-            raise ExecutorError(f"docker could not {'' if paused else 'un'}pause: {exc}") from None
+            if not engine.transient(failure):
+                break
+        assert failure is not None
+        raise ExecutorError(
+            f"docker could not {'' if paused else 'un'}pause: {engine.describe(failure)}"
+        ) from None
 
     async def adopt(self) -> list[Adopted]:
         """Find this node's task containers by label and watch them again."""

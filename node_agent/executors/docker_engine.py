@@ -13,6 +13,8 @@ What is retried, and why it is safe to:
   timed out may have run the container already, and starting an exited container again
   would run the task twice (the inspect waits for the engine's lock on the container, so
   it sees the end of a start still in progress);
+- a pause or an unpause, only after an inspect says it did not take effect (the engine
+  refuses a second one): node_agent/executors/docker.py ``_freeze``;
 - an inspect, a wait, a stop: idempotent.
 
 A 4xx is the task's own fault (an executable not in the image, a bad mount) and is never

@@ -135,3 +135,44 @@ async def test_a_start_the_engine_always_refuses_fails_with_its_words(
         finally:
             await executor.close()
             remove_containers(client, executor)
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [
+        {"pause": ("error", OVERLOADED)},  # refused for now: asked again
+        {"pause": ("drop", "")},  # took effect, its answer lost: not asked again
+        {"unpause": ("error", OVERLOADED)},
+        {"unpause": ("drop", "")},
+    ],
+    ids=["pause-500", "pause-dropped", "unpause-500", "unpause-dropped"],
+)
+async def test_pause_and_resume_go_through_an_engine_that_fails_transiently(
+    tmp_path: Path, socket_dir: Path, rules: dict[str, Fault]
+) -> None:
+    client = engine_or_skip()
+    with engine_proxy(socket_dir / "engine.sock", first_times(rules)) as proxy:
+        executor = executor_behind(proxy, tmp_path)
+        task_id = f"t-freeze-{uuid.uuid4().hex[:8]}"
+        try:
+            await asyncio.wait_for(executor.start(task(tmp_path, task_id, "sleep", "60")), 60)
+            (container,) = client.containers.list(
+                filters={"label": f"hakuriver.node={executor.node}"}
+            )
+
+            # When the task is paused, then resumed, each through one engine failure
+            await asyncio.wait_for(executor.pause(task_id), 60)
+            container.reload()
+            assert container.status == "paused"
+            await asyncio.wait_for(executor.resume(task_id), 60)
+            container.reload()
+            # Then both took effect, and the failure was met on the way
+            assert container.status == "running"
+            [kind] = {rule[0] for rule in rules.values() if rule is not None}
+            assert proxy.faults[kind] == 1, proxy.faults
+            await asyncio.wait_for(executor.kill(task_id, 1), 60)
+            outcome = await asyncio.wait_for(executor.wait(task_id), 60)
+            assert outcome.state == "killed", outcome
+        finally:
+            await executor.close()
+            remove_containers(client, executor)
