@@ -360,12 +360,14 @@ class _OffTheLoop(QueueHandler):
         # never starts again at exit: whatever is still queued is written here.
         if self.listener._thread is not None:  # stop() twice would fail
             self.listener.stop()
+        waiting = self.queue
+        assert isinstance(waiting, queue.SimpleQueue)  # made so in __init__
         while True:
             try:
-                record = self.queue.get_nowait()
+                record = waiting.get_nowait()
             except queue.Empty:
                 return
-            if record is not self.listener._sentinel:
+            if record is not None:  # None: a stop's sentinel (QueueListener._sentinel)
                 self.listener.handle(record)
 
 
