@@ -20,7 +20,6 @@ process runs several hosts.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +30,7 @@ from prometheus_client.registry import Collector
 
 from events.envelope import now_us
 from events.store import CommitStats
+from projections.archive import state_counts
 from projections.tasks import STATES
 
 if TYPE_CHECKING:
@@ -133,7 +133,7 @@ class ClusterCollector(Collector):
 def state_metrics(state: ClusterState, now: int, connected: frozenset[str]) -> Iterator[Metric]:
     """The gauges the folded state gives at ``now`` (µs): one pass over the tasks (a
     counter of their states), one over the nodes."""
-    by_state = Counter(task.state for task in state.tasks.values())
+    by_state = state_counts(state.tasks)
     tasks = GaugeMetricFamily(f"{PREFIX}_tasks", "Tasks by state", labels=["state"])
     for name in STATES:
         tasks.add_metric([name], by_state.get(name, 0))

@@ -23,6 +23,7 @@ This module does no I/O: a segment's bytes come from a loader the caller passes 
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, MutableMapping
 from operator import itemgetter
 
@@ -43,6 +44,9 @@ class ArchiveRef(Struct, kw_only=True, frozen=True):
     max_id: str
     min_number: int  # the numbers the segment's tasks own (min > max: none)
     max_number: int
+    # How many of its tasks end in each state: a summary counts the archive without
+    # reading it (empty in a segment sealed before they were kept: it is read then).
+    states: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class _SegmentData(Struct, array_like=True):
@@ -67,7 +71,16 @@ _ord = itemgetter(0)
 class Segment:
     """One sealed segment: its reference, and its index and views once read."""
 
-    __slots__ = ("_ids", "_loader", "_raw", "_views", "numbers", "ref", "unwritten")
+    __slots__ = (
+        "_ids",
+        "_loader",
+        "_raw",
+        "_recount",
+        "_views",
+        "numbers",
+        "ref",
+        "unwritten",
+    )
 
     def __init__(self, ref: ArchiveRef, loader: Loader | None) -> None:
         self.ref = ref
@@ -78,6 +91,8 @@ class Segment:
         self._raw: dict[str, msgspec.Raw] = {}  # not yet decoded
         self._views: dict[str, TaskView] = {}
         self.numbers: dict[int, str] | None = None
+        # A view replaced by one not in a final state: the ref's counts no longer hold.
+        self._recount = False
 
     @classmethod
     def seal(
@@ -105,6 +120,7 @@ class Segment:
             max_id=max(ids),
             min_number=min(numbers, default=1),
             max_number=max(numbers, default=0),
+            states=dict(Counter(v.state for _, v in entries)),
         )
         segment = cls(ref, None)
         segment._ids = {v.task_id: o for o, v in entries}
@@ -146,6 +162,16 @@ class Segment:
         self._index()
         self._raw.pop(view.task_id, None)  # never decoded over the new view
         self._views[view.task_id] = view
+        # Readers replace final views with final ones (history's stubs keep the state);
+        # anything else is counted from the views from now on.
+        self._recount = self._recount or view.state not in FINAL_STATES
+
+    def state_counts(self) -> Mapping[str, int]:
+        """How many of its tasks are in each state (reads the segment only when its
+        reference does not say: sealed by an older build, or a view replaced)."""
+        if self.ref.states and not self._recount:
+            return self.ref.states
+        return Counter(v.state for _, v in self.entries())
 
     def entries(self) -> list[tuple[int, TaskView]]:
         """(ordinal, view) of every task, in ordinal order (decodes them all once)."""
@@ -256,6 +282,15 @@ class TaskTable(MutableMapping[str, TaskView]):
         if not self.segments:
             return self._live.items()
         return [(v.task_id, v) for v in self.values()]
+
+    def state_counts(self) -> Counter[str]:
+        """How many tasks are in each state: the live ones counted, the archived ones
+        from their segments' references (none read: a summary after a restart of a long
+        history must not decode every task ever run on the event loop)."""
+        counts = Counter(v.state for v in self._live.values())
+        for segment in self.segments:
+            counts.update(segment.state_counts())
+        return counts
 
     def _archived_view(self, task_id: str) -> TaskView | None:
         if task_id > self.max_archived_id:
@@ -384,6 +419,13 @@ class NumberTable(MutableMapping[int, str]):
 
     def items(self) -> list[tuple[int, str]]:  # type: ignore[override]
         return list(self._all().items())
+
+
+def state_counts(tasks: Mapping[str, TaskView]) -> Counter[str]:
+    """How many of ``tasks`` are in each state (a ``TaskTable`` reads no segment)."""
+    if isinstance(tasks, TaskTable):
+        return tasks.state_counts()
+    return Counter(v.state for v in tasks.values())
 
 
 def as_table(tasks: Mapping[str, TaskView]) -> TaskTable:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 import msgspec
@@ -23,6 +22,7 @@ from control_plane.routes.common import (
 from control_plane.views import NodeOut
 from events.store import WriteFailure
 from events.types import TaskLost
+from projections.archive import state_counts
 
 bp = JsonBlueprint("nodes", url_prefix="/api")
 
@@ -112,7 +112,7 @@ async def summary(request: Request) -> HTTPResponse:
     """A summary of the cluster: nodes online, agents connected, tasks by state."""
     cp = control_plane(request)
     state = cp.state
-    by_state = Counter(t.state for t in state.tasks.values())
+    by_state = state_counts(state.tasks)
     failure = cp.store_failure
     return answer(
         {

@@ -4,6 +4,7 @@ its final tasks read lazily from segments, is the full fold's, in every reader's
 from __future__ import annotations
 
 import random
+from collections import Counter
 from typing import Any
 
 import msgspec
@@ -61,6 +62,7 @@ def assert_same(rebuilt: ClusterState, full: ClusterState) -> None:
         assert rebuilt.numbers.get(task.number) == full.numbers.get(task.number)
     assert "no-such-task" not in rebuilt.tasks
     assert rebuilt.vps_holding == full.vps_holding
+    assert rebuilt.tasks.state_counts() == Counter(t.state for t in full.tasks.values())
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -147,3 +149,50 @@ def test_replacing_an_archived_task_keeps_its_place_and_is_what_is_read_back() -
     assert list(state.tasks.values())[order.index(target)] is replaced
     assert state.tasks[target] is replaced
     assert list(state.tasks) == order and len(state.tasks) == len(order)
+
+
+def test_counting_tasks_by_state_reads_no_segment() -> None:
+    # (/api/summary and the metrics count the tasks by state: after a restart of a long
+    # history that must not decode every task ever run, on the event loop)
+    sim = ClusterSimulation(random.Random(11), nodes=3)
+    records = record_in_memory(list(sim.events(150)))
+    full = ClusterState()
+    full.apply_all(records)
+    disk = Disk()
+    state = ClusterState.restore(disk.snapshot(full), disk.load)
+    expected = Counter(t.state for t in full.tasks.values())
+    assert state.tasks.unread_segments() == 1
+    assert state.tasks.state_counts() == expected
+    assert disk.reads == []
+
+
+def test_a_segment_sealed_without_counts_is_read_to_count_it() -> None:
+    # A snapshot written by the build before the counts: its references have none.
+    sim = ClusterSimulation(random.Random(12), nodes=2)
+    records = record_in_memory(list(sim.events(60)))
+    full = ClusterState()
+    full.apply_all(records)
+    disk = Disk()
+    state = ClusterState.restore(disk.snapshot(full), disk.load)
+    (segment,) = state.tasks.segments
+    segment.ref = msgspec.structs.replace(segment.ref, states={})
+    assert state.tasks.state_counts() == Counter(t.state for t in full.tasks.values())
+    assert disk.reads == [segment.ref.seq]
+
+
+def test_an_archived_view_replaced_by_an_active_one_is_counted_as_it_is_now() -> None:
+    sim = ClusterSimulation(random.Random(13), nodes=2)
+    records = record_in_memory(list(sim.events(40)))
+    full = ClusterState()
+    full.apply_all(records)
+    disk = Disk()
+    state = ClusterState.restore(disk.snapshot(full), disk.load)
+    archived = [t for t in full.tasks if t not in state.tasks.live_ids()]
+    target = archived[0]
+    was = full.tasks[target].state
+    state.tasks[target] = msgspec.structs.replace(full.tasks[target], state="running")
+    counts = state.tasks.state_counts()
+    expected = Counter(t.state for t in full.tasks.values())
+    expected[was] -= 1
+    expected["running"] += 1
+    assert counts == +expected
