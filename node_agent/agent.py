@@ -600,11 +600,15 @@ class Agent:
                 case link.Pause():
                     if task_id not in self.paused:
                         await self.by_task[task_id].pause(task_id)
+                        if task_id not in self.running:
+                            return  # it ended meanwhile (a kill): its end was reported
                         self.paused.add(task_id)
                         await self.emit(TaskPaused(task_id=task_id))
                 case link.Resume():
                     if task_id in self.paused:
                         await self.by_task[task_id].resume(task_id)
+                        if task_id not in self.running:
+                            return  # it ended meanwhile (a kill): its end was reported
                         self.paused.discard(task_id)
                         await self.emit(TaskResumed(task_id=task_id))
                         self.shells.reap_orphans(task_id)  # left while it was paused

@@ -46,7 +46,7 @@ class ArchiveRef(Struct, kw_only=True, frozen=True):
     max_number: int
     # How many of its tasks end in each state: a summary counts the archive without
     # reading it (empty in a segment sealed before they were kept: it is read then).
-    states: dict[str, int] = msgspec.field(default_factory=dict)
+    states: tuple[tuple[str, int], ...] = ()
 
 
 class _SegmentData(Struct, array_like=True):
@@ -120,7 +120,7 @@ class Segment:
             max_id=max(ids),
             min_number=min(numbers, default=1),
             max_number=max(numbers, default=0),
-            states=dict(Counter(v.state for _, v in entries)),
+            states=tuple(sorted(Counter(v.state for _, v in entries).items())),
         )
         segment = cls(ref, None)
         segment._ids = {v.task_id: o for o, v in entries}
@@ -161,16 +161,21 @@ class Segment:
         """Replace an archived task's view (a reader's own copy of the state only)."""
         self._index()
         self._raw.pop(view.task_id, None)  # never decoded over the new view
+        old = self._views.get(view.task_id)
         self._views[view.task_id] = view
-        # Readers replace final views with final ones (history's stubs keep the state);
+        # Readers replace final views with final ones of the same state (history's stubs);
         # anything else is counted from the views from now on.
-        self._recount = self._recount or view.state not in FINAL_STATES
+        self._recount = (
+            self._recount
+            or view.state not in FINAL_STATES
+            or (old is not None and old.state != view.state)
+        )
 
     def state_counts(self) -> Mapping[str, int]:
         """How many of its tasks are in each state (reads the segment only when its
         reference does not say: sealed by an older build, or a view replaced)."""
         if self.ref.states and not self._recount:
-            return self.ref.states
+            return dict(self.ref.states)
         return Counter(v.state for _, v in self.entries())
 
     def entries(self) -> list[tuple[int, TaskView]]:

@@ -332,6 +332,9 @@ class _OffTheLoop(QueueHandler):
             return
         if self.listener._thread is None:
             with self._running:
+                if self._exiting or sys.is_finalizing():  # the exit drained meanwhile
+                    self.listener.handle(record)
+                    return
                 if self.listener._thread is None:
                     self.listener.start()
         super().enqueue(record)
@@ -345,30 +348,36 @@ class _OffTheLoop(QueueHandler):
 
     def drain(self) -> None:
         """Write what is queued and stop the writing thread (a later record starts it)."""
-        with self._running:
-            self._stop_and_write_the_rest()
+        self._write(self._stop())
 
     def close(self) -> None:
-        with self._running:
-            self._stop_and_write_the_rest()
+        self._write(self._stop())
         self.target.close()
         super().close()
 
-    def _stop_and_write_the_rest(self) -> None:
-        # (With ``_running`` held.) A record another thread queued while this one stopped
-        # the writing thread can sit behind the stop's sentinel, waiting for a thread that
-        # never starts again at exit: whatever is still queued is written here.
-        if self.listener._thread is not None:  # stop() twice would fail
-            self.listener.stop()
-        waiting = self.queue
-        assert isinstance(waiting, queue.SimpleQueue)  # made so in __init__
-        while True:
-            try:
-                record = waiting.get_nowait()
-            except queue.Empty:
-                return
-            if record is not None:  # None: a stop's sentinel (QueueListener._sentinel)
-                self.listener.handle(record)
+    def _stop(self) -> list[logging.LogRecord]:
+        """Stop the writing thread; what is still queued after it (a record another thread
+        queued while this one stopped it sits behind the stop's sentinel, waiting for a
+        thread that never starts again at exit)."""
+        left: list[logging.LogRecord] = []
+        with self._running:
+            if self.listener._thread is not None:  # stop() twice would fail
+                self.listener.stop()
+            waiting = self.queue
+            assert isinstance(waiting, queue.SimpleQueue)  # made so in __init__
+            while True:
+                try:
+                    record = waiting.get_nowait()
+                except queue.Empty:
+                    break
+                if record is not None:  # None: a stop's sentinel (QueueListener._sentinel)
+                    left.append(record)
+        return left
+
+    def _write(self, records: list[logging.LogRecord]) -> None:
+        # Outside the lock: writing a record may log, and that must not wait on ourselves.
+        for record in records:
+            self.listener.handle(record)
 
 
 # -- set-up -------------------------------------------------------------------------------

@@ -398,6 +398,7 @@ class DockerExecutor:
         is asked again, after the container's state says the call did not take effect
         anyway (docker_engine: pausing twice is refused, not repeated)."""
         import docker.errors
+        import requests.exceptions
 
         if self._ended(box):
             return
@@ -409,8 +410,8 @@ class DockerExecutor:
             try:
                 await self._call(call)
                 return
-            except Exception as exc:
-                failure = exc
+            except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+                failure = exc  # the engine's answer, or none: anything else is a bug
             # The engine refuses a container that is not running, or already (un)paused,
             # and a lost answer may hide a call that took effect: its state tells.
             try:

@@ -15,6 +15,7 @@ from test_store_failing_link import RecordingSocket, batch, beats
 
 from control_plane.agents import AgentSession
 from events import link
+from events.codec import encode_event
 from events.envelope import new_event
 from events.types import NodeHeartbeat
 
@@ -58,6 +59,10 @@ async def test_batches_checked_while_the_log_writes_are_answered_in_order(
             " ORDER BY seq"
         )
         assert [r[0] for r in rows] == [e.id for e in first + third]
+        # each stored as the event encodes, and the chain over them whole
+        stored = await cp.store.query("SELECT payload FROM events WHERE source = 'n1' ORDER BY seq")
+        assert [p.encode() for (p,) in stored] == [encode_event(e.event) for e in first + third]
+        assert (await cp.store.verify()).ok
     finally:
         await cp.close()
 

@@ -175,7 +175,7 @@ def test_a_segment_sealed_without_counts_is_read_to_count_it() -> None:
     disk = Disk()
     state = ClusterState.restore(disk.snapshot(full), disk.load)
     (segment,) = state.tasks.segments
-    segment.ref = msgspec.structs.replace(segment.ref, states={})
+    segment.ref = msgspec.structs.replace(segment.ref, states=())
     assert state.tasks.state_counts() == Counter(t.state for t in full.tasks.values())
     assert disk.reads == [segment.ref.seq]
 
