@@ -9,8 +9,9 @@ import duckdb
 import pytest
 from replay_logs import write_log
 
-from events.chain import verify_chain
+from events.chain import canonical_head, verify_chain
 from events.envelope import new_event
+from events.schema import SELECT_COLUMNS
 from events.types import (
     NodeRegistered,
     TaskFinished,
@@ -20,7 +21,7 @@ from events.types import (
     TaskSubmitted,
 )
 from replay_tools import audit as audit_module
-from replay_tools.audit import audit
+from replay_tools.audit import _BODY_SQL, audit
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -181,3 +182,51 @@ def test_the_chain_is_checked_across_read_batches(
     assert [(p.seq, p.kind) for p in report.problems] == [(50, "chain"), (333, "chain")]
     assert audit(copy, upto=100).first_bad_seq == 50
     assert audit(copy, upto=49).ok
+
+
+def test_the_hashed_bytes_are_the_writers_canonical_bytes(history_db: Path) -> None:
+    # The audit builds each row's bytes in SQL (``_BODY_SQL``); they must be exactly the
+    # writer's (``events.chain.canonical_head`` + payload), field by field and separator by
+    # separator, or a log could pass the audit that the store's own check fails.
+    con = duckdb.connect(str(history_db), read_only=True)
+    try:
+        rows = con.execute(f"SELECT {SELECT_COLUMNS} FROM events ORDER BY seq").fetchall()
+        built = dict(
+            (seq, body)
+            for seq, _, body in con.execute(_BODY_SQL.format(first=0, last=len(rows))).fetchall()
+        )
+    finally:
+        con.close()
+    assert len(rows) > 500 and len(built) == len(rows)
+    for seq, eid, kind, stream, source, occ, rec, version, payload, _ in rows:
+        head = canonical_head(seq, eid, kind, stream, source, occ, rec, version)
+        assert built[seq].encode() == head + payload.encode(), seq
+
+
+def test_a_log_broken_everywhere_stops_at_1000_chain_problems(
+    history_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every row edited: the chain check stops reading at its 1000th problem, mid-stream
+    # (small batches, so the stream is left with batches unread), and the audit still
+    # finishes with the invariants' verdicts beside it.
+    monkeypatch.setattr(audit_module, "_BATCH", 7)
+    copy = tmp_path / "big.duckdb"
+    shutil.copy(history_db, copy)
+    con = duckdb.connect(str(copy))
+    ((rows,),) = con.execute("SELECT count(*) FROM events").fetchall()
+    # Append copies of the log after itself (seqs shifted, hashes kept: all wrong) until
+    # there are more than 1000 rows, then edit every row's source.
+    while rows <= 1100:
+        con.execute(
+            "INSERT INTO events SELECT seq + ? AS seq, uuid(), kind, stream || '-copy', source,"
+            " occurred_at, recorded_at, schema_version, payload, hash FROM events",
+            [rows],
+        )
+        ((rows,),) = con.execute("SELECT count(*) FROM events").fetchall()
+    con.execute("UPDATE events SET source = 'mallory'")
+    con.close()
+    report = audit(copy)
+    chain = [p for p in report.problems if p.kind == "chain"]
+    assert len(chain) == 1000 and chain[0].seq == 1 and report.first_bad_seq == 1
+    assert [p.seq for p in chain] == list(range(1, 1001))
+    assert report.checked == rows
