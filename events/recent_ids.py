@@ -75,17 +75,40 @@ class RecentIds:
             if newest_evicted >= self.watermark_ms:
                 self.watermark_ms = newest_evicted + 1
 
-    def load(self, con: duckdb.DuckDBPyConnection, last_seq: int) -> None:
-        """Fill the window from the newest stored events, at open."""
+    def load(
+        self, con: duckdb.DuckDBPyConnection, last_seq: int, mark: tuple[int, str] | None = None
+    ) -> str:
+        """Fill the window from the newest stored events, at open; return an upper bound
+        of every stored id ("" when none).
+
+        ``mark``: (seq S, id M) with M at or above every id stored at or below S (the
+        store's id mark, written at checkpoints). The watermark must sit above every id
+        not loaded; finding the greatest of those reads the id of every older row, which
+        grows with the history (about 0.17 s at 10M events). With a mark, only the rows
+        between it and the window's start are read, and none when it is past that start.
+        """
         cutoff = max(last_seq - self.capacity, 0)
         table = con.sql(
             "SELECT id::VARCHAR AS id, seq FROM events WHERE seq > ? ORDER BY seq", params=[cutoff]
         ).to_arrow_table()
-        self.extend(table.column("id").to_pylist(), table.column("seq").to_pylist())
+        ids = table.column("id").to_pylist()
+        self.extend(ids, table.column("seq").to_pylist())
+        newest = max(ids, default="")
         if cutoff:
             # Every id not loaded must sit below the watermark.
-            ((newest_unloaded,),) = con.execute(
-                "SELECT max(id)::VARCHAR FROM events WHERE seq <= ?", [cutoff]
-            ).fetchall()
-            if newest_unloaded:
-                self.watermark_ms = max(self.watermark_ms, id_timestamp_ms(newest_unloaded) + 1)
+            unloaded = _newest_up_to(con, cutoff, mark)
+            if unloaded:
+                self.watermark_ms = max(self.watermark_ms, id_timestamp_ms(unloaded) + 1)
+                newest = max(newest, unloaded)
+        return newest
+
+
+def _newest_up_to(con: duckdb.DuckDBPyConnection, cutoff: int, mark: tuple[int, str] | None) -> str:
+    """An id at or above every id stored at or below seq ``cutoff`` ("" for none)."""
+    if mark is not None and mark[0] >= cutoff:
+        return mark[1]
+    after, bound = mark if mark is not None else (0, "")
+    ((found,),) = con.execute(
+        "SELECT max(id)::VARCHAR FROM events WHERE seq > ? AND seq <= ?", [after, cutoff]
+    ).fetchall()
+    return max(found or "", bound)

@@ -70,6 +70,9 @@ from events.write_failures import (
     reason_of,
 )
 
+# The id mark's snapshot name (``EventStore._id_mark``).
+ID_MARK = "ids"
+
 __all__ = [
     "GENESIS_HASH",
     "SELECT_COLUMNS",
@@ -193,6 +196,8 @@ class EventStore:
         # and the records of durable plans not yet handed to the loop.
         self._unresolved: Plan | None = None
         self._landed: list[Recorded] = []
+        # At or above every id stored (the writer's): the id mark written at checkpoints.
+        self._max_id = ""
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -213,7 +218,7 @@ class EventStore:
         private_dir(self.path.parent, traverse=self._folder_traverse)
         self.last_seq, self._last_hash = _tail(con)
         self._written_seq = self.last_seq
-        self._recent.load(con, self.last_seq)
+        self._max_id = self._recent.load(con, self.last_seq, self._id_mark(con))
         self._con = con
         self._readers.attach(con)
 
@@ -286,8 +291,40 @@ class EventStore:
         if self._con is not None:
             with contextlib.suppress(duckdb.Error):
                 self._con.execute("CHECKPOINT").fetchall()
+                self._write_id_mark()
             self._con.close()
             self._con = None
+
+    # -- the id mark: the next open's idempotency watermark without reading every id ---------
+
+    def _id_mark(self, con: duckdb.DuckDBPyConnection) -> tuple[int, str] | None:
+        """The newest id mark of this log (snapshot ``ids``: anchored, so one of another
+        or a restored database is ignored), as (seq S, an id at or above every id stored
+        at or below S); None when there is none (a log written before marks: the open
+        reads every id once, as it always did)."""
+        try:
+            found = self._snapshots.latest(ID_MARK, self.last_seq, lambda seq: _hash_at(con, seq))
+        except OSError:
+            return None
+        if found is None:
+            return None
+        seq, data = found
+        try:
+            text = data.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+        return (seq, text) if is_uuid7(text) else None
+
+    def _write_id_mark(self) -> None:
+        """After a checkpoint: the writer's position and its bound of every id stored."""
+        if not self._written_seq or not self._max_id:
+            return
+        try:
+            self._snapshots.write(
+                ID_MARK, self._written_seq, self._last_hash, self._max_id.encode(), keep=2
+            )
+        except OSError as exc:  # derived data: the next open reads the ids instead
+            log.warning("could not write the id mark of %s: %s", self.path, exc)
 
     async def __aenter__(self) -> EventStore:
         return self
@@ -571,6 +608,10 @@ class EventStore:
     def _adopt(self, plan: Plan) -> None:
         """``plan`` is durable: the writer moves past it, its records wait for publication."""
         learn(self._recent, plan)
+        if plan.new_ids:
+            newest = max(plan.new_ids)
+            if newest > self._max_id:
+                self._max_id = newest
         self._written_seq, self._last_hash = plan.committed.end
         self._landed.extend(plan.committed.records)
 
@@ -649,6 +690,7 @@ class EventStore:
         # Counted before the outage ends: whoever sees the outage over (on the loop) sees
         # the checkpoint that ended it.
         self.checkpoints += 1
+        self._write_id_mark()
         self._checkpoint_retry_s = CHECKPOINT_RETRY_S
         self._wal_private = False  # DuckDB makes a new WAL at the next commit
         self._checkpoint_outage.succeeded()

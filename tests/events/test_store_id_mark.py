@@ -1,0 +1,126 @@
+"""The id mark (events/store.py ``_id_mark``, issue 19): the idempotency watermark at open
+without reading the id of every row older than the memory window (at 10M events that read
+alone made a restart grow with the history).
+
+The mark is a snapshot file anchored to the log: (seq S, an id at or above every id stored
+at or below S), written at each checkpoint and at close. Idempotency must hold whatever
+the mark: a resend of any stored event gets its original seq, never a second row.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import duckdb
+import pytest
+from support.factories import submitted
+
+from events.chain import hash_at
+from events.envelope import NewEvent
+from events.ids import id_timestamp_ms
+from events.recent_ids import RecentIds
+from events.snapshot_files import SnapshotFiles
+from events.store import ID_MARK, EventStore
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def _log(path: Path, count: int) -> list[NewEvent]:
+    events = [submitted() for _ in range(count)]
+    async with await EventStore.open(path, recent_ids=5) as store:
+        for start in range(0, count, 7):  # several commits
+            await store.append(events[start : start + 7])
+    return events
+
+
+def _true_newest_up_to(path: Path, seq: int) -> str:
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        ((newest,),) = con.execute(
+            "SELECT max(id)::VARCHAR FROM events WHERE seq <= ?", [seq]
+        ).fetchall()
+    finally:
+        con.close()
+    return str(newest)
+
+
+async def test_a_closed_log_reopens_from_its_mark_and_stays_idempotent(tmp_path: Path) -> None:
+    path = tmp_path / "log.duckdb"
+    events = await _log(path, 40)
+    # Given the mark written at close, at the log's end
+    ((seq, _),) = SnapshotFiles(path).listing(ID_MARK)
+    assert seq == 40
+    below = _true_newest_up_to(path, 35)
+    async with await EventStore.open(path, recent_ids=5) as store:
+        # Then the watermark is above every id not in the window
+        assert store._recent.watermark_ms > id_timestamp_ms(below)
+        # And a resend of any stored event, old or recent, gets its original seq
+        assert await store.append([events[0], events[20], events[39]]) == [1, 21, 40]
+        assert store.last_seq == 40
+        rows = await store.query("SELECT count(*), count(DISTINCT id) FROM events")
+        assert rows == [(40, 40)]
+
+
+async def test_the_mark_is_what_the_open_uses(tmp_path: Path) -> None:
+    # Given a mark (anchored to this log) naming an id above every stored one
+    path = tmp_path / "log.duckdb"
+    await _log(path, 30)
+    files = SnapshotFiles(path)
+    for _, old in files.listing(ID_MARK):
+        old.unlink()
+    con = duckdb.connect(str(path))
+    try:
+        anchor = hash_at(con, 28)
+    finally:
+        con.close()
+    assert anchor is not None
+    above = "7fffffff-ffff-7fff-bfff-ffffffffffff"
+    files.write(ID_MARK, 28, anchor, above.encode())
+    # When the log opens, its watermark comes from the mark, not from the rows
+    async with await EventStore.open(path, recent_ids=5) as store:
+        assert store._recent.watermark_ms == id_timestamp_ms(above) + 1
+
+
+async def test_a_mark_of_another_log_is_ignored(tmp_path: Path) -> None:
+    # Given log B holding log A's mark (a copied folder, a restored database)
+    a, b = tmp_path / "a.duckdb", tmp_path / "b.duckdb"
+    await _log(a, 30)
+    events_b = await _log(b, 30)
+    shutil.rmtree(SnapshotFiles(b).folder)
+    shutil.copytree(SnapshotFiles(a).folder, SnapshotFiles(b).folder)
+    # When B opens, A's mark does not anchor: B reads its own ids, and stays idempotent
+    below = _true_newest_up_to(b, 25)
+    async with await EventStore.open(b, recent_ids=5) as store:
+        assert store._recent.watermark_ms > id_timestamp_ms(below)
+        assert await store.append([events_b[0], events_b[29]]) == [1, 30]
+
+
+async def test_a_mark_older_than_the_window_is_completed_from_the_rows_after_it(
+    tmp_path: Path,
+) -> None:
+    # (a kill -9 long after the last checkpoint: the mark is behind the window's start)
+    path = tmp_path / "log.duckdb"
+    await _log(path, 60)
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        recent = RecentIds(5)
+        low_mark = (10, _true_newest_up_to(path, 10))
+        newest = recent.load(con, 60, low_mark)
+    finally:
+        con.close()
+    # The rows between the mark and the window's start were read: the watermark is above
+    # every id not in the window, and the bound returned is above every id stored
+    assert recent.watermark_ms > id_timestamp_ms(_true_newest_up_to(path, 55))
+    assert newest >= _true_newest_up_to(path, 60)
+
+
+async def test_the_writer_keeps_its_bound_above_every_id_it_stores(tmp_path: Path) -> None:
+    path = tmp_path / "log.duckdb"
+    await _log(path, 20)
+    before = _true_newest_up_to(path, 20)
+    async with await EventStore.open(path, recent_ids=5) as store:
+        assert store._max_id >= before
+        later = [submitted() for _ in range(5)]
+        await store.append(later)
+        assert store._max_id >= max(e.id for e in later)
