@@ -947,9 +947,9 @@ def serve(address: str, idle_s: float = 600.0, spares: int = SPARE_SHIMS) -> int
     listener.listen(128)
     own = os.geteuid()
     try:
-        if spares > 0 and hasattr(os, "pidfd_open"):
-            _serve_with_spares(listener, lock, state_dir, own, idle_s, spares)
-        else:
+        if not (spares > 0 and hasattr(os, "pidfd_open")) or _serve_with_spares(
+            listener, lock, state_dir, own, idle_s, spares
+        ):
             _serve_forking(listener, lock, state_dir, own, idle_s)
     finally:
         _quietly(lambda: os.unlink(address))  # still ours: the lock is held
@@ -981,11 +981,17 @@ def _serve_forking(listener: Any, lock: int, state_dir: str, own: int, idle_s: f
             conn.close()
 
 
+SPARE_EARLY_DEATHS = 5  # spares in a row dead unused within a second: fork per request
+
+
 def _serve_with_spares(
     listener: Any, lock: int, state_dir: str, own: int, idle_s: float, spares: int
-) -> None:
+) -> bool:
     """Keep ``spares`` shims forked ahead; each accepts one connection and becomes its
-    shim, and the zygote forks a replacement as soon as one says it was taken.
+    shim, and the zygote forks a replacement as soon as one says it was taken. Returns
+    False once idle; True when spares keep dying unused as soon as forked (something in
+    the way of a spare's start) or none can be forked: the caller then accepts and
+    forks per request instead, rather than forking in a loop or accepting nothing.
 
     A start then costs the agent one request and its answer, not an accept and a fork
     (about 1 ms here, more under load): the fork, and the pages a forked Python copies
@@ -1002,6 +1008,8 @@ def _serve_with_spares(
     alive_r, alive_w = os.pipe()  # the zygote's liveness, as the spares see it
     taken_r, taken_w = os.pipe()  # "pid taken" lines from spares that accepted
     waiting: dict[int, int] = {}  # pidfd -> spare pid
+    forked_at: dict[int, float] = {}  # pidfd -> when
+    early_deaths = 0
     poller = select.poll()
     poller.register(taken_r, select.POLLIN)
     pending = b""
@@ -1024,12 +1032,14 @@ def _serve_with_spares(
         except OSError:  # it died already (the kernel reaped it: SIGCHLD is ignored)
             return
         waiting[pidfd] = pid
+        forked_at[pidfd] = time.monotonic()
         poller.register(pidfd, select.POLLIN)
 
     def forget(pidfd: int) -> None:
         poller.unregister(pidfd)
         os.close(pidfd)
         waiting.pop(pidfd, None)
+        forked_at.pop(pidfd, None)
 
     try:
         for _ in range(spares):
@@ -1039,7 +1049,7 @@ def _serve_with_spares(
             left = idle_until - time.monotonic()
             events = poller.poll(left * 1000) if left > 0 else []
             if not events:
-                return  # idle: the spares see the pipe's end and leave
+                return False  # idle: the spares see the pipe's end and leave
             for fd, _ in events:
                 if fd == taken_r:
                     idle_until = time.monotonic() + idle_s
@@ -1049,15 +1059,22 @@ def _serve_with_spares(
                         for pidfd, pid in list(waiting.items()):
                             if str(pid).encode() == line:
                                 forget(pidfd)
-                elif fd in waiting:
-                    forget(fd)  # died unused
+                elif fd in waiting:  # died unused
+                    early = time.monotonic() - forked_at[fd] < 1.0
+                    early_deaths = early_deaths + 1 if early else 0
+                    forget(fd)
+            if early_deaths >= SPARE_EARLY_DEATHS:
+                return True
             while len(waiting) < spares:
                 before = len(waiting)
                 fork_spare()
                 if len(waiting) == before:
                     break
+            if not waiting:
+                return True  # no fork today: nobody would accept; the caller does
     finally:
-        os.close(alive_w)
+        for fd in (alive_w, alive_r, taken_r, taken_w, *waiting):
+            os.close(fd)  # the spares see the zygote gone, and leave
 
 
 def _spare(listener: Any, alive_r: int, taken_w: int, state_dir: str, own: int) -> int:

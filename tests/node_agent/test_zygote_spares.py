@@ -14,12 +14,15 @@ import asyncio
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from support.waiting import async_wait_until
+from support.waiting import async_wait_until, wait_until
 from support.zygotes import stop_zygotes_under
 
 from events.ids import new_id
@@ -64,12 +67,11 @@ def children(parent: int) -> set[int]:
     found = set()
     for name in os.listdir("/proc"):
         if name.isdigit():
-            stat = shim.proc_stat(int(name))
-            try:
+            try:  # after the command's ")": state, then the parent's pid
                 fields = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
             except (OSError, IndexError):
                 continue
-            if stat is not None and int(fields[1]) == parent:
+            if fields[0] != "Z" and int(fields[1]) == parent:
                 found.add(int(name))
     return found
 
@@ -79,11 +81,19 @@ def alive(pid: int) -> bool:
 
 
 async def zygote_with_spares(executor: ProcessExecutor) -> tuple[int, set[int]]:
-    """Start the executor's zygote; its pid and its spares, once all are forked."""
+    """Start the executor's zygote; its pid and its spares, once all are forked and
+    settled (the start's probe connection takes a spare, which leaves and is replaced)."""
     zygote = executor._zygote
     assert zygote._start()  # type: ignore[union-attr]
     pid = zygote._process.pid  # type: ignore[union-attr]
-    await async_wait_until(lambda: len(children(pid)) == shim.SPARE_SHIMS)
+    seen: dict[frozenset[int], float] = {}
+
+    def settled() -> bool:
+        now = frozenset(children(pid))
+        since = seen.setdefault(now, time.monotonic())
+        return len(now) == shim.SPARE_SHIMS and time.monotonic() - since > 0.2
+
+    await async_wait_until(settled)
     return pid, children(pid)
 
 
@@ -138,7 +148,7 @@ async def test_spares_leave_with_their_zygote_and_the_next_start_gets_a_new_one(
 async def test_a_peer_that_makes_its_spare_wait_has_it_replaced_at_once(
     executor: ProcessExecutor, folder: Path
 ) -> None:
-    zygote, spares = await zygote_with_spares(executor)
+    zygote, _ = await zygote_with_spares(executor)
     where, opened = shim.unix_address(executor._zygote.address)  # type: ignore[union-attr]
     silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -222,7 +232,7 @@ async def test_the_end_of_the_shims_connection_is_the_end_of_the_task(
     try:
         run = task(folder, "true")
         await executor.start(run)
-        assert fake.answered.is_set()
+        assert fake.answered.wait(10)
         waiting = asyncio.ensure_future(executor.wait(run.task_id))
         await asyncio.sleep(0)
         assert not waiting.done()
@@ -251,3 +261,53 @@ async def test_a_shim_killed_while_its_task_runs_ends_the_wait(
     outcome = await asyncio.wait_for(executor.wait(run.task_id), timeout=10)
     assert outcome.state == "failed" and "without recording how" in (outcome.message or "")
     os.killpg(watched.pid, signal.SIGKILL)  # the task itself, left behind by its shim
+
+
+async def test_spares_that_keep_dying_at_once_leave_the_zygote_forking_per_request(
+    executor: ProcessExecutor, folder: Path
+) -> None:
+    # Given spares that die as soon as they are forked (something in the way of their
+    # start): here, killed as soon as seen
+    zygote, _ = await zygote_with_spares(executor)
+    killed: set[int] = set()
+
+    def kill_new_spares() -> bool:
+        for pid in children(zygote) - killed:
+            os.kill(pid, signal.SIGKILL)
+            killed.add(pid)
+        return len(killed) >= shim.SPARE_EARLY_DEATHS
+
+    await async_wait_until(kill_new_spares)
+    # Then the zygote stops forking them (no loop of forks) and serves each request with
+    # a child forked for it, as without spares
+    await async_wait_until(lambda: (kill_new_spares(), not children(zygote))[1], 5)
+    await asyncio.sleep(0.2)
+    assert not children(zygote)
+    shim_pid, state = await run_one(executor, folder, "true")
+    assert state == "completed" and shim_pid not in killed
+    assert alive(zygote)
+
+
+def test_an_idle_zygote_leaves_and_its_spares_with_it(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    address = str(state / "zygote-idle.sock")
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import shim;"
+        " sys.exit(shim.serve(sys.argv[2], idle_s=1.0))"
+    )
+    zygote = subprocess.Popen(
+        [sys.executable, "-I", "-S", "-c", code, str(Path(shim.__file__).parent), address]
+    )
+    try:
+        wait_until(lambda: len(children(zygote.pid)) == shim.SPARE_SHIMS, 20)
+        spares = children(zygote.pid)
+        # After a second without a request it exits, removing its socket, and no spare
+        # stays behind holding it
+        assert zygote.wait(20) == 0
+        wait_until(lambda: not any(alive(pid) for pid in spares), 10)
+        assert not os.path.exists(address)
+    finally:
+        if zygote.poll() is None:
+            zygote.kill()
+            zygote.wait()
