@@ -19,6 +19,9 @@ the same run (issue 19; tests/benchmarks/ratios.py has the goals):
   durably acknowledged by the host;
 - ``host_cpu_percent_20_agents``: control-plane CPU while 20 agents heartbeat at 1 Hz with
   1000 ``sleep`` tasks running in total (5 s of sampling; 10 s with ``--full``).
+
+``--only latency`` or ``--only throughput``: the floors and that part alone, with its
+ratio (a few seconds: for comparing two versions of one path back to back).
 """
 
 from __future__ import annotations
