@@ -316,7 +316,12 @@ class ProcessExecutor:
         )
 
     async def _outcome(self, watched: _Watched) -> Outcome:
-        await self._shim_exit(watched)
+        if not watched.exited:
+            # Adopted already ended (its exit recorded, or its shim gone): nothing to wait
+            # for. A shim whose end was reported may still be leaving (its connection
+            # closed once the exit was recorded): waiting for it kept a restarted agent
+            # from forgetting the records when the host acknowledged that end.
+            await self._shim_exit(watched)
         watched.exited = True
         # Read on the loop, not on a worker thread: a record of a few bytes in the local
         # state directory reads in microseconds, where the hop to a thread and back costs

@@ -311,3 +311,31 @@ def test_an_idle_zygote_leaves_and_its_spares_with_it(tmp_path: Path) -> None:
         if zygote.poll() is None:
             zygote.kill()
             zygote.wait()
+
+
+async def test_a_task_adopted_with_its_exit_recorded_is_not_waited_on_while_its_shim_leaves(
+    folder: Path,
+) -> None:
+    # Given the records of a task whose exit is recorded, and whose shim has not exited
+    # yet (it closed its connection, the end was reported, then the agent restarted):
+    # this very process stands for the shim, and never exits
+    executor = ProcessExecutor(folder / "state", facilities=HostFacilities())
+    try:
+        me = os.getpid()
+        start = shim.proc_stat(me)
+        assert start is not None
+        base = str(executor.state_dir / "t-left") + "."
+        shim.write_record(
+            base + "run", {"task_id": "t-left", "shim_pid": me, "shim_start": start[1], "pid": me}
+        )
+        shim.write_record(base + "exit", {"returncode": 0, "oom_kills": 0})
+        # When a new executor adopts it
+        [adopted] = await executor.adopt()
+        assert adopted.ended
+        # Then its outcome is the record's at once, and its records can be forgotten
+        outcome = await asyncio.wait_for(executor.wait("t-left"), timeout=5)
+        assert outcome.state == "completed"
+        await executor.forget("t-left")
+        assert not list(executor.state_dir.glob("t-left.*"))
+    finally:
+        await executor.close()
