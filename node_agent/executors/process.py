@@ -33,6 +33,7 @@ import contextlib
 import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -77,6 +78,9 @@ class _Watched:
     memory_limit: str
     child: subprocess.Popen[bytes] | None  # None when a previous agent started the shim
     cpus: tuple[int, ...] = ()
+    # The zygote's connection to the shim, held until the shim closes it once the exit is
+    # recorded (or dies): its end is the end of the task, seen before the shim's exit.
+    conn: socket.socket | None = None
     outcome: asyncio.Task[Outcome] | None = None
     paused: bool = False
     exited: bool = False  # the shim is known to have exited
@@ -188,6 +192,9 @@ class ProcessExecutor:
         for follower in followers:
             follower.cancel()
         await asyncio.gather(*followers, return_exceptions=True)
+        for watched in self._tasks.values():
+            if watched.conn is not None:  # a follower cancelled before it ran
+                watched.conn.close()
         self._tasks.clear()
 
     # -- also useful to the agent --------------------------------------------------------
@@ -237,10 +244,17 @@ class ProcessExecutor:
         run = resolve_mounts(confine_workdir(run))
         launch = self._plan(run, paths.cwd)
         payload = launch.to_builtins()
-        via_zygote = self._zygote.spawn(run.task_id, payload)
+        via_zygote = self._zygote.spawn_keeping(run.task_id, payload)
         if via_zygote is not None:
-            shim_pid, answer = via_zygote
-            return self._started(run, shim_pid, answer, None)
+            shim_pid, answer, conn = via_zygote
+            try:
+                watched = self._started(run, shim_pid, answer, None)
+            except BaseException:
+                if conn is not None:
+                    conn.close()
+                raise
+            watched.conn = conn
+            return watched
         with open(os.open(base + shim.LOG, shim.CREATE, shim.PRIVATE_FILE), "wb") as log:
             child = subprocess.Popen(
                 [sys.executable, "-I", "-S", SHIM_PATH, str(self.state_dir), run.task_id],
@@ -302,7 +316,12 @@ class ProcessExecutor:
         )
 
     async def _outcome(self, watched: _Watched) -> Outcome:
-        await self._shim_exit(watched)
+        if not watched.exited:
+            # Adopted already ended (its exit recorded, or its shim gone): nothing to wait
+            # for. A shim whose end was reported may still be leaving (its connection
+            # closed once the exit was recorded): waiting for it kept a restarted agent
+            # from forgetting the records when the host acknowledged that end.
+            await self._shim_exit(watched)
         watched.exited = True
         # Read on the loop, not on a worker thread: a record of a few bytes in the local
         # state directory reads in microseconds, where the hop to a thread and back costs
@@ -311,7 +330,13 @@ class ProcessExecutor:
         return self._read_outcome(watched)
 
     async def _shim_exit(self, watched: _Watched) -> None:
-        """Return once the shim has exited (reaping it when it is our child)."""
+        """Return once the shim has recorded the task's exit and closed its connection
+        (or died), or, without a connection, once it has exited (reaping it when it is
+        our child)."""
+        if watched.conn is not None:
+            await self._connection_end(watched.conn)
+            watched.conn = None
+            return
         pidfd = self._open_pidfd(watched)
         if pidfd is None:
             while self._shim_alive(watched):  # noqa: ASYNC110 - nothing to wait on but time
@@ -332,6 +357,30 @@ class ProcessExecutor:
                 os.close(pidfd)
         if watched.child is not None:
             watched.child.wait()  # it has exited: this only reaps it
+
+    async def _connection_end(self, conn: socket.socket) -> None:
+        """Wait for the end of the shim's connection, then close it. The shim writes
+        nothing after its answer; whatever comes is read and dropped until the end."""
+        loop = asyncio.get_running_loop()
+        ended: asyncio.Future[None] = loop.create_future()
+
+        def readable() -> None:
+            try:
+                data = conn.recv(4096)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""  # reset: the shim is gone all the same
+            if not data and not ended.done():
+                ended.set_result(None)
+
+        conn.setblocking(False)
+        loop.add_reader(conn.fileno(), readable)
+        try:
+            await ended
+        finally:
+            loop.remove_reader(conn.fileno())
+            conn.close()
 
     def _open_pidfd(self, watched: _Watched) -> int | None:
         """A pidfd on the shim; -1 if it is already gone; None without pidfd support."""

@@ -27,7 +27,8 @@ account), and execs the command as an argument vector. Then, in ``STATE_DIR``:
 - ``TASK_ID.exit`` (when the task's main process ends): its return code (minus the
   signal number when a signal ended it) and the cgroup's OOM-kill count. Processes the
   task left behind in its group or cgroup are killed first: a task ends with its main
-  process, as a container does.
+  process, as a container does. Then the shim closes its stdout: the agent holding the
+  other end learns of the end from that, before the shim has exited.
 
 Records are ``key value`` lines, written to a temporary name and renamed into place;
 every file the shim makes (records, its log, the task's output files) is mode 0600.
@@ -767,10 +768,16 @@ _ANSWER_PREFIX = ""
 
 
 def _answer(text: str) -> None:
-    """Tell the agent how the start went, then let go of the pipe (the agent may die)."""
+    """Tell the agent how the start went (nothing more is written to it)."""
     # If the agent is gone, the .run record tells its successor. One write: each write
     # wakes the agent, and a woken agent on a busy machine preempts the shim mid-start.
     _quietly(lambda: os.write(1, f"{_ANSWER_PREFIX}{text}\n".encode()))
+
+
+def _let_go() -> None:
+    """Close the agent's pipe or connection: once the exit is recorded, its end tells the
+    agent the task ended, without waiting for this process's own exit (its teardown
+    took about 0.3-0.5 ms, more under load, between the record and the agent's pidfd)."""
     null = os.open(os.devnull, os.O_WRONLY)
     os.dup2(null, 1)
     os.close(null)
@@ -805,6 +812,7 @@ def main(argv: list[str]) -> int:
 # -- the zygote -------------------------------------------------------------------------
 
 ZYGOTE_REQUEST_S = 5.0  # a connection has this long, in all, to send its whole request
+SPARE_SHIMS = 2  # shims the zygote keeps forked ahead, each waiting for one connection
 SUN_PATH_MAX = 107  # bytes of a Unix socket path, without its terminating NUL
 
 
@@ -865,7 +873,7 @@ def _receive(conn: Any, limit_s: float) -> bytes:
     return header + exactly(size)
 
 
-def serve(address: str, idle_s: float = 600.0) -> int:
+def serve(address: str, idle_s: float = 600.0, spares: int = SPARE_SHIMS) -> int:
     """The zygote: fork a ready shim per request instead of starting an interpreter.
 
     Starting ``python`` costs about 9 ms of CPU here, most of a trivial task's latency;
@@ -876,19 +884,22 @@ def serve(address: str, idle_s: float = 600.0) -> int:
       other local user can even reach the socket; and a peer whose ``SO_PEERCRED`` uid
       is not the zygote's own is closed on without a byte read, should the folder be
       opened up later;
-    - each connection is forked at once and its child reads the request, with
+    - each connection is served by a child of its own, forked ahead (``spares``
+      waiting, ``_serve_with_spares``), which reads the request with
       ``ZYGOTE_REQUEST_S`` in all to send it: a slow or silent peer holds only its own
-      child, never the next request;
+      child, never the next request (a spare made to wait is replaced at once);
     - the request (``decode_request``) names only the task and its launch spec; the
       records go to the zygote's own folder, whatever a request says.
 
     The forked child becomes the task's shim exactly as if started on its own: a session
     of its own, stderr to the task's shim log, and it answers on the connection with its
     pid and the usual line, in one write once the start is recorded (a request refused
-    gets one ``!`` line). Shims are not the
-    zygote's business once forked (SIGCHLD is ignored: the kernel reaps them). A lock
-    beside the socket keeps one zygote per address. It exits after ``idle_s`` seconds
-    without a request, removing its socket; the executor starts a new one when needed.
+    gets one ``!`` line); it closes the connection once the task's exit is recorded.
+    Shims are not the zygote's business once they took a connection (SIGCHLD is
+    ignored: the kernel reaps them). A lock beside the socket keeps one zygote per
+    address. It exits after ``idle_s`` seconds without a request, removing its socket
+    (its unused spares follow); the executor starts a new one when needed. Without
+    pidfds (Linux < 5.3) or with ``spares=0`` it forks each child once a connection came.
     """
     import fcntl
     import socket
@@ -916,35 +927,192 @@ def serve(address: str, idle_s: float = 600.0) -> int:
         if folder is not None:
             os.close(folder)
     listener.listen(128)
-    listener.settimeout(idle_s)
     own = os.geteuid()
     try:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                return 0
-            try:
-                if peer_uid(conn) == own and os.fork() == 0:
-                    code = 1
-                    try:
-                        listener.close()
-                        os.close(lock)
-                        code = _shim_for(conn, state_dir)
-                    finally:
-                        os._exit(code)
-            except OSError:
-                pass  # the peer left meanwhile, or no fork today: the next one may do
-            finally:
-                conn.close()
+        if not (spares > 0 and hasattr(os, "pidfd_open")) or _serve_with_spares(
+            listener, lock, state_dir, own, idle_s, spares
+        ):
+            _serve_forking(listener, lock, state_dir, own, idle_s)
     finally:
         _quietly(lambda: os.unlink(address))  # still ours: the lock is held
+    return 0
+
+
+def _serve_forking(listener: Any, lock: int, state_dir: str, own: int, idle_s: float) -> None:
+    """Accept each connection and fork its shim then (no spares: no pidfds here)."""
+    listener.settimeout(idle_s)
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            return
+        try:
+            if peer_uid(conn) == own and os.fork() == 0:
+                code = 1
+                try:
+                    listener.close()
+                    os.close(lock)
+                    _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+                    os.setsid()
+                    code = _shim_for(conn, state_dir)
+                finally:
+                    os._exit(code)
+        except OSError:
+            pass  # the peer left meanwhile, or no fork today: the next one may do
+        finally:
+            conn.close()
+
+
+SPARE_EARLY_DEATHS = 5  # spares in a row dead unused within a second: fork per request
+
+
+def _serve_with_spares(
+    listener: Any, lock: int, state_dir: str, own: int, idle_s: float, spares: int
+) -> bool:
+    """Keep ``spares`` shims forked ahead; each accepts one connection and becomes its
+    shim, and the zygote forks a replacement as soon as one says it was taken. Returns
+    False once idle; True when spares keep dying unused as soon as forked (something in
+    the way of a spare's start) or none can be forked: the caller then accepts and
+    forks per request instead, rather than forking in a loop or accepting nothing.
+
+    A start then costs the agent one request and its answer, not an accept and a fork
+    (about 1 ms here, more under load): the fork, and the pages a forked Python copies
+    as it first writes them, are paid while no task waits. The zygote follows each
+    spare with a pidfd, so a spare that dies unused (killed, out of memory) is replaced
+    too; a connection is never left in the backlog with nobody to accept it while the
+    zygote lives. The spares watch the read end of a pipe only the zygote writes: when
+    the zygote exits (idle, or killed), they see its end and exit, so none outlives it
+    unused. A spare that accepted a connection serves it whatever the zygote does.
+    """
+    import select
+
+    listener.setblocking(False)  # the spares race for each connection; losers go back
+    alive_r, alive_w = os.pipe()  # the zygote's liveness, as the spares see it
+    taken_r, taken_w = os.pipe()  # "pid taken" lines from spares that accepted
+    waiting: dict[int, int] = {}  # pidfd -> spare pid
+    forked_at: dict[int, float] = {}  # pidfd -> when
+    early_deaths = 0
+    poller = select.poll()
+    poller.register(taken_r, select.POLLIN)
+    pending = b""
+
+    def fork_spare() -> None:
+        try:
+            pid = os.fork()
+        except OSError:
+            return  # no fork now: tried again when a spare is next taken or dies
+        if pid == 0:
+            code = 1
+            try:
+                for fd in (alive_w, taken_r, lock, *waiting):
+                    os.close(fd)
+                code = _spare(listener, alive_r, taken_w, state_dir, own)
+            finally:
+                os._exit(code)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:  # it died already (the kernel reaped it: SIGCHLD is ignored)
+            return
+        waiting[pidfd] = pid
+        forked_at[pidfd] = time.monotonic()
+        poller.register(pidfd, select.POLLIN)
+
+    def forget(pidfd: int) -> None:
+        poller.unregister(pidfd)
+        os.close(pidfd)
+        waiting.pop(pidfd, None)
+        forked_at.pop(pidfd, None)
+
+    try:
+        for _ in range(spares):
+            fork_spare()
+        idle_until = time.monotonic() + idle_s
+        while True:
+            left = idle_until - time.monotonic()
+            events = poller.poll(left * 1000) if left > 0 else []
+            if not events:
+                return False  # idle: the spares see the pipe's end and leave
+            for fd, _ in events:
+                if fd == taken_r:
+                    idle_until = time.monotonic() + idle_s
+                    pending += os.read(taken_r, 4096)
+                    *lines, pending = pending.split(b"\n")
+                    for line in lines:
+                        for pidfd, pid in list(waiting.items()):
+                            if str(pid).encode() == line:
+                                forget(pidfd)
+                elif fd in waiting:  # died unused
+                    early = time.monotonic() - forked_at[fd] < 1.0
+                    early_deaths = early_deaths + 1 if early else 0
+                    forget(fd)
+            if early_deaths >= SPARE_EARLY_DEATHS:
+                return True
+            while len(waiting) < spares:
+                before = len(waiting)
+                fork_spare()
+                if len(waiting) == before:
+                    break
+            if not waiting:
+                return True  # no fork today: nobody would accept; the caller does
+    finally:
+        for fd in (alive_w, alive_r, taken_r, taken_w, *waiting):
+            os.close(fd)  # the spares see the zygote gone, and leave
+
+
+def _spare(listener: Any, alive_r: int, taken_w: int, state_dir: str, own: int) -> int:
+    """In a spare: get ready ahead, wait for one connection, then be its shim."""
+    import select
+
+    _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+    os.setsid()
+    # Write now the pages a request's decoding writes (a forked process copies each page
+    # it first writes): paid here, not while the agent waits for the answer.
+    decode_request(_SPARE_WARM_REQUEST)
+    poller = select.poll()
+    poller.register(listener.fileno(), select.POLLIN)
+    poller.register(alive_r, select.POLLIN)
+    while True:
+        ready = {fd for fd, _ in poller.poll()}
+        if listener.fileno() in ready:  # a connection waiting is served, zygote or not
+            try:
+                conn, _ = listener.accept()
+                break
+            except (BlockingIOError, InterruptedError):
+                pass  # another spare took it
+            except OSError:
+                return 1
+        if alive_r in ready:
+            return 0  # the zygote is gone (it never writes): leave unused
+    # Said at once, so the zygote forks another now: a burst of starts (a node given many
+    # tasks at once) is served at the zygote's pace of forks, never two at a time. (Said
+    # only once this start has answered, the next spare's fork did not compete with it,
+    # but a burst of 1000 tasks over 4 nodes took 8-9 s instead of 5-6.)
+    _quietly(lambda: os.write(taken_w, f"{os.getpid()}\n".encode()))
+    for fd in (alive_r, taken_w):
+        os.close(fd)
+    listener.close()
+    try:
+        if peer_uid(conn) != own:
+            return 1
+        conn.setblocking(True)
+        return _shim_for(conn, state_dir)
+    finally:
+        conn.close()
+
+
+# A request like the agent's, decoded once by each spare before it waits (``_spare``).
+_SPARE_WARM_BODY = (
+    b'{"task_id":"spare","spec":{"argv":["true"],"env":{"PATH":"/usr/bin:/bin"},'
+    b'"cwd":"/","stdout":"/dev/null","stderr":"/dev/null","cpus":[0],'
+    b'"memory_bytes":null,"cgroup_parent":null,"systemd_cgroup":null,"uid":null,'
+    b'"gid":null,"groups":[],"mounts":[]}}'
+)
+_SPARE_WARM_REQUEST = len(_SPARE_WARM_BODY).to_bytes(HEADER_BYTES, "big") + _SPARE_WARM_BODY
 
 
 def _shim_for(conn: Any, state_dir: str) -> int:
-    """In the zygote's forked child: read and check one request, then be its shim."""
-    _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
-    os.setsid()
+    """In the zygote's forked child, in a session of its own, SIGCHLD back to default:
+    read and check one request, then be its shim."""
     try:
         task_id, spec = decode_request(_receive(conn, ZYGOTE_REQUEST_S))
     except (OSError, BadRequest) as exc:
@@ -1026,6 +1194,7 @@ def run(state_dir: str, task_id: str, spec: dict[str, Any]) -> int:
         kills = oom_kills(watched)  # the scope may already be gone: then SIGKILL decides
     # Until this record is written the task still looks like running: kept, not lost.
     write_record_durably(base + EXIT, {"returncode": returncode, "oom_kills": kills})
+    _let_go()
     if cgroup is not None:
         remove_cgroup(cgroup)
     return 0

@@ -50,6 +50,23 @@ class Zygote:
         A request the zygote refused comes back as (0, ``!`` and why): the slow path
         would refuse it the same way.
         """
+        found = self.spawn_keeping(task_id, spec)
+        if found is None:
+            return None
+        shim_pid, answer, conn = found
+        if conn is not None:
+            conn.close()
+        return shim_pid, answer
+
+    def spawn_keeping(
+        self, task_id: str, spec: dict[str, Any]
+    ) -> tuple[int, str, socket.socket | None] | None:
+        """``spawn``, and the connection to the started shim (None when it did not start).
+
+        The shim holds its end of the connection until the task's exit is recorded, then
+        closes it: the end of the stream is the first sign of the task's end, before the
+        shim has even exited (``ProcessExecutor._shim_exit``).
+        """
         request = shim.encode_request(task_id, spec)
         for attempt in range(2):
             try:
@@ -73,36 +90,51 @@ class Zygote:
                 os.close(folder)
         return conn
 
-    def _ask(self, request: bytes) -> tuple[int, str]:
-        with self._connect() as conn:
+    def _ask(self, request: bytes) -> tuple[int, str, socket.socket | None]:
+        conn = self._connect()
+        try:
             deadline = time.monotonic() + ASK_TIMEOUT_S
             conn.sendall(request)
-            chunks = []
+            received = b""
             try:
-                while True:
+                # The answer is one line (a refusal: ``!`` and why) or two (the shim's pid,
+                # then the task's pid or ``!`` and why), in one write; a started shim then
+                # keeps the connection open until its task's exit is recorded.
+                while not _whole_answer(received):
                     conn.settimeout(max(0.001, deadline - time.monotonic()))
                     chunk = conn.recv(4096)  # TimeoutError once past the deadline
                     if not chunk:
                         break
-                    chunks.append(chunk)
+                    received += chunk
             except OSError:
                 # Sent and not answered in time (or cut off): a shim may be starting the
                 # task, so it is not asked again (``spawn`` retries OSErrors): the start
                 # fails, with the shim's log.
-                return 0, ""
-        if not chunks:
+                conn.close()
+                return 0, "", None
+        except BaseException:
+            conn.close()
+            raise
+        if not received:
             # Accepted and read, then closed without a word: the forked shim died (it
             # answers its pid and how the start went in one write, at the end). It may
             # have started the task, so it is not asked again: the start fails, with the
             # shim's log. (A zygote that never read the request resets the connection,
             # an OSError: that one is asked again.)
-            return 0, ""
-        lines = b"".join(chunks).decode(errors="replace").split("\n")
+            conn.close()
+            return 0, "", None
+        lines = received.decode(errors="replace").split("\n")
         if lines[0].startswith("!"):
-            return 0, lines[0]
+            conn.close()
+            return 0, lines[0], None
         if len(lines) < 2 or not lines[0].isdigit():
-            return 0, ""  # an answer cut short: as above, never asked again
-        return int(lines[0]), lines[1].strip()
+            conn.close()
+            return 0, "", None  # an answer cut short: as above, never asked again
+        answer = lines[1].strip()
+        if not answer or answer.startswith("!"):
+            conn.close()
+            return int(lines[0]), answer, None
+        return int(lines[0]), answer, conn
 
     def _start(self) -> bool:
         with self._lock:
@@ -129,8 +161,20 @@ class Zygote:
             return False
 
 
+def _whole_answer(received: bytes) -> bool:
+    """Whether ``received`` holds a zygote's whole answer (see ``Zygote._ask``)."""
+    if received.startswith(b"!"):
+        return b"\n" in received
+    return received.count(b"\n") >= 2
+
+
 class NoZygote:
     """No zygote: every shim is started the slow way (tests, or where one cannot run)."""
 
     def spawn(self, task_id: str, spec: dict[str, Any]) -> tuple[int, str] | None:
+        return None
+
+    def spawn_keeping(
+        self, task_id: str, spec: dict[str, Any]
+    ) -> tuple[int, str, socket.socket | None] | None:
         return None

@@ -19,6 +19,9 @@ the same run (issue 19; tests/benchmarks/ratios.py has the goals):
   durably acknowledged by the host;
 - ``host_cpu_percent_20_agents``: control-plane CPU while 20 agents heartbeat at 1 Hz with
   1000 ``sleep`` tasks running in total (5 s of sampling; 10 s with ``--full``).
+
+``--only latency`` or ``--only throughput``: the floors and that part alone, with its
+ratio (a few seconds: for comparing two versions of one path back to back).
 """
 
 from __future__ import annotations
@@ -261,6 +264,11 @@ def bench_host_cpu(root: Path, agents: int = 20, tasks: int = 1000, seconds: flo
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--full", action="store_true")
+    parser.add_argument(
+        "--only",
+        choices=("latency", "throughput"),
+        help="the floors and one part only (latency: one task; throughput: 200 one-core tasks)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="hakuriver-bench-") as tmp:
         root = Path(tmp)
@@ -272,8 +280,13 @@ def main() -> None:
 
         # The node's cores: an agent on this machine registers them all.
         bench_floors(fresh("floors"), len(os.sched_getaffinity(0)))
-        bench_latency(fresh("latency"))
-        bench_throughput(fresh("t200"), "throughput_200_process_tasks_s", 200, 1, 1)
+        if args.only in (None, "latency"):
+            bench_latency(fresh("latency"))
+        if args.only in (None, "throughput"):
+            bench_throughput(fresh("t200"), "throughput_200_process_tasks_s", 200, 1, 1)
+        if args.only is not None:
+            report_ratios()
+            return
         bench_throughput(fresh("t200z"), "throughput_200_process_tasks_0core_s", 200, 1, 0)
         bench_throughput(fresh("t1000"), "throughput_1000_tasks_4_agents_s", 1000, 4, 0)
         bench_agent_link(fresh("link"))
