@@ -929,23 +929,56 @@ def serve(address: str, idle_s: float = 600.0, spares: int = SPARE_SHIMS) -> int
     listener.listen(128)
     own = os.geteuid()
     try:
-        if not (spares > 0 and hasattr(os, "pidfd_open")) or _serve_with_spares(
-            listener, lock, state_dir, own, idle_s, spares
-        ):
+        if not (spares > 0 and _pidfds_work()):
             _serve_forking(listener, lock, state_dir, own, idle_s)
+        else:
+            # Spares until idle; after they keep dying or cannot be forked, a while of
+            # forking per request, then spares again (a failed fork, a moment of memory
+            # pressure, passes: the zygote must not lose its spares for good).
+            while _serve_with_spares(
+                listener, lock, state_dir, own, idle_s, spares
+            ) and _serve_forking(
+                listener, lock, state_dir, own, idle_s, until=time.monotonic() + SPARES_AGAIN_S
+            ):
+                pass
     finally:
         _quietly(lambda: os.unlink(address))  # still ours: the lock is held
     return 0
 
 
-def _serve_forking(listener: Any, lock: int, state_dir: str, own: int, idle_s: float) -> None:
-    """Accept each connection and fork its shim then (no spares: no pidfds here)."""
-    listener.settimeout(idle_s)
+def _pidfds_work() -> bool:
+    """Whether this kernel gives pidfds (a spare is followed with one): a Python that has
+    ``os.pidfd_open`` on an older kernel, or under a seccomp filter, gets an error."""
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError):
+        return False
+    return True
+
+
+# After spares were given up: how long the zygote forks per request before trying again.
+SPARES_AGAIN_S = 60.0
+
+
+def _serve_forking(
+    listener: Any, lock: int, state_dir: str, own: int, idle_s: float, until: float | None = None
+) -> bool:
+    """Accept each connection and fork its shim then (no spares). Returns False once
+    idle; True at ``until`` (a monotonic time), when the caller tries spares again."""
+    idle_until = time.monotonic() + idle_s
     while True:
+        now = time.monotonic()
+        if until is not None and now >= until:
+            return True
+        wait = idle_until - now if until is None else min(idle_until, until) - now
+        if idle_until <= now:
+            return False
+        listener.settimeout(max(wait, 0.001))
         try:
             conn, _ = listener.accept()
         except TimeoutError:
-            return
+            continue  # idle, or time to try spares again: the loop's head says which
+        idle_until = time.monotonic() + idle_s
         try:
             if peer_uid(conn) == own and os.fork() == 0:
                 code = 1
@@ -1076,11 +1109,20 @@ def _spare(listener: Any, alive_r: int, taken_w: int, state_dir: str, own: int) 
         if listener.fileno() in ready:  # a connection waiting is served, zygote or not
             try:
                 conn, _ = listener.accept()
-                break
             except (BlockingIOError, InterruptedError):
-                pass  # another spare took it
+                conn = None  # another spare took it
             except OSError:
                 return 1
+            if conn is not None:
+                # Another uid is closed on without a byte read, and the spare goes on
+                # waiting: a local user connecting in a loop costs an accept, not a fork.
+                try:
+                    ours = peer_uid(conn) == own
+                except OSError:
+                    ours = False
+                if ours:
+                    break
+                conn.close()
         if alive_r in ready:
             return 0  # the zygote is gone (it never writes): leave unused
     # Said at once, so the zygote forks another now: a burst of starts (a node given many
@@ -1092,8 +1134,6 @@ def _spare(listener: Any, alive_r: int, taken_w: int, state_dir: str, own: int) 
         os.close(fd)
     listener.close()
     try:
-        if peer_uid(conn) != own:
-            return 1
         conn.setblocking(True)
         return _shim_for(conn, state_dir)
     finally:

@@ -119,8 +119,8 @@ class Zygote:
             # Accepted and read, then closed without a word: the forked shim died (it
             # answers its pid and how the start went in one write, at the end). It may
             # have started the task, so it is not asked again: the start fails, with the
-            # shim's log. (A zygote that never read the request resets the connection,
-            # an OSError: that one is asked again.)
+            # shim's log. (A reset while waiting for the answer is an OSError above: not
+            # asked again either; only a failed connect or send is.)
             conn.close()
             return 0, "", None
         lines = received.decode(errors="replace").split("\n")

@@ -338,3 +338,25 @@ def test_a_state_directory_left_open_is_narrowed_and_anothers_refused(open_folde
     os.chown(theirs, 65534, 65534)
     with pytest.raises(StateDirError, match="belongs to uid 65534"):
         ProcessExecutor(theirs, facilities=HostFacilities(), use_zygote=False)
+
+
+async def test_a_peer_of_another_uid_costs_the_zygote_no_fork(
+    executor: ProcessExecutor, open_folder: Path
+) -> None:
+    # Given a zygote with its spares waiting, its folder and socket opened up afterwards
+    from test_zygote_spares import children, zygote_with_spares
+
+    zygote, spares = await zygote_with_spares(executor)
+    address = Zygote(executor.state_dir).address
+    executor.state_dir.chmod(0o755)
+    os.chmod(address, 0o777)
+    # When nobody connects and sends requests (a local user in a loop would)
+    results = await run_in_thread(
+        ZYGOTE_ATTACK, str(open_folder / "owned"), str(open_folder), address
+    )
+    assert results["tries"], results
+    # Then the same spares still wait: each connection was closed by the spare that took
+    # it, which went on waiting; none was forked again for it
+    assert children(zygote) == spares
+    executor.state_dir.chmod(0o700)
+    assert await run_one(executor, open_folder, "true") == "completed"

@@ -168,7 +168,8 @@ async def test_a_peer_that_makes_its_spare_wait_has_it_replaced_at_once(
 
 class FakeZygote:
     """A "zygote" in this process that starts nothing: it answers a request as a shim
-    would (this process standing for the shim and the task), writes the records it is
+    would (a sleeping child in a session of its own standing for the shim and the task:
+    never this process, which a kill of the task would signal), writes the records it is
     told to, and keeps or closes the connection when told."""
 
     def __init__(self, address: str, state_dir: Path) -> None:
@@ -183,6 +184,7 @@ class FakeZygote:
         self.listener.listen(8)
         self.conn: socket.socket | None = None
         self.task_id = ""
+        self.child = subprocess.Popen(["sleep", "60"], start_new_session=True)
         self.answered = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
@@ -193,7 +195,7 @@ class FakeZygote:
         header = conn.recv(shim.HEADER_BYTES, socket.MSG_WAITALL)
         body = conn.recv(int.from_bytes(header, "big"), socket.MSG_WAITALL)
         self.task_id, _ = shim.decode_request(header + body)
-        me = os.getpid()
+        me = self.child.pid
         start = shim.proc_stat(me)
         assert start is not None
         shim.write_record(
@@ -218,6 +220,8 @@ class FakeZygote:
         self.listener.close()
         if self.conn is not None:
             self.conn.close()
+        self.child.kill()
+        self.child.wait()
 
 
 @pytest.mark.parametrize(
@@ -226,8 +230,8 @@ class FakeZygote:
 async def test_the_end_of_the_shims_connection_is_the_end_of_the_task(
     executor: ProcessExecutor, folder: Path, returncode: int | None, state: str
 ) -> None:
-    # Given a shim that answered and still runs (this very process stands for it, so its
-    # exit, which the executor waited for before, never comes)
+    # Given a shim that answered and still runs (a sleeping child stands for it, so its
+    # exit, which the executor waited for before, does not come)
     fake = FakeZygote(executor._zygote.address, executor.state_dir)  # type: ignore[union-attr]
     try:
         run = task(folder, "true")
@@ -277,10 +281,11 @@ async def test_spares_that_keep_dying_at_once_leave_the_zygote_forking_per_reque
             killed.add(pid)
         return len(killed) >= shim.SPARE_EARLY_DEATHS
 
-    await async_wait_until(kill_new_spares)
+    await async_wait_until(kill_new_spares, 30)
     # Then the zygote stops forking them (no loop of forks) and serves each request with
-    # a child forked for it, as without spares
-    await async_wait_until(lambda: (kill_new_spares(), not children(zygote))[1], 5)
+    # a child forked for it, as without spares (on a loaded machine a spare seen late
+    # counts as a late death and the run of early ones starts again: killed until it ends)
+    await async_wait_until(lambda: (kill_new_spares(), not children(zygote))[1], 30)
     await asyncio.sleep(0.2)
     assert not children(zygote)
     shim_pid, state = await run_one(executor, folder, "true")
@@ -318,10 +323,11 @@ async def test_a_task_adopted_with_its_exit_recorded_is_not_waited_on_while_its_
 ) -> None:
     # Given the records of a task whose exit is recorded, and whose shim has not exited
     # yet (it closed its connection, the end was reported, then the agent restarted):
-    # this very process stands for the shim, and never exits
+    # a sleeping child stands for the shim, and does not exit meanwhile
     executor = ProcessExecutor(folder / "state", facilities=HostFacilities())
+    stand_in = await asyncio.create_subprocess_exec("sleep", "60", start_new_session=True)
     try:
-        me = os.getpid()
+        me = stand_in.pid
         start = shim.proc_stat(me)
         assert start is not None
         base = str(executor.state_dir / "t-left") + "."
@@ -339,3 +345,5 @@ async def test_a_task_adopted_with_its_exit_recorded_is_not_waited_on_while_its_
         assert not list(executor.state_dir.glob("t-left.*"))
     finally:
         await executor.close()
+        stand_in.kill()
+        await stand_in.wait()
