@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 from support.waiting import async_wait_until
-from test_link_together import answers_to, open_plane
-from test_store_failing_link import RecordingSocket, batch, beats
+from test_link_together import answers_to, open_plane, welcomed
+from test_store_failing_link import batch, beats
 
-from control_plane.agents import AgentSession
 from events import link
 from events.codec import encode_event
 from events.envelope import new_event
@@ -27,10 +26,7 @@ async def test_batches_checked_while_the_log_writes_are_answered_in_order(
 ) -> None:
     cp = await open_plane(tmp_path)
     try:
-        socket = RecordingSocket()
-        session = AgentSession(cp, socket, "n1")
-        await session.send(link.Welcome(heartbeat_interval_s=1, kill_grace_s=1))
-        socket.answers()
+        session, socket = await welcomed(cp)
         # Given the log busy writing a large group
         filler = [new_event(NodeHeartbeat(node="n1"), source="host") for _ in range(20_000)]
         writing = asyncio.ensure_future(cp.store.append(filler))
@@ -72,10 +68,7 @@ async def test_a_batch_arriving_while_the_log_is_idle_is_checked_at_its_turn(
 ) -> None:
     cp = await open_plane(tmp_path)
     try:
-        socket = RecordingSocket()
-        session = AgentSession(cp, socket, "n1")
-        await session.send(link.Welcome(heartbeat_interval_s=1, kill_grace_s=1))
-        socket.answers()
+        session, socket = await welcomed(cp)
         assert not cp.store.writing
         sent = beats(4)
         session.take(batch(1, sent))

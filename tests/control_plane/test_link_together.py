@@ -36,6 +36,15 @@ async def open_plane(tmp_path: Path) -> ControlPlane:
     return cp
 
 
+async def welcomed(cp: ControlPlane) -> tuple[AgentSession, RecordingSocket]:
+    """A session of n1 past its Welcome, and the socket it sends on (the Welcome read)."""
+    socket = RecordingSocket()
+    session = AgentSession(cp, socket, "n1")
+    await session.send(link.Welcome(heartbeat_interval_s=1, kill_grace_s=1))
+    socket.answers()
+    return session, socket
+
+
 async def answers_to(socket: RecordingSocket, count: int) -> list[link.HostMessage]:
     got: list[link.HostMessage] = []
 
@@ -52,10 +61,7 @@ async def test_batches_waiting_together_are_one_commit_each_acknowledged(
 ) -> None:
     cp = await open_plane(tmp_path)
     try:
-        socket = RecordingSocket()
-        session = AgentSession(cp, socket, "n1")
-        await session.send(link.Welcome(heartbeat_interval_s=1, kill_grace_s=1))
-        socket.answers()
+        session, socket = await welcomed(cp)
         sent = [beats(30), beats(20), beats(10)]
         commits = cp.store.commits
 
@@ -84,10 +90,7 @@ async def test_batches_waiting_together_are_one_commit_each_acknowledged(
 async def test_a_refused_batch_among_those_waiting_is_refused_alone(tmp_path: Path) -> None:
     cp = await open_plane(tmp_path)
     try:
-        socket = RecordingSocket()
-        session = AgentSession(cp, socket, "n1")
-        await session.send(link.Welcome(heartbeat_interval_s=1, kill_grace_s=1))
-        socket.answers()
+        session, socket = await welcomed(cp)
         # A start of a task the host never placed on n1: the decision refuses it.
         forged = [new_event(TaskStarted(task_id="not-placed", node="n1", pid=1), source="n1")]
         first, last = beats(5), beats(7)

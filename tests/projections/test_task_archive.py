@@ -151,15 +151,20 @@ def test_replacing_an_archived_task_keeps_its_place_and_is_what_is_read_back() -
     assert list(state.tasks) == order and len(state.tasks) == len(order)
 
 
+def _restored(seed: int, nodes: int, tasks: int) -> tuple[ClusterState, ClusterState, Disk]:
+    """A simulated history folded whole, and the state restored from its archived
+    snapshot (every final task in one segment), with the disk it reads."""
+    sim = ClusterSimulation(random.Random(seed), nodes=nodes)
+    full = ClusterState()
+    full.apply_all(record_in_memory(list(sim.events(tasks))))
+    disk = Disk()
+    return full, ClusterState.restore(disk.snapshot(full), disk.load), disk
+
+
 def test_counting_tasks_by_state_reads_no_segment() -> None:
     # (/api/summary and the metrics count the tasks by state: after a restart of a long
     # history that must not decode every task ever run, on the event loop)
-    sim = ClusterSimulation(random.Random(11), nodes=3)
-    records = record_in_memory(list(sim.events(150)))
-    full = ClusterState()
-    full.apply_all(records)
-    disk = Disk()
-    state = ClusterState.restore(disk.snapshot(full), disk.load)
+    full, state, disk = _restored(11, 3, 150)
     expected = Counter(t.state for t in full.tasks.values())
     assert state.tasks.unread_segments() == 1
     assert state.tasks.state_counts() == expected
@@ -168,12 +173,7 @@ def test_counting_tasks_by_state_reads_no_segment() -> None:
 
 def test_a_segment_sealed_without_counts_is_read_to_count_it() -> None:
     # A snapshot written by the build before the counts: its references have none.
-    sim = ClusterSimulation(random.Random(12), nodes=2)
-    records = record_in_memory(list(sim.events(60)))
-    full = ClusterState()
-    full.apply_all(records)
-    disk = Disk()
-    state = ClusterState.restore(disk.snapshot(full), disk.load)
+    full, state, disk = _restored(12, 2, 60)
     (segment,) = state.tasks.segments
     segment.ref = msgspec.structs.replace(segment.ref, states=())
     assert state.tasks.state_counts() == Counter(t.state for t in full.tasks.values())
@@ -181,12 +181,7 @@ def test_a_segment_sealed_without_counts_is_read_to_count_it() -> None:
 
 
 def test_an_archived_view_replaced_by_an_active_one_is_counted_as_it_is_now() -> None:
-    sim = ClusterSimulation(random.Random(13), nodes=2)
-    records = record_in_memory(list(sim.events(40)))
-    full = ClusterState()
-    full.apply_all(records)
-    disk = Disk()
-    state = ClusterState.restore(disk.snapshot(full), disk.load)
+    full, state, _ = _restored(13, 2, 40)
     archived = [t for t in full.tasks if t not in state.tasks.live_ids()]
     target = archived[0]
     was = full.tasks[target].state
