@@ -4,7 +4,8 @@ The one rule for every snapshot in the project:
 
 * folder: ``<db>.snapshots/`` next to the database file (``snapshot_dir``), never in it;
 * name: ``<name>-<seq, 15 digits>.snap``; the control plane writes ``cluster`` snapshots
-  (``EventStore.save_snapshot``), ``replay_tools.snapshots`` writes ``history`` ones;
+  (``EventStore.save_snapshot``), ``replay_tools.snapshots`` writes ``history`` ones, and
+  the store its ``ids`` mark (``EventStore._write_id_mark``);
 * content: the log's chain hash at ``seq`` (32 bytes, the anchor), then the data;
 * write: to ``<name>-<seq>.tmp`` (mode 0600, in a 0700 folder: ``events.file_modes``),
   fsync, rename over the final name, fsync the folder, so a reader finds the old file

@@ -928,17 +928,18 @@ def serve(address: str, idle_s: float = 600.0, spares: int = SPARE_SHIMS) -> int
             os.close(folder)
     listener.listen(128)
     own = os.geteuid()
+    clock = _IdleClock(idle_s)  # one clock across the modes: idle is idle in any of them
     try:
         if not (spares > 0 and _pidfds_work()):
-            _serve_forking(listener, lock, state_dir, own, idle_s)
+            _serve_forking(listener, lock, state_dir, own, clock)
         else:
             # Spares until idle; after they keep dying or cannot be forked, a while of
             # forking per request, then spares again (a failed fork, a moment of memory
             # pressure, passes: the zygote must not lose its spares for good).
             while _serve_with_spares(
-                listener, lock, state_dir, own, idle_s, spares
+                listener, lock, state_dir, own, clock, spares
             ) and _serve_forking(
-                listener, lock, state_dir, own, idle_s, until=time.monotonic() + SPARES_AGAIN_S
+                listener, lock, state_dir, own, clock, until=time.monotonic() + SPARES_AGAIN_S
             ):
                 pass
     finally:
@@ -960,27 +961,51 @@ def _pidfds_work() -> bool:
 SPARES_AGAIN_S = 60.0
 
 
+class _IdleClock:
+    """When the zygote leaves: ``idle_s`` after the last connection of its own user,
+    whichever way it was served (a spare's or a child forked for it). Each mode starting
+    a clock of its own kept a zygote whose spares keep failing from ever leaving: its
+    modes took turns more often than ``idle_s``."""
+
+    def __init__(self, idle_s: float) -> None:
+        self.idle_s = idle_s
+        self.until = time.monotonic() + idle_s
+
+    def served(self) -> None:
+        self.until = time.monotonic() + self.idle_s
+
+    def left(self) -> float:
+        return self.until - time.monotonic()
+
+
 def _serve_forking(
-    listener: Any, lock: int, state_dir: str, own: int, idle_s: float, until: float | None = None
+    listener: Any,
+    lock: int,
+    state_dir: str,
+    own: int,
+    clock: _IdleClock,
+    until: float | None = None,
 ) -> bool:
     """Accept each connection and fork its shim then (no spares). Returns False once
     idle; True at ``until`` (a monotonic time), when the caller tries spares again."""
-    idle_until = time.monotonic() + idle_s
     while True:
-        now = time.monotonic()
-        if until is not None and now >= until:
-            return True
-        wait = idle_until - now if until is None else min(idle_until, until) - now
-        if idle_until <= now:
+        left = clock.left()
+        if left <= 0:
             return False
-        listener.settimeout(max(wait, 0.001))
+        if until is not None:
+            if time.monotonic() >= until:
+                return True
+            left = min(left, until - time.monotonic())
+        listener.settimeout(max(left, 0.001))
         try:
             conn, _ = listener.accept()
         except TimeoutError:
             continue  # idle, or time to try spares again: the loop's head says which
-        idle_until = time.monotonic() + idle_s
         try:
-            if peer_uid(conn) == own and os.fork() == 0:
+            if peer_uid(conn) != own:
+                continue  # closed below without a byte read; not a request: no clock
+            clock.served()
+            if os.fork() == 0:
                 code = 1
                 try:
                     listener.close()
@@ -1000,7 +1025,7 @@ SPARE_EARLY_DEATHS = 5  # spares in a row dead unused within a second: fork per 
 
 
 def _serve_with_spares(
-    listener: Any, lock: int, state_dir: str, own: int, idle_s: float, spares: int
+    listener: Any, lock: int, state_dir: str, own: int, clock: _IdleClock, spares: int
 ) -> bool:
     """Keep ``spares`` shims forked ahead; each accepts one connection and becomes its
     shim, and the zygote forks a replacement as soon as one says it was taken. Returns
@@ -1059,15 +1084,14 @@ def _serve_with_spares(
     try:
         for _ in range(spares):
             fork_spare()
-        idle_until = time.monotonic() + idle_s
         while True:
-            left = idle_until - time.monotonic()
+            left = clock.left()
             events = poller.poll(left * 1000) if left > 0 else []
             if not events:
                 return False  # idle: the spares see the pipe's end and leave
             for fd, _ in events:
                 if fd == taken_r:
-                    idle_until = time.monotonic() + idle_s
+                    clock.served()
                     pending += os.read(taken_r, 4096)
                     *lines, pending = pending.split(b"\n")
                     for line in lines:

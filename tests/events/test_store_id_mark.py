@@ -51,6 +51,14 @@ async def test_a_closed_log_reopens_from_its_mark_and_stays_idempotent(tmp_path:
     # Given the mark written at close, at the log's end
     ((seq, _),) = SnapshotFiles(path).listing(ID_MARK)
     assert seq == 40
+    # anchored to this log, and a bound of every id stored
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        mark = SnapshotFiles(path).latest(ID_MARK, 40, lambda at: hash_at(con, at))
+    finally:
+        con.close()
+    assert mark is not None and mark[0] == 40
+    assert mark[1].decode() >= _true_newest_up_to(path, 40)
     below = _true_newest_up_to(path, 35)
     async with await EventStore.open(path, recent_ids=5) as store:
         # Then the watermark is above every id not in the window
@@ -124,3 +132,21 @@ async def test_the_writer_keeps_its_bound_above_every_id_it_stores(tmp_path: Pat
         later = [submitted() for _ in range(5)]
         await store.append(later)
         assert store._max_id >= max(e.id for e in later)
+
+
+async def test_a_checkpoint_writes_the_mark_where_the_log_is(tmp_path: Path) -> None:
+    # (a checkpoint after every commit here: the mark must not wait for a clean close,
+    # which a kill -9 never gives)
+    path = tmp_path / "log.duckdb"
+    async with await EventStore.open(path, recent_ids=5, checkpoint_hard_bytes=1) as store:
+        events = [submitted() for _ in range(12)]
+        await store.append(events[:6])
+        await store.append(events[6:])
+        ((seq, _),) = SnapshotFiles(path).listing(ID_MARK, 12)[:1]
+        assert seq == 12
+        found = SnapshotFiles(path).read_unchecked(ID_MARK, 12)
+        assert found is not None
+        anchor, data = found
+        ((stored_hash,),) = await store.query("SELECT hash FROM events WHERE seq = 12")
+        assert anchor == bytes(stored_hash)
+        assert data.decode() >= max(e.id for e in events)

@@ -11,6 +11,7 @@ that end as the task's end, without waiting for the shim's own exit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -347,3 +348,41 @@ async def test_a_task_adopted_with_its_exit_recorded_is_not_waited_on_while_its_
         await executor.close()
         stand_in.kill()
         await stand_in.wait()
+
+
+def test_a_zygote_whose_spares_keep_dying_still_leaves_when_idle(tmp_path: Path) -> None:
+    # Given a zygote (idle after 3 s) whose spares die as soon as they are forked, so it
+    # keeps going back and forth between forking per request and trying spares again
+    # (every 0.3 s here, every minute by default)
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    address = str(state / "zygote-cycling.sock")
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import shim;"
+        " shim.SPARES_AGAIN_S = 0.3; sys.exit(shim.serve(sys.argv[2], idle_s=3.0))"
+    )
+    zygote = subprocess.Popen(
+        [sys.executable, "-I", "-S", "-c", code, str(Path(shim.__file__).parent), address]
+    )
+    started = time.monotonic()
+    try:
+        killed: set[int] = set()
+
+        def kill_spares_until_it_leaves() -> bool:
+            for pid in children(zygote.pid) - killed:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+            return zygote.poll() is not None
+
+        # Then it still leaves, a few seconds after its start (no request ever came):
+        # the idle clock is one across both ways of serving
+        wait_until(kill_spares_until_it_leaves, 30)
+        assert zygote.returncode == 0
+        assert time.monotonic() - started < 20
+        assert len(killed) >= shim.SPARE_EARLY_DEATHS  # it did go through failing spares
+        assert not os.path.exists(address)
+    finally:
+        if zygote.poll() is None:
+            zygote.kill()
+            zygote.wait()
