@@ -826,6 +826,30 @@ def unix_address(path: str) -> tuple[str, int | None]:
     return f"/proc/self/fd/{folder}/{os.path.basename(path)}", folder
 
 
+def unix_socket(path: str, *, backlog: int | None = None, timeout: float | None = None) -> Any:
+    """A unix stream socket at the socket file ``path``: connected to it, or (``backlog``)
+    bound to it and listening; reached through ``unix_address``. Closed if that fails."""
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    where, folder = unix_address(path)
+    try:
+        if timeout is not None:
+            sock.settimeout(timeout)
+        if backlog is None:
+            sock.connect(where)
+        else:
+            sock.bind(where)
+            sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        if folder is not None:
+            os.close(folder)
+    return sock
+
+
 def private_problem(directory: str) -> str | None:
     """Why ``directory`` is no place for the zygote's socket; None when only we reach it."""
     try:
@@ -902,7 +926,6 @@ def serve(address: str, idle_s: float = 600.0, spares: int = SPARE_SHIMS) -> int
     pidfds (Linux < 5.3) or with ``spares=0`` it forks each child once a connection came.
     """
     import fcntl
-    import socket
 
     state_dir = os.path.dirname(address)
     problem = private_problem(state_dir)
@@ -918,15 +941,8 @@ def serve(address: str, idle_s: float = 600.0, spares: int = SPARE_SHIMS) -> int
     # What every forked shim would otherwise load on its own, once per task: the JSON
     # scanner (a shared library, ~0.3 ms to load, more on a busy machine).
     _parse_json("{}")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     _quietly(lambda: os.unlink(address))  # a previous zygote's, gone without removing it
-    where, folder = unix_address(address)
-    try:
-        listener.bind(where)
-    finally:
-        if folder is not None:
-            os.close(folder)
-    listener.listen(128)
+    listener = unix_socket(address, backlog=128)
     own = os.geteuid()
     clock = _IdleClock(idle_s)  # one clock across the modes: idle is idle in any of them
     try:

@@ -8,7 +8,6 @@ when it cannot.
 from __future__ import annotations
 
 import hashlib
-import os
 import socket
 import subprocess
 import sys
@@ -77,17 +76,7 @@ class Zygote:
         return None
 
     def _connect(self) -> socket.socket:
-        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        where, folder = shim.unix_address(self.address)
-        try:
-            conn.settimeout(ASK_TIMEOUT_S)
-            conn.connect(where)
-        except BaseException:
-            conn.close()
-            raise
-        finally:
-            if folder is not None:
-                os.close(folder)
+        conn: socket.socket = shim.unix_socket(self.address, timeout=ASK_TIMEOUT_S)
         return conn
 
     def _ask(self, request: bytes) -> tuple[int, str, socket.socket | None]:

@@ -56,13 +56,7 @@ def task(folder: Path, *argv: str) -> TaskRun:
 
 
 def connect(address: str) -> socket.socket:
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    where, opened = shim.unix_address(address)
-    try:
-        conn.connect(where)
-    finally:
-        if opened is not None:
-            os.close(opened)
+    conn: socket.socket = shim.unix_socket(address)
     return conn
 
 
@@ -97,14 +91,7 @@ async def test_a_shim_that_closes_without_a_word_fails_the_start_once(
     # Given a "zygote" that reads a whole request, then closes (a shim that died, or was
     # killed, before its answer: it may have started the task)
     address = executor._zygote.address  # type: ignore[union-attr]
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    where, opened = shim.unix_address(address)
-    try:
-        listener.bind(where)
-    finally:
-        if opened is not None:
-            os.close(opened)
-    listener.listen(8)
+    listener = shim.unix_socket(address, backlog=8)
     listener.settimeout(0.2)
     asked: list[bytes] = []
     stop = threading.Event()

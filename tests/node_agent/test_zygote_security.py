@@ -102,14 +102,7 @@ def zygote_pid(state: Path) -> int | None:
 
 def ask(address: str, data: bytes, *, half_close: bool = True) -> bytes:
     """Send ``data`` to the zygote as this (root) user; everything it answers."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-        conn.settimeout(20)
-        where, folder = shim.unix_address(address)
-        try:
-            conn.connect(where)
-        finally:
-            if folder is not None:
-                os.close(folder)
+    with shim.unix_socket(address, timeout=20) as conn:
         try:
             conn.sendall(data)
             if half_close:
@@ -210,13 +203,7 @@ async def test_a_slow_peer_does_not_hold_up_the_next_start(
     # Given a zygote, and a peer of its own user that sends a byte every second
     assert await run_one(executor, open_folder, "true") == "completed"
     address = Zygote(executor.state_dir).address
-    where, folder = shim.unix_address(address)
-    slow = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        slow.connect(where)
-    finally:
-        if folder is not None:
-            os.close(folder)
+    slow = shim.unix_socket(address)
     cut = threading.Event()
     answer: list[bytes] = []
 

@@ -150,10 +150,8 @@ async def test_a_peer_that_makes_its_spare_wait_has_it_replaced_at_once(
     executor: ProcessExecutor, folder: Path
 ) -> None:
     zygote, _ = await zygote_with_spares(executor)
-    where, opened = shim.unix_address(executor._zygote.address)  # type: ignore[union-attr]
-    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    silent = shim.unix_socket(executor._zygote.address)  # type: ignore[union-attr]
     try:
-        silent.connect(where)
         # The spare that took the silent peer waits for its request; a new one is forked
         # now, not once the peer's time is up (ZYGOTE_REQUEST_S)
         await async_wait_until(lambda: len(children(zygote)) == shim.SPARE_SHIMS + 1)
@@ -163,8 +161,6 @@ async def test_a_peer_that_makes_its_spare_wait_has_it_replaced_at_once(
         assert asyncio.get_running_loop().time() - started < shim.ZYGOTE_REQUEST_S
     finally:
         silent.close()
-        if opened is not None:
-            os.close(opened)
 
 
 class FakeZygote:
@@ -175,14 +171,7 @@ class FakeZygote:
 
     def __init__(self, address: str, state_dir: Path) -> None:
         self.state_dir = state_dir
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        where, opened = shim.unix_address(address)
-        try:
-            self.listener.bind(where)
-        finally:
-            if opened is not None:
-                os.close(opened)
-        self.listener.listen(8)
+        self.listener = shim.unix_socket(address, backlog=8)
         self.conn: socket.socket | None = None
         self.task_id = ""
         self.child = subprocess.Popen(["sleep", "60"], start_new_session=True)
