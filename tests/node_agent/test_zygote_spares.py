@@ -286,17 +286,27 @@ async def test_spares_that_keep_dying_at_once_leave_the_zygote_forking_per_reque
     assert alive(zygote)
 
 
-def test_an_idle_zygote_leaves_and_its_spares_with_it(tmp_path: Path) -> None:
+def zygote_process(
+    tmp_path: Path, idle_s: float, setup: str = ""
+) -> tuple[subprocess.Popen[bytes], str]:
+    """A zygote serving in a process of its own (``shim.serve``, as the executor starts it),
+    idle after ``idle_s``; ``setup``: Python run on the shim module first. It and its
+    address."""
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
-    address = str(state / "zygote-idle.sock")
+    address = str(state / "zygote.sock")
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); import shim;"
-        " sys.exit(shim.serve(sys.argv[2], idle_s=1.0))"
+        f" {setup or 'pass'}; sys.exit(shim.serve(sys.argv[2], idle_s={idle_s}))"
     )
     zygote = subprocess.Popen(
         [sys.executable, "-I", "-S", "-c", code, str(Path(shim.__file__).parent), address]
     )
+    return zygote, address
+
+
+def test_an_idle_zygote_leaves_and_its_spares_with_it(tmp_path: Path) -> None:
+    zygote, address = zygote_process(tmp_path, 1.0)
     try:
         wait_until(lambda: len(children(zygote.pid)) == shim.SPARE_SHIMS, 20)
         spares = children(zygote.pid)
@@ -346,16 +356,7 @@ def test_a_zygote_whose_spares_keep_dying_still_leaves_when_idle(tmp_path: Path)
     # Given a zygote (idle after 3 s) whose spares die as soon as they are forked, so it
     # keeps going back and forth between forking per request and trying spares again
     # (every 0.3 s here, every minute by default)
-    state = tmp_path / "state"
-    state.mkdir(mode=0o700)
-    address = str(state / "zygote-cycling.sock")
-    code = (
-        "import sys; sys.path.insert(0, sys.argv[1]); import shim;"
-        " shim.SPARES_AGAIN_S = 0.3; sys.exit(shim.serve(sys.argv[2], idle_s=3.0))"
-    )
-    zygote = subprocess.Popen(
-        [sys.executable, "-I", "-S", "-c", code, str(Path(shim.__file__).parent), address]
-    )
+    zygote, address = zygote_process(tmp_path, 3.0, "shim.SPARES_AGAIN_S = 0.3")
     started = time.monotonic()
     try:
         killed: set[int] = set()
