@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support.agent_link import HostEnd, MemoryConnector, events_of
+from support.agent_link import MemoryConnector, ack_all, batches, events_of
 from support.waiting import async_wait_until
 
 from events import link
@@ -86,18 +86,9 @@ def run(task_id: str, script: str, cores: int = 0) -> link.Run:
     return link.Run(task_id=task_id, spec=spec, cores=cores)
 
 
-def batches(messages: list[link.AgentMessage]) -> list[link.EventBatch]:
-    return [m for m in messages if isinstance(m, link.EventBatch)]
-
-
 def kinds(events: list[NewEvent]) -> list[tuple[str, str]]:
     """(event kind, task id) of each event, in order."""
     return [(type(e.event).__name__, getattr(e.event, "task_id", "")) for e in events]
-
-
-async def ack_all(host: HostEnd, sent: list[link.EventBatch]) -> None:
-    for batch in sent:
-        await host.send(link.Ack(batch=batch.batch, seqs=[]))
 
 
 async def test_a_run_is_reported_started_then_finished_and_acked_events_leave_the_outbox(

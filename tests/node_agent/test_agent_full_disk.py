@@ -14,7 +14,7 @@ import itertools
 from pathlib import Path
 
 import pytest
-from support.agent_link import HostEnd, MemoryConnector, events_of
+from support.agent_link import HostEnd, MemoryConnector, ack_all, events_of
 from support.small_disk import Filler, small_disk
 from support.waiting import async_wait_until
 
@@ -99,8 +99,7 @@ async def test_a_batch_the_host_cannot_write_is_sent_again_in_order_on_the_same_
         assert agent.outbox is not None and await agent.outbox.count() == 2
 
         # When the host takes them at last
-        for batch in (first, second):
-            await host.send(link.Ack(batch=batch.batch, seqs=[]))
+        await ack_all(host, [first, second])
         await agent.run_until_idle()
 
         # Then they leave the outbox: all on the one link, logged once as the outage

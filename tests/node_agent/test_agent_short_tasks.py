@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
-from support.agent_link import MemoryConnector, events_of
+from support.agent_link import MemoryConnector, ack_all, batches, events_of
 from support.waiting import async_wait_until
 
 from events import link
@@ -74,10 +74,6 @@ def run(task_id: str, script: str) -> link.Run:
     return link.Run(
         task_id=task_id, spec=TaskSpec(command="sh", args=("-c", script), batch_id="b"), cores=0
     )
-
-
-def batches(messages: list[link.AgentMessage]) -> list[link.EventBatch]:
-    return [m for m in messages if isinstance(m, link.EventBatch)]
 
 
 async def test_a_task_that_ends_at_once_is_reported_started_and_finished_in_one_batch(
@@ -143,8 +139,7 @@ async def test_a_tasks_records_stay_until_the_host_acknowledges_its_end(node: No
         # Before the acknowledgement, the shim's records say how the task ended
         assert node.records("t-1") == [".exit", ".log", ".run"]
         # When the host acknowledges the batch with the end
-        for batch in sent:
-            await host.send(link.Ack(batch=batch.batch, seqs=[]))
+        await ack_all(host, sent)
         await agent.run_until_idle()
         # Then the records are forgotten, and the outbox is empty
         await async_wait_until(lambda: node.records("t-1") == [], 10)
@@ -172,8 +167,7 @@ async def test_a_restarted_agent_sends_the_same_end_once_then_forgets_the_record
         sent = batches(host.drain())
         # And the very same events are sent again, no second end made from the records
         assert [e.id for e in events_of(sent)] == [e.id for e in before]
-        for batch in sent:
-            await host.send(link.Ack(batch=batch.batch, seqs=[]))
+        await ack_all(host, sent)
         await second.run_until_idle()
         await async_wait_until(lambda: node.records("t-1") == [], 10)
 

@@ -110,6 +110,17 @@ class MemoryConnector:
             return await self._accepted.get()
 
 
+def batches(messages: list[link.AgentMessage]) -> list[link.EventBatch]:
+    """The ``EventBatch`` messages among ``messages``, in order."""
+    return [m for m in messages if isinstance(m, link.EventBatch)]
+
+
+async def ack_all(host: HostEnd, sent: list[link.EventBatch]) -> None:
+    """Acknowledge every batch of ``sent``, as a host that recorded them."""
+    for batch in sent:
+        await host.send(link.Ack(batch=batch.batch, seqs=[]))
+
+
 def events_of(messages: list[link.AgentMessage]) -> list[NewEvent]:
     """The events in the ``EventBatch`` messages among ``messages``, in order."""
     found: list[NewEvent] = []
