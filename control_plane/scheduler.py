@@ -98,7 +98,7 @@ class Scheduler:
         cursor, so the caller can skip taking the exclusive gate when nothing fits."""
         if not state.pending:
             return False
-        planned = _Pass(self, state, (), now_us)
+        planned = _Pass(self, state, (), now_us, first_only=True)
         planned.run()
         return bool(planned.placements)
 
@@ -155,6 +155,7 @@ class _Pass:
         *,
         watch: frozenset[str] = frozenset(),
         freed: Sequence[TaskView] = (),
+        first_only: bool = False,
     ) -> None:
         self.policy = scheduler.policy
         self.cursor = scheduler._cursor
@@ -172,12 +173,22 @@ class _Pass:
         self.placements: list[Placement] = []
         self.watch = watch  # jobs to explain when they do not fit
         self.explanations: dict[str, str] = {}
+        self.first_only = first_only  # stop at the first placement (``would_place``)
+        # (node, needs) already refused in this pass. A pass only ever takes from a room
+        # (and holds shares of it), never gives back, so a node that refused some needs
+        # refuses them again for the rest of the pass: a long queue of tasks alike costs
+        # one refusal per node, not one per task and node (a pass over 10k pending tasks
+        # on 4 full nodes took 28 ms, on the event loop, twice per turnover).
+        self.refused: set[tuple[str, _Needs]] = set()
+        self.nowhere: set[_Needs] = set()  # needs every online node refused in this pass
 
     def run(self) -> None:
         state = self.state
         queued = {t.task_id: t for t in self.incoming}
         jobs_seen: set[str] = set()
         for task in [*(state.tasks[t] for t in state.pending), *self.incoming]:
+            if self.first_only and self.placements:
+                return
             job_id = task.spec.job_id
             if job_id is None:
                 self._place_task(task)
@@ -191,24 +202,38 @@ class _Pass:
     # -- one task ----------------------------------------------------------------------------
 
     def _place_task(self, task: TaskView) -> None:
-        target = task.spec.target
+        spec = task.spec
+        target = spec.target
+        needs = _needs(spec)
         if target is not None:
             node_name = target.split(":", 1)[0]
             if node_name not in self.rooms:
                 return  # offline (or gone): the task waits for its node
             candidates = [node_name]
+        elif needs in self.nowhere:
+            return
         else:
             candidates = self._order()
-        rejected: list[Rejection] = []
-        for name in candidates:
-            refusal = self._refusal(name, task.spec)
-            if refusal is None:
-                gpu_ids = self._take(name, task.spec)
-                if self.policy == "round-robin" and target is None:
-                    self.cursor = self.names.index(name) + 1
-                self.placements.append(self._placed(task, name, gpu_ids, target, rejected))
-                return
-            rejected.append(Rejection(node=name, reason=refusal))
+        refused = self.refused
+        for at, name in enumerate(candidates):
+            if (name, needs) in refused:
+                continue
+            if self._refusal(name, spec) is not None:
+                refused.add((name, needs))
+                continue
+            # The nodes passed over, with their reasons as they stand now: the words a
+            # refusal at the task's own turn has (a room only shrinks within a pass).
+            rejected = [
+                Rejection(node=other, reason=self._refusal(other, spec) or "")
+                for other in candidates[:at]
+            ]
+            gpu_ids = self._take(name, spec)
+            if self.policy == "round-robin" and target is None:
+                self.cursor = self.names.index(name) + 1
+            self.placements.append(self._placed(task, name, gpu_ids, target, rejected))
+            return
+        if target is None:  # every online node refused it, and will for the rest of the pass
+            self.nowhere.add(needs)
 
     def _placed(
         self,
@@ -458,12 +483,13 @@ class _Pass:
         )
 
 
-# What decides where a task fits: ranks alike in it fit (or not) on the same nodes.
-_Needs = tuple[int, int | None, tuple[int, ...], int | None, int, str | None, str, str]
+# What decides where a task fits: tasks alike in it fit (or not) on the same nodes.
+_Needs = tuple[int, int | None, tuple[int, ...], int | None, int, str | None, str, str, bool, bool]
 
 
 def _needs(spec: TaskSpec) -> _Needs:
-    """The part of a spec that decides where it fits."""
+    """The part of a spec that decides where it fits: everything ``_Pass._refusal`` reads
+    (the room's refusal, ``NodeView.cannot_run`` and ``vps_refusal``)."""
     return (
         spec.cores,
         spec.memory_bytes,
@@ -473,6 +499,8 @@ def _needs(spec: TaskSpec) -> _Needs:
         spec.gpu_model,
         spec.owner,
         spec.task_type,
+        spec.container is None,
+        bool(spec.mounts),
     )
 
 

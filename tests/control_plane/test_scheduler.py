@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import itertools
 import random
+from unittest import mock
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support.factories import record_in_memory
 
+from control_plane import scheduler as scheduler_module
 from control_plane.scheduler import Scheduler
 from events.envelope import NewEvent, new_event
 from events.ids import new_id
 from events.types import (
     AnyEvent,
     GpuInfo,
+    Mount,
     NodeOffline,
     NodeRegistered,
     NumaNode,
@@ -209,3 +213,86 @@ def test_no_sequence_of_submits_and_finishes_overcommits_anything(seed: int, pol
             for numa in n.numa:
                 assert n.allocated_cores_by_numa.get(numa.id, 0) <= len(numa.cpus)
     assert state.anomalies == []
+
+
+def _placements(scheduler: Scheduler, state: ClusterState, *, memo: bool) -> list[object]:
+    """One pass's placements as plain values; without ``memo`` every task's needs are
+    unlike any other's, so no refusal is reused (the pass as it was before the memo)."""
+    if memo:
+        placed = scheduler.plan(state)
+    else:
+        with mock.patch.object(scheduler_module, "_needs", lambda spec: object()):
+            placed = scheduler.plan(state)
+    return [msgspec.to_builtins(p) for p in placed]
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    policy=st.sampled_from(["first-fit", "least-loaded", "round-robin"]),
+)
+def test_a_pass_that_reuses_refusals_places_exactly_as_one_that_asks_every_node(
+    seed: int, policy: str
+) -> None:
+    """The pass remembers (node, needs) refused and needs no node takes: a queue of many
+    tasks alike costs a refusal per node, not per task. The placements, their reasons and
+    the nodes passed over with their words are those of a pass that asks every node for
+    every task, and ``would_place`` (which stops at the first placement) agrees."""
+    rng = random.Random(seed)
+    state = ClusterState()
+    registered = []
+    for i in range(rng.randint(1, 4)):
+        n = node(f"n{i}", cores=rng.choice([1, 2, 4]), gpus=rng.choice([0, 2]))
+        registered.append(
+            msgspec.structs.replace(
+                n,
+                executors=rng.choice([("process",), ("process", "docker")]),
+                process_mounts=rng.random() < 0.5,
+            )
+        )
+    apply(state, *registered)
+    for _ in range(rng.randint(1, 40)):
+        n = rng.choice(registered)
+        gpus = tuple(rng.sample(range(len(n.gpus)), rng.randint(0, len(n.gpus))))
+        targeted = rng.random() < 0.2
+        spec = task(
+            cores=rng.randint(0, 3),
+            target=(n.node + ("::" + ",".join(map(str, gpus)) if gpus else ""))
+            if targeted
+            else None,
+            gpus=gpus if targeted else (),
+            memory=rng.choice([None, 1_000_000_000, 6_000_000_000]),
+        )
+        spec = msgspec.structs.replace(
+            spec,
+            spec=msgspec.structs.replace(
+                spec.spec,
+                container=rng.choice([None, None, "env"]),
+                mounts=rng.choice([(), (Mount(host_path="/srv/data", container_path="/data"),)]),
+            ),
+        )
+        apply(state, spec)
+    for _ in range(rng.randint(1, 4)):  # passes, some tasks ending between them
+        expected = _placements(Scheduler(policy), state, memo=False)  # type: ignore[arg-type]
+        scheduler = Scheduler(policy)  # type: ignore[arg-type]
+        assert scheduler.would_place(state) == bool(expected)
+        assert _placements(scheduler, state, memo=True) == expected
+        apply(state, *scheduler.plan(state))
+        holding = [t for t in state.tasks.values() if t.holds_resources]
+        for t in rng.sample(holding, k=len(holding) // 2):
+            apply(state, TaskFinished(task_id=t.task_id, state="completed", exit_code=0))
+
+
+def test_a_long_queue_of_tasks_alike_asks_each_full_node_once() -> None:
+    """10,000 pending tasks that fit nowhere: the pass asks each node about them once."""
+    state = ClusterState()
+    apply(state, node("a", cores=1), node("b", cores=1))
+    apply(state, *[task(cores=2) for _ in range(10_000)])
+    with mock.patch.object(
+        scheduler_module._Pass,
+        "_refusal",
+        autospec=True,
+        side_effect=scheduler_module._Pass._refusal,
+    ) as asked:
+        assert Scheduler().plan(state) == []
+    assert asked.call_count == 2
