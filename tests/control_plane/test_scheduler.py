@@ -7,6 +7,7 @@ import random
 from unittest import mock
 
 import msgspec
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support.factories import record_in_memory
@@ -226,7 +227,7 @@ def _placements(scheduler: Scheduler, state: ClusterState, *, memo: bool) -> lis
     return [msgspec.to_builtins(p) for p in placed]
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     seed=st.integers(0, 2**32 - 1),
     policy=st.sampled_from(["first-fit", "least-loaded", "round-robin"]),
@@ -235,49 +236,64 @@ def test_a_pass_that_reuses_refusals_places_exactly_as_one_that_asks_every_node(
     seed: int, policy: str
 ) -> None:
     """The pass remembers (node, needs) refused and needs no node takes: a queue of many
-    tasks alike costs a refusal per node, not per task. The placements, their reasons and
-    the nodes passed over with their words are those of a pass that asks every node for
-    every task, and ``would_place`` (which stops at the first placement) agrees."""
+    tasks alike costs a refusal per node, not per task. The placements, their reasons,
+    the nodes passed over with their words and the round-robin cursor are those of a pass
+    that asks every node for every task, and ``would_place`` (which stops at the first
+    placement) agrees. Every part of a spec a refusal reads varies: cores, memory, GPUs by
+    id and by count and model, NUMA, owner (nodes running tasks as their owners), VPS,
+    container and mounts."""
     rng = random.Random(seed)
     state = ClusterState()
     registered = []
     for i in range(rng.randint(1, 4)):
-        n = node(f"n{i}", cores=rng.choice([1, 2, 4]), gpus=rng.choice([0, 2]))
+        n = node(f"n{i}", cores=rng.choice([1, 2, 4]), gpus=rng.choice([0, 2, 2]))
         registered.append(
             msgspec.structs.replace(
                 n,
                 executors=rng.choice([("process",), ("process", "docker")]),
                 process_mounts=rng.random() < 0.5,
+                run_tasks_as=rng.choice(["runner", "owner"]),
+                accounts=rng.choice([None, ("alice",), ("alice", "bob")]),
             )
         )
     apply(state, *registered)
-    for _ in range(rng.randint(1, 40)):
+    # Mostly the usual value: tasks alike but for one or two parts are what the memo must
+    # tell apart.
+    weights = [7, 1, 1, 1]
+    for _ in range(rng.randint(1, 60)):
         n = rng.choice(registered)
         gpus = tuple(rng.sample(range(len(n.gpus)), rng.randint(0, len(n.gpus))))
-        targeted = rng.random() < 0.2
-        spec = task(
-            cores=rng.randint(0, 3),
-            target=(n.node + ("::" + ",".join(map(str, gpus)) if gpus else ""))
-            if targeted
-            else None,
+        targeted = rng.random() < 0.4
+        submitted = task(
+            cores=rng.choices([1, 0, 2, 3], weights)[0],
+            target=n.node if targeted else None,
             gpus=gpus if targeted else (),
-            memory=rng.choice([None, 1_000_000_000, 6_000_000_000]),
+            numa=rng.choice([None, 0, 1]) if targeted else None,
+            memory=rng.choice([None, None, 1_000_000_000, 6_000_000_000]),
         )
+        counted = 0 if targeted and gpus else rng.choices([0, 1, 2], [8, 1, 1])[0]
         spec = msgspec.structs.replace(
-            spec,
-            spec=msgspec.structs.replace(
-                spec.spec,
-                container=rng.choice([None, None, "env"]),
-                mounts=rng.choice([(), (Mount(host_path="/srv/data", container_path="/data"),)]),
-            ),
+            submitted.spec,
+            container=rng.choices([None, "env"], [3, 1])[0],
+            mounts=rng.choices(
+                [(), (Mount(host_path="/srv/data", container_path="/data"),)], [3, 1]
+            )[0],
+            owner=rng.choice(["alice", "bob"]),
+            task_type=rng.choices(["command", "vps"], [3, 1])[0],
+            gpu_count=counted,
+            gpu_model=rng.choice([None, "G", "X"]) if counted else None,
         )
-        apply(state, spec)
+        apply(state, msgspec.structs.replace(submitted, spec=spec))
+    scheduler = Scheduler(policy)  # type: ignore[arg-type]  # one cursor across passes
     for _ in range(rng.randint(1, 4)):  # passes, some tasks ending between them
-        expected = _placements(Scheduler(policy), state, memo=False)  # type: ignore[arg-type]
-        scheduler = Scheduler(policy)  # type: ignore[arg-type]
+        reference = Scheduler(policy)  # type: ignore[arg-type]
+        reference._cursor = scheduler._cursor
+        expected = _placements(reference, state, memo=False)
         assert scheduler.would_place(state) == bool(expected)
-        assert _placements(scheduler, state, memo=True) == expected
-        apply(state, *scheduler.plan(state))
+        placed = scheduler.plan(state)
+        assert [msgspec.to_builtins(p) for p in placed] == expected
+        assert scheduler._cursor == reference._cursor
+        apply(state, *placed)
         holding = [t for t in state.tasks.values() if t.holds_resources]
         for t in rng.sample(holding, k=len(holding) // 2):
             apply(state, TaskFinished(task_id=t.task_id, state="completed", exit_code=0))
@@ -296,3 +312,49 @@ def test_a_long_queue_of_tasks_alike_asks_each_full_node_once() -> None:
     ) as asked:
         assert Scheduler().plan(state) == []
     assert asked.call_count == 2
+
+
+def _alike_but(part: str) -> tuple[ClusterState, TaskSubmitted, TaskSubmitted]:
+    """A node, and two queued tasks alike but for ``part``: the first refused, the second
+    with room (a node refusing the first must still be asked about the second)."""
+    state = ClusterState()
+    gpu_node = node("n", cores=4, gpus=2)
+    if part == "owner":
+        gpu_node = msgspec.structs.replace(gpu_node, run_tasks_as="owner", accounts=("alice",))
+    apply(state, gpu_node)
+    busy = {
+        "gpu_ids": task(cores=1, target="n::0", gpus=(0,)),
+        "numa_id": task(cores=2, target="n:0", numa=0),
+    }.get(part)
+    if busy is not None:
+        apply(state, busy)
+        apply(state, *Scheduler().plan(state))
+    first, second = {
+        "gpu_ids": (task(target="n::0", gpus=(0,)), task(target="n::1", gpus=(1,))),
+        "numa_id": (task(target="n:0", numa=0), task(target="n:1", numa=1)),
+        "gpu_model": (task(), task()),
+        "owner": (task(), task()),
+    }[part]
+    if part == "gpu_model":
+        first, second = (
+            msgspec.structs.replace(
+                t, spec=msgspec.structs.replace(t.spec, gpu_count=1, gpu_model=model)
+            )
+            for t, model in ((first, "X"), (second, "G"))
+        )
+    if part == "owner":
+        first, second = (
+            msgspec.structs.replace(t, spec=msgspec.structs.replace(t.spec, owner=owner))
+            for t, owner in ((first, "bob"), (second, "alice"))
+        )
+    apply(state, first, second)
+    return state, first, second
+
+
+@pytest.mark.parametrize("part", ["gpu_ids", "numa_id", "gpu_model", "owner"])
+def test_tasks_alike_but_for_one_part_are_told_apart(part: str) -> None:
+    """The memo's key holds every part a refusal reads: the parts the random cases above
+    rarely set apart (GPU ids, NUMA node, GPU model, owner) each decide a placement here."""
+    state, first, second = _alike_but(part)
+    assert {p.task_id: p.node for p in Scheduler().plan(state)} == {second.task_id: "n"}
+    assert first.task_id in state.pending
