@@ -96,6 +96,10 @@ class SqlLimits(NamedTuple):
 DEFAULT_SQL = SqlLimits()
 # Closing waits this long for reader threads (their cursors interrupted first).
 CLOSE_WAIT_S = 10.0
+# A due history snapshot is written after this long without a commit, or this long
+# after it fell due under a load that never pauses (``HistoryService._lull``).
+SNAPSHOT_QUIET_S = 0.25
+SNAPSHOT_MAX_DELAY_S = 10.0
 
 
 class HistoryService:
@@ -108,9 +112,15 @@ class HistoryService:
         snapshot_every: int = HISTORY_EVERY,
         readers: int = 3,
         sql: SqlLimits = DEFAULT_SQL,
+        quiet_s: float = SNAPSHOT_QUIET_S,
+        max_delay_s: float = SNAPSHOT_MAX_DELAY_S,
     ) -> None:
         self.store = store
         self.writer = HistoryWriter(snapshot_every)
+        # A history snapshot that falls due waits for a lull in the log (``quiet_s`` with
+        # no commit), or ``max_delay_s`` at most: see ``_lull``.
+        self.quiet_s = quiet_s
+        self.max_delay_s = max_delay_s
         self.sql_limits = sql
         self.closing = asyncio.Event()
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="hakuriver-history")
@@ -376,6 +386,10 @@ class HistoryService:
         first = True
         while not self.closing.is_set():
             if first or self.store.last_seq >= self.writer.next_mark:
+                if not first:
+                    await self._lull()
+                    if self.closing.is_set():
+                        return
                 first = False
                 try:
                     written = await loop.run_in_executor(self._snapshots, self._catch_up)
@@ -386,6 +400,25 @@ class HistoryService:
                     await asyncio.sleep(30)  # backoff for a failing disk, not synchronisation
                 continue
             await self.wait_beyond(self.store.last_seq, 60)
+
+    async def _lull(self) -> None:
+        """Wait for a lull in the log: ``quiet_s`` without a commit, or ``max_delay_s``
+        since a snapshot fell due, whichever comes first (or the service closing).
+
+        Catching up folds every event a second time (read back, decoded, applied): about
+        a sixth of the host's CPU while an agent drains a backlog, taken from the log's
+        own writer on a 2-core machine (the agent link: about 70k events/s with it,
+        80k without). A burst is written first; its snapshots follow once it ends, or at
+        least every ``max_delay_s`` under a load that never pauses. They are derived data
+        (``state_at`` folds from an older one meanwhile, a little longer)."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.max_delay_s
+        while not self.closing.is_set():
+            left = give_up - loop.time()
+            if left <= 0:
+                return
+            if not await self.wait_beyond(self.store.last_seq, min(self.quiet_s, left)):
+                return  # quiet (or closing)
 
     def _catch_up(self) -> list[int]:
         with read_only(self._cursor()) as cursor:

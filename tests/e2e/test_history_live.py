@@ -6,6 +6,7 @@ wait on a gate file the test creates; every wait is on a condition with a deadli
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from collections.abc import Iterator
@@ -440,6 +441,53 @@ async def test_the_service_keeps_history_snapshots_and_hardens_the_instance(
         await store.close()
     with LogFile(tmp_path / "log.duckdb") as log:
         assert log.last_seq == 131
+
+
+async def _append_events(store: EventStore, count: int) -> None:
+    for i in range(count):
+        await store.append([new_event(NodeHeartbeat(node="n1", cpu_percent=float(i)), source="n1")])
+
+
+async def test_a_due_history_snapshot_waits_for_a_lull_in_the_log(tmp_path: Path) -> None:
+    """A burst of events is written first: the snapshots it makes due (every 40 events
+    here) are written once the log has had no commit for ``quiet_s``, not during it."""
+    store = await EventStore.open(tmp_path / "log.duckdb")
+    service = HistoryService(store, snapshot_every=40, quiet_s=3.0, max_delay_s=600)
+    try:
+        await service.start()
+        await _append_events(store, 130)  # a few ms each: no pause of 3 s among them
+        snapshots = store.snapshot_dir
+        assert not list(snapshots.glob("history-*.snap"))
+        await async_wait_until(
+            lambda: (snapshots / f"history-{120:015d}.snap").exists(), deadline_s=30
+        )
+        assert sorted(p.name for p in snapshots.glob("history-*.snap")) == [
+            f"history-{seq:015d}.snap" for seq in (40, 80, 120)
+        ]
+    finally:
+        await service.close()
+        await store.close()
+
+
+async def test_under_a_load_that_never_pauses_history_snapshots_come_within_the_delay(
+    tmp_path: Path,
+) -> None:
+    """No lull ever comes: the snapshot due is written ``max_delay_s`` after it fell due,
+    while the events keep coming."""
+    store = await EventStore.open(tmp_path / "log.duckdb")
+    service = HistoryService(store, snapshot_every=40, quiet_s=600, max_delay_s=0.5)
+    try:
+        await service.start()
+        snapshot = store.snapshot_dir / f"history-{40:015d}.snap"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while not snapshot.exists():
+            assert loop.time() < deadline, "no history snapshot under a steady load"
+            await _append_events(store, 1)
+        assert store.last_seq > 40
+    finally:
+        await service.close()
+        await store.close()
 
 
 async def test_history_readers_cannot_write_the_log(tmp_path: Path) -> None:
