@@ -16,6 +16,7 @@ import re
 import shlex
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -223,6 +224,22 @@ def test_human_format_escapes_message_and_context() -> None:
     line = HumanFormatter().format(_record("boom\r\n\x1b]0;title\x07", task="t\n1", node="n1"))
     assert "\n" not in line and "\x1b" not in line and "\x07" not in line
     assert line.endswith("boom\\r\\n\\x1b]0;title\\x07 task=t\\n1 node=n1")
+
+
+def test_the_formatters_clock_is_each_records_own_second() -> None:
+    """A commit's lines share a second, so the formatters keep the last second's text:
+    each line still carries its own record's time, as ``strftime`` writes it, whatever
+    order the times come in (a late record, the next second, one from much earlier)."""
+    human, as_json = HumanFormatter(), JsonFormatter()
+    base = 1_700_000_000.0
+    for created in (base + 0.1, base + 0.9, base + 1.0, base + 0.5, base + 86_400.25, base):
+        record = _record("x")
+        record.created = created
+        millis = int(created * 1000) % 1000
+        local = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created))
+        assert human.format(record).startswith(f"{local}.{millis:03d} ")
+        utc = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+        assert json.loads(as_json.format(record))["ts"] == f"{utc}.{millis:03d}Z"
 
 
 def test_human_format_indents_a_traceback() -> None:
