@@ -379,3 +379,36 @@ def test_a_zygote_whose_spares_keep_dying_still_leaves_when_idle(tmp_path: Path)
         if zygote.poll() is None:
             zygote.kill()
             zygote.wait()
+
+
+def test_a_zygote_that_gave_its_spares_up_keeps_them_again_after_a_while(
+    tmp_path: Path,
+) -> None:
+    # Given a zygote whose spares die as soon as they are forked, until it gives them up
+    # and forks per request (for SPARES_AGAIN_S: 1.5 s here, a minute by default)
+    zygote, address = zygote_process(tmp_path, 60.0, "shim.SPARES_AGAIN_S = 1.5")
+    try:
+        killed: set[int] = set()
+
+        def kill_spares_until_given_up() -> bool:
+            for pid in children(zygote.pid) - killed:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+            return len(killed) >= shim.SPARE_EARLY_DEATHS
+
+        wait_until(kill_spares_until_given_up, 30)
+
+        # Then (the passing trouble gone: nothing kills them now) it keeps spares again,
+        # settled: the retry of spares, not a zygote that forks per request for good
+        def settled_spares() -> bool:
+            spares = children(zygote.pid) - killed
+            return len(spares) == shim.SPARE_SHIMS and all(alive(pid) for pid in spares)
+
+        wait_until(settled_spares, 30)
+        assert zygote.poll() is None
+    finally:
+        zygote.kill()
+        zygote.wait()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(address)
