@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import duckdb
 
@@ -22,6 +23,17 @@ def _id_prefix(timestamp_ms: int) -> str:
     """The first 13 characters of a canonical UUIDv7 stamped ``timestamp_ms``."""
     digits = f"{timestamp_ms:012x}"
     return f"{digits[:8]}-{digits[8:]}"
+
+
+class IdMark(NamedTuple):
+    """The store's id mark: at seq ``seq``, ``bound`` is at or above every id stored at or
+    below it; a mark written by this version also has the writer's window then: its
+    ``watermark_ms`` and ``capacity`` (None and 0 in a mark of an older version)."""
+
+    seq: int
+    bound: str
+    watermark_ms: int | None = None
+    capacity: int = 0
 
 
 class RecentIds:
@@ -76,7 +88,7 @@ class RecentIds:
                 self.watermark_ms = newest_evicted + 1
 
     def load(
-        self, con: duckdb.DuckDBPyConnection, last_seq: int, mark: tuple[int, str] | None = None
+        self, con: duckdb.DuckDBPyConnection, last_seq: int, mark: IdMark | None = None
     ) -> str:
         """Fill the window from the newest stored events, at open; return an upper bound
         of every stored id ("" when none).
@@ -86,6 +98,13 @@ class RecentIds:
         not loaded; finding the greatest of those reads the id of every older row, which
         grows with the history (about 0.17 s at 10M events). With a mark, only the rows
         between it and the window's start are read, and none when it is past that start.
+
+        A mark at the log's very end (a clean close, or no commit since its checkpoint)
+        that has the writer's window, of this capacity, gives that window's watermark: the
+        writer's window then held exactly the rows loaded now (the newest ``capacity``),
+        so every id not loaded is stamped below it. The mark's bound alone would put the
+        watermark above the whole window, and send every id of a lagging clock to the
+        table until the clocks pass the newest id stored.
         """
         cutoff = max(last_seq - self.capacity, 0)
         table = con.sql(
@@ -94,7 +113,15 @@ class RecentIds:
         ids = table.column("id").to_pylist()
         self.extend(ids, table.column("seq").to_pylist())
         newest = max(ids, default="")
-        if cutoff:
+        if cutoff and (
+            mark is not None
+            and mark.seq == last_seq
+            and mark.capacity == self.capacity
+            and mark.watermark_ms is not None
+        ):
+            self.watermark_ms = max(self.watermark_ms, mark.watermark_ms)
+            newest = max(newest, mark.bound)
+        elif cutoff:
             # Every id not loaded must sit below the watermark.
             unloaded = _newest_up_to(con, cutoff, mark)
             if unloaded:
@@ -103,11 +130,11 @@ class RecentIds:
         return newest
 
 
-def _newest_up_to(con: duckdb.DuckDBPyConnection, cutoff: int, mark: tuple[int, str] | None) -> str:
+def _newest_up_to(con: duckdb.DuckDBPyConnection, cutoff: int, mark: IdMark | None) -> str:
     """An id at or above every id stored at or below seq ``cutoff`` ("" for none)."""
-    if mark is not None and mark[0] >= cutoff:
-        return mark[1]
-    after, bound = mark if mark is not None else (0, "")
+    if mark is not None and mark.seq >= cutoff:
+        return mark.bound
+    after, bound = (mark.seq, mark.bound) if mark is not None else (0, "")
     ((found,),) = con.execute(
         "SELECT max(id)::VARCHAR FROM events WHERE seq > ? AND seq <= ?", [after, cutoff]
     ).fetchall()

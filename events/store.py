@@ -58,7 +58,7 @@ from events.file_modes import private_dir, private_file
 from events.ids import is_uuid7, uuid7_fullmatch
 from events.log_reader import LogReader, decode_table
 from events.log_writer import Pending, Plan, learn, plan_group, write_plan
-from events.recent_ids import RecentIds
+from events.recent_ids import IdMark, RecentIds
 from events.schema import SELECT_COLUMNS, migrate
 from events.snapshot_files import SnapshotFiles
 from events.types import SCHEMA_VERSIONS
@@ -297,11 +297,12 @@ class EventStore:
 
     # -- the id mark: the next open's idempotency watermark without reading every id ---------
 
-    def _id_mark(self, con: duckdb.DuckDBPyConnection) -> tuple[int, str] | None:
+    def _id_mark(self, con: duckdb.DuckDBPyConnection) -> IdMark | None:
         """The newest id mark of this log (snapshot ``ids``: anchored, so one of another
-        or a restored database is ignored), as (seq S, an id at or above every id stored
-        at or below S); None when there is none (a log written before marks: the open
-        reads every id once, as it always did)."""
+        or a restored database is ignored): at seq S, an id at or above every id stored
+        at or below S, and the writer's window watermark and capacity then (``IdMark``);
+        None when there is none (a log written before marks: the open reads every id
+        once, as it always did). A mark of the first format (the id alone) still counts."""
         try:
             found = self._snapshots.latest(ID_MARK, self.last_seq, lambda seq: _hash_at(con, seq))
         except OSError:
@@ -310,19 +311,24 @@ class EventStore:
             return None
         seq, data = found
         try:
-            text = data.decode("ascii")
+            bound, *window = data.decode("ascii").split(" ")
         except UnicodeDecodeError:
             return None
-        return (seq, text) if is_uuid7(text) else None
+        if not is_uuid7(bound):
+            return None
+        if len(window) == 2 and all(part.isdigit() for part in window):
+            return IdMark(seq, bound, int(window[0]), int(window[1]))
+        return IdMark(seq, bound)
 
     def _write_id_mark(self) -> None:
-        """After a checkpoint: the writer's position and its bound of every id stored."""
+        """After a checkpoint: the writer's position, its bound of every id stored, and its
+        window's watermark and capacity (``<bound> <watermark_ms> <capacity>``)."""
         if not self._written_seq or not self._max_id:
             return
+        recent = self._recent
+        data = f"{self._max_id} {recent.watermark_ms} {recent.capacity}".encode()
         try:
-            self._snapshots.write(
-                ID_MARK, self._written_seq, self._last_hash, self._max_id.encode(), keep=2
-            )
+            self._snapshots.write(ID_MARK, self._written_seq, self._last_hash, data, keep=2)
         except OSError as exc:  # derived data: the next open reads the ids instead
             log.warning("could not write the id mark of %s: %s", self.path, exc)
 

@@ -10,16 +10,18 @@ the mark: a resend of any stored event gets its original seq, never a second row
 from __future__ import annotations
 
 import shutil
+import uuid
 from pathlib import Path
 
 import duckdb
+import msgspec
 import pytest
 from support.factories import submitted
 
 from events.chain import hash_at
 from events.envelope import NewEvent
 from events.ids import id_timestamp_ms
-from events.recent_ids import RecentIds
+from events.recent_ids import IdMark, RecentIds
 from events.snapshot_files import SnapshotFiles
 from events.store import ID_MARK, EventStore
 
@@ -58,7 +60,9 @@ async def test_a_closed_log_reopens_from_its_mark_and_stays_idempotent(tmp_path:
     finally:
         con.close()
     assert mark is not None and mark[0] == 40
-    assert mark[1].decode() >= _true_newest_up_to(path, 40)
+    bound, watermark_ms, capacity = mark[1].decode().split(" ")
+    assert bound >= _true_newest_up_to(path, 40)
+    assert int(capacity) == 5 and int(watermark_ms) > 0
     below = _true_newest_up_to(path, 35)
     async with await EventStore.open(path, recent_ids=5) as store:
         # Then the watermark is above every id not in the window
@@ -113,7 +117,7 @@ async def test_a_mark_older_than_the_window_is_completed_from_the_rows_after_it(
     con = duckdb.connect(str(path), read_only=True)
     try:
         recent = RecentIds(5)
-        low_mark = (10, _true_newest_up_to(path, 10))
+        low_mark = IdMark(10, _true_newest_up_to(path, 10))
         newest = recent.load(con, 60, low_mark)
     finally:
         con.close()
@@ -149,4 +153,69 @@ async def test_a_checkpoint_writes_the_mark_where_the_log_is(tmp_path: Path) -> 
         anchor, data = found
         ((stored_hash,),) = await store.query("SELECT hash FROM events WHERE seq = 12")
         assert anchor == bytes(stored_hash)
-        assert data.decode() >= max(e.id for e in events)
+        assert data.decode().split(" ")[0] >= max(e.id for e in events)
+
+
+def _stamped(ms: int, counter: int = 0) -> NewEvent:
+    """A submission whose id is a UUIDv7 stamped ``ms`` (a producer's clock, set)."""
+    value = (ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | 12345
+    return msgspec.structs.replace(submitted(), id=str(uuid.UUID(int=value)))
+
+
+async def test_after_a_clean_close_the_watermark_is_the_writers_window_not_above_it(
+    tmp_path: Path,
+) -> None:
+    # Given 40 events stamped 10 ms apart, the window holding the newest 5 (seqs 36..40),
+    # closed cleanly (the mark at the log's end, with the writer's window)
+    path = tmp_path / "log.duckdb"
+    base = 1_800_000_000_000
+    events = [_stamped(base + 10 * i) for i in range(40)]
+    async with await EventStore.open(path, recent_ids=5) as store:
+        for start in range(0, 40, 7):
+            await store.append(events[start : start + 7])
+        before = store._recent.watermark_ms
+    assert before == base + 10 * 34 + 1  # above seq 35's stamp, the newest evicted
+    # When it opens again, the watermark is the writer's: every id not in the window is
+    # below it, and the window's own stamps are not (the mark's bound alone, the newest
+    # id stored, put it above all of them, sending a lagging clock's ids to the table)
+    async with await EventStore.open(path, recent_ids=5) as store:
+        assert store._recent.watermark_ms == before
+        assert store._max_id >= events[-1].id
+        # And idempotency holds on both sides of it: resends old and recent keep their
+        # seqs; an event of a lagging clock, stamped inside the window's span, is new
+        late = _stamped(base + 10 * 36 + 5, counter=1)
+        assert await store.append([events[0], events[34], events[37], late]) == [1, 35, 38, 41]
+        rows = await store.query("SELECT count(*), count(DISTINCT id) FROM events")
+        assert rows == [(41, 41)]
+
+
+async def test_a_marks_window_is_used_only_at_the_logs_end_and_for_its_own_capacity(
+    tmp_path: Path,
+) -> None:
+    # Given the mark a clean close wrote at seq 40 (window of 5), kept aside, and the log
+    # then grown to 47 events
+    path = tmp_path / "log.duckdb"
+    base = 1_800_000_000_000
+    events = [_stamped(base + 10 * i) for i in range(47)]
+    async with await EventStore.open(path, recent_ids=5) as store:
+        await store.append(events[:40])
+    found = SnapshotFiles(path).read_unchecked(ID_MARK, 40)
+    assert found is not None
+    bound, watermark_ms, capacity = found[1].decode().split(" ")
+    at_40 = IdMark(40, bound, int(watermark_ms), int(capacity))
+    assert at_40.watermark_ms == base + 10 * 34 + 1
+    async with await EventStore.open(path, recent_ids=5) as store:
+        await store.append(events[40:])
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        # When a store whose log ends past the mark opens with it, the rows between the
+        # mark and its window (seqs 41, 42) are read: the mark's window is not its own
+        recent = RecentIds(5)
+        recent.load(con, 47, at_40)
+        assert recent.watermark_ms == base + 10 * 41 + 1
+        # and one with another window, at the mark's seq, takes the mark's bound
+        recent = RecentIds(8)
+        recent.load(con, 40, at_40)
+        assert recent.watermark_ms == id_timestamp_ms(bound) + 1 == base + 10 * 39 + 1
+    finally:
+        con.close()
