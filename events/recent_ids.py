@@ -118,6 +118,10 @@ class RecentIds:
             and mark.seq == last_seq
             and mark.capacity == self.capacity
             and mark.watermark_ms is not None
+            # A writer whose window evicted (``cutoff``: it held more rows than fit) has a
+            # watermark above 0 and at most one past its bound's stamp: anything else is
+            # no writer's, and the bound decides (0 would skip every table lookup).
+            and 0 < mark.watermark_ms <= id_timestamp_ms(mark.bound) + 1
         ):
             self.watermark_ms = max(self.watermark_ms, mark.watermark_ms)
             newest = max(newest, mark.bound)

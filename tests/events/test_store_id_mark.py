@@ -219,3 +219,30 @@ async def test_a_marks_window_is_used_only_at_the_logs_end_and_for_its_own_capac
         assert recent.watermark_ms == id_timestamp_ms(bound) + 1 == base + 10 * 39 + 1
     finally:
         con.close()
+
+
+@pytest.mark.parametrize("window", ["0 5", "-3 5", "x 5", "5", "999999999999999 5"])
+async def test_a_mark_whose_window_no_writer_could_have_is_read_for_its_bound_alone(
+    tmp_path: Path, window: str
+) -> None:
+    # Given a log closed cleanly, its mark at the end replaced by one naming the same bound
+    # and a window no writer has (a watermark of 0 would skip every table lookup)
+    path = tmp_path / "log.duckdb"
+    base = 1_800_000_000_000
+    events = [_stamped(base + 10 * i) for i in range(40)]
+    async with await EventStore.open(path, recent_ids=5) as store:
+        await store.append(events)
+    files = SnapshotFiles(path)
+    found = files.read_unchecked(ID_MARK, 40)
+    assert found is not None
+    anchor, data = found
+    bound = data.decode().split(" ")[0]
+    for _, old in files.listing(ID_MARK):
+        old.unlink()
+    files.write(ID_MARK, 40, anchor, f"{bound} {window}".encode())
+    # When it opens, the watermark comes from the bound, and every resend keeps its seq
+    async with await EventStore.open(path, recent_ids=5) as store:
+        assert store._recent.watermark_ms == id_timestamp_ms(bound) + 1
+        assert await store.append([events[0], events[20], events[39]]) == [1, 21, 40]
+        rows = await store.query("SELECT count(*), count(DISTINCT id) FROM events")
+        assert rows == [(40, 40)]
