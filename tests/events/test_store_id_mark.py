@@ -162,19 +162,28 @@ def _stamped(ms: int, counter: int = 0) -> NewEvent:
     return msgspec.structs.replace(submitted(), id=str(uuid.UUID(int=value)))
 
 
+BASE_MS = 1_800_000_000_000
+
+
+async def _stamped_log(path: Path, count: int, stored: int | None = None) -> list[NewEvent]:
+    """``count`` events stamped 10 ms apart from ``BASE_MS``, the first ``stored`` of them
+    (all by default) appended in commits of 7 by a store with a window of 5, closed."""
+    events = [_stamped(BASE_MS + 10 * i) for i in range(count)]
+    async with await EventStore.open(path, recent_ids=5) as store:
+        for start in range(0, count if stored is None else stored, 7):
+            await store.append(events[start : min(start + 7, stored or count)])
+    return events
+
+
 async def test_after_a_clean_close_the_watermark_is_the_writers_window_not_above_it(
     tmp_path: Path,
 ) -> None:
     # Given 40 events stamped 10 ms apart, the window holding the newest 5 (seqs 36..40),
     # closed cleanly (the mark at the log's end, with the writer's window)
     path = tmp_path / "log.duckdb"
-    base = 1_800_000_000_000
-    events = [_stamped(base + 10 * i) for i in range(40)]
-    async with await EventStore.open(path, recent_ids=5) as store:
-        for start in range(0, 40, 7):
-            await store.append(events[start : start + 7])
-        before = store._recent.watermark_ms
-    assert before == base + 10 * 34 + 1  # above seq 35's stamp, the newest evicted
+    base = BASE_MS
+    events = await _stamped_log(path, 40)
+    before = base + 10 * 34 + 1  # above seq 35's stamp, the newest evicted
     # When it opens again, the watermark is the writer's: every id not in the window is
     # below it, and the window's own stamps are not (the mark's bound alone, the newest
     # id stored, put it above all of them, sending a lagging clock's ids to the table)
@@ -195,10 +204,8 @@ async def test_a_marks_window_is_used_only_at_the_logs_end_and_for_its_own_capac
     # Given the mark a clean close wrote at seq 40 (window of 5), kept aside, and the log
     # then grown to 47 events
     path = tmp_path / "log.duckdb"
-    base = 1_800_000_000_000
-    events = [_stamped(base + 10 * i) for i in range(47)]
-    async with await EventStore.open(path, recent_ids=5) as store:
-        await store.append(events[:40])
+    base = BASE_MS
+    events = await _stamped_log(path, 47, stored=40)
     found = SnapshotFiles(path).read_unchecked(ID_MARK, 40)
     assert found is not None
     bound, watermark_ms, capacity = found[1].decode().split(" ")
@@ -228,10 +235,7 @@ async def test_a_mark_whose_window_no_writer_could_have_is_read_for_its_bound_al
     # Given a log closed cleanly, its mark at the end replaced by one naming the same bound
     # and a window no writer has (a watermark of 0 would skip every table lookup)
     path = tmp_path / "log.duckdb"
-    base = 1_800_000_000_000
-    events = [_stamped(base + 10 * i) for i in range(40)]
-    async with await EventStore.open(path, recent_ids=5) as store:
-        await store.append(events)
+    events = await _stamped_log(path, 40)
     files = SnapshotFiles(path)
     found = files.read_unchecked(ID_MARK, 40)
     assert found is not None
