@@ -77,6 +77,15 @@ def children(parent: int) -> set[int]:
     return found
 
 
+def kill_new_children(parent: int, killed: set[int]) -> None:
+    """SIGKILL each live child of ``parent`` not in ``killed`` (a spare as soon as it is
+    forked), adding it there."""
+    for pid in children(parent) - killed:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        killed.add(pid)
+
+
 def alive(pid: int) -> bool:
     return shim.proc_stat(pid) is not None
 
@@ -362,10 +371,7 @@ def test_a_zygote_whose_spares_keep_dying_still_leaves_when_idle(tmp_path: Path)
         killed: set[int] = set()
 
         def kill_spares_until_it_leaves() -> bool:
-            for pid in children(zygote.pid) - killed:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                killed.add(pid)
+            kill_new_children(zygote.pid, killed)
             return zygote.poll() is not None
 
         # Then it still leaves, a few seconds after its start (no request ever came):
@@ -391,10 +397,7 @@ def test_a_zygote_that_gave_its_spares_up_keeps_them_again_after_a_while(
         killed: set[int] = set()
 
         def kill_spares_until_given_up() -> bool:
-            for pid in children(zygote.pid) - killed:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                killed.add(pid)
+            kill_new_children(zygote.pid, killed)
             return len(killed) >= shim.SPARE_EARLY_DEATHS
 
         wait_until(kill_spares_until_given_up, 30)
