@@ -160,16 +160,17 @@ class Segment:
     def put(self, view: TaskView) -> None:
         """Replace an archived task's view (a reader's own copy of the state only)."""
         self._index()
-        self._raw.pop(view.task_id, None)  # never decoded over the new view
+        raw = self._raw.pop(view.task_id, None)  # never decoded over the new view
         old = self._views.get(view.task_id)
         self._views[view.task_id] = view
         # Readers replace final views with final ones of the same state (history's stubs);
         # anything else is counted from the views from now on.
-        self._recount = (
-            self._recount
-            or view.state not in FINAL_STATES
-            or (old is not None and old.state != view.state)
-        )
+        if self._recount or view.state not in FINAL_STATES:
+            self._recount = True
+            return
+        if old is None and raw is not None:  # still undecoded: its state read for this
+            old = _view_decoder.decode(raw)
+        self._recount = old is not None and old.state != view.state
 
     def state_counts(self) -> Mapping[str, int]:
         """How many of its tasks are in each state (reads the segment only when its

@@ -191,3 +191,17 @@ def test_an_archived_view_replaced_by_an_active_one_is_counted_as_it_is_now() ->
     expected[was] -= 1
     expected["running"] += 1
     assert counts == +expected
+
+
+def test_an_unread_archived_view_replaced_by_another_final_state_is_counted_so() -> None:
+    # (the view replaced is still undecoded in its segment: its state is not at hand)
+    full, state, _ = _restored(14, 2, 40)
+    archived = [t for t in full.tasks if t not in state.tasks.live_ids()]
+    target = archived[0]
+    was = full.tasks[target].state
+    now = next(s for s in sorted(FINAL_STATES) if s != was)
+    state.tasks[target] = msgspec.structs.replace(full.tasks[target], state=now)
+    expected = Counter(t.state for t in full.tasks.values())
+    expected[was] -= 1
+    expected[now] += 1
+    assert state.tasks.state_counts() == +expected
