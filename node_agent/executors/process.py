@@ -244,7 +244,7 @@ class ProcessExecutor:
         run = resolve_mounts(confine_workdir(run))
         launch = self._plan(run, paths.cwd)
         payload = launch.to_builtins()
-        via_zygote = self._zygote.spawn_keeping(run.task_id, payload)
+        via_zygote = self._zygote.spawn(run.task_id, payload)
         if via_zygote is not None:
             shim_pid, answer, conn = via_zygote
             try:

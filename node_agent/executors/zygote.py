@@ -43,28 +43,17 @@ class Zygote:
         self._process: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
 
-    def spawn(self, task_id: str, spec: dict[str, Any]) -> tuple[int, str] | None:
-        """Fork a shim for the task; (shim pid, its answer line), or None.
-
-        A request the zygote refused comes back as (0, ``!`` and why): the slow path
-        would refuse it the same way.
-        """
-        found = self.spawn_keeping(task_id, spec)
-        if found is None:
-            return None
-        shim_pid, answer, conn = found
-        if conn is not None:
-            conn.close()
-        return shim_pid, answer
-
-    def spawn_keeping(
+    def spawn(
         self, task_id: str, spec: dict[str, Any]
     ) -> tuple[int, str, socket.socket | None] | None:
-        """``spawn``, and the connection to the started shim (None when it did not start).
+        """Fork a shim for the task; (shim pid, its answer line, the connection to the
+        started shim), or None.
 
-        The shim holds its end of the connection until the task's exit is recorded, then
-        closes it: the end of the stream is the first sign of the task's end, before the
-        shim has even exited (``ProcessExecutor._shim_exit``).
+        A request the zygote refused comes back as (0, ``!`` and why, None): the slow path
+        would refuse it the same way. The connection (None when the task did not start) is
+        the caller's: the shim holds its end until the task's exit is recorded, then
+        closes it, so the end of the stream is the first sign of the task's end, before
+        the shim has even exited (``ProcessExecutor._shim_exit``).
         """
         request = shim.encode_request(task_id, spec)
         for attempt in range(2):
@@ -160,10 +149,7 @@ def _whole_answer(received: bytes) -> bool:
 class NoZygote:
     """No zygote: every shim is started the slow way (tests, or where one cannot run)."""
 
-    def spawn(self, task_id: str, spec: dict[str, Any]) -> tuple[int, str] | None:
-        return None
-
-    def spawn_keeping(
+    def spawn(
         self, task_id: str, spec: dict[str, Any]
     ) -> tuple[int, str, socket.socket | None] | None:
         return None
