@@ -93,8 +93,8 @@ class RecentIds:
         """Fill the window from the newest stored events, at open; return an upper bound
         of every stored id ("" when none).
 
-        ``mark``: (seq S, id M) with M at or above every id stored at or below S (the
-        store's id mark, written at checkpoints). The watermark must sit above every id
+        ``mark``: the store's id mark (``IdMark``, written at checkpoints and at close):
+        at seq S, a bound at or above every id stored at or below S. The watermark must sit above every id
         not loaded; finding the greatest of those reads the id of every older row, which
         grows with the history (about 0.17 s at 10M events). With a mark, only the rows
         between it and the window's start are read, and none when it is past that start.
