@@ -406,7 +406,7 @@ class HistoryService:
         since a snapshot fell due, whichever comes first (or the service closing).
 
         Catching up folds every event a second time (read back, decoded, applied): about
-        a sixth of the host's CPU while an agent drains a backlog, taken from the log's
+        a sixth of the host's Python time while an agent drains a backlog, taken from the log's
         own writer on a 2-core machine (the agent link: 68-71k events/s with it, 72-78k
         without). A burst is written first; its snapshots follow once it ends, or at
         least every ``max_delay_s`` under a load that never pauses. They are derived data

@@ -94,10 +94,11 @@ class RecentIds:
         of every stored id ("" when none).
 
         ``mark``: the store's id mark (``IdMark``, written at checkpoints and at close):
-        at seq S, a bound at or above every id stored at or below S. The watermark must sit above every id
-        not loaded; finding the greatest of those reads the id of every older row, which
-        grows with the history (about 0.17 s at 10M events). With a mark, only the rows
-        between it and the window's start are read, and none when it is past that start.
+        at seq S, a bound at or above every id stored at or below S. The watermark must
+        sit above every id not loaded; finding the greatest of those reads the id of
+        every older row, which grows with the history (about 0.17 s at 10M events). With
+        a mark, only the rows between it and the window's start are read, and none when
+        it is past that start.
 
         A mark at the log's very end (a clean close, or no commit since its checkpoint)
         that has the writer's window, of this capacity, gives that window's watermark: the
