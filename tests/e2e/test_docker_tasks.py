@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support.cluster import running_cluster
@@ -37,15 +38,7 @@ def test_a_container_task_runs_in_its_environment(tmp_path: Path) -> None:
         # The container is removed once its end is reported.
         # One listing call (containers.list would inspect each one it lists: a container
         # removed in between raises NotFound).
-        cluster.wait(
-            lambda: (
-                not client.api.containers(
-                    all=True, filters={"label": f"hakuriver.task_id={task_id}"}
-                )
-            ),
-            20,
-            "the container to be removed",
-        )
+        cluster.wait(lambda: not _containers_of(client, task_id), 20, "the container removed")
 
 
 def test_a_sigkilled_agent_readopts_its_container_and_records_the_real_exit(
@@ -70,6 +63,9 @@ def test_a_sigkilled_agent_readopts_its_container_and_records_the_real_exit(
         assert task["state"] == "failed" and task["exit_code"] == 7, task
         # The adopted stream resumed where the killed agent stopped: no repeat, no gap.
         assert cluster.output(task_id) == b"before\nafter\n"
+        # And the adopted container goes once the host has the end (stopping the cluster
+        # before that left it behind, exited, on the engine)
+        cluster.wait(lambda: not _containers_of(client, task_id), 20, "the container removed")
     started = [row for row in cluster.events("task.started") if row[2] == f"task:{task_id}"]
     finished = [row for row in cluster.events("task.finished") if row[2] == f"task:{task_id}"]
     assert len(started) == 1 and len(finished) == 1
@@ -122,3 +118,8 @@ def test_additional_mounts_reach_a_container_task_once_and_a_mount_overrides_the
         assert cluster.output(own) == b"from --mount\n1\n"  # the task's own, once
         [spec_mount] = cluster.task(default)["mounts"]
         assert spec_mount["host_path"] == str(data)  # what ran is in the log
+
+
+def _containers_of(client: Any, task_id: str) -> list[Any]:
+    """The engine's containers of a task, running or not."""
+    return list(client.api.containers(all=True, filters={"label": f"hakuriver.task_id={task_id}"}))
